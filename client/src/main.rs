@@ -1,0 +1,2 @@
+//! `sealpost` CLI.
+fn main() {}

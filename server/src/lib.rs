@@ -1,0 +1,1 @@
+//! Sealpost relay library.

@@ -1,0 +1,2 @@
+//! `sealpost-relay` binary.
+fn main() {}
