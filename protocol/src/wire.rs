@@ -1,0 +1,560 @@
+//! The wire format between a device and the relay: length-prefixed, versioned CBOR frames.
+//!
+//! On a QUIC stream, a frame is `length (u32, big-endian) || CBOR(Frame)`. The length is
+//! checked against [`MAX_FRAME_LEN`] before any byte of the payload is read or decoded.
+//! A `Frame` is the CBOR map `{"v": 1, "id": u64, "body": {"t": type, "c": content}}`;
+//! `id` correlates a request with its response (0 for pushes). Every type, field and bound
+//! is listed in `docs/PROTOCOL.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, bytes_array};
+use crate::envelope::{Envelope, MessageId};
+use crate::error::{DecodeError, EncodeError};
+use crate::identity::{AccountId, DeviceId, PublicIdentity, MAX_DEVICES_PER_ACCOUNT};
+use crate::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use crate::PROTOCOL_VERSION;
+
+/// Largest frame payload (after the 4-byte length prefix).
+pub const MAX_FRAME_LEN: usize = 256 * 1024;
+/// Length of the frame length prefix.
+pub const FRAME_PREFIX_LEN: usize = 4;
+/// Most one-time X25519 prekeys in one upload.
+pub const MAX_ONE_TIME_PREKEYS_PER_UPLOAD: usize = 100;
+/// Most ML-KEM prekeys in one upload (each is 1184 bytes).
+pub const MAX_KEM_PREKEYS_PER_UPLOAD: usize = 100;
+/// Longest human-readable error message in an `error` frame.
+pub const MAX_ERROR_MESSAGE_LEN: usize = 512;
+/// Longest enrolment code.
+pub const MAX_ENROLLMENT_CODE_LEN: usize = 64;
+/// ALPN protocol id of Sealpost over QUIC.
+pub const ALPN: &[u8] = b"sealpost/1";
+/// TLS exporter label for channel-bound authentication (RFC 8446 section 7.5).
+pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-Sealpost-Auth-v1";
+/// Domain label of the authentication signature.
+pub const AUTH_SIGNATURE_LABEL: &[u8] = b"Sealpost_Auth_v1";
+/// Domain label of the enrolment signature.
+pub const ENROLL_SIGNATURE_LABEL: &[u8] = b"Sealpost_Enroll_v1";
+
+/// A `Vec` whose length is checked against `N` when decoded.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "Vec<T>", into = "Vec<T>")]
+#[serde(bound(
+    serialize = "T: Serialize + Clone",
+    deserialize = "T: Deserialize<'de>"
+))]
+pub struct BoundedVec<T, const N: usize>(Vec<T>);
+
+impl<T, const N: usize> BoundedVec<T, N> {
+    /// Wrap `v`, refusing more than `N` items.
+    pub fn new(v: Vec<T>) -> Result<Self, DecodeError> {
+        if v.len() > N {
+            return Err(DecodeError::TooLarge {
+                what: "list",
+                got: v.len(),
+                max: N,
+            });
+        }
+        Ok(Self(v))
+    }
+
+    /// The items.
+    pub fn as_slice(&self) -> &[T] {
+        &self.0
+    }
+
+    /// Take the items.
+    pub fn into_inner(self) -> Vec<T> {
+        self.0
+    }
+}
+
+impl<T, const N: usize> TryFrom<Vec<T>> for BoundedVec<T, N> {
+    type Error = DecodeError;
+    fn try_from(v: Vec<T>) -> Result<Self, DecodeError> {
+        Self::new(v)
+    }
+}
+
+impl<T, const N: usize> From<BoundedVec<T, N>> for Vec<T> {
+    fn from(b: BoundedVec<T, N>) -> Vec<T> {
+        b.0
+    }
+}
+
+/// A text field of at most `N` bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BoundedString<const N: usize>(String);
+
+impl<const N: usize> BoundedString<N> {
+    /// Wrap `s`, truncating at a character boundary to `N` bytes.
+    pub fn truncating(s: &str) -> Self {
+        let mut end = s.len().min(N);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        Self(s[..end].to_owned())
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<const N: usize> TryFrom<String> for BoundedString<N> {
+    type Error = DecodeError;
+    fn try_from(s: String) -> Result<Self, DecodeError> {
+        if s.len() > N {
+            return Err(DecodeError::TooLarge {
+                what: "text field",
+                got: s.len(),
+                max: N,
+            });
+        }
+        Ok(Self(s))
+    }
+}
+
+impl<const N: usize> From<BoundedString<N>> for String {
+    fn from(b: BoundedString<N>) -> String {
+        b.0
+    }
+}
+
+/// An account's role at the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// An investor.
+    Client,
+    /// An advisor with assigned clients.
+    Advisor,
+    /// Operations, compliance or security staff.
+    Staff,
+}
+
+/// Why the relay refused a request. Encoded as a snake_case string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame did not decode (truncated, oversized, not CBOR, wrong structure).
+    BadFrame,
+    /// The frame's protocol version is not supported.
+    UnsupportedVersion,
+    /// The request needs an authenticated connection.
+    Unauthenticated,
+    /// Authentication failed.
+    AuthFailed,
+    /// The enrolment code is unknown, used or expired.
+    EnrollmentRefused,
+    /// The routing policy forbids this (for example a client writing to another client).
+    Forbidden,
+    /// The account or device does not exist.
+    NotFound,
+    /// A per-device count or byte quota is full.
+    QuotaExceeded,
+    /// A size bound was exceeded.
+    TooLarge,
+    /// A rate limit was hit; see `retry_after_ms`.
+    RateLimited,
+    /// The request conflicts with existing state.
+    Conflict,
+    /// The frame was valid but not allowed at this point of the conversation.
+    UnexpectedFrame,
+    /// The relay failed internally; the request may be retried.
+    Internal,
+}
+
+/// A device as listed by the relay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceInfo {
+    /// The device's identity.
+    pub identity: PublicIdentity,
+    /// When it enrolled, milliseconds since the Unix epoch.
+    pub enrolled_ms: u64,
+}
+
+/// A frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Frame {
+    /// Protocol version (1).
+    pub v: u16,
+    /// Request id chosen by the requester, echoed in the response; 0 for pushes.
+    pub id: u64,
+    /// Type and content.
+    pub body: FrameBody,
+}
+
+impl Frame {
+    /// A frame of the current version.
+    pub fn new(id: u64, body: FrameBody) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            id,
+            body,
+        }
+    }
+}
+
+/// Frame types. Encoded as `{"t": "<snake_case name>", "c": <content map or null>}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "t",
+    content = "c",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
+pub enum FrameBody {
+    // ----- device -> relay, before authentication -----
+    /// Register this device's identity with a one-time enrolment code.
+    Enroll {
+        /// The account the code was issued for.
+        account: AccountId,
+        /// The code.
+        code: BoundedString<MAX_ENROLLMENT_CODE_LEN>,
+        /// The device's identity.
+        identity: PublicIdentity,
+        /// Signature over `ENROLL_SIGNATURE_LABEL || exporter || account || code`.
+        #[serde(with = "bytes_array")]
+        signature: [u8; 64],
+    },
+    /// Begin authentication as `device`.
+    AuthStart {
+        /// The device.
+        device: DeviceId,
+    },
+    /// Proof of possession: signature over `AUTH_SIGNATURE_LABEL || exporter || nonce || device`.
+    AuthResponse {
+        /// The signature.
+        #[serde(with = "bytes_array")]
+        signature: [u8; 64],
+    },
+    // ----- device -> relay, authenticated -----
+    /// Publish prekeys (any subset).
+    UploadPreKeys {
+        /// A new signed prekey.
+        signed_prekey: Option<SignedPreKey>,
+        /// One-time X25519 prekeys.
+        one_time: BoundedVec<OneTimePreKey, MAX_ONE_TIME_PREKEYS_PER_UPLOAD>,
+        /// One-time ML-KEM prekeys.
+        kem_one_time: BoundedVec<KemPreKey, MAX_KEM_PREKEYS_PER_UPLOAD>,
+        /// A new last-resort ML-KEM prekey.
+        kem_last_resort: Option<KemPreKey>,
+    },
+    /// Fetch one prekey bundle per device of `account`.
+    FetchBundles {
+        /// The account.
+        account: AccountId,
+    },
+    /// List the devices of `account`.
+    ListDevices {
+        /// The account.
+        account: AccountId,
+    },
+    /// Store and forward an envelope.
+    Send {
+        /// The envelope; `sender` must be the authenticated device.
+        envelope: Envelope,
+    },
+    /// The recipient has processed this envelope; the relay deletes it.
+    Ack {
+        /// The envelope's message id.
+        message_id: MessageId,
+    },
+    /// Liveness check.
+    Ping,
+    // ----- relay -> device -----
+    /// The enrolment succeeded.
+    Enrolled {
+        /// The new device's id.
+        device: DeviceId,
+        /// Its account's role.
+        role: Role,
+    },
+    /// The challenge to sign.
+    AuthChallenge {
+        /// 32 random bytes.
+        #[serde(with = "bytes_array")]
+        nonce: [u8; 32],
+    },
+    /// Authentication succeeded.
+    AuthOk {
+        /// The device's account.
+        account: AccountId,
+        /// Its role.
+        role: Role,
+    },
+    /// Prekey stock after an upload, or a warning pushed when it runs low.
+    PreKeyStock {
+        /// One-time X25519 prekeys left.
+        one_time: u32,
+        /// One-time ML-KEM prekeys left.
+        kem_one_time: u32,
+        /// True when the relay asks for more.
+        low: bool,
+    },
+    /// Answer to `fetch_bundles`.
+    Bundles {
+        /// The account.
+        account: AccountId,
+        /// One bundle per device.
+        bundles: BoundedVec<PreKeyBundle, MAX_DEVICES_PER_ACCOUNT>,
+    },
+    /// Answer to `list_devices`.
+    Devices {
+        /// The account.
+        account: AccountId,
+        /// Its devices.
+        devices: BoundedVec<DeviceInfo, MAX_DEVICES_PER_ACCOUNT>,
+    },
+    /// The envelope is durably stored (or was already): the sender may forget it.
+    Accepted {
+        /// Its message id.
+        message_id: MessageId,
+    },
+    /// An envelope for this device.
+    Deliver {
+        /// The envelope.
+        envelope: Envelope,
+    },
+    /// Answer to `ping`.
+    Pong,
+    /// A request was refused.
+    Error {
+        /// Why.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: BoundedString<MAX_ERROR_MESSAGE_LEN>,
+        /// For `rate_limited`: when to retry.
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// Names of all frame types, for error messages.
+pub const FRAME_TYPES: &[&str] = &[
+    "enroll",
+    "auth_start",
+    "auth_response",
+    "upload_pre_keys",
+    "fetch_bundles",
+    "list_devices",
+    "send",
+    "ack",
+    "ping",
+    "enrolled",
+    "auth_challenge",
+    "auth_ok",
+    "pre_key_stock",
+    "bundles",
+    "devices",
+    "accepted",
+    "deliver",
+    "pong",
+    "error",
+];
+
+impl FrameBody {
+    /// An error frame body.
+    pub fn error(code: ErrorCode, message: &str) -> Self {
+        Self::Error {
+            code,
+            message: BoundedString::truncating(message),
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// Encode a frame with its 4-byte length prefix.
+pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[0u8; FRAME_PREFIX_LEN]);
+    codec::encode_into("frame", frame, &mut out)?;
+    let len = out.len() - FRAME_PREFIX_LEN;
+    if len > MAX_FRAME_LEN {
+        return Err(EncodeError::TooLarge {
+            what: "frame",
+            got: len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let prefix = u32::try_from(len).map_err(|_| EncodeError::TooLarge {
+        what: "frame",
+        got: len,
+        max: MAX_FRAME_LEN,
+    })?;
+    out[..FRAME_PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
+    Ok(out)
+}
+
+/// Read and check a length prefix: the payload length that follows.
+pub fn frame_len(prefix: [u8; FRAME_PREFIX_LEN]) -> Result<usize, DecodeError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge {
+            what: "frame",
+            got: len,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if len == 0 {
+        return Err(DecodeError::Truncated {
+            what: "frame",
+            need: 1,
+            have: 0,
+        });
+    }
+    Ok(len)
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: u16,
+}
+
+#[derive(Deserialize)]
+struct TypeProbe {
+    body: TypeProbeBody,
+}
+
+#[derive(Deserialize)]
+struct TypeProbeBody {
+    t: String,
+}
+
+/// Decode a frame payload (without its prefix). The length is checked first; an unknown
+/// version or type gets its own error; envelopes inside are validated.
+pub fn decode_frame(payload: &[u8]) -> Result<Frame, DecodeError> {
+    if payload.len() > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge {
+            what: "frame",
+            got: payload.len(),
+            max: MAX_FRAME_LEN,
+        });
+    }
+    let frame: Frame = match codec::decode("frame", payload, MAX_FRAME_LEN) {
+        Ok(f) => f,
+        Err(e) => {
+            // Classify: version first, then type, else the structural error.
+            if let Ok(p) = codec::decode::<VersionProbe>("frame", payload, MAX_FRAME_LEN) {
+                if p.v != PROTOCOL_VERSION {
+                    return Err(DecodeError::UnsupportedVersion {
+                        got: p.v,
+                        supported: PROTOCOL_VERSION,
+                    });
+                }
+            }
+            if let Ok(p) = codec::decode::<TypeProbe>("frame", payload, MAX_FRAME_LEN) {
+                if !FRAME_TYPES.contains(&p.body.t.as_str()) {
+                    let mut t = p.body.t;
+                    t.truncate(32);
+                    return Err(DecodeError::UnknownFrameType(t));
+                }
+            }
+            return Err(e);
+        }
+    };
+    if frame.v != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            got: frame.v,
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    match &frame.body {
+        FrameBody::Send { envelope } | FrameBody::Deliver { envelope } => envelope.validate()?,
+        _ => {}
+    }
+    Ok(frame)
+}
+
+/// A sans-I/O frame reader: feed it bytes as they arrive, take whole frames out.
+/// It never buffers more than one prefix plus [`MAX_FRAME_LEN`] bytes.
+#[derive(Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// An empty reader.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes needed before the next frame could be complete (at least 1).
+    pub fn wanted(&self) -> Result<usize, DecodeError> {
+        if self.buf.len() < FRAME_PREFIX_LEN {
+            return Ok(FRAME_PREFIX_LEN - self.buf.len());
+        }
+        let mut prefix = [0u8; FRAME_PREFIX_LEN];
+        prefix.copy_from_slice(&self.buf[..FRAME_PREFIX_LEN]);
+        let len = frame_len(prefix)?;
+        Ok((FRAME_PREFIX_LEN + len)
+            .saturating_sub(self.buf.len())
+            .max(1))
+    }
+
+    /// Append up to what the current frame needs from `data`; returns how many bytes were
+    /// taken. Call [`FrameReader::next_frame`] after each push.
+    pub fn push(&mut self, data: &[u8]) -> Result<usize, DecodeError> {
+        let mut taken = 0;
+        while taken < data.len() {
+            let want = if self.buf.len() < FRAME_PREFIX_LEN {
+                FRAME_PREFIX_LEN - self.buf.len()
+            } else {
+                let mut prefix = [0u8; FRAME_PREFIX_LEN];
+                prefix.copy_from_slice(&self.buf[..FRAME_PREFIX_LEN]);
+                let total = FRAME_PREFIX_LEN + frame_len(prefix)?;
+                if self.buf.len() >= total {
+                    break;
+                }
+                total - self.buf.len()
+            };
+            let n = want.min(data.len() - taken);
+            self.buf.extend_from_slice(&data[taken..taken + n]);
+            taken += n;
+        }
+        Ok(taken)
+    }
+
+    /// The next complete frame, if one is buffered.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        if self.buf.len() < FRAME_PREFIX_LEN {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; FRAME_PREFIX_LEN];
+        prefix.copy_from_slice(&self.buf[..FRAME_PREFIX_LEN]);
+        let len = frame_len(prefix)?;
+        if self.buf.len() < FRAME_PREFIX_LEN + len {
+            return Ok(None);
+        }
+        let frame = decode_frame(&self.buf[FRAME_PREFIX_LEN..FRAME_PREFIX_LEN + len]);
+        self.buf.drain(..FRAME_PREFIX_LEN + len);
+        frame.map(Some)
+    }
+}
+
+/// The bytes a device signs to authenticate on a connection.
+pub fn auth_signature_message(exporter: &[u8; 32], nonce: &[u8; 32], device: &DeviceId) -> Vec<u8> {
+    let mut m = Vec::with_capacity(AUTH_SIGNATURE_LABEL.len() + 80);
+    m.extend_from_slice(AUTH_SIGNATURE_LABEL);
+    m.extend_from_slice(exporter);
+    m.extend_from_slice(nonce);
+    m.extend_from_slice(&device.0);
+    m
+}
+
+/// The bytes a device signs to enrol on a connection.
+pub fn enroll_signature_message(exporter: &[u8; 32], account: &AccountId, code: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(ENROLL_SIGNATURE_LABEL.len() + 32 + 2 + 64 + 2 + code.len());
+    m.extend_from_slice(ENROLL_SIGNATURE_LABEL);
+    m.extend_from_slice(exporter);
+    // Length-prefixed so that (account, code) pairs cannot collide.
+    m.extend_from_slice(&(account.as_str().len() as u16).to_be_bytes());
+    m.extend_from_slice(account.as_str().as_bytes());
+    m.extend_from_slice(&(code.len() as u16).to_be_bytes());
+    m.extend_from_slice(code.as_bytes());
+    m
+}
