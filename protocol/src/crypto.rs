@@ -11,7 +11,7 @@ use chacha20poly1305::ChaCha20Poly1305;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use hmac::{Hmac, Mac};
 use ml_kem::kem::{Decapsulate, Encapsulate};
-use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
+use ml_kem::{EncapsulateDeterministic, EncodedSizeUser, KemCore, MlKem768};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -70,6 +70,10 @@ pub enum CryptoError {
     /// An ML-KEM encapsulation key failed the FIPS 203 modulus check.
     #[error("ML-KEM-768 encapsulation key fails the FIPS 203 modulus check")]
     BadKemPublicKey,
+    /// An encoded ML-KEM decapsulation key failed the FIPS 203 section 7.3 input check
+    /// (its embedded encapsulation key or the hash of it is wrong).
+    #[error("ML-KEM-768 decapsulation key fails the FIPS 203 input check")]
+    BadKemSecretKey,
 }
 
 fn fixed<const N: usize>(what: &'static str, bytes: &[u8]) -> Result<[u8; N], CryptoError> {
@@ -314,6 +318,13 @@ impl KemSecret {
         )))
     }
 
+    /// Known-answer-test entry point: the encoded decapsulation key (FIPS 203 `dk`), so
+    /// key-generation vectors can compare it byte for byte. The protocol never exports a
+    /// secret key in the clear; its own state goes through the encrypted pickle.
+    pub fn encoded_for_kat(&self) -> Zeroizing<Vec<u8>> {
+        self.to_bytes()
+    }
+
     /// The encoded encapsulation (public) key.
     pub fn public_bytes(&self) -> Vec<u8> {
         self.0.encapsulation_key().as_bytes().to_vec()
@@ -341,9 +352,65 @@ pub fn mlkem768_generate<R: RngCore + CryptoRng>(
     rng: &mut R,
 ) -> (KemSecret, Box<[u8; MLKEM768_PUBLIC_LEN]>) {
     let (dk, ek) = MlKem768::generate(rng);
+    kem_pair(dk, &ek)
+}
+
+fn kem_pair(
+    dk: <MlKem768 as KemCore>::DecapsulationKey,
+    ek: &<MlKem768 as KemCore>::EncapsulationKey,
+) -> (KemSecret, Box<[u8; MLKEM768_PUBLIC_LEN]>) {
     let mut public = Box::new([0u8; MLKEM768_PUBLIC_LEN]);
     public.copy_from_slice(&ek.as_bytes());
     (KemSecret(Box::new(dk)), public)
+}
+
+/// Length of the ML-KEM key-generation seed `d || z` (FIPS 203 `ML-KEM.KeyGen_internal`).
+pub const MLKEM_SEED_LEN: usize = 64;
+
+/// Known-answer-test entry point: the ML-KEM-768 key pair FIPS 203
+/// `ML-KEM.KeyGen_internal(d, z)` derives from the 64-byte seed `d || z`.
+///
+/// The protocol itself only uses [`mlkem768_generate`]; this runs the same key generation
+/// with caller-chosen randomness so published vectors can check it byte for byte.
+pub fn mlkem768_generate_from_seed(
+    seed: &[u8],
+) -> Result<(KemSecret, Box<[u8; MLKEM768_PUBLIC_LEN]>), CryptoError> {
+    let seed = Zeroizing::new(fixed::<MLKEM_SEED_LEN>("ML-KEM-768 seed", seed)?);
+    let (d, z) = seed.split_at(32);
+    let mut d = ml_kem::B32::try_from(d).map_err(|_| CryptoError::BadLength {
+        what: "ML-KEM-768 seed",
+        expected: MLKEM_SEED_LEN,
+        got: seed.len(),
+    })?;
+    let mut z = ml_kem::B32::try_from(z).map_err(|_| CryptoError::BadLength {
+        what: "ML-KEM-768 seed",
+        expected: MLKEM_SEED_LEN,
+        got: seed.len(),
+    })?;
+    let (dk, ek) = MlKem768::generate_deterministic(&d, &z);
+    d.as_mut_slice().zeroize();
+    z.as_mut_slice().zeroize();
+    Ok(kem_pair(dk, &ek))
+}
+
+/// Parse an encoded ML-KEM-768 decapsulation key (FIPS 203 `dk`) that did not come from
+/// this process's own encrypted state (known-answer tests, imports), applying the FIPS 203
+/// section 7.3 decapsulation-key checks: the length, and the hash check (the embedded
+/// `H(ek)` must be the hash of the embedded `ek`), plus the section 7.2 modulus check on
+/// that embedded `ek`.
+pub fn mlkem768_secret_from_bytes(bytes: &[u8]) -> Result<KemSecret, CryptoError> {
+    let secret = KemSecret::from_bytes(bytes)?;
+    // dk = dk_pke (384k bytes) || ek (384k + 32) || H(ek) (32) || z (32), with k = 3.
+    let embedded = bytes
+        .get(1152..1152 + MLKEM768_PUBLIC_LEN)
+        .ok_or(CryptoError::BadKemSecretKey)?;
+    let ek = mlkem768_public(embedded).map_err(|_| CryptoError::BadKemSecretKey)?;
+    // `EncapsulationKey` equality compares the key and its hash: `ek` carries H(ek)
+    // recomputed from the embedded key, the parsed secret the hash stored in `dk`.
+    if *secret.0.encapsulation_key() != ek {
+        return Err(CryptoError::BadKemSecretKey);
+    }
+    Ok(secret)
 }
 
 /// Parse an ML-KEM-768 encapsulation key, applying the FIPS 203 section 7.2 modulus check
@@ -376,6 +443,30 @@ pub fn mlkem768_encapsulate<R: RngCore + CryptoRng>(
     let ek = mlkem768_public(public)?;
     let (ct, ss) = ek
         .encapsulate(rng)
+        .map_err(|()| CryptoError::BadKemPublicKey)?;
+    let mut ciphertext = Box::new([0u8; MLKEM768_CIPHERTEXT_LEN]);
+    ciphertext.copy_from_slice(&ct);
+    let mut shared = Zeroizing::new([0u8; 32]);
+    shared.copy_from_slice(&ss);
+    Ok((ciphertext, shared))
+}
+
+/// Known-answer-test entry point: [`mlkem768_encapsulate`] with the 32-byte message `m`
+/// (FIPS 203 `ML-KEM.Encaps_internal`) given instead of drawn from an RNG. Same parsing and
+/// modulus check as the production function. Never use it with anything but test vectors:
+/// ML-KEM is only secure when `m` is fresh randomness.
+pub fn mlkem768_encapsulate_deterministic(
+    public: &[u8],
+    m: &[u8],
+) -> Result<(KemCiphertext, Zeroizing<[u8; 32]>), CryptoError> {
+    let ek = mlkem768_public(public)?;
+    let m = ml_kem::B32::try_from(m).map_err(|_| CryptoError::BadLength {
+        what: "ML-KEM-768 encapsulation message",
+        expected: 32,
+        got: m.len(),
+    })?;
+    let (ct, ss) = ek
+        .encapsulate_deterministic(&m)
         .map_err(|()| CryptoError::BadKemPublicKey)?;
     let mut ciphertext = Box::new([0u8; MLKEM768_CIPHERTEXT_LEN]);
     ciphertext.copy_from_slice(&ct);
