@@ -19,7 +19,7 @@ pub fn padded_len(len: usize) -> usize {
     }
     // Padmé: keep the top floor(log2(E)) + 1 bits of the length's significand.
     let e = usize::BITS - 1 - l.leading_zeros(); // floor(log2 l)
-    let s = usize::BITS - e.leading_zeros(); // floor(log2 e) + 1
+    let s = u32::BITS - e.leading_zeros(); // floor(log2 e) + 1 (`e` is a u32)
     let last_bits = e - s;
     let mask = (1usize << last_bits) - 1;
     l.saturating_add(mask) & !mask
