@@ -1,1 +1,224 @@
-//! Sealpost relay library.
+//! # Sealpost relay
+//!
+//! A QUIC store-and-forward server that carries sealed envelopes between devices and
+//! never sees plaintext. The binary (`sealpost-relay`) parses configuration and calls
+//! [`Server::bind`] then [`Server::run`] with a shutdown future; tests do the same on
+//! port 0 with their own shutdown signal.
+//!
+//! * [`relay`]: what the relay does with each frame (decisions).
+//! * [`conn`]: the per-connection shell (I/O).
+//! * [`store`]: narrow storage traits, in-memory and SQLite implementations.
+//! * [`policy`], [`limits`]: pure routing policy and rate limits.
+//! * [`tls`]: certificates, the development CA, QUIC configuration.
+//! * [`admin`]: operator actions (accounts, enrolment codes, assignments).
+
+pub mod admin;
+pub mod config;
+pub mod conn;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod policy;
+pub mod relay;
+pub mod store;
+pub mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+pub use config::Config;
+use relay::Relay;
+use store::Store;
+
+/// How long shutdown waits for connections to finish their in-flight work.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often expired envelopes are swept and queue gauges refreshed.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Starting the relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// TLS material could not be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The socket could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Metrics could not be started.
+    #[error("metrics: {0}")]
+    Metrics(String),
+}
+
+/// A bound relay, ready to run.
+pub struct Server<S: Store> {
+    relay: Arc<Relay<S>>,
+    endpoint: quinn::Endpoint,
+    ca_fingerprint: [u8; 32],
+}
+
+impl<S: Store> Server<S> {
+    /// Load or generate TLS material, bind the UDP socket and prepare the relay.
+    pub fn bind(config: Config, store: S) -> Result<Self, ServerError> {
+        config.validate()?;
+        let identity = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => tls::load_pem(cert, key, config.tls.ca.as_deref())?,
+            _ => {
+                let (id, created) =
+                    tls::load_or_generate_dev(&config.tls.dev_dir, &config.tls.dev_names)?;
+                let fp = hex::encode(id.ca_fingerprint);
+                tls::write_atomic(
+                    &config.tls.dev_dir.join(tls::CA_FINGERPRINT_FILE),
+                    format!("{fp}\n").as_bytes(),
+                    false,
+                )?;
+                if created {
+                    info!(dir = %config.tls.dev_dir.display(), "generated a development CA and server certificate");
+                }
+                id
+            }
+        };
+        let ca_fingerprint = identity.ca_fingerprint;
+        let secrets =
+            tls::RelaySecrets::load_or_create(&config.data_dir.join(tls::RELAY_SECRETS_FILE))?;
+        let (endpoint_config, server_config) =
+            tls::quinn_configs(identity, &secrets, &config.transport)?;
+        let socket = std::net::UdpSocket::bind(config.listen)
+            .map_err(|e| ServerError::Bind(config.listen, e))?;
+        let runtime = quinn::default_runtime().ok_or_else(|| {
+            ServerError::Bind(config.listen, std::io::Error::other("no async runtime"))
+        })?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
+            .map_err(|e| ServerError::Bind(config.listen, e))?;
+        if let Some(addr) = config.metrics_listen {
+            metrics::install(addr).map_err(ServerError::Metrics)?;
+            metrics::describe();
+        }
+        Ok(Self {
+            relay: Arc::new(Relay::new(store, config)),
+            endpoint,
+            ca_fingerprint,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, std::io::Error> {
+        self.endpoint.local_addr()
+    }
+
+    /// SHA-256 of the CA certificate that clients pin.
+    pub fn ca_fingerprint(&self) -> [u8; 32] {
+        self.ca_fingerprint
+    }
+
+    /// The relay state (for tests and admin actions in-process).
+    pub fn relay(&self) -> Arc<Relay<S>> {
+        self.relay.clone()
+    }
+
+    /// Serve until `shutdown` completes; then stop accepting, let connections finish
+    /// their in-flight work (up to [`SHUTDOWN_GRACE`]), close, and flush storage.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Server {
+            relay, endpoint, ..
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut tasks = JoinSet::new();
+        let sweeper = tokio::spawn(sweep(relay.clone(), stop_rx.clone()));
+        tokio::pin!(shutdown);
+        info!(addr = ?endpoint.local_addr().ok(), "relay listening");
+        loop {
+            let incoming = tokio::select! {
+                _ = &mut shutdown => break,
+                i = endpoint.accept() => match i { Some(i) => i, None => break },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            let limits = &relay.config.limits;
+            let n = active.load(Ordering::Relaxed);
+            if n >= limits.max_connections {
+                ::metrics::counter!(metrics::CONNECTIONS_REFUSED, "reason" => "max_connections")
+                    .increment(1);
+                incoming.refuse();
+                continue;
+            }
+            if n >= limits.retry_above_connections && !incoming.remote_address_validated() {
+                ::metrics::counter!(metrics::CONNECTIONS_REFUSED, "reason" => "retry").increment(1);
+                if incoming.retry().is_err() {
+                    warn!("retry was not possible for an incoming connection");
+                }
+                continue;
+            }
+            let relay = relay.clone();
+            let stop = stop_rx.clone();
+            let active = active.clone();
+            active.fetch_add(1, Ordering::Relaxed);
+            ::metrics::counter!(metrics::CONNECTIONS).increment(1);
+            ::metrics::gauge!(metrics::CONNECTIONS_ACTIVE).increment(1.0);
+            tasks.spawn(async move {
+                if let Ok(connecting) = incoming.accept() {
+                    if let Ok(Ok(conn)) =
+                        tokio::time::timeout(Duration::from_secs(10), connecting).await
+                    {
+                        conn::serve(relay, conn, stop).await;
+                    }
+                }
+                active.fetch_sub(1, Ordering::Relaxed);
+                ::metrics::gauge!(metrics::CONNECTIONS_ACTIVE).decrement(1.0);
+            });
+        }
+        info!(
+            connections = active.load(Ordering::Relaxed),
+            "shutting down: no new connections"
+        );
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("connections did not finish within the grace period; closing them");
+            tasks.abort_all();
+        }
+        endpoint.close(conn::close::SHUTDOWN.into(), b"relay shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        sweeper.abort();
+        relay.store.flush().await?;
+        info!("relay stopped; storage flushed");
+        Ok(())
+    }
+}
+
+async fn sweep<S: Store>(relay: Arc<Relay<S>>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match relay.store.expire(relay::unix_ms()).await {
+            Ok(n) if n > 0 => {
+                ::metrics::counter!(metrics::ENVELOPES_EXPIRED).increment(n);
+                info!(expired = n, "expired undelivered envelopes");
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "expiry sweep failed"),
+        }
+        if let Ok(stats) = relay.store.queue_stats().await {
+            ::metrics::gauge!(metrics::QUEUE_DEPTH).set(stats.count as f64);
+            ::metrics::gauge!(metrics::QUEUE_BYTES).set(stats.bytes as f64);
+        }
+    }
+}

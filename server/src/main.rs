@@ -1,2 +1,384 @@
-//! `sealpost-relay` binary.
-fn main() {}
+//! `sealpost-relay`: the Sealpost relay binary.
+//!
+//! `sealpost-relay` (or `sealpost-relay run`) starts the relay with the embedded
+//! defaults; `sealpost-relay admin ...` manages accounts, enrolment codes and
+//! assignments in the same data directory. Configuration: built-in defaults, then a TOML
+//! file (`--config`), then environment variables and flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use sealpost_protocol::identity::AccountId;
+use sealpost_protocol::wire::Role;
+use sealpost_server::config::{Backend, Config};
+use sealpost_server::store::memory::MemoryStore;
+use sealpost_server::store::sqlite::SqliteStore;
+use sealpost_server::store::MailboxStore;
+use sealpost_server::{admin, tls, Server};
+
+/// Database file name inside the data directory.
+const DB_FILE: &str = "relay.sqlite3";
+
+#[derive(Parser)]
+#[command(
+    name = "sealpost-relay",
+    version,
+    about = "Sealpost relay: QUIC store-and-forward for sealed envelopes"
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "SEALPOST_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (database, relay secrets).
+    #[arg(long, global = true, env = "SEALPOST_RELAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// UDP address to listen on.
+    #[arg(long, env = "SEALPOST_RELAY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Prometheus metrics address, or "off".
+    #[arg(long, env = "SEALPOST_RELAY_METRICS")]
+    metrics: Option<String>,
+    /// Keep everything in memory (nothing survives a restart; for trials and benchmarks).
+    #[arg(long, env = "SEALPOST_RELAY_MEMORY")]
+    memory: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SEALPOST_RELAY_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (the default).
+    Run,
+    /// Print the effective configuration as TOML.
+    Config,
+    /// Operator actions on the relay's database.
+    Admin {
+        #[command(subcommand)]
+        action: AdminCommand,
+        /// Print results as JSON, one object per line.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Client,
+    Advisor,
+    Staff,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Client => Role::Client,
+            RoleArg::Advisor => Role::Advisor,
+            RoleArg::Staff => Role::Staff,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an account.
+    CreateAccount {
+        /// Account id: a-z, 0-9, '.', '_', '-'.
+        id: String,
+        /// Role.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Issue a one-time enrolment code (shown once; stored only as a hash).
+    IssueCode {
+        /// The account.
+        account: String,
+        /// Lifetime, e.g. "24h", "15m".
+        #[arg(long, default_value = "24h")]
+        ttl: humantime::Duration,
+    },
+    /// Assign a client to an advisor or staff account.
+    Assign {
+        /// The client account.
+        client: String,
+        /// The advisor or staff account.
+        staff: String,
+    },
+    /// Remove an assignment.
+    Unassign {
+        /// The client account.
+        client: String,
+        /// The advisor or staff account.
+        staff: String,
+    },
+    /// List accounts.
+    Accounts,
+    /// List an account's devices.
+    Devices {
+        /// The account.
+        account: String,
+    },
+    /// Print the CA fingerprint clients must pin.
+    CaFingerprint,
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &cli.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(l) = cli.listen {
+        config.listen = l;
+    }
+    match cli.metrics.as_deref() {
+        None => {}
+        Some("off") => config.metrics_listen = None,
+        Some(addr) => {
+            config.metrics_listen = Some(
+                addr.parse()
+                    .context("--metrics must be an address or \"off\"")?,
+            )
+        }
+    }
+    if cli.memory {
+        config.backend = Backend::Memory;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn open_store(config: &Config) -> Result<SqliteStore> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    Ok(SqliteStore::open(&config.data_dir.join(DB_FILE))?)
+}
+
+async fn run(config: Config) -> Result<()> {
+    let fp_path = config.tls.dev_dir.join(tls::CA_FINGERPRINT_FILE);
+    match config.backend {
+        Backend::Sqlite => {
+            let store = open_store(&config)?;
+            let server = Server::bind(config.clone(), store)?;
+            announce(&server, &config, &fp_path)?;
+            server.run(shutdown_signal()).await?;
+        }
+        Backend::Memory => {
+            let server = Server::bind(config.clone(), MemoryStore::new())?;
+            announce(&server, &config, &fp_path)?;
+            server.run(shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}
+
+fn announce<S: sealpost_server::store::Store>(
+    server: &Server<S>,
+    config: &Config,
+    fp_path: &std::path::Path,
+) -> Result<()> {
+    let addr = server.local_addr()?;
+    let fp = hex::encode(server.ca_fingerprint());
+    eprintln!("sealpost-relay listening on {addr} (QUIC, ALPN sealpost/1)");
+    eprintln!("CA fingerprint (clients pin this): {fp}");
+    if config.tls.cert.is_none() {
+        eprintln!("  written to {}", fp_path.display());
+    }
+    match config.backend {
+        Backend::Sqlite => eprintln!("data: {}", config.data_dir.join(DB_FILE).display()),
+        Backend::Memory => eprintln!("data: in memory (nothing survives a restart)"),
+    }
+    if let Some(m) = config.metrics_listen {
+        eprintln!("metrics: http://{m}/metrics");
+    }
+    Ok(())
+}
+
+async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Result<()> {
+    let store = open_store(config)?;
+    let account = |s: &str| AccountId::new(s).with_context(|| format!("invalid account id {s:?}"));
+    match action {
+        AdminCommand::CreateAccount { id, role } => {
+            let id = account(&id)?;
+            admin::create_account(&store, &id, role.into()).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"account": id.as_str(), "role": Role::from(role)})
+                );
+            } else {
+                println!("created account {id}");
+            }
+        }
+        AdminCommand::IssueCode { account: a, ttl } => {
+            let a = account(&a)?;
+            let ttl: Duration = ttl.into();
+            let issued = admin::issue_code(&store, &a, ttl.as_secs()).await?;
+            let fp = std::fs::read_to_string(config.tls.dev_dir.join(tls::CA_FINGERPRINT_FILE))
+                .unwrap_or_default();
+            let fp = fp.trim();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"account": a.as_str(), "code": issued.code, "expires_ms": issued.expires_ms, "ca_fingerprint": fp})
+                );
+            } else {
+                println!("enrolment code for {a}: {}", issued.code);
+                println!(
+                    "valid for {}; it works once and is shown only now.",
+                    humantime::format_duration(ttl)
+                );
+                if !fp.is_empty() {
+                    println!("CA fingerprint: {fp}");
+                }
+            }
+        }
+        AdminCommand::Assign { client, staff } => {
+            admin::assign(&store, &account(&client)?, &account(&staff)?).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"assigned": {"client": client, "staff": staff}})
+                );
+            } else {
+                println!("assigned {client} to {staff}");
+            }
+        }
+        AdminCommand::Unassign { client, staff } => {
+            let existed = admin::unassign(&store, &account(&client)?, &account(&staff)?).await?;
+            if json {
+                println!("{}", serde_json::json!({"unassigned": existed}));
+            } else if existed {
+                println!("unassigned {client} from {staff}");
+            } else {
+                bail!("{client} was not assigned to {staff}");
+            }
+        }
+        AdminCommand::Accounts => {
+            for a in admin::accounts(&store).await? {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"account": a.id.as_str(), "role": a.role, "created_ms": a.created_ms, "frozen": a.frozen})
+                    );
+                } else {
+                    println!(
+                        "{:<32} {:?}{}",
+                        a.id.as_str(),
+                        a.role,
+                        if a.frozen { " (frozen)" } else { "" }
+                    );
+                }
+            }
+        }
+        AdminCommand::Devices { account: a } => {
+            for d in admin::devices(&store, &account(&a)?).await? {
+                let fp = d.identity.fingerprint().to_string();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"device": d.id.to_hex(), "fingerprint": fp, "enrolled_ms": d.enrolled_ms, "revoked": d.revoked})
+                    );
+                } else {
+                    println!(
+                        "{}  {}{}",
+                        d.id,
+                        fp,
+                        if d.revoked { " (revoked)" } else { "" }
+                    );
+                }
+            }
+        }
+        AdminCommand::CaFingerprint => unreachable_in_admin()?,
+    }
+    store.flush().await.ok();
+    Ok(())
+}
+
+fn unreachable_in_admin() -> Result<()> {
+    bail!("internal: handled before opening the store")
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let config = load_config(&cli)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        None | Some(Command::Run) => runtime.block_on(run(config)),
+        Some(Command::Config) => {
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+        Some(Command::Admin {
+            action: AdminCommand::CaFingerprint,
+            ..
+        }) => {
+            let path = config.tls.dev_dir.join(tls::CA_FINGERPRINT_FILE);
+            let fp = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "{} not found: start the relay once to generate the development CA",
+                    path.display()
+                )
+            })?;
+            println!("{}", fp.trim());
+            Ok(())
+        }
+        Some(Command::Admin { action, json }) => {
+            runtime.block_on(admin_command(&config, action, json))
+        }
+    }
+}

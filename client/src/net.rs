@@ -1,0 +1,503 @@
+//! The connection to the relay: QUIC with TLS 1.3 to a pinned CA, one control stream,
+//! request/response correlation by frame id, and a queue of pushes (deliveries, prekey
+//! warnings).
+//!
+//! The relay's certificate chain must contain a certificate whose SHA-256 equals the
+//! pinned CA fingerprint; the chain is then verified with webpki against that CA alone,
+//! for the server name given. No 0-RTT: every request travels after the handshake.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sealpost_protocol::envelope::{Envelope, MessageId};
+use sealpost_protocol::identity::{AccountId, DeviceId, IdentityKeyPair, PublicIdentity};
+use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use sealpost_protocol::wire::{
+    self, auth_signature_message, enroll_signature_message, BoundedString, BoundedVec, DeviceInfo,
+    ErrorCode, Frame, FrameBody, Role, ALPN, FRAME_PREFIX_LEN, TLS_EXPORTER_LABEL,
+};
+use sealpost_protocol::DecodeError;
+use tokio::sync::{mpsc, oneshot};
+
+/// Pushes buffered before the reader waits for the application.
+pub const PUSH_QUEUE: usize = 4096;
+/// Requests outstanding at once on one connection.
+pub const MAX_OUTSTANDING: usize = 4096;
+/// How long a request waits for its answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection-level failure.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The address or server name is unusable.
+    #[error("invalid relay address or name: {0}")]
+    Address(String),
+    /// TLS configuration failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The QUIC connection could not be established or was lost.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// The relay refused the request.
+    #[error("relay refused ({code:?}): {message}")]
+    Refused {
+        /// Why.
+        code: ErrorCode,
+        /// The relay's explanation.
+        message: String,
+        /// For rate limits: when to retry.
+        retry_after_ms: Option<u64>,
+    },
+    /// The relay answered with a frame of the wrong type.
+    #[error("unexpected answer from the relay: {0}")]
+    Unexpected(String),
+    /// A frame from the relay did not decode.
+    #[error("bad frame from the relay: {0}")]
+    Decode(#[from] DecodeError),
+    /// No answer in time.
+    #[error("no answer from the relay within {0:?}")]
+    Timeout(Duration),
+    /// Too many requests outstanding.
+    #[error("too many outstanding requests")]
+    Busy,
+}
+
+/// Where the relay is and how to trust it.
+#[derive(Clone, Debug)]
+pub struct RelayAddress {
+    /// UDP address.
+    pub addr: SocketAddr,
+    /// Name on the relay's certificate (`localhost` for the development CA).
+    pub server_name: String,
+    /// SHA-256 of the pinned CA certificate.
+    pub ca_fingerprint: [u8; 32],
+}
+
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| sealpost_protocol::crypto::sha256(&[c.as_ref()]) == self.fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the relay's certificate chain does not contain the pinned CA".into(),
+                )
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A QUIC client configuration that pins `ca_fingerprint`.
+pub fn client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, NetError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            fingerprint: ca_fingerprint,
+            provider,
+        }))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.enable_early_data = false;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(15)))
+        .max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(60)).ok())
+        .max_concurrent_bidi_streams(0u32.into())
+        .max_concurrent_uni_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// A client endpoint (one UDP socket) for connections to relays of `addr`'s family.
+pub fn client_endpoint(for_addr: SocketAddr) -> Result<quinn::Endpoint, NetError> {
+    let bind: SocketAddr = if for_addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(|_| NetError::Address("bind address".into()))?;
+    quinn::Endpoint::client(bind).map_err(|e| NetError::Connection(e.to_string()))
+}
+
+type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<FrameBody>>>>;
+
+/// An open connection to the relay.
+pub struct RelayConnection {
+    conn: quinn::Connection,
+    out: mpsc::Sender<Vec<u8>>,
+    pending: PendingMap,
+    next_id: AtomicU64,
+    pushes: tokio::sync::Mutex<mpsc::Receiver<FrameBody>>,
+    exporter: [u8; 32],
+    _endpoint: Option<quinn::Endpoint>,
+}
+
+impl RelayConnection {
+    /// Connect on a new endpoint of its own.
+    pub async fn connect(relay: &RelayAddress) -> Result<Self, NetError> {
+        let endpoint = client_endpoint(relay.addr)?;
+        let mut c = Self::connect_on(&endpoint, relay).await?;
+        c._endpoint = Some(endpoint);
+        Ok(c)
+    }
+
+    /// Connect using an existing endpoint (many connections can share one socket).
+    pub async fn connect_on(
+        endpoint: &quinn::Endpoint,
+        relay: &RelayAddress,
+    ) -> Result<Self, NetError> {
+        let config = client_config(relay.ca_fingerprint)?;
+        let connecting = endpoint
+            .connect_with(config, relay.addr, &relay.server_name)
+            .map_err(|e| NetError::Address(e.to_string()))?;
+        let conn = connecting
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        let mut exporter = [0u8; 32];
+        conn.export_keying_material(&mut exporter, TLS_EXPORTER_LABEL, b"")
+            .map_err(|_| NetError::Tls("keying material export failed".into()))?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| NetError::Connection(e.to_string()))?;
+        let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(1024);
+        tokio::spawn(write_loop(send, out_rx));
+        let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
+        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
+        tokio::spawn(read_loop(recv, pending.clone(), push_tx));
+        Ok(Self {
+            conn,
+            out: out_tx,
+            pending,
+            next_id: AtomicU64::new(1),
+            pushes: tokio::sync::Mutex::new(push_rx),
+            exporter,
+            _endpoint: None,
+        })
+    }
+
+    /// The channel-binding value of this connection.
+    pub fn exporter(&self) -> &[u8; 32] {
+        &self.exporter
+    }
+
+    /// The underlying QUIC connection.
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Send raw bytes on the control stream (for adversarial tests).
+    pub async fn send_raw(&self, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.out
+            .send(bytes)
+            .await
+            .map_err(|_| NetError::Connection("connection closed".into()))
+    }
+
+    /// Send a frame without waiting for an answer.
+    pub async fn send_frame(&self, body: FrameBody) -> Result<(), NetError> {
+        let bytes = wire::encode_frame(&Frame::new(0, body))
+            .map_err(|e| NetError::Unexpected(e.to_string()))?;
+        self.send_raw(bytes).await
+    }
+
+    /// Send a request and wait for its answer; an `error` frame becomes `Refused`.
+    pub async fn request(&self, body: FrameBody) -> Result<FrameBody, NetError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.pending.lock().map_err(|_| NetError::Busy)?;
+            if p.len() >= MAX_OUTSTANDING {
+                return Err(NetError::Busy);
+            }
+            p.insert(id, tx);
+        }
+        let bytes = wire::encode_frame(&Frame::new(id, body))
+            .map_err(|e| NetError::Unexpected(e.to_string()))?;
+        self.send_raw(bytes).await?;
+        let answer = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(_)) => return Err(NetError::Connection(self.close_reason())),
+            Err(_) => {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.remove(&id);
+                }
+                return Err(NetError::Timeout(REQUEST_TIMEOUT));
+            }
+        };
+        match answer {
+            FrameBody::Error {
+                code,
+                message,
+                retry_after_ms,
+            } => Err(NetError::Refused {
+                code,
+                message: message.as_str().to_owned(),
+                retry_after_ms,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    fn close_reason(&self) -> String {
+        match self.conn.close_reason() {
+            Some(r) => r.to_string(),
+            None => "connection closed".into(),
+        }
+    }
+
+    /// The next push from the relay (a delivery, a prekey warning, or an error frame not
+    /// tied to a request); `None` when the connection is gone.
+    pub async fn next_push(&self) -> Option<FrameBody> {
+        self.pushes.lock().await.recv().await
+    }
+
+    /// Enrol `identity` into `account` with a one-time code.
+    pub async fn enroll(
+        &self,
+        identity: &IdentityKeyPair,
+        account: &AccountId,
+        code: &str,
+    ) -> Result<(DeviceId, Role), NetError> {
+        let signature = identity.sign(&enroll_signature_message(&self.exporter, account, code));
+        let code = BoundedString::try_from(code.to_owned())
+            .map_err(|e| NetError::Address(e.to_string()))?;
+        match self
+            .request(FrameBody::Enroll {
+                account: account.clone(),
+                code,
+                identity: identity.public().clone(),
+                signature,
+            })
+            .await?
+        {
+            FrameBody::Enrolled { device, role } => Ok((device, role)),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Authenticate as `identity`, bound to this connection.
+    pub async fn authenticate(
+        &self,
+        identity: &IdentityKeyPair,
+    ) -> Result<(AccountId, Role), NetError> {
+        let device = identity.device_id();
+        let nonce = match self.request(FrameBody::AuthStart { device }).await? {
+            FrameBody::AuthChallenge { nonce } => nonce,
+            other => return Err(NetError::Unexpected(format!("{other:?}"))),
+        };
+        let signature = identity.sign(&auth_signature_message(&self.exporter, &nonce, &device));
+        match self.request(FrameBody::AuthResponse { signature }).await? {
+            FrameBody::AuthOk { account, role } => Ok((account, role)),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Upload prekeys; returns (one-time, KEM one-time, low).
+    pub async fn upload_prekeys(
+        &self,
+        signed_prekey: Option<SignedPreKey>,
+        one_time: Vec<OneTimePreKey>,
+        kem_one_time: Vec<KemPreKey>,
+        kem_last_resort: Option<KemPreKey>,
+    ) -> Result<(u32, u32, bool), NetError> {
+        let one_time = BoundedVec::new(one_time)?;
+        let kem_one_time = BoundedVec::new(kem_one_time)?;
+        match self
+            .request(FrameBody::UploadPreKeys {
+                signed_prekey,
+                one_time,
+                kem_one_time,
+                kem_last_resort,
+            })
+            .await?
+        {
+            FrameBody::PreKeyStock {
+                one_time,
+                kem_one_time,
+                low,
+            } => Ok((one_time, kem_one_time, low)),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Fetch one bundle per device of `account`.
+    pub async fn fetch_bundles(&self, account: &AccountId) -> Result<Vec<PreKeyBundle>, NetError> {
+        match self
+            .request(FrameBody::FetchBundles {
+                account: account.clone(),
+            })
+            .await?
+        {
+            FrameBody::Bundles { bundles, .. } => Ok(bundles.into_inner()),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The devices of `account`.
+    pub async fn list_devices(&self, account: &AccountId) -> Result<Vec<DeviceInfo>, NetError> {
+        match self
+            .request(FrameBody::ListDevices {
+                account: account.clone(),
+            })
+            .await?
+        {
+            FrameBody::Devices { devices, .. } => Ok(devices.into_inner()),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Hand an envelope to the relay; returns once it is durably stored there.
+    pub async fn send_envelope(&self, envelope: Envelope) -> Result<MessageId, NetError> {
+        match self.request(FrameBody::Send { envelope }).await? {
+            FrameBody::Accepted { message_id } => Ok(message_id),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Tell the relay an envelope was processed (it deletes it).
+    pub async fn ack(&self, message_id: MessageId) -> Result<(), NetError> {
+        self.send_frame(FrameBody::Ack { message_id }).await
+    }
+
+    /// Close the connection.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+impl Drop for RelayConnection {
+    fn drop(&mut self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if send.write_all(&batch).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+async fn read_loop(
+    mut recv: quinn::RecvStream,
+    pending: PendingMap,
+    pushes: mpsc::Sender<FrameBody>,
+) {
+    loop {
+        let mut prefix = [0u8; FRAME_PREFIX_LEN];
+        if recv.read_exact(&mut prefix).await.is_err() {
+            break;
+        }
+        let Ok(len) = wire::frame_len(prefix) else {
+            break;
+        };
+        let mut payload = vec![0u8; len];
+        if recv.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        let Ok(frame) = wire::decode_frame(&payload) else {
+            continue;
+        };
+        let waiter = if frame.id != 0 {
+            pending.lock().ok().and_then(|mut p| p.remove(&frame.id))
+        } else {
+            None
+        };
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(frame.body);
+            }
+            None => {
+                if pushes.send(frame.body).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // Wake every waiter: the connection is gone.
+    if let Ok(mut p) = pending.lock() {
+        p.clear();
+    }
+}
+
+/// Check a device list against what the caller expects (helper for callers that pin
+/// identities): the identities of `devices`.
+pub fn identities(devices: &[DeviceInfo]) -> Vec<PublicIdentity> {
+    devices.iter().map(|d| d.identity.clone()).collect()
+}

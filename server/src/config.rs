@@ -1,0 +1,216 @@
+//! Relay configuration: built-in defaults, overridden by a TOML file, overridden by
+//! environment variables and flags (see `main.rs`). Every bound a peer can push against
+//! is here, with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::Rate;
+use crate::tls::TransportLimits;
+
+/// Where the TLS identity comes from.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Directory of the development CA and server certificate, generated on first start
+    /// when `cert` and `key` are not set.
+    pub dev_dir: PathBuf,
+    /// Names (DNS or IP) the development server certificate covers.
+    pub dev_names: Vec<String>,
+    /// Production: PEM server certificate (and intermediates).
+    pub cert: Option<PathBuf>,
+    /// Production: PEM private key.
+    pub key: Option<PathBuf>,
+    /// Production: PEM CA certificate clients pin (appended to the chain).
+    pub ca: Option<PathBuf>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            dev_dir: PathBuf::from("certs/dev"),
+            dev_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            cert: None,
+            key: None,
+            ca: None,
+        }
+    }
+}
+
+/// Storage backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Embedded SQLite in the data directory (durable; the default).
+    Sqlite,
+    /// In memory (tests and benchmarks; loses everything on exit).
+    Memory,
+}
+
+/// Limits on what peers may do.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most concurrent connections; further ones are refused.
+    pub max_connections: usize,
+    /// Above this many connections, unvalidated addresses must complete a Retry first.
+    pub retry_above_connections: usize,
+    /// Largest envelope body accepted, bytes (at most the protocol's MAX_BODY_LEN).
+    pub max_envelope_bytes: usize,
+    /// Most pending envelopes per recipient device.
+    pub mailbox_max_count: u64,
+    /// Most pending body bytes per recipient device.
+    pub mailbox_max_bytes: u64,
+    /// How long an undelivered envelope is kept, seconds (default 30 days).
+    pub envelope_ttl_secs: u64,
+    /// Envelopes a device may send.
+    pub send_rate: Rate,
+    /// Failed authentications or enrolments per remote IP address.
+    pub auth_failures_per_ip: Rate,
+    /// Failed authentications per device.
+    pub auth_failures_per_device: Rate,
+    /// Bundle fetches per requesting device.
+    pub bundle_fetch_per_device: Rate,
+    /// Bundle fetches per (requesting device, target account).
+    pub bundle_fetch_per_pair: Rate,
+    /// Distinct keys each rate limiter tracks at most.
+    pub rate_limit_max_keys: usize,
+    /// When a device's one-time prekeys fall below this, it is told to upload more.
+    pub prekey_low_watermark: u32,
+    /// Envelopes delivered to a device and not yet acknowledged, at most.
+    pub delivery_window: usize,
+    /// Undecodable frames tolerated on one connection before it is closed.
+    pub max_bad_frames: u32,
+    /// Seconds a new connection has to open its control stream.
+    pub stream_open_timeout_secs: u64,
+    /// Seconds a connection has to authenticate.
+    pub auth_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            retry_above_connections: 5_000,
+            max_envelope_bytes: sealpost_protocol::envelope::MAX_BODY_LEN,
+            mailbox_max_count: 10_000,
+            mailbox_max_bytes: 64 * 1024 * 1024,
+            envelope_ttl_secs: 30 * 24 * 3600,
+            send_rate: Rate::new(200.0, 2000.0),
+            auth_failures_per_ip: Rate::new(0.2, 20.0),
+            auth_failures_per_device: Rate::new(0.1, 5.0),
+            bundle_fetch_per_device: Rate::new(5.0, 100.0),
+            bundle_fetch_per_pair: Rate::new(0.5, 20.0),
+            rate_limit_max_keys: 100_000,
+            prekey_low_watermark: 20,
+            delivery_window: 256,
+            max_bad_frames: 16,
+            stream_open_timeout_secs: 10,
+            auth_timeout_secs: 30,
+        }
+    }
+}
+
+/// The relay's configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// UDP address QUIC listens on.
+    pub listen: SocketAddr,
+    /// Data directory (database, relay secrets).
+    pub data_dir: PathBuf,
+    /// Prometheus metrics HTTP address (keep it local); `None` disables metrics.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Storage backend.
+    pub backend: Backend,
+    /// TLS identity.
+    pub tls: TlsConfig,
+    /// QUIC transport limits.
+    pub transport: TransportLimits,
+    /// Peer limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            data_dir: PathBuf::from("data"),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            backend: Backend::Sqlite,
+            tls: TlsConfig::default(),
+            transport: TransportLimits::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading failed.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// Parsing failed.
+    #[error("{0}: {1}")]
+    Parse(PathBuf, toml::de::Error),
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Read a TOML file over the defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Io(path.to_owned(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.to_owned(), e))
+    }
+
+    /// Check values that would make the relay unsafe or unusable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_envelope_bytes == 0
+            || l.max_envelope_bytes > sealpost_protocol::envelope::MAX_BODY_LEN
+        {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_envelope_bytes must be 1..={}",
+                sealpost_protocol::envelope::MAX_BODY_LEN
+            )));
+        }
+        if l.delivery_window == 0 || l.delivery_window > 65_536 {
+            return Err(ConfigError::Invalid(
+                "limits.delivery_window must be 1..=65536".into(),
+            ));
+        }
+        if l.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_connections must be positive".into(),
+            ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert and tls.key must be set together".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests: loopback port 0, in-memory store unless a data
+    /// directory is used, no metrics listener, dev certificates under `dir`.
+    pub fn for_tests(dir: &std::path::Path) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.join("data"),
+            metrics_listen: None,
+            backend: Backend::Memory,
+            tls: TlsConfig {
+                dev_dir: dir.join("certs"),
+                ..TlsConfig::default()
+            },
+            ..Self::default()
+        }
+    }
+}

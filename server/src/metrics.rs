@@ -1,0 +1,96 @@
+//! Prometheus metrics. Names are constants so dashboards and tests agree with the code.
+//! Values never include keys, envelope bodies or anything a peer sent beyond counts.
+
+use std::net::SocketAddr;
+
+/// Connections accepted (counter).
+pub const CONNECTIONS: &str = "sealpost_connections_total";
+/// Connections refused or sent to Retry (counter, label `reason`).
+pub const CONNECTIONS_REFUSED: &str = "sealpost_connections_refused_total";
+/// Open connections (gauge).
+pub const CONNECTIONS_ACTIVE: &str = "sealpost_connections_active";
+/// Authenticated devices online (gauge).
+pub const DEVICES_AUTHENTICATED: &str = "sealpost_devices_authenticated";
+/// Envelopes durably accepted (counter).
+pub const ENVELOPES_ACCEPTED: &str = "sealpost_envelopes_accepted_total";
+/// Envelopes delivered to a device (counter; redeliveries count again).
+pub const ENVELOPES_DELIVERED: &str = "sealpost_envelopes_delivered_total";
+/// Envelopes acknowledged and deleted (counter).
+pub const ENVELOPES_ACKED: &str = "sealpost_envelopes_acked_total";
+/// Envelopes expired undelivered (counter).
+pub const ENVELOPES_EXPIRED: &str = "sealpost_envelopes_expired_total";
+/// Pending envelopes, all mailboxes (gauge).
+pub const QUEUE_DEPTH: &str = "sealpost_queue_depth";
+/// Pending body bytes, all mailboxes (gauge).
+pub const QUEUE_BYTES: &str = "sealpost_queue_bytes";
+/// Frame bytes received (counter).
+pub const BYTES_RECEIVED: &str = "sealpost_bytes_received_total";
+/// Frame bytes sent (counter).
+pub const BYTES_SENT: &str = "sealpost_bytes_sent_total";
+/// Failed authentications and enrolments (counter).
+pub const AUTH_FAILURES: &str = "sealpost_auth_failures_total";
+/// Requests refused by a rate limit (counter, label `limit`).
+pub const RATE_LIMITED: &str = "sealpost_rate_limited_total";
+/// Frames that did not decode (counter).
+pub const BAD_FRAMES: &str = "sealpost_bad_frames_total";
+/// Time from receiving a `send` to its durable acceptance, seconds (histogram).
+pub const SEND_LATENCY: &str = "sealpost_send_commit_seconds";
+/// Time to handle any request, seconds (histogram, label `type`).
+pub const REQUEST_LATENCY: &str = "sealpost_request_seconds";
+
+/// Install the global Prometheus recorder with an HTTP listener on `addr` (serving
+/// `/metrics`). Must run inside a tokio runtime. A second call in the same process
+/// (tests) leaves the first recorder in place.
+pub fn install(addr: SocketAddr) -> Result<(), String> {
+    let buckets = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    ];
+    let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&buckets)
+        .map_err(|e| e.to_string())?;
+    match builder.install() {
+        Ok(()) => Ok(()),
+        Err(metrics_exporter_prometheus::BuildError::FailedToSetGlobalRecorder(_)) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Describe every metric (help text in the exposition).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(CONNECTIONS, "QUIC connections accepted");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "QUIC connection attempts refused or sent to Retry"
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Open QUIC connections");
+    describe_gauge!(DEVICES_AUTHENTICATED, "Authenticated devices online");
+    describe_counter!(ENVELOPES_ACCEPTED, "Envelopes durably accepted");
+    describe_counter!(
+        ENVELOPES_DELIVERED,
+        "Envelopes delivered (redeliveries included)"
+    );
+    describe_counter!(
+        ENVELOPES_ACKED,
+        "Envelopes acknowledged by their recipient and deleted"
+    );
+    describe_counter!(ENVELOPES_EXPIRED, "Envelopes expired undelivered");
+    describe_gauge!(QUEUE_DEPTH, "Pending envelopes in all mailboxes");
+    describe_gauge!(
+        QUEUE_BYTES,
+        Unit::Bytes,
+        "Pending envelope bytes in all mailboxes"
+    );
+    describe_counter!(BYTES_RECEIVED, Unit::Bytes, "Frame bytes received");
+    describe_counter!(BYTES_SENT, Unit::Bytes, "Frame bytes sent");
+    describe_counter!(AUTH_FAILURES, "Failed authentications and enrolments");
+    describe_counter!(RATE_LIMITED, "Requests refused by a rate limit");
+    describe_counter!(BAD_FRAMES, "Frames that failed to decode");
+    describe_histogram!(
+        SEND_LATENCY,
+        Unit::Seconds,
+        "Send received to durably accepted"
+    );
+    describe_histogram!(REQUEST_LATENCY, Unit::Seconds, "Request handling time");
+}

@@ -1,0 +1,747 @@
+//! Request handling: what the relay does with each frame. The connection shell
+//! (`conn.rs`) reads frames and writes replies; every decision is made here, against the
+//! storage traits, the pure policy and limit functions, and the hub.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use sealpost_protocol::envelope::{Envelope, MessageId};
+use sealpost_protocol::identity::{AccountId, DeviceId};
+use sealpost_protocol::prekeys::PreKeyKind;
+use sealpost_protocol::wire::{
+    auth_signature_message, enroll_signature_message, BoundedVec, DeviceInfo, ErrorCode, Frame,
+    FrameBody, Role,
+};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::hub::{Hub, Push};
+use crate::limits::{KeyedLimiter, Limited};
+use crate::metrics as m;
+use crate::policy::{self, Party};
+use crate::store::{AccountRecord, PreKeyUpload, Quota, Store, StoreError};
+
+/// Domain label under which enrolment codes are hashed for storage.
+pub const ENROLLMENT_CODE_LABEL: &[u8] = b"Sealpost_EnrollCode_v1";
+/// How long a per-connection policy answer is trusted, milliseconds.
+const POLICY_CACHE_MS: u64 = 30_000;
+/// Most entries in a connection's policy cache.
+const POLICY_CACHE_MAX: usize = 4096;
+
+/// Milliseconds since the Unix epoch (wall clock, for stored timestamps and expiry).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Hash of an enrolment code as stored.
+pub fn enrollment_code_hash(code: &str) -> [u8; 32] {
+    let normalized: String = code
+        .trim()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    sealpost_protocol::crypto::sha256(&[ENROLLMENT_CODE_LABEL, normalized.as_bytes()])
+}
+
+struct Limiters {
+    send: KeyedLimiter<DeviceId>,
+    auth_ip: KeyedLimiter<IpAddr>,
+    auth_device: KeyedLimiter<DeviceId>,
+    fetch_device: KeyedLimiter<DeviceId>,
+    fetch_pair: KeyedLimiter<(DeviceId, AccountId)>,
+}
+
+/// The relay's shared state.
+pub struct Relay<S: Store> {
+    /// Storage.
+    pub store: S,
+    /// Online devices.
+    pub hub: Hub,
+    /// Configuration.
+    pub config: Config,
+    limiters: Mutex<Limiters>,
+    started: Instant,
+}
+
+/// An authenticated device on a connection.
+#[derive(Clone, Debug)]
+pub struct Authenticated {
+    /// The device.
+    pub device: DeviceId,
+    /// Its account.
+    pub account: AccountId,
+    /// The account's role.
+    pub role: Role,
+}
+
+/// Where a connection is in the authentication exchange.
+#[derive(Clone, Debug)]
+pub enum AuthState {
+    /// Nothing yet.
+    Fresh,
+    /// A challenge was issued for `device`.
+    Challenged {
+        /// The device claimed.
+        device: DeviceId,
+        /// The nonce to sign.
+        nonce: [u8; 32],
+    },
+    /// Authenticated.
+    Done(Authenticated),
+}
+
+#[derive(Clone)]
+struct PeerInfo {
+    account: AccountRecord,
+    allowed: Result<(), String>,
+    revoked: bool,
+    expires_ms: u64,
+}
+
+/// Per-connection state the handlers need.
+pub struct ConnCtx {
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// 32 bytes exported from this connection's TLS session (channel binding).
+    pub exporter: [u8; 32],
+    /// Authentication state.
+    pub auth: AuthState,
+    peers: HashMap<DeviceId, PeerInfo>,
+}
+
+impl ConnCtx {
+    /// State for a new connection.
+    pub fn new(remote: SocketAddr, exporter: [u8; 32]) -> Self {
+        Self {
+            remote,
+            exporter,
+            auth: AuthState::Fresh,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// The authenticated device, if any.
+    pub fn authenticated(&self) -> Option<&Authenticated> {
+        match &self.auth {
+            AuthState::Done(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// What the shell must do after a frame.
+#[derive(Debug, Default)]
+pub struct Handled {
+    /// Reply to send (with the request's id).
+    pub reply: Option<Frame>,
+    /// The connection just authenticated: subscribe it and start delivery.
+    pub authenticated: Option<Authenticated>,
+    /// The device acknowledged this envelope (frees a delivery-window slot).
+    pub acked: Option<MessageId>,
+}
+
+fn reply(id: u64, body: FrameBody) -> Handled {
+    Handled {
+        reply: Some(Frame::new(id, body)),
+        ..Handled::default()
+    }
+}
+
+fn refuse(id: u64, code: ErrorCode, message: &str) -> Handled {
+    reply(id, FrameBody::error(code, message))
+}
+
+fn limited(id: u64, which: &'static str, l: Limited) -> Handled {
+    metrics::counter!(m::RATE_LIMITED, "limit" => which).increment(1);
+    let mut h = refuse(id, ErrorCode::RateLimited, &format!("rate limit: {which}"));
+    if let Some(Frame {
+        body: FrameBody::Error { retry_after_ms, .. },
+        ..
+    }) = &mut h.reply
+    {
+        *retry_after_ms = Some(l.retry_after_ms());
+    }
+    h
+}
+
+fn store_failure(id: u64, e: &StoreError) -> Handled {
+    match e {
+        StoreError::Conflict(what) => {
+            refuse(id, ErrorCode::Conflict, &format!("{what} already exists"))
+        }
+        StoreError::NotFound(what) => refuse(id, ErrorCode::NotFound, &format!("{what} not found")),
+        StoreError::EnrollmentRefused => refuse(
+            id,
+            ErrorCode::EnrollmentRefused,
+            "enrolment code is unknown, used or expired",
+        ),
+        StoreError::QuotaExceeded { what, current, max } => refuse(
+            id,
+            ErrorCode::QuotaExceeded,
+            &format!("quota exceeded: {what} ({current} of at most {max})"),
+        ),
+        StoreError::Backend(detail) => {
+            warn!(error = %detail, "storage failure");
+            refuse(id, ErrorCode::Internal, "storage failure; retry later")
+        }
+    }
+}
+
+fn type_name(body: &FrameBody) -> &'static str {
+    match body {
+        FrameBody::Enroll { .. } => "enroll",
+        FrameBody::AuthStart { .. } => "auth_start",
+        FrameBody::AuthResponse { .. } => "auth_response",
+        FrameBody::UploadPreKeys { .. } => "upload_pre_keys",
+        FrameBody::FetchBundles { .. } => "fetch_bundles",
+        FrameBody::ListDevices { .. } => "list_devices",
+        FrameBody::Send { .. } => "send",
+        FrameBody::Ack { .. } => "ack",
+        FrameBody::Ping => "ping",
+        _ => "relay_only",
+    }
+}
+
+impl<S: Store> Relay<S> {
+    /// Build the relay state.
+    pub fn new(store: S, config: Config) -> Self {
+        let l = &config.limits;
+        let limiters = Limiters {
+            send: KeyedLimiter::new(l.send_rate, l.rate_limit_max_keys),
+            auth_ip: KeyedLimiter::new(l.auth_failures_per_ip, l.rate_limit_max_keys),
+            auth_device: KeyedLimiter::new(l.auth_failures_per_device, l.rate_limit_max_keys),
+            fetch_device: KeyedLimiter::new(l.bundle_fetch_per_device, l.rate_limit_max_keys),
+            fetch_pair: KeyedLimiter::new(l.bundle_fetch_per_pair, l.rate_limit_max_keys),
+        };
+        Self {
+            store,
+            hub: Hub::new(),
+            config,
+            limiters: Mutex::new(limiters),
+            started: Instant::now(),
+        }
+    }
+
+    /// Monotonic milliseconds since the relay started (for rate limits).
+    pub fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn with_limiters<T>(&self, f: impl FnOnce(&mut Limiters) -> T) -> T {
+        match self.limiters.lock() {
+            Ok(mut l) => f(&mut l),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    /// Whether this address may still try to authenticate or enrol.
+    fn auth_allowed(&self, ip: IpAddr) -> Result<(), Limited> {
+        let now = self.mono_ms();
+        self.with_limiters(|l| {
+            if l.auth_ip.would_allow(&ip, 1.0, now) {
+                Ok(())
+            } else {
+                Err(Limited::RetryAfter(1000))
+            }
+        })
+    }
+
+    fn auth_failed(&self, ip: IpAddr, device: Option<DeviceId>) {
+        metrics::counter!(m::AUTH_FAILURES).increment(1);
+        let now = self.mono_ms();
+        self.with_limiters(|l| {
+            let _ = l.auth_ip.check(&ip, 1.0, now);
+            if let Some(d) = device {
+                let _ = l.auth_device.check(&d, 1.0, now);
+            }
+        });
+    }
+
+    /// Handle one decoded frame.
+    pub async fn handle(&self, ctx: &mut ConnCtx, frame: Frame) -> Handled {
+        let started = Instant::now();
+        let name = type_name(&frame.body);
+        let id = frame.id;
+        let out = match frame.body {
+            FrameBody::Ping => reply(id, FrameBody::Pong),
+            FrameBody::Enroll {
+                account,
+                code,
+                identity,
+                signature,
+            } => {
+                self.enroll(ctx, id, account, code.as_str(), identity, signature)
+                    .await
+            }
+            FrameBody::AuthStart { device } => self.auth_start(ctx, id, device),
+            FrameBody::AuthResponse { signature } => self.auth_response(ctx, id, signature).await,
+            body => match ctx.authenticated().cloned() {
+                None => refuse(
+                    id,
+                    ErrorCode::Unauthenticated,
+                    "authenticate first (auth_start)",
+                ),
+                Some(me) => self.handle_authenticated(ctx, &me, id, body).await,
+            },
+        };
+        metrics::histogram!(m::REQUEST_LATENCY, "type" => name)
+            .record(started.elapsed().as_secs_f64());
+        out
+    }
+
+    async fn enroll(
+        &self,
+        ctx: &mut ConnCtx,
+        id: u64,
+        account: AccountId,
+        code: &str,
+        identity: sealpost_protocol::PublicIdentity,
+        signature: [u8; 64],
+    ) -> Handled {
+        if ctx.authenticated().is_some() {
+            return refuse(id, ErrorCode::UnexpectedFrame, "already authenticated");
+        }
+        if let Err(l) = self.auth_allowed(ctx.remote.ip()) {
+            return limited(id, "auth_failures_per_ip", l);
+        }
+        let msg = enroll_signature_message(&ctx.exporter, &account, code);
+        if identity.verify(&msg, &signature).is_err() {
+            self.auth_failed(ctx.remote.ip(), None);
+            return refuse(
+                id,
+                ErrorCode::AuthFailed,
+                "enrolment signature does not verify for this connection",
+            );
+        }
+        match self
+            .store
+            .redeem_enrollment(&account, enrollment_code_hash(code), &identity, unix_ms())
+            .await
+        {
+            Ok(dev) => {
+                let role = match self.store.account(&account).await {
+                    Ok(Some(a)) => a.role,
+                    Ok(None) => return refuse(id, ErrorCode::NotFound, "account not found"),
+                    Err(e) => return store_failure(id, &e),
+                };
+                info!(account = %account, device = %dev.id, "device enrolled");
+                reply(
+                    id,
+                    FrameBody::Enrolled {
+                        device: dev.id,
+                        role,
+                    },
+                )
+            }
+            Err(e) => {
+                if matches!(e, StoreError::EnrollmentRefused) {
+                    self.auth_failed(ctx.remote.ip(), None);
+                }
+                store_failure(id, &e)
+            }
+        }
+    }
+
+    fn auth_start(&self, ctx: &mut ConnCtx, id: u64, device: DeviceId) -> Handled {
+        if ctx.authenticated().is_some() {
+            return refuse(id, ErrorCode::UnexpectedFrame, "already authenticated");
+        }
+        if let Err(l) = self.auth_allowed(ctx.remote.ip()) {
+            return limited(id, "auth_failures_per_ip", l);
+        }
+        let now = self.mono_ms();
+        if !self.with_limiters(|l| l.auth_device.would_allow(&device, 1.0, now)) {
+            return limited(id, "auth_failures_per_device", Limited::RetryAfter(10_000));
+        }
+        let mut nonce = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        ctx.auth = AuthState::Challenged { device, nonce };
+        reply(id, FrameBody::AuthChallenge { nonce })
+    }
+
+    async fn auth_response(&self, ctx: &mut ConnCtx, id: u64, signature: [u8; 64]) -> Handled {
+        let (device, nonce) = match &ctx.auth {
+            AuthState::Challenged { device, nonce } => (*device, *nonce),
+            AuthState::Fresh => {
+                return refuse(
+                    id,
+                    ErrorCode::UnexpectedFrame,
+                    "auth_response without auth_start",
+                )
+            }
+            AuthState::Done(_) => {
+                return refuse(id, ErrorCode::UnexpectedFrame, "already authenticated")
+            }
+        };
+        // One challenge, one attempt.
+        ctx.auth = AuthState::Fresh;
+        let record = match self.store.device(&device).await {
+            Ok(r) => r,
+            Err(e) => return store_failure(id, &e),
+        };
+        let verified = record.as_ref().is_some_and(|r| {
+            !r.revoked
+                && r.identity
+                    .verify(
+                        &auth_signature_message(&ctx.exporter, &nonce, &device),
+                        &signature,
+                    )
+                    .is_ok()
+        });
+        let Some(record) = record.filter(|_| verified) else {
+            self.auth_failed(ctx.remote.ip(), Some(device));
+            debug!(device = %device, remote = %ctx.remote, "authentication failed");
+            return refuse(id, ErrorCode::AuthFailed, "authentication failed");
+        };
+        let account = match self.store.account(&record.account).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return refuse(id, ErrorCode::AuthFailed, "authentication failed"),
+            Err(e) => return store_failure(id, &e),
+        };
+        let me = Authenticated {
+            device,
+            account: account.id.clone(),
+            role: account.role,
+        };
+        ctx.auth = AuthState::Done(me.clone());
+        info!(device = %device, account = %account.id, "device authenticated");
+        Handled {
+            reply: Some(Frame::new(
+                id,
+                FrameBody::AuthOk {
+                    account: account.id,
+                    role: account.role,
+                },
+            )),
+            authenticated: Some(me),
+            acked: None,
+        }
+    }
+
+    async fn handle_authenticated(
+        &self,
+        ctx: &mut ConnCtx,
+        me: &Authenticated,
+        id: u64,
+        body: FrameBody,
+    ) -> Handled {
+        match body {
+            FrameBody::Send { envelope } => self.send(ctx, me, id, envelope).await,
+            FrameBody::Ack { message_id } => match self.store.ack(&me.device, &message_id).await {
+                Ok(true) => {
+                    metrics::counter!(m::ENVELOPES_ACKED).increment(1);
+                    Handled {
+                        acked: Some(message_id),
+                        ..Handled::default()
+                    }
+                }
+                Ok(false) => Handled::default(),
+                Err(e) => store_failure(id, &e),
+            },
+            FrameBody::UploadPreKeys {
+                signed_prekey,
+                one_time,
+                kem_one_time,
+                kem_last_resort,
+            } => {
+                self.upload_prekeys(
+                    me,
+                    id,
+                    signed_prekey,
+                    one_time.into_inner(),
+                    kem_one_time.into_inner(),
+                    kem_last_resort,
+                )
+                .await
+            }
+            FrameBody::FetchBundles { account } => self.fetch_bundles(ctx, me, id, account).await,
+            FrameBody::ListDevices { account } => self.list_devices(ctx, me, id, account).await,
+            _ => refuse(
+                id,
+                ErrorCode::UnexpectedFrame,
+                "this frame type is sent by the relay, not to it",
+            ),
+        }
+    }
+
+    /// May `me` address `account`? Checked with the policy, cached per connection.
+    async fn may_reach_account(
+        &self,
+        me: &Authenticated,
+        account: &AccountRecord,
+    ) -> Result<Result<(), String>, StoreError> {
+        let sender = match self.store.account(&me.account).await? {
+            Some(a) => a,
+            None => return Ok(Err("sending account no longer exists".into())),
+        };
+        let s = Party {
+            account: &sender.id,
+            role: sender.role,
+            frozen: sender.frozen,
+        };
+        let r = Party {
+            account: &account.id,
+            role: account.role,
+            frozen: account.frozen,
+        };
+        let assigned = match policy::required_assignment(s, r) {
+            Err(refusal) => return Ok(Err(refusal.to_string())),
+            Ok(None) => true,
+            Ok(Some((client, staff))) => self.store.is_assigned(client, staff).await?,
+        };
+        Ok(policy::decide(s, r, assigned).map_err(|e| e.to_string()))
+    }
+
+    async fn peer(
+        &self,
+        ctx: &mut ConnCtx,
+        me: &Authenticated,
+        device: &DeviceId,
+    ) -> Result<Option<PeerInfo>, StoreError> {
+        let now = self.mono_ms();
+        if let Some(p) = ctx.peers.get(device) {
+            if p.expires_ms > now {
+                return Ok(Some(p.clone()));
+            }
+        }
+        let Some(rec) = self.store.device(device).await? else {
+            return Ok(None);
+        };
+        let Some(account) = self.store.account(&rec.account).await? else {
+            return Ok(None);
+        };
+        let allowed = self.may_reach_account(me, &account).await?;
+        let info = PeerInfo {
+            account,
+            allowed,
+            revoked: rec.revoked,
+            expires_ms: now + POLICY_CACHE_MS,
+        };
+        if ctx.peers.len() >= POLICY_CACHE_MAX {
+            ctx.peers.retain(|_, p| p.expires_ms > now);
+            if ctx.peers.len() >= POLICY_CACHE_MAX {
+                ctx.peers.clear();
+            }
+        }
+        ctx.peers.insert(*device, info.clone());
+        Ok(Some(info))
+    }
+
+    async fn send(
+        &self,
+        ctx: &mut ConnCtx,
+        me: &Authenticated,
+        id: u64,
+        envelope: Envelope,
+    ) -> Handled {
+        let started = Instant::now();
+        if envelope.header.sender != me.device {
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "envelope sender must be the authenticated device",
+            );
+        }
+        if envelope.body.len() > self.config.limits.max_envelope_bytes {
+            return refuse(
+                id,
+                ErrorCode::TooLarge,
+                &format!(
+                    "envelope body of {} bytes exceeds {}",
+                    envelope.body.len(),
+                    self.config.limits.max_envelope_bytes
+                ),
+            );
+        }
+        let recipient = envelope.header.recipient;
+        let peer = match self.peer(ctx, me, &recipient).await {
+            Ok(Some(p)) if !p.revoked => p,
+            Ok(_) => return refuse(id, ErrorCode::NotFound, "recipient device not found"),
+            Err(e) => return store_failure(id, &e),
+        };
+        if let Err(why) = &peer.allowed {
+            return refuse(id, ErrorCode::Forbidden, why);
+        }
+        let now = self.mono_ms();
+        if let Err(l) = self.with_limiters(|l| l.send.check(&me.device, 1.0, now)) {
+            return limited(id, "send_rate", l);
+        }
+        let limits = &self.config.limits;
+        let quota = Quota {
+            max_count: limits.mailbox_max_count,
+            max_bytes: limits.mailbox_max_bytes,
+        };
+        let expires = unix_ms().saturating_add(limits.envelope_ttl_secs.saturating_mul(1000));
+        match self.store.enqueue(&envelope, expires, quota).await {
+            Ok(done) => {
+                metrics::histogram!(m::SEND_LATENCY).record(started.elapsed().as_secs_f64());
+                let message_id = envelope.header.message_id;
+                if !done.duplicate {
+                    metrics::counter!(m::ENVELOPES_ACCEPTED).increment(1);
+                    self.hub.push(
+                        &recipient,
+                        Push::Envelope {
+                            seq: done.seq,
+                            envelope: Arc::new(envelope),
+                        },
+                    );
+                }
+                let _ = peer.account;
+                reply(id, FrameBody::Accepted { message_id })
+            }
+            Err(e) => store_failure(id, &e),
+        }
+    }
+
+    async fn upload_prekeys(
+        &self,
+        me: &Authenticated,
+        id: u64,
+        signed_prekey: Option<sealpost_protocol::prekeys::SignedPreKey>,
+        one_time: Vec<sealpost_protocol::prekeys::OneTimePreKey>,
+        kem_one_time: Vec<sealpost_protocol::prekeys::KemPreKey>,
+        kem_last_resort: Option<sealpost_protocol::prekeys::KemPreKey>,
+    ) -> Handled {
+        let record = match self.store.device(&me.device).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return refuse(id, ErrorCode::NotFound, "device not found"),
+            Err(e) => return store_failure(id, &e),
+        };
+        let ident = &record.identity;
+        // Every prekey must be signed by this device's identity key and be of the right kind.
+        let bad = signed_prekey
+            .as_ref()
+            .is_some_and(|k| k.verify(ident).is_err())
+            || one_time.iter().any(|k| k.verify(ident).is_err())
+            || kem_one_time
+                .iter()
+                .any(|k| k.kind() != PreKeyKind::KemOneTime || k.verify(ident).is_err())
+            || kem_last_resort
+                .as_ref()
+                .is_some_and(|k| k.kind() != PreKeyKind::KemLastResort || k.verify(ident).is_err());
+        if bad {
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "a prekey is not signed by this device's identity key or has the wrong kind",
+            );
+        }
+        let upload = PreKeyUpload {
+            signed_prekey,
+            one_time,
+            kem_one_time,
+            kem_last_resort,
+        };
+        match self.store.put_prekeys(&me.device, upload).await {
+            Ok(c) => reply(
+                id,
+                FrameBody::PreKeyStock {
+                    one_time: c.one_time,
+                    kem_one_time: c.kem_one_time,
+                    low: c.one_time < self.config.limits.prekey_low_watermark
+                        || c.kem_one_time < self.config.limits.prekey_low_watermark,
+                },
+            ),
+            Err(e) => store_failure(id, &e),
+        }
+    }
+
+    async fn authorize_account(
+        &self,
+        me: &Authenticated,
+        id: u64,
+        account: &AccountId,
+    ) -> Result<AccountRecord, Handled> {
+        let rec = match self.store.account(account).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return Err(refuse(id, ErrorCode::NotFound, "account not found")),
+            Err(e) => return Err(store_failure(id, &e)),
+        };
+        match self.may_reach_account(me, &rec).await {
+            Ok(Ok(())) => Ok(rec),
+            Ok(Err(why)) => Err(refuse(id, ErrorCode::Forbidden, &why)),
+            Err(e) => Err(store_failure(id, &e)),
+        }
+    }
+
+    async fn fetch_bundles(
+        &self,
+        _ctx: &mut ConnCtx,
+        me: &Authenticated,
+        id: u64,
+        account: AccountId,
+    ) -> Handled {
+        let now = self.mono_ms();
+        let pair = (me.device, account.clone());
+        let check = self.with_limiters(|l| {
+            l.fetch_device
+                .check(&me.device, 1.0, now)
+                .map_err(|e| ("bundle_fetch_per_device", e))?;
+            l.fetch_pair
+                .check(&pair, 1.0, now)
+                .map_err(|e| ("bundle_fetch_per_pair", e))
+        });
+        if let Err((which, l)) = check {
+            return limited(id, which, l);
+        }
+        if let Err(h) = self.authorize_account(me, id, &account).await {
+            return h;
+        }
+        let devices = match self.store.devices_of(&account).await {
+            Ok(d) => d,
+            Err(e) => return store_failure(id, &e),
+        };
+        let mut bundles = Vec::new();
+        for d in devices.iter().filter(|d| !d.revoked && d.id != me.device) {
+            match self.store.take_bundle(&d.id).await {
+                Ok(Some((bundle, counts))) => {
+                    let low = self.config.limits.prekey_low_watermark;
+                    if counts.one_time < low || counts.kem_one_time < low {
+                        self.hub.push(&d.id, Push::PreKeysLow(counts));
+                    }
+                    bundles.push(bundle);
+                }
+                Ok(None) => {}
+                Err(e) => return store_failure(id, &e),
+            }
+        }
+        match BoundedVec::new(bundles) {
+            Ok(bundles) => reply(id, FrameBody::Bundles { account, bundles }),
+            Err(_) => refuse(id, ErrorCode::Internal, "too many devices"),
+        }
+    }
+
+    async fn list_devices(
+        &self,
+        _ctx: &mut ConnCtx,
+        me: &Authenticated,
+        id: u64,
+        account: AccountId,
+    ) -> Handled {
+        if let Err(h) = self.authorize_account(me, id, &account).await {
+            return h;
+        }
+        match self.store.devices_of(&account).await {
+            Ok(devices) => {
+                let list: Vec<DeviceInfo> = devices
+                    .into_iter()
+                    .filter(|d| !d.revoked)
+                    .map(|d| DeviceInfo {
+                        identity: d.identity,
+                        enrolled_ms: d.enrolled_ms,
+                    })
+                    .collect();
+                match BoundedVec::new(list) {
+                    Ok(devices) => reply(id, FrameBody::Devices { account, devices }),
+                    Err(_) => refuse(id, ErrorCode::Internal, "too many devices"),
+                }
+            }
+            Err(e) => store_failure(id, &e),
+        }
+    }
+}

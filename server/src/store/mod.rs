@@ -1,0 +1,278 @@
+//! Narrow storage traits for the relay, with an in-memory reference implementation
+//! ([`memory::MemoryStore`]) and the embedded durable default ([`sqlite::SqliteStore`]).
+//!
+//! The relay is generic over these traits; a PostgreSQL implementation for several
+//! relays follows the same contract (see `docs/OPERATIONS.md`). Every method that
+//! changes state returns only after the change is durable (for SQLite: committed in WAL
+//! mode with `synchronous = FULL`; commits of concurrent callers are grouped).
+//!
+//! Contract details every implementation must honour (checked by the shared conformance
+//! tests in `server/tests/store_conformance.rs`):
+//! * `redeem_enrollment` is atomic: a code is used at most once, even under concurrency.
+//! * `take_bundle` hands each one-time prekey out at most once, even under concurrency,
+//!   and falls back to the last-resort KEM prekey when the one-time ones run out.
+//! * `enqueue` is idempotent per (recipient, message id): a repeat returns the original
+//!   sequence number with `duplicate = true` and stores nothing.
+//! * Sequence numbers are per recipient device, start at 1 and are contiguous in commit
+//!   order, so a reader can tell whether it has seen everything.
+//! * An envelope stays until acknowledged by its recipient or expired.
+
+pub mod memory;
+pub mod sqlite;
+
+use std::future::Future;
+
+use sealpost_protocol::envelope::{Envelope, MessageId};
+use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
+use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use sealpost_protocol::wire::Role;
+
+/// Most devices per account.
+pub const MAX_DEVICES_PER_ACCOUNT: usize = sealpost_protocol::identity::MAX_DEVICES_PER_ACCOUNT;
+/// Most one-time prekeys of each kind stored per device.
+pub const MAX_STORED_ONE_TIME_PREKEYS: u32 = 1000;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The record already exists.
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// The record does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The enrolment code is unknown, already used or expired (one error for all three,
+    /// so the answer is no oracle).
+    #[error("enrolment code is unknown, used or expired")]
+    EnrollmentRefused,
+    /// A bound was reached.
+    #[error("quota exceeded: {what} ({current} of at most {max})")]
+    QuotaExceeded {
+        /// Which bound.
+        what: &'static str,
+        /// Current value.
+        current: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// The backend failed (I/O, corruption, closed). Details are logged, not sent to peers.
+    #[error("storage backend failure: {0}")]
+    Backend(String),
+}
+
+/// An account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// Its id.
+    pub id: AccountId,
+    /// Its role.
+    pub role: Role,
+    /// Creation time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Frozen accounts may not send (trust issue; kept here so the model has room).
+    pub frozen: bool,
+}
+
+/// An enrolled device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Its id (derived from its identity keys).
+    pub id: DeviceId,
+    /// Its account.
+    pub account: AccountId,
+    /// Its public identity.
+    pub identity: PublicIdentity,
+    /// Enrolment time, ms since the Unix epoch.
+    pub enrolled_ms: u64,
+    /// Revoked devices may not authenticate.
+    pub revoked: bool,
+}
+
+/// Prekeys uploaded by a device (any subset).
+#[derive(Clone, Debug, Default)]
+pub struct PreKeyUpload {
+    /// Replaces the current signed prekey.
+    pub signed_prekey: Option<SignedPreKey>,
+    /// Added to the one-time X25519 stock.
+    pub one_time: Vec<OneTimePreKey>,
+    /// Added to the one-time ML-KEM stock.
+    pub kem_one_time: Vec<KemPreKey>,
+    /// Replaces the last-resort ML-KEM prekey.
+    pub kem_last_resort: Option<KemPreKey>,
+}
+
+/// One-time prekeys left for a device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PreKeyCounts {
+    /// One-time X25519 prekeys.
+    pub one_time: u32,
+    /// One-time ML-KEM prekeys.
+    pub kem_one_time: u32,
+}
+
+/// Per-recipient mailbox bounds, checked atomically with the insert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// Most pending envelopes.
+    pub max_count: u64,
+    /// Most pending bytes (sum of envelope body lengths).
+    pub max_bytes: u64,
+}
+
+/// Result of [`MailboxStore::enqueue`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The envelope's sequence number in its recipient's mailbox.
+    pub seq: u64,
+    /// True if this (recipient, message id) was already stored; nothing changed.
+    pub duplicate: bool,
+}
+
+/// A pending envelope with its mailbox sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// Sequence number in the recipient's mailbox.
+    pub seq: u64,
+    /// The envelope as sent.
+    pub envelope: Envelope,
+}
+
+/// Mailbox totals, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Pending envelopes, all devices.
+    pub count: u64,
+    /// Pending body bytes, all devices.
+    pub bytes: u64,
+}
+
+/// Accounts, enrolment codes, devices and assignments.
+pub trait AccountStore: Send + Sync + 'static {
+    /// Create an account. `Conflict` if it exists.
+    fn create_account(
+        &self,
+        id: &AccountId,
+        role: Role,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// An account, if it exists.
+    fn account(
+        &self,
+        id: &AccountId,
+    ) -> impl Future<Output = Result<Option<AccountRecord>, StoreError>> + Send;
+    /// All accounts, ordered by id.
+    fn list_accounts(&self) -> impl Future<Output = Result<Vec<AccountRecord>, StoreError>> + Send;
+    /// Store the SHA-256 hash of a one-time enrolment code for `account`, valid until
+    /// `expires_ms`. `NotFound` if the account does not exist.
+    fn add_enrollment_code(
+        &self,
+        account: &AccountId,
+        code_hash: [u8; 32],
+        expires_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Atomically: check the code (exists for this account, unused, `now_ms < expires`),
+    /// mark it used and register the device. `EnrollmentRefused` for any code problem;
+    /// `Conflict` if the device is already enrolled; `QuotaExceeded` past
+    /// [`MAX_DEVICES_PER_ACCOUNT`]. On any error nothing changes (the code stays usable).
+    fn redeem_enrollment(
+        &self,
+        account: &AccountId,
+        code_hash: [u8; 32],
+        identity: &PublicIdentity,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
+    /// A device, if enrolled.
+    fn device(
+        &self,
+        id: &DeviceId,
+    ) -> impl Future<Output = Result<Option<DeviceRecord>, StoreError>> + Send;
+    /// The devices of an account (revoked ones included), ordered by enrolment time.
+    fn devices_of(
+        &self,
+        account: &AccountId,
+    ) -> impl Future<Output = Result<Vec<DeviceRecord>, StoreError>> + Send;
+    /// Assign a client to an advisor or staff account (idempotent).
+    fn assign(
+        &self,
+        client: &AccountId,
+        staff: &AccountId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Remove an assignment; true if it existed.
+    fn unassign(
+        &self,
+        client: &AccountId,
+        staff: &AccountId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Whether `client` is assigned to `staff`.
+    fn is_assigned(
+        &self,
+        client: &AccountId,
+        staff: &AccountId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The accounts `account` is assigned to (for a client) or has assigned (for staff).
+    fn assignments_of(
+        &self,
+        account: &AccountId,
+    ) -> impl Future<Output = Result<Vec<AccountId>, StoreError>> + Send;
+}
+
+/// The prekey directory.
+pub trait PreKeyStore: Send + Sync + 'static {
+    /// Add or replace prekeys for an enrolled device (signatures already verified by the
+    /// caller). One-time stock beyond [`MAX_STORED_ONE_TIME_PREKEYS`] of either kind is
+    /// `QuotaExceeded` and nothing is stored. A one-time prekey id already stored for the
+    /// device is `Conflict`. Returns the stock afterwards.
+    fn put_prekeys(
+        &self,
+        device: &DeviceId,
+        upload: PreKeyUpload,
+    ) -> impl Future<Output = Result<PreKeyCounts, StoreError>> + Send;
+    /// Atomically build a bundle for `device`, removing the one-time X25519 prekey and the
+    /// one-time ML-KEM prekey it hands out (falling back to no one-time X25519 prekey and
+    /// to the last-resort ML-KEM prekey when none are left). `None` if the device has no
+    /// signed prekey or no ML-KEM prekey at all. Returns the stock afterwards.
+    fn take_bundle(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<Option<(PreKeyBundle, PreKeyCounts)>, StoreError>> + Send;
+    /// The stock of one-time prekeys.
+    fn prekey_counts(
+        &self,
+        device: &DeviceId,
+    ) -> impl Future<Output = Result<PreKeyCounts, StoreError>> + Send;
+}
+
+/// Store-and-forward mailboxes.
+pub trait MailboxStore: Send + Sync + 'static {
+    /// Durably store an envelope for `envelope.header.recipient`, idempotent per
+    /// (recipient, message id), within `quota` (else `QuotaExceeded`, nothing stored).
+    fn enqueue(
+        &self,
+        envelope: &Envelope,
+        expires_ms: u64,
+        quota: Quota,
+    ) -> impl Future<Output = Result<Enqueued, StoreError>> + Send;
+    /// Pending envelopes of `device` with `seq > after_seq`, in sequence order, at most `limit`.
+    fn pending(
+        &self,
+        device: &DeviceId,
+        after_seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Pending>, StoreError>> + Send;
+    /// Delete an envelope its recipient acknowledged; true if it was pending.
+    fn ack(
+        &self,
+        device: &DeviceId,
+        message_id: &MessageId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Delete envelopes whose expiry is `<= now_ms`; returns how many.
+    fn expire(&self, now_ms: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Totals for metrics.
+    fn queue_stats(&self) -> impl Future<Output = Result<QueueStats, StoreError>> + Send;
+    /// Make everything acknowledged so far durable and release resources (shutdown).
+    fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Everything the relay needs from storage.
+pub trait Store: AccountStore + PreKeyStore + MailboxStore {}
+impl<T: AccountStore + PreKeyStore + MailboxStore> Store for T {}

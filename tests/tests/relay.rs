@@ -1,0 +1,562 @@
+//! The relay over real QUIC on loopback: enrolment, channel-bound authentication, the
+//! prekey directory, routing policy, store and forward, and what it does with bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sealpost_client::net::NetError;
+use sealpost_protocol::envelope::EnvelopeKind;
+use sealpost_protocol::wire::{self, ErrorCode, Frame, FrameBody, Role};
+use sealpost_protocol::{accept, IdentityKeyPair};
+use sealpost_tests::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn refused(r: Result<impl std::fmt::Debug, NetError>) -> ErrorCode {
+    match r {
+        Err(NetError::Refused { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn client_and_advisor_talk_online_both_ways() {
+    let relay = memory_relay(|_| {}).await;
+    let client = relay.account("alice", Role::Client).await;
+    let advisor = relay.account("bob.advisor", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 1).await;
+    let mut b = relay.device(&advisor, 2).await;
+
+    let mut sa = a.session_with(&b).await;
+    let env = a.seal(&mut sa, b.id(), "hello advisor");
+    let id = env.header.message_id;
+    assert_eq!(a.conn.send_envelope(env).await.unwrap(), id);
+
+    let got = b.next_envelope(WAIT).await.expect("delivered");
+    assert_eq!(got.header.message_id, id);
+    let (mut sb, pt) = accept(&b.identity, &mut b.prekeys, &got).unwrap();
+    assert_eq!(&pt[..], b"hello advisor");
+    b.conn.ack(id).await.unwrap();
+
+    let reply = b.seal(&mut sb, a.id(), "hello client");
+    b.conn.send_envelope(reply).await.unwrap();
+    let got = a.next_envelope(WAIT).await.expect("reply delivered");
+    assert_eq!(&sa.open(&got).unwrap()[..], b"hello client");
+}
+
+#[tokio::test]
+async fn offline_recipient_gets_everything_in_order_and_unacked_is_redelivered() {
+    let relay = memory_relay(|_| {}).await;
+    let client = relay.account("carol", Role::Client).await;
+    let advisor = relay.account("dave", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 3).await;
+    let mut b = relay.device(&advisor, 4).await;
+    b.conn.close();
+
+    let mut s = a.session_with(&b).await;
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let env = a.seal(&mut s, b.id(), &format!("m{i}"));
+        sent.push(env.header.message_id);
+        a.conn.send_envelope(env).await.unwrap();
+    }
+    b.reconnect(&relay).await;
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        got.push(
+            b.next_envelope(WAIT)
+                .await
+                .expect("pending delivered")
+                .header
+                .message_id,
+        );
+    }
+    assert_eq!(got, sent, "all pending envelopes, in order");
+    // Acknowledge only the first ten, then reconnect: the other ten come again, in order.
+    for id in &sent[..10] {
+        b.conn.ack(*id).await.unwrap();
+    }
+    // A ping round-trip guarantees the acks (sent before it on the same stream) were handled.
+    assert_eq!(
+        b.conn.request(FrameBody::Ping).await.unwrap(),
+        FrameBody::Pong
+    );
+    b.reconnect(&relay).await;
+    let mut again = Vec::new();
+    for _ in 0..10 {
+        again.push(
+            b.next_envelope(WAIT)
+                .await
+                .expect("redelivered")
+                .header
+                .message_id,
+        );
+    }
+    assert_eq!(again, sent[10..]);
+    for id in &again {
+        b.conn.ack(*id).await.unwrap();
+    }
+    assert_eq!(
+        b.conn.request(FrameBody::Ping).await.unwrap(),
+        FrameBody::Pong
+    );
+    b.reconnect(&relay).await;
+    assert!(
+        b.next_envelope(Duration::from_millis(500)).await.is_none(),
+        "nothing left after acks"
+    );
+}
+
+#[tokio::test]
+async fn resending_the_same_message_id_is_idempotent() {
+    let relay = memory_relay(|_| {}).await;
+    let client = relay.account("erin", Role::Client).await;
+    let advisor = relay.account("frank", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 5).await;
+    let b = relay.device(&advisor, 6).await;
+    let mut s = a.session_with(&b).await;
+    let env = a.seal(&mut s, b.id(), "once");
+    a.conn.send_envelope(env.clone()).await.unwrap();
+    a.conn.send_envelope(env.clone()).await.unwrap();
+    assert_eq!(
+        b.next_envelope(WAIT).await.unwrap().header.message_id,
+        env.header.message_id
+    );
+    assert!(
+        b.next_envelope(Duration::from_millis(500)).await.is_none(),
+        "stored once"
+    );
+}
+
+#[tokio::test]
+async fn routing_policy_is_enforced() {
+    let relay = memory_relay(|_| {}).await;
+    let c1 = relay.account("client1", Role::Client).await;
+    let c2 = relay.account("client2", Role::Client).await;
+    let adv = relay.account("advisor1", Role::Advisor).await;
+    let other_adv = relay.account("advisor2", Role::Advisor).await;
+    relay.assign(&c1, &adv).await;
+    relay.assign(&c2, &adv).await;
+    let mut a = relay.device(&c1, 7).await;
+    let b = relay.device(&c2, 8).await;
+    let o = relay.device(&other_adv, 9).await;
+
+    // A client can never reach another client, not even their prekeys.
+    assert_eq!(
+        refused(a.conn.fetch_bundles(&c2).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        refused(a.conn.list_devices(&c2).await),
+        ErrorCode::Forbidden
+    );
+    // Even with a bundle obtained elsewhere, the envelope is refused.
+    let bundle = b.prekeys_bundle();
+    let mut s = sealpost_protocol::initiate(&a.identity, &bundle, &mut a.rng).unwrap();
+    let env = a.seal(&mut s, b.id(), "psst");
+    assert_eq!(
+        refused(a.conn.send_envelope(env).await),
+        ErrorCode::Forbidden
+    );
+    // Not to an advisor the client is not assigned to either.
+    assert_eq!(
+        refused(a.conn.fetch_bundles(&other_adv).await),
+        ErrorCode::Forbidden
+    );
+    let mut s = sealpost_protocol::initiate(&a.identity, &o.prekeys_bundle(), &mut a.rng).unwrap();
+    let env = a.seal(&mut s, o.id(), "hi");
+    assert_eq!(
+        refused(a.conn.send_envelope(env).await),
+        ErrorCode::Forbidden
+    );
+    // The assigned advisor is reachable.
+    assert_eq!(
+        a.conn.fetch_bundles(&adv).await.unwrap().len(),
+        0,
+        "advisor has no devices yet"
+    );
+}
+
+trait BundleOf {
+    fn prekeys_bundle(&self) -> sealpost_protocol::PreKeyBundle;
+}
+impl BundleOf for TestDevice {
+    fn prekeys_bundle(&self) -> sealpost_protocol::PreKeyBundle {
+        let mut p = sealpost_protocol::PreKeySecrets::new();
+        let mut rng = rand::rngs::OsRng;
+        p.rotate_signed(&self.identity, &mut rng);
+        p.rotate_kem_last_resort(&self.identity, &mut rng);
+        p.bundle_for_test(&self.identity, false).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn authentication_is_bound_to_the_connection_and_required() {
+    let relay = memory_relay(|_| {}).await;
+    let acct = relay.account("grace", Role::Client).await;
+    let dev = relay.device(&acct, 10).await;
+
+    // Unauthenticated connections may only enrol or authenticate.
+    let c = relay.connect().await;
+    assert_eq!(
+        refused(c.fetch_bundles(&acct).await),
+        ErrorCode::Unauthenticated
+    );
+    assert_eq!(
+        refused(
+            c.request(FrameBody::Ack {
+                message_id: sealpost_protocol::MessageId([0; 16])
+            })
+            .await
+        ),
+        ErrorCode::Unauthenticated
+    );
+
+    // A signature made for one connection is useless on another.
+    let c1 = relay.connect().await;
+    let c2 = relay.connect().await;
+    let nonce = match c2
+        .request(FrameBody::AuthStart { device: dev.id() })
+        .await
+        .unwrap()
+    {
+        FrameBody::AuthChallenge { nonce } => nonce,
+        other => panic!("{other:?}"),
+    };
+    let sig_for_c1 = dev.identity.sign(&wire::auth_signature_message(
+        c1.exporter(),
+        &nonce,
+        &dev.id(),
+    ));
+    assert_eq!(
+        refused(
+            c2.request(FrameBody::AuthResponse {
+                signature: sig_for_c1
+            })
+            .await
+        ),
+        ErrorCode::AuthFailed
+    );
+    // Another key cannot pose as the device.
+    let mallory = IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    let c3 = relay.connect().await;
+    let nonce = match c3
+        .request(FrameBody::AuthStart { device: dev.id() })
+        .await
+        .unwrap()
+    {
+        FrameBody::AuthChallenge { nonce } => nonce,
+        other => panic!("{other:?}"),
+    };
+    let sig = mallory.sign(&wire::auth_signature_message(
+        c3.exporter(),
+        &nonce,
+        &dev.id(),
+    ));
+    assert_eq!(
+        refused(c3.request(FrameBody::AuthResponse { signature: sig }).await),
+        ErrorCode::AuthFailed
+    );
+    // The real device still authenticates.
+    let c4 = relay.connect().await;
+    assert_eq!(c4.authenticate(&dev.identity).await.unwrap().0, acct);
+}
+
+#[tokio::test]
+async fn enrolment_codes_work_once() {
+    let relay = memory_relay(|_| {}).await;
+    let acct = relay.account("heidi", Role::Client).await;
+    let code = relay.code(&acct).await;
+    let c = relay.connect().await;
+    let first = IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    c.enroll(&first, &acct, &code).await.unwrap();
+    let second = IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    assert_eq!(
+        refused(c.enroll(&second, &acct, &code).await),
+        ErrorCode::EnrollmentRefused
+    );
+    let other = relay.account("ivan", Role::Client).await;
+    let code2 = relay.code(&other).await;
+    assert_eq!(
+        refused(c.enroll(&second, &acct, &code2).await),
+        ErrorCode::EnrollmentRefused,
+        "code of another account"
+    );
+}
+
+#[tokio::test]
+async fn a_device_cannot_send_as_another() {
+    let relay = memory_relay(|_| {}).await;
+    let client = relay.account("judy", Role::Client).await;
+    let advisor = relay.account("ken", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 11).await;
+    let b = relay.device(&advisor, 12).await;
+    let mut s = a.session_with(&b).await;
+    let mut env = a.seal(&mut s, b.id(), "x");
+    env.header.sender = b.id();
+    assert_eq!(
+        refused(a.conn.send_envelope(env).await),
+        ErrorCode::Forbidden
+    );
+}
+
+#[tokio::test]
+async fn one_time_prekeys_are_handed_out_once_then_last_resort() {
+    let relay = memory_relay(|c| {
+        c.limits.bundle_fetch_per_pair = sealpost_server::limits::Rate::new(100.0, 100.0);
+    })
+    .await;
+    let advisor = relay.account("lena", Role::Advisor).await;
+    let staff = relay.account("mike", Role::Staff).await;
+    let target = relay.device(&advisor, 13).await;
+    let mut fetchers = Vec::new();
+    for i in 0..4 {
+        fetchers.push(relay.device(&staff, 100 + i).await);
+    }
+    let results = futures_join(fetchers.iter().map(|f| async {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let b = f.conn.fetch_bundles(&advisor).await.unwrap();
+            let b = b
+                .into_iter()
+                .find(|b| b.identity.device_id() == target.id())
+                .unwrap();
+            ids.push((
+                b.one_time_prekey.map(|o| o.id),
+                b.kem_prekey.id,
+                b.kem_prekey.last_resort,
+            ));
+        }
+        ids
+    }))
+    .await;
+    let all: Vec<_> = results.into_iter().flatten().collect();
+    let otks: Vec<u32> = all.iter().filter_map(|x| x.0).collect();
+    assert_eq!(
+        otks.len(),
+        10,
+        "exactly the ten uploaded one-time prekeys were handed out"
+    );
+    assert_eq!(otks.iter().collect::<HashSet<_>>().len(), 10, "none twice");
+    let kem_one_time: Vec<u32> = all.iter().filter(|x| !x.2).map(|x| x.1).collect();
+    assert_eq!(kem_one_time.len(), 5);
+    assert_eq!(kem_one_time.iter().collect::<HashSet<_>>().len(), 5);
+    assert_eq!(
+        all.iter().filter(|x| x.2).count(),
+        15,
+        "then the last-resort KEM prekey"
+    );
+    // The owner was told its stock is low.
+    let mut low = false;
+    while let Ok(Some(p)) =
+        tokio::time::timeout(Duration::from_secs(2), target.conn.next_push()).await
+    {
+        if matches!(p, FrameBody::PreKeyStock { low: true, .. }) {
+            low = true;
+            break;
+        }
+    }
+    assert!(low, "low-stock warning pushed to the owner");
+}
+
+async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.collect();
+    let mut out = Vec::new();
+    // Poll them concurrently on this task.
+    let mut set = Vec::new();
+    for h in handles {
+        set.push(Box::pin(h));
+    }
+    let results = join_all(set).await;
+    out.extend(results);
+    out
+}
+
+async fn join_all<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
+    use std::future::poll_fn;
+    use std::task::Poll;
+    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if outs[i].is_none() {
+                match std::pin::Pin::new(f).poll(cx) {
+                    Poll::Ready(v) => outs[i] = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter().map(|o| o.unwrap()).collect()
+}
+
+#[tokio::test]
+async fn quotas_and_rate_limits_give_clear_errors() {
+    let relay = memory_relay(|c| {
+        c.limits.mailbox_max_count = 5;
+        c.limits.send_rate = sealpost_server::limits::Rate::new(1.0, 8.0);
+    })
+    .await;
+    let client = relay.account("nina", Role::Client).await;
+    let advisor = relay.account("oscar", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 14).await;
+    let b = relay.device(&advisor, 15).await;
+    b.conn.close();
+    let mut s = a.session_with(&b).await;
+    for i in 0..5 {
+        let env = a.seal(&mut s, b.id(), &format!("{i}"));
+        a.conn.send_envelope(env).await.unwrap();
+    }
+    let env = a.seal(&mut s, b.id(), "one too many");
+    assert_eq!(
+        refused(a.conn.send_envelope(env).await),
+        ErrorCode::QuotaExceeded
+    );
+    let env = a.seal(&mut s, b.id(), "a");
+    let _ = a.conn.send_envelope(env).await;
+    let env = a.seal(&mut s, b.id(), "b");
+    let _ = a.conn.send_envelope(env).await;
+    let env = a.seal(&mut s, b.id(), "c");
+    match a.conn.send_envelope(env).await {
+        Err(NetError::Refused {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: Some(ms),
+            ..
+        }) => assert!(ms > 0),
+        other => panic!("expected rate limit, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_frames_get_clear_errors_and_the_relay_keeps_serving() {
+    let relay = memory_relay(|_| {}).await;
+    let acct = relay.account("peggy", Role::Client).await;
+    let good = relay.device(&acct, 16).await;
+
+    let c = relay.connect().await;
+    // Not CBOR.
+    let mut junk = vec![0, 0, 0, 5];
+    junk.extend_from_slice(b"\xff\xfe\xfd\xfc\xfb");
+    c.send_raw(junk).await.unwrap();
+    assert!(matches!(
+        c.next_push().await,
+        Some(FrameBody::Error {
+            code: ErrorCode::BadFrame,
+            ..
+        })
+    ));
+    // Wrong version.
+    let mut f = Frame::new(1, FrameBody::Ping);
+    f.v = 9;
+    c.send_raw(wire::encode_frame(&f).unwrap()).await.unwrap();
+    assert!(matches!(
+        c.next_push().await,
+        Some(FrameBody::Error {
+            code: ErrorCode::UnsupportedVersion,
+            ..
+        })
+    ));
+    // A frame only the relay may send.
+    assert_eq!(
+        refused(c.request(FrameBody::Pong).await),
+        ErrorCode::Unauthenticated,
+        "unauthenticated connections may only enrol or authenticate"
+    );
+    // The connection still works.
+    assert_eq!(c.request(FrameBody::Ping).await.unwrap(), FrameBody::Pong);
+
+    // Oversized length prefix: error, then the connection is closed.
+    let c2 = relay.connect().await;
+    c2.send_raw(((wire::MAX_FRAME_LEN + 1) as u32).to_be_bytes().to_vec())
+        .await
+        .unwrap();
+    assert!(matches!(
+        c2.next_push().await,
+        Some(FrameBody::Error {
+            code: ErrorCode::TooLarge,
+            ..
+        })
+    ));
+    assert!(
+        tokio::time::timeout(WAIT, c2.quic().closed()).await.is_ok(),
+        "closed after a bad length"
+    );
+
+    // Truncated frame then the stream ends: the relay drops it and keeps serving.
+    let c3 = relay.connect().await;
+    c3.send_raw(vec![0, 0, 1, 0, 1, 2, 3]).await.unwrap();
+    c3.close();
+
+    // Too many bad frames close the connection.
+    let c4 = relay.connect().await;
+    for _ in 0..relay.relay.config.limits.max_bad_frames {
+        c4.send_raw(vec![0, 0, 0, 1, 0xff]).await.unwrap();
+    }
+    assert!(
+        tokio::time::timeout(WAIT, c4.quic().closed()).await.is_ok(),
+        "closed after too many bad frames"
+    );
+
+    // Others are unaffected.
+    assert_eq!(
+        good.conn.request(FrameBody::Ping).await.unwrap(),
+        FrameBody::Pong
+    );
+    let _ = EnvelopeKind::Chat;
+}
+
+#[tokio::test]
+async fn connection_and_stream_floods_are_bounded() {
+    let relay = memory_relay(|c| {
+        c.limits.max_connections = 50;
+        c.limits.retry_above_connections = 20;
+    })
+    .await;
+    let acct = relay.account("quinn", Role::Client).await;
+    let good = relay.device(&acct, 17).await;
+    // Open many connections at once; some are refused, none crash the relay.
+    let mut ok = 0;
+    let mut conns = Vec::new();
+    for _ in 0..120 {
+        match tokio::time::timeout(
+            WAIT,
+            sealpost_client::net::RelayConnection::connect(&relay.address()),
+        )
+        .await
+        {
+            Ok(Ok(c)) => {
+                ok += 1;
+                conns.push(c);
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+    assert!(
+        ok >= 20,
+        "validated connections up to the cap are served (got {ok})"
+    );
+    assert!(ok <= 50, "the cap holds (got {ok})");
+    drop(conns);
+    // Extra streams on one connection are refused; the control stream still works.
+    for _ in 0..10 {
+        if let Ok((mut s, _r)) = good.conn.quic().open_bi().await {
+            let _ = s.write_all(b"x").await;
+        }
+    }
+    assert_eq!(
+        good.conn.request(FrameBody::Ping).await.unwrap(),
+        FrameBody::Pong
+    );
+}
