@@ -1,0 +1,553 @@
+//! The encodings and derivations `docs/PROTOCOL.md` states, checked byte for byte.
+//!
+//! The frame and identity examples in the document are copied from these assertions. The
+//! last tests re-derive a session from the outside, with the primitive crates only and the
+//! secrets read back from the encrypted pickles, following the document step by step: if
+//! the code and the document ever disagree, they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::*;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::ChaCha20Poly1305;
+use hmac::{Hmac, Mac};
+use ml_kem::kem::Decapsulate;
+use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
+use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
+use sealpost_protocol::identity::{AccountId, PublicIdentity, SafetyNumber};
+use sealpost_protocol::pickle::{self, PickleKind};
+use sealpost_protocol::prekeys::{prekey_signature_message, PreKeyKind};
+use sealpost_protocol::wire::{
+    auth_signature_message, decode_frame, encode_frame, enroll_signature_message, BoundedString,
+    BoundedVec, ErrorCode, Frame, FrameBody, Role,
+};
+use sealpost_protocol::{accept, PickleKey};
+use serde_cbor::Value;
+use sha2::{Digest, Sha256};
+
+fn h32(s: &str) -> [u8; 32] {
+    hex::decode(s).unwrap().try_into().unwrap()
+}
+
+/// Alice: the RFC 8032 test 1 Ed25519 key and the RFC 7748 section 6.1 Alice X25519 key.
+fn alice() -> PublicIdentity {
+    PublicIdentity::from_bytes(
+        &h32("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"),
+        &h32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"),
+    )
+    .unwrap()
+}
+
+/// Bob: the RFC 8032 test 2 Ed25519 key and the RFC 7748 section 6.1 Bob X25519 key.
+fn bob() -> PublicIdentity {
+    PublicIdentity::from_bytes(
+        &h32("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"),
+        &h32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"),
+    )
+    .unwrap()
+}
+
+fn header() -> RoutingHeader {
+    RoutingHeader {
+        version: 1,
+        recipient: bob().device_id(),
+        sender: alice().device_id(),
+        message_id: MessageId([0x11; 16]),
+        timestamp_ms: 1_700_000_000_000,
+        kind: EnvelopeKind::Chat,
+    }
+}
+
+fn frame_hex(id: u64, body: FrameBody) -> String {
+    hex::encode(encode_frame(&Frame::new(id, body)).unwrap())
+}
+
+#[test]
+fn identity_derivations() {
+    let (a, b) = (alice(), bob());
+    assert_eq!(a.device_id().to_hex(), "5ee7bc12fdcb42f50ea49d0c7ed634ce");
+    assert_eq!(b.device_id().to_hex(), "f5279592bbe4f830a8d1fc072ed0f60f");
+    let manual = Sha256::new()
+        .chain_update(b"Sealpost_DeviceId_v1")
+        .chain_update(a.signing_bytes())
+        .chain_update(a.dh_bytes())
+        .finalize();
+    assert_eq!(&manual[..16], &a.device_id().0);
+    assert_eq!(
+        a.fingerprint().to_string(),
+        "d637 dfca b94a 1166 aa4c 5931 23a7 8edf a524 1e43 fb57 fc67 cff6 51e2 4d66 da22"
+    );
+    let sn = SafetyNumber::compute(
+        (&AccountId::new("alice").unwrap(), std::slice::from_ref(&a)),
+        (&AccountId::new("bob").unwrap(), std::slice::from_ref(&b)),
+    )
+    .unwrap();
+    assert_eq!(
+        sn.digits(),
+        "045017216507626783073341521458403254732509436599041920367273"
+    );
+}
+
+#[test]
+fn routing_ad_and_signature_messages() {
+    assert_eq!(
+        hex::encode(header().ad_bytes()),
+        "0001f5279592bbe4f830a8d1fc072ed0f60f5ee7bc12fdcb42f50ea49d0c7ed634ce\
+         111111111111111111111111111111110000018bcfe568000001"
+    );
+    let dev = alice().device_id();
+    assert_eq!(
+        hex::encode(auth_signature_message(&[0xee; 32], &[0x42; 32], &dev)),
+        format!(
+            "{}{}{}{}",
+            hex::encode(b"Sealpost_Auth_v1"),
+            "ee".repeat(32),
+            "42".repeat(32),
+            "5ee7bc12fdcb42f50ea49d0c7ed634ce"
+        )
+    );
+    let account = AccountId::new("alice").unwrap();
+    assert_eq!(
+        hex::encode(enroll_signature_message(&[0xee; 32], &account, "123456")),
+        format!(
+            "{}{}0005616c6963650006313233343536",
+            hex::encode(b"Sealpost_Enroll_v1"),
+            "ee".repeat(32)
+        )
+    );
+    assert_eq!(
+        hex::encode(prekey_signature_message(PreKeyKind::Signed, 7, &[0x33; 32])),
+        format!(
+            "{}0100000007{}",
+            hex::encode(b"Sealpost_PreKey_v1"),
+            "33".repeat(32)
+        )
+    );
+    let (mk, ck) = sealpost_protocol::crypto::chain_step(&[0x01; 32]);
+    assert_eq!(
+        hex::encode(*mk),
+        "cc6efb872c237f565ee82df42e4cab00098b13710395e3c6d29f2907d69e4f04"
+    );
+    assert_eq!(
+        hex::encode(*ck),
+        "c31d79abaf8f2150ee1cfe3dc732eed02a56f79647909bad055a831cb762e9a2"
+    );
+    assert_eq!(hmac(&[0x01; 32], &[0x01]), *mk);
+}
+
+#[test]
+fn padding_buckets() {
+    use sealpost_protocol::padding::{pad_into, padded_len};
+    for (len, padded) in [
+        (0, 256),
+        (255, 256),
+        (256, 272),
+        (300, 304),
+        (1000, 1024),
+        (1024, 1088),
+        (4096, 4352),
+        (10_000, 10_240),
+        (65_535, 65_536),
+        (65_536, 67_584),
+    ] {
+        assert_eq!(padded_len(len), padded, "padded length of {len}");
+    }
+    let mut out = Vec::new();
+    pad_into(b"abc", &mut out);
+    assert_eq!(&out[..4], b"abc\x80");
+    assert!(out[4..].iter().all(|&b| b == 0));
+    assert_eq!(out.len(), 256);
+}
+
+#[test]
+fn frame_encodings() {
+    let dev = alice().device_id();
+    let mid = MessageId([0x11; 16]);
+    assert_eq!(
+        frame_hex(1, FrameBody::Ping),
+        "00000015a36176016269640164626f6479a161746470696e67"
+    );
+    assert_eq!(
+        frame_hex(1, FrameBody::Pong),
+        "00000015a36176016269640164626f6479a1617464706f6e67"
+    );
+    assert_eq!(
+        frame_hex(2, FrameBody::AuthStart { device: dev }),
+        "00000036a36176016269640264626f6479a261746a617574685f737461727461\
+         63a166646576696365505ee7bc12fdcb42f50ea49d0c7ed634ce"
+    );
+    assert_eq!(
+        frame_hex(2, FrameBody::AuthChallenge { nonce: [0x42; 32] }),
+        format!(
+            "0000004aa36176016269640264626f6479a261746e617574685f6368616c6c65\
+             6e67656163a1656e6f6e63655820{}",
+            "42".repeat(32)
+        )
+    );
+    assert_eq!(
+        frame_hex(
+            3,
+            FrameBody::AuthOk {
+                account: AccountId::new("alice").unwrap(),
+                role: Role::Client
+            }
+        ),
+        "00000035a36176016269640364626f6479a2617467617574685f6f6b6163a267\
+         6163636f756e7465616c69636564726f6c6566636c69656e74"
+    );
+    assert_eq!(
+        frame_hex(7, FrameBody::Ack { message_id: mid }),
+        "00000033a36176016269640764626f6479a261746361636b6163a16a6d657373\
+         6167655f69645011111111111111111111111111111111"
+    );
+    assert_eq!(
+        frame_hex(
+            6,
+            FrameBody::Error {
+                code: ErrorCode::RateLimited,
+                message: BoundedString::truncating("slow down"),
+                retry_after_ms: Some(1500),
+            }
+        ),
+        "0000004fa36176016269640664626f6479a26174656572726f726163a364636f\
+         64656c726174655f6c696d69746564676d65737361676569736c6f7720646f77\
+         6e6e72657472795f61667465725f6d731905dc"
+    );
+    assert_eq!(
+        frame_hex(6, FrameBody::error(ErrorCode::BadFrame, "x")),
+        "00000042a36176016269640664626f6479a26174656572726f726163a364636f\
+         6465696261645f6672616d65676d65737361676561786e72657472795f616674\
+         65725f6d73f6"
+    );
+    assert_eq!(
+        frame_hex(
+            0,
+            FrameBody::PreKeyStock {
+                one_time: 3,
+                kem_one_time: 0,
+                low: true
+            }
+        ),
+        "0000003ea36176016269640064626f6479a261746d7072655f6b65795f73746f\
+         636b6163a3686f6e655f74696d65036c6b656d5f6f6e655f74696d6500636c6f77f5"
+    );
+    assert_eq!(
+        frame_hex(
+            5,
+            FrameBody::UploadPreKeys {
+                signed_prekey: None,
+                one_time: BoundedVec::new(vec![]).unwrap(),
+                kem_one_time: BoundedVec::new(vec![]).unwrap(),
+                kem_last_resort: None,
+            }
+        ),
+        "0000005ba36176016269640564626f6479a261746f75706c6f61645f7072655f\
+         6b6579736163a46d7369676e65645f7072656b6579f6686f6e655f74696d6580\
+         6c6b656d5f6f6e655f74696d65806f6b656d5f6c6173745f7265736f7274f6"
+    );
+    let envelope = Envelope {
+        header: header(),
+        body: vec![0xde, 0xad, 0xbe, 0xef],
+    };
+    let env_hex = "a266686561646572a66776657273696f6e0169726563697069656e7450f5279592\
+                   bbe4f830a8d1fc072ed0f60f6673656e646572505ee7bc12fdcb42f50ea49d0c7e\
+                   d634ce6a6d6573736167655f696450111111111111111111111111111111116c74\
+                   696d657374616d705f6d731b0000018bcfe56800646b696e640164626f647944de\
+                   adbeef";
+    assert_eq!(hex::encode(envelope.to_cbor().unwrap()), env_hex);
+    assert_eq!(
+        frame_hex(6, FrameBody::Send { envelope }),
+        format!(
+            "000000a8a36176016269640664626f6479a261746473656e646163a168656e76\
+             656c6f7065{env_hex}"
+        )
+    );
+}
+
+#[test]
+fn decoding_rules() {
+    let ok = |h: &str| decode_frame(&hex::decode(h).unwrap());
+    // Unit variants: "c" absent (as written) or null.
+    assert_eq!(
+        ok("a36176016269640164626f6479a161746470696e67").unwrap(),
+        Frame::new(1, FrameBody::Ping)
+    );
+    assert_eq!(
+        ok("a36176016269640164626f6479a261746470696e676163f6").unwrap(),
+        Frame::new(1, FrameBody::Ping)
+    );
+    // Map keys in any order.
+    assert_eq!(
+        ok(
+            "a364626f6479a26163a16a6d6573736167655f69645011111111111111111111\
+            11111111111161746361636b62696401617601"
+        )
+        .unwrap(),
+        Frame::new(
+            1,
+            FrameBody::Ack {
+                message_id: MessageId([0x11; 16])
+            }
+        )
+    );
+    // Unknown keys, a wrong version, an unknown type and trailing bytes are refused.
+    assert!(ok("a46176016269640164626f6479a161746470696e67617801").is_err());
+    assert!(matches!(
+        ok("a36176026269640164626f6479a161746470696e67"),
+        Err(sealpost_protocol::DecodeError::UnsupportedVersion { got: 2, .. })
+    ));
+    assert!(matches!(
+        ok("a36176016269640164626f6479a16174646e6f7065"),
+        Err(sealpost_protocol::DecodeError::UnknownFrameType(t)) if t == "nope"
+    ));
+    assert!(ok("a36176016269640164626f6479a161746470696e6700").is_err());
+    // A device id must be a byte string of exactly 16 bytes.
+    assert!(ok(
+        "a36176016269640164626f6479a261746a617574685f73746172746163a16664\
+                65766963654f5ee7bc12fdcb42f50ea49d0c7ed634"
+    )
+    .is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// An independent derivation from the outside, following docs/PROTOCOL.md.
+
+fn get<'a>(v: &'a Value, key: &str) -> &'a Value {
+    match v {
+        Value::Map(m) => m
+            .get(&Value::Text(key.to_owned()))
+            .unwrap_or_else(|| panic!("no field {key}")),
+        _ => panic!("not a map looking for {key}"),
+    }
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    match v {
+        Value::Bytes(b) => b.clone(),
+        _ => panic!("not a byte string"),
+    }
+}
+
+fn b32(v: &Value) -> [u8; 32] {
+    bytes(v).try_into().unwrap()
+}
+
+fn uint(v: &Value) -> u64 {
+    match v {
+        Value::Integer(i) => u64::try_from(*i).unwrap(),
+        _ => panic!("not an integer"),
+    }
+}
+
+fn x25519(secret: [u8; 32], public: [u8; 32]) -> [u8; 32] {
+    x25519_dalek::StaticSecret::from(secret)
+        .diffie_hellman(&x25519_dalek::PublicKey::from(public))
+        .to_bytes()
+}
+
+fn hkdf(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) {
+    hkdf::Hkdf::<Sha256>::new(Some(salt), ikm)
+        .expand(info, out)
+        .unwrap();
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
+fn kdf_rk(rk: &[u8; 32], dh: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
+    let mut okm = [0u8; 64];
+    hkdf(rk, dh, b"Sealpost_Ratchet_v1", &mut okm);
+    (okm[..32].try_into().unwrap(), okm[32..].try_into().unwrap())
+}
+
+/// Decrypt one ratchet message (the `message` map) with the receiving chain key `ck`.
+fn open_ratchet(
+    ck: [u8; 32],
+    message: &Value,
+    initiator: &PublicIdentity,
+    responder: &PublicIdentity,
+    routing_ad: &[u8; 60],
+) -> Vec<u8> {
+    let n = uint(get(message, "n")) as u32;
+    let pn = uint(get(message, "pn")) as u32;
+    let dh = b32(get(message, "dh"));
+    let mut ck = ck;
+    for _ in 0..n {
+        ck = hmac(&ck, &[0x02]);
+    }
+    let mk = hmac(&ck, &[0x01]);
+    let mut ad = Vec::new();
+    ad.extend_from_slice(b"Sealpost_Session_v1");
+    ad.extend_from_slice(initiator.signing_bytes());
+    ad.extend_from_slice(initiator.dh_bytes());
+    ad.extend_from_slice(responder.signing_bytes());
+    ad.extend_from_slice(responder.dh_bytes());
+    ad.extend_from_slice(routing_ad);
+    ad.extend_from_slice(&dh);
+    ad.extend_from_slice(&pn.to_be_bytes());
+    ad.extend_from_slice(&n.to_be_bytes());
+    assert_eq!(ad.len(), 147 + 60 + 40);
+    let ct = bytes(get(message, "ct"));
+    let mut padded = ChaCha20Poly1305::new((&mk).into())
+        .decrypt((&[0u8; 12]).into(), Payload { msg: &ct, aad: &ad })
+        .unwrap();
+    assert_eq!(padded.len(), 256, "short plaintexts pad to 256 bytes");
+    let marker = padded.iter().rposition(|&b| b != 0).unwrap();
+    assert_eq!(padded[marker], 0x80);
+    padded.truncate(marker);
+    padded
+}
+
+/// Open a pickle with ChaCha20-Poly1305 directly and decode its CBOR.
+fn open_pickle(bytes: &[u8], kind: u8, key: &[u8; 32]) -> Value {
+    assert_eq!(bytes[0], 1, "format byte");
+    assert_eq!(bytes[1], kind, "kind byte");
+    let mut ad = b"Sealpost_Pickle_v1".to_vec();
+    ad.extend_from_slice(&[1, kind]);
+    let plain = ChaCha20Poly1305::new(key.into())
+        .decrypt(
+            bytes[2..14].into(),
+            Payload {
+                msg: &bytes[14..],
+                aad: &ad,
+            },
+        )
+        .unwrap();
+    serde_cbor::from_slice(&plain).unwrap()
+}
+
+#[test]
+fn session_derivation_matches_the_document() {
+    let mut r = rng(42);
+    let alice_dev = Device::new(&mut r);
+    let mut bob_dev = Device::new(&mut r);
+    let key_bytes = [7u8; 32];
+    let key = PickleKey::from_bytes(key_bytes);
+
+    // Bob's secrets, read back from his pickles before anything is consumed.
+    let bob_id = open_pickle(
+        &bob_dev.identity.pickle(&key, &mut r).unwrap(),
+        PickleKind::Identity as u8,
+        &key_bytes,
+    );
+    let bob_prekeys = open_pickle(
+        &bob_dev.prekeys.pickle(&key, &mut r).unwrap(),
+        PickleKind::PreKeys as u8,
+        &key_bytes,
+    );
+    let bundle = bob_dev
+        .prekeys
+        .bundle_for_test(&bob_dev.identity, true)
+        .unwrap();
+    let mut a = sealpost_protocol::initiate(&alice_dev.identity, &bundle, &mut r).unwrap();
+    let hdr = header_for(&alice_dev, &bob_dev, &mut r);
+    let first = a.seal(hdr.clone(), b"hello", &mut r).unwrap();
+    // Alice's ratchet secret, from her session pickle.
+    let alice_session = open_pickle(
+        &a.pickle(&key, &mut r).unwrap(),
+        PickleKind::Session as u8,
+        &key_bytes,
+    );
+
+    // The body: {"prekey": {...}}.
+    let body: Value = serde_cbor::from_slice(&first.body).unwrap();
+    let p = get(&body, "prekey");
+    let ident = get(p, "identity");
+    let ik_a_ed = b32(get(ident, "ed25519"));
+    let ik_a_x = b32(get(ident, "x25519"));
+    assert_eq!(&ik_a_x, alice_dev.identity.public().dh_bytes());
+    assert_eq!(&ik_a_ed, alice_dev.identity.public().signing_bytes());
+    let ek_a = b32(get(p, "base_key"));
+    let spk_id = uint(get(p, "signed_prekey_id"));
+    let opk_id = uint(get(p, "one_time_prekey_id"));
+    let kem_id = uint(get(p, "kem_prekey_id"));
+    let kem_ct = bytes(get(p, "kem_ciphertext"));
+    assert_eq!(kem_ct.len(), 1088);
+
+    // Bob's side of PQXDH.
+    let find_x = |kind: u64, id: u64| -> [u8; 32] {
+        let Value::Array(list) = get(&bob_prekeys, "x25519") else {
+            panic!()
+        };
+        let e = list
+            .iter()
+            .find(|e| uint(get(e, "kind")) == kind && uint(get(e, "id")) == id)
+            .unwrap();
+        b32(get(e, "secret"))
+    };
+    let spk = find_x(1, spk_id);
+    let opk = find_x(2, opk_id);
+    let ik_b = b32(get(&bob_id, "x25519_secret"));
+    let dh1 = x25519(spk, ik_a_x);
+    let dh2 = x25519(ik_b, ek_a);
+    let dh3 = x25519(spk, ek_a);
+    let dh4 = x25519(opk, ek_a);
+    let Value::Array(kems) = get(&bob_prekeys, "kem") else {
+        panic!()
+    };
+    let dk_bytes = bytes(get(
+        kems.iter().find(|e| uint(get(e, "id")) == kem_id).unwrap(),
+        "secret",
+    ));
+    let dk = <MlKem768 as KemCore>::DecapsulationKey::from_bytes(
+        &ml_kem::Encoded::<<MlKem768 as KemCore>::DecapsulationKey>::try_from(&dk_bytes[..])
+            .unwrap(),
+    );
+    let ss = dk
+        .decapsulate(&ml_kem::Ciphertext::<MlKem768>::try_from(&kem_ct[..]).unwrap())
+        .unwrap();
+    // The KEM public key is the one in the bundle (also embedded in dk at 1152..2336).
+    assert_eq!(&dk_bytes[1152..2336], &bundle.kem_prekey.public[..]);
+    let mut ikm = vec![0xFF; 32];
+    for d in [dh1, dh2, dh3, dh4] {
+        ikm.extend_from_slice(&d);
+    }
+    ikm.extend_from_slice(&ss);
+    let mut info = b"Sealpost_PQXDH_X25519_SHA-256_ML-KEM-768_v1".to_vec();
+    info.extend_from_slice(
+        &Sha256::new()
+            .chain_update(&bundle.kem_prekey.public[..])
+            .chain_update(&kem_ct)
+            .finalize(),
+    );
+    let mut sk = [0u8; 32];
+    hkdf(&[0u8; 32], &ikm, &info, &mut sk);
+
+    // Bob's first receiving chain: KDF_RK(SK, DH(SPK_B, A's ratchet key)).
+    let msg = get(p, "message");
+    let a1 = b32(get(msg, "dh"));
+    let (rk1, ck_recv) = kdf_rk(&sk, &x25519(spk, a1));
+    let alice_pub = alice_dev.identity.public().clone();
+    let bob_pub = bob_dev.identity.public().clone();
+    let pt = open_ratchet(ck_recv, msg, &alice_pub, &bob_pub, &hdr.ad_bytes());
+    assert_eq!(pt, b"hello");
+
+    // Bob accepts and answers; Alice's receiving chain is KDF_RK(RK1, DH(A1, B1)).
+    let (mut b, _) = accept(&bob_dev.identity, &mut bob_dev.prekeys, &first).unwrap();
+    let hdr2 = header_for(&bob_dev, &alice_dev, &mut r);
+    let reply = b.seal(hdr2.clone(), b"hi", &mut r).unwrap();
+    let body2: Value = serde_cbor::from_slice(&reply.body).unwrap();
+    let m2 = get(&body2, "message");
+    let b1 = b32(get(m2, "dh"));
+    let a1_secret = b32(get(&alice_session, "dh_self"));
+    assert_eq!(b32(get(&alice_session, "root_key")), rk1);
+    let (_rk2, ck_a_recv) = kdf_rk(&rk1, &x25519(a1_secret, b1));
+    let pt2 = open_ratchet(ck_a_recv, m2, &alice_pub, &bob_pub, &hdr2.ad_bytes());
+    assert_eq!(pt2, b"hi");
+    assert_eq!(&a.open(&reply).unwrap()[..], b"hi");
+    assert_eq!(pickle::PICKLE_FORMAT, 1);
+}
+
+fn header_for(from: &Device, to: &Device, r: &mut rand::rngs::StdRng) -> RoutingHeader {
+    RoutingHeader::new(
+        from.identity.device_id(),
+        to.identity.device_id(),
+        EnvelopeKind::Chat,
+        1_700_000_000_000,
+        r,
+    )
+}
