@@ -1,0 +1,519 @@
+//! In-memory store: the reference implementation of the storage contract.
+//!
+//! Everything lives behind one `std::sync::Mutex` around plain maps, so every method is
+//! trivially atomic. It has exactly the semantics of [`super::sqlite::SqliteStore`]
+//! (checked by the shared conformance tests) and loses everything when dropped: use it
+//! for tests and for a relay that needs no durability.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use sealpost_protocol::envelope::{Envelope, MessageId};
+use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
+use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use sealpost_protocol::wire::Role;
+
+use super::{
+    AccountRecord, AccountStore, DeviceRecord, Enqueued, MailboxStore, Pending, PreKeyCounts,
+    PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, MAX_DEVICES_PER_ACCOUNT,
+    MAX_STORED_ONE_TIME_PREKEYS,
+};
+
+/// An enrolment code (only its hash is known).
+struct Code {
+    account: AccountId,
+    expires_ms: u64,
+    used: bool,
+}
+
+/// An enrolled device with its prekeys and mailbox.
+struct Device {
+    record: DeviceRecord,
+    /// Enrolment order, to break ties between equal enrolment times.
+    order: u64,
+    prekeys: PreKeys,
+    mailbox: Mailbox,
+}
+
+#[derive(Default)]
+struct PreKeys {
+    signed: Option<SignedPreKey>,
+    one_time: BTreeMap<u32, OneTimePreKey>,
+    kem_one_time: BTreeMap<u32, KemPreKey>,
+    kem_last_resort: Option<KemPreKey>,
+}
+
+impl PreKeys {
+    fn counts(&self) -> PreKeyCounts {
+        PreKeyCounts {
+            one_time: count_u32(self.one_time.len()),
+            kem_one_time: count_u32(self.kem_one_time.len()),
+        }
+    }
+}
+
+fn count_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+struct Stored {
+    envelope: Envelope,
+    expires_ms: u64,
+}
+
+struct Mailbox {
+    next_seq: u64,
+    bytes: u64,
+    by_seq: BTreeMap<u64, Stored>,
+    by_id: HashMap<MessageId, u64>,
+    /// Acknowledged message ids with their sequence number and expiry, so that a late
+    /// retry of an already delivered envelope is still recognised as a duplicate.
+    delivered: HashMap<MessageId, (u64, u64)>,
+}
+
+impl Default for Mailbox {
+    fn default() -> Self {
+        Self {
+            next_seq: 1,
+            bytes: 0,
+            by_seq: BTreeMap::new(),
+            by_id: HashMap::new(),
+            delivered: HashMap::new(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    accounts: BTreeMap<AccountId, AccountRecord>,
+    codes: HashMap<[u8; 32], Code>,
+    devices: HashMap<DeviceId, Device>,
+    next_order: u64,
+    /// (client, staff) pairs.
+    assignments: BTreeSet<(AccountId, AccountId)>,
+}
+
+/// The in-memory reference store.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Backend("memory store lock poisoned".to_owned()))
+    }
+}
+
+fn body_len(envelope: &Envelope) -> u64 {
+    u64::try_from(envelope.body.len()).unwrap_or(u64::MAX)
+}
+
+impl AccountStore for MemoryStore {
+    async fn create_account(
+        &self,
+        id: &AccountId,
+        role: Role,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        if g.accounts.contains_key(id) {
+            return Err(StoreError::Conflict("account"));
+        }
+        g.accounts.insert(
+            id.clone(),
+            AccountRecord {
+                id: id.clone(),
+                role,
+                created_ms: now_ms,
+                frozen: false,
+            },
+        );
+        Ok(())
+    }
+
+    async fn account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
+        Ok(self.lock()?.accounts.get(id).cloned())
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        Ok(self.lock()?.accounts.values().cloned().collect())
+    }
+
+    async fn add_enrollment_code(
+        &self,
+        account: &AccountId,
+        code_hash: [u8; 32],
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        if !g.accounts.contains_key(account) {
+            return Err(StoreError::NotFound("account"));
+        }
+        if g.codes.contains_key(&code_hash) {
+            return Err(StoreError::Conflict("enrollment code"));
+        }
+        g.codes.insert(
+            code_hash,
+            Code {
+                account: account.clone(),
+                expires_ms,
+                used: false,
+            },
+        );
+        Ok(())
+    }
+
+    async fn redeem_enrollment(
+        &self,
+        account: &AccountId,
+        code_hash: [u8; 32],
+        identity: &PublicIdentity,
+        now_ms: u64,
+    ) -> Result<DeviceRecord, StoreError> {
+        let mut g = self.lock()?;
+        let inner = &mut *g;
+        let code_ok = matches!(
+            inner.codes.get(&code_hash),
+            Some(c) if &c.account == account && !c.used && now_ms < c.expires_ms
+        );
+        if !code_ok {
+            return Err(StoreError::EnrollmentRefused);
+        }
+        let id = identity.device_id();
+        if inner.devices.contains_key(&id) {
+            return Err(StoreError::Conflict("device"));
+        }
+        let active = inner
+            .devices
+            .values()
+            .filter(|d| &d.record.account == account && !d.record.revoked)
+            .count();
+        if active >= MAX_DEVICES_PER_ACCOUNT {
+            return Err(StoreError::QuotaExceeded {
+                what: "devices per account",
+                current: active as u64,
+                max: MAX_DEVICES_PER_ACCOUNT as u64,
+            });
+        }
+        if let Some(c) = inner.codes.get_mut(&code_hash) {
+            c.used = true;
+        }
+        let record = DeviceRecord {
+            id,
+            account: account.clone(),
+            identity: identity.clone(),
+            enrolled_ms: now_ms,
+            revoked: false,
+        };
+        let order = inner.next_order;
+        inner.next_order += 1;
+        inner.devices.insert(
+            id,
+            Device {
+                record: record.clone(),
+                order,
+                prekeys: PreKeys::default(),
+                mailbox: Mailbox::default(),
+            },
+        );
+        Ok(record)
+    }
+
+    async fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        Ok(self.lock()?.devices.get(id).map(|d| d.record.clone()))
+    }
+
+    async fn devices_of(&self, account: &AccountId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let g = self.lock()?;
+        let mut devices: Vec<&Device> = g
+            .devices
+            .values()
+            .filter(|d| &d.record.account == account)
+            .collect();
+        devices.sort_by_key(|d| (d.record.enrolled_ms, d.order));
+        Ok(devices.into_iter().map(|d| d.record.clone()).collect())
+    }
+
+    async fn assign(&self, client: &AccountId, staff: &AccountId) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        if !g.accounts.contains_key(client) || !g.accounts.contains_key(staff) {
+            return Err(StoreError::NotFound("account"));
+        }
+        g.assignments.insert((client.clone(), staff.clone()));
+        Ok(())
+    }
+
+    async fn unassign(&self, client: &AccountId, staff: &AccountId) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()?
+            .assignments
+            .remove(&(client.clone(), staff.clone())))
+    }
+
+    async fn is_assigned(&self, client: &AccountId, staff: &AccountId) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()?
+            .assignments
+            .contains(&(client.clone(), staff.clone())))
+    }
+
+    async fn assignments_of(&self, account: &AccountId) -> Result<Vec<AccountId>, StoreError> {
+        let g = self.lock()?;
+        let mut out: BTreeSet<AccountId> = BTreeSet::new();
+        for (client, staff) in &g.assignments {
+            if client == account {
+                out.insert(staff.clone());
+            }
+            if staff == account {
+                out.insert(client.clone());
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+}
+
+impl PreKeyStore for MemoryStore {
+    async fn put_prekeys(
+        &self,
+        device: &DeviceId,
+        upload: PreKeyUpload,
+    ) -> Result<PreKeyCounts, StoreError> {
+        let mut g = self.lock()?;
+        let d = g
+            .devices
+            .get_mut(device)
+            .ok_or(StoreError::NotFound("device"))?;
+        let pk = &mut d.prekeys;
+        let max = u64::from(MAX_STORED_ONE_TIME_PREKEYS);
+        let have = pk.one_time.len() as u64;
+        if have + upload.one_time.len() as u64 > max {
+            return Err(StoreError::QuotaExceeded {
+                what: "one-time prekeys",
+                current: have,
+                max,
+            });
+        }
+        let have = pk.kem_one_time.len() as u64;
+        if have + upload.kem_one_time.len() as u64 > max {
+            return Err(StoreError::QuotaExceeded {
+                what: "one-time ML-KEM prekeys",
+                current: have,
+                max,
+            });
+        }
+        let mut ids = BTreeSet::new();
+        for k in &upload.one_time {
+            if pk.one_time.contains_key(&k.id) || !ids.insert(k.id) {
+                return Err(StoreError::Conflict("one-time prekey"));
+            }
+        }
+        let mut ids = BTreeSet::new();
+        for k in &upload.kem_one_time {
+            if pk.kem_one_time.contains_key(&k.id) || !ids.insert(k.id) {
+                return Err(StoreError::Conflict("one-time ML-KEM prekey"));
+            }
+        }
+        if let Some(spk) = upload.signed_prekey {
+            pk.signed = Some(spk);
+        }
+        if let Some(lr) = upload.kem_last_resort {
+            pk.kem_last_resort = Some(lr);
+        }
+        for k in upload.one_time {
+            pk.one_time.insert(k.id, k);
+        }
+        for k in upload.kem_one_time {
+            pk.kem_one_time.insert(k.id, k);
+        }
+        Ok(pk.counts())
+    }
+
+    async fn take_bundle(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Option<(PreKeyBundle, PreKeyCounts)>, StoreError> {
+        let mut g = self.lock()?;
+        let d = g
+            .devices
+            .get_mut(device)
+            .ok_or(StoreError::NotFound("device"))?;
+        let identity = d.record.identity.clone();
+        let pk = &mut d.prekeys;
+        let Some(signed_prekey) = pk.signed.clone() else {
+            return Ok(None);
+        };
+        if pk.kem_one_time.is_empty() && pk.kem_last_resort.is_none() {
+            return Ok(None);
+        }
+        let kem_prekey = match pk.kem_one_time.pop_first() {
+            Some((_, k)) => k,
+            None => match pk.kem_last_resort.clone() {
+                Some(k) => k,
+                None => return Ok(None),
+            },
+        };
+        let one_time_prekey = pk.one_time.pop_first().map(|(_, k)| k);
+        let counts = pk.counts();
+        Ok(Some((
+            PreKeyBundle {
+                identity,
+                signed_prekey,
+                one_time_prekey,
+                kem_prekey,
+            },
+            counts,
+        )))
+    }
+
+    async fn prekey_counts(&self, device: &DeviceId) -> Result<PreKeyCounts, StoreError> {
+        let g = self.lock()?;
+        let d = g
+            .devices
+            .get(device)
+            .ok_or(StoreError::NotFound("device"))?;
+        Ok(d.prekeys.counts())
+    }
+}
+
+impl MailboxStore for MemoryStore {
+    async fn enqueue(
+        &self,
+        envelope: &Envelope,
+        expires_ms: u64,
+        quota: Quota,
+    ) -> Result<Enqueued, StoreError> {
+        let mut g = self.lock()?;
+        let d = g
+            .devices
+            .get_mut(&envelope.header.recipient)
+            .ok_or(StoreError::NotFound("device"))?;
+        let mb = &mut d.mailbox;
+        let id = envelope.header.message_id;
+        if let Some(seq) = mb.by_id.get(&id) {
+            return Ok(Enqueued {
+                seq: *seq,
+                duplicate: true,
+            });
+        }
+        if let Some((seq, _)) = mb.delivered.get(&id) {
+            return Ok(Enqueued {
+                seq: *seq,
+                duplicate: true,
+            });
+        }
+        let count = mb.by_seq.len() as u64;
+        if count.saturating_add(1) > quota.max_count {
+            return Err(StoreError::QuotaExceeded {
+                what: "pending envelopes",
+                current: count,
+                max: quota.max_count,
+            });
+        }
+        let size = body_len(envelope);
+        if mb.bytes.saturating_add(size) > quota.max_bytes {
+            return Err(StoreError::QuotaExceeded {
+                what: "pending bytes",
+                current: mb.bytes,
+                max: quota.max_bytes,
+            });
+        }
+        let seq = mb.next_seq;
+        mb.next_seq += 1;
+        mb.bytes += size;
+        mb.by_id.insert(id, seq);
+        mb.by_seq.insert(
+            seq,
+            Stored {
+                envelope: envelope.clone(),
+                expires_ms,
+            },
+        );
+        Ok(Enqueued {
+            seq,
+            duplicate: false,
+        })
+    }
+
+    async fn pending(
+        &self,
+        device: &DeviceId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let g = self.lock()?;
+        let Some(d) = g.devices.get(device) else {
+            return Ok(Vec::new());
+        };
+        Ok(d.mailbox
+            .by_seq
+            .range(after_seq.saturating_add(1)..)
+            .take(limit)
+            .map(|(seq, s)| Pending {
+                seq: *seq,
+                envelope: s.envelope.clone(),
+            })
+            .collect())
+    }
+
+    async fn ack(&self, device: &DeviceId, message_id: &MessageId) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        let Some(d) = g.devices.get_mut(device) else {
+            return Ok(false);
+        };
+        let mb = &mut d.mailbox;
+        let Some(seq) = mb.by_id.remove(message_id) else {
+            return Ok(false);
+        };
+        if let Some(s) = mb.by_seq.remove(&seq) {
+            mb.bytes = mb.bytes.saturating_sub(body_len(&s.envelope));
+            mb.delivered.insert(*message_id, (seq, s.expires_ms));
+        }
+        Ok(true)
+    }
+
+    async fn expire(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let mut g = self.lock()?;
+        let mut removed = 0u64;
+        for d in g.devices.values_mut() {
+            let mb = &mut d.mailbox;
+            let expired: Vec<u64> = mb
+                .by_seq
+                .iter()
+                .filter(|(_, s)| s.expires_ms <= now_ms)
+                .map(|(seq, _)| *seq)
+                .collect();
+            for seq in expired {
+                if let Some(s) = mb.by_seq.remove(&seq) {
+                    mb.by_id.remove(&s.envelope.header.message_id);
+                    mb.bytes = mb.bytes.saturating_sub(body_len(&s.envelope));
+                    removed += 1;
+                }
+            }
+            mb.delivered.retain(|_, (_, expires)| *expires > now_ms);
+        }
+        Ok(removed)
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let g = self.lock()?;
+        let mut stats = QueueStats::default();
+        for d in g.devices.values() {
+            stats.count += d.mailbox.by_seq.len() as u64;
+            stats.bytes += d.mailbox.bytes;
+        }
+        Ok(stats)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Nothing to make durable; still report a poisoned lock.
+        self.lock().map(|_| ())
+    }
+}

@@ -1,0 +1,1435 @@
+//! SQLite store: the embedded durable default.
+//!
+//! # Durability and group commit
+//!
+//! The database runs in WAL mode with `synchronous = FULL`, so a committed transaction
+//! survives a crash or `SIGKILL` of the relay (and, as far as the disk honours `fsync`,
+//! of the machine). Every write goes through one dedicated writer thread that owns the
+//! only read-write connection. Callers send it an operation over a channel and wait for
+//! the answer on a oneshot channel. The writer takes every operation already queued (up
+//! to [`MAX_BATCH`]), runs them in one `BEGIN IMMEDIATE` transaction with a `SAVEPOINT`
+//! per operation (so one failing operation, for example a full mailbox, rolls back only
+//! itself), commits once, and only then answers every caller. Under load, one `fsync`
+//! is shared by many writes instead of one per message.
+//!
+//! Reads run on a small pool of read-only connections (WAL lets them run alongside the
+//! writer) on Tokio's blocking threads. A read issued after a write was answered sees it.
+//!
+//! # Schema
+//!
+//! Plain column types so that a PostgreSQL implementation can follow the same layout:
+//! TEXT ids (account ids as given, device and message ids as lower-case hex), BLOB keys
+//! and bodies, INTEGER milliseconds since the Unix epoch. Per-device mailbox counters
+//! (`next_seq`, `pending_count`, `pending_bytes`) live in `devices` and change in the
+//! same transaction as the envelope rows. Envelope bodies are ciphertext; nothing in the
+//! database is plaintext content. Acknowledged envelopes leave a small tombstone
+//! (recipient, message id, seq, expiry) in `delivered` until their expiry, so a late
+//! retry by the sender is still recognised as a duplicate.
+//!
+//! The schema version is `PRAGMA user_version`; [`MIGRATIONS`] are applied in order, in
+//! one transaction, when the store is opened. A database written by a newer relay is
+//! refused with a clear error.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
+use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
+use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use sealpost_protocol::wire::Role;
+use tokio::sync::{oneshot, Semaphore};
+
+use super::{
+    AccountRecord, AccountStore, DeviceRecord, Enqueued, MailboxStore, Pending, PreKeyCounts,
+    PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, MAX_DEVICES_PER_ACCOUNT,
+    MAX_STORED_ONE_TIME_PREKEYS,
+};
+
+/// Most operations committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+/// Read-only connections used at the same time.
+pub const READ_CONNECTIONS: usize = 4;
+/// How long a connection waits for a lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Schema migrations, in order; step `i` takes the schema from version `i` to `i + 1`.
+/// Never edit a released step: append a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // Version 1.
+    r#"
+CREATE TABLE accounts (
+    id          TEXT PRIMARY KEY,
+    role        TEXT NOT NULL CHECK (role IN ('client', 'advisor', 'staff')),
+    created_ms  INTEGER NOT NULL,
+    frozen      INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE enrollment_codes (
+    code_hash   BLOB PRIMARY KEY,
+    account     TEXT NOT NULL REFERENCES accounts (id),
+    expires_ms  INTEGER NOT NULL,
+    used_ms     INTEGER
+);
+CREATE INDEX enrollment_codes_account ON enrollment_codes (account);
+
+CREATE TABLE devices (
+    id             TEXT PRIMARY KEY,
+    account        TEXT NOT NULL REFERENCES accounts (id),
+    ed25519        BLOB NOT NULL,
+    x25519         BLOB NOT NULL,
+    enrolled_ms    INTEGER NOT NULL,
+    revoked        INTEGER NOT NULL DEFAULT 0,
+    next_seq       INTEGER NOT NULL DEFAULT 1,
+    pending_count  INTEGER NOT NULL DEFAULT 0,
+    pending_bytes  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX devices_account ON devices (account, enrolled_ms);
+
+CREATE TABLE assignments (
+    client  TEXT NOT NULL REFERENCES accounts (id),
+    staff   TEXT NOT NULL REFERENCES accounts (id),
+    PRIMARY KEY (client, staff)
+);
+CREATE INDEX assignments_staff ON assignments (staff, client);
+
+CREATE TABLE signed_prekeys (
+    device     TEXT PRIMARY KEY REFERENCES devices (id),
+    key_id     INTEGER NOT NULL,
+    public     BLOB NOT NULL,
+    signature  BLOB NOT NULL
+);
+
+CREATE TABLE one_time_prekeys (
+    device     TEXT NOT NULL REFERENCES devices (id),
+    key_id     INTEGER NOT NULL,
+    public     BLOB NOT NULL,
+    signature  BLOB NOT NULL,
+    PRIMARY KEY (device, key_id)
+);
+
+CREATE TABLE kem_one_time_prekeys (
+    device       TEXT NOT NULL REFERENCES devices (id),
+    key_id       INTEGER NOT NULL,
+    last_resort  INTEGER NOT NULL,
+    public       BLOB NOT NULL,
+    signature    BLOB NOT NULL,
+    PRIMARY KEY (device, key_id)
+);
+
+CREATE TABLE kem_last_resort_prekeys (
+    device       TEXT PRIMARY KEY REFERENCES devices (id),
+    key_id       INTEGER NOT NULL,
+    last_resort  INTEGER NOT NULL,
+    public       BLOB NOT NULL,
+    signature    BLOB NOT NULL
+);
+
+CREATE TABLE envelopes (
+    recipient     TEXT NOT NULL REFERENCES devices (id),
+    seq           INTEGER NOT NULL,
+    message_id    TEXT NOT NULL,
+    sender        TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    kind          INTEGER NOT NULL,
+    timestamp_ms  INTEGER NOT NULL,
+    body          BLOB NOT NULL,
+    size          INTEGER NOT NULL,
+    expires_ms    INTEGER NOT NULL,
+    PRIMARY KEY (recipient, seq),
+    UNIQUE (recipient, message_id)
+);
+CREATE INDEX envelopes_expiry ON envelopes (expires_ms);
+
+CREATE TABLE delivered (
+    recipient   TEXT NOT NULL REFERENCES devices (id),
+    message_id  TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    PRIMARY KEY (recipient, message_id)
+);
+CREATE INDEX delivered_expiry ON delivered (expires_ms);
+"#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Counters of the writer thread, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Transactions committed (or attempted).
+    pub commits: u64,
+    /// Write operations run.
+    pub ops: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    ops: AtomicU64,
+}
+
+/// The SQLite store. Dropping it stops the writer thread after the operations already
+/// queued and closes the database.
+pub struct SqliteStore {
+    writer: Option<mpsc::Sender<Msg>>,
+    thread: Option<JoinHandle<()>>,
+    readers: Arc<Readers>,
+    permits: Semaphore,
+    counters: Arc<Counters>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.readers.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn closed() -> StoreError {
+    StoreError::Backend("sqlite writer thread has stopped".to_owned())
+}
+
+impl SqliteStore {
+    /// Open (creating the file and its parent directory if needed) and migrate the
+    /// database at `path`, and start the writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::Backend(format!("creating {}: {e}", parent.display()))
+                })?;
+            }
+        }
+        let mut conn = Connection::open(path)
+            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(backend)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "could not switch {} to WAL mode (journal mode is {mode})",
+                path.display()
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+        migrate(&mut conn)?;
+
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let thread_counters = Arc::clone(&counters);
+        let thread = std::thread::Builder::new()
+            .name("sealpost-sqlite-writer".to_owned())
+            .spawn(move || writer_loop(&conn, &rx, &thread_counters))
+            .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
+        Ok(Self {
+            writer: Some(tx),
+            thread: Some(thread),
+            readers: Arc::new(Readers {
+                path: path.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            permits: Semaphore::new(READ_CONNECTIONS),
+            counters,
+        })
+    }
+
+    /// The schema version of an opened database (always [`SCHEMA_VERSION`]).
+    pub async fn schema_version(&self) -> Result<u32, StoreError> {
+        self.read(|c| {
+            let v: i64 = c
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(backend)?;
+            u32::try_from(v).map_err(backend)
+        })
+        .await
+    }
+
+    /// Writer counters: with many concurrent writers, `ops / commits` is the average
+    /// group-commit batch size.
+    pub fn write_stats(&self) -> WriteStats {
+        WriteStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            ops: self.counters.ops.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Run `f` on the writer thread inside the next batch's transaction; answer after commit.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Box<dyn WriteOp> = Box::new(Job {
+            f: Some(f),
+            result: None,
+            tx,
+        });
+        self.writer
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(Msg::Op(job))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    /// Run `f` on a read-only connection on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let _permit = self.permits.acquire().await.map_err(backend)?;
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.get()?;
+            let result = f(&conn);
+            readers.put(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("sqlite reader task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // Close the readers first so that the writer's connection is the last one and
+        // checkpoints the WAL when it closes.
+        if let Ok(mut idle) = self.readers.idle.lock() {
+            idle.clear();
+        }
+        self.writer = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("sqlite writer thread panicked");
+            }
+        }
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let current: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    let current = usize::try_from(current)
+        .map_err(|_| StoreError::Backend(format!("invalid database schema version {current}")))?;
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "database schema version {current} is newer than this relay supports \
+             ({SCHEMA_VERSION}); upgrade the relay or restore a matching backup"
+        )));
+    }
+    if current == MIGRATIONS.len() {
+        return Ok(());
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(current) {
+        tx.execute_batch(step)
+            .map_err(|e| StoreError::Backend(format!("schema migration {}: {e}", i + 1)))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(backend)?;
+    tx.commit().map_err(backend)
+}
+
+// ---------------------------------------------------------------------------------------
+// Writer thread
+
+enum Msg {
+    Op(Box<dyn WriteOp>),
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// A queued write, type-erased.
+trait WriteOp: Send {
+    /// Run inside the batch transaction (in its own savepoint).
+    fn run(&mut self, conn: &Connection);
+    /// Answer the caller once the batch is committed (`commit_error` if it was not).
+    fn answer(self: Box<Self>, commit_error: Option<&str>);
+}
+
+struct Job<T, F> {
+    f: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    tx: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteOp for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(&mut self, conn: &Connection) {
+        if let Some(f) = self.f.take() {
+            self.result = Some(in_savepoint(conn, f));
+        }
+    }
+
+    fn answer(self: Box<Self>, commit_error: Option<&str>) {
+        let result = match (self.result, commit_error) {
+            // An operation that failed changed nothing either way: its own error is exact.
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(_)), Some(e)) => Err(StoreError::Backend(format!("commit failed: {e}"))),
+            (Some(Ok(v)), None) => Ok(v),
+            (None, Some(e)) => Err(StoreError::Backend(e.to_owned())),
+            (None, None) => Err(StoreError::Backend("write was not run".to_owned())),
+        };
+        // The caller may have gone away; the write stands.
+        let _ = self.tx.send(result);
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if conn.is_autocommit() {
+        // SQLite rolled the batch transaction back (for example on an I/O error); running
+        // the operation now would commit it on its own.
+        return Err(StoreError::Backend(
+            "batch transaction was aborted".to_owned(),
+        ));
+    }
+    conn.execute_batch("SAVEPOINT op").map_err(backend)?;
+    let result = f(conn);
+    match result {
+        Ok(v) => match conn.execute_batch("RELEASE op") {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                Err(backend(e))
+            }
+        },
+        Err(e) => {
+            if let Err(rb) = conn.execute_batch("ROLLBACK TO op; RELEASE op") {
+                tracing::error!(error = %rb, "rolling back a failed store operation");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Msg>, counters: &Counters) {
+    let mut ops: Vec<Box<dyn WriteOp>> = Vec::with_capacity(MAX_BATCH);
+    let mut flushes = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Op(op) => ops.push(op),
+                Msg::Flush(tx) => flushes.push(tx),
+            }
+            if ops.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !ops.is_empty() {
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+            counters.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
+            commit_batch(conn, &mut ops);
+        }
+        if !flushes.is_empty() {
+            let result = checkpoint(conn);
+            for tx in flushes.drain(..) {
+                let answer = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StoreError::Backend(e.clone())),
+                };
+                let _ = tx.send(answer);
+            }
+        }
+    }
+}
+
+fn commit_batch(conn: &Connection, ops: &mut Vec<Box<dyn WriteOp>>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let msg = format!("begin: {e}");
+        for op in ops.drain(..) {
+            op.answer(Some(&msg));
+        }
+        return;
+    }
+    for op in ops.iter_mut() {
+        op.run(conn);
+    }
+    let commit_error = match conn.execute_batch("COMMIT") {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "sqlite commit failed");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            Some(e.to_string())
+        }
+    };
+    for op in ops.drain(..) {
+        op.answer(commit_error.as_deref());
+    }
+}
+
+fn checkpoint(conn: &Connection) -> Result<(), String> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------
+// Readers
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn get(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = self.idle.lock().map_err(backend)?.pop() {
+            return Ok(conn);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Backend(format!("opening {}: {e}", self.path.display())))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        Ok(conn)
+    }
+
+    fn put(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < READ_CONNECTIONS {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Conversions
+
+/// Milliseconds and counters as SQLite INTEGER (i64), saturating.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Backend(format!("negative {what} in database")))
+}
+
+fn key_id(v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Backend(format!("prekey id {v} out of range")))
+}
+
+fn dev(id: &DeviceId) -> String {
+    id.to_hex()
+}
+
+fn parse_device(s: &str) -> Result<DeviceId, StoreError> {
+    DeviceId::from_hex(s)
+        .map_err(|_| StoreError::Backend(format!("bad device id {s:?} in database")))
+}
+
+fn msg(id: &MessageId) -> String {
+    id.to_hex()
+}
+
+fn parse_message_id(s: &str) -> Result<MessageId, StoreError> {
+    let mut bytes = [0u8; 16];
+    hex::decode_to_slice(s, &mut bytes)
+        .map_err(|_| StoreError::Backend(format!("bad message id {s:?} in database")))?;
+    Ok(MessageId(bytes))
+}
+
+fn parse_account(s: String) -> Result<AccountId, StoreError> {
+    AccountId::try_from(s)
+        .map_err(|e| StoreError::Backend(format!("bad account id in database: {e}")))
+}
+
+fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Client => "client",
+        Role::Advisor => "advisor",
+        Role::Staff => "staff",
+    }
+}
+
+fn parse_role(s: &str) -> Result<Role, StoreError> {
+    match s {
+        "client" => Ok(Role::Client),
+        "advisor" => Ok(Role::Advisor),
+        "staff" => Ok(Role::Staff),
+        other => Err(StoreError::Backend(format!(
+            "bad role {other:?} in database"
+        ))),
+    }
+}
+
+fn array<const N: usize>(v: &[u8], what: &str) -> Result<[u8; N], StoreError> {
+    v.try_into().map_err(|_| {
+        StoreError::Backend(format!(
+            "{what} in database has {} bytes, expected {N}",
+            v.len()
+        ))
+    })
+}
+
+fn boxed<const N: usize>(v: &[u8], what: &str) -> Result<Box<[u8; N]>, StoreError> {
+    let arr: [u8; N] = array(v, what)?;
+    Ok(Box::new(arr))
+}
+
+// ---------------------------------------------------------------------------------------
+// Accounts
+
+type AccountRow = (String, String, i64, bool);
+
+fn account_from_row(
+    (id, role, created_ms, frozen): AccountRow,
+) -> Result<AccountRecord, StoreError> {
+    Ok(AccountRecord {
+        id: parse_account(id)?,
+        role: parse_role(&role)?,
+        created_ms: uint(created_ms, "creation time")?,
+        frozen,
+    })
+}
+
+fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+type DeviceRow = (String, String, Vec<u8>, Vec<u8>, i64, bool);
+
+const DEVICE_COLUMNS: &str = "id, account, ed25519, x25519, enrolled_ms, revoked";
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn identity_from(ed: &[u8], x: &[u8]) -> Result<PublicIdentity, StoreError> {
+    PublicIdentity::from_bytes(&array(ed, "ed25519 key")?, &array(x, "x25519 key")?)
+        .map_err(|e| StoreError::Backend(format!("bad identity key in database: {e}")))
+}
+
+fn device_from_row(
+    (id, account, ed, x, enrolled_ms, revoked): DeviceRow,
+) -> Result<DeviceRecord, StoreError> {
+    let id = parse_device(&id)?;
+    let identity = identity_from(&ed, &x)?;
+    if identity.device_id() != id {
+        return Err(StoreError::Backend(format!(
+            "device {id} in database does not match its identity keys"
+        )));
+    }
+    Ok(DeviceRecord {
+        id,
+        account: parse_account(account)?,
+        identity,
+        enrolled_ms: uint(enrolled_ms, "enrolment time")?,
+        revoked,
+    })
+}
+
+fn account_exists(c: &Connection, id: &AccountId) -> Result<bool, StoreError> {
+    c.prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")
+        .and_then(|mut s| s.exists(params![id.as_str()]))
+        .map_err(backend)
+}
+
+fn device_exists(c: &Connection, id: &str) -> Result<bool, StoreError> {
+    c.prepare_cached("SELECT 1 FROM devices WHERE id = ?1")
+        .and_then(|mut s| s.exists(params![id]))
+        .map_err(backend)
+}
+
+fn op_create_account(
+    c: &Connection,
+    id: &AccountId,
+    role: Role,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let n = c
+        .prepare_cached(
+            "INSERT INTO accounts (id, role, created_ms, frozen) VALUES (?1, ?2, ?3, 0)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![id.as_str(), role_str(role), int(now_ms)]))
+        .map_err(backend)?;
+    if n == 0 {
+        return Err(StoreError::Conflict("account"));
+    }
+    Ok(())
+}
+
+fn op_add_code(
+    c: &Connection,
+    account: &AccountId,
+    code_hash: &[u8; 32],
+    expires_ms: u64,
+) -> Result<(), StoreError> {
+    if !account_exists(c, account)? {
+        return Err(StoreError::NotFound("account"));
+    }
+    let n = c
+        .prepare_cached(
+            "INSERT INTO enrollment_codes (code_hash, account, expires_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (code_hash) DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![&code_hash[..], account.as_str(), int(expires_ms)]))
+        .map_err(backend)?;
+    if n == 0 {
+        return Err(StoreError::Conflict("enrollment code"));
+    }
+    Ok(())
+}
+
+fn op_redeem(
+    c: &Connection,
+    account: &AccountId,
+    code_hash: &[u8; 32],
+    identity: &PublicIdentity,
+    now_ms: u64,
+) -> Result<DeviceRecord, StoreError> {
+    let code: Option<(String, i64, Option<i64>)> = c
+        .prepare_cached(
+            "SELECT account, expires_ms, used_ms FROM enrollment_codes WHERE code_hash = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![&code_hash[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    let now = int(now_ms);
+    match code {
+        Some((owner, expires, None)) if owner == account.as_str() && now < expires => {}
+        _ => return Err(StoreError::EnrollmentRefused),
+    }
+    let id = identity.device_id();
+    let id_hex = dev(&id);
+    if device_exists(c, &id_hex)? {
+        return Err(StoreError::Conflict("device"));
+    }
+    let active: i64 = c
+        .prepare_cached("SELECT COUNT(*) FROM devices WHERE account = ?1 AND revoked = 0")
+        .and_then(|mut s| s.query_row(params![account.as_str()], |r| r.get(0)))
+        .map_err(backend)?;
+    let active = uint(active, "device count")?;
+    if active >= MAX_DEVICES_PER_ACCOUNT as u64 {
+        return Err(StoreError::QuotaExceeded {
+            what: "devices per account",
+            current: active,
+            max: MAX_DEVICES_PER_ACCOUNT as u64,
+        });
+    }
+    c.prepare_cached("UPDATE enrollment_codes SET used_ms = ?2 WHERE code_hash = ?1")
+        .and_then(|mut s| s.execute(params![&code_hash[..], now]))
+        .map_err(backend)?;
+    c.prepare_cached(
+        "INSERT INTO devices (id, account, ed25519, x25519, enrolled_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id_hex,
+            account.as_str(),
+            &identity.signing_bytes()[..],
+            &identity.dh_bytes()[..],
+            now
+        ])
+    })
+    .map_err(backend)?;
+    Ok(DeviceRecord {
+        id,
+        account: account.clone(),
+        identity: identity.clone(),
+        enrolled_ms: now_ms,
+        revoked: false,
+    })
+}
+
+fn op_assign(c: &Connection, client: &AccountId, staff: &AccountId) -> Result<(), StoreError> {
+    if !account_exists(c, client)? || !account_exists(c, staff)? {
+        return Err(StoreError::NotFound("account"));
+    }
+    c.prepare_cached(
+        "INSERT INTO assignments (client, staff) VALUES (?1, ?2) ON CONFLICT (client, staff) DO NOTHING",
+    )
+    .and_then(|mut s| s.execute(params![client.as_str(), staff.as_str()]))
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn op_unassign(c: &Connection, client: &AccountId, staff: &AccountId) -> Result<bool, StoreError> {
+    let n = c
+        .prepare_cached("DELETE FROM assignments WHERE client = ?1 AND staff = ?2")
+        .and_then(|mut s| s.execute(params![client.as_str(), staff.as_str()]))
+        .map_err(backend)?;
+    Ok(n > 0)
+}
+
+impl AccountStore for SqliteStore {
+    async fn create_account(
+        &self,
+        id: &AccountId,
+        role: Role,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |c| op_create_account(c, &id, role, now_ms))
+            .await
+    }
+
+    async fn account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
+        let id = id.clone();
+        self.read(move |c| {
+            c.prepare_cached("SELECT id, role, created_ms, frozen FROM accounts WHERE id = ?1")
+                .and_then(|mut s| s.query_row(params![id.as_str()], account_row).optional())
+                .map_err(backend)?
+                .map(account_from_row)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
+        self.read(|c| {
+            let rows = c
+                .prepare_cached("SELECT id, role, created_ms, frozen FROM accounts ORDER BY id")
+                .and_then(|mut s| {
+                    s.query_map([], account_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.into_iter().map(account_from_row).collect()
+        })
+        .await
+    }
+
+    async fn add_enrollment_code(
+        &self,
+        account: &AccountId,
+        code_hash: [u8; 32],
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
+        let account = account.clone();
+        self.write(move |c| op_add_code(c, &account, &code_hash, expires_ms))
+            .await
+    }
+
+    async fn redeem_enrollment(
+        &self,
+        account: &AccountId,
+        code_hash: [u8; 32],
+        identity: &PublicIdentity,
+        now_ms: u64,
+    ) -> Result<DeviceRecord, StoreError> {
+        let account = account.clone();
+        let identity = identity.clone();
+        self.write(move |c| op_redeem(c, &account, &code_hash, &identity, now_ms))
+            .await
+    }
+
+    async fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        let id = dev(id);
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"
+            ))
+            .and_then(|mut s| s.query_row(params![id], device_row).optional())
+            .map_err(backend)?
+            .map(device_from_row)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn devices_of(&self, account: &AccountId) -> Result<Vec<DeviceRecord>, StoreError> {
+        let account = account.clone();
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(&format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices WHERE account = ?1
+                     ORDER BY enrolled_ms, rowid"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(params![account.as_str()], device_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.into_iter().map(device_from_row).collect()
+        })
+        .await
+    }
+
+    async fn assign(&self, client: &AccountId, staff: &AccountId) -> Result<(), StoreError> {
+        let (client, staff) = (client.clone(), staff.clone());
+        self.write(move |c| op_assign(c, &client, &staff)).await
+    }
+
+    async fn unassign(&self, client: &AccountId, staff: &AccountId) -> Result<bool, StoreError> {
+        let (client, staff) = (client.clone(), staff.clone());
+        self.write(move |c| op_unassign(c, &client, &staff)).await
+    }
+
+    async fn is_assigned(&self, client: &AccountId, staff: &AccountId) -> Result<bool, StoreError> {
+        let (client, staff) = (client.clone(), staff.clone());
+        self.read(move |c| {
+            c.prepare_cached("SELECT 1 FROM assignments WHERE client = ?1 AND staff = ?2")
+                .and_then(|mut s| s.exists(params![client.as_str(), staff.as_str()]))
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn assignments_of(&self, account: &AccountId) -> Result<Vec<AccountId>, StoreError> {
+        let account = account.clone();
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT staff FROM assignments WHERE client = ?1
+                     UNION
+                     SELECT client FROM assignments WHERE staff = ?1
+                     ORDER BY 1",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![account.as_str()], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.into_iter().map(parse_account).collect()
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Prekeys
+
+fn counts(c: &Connection, device: &str) -> Result<PreKeyCounts, StoreError> {
+    let (one_time, kem_one_time): (i64, i64) = c
+        .prepare_cached(
+            "SELECT (SELECT COUNT(*) FROM one_time_prekeys WHERE device = ?1),
+                    (SELECT COUNT(*) FROM kem_one_time_prekeys WHERE device = ?1)",
+        )
+        .and_then(|mut s| s.query_row(params![device], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(backend)?;
+    Ok(PreKeyCounts {
+        one_time: u32::try_from(one_time).map_err(backend)?,
+        kem_one_time: u32::try_from(kem_one_time).map_err(backend)?,
+    })
+}
+
+fn op_put_prekeys(
+    c: &Connection,
+    device: &DeviceId,
+    upload: &PreKeyUpload,
+) -> Result<PreKeyCounts, StoreError> {
+    let d = dev(device);
+    if !device_exists(c, &d)? {
+        return Err(StoreError::NotFound("device"));
+    }
+    let have = counts(c, &d)?;
+    let max = u64::from(MAX_STORED_ONE_TIME_PREKEYS);
+    let current = u64::from(have.one_time);
+    if current + upload.one_time.len() as u64 > max {
+        return Err(StoreError::QuotaExceeded {
+            what: "one-time prekeys",
+            current,
+            max,
+        });
+    }
+    let current = u64::from(have.kem_one_time);
+    if current + upload.kem_one_time.len() as u64 > max {
+        return Err(StoreError::QuotaExceeded {
+            what: "one-time ML-KEM prekeys",
+            current,
+            max,
+        });
+    }
+    {
+        let mut s = c
+            .prepare_cached(
+                "INSERT INTO one_time_prekeys (device, key_id, public, signature) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (device, key_id) DO NOTHING",
+            )
+            .map_err(backend)?;
+        for k in &upload.one_time {
+            let n = s
+                .execute(params![d, i64::from(k.id), &k.public[..], &k.signature[..]])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict("one-time prekey"));
+            }
+        }
+    }
+    {
+        let mut s = c
+            .prepare_cached(
+                "INSERT INTO kem_one_time_prekeys (device, key_id, last_resort, public, signature)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (device, key_id) DO NOTHING",
+            )
+            .map_err(backend)?;
+        for k in &upload.kem_one_time {
+            let n = s
+                .execute(params![
+                    d,
+                    i64::from(k.id),
+                    k.last_resort,
+                    &k.public[..],
+                    &k.signature[..]
+                ])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict("one-time ML-KEM prekey"));
+            }
+        }
+    }
+    if let Some(k) = &upload.signed_prekey {
+        c.prepare_cached(
+            "INSERT INTO signed_prekeys (device, key_id, public, signature) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device) DO UPDATE SET
+                 key_id = excluded.key_id, public = excluded.public, signature = excluded.signature",
+        )
+        .and_then(|mut s| s.execute(params![d, i64::from(k.id), &k.public[..], &k.signature[..]]))
+        .map_err(backend)?;
+    }
+    if let Some(k) = &upload.kem_last_resort {
+        c.prepare_cached(
+            "INSERT INTO kem_last_resort_prekeys (device, key_id, last_resort, public, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (device) DO UPDATE SET
+                 key_id = excluded.key_id, last_resort = excluded.last_resort,
+                 public = excluded.public, signature = excluded.signature",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                d,
+                i64::from(k.id),
+                k.last_resort,
+                &k.public[..],
+                &k.signature[..]
+            ])
+        })
+        .map_err(backend)?;
+    }
+    counts(c, &d)
+}
+
+type X25519Row = (i64, Vec<u8>, Vec<u8>);
+type KemRow = (i64, bool, Vec<u8>, Vec<u8>);
+
+fn kem_from_row((id, last_resort, public, signature): KemRow) -> Result<KemPreKey, StoreError> {
+    Ok(KemPreKey {
+        id: key_id(id)?,
+        last_resort,
+        public: boxed(&public, "ML-KEM prekey")?,
+        signature: array(&signature, "prekey signature")?,
+    })
+}
+
+fn op_take_bundle(
+    c: &Connection,
+    device: &DeviceId,
+) -> Result<Option<(PreKeyBundle, PreKeyCounts)>, StoreError> {
+    let d = dev(device);
+    let keys: Option<(Vec<u8>, Vec<u8>)> = c
+        .prepare_cached("SELECT ed25519, x25519 FROM devices WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row(params![d], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(backend)?;
+    let Some((ed, x)) = keys else {
+        return Err(StoreError::NotFound("device"));
+    };
+    let identity = identity_from(&ed, &x)?;
+    let x25519_row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<X25519Row> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    };
+    let kem_row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<KemRow> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    };
+    let signed: Option<X25519Row> = c
+        .prepare_cached("SELECT key_id, public, signature FROM signed_prekeys WHERE device = ?1")
+        .and_then(|mut s| s.query_row(params![d], x25519_row).optional())
+        .map_err(backend)?;
+    let Some((id, public, signature)) = signed else {
+        return Ok(None);
+    };
+    let signed_prekey = SignedPreKey {
+        id: key_id(id)?,
+        public: array(&public, "signed prekey")?,
+        signature: array(&signature, "prekey signature")?,
+    };
+
+    let kem_one_time: Option<KemRow> = c
+        .prepare_cached(
+            "SELECT key_id, last_resort, public, signature FROM kem_one_time_prekeys
+             WHERE device = ?1 ORDER BY key_id LIMIT 1",
+        )
+        .and_then(|mut s| s.query_row(params![d], kem_row).optional())
+        .map_err(backend)?;
+    let kem_prekey = match kem_one_time {
+        Some(row) => {
+            let id = row.0;
+            c.prepare_cached("DELETE FROM kem_one_time_prekeys WHERE device = ?1 AND key_id = ?2")
+                .and_then(|mut s| s.execute(params![d, id]))
+                .map_err(backend)?;
+            kem_from_row(row)?
+        }
+        None => {
+            let last_resort: Option<KemRow> = c
+                .prepare_cached(
+                    "SELECT key_id, last_resort, public, signature FROM kem_last_resort_prekeys
+                     WHERE device = ?1",
+                )
+                .and_then(|mut s| s.query_row(params![d], kem_row).optional())
+                .map_err(backend)?;
+            match last_resort {
+                Some(row) => kem_from_row(row)?,
+                None => return Ok(None),
+            }
+        }
+    };
+
+    let one_time: Option<X25519Row> = c
+        .prepare_cached(
+            "SELECT key_id, public, signature FROM one_time_prekeys
+             WHERE device = ?1 ORDER BY key_id LIMIT 1",
+        )
+        .and_then(|mut s| s.query_row(params![d], x25519_row).optional())
+        .map_err(backend)?;
+    let one_time_prekey = match one_time {
+        Some((id, public, signature)) => {
+            c.prepare_cached("DELETE FROM one_time_prekeys WHERE device = ?1 AND key_id = ?2")
+                .and_then(|mut s| s.execute(params![d, id]))
+                .map_err(backend)?;
+            Some(OneTimePreKey {
+                id: key_id(id)?,
+                public: array(&public, "one-time prekey")?,
+                signature: array(&signature, "prekey signature")?,
+            })
+        }
+        None => None,
+    };
+    let after = counts(c, &d)?;
+    Ok(Some((
+        PreKeyBundle {
+            identity,
+            signed_prekey,
+            one_time_prekey,
+            kem_prekey,
+        },
+        after,
+    )))
+}
+
+impl PreKeyStore for SqliteStore {
+    async fn put_prekeys(
+        &self,
+        device: &DeviceId,
+        upload: PreKeyUpload,
+    ) -> Result<PreKeyCounts, StoreError> {
+        let device = *device;
+        self.write(move |c| op_put_prekeys(c, &device, &upload))
+            .await
+    }
+
+    async fn take_bundle(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Option<(PreKeyBundle, PreKeyCounts)>, StoreError> {
+        let device = *device;
+        self.write(move |c| op_take_bundle(c, &device)).await
+    }
+
+    async fn prekey_counts(&self, device: &DeviceId) -> Result<PreKeyCounts, StoreError> {
+        let d = dev(device);
+        self.read(move |c| {
+            if !device_exists(c, &d)? {
+                return Err(StoreError::NotFound("device"));
+            }
+            counts(c, &d)
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Mailboxes
+
+fn op_enqueue(
+    c: &Connection,
+    envelope: &Envelope,
+    expires_ms: u64,
+    quota: Quota,
+) -> Result<Enqueued, StoreError> {
+    let h = &envelope.header;
+    let recipient = dev(&h.recipient);
+    let message_id = msg(&h.message_id);
+    let mailbox: Option<(i64, i64, i64)> = c
+        .prepare_cached("SELECT next_seq, pending_count, pending_bytes FROM devices WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row(params![recipient], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    let Some((next_seq, count, bytes)) = mailbox else {
+        return Err(StoreError::NotFound("device"));
+    };
+    let existing: Option<i64> = c
+        .prepare_cached(
+            "SELECT seq FROM envelopes WHERE recipient = ?1 AND message_id = ?2
+             UNION ALL
+             SELECT seq FROM delivered WHERE recipient = ?1 AND message_id = ?2
+             LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![recipient, message_id], |r| r.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    if let Some(seq) = existing {
+        return Ok(Enqueued {
+            seq: uint(seq, "sequence number")?,
+            duplicate: true,
+        });
+    }
+    let count = uint(count, "pending count")?;
+    if count.saturating_add(1) > quota.max_count {
+        return Err(StoreError::QuotaExceeded {
+            what: "pending envelopes",
+            current: count,
+            max: quota.max_count,
+        });
+    }
+    let bytes = uint(bytes, "pending bytes")?;
+    let size = envelope.body.len() as u64;
+    if bytes.saturating_add(size) > quota.max_bytes {
+        return Err(StoreError::QuotaExceeded {
+            what: "pending bytes",
+            current: bytes,
+            max: quota.max_bytes,
+        });
+    }
+    c.prepare_cached(
+        "INSERT INTO envelopes (recipient, seq, message_id, sender, version, kind, timestamp_ms,
+                                body, size, expires_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            recipient,
+            next_seq,
+            message_id,
+            dev(&h.sender),
+            h.version,
+            h.kind.code(),
+            // The sender's clock is arbitrary: stored bit for bit, never compared.
+            h.timestamp_ms as i64,
+            envelope.body,
+            int(size),
+            int(expires_ms)
+        ])
+    })
+    .map_err(backend)?;
+    c.prepare_cached(
+        "UPDATE devices SET next_seq = next_seq + 1, pending_count = pending_count + 1,
+                            pending_bytes = pending_bytes + ?2
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![recipient, int(size)]))
+    .map_err(backend)?;
+    Ok(Enqueued {
+        seq: uint(next_seq, "sequence number")?,
+        duplicate: false,
+    })
+}
+
+type EnvelopeRow = (i64, String, String, u16, u16, i64, Vec<u8>);
+
+fn pending_from_row(recipient: DeviceId, row: EnvelopeRow) -> Result<Pending, StoreError> {
+    let (seq, message_id, sender, version, kind, timestamp_ms, body) = row;
+    Ok(Pending {
+        seq: uint(seq, "sequence number")?,
+        envelope: Envelope {
+            header: RoutingHeader {
+                version,
+                recipient,
+                sender: parse_device(&sender)?,
+                message_id: parse_message_id(&message_id)?,
+                timestamp_ms: timestamp_ms as u64,
+                kind: EnvelopeKind::try_from(kind).map_err(|_| {
+                    StoreError::Backend(format!("bad envelope kind {kind} in database"))
+                })?,
+            },
+            body,
+        },
+    })
+}
+
+fn op_ack(c: &Connection, device: &DeviceId, message_id: &MessageId) -> Result<bool, StoreError> {
+    let d = dev(device);
+    let m = msg(message_id);
+    let row: Option<(i64, i64, i64)> = c
+        .prepare_cached(
+            "SELECT seq, size, expires_ms FROM envelopes WHERE recipient = ?1 AND message_id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![d, m], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(backend)?;
+    let Some((seq, size, expires)) = row else {
+        return Ok(false);
+    };
+    c.prepare_cached("DELETE FROM envelopes WHERE recipient = ?1 AND seq = ?2")
+        .and_then(|mut s| s.execute(params![d, seq]))
+        .map_err(backend)?;
+    c.prepare_cached(
+        "INSERT INTO delivered (recipient, message_id, seq, expires_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (recipient, message_id) DO NOTHING",
+    )
+    .and_then(|mut s| s.execute(params![d, m, seq, expires]))
+    .map_err(backend)?;
+    c.prepare_cached(
+        "UPDATE devices SET pending_count = pending_count - 1, pending_bytes = pending_bytes - ?2
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![d, size]))
+    .map_err(backend)?;
+    Ok(true)
+}
+
+fn op_expire(c: &Connection, now_ms: u64) -> Result<u64, StoreError> {
+    let now = int(now_ms);
+    c.prepare_cached(
+        "UPDATE devices
+         SET pending_count = pending_count - x.n, pending_bytes = pending_bytes - x.b
+         FROM (SELECT recipient, COUNT(*) AS n, SUM(size) AS b
+               FROM envelopes WHERE expires_ms <= ?1 GROUP BY recipient) AS x
+         WHERE devices.id = x.recipient",
+    )
+    .and_then(|mut s| s.execute(params![now]))
+    .map_err(backend)?;
+    let removed = c
+        .prepare_cached("DELETE FROM envelopes WHERE expires_ms <= ?1")
+        .and_then(|mut s| s.execute(params![now]))
+        .map_err(backend)?;
+    c.prepare_cached("DELETE FROM delivered WHERE expires_ms <= ?1")
+        .and_then(|mut s| s.execute(params![now]))
+        .map_err(backend)?;
+    Ok(removed as u64)
+}
+
+impl MailboxStore for SqliteStore {
+    async fn enqueue(
+        &self,
+        envelope: &Envelope,
+        expires_ms: u64,
+        quota: Quota,
+    ) -> Result<Enqueued, StoreError> {
+        let envelope = envelope.clone();
+        self.write(move |c| op_enqueue(c, &envelope, expires_ms, quota))
+            .await
+    }
+
+    async fn pending(
+        &self,
+        device: &DeviceId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let recipient = *device;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT seq, message_id, sender, version, kind, timestamp_ms, body
+                     FROM envelopes WHERE recipient = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![dev(&recipient), int(after_seq), limit], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<EnvelopeRow>>>()
+                })
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|row| pending_from_row(recipient, row))
+                .collect()
+        })
+        .await
+    }
+
+    async fn ack(&self, device: &DeviceId, message_id: &MessageId) -> Result<bool, StoreError> {
+        let (device, message_id) = (*device, *message_id);
+        self.write(move |c| op_ack(c, &device, &message_id)).await
+    }
+
+    async fn expire(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.write(move |c| op_expire(c, now_ms)).await
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        self.read(|c| {
+            let (count, bytes): (i64, i64) = c
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(pending_count), 0), COALESCE(SUM(pending_bytes), 0) FROM devices",
+                )
+                .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+                .map_err(backend)?;
+            Ok(QueueStats {
+                count: uint(count, "pending count")?,
+                bytes: uint(bytes, "pending bytes")?,
+            })
+        })
+        .await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(Msg::Flush(tx))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}

@@ -1,0 +1,1559 @@
+//! Storage conformance: one set of tests, written once over `S: Store`, run against the
+//! in-memory reference store and the SQLite store; then SQLite-only tests (durability
+//! across reopen, migrations, group commit, bad data).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
+use sealpost_protocol::identity::{AccountId, DeviceId};
+use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey};
+use sealpost_protocol::wire::Role;
+use sealpost_protocol::{IdentityKeyPair, PreKeySecrets};
+use sealpost_server::store::memory::MemoryStore;
+use sealpost_server::store::sqlite::{SqliteStore, SCHEMA_VERSION};
+use sealpost_server::store::{
+    AccountStore, Enqueued, MailboxStore, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats,
+    Quota, Store, StoreError, MAX_DEVICES_PER_ACCOUNT, MAX_STORED_ONE_TIME_PREKEYS,
+};
+
+const T0: u64 = 1_700_000_000_000;
+const HOUR: u64 = 3_600_000;
+const ROOMY: Quota = Quota {
+    max_count: 1_000_000,
+    max_bytes: 1 << 40,
+};
+
+fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+fn acct(s: &str) -> AccountId {
+    AccountId::new(s).unwrap()
+}
+
+fn random_code(rng: &mut StdRng) -> [u8; 32] {
+    let mut c = [0u8; 32];
+    rng.fill_bytes(&mut c);
+    c
+}
+
+/// A device on the client side: its identity and prekey secrets.
+struct Dev {
+    id: DeviceId,
+    keys: IdentityKeyPair,
+    secrets: PreKeySecrets,
+}
+
+/// Create a fresh identity and enrol it in `account` (which must exist).
+async fn enroll<S: Store>(store: &S, account: &AccountId, now_ms: u64, rng: &mut StdRng) -> Dev {
+    let keys = IdentityKeyPair::generate(rng);
+    let code = random_code(rng);
+    store
+        .add_enrollment_code(account, code, now_ms + HOUR)
+        .await
+        .unwrap();
+    let rec = store
+        .redeem_enrollment(account, code, keys.public(), now_ms)
+        .await
+        .unwrap();
+    assert_eq!(rec.id, keys.device_id());
+    assert_eq!(&rec.account, account);
+    assert_eq!(&rec.identity, keys.public());
+    assert_eq!(rec.enrolled_ms, now_ms);
+    assert!(!rec.revoked);
+    Dev {
+        id: rec.id,
+        keys,
+        secrets: PreKeySecrets::new(),
+    }
+}
+
+/// Two accounts with one device each: (sender, recipient).
+async fn two_devices<S: Store>(store: &S, rng: &mut StdRng) -> (Dev, Dev) {
+    store
+        .create_account(&acct("alice"), Role::Client, T0)
+        .await
+        .unwrap();
+    store
+        .create_account(&acct("bob"), Role::Advisor, T0)
+        .await
+        .unwrap();
+    let a = enroll(store, &acct("alice"), T0, rng).await;
+    let b = enroll(store, &acct("bob"), T0, rng).await;
+    (a, b)
+}
+
+fn envelope(from: DeviceId, to: DeviceId, len: usize, rng: &mut StdRng) -> Envelope {
+    let header = RoutingHeader::new(from, to, EnvelopeKind::Chat, T0, rng);
+    let mut body = vec![0u8; len];
+    rng.fill_bytes(&mut body);
+    Envelope { header, body }
+}
+
+/// Synthetic one-time prekeys (the store does not verify signatures; the relay does).
+fn fake_one_time(ids: std::ops::RangeInclusive<u32>) -> Vec<OneTimePreKey> {
+    ids.map(|id| OneTimePreKey {
+        id,
+        public: [id as u8; 32],
+        signature: [1; 64],
+    })
+    .collect()
+}
+
+fn fake_kem(ids: std::ops::RangeInclusive<u32>) -> Vec<KemPreKey> {
+    ids.map(|id| KemPreKey {
+        id,
+        last_resort: false,
+        public: Box::new([id as u8; 1184]),
+        signature: [2; 64],
+    })
+    .collect()
+}
+
+fn assert_quota(err: StoreError, what: &str, current: u64, max: u64) {
+    match err {
+        StoreError::QuotaExceeded {
+            what: w,
+            current: c,
+            max: m,
+        } => {
+            assert_eq!((w, c, m), (what, current, max));
+        }
+        other => panic!("expected QuotaExceeded({what}), got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Accounts
+
+async fn accounts_create_and_conflict<S: Store>(store: S) {
+    assert_eq!(store.account(&acct("zoe")).await.unwrap(), None);
+    assert!(store.list_accounts().await.unwrap().is_empty());
+    store
+        .create_account(&acct("zoe"), Role::Staff, T0)
+        .await
+        .unwrap();
+    store
+        .create_account(&acct("adam"), Role::Client, T0 + 1)
+        .await
+        .unwrap();
+    store
+        .create_account(&acct("mia.advisor"), Role::Advisor, T0 + 2)
+        .await
+        .unwrap();
+    let err = store
+        .create_account(&acct("zoe"), Role::Client, T0 + 3)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    let zoe = store.account(&acct("zoe")).await.unwrap().unwrap();
+    assert_eq!(zoe.id, acct("zoe"));
+    assert_eq!(
+        zoe.role,
+        Role::Staff,
+        "the conflicting create changed nothing"
+    );
+    assert_eq!(zoe.created_ms, T0);
+    assert!(!zoe.frozen);
+
+    let all = store.list_accounts().await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["adam", "mia.advisor", "zoe"], "ordered by id");
+    assert_eq!(all[1].role, Role::Advisor);
+    assert_eq!(all[1].created_ms, T0 + 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Enrolment
+
+async fn enrollment_code_used_once<S: Store>(store: S) {
+    let mut rng = rng(1);
+    let alice = acct("alice");
+    let code = random_code(&mut rng);
+    let err = store
+        .add_enrollment_code(&alice, code, T0 + HOUR)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+
+    store
+        .create_account(&alice, Role::Client, T0)
+        .await
+        .unwrap();
+    store
+        .add_enrollment_code(&alice, code, T0 + HOUR)
+        .await
+        .unwrap();
+    let err = store
+        .add_enrollment_code(&alice, code, T0 + 2 * HOUR)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    let first = IdentityKeyPair::generate(&mut rng);
+    let second = IdentityKeyPair::generate(&mut rng);
+    let rec = store
+        .redeem_enrollment(&alice, code, first.public(), T0 + 5)
+        .await
+        .unwrap();
+    assert_eq!(rec.id, first.device_id());
+    assert_eq!(rec.enrolled_ms, T0 + 5);
+    let err = store
+        .redeem_enrollment(&alice, code, second.public(), T0 + 6)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::EnrollmentRefused), "{err:?}");
+    assert_eq!(store.device(&second.device_id()).await.unwrap(), None);
+
+    let stored = store.device(&first.device_id()).await.unwrap().unwrap();
+    assert_eq!(stored, rec);
+    assert_eq!(store.devices_of(&alice).await.unwrap(), vec![rec]);
+
+    // An unknown code is refused the same way.
+    let err = store
+        .redeem_enrollment(&alice, [9; 32], second.public(), T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::EnrollmentRefused), "{err:?}");
+}
+
+async fn enrollment_expired_and_wrong_account_refused<S: Store>(store: S) {
+    let mut rng = rng(2);
+    let (alice, bob) = (acct("alice"), acct("bob"));
+    store
+        .create_account(&alice, Role::Client, T0)
+        .await
+        .unwrap();
+    store.create_account(&bob, Role::Client, T0).await.unwrap();
+    let id = IdentityKeyPair::generate(&mut rng);
+
+    let expiring = random_code(&mut rng);
+    store
+        .add_enrollment_code(&alice, expiring, T0 + 100)
+        .await
+        .unwrap();
+    for now in [T0 + 100, T0 + 101, T0 + 10 * HOUR] {
+        let err = store
+            .redeem_enrollment(&alice, expiring, id.public(), now)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::EnrollmentRefused),
+            "at {now}: {err:?}"
+        );
+    }
+    // Just before the expiry it still works: the refusals consumed nothing.
+    store
+        .redeem_enrollment(&alice, expiring, id.public(), T0 + 99)
+        .await
+        .unwrap();
+
+    let code = random_code(&mut rng);
+    store
+        .add_enrollment_code(&alice, code, T0 + HOUR)
+        .await
+        .unwrap();
+    let other = IdentityKeyPair::generate(&mut rng);
+    let err = store
+        .redeem_enrollment(&bob, code, other.public(), T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::EnrollmentRefused), "{err:?}");
+    assert!(store.devices_of(&bob).await.unwrap().is_empty());
+    // The code stays usable by its own account.
+    let rec = store
+        .redeem_enrollment(&alice, code, other.public(), T0)
+        .await
+        .unwrap();
+    assert_eq!(rec.account, alice);
+    assert_eq!(store.devices_of(&alice).await.unwrap().len(), 2);
+}
+
+async fn enrollment_device_conflict_keeps_code<S: Store>(store: S) {
+    let mut rng = rng(3);
+    let alice = acct("alice");
+    store
+        .create_account(&alice, Role::Client, T0)
+        .await
+        .unwrap();
+    let dev = enroll(&store, &alice, T0, &mut rng).await;
+    let code = random_code(&mut rng);
+    store
+        .add_enrollment_code(&alice, code, T0 + HOUR)
+        .await
+        .unwrap();
+    let err = store
+        .redeem_enrollment(&alice, code, dev.keys.public(), T0 + 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    // Nothing changed: the code still enrols another device.
+    let other = IdentityKeyPair::generate(&mut rng);
+    store
+        .redeem_enrollment(&alice, code, other.public(), T0 + 2)
+        .await
+        .unwrap();
+    assert_eq!(store.devices_of(&alice).await.unwrap().len(), 2);
+}
+
+async fn enrollment_concurrent_redemption_once<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let mut rng = rng(4);
+    let alice = acct("alice");
+    store
+        .create_account(&alice, Role::Client, T0)
+        .await
+        .unwrap();
+    let code = random_code(&mut rng);
+    store
+        .add_enrollment_code(&alice, code, T0 + HOUR)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let identity = IdentityKeyPair::generate(&mut rng).public().clone();
+        let store = Arc::clone(&store);
+        let alice = alice.clone();
+        tasks.push(tokio::spawn(async move {
+            store.redeem_enrollment(&alice, code, &identity, T0).await
+        }));
+    }
+    let mut ok = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(rec) => ok.push(rec),
+            Err(StoreError::EnrollmentRefused) => refused += 1,
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    assert_eq!(ok.len(), 1, "exactly one redemption succeeds");
+    assert_eq!(refused, 15);
+    assert_eq!(store.devices_of(&alice).await.unwrap(), ok);
+}
+
+async fn enrollment_device_cap<S: Store>(store: S) {
+    let mut rng = rng(5);
+    let alice = acct("alice");
+    store
+        .create_account(&alice, Role::Client, T0)
+        .await
+        .unwrap();
+    for i in 0..MAX_DEVICES_PER_ACCOUNT as u64 {
+        enroll(&store, &alice, T0 + i, &mut rng).await;
+    }
+    let code = random_code(&mut rng);
+    store
+        .add_enrollment_code(&alice, code, T0 + HOUR)
+        .await
+        .unwrap();
+    let extra = IdentityKeyPair::generate(&mut rng);
+    for _ in 0..2 {
+        // Twice: the first refusal did not consume the code (else the second would be
+        // EnrollmentRefused).
+        let err = store
+            .redeem_enrollment(&alice, code, extra.public(), T0 + 100)
+            .await
+            .unwrap_err();
+        let max = MAX_DEVICES_PER_ACCOUNT as u64;
+        assert_quota(err, "devices per account", max, max);
+    }
+    assert_eq!(store.device(&extra.device_id()).await.unwrap(), None);
+    assert_eq!(
+        store.devices_of(&alice).await.unwrap().len(),
+        MAX_DEVICES_PER_ACCOUNT
+    );
+}
+
+async fn devices_ordered_by_enrolment<S: Store>(store: S) {
+    let mut rng = rng(6);
+    let alice = acct("alice");
+    store
+        .create_account(&alice, Role::Client, T0)
+        .await
+        .unwrap();
+    store
+        .create_account(&acct("bob"), Role::Client, T0)
+        .await
+        .unwrap();
+    let late = enroll(&store, &alice, T0 + 20, &mut rng).await;
+    let early = enroll(&store, &alice, T0 + 10, &mut rng).await;
+    let tie = enroll(&store, &alice, T0 + 20, &mut rng).await;
+    enroll(&store, &acct("bob"), T0, &mut rng).await;
+    let ids: Vec<DeviceId> = store
+        .devices_of(&alice)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, [early.id, late.id, tie.id]);
+    assert!(store.devices_of(&acct("nobody")).await.unwrap().is_empty());
+    assert_eq!(store.device(&DeviceId([0; 16])).await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------
+// Assignments
+
+async fn assignments<S: Store>(store: S) {
+    let (c1, c2, adv, ops) = (acct("c1"), acct("c2"), acct("adv"), acct("ops"));
+    store.create_account(&c1, Role::Client, T0).await.unwrap();
+    store.create_account(&c2, Role::Client, T0).await.unwrap();
+    store.create_account(&adv, Role::Advisor, T0).await.unwrap();
+    store.create_account(&ops, Role::Staff, T0).await.unwrap();
+
+    assert!(!store.is_assigned(&c1, &adv).await.unwrap());
+    store.assign(&c1, &adv).await.unwrap();
+    store.assign(&c1, &adv).await.unwrap(); // idempotent
+    store.assign(&c2, &adv).await.unwrap();
+    store.assign(&c1, &ops).await.unwrap();
+    assert!(store.is_assigned(&c1, &adv).await.unwrap());
+    assert!(!store.is_assigned(&adv, &c1).await.unwrap(), "directional");
+    assert_eq!(
+        store.assignments_of(&c1).await.unwrap(),
+        [adv.clone(), ops.clone()]
+    );
+    assert_eq!(
+        store.assignments_of(&adv).await.unwrap(),
+        [c1.clone(), c2.clone()]
+    );
+    assert_eq!(
+        store.assignments_of(&ops).await.unwrap(),
+        std::slice::from_ref(&c1)
+    );
+
+    let err = store.assign(&c1, &acct("ghost")).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+
+    assert!(store.unassign(&c1, &adv).await.unwrap());
+    assert!(!store.unassign(&c1, &adv).await.unwrap());
+    assert!(!store.is_assigned(&c1, &adv).await.unwrap());
+    assert_eq!(
+        store.assignments_of(&adv).await.unwrap(),
+        std::slice::from_ref(&c2)
+    );
+    assert_eq!(store.assignments_of(&c1).await.unwrap(), [ops]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Prekeys
+
+async fn prekeys_upload_and_bundle<S: Store>(store: S) {
+    let mut rng = rng(7);
+    let (_, mut bob) = two_devices(&store, &mut rng).await;
+
+    let ghost = DeviceId([7; 16]);
+    let err = store
+        .put_prekeys(&ghost, PreKeyUpload::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(matches!(
+        store.take_bundle(&ghost).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    assert!(matches!(
+        store.prekey_counts(&ghost).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+
+    assert_eq!(
+        store.prekey_counts(&bob.id).await.unwrap(),
+        PreKeyCounts::default()
+    );
+    assert!(store.take_bundle(&bob.id).await.unwrap().is_none());
+
+    // A signed prekey and one-time keys but no ML-KEM prekey: still no bundle, and the
+    // one-time X25519 key is not spent.
+    let spk = bob.secrets.rotate_signed(&bob.keys, &mut rng);
+    let one_time = bob.secrets.generate_one_time(&bob.keys, 3, &mut rng);
+    let counts = store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                signed_prekey: Some(spk.clone()),
+                one_time: one_time.clone(),
+                ..PreKeyUpload::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        PreKeyCounts {
+            one_time: 3,
+            kem_one_time: 0
+        }
+    );
+    assert!(store.take_bundle(&bob.id).await.unwrap().is_none());
+    assert_eq!(store.prekey_counts(&bob.id).await.unwrap().one_time, 3);
+
+    let kem = bob.secrets.generate_kem_one_time(&bob.keys, 2, &mut rng);
+    let last_resort = bob.secrets.rotate_kem_last_resort(&bob.keys, &mut rng);
+    let counts = store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                kem_one_time: kem.clone(),
+                kem_last_resort: Some(last_resort.clone()),
+                ..PreKeyUpload::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        PreKeyCounts {
+            one_time: 3,
+            kem_one_time: 2
+        }
+    );
+
+    // Keys go out lowest id first, each once, then the last-resort ML-KEM key.
+    let expect = [
+        (
+            Some(&one_time[0]),
+            &kem[0],
+            PreKeyCounts {
+                one_time: 2,
+                kem_one_time: 1,
+            },
+        ),
+        (
+            Some(&one_time[1]),
+            &kem[1],
+            PreKeyCounts {
+                one_time: 1,
+                kem_one_time: 0,
+            },
+        ),
+        (
+            Some(&one_time[2]),
+            &last_resort,
+            PreKeyCounts {
+                one_time: 0,
+                kem_one_time: 0,
+            },
+        ),
+        (
+            None,
+            &last_resort,
+            PreKeyCounts {
+                one_time: 0,
+                kem_one_time: 0,
+            },
+        ),
+        (
+            None,
+            &last_resort,
+            PreKeyCounts {
+                one_time: 0,
+                kem_one_time: 0,
+            },
+        ),
+    ];
+    for (otk, kem, counts) in expect {
+        let (bundle, after) = store.take_bundle(&bob.id).await.unwrap().unwrap();
+        bundle.verify().unwrap();
+        assert_eq!(&bundle.identity, bob.keys.public());
+        assert_eq!(bundle.signed_prekey, spk);
+        assert_eq!(bundle.one_time_prekey.as_ref(), otk);
+        assert_eq!(&bundle.kem_prekey, kem);
+        assert_eq!(after, counts);
+        assert_eq!(store.prekey_counts(&bob.id).await.unwrap(), counts);
+    }
+
+    // Rotation replaces the signed and last-resort keys.
+    let spk2 = bob.secrets.rotate_signed(&bob.keys, &mut rng);
+    let lr2 = bob.secrets.rotate_kem_last_resort(&bob.keys, &mut rng);
+    store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                signed_prekey: Some(spk2.clone()),
+                kem_last_resort: Some(lr2.clone()),
+                ..PreKeyUpload::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (bundle, _) = store.take_bundle(&bob.id).await.unwrap().unwrap();
+    bundle.verify().unwrap();
+    assert_eq!(bundle.signed_prekey, spk2);
+    assert_eq!(bundle.kem_prekey, lr2);
+    assert!(bundle.kem_prekey.last_resort);
+}
+
+async fn prekeys_conflict_changes_nothing<S: Store>(store: S) {
+    let mut rng = rng(8);
+    let (_, mut bob) = two_devices(&store, &mut rng).await;
+    let spk = bob.secrets.rotate_signed(&bob.keys, &mut rng);
+    let lr = bob.secrets.rotate_kem_last_resort(&bob.keys, &mut rng);
+    let otk = bob.secrets.generate_one_time(&bob.keys, 2, &mut rng);
+    store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                signed_prekey: Some(spk.clone()),
+                one_time: otk.clone(),
+                kem_one_time: fake_kem(100..=101),
+                kem_last_resort: Some(lr.clone()),
+            },
+        )
+        .await
+        .unwrap();
+
+    // A stored id again, next to new keys and a new signed prekey: refused as a whole.
+    let spk2 = bob.secrets.rotate_signed(&bob.keys, &mut rng);
+    let mut again = bob.secrets.generate_one_time(&bob.keys, 2, &mut rng);
+    again.push(otk[1].clone());
+    let err = store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                signed_prekey: Some(spk2.clone()),
+                one_time: again,
+                ..PreKeyUpload::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    // The same id twice in one upload.
+    let err = store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                kem_one_time: fake_kem(200..=201)
+                    .into_iter()
+                    .chain(fake_kem(200..=200))
+                    .collect(),
+                ..PreKeyUpload::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    // A stored ML-KEM id.
+    let err = store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                kem_one_time: fake_kem(101..=102),
+                ..PreKeyUpload::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    assert_eq!(
+        store.prekey_counts(&bob.id).await.unwrap(),
+        PreKeyCounts {
+            one_time: 2,
+            kem_one_time: 2
+        }
+    );
+    let (bundle, _) = store.take_bundle(&bob.id).await.unwrap().unwrap();
+    assert_eq!(
+        bundle.signed_prekey, spk,
+        "the refused upload replaced nothing"
+    );
+    assert_eq!(bundle.one_time_prekey.as_ref(), Some(&otk[0]));
+    assert_eq!(bundle.kem_prekey.id, 100);
+}
+
+async fn prekeys_stock_cap<S: Store>(store: S) {
+    let mut rng = rng(9);
+    let (_, bob) = two_devices(&store, &mut rng).await;
+    let max = MAX_STORED_ONE_TIME_PREKEYS;
+    let counts = store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                one_time: fake_one_time(1..=max - 1),
+                kem_one_time: fake_kem(1..=max - 1),
+                ..PreKeyUpload::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        PreKeyCounts {
+            one_time: max - 1,
+            kem_one_time: max - 1
+        }
+    );
+
+    let err = store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                one_time: fake_one_time(max..=max + 1),
+                ..PreKeyUpload::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_quota(err, "one-time prekeys", u64::from(max - 1), u64::from(max));
+    let err = store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                one_time: fake_one_time(max..=max),
+                kem_one_time: fake_kem(max..=max + 1),
+                ..PreKeyUpload::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_quota(
+        err,
+        "one-time ML-KEM prekeys",
+        u64::from(max - 1),
+        u64::from(max),
+    );
+    assert_eq!(
+        store.prekey_counts(&bob.id).await.unwrap(),
+        PreKeyCounts {
+            one_time: max - 1,
+            kem_one_time: max - 1
+        },
+        "refused uploads stored nothing"
+    );
+
+    let counts = store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                one_time: fake_one_time(max..=max),
+                kem_one_time: fake_kem(max..=max),
+                ..PreKeyUpload::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        counts,
+        PreKeyCounts {
+            one_time: max,
+            kem_one_time: max
+        }
+    );
+}
+
+async fn take_bundle_concurrent_hands_each_key_once<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let mut rng = rng(10);
+    let (_, mut bob) = two_devices(&*store, &mut rng).await;
+    let spk = bob.secrets.rotate_signed(&bob.keys, &mut rng);
+    let lr = bob.secrets.rotate_kem_last_resort(&bob.keys, &mut rng);
+    let otk = bob.secrets.generate_one_time(&bob.keys, 20, &mut rng);
+    let kem = bob.secrets.generate_kem_one_time(&bob.keys, 10, &mut rng);
+    store
+        .put_prekeys(
+            &bob.id,
+            PreKeyUpload {
+                signed_prekey: Some(spk),
+                one_time: otk.clone(),
+                kem_one_time: kem.clone(),
+                kem_last_resort: Some(lr.clone()),
+            },
+        )
+        .await
+        .unwrap();
+
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let store = Arc::clone(&store);
+        let id = bob.id;
+        tasks.push(tokio::spawn(async move { store.take_bundle(&id).await }));
+    }
+    let mut x25519_ids = Vec::new();
+    let mut kem_ids = Vec::new();
+    let mut without_one_time = 0;
+    let mut last_resort = 0;
+    for t in tasks {
+        let (bundle, _) = t.await.unwrap().unwrap().unwrap();
+        bundle.verify().unwrap();
+        match bundle.one_time_prekey {
+            Some(k) => x25519_ids.push(k.id),
+            None => without_one_time += 1,
+        }
+        if bundle.kem_prekey.last_resort {
+            assert_eq!(bundle.kem_prekey, lr);
+            last_resort += 1;
+        } else {
+            kem_ids.push(bundle.kem_prekey.id);
+        }
+    }
+    let unique: HashSet<u32> = x25519_ids.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        x25519_ids.len(),
+        "a one-time X25519 key went out twice"
+    );
+    assert_eq!(unique, otk.iter().map(|k| k.id).collect::<HashSet<_>>());
+    assert_eq!(without_one_time, 12);
+    let unique: HashSet<u32> = kem_ids.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        kem_ids.len(),
+        "a one-time ML-KEM key went out twice"
+    );
+    assert_eq!(unique, kem.iter().map(|k| k.id).collect::<HashSet<_>>());
+    assert_eq!(last_resort, 22);
+    assert_eq!(
+        store.prekey_counts(&bob.id).await.unwrap(),
+        PreKeyCounts::default()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Mailboxes
+
+async fn enqueue_idempotent<S: Store>(store: S) {
+    let mut rng = rng(11);
+    let (alice, bob) = two_devices(&store, &mut rng).await;
+    let env = envelope(alice.id, bob.id, 100, &mut rng);
+    let first = store.enqueue(&env, T0 + HOUR, ROOMY).await.unwrap();
+    assert_eq!(
+        first,
+        Enqueued {
+            seq: 1,
+            duplicate: false
+        }
+    );
+    let mut retry = env.clone();
+    retry.body = vec![0xEE; 10]; // same id: still a duplicate, the original is kept
+    let again = store.enqueue(&retry, T0 + 2 * HOUR, ROOMY).await.unwrap();
+    assert_eq!(
+        again,
+        Enqueued {
+            seq: 1,
+            duplicate: true
+        }
+    );
+    let pending = store.pending(&bob.id, 0, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].envelope, env);
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats {
+            count: 1,
+            bytes: 100
+        }
+    );
+
+    // A duplicate is recognised even when the mailbox is full.
+    let full = Quota {
+        max_count: 1,
+        max_bytes: 100,
+    };
+    let again = store.enqueue(&env, T0 + HOUR, full).await.unwrap();
+    assert_eq!(
+        again,
+        Enqueued {
+            seq: 1,
+            duplicate: true
+        }
+    );
+
+    // The same message id to another recipient is another envelope.
+    let mut to_alice = env.clone();
+    to_alice.header.recipient = alice.id;
+    to_alice.header.sender = bob.id;
+    assert_eq!(
+        store.enqueue(&to_alice, T0 + HOUR, ROOMY).await.unwrap(),
+        Enqueued {
+            seq: 1,
+            duplicate: false
+        }
+    );
+
+    // After the recipient acknowledged it, a late retry is still a duplicate.
+    assert!(store.ack(&bob.id, &env.header.message_id).await.unwrap());
+    let late = store.enqueue(&env, T0 + HOUR, ROOMY).await.unwrap();
+    assert_eq!(
+        late,
+        Enqueued {
+            seq: 1,
+            duplicate: true
+        }
+    );
+    assert!(store.pending(&bob.id, 0, 10).await.unwrap().is_empty());
+
+    // No mailbox for a device that is not enrolled.
+    let stray = envelope(alice.id, DeviceId([3; 16]), 10, &mut rng);
+    let err = store.enqueue(&stray, T0 + HOUR, ROOMY).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+async fn seq_contiguous_per_recipient<S: Store>(store: S) {
+    let mut rng = rng(12);
+    let (alice, bob) = two_devices(&store, &mut rng).await;
+    let mut seqs: BTreeMap<DeviceId, Vec<u64>> = BTreeMap::new();
+    for i in 0..30 {
+        let (from, to) = if i % 3 == 0 {
+            (bob.id, alice.id)
+        } else {
+            (alice.id, bob.id)
+        };
+        let e = envelope(from, to, 10, &mut rng);
+        let r = store.enqueue(&e, T0 + HOUR, ROOMY).await.unwrap();
+        assert!(!r.duplicate);
+        seqs.entry(to).or_default().push(r.seq);
+    }
+    assert_eq!(seqs[&alice.id], (1..=10).collect::<Vec<u64>>());
+    assert_eq!(seqs[&bob.id], (1..=20).collect::<Vec<u64>>());
+
+    // A refused enqueue does not use a number; acknowledged numbers are not reused.
+    let tight = Quota {
+        max_count: 10,
+        max_bytes: 1 << 20,
+    };
+    let e = envelope(bob.id, alice.id, 10, &mut rng);
+    let err = store.enqueue(&e, T0 + HOUR, tight).await.unwrap_err();
+    assert_quota(err, "pending envelopes", 10, 10);
+    let last = store.pending(&alice.id, 9, 10).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert!(store
+        .ack(&alice.id, &last[0].envelope.header.message_id)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.enqueue(&e, T0 + HOUR, tight).await.unwrap(),
+        Enqueued {
+            seq: 11,
+            duplicate: false
+        }
+    );
+}
+
+async fn pending_order_after_seq_and_limit<S: Store>(store: S) {
+    let mut rng = rng(13);
+    let (alice, bob) = two_devices(&store, &mut rng).await;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let mut e = envelope(alice.id, bob.id, 50 + i, &mut rng);
+        e.header.kind = EnvelopeKind::ALL[i % EnvelopeKind::ALL.len()];
+        e.header.timestamp_ms = if i == 3 { u64::MAX } else { T0 + i as u64 };
+        store.enqueue(&e, T0 + HOUR, ROOMY).await.unwrap();
+        sent.push(e);
+    }
+    // Noise in another mailbox.
+    store
+        .enqueue(&envelope(bob.id, alice.id, 5, &mut rng), T0 + HOUR, ROOMY)
+        .await
+        .unwrap();
+
+    let all = store.pending(&bob.id, 0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<u64>>()
+    );
+    for (p, e) in all.iter().zip(&sent) {
+        assert_eq!(&p.envelope, e, "envelopes come back bit for bit");
+    }
+    let page = store.pending(&bob.id, 3, 4).await.unwrap();
+    assert_eq!(page.iter().map(|p| p.seq).collect::<Vec<_>>(), [4, 5, 6, 7]);
+    assert_eq!(page[0].envelope, sent[3]);
+    assert!(store.pending(&bob.id, 10, 100).await.unwrap().is_empty());
+    assert!(store.pending(&bob.id, 0, 0).await.unwrap().is_empty());
+    assert!(store
+        .pending(&bob.id, u64::MAX, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .pending(&DeviceId([5; 16]), 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn ack_removes_once<S: Store>(store: S) {
+    let mut rng = rng(14);
+    let (alice, bob) = two_devices(&store, &mut rng).await;
+    let envs: Vec<Envelope> = (0..3)
+        .map(|_| envelope(alice.id, bob.id, 100, &mut rng))
+        .collect();
+    for e in &envs {
+        store.enqueue(e, T0 + HOUR, ROOMY).await.unwrap();
+    }
+    let mid = envs[1].header.message_id;
+    assert!(
+        !store.ack(&alice.id, &mid).await.unwrap(),
+        "only the recipient's mailbox"
+    );
+    assert!(!store.ack(&bob.id, &MessageId([0; 16])).await.unwrap());
+    assert!(store.ack(&bob.id, &mid).await.unwrap());
+    assert!(
+        !store.ack(&bob.id, &mid).await.unwrap(),
+        "second ack finds nothing"
+    );
+    let left: Vec<u64> = store
+        .pending(&bob.id, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.seq)
+        .collect();
+    assert_eq!(left, [1, 3]);
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats {
+            count: 2,
+            bytes: 200
+        }
+    );
+}
+
+async fn expiry<S: Store>(store: S) {
+    let mut rng = rng(15);
+    let (alice, bob) = two_devices(&store, &mut rng).await;
+    let short = envelope(alice.id, bob.id, 10, &mut rng);
+    let edge = envelope(bob.id, alice.id, 20, &mut rng);
+    let long = envelope(alice.id, bob.id, 40, &mut rng);
+    let acked = envelope(alice.id, bob.id, 80, &mut rng);
+    store.enqueue(&short, T0 + 100, ROOMY).await.unwrap();
+    store.enqueue(&edge, T0 + 200, ROOMY).await.unwrap();
+    store.enqueue(&long, T0 + HOUR, ROOMY).await.unwrap();
+    store.enqueue(&acked, T0 + 150, ROOMY).await.unwrap();
+    assert!(store.ack(&bob.id, &acked.header.message_id).await.unwrap());
+
+    assert_eq!(store.expire(T0 + 99).await.unwrap(), 0);
+    assert_eq!(
+        store.expire(T0 + 200).await.unwrap(),
+        2,
+        "expiry <= now goes"
+    );
+    assert_eq!(store.expire(T0 + 200).await.unwrap(), 0);
+    let bob_left = store.pending(&bob.id, 0, 10).await.unwrap();
+    assert_eq!(bob_left.len(), 1);
+    assert_eq!(bob_left[0].envelope, long);
+    assert_eq!(bob_left[0].seq, 2);
+    assert!(store.pending(&alice.id, 0, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats {
+            count: 1,
+            bytes: 40
+        }
+    );
+    // Expired (and expired acknowledged) ids are forgotten: a new enqueue stores again,
+    // with the next number.
+    assert_eq!(
+        store.enqueue(&short, T0 + HOUR, ROOMY).await.unwrap(),
+        Enqueued {
+            seq: 4,
+            duplicate: false
+        }
+    );
+    assert_eq!(
+        store.enqueue(&acked, T0 + HOUR, ROOMY).await.unwrap(),
+        Enqueued {
+            seq: 5,
+            duplicate: false
+        }
+    );
+    assert_eq!(store.expire(T0 + HOUR).await.unwrap(), 3);
+    assert_eq!(store.queue_stats().await.unwrap(), QueueStats::default());
+}
+
+async fn quotas_count_and_bytes<S: Store>(store: S) {
+    let mut rng = rng(16);
+    let (alice, bob) = two_devices(&store, &mut rng).await;
+    let by_count = Quota {
+        max_count: 3,
+        max_bytes: 1 << 20,
+    };
+    for _ in 0..3 {
+        store
+            .enqueue(
+                &envelope(alice.id, bob.id, 10, &mut rng),
+                T0 + HOUR,
+                by_count,
+            )
+            .await
+            .unwrap();
+    }
+    let err = store
+        .enqueue(
+            &envelope(alice.id, bob.id, 10, &mut rng),
+            T0 + HOUR,
+            by_count,
+        )
+        .await
+        .unwrap_err();
+    assert_quota(err, "pending envelopes", 3, 3);
+    assert_eq!(store.pending(&bob.id, 0, 10).await.unwrap().len(), 3);
+
+    let by_bytes = Quota {
+        max_count: 100,
+        max_bytes: 250,
+    };
+    store
+        .enqueue(
+            &envelope(bob.id, alice.id, 100, &mut rng),
+            T0 + HOUR,
+            by_bytes,
+        )
+        .await
+        .unwrap();
+    let second = envelope(bob.id, alice.id, 150, &mut rng);
+    store.enqueue(&second, T0 + HOUR, by_bytes).await.unwrap(); // exactly at the bound
+    let third = envelope(bob.id, alice.id, 1, &mut rng);
+    let err = store
+        .enqueue(&third, T0 + HOUR, by_bytes)
+        .await
+        .unwrap_err();
+    assert_quota(err, "pending bytes", 250, 250);
+    assert_eq!(store.pending(&alice.id, 0, 10).await.unwrap().len(), 2);
+    // An empty body fits even a full byte quota only if the count allows it.
+    let empty = envelope(bob.id, alice.id, 0, &mut rng);
+    store.enqueue(&empty, T0 + HOUR, by_bytes).await.unwrap();
+    // Acknowledging frees room.
+    assert!(store
+        .ack(&alice.id, &second.header.message_id)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.enqueue(&third, T0 + HOUR, by_bytes).await.unwrap(),
+        Enqueued {
+            seq: 4,
+            duplicate: false
+        }
+    );
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats {
+            count: 6,
+            bytes: 30 + 100 + 1
+        }
+    );
+}
+
+async fn queue_stats_and_flush<S: Store>(store: S) {
+    let mut rng = rng(17);
+    assert_eq!(store.queue_stats().await.unwrap(), QueueStats::default());
+    let (alice, bob) = two_devices(&store, &mut rng).await;
+    let mut total = 0u64;
+    for i in 0..8usize {
+        let (from, to) = if i % 2 == 0 {
+            (alice.id, bob.id)
+        } else {
+            (bob.id, alice.id)
+        };
+        let len = 100 * (i + 1);
+        store
+            .enqueue(&envelope(from, to, len, &mut rng), T0 + HOUR, ROOMY)
+            .await
+            .unwrap();
+        total += len as u64;
+    }
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats {
+            count: 8,
+            bytes: total
+        }
+    );
+    store.flush().await.unwrap();
+    let first = &store.pending(&alice.id, 0, 1).await.unwrap()[0];
+    assert!(store
+        .ack(&alice.id, &first.envelope.header.message_id)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats {
+            count: 7,
+            bytes: total - 200
+        }
+    );
+    store.flush().await.unwrap();
+}
+
+/// Many concurrent enqueues (on SQLite: grouped into shared commits) all succeed with
+/// contiguous numbers per recipient.
+async fn concurrent_enqueue<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let mut rng = rng(18);
+    store
+        .create_account(&acct("sender"), Role::Staff, T0)
+        .await
+        .unwrap();
+    store
+        .create_account(&acct("many"), Role::Client, T0)
+        .await
+        .unwrap();
+    let sender = enroll(&*store, &acct("sender"), T0, &mut rng).await;
+    let mut recipients = Vec::new();
+    for _ in 0..4 {
+        recipients.push(enroll(&*store, &acct("many"), T0, &mut rng).await.id);
+    }
+    let per_recipient = 64;
+    let mut tasks = Vec::new();
+    for i in 0..4 * per_recipient {
+        let e = envelope(sender.id, recipients[i % 4], 1024, &mut rng);
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let r = store.enqueue(&e, T0 + HOUR, ROOMY).await;
+            (e, r)
+        }));
+    }
+    let mut by_recipient: BTreeMap<DeviceId, BTreeMap<u64, Envelope>> = BTreeMap::new();
+    for t in tasks {
+        let (e, r) = t.await.unwrap();
+        let r = r.unwrap();
+        assert!(!r.duplicate);
+        let previous = by_recipient
+            .entry(e.header.recipient)
+            .or_default()
+            .insert(r.seq, e);
+        assert!(previous.is_none(), "a sequence number was handed out twice");
+    }
+    for r in &recipients {
+        let got = &by_recipient[r];
+        assert_eq!(
+            got.keys().copied().collect::<Vec<_>>(),
+            (1..=per_recipient as u64).collect::<Vec<_>>()
+        );
+        let pending = store.pending(r, 0, 1000).await.unwrap();
+        assert_eq!(pending.len(), per_recipient);
+        for p in pending {
+            assert_eq!(&p.envelope, &got[&p.seq]);
+        }
+    }
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats {
+            count: 4 * per_recipient as u64,
+            bytes: 4 * per_recipient as u64 * 1024
+        }
+    );
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(MemoryStore::new()).await;
+                }
+            )*
+        }
+        mod sqlite_store {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let dir = tempfile::TempDir::new().unwrap();
+                    let store = SqliteStore::open(&dir.path().join("relay.sqlite3")).unwrap();
+                    super::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    accounts_create_and_conflict,
+    enrollment_code_used_once,
+    enrollment_expired_and_wrong_account_refused,
+    enrollment_device_conflict_keeps_code,
+    enrollment_concurrent_redemption_once,
+    enrollment_device_cap,
+    devices_ordered_by_enrolment,
+    assignments,
+    prekeys_upload_and_bundle,
+    prekeys_conflict_changes_nothing,
+    prekeys_stock_cap,
+    take_bundle_concurrent_hands_each_key_once,
+    enqueue_idempotent,
+    seq_contiguous_per_recipient,
+    pending_order_after_seq_and_limit,
+    ack_removes_once,
+    expiry,
+    quotas_count_and_bytes,
+    queue_stats_and_flush,
+    concurrent_enqueue,
+);
+
+// ---------------------------------------------------------------------------------------
+// SQLite only
+
+fn db_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("nested").join("data").join("relay.sqlite3")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_durable_across_reopen() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = db_path(dir.path());
+    let mut rng = rng(30);
+    let (alice_id, bob_id, envs, spk, lr);
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(path.exists(), "file and parent directories created");
+        let (alice, mut bob) = two_devices(&store, &mut rng).await;
+        store.assign(&acct("alice"), &acct("bob")).await.unwrap();
+        spk = bob.secrets.rotate_signed(&bob.keys, &mut rng);
+        lr = bob.secrets.rotate_kem_last_resort(&bob.keys, &mut rng);
+        let otk = bob.secrets.generate_one_time(&bob.keys, 5, &mut rng);
+        store
+            .put_prekeys(
+                &bob.id,
+                PreKeyUpload {
+                    signed_prekey: Some(spk.clone()),
+                    one_time: otk,
+                    kem_one_time: Vec::new(),
+                    kem_last_resort: Some(lr.clone()),
+                },
+            )
+            .await
+            .unwrap();
+        let e: Vec<Envelope> = (0..3)
+            .map(|_| envelope(alice.id, bob.id, 300, &mut rng))
+            .collect();
+        for x in &e {
+            store.enqueue(x, T0 + HOUR, ROOMY).await.unwrap();
+        }
+        assert!(store.ack(&bob.id, &e[0].header.message_id).await.unwrap());
+        // No flush: every answered write is already committed.
+        alice_id = alice.id;
+        bob_id = bob.id;
+        envs = e;
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.list_accounts().await.unwrap().len(), 2);
+    assert_eq!(
+        store.account(&acct("bob")).await.unwrap().unwrap().role,
+        Role::Advisor
+    );
+    assert_eq!(
+        store.device(&alice_id).await.unwrap().unwrap().account,
+        acct("alice")
+    );
+    assert!(store
+        .is_assigned(&acct("alice"), &acct("bob"))
+        .await
+        .unwrap());
+    let pending = store.pending(&bob_id, 0, 10).await.unwrap();
+    assert_eq!(pending.iter().map(|p| p.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(pending[0].envelope, envs[1]);
+    assert_eq!(pending[1].envelope, envs[2]);
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats {
+            count: 2,
+            bytes: 600
+        }
+    );
+    assert_eq!(
+        store.prekey_counts(&bob_id).await.unwrap(),
+        PreKeyCounts {
+            one_time: 5,
+            kem_one_time: 0
+        }
+    );
+    let (bundle, _) = store.take_bundle(&bob_id).await.unwrap().unwrap();
+    bundle.verify().unwrap();
+    assert_eq!(bundle.signed_prekey, spk);
+    assert_eq!(bundle.kem_prekey, lr);
+    // Counters and tombstones survived too.
+    assert_eq!(
+        store.enqueue(&envs[0], T0 + HOUR, ROOMY).await.unwrap(),
+        Enqueued {
+            seq: 1,
+            duplicate: true
+        }
+    );
+    assert_eq!(
+        store
+            .enqueue(&envelope(alice_id, bob_id, 1, &mut rng), T0 + HOUR, ROOMY)
+            .await
+            .unwrap(),
+        Enqueued {
+            seq: 4,
+            duplicate: false
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_migrations_idempotent_and_newer_schema_refused() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = db_path(dir.path());
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        store
+            .create_account(&acct("keep"), Role::Staff, T0)
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+        assert!(store.account(&acct("keep")).await.unwrap().is_some());
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, i64::from(SCHEMA_VERSION));
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    match SqliteStore::open(&path) {
+        Err(StoreError::Backend(msg)) => assert!(msg.contains("newer"), "{msg}"),
+        other => panic!("a newer schema must be refused, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_clean_shutdown_checkpoints_wal() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = db_path(dir.path());
+    let mut rng = rng(31);
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let (alice, bob) = two_devices(&store, &mut rng).await;
+        for _ in 0..20 {
+            store
+                .enqueue(
+                    &envelope(alice.id, bob.id, 2000, &mut rng),
+                    T0 + HOUR,
+                    ROOMY,
+                )
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.pending(&bob.id, 0, 100).await.unwrap().len(), 20);
+    }
+    // Dropping the store stopped the writer and closed every connection: the WAL was
+    // checkpointed into the database and removed.
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
+    assert!(
+        !wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0,
+        "WAL left behind after drop"
+    );
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM envelopes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_group_commit_batches_concurrent_writes() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("relay.sqlite3")).unwrap());
+    let mut rng = rng(32);
+    let (alice, bob) = two_devices(&*store, &mut rng).await;
+    let before = store.write_stats();
+    let n = 512u64;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = Arc::clone(&store);
+        // Every fourth one exceeds a tiny byte quota: its savepoint rolls back alone.
+        let (len, quota) = if i % 4 == 3 {
+            (
+                600,
+                Quota {
+                    max_count: 10_000,
+                    max_bytes: 500,
+                },
+            )
+        } else {
+            (100, ROOMY)
+        };
+        let e = envelope(alice.id, bob.id, len, &mut rng);
+        tasks.push(tokio::spawn(async move {
+            store.enqueue(&e, T0 + HOUR, quota).await
+        }));
+    }
+    let mut seqs = BTreeSet::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => assert!(seqs.insert(r.seq)),
+            Err(StoreError::QuotaExceeded { what, .. }) => {
+                assert_eq!(what, "pending bytes");
+                refused += 1;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(refused, n / 4);
+    assert_eq!(seqs, (1..=n * 3 / 4).collect::<BTreeSet<u64>>());
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats {
+            count: n * 3 / 4,
+            bytes: n * 3 / 4 * 100
+        }
+    );
+    let after = store.write_stats();
+    assert_eq!(after.ops - before.ops, n);
+    assert!(after.commits - before.commits <= n);
+    eprintln!(
+        "group commit: {} writes in {} commits",
+        after.ops - before.ops,
+        after.commits - before.commits
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_data_is_a_backend_error() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("relay.sqlite3");
+    let store = SqliteStore::open(&path).unwrap();
+    let mut rng = rng(33);
+    let (alice, bob) = two_devices(&store, &mut rng).await;
+    store
+        .enqueue(&envelope(alice.id, bob.id, 10, &mut rng), T0 + HOUR, ROOMY)
+        .await
+        .unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        conn.execute("UPDATE envelopes SET kind = 999", []).unwrap();
+        conn.execute(
+            "UPDATE devices SET ed25519 = x'0102' WHERE id = ?1",
+            [alice.id.to_hex()],
+        )
+        .unwrap();
+    }
+    assert!(matches!(
+        store.pending(&bob.id, 0, 10).await,
+        Err(StoreError::Backend(_))
+    ));
+    assert!(matches!(
+        store.device(&alice.id).await,
+        Err(StoreError::Backend(_))
+    ));
+    // The store keeps working for everything else.
+    assert!(store.device(&bob.id).await.unwrap().is_some());
+    assert_eq!(store.queue_stats().await.unwrap().count, 1);
+}
