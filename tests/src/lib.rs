@@ -2,6 +2,8 @@
 //! enrol, authenticate, publish prekeys and exchange sealed envelopes through it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
