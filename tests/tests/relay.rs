@@ -560,3 +560,91 @@ async fn connection_and_stream_floods_are_bounded() {
         FrameBody::Pong
     );
 }
+
+#[tokio::test]
+async fn out_of_order_frames_are_refused() {
+    let relay = memory_relay(|_| {}).await;
+    let acct = relay.account("rosa", Role::Client).await;
+    let dev = relay.device(&acct, 30).await;
+    let c = relay.connect().await;
+    // auth_response without a challenge.
+    assert_eq!(
+        refused(
+            c.request(FrameBody::AuthResponse { signature: [0; 64] })
+                .await
+        ),
+        ErrorCode::UnexpectedFrame
+    );
+    // A challenge is good for one attempt only.
+    let nonce = match c
+        .request(FrameBody::AuthStart { device: dev.id() })
+        .await
+        .unwrap()
+    {
+        FrameBody::AuthChallenge { nonce } => nonce,
+        other => panic!("{other:?}"),
+    };
+    let _ = nonce;
+    assert_eq!(
+        refused(
+            c.request(FrameBody::AuthResponse { signature: [1; 64] })
+                .await
+        ),
+        ErrorCode::AuthFailed
+    );
+    assert_eq!(
+        refused(
+            c.request(FrameBody::AuthResponse { signature: [1; 64] })
+                .await
+        ),
+        ErrorCode::UnexpectedFrame
+    );
+    // Once authenticated, enrolling or authenticating again is refused.
+    assert_eq!(
+        refused(
+            dev.conn
+                .request(FrameBody::AuthStart { device: dev.id() })
+                .await
+        ),
+        ErrorCode::UnexpectedFrame
+    );
+    // Frames only the relay sends are refused from an authenticated device.
+    assert_eq!(
+        refused(dev.conn.request(FrameBody::Pong).await),
+        ErrorCode::UnexpectedFrame
+    );
+}
+
+#[tokio::test]
+async fn a_device_cannot_touch_another_devices_mailbox() {
+    let relay = memory_relay(|_| {}).await;
+    let client = relay.account("sven", Role::Client).await;
+    let advisor = relay.account("tara", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 31).await;
+    let mut b = relay.device(&advisor, 32).await;
+    b.conn.close();
+    let mut s = a.session_with(&b).await;
+    let env = a.seal(&mut s, b.id(), "for b only");
+    let id = env.header.message_id;
+    a.conn.send_envelope(env).await.unwrap();
+    // The sender knows the id and acknowledges it as if it were the recipient.
+    a.conn.ack(id).await.unwrap();
+    assert_eq!(
+        a.conn.request(FrameBody::Ping).await.unwrap(),
+        FrameBody::Pong
+    );
+    assert!(
+        a.next_envelope(Duration::from_millis(300)).await.is_none(),
+        "nothing of b's is delivered to a"
+    );
+    b.reconnect(&relay).await;
+    assert_eq!(
+        b.next_envelope(WAIT)
+            .await
+            .expect("still pending for b")
+            .header
+            .message_id,
+        id
+    );
+}

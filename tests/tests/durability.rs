@@ -1,0 +1,165 @@
+//! Durable storage, expiry, graceful shutdown on SIGTERM, and the metrics endpoint.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use sealpost_protocol::wire::Role;
+use sealpost_server::store::sqlite::SqliteStore;
+use sealpost_server::store::MailboxStore;
+use sealpost_server::{admin, relay::unix_ms};
+use sealpost_tests::process::{write_config, RelayProcess};
+use sealpost_tests::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+const BIN: &str = env!("CARGO_BIN_EXE_sealpost-relay-under-test");
+
+#[tokio::test]
+async fn pending_envelopes_and_enrolments_survive_a_restart() {
+    let relay = sqlite_relay_in(tempfile::tempdir().unwrap(), |_| {}).await;
+    let client = relay.account("rita", Role::Client).await;
+    let advisor = relay.account("sam", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 21).await;
+    let mut b = relay.device(&advisor, 22).await;
+    b.conn.close();
+    let mut s = a.session_with(&b).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let env = a.seal(&mut s, b.id(), &format!("durable {i}"));
+        ids.push(env.header.message_id);
+        a.conn.send_envelope(env).await.unwrap();
+    }
+    let fp = relay.ca_fingerprint;
+    let dir = relay.stop().await;
+
+    let relay = sqlite_relay_in(dir, |_| {}).await;
+    assert_eq!(
+        relay.ca_fingerprint, fp,
+        "the development CA is reused, so pins stay valid"
+    );
+    b.reconnect(&relay).await;
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(
+            b.next_envelope(WAIT)
+                .await
+                .expect("delivered after restart")
+                .header
+                .message_id,
+        );
+    }
+    assert_eq!(got, ids);
+}
+
+#[tokio::test]
+async fn undelivered_envelopes_expire() {
+    let relay = memory_relay(|c| c.limits.envelope_ttl_secs = 1).await;
+    let client = relay.account("tina", Role::Client).await;
+    let advisor = relay.account("umar", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 23).await;
+    let mut b = relay.device(&advisor, 24).await;
+    b.conn.close();
+    let mut s = a.session_with(&b).await;
+    let env = a.seal(&mut s, b.id(), "short-lived");
+    a.conn.send_envelope(env).await.unwrap();
+    assert_eq!(
+        relay.relay.store.expire(unix_ms()).await.unwrap(),
+        0,
+        "not yet"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        relay.relay.store.expire(unix_ms()).await.unwrap(),
+        1,
+        "expired after its TTL"
+    );
+    b.reconnect(&relay).await;
+    assert!(b.next_envelope(Duration::from_millis(500)).await.is_none());
+}
+
+fn free_tcp_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_and_sigterm_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = free_tcp_port();
+    let config = write_config(dir.path(), Some(metrics));
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let client = sealpost_protocol::AccountId::new("vera").unwrap();
+    let code = {
+        let store = SqliteStore::open(&dir.path().join("data").join("relay.sqlite3")).unwrap();
+        admin::create_account(&store, &client, Role::Client)
+            .await
+            .unwrap();
+        let c = admin::issue_code(&store, &client, 600).await.unwrap().code;
+        store.flush().await.unwrap();
+        c
+    };
+    let relay = RelayProcess::start(Path::new(BIN), &config, &[]);
+    let id = sealpost_protocol::IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    let conn = sealpost_client::net::RelayConnection::connect(&relay.address())
+        .await
+        .unwrap();
+    conn.enroll(&id, &client, &code).await.unwrap();
+    conn.authenticate(&id).await.unwrap();
+    // A failed authentication shows up in the counters.
+    let bad = sealpost_client::net::RelayConnection::connect(&relay.address())
+        .await
+        .unwrap();
+    let mallory = sealpost_protocol::IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    assert!(bad.authenticate(&mallory).await.is_err());
+
+    let body = tokio::task::spawn_blocking(move || http_get(metrics, "/metrics"))
+        .await
+        .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for name in [
+        "sealpost_connections_total",
+        "sealpost_connections_active",
+        "sealpost_devices_authenticated",
+        "sealpost_auth_failures_total",
+        "sealpost_bytes_received_total",
+        "sealpost_request_seconds",
+    ] {
+        assert!(body.contains(name), "metric {name} missing from:\n{body}");
+    }
+    assert!(
+        !body.contains(&hex::encode(id.public().signing_bytes())),
+        "no key material in metrics"
+    );
+
+    drop(conn);
+    drop(bad);
+    let log = relay.log.clone();
+    let code = tokio::task::spawn_blocking(move || relay.terminate(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(
+        code,
+        Some(0),
+        "exit 0 after SIGTERM; log:\n{}",
+        log.lock().unwrap()
+    );
+    let log = log.lock().unwrap().clone();
+    assert!(log.contains("shutdown signal received"), "{log}");
+    assert!(log.contains("storage flushed"), "{log}");
+}
