@@ -27,6 +27,12 @@ pub const MAX_KEM_PREKEYS_PER_UPLOAD: usize = 100;
 pub const MAX_ERROR_MESSAGE_LEN: usize = 512;
 /// Longest enrolment code.
 pub const MAX_ENROLLMENT_CODE_LEN: usize = 64;
+/// Most contacts in one `contacts` answer.
+pub const MAX_CONTACTS: usize = 4096;
+/// Largest attachment blob the relay stores, bytes (ciphertext).
+pub const MAX_BLOB_LEN: u64 = 64 * 1024 * 1024;
+/// Largest chunk in a `blob_chunk` frame, bytes.
+pub const MAX_BLOB_CHUNK_LEN: usize = 64 * 1024 + 16;
 /// ALPN protocol id of Sealpost over QUIC.
 pub const ALPN: &[u8] = b"sealpost/1";
 /// TLS exporter label for channel-bound authentication (RFC 8446 section 7.5).
@@ -177,6 +183,16 @@ pub struct DeviceInfo {
     pub enrolled_ms: u64,
 }
 
+/// An account reachable under the routing policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactInfo {
+    /// The account.
+    pub account: AccountId,
+    /// Its role.
+    pub role: Role,
+}
+
 /// A frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -267,6 +283,31 @@ pub enum FrameBody {
     },
     /// Liveness check.
     Ping,
+    /// The accounts this device's account may reach (assigned advisors and staff for a
+    /// client; assigned clients for advisors and staff).
+    ListContacts,
+    // ----- attachment streams (each on its own bidirectional stream, authenticated
+    // connection only; see docs/PROTOCOL.md) -----
+    /// First frame of an upload stream: the blob that follows in `blob_chunk` frames.
+    BlobUpload {
+        /// Random 128-bit id chosen by the uploader.
+        #[serde(with = "bytes_array")]
+        blob_id: [u8; 16],
+        /// Total ciphertext length.
+        size: u64,
+    },
+    /// First frame of a download stream.
+    BlobDownload {
+        /// The blob.
+        #[serde(with = "bytes_array")]
+        blob_id: [u8; 16],
+    },
+    /// A piece of a blob, in order.
+    BlobChunk {
+        /// Ciphertext bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     // ----- relay -> device -----
     /// The enrolment succeeded.
     Enrolled {
@@ -323,6 +364,26 @@ pub enum FrameBody {
     },
     /// Answer to `ping`.
     Pong,
+    /// Pushed when every envelope pending for this device has been delivered (sent after
+    /// authentication once the backlog is drained, and again after each later catch-up).
+    MailboxEmpty,
+    /// Answer to `list_contacts`.
+    Contacts {
+        /// Reachable accounts and their roles.
+        contacts: BoundedVec<ContactInfo, MAX_CONTACTS>,
+    },
+    /// Answer to `blob_upload` once the whole blob is durably stored.
+    BlobStored {
+        /// The blob.
+        #[serde(with = "bytes_array")]
+        blob_id: [u8; 16],
+    },
+    /// Answer to `blob_download`: the blob's size; `blob_chunk` frames follow, then the
+    /// relay finishes the stream.
+    BlobHeader {
+        /// Total ciphertext length.
+        size: u64,
+    },
     /// A request was refused.
     Error {
         /// Why.
@@ -354,6 +415,14 @@ pub const FRAME_TYPES: &[&str] = &[
     "accepted",
     "deliver",
     "pong",
+    "list_contacts",
+    "blob_upload",
+    "blob_download",
+    "blob_chunk",
+    "mailbox_empty",
+    "contacts",
+    "blob_stored",
+    "blob_header",
     "error",
 ];
 

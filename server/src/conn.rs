@@ -340,6 +340,11 @@ async fn pump<S: Store>(
             if batch.is_empty() {
                 drop(permit);
                 catching_up = false;
+                if let Some(b) = encode(&Frame::new(0, FrameBody::MailboxEmpty)) {
+                    if out.send(b).await.is_err() {
+                        return;
+                    }
+                }
                 continue;
             }
             let n = batch.len();
@@ -361,6 +366,11 @@ async fn pump<S: Store>(
             if n < room.min(256) {
                 // Drained the store (as far as this read saw).
                 catching_up = false;
+                if let Some(b) = encode(&Frame::new(0, FrameBody::MailboxEmpty)) {
+                    if out.send(b).await.is_err() {
+                        return;
+                    }
+                }
             }
             continue;
         }

@@ -203,6 +203,10 @@ fn type_name(body: &FrameBody) -> &'static str {
         FrameBody::Send { .. } => "send",
         FrameBody::Ack { .. } => "ack",
         FrameBody::Ping => "ping",
+        FrameBody::ListContacts => "list_contacts",
+        FrameBody::BlobUpload { .. }
+        | FrameBody::BlobDownload { .. }
+        | FrameBody::BlobChunk { .. } => "blob",
         _ => "relay_only",
     }
 }
@@ -461,6 +465,14 @@ impl<S: Store> Relay<S> {
             }
             FrameBody::FetchBundles { account } => self.fetch_bundles(ctx, me, id, account).await,
             FrameBody::ListDevices { account } => self.list_devices(ctx, me, id, account).await,
+            FrameBody::ListContacts => self.list_contacts(me, id).await,
+            FrameBody::BlobUpload { .. }
+            | FrameBody::BlobDownload { .. }
+            | FrameBody::BlobChunk { .. } => refuse(
+                id,
+                ErrorCode::UnexpectedFrame,
+                "attachment frames belong on their own stream",
+            ),
             _ => refuse(
                 id,
                 ErrorCode::UnexpectedFrame,
@@ -713,6 +725,31 @@ impl<S: Store> Relay<S> {
         match BoundedVec::new(bundles) {
             Ok(bundles) => reply(id, FrameBody::Bundles { account, bundles }),
             Err(_) => refuse(id, ErrorCode::Internal, "too many devices"),
+        }
+    }
+
+    async fn list_contacts(&self, me: &Authenticated, id: u64) -> Handled {
+        let accounts = match self.store.assignments_of(&me.account).await {
+            Ok(a) => a,
+            Err(e) => return store_failure(id, &e),
+        };
+        let mut contacts = Vec::with_capacity(accounts.len());
+        for a in accounts
+            .into_iter()
+            .take(sealpost_protocol::wire::MAX_CONTACTS)
+        {
+            match self.store.account(&a).await {
+                Ok(Some(rec)) => contacts.push(sealpost_protocol::wire::ContactInfo {
+                    account: rec.id,
+                    role: rec.role,
+                }),
+                Ok(None) => {}
+                Err(e) => return store_failure(id, &e),
+            }
+        }
+        match BoundedVec::new(contacts) {
+            Ok(contacts) => reply(id, FrameBody::Contacts { contacts }),
+            Err(_) => refuse(id, ErrorCode::Internal, "too many contacts"),
         }
     }
 
