@@ -292,6 +292,21 @@ impl Body {
     }
 
     pub(crate) fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        codec::encode("envelope body", self, MAX_BODY_LEN)
+        // Same bytes as `codec::encode`, written into a buffer sized up front so the
+        // ciphertext is copied once instead of through a chain of reallocations.
+        let capacity = match self {
+            Body::PreKey(p) => p.message.ct.len() + MLKEM768_CIPHERTEXT_LEN + 320,
+            Body::Message(m) => m.ct.len() + 96,
+        };
+        let mut out = Vec::with_capacity(capacity);
+        codec::encode_into("envelope body", self, &mut out)?;
+        if out.len() > MAX_BODY_LEN {
+            return Err(EncodeError::TooLarge {
+                what: "envelope body",
+                got: out.len(),
+                max: MAX_BODY_LEN,
+            });
+        }
+        Ok(out)
     }
 }
