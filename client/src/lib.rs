@@ -1,6 +1,20 @@
 //! # Sealpost client library
 //!
-//! What every Sealpost device runs. This version holds the relay connection
-//! ([`net`]); sessions, local encrypted state and the CLI build on it.
+//! What every Sealpost device runs:
+//!
+//! * [`net`]: the QUIC connection to the relay, with the relay's CA pinned and
+//!   authentication bound to the TLS channel.
+//! * [`state`]: the device's local state in one directory, encrypted at rest under a key
+//!   derived from a passphrase with Argon2id, written atomically.
+//! * [`client`]: sessions per peer device, fan-out to every device of an account and to
+//!   this account's other devices, receipts, deduplication, device-change detection,
+//!   prekey upkeep.
+//!
+//! The `sealpost` CLI (`src/main.rs`) is a thin shell over [`client::Client`].
 
+pub mod attachments;
+pub mod client;
 pub mod net;
+pub mod state;
+
+pub use client::{Client, ClientError, Event, SendReport};

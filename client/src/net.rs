@@ -265,6 +265,27 @@ impl RelayConnection {
         self.send_raw(bytes).await
     }
 
+    /// Send a request and return a receiver for its answer, without waiting for it (so
+    /// the caller can keep processing pushes meanwhile).
+    pub async fn start_request(
+        &self,
+        body: FrameBody,
+    ) -> Result<oneshot::Receiver<FrameBody>, NetError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.pending.lock().map_err(|_| NetError::Busy)?;
+            if p.len() >= MAX_OUTSTANDING {
+                return Err(NetError::Busy);
+            }
+            p.insert(id, tx);
+        }
+        let bytes = wire::encode_frame(&Frame::new(id, body))
+            .map_err(|e| NetError::Unexpected(e.to_string()))?;
+        self.send_raw(bytes).await?;
+        Ok(rx)
+    }
+
     /// Send a request and wait for its answer; an `error` frame becomes `Refused`.
     pub async fn request(&self, body: FrameBody) -> Result<FrameBody, NetError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

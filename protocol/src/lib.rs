@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod content;
 pub mod crypto;
 pub mod envelope;
 pub mod error;

@@ -249,14 +249,21 @@ impl PreKeySecrets {
         spk
     }
 
-    /// Generate up to `count` one-time X25519 prekeys (never holding more than
-    /// [`MAX_ONE_TIME_PREKEYS`]).
+    /// Generate up to `count` one-time X25519 prekeys. At most [`MAX_ONE_TIME_PREKEYS`]
+    /// secrets are held: to make room, the oldest (handed out long ago and never used)
+    /// are erased first.
     pub fn generate_one_time<R: RngCore + CryptoRng>(
         &mut self,
         identity: &IdentityKeyPair,
         count: usize,
         rng: &mut R,
     ) -> Vec<OneTimePreKey> {
+        let count = count.min(MAX_ONE_TIME_PREKEYS);
+        while self.one_time.len() + count > MAX_ONE_TIME_PREKEYS {
+            if self.one_time.pop_first().is_none() {
+                break;
+            }
+        }
         let room = MAX_ONE_TIME_PREKEYS.saturating_sub(self.one_time.len());
         (0..count.min(room))
             .map(|_| {
@@ -285,14 +292,20 @@ impl PreKeySecrets {
             .collect()
     }
 
-    /// Generate up to `count` one-time ML-KEM-768 prekeys (never holding more than
-    /// [`MAX_KEM_ONE_TIME_PREKEYS`]).
+    /// Generate up to `count` one-time ML-KEM-768 prekeys, erasing the oldest held ones
+    /// to stay within [`MAX_KEM_ONE_TIME_PREKEYS`].
     pub fn generate_kem_one_time<R: RngCore + CryptoRng>(
         &mut self,
         identity: &IdentityKeyPair,
         count: usize,
         rng: &mut R,
     ) -> Vec<KemPreKey> {
+        let count = count.min(MAX_KEM_ONE_TIME_PREKEYS);
+        while self.kem_one_time.len() + count > MAX_KEM_ONE_TIME_PREKEYS {
+            if self.kem_one_time.pop_first().is_none() {
+                break;
+            }
+        }
         let room = MAX_KEM_ONE_TIME_PREKEYS.saturating_sub(self.kem_one_time.len());
         (0..count.min(room))
             .map(|_| {

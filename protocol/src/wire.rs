@@ -283,6 +283,9 @@ pub enum FrameBody {
     },
     /// Liveness check.
     Ping,
+    /// Ask the relay to deliver everything pending; answered with `mailbox_empty` (same
+    /// id) once every envelope committed before this request has been delivered.
+    Drain,
     /// The accounts this device's account may reach (assigned advisors and staff for a
     /// client; assigned clients for advisors and staff).
     ListContacts,
@@ -364,8 +367,8 @@ pub enum FrameBody {
     },
     /// Answer to `ping`.
     Pong,
-    /// Pushed when every envelope pending for this device has been delivered (sent after
-    /// authentication once the backlog is drained, and again after each later catch-up).
+    /// Answer to `drain`: every envelope pending when `drain` arrived has been delivered
+    /// (the `deliver` frames precede this answer on the stream).
     MailboxEmpty,
     /// Answer to `list_contacts`.
     Contacts {
@@ -415,6 +418,7 @@ pub const FRAME_TYPES: &[&str] = &[
     "accepted",
     "deliver",
     "pong",
+    "drain",
     "list_contacts",
     "blob_upload",
     "blob_download",

@@ -27,6 +27,8 @@ use crate::store::Store;
 
 /// Encoded frames queued for the writer, at most.
 const WRITE_QUEUE: usize = 1024;
+/// `drain` requests waiting for an answer, at most (more are answered together).
+const MAX_PENDING_DRAINS: usize = 16;
 /// Application close codes.
 pub mod close {
     /// Normal close (relay shutting down).
@@ -86,16 +88,13 @@ pub async fn serve<S: Store>(
             return;
         }
     };
-    // Further streams are not part of protocol version 1: refuse them as they come.
-    let extra = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, mut r)) = conn.accept_bi().await {
-                let _ = r.stop(1u32.into());
-                let _ = s.reset(1u32.into());
-            }
-        })
-    };
+    // Further streams carry attachment transfers, once authenticated (`transfer.rs`).
+    let (auth_tx, auth_rx) = watch::channel(None);
+    let extra = tokio::spawn(crate::transfer::serve_streams(
+        relay.clone(),
+        conn.clone(),
+        auth_rx,
+    ));
 
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let writer = tokio::spawn(write_loop(send, out_rx));
@@ -173,6 +172,7 @@ pub async fn serve<S: Store>(
         };
         let handled = relay.handle(&mut ctx, frame).await;
         if let Some(me) = handled.authenticated {
+            auth_tx.send_replace(Some(me.clone()));
             delivery = Some(Delivery::start(
                 relay.clone(),
                 me,
@@ -182,6 +182,10 @@ pub async fn serve<S: Store>(
         }
         if let (Some(id), Some(d)) = (handled.acked, &delivery) {
             d.acked(&id);
+        }
+        if let (Some(id), Some(d)) = (handled.drain, &delivery) {
+            // Bounded: a flood of drains beyond the queue is simply not answered twice.
+            let _ = d.drain_tx.try_send(id);
         }
         if let Some(reply) = handled.reply {
             if let Some(b) = encode(&reply) {
@@ -233,6 +237,7 @@ struct Delivery {
     window: Arc<Semaphore>,
     task: tokio::task::JoinHandle<()>,
     replaced_rx: tokio::sync::oneshot::Receiver<()>,
+    drain_tx: mpsc::Sender<u64>,
 }
 
 impl Delivery {
@@ -247,6 +252,7 @@ impl Delivery {
         let window = Arc::new(Semaphore::new(relay.config.limits.delivery_window));
         let inflight = Arc::new(Mutex::new(HashMap::new()));
         let (replaced_tx, replaced_rx) = tokio::sync::oneshot::channel();
+        let (drain_tx, drain_rx) = mpsc::channel(MAX_PENDING_DRAINS);
         let task = tokio::spawn(pump(
             relay,
             me.clone(),
@@ -257,6 +263,7 @@ impl Delivery {
             inflight.clone(),
             shutdown,
             replaced_tx,
+            drain_rx,
         ));
         Self {
             me,
@@ -265,6 +272,7 @@ impl Delivery {
             window,
             task,
             replaced_rx,
+            drain_tx,
         }
     }
 
@@ -297,8 +305,10 @@ async fn pump<S: Store>(
     inflight: Arc<Mutex<HashMap<MessageId, u64>>>,
     mut shutdown: watch::Receiver<bool>,
     replaced_tx: tokio::sync::oneshot::Sender<()>,
+    mut drain_rx: mpsc::Receiver<u64>,
 ) {
     let mut last_seq = 0u64;
+    let mut drains: Vec<u64> = Vec::new();
     // Start by catching up with everything pending (redelivery of unacknowledged ones).
     let mut catching_up = true;
     let deliver = |seq: u64, env: &sealpost_protocol::Envelope| -> Option<Vec<u8>> {
@@ -340,9 +350,11 @@ async fn pump<S: Store>(
             if batch.is_empty() {
                 drop(permit);
                 catching_up = false;
-                if let Some(b) = encode(&Frame::new(0, FrameBody::MailboxEmpty)) {
-                    if out.send(b).await.is_err() {
-                        return;
+                for id in drains.drain(..) {
+                    if let Some(b) = encode(&Frame::new(id, FrameBody::MailboxEmpty)) {
+                        if out.send(b).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 continue;
@@ -366,9 +378,11 @@ async fn pump<S: Store>(
             if n < room.min(256) {
                 // Drained the store (as far as this read saw).
                 catching_up = false;
-                if let Some(b) = encode(&Frame::new(0, FrameBody::MailboxEmpty)) {
-                    if out.send(b).await.is_err() {
-                        return;
+                for id in drains.drain(..) {
+                    if let Some(b) = encode(&Frame::new(id, FrameBody::MailboxEmpty)) {
+                        if out.send(b).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }
@@ -376,6 +390,15 @@ async fn pump<S: Store>(
         }
         let push = tokio::select! {
             p = rx.recv() => match p { Some(p) => p, None => return },
+            d = drain_rx.recv() => {
+                if let Some(id) = d {
+                    if drains.len() < MAX_PENDING_DRAINS {
+                        drains.push(id);
+                    }
+                    catching_up = true;
+                }
+                continue;
+            }
             _ = shutdown.changed() => return,
         };
         match push {

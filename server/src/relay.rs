@@ -64,6 +64,8 @@ pub struct Relay<S: Store> {
     pub hub: Hub,
     /// Configuration.
     pub config: Config,
+    /// Attachment blobs (opaque ciphertext; see `transfer.rs`).
+    pub blobs: Arc<dyn crate::store::blob::BlobStore>,
     limiters: Mutex<Limiters>,
     started: Instant,
 }
@@ -143,6 +145,8 @@ pub struct Handled {
     pub authenticated: Option<Authenticated>,
     /// The device acknowledged this envelope (frees a delivery-window slot).
     pub acked: Option<MessageId>,
+    /// The device asked to drain its mailbox; answer `mailbox_empty` with this id.
+    pub drain: Option<u64>,
 }
 
 fn reply(id: u64, body: FrameBody) -> Handled {
@@ -204,6 +208,7 @@ fn type_name(body: &FrameBody) -> &'static str {
         FrameBody::Ack { .. } => "ack",
         FrameBody::Ping => "ping",
         FrameBody::ListContacts => "list_contacts",
+        FrameBody::Drain => "drain",
         FrameBody::BlobUpload { .. }
         | FrameBody::BlobDownload { .. }
         | FrameBody::BlobChunk { .. } => "blob",
@@ -225,10 +230,19 @@ impl<S: Store> Relay<S> {
         Self {
             store,
             hub: Hub::new(),
+            blobs: Arc::new(crate::store::blob::MemoryBlobStore::new(
+                crate::store::blob::BlobLimits::from_limits(&config.limits),
+            )),
             config,
             limiters: Mutex::new(limiters),
             started: Instant::now(),
         }
+    }
+
+    /// Use `blobs` for attachment blobs (instead of the in-memory store `new` sets up).
+    pub fn with_blobs(mut self, blobs: Arc<dyn crate::store::blob::BlobStore>) -> Self {
+        self.blobs = blobs;
+        self
     }
 
     /// Monotonic milliseconds since the relay started (for rate limits).
@@ -424,6 +438,7 @@ impl<S: Store> Relay<S> {
             )),
             authenticated: Some(me),
             acked: None,
+            drain: None,
         }
     }
 
@@ -466,6 +481,10 @@ impl<S: Store> Relay<S> {
             FrameBody::FetchBundles { account } => self.fetch_bundles(ctx, me, id, account).await,
             FrameBody::ListDevices { account } => self.list_devices(ctx, me, id, account).await,
             FrameBody::ListContacts => self.list_contacts(me, id).await,
+            FrameBody::Drain => Handled {
+                drain: Some(id),
+                ..Handled::default()
+            },
             FrameBody::BlobUpload { .. }
             | FrameBody::BlobDownload { .. }
             | FrameBody::BlobChunk { .. } => refuse(

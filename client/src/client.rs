@@ -1,0 +1,1343 @@
+//! The Sealpost client: one device's view of its account, its contacts and their devices,
+//! its sessions, and its message history.
+//!
+//! * A message to an account is sealed for every device of that account (from the relay's
+//!   directory) and, as a `sync` copy, for this account's other devices.
+//! * Incoming envelopes are deduplicated by message id, decrypted, checked against the
+//!   sender's device directory, stored, and only then acknowledged to the relay. State is
+//!   saved before any sealed envelope leaves the device (the ratchet's nonce rule).
+//! * A contact whose set of devices changes is reported; if it was verified it becomes
+//!   unverified until the user compares safety numbers again.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::time::Duration;
+
+use rand::rngs::OsRng;
+use sealpost_protocol::content::{
+    Content, Message, ReceiptKind, MAX_RECEIPT_IDS, MAX_TEXT_LEN, MAX_TITLE_LEN,
+};
+use sealpost_protocol::envelope::{Envelope, MessageId, RoutingHeader};
+use sealpost_protocol::identity::{
+    AccountId, DeviceId, IdentityKeyPair, PublicIdentity, SafetyNumber,
+};
+use sealpost_protocol::wire::{BoundedString, BoundedVec, ErrorCode, FrameBody, Role};
+use sealpost_protocol::{PreKeySecrets, Session};
+use serde::{Deserialize, Serialize};
+
+use crate::net::{NetError, RelayAddress, RelayConnection};
+use crate::state::{Profile, StateError};
+
+/// One-time X25519 prekeys the client keeps published.
+pub const TARGET_ONE_TIME_PREKEYS: u32 = 100;
+/// One-time ML-KEM prekeys the client keeps published.
+pub const TARGET_KEM_PREKEYS: u32 = 40;
+/// Signed prekeys (and the last-resort KEM prekey) are replaced after this long.
+pub const SIGNED_PREKEY_ROTATION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Messages kept in the local history.
+pub const MAX_HISTORY: usize = 10_000;
+/// Message ids remembered for deduplication.
+pub const MAX_SEEN_IDS: usize = 100_000;
+/// A contact's device list is refreshed from the relay when older than this.
+pub const DEVICE_LIST_TTL_MS: u64 = 30_000;
+/// Connection attempts before `connect` gives up.
+pub const MAX_CONNECT_ATTEMPTS: u32 = 6;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Local state.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The relay or the network.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// This device is not enrolled yet.
+    #[error("this device is not enrolled (run `sealpost enroll`)")]
+    NotEnrolled,
+    /// Not connected.
+    #[error("not connected to the relay")]
+    NotConnected,
+    /// The account has no device to write to.
+    #[error("{0} has no enrolled device")]
+    NoDevices(AccountId),
+    /// Input the user gave is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// A protocol operation failed.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+fn proto<E: std::fmt::Display>(e: E) -> ClientError {
+    ClientError::Protocol(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where the relay is, as stored in the profile.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RelayInfo {
+    /// UDP address.
+    pub addr: String,
+    /// Certificate name.
+    pub server_name: String,
+    /// Pinned CA fingerprint, hex.
+    pub ca_fingerprint: String,
+}
+
+impl RelayInfo {
+    fn address(&self) -> Result<RelayAddress, ClientError> {
+        let addr = self
+            .addr
+            .parse()
+            .map_err(|_| ClientError::Invalid(format!("bad relay address {}", self.addr)))?;
+        let mut ca = [0u8; 32];
+        hex::decode_to_slice(&self.ca_fingerprint, &mut ca)
+            .map_err(|_| ClientError::Invalid("the CA fingerprint must be 64 hex digits".into()))?;
+        Ok(RelayAddress {
+            addr,
+            server_name: self.server_name.clone(),
+            ca_fingerprint: ca,
+        })
+    }
+}
+
+/// A device of a contact, as first seen.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KnownDevice {
+    /// Its identity.
+    pub identity: PublicIdentity,
+    /// When this device first saw it.
+    pub first_seen_ms: u64,
+}
+
+/// A contact: an account and the devices it is known to have.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Contact {
+    /// The account.
+    pub account: AccountId,
+    /// Its role, if the relay told us.
+    pub role: Option<Role>,
+    /// Its devices.
+    pub devices: BTreeMap<DeviceId, KnownDevice>,
+    /// The safety number the user verified, if any.
+    pub verified: Option<String>,
+    /// When the device list was last refreshed (not persisted meaningfully across runs).
+    #[serde(default)]
+    pub refreshed_ms: u64,
+}
+
+/// Direction of a history entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Received.
+    In,
+    /// Sent (by this or another device of the account).
+    Out,
+}
+
+/// What a history entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// Chat.
+    Text,
+    /// Account notice.
+    Notice,
+}
+
+/// A message in the local history.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Message id.
+    pub id: MessageId,
+    /// In or out.
+    pub direction: Direction,
+    /// The other account.
+    pub peer: AccountId,
+    /// Chat or notice.
+    pub kind: EntryKind,
+    /// Notice title.
+    pub title: Option<String>,
+    /// The text.
+    pub body: String,
+    /// Sender's clock.
+    pub sent_ms: u64,
+    /// When this device got it.
+    pub received_ms: u64,
+    /// For sent messages: a delivery receipt arrived.
+    pub delivered: bool,
+    /// For sent messages: a read receipt arrived.
+    pub read: bool,
+    /// For received messages: shown to the user here.
+    pub seen_locally: bool,
+}
+
+/// Something that happened while receiving.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A chat message arrived.
+    Message {
+        /// The entry.
+        entry: HistoryEntry,
+    },
+    /// An account notice arrived.
+    Notice {
+        /// The entry.
+        entry: HistoryEntry,
+    },
+    /// Another device of this account sent a message.
+    Synced {
+        /// The entry.
+        entry: HistoryEntry,
+    },
+    /// Receipts arrived.
+    Receipt {
+        /// From.
+        from: AccountId,
+        /// Delivered or read.
+        kind: ReceiptKind,
+        /// Which messages.
+        message_ids: Vec<MessageId>,
+    },
+    /// A contact's devices changed: new identity keys. Never accepted silently.
+    DevicesChanged {
+        /// The account.
+        account: AccountId,
+        /// Fingerprints of devices that appeared.
+        added: Vec<String>,
+        /// Fingerprints of devices that disappeared.
+        removed: Vec<String>,
+        /// The contact was verified and no longer is.
+        was_verified: bool,
+    },
+    /// An envelope was dropped.
+    Rejected {
+        /// Its sender device.
+        device: DeviceId,
+        /// Its message id.
+        message_id: MessageId,
+        /// Why.
+        reason: String,
+    },
+    /// Fresh prekeys were published.
+    PreKeysPublished {
+        /// One-time X25519 prekeys now at the relay.
+        one_time: u32,
+        /// One-time ML-KEM prekeys now at the relay.
+        kem_one_time: u32,
+    },
+}
+
+/// Result of a send.
+#[derive(Clone, Debug, Serialize)]
+pub struct SendReport {
+    /// The message id (same on every device).
+    pub message_id: MessageId,
+    /// The account it went to.
+    pub to: AccountId,
+    /// Recipient devices that got a copy.
+    pub devices: usize,
+    /// This account's other devices that got a sync copy.
+    pub own_devices: usize,
+    /// Warnings raised while sending (device changes).
+    pub events: Vec<Event>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SessionRecord {
+    device: DeviceId,
+    account: AccountId,
+    #[serde(with = "serde_bytes_vec")]
+    pickle: Vec<u8>,
+}
+
+mod serde_bytes_vec {
+    use serde::{Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// Everything that is persisted (encrypted as a whole by [`Profile`]).
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    #[serde(with = "serde_bytes_vec")]
+    identity: Vec<u8>,
+    #[serde(with = "serde_bytes_vec")]
+    prekeys: Vec<u8>,
+    prekeys_rotated_ms: u64,
+    relay: Option<RelayInfo>,
+    account: Option<AccountId>,
+    role: Option<Role>,
+    sessions: Vec<SessionRecord>,
+    contacts: Vec<Contact>,
+    history: Vec<HistoryEntry>,
+    seen: Vec<MessageId>,
+}
+
+struct PeerSession {
+    account: AccountId,
+    session: Session,
+}
+
+/// A device's client.
+pub struct Client {
+    profile: Profile,
+    identity: IdentityKeyPair,
+    prekeys: PreKeySecrets,
+    prekeys_rotated_ms: u64,
+    relay: Option<RelayInfo>,
+    account: Option<AccountId>,
+    role: Option<Role>,
+    sessions: HashMap<DeviceId, PeerSession>,
+    contacts: BTreeMap<AccountId, Contact>,
+    history: VecDeque<HistoryEntry>,
+    seen: VecDeque<MessageId>,
+    seen_set: HashSet<MessageId>,
+    conn: Option<RelayConnection>,
+    pending_receipts: BTreeMap<AccountId, Vec<MessageId>>,
+}
+
+impl Client {
+    /// Create a new device profile in `home`: identity and prekeys, encrypted under the
+    /// passphrase.
+    pub fn init(home: &Path, passphrase: &str) -> Result<Self, ClientError> {
+        let mut rng = OsRng;
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let mut prekeys = PreKeySecrets::new();
+        prekeys.rotate_signed(&identity, &mut rng);
+        prekeys.rotate_kem_last_resort(&identity, &mut rng);
+        // The profile key comes from the passphrase; the first save happens inside create.
+        let placeholder = StateFile {
+            identity: Vec::new(),
+            prekeys: Vec::new(),
+            prekeys_rotated_ms: 0,
+            relay: None,
+            account: None,
+            role: None,
+            sessions: Vec::new(),
+            contacts: Vec::new(),
+            history: Vec::new(),
+            seen: Vec::new(),
+        };
+        let profile = Profile::create(home, passphrase, &placeholder, &mut rng)?;
+        let client = Self {
+            profile,
+            identity,
+            prekeys,
+            prekeys_rotated_ms: now_ms(),
+            relay: None,
+            account: None,
+            role: None,
+            sessions: HashMap::new(),
+            contacts: BTreeMap::new(),
+            history: VecDeque::new(),
+            seen: VecDeque::new(),
+            seen_set: HashSet::new(),
+            conn: None,
+            pending_receipts: BTreeMap::new(),
+        };
+        client.save()?;
+        Ok(client)
+    }
+
+    /// Open the profile in `home`.
+    pub fn open(home: &Path, passphrase: &str) -> Result<Self, ClientError> {
+        let (profile, file): (Profile, StateFile) = Profile::open(home, passphrase)?;
+        let key = profile.key();
+        let identity =
+            IdentityKeyPair::from_pickle(&file.identity, key).map_err(StateError::from)?;
+        let prekeys = PreKeySecrets::from_pickle(&file.prekeys, key).map_err(StateError::from)?;
+        let mut sessions = HashMap::new();
+        for r in &file.sessions {
+            let session = Session::from_pickle(&r.pickle, key).map_err(StateError::from)?;
+            sessions.insert(
+                r.device,
+                PeerSession {
+                    account: r.account.clone(),
+                    session,
+                },
+            );
+        }
+        let seen_set = file.seen.iter().copied().collect();
+        Ok(Self {
+            identity,
+            prekeys,
+            prekeys_rotated_ms: file.prekeys_rotated_ms,
+            relay: file.relay,
+            account: file.account,
+            role: file.role,
+            sessions,
+            contacts: file
+                .contacts
+                .into_iter()
+                .map(|c| {
+                    (
+                        c.account.clone(),
+                        Contact {
+                            refreshed_ms: 0,
+                            ..c
+                        },
+                    )
+                })
+                .collect(),
+            history: file.history.into_iter().collect(),
+            seen: file.seen.into_iter().collect(),
+            seen_set,
+            conn: None,
+            pending_receipts: BTreeMap::new(),
+            profile,
+        })
+    }
+
+    fn save(&self) -> Result<(), ClientError> {
+        let mut rng = OsRng;
+        let key = self.profile.key();
+        let mut sessions = Vec::with_capacity(self.sessions.len());
+        for (device, p) in &self.sessions {
+            sessions.push(SessionRecord {
+                device: *device,
+                account: p.account.clone(),
+                pickle: p.session.pickle(key, &mut rng).map_err(StateError::from)?,
+            });
+        }
+        let file = StateFile {
+            identity: self
+                .identity
+                .pickle(key, &mut rng)
+                .map_err(StateError::from)?,
+            prekeys: self
+                .prekeys
+                .pickle(key, &mut rng)
+                .map_err(StateError::from)?,
+            prekeys_rotated_ms: self.prekeys_rotated_ms,
+            relay: self.relay.clone(),
+            account: self.account.clone(),
+            role: self.role,
+            sessions,
+            contacts: self.contacts.values().cloned().collect(),
+            history: self.history.iter().cloned().collect(),
+            seen: self.seen.iter().copied().collect(),
+        };
+        Ok(self.profile.save(&file, &mut rng)?)
+    }
+
+    /// This device's identity.
+    pub fn identity(&self) -> &PublicIdentity {
+        self.identity.public()
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> DeviceId {
+        self.identity.device_id()
+    }
+
+    /// The account, once enrolled.
+    pub fn account(&self) -> Option<&AccountId> {
+        self.account.as_ref()
+    }
+
+    /// The account's role, once enrolled.
+    pub fn role(&self) -> Option<Role> {
+        self.role
+    }
+
+    /// The relay, once enrolled.
+    pub fn relay(&self) -> Option<&RelayInfo> {
+        self.relay.as_ref()
+    }
+
+    /// Known contacts.
+    pub fn contacts(&self) -> impl Iterator<Item = &Contact> {
+        self.contacts.values()
+    }
+
+    /// The local history, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = &HistoryEntry> {
+        self.history.iter()
+    }
+
+    fn me(&self) -> Result<AccountId, ClientError> {
+        self.account.clone().ok_or(ClientError::NotEnrolled)
+    }
+
+    fn conn(&self) -> Result<&RelayConnection, ClientError> {
+        self.conn.as_ref().ok_or(ClientError::NotConnected)
+    }
+
+    /// Enrol this device into `account` at `relay` with a one-time code, then publish
+    /// prekeys. Stays connected.
+    pub async fn enroll(
+        &mut self,
+        relay: RelayInfo,
+        account: &AccountId,
+        code: &str,
+    ) -> Result<Role, ClientError> {
+        if self.account.is_some() {
+            return Err(ClientError::Invalid(
+                "this device is already enrolled".into(),
+            ));
+        }
+        let addr = relay.address()?;
+        let conn = RelayConnection::connect(&addr).await?;
+        let (_, role) = conn.enroll(&self.identity, account, code).await?;
+        conn.authenticate(&self.identity).await?;
+        self.relay = Some(relay);
+        self.account = Some(account.clone());
+        self.role = Some(role);
+        self.conn = Some(conn);
+        self.save()?;
+        self.maintain_prekeys().await?;
+        Ok(role)
+    }
+
+    /// Connect and authenticate, retrying with exponential backoff (bounded).
+    pub async fn connect(&mut self) -> Result<(), ClientError> {
+        let relay = self
+            .relay
+            .clone()
+            .ok_or(ClientError::NotEnrolled)?
+            .address()?;
+        let mut delay = Duration::from_millis(200);
+        let mut last = None;
+        for attempt in 0..MAX_CONNECT_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            match RelayConnection::connect(&relay).await {
+                Ok(conn) => match conn.authenticate(&self.identity).await {
+                    Ok((_, role)) => {
+                        self.role = Some(role);
+                        self.conn = Some(conn);
+                        self.maintain_prekeys().await?;
+                        return Ok(());
+                    }
+                    Err(
+                        e @ NetError::Refused {
+                            code: ErrorCode::AuthFailed,
+                            ..
+                        },
+                    ) => return Err(e.into()),
+                    Err(e) => last = Some(e),
+                },
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or(ClientError::NotConnected, ClientError::Net))
+    }
+
+    /// Drop the connection.
+    pub fn disconnect(&mut self) {
+        if let Some(c) = self.conn.take() {
+            c.close();
+        }
+    }
+
+    /// Keep prekeys stocked and rotate the signed ones on schedule.
+    pub async fn maintain_prekeys(&mut self) -> Result<Option<Event>, ClientError> {
+        let mut rng = OsRng;
+        let conn = self.conn.as_ref().ok_or(ClientError::NotConnected)?;
+        let rotate = now_ms().saturating_sub(self.prekeys_rotated_ms)
+            > SIGNED_PREKEY_ROTATION.as_millis() as u64
+            || self.prekeys_rotated_ms == 0;
+        let (signed, last_resort) = if rotate {
+            (
+                Some(self.prekeys.rotate_signed(&self.identity, &mut rng)),
+                Some(
+                    self.prekeys
+                        .rotate_kem_last_resort(&self.identity, &mut rng),
+                ),
+            )
+        } else {
+            (
+                self.prekeys.current_signed().cloned(),
+                self.prekeys.current_kem_last_resort().cloned(),
+            )
+        };
+        let (ot, kem, _) = conn
+            .upload_prekeys(signed, vec![], vec![], last_resort)
+            .await?;
+        let want_ot = TARGET_ONE_TIME_PREKEYS.saturating_sub(ot) as usize;
+        let want_kem = TARGET_KEM_PREKEYS.saturating_sub(kem) as usize;
+        if want_ot == 0 && want_kem == 0 && !rotate {
+            return Ok(None);
+        }
+        let one_time = self
+            .prekeys
+            .generate_one_time(&self.identity, want_ot.min(100), &mut rng);
+        let kem_keys =
+            self.prekeys
+                .generate_kem_one_time(&self.identity, want_kem.min(100), &mut rng);
+        // Persist the secrets before the public halves are published.
+        self.prekeys_rotated_ms = if rotate {
+            now_ms()
+        } else {
+            self.prekeys_rotated_ms
+        };
+        self.save()?;
+        let (ot, kem, _) = conn.upload_prekeys(None, one_time, kem_keys, None).await?;
+        Ok(Some(Event::PreKeysPublished {
+            one_time: ot,
+            kem_one_time: kem,
+        }))
+    }
+
+    /// Accounts this account may reach, with their roles.
+    pub async fn reachable(&mut self) -> Result<Vec<(AccountId, Role)>, ClientError> {
+        let answer = self.conn()?.request(FrameBody::ListContacts).await?;
+        let FrameBody::Contacts { contacts } = answer else {
+            return Err(ClientError::Protocol(
+                "unexpected answer to list_contacts".into(),
+            ));
+        };
+        let list: Vec<(AccountId, Role)> = contacts
+            .into_inner()
+            .into_iter()
+            .map(|c| (c.account, c.role))
+            .collect();
+        for (a, r) in &list {
+            self.contacts
+                .entry(a.clone())
+                .or_insert_with(|| Contact {
+                    account: a.clone(),
+                    role: Some(*r),
+                    devices: BTreeMap::new(),
+                    verified: None,
+                    refreshed_ms: 0,
+                })
+                .role = Some(*r);
+        }
+        self.save()?;
+        Ok(list)
+    }
+
+    /// Refresh `account`'s device list from the relay; report changes.
+    async fn refresh_devices(
+        &mut self,
+        account: &AccountId,
+        force: bool,
+    ) -> Result<Vec<Event>, ClientError> {
+        let now = now_ms();
+        if !force {
+            if let Some(c) = self.contacts.get(account) {
+                if now.saturating_sub(c.refreshed_ms) < DEVICE_LIST_TTL_MS && !c.devices.is_empty()
+                {
+                    return Ok(Vec::new());
+                }
+            }
+        }
+        let listed = self.conn()?.list_devices(account).await?;
+        let me = self.device_id();
+        let contact = self
+            .contacts
+            .entry(account.clone())
+            .or_insert_with(|| Contact {
+                account: account.clone(),
+                role: None,
+                devices: BTreeMap::new(),
+                verified: None,
+                refreshed_ms: 0,
+            });
+        let known_before = !contact.devices.is_empty();
+        let listed_ids: HashSet<DeviceId> = listed
+            .iter()
+            .map(|d| d.identity.device_id())
+            .filter(|d| *d != me)
+            .collect();
+        let mut added = Vec::new();
+        for d in &listed {
+            let id = d.identity.device_id();
+            if id == me {
+                continue;
+            }
+            if !contact.devices.contains_key(&id) {
+                added.push(d.identity.fingerprint().to_string());
+                contact.devices.insert(
+                    id,
+                    KnownDevice {
+                        identity: d.identity.clone(),
+                        first_seen_ms: now,
+                    },
+                );
+            }
+        }
+        let removed_ids: Vec<DeviceId> = contact
+            .devices
+            .keys()
+            .filter(|id| !listed_ids.contains(id))
+            .copied()
+            .collect();
+        let mut removed = Vec::new();
+        for id in removed_ids {
+            if let Some(d) = contact.devices.remove(&id) {
+                removed.push(d.identity.fingerprint().to_string());
+            }
+            self.sessions.remove(&id);
+        }
+        contact.refreshed_ms = now;
+        let mut events = Vec::new();
+        if known_before && (!added.is_empty() || !removed.is_empty()) {
+            let was_verified = contact.verified.take().is_some();
+            events.push(Event::DevicesChanged {
+                account: account.clone(),
+                added,
+                removed,
+                was_verified,
+            });
+        }
+        Ok(events)
+    }
+
+    /// Make sure every listed device of `account` has a session.
+    async fn ensure_sessions(&mut self, account: &AccountId) -> Result<(), ClientError> {
+        let missing: Vec<DeviceId> = self
+            .contacts
+            .get(account)
+            .map(|c| {
+                c.devices
+                    .keys()
+                    .filter(|d| !self.sessions.contains_key(*d))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let bundles = self.conn()?.fetch_bundles(account).await?;
+        let mut rng = OsRng;
+        for b in bundles {
+            let id = b.identity.device_id();
+            if !missing.contains(&id) {
+                continue;
+            }
+            // The directory lists this identity for the account (device ids derive from keys).
+            let session =
+                sealpost_protocol::initiate(&self.identity, &b, &mut rng).map_err(proto)?;
+            self.sessions.insert(
+                id,
+                PeerSession {
+                    account: account.clone(),
+                    session,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Seal `content` for every device of `to` and a sync copy for this account's other
+    /// devices; save; hand everything to the relay.
+    async fn fan_out(
+        &mut self,
+        to: &AccountId,
+        content: Content,
+        record: bool,
+    ) -> Result<SendReport, ClientError> {
+        let me = self.me()?;
+        let mut events = self.refresh_devices(to, false).await?;
+        if to != &me {
+            events.extend(self.refresh_devices(&me, false).await?);
+        }
+        self.ensure_sessions(to).await?;
+        if to != &me {
+            self.ensure_sessions(&me).await?;
+        }
+        let mut rng = OsRng;
+        let message_id = MessageId::random(&mut rng);
+        let sent_ms = now_ms();
+        let kind = content.envelope_kind();
+        let targets: Vec<DeviceId> = self
+            .contacts
+            .get(to)
+            .map(|c| c.devices.keys().copied().collect())
+            .unwrap_or_default();
+        if targets.is_empty() {
+            return Err(ClientError::NoDevices(to.clone()));
+        }
+        let own: Vec<DeviceId> = if to != &me && !matches!(content, Content::Receipt { .. }) {
+            self.contacts
+                .get(&me)
+                .map(|c| c.devices.keys().copied().collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let plain = Message {
+            from: me.clone(),
+            sent_ms,
+            content: content.clone(),
+        }
+        .encode()
+        .map_err(proto)?;
+        let sync_plain = Message {
+            from: me.clone(),
+            sent_ms,
+            content: Content::Sync {
+                to: to.clone(),
+                content: Box::new(content.clone()),
+            },
+        }
+        .encode()
+        .map_err(proto)?;
+        let mut envelopes: Vec<Envelope> = Vec::new();
+        let sender = self.device_id();
+        for (devices, plaintext, k) in [
+            (&targets, &plain, kind),
+            (&own, &sync_plain, sealpost_protocol::EnvelopeKind::Sync),
+        ] {
+            for d in devices.iter() {
+                let Some(peer) = self.sessions.get_mut(d) else {
+                    continue;
+                };
+                let header = RoutingHeader {
+                    message_id,
+                    ..RoutingHeader::new(sender, *d, k, sent_ms, &mut rng)
+                };
+                envelopes.push(
+                    peer.session
+                        .seal(header, plaintext, &mut rng)
+                        .map_err(proto)?,
+                );
+            }
+        }
+        if record {
+            if let Some(entry) = Self::entry_for(message_id, Direction::Out, to, &content, sent_ms)
+            {
+                self.push_history(entry);
+            }
+        }
+        // The ratchet's nonce rule: state is durable before any envelope leaves.
+        self.save()?;
+        let conn = self.conn()?;
+        let sends = envelopes.into_iter().map(|e| conn.send_envelope(e));
+        let results = join_all(sends.collect()).await;
+        let delivered = results.iter().filter(|r| r.is_ok()).count();
+        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+            if delivered == 0 {
+                return Err(e.into());
+            }
+        }
+        Ok(SendReport {
+            message_id,
+            to: to.clone(),
+            devices: targets.len(),
+            own_devices: own.len(),
+            events,
+        })
+    }
+
+    fn entry_for(
+        id: MessageId,
+        direction: Direction,
+        peer: &AccountId,
+        content: &Content,
+        sent_ms: u64,
+    ) -> Option<HistoryEntry> {
+        let (kind, title, body) = match content {
+            Content::Text { body } => (EntryKind::Text, None, body.as_str().to_owned()),
+            Content::Notice { title, body } => (
+                EntryKind::Notice,
+                Some(title.as_str().to_owned()),
+                body.as_str().to_owned(),
+            ),
+            _ => return None,
+        };
+        Some(HistoryEntry {
+            id,
+            direction,
+            peer: peer.clone(),
+            kind,
+            title,
+            body,
+            sent_ms,
+            received_ms: now_ms(),
+            delivered: false,
+            read: false,
+            seen_locally: direction == Direction::Out,
+        })
+    }
+
+    fn push_history(&mut self, entry: HistoryEntry) {
+        if self.history.len() >= MAX_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(entry);
+    }
+
+    /// Send a chat message to `to`.
+    pub async fn send_text(
+        &mut self,
+        to: &AccountId,
+        text: &str,
+    ) -> Result<SendReport, ClientError> {
+        if text.len() > MAX_TEXT_LEN {
+            return Err(ClientError::Invalid(format!(
+                "messages are at most {MAX_TEXT_LEN} bytes"
+            )));
+        }
+        self.fan_out(
+            to,
+            Content::Text {
+                body: BoundedString::truncating(text),
+            },
+            true,
+        )
+        .await
+    }
+
+    /// Send an account notice to `to` (staff and advisors).
+    pub async fn send_notice(
+        &mut self,
+        to: &AccountId,
+        title: &str,
+        body: &str,
+    ) -> Result<SendReport, ClientError> {
+        if self.role == Some(Role::Client) {
+            return Err(ClientError::Invalid(
+                "only staff and advisors send notices".into(),
+            ));
+        }
+        if title.len() > MAX_TITLE_LEN || body.len() > MAX_TEXT_LEN {
+            return Err(ClientError::Invalid("notice title or body too long".into()));
+        }
+        let content = Content::Notice {
+            title: BoundedString::truncating(title),
+            body: BoundedString::truncating(body),
+        };
+        self.fan_out(to, content, true).await
+    }
+
+    /// Send read receipts for every received message not yet marked read; marks them.
+    pub async fn mark_read(&mut self) -> Result<usize, ClientError> {
+        let mut by_peer: BTreeMap<AccountId, Vec<MessageId>> = BTreeMap::new();
+        for e in self
+            .history
+            .iter_mut()
+            .filter(|e| e.direction == Direction::In && !e.seen_locally)
+        {
+            e.seen_locally = true;
+            by_peer.entry(e.peer.clone()).or_default().push(e.id);
+        }
+        let mut n = 0;
+        for (peer, ids) in by_peer {
+            for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+                n += chunk.len();
+                let ids = BoundedVec::new(chunk.to_vec()).map_err(proto)?;
+                self.fan_out(
+                    &peer,
+                    Content::Receipt {
+                        kind: ReceiptKind::Read,
+                        message_ids: ids,
+                    },
+                    false,
+                )
+                .await?;
+            }
+        }
+        self.save()?;
+        Ok(n)
+    }
+
+    /// Process pushes from the relay. With `until_empty`, returns once the mailbox is
+    /// drained (or after `max_wait`); otherwise returns after `max_wait` of listening.
+    /// Delivery receipts for what arrived are sent before returning.
+    pub async fn receive(
+        &mut self,
+        until_empty: bool,
+        max_wait: Duration,
+    ) -> Result<Vec<Event>, ClientError> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut events = Vec::new();
+        let mut drain = if until_empty {
+            Some(self.conn()?.start_request(FrameBody::Drain).await?)
+        } else {
+            None
+        };
+        let mut drained = false;
+        loop {
+            let next = async {
+                match &mut drain {
+                    Some(rx) if !drained => tokio::select! {
+                        biased;
+                        p = self.conn.as_ref()?.next_push() => p.map(Some),
+                        _ = rx => Some(None),
+                    },
+                    _ => self.conn.as_ref()?.next_push().await.map(Some),
+                }
+            };
+            // After the drain answer, only what is already queued is taken.
+            let wait_until = if drained {
+                tokio::time::Instant::now()
+            } else {
+                deadline
+            };
+            let push = match tokio::time::timeout_at(wait_until, next).await {
+                Err(_) => break,
+                Ok(Some(None)) => {
+                    drained = true;
+                    continue;
+                }
+                Ok(Some(Some(p))) => Some(p),
+                Ok(None) => None,
+            };
+            let Some(push) = push else {
+                self.conn = None;
+                return Err(ClientError::NotConnected);
+            };
+            match push {
+                FrameBody::Deliver { envelope } => {
+                    let evs = self.handle_envelope(envelope).await?;
+                    events.extend(evs);
+                }
+                FrameBody::PreKeyStock { low: true, .. } => {
+                    if let Some(e) = self.maintain_prekeys().await? {
+                        events.push(e);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.flush_receipts().await?;
+        Ok(events)
+    }
+
+    async fn flush_receipts(&mut self) -> Result<(), ClientError> {
+        let pending = std::mem::take(&mut self.pending_receipts);
+        for (peer, ids) in pending {
+            for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+                let ids = BoundedVec::new(chunk.to_vec()).map_err(proto)?;
+                self.fan_out(
+                    &peer,
+                    Content::Receipt {
+                        kind: ReceiptKind::Delivered,
+                        message_ids: ids,
+                    },
+                    false,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remember(&mut self, id: MessageId) {
+        if self.seen.len() >= MAX_SEEN_IDS {
+            if let Some(old) = self.seen.pop_front() {
+                self.seen_set.remove(&old);
+            }
+        }
+        self.seen.push_back(id);
+        self.seen_set.insert(id);
+    }
+
+    async fn reject(
+        &mut self,
+        envelope: &Envelope,
+        reason: String,
+    ) -> Result<Vec<Event>, ClientError> {
+        let id = envelope.header.message_id;
+        self.remember(id);
+        self.save()?;
+        self.conn()?.ack(id).await?;
+        Ok(vec![Event::Rejected {
+            device: envelope.header.sender,
+            message_id: id,
+            reason,
+        }])
+    }
+
+    async fn handle_envelope(&mut self, envelope: Envelope) -> Result<Vec<Event>, ClientError> {
+        let id = envelope.header.message_id;
+        if self.seen_set.contains(&id) {
+            // Redelivery of something already processed: acknowledge again, show nothing.
+            self.conn()?.ack(id).await?;
+            return Ok(Vec::new());
+        }
+        let sender = envelope.header.sender;
+        let base_key = match envelope.session_base_key() {
+            Ok(b) => b,
+            Err(e) => {
+                return self
+                    .reject(&envelope, format!("undecodable body: {e}"))
+                    .await
+            }
+        };
+        // Decrypt: existing session, or a new one from an initial message.
+        let existing_matches = match (&base_key, self.sessions.get(&sender)) {
+            (Some(bk), Some(p)) => p.session.base_key() == bk,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let (plaintext, new_session) = if existing_matches {
+            let Some(p) = self.sessions.get_mut(&sender) else {
+                return Ok(Vec::new());
+            };
+            match p.session.open(&envelope) {
+                Ok(pt) => (pt, None),
+                Err(e) => return self.reject(&envelope, format!("cannot decrypt: {e}")).await,
+            }
+        } else if base_key.is_some() {
+            match sealpost_protocol::accept(&self.identity, &mut self.prekeys, &envelope) {
+                Ok((s, pt)) => (pt, Some(s)),
+                Err(e) => {
+                    return self
+                        .reject(&envelope, format!("cannot start session: {e}"))
+                        .await
+                }
+            }
+        } else {
+            return self
+                .reject(&envelope, "no session with this device".into())
+                .await;
+        };
+        let message = match Message::decode(&plaintext) {
+            Ok(m) => m,
+            Err(e) => return self.reject(&envelope, format!("bad content: {e}")).await,
+        };
+        // The sending device must be listed for the account it claims.
+        let mut events = Vec::new();
+        let listed = |c: &Client| {
+            c.contacts
+                .get(&message.from)
+                .is_some_and(|c| c.devices.contains_key(&sender))
+        };
+        if !listed(self) {
+            match self.refresh_devices(&message.from, true).await {
+                Ok(evs) => events.extend(evs),
+                Err(e) => {
+                    return self
+                        .reject(&envelope, format!("cannot check the sender's devices: {e}"))
+                        .await
+                }
+            }
+            if !listed(self) {
+                return self
+                    .reject(
+                        &envelope,
+                        format!(
+                            "device {sender} is not a device of {} in the relay's directory",
+                            message.from
+                        ),
+                    )
+                    .await;
+            }
+        }
+        let me = self.me()?;
+        if matches!(message.content, Content::Sync { .. }) && message.from != me {
+            return self
+                .reject(&envelope, "sync copy from another account".into())
+                .await;
+        }
+        if let Some(s) = new_session {
+            self.sessions.insert(
+                sender,
+                PeerSession {
+                    account: message.from.clone(),
+                    session: s,
+                },
+            );
+        }
+        match message.content {
+            Content::Text { .. } | Content::Notice { .. } => {
+                if let Some(entry) = Self::entry_for(
+                    id,
+                    Direction::In,
+                    &message.from,
+                    &message.content,
+                    message.sent_ms,
+                ) {
+                    events.push(match entry.kind {
+                        EntryKind::Text => Event::Message {
+                            entry: entry.clone(),
+                        },
+                        EntryKind::Notice => Event::Notice {
+                            entry: entry.clone(),
+                        },
+                    });
+                    self.push_history(entry);
+                    self.pending_receipts
+                        .entry(message.from.clone())
+                        .or_default()
+                        .push(id);
+                }
+            }
+            Content::Sync { to, content } => {
+                if let Some(entry) =
+                    Self::entry_for(id, Direction::Out, &to, &content, message.sent_ms)
+                {
+                    events.push(Event::Synced {
+                        entry: entry.clone(),
+                    });
+                    self.push_history(entry);
+                }
+            }
+            Content::Receipt { kind, message_ids } => {
+                let ids = message_ids.into_inner();
+                for e in self
+                    .history
+                    .iter_mut()
+                    .filter(|e| e.direction == Direction::Out && e.peer == message.from)
+                {
+                    if ids.contains(&e.id) {
+                        e.delivered = true;
+                        if kind == ReceiptKind::Read {
+                            e.read = true;
+                        }
+                    }
+                }
+                events.push(Event::Receipt {
+                    from: message.from.clone(),
+                    kind,
+                    message_ids: ids,
+                });
+            }
+        }
+        self.remember(id);
+        self.save()?;
+        self.conn()?.ack(id).await?;
+        Ok(events)
+    }
+
+    /// The safety number with `account` (over this account's and its devices).
+    pub async fn safety_number(
+        &mut self,
+        account: &AccountId,
+    ) -> Result<SafetyNumber, ClientError> {
+        let me = self.me()?;
+        if self.conn.is_some() {
+            self.refresh_devices(account, true).await?;
+            self.refresh_devices(&me, true).await?;
+        }
+        let theirs: Vec<PublicIdentity> = self
+            .contacts
+            .get(account)
+            .map(|c| c.devices.values().map(|d| d.identity.clone()).collect())
+            .unwrap_or_default();
+        if theirs.is_empty() {
+            return Err(ClientError::NoDevices(account.clone()));
+        }
+        let mut mine: Vec<PublicIdentity> = self
+            .contacts
+            .get(&me)
+            .map(|c| c.devices.values().map(|d| d.identity.clone()).collect())
+            .unwrap_or_default();
+        mine.push(self.identity.public().clone());
+        SafetyNumber::compute((&me, &mine), (account, &theirs)).map_err(proto)
+    }
+
+    /// Mark `account` verified at its current safety number.
+    pub async fn mark_verified(
+        &mut self,
+        account: &AccountId,
+    ) -> Result<SafetyNumber, ClientError> {
+        let sn = self.safety_number(account).await?;
+        if let Some(c) = self.contacts.get_mut(account) {
+            c.verified = Some(sn.digits().to_owned());
+        }
+        self.save()?;
+        Ok(sn)
+    }
+
+    /// Mark `account` verified only if `expected` (the digits the user compared,
+    /// whitespace ignored) equals the current safety number; the number is computed once,
+    /// so what is stored is exactly what was compared. Returns whether it matched.
+    pub async fn confirm_safety_number(
+        &mut self,
+        account: &AccountId,
+        expected: &str,
+    ) -> Result<bool, ClientError> {
+        let expected: String = expected.chars().filter(|c| !c.is_whitespace()).collect();
+        let sn = self.safety_number(account).await?;
+        if expected != sn.digits() {
+            return Ok(false);
+        }
+        if let Some(c) = self.contacts.get_mut(account) {
+            c.verified = Some(sn.digits().to_owned());
+        }
+        self.save()?;
+        Ok(true)
+    }
+
+    /// Whether `account` is verified at its current devices.
+    pub fn is_verified(&self, account: &AccountId) -> bool {
+        self.contacts
+            .get(account)
+            .is_some_and(|c| c.verified.is_some())
+    }
+
+    /// This account's devices (from the relay).
+    pub async fn own_devices(&mut self) -> Result<Vec<PublicIdentity>, ClientError> {
+        let me = self.me()?;
+        let list = self.conn()?.list_devices(&me).await?;
+        Ok(list.into_iter().map(|d| d.identity).collect())
+    }
+
+    /// Point the profile at another relay address (the relay moved; the pinned CA must
+    /// still be given explicitly).
+    pub fn set_relay(&mut self, relay: RelayInfo) -> Result<(), ClientError> {
+        relay.address()?;
+        self.relay = Some(relay);
+        self.save()
+    }
+
+    /// For tests whose relay restarts on a new port: replace the relay address.
+    #[doc(hidden)]
+    pub fn relay_override_for_tests(&mut self, relay: RelayInfo) {
+        self.relay = Some(relay);
+    }
+
+    /// Save now (for example before exiting).
+    pub fn persist(&self) -> Result<(), ClientError> {
+        self.save()
+    }
+}
+
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    use std::future::poll_fn;
+    use std::task::Poll;
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if outs[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => outs[i] = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter().flatten().collect()
+}

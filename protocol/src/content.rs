@@ -1,0 +1,138 @@
+//! What travels inside an envelope: the plaintext a client seals, after decryption.
+//!
+//! The plaintext of every envelope is `CBOR(Message)`. The envelope's message id is the
+//! logical message id: a message to an account is sealed once per device with the same id,
+//! so receipts and deduplication refer to one id across devices.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::envelope::{EnvelopeKind, MessageId, MAX_PLAINTEXT_LEN};
+use crate::error::{DecodeError, EncodeError};
+use crate::identity::AccountId;
+use crate::wire::{BoundedString, BoundedVec};
+
+/// Longest chat text, bytes of UTF-8.
+pub const MAX_TEXT_LEN: usize = 16 * 1024;
+/// Longest notice title, bytes.
+pub const MAX_TITLE_LEN: usize = 256;
+/// Most message ids in one receipt.
+pub const MAX_RECEIPT_IDS: usize = 256;
+
+/// A decrypted message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    /// The sending account, as claimed by the sender; the recipient checks that the
+    /// sending device is listed for this account before trusting it.
+    pub from: AccountId,
+    /// Sender's clock, milliseconds since the Unix epoch.
+    pub sent_ms: u64,
+    /// The content.
+    pub content: Content,
+}
+
+/// Which receipt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    /// The message reached a device of the recipient.
+    Delivered,
+    /// The recipient displayed it.
+    Read,
+}
+
+/// Content of a message. Encoded externally tagged: `{"text": {...}}`, `{"notice": {...}}`, ...
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Content {
+    /// A chat message.
+    Text {
+        /// The text.
+        body: BoundedString<MAX_TEXT_LEN>,
+    },
+    /// An account notice from staff (shown apart from chat).
+    Notice {
+        /// Short title.
+        title: BoundedString<MAX_TITLE_LEN>,
+        /// The notice.
+        body: BoundedString<MAX_TEXT_LEN>,
+    },
+    /// Delivery or read receipts for earlier messages.
+    Receipt {
+        /// Which receipt.
+        kind: ReceiptKind,
+        /// The messages it covers.
+        message_ids: BoundedVec<MessageId, MAX_RECEIPT_IDS>,
+    },
+    /// A copy of a message this account sent, for the sender's other devices.
+    Sync {
+        /// The account the original went to.
+        to: AccountId,
+        /// The original content (never itself a `sync`).
+        content: Box<Content>,
+    },
+}
+
+impl Content {
+    /// The envelope kind the relay sees for this content.
+    pub fn envelope_kind(&self) -> EnvelopeKind {
+        match self {
+            Content::Text { .. } => EnvelopeKind::Chat,
+            Content::Notice { .. } => EnvelopeKind::Notice,
+            Content::Receipt { .. } => EnvelopeKind::Receipt,
+            Content::Sync { .. } => EnvelopeKind::Sync,
+        }
+    }
+}
+
+impl Message {
+    /// Encode as the plaintext of an envelope.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        codec::encode("message", self, MAX_PLAINTEXT_LEN)
+    }
+
+    /// Decode a decrypted plaintext. A `sync` must not nest another `sync`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let m: Message = codec::decode("message", bytes, MAX_PLAINTEXT_LEN)?;
+        if let Content::Sync { content, .. } = &m.content {
+            if matches!(**content, Content::Sync { .. }) {
+                return Err(DecodeError::InvalidField {
+                    field: "content",
+                    reason: "a sync cannot contain a sync",
+                });
+            }
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_nested_sync_refused() {
+        let a = AccountId::new("alice").unwrap();
+        let m = Message {
+            from: a.clone(),
+            sent_ms: 5,
+            content: Content::Sync {
+                to: a.clone(),
+                content: Box::new(Content::Text {
+                    body: BoundedString::truncating("hi"),
+                }),
+            },
+        };
+        assert_eq!(Message::decode(&m.encode().unwrap()).unwrap(), m);
+        let nested = Message {
+            from: a.clone(),
+            sent_ms: 5,
+            content: Content::Sync {
+                to: a.clone(),
+                content: Box::new(m.content.clone()),
+            },
+        };
+        assert!(Message::decode(&nested.encode().unwrap()).is_err());
+    }
+}
