@@ -64,6 +64,64 @@ pub fn decode<T: DeserializeOwned>(
     serde_cbor::from_slice(bytes).map_err(|e| classify(what, &e))
 }
 
+/// Decode like [`decode`], then refuse any encoding other than the one [`encode`] writes
+/// (for example a map key sent as a byte string instead of a text string, which serde
+/// would otherwise accept). Used for authenticated data, so that an altered byte never
+/// decodes to the same value.
+pub fn decode_canonical<T: Serialize + DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+    max: usize,
+) -> Result<T, DecodeError> {
+    let value: T = decode(what, bytes, max)?;
+    // Re-encode into a writer that compares against `bytes` as it goes, so the check
+    // needs no second buffer.
+    let mut check = CompareWriter {
+        rest: bytes,
+        mismatch: false,
+    };
+    let written = serde_cbor::to_writer(&mut check, &value);
+    if !check.mismatch {
+        written.map_err(|e| DecodeError::Malformed {
+            what,
+            detail: e.to_string(),
+        })?;
+    }
+    if check.mismatch || !check.rest.is_empty() {
+        return Err(DecodeError::Malformed {
+            what,
+            detail: "non-canonical encoding".to_owned(),
+        });
+    }
+    Ok(value)
+}
+
+/// An `io::Write` that checks what is written against the expected bytes, storing
+/// nothing; it fails at the first byte that differs.
+struct CompareWriter<'a> {
+    rest: &'a [u8],
+    mismatch: bool,
+}
+
+impl std::io::Write for CompareWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.rest.strip_prefix(buf) {
+            Some(rest) => {
+                self.rest = rest;
+                Ok(buf.len())
+            }
+            None => {
+                self.mismatch = true;
+                Err(std::io::Error::other("non-canonical encoding"))
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn classify(what: &'static str, e: &serde_cbor::Error) -> DecodeError {
     if e.is_eof() {
         return DecodeError::Truncated {

@@ -220,7 +220,7 @@ impl Envelope {
 
     /// Decode standalone CBOR, with bounds checked.
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let env: Envelope = codec::decode("envelope", bytes, MAX_BODY_LEN + 1024)?;
+        let env: Envelope = codec::decode_canonical("envelope", bytes, MAX_BODY_LEN + 1024)?;
         env.validate()?;
         Ok(env)
     }
@@ -274,6 +274,27 @@ pub(crate) struct PreKeyMessage {
     pub(crate) message: RatchetMessage,
 }
 
+impl PreKeyMessage {
+    /// SHA-256 over the PQXDH data other than the identity and base key (which `open`
+    /// compares directly). The responder's session remembers it from the accepted
+    /// message, so that a later initial message of the session cannot carry altered setup
+    /// data unnoticed (the ratchet message's associated data does not cover it).
+    pub(crate) fn setup_digest(&self) -> [u8; 32] {
+        let mut otk = [0u8; 5];
+        if let Some(id) = self.one_time_prekey_id {
+            otk[0] = 1;
+            otk[1..].copy_from_slice(&id.to_be_bytes());
+        }
+        crate::crypto::sha256(&[
+            b"Sealpost_PreKeySetup_v1",
+            &self.signed_prekey_id.to_be_bytes(),
+            &otk,
+            &self.kem_prekey_id.to_be_bytes(),
+            &self.kem_ciphertext[..],
+        ])
+    }
+}
+
 /// An envelope body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -288,7 +309,7 @@ pub(crate) enum Body {
 
 impl Body {
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        codec::decode("envelope body", bytes, MAX_BODY_LEN)
+        codec::decode_canonical("envelope body", bytes, MAX_BODY_LEN)
     }
 
     pub(crate) fn encode(&self) -> Result<Vec<u8>, EncodeError> {

@@ -63,6 +63,16 @@ fn derive_session_key(
     Ok(sk)
 }
 
+/// True if `u` is the canonical little-endian encoding of a field element: the top bit is
+/// clear and the value is below 2^255 - 19.
+fn is_canonical_x25519(u: &[u8; 32]) -> bool {
+    if u[31] & 0x80 != 0 {
+        return false;
+    }
+    let at_least_p = u[31] == 0x7f && u[1..31].iter().all(|&b| b == 0xff) && u[0] >= 0xed;
+    !at_least_p
+}
+
 /// Start a session with the device described by `bundle`, which is verified first.
 /// The returned session sends initial (prekey) messages until the peer answers.
 pub fn initiate<R: RngCore + CryptoRng>(
@@ -139,6 +149,17 @@ pub fn accept(
     if envelope.header.sender != p.identity.device_id() {
         return Err(SetupError::SenderMismatch);
     }
+    // X25519 ignores the top bit (and reduces modulo p), so without this check one base
+    // key has several encodings, and a replayed initial message re-encoded with another one
+    // would pass the replay check below and open a second session.
+    if !is_canonical_x25519(&p.base_key) {
+        return Err(SetupError::Decode(
+            crate::error::DecodeError::InvalidField {
+                field: "base key",
+                reason: "non-canonical X25519 public key",
+            },
+        ));
+    }
     if prekeys.seen_base_key(&p.base_key) {
         return Err(SetupError::Replay);
     }
@@ -187,6 +208,7 @@ pub fn accept(
         p.base_key,
     );
     let plaintext = session.decrypt(&envelope.header.ad_bytes(), p.message.clone())?;
+    session.set_prekey_setup(p.setup_digest());
     prekeys.consume(p.one_time_prekey_id, p.kem_prekey_id, p.base_key);
     Ok((session, plaintext))
 }

@@ -88,6 +88,8 @@ pub struct Session {
     /// Highest dropped index of the current receiving chain.
     current_dropped: Option<u32>,
     pending_prekey: Option<PendingPreKey>,
+    /// Responder only: [`PreKeyMessage::setup_digest`] of the accepted initial message.
+    prekey_setup: Option<[u8; 32]>,
 }
 
 impl ZeroizeOnDrop for Session {}
@@ -183,6 +185,7 @@ impl Session {
             previous_remote: VecDeque::new(),
             current_dropped: None,
             pending_prekey: Some(pending),
+            prekey_setup: None,
         })
     }
 
@@ -215,7 +218,13 @@ impl Session {
             previous_remote: VecDeque::new(),
             current_dropped: None,
             pending_prekey: None,
+            prekey_setup: None,
         }
+    }
+
+    /// Responder: remember the PQXDH data of the accepted initial message.
+    pub(crate) fn set_prekey_setup(&mut self, digest: [u8; 32]) {
+        self.prekey_setup = Some(digest);
     }
 
     /// This device.
@@ -338,6 +347,9 @@ impl Session {
             Body::PreKey(p) => {
                 if p.base_key != self.base_key || p.identity != self.remote_identity {
                     return Err(DecryptError::UnknownSession);
+                }
+                if self.prekey_setup.is_some_and(|d| d != p.setup_digest()) {
+                    return Err(DecryptError::Authentication);
                 }
                 self.decrypt(&envelope.header.ad_bytes(), p.message)
             }
@@ -557,6 +569,7 @@ impl Session {
                 kem_ciphertext: p.kem_ciphertext.to_vec(),
             }),
             initiator: self.initiator,
+            prekey_setup: self.prekey_setup,
         };
         pickle::seal(PickleKind::Session, &p, key, rng)
     }
@@ -622,6 +635,7 @@ impl Session {
                 .collect(),
             current_dropped: p.current_dropped,
             pending_prekey,
+            prekey_setup: p.prekey_setup,
         })
     }
 }
@@ -718,6 +732,8 @@ struct SessionPickle {
     current_dropped: Option<u32>,
     pending_prekey: Option<PendingPickle>,
     initiator: bool,
+    #[serde(default, with = "crate::codec::opt_bytes_array")]
+    prekey_setup: Option<[u8; 32]>,
 }
 
 impl Drop for SessionPickle {
