@@ -8,10 +8,13 @@
 //! to `max_bad_frames`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use sealpost_protocol::envelope::MessageId;
 use sealpost_protocol::wire::{
     self, ErrorCode, Frame, FrameBody, FRAME_PREFIX_LEN, TLS_EXPORTER_LABEL,
@@ -22,13 +25,17 @@ use tracing::{debug, warn};
 
 use crate::hub::Push;
 use crate::metrics as m;
-use crate::relay::{Authenticated, ConnCtx, Relay};
+use crate::relay::{Authenticated, ConnCtx, Handled, Relay};
 use crate::store::Store;
 
 /// Encoded frames queued for the writer, at most.
 const WRITE_QUEUE: usize = 1024;
 /// `drain` requests waiting for an answer, at most (more are answered together).
 const MAX_PENDING_DRAINS: usize = 16;
+/// Decoded frames buffered between the reader task and the connection loop.
+const READ_QUEUE: usize = 16;
+/// `send`/`ack` store operations one connection may have waiting for their commit.
+pub const MAX_IN_FLIGHT: usize = 128;
 /// Application close codes.
 pub mod close {
     /// Normal close (relay shutting down).
@@ -59,7 +66,55 @@ fn encode(frame: &Frame) -> Option<Vec<u8>> {
     }
 }
 
+/// What the frame reader hands to the connection loop.
+enum Incoming {
+    /// A decoded frame.
+    Frame(Frame),
+    /// A frame that did not decode (the stream is still in sync).
+    Bad(DecodeError),
+    /// A length prefix over the bound (the stream cannot be resynchronised).
+    Fatal(DecodeError),
+}
+
+/// Read frames from the control stream into a bounded channel. Runs as its own task so
+/// that the connection loop never cancels a read half-way.
+async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>) {
+    loop {
+        let mut prefix = [0u8; FRAME_PREFIX_LEN];
+        if recv.read_exact(&mut prefix).await.is_err() {
+            return;
+        }
+        let len = match wire::frame_len(prefix) {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = tx.send(Incoming::Fatal(e)).await;
+                return;
+            }
+        };
+        let mut payload = vec![0u8; len];
+        if recv.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        metrics::counter!(m::BYTES_RECEIVED).increment((len + FRAME_PREFIX_LEN) as u64);
+        let item = match wire::decode_frame(&payload) {
+            Ok(f) => Incoming::Frame(f),
+            Err(e) => Incoming::Bad(e),
+        };
+        if tx.send(item).await.is_err() {
+            return;
+        }
+    }
+}
+
+type InFlight<'a> = Pin<Box<dyn Future<Output = Handled> + Send + 'a>>;
+
 /// Serve one accepted connection until it closes or `shutdown` fires.
+///
+/// `send` and `ack` frames are pipelined: each is checked in frame order, its store
+/// operation is submitted in frame order (so a sender's envelopes keep their order), and
+/// up to [`MAX_IN_FLIGHT`] of them wait for their commit at once; their replies are
+/// written in frame order as the commits complete. Every other frame first waits for the
+/// in-flight ones, so control frames see the effects of everything sent before them.
 pub async fn serve<S: Store>(
     relay: Arc<Relay<S>>,
     conn: quinn::Connection,
@@ -80,7 +135,7 @@ pub async fn serve<S: Store>(
         conn.accept_bi(),
     )
     .await;
-    let (send, mut recv) = match stream {
+    let (send, recv) = match stream {
         Ok(Ok(s)) => s,
         Ok(Err(_)) => return,
         Err(_) => {
@@ -98,24 +153,30 @@ pub async fn serve<S: Store>(
 
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let writer = tokio::spawn(write_loop(send, out_rx));
+    let (in_tx, mut in_rx) = mpsc::channel::<Incoming>(READ_QUEUE);
+    let reader = tokio::spawn(read_frames(recv, in_tx));
     let mut ctx = ConnCtx::new(remote, exporter);
     let mut bad_frames = 0u32;
     let auth_deadline = tokio::time::sleep(Duration::from_secs(limits.auth_timeout_secs));
     tokio::pin!(auth_deadline);
     let mut delivery: Option<Delivery> = None;
     let mut replaced = false;
+    let relay_ref: &Relay<S> = &relay;
+    let mut in_flight: FuturesOrdered<InFlight<'_>> = FuturesOrdered::new();
 
-    loop {
-        let mut prefix = [0u8; FRAME_PREFIX_LEN];
-        tokio::select! {
+    'conn: loop {
+        let incoming = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                if !apply(done, &relay, &mut delivery, &auth_tx, &out_tx, &shutdown).await {
+                    break;
+                }
+                continue;
+            }
             _ = &mut auth_deadline, if ctx.authenticated().is_none() => {
                 conn.close(close::TIMEOUT.into(), b"not authenticated in time");
                 break;
-            }
-            r = recv.read_exact(&mut prefix) => {
-                if r.is_err() { break; }
             }
             was_replaced = async {
                 match &mut delivery {
@@ -127,10 +188,14 @@ pub async fn serve<S: Store>(
                 replaced = was_replaced;
                 break;
             }
-        }
-        let len = match wire::frame_len(prefix) {
-            Ok(len) => len,
-            Err(e) => {
+            i = in_rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let frame = match incoming {
+            Incoming::Frame(f) => f,
+            Incoming::Fatal(e) => {
                 metrics::counter!(m::BAD_FRAMES).increment(1);
                 if let Some(b) = encode(&Frame::new(
                     0,
@@ -142,15 +207,7 @@ pub async fn serve<S: Store>(
                 conn.close(close::PROTOCOL.into(), b"bad frame length");
                 break;
             }
-        };
-        let mut payload = vec![0u8; len];
-        if recv.read_exact(&mut payload).await.is_err() {
-            break;
-        }
-        metrics::counter!(m::BYTES_RECEIVED).increment((len + FRAME_PREFIX_LEN) as u64);
-        let frame = match wire::decode_frame(&payload) {
-            Ok(f) => f,
-            Err(e) => {
+            Incoming::Bad(e) => {
                 metrics::counter!(m::BAD_FRAMES).increment(1);
                 bad_frames += 1;
                 debug!(remote = %remote, error = %e, "undecodable frame");
@@ -170,32 +227,52 @@ pub async fn serve<S: Store>(
                 continue;
             }
         };
-        let handled = relay.handle(&mut ctx, frame).await;
-        if let Some(me) = handled.authenticated {
-            auth_tx.send_replace(Some(me.clone()));
-            delivery = Some(Delivery::start(
-                relay.clone(),
-                me,
-                out_tx.clone(),
-                shutdown.clone(),
-            ));
-        }
-        if let (Some(id), Some(d)) = (handled.acked, &delivery) {
-            d.acked(&id);
-        }
-        if let (Some(id), Some(d)) = (handled.drain, &delivery) {
-            // Bounded: a flood of drains beyond the queue is simply not answered twice.
-            let _ = d.drain_tx.try_send(id);
-        }
-        if let Some(reply) = handled.reply {
-            if let Some(b) = encode(&reply) {
-                if out_tx.send(b).await.is_err() {
+        let me = ctx.authenticated().cloned();
+        match (frame.body, me) {
+            (FrameBody::Send { envelope }, Some(me)) => {
+                match relay_ref
+                    .prepare_send(&mut ctx, &me, frame.id, envelope)
+                    .await
+                {
+                    Ok(prepared) => in_flight.push_back(Box::pin(relay_ref.commit_send(prepared))),
+                    Err(refused) => {
+                        if !apply(refused, &relay, &mut delivery, &auth_tx, &out_tx, &shutdown)
+                            .await
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+            (FrameBody::Ack { message_id }, Some(me)) => {
+                in_flight.push_back(Box::pin(
+                    relay_ref.commit_ack(me.device, frame.id, message_id),
+                ));
+            }
+            (body, _) => {
+                // Control frames wait for everything before them.
+                while let Some(done) = in_flight.next().await {
+                    if !apply(done, &relay, &mut delivery, &auth_tx, &out_tx, &shutdown).await {
+                        break 'conn;
+                    }
+                }
+                let handled = relay.handle(&mut ctx, Frame { body, ..frame }).await;
+                if !apply(handled, &relay, &mut delivery, &auth_tx, &out_tx, &shutdown).await {
                     break;
                 }
             }
         }
     }
 
+    // Let committed work answer (bounded by the connection's lifetime anyway).
+    while let Ok(Some(done)) = tokio::time::timeout(Duration::from_secs(2), in_flight.next()).await
+    {
+        if !apply(done, &relay, &mut delivery, &auth_tx, &out_tx, &shutdown).await {
+            break;
+        }
+    }
+    drop(in_flight);
+    reader.abort();
     if let Some(d) = delivery.take() {
         d.stop(&relay).await;
     }
@@ -207,6 +284,41 @@ pub async fn serve<S: Store>(
     } else if *shutdown.borrow() {
         conn.close(close::SHUTDOWN.into(), b"relay shutting down");
     }
+}
+
+/// Carry out what a handler decided. Returns false when the connection is gone.
+async fn apply<S: Store>(
+    handled: Handled,
+    relay: &Arc<Relay<S>>,
+    delivery: &mut Option<Delivery>,
+    auth_tx: &watch::Sender<Option<Authenticated>>,
+    out_tx: &mpsc::Sender<Vec<u8>>,
+    shutdown: &watch::Receiver<bool>,
+) -> bool {
+    if let Some(me) = handled.authenticated {
+        auth_tx.send_replace(Some(me.clone()));
+        *delivery = Some(Delivery::start(
+            relay.clone(),
+            me,
+            out_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let (Some(id), Some(d)) = (handled.acked, delivery.as_ref()) {
+        d.acked(&id);
+    }
+    if let (Some(id), Some(d)) = (handled.drain, delivery.as_ref()) {
+        // Bounded: a flood of drains beyond the queue is simply not answered twice.
+        let _ = d.drain_tx.try_send(id);
+    }
+    if let Some(reply) = handled.reply {
+        if let Some(b) = encode(&reply) {
+            if out_tx.send(b).await.is_err() {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Vec<u8>>) {

@@ -99,7 +99,6 @@ pub enum AuthState {
 
 #[derive(Clone)]
 struct PeerInfo {
-    account: AccountRecord,
     allowed: Result<(), String>,
     revoked: bool,
     expires_ms: u64,
@@ -134,6 +133,15 @@ impl ConnCtx {
             _ => None,
         }
     }
+}
+
+/// A `send` that passed every check and only needs committing.
+pub struct PreparedSend {
+    id: u64,
+    envelope: Envelope,
+    quota: Quota,
+    expires: u64,
+    started: Instant,
 }
 
 /// What the shell must do after a frame.
@@ -451,17 +459,7 @@ impl<S: Store> Relay<S> {
     ) -> Handled {
         match body {
             FrameBody::Send { envelope } => self.send(ctx, me, id, envelope).await,
-            FrameBody::Ack { message_id } => match self.store.ack(&me.device, &message_id).await {
-                Ok(true) => {
-                    metrics::counter!(m::ENVELOPES_ACKED).increment(1);
-                    Handled {
-                        acked: Some(message_id),
-                        ..Handled::default()
-                    }
-                }
-                Ok(false) => Handled::default(),
-                Err(e) => store_failure(id, &e),
-            },
+            FrameBody::Ack { message_id } => self.commit_ack(me.device, id, message_id).await,
             FrameBody::UploadPreKeys {
                 signed_prekey,
                 one_time,
@@ -548,7 +546,6 @@ impl<S: Store> Relay<S> {
         };
         let allowed = self.may_reach_account(me, &account).await?;
         let info = PeerInfo {
-            account,
             allowed,
             revoked: rec.revoked,
             expires_ms: now + POLICY_CACHE_MS,
@@ -570,16 +567,31 @@ impl<S: Store> Relay<S> {
         id: u64,
         envelope: Envelope,
     ) -> Handled {
+        match self.prepare_send(ctx, me, id, envelope).await {
+            Ok(p) => self.commit_send(p).await,
+            Err(refused) => refused,
+        }
+    }
+
+    /// Every check of a `send` (sender, size, recipient, policy, rate limit), in frame
+    /// order; what passes only needs [`Relay::commit_send`].
+    pub async fn prepare_send(
+        &self,
+        ctx: &mut ConnCtx,
+        me: &Authenticated,
+        id: u64,
+        envelope: Envelope,
+    ) -> Result<PreparedSend, Handled> {
         let started = Instant::now();
         if envelope.header.sender != me.device {
-            return refuse(
+            return Err(refuse(
                 id,
                 ErrorCode::Forbidden,
                 "envelope sender must be the authenticated device",
-            );
+            ));
         }
         if envelope.body.len() > self.config.limits.max_envelope_bytes {
-            return refuse(
+            return Err(refuse(
                 id,
                 ErrorCode::TooLarge,
                 &format!(
@@ -587,20 +599,26 @@ impl<S: Store> Relay<S> {
                     envelope.body.len(),
                     self.config.limits.max_envelope_bytes
                 ),
-            );
+            ));
         }
         let recipient = envelope.header.recipient;
         let peer = match self.peer(ctx, me, &recipient).await {
             Ok(Some(p)) if !p.revoked => p,
-            Ok(_) => return refuse(id, ErrorCode::NotFound, "recipient device not found"),
-            Err(e) => return store_failure(id, &e),
+            Ok(_) => {
+                return Err(refuse(
+                    id,
+                    ErrorCode::NotFound,
+                    "recipient device not found",
+                ))
+            }
+            Err(e) => return Err(store_failure(id, &e)),
         };
         if let Err(why) = &peer.allowed {
-            return refuse(id, ErrorCode::Forbidden, why);
+            return Err(refuse(id, ErrorCode::Forbidden, why));
         }
         let now = self.mono_ms();
         if let Err(l) = self.with_limiters(|l| l.send.check(&me.device, 1.0, now)) {
-            return limited(id, "send_rate", l);
+            return Err(limited(id, "send_rate", l));
         }
         let limits = &self.config.limits;
         let quota = Quota {
@@ -608,12 +626,31 @@ impl<S: Store> Relay<S> {
             max_bytes: limits.mailbox_max_bytes,
         };
         let expires = unix_ms().saturating_add(limits.envelope_ttl_secs.saturating_mul(1000));
+        Ok(PreparedSend {
+            id,
+            envelope,
+            quota,
+            expires,
+            started,
+        })
+    }
+
+    /// Durably store a checked `send`, push it to the recipient if online, and answer.
+    pub async fn commit_send(&self, p: PreparedSend) -> Handled {
+        let PreparedSend {
+            id,
+            envelope,
+            quota,
+            expires,
+            started,
+        } = p;
         match self.store.enqueue(&envelope, expires, quota).await {
             Ok(done) => {
                 metrics::histogram!(m::SEND_LATENCY).record(started.elapsed().as_secs_f64());
                 let message_id = envelope.header.message_id;
                 if !done.duplicate {
                     metrics::counter!(m::ENVELOPES_ACCEPTED).increment(1);
+                    let recipient = envelope.header.recipient;
                     self.hub.push(
                         &recipient,
                         Push::Envelope {
@@ -622,9 +659,23 @@ impl<S: Store> Relay<S> {
                         },
                     );
                 }
-                let _ = peer.account;
                 reply(id, FrameBody::Accepted { message_id })
             }
+            Err(e) => store_failure(id, &e),
+        }
+    }
+
+    /// Delete an envelope its recipient `device` acknowledged.
+    pub async fn commit_ack(&self, device: DeviceId, id: u64, message_id: MessageId) -> Handled {
+        match self.store.ack(&device, &message_id).await {
+            Ok(true) => {
+                metrics::counter!(m::ENVELOPES_ACKED).increment(1);
+                Handled {
+                    acked: Some(message_id),
+                    ..Handled::default()
+                }
+            }
+            Ok(false) => Handled::default(),
             Err(e) => store_failure(id, &e),
         }
     }
