@@ -29,6 +29,7 @@ pub mod padding;
 pub mod pickle;
 pub mod prekeys;
 pub mod ratchet;
+pub mod trust;
 pub mod wire;
 
 /// The protocol version this crate speaks, in frames and envelopes.

@@ -72,6 +72,8 @@ pub enum PickleKind {
     PreKeys = 2,
     /// A [`crate::ratchet::Session`].
     Session = 3,
+    /// An organisation root key ([`crate::trust::OrgRoot`]).
+    OrgRoot = 4,
     /// Application state of a client (contacts, history), opaque to this crate.
     Application = 16,
 }
@@ -82,6 +84,7 @@ impl PickleKind {
             Self::Identity => "identity",
             Self::PreKeys => "prekey store",
             Self::Session => "session",
+            Self::OrgRoot => "organisation root",
             Self::Application => "application state",
         }
     }
