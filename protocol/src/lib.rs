@@ -12,12 +12,14 @@
 //! * [`envelope`]: the sealed envelope and its routing header; [`padding`]: length buckets.
 //! * [`wire`]: the versioned CBOR frames between a device and the relay.
 //! * [`pickle`]: encrypted state at rest.
+//! * [`attachment`]: chunked STREAM encryption of attachments (files stored as relay blobs).
 //! * [`crypto`]: typed wrappers over the primitives; [`codec`]: the one CBOR module.
 //!
 //! The full specification is `docs/PROTOCOL.md` in the repository.
 
 #![warn(missing_docs)]
 
+pub mod attachment;
 pub mod codec;
 pub mod content;
 pub mod crypto;

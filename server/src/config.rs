@@ -87,6 +87,12 @@ pub struct Limits {
     pub stream_open_timeout_secs: u64,
     /// Seconds a connection has to authenticate.
     pub auth_timeout_secs: u64,
+    /// Most attachment bytes stored (and reserved by uploads in progress) on this relay.
+    pub blob_max_total_bytes: u64,
+    /// Attachment transfer streams open at once on one connection.
+    pub blob_transfers_per_connection: usize,
+    /// Seconds an attachment transfer may go without progress before it is reset.
+    pub blob_idle_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -109,6 +115,9 @@ impl Default for Limits {
             max_bad_frames: 16,
             stream_open_timeout_secs: 10,
             auth_timeout_secs: 30,
+            blob_max_total_bytes: 10 * 1024 * 1024 * 1024,
+            blob_transfers_per_connection: 3,
+            blob_idle_timeout_secs: 30,
         }
     }
 }
@@ -188,6 +197,12 @@ impl Config {
         if l.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "limits.max_connections must be positive".into(),
+            ));
+        }
+        if l.blob_transfers_per_connection == 0 || l.blob_idle_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.blob_transfers_per_connection and limits.blob_idle_timeout_secs must be positive"
+                    .into(),
             ));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod relay;
 pub mod store;
 pub mod tls;
+pub mod transfer;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -106,8 +107,16 @@ impl<S: Store> Server<S> {
             metrics::install(addr).map_err(ServerError::Metrics)?;
             metrics::describe();
         }
+        let blob_limits = store::blob::BlobLimits::from_limits(&config.limits);
+        let blobs: Arc<dyn store::blob::BlobStore> = match config.backend {
+            config::Backend::Sqlite => Arc::new(
+                store::blob::FsBlobStore::open(&config.data_dir.join("blobs"), blob_limits)
+                    .map_err(store::StoreError::from)?,
+            ),
+            config::Backend::Memory => Arc::new(store::blob::MemoryBlobStore::new(blob_limits)),
+        };
         Ok(Self {
-            relay: Arc::new(Relay::new(store, config)),
+            relay: Arc::new(Relay::new(store, config).with_blobs(blobs)),
             endpoint,
             ca_fingerprint,
         })
@@ -216,6 +225,7 @@ async fn sweep<S: Store>(relay: Arc<Relay<S>>, mut stop: watch::Receiver<bool>) 
             Ok(_) => {}
             Err(e) => warn!(error = %e, "expiry sweep failed"),
         }
+        transfer::expire_blobs(relay.blobs.clone()).await;
         if let Ok(stats) = relay.store.queue_stats().await {
             ::metrics::gauge!(metrics::QUEUE_DEPTH).set(stats.count as f64);
             ::metrics::gauge!(metrics::QUEUE_BYTES).set(stats.bytes as f64);

@@ -33,6 +33,16 @@ pub const AUTH_FAILURES: &str = "sealpost_auth_failures_total";
 pub const RATE_LIMITED: &str = "sealpost_rate_limited_total";
 /// Frames that did not decode (counter).
 pub const BAD_FRAMES: &str = "sealpost_bad_frames_total";
+/// Attachment blob bytes received and stored (counter).
+pub const BLOB_BYTES_RECEIVED: &str = "sealpost_blob_bytes_received_total";
+/// Attachment blob bytes sent to downloaders (counter).
+pub const BLOB_BYTES_SENT: &str = "sealpost_blob_bytes_sent_total";
+/// Attachment blobs durably stored (counter).
+pub const BLOBS_STORED: &str = "sealpost_blobs_stored_total";
+/// Attachment blobs expired (counter).
+pub const BLOBS_EXPIRED: &str = "sealpost_blobs_expired_total";
+/// Attachment transfer streams refused or reset (counter, label `reason`).
+pub const BLOB_TRANSFERS_REFUSED: &str = "sealpost_blob_transfers_refused_total";
 /// Time from receiving a `send` to its durable acceptance, seconds (histogram).
 pub const SEND_LATENCY: &str = "sealpost_send_commit_seconds";
 /// Time to handle any request, seconds (histogram, label `type`).
@@ -87,6 +97,18 @@ pub fn describe() {
     describe_counter!(AUTH_FAILURES, "Failed authentications and enrolments");
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit");
     describe_counter!(BAD_FRAMES, "Frames that failed to decode");
+    describe_counter!(
+        BLOB_BYTES_RECEIVED,
+        Unit::Bytes,
+        "Attachment blob bytes received and stored"
+    );
+    describe_counter!(BLOB_BYTES_SENT, Unit::Bytes, "Attachment blob bytes sent");
+    describe_counter!(BLOBS_STORED, "Attachment blobs durably stored");
+    describe_counter!(BLOBS_EXPIRED, "Attachment blobs expired");
+    describe_counter!(
+        BLOB_TRANSFERS_REFUSED,
+        "Attachment transfer streams refused or reset"
+    );
     describe_histogram!(
         SEND_LATENCY,
         Unit::Seconds,

@@ -17,6 +17,7 @@
 //!   order, so a reader can tell whether it has seen everything.
 //! * An envelope stays until acknowledged by its recipient or expired.
 
+pub mod blob;
 pub mod memory;
 pub mod sqlite;
 
