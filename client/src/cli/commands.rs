@@ -1,0 +1,757 @@
+//! The commands. Each one opens the profile, does its work through the library, prints,
+//! and saves; the logic itself lives in [`sealpost_client::Client`].
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use sealpost_client::client::{Direction, EntryKind, HistoryEntry, RelayInfo};
+use sealpost_client::{Client, ClientError, Event};
+use sealpost_protocol::content::MAX_TEXT_LEN;
+use sealpost_protocol::identity::AccountId;
+use sealpost_protocol::wire::Role;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::error::{CliError, Exit};
+use super::output::{format_entry, tagged, to_json, Out};
+use super::{
+    connect, finish, open_enrolled, open_profile, passphrase, relay_addr, with_spinner, Ctx,
+};
+use crate::Command;
+
+/// Longest pause between reconnection attempts in `listen`.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often `listen` checks for a stop request while connected.
+const LISTEN_SLICE: Duration = Duration::from_millis(500);
+
+/// Run one command.
+pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Init => init(ctx),
+        Command::Enroll {
+            relay,
+            ca,
+            server_name,
+            account,
+            code,
+        } => enroll(ctx, &relay, &ca, server_name, &account, &code).await,
+        Command::Whoami => whoami(ctx),
+        Command::Contacts => contacts(ctx).await,
+        Command::Send {
+            account,
+            text,
+            file,
+        } => match file {
+            Some(path) => send_file(ctx, &account, &path).await,
+            None => send(ctx, &account, text.as_deref().unwrap_or("")).await,
+        },
+        Command::Inbox { all, wait } => inbox(ctx, all, Duration::from_secs(wait)).await,
+        Command::Listen {
+            for_secs,
+            mark_read,
+        } => listen(ctx, for_secs.map(Duration::from_secs), mark_read).await,
+        Command::Verify { account, confirm } => verify(ctx, &account, confirm.as_deref()).await,
+        Command::Devices => devices(ctx).await,
+        Command::Notice {
+            title,
+            body,
+            to,
+            all_clients,
+        } => notice(ctx, &title, &body, &to, all_clients).await,
+    }
+}
+
+fn account_arg(s: &str) -> Result<AccountId, CliError> {
+    AccountId::new(s).map_err(|e| CliError::usage(format!("{s:?} is not a valid account id: {e}")))
+}
+
+fn role_name(role: Option<Role>) -> &'static str {
+    match role {
+        Some(Role::Client) => "client",
+        Some(Role::Advisor) => "advisor",
+        Some(Role::Staff) => "staff",
+        None => "unknown",
+    }
+}
+
+fn print_events(out: Out, events: &[Event], me: Option<&AccountId>) -> Result<(), CliError> {
+    for e in events {
+        out.event(e, me)?;
+    }
+    Ok(())
+}
+
+fn init(ctx: &Ctx) -> Result<(), CliError> {
+    let pass = passphrase(true)?;
+    let client = Client::init(&ctx.home, &pass).map_err(|e| CliError::from_client(e, None))?;
+    let fp = client.identity().fingerprint().to_string();
+    ctx.out.json_line(json!({
+        "event": "initialized",
+        "home": ctx.home.display().to_string(),
+        "device": client.device_id().to_hex(),
+        "fingerprint": fp,
+    }));
+    ctx.out.say(format!(
+        "Created a new device profile in {}.",
+        ctx.home.display()
+    ));
+    ctx.out
+        .say(format!("  device id:   {}", client.device_id()));
+    ctx.out.say(format!("  fingerprint: {fp}"));
+    ctx.out
+        .say("Next: enrol this device with the code your firm gave you:");
+    ctx.out
+        .say("  sealpost enroll --relay ADDR --ca FINGERPRINT --account ID --code CODE");
+    Ok(())
+}
+
+fn parse_relay(relay: &str) -> Result<SocketAddr, CliError> {
+    let bad = || {
+        CliError::usage(format!("--relay {relay:?} is not an address with a port"))
+            .hint("for example --relay 127.0.0.1:7443")
+    };
+    if let Ok(a) = relay.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let mut addrs = relay.to_socket_addrs().map_err(|_| bad())?;
+    addrs.next().ok_or_else(bad)
+}
+
+fn parse_ca(ca: &str) -> Result<String, CliError> {
+    let hex: String = ca
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(CliError::usage("--ca must be the relay's CA fingerprint: 64 hex digits")
+            .hint("the operator gets it with `sealpost-relay admin ca-fingerprint` or `admin issue-code`"));
+    }
+    Ok(hex)
+}
+
+async fn enroll(
+    ctx: &Ctx,
+    relay: &str,
+    ca: &str,
+    server_name: String,
+    account: &str,
+    code: &str,
+) -> Result<(), CliError> {
+    let addr = parse_relay(relay)?;
+    let ca_fingerprint = parse_ca(ca)?;
+    let account = account_arg(account)?;
+    let mut client = open_profile(ctx)?;
+    if let Some(existing) = client.account() {
+        return Err(CliError::failure(format!(
+            "this device is already enrolled as {existing} at {}",
+            relay_addr(&client)
+        ))
+        .hint("use another --home for another account"));
+    }
+    let at = addr.to_string();
+    let info = RelayInfo {
+        addr: at.clone(),
+        server_name,
+        ca_fingerprint,
+    };
+    let attempt = tokio::time::timeout(ctx.timeout, client.enroll(info, &account, code));
+    let role = match with_spinner(ctx.out, format!("enrolling at {at}"), attempt).await {
+        Ok(Ok(role)) => role,
+        Ok(Err(e)) => return Err(CliError::from_client(e, Some(&at))),
+        Err(_) => {
+            return Err(CliError::unreachable(
+                &at,
+                format!("no answer within {} s", ctx.timeout.as_secs()),
+            ))
+        }
+    };
+    let fp = client.identity().fingerprint().to_string();
+    finish(&mut client).await?;
+    ctx.out.json_line(json!({
+        "event": "enrolled",
+        "account": account.as_str(),
+        "role": role,
+        "device": client.device_id().to_hex(),
+        "fingerprint": fp,
+        "relay": at,
+    }));
+    ctx.out.say(format!(
+        "Enrolled this device as {account} ({}) at {at}.",
+        role_name(Some(role))
+    ));
+    ctx.out.say(format!("  fingerprint: {fp}"));
+    ctx.out.say("Next: `sealpost contacts` lists whom you can write to; `sealpost verify ACCOUNT` compares safety numbers.");
+    Ok(())
+}
+
+fn whoami(ctx: &Ctx) -> Result<(), CliError> {
+    let client = open_profile(ctx)?;
+    let fp = client.identity().fingerprint().to_string();
+    let relay = client.relay().map(|r| json!({"addr": r.addr, "server_name": r.server_name, "ca_fingerprint": r.ca_fingerprint}));
+    ctx.out.json_line(json!({
+        "event": "whoami",
+        "home": ctx.home.display().to_string(),
+        "enrolled": client.account().is_some(),
+        "account": client.account().map(AccountId::as_str),
+        "role": client.role(),
+        "device": client.device_id().to_hex(),
+        "fingerprint": fp,
+        "relay": relay,
+    }));
+    match client.account() {
+        Some(a) => ctx
+            .out
+            .say(format!("account:     {a} ({})", role_name(client.role()))),
+        None => ctx
+            .out
+            .say("account:     (not enrolled yet: run `sealpost enroll`)"),
+    }
+    ctx.out.say(format!("device id:   {}", client.device_id()));
+    ctx.out.say(format!("fingerprint: {fp}"));
+    if let Some(r) = client.relay() {
+        ctx.out
+            .say(format!("relay:       {} ({})", r.addr, r.server_name));
+    }
+    ctx.out.say(format!("profile:     {}", ctx.home.display()));
+    Ok(())
+}
+
+async fn contacts(ctx: &Ctx) -> Result<(), CliError> {
+    let mut client = open_enrolled(ctx)?;
+    connect(ctx, &mut client).await?;
+    let at = relay_addr(&client);
+    let reachable = client
+        .reachable()
+        .await
+        .map_err(|e| CliError::from_client(e, Some(&at)))?;
+    finish(&mut client).await?;
+    let reachable: BTreeSet<AccountId> = reachable.into_iter().map(|(a, _)| a).collect();
+    let me = client.account().cloned();
+    let list: Vec<_> = client
+        .contacts()
+        .filter(|c| Some(&c.account) != me.as_ref())
+        .collect();
+    if list.is_empty() {
+        ctx.out
+            .say("No contacts yet: ask your firm to assign you to an advisor.");
+    } else {
+        ctx.out.say(format!(
+            "{:<32} {:<8} {:<10} status",
+            "account", "role", "devices"
+        ));
+    }
+    for c in list {
+        let reach = reachable.contains(&c.account);
+        let verified = c.verified.is_some();
+        ctx.out.json_line(json!({
+            "event": "contact",
+            "account": c.account.as_str(),
+            "role": c.role,
+            "reachable": reach,
+            "verified": verified,
+            "devices": c.devices.len(),
+        }));
+        let mut status = if verified {
+            "verified".to_owned()
+        } else {
+            format!("not verified (sealpost verify {})", c.account)
+        };
+        if !reach {
+            status.push_str(", not reachable now");
+        }
+        let devices = if c.devices.is_empty() {
+            "-".to_owned()
+        } else {
+            c.devices.len().to_string()
+        };
+        ctx.out.say(format!(
+            "{:<32} {:<8} {:<10} {status}",
+            c.account.as_str(),
+            role_name(c.role),
+            devices
+        ));
+    }
+    Ok(())
+}
+
+fn read_stdin_text() -> Result<String, CliError> {
+    let mut buf = String::new();
+    std::io::stdin()
+        .take(MAX_TEXT_LEN as u64 + 1)
+        .read_to_string(&mut buf)
+        .map_err(|e| CliError::failure(format!("reading the message from standard input: {e}")))?;
+    Ok(buf.trim_end_matches('\n').to_owned())
+}
+
+async fn send(ctx: &Ctx, to: &str, text: &str) -> Result<(), CliError> {
+    let to = account_arg(to)?;
+    let text = if text == "-" {
+        read_stdin_text()?
+    } else {
+        text.to_owned()
+    };
+    if text.trim().is_empty() {
+        return Err(CliError::usage("the message is empty"));
+    }
+    if text.len() > MAX_TEXT_LEN {
+        return Err(CliError::usage(format!(
+            "the message is {} bytes; at most {MAX_TEXT_LEN} fit",
+            text.len()
+        )));
+    }
+    let mut client = open_enrolled(ctx)?;
+    connect(ctx, &mut client).await?;
+    let at = relay_addr(&client);
+    let result = client.send_text(&to, &text).await;
+    finish(&mut client).await?;
+    let report = result.map_err(|e| CliError::from_client(e, Some(&at)))?;
+    let me = client.account().cloned();
+    if !ctx.out.json {
+        print_events(ctx.out, &report.events, me.as_ref())?;
+    }
+    ctx.out.json_line(tagged("sent", &report)?);
+    ctx.out.say(format!(
+        "Sent to {to} ({} device{}{}).",
+        report.devices,
+        if report.devices == 1 { "" } else { "s" },
+        if report.own_devices > 0 {
+            format!(", copied to {} of your other devices", report.own_devices)
+        } else {
+            String::new()
+        }
+    ));
+    Ok(())
+}
+
+async fn send_file(_ctx: &Ctx, to: &str, path: &Path) -> Result<(), CliError> {
+    account_arg(to)?;
+    Err(CliError::failure(format!(
+        "cannot send {}: attachments are not available in this build",
+        path.display()
+    )))
+}
+
+async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
+    let mut client = open_enrolled(ctx)?;
+    connect(ctx, &mut client).await?;
+    let at = relay_addr(&client);
+    let me = client.account().cloned();
+    let received = client.receive(true, wait).await;
+    let events = match received {
+        Ok(ev) => ev,
+        Err(e) => {
+            let _ = finish(&mut client).await;
+            return Err(CliError::from_client(e, Some(&at)));
+        }
+    };
+    // Device changes and receipts first (warnings loud), then the messages themselves.
+    let others: Vec<Event> = events
+        .into_iter()
+        .filter(|e| !matches!(e, Event::Message { .. } | Event::Notice { .. }))
+        .collect();
+    print_events(ctx.out, &others, me.as_ref())?;
+
+    let unread: Vec<HistoryEntry> = client
+        .history()
+        .filter(|e| e.direction == Direction::In && !e.seen_locally)
+        .cloned()
+        .collect();
+    let shown: Vec<HistoryEntry> = if all {
+        client.history().cloned().collect()
+    } else {
+        unread.clone()
+    };
+    let (texts, notices): (Vec<&HistoryEntry>, Vec<&HistoryEntry>) =
+        shown.iter().partition(|e| e.kind == EntryKind::Text);
+    if ctx.out.json {
+        for e in texts.iter().chain(notices.iter()) {
+            let line = if all {
+                json!({"event": "history", "entry": to_json(e)?})
+            } else {
+                match e.kind {
+                    EntryKind::Text => to_json(&Event::Message {
+                        entry: (*e).clone(),
+                    })?,
+                    EntryKind::Notice => to_json(&Event::Notice {
+                        entry: (*e).clone(),
+                    })?,
+                }
+            };
+            ctx.out.json_line(line);
+        }
+    } else {
+        let what = if all { "" } else { " new" };
+        if texts.is_empty() && notices.is_empty() {
+            ctx.out.say(if all {
+                "No messages yet."
+            } else {
+                "No new messages."
+            });
+        }
+        if !texts.is_empty() {
+            ctx.out.say(format!("Messages ({}{what})", texts.len()));
+            for e in &texts {
+                ctx.out.say(format!("  {}", format_entry(e)));
+            }
+        }
+        if !notices.is_empty() {
+            if !texts.is_empty() {
+                ctx.out.say("");
+            }
+            ctx.out.say(format!("Notices ({}{what})", notices.len()));
+            for e in &notices {
+                ctx.out.say(format!("  {}", format_entry(e)));
+            }
+        }
+    }
+    let marked = client.mark_read().await;
+    let finished = finish(&mut client).await;
+    let marked = marked.map_err(|e| CliError::from_client(e, Some(&at)))?;
+    finished?;
+    let new_texts = unread.iter().filter(|e| e.kind == EntryKind::Text).count();
+    ctx.out.json_line(json!({
+        "event": "inbox",
+        "new_messages": new_texts,
+        "new_notices": unread.len() - new_texts,
+        "marked_read": marked,
+    }));
+    if marked > 0 {
+        ctx.out
+            .note(format!("Marked {marked} as read; read receipts sent."));
+    }
+    Ok(())
+}
+
+/// A stop request: Ctrl-C or SIGTERM.
+fn stop_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Why `listen` stopped.
+enum Stop {
+    Signal,
+    Time,
+}
+
+/// Sleep for `d`, unless a stop request or the deadline comes first.
+async fn pause(
+    d: Duration,
+    stop: &mut watch::Receiver<bool>,
+    deadline: Option<Instant>,
+) -> Option<Stop> {
+    let until = Instant::now() + d;
+    let end = deadline.map_or(until, |dl| dl.min(until));
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => Some(Stop::Signal),
+        _ = tokio::time::sleep_until(end) => {
+            if deadline.is_some_and(|dl| Instant::now() >= dl) { Some(Stop::Time) } else { None }
+        }
+    }
+}
+
+async fn listen(ctx: &Ctx, for_time: Option<Duration>, mark_read: bool) -> Result<(), CliError> {
+    let mut client = open_enrolled(ctx)?;
+    let mut stop = stop_signal();
+    let deadline = for_time.map(|d| Instant::now() + d);
+    let at = relay_addr(&client);
+    let me = client.account().cloned();
+    let who = me.as_ref().map(AccountId::to_string).unwrap_or_default();
+    let mut connected = false;
+    let mut ever_connected = false;
+    let mut backoff = Duration::from_secs(1);
+    let reason = loop {
+        if *stop.borrow() {
+            break Stop::Signal;
+        }
+        if deadline.is_some_and(|dl| Instant::now() >= dl) {
+            break Stop::Time;
+        }
+        if !connected {
+            let attempt = tokio::time::timeout(ctx.timeout, client.connect());
+            let result = tokio::select! {
+                r = attempt => r,
+                _ = stop.wait_for(|s| *s) => break Stop::Signal,
+                _ = async { match deadline { Some(dl) => tokio::time::sleep_until(dl).await, None => std::future::pending().await } } => break Stop::Time,
+            };
+            match result {
+                Ok(Ok(())) => {
+                    connected = true;
+                    backoff = Duration::from_secs(1);
+                    ctx.out
+                        .json_line(json!({"event": "connected", "relay": at, "account": who}));
+                    if ever_connected {
+                        ctx.out.note(format!("Reconnected to {at}."));
+                    } else {
+                        ctx.out
+                            .note(format!("Listening as {who} on {at}. Press Ctrl-C to stop."));
+                    }
+                    ever_connected = true;
+                }
+                Ok(Err(ClientError::Net(e @ sealpost_client::net::NetError::Refused { .. }))) => {
+                    return Err(CliError::from_client(ClientError::Net(e), Some(&at)));
+                }
+                Ok(Err(e @ ClientError::State(_))) => {
+                    return Err(CliError::from_client(e, Some(&at)))
+                }
+                other => {
+                    client.disconnect();
+                    let why = match other {
+                        Ok(Err(e)) => CliError::from_client(e, Some(&at)).message,
+                        _ => format!("no answer within {} s", ctx.timeout.as_secs()),
+                    };
+                    ctx.out.json_line(json!({"event": "reconnecting", "relay": at, "error": why, "retry_in_ms": backoff.as_millis() as u64}));
+                    ctx.out.note(format!(
+                        "relay at {at} unreachable ({why}); retrying in {} s",
+                        backoff.as_secs()
+                    ));
+                    if let Some(s) = pause(backoff, &mut stop, deadline).await {
+                        break s;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            continue;
+        }
+        let slice = deadline.map_or(LISTEN_SLICE, |dl| {
+            dl.saturating_duration_since(Instant::now())
+                .min(LISTEN_SLICE)
+        });
+        match client.receive(false, slice).await {
+            Ok(events) => {
+                print_events(ctx.out, &events, me.as_ref())?;
+                let any_new = events
+                    .iter()
+                    .any(|e| matches!(e, Event::Message { .. } | Event::Notice { .. }));
+                if mark_read && any_new {
+                    if let Err(e) = client.mark_read().await {
+                        tracing::debug!(error = %e, "marking read failed");
+                    }
+                }
+            }
+            Err(e @ (ClientError::NotConnected | ClientError::Net(_))) => {
+                client.disconnect();
+                connected = false;
+                let why = match e {
+                    ClientError::NotConnected => "the connection closed".to_owned(),
+                    other => CliError::from_client(other, Some(&at)).message,
+                };
+                ctx.out
+                    .json_line(json!({"event": "disconnected", "relay": at, "error": why}));
+                ctx.out
+                    .note(format!("connection to {at} lost ({why}); reconnecting"));
+            }
+            Err(e) => {
+                let _ = finish(&mut client).await;
+                return Err(CliError::from_client(e, Some(&at)));
+            }
+        }
+    };
+    finish(&mut client).await?;
+    let why = match reason {
+        Stop::Signal => "signal",
+        Stop::Time => "time",
+    };
+    ctx.out
+        .json_line(json!({"event": "stopped", "reason": why}));
+    ctx.out.note("Stopped.");
+    Ok(())
+}
+
+async fn verify(ctx: &Ctx, account: &str, confirm: Option<&str>) -> Result<(), CliError> {
+    let account = account_arg(account)?;
+    if let Some(d) = confirm {
+        if d.chars().any(|c| !c.is_whitespace() && !c.is_ascii_digit()) {
+            return Err(CliError::usage(
+                "--confirm takes the digits of the safety number (spaces are fine)",
+            ));
+        }
+    }
+    let mut client = open_enrolled(ctx)?;
+    connect(ctx, &mut client).await?;
+    let at = relay_addr(&client);
+    if let Some(digits) = confirm {
+        let matched = client.confirm_safety_number(&account, digits).await;
+        finish(&mut client).await?;
+        if !matched.map_err(|e| CliError::from_client(e, Some(&at)))? {
+            return Err(CliError::new(Exit::Mismatch, format!("the safety number with {account} does NOT match; {account} stays unverified"))
+                .hint("compare again, in person or on a call you placed yourself; if they still differ, someone may be intercepting: contact your firm"));
+        }
+        ctx.out
+            .json_line(json!({"event": "verified", "account": account.as_str(), "verified": true}));
+        ctx.out.say(format!(
+            "The safety numbers match: {account} is now verified."
+        ));
+        return Ok(());
+    }
+    let sn = client.safety_number(&account).await;
+    finish(&mut client).await?;
+    let sn = sn.map_err(|e| CliError::from_client(e, Some(&at)))?;
+    let verified = client.is_verified(&account);
+    ctx.out.json_line(json!({
+        "event": "safety_number",
+        "account": account.as_str(),
+        "digits": sn.digits(),
+        "grouped": sn.grouped(),
+        "verified": verified,
+    }));
+    if !ctx.out.json {
+        let grouped = sn.grouped();
+        let words: Vec<&str> = grouped.split(' ').collect();
+        println!("Safety number with {account}:");
+        println!();
+        for row in words.chunks(4) {
+            println!("    {}", row.join("  "));
+        }
+        println!();
+        println!("Read these digits to {account} on a call or in person; they see the same number on their side.");
+        if verified {
+            println!("{account} is verified at this number.");
+        } else {
+            println!("When the digits they read to you match, record it with:");
+            println!("    sealpost verify {account} --confirm \"DIGITS THEY READ\"");
+        }
+    }
+    Ok(())
+}
+
+async fn devices(ctx: &Ctx) -> Result<(), CliError> {
+    let mut client = open_enrolled(ctx)?;
+    connect(ctx, &mut client).await?;
+    let at = relay_addr(&client);
+    let list = client.own_devices().await;
+    finish(&mut client).await?;
+    let list = list.map_err(|e| CliError::from_client(e, Some(&at)))?;
+    let me = client.device_id();
+    if let Some(a) = client.account() {
+        ctx.out.say(format!("Devices of {a}:"));
+    }
+    for identity in list {
+        let this = identity.device_id() == me;
+        let fp = identity.fingerprint().to_string();
+        ctx.out.json_line(json!({"event": "device", "device": identity.device_id().to_hex(), "fingerprint": fp, "this_device": this}));
+        ctx.out.say(format!(
+            "  {} {}  {fp}",
+            if this { "*" } else { " " },
+            identity.device_id()
+        ));
+    }
+    ctx.out.say("(* = this device)");
+    Ok(())
+}
+
+async fn notice(
+    ctx: &Ctx,
+    title: &str,
+    body: &str,
+    to: &[String],
+    all_clients: bool,
+) -> Result<(), CliError> {
+    let mut recipients: Vec<AccountId> = to
+        .iter()
+        .map(|s| account_arg(s))
+        .collect::<Result<_, _>>()?;
+    if title.trim().is_empty() || body.trim().is_empty() {
+        return Err(CliError::usage("a notice needs a --title and a --body"));
+    }
+    let mut client = open_enrolled(ctx)?;
+    if client.role() == Some(Role::Client) {
+        return Err(CliError::new(
+            Exit::Refused,
+            "only staff and advisors can send notices",
+        ));
+    }
+    connect(ctx, &mut client).await?;
+    let at = relay_addr(&client);
+    if all_clients {
+        match client.reachable().await {
+            Ok(list) => {
+                recipients = list
+                    .into_iter()
+                    .filter(|(_, r)| *r == Role::Client)
+                    .map(|(a, _)| a)
+                    .collect()
+            }
+            Err(e) => {
+                let _ = finish(&mut client).await;
+                return Err(CliError::from_client(e, Some(&at)));
+            }
+        }
+        if recipients.is_empty() {
+            let _ = finish(&mut client).await;
+            return Err(
+                CliError::failure("no client is reachable from this account")
+                    .hint("ask the operator to assign clients to you"),
+            );
+        }
+    }
+    let me = client.account().cloned();
+    let mut first_error: Option<CliError> = None;
+    let mut sent = 0usize;
+    for r in &recipients {
+        match client.send_notice(r, title, body).await {
+            Ok(report) => {
+                sent += 1;
+                if !ctx.out.json {
+                    print_events(ctx.out, &report.events, me.as_ref())?;
+                }
+                ctx.out.json_line(tagged("notice_sent", &report)?);
+                ctx.out.say(format!(
+                    "Notice sent to {r} ({} device{}).",
+                    report.devices,
+                    if report.devices == 1 { "" } else { "s" }
+                ));
+            }
+            Err(e) => {
+                let err = CliError::from_client(e, Some(&at));
+                ctx.out.json_line(json!({"event": "notice_failed", "to": r.as_str(), "error": err.message, "exit_code": err.exit as u8}));
+                ctx.out
+                    .note(format!("could not send the notice to {r}: {}", err.message));
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    finish(&mut client).await?;
+    match first_error {
+        Some(e) => Err(CliError {
+            message: format!(
+                "{} of {} notices not sent: {}",
+                recipients.len() - sent,
+                recipients.len(),
+                e.message
+            ),
+            ..e
+        }),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,172 @@
+//! Exit codes and the translation of library errors into friendly, actionable messages.
+
+use sealpost_client::net::NetError;
+use sealpost_client::state::StateError;
+use sealpost_client::ClientError;
+use sealpost_protocol::wire::ErrorCode;
+
+/// The documented exit codes (also in `--help` and the README).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// 1: anything not covered below.
+    Failure = 1,
+    /// 2: bad arguments, no passphrase available.
+    Usage = 2,
+    /// 3: wrong passphrase, or the profile is locked by another process.
+    Passphrase = 3,
+    /// 4: no profile, or not enrolled.
+    NotEnrolled = 4,
+    /// 5: the relay could not be reached.
+    Unreachable = 5,
+    /// 6: the relay refused (policy, quota, rate limit, enrolment code).
+    Refused = 6,
+    /// 7: the safety numbers do not match.
+    Mismatch = 7,
+}
+
+impl Exit {
+    /// A short machine-readable name, for `--json` errors.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Exit::Failure => "failure",
+            Exit::Usage => "usage",
+            Exit::Passphrase => "passphrase",
+            Exit::NotEnrolled => "not_enrolled",
+            Exit::Unreachable => "relay_unreachable",
+            Exit::Refused => "refused",
+            Exit::Mismatch => "verification_mismatch",
+        }
+    }
+}
+
+/// A failure of a command: what to say, what to suggest, how to exit.
+#[derive(Debug)]
+pub struct CliError {
+    /// The exit code.
+    pub exit: Exit,
+    /// What went wrong.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl CliError {
+    /// A failure with `exit` and `message`.
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self {
+            exit,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Add a suggestion.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// A usage error.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(Exit::Usage, message)
+    }
+
+    /// A generic failure.
+    pub fn failure(message: impl Into<String>) -> Self {
+        Self::new(Exit::Failure, message)
+    }
+
+    /// The relay at `addr` did not answer.
+    pub fn unreachable(addr: &str, detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            Exit::Unreachable,
+            format!("could not reach the relay at {addr}: {detail}"),
+        )
+        .hint("check that the relay is running and that the address and CA fingerprint are right")
+    }
+
+    /// Translate a library error; `relay` is the address in use, if known.
+    pub fn from_client(e: ClientError, relay: Option<&str>) -> Self {
+        let at = relay.unwrap_or("(unknown address)");
+        match e {
+            ClientError::State(s) => Self::from_state(s),
+            ClientError::NotEnrolled => Self::not_enrolled(),
+            ClientError::NotConnected => Self::new(
+                Exit::Unreachable,
+                format!("lost the connection to the relay at {at}"),
+            )
+            .hint("try again; if it keeps happening, check that the relay is running"),
+            ClientError::NoDevices(a) => Self::failure(format!("{a} has no enrolled device yet"))
+                .hint(format!(
+                    "{a} must enrol a device before you can write to them"
+                )),
+            ClientError::Invalid(m) => Self::failure(m),
+            ClientError::Protocol(m) => Self::failure(format!("protocol error: {m}")),
+            ClientError::Net(n) => Self::from_net(n, at),
+        }
+    }
+
+    fn from_state(s: StateError) -> Self {
+        match s {
+            StateError::WrongPassphrase => Self::new(Exit::Passphrase, "wrong passphrase")
+                .hint("check SEALPOST_PASSPHRASE, or type the passphrase you chose at `sealpost init`"),
+            StateError::Locked(dir) => Self::new(
+                Exit::Passphrase,
+                format!("the profile in {} is in use by another sealpost process", dir.display()),
+            )
+            .hint("stop the other process (for example a running `sealpost listen`) and try again"),
+            StateError::NoProfile(dir) => {
+                Self::new(Exit::NotEnrolled, format!("no Sealpost profile in {}", dir.display())).hint(
+                    "create one with `sealpost init`, then enrol it with `sealpost enroll --relay ADDR --ca FINGERPRINT --account ID --code CODE`",
+                )
+            }
+            StateError::Exists(dir) => Self::failure(format!("a Sealpost profile already exists in {}", dir.display()))
+                .hint("use it as it is, or choose another directory with --home"),
+            StateError::WeakPassphrase => Self::usage(StateError::WeakPassphrase.to_string()),
+            other => Self::failure(other.to_string()),
+        }
+    }
+
+    fn from_net(n: NetError, at: &str) -> Self {
+        match n {
+            NetError::Connection(d) => Self::unreachable(at, d),
+            NetError::Timeout(d) => Self::unreachable(at, format!("no answer within {d:?}")),
+            NetError::Tls(d) => Self::unreachable(at, format!("TLS: {d}")),
+            NetError::Refused {
+                code,
+                message,
+                retry_after_ms,
+            } => {
+                let e = Self::new(Exit::Refused, format!("the relay refused: {message}"));
+                match code {
+                    ErrorCode::EnrollmentRefused => Self::new(
+                        Exit::Refused,
+                        format!("the relay refused the enrolment code: {message}"),
+                    )
+                    .hint("codes work once and expire; ask your firm for a new one"),
+                    ErrorCode::AuthFailed => Self::new(
+                        Exit::Refused,
+                        format!("the relay did not accept this device: {message}"),
+                    )
+                    .hint("the device may have been removed from the account; contact your firm"),
+                    ErrorCode::Forbidden => e.hint("the routing policy does not allow this; `sealpost contacts` lists whom you can write to"),
+                    ErrorCode::RateLimited => match retry_after_ms {
+                        Some(ms) => e.hint(format!("rate limited: try again in {:.1} s", ms as f64 / 1000.0)),
+                        None => e.hint("rate limited: try again later"),
+                    },
+                    ErrorCode::QuotaExceeded => e.hint("the recipient's mailbox is full; try again once they have read their messages"),
+                    ErrorCode::NotFound => e.hint("check the account id; `sealpost contacts` lists whom you can write to"),
+                    _ => e,
+                }
+            }
+            other => Self::failure(other.to_string()),
+        }
+    }
+
+    /// This device is not enrolled.
+    pub fn not_enrolled() -> Self {
+        Self::new(Exit::NotEnrolled, "this device is not enrolled yet").hint(
+            "ask your firm for an enrolment code, then run `sealpost enroll --relay ADDR --ca FINGERPRINT --account ID --code CODE`",
+        )
+    }
+}

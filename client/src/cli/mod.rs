@@ -1,0 +1,209 @@
+//! The `sealpost` CLI: argument handling lives in `main.rs`, the commands here.
+
+pub mod commands;
+pub mod error;
+pub mod output;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sealpost_client::Client;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::{Command, GlobalArgs};
+use error::CliError;
+use output::Out;
+
+/// Everything a command needs besides its own arguments.
+pub struct Ctx {
+    /// The profile directory.
+    pub home: PathBuf,
+    /// Output mode.
+    pub out: Out,
+    /// How long to wait for the relay when connecting.
+    pub timeout: Duration,
+}
+
+/// Run a parsed command line; returns the process exit code.
+pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
+    init_tracing(global.verbose);
+    let out = Out { json: global.json };
+    let result = match home_dir(global.home) {
+        Ok(home) => {
+            let ctx = Ctx {
+                home,
+                out,
+                timeout: Duration::from_secs(global.timeout.max(1)),
+            };
+            match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(commands::dispatch(&ctx, command)),
+                Err(e) => Err(CliError::failure(format!("cannot start the runtime: {e}"))),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(out, &e);
+            ExitCode::from(e.exit as u8)
+        }
+    }
+}
+
+fn report(out: Out, e: &CliError) {
+    if out.json {
+        let v = json!({
+            "event": "error",
+            "error": e.message,
+            "hint": e.hint,
+            "kind": e.exit.kind(),
+            "exit_code": e.exit as u8,
+        });
+        eprintln!("{v}");
+    } else {
+        eprintln!("error: {}", e.message);
+        if let Some(h) = &e.hint {
+            eprintln!("hint: {h}");
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    if verbose == 0 {
+        return;
+    }
+    let level = if verbose == 1 { "debug" } else { "trace" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("sealpost={level},sealpost_client={level},warn"))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn home_dir(given: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    if let Some(h) = given {
+        return Ok(h);
+    }
+    match std::env::var_os("HOME") {
+        Some(h) if !h.is_empty() => Ok(PathBuf::from(h).join(".sealpost")),
+        _ => Err(
+            CliError::usage("cannot tell where the profile lives: HOME is not set")
+                .hint("pass --home DIR or set SEALPOST_HOME"),
+        ),
+    }
+}
+
+/// The passphrase: `SEALPOST_PASSPHRASE`, or a prompt without echo (twice with `confirm`).
+pub fn passphrase(confirm: bool) -> Result<Zeroizing<String>, CliError> {
+    if let Some(p) = std::env::var_os("SEALPOST_PASSPHRASE") {
+        return p
+            .into_string()
+            .map(Zeroizing::new)
+            .map_err(|_| CliError::usage("SEALPOST_PASSPHRASE is not valid UTF-8"));
+    }
+    if !std::io::stdin().is_terminal() && !Path::new("/dev/tty").exists() {
+        return Err(no_passphrase());
+    }
+    let first =
+        Zeroizing::new(rpassword::prompt_password("Passphrase: ").map_err(|_| no_passphrase())?);
+    if confirm {
+        let second = Zeroizing::new(
+            rpassword::prompt_password("Passphrase again: ").map_err(|_| no_passphrase())?,
+        );
+        if *first != *second {
+            return Err(
+                CliError::usage("the two passphrases differ").hint("run `sealpost init` again")
+            );
+        }
+    }
+    Ok(first)
+}
+
+fn no_passphrase() -> CliError {
+    CliError::usage(
+        "no passphrase: standard input is not a terminal and SEALPOST_PASSPHRASE is not set",
+    )
+    .hint("set SEALPOST_PASSPHRASE, or run the command in a terminal")
+}
+
+/// Open the profile (asking for the passphrase), without requiring enrolment.
+pub fn open_profile(ctx: &Ctx) -> Result<Client, CliError> {
+    if !ctx.home.exists() {
+        return Err(CliError::from_client(
+            sealpost_client::state::StateError::NoProfile(ctx.home.clone()).into(),
+            None,
+        ));
+    }
+    let pass = passphrase(false)?;
+    Client::open(&ctx.home, &pass).map_err(|e| CliError::from_client(e, None))
+}
+
+/// Open the profile and require an enrolled device.
+pub fn open_enrolled(ctx: &Ctx) -> Result<Client, CliError> {
+    let client = open_profile(ctx)?;
+    if client.account().is_none() || client.relay().is_none() {
+        return Err(CliError::not_enrolled());
+    }
+    Ok(client)
+}
+
+/// The relay address of an enrolled client, for messages.
+pub fn relay_addr(client: &Client) -> String {
+    client
+        .relay()
+        .map(|r| r.addr.clone())
+        .unwrap_or_else(|| "(not enrolled)".into())
+}
+
+/// A spinner on stderr while `fut` runs, in human mode on a terminal only.
+pub async fn with_spinner<F: std::future::Future>(out: Out, message: String, fut: F) -> F::Output {
+    if out.json || !std::io::stderr().is_terminal() {
+        return fut.await;
+    }
+    let pb =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg}") {
+        pb.set_style(style);
+    }
+    pb.set_message(message);
+    pb.enable_steady_tick(Duration::from_millis(100));
+    let r = fut.await;
+    pb.finish_and_clear();
+    r
+}
+
+/// Connect and authenticate, bounded by the `--timeout`.
+pub async fn connect(ctx: &Ctx, client: &mut Client) -> Result<(), CliError> {
+    let addr = relay_addr(client);
+    let attempt = tokio::time::timeout(ctx.timeout, client.connect());
+    match with_spinner(ctx.out, format!("connecting to {addr}"), attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CliError::from_client(e, Some(&addr))),
+        Err(_) => {
+            client.disconnect();
+            Err(CliError::unreachable(
+                &addr,
+                format!("no answer within {} s", ctx.timeout.as_secs()),
+            ))
+        }
+    }
+}
+
+/// Disconnect politely, give the close a moment to leave, and save.
+pub async fn finish(client: &mut Client) -> Result<(), CliError> {
+    client.disconnect();
+    // Let the QUIC close frame go out before the runtime stops, so the relay does not
+    // keep the connection until its idle timeout.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    client.persist().map_err(|e| CliError::from_client(e, None))
+}

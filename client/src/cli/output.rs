@@ -1,0 +1,230 @@
+//! Printing: one JSON object per line with `--json`, friendly text otherwise.
+//!
+//! JSON lines carry an `"event"` key saying what they are: the library's [`Event`]s keep
+//! their own tags (`message`, `notice`, `receipt`, `devices_changed`, ...); command
+//! results use their own (`whoami`, `sent`, `contact`, ...). Byte identifiers (message
+//! and device ids) are printed as lower-case hex.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use sealpost_client::client::{Direction, EntryKind, HistoryEntry};
+use sealpost_client::Event;
+use sealpost_protocol::identity::AccountId;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::error::CliError;
+
+/// Keys whose values are byte identifiers (serialized by the library as byte strings).
+const ID_KEYS: [&str; 4] = ["id", "message_id", "device", "message_ids"];
+
+/// Where output goes and in which form.
+#[derive(Clone, Copy)]
+pub struct Out {
+    /// One JSON object per line.
+    pub json: bool,
+}
+
+impl Out {
+    /// Print a JSON line (only in JSON mode).
+    pub fn json_line(&self, value: Value) {
+        if self.json {
+            println!("{value}");
+        }
+    }
+
+    /// Print a text line (only in human mode).
+    pub fn say(&self, text: impl AsRef<str>) {
+        if !self.json {
+            println!("{}", text.as_ref());
+        }
+    }
+
+    /// Print a text line to stderr (only in human mode): progress and status notes.
+    pub fn note(&self, text: impl AsRef<str>) {
+        if !self.json {
+            eprintln!("{}", text.as_ref());
+        }
+    }
+
+    /// Print a library event: JSON as is, or a readable line (device changes loudly).
+    pub fn event(&self, event: &Event, me: Option<&AccountId>) -> Result<(), CliError> {
+        if self.json {
+            self.json_line(to_json(event)?);
+            return Ok(());
+        }
+        match event {
+            Event::Message { entry } | Event::Notice { entry } | Event::Synced { entry } => {
+                println!("{}", format_entry(entry));
+            }
+            Event::Receipt {
+                from,
+                kind,
+                message_ids,
+            } => {
+                let what = match kind {
+                    sealpost_protocol::content::ReceiptKind::Delivered => "delivered to",
+                    sealpost_protocol::content::ReceiptKind::Read => "read by",
+                };
+                let n = message_ids.len();
+                println!(
+                    "  {n} message{} {what} {from}",
+                    if n == 1 { "" } else { "s" }
+                );
+            }
+            Event::DevicesChanged {
+                account,
+                added,
+                removed,
+                was_verified,
+            } => {
+                print_devices_changed(account, added, removed, *was_verified, me);
+            }
+            Event::Rejected {
+                device,
+                message_id,
+                reason,
+            } => {
+                eprintln!("note: dropped message {message_id} from device {device}: {reason}");
+            }
+            Event::PreKeysPublished {
+                one_time,
+                kem_one_time,
+            } => {
+                tracing::debug!(one_time, kem_one_time, "prekeys published");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn print_devices_changed(
+    account: &AccountId,
+    added: &[String],
+    removed: &[String],
+    was_verified: bool,
+    me: Option<&AccountId>,
+) {
+    let mine = me == Some(account);
+    if mine {
+        eprintln!("WARNING: the devices of YOUR account {account} changed.");
+    } else {
+        eprintln!("WARNING: the devices of {account} changed.");
+    }
+    for fp in added {
+        eprintln!("WARNING:   added device   {fp}");
+    }
+    for fp in removed {
+        eprintln!("WARNING:   removed device {fp}");
+    }
+    if mine && !added.is_empty() {
+        eprintln!("WARNING: if you did not add a device yourself, contact your firm at once.");
+    }
+    if was_verified {
+        eprintln!("WARNING: {account} is NO LONGER VERIFIED. Compare safety numbers again: sealpost verify {account}");
+    } else if !mine {
+        eprintln!("WARNING: check with {account} that this was them: sealpost verify {account}");
+    }
+}
+
+/// Serialize a library value for a JSON line, with byte identifiers as hex.
+pub fn to_json<T: Serialize>(value: &T) -> Result<Value, CliError> {
+    let mut v =
+        serde_json::to_value(value).map_err(|e| CliError::failure(format!("JSON output: {e}")))?;
+    hexify(&mut v);
+    Ok(v)
+}
+
+/// A JSON object of the library value `value`, with `"event": tag` added.
+pub fn tagged<T: Serialize>(tag: &str, value: &T) -> Result<Value, CliError> {
+    let mut v = to_json(value)?;
+    if let Value::Object(m) = &mut v {
+        m.insert("event".into(), Value::String(tag.into()));
+    }
+    Ok(v)
+}
+
+fn as_byte_string(v: &Value) -> Option<String> {
+    let Value::Array(items) = v else { return None };
+    if items.is_empty() {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = items
+        .iter()
+        .map(|i| i.as_u64().and_then(|n| u8::try_from(n).ok()))
+        .collect();
+    bytes.map(hex::encode)
+}
+
+fn hexify(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                if ID_KEYS.contains(&k.as_str()) {
+                    if let Some(h) = as_byte_string(val) {
+                        *val = Value::String(h);
+                        continue;
+                    }
+                    if let Value::Array(items) = val {
+                        for item in items.iter_mut() {
+                            if let Some(h) = as_byte_string(item) {
+                                *item = Value::String(h);
+                            }
+                        }
+                        continue;
+                    }
+                }
+                hexify(val);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(hexify),
+        _ => {}
+    }
+}
+
+/// `2025-01-31 12:00:00 UTC`.
+pub fn time(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
+
+fn indent(text: &str) -> String {
+    text.lines().collect::<Vec<_>>().join("\n      ")
+}
+
+/// One history entry as text.
+pub fn format_entry(e: &HistoryEntry) -> String {
+    let when = time(e.sent_ms);
+    let status = if e.direction == Direction::Out {
+        if e.read {
+            "  [read]"
+        } else if e.delivered {
+            "  [delivered]"
+        } else {
+            "  [sent]"
+        }
+    } else {
+        ""
+    };
+    match (e.kind, e.direction) {
+        (EntryKind::Text, Direction::In) => format!("[{when}] {}: {}", e.peer, indent(&e.body)),
+        (EntryKind::Text, Direction::Out) => {
+            format!("[{when}] you -> {}: {}{status}", e.peer, indent(&e.body))
+        }
+        (EntryKind::Notice, d) => {
+            let title = e.title.as_deref().unwrap_or("");
+            let who = if d == Direction::In {
+                format!("from {}", e.peer)
+            } else {
+                format!("you -> {}", e.peer)
+            };
+            format!(
+                "[{when}] NOTICE {who}: {title}{status}\n      {}",
+                indent(&e.body)
+            )
+        }
+    }
+}
