@@ -675,15 +675,12 @@ impl Client {
             if id == me {
                 continue;
             }
-            if !contact.devices.contains_key(&id) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = contact.devices.entry(id) {
                 added.push(d.identity.fingerprint().to_string());
-                contact.devices.insert(
-                    id,
-                    KnownDevice {
-                        identity: d.identity.clone(),
-                        first_seen_ms: now,
-                    },
-                );
+                slot.insert(KnownDevice {
+                    identity: d.identity.clone(),
+                    first_seen_ms: now,
+                });
             }
         }
         let removed_ids: Vec<DeviceId> = contact

@@ -133,7 +133,7 @@ impl World {
         let mut rng = rng(seed);
         let alice = Device::new(&mut rng);
         let mut bob = Device::new(&mut rng);
-        let a = initiate_with(&alice, &mut bob, seed % 2 == 0, &mut rng);
+        let a = initiate_with(&alice, &mut bob, seed.is_multiple_of(2), &mut rng);
         Self {
             alice: Party {
                 dev: alice,

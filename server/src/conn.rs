@@ -68,8 +68,8 @@ fn encode(frame: &Frame) -> Option<Vec<u8>> {
 
 /// What the frame reader hands to the connection loop.
 enum Incoming {
-    /// A decoded frame.
-    Frame(Frame),
+    /// A decoded frame (boxed: frames are large next to the error variants).
+    Frame(Box<Frame>),
     /// A frame that did not decode (the stream is still in sync).
     Bad(DecodeError),
     /// A length prefix over the bound (the stream cannot be resynchronised).
@@ -97,7 +97,7 @@ async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>) {
         }
         metrics::counter!(m::BYTES_RECEIVED).increment((len + FRAME_PREFIX_LEN) as u64);
         let item = match wire::decode_frame(&payload) {
-            Ok(f) => Incoming::Frame(f),
+            Ok(f) => Incoming::Frame(Box::new(f)),
             Err(e) => Incoming::Bad(e),
         };
         if tx.send(item).await.is_err() {
@@ -194,7 +194,7 @@ pub async fn serve<S: Store>(
             },
         };
         let frame = match incoming {
-            Incoming::Frame(f) => f,
+            Incoming::Frame(f) => *f,
             Incoming::Fatal(e) => {
                 metrics::counter!(m::BAD_FRAMES).increment(1);
                 if let Some(b) = encode(&Frame::new(
