@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rand::rngs::OsRng;
+use sealpost_protocol::attachment::AttachmentDescriptor;
 use sealpost_protocol::content::{
     Content, Message, ReceiptKind, MAX_RECEIPT_IDS, MAX_TEXT_LEN, MAX_TITLE_LEN,
 };
@@ -67,6 +68,9 @@ pub enum ClientError {
     /// A protocol operation failed.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// An attachment could not be sent or fetched, or failed its integrity checks.
+    #[error("attachment: {0}")]
+    Attachment(String),
 }
 
 fn proto<E: std::fmt::Display>(e: E) -> ClientError {
@@ -177,6 +181,33 @@ pub struct HistoryEntry {
     pub read: bool,
     /// For received messages: shown to the user here.
     pub seen_locally: bool,
+    /// For attachments: what the file is (the key stays in the encrypted state only).
+    #[serde(default)]
+    pub attachment: Option<AttachmentInfo>,
+}
+
+/// A file attached to a message, as shown to the user (no key material).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentInfo {
+    /// File name given by the sender.
+    pub file_name: String,
+    /// Media type given by the sender.
+    pub media_type: String,
+    /// Plaintext size, bytes.
+    pub size: u64,
+    /// SHA-256 of the plaintext, hex.
+    pub sha256: String,
+}
+
+impl AttachmentInfo {
+    fn of(d: &AttachmentDescriptor) -> Self {
+        Self {
+            file_name: d.file_name.as_str().to_owned(),
+            media_type: d.media_type.as_str().to_owned(),
+            size: d.size,
+            sha256: hex::encode(d.sha256),
+        }
+    }
 }
 
 /// Something that happened while receiving.
@@ -297,6 +328,9 @@ struct StateFile {
     contacts: Vec<Contact>,
     history: Vec<HistoryEntry>,
     seen: Vec<MessageId>,
+    /// Descriptors (with keys) of attachments in the history, by message id.
+    #[serde(default)]
+    attachments: Vec<(MessageId, AttachmentDescriptor)>,
 }
 
 struct PeerSession {
@@ -318,6 +352,7 @@ pub struct Client {
     history: VecDeque<HistoryEntry>,
     seen: VecDeque<MessageId>,
     seen_set: HashSet<MessageId>,
+    attachments: BTreeMap<MessageId, AttachmentDescriptor>,
     conn: Option<RelayConnection>,
     pending_receipts: BTreeMap<AccountId, Vec<MessageId>>,
 }
@@ -343,6 +378,7 @@ impl Client {
             contacts: Vec::new(),
             history: Vec::new(),
             seen: Vec::new(),
+            attachments: Vec::new(),
         };
         let profile = Profile::create(home, passphrase, &placeholder, &mut rng)?;
         let client = Self {
@@ -358,6 +394,7 @@ impl Client {
             history: VecDeque::new(),
             seen: VecDeque::new(),
             seen_set: HashSet::new(),
+            attachments: BTreeMap::new(),
             conn: None,
             pending_receipts: BTreeMap::new(),
         };
@@ -408,6 +445,7 @@ impl Client {
             history: file.history.into_iter().collect(),
             seen: file.seen.into_iter().collect(),
             seen_set,
+            attachments: file.attachments.into_iter().collect(),
             conn: None,
             pending_receipts: BTreeMap::new(),
             profile,
@@ -442,6 +480,11 @@ impl Client {
             contacts: self.contacts.values().cloned().collect(),
             history: self.history.iter().cloned().collect(),
             seen: self.seen.iter().copied().collect(),
+            attachments: self
+                .attachments
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
         };
         Ok(self.profile.save(&file, &mut rng)?)
     }
@@ -862,7 +905,32 @@ impl Client {
                 Some(title.as_str().to_owned()),
                 body.as_str().to_owned(),
             ),
+            Content::Attachment {
+                descriptor,
+                caption,
+            } => (
+                EntryKind::Text,
+                None,
+                if caption.as_str().is_empty() {
+                    format!(
+                        "[file] {} ({} bytes)",
+                        descriptor.file_name.as_str(),
+                        descriptor.size
+                    )
+                } else {
+                    format!(
+                        "{} [file] {} ({} bytes)",
+                        caption.as_str(),
+                        descriptor.file_name.as_str(),
+                        descriptor.size
+                    )
+                },
+            ),
             _ => return None,
+        };
+        let attachment = match content {
+            Content::Attachment { descriptor, .. } => Some(AttachmentInfo::of(descriptor)),
+            _ => None,
         };
         Some(HistoryEntry {
             id,
@@ -876,12 +944,15 @@ impl Client {
             delivered: false,
             read: false,
             seen_locally: direction == Direction::Out,
+            attachment,
         })
     }
 
     fn push_history(&mut self, entry: HistoryEntry) {
         if self.history.len() >= MAX_HISTORY {
-            self.history.pop_front();
+            if let Some(old) = self.history.pop_front() {
+                self.attachments.remove(&old.id);
+            }
         }
         self.history.push_back(entry);
     }
@@ -905,6 +976,58 @@ impl Client {
             true,
         )
         .await
+    }
+
+    /// Encrypt the file at `path` under a fresh key, upload it as a relay blob (on its own
+    /// QUIC stream, in chunks), then send its descriptor to `to` end to end.
+    /// `progress(done, total)` counts plaintext bytes uploaded.
+    pub async fn send_file(
+        &mut self,
+        to: &AccountId,
+        path: &Path,
+        caption: &str,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<SendReport, ClientError> {
+        if caption.len() > MAX_TEXT_LEN {
+            return Err(ClientError::Invalid(format!(
+                "captions are at most {MAX_TEXT_LEN} bytes"
+            )));
+        }
+        let media_type = media_type_for(path);
+        let descriptor =
+            crate::attachments::upload_file(self.conn()?, path, media_type, &mut OsRng, progress)
+                .await
+                .map_err(attachment_error)?;
+        let content = Content::Attachment {
+            descriptor: descriptor.clone(),
+            caption: BoundedString::truncating(caption),
+        };
+        let report = self.fan_out(to, content, true).await?;
+        self.attachments.insert(report.message_id, descriptor);
+        self.save()?;
+        Ok(report)
+    }
+
+    /// Download the attachment of message `id` to `dest`, verifying it chunk by chunk and
+    /// as a whole; `dest` appears only once everything checked out.
+    pub async fn download_attachment(
+        &mut self,
+        id: &MessageId,
+        dest: &Path,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<AttachmentInfo, ClientError> {
+        let descriptor = self.attachments.get(id).cloned().ok_or_else(|| {
+            ClientError::Invalid(format!("no attachment with message id {}", id.to_hex()))
+        })?;
+        crate::attachments::download_to_file(self.conn()?, &descriptor, dest, progress)
+            .await
+            .map_err(attachment_error)?;
+        Ok(AttachmentInfo::of(&descriptor))
+    }
+
+    /// The attachment of message `id`, if the history has one.
+    pub fn attachment(&self, id: &MessageId) -> Option<AttachmentInfo> {
+        self.attachments.get(id).map(AttachmentInfo::of)
     }
 
     /// Send an account notice to `to` (staff and advisors).
@@ -1160,7 +1283,10 @@ impl Client {
             );
         }
         match message.content {
-            Content::Text { .. } | Content::Notice { .. } => {
+            Content::Text { .. } | Content::Notice { .. } | Content::Attachment { .. } => {
+                if let Content::Attachment { descriptor, .. } = &message.content {
+                    self.attachments.insert(id, descriptor.clone());
+                }
                 if let Some(entry) = Self::entry_for(
                     id,
                     Direction::In,
@@ -1184,6 +1310,9 @@ impl Client {
                 }
             }
             Content::Sync { to, content } => {
+                if let Content::Attachment { descriptor, .. } = content.as_ref() {
+                    self.attachments.insert(id, descriptor.clone());
+                }
                 if let Some(entry) =
                     Self::entry_for(id, Direction::Out, &to, &content, message.sent_ms)
                 {
@@ -1311,6 +1440,38 @@ impl Client {
     /// Save now (for example before exiting).
     pub fn persist(&self) -> Result<(), ClientError> {
         self.save()
+    }
+}
+
+fn attachment_error(e: crate::attachments::AttachmentError) -> ClientError {
+    use crate::attachments::AttachmentError as A;
+    match e {
+        A::Refused { code, message } => ClientError::Net(NetError::Refused {
+            code,
+            message,
+            retry_after_ms: None,
+        }),
+        other => ClientError::Attachment(other.to_string()),
+    }
+}
+
+/// A media type from the file extension (what the recipient is told; never trusted for
+/// anything but display).
+fn media_type_for(path: &Path) -> &'static str {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("pdf") => "application/pdf",
+        Some("txt") => "text/plain",
+        Some("csv") => "text/csv",
+        Some("png") => "image/png",
+        Some("jpg") | Some("jpeg") => "image/jpeg",
+        Some("json") => "application/json",
+        Some("xlsx") => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        _ => "application/octet-stream",
     }
 }
 

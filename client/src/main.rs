@@ -88,10 +88,10 @@ enum Command {
     Send {
         /// The account to write to.
         account: String,
-        /// The message ("-" reads it from standard input).
-        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        /// The message ("-" reads it from standard input); with --file, an optional caption.
+        #[arg(required_unless_present = "file")]
         text: Option<String>,
-        /// Send this file as an attachment.
+        /// Send this file as an attachment (encrypted, streamed, at most 64 MiB).
         #[arg(long, value_name = "PATH")]
         file: Option<PathBuf>,
     },
@@ -123,6 +123,15 @@ enum Command {
     },
     /// This account's devices, with fingerprints.
     Devices,
+    /// Download the file attached to a message (see `inbox --all` for message ids),
+    /// verifying it; the file appears only if every check passes.
+    Download {
+        /// The message id (32 hex digits).
+        message_id: String,
+        /// Where to write the file (default: the sender's file name in the current directory).
+        #[arg(long, value_name = "PATH")]
+        out: Option<std::path::PathBuf>,
+    },
     /// Send an account notice (staff and advisors).
     Notice {
         /// The notice's title.

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attachment::AttachmentDescriptor;
 use crate::codec;
 use crate::envelope::{EnvelopeKind, MessageId, MAX_PLAINTEXT_LEN};
 use crate::error::{DecodeError, EncodeError};
@@ -65,6 +66,14 @@ pub enum Content {
         /// The messages it covers.
         message_ids: BoundedVec<MessageId, MAX_RECEIPT_IDS>,
     },
+    /// A file: the descriptor (blob id, key, sizes, SHA-256, name, media type) of an
+    /// attachment uploaded as a relay blob, and an optional caption.
+    Attachment {
+        /// What to download and how to decrypt and check it.
+        descriptor: AttachmentDescriptor,
+        /// Text shown with the file (may be empty).
+        caption: BoundedString<MAX_TEXT_LEN>,
+    },
     /// A copy of a message this account sent, for the sender's other devices.
     Sync {
         /// The account the original went to.
@@ -81,6 +90,7 @@ impl Content {
             Content::Text { .. } => EnvelopeKind::Chat,
             Content::Notice { .. } => EnvelopeKind::Notice,
             Content::Receipt { .. } => EnvelopeKind::Receipt,
+            Content::Attachment { .. } => EnvelopeKind::Attachment,
             Content::Sync { .. } => EnvelopeKind::Sync,
         }
     }
@@ -95,6 +105,20 @@ impl Message {
     /// Decode a decrypted plaintext. A `sync` must not nest another `sync`.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let m: Message = codec::decode("message", bytes, MAX_PLAINTEXT_LEN)?;
+        let attachment = match &m.content {
+            Content::Attachment { descriptor, .. } => Some(descriptor),
+            Content::Sync { content, .. } => match content.as_ref() {
+                Content::Attachment { descriptor, .. } => Some(descriptor),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(d) = attachment {
+            d.validate().map_err(|_| DecodeError::InvalidField {
+                field: "attachment descriptor",
+                reason: "sizes or fields out of bounds",
+            })?;
+        }
         if let Content::Sync { content, .. } = &m.content {
             if matches!(**content, Content::Sync { .. }) {
                 return Err(DecodeError::InvalidField {

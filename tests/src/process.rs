@@ -49,6 +49,17 @@ impl RelayProcess {
         if !extra_env.iter().any(|(k, _)| *k == "RUST_LOG") {
             cmd.env("RUST_LOG", "info");
         }
+        // Tests run in parallel: no metrics listener on the fixed default port unless the
+        // configuration names one.
+        let names_metrics =
+            std::fs::read_to_string(config).is_ok_and(|t| t.contains("metrics_listen"));
+        if !names_metrics
+            && !extra_env
+                .iter()
+                .any(|(k, _)| *k == "SEALPOST_RELAY_METRICS")
+        {
+            cmd.env("SEALPOST_RELAY_METRICS", "off");
+        }
         for (k, v) in extra_env {
             cmd.env(k, v);
         }

@@ -554,3 +554,113 @@ fn cli_listen_prints_events_reconnects_after_a_relay_restart_and_stops_on_sigter
     assert_eq!(code, Some(0));
     drop(relay);
 }
+
+#[test]
+fn cli_attachment_of_several_mib_arrives_intact_and_a_tampered_blob_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, relay) = start_relay(dir.path());
+    admin(
+        &config,
+        &["create-account", "bo.advisor", "--role", "advisor"],
+    );
+    admin(&config, &["create-account", "cy", "--role", "client"]);
+    admin(&config, &["assign", "cy", "bo.advisor"]);
+    let advisor = Device::new(dir.path(), "bo");
+    let client = Device::new(dir.path(), "cy");
+    advisor.enrol(&config, &relay, "bo.advisor");
+    client.enrol(&config, &relay, "cy");
+
+    // A 3 MiB "statement" with a marker inside, deterministic content.
+    let marker = b"ATTACHMENT-PLAINTEXT-MARKER-91ac";
+    let mut data = Vec::with_capacity(3 * 1024 * 1024 + 7);
+    let mut x: u32 = 0x1234_5678;
+    while data.len() < 3 * 1024 * 1024 + 7 {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(3 * 1024 * 1024 + 7);
+    data[1_000_000..1_000_000 + marker.len()].copy_from_slice(marker);
+    let file = dir.path().join("statement-q3.pdf");
+    std::fs::write(&file, &data).unwrap();
+
+    let sent = client
+        .run(&[
+            "send",
+            "bo.advisor",
+            "--file",
+            file.to_str().unwrap(),
+            "Q3 statement",
+        ])
+        .ok("send --file");
+    let ev = &sent.events("sent")[0];
+    assert_eq!(
+        ev["attachment"]["size"],
+        data.len() as u64,
+        "{}",
+        sent.stdout
+    );
+    assert_eq!(ev["attachment"]["file_name"], "statement-q3.pdf");
+
+    let inbox = advisor.run(&["inbox"]).ok("inbox");
+    let msg = inbox
+        .events("message")
+        .into_iter()
+        .find(|m| !m["entry"]["attachment"].is_null())
+        .unwrap_or_else(|| panic!("no attachment in {}", inbox.stdout));
+    assert_eq!(msg["entry"]["attachment"]["media_type"], "application/pdf");
+    assert!(msg["entry"]["body"]
+        .as_str()
+        .unwrap()
+        .starts_with("Q3 statement"));
+    let id = msg["entry"]["id"].as_str().unwrap().to_owned();
+
+    let out = dir.path().join("received.pdf");
+    let got = advisor
+        .run(&["download", &id, "--out", out.to_str().unwrap()])
+        .ok("download");
+    assert_eq!(got.events("downloaded").len(), 1, "{}", got.stdout);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        data,
+        "the file arrives intact"
+    );
+
+    // The relay's disk holds only ciphertext.
+    let blobs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("data").join("blobs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let mut stored = std::fs::read(&blobs[0]).unwrap();
+    assert!(
+        !stored.windows(marker.len()).any(|w| w == marker),
+        "no plaintext in the blob"
+    );
+
+    // Tamper with one chunk at the relay: the download is refused and leaves no file.
+    stored[70_000] ^= 0x01;
+    std::fs::write(&blobs[0], &stored).unwrap();
+    let out2 = dir.path().join("tampered.pdf");
+    let bad = advisor.run(&["download", &id, "--out", out2.to_str().unwrap()]);
+    assert_ne!(
+        bad.code, 0,
+        "a tampered attachment must be refused: {}",
+        bad.stdout
+    );
+    assert!(bad.stderr.contains("attachment"), "{}", bad.stderr);
+    assert!(
+        !out2.exists(),
+        "nothing is written for a tampered attachment"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("tampered"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no temporary file left: {leftovers:?}"
+    );
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sealpost_client::client::{Direction, EntryKind, HistoryEntry, RelayInfo};
@@ -46,7 +46,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             text,
             file,
         } => match file {
-            Some(path) => send_file(ctx, &account, &path).await,
+            Some(path) => send_file(ctx, &account, &path, text.as_deref().unwrap_or("")).await,
             None => send(ctx, &account, text.as_deref().unwrap_or("")).await,
         },
         Command::Inbox { all, wait } => inbox(ctx, all, Duration::from_secs(wait)).await,
@@ -56,6 +56,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         } => listen(ctx, for_secs.map(Duration::from_secs), mark_read).await,
         Command::Verify { account, confirm } => verify(ctx, &account, confirm.as_deref()).await,
         Command::Devices => devices(ctx).await,
+        Command::Download { message_id, out } => download(ctx, &message_id, out.as_deref()).await,
         Command::Notice {
             title,
             body,
@@ -328,12 +329,115 @@ async fn send(ctx: &Ctx, to: &str, text: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn send_file(_ctx: &Ctx, to: &str, path: &Path) -> Result<(), CliError> {
-    account_arg(to)?;
-    Err(CliError::failure(format!(
-        "cannot send {}: attachments are not available in this build",
-        path.display()
-    )))
+async fn send_file(ctx: &Ctx, to: &str, path: &Path, caption: &str) -> Result<(), CliError> {
+    let to = account_arg(to)?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(CliError::usage(format!("{} is not a file", path.display())));
+    }
+    if meta.len() > sealpost_protocol::attachment::MAX_ATTACHMENT_LEN {
+        return Err(CliError::usage(format!(
+            "{} is {} bytes; attachments are at most {} bytes",
+            path.display(),
+            meta.len(),
+            sealpost_protocol::attachment::MAX_ATTACHMENT_LEN
+        )));
+    }
+    let mut client = open_enrolled(ctx)?;
+    connect(ctx, &mut client).await?;
+    let at = relay_addr(&client);
+    let bar = super::progress_bar(ctx.out, format!("sending {}", path.display()), meta.len());
+    let result = client
+        .send_file(&to, path, caption, |done, _total| {
+            if let Some(b) = &bar {
+                b.set_position(done);
+            }
+        })
+        .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    finish(&mut client).await?;
+    let report = result.map_err(|e| CliError::from_client(e, Some(&at)))?;
+    let me = client.account().cloned();
+    if !ctx.out.json {
+        print_events(ctx.out, &report.events, me.as_ref())?;
+    }
+    let mut line = tagged("sent", &report)?;
+    if let (Some(obj), Some(info)) = (line.as_object_mut(), client.attachment(&report.message_id)) {
+        obj.insert(
+            "attachment".into(),
+            serde_json::to_value(info).map_err(|e| CliError::failure(e.to_string()))?,
+        );
+    }
+    ctx.out.json_line(line);
+    ctx.out.say(format!(
+        "Sent {} ({} bytes, encrypted) to {to} ({} device{}).",
+        path.display(),
+        meta.len(),
+        report.devices,
+        if report.devices == 1 { "" } else { "s" }
+    ));
+    Ok(())
+}
+
+async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(), CliError> {
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(message_id.trim(), &mut id).map_err(|_| {
+        CliError::usage("the message id must be 32 hex digits (see `sealpost inbox --all --json`)")
+    })?;
+    let id = sealpost_protocol::MessageId(id);
+    let mut client = open_enrolled(ctx)?;
+    let info = client.attachment(&id).ok_or_else(|| {
+        CliError::failure(format!(
+            "message {message_id} has no attachment on this device"
+        ))
+    })?;
+    // Only the final path component of the sender's name is used, never a path.
+    let default_name = Path::new(&info.file_name)
+        .file_name()
+        .map(|n| n.to_owned())
+        .unwrap_or_else(|| std::ffi::OsString::from("attachment.bin"));
+    let dest = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(default_name));
+    if dest.exists() {
+        return Err(CliError::usage(format!(
+            "{} already exists; choose another --out",
+            dest.display()
+        )));
+    }
+    connect(ctx, &mut client).await?;
+    let at = relay_addr(&client);
+    let bar = super::progress_bar(ctx.out, format!("fetching {}", info.file_name), info.size);
+    let result = client
+        .download_attachment(&id, &dest, |done, _| {
+            if let Some(b) = &bar {
+                b.set_position(done);
+            }
+        })
+        .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    finish(&mut client).await?;
+    let info = result.map_err(|e| CliError::from_client(e, Some(&at)))?;
+    let mut line = tagged("downloaded", &info)?;
+    if let Some(obj) = line.as_object_mut() {
+        obj.insert(
+            "path".into(),
+            serde_json::Value::String(dest.display().to_string()),
+        );
+    }
+    ctx.out.json_line(line);
+    ctx.out.say(format!(
+        "Saved {} ({} bytes, SHA-256 {} verified).",
+        dest.display(),
+        info.size,
+        info.sha256
+    ));
+    Ok(())
 }
 
 async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {

@@ -102,6 +102,9 @@ impl CliError {
                 )),
             ClientError::Invalid(m) => Self::failure(m),
             ClientError::Protocol(m) => Self::failure(format!("protocol error: {m}")),
+            ClientError::Attachment(m) => Self::failure(format!("attachment: {m}")).hint(
+                "nothing was saved; if this repeats, the file may have been altered at the relay",
+            ),
             ClientError::Net(n) => Self::from_net(n, at),
         }
     }

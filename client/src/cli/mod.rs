@@ -182,6 +182,24 @@ pub async fn with_spinner<F: std::future::Future>(out: Out, message: String, fut
     r
 }
 
+/// A byte progress bar on stderr (human mode on a terminal); `None` otherwise.
+pub fn progress_bar(out: Out, message: String, total: u64) -> Option<indicatif::ProgressBar> {
+    if out.json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(message);
+    Some(pb)
+}
+
 /// Connect and authenticate, bounded by the `--timeout`.
 pub async fn connect(ctx: &Ctx, client: &mut Client) -> Result<(), CliError> {
     let addr = relay_addr(client);
