@@ -14,13 +14,14 @@ use chacha20poly1305::ChaCha20Poly1305;
 use hmac::{Hmac, Mac};
 use ml_kem::kem::Decapsulate;
 use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
+use sealpost_protocol::content::{Content, Message, ReceiptKind};
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{AccountId, PublicIdentity, SafetyNumber};
 use sealpost_protocol::pickle::{self, PickleKind};
 use sealpost_protocol::prekeys::{prekey_signature_message, PreKeyKind};
 use sealpost_protocol::wire::{
     auth_signature_message, decode_frame, encode_frame, enroll_signature_message, BoundedString,
-    BoundedVec, ErrorCode, Frame, FrameBody, Role,
+    BoundedVec, ContactInfo, ErrorCode, Frame, FrameBody, Role,
 };
 use sealpost_protocol::{accept, PickleKey};
 use serde_cbor::Value;
@@ -308,6 +309,119 @@ fn decoding_rules() {
                 65766963654f5ee7bc12fdcb42f50ea49d0c7ed634"
     )
     .is_err());
+    // A standalone envelope must be exactly what the encoder writes: the body length in a
+    // longer form than needed (58 04 instead of 44) is refused, the shortest form accepted.
+    let env = "a266686561646572a66776657273696f6e0169726563697069656e7450f5279592\
+               bbe4f830a8d1fc072ed0f60f6673656e646572505ee7bc12fdcb42f50ea49d0c7e\
+               d634ce6a6d6573736167655f696450111111111111111111111111111111116c74\
+               696d657374616d705f6d731b0000018bcfe56800646b696e640164626f6479";
+    assert!(Envelope::from_cbor(&hex::decode(format!("{env}44deadbeef")).unwrap()).is_ok());
+    assert!(Envelope::from_cbor(&hex::decode(format!("{env}5804deadbeef")).unwrap()).is_err());
+}
+
+#[test]
+fn drain_and_contacts_frames() {
+    assert_eq!(
+        frame_hex(8, FrameBody::Drain),
+        "00000016a36176016269640864626f6479a1617465647261696e"
+    );
+    // Like `ping`, a content-less type may also carry `"c": null`.
+    assert_eq!(
+        decode_frame(&hex::decode("a36176016269640864626f6479a2617465647261696e6163f6").unwrap())
+            .unwrap(),
+        Frame::new(8, FrameBody::Drain)
+    );
+    assert_eq!(
+        frame_hex(8, FrameBody::MailboxEmpty),
+        "0000001ea36176016269640864626f6479a161746d6d61696c626f785f656d707479"
+    );
+    assert_eq!(
+        frame_hex(9, FrameBody::ListContacts),
+        "0000001ea36176016269640964626f6479a161746d6c6973745f636f6e7461637473"
+    );
+    let contacts = BoundedVec::new(vec![ContactInfo {
+        account: AccountId::new("bob").unwrap(),
+        role: Role::Advisor,
+    }])
+    .unwrap();
+    assert_eq!(
+        frame_hex(9, FrameBody::Contacts { contacts }),
+        "00000040a36176016269640964626f6479a2617468636f6e74616374736163a1\
+         68636f6e746163747381a2676163636f756e7463626f6264726f6c6567616476\
+         69736f72"
+    );
+}
+
+#[test]
+fn message_content_encodings() {
+    let alice = AccountId::new("alice").unwrap();
+    let plain = |content: Content| {
+        let m = Message {
+            from: alice.clone(),
+            sent_ms: 1_700_000_000_000,
+            content,
+        };
+        let bytes = m.encode().unwrap();
+        assert_eq!(Message::decode(&bytes).unwrap(), m);
+        hex::encode(bytes)
+    };
+    // {"from": "alice", "sent_ms": 1700000000000, "content": ...}
+    let prefix = "a36466726f6d65616c6963656773656e745f6d731b0000018bcfe5680067636f6e74656e74";
+    let hi = || Content::Text {
+        body: BoundedString::truncating("hi"),
+    };
+    assert_eq!(
+        plain(hi()),
+        format!("{prefix}a16474657874a164626f6479626869")
+    );
+    assert_eq!(
+        plain(Content::Notice {
+            title: BoundedString::truncating("T"),
+            body: BoundedString::truncating("b"),
+        }),
+        format!("{prefix}a1666e6f74696365a2657469746c65615464626f64796162")
+    );
+    let ids = || BoundedVec::new(vec![MessageId([0x11; 16])]).unwrap();
+    assert_eq!(
+        plain(Content::Receipt {
+            kind: ReceiptKind::Delivered,
+            message_ids: ids(),
+        }),
+        format!(
+            "{prefix}a16772656365697074a2646b696e646964656c6976657265646b6d657373\
+             6167655f696473815011111111111111111111111111111111"
+        )
+    );
+    assert_eq!(
+        plain(Content::Receipt {
+            kind: ReceiptKind::Read,
+            message_ids: ids(),
+        }),
+        format!(
+            "{prefix}a16772656365697074a2646b696e6464726561646b6d6573736167655f69\
+             6473815011111111111111111111111111111111"
+        )
+    );
+    let sync = |content: Content| Content::Sync {
+        to: AccountId::new("bob").unwrap(),
+        content: Box::new(content),
+    };
+    assert_eq!(
+        plain(sync(hi())),
+        format!(
+            "{prefix}a16473796e63a262746f63626f6267636f6e74656e74a16474657874a164626f6479626869"
+        )
+    );
+    assert_eq!(sync(hi()).envelope_kind(), EnvelopeKind::Sync);
+    // A sync inside a sync, unknown keys and over-long text are refused.
+    let nested = Message {
+        from: alice.clone(),
+        sent_ms: 0,
+        content: sync(sync(hi())),
+    };
+    assert!(Message::decode(&nested.encode().unwrap()).is_err());
+    let extra = format!("{prefix}a16474657874a264626f647962686961780a");
+    assert!(Message::decode(&hex::decode(extra).unwrap()).is_err());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -528,6 +642,22 @@ fn session_derivation_matches_the_document() {
 
     // Bob accepts and answers; Alice's receiving chain is KDF_RK(RK1, DH(A1, B1)).
     let (mut b, _) = accept(&bob_dev.identity, &mut bob_dev.prekeys, &first).unwrap();
+    // Bob's session remembers the digest of the setup data (initiator sessions hold null).
+    let bob_session = open_pickle(
+        &b.pickle(&key, &mut r).unwrap(),
+        PickleKind::Session as u8,
+        &key_bytes,
+    );
+    let setup = Sha256::new()
+        .chain_update(b"Sealpost_PreKeySetup_v1")
+        .chain_update((spk_id as u32).to_be_bytes())
+        .chain_update([0x01])
+        .chain_update((opk_id as u32).to_be_bytes())
+        .chain_update((kem_id as u32).to_be_bytes())
+        .chain_update(&kem_ct)
+        .finalize();
+    assert_eq!(bytes(get(&bob_session, "prekey_setup")), setup.to_vec());
+    assert_eq!(get(&alice_session, "prekey_setup"), &Value::Null);
     let hdr2 = header_for(&bob_dev, &alice_dev, &mut r);
     let reply = b.seal(hdr2.clone(), b"hi", &mut r).unwrap();
     let body2: Value = serde_cbor::from_slice(&reply.body).unwrap();
