@@ -604,7 +604,9 @@ impl Client {
     /// Keep prekeys stocked and rotate the signed ones on schedule.
     pub async fn maintain_prekeys(&mut self) -> Result<Option<Event>, ClientError> {
         let mut rng = OsRng;
-        let conn = self.conn.as_ref().ok_or(ClientError::NotConnected)?;
+        if self.conn.is_none() {
+            return Err(ClientError::NotConnected);
+        }
         let rotate = now_ms().saturating_sub(self.prekeys_rotated_ms)
             > SIGNED_PREKEY_ROTATION.as_millis() as u64
             || self.prekeys_rotated_ms == 0;
@@ -622,6 +624,13 @@ impl Client {
                 self.prekeys.current_kem_last_resort().cloned(),
             )
         };
+        if rotate {
+            // Secrets are durable before their public halves are published: a crash in
+            // between must not leave the relay handing out keys this device lost.
+            self.prekeys_rotated_ms = now_ms();
+            self.save()?;
+        }
+        let conn = self.conn.as_ref().ok_or(ClientError::NotConnected)?;
         let (ot, kem, _) = conn
             .upload_prekeys(signed, vec![], vec![], last_resort)
             .await?;
@@ -637,11 +646,6 @@ impl Client {
             self.prekeys
                 .generate_kem_one_time(&self.identity, want_kem.min(100), &mut rng);
         // Persist the secrets before the public halves are published.
-        self.prekeys_rotated_ms = if rotate {
-            now_ms()
-        } else {
-            self.prekeys_rotated_ms
-        };
         self.save()?;
         let (ot, kem, _) = conn.upload_prekeys(None, one_time, kem_keys, None).await?;
         Ok(Some(Event::PreKeysPublished {

@@ -234,7 +234,8 @@ pub enum FrameBody {
         code: BoundedString<MAX_ENROLLMENT_CODE_LEN>,
         /// The device's identity.
         identity: PublicIdentity,
-        /// Signature over `ENROLL_SIGNATURE_LABEL || exporter || account || code`.
+        /// Signature over [`enroll_signature_message`]:
+        /// `ENROLL_SIGNATURE_LABEL || exporter || u16 len || account || u16 len || code`.
         #[serde(with = "bytes_array")]
         signature: [u8; 64],
     },
