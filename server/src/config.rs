@@ -75,6 +75,9 @@ pub struct Limits {
     pub bundle_fetch_per_device: Rate,
     /// Bundle fetches per (requesting device, target account).
     pub bundle_fetch_per_pair: Rate,
+    /// Other requests of an authenticated device (prekey uploads, device and contact
+    /// lists, drains); `send` and `ack` have `send_rate` and the delivery window.
+    pub control_requests_per_device: Rate,
     /// Distinct keys each rate limiter tracks at most.
     pub rate_limit_max_keys: usize,
     /// When a device's one-time prekeys fall below this, it is told to upload more.
@@ -109,6 +112,7 @@ impl Default for Limits {
             auth_failures_per_device: Rate::new(0.1, 5.0),
             bundle_fetch_per_device: Rate::new(5.0, 100.0),
             bundle_fetch_per_pair: Rate::new(0.5, 20.0),
+            control_requests_per_device: Rate::new(10.0, 100.0),
             rate_limit_max_keys: 100_000,
             prekey_low_watermark: 20,
             delivery_window: 256,
@@ -130,7 +134,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Data directory (database, relay secrets).
     pub data_dir: PathBuf,
-    /// Prometheus metrics HTTP address (keep it local); `None` disables metrics.
+    /// Prometheus metrics HTTP address (keep it local); `"off"` disables metrics.
+    #[serde(with = "metrics_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// Storage backend.
     pub backend: Backend,
@@ -227,5 +232,55 @@ impl Config {
             },
             ..Self::default()
         }
+    }
+}
+
+/// `metrics_listen` in TOML: an address, or `"off"`.
+mod metrics_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.serialize_str(&a.to_string()),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "metrics_listen must be an address or \"off\", got {text:?}"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_can_be_switched_off_in_toml_and_defaults_round_trip() {
+        let c: Config = toml::from_str("metrics_listen = \"off\"\n").unwrap();
+        assert_eq!(c.metrics_listen, None);
+        let c: Config = toml::from_str("metrics_listen = \"127.0.0.1:9999\"\n").unwrap();
+        assert_eq!(
+            c.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9999)))
+        );
+        assert!(toml::from_str::<Config>("metrics_listen = \"nonsense\"\n").is_err());
+        let text = toml::to_string(&Config::default()).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.metrics_listen, Config::default().metrics_listen);
+        assert_eq!(
+            back.limits.control_requests_per_device,
+            Limits::default().control_requests_per_device
+        );
     }
 }

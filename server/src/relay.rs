@@ -54,6 +54,7 @@ struct Limiters {
     auth_device: KeyedLimiter<DeviceId>,
     fetch_device: KeyedLimiter<DeviceId>,
     fetch_pair: KeyedLimiter<(DeviceId, AccountId)>,
+    control: KeyedLimiter<DeviceId>,
 }
 
 /// The relay's shared state.
@@ -234,6 +235,7 @@ impl<S: Store> Relay<S> {
             auth_device: KeyedLimiter::new(l.auth_failures_per_device, l.rate_limit_max_keys),
             fetch_device: KeyedLimiter::new(l.bundle_fetch_per_device, l.rate_limit_max_keys),
             fetch_pair: KeyedLimiter::new(l.bundle_fetch_per_pair, l.rate_limit_max_keys),
+            control: KeyedLimiter::new(l.control_requests_per_device, l.rate_limit_max_keys),
         };
         Self {
             store,
@@ -457,6 +459,18 @@ impl<S: Store> Relay<S> {
         id: u64,
         body: FrameBody,
     ) -> Handled {
+        if matches!(
+            body,
+            FrameBody::UploadPreKeys { .. }
+                | FrameBody::ListDevices { .. }
+                | FrameBody::ListContacts
+                | FrameBody::Drain
+        ) {
+            let now = self.mono_ms();
+            if let Err(l) = self.with_limiters(|l| l.control.check(&me.device, 1.0, now)) {
+                return limited(id, "control_requests_per_device", l);
+            }
+        }
         match body {
             FrameBody::Send { envelope } => self.send(ctx, me, id, envelope).await,
             FrameBody::Ack { message_id } => self.commit_ack(me.device, id, message_id).await,

@@ -649,3 +649,40 @@ async fn a_device_cannot_touch_another_devices_mailbox() {
         id
     );
 }
+
+#[tokio::test]
+async fn control_requests_are_rate_limited_per_device() {
+    let relay = memory_relay(|c| {
+        c.limits.control_requests_per_device = sealpost_server::limits::Rate::new(0.01, 5.0);
+    })
+    .await;
+    let acct = relay.account("uma", Role::Client).await;
+    // Enrolling uploads prekeys once: one control request of the five.
+    let dev = relay.device(&acct, 40).await;
+    let mut limited_at = None;
+    for i in 0..10 {
+        match dev.conn.request(FrameBody::ListContacts).await {
+            Ok(FrameBody::Contacts { .. }) => {}
+            Err(NetError::Refused {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: Some(ms),
+                ..
+            }) => {
+                assert!(ms > 0);
+                limited_at = Some(i);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        limited_at,
+        Some(4),
+        "four more requests fit the burst of five, the fifth is refused"
+    );
+    // Messaging is not affected by the control limit.
+    assert_eq!(
+        dev.conn.request(FrameBody::Ping).await.unwrap(),
+        FrameBody::Pong
+    );
+}
