@@ -41,6 +41,9 @@ pub const MAX_HISTORY: usize = 10_000;
 pub const MAX_SEEN_IDS: usize = 100_000;
 /// A contact's device list is refreshed from the relay when older than this.
 pub const DEVICE_LIST_TTL_MS: u64 = 30_000;
+/// Received envelopes processed before the state is saved and they are acknowledged,
+/// at most (a burst is otherwise committed when no further delivery is queued).
+pub const MAX_UNSAVED_RECEIVED: usize = 64;
 /// Connection attempts before `connect` gives up.
 pub const MAX_CONNECT_ATTEMPTS: u32 = 6;
 
@@ -286,39 +289,16 @@ pub struct SendReport {
 struct SessionRecord {
     device: DeviceId,
     account: AccountId,
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "serde_bytes")]
     pickle: Vec<u8>,
-}
-
-mod serde_bytes_vec {
-    use serde::{Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-        }
-        d.deserialize_byte_buf(V)
-    }
 }
 
 /// Everything that is persisted (encrypted as a whole by [`Profile`]).
 #[derive(Serialize, Deserialize)]
 struct StateFile {
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "serde_bytes")]
     identity: Vec<u8>,
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "serde_bytes")]
     prekeys: Vec<u8>,
     prekeys_rotated_ms: u64,
     relay: Option<RelayInfo>,
@@ -355,6 +335,8 @@ pub struct Client {
     attachments: BTreeMap<MessageId, AttachmentDescriptor>,
     conn: Option<RelayConnection>,
     pending_receipts: BTreeMap<AccountId, Vec<MessageId>>,
+    /// Received envelopes processed in memory, acknowledged after the next save.
+    pending_acks: Vec<MessageId>,
 }
 
 impl Client {
@@ -397,6 +379,7 @@ impl Client {
             attachments: BTreeMap::new(),
             conn: None,
             pending_receipts: BTreeMap::new(),
+            pending_acks: Vec::new(),
         };
         client.save()?;
         Ok(client)
@@ -448,6 +431,7 @@ impl Client {
             attachments: file.attachments.into_iter().collect(),
             conn: None,
             pending_receipts: BTreeMap::new(),
+            pending_acks: Vec::new(),
             profile,
         })
     }
@@ -879,7 +863,7 @@ impl Client {
         self.save()?;
         let conn = self.conn()?;
         let sends = envelopes.into_iter().map(|e| conn.send_envelope(e));
-        let results = join_all(sends.collect()).await;
+        let results = futures_util::future::join_all(sends).await;
         let delivered = results.iter().filter(|r| r.is_ok()).count();
         if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
             if delivered == 0 {
@@ -1130,6 +1114,9 @@ impl Client {
                 Ok(None) => None,
             };
             let Some(push) = push else {
+                // Keep what was processed; the relay redelivers the unacknowledged rest.
+                self.save()?;
+                self.pending_acks.clear();
                 self.conn = None;
                 return Err(ClientError::NotConnected);
             };
@@ -1137,6 +1124,11 @@ impl Client {
                 FrameBody::Deliver { envelope } => {
                     let evs = self.handle_envelope(envelope).await?;
                     events.extend(evs);
+                    if self.pending_acks.len() >= MAX_UNSAVED_RECEIVED
+                        || self.conn()?.queued_pushes() == 0
+                    {
+                        self.commit_received().await?;
+                    }
                 }
                 FrameBody::PreKeyStock { low: true, .. } => {
                     if let Some(e) = self.maintain_prekeys().await? {
@@ -1146,6 +1138,7 @@ impl Client {
                 _ => {}
             }
         }
+        self.commit_received().await?;
         self.flush_receipts().await?;
         Ok(events)
     }
@@ -1186,8 +1179,7 @@ impl Client {
     ) -> Result<Vec<Event>, ClientError> {
         let id = envelope.header.message_id;
         self.remember(id);
-        self.save()?;
-        self.conn()?.ack(id).await?;
+        self.pending_acks.push(id);
         Ok(vec![Event::Rejected {
             device: envelope.header.sender,
             message_id: id,
@@ -1198,8 +1190,11 @@ impl Client {
     async fn handle_envelope(&mut self, envelope: Envelope) -> Result<Vec<Event>, ClientError> {
         let id = envelope.header.message_id;
         if self.seen_set.contains(&id) {
-            // Redelivery of something already processed: acknowledge again, show nothing.
-            self.conn()?.ack(id).await?;
+            // Redelivery of something already processed: show nothing. Acknowledge it again
+            // only if its processing is already saved; otherwise the next save does.
+            if !self.pending_acks.contains(&id) {
+                self.conn()?.ack(id).await?;
+            }
             return Ok(Vec::new());
         }
         let sender = envelope.header.sender;
@@ -1348,9 +1343,24 @@ impl Client {
             }
         }
         self.remember(id);
-        self.save()?;
-        self.conn()?.ack(id).await?;
+        self.pending_acks.push(id);
         Ok(events)
+    }
+
+    /// Save what was received, then acknowledge it to the relay: an envelope is deleted
+    /// at the relay only once its effect on this device is durable. Done once per burst of
+    /// deliveries rather than once per envelope.
+    async fn commit_received(&mut self) -> Result<(), ClientError> {
+        if self.pending_acks.is_empty() {
+            return Ok(());
+        }
+        self.save()?;
+        let ids = std::mem::take(&mut self.pending_acks);
+        let conn = self.conn()?;
+        for id in ids {
+            conn.ack(id).await?;
+        }
+        Ok(())
     }
 
     /// The safety number with `account` (over this account's and its devices).
@@ -1477,29 +1487,4 @@ fn media_type_for(path: &Path) -> &'static str {
         Some("xlsx") => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
         _ => "application/octet-stream",
     }
-}
-
-async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    use std::future::poll_fn;
-    use std::task::Poll;
-    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if outs[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => outs[i] = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outs.into_iter().flatten().collect()
 }

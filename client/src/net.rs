@@ -337,6 +337,12 @@ impl RelayConnection {
         self.pushes.lock().await.recv().await
     }
 
+    /// Pushes received and not yet taken with [`RelayConnection::next_push`] (0 while
+    /// another task is taking one).
+    pub fn queued_pushes(&self) -> usize {
+        self.pushes.try_lock().map_or(0, |rx| rx.len())
+    }
+
     /// Enrol `identity` into `account` with a one-time code.
     pub async fn enroll(
         &self,

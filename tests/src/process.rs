@@ -21,11 +21,12 @@ pub struct RelayProcess {
 }
 
 /// Write a relay configuration for a test directory: dev certificates in `dir/certs`,
-/// data in `dir/data`, high limits, optional metrics address.
+/// data in `dir/data`, high limits, metrics at the given address or off.
 pub fn write_config(dir: &Path, metrics: Option<SocketAddr>) -> PathBuf {
     let metrics_line = match metrics {
         Some(m) => format!("metrics_listen = \"{m}\"\n"),
-        None => String::new(),
+        // Tests run in parallel and the default metrics port is fixed.
+        None => "metrics_listen = \"off\"\n".to_owned(),
     };
     let text = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n{metrics_line}backend = \"sqlite\"\n\n[tls]\ndev_dir = \"{certs}\"\n\n[limits]\nsend_rate = {{ per_second = 100000.0, burst = 100000.0 }}\nauth_failures_per_ip = {{ per_second = 1000.0, burst = 1000.0 }}\n",
@@ -48,17 +49,6 @@ impl RelayProcess {
             .stderr(Stdio::piped());
         if !extra_env.iter().any(|(k, _)| *k == "RUST_LOG") {
             cmd.env("RUST_LOG", "info");
-        }
-        // Tests run in parallel: no metrics listener on the fixed default port unless the
-        // configuration names one.
-        let names_metrics =
-            std::fs::read_to_string(config).is_ok_and(|t| t.contains("metrics_listen"));
-        if !names_metrics
-            && !extra_env
-                .iter()
-                .any(|(k, _)| *k == "SEALPOST_RELAY_METRICS")
-        {
-            cmd.env("SEALPOST_RELAY_METRICS", "off");
         }
         for (k, v) in extra_env {
             cmd.env(k, v);

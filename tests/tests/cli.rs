@@ -15,8 +15,6 @@ use serde_json::Value;
 
 const RELAY: &str = env!("CARGO_BIN_EXE_sealpost-relay-under-test");
 const CLI: &str = env!("CARGO_BIN_EXE_sealpost-under-test");
-/// No metrics listener: tests run in parallel and the default metrics port is fixed.
-const NO_METRICS: &[(&str, &str)] = &[("SEALPOST_RELAY_METRICS", "off")];
 /// Upper bound for any single CLI or admin invocation.
 const STEP: Duration = Duration::from_secs(60);
 
@@ -176,7 +174,7 @@ impl Device {
 
 fn start_relay(dir: &Path) -> (PathBuf, RelayProcess) {
     let config = write_config(dir, None);
-    let relay = RelayProcess::start(Path::new(RELAY), &config, NO_METRICS);
+    let relay = RelayProcess::start(Path::new(RELAY), &config, &[]);
     (config, relay)
 }
 
@@ -492,7 +490,7 @@ fn cli_listen_prints_events_reconnects_after_a_relay_restart_and_stops_on_sigter
         .unwrap()
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(&config, text).unwrap();
-    let relay = RelayProcess::start(Path::new(RELAY), &config, NO_METRICS);
+    let relay = RelayProcess::start(Path::new(RELAY), &config, &[]);
     admin(
         &config,
         &["create-account", "ann.advisor", "--role", "advisor"],
@@ -524,7 +522,7 @@ fn cli_listen_prints_events_reconnects_after_a_relay_restart_and_stops_on_sigter
     // The relay restarts (same port, same data and CA); listen notices and reconnects.
     assert_eq!(relay.terminate(Duration::from_secs(20)), Some(0));
     wait_for_event(&rx, "disconnected", &mut seen);
-    let relay = RelayProcess::start(Path::new(RELAY), &config, NO_METRICS);
+    let relay = RelayProcess::start(Path::new(RELAY), &config, &[]);
     wait_for_event(&rx, "connected", &mut seen);
     ann.run(&["send", "alice", "after the restart"])
         .ok("send 2");

@@ -355,3 +355,64 @@ async fn a_wrong_passphrase_is_a_clear_error() {
         Ok(_) => panic!("opened with a wrong passphrase"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_claiming_another_account_is_rejected() {
+    use sealpost_protocol::content::{Content, Message};
+    use sealpost_protocol::envelope::{EnvelopeKind, RoutingHeader};
+    use sealpost_protocol::wire::BoundedString;
+
+    let relay = memory_relay(|_| {}).await;
+    let homes = tempfile::tempdir().unwrap();
+    let nia_id = relay.account("nia", Role::Client).await;
+    let mal_id = relay.account("mal.advisor", Role::Advisor).await;
+    let boss_id = relay.account("boss.advisor", Role::Advisor).await;
+    relay.assign(&nia_id, &mal_id).await;
+    relay.assign(&nia_id, &boss_id).await;
+    let mut nia = enrolled(&relay, &homes.path().join("nia"), &nia_id).await;
+    let _boss = enrolled(&relay, &homes.path().join("boss"), &boss_id).await;
+    // A device of mal.advisor writes as if it were boss.advisor.
+    let mut mal = relay.device(&mal_id, 77).await;
+    let bundle = mal.conn.fetch_bundles(&nia_id).await.unwrap().remove(0);
+    let mut session = sealpost_protocol::initiate(&mal.identity, &bundle, &mut mal.rng).unwrap();
+    let forged = Message {
+        from: boss_id.clone(),
+        sent_ms: 1,
+        content: Content::Text {
+            body: BoundedString::truncating("New deposit address: ..."),
+        },
+    };
+    let header = RoutingHeader::new(
+        mal.id(),
+        nia.device_id(),
+        EnvelopeKind::Chat,
+        1,
+        &mut mal.rng,
+    );
+    let env = session
+        .seal(header, &forged.encode().unwrap(), &mut mal.rng)
+        .unwrap();
+    mal.conn.send_envelope(env).await.unwrap();
+
+    let got = nia.receive(true, QUIET).await.unwrap();
+    assert!(
+        texts(&got).is_empty(),
+        "the forged message is not shown: {got:?}"
+    );
+    assert!(
+        got.iter().any(
+            |e| matches!(e, Event::Rejected { reason, .. } if reason.contains("boss.advisor"))
+        ),
+        "{got:?}"
+    );
+    assert!(
+        nia.history().all(|e| e.peer != boss_id),
+        "nothing recorded as from boss.advisor"
+    );
+    // It was acknowledged (dropped), so it does not come back.
+    drop(nia);
+    let mut nia = Client::open(&homes.path().join("nia"), PASS).unwrap();
+    nia.connect().await.unwrap();
+    let again = nia.receive(true, Duration::from_secs(2)).await.unwrap();
+    assert!(again.is_empty(), "{again:?}");
+}

@@ -318,7 +318,7 @@ async fn one_time_prekeys_are_handed_out_once_then_last_resort() {
     for i in 0..4 {
         fetchers.push(relay.device(&staff, 100 + i).await);
     }
-    let results = futures_join(fetchers.iter().map(|f| async {
+    let results = futures_util::future::join_all(fetchers.iter().map(|f| async {
         let mut ids = Vec::new();
         for _ in 0..5 {
             let b = f.conn.fetch_bundles(&advisor).await.unwrap();
@@ -362,43 +362,6 @@ async fn one_time_prekeys_are_handed_out_once_then_last_resort() {
         }
     }
     assert!(low, "low-stock warning pushed to the owner");
-}
-
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let handles: Vec<_> = futs.collect();
-    let mut out = Vec::new();
-    // Poll them concurrently on this task.
-    let mut set = Vec::new();
-    for h in handles {
-        set.push(Box::pin(h));
-    }
-    let results = join_all(set).await;
-    out.extend(results);
-    out
-}
-
-async fn join_all<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
-    use std::future::poll_fn;
-    use std::task::Poll;
-    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in futs.iter_mut().enumerate() {
-            if outs[i].is_none() {
-                match std::pin::Pin::new(f).poll(cx) {
-                    Poll::Ready(v) => outs[i] = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    outs.into_iter().map(|o| o.unwrap()).collect()
 }
 
 #[tokio::test]
@@ -685,4 +648,157 @@ async fn control_requests_are_rate_limited_per_device() {
         dev.conn.request(FrameBody::Ping).await.unwrap(),
         FrameBody::Pong
     );
+}
+
+#[tokio::test]
+async fn prekeys_not_signed_by_the_device_or_of_the_wrong_kind_are_refused() {
+    let relay = memory_relay(|_| {}).await;
+    let acct = relay.account("vic", Role::Advisor).await;
+    let mut dev = relay.device(&acct, 41).await;
+    let other = IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    let mut foreign = sealpost_protocol::PreKeySecrets::new();
+    // One-time prekeys signed by another identity.
+    let otk = foreign.generate_one_time(&other, 2, &mut rand::rngs::OsRng);
+    assert_eq!(
+        refused(dev.conn.upload_prekeys(None, otk, vec![], None).await),
+        ErrorCode::Forbidden
+    );
+    // A last-resort KEM prekey offered as a one-time one (its signature covers the kind).
+    let last = dev
+        .prekeys
+        .rotate_kem_last_resort(&dev.identity, &mut dev.rng);
+    assert_eq!(
+        refused(
+            dev.conn
+                .upload_prekeys(None, vec![], vec![last.clone()], None)
+                .await
+        ),
+        ErrorCode::Forbidden
+    );
+    // A one-time KEM prekey relabelled as last-resort: the signature no longer verifies.
+    let mut one = dev
+        .prekeys
+        .generate_kem_one_time(&dev.identity, 1, &mut dev.rng)
+        .remove(0);
+    one.last_resort = true;
+    assert_eq!(
+        refused(
+            dev.conn
+                .upload_prekeys(None, vec![], vec![], Some(one))
+                .await
+        ),
+        ErrorCode::Forbidden
+    );
+    // The correctly signed one is accepted.
+    assert!(dev
+        .conn
+        .upload_prekeys(None, vec![], vec![], Some(last))
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn envelopes_over_the_configured_size_are_refused() {
+    let relay = memory_relay(|c| c.limits.max_envelope_bytes = 2048).await;
+    let client = relay.account("wes", Role::Client).await;
+    let advisor = relay.account("xia", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 42).await;
+    let b = relay.device(&advisor, 43).await;
+    let mut s = a.session_with(&b).await;
+    let big = "x".repeat(4000);
+    let env = a.seal(&mut s, b.id(), &big);
+    assert!(env.body.len() > 2048);
+    assert_eq!(
+        refused(a.conn.send_envelope(env).await),
+        ErrorCode::TooLarge
+    );
+    // A small one still goes through on the same connection.
+    let env = a.seal(&mut s, b.id(), "small");
+    a.conn.send_envelope(env).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_enrolment_signature_is_refused_and_leaves_the_code_usable() {
+    let relay = memory_relay(|_| {}).await;
+    let acct = relay.account("yan", Role::Client).await;
+    let code = relay.code(&acct).await;
+    let id = IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    let c1 = relay.connect().await;
+    let c2 = relay.connect().await;
+    // Signed for another connection's channel binding.
+    let signature = id.sign(&wire::enroll_signature_message(c2.exporter(), &acct, &code));
+    let body = FrameBody::Enroll {
+        account: acct.clone(),
+        code: wire::BoundedString::truncating(&code),
+        identity: id.public().clone(),
+        signature,
+    };
+    assert_eq!(refused(c1.request(body).await), ErrorCode::AuthFailed);
+    // The code was not consumed by the refused attempt.
+    c1.enroll(&id, &acct, &code).await.unwrap();
+}
+
+#[tokio::test]
+async fn repeated_auth_failures_for_a_device_are_rate_limited() {
+    let relay = memory_relay(|c| {
+        c.limits.auth_failures_per_device = sealpost_server::limits::Rate::new(0.01, 2.0);
+    })
+    .await;
+    let acct = relay.account("zed", Role::Client).await;
+    let dev = relay.device(&acct, 44).await;
+    let mallory = IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    for _ in 0..2 {
+        let c = relay.connect().await;
+        let nonce = match c
+            .request(FrameBody::AuthStart { device: dev.id() })
+            .await
+            .unwrap()
+        {
+            FrameBody::AuthChallenge { nonce } => nonce,
+            other => panic!("{other:?}"),
+        };
+        let sig = mallory.sign(&wire::auth_signature_message(
+            c.exporter(),
+            &nonce,
+            &dev.id(),
+        ));
+        assert_eq!(
+            refused(c.request(FrameBody::AuthResponse { signature: sig }).await),
+            ErrorCode::AuthFailed
+        );
+    }
+    let c = relay.connect().await;
+    match c.request(FrameBody::AuthStart { device: dev.id() }).await {
+        Err(NetError::Refused {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: Some(ms),
+            ..
+        }) => assert!(ms > 0),
+        other => panic!("expected a rate limit, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bundle_fetches_per_target_are_rate_limited() {
+    let relay = memory_relay(|c| {
+        c.limits.bundle_fetch_per_pair = sealpost_server::limits::Rate::new(0.01, 3.0);
+    })
+    .await;
+    let client = relay.account("abe", Role::Client).await;
+    let advisor = relay.account("bea", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let a = relay.device(&client, 45).await;
+    let _b = relay.device(&advisor, 46).await;
+    for _ in 0..3 {
+        a.conn.fetch_bundles(&advisor).await.unwrap();
+    }
+    match a.conn.fetch_bundles(&advisor).await {
+        Err(NetError::Refused {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: Some(ms),
+            ..
+        }) => assert!(ms > 0),
+        other => panic!("expected a rate limit, got {other:?}"),
+    }
 }
