@@ -210,21 +210,45 @@ pub mod boxed_bytes_array {
     }
 }
 
-/// Serde adapter for `Option<[u8; 32]>` as a byte string or null.
+/// Serde adapter for `Option<[u8; N]>` as a byte string or null.
 pub mod opt_bytes_array {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    #[derive(Serialize, Deserialize)]
-    #[serde(transparent)]
-    struct B(#[serde(with = "super::bytes_array")] [u8; 32]);
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
 
     /// Serialize.
-    pub fn serialize<S: Serializer>(v: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
-        v.map(B).serialize(s)
+    pub fn serialize<S: Serializer, const N: usize>(
+        v: &Option<[u8; N]>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(serde_bytes::Bytes::new(&b[..])),
+            None => s.serialize_none(),
+        }
+    }
+
+    struct OptVisitor<const N: usize>;
+
+    impl<'de, const N: usize> Visitor<'de> for OptVisitor<N> {
+        type Value = Option<[u8; N]>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "null or a byte string of exactly {N} bytes")
+        }
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            super::bytes_array::deserialize(d).map(Some)
+        }
     }
 
     /// Deserialize.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
-        Ok(Option::<B>::deserialize(d)?.map(|b| b.0))
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<Option<[u8; N]>, D::Error> {
+        d.deserialize_option(OptVisitor::<N>)
     }
 }

@@ -7,10 +7,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::attachment::AttachmentDescriptor;
-use crate::codec;
+use crate::codec::{self, bytes_array};
 use crate::envelope::{EnvelopeKind, MessageId, MAX_PLAINTEXT_LEN};
 use crate::error::{DecodeError, EncodeError};
 use crate::identity::AccountId;
+use crate::trust::{
+    Approval, ApprovalBundle, EntryBody, NoticeHeader, Roster, SignedNotice,
+};
 use crate::wire::{BoundedString, BoundedVec};
 
 /// Longest chat text, bytes of UTF-8.
@@ -52,12 +55,34 @@ pub enum Content {
         /// The text.
         body: BoundedString<MAX_TEXT_LEN>,
     },
-    /// An account notice from staff (shown apart from chat).
+    /// An account notice from staff (shown apart from chat): the signed header, and the
+    /// exact content bytes its `content_hash` covers (`CBOR(NoticeText)`).
     Notice {
-        /// Short title.
-        title: BoundedString<MAX_TITLE_LEN>,
-        /// The notice.
-        body: BoundedString<MAX_TEXT_LEN>,
+        /// The signed header, with co-signatures where the category or audience needs
+        /// them.
+        notice: SignedNotice,
+        /// `CBOR(NoticeText)`, exactly as hashed.
+        #[serde(with = "serde_bytes")]
+        content: Vec<u8>,
+    },
+    /// A staff device asks the other staff to approve something: the request (signed by
+    /// the initiator) and what it is about, in full, so the approver sees exactly what
+    /// the signature covers.
+    ApprovalRequest {
+        /// The request and the initiator's signature (no approvals yet).
+        bundle: ApprovalBundle,
+        /// What is to be approved; its digest is the request's `parameters`.
+        subject: ApprovalSubject,
+    },
+    /// An approver's answer to an approval request.
+    ApprovalResponse {
+        /// The request it answers.
+        #[serde(with = "bytes_array")]
+        request_id: [u8; 16],
+        /// The approval, or `None` for a rejection.
+        approval: Option<Approval>,
+        /// Why (shown to the initiator; may be empty).
+        reason: BoundedString<MAX_TITLE_LEN>,
     },
     /// Delivery or read receipts for earlier messages.
     Receipt {
@@ -83,6 +108,65 @@ pub enum Content {
     },
 }
 
+/// The content of a notice: what `content_hash` of its header covers, as `CBOR(NoticeText)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticeText {
+    /// Short title.
+    pub title: BoundedString<MAX_TITLE_LEN>,
+    /// The notice.
+    pub body: BoundedString<MAX_TEXT_LEN>,
+}
+
+impl NoticeText {
+    /// The bytes that are hashed and carried.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        codec::encode("notice text", self, MAX_PLAINTEXT_LEN)
+    }
+
+    /// Decode carried bytes (after their hash was checked).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode("notice text", bytes, MAX_PLAINTEXT_LEN)
+    }
+}
+
+/// What an approval request is about. The request's `parameters` must equal the digest
+/// named here, which the approver recomputes from this value before it shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ApprovalSubject {
+    /// The next roster version (`parameters` = its hash).
+    RosterChange {
+        /// The proposed roster.
+        roster: Roster,
+    },
+    /// A notice that needs co-signatures (`parameters` = the header's digest).
+    Notice {
+        /// The header.
+        header: NoticeHeader,
+        /// `CBOR(NoticeText)`, as hashed by the header.
+        #[serde(with = "serde_bytes")]
+        content: Vec<u8>,
+    },
+    /// A device-log entry carried by a quorum: a recovery or an unfreeze (`parameters` =
+    /// the entry hash).
+    DeviceLog {
+        /// The entry body.
+        entry: EntryBody,
+    },
+}
+
+impl ApprovalSubject {
+    /// The parameters a request about this subject must carry.
+    pub fn parameters(&self) -> [u8; 32] {
+        match self {
+            ApprovalSubject::RosterChange { roster } => roster.hash().0,
+            ApprovalSubject::Notice { header, .. } => header.digest().0,
+            ApprovalSubject::DeviceLog { entry } => entry.hash().0,
+        }
+    }
+}
+
 impl Content {
     /// The envelope kind the relay sees for this content.
     pub fn envelope_kind(&self) -> EnvelopeKind {
@@ -92,6 +176,9 @@ impl Content {
             Content::Receipt { .. } => EnvelopeKind::Receipt,
             Content::Attachment { .. } => EnvelopeKind::Attachment,
             Content::Sync { .. } => EnvelopeKind::Sync,
+            Content::ApprovalRequest { .. } | Content::ApprovalResponse { .. } => {
+                EnvelopeKind::Approval
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::envelope::{Envelope, MessageId};
 use crate::error::{DecodeError, EncodeError};
 use crate::identity::{AccountId, DeviceId, PublicIdentity, MAX_DEVICES_PER_ACCOUNT};
 use crate::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use crate::trust::{EntryBody, LinkChallenge, LogEntry, SignedNotice, SignedRoster};
 use crate::PROTOCOL_VERSION;
 
 /// Largest frame payload (after the 4-byte length prefix).
@@ -41,6 +42,39 @@ pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-Sealpost-Auth-v1";
 pub const AUTH_SIGNATURE_LABEL: &[u8] = b"Sealpost_Auth_v1";
 /// Domain label of the enrolment signature.
 pub const ENROLL_SIGNATURE_LABEL: &[u8] = b"Sealpost_Enroll_v1";
+/// Signature label of `link_start`.
+pub const LINK_SIGNATURE_LABEL: &[u8] = b"Sealpost_Link_v1";
+/// Most pending link requests per account.
+pub const MAX_PENDING_LINKS: usize = 4;
+/// Most roster versions in one `roster` frame.
+pub const MAX_ROSTER_LINKS_PER_FRAME: usize = 16;
+/// A `roster` frame stops adding versions once it holds this many bytes of them (one
+/// version is at most [`crate::trust::MAX_SIGNED_ROSTER_LEN`], below [`MAX_FRAME_LEN`]).
+pub const ROSTER_FRAME_BUDGET: usize = 192 * 1024;
+/// Most device-log entries in one `device_log` frame.
+pub const MAX_LOG_ENTRIES_PER_FRAME: usize = 32;
+
+/// A pending request to add a device to an account (or recover it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingLink {
+    /// Its id.
+    #[serde(with = "bytes_array")]
+    pub link_id: [u8; 16],
+    /// The account.
+    pub account: AccountId,
+    /// The new device's identity.
+    pub identity: PublicIdentity,
+    /// When it was made, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// The challenge offered, if an offer was made.
+    pub challenge: Option<LinkChallenge>,
+    /// The body offered.
+    pub body: Option<EntryBody>,
+    /// The new device's signature over the offered body.
+    #[serde(with = "crate::codec::opt_bytes_array")]
+    pub subject_signature: Option<[u8; 64]>,
+}
 
 /// A `Vec` whose length is checked against `N` when decoded.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -238,6 +272,38 @@ pub enum FrameBody {
         /// `ENROLL_SIGNATURE_LABEL || exporter || u16 len || account || u16 len || code`.
         #[serde(with = "bytes_array")]
         signature: [u8; 64],
+        /// Entry 0 of the account's device log: this identity adding itself, signed by it
+        /// ([`crate::trust::LogEntry::genesis`]). An account that already has a log cannot
+        /// enrol another device with a code: it links one, or staff recover it.
+        genesis: LogEntry,
+    },
+    /// Ask to join an existing account as a new device (see docs/PROTOCOL.md, "Linking a
+    /// device"). Allowed before authentication; answered with `link_started`.
+    LinkStart {
+        /// The account to join.
+        account: AccountId,
+        /// The new device's identity.
+        identity: PublicIdentity,
+        /// Signature over [`link_signature_message`]: `LINK_SIGNATURE_LABEL || exporter ||
+        /// u16 len || account`, proving the new device holds the key on this connection.
+        #[serde(with = "bytes_array")]
+        signature: [u8; 64],
+    },
+    /// The new device asks how its link request stands; answered with `link_state`.
+    LinkPoll {
+        /// The id `link_started` returned (a capability: only the new device knows it).
+        #[serde(with = "bytes_array")]
+        link_id: [u8; 16],
+    },
+    /// The new device's signature over the offered entry (`"Sealpost_DeviceLogSign_v1" ||
+    /// entry_hash`); answered with `done`.
+    LinkSign {
+        /// The link.
+        #[serde(with = "bytes_array")]
+        link_id: [u8; 16],
+        /// The signature.
+        #[serde(with = "bytes_array")]
+        signature: [u8; 64],
     },
     /// Begin authentication as `device`.
     AuthStart {
@@ -290,6 +356,54 @@ pub enum FrameBody {
     /// The accounts this device's account may reach (assigned advisors and staff for a
     /// client; assigned clients for advisors and staff).
     ListContacts,
+    /// Send a staff notice: like `send`, with the notice's signed header (and its
+    /// co-signatures) in the clear for the relay to check. The envelope's kind is `notice`.
+    SendNotice {
+        /// The sealed envelope (its plaintext carries the same signed notice and content).
+        envelope: Envelope,
+        /// The signed header.
+        notice: SignedNotice,
+    },
+    /// Roster versions after `after_version` (0: from version 1); answered with `roster`.
+    GetRoster {
+        /// The last version the device already holds.
+        after_version: u64,
+    },
+    /// Publish the next roster version (staff devices only); answered with `done`.
+    PublishRoster {
+        /// The signed version.
+        roster: SignedRoster,
+    },
+    /// Entries of an account's device log from `from_seq` on; answered with `device_log`.
+    GetDeviceLog {
+        /// The account.
+        account: AccountId,
+        /// The first entry wanted.
+        from_seq: u64,
+    },
+    /// Append an entry to an account's device log; answered with `done`.
+    AppendDeviceLog {
+        /// The entry; its body names the account.
+        entry: LogEntry,
+    },
+    /// Pending link (and recovery) requests for an account: the account's own devices, or
+    /// any staff device; answered with `links`.
+    ListLinks {
+        /// The account.
+        account: AccountId,
+    },
+    /// An existing device (or, for a recovery, a staff device) offers the new device the
+    /// entry that will add it, and the challenge its link code is computed from; answered
+    /// with `done`.
+    LinkOffer {
+        /// The link.
+        #[serde(with = "bytes_array")]
+        link_id: [u8; 16],
+        /// Picked after the new identity was received.
+        challenge: LinkChallenge,
+        /// The entry body (an add or a recover of the link's identity).
+        body: EntryBody,
+    },
     // ----- attachment streams (each on its own bidirectional stream, authenticated
     // connection only; see docs/PROTOCOL.md) -----
     /// First frame of an upload stream: the blob that follows in `blob_chunk` frames.
@@ -368,6 +482,57 @@ pub enum FrameBody {
     },
     /// Answer to `ping`.
     Pong,
+    /// A request without another answer succeeded.
+    Done,
+    /// Answer to `link_start`.
+    LinkStarted {
+        /// The link's id.
+        #[serde(with = "bytes_array")]
+        link_id: [u8; 16],
+        /// When the request lapses, ms since the Unix epoch.
+        expires_ms: u64,
+    },
+    /// Answer to `link_poll`.
+    LinkState {
+        /// What an existing device offered, if anything yet.
+        challenge: Option<LinkChallenge>,
+        /// The offered entry body.
+        body: Option<EntryBody>,
+        /// The entry was appended: the new device can authenticate now.
+        completed: bool,
+    },
+    /// Answer to `list_links`.
+    Links {
+        /// Pending requests, oldest first.
+        links: BoundedVec<PendingLink, MAX_PENDING_LINKS>,
+    },
+    /// Answer to `get_roster`: consecutive versions, oldest first.
+    Roster {
+        /// At most [`MAX_ROSTER_LINKS_PER_FRAME`] versions, fewer if the frame would
+        /// grow past [`ROSTER_FRAME_BUDGET`].
+        links: BoundedVec<SignedRoster, MAX_ROSTER_LINKS_PER_FRAME>,
+        /// The newest version the relay holds (0: none); ask again while behind it.
+        latest: u64,
+    },
+    /// Answer to `get_device_log`: consecutive entries, oldest first.
+    DeviceLog {
+        /// The account.
+        account: AccountId,
+        /// At most [`MAX_LOG_ENTRIES_PER_FRAME`] entries.
+        entries: BoundedVec<LogEntry, MAX_LOG_ENTRIES_PER_FRAME>,
+        /// How many entries the log holds in all.
+        total: u64,
+    },
+    /// Push: an account's device log grew (sent to the account's other devices and to the
+    /// staff assigned to it).
+    DeviceLogChanged {
+        /// The account.
+        account: AccountId,
+        /// The new last entry.
+        seq: u64,
+        /// Its action (`add`, `remove`, `freeze`, `unfreeze`, `recover`).
+        action: BoundedString<16>,
+    },
     /// Answer to `drain`: every envelope pending when `drain` arrived has been delivered
     /// (the `deliver` frames precede this answer on the stream).
     MailboxEmpty,
@@ -429,6 +594,23 @@ pub const FRAME_TYPES: &[&str] = &[
     "blob_stored",
     "blob_header",
     "error",
+    "link_start",
+    "link_poll",
+    "link_sign",
+    "send_notice",
+    "get_roster",
+    "publish_roster",
+    "get_device_log",
+    "append_device_log",
+    "list_links",
+    "link_offer",
+    "done",
+    "link_started",
+    "link_state",
+    "links",
+    "roster",
+    "device_log",
+    "device_log_changed",
 ];
 
 impl FrameBody {
@@ -617,6 +799,16 @@ pub fn auth_signature_message(exporter: &[u8; 32], nonce: &[u8; 32], device: &De
     m.extend_from_slice(exporter);
     m.extend_from_slice(nonce);
     m.extend_from_slice(&device.0);
+    m
+}
+
+/// The bytes a new device signs in `link_start`.
+pub fn link_signature_message(exporter: &[u8; 32], account: &AccountId) -> Vec<u8> {
+    let mut m = Vec::with_capacity(LINK_SIGNATURE_LABEL.len() + 32 + 2 + 64);
+    m.extend_from_slice(LINK_SIGNATURE_LABEL);
+    m.extend_from_slice(exporter);
+    m.extend_from_slice(&(account.as_str().len() as u16).to_be_bytes());
+    m.extend_from_slice(account.as_str().as_bytes());
     m
 }
 

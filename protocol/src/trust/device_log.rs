@@ -43,7 +43,7 @@ use super::approval::{verify_quorum, ApprovalBundle, QuorumProof};
 use super::error::{Digest, TrustError};
 use super::roster::{Operation, RosterChain};
 use super::{
-    Canon, LINK_CODE_LABEL, LOG_ENTRY_LABEL, LOG_SIGN_LABEL, MAX_CLOCK_SKEW_MS, MAX_DEVICE_LOG_LEN,
+    Canon, DEFAULT_COOLING_OFF_MS, LINK_CODE_LABEL, LOG_ENTRY_LABEL, LOG_SIGN_LABEL, MAX_CLOCK_SKEW_MS, MAX_DEVICE_LOG_LEN,
     MAX_LOG_ENTRIES, MAX_LOG_REASON_LEN,
 };
 
@@ -424,7 +424,7 @@ impl DeviceLog {
     /// ends before it, or differs at it, is refused (rollback, fork).
     pub fn verify(
         &self,
-        chain: &RosterChain,
+        chain: Option<&RosterChain>,
         held: Option<&LogHead>,
         now_ms: u64,
     ) -> Result<DeviceSet, TrustError> {
@@ -477,7 +477,8 @@ impl DeviceLog {
             let hash = b.hash();
             let message = sign_message(&hash);
             let ts = b.timestamp_ms;
-            let cooling_off = chain.roster_at(ts).policy().cooling_off_ms;
+            let cooling_off =
+                chain.map_or(DEFAULT_COOLING_OFF_MS, |c| c.roster_at(ts).policy().cooling_off_ms);
             let unauthorized = |reason: &'static str| TrustError::Unauthorized {
                 seq,
                 action: b.action.name(),
@@ -584,6 +585,9 @@ impl DeviceLog {
                                 "needs a signature by a device of the account, not a staff quorum",
                             )),
                         };
+                    let Some(chain) = chain else {
+                        return Err(TrustError::NoRoster);
+                    };
                     check_quorum(chain, bundle, op, &hash, ts)?;
                     match action {
                         DeviceAction::Recover { identity } => {
@@ -648,7 +652,13 @@ impl DeviceLog {
                 })
                 .collect(),
             revoked: revoked.into_iter().collect(),
-            sensitive_kinds: chain.head().policy().sensitive_kinds.clone(),
+            sensitive_kinds: match chain {
+                Some(c) => c.head().policy().sensitive_kinds.clone(),
+                None => EnvelopeKind::ALL
+                    .into_iter()
+                    .filter(|k| k.is_sensitive())
+                    .collect(),
+            },
         })
     }
 }
@@ -836,7 +846,7 @@ mod tests {
         let mut org = Org::new(40);
         let chain = org.chain();
         let mut c = client(&mut org);
-        let set = c.log.verify(&chain, None, T0 + HOUR).unwrap();
+        let set = c.log.verify(Some(&chain), None, T0 + HOUR).unwrap();
         assert_eq!(set.devices.len(), 1);
         assert!(
             set.devices[0].on_probation,
@@ -852,14 +862,14 @@ mod tests {
             IdentityKeyPair::from_secrets(&c.phone.secret_bytes().0, &c.phone.secret_bytes().1);
         add(&mut c, &phone, &laptop, T0 + DAY + 1);
         let now = T0 + DAY + 2;
-        let set = c.log.verify(&chain, None, now).unwrap();
+        let set = c.log.verify(Some(&chain), None, now).unwrap();
         assert_eq!(set.devices.len(), 2);
         let l = set.device(&laptop.device_id()).unwrap();
         assert!(l.on_probation);
         assert_eq!(l.probation_until_ms, T0 + DAY + 1 + DAY);
         assert!(!set.device(&phone.device_id()).unwrap().on_probation);
         // Probation ends after the cooling-off window.
-        let later = c.log.verify(&chain, None, T0 + 2 * DAY + 1).unwrap();
+        let later = c.log.verify(Some(&chain), None, T0 + 2 * DAY + 1).unwrap();
         assert!(later.devices.iter().all(|d| !d.on_probation));
         assert_eq!(set.head, c.log.head());
     }
@@ -869,7 +879,7 @@ mod tests {
         let mut org = Org::new(41);
         let chain = org.chain();
         let c = client(&mut org);
-        let set = c.log.verify(&chain, None, T0 + HOUR).unwrap();
+        let set = c.log.verify(Some(&chain), None, T0 + HOUR).unwrap();
         let id = c.phone.device_id();
         assert_eq!(set.may_send(&id, EnvelopeKind::Chat), SendDecision::Allowed);
         assert_eq!(
@@ -881,7 +891,7 @@ mod tests {
             set.may_send(&stranger.device_id(), EnvelopeKind::Chat),
             SendDecision::NotActive
         );
-        let set = c.log.verify(&chain, None, T0 + DAY).unwrap();
+        let set = c.log.verify(Some(&chain), None, T0 + DAY).unwrap();
         assert_eq!(
             set.may_send(&id, EnvelopeKind::Approval),
             SendDecision::Allowed
@@ -912,7 +922,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            log.verify(&chain, None, now).err(),
+            log.verify(Some(&chain), None, now).err(),
             Some(TrustError::SignerNotActive {
                 seq: 1,
                 device: relay_device.device_id()
@@ -930,7 +940,7 @@ mod tests {
         })
         .unwrap();
         assert!(matches!(
-            log.verify(&chain, None, now),
+            log.verify(Some(&chain), None, now),
             Err(TrustError::BadSignature {
                 what: "device log entry",
                 ..
@@ -941,7 +951,7 @@ mod tests {
         log.push(LogEntry::genesis(body.clone(), &relay_device))
             .unwrap();
         assert!(matches!(
-            log.verify(&chain, None, now),
+            log.verify(Some(&chain), None, now),
             Err(TrustError::Unauthorized { seq: 1, .. })
         ));
         // Signed by the phone, but the new device never signed (no proof of possession).
@@ -949,7 +959,7 @@ mod tests {
         log.push(LogEntry::signed_by_device(body.clone(), &base.phone, None))
             .unwrap();
         assert!(matches!(
-            log.verify(&chain, None, now),
+            log.verify(Some(&chain), None, now),
             Err(TrustError::Unauthorized { seq: 1, .. })
         ));
         // The phone's genuine signature, but the relay rewrote the identity afterwards.
@@ -961,7 +971,7 @@ mod tests {
         };
         log.push(entry).unwrap();
         assert!(matches!(
-            log.verify(&chain, None, now),
+            log.verify(Some(&chain), None, now),
             Err(TrustError::BadSignature { .. })
         ));
         // A genesis signed by someone other than the device it adds.
@@ -976,7 +986,7 @@ mod tests {
         let mut e = LogEntry::genesis(body, &base.phone);
         e.subject_signature = Some(e.body.sign(&relay_device));
         log.push(e).unwrap();
-        assert!(log.verify(&chain, None, now).is_err());
+        assert!(log.verify(Some(&chain), None, now).is_err());
     }
 
     #[test]
@@ -989,7 +999,7 @@ mod tests {
             IdentityKeyPair::from_secrets(&c.phone.secret_bytes().0, &c.phone.secret_bytes().1);
         add(&mut c, &phone, &laptop, T0 + HOUR);
         assert_eq!(
-            c.log.verify(&chain, None, T0 + 2 * HOUR).err(),
+            c.log.verify(Some(&chain), None, T0 + 2 * HOUR).err(),
             Some(TrustError::SignerOnProbation {
                 seq: 1,
                 device: phone.device_id(),
@@ -1008,14 +1018,14 @@ mod tests {
             IdentityKeyPair::from_secrets(&c.phone.secret_bytes().0, &c.phone.secret_bytes().1);
         add(&mut c, &phone, &laptop, T0 + DAY);
         let now = T0 + 2 * DAY;
-        assert!(c.log.verify(&chain, None, now).is_ok());
+        assert!(c.log.verify(Some(&chain), None, now).is_ok());
 
         let mut wrong_seq = c.log.clone();
         let mut v = wrong_seq.entries.clone().into_inner();
         v[1].body.seq = 5;
         wrong_seq.entries = BoundedVec::new(v).unwrap();
         assert!(matches!(
-            wrong_seq.verify(&chain, None, now),
+            wrong_seq.verify(Some(&chain), None, now),
             Err(TrustError::LogSequence {
                 expected: 1,
                 got: 5
@@ -1027,19 +1037,19 @@ mod tests {
         v[1].body.previous = Some([0; 32]);
         wrong_prev.entries = BoundedVec::new(v).unwrap();
         assert!(matches!(
-            wrong_prev.verify(&chain, None, now),
+            wrong_prev.verify(Some(&chain), None, now),
             Err(TrustError::LogPrevHashMismatch { seq: 1, .. })
         ));
 
         let mut other_account = c.log.clone();
         other_account.account = acct("client.other");
         assert!(matches!(
-            other_account.verify(&chain, None, now),
+            other_account.verify(Some(&chain), None, now),
             Err(TrustError::LogAccountMismatch { seq: 0, .. })
         ));
 
         assert!(matches!(
-            c.log.verify(&chain, None, T0),
+            c.log.verify(Some(&chain), None, T0),
             Err(TrustError::FromTheFuture { .. })
         ));
 
@@ -1050,7 +1060,7 @@ mod tests {
         );
         add(&mut back, &p2, &laptop, T0 - 1);
         assert!(matches!(
-            back.log.verify(&chain, None, now),
+            back.log.verify(Some(&chain), None, now),
             Err(TrustError::LogTimeRegression { seq: 1, .. })
         ));
     }
@@ -1072,7 +1082,7 @@ mod tests {
             .push(LogEntry::signed_by_device(body, &phone, None))
             .unwrap();
         let now = T0 + 2 * DAY + 2 * HOUR;
-        let set = c.log.verify(&chain, None, now).unwrap();
+        let set = c.log.verify(Some(&chain), None, now).unwrap();
         assert!(set.frozen);
         assert!(set.is_revoked(&intruder.device_id()));
         assert!(set.device(&intruder.device_id()).is_none());
@@ -1099,7 +1109,7 @@ mod tests {
             .push(LogEntry::signed_by_device(body, &phone, Some(&other)))
             .unwrap();
         assert_eq!(
-            frozen_add.verify(&chain, None, now).err(),
+            frozen_add.verify(Some(&chain), None, now).err(),
             Some(TrustError::AccountFrozen { seq: 3 })
         );
 
@@ -1110,7 +1120,7 @@ mod tests {
             .push(LogEntry::signed_by_device(body, &phone, None))
             .unwrap();
         assert!(matches!(
-            self_unfreeze.verify(&chain, None, now),
+            self_unfreeze.verify(Some(&chain), None, now),
             Err(TrustError::Unauthorized { seq: 3, .. })
         ));
 
@@ -1130,7 +1140,7 @@ mod tests {
         weak.push(LogEntry::with_quorum(body.clone(), one, None))
             .unwrap();
         assert!(matches!(
-            weak.verify(&chain, None, now),
+            weak.verify(Some(&chain), None, now),
             Err(TrustError::QuorumNotReached {
                 needed: 2,
                 got: 1,
@@ -1152,7 +1162,7 @@ mod tests {
             .push(LogEntry::with_quorum(body.clone(), wrong_op, None))
             .unwrap();
         assert!(matches!(
-            wrong.verify(&chain, None, now),
+            wrong.verify(Some(&chain), None, now),
             Err(TrustError::WrongOperation { .. })
         ));
 
@@ -1166,11 +1176,11 @@ mod tests {
             &[(1, 0), (2, 0)],
         );
         c.log.push(LogEntry::with_quorum(body, ok, None)).unwrap();
-        let set = c.log.verify(&chain, None, now + 1).unwrap();
+        let set = c.log.verify(Some(&chain), None, now + 1).unwrap();
         assert!(!set.frozen);
         // The approvals were valid when the entry was made, so the log still verifies
         // long after they expired.
-        assert!(c.log.verify(&chain, None, now + 30 * DAY).is_ok());
+        assert!(c.log.verify(Some(&chain), None, now + 30 * DAY).is_ok());
         // Unfreezing an account that is not frozen is refused.
         let body = c.log.next_body(now + 2, DeviceAction::Unfreeze, "");
         let again = org.bundle(
@@ -1185,7 +1195,7 @@ mod tests {
             .push(LogEntry::with_quorum(body, again, None))
             .unwrap();
         assert!(matches!(
-            c.log.verify(&chain, None, now + 3),
+            c.log.verify(Some(&chain), None, now + 3),
             Err(TrustError::InvalidLogAction { seq: 4, .. })
         ));
     }
@@ -1214,7 +1224,7 @@ mod tests {
             ))
             .unwrap();
         assert!(matches!(
-            by_device.verify(&chain, None, at),
+            by_device.verify(Some(&chain), None, at),
             Err(TrustError::Unauthorized { seq: 1, .. })
         ));
         // For another entry: refused.
@@ -1231,7 +1241,7 @@ mod tests {
             .push(LogEntry::with_quorum(body.clone(), other, Some(&new_phone)))
             .unwrap();
         assert!(matches!(
-            mismatch.verify(&chain, None, at),
+            mismatch.verify(Some(&chain), None, at),
             Err(TrustError::ParametersMismatch { .. })
         ));
         // Quorum: accepted, old phone revoked, new one on probation.
@@ -1246,7 +1256,7 @@ mod tests {
         c.log
             .push(LogEntry::with_quorum(body, b, Some(&new_phone)))
             .unwrap();
-        let set = c.log.verify(&chain, None, at).unwrap();
+        let set = c.log.verify(Some(&chain), None, at).unwrap();
         assert_eq!(set.devices.len(), 1);
         assert!(set.device(&new_phone.device_id()).unwrap().on_probation);
         assert!(set.is_revoked(&c.phone.device_id()));
@@ -1262,7 +1272,7 @@ mod tests {
             .push(LogEntry::signed_by_device(body, &new_phone, Some(&c.phone)))
             .unwrap();
         assert!(matches!(
-            c.log.verify(&chain, None, at + 2 * DAY),
+            c.log.verify(Some(&chain), None, at + 2 * DAY),
             Err(TrustError::InvalidLogAction { seq: 2, .. })
         ));
     }
@@ -1288,13 +1298,13 @@ mod tests {
             .push(LogEntry::signed_by_device(body, &phone, None))
             .unwrap();
         let now = T0 + 3 * DAY;
-        let set = c.log.verify(&chain, None, now).unwrap();
+        let set = c.log.verify(Some(&chain), None, now).unwrap();
         assert!(set.is_revoked(&laptop.device_id()));
         let held = set.head.unwrap();
         assert_eq!(held.seq, 2);
         // The relay serves the older log (the laptop "back").
         assert_eq!(
-            before_removal.verify(&chain, Some(&held), now).err(),
+            before_removal.verify(Some(&chain), Some(&held), now).err(),
             Some(TrustError::LogRollback {
                 held: 2,
                 got: Some(1)
@@ -1313,10 +1323,10 @@ mod tests {
         fork.push(LogEntry::signed_by_device(body, &phone, Some(&other)))
             .unwrap();
         assert!(matches!(
-            fork.verify(&chain, Some(&held), now),
+            fork.verify(Some(&chain), Some(&held), now),
             Err(TrustError::LogFork { seq: 2, .. })
         ));
-        assert!(c.log.verify(&chain, Some(&held), now).is_ok());
+        assert!(c.log.verify(Some(&chain), Some(&held), now).is_ok());
         // Removing a device that is not active is refused.
         let body = c.log.next_body(
             T0 + DAY + 2,
@@ -1329,7 +1339,7 @@ mod tests {
             .push(LogEntry::signed_by_device(body, &phone, None))
             .unwrap();
         assert!(matches!(
-            c.log.verify(&chain, None, now),
+            c.log.verify(Some(&chain), None, now),
             Err(TrustError::InvalidLogAction { seq: 3, .. })
         ));
     }
@@ -1342,7 +1352,7 @@ mod tests {
         let bytes = c.log.to_cbor().unwrap();
         let back = DeviceLog::from_cbor(&bytes).unwrap();
         assert_eq!(back, c.log);
-        assert!(back.verify(&chain, None, T0).is_ok());
+        assert!(back.verify(Some(&chain), None, T0).is_ok());
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub enum TrustError {
     /// The chain is empty.
     #[error("roster chain is empty")]
     EmptyChain,
+    /// A staff quorum was presented but no roster is known to check it against (the
+    /// organisation has not published one).
+    #[error("no roster is known: a staff quorum cannot be checked")]
+    NoRoster,
     /// A roster's version is not the one that must come next.
     #[error("roster version {got} where version {expected} was expected")]
     RosterVersionGap {

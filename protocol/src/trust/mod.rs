@@ -220,7 +220,7 @@ pub const MAX_QUORUM_THRESHOLD: u8 = 32;
 /// Most roster versions in a chain.
 pub const MAX_ROSTER_CHAIN_LEN: usize = 1024;
 /// Largest CBOR signed roster.
-pub const MAX_SIGNED_ROSTER_LEN: usize = 512 * 1024;
+pub const MAX_SIGNED_ROSTER_LEN: usize = 192 * 1024;
 /// Most approvals in one bundle.
 pub const MAX_APPROVALS: usize = 32;
 /// Longest approval parameters, bytes.

@@ -242,10 +242,21 @@ impl SignedNotice {
         me: Option<&AccountId>,
         now_ms: u64,
     ) -> Result<VerifiedNotice, TrustError> {
-        let h = &self.header;
-        if content_hash(content) != h.content_hash {
+        if content_hash(content) != self.header.content_hash {
             return Err(TrustError::NoticeContentMismatch);
         }
+        self.verify_header(chain, me, now_ms)
+    }
+
+    /// Everything [`SignedNotice::verify`] checks except the content hash: what the
+    /// relay, which never sees the content, checks before it accepts a notice.
+    pub fn verify_header(
+        &self,
+        chain: &RosterChain,
+        me: Option<&AccountId>,
+        now_ms: u64,
+    ) -> Result<VerifiedNotice, TrustError> {
+        let h = &self.header;
         if h.sent_ms > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
             return Err(TrustError::FromTheFuture {
                 what: "notice",
