@@ -888,11 +888,15 @@ impl Client {
     ) -> Option<HistoryEntry> {
         let (kind, title, body) = match content {
             Content::Text { body } => (EntryKind::Text, None, body.as_str().to_owned()),
-            Content::Notice { title, body } => (
-                EntryKind::Notice,
-                Some(title.as_str().to_owned()),
-                body.as_str().to_owned(),
-            ),
+            Content::Notice { content, .. } => {
+                // TEMPORARY (trust integration in progress): verification follows.
+                let text = sealpost_protocol::content::NoticeText::decode(content).ok()?;
+                (
+                    EntryKind::Notice,
+                    Some(text.title.as_str().to_owned()),
+                    text.body.as_str().to_owned(),
+                )
+            }
             Content::Attachment {
                 descriptor,
                 caption,
@@ -1033,11 +1037,9 @@ impl Client {
         if title.len() > MAX_TITLE_LEN || body.len() > MAX_TEXT_LEN {
             return Err(ClientError::Invalid("notice title or body too long".into()));
         }
-        let content = Content::Notice {
-            title: BoundedString::truncating(title),
-            body: BoundedString::truncating(body),
-        };
-        self.fan_out(to, content, true).await
+        // TEMPORARY (trust integration in progress): signed notices follow.
+        let _ = to;
+        Err(ClientError::Invalid("signed notices are being wired".into()))
     }
 
     /// Send read receipts for every received message not yet marked read; marks them.
@@ -1321,6 +1323,8 @@ impl Client {
                     self.push_history(entry);
                 }
             }
+            // TEMPORARY (trust integration in progress): approvals follow.
+            Content::ApprovalRequest { .. } | Content::ApprovalResponse { .. } => {}
             Content::Receipt { kind, message_ids } => {
                 let ids = message_ids.into_inner();
                 for e in self

@@ -19,9 +19,13 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use sealpost_protocol::envelope::{Envelope, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId, IdentityKeyPair, PublicIdentity};
 use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use sealpost_protocol::trust::{
+    DeviceAction, DeviceLog, EntryBody, LinkChallenge, LogEntry, SignedNotice, SignedRoster,
+};
 use sealpost_protocol::wire::{
-    self, auth_signature_message, enroll_signature_message, BoundedString, BoundedVec, DeviceInfo,
-    ErrorCode, Frame, FrameBody, Role, ALPN, FRAME_PREFIX_LEN, TLS_EXPORTER_LABEL,
+    self, auth_signature_message, enroll_signature_message, link_signature_message, BoundedString,
+    BoundedVec, DeviceInfo, ErrorCode, Frame, FrameBody, PendingLink, Role, ALPN, FRAME_PREFIX_LEN,
+    TLS_EXPORTER_LABEL,
 };
 use sealpost_protocol::DecodeError;
 use tokio::sync::{mpsc, oneshot};
@@ -350,6 +354,27 @@ impl RelayConnection {
         account: &AccountId,
         code: &str,
     ) -> Result<(DeviceId, Role), NetError> {
+        let body = DeviceLog::new(account.clone()).next_body(
+            wall_clock_ms(),
+            DeviceAction::Add {
+                identity: identity.public().clone(),
+            },
+            "enrolment",
+        );
+        let genesis = LogEntry::genesis(body, identity);
+        self.enroll_with_genesis(identity, account, code, genesis)
+            .await
+    }
+
+    /// [`RelayConnection::enroll`] with a caller-built genesis entry (tests use it to
+    /// present bad entries).
+    pub async fn enroll_with_genesis(
+        &self,
+        identity: &IdentityKeyPair,
+        account: &AccountId,
+        code: &str,
+        genesis: LogEntry,
+    ) -> Result<(DeviceId, Role), NetError> {
         let signature = identity.sign(&enroll_signature_message(&self.exporter, account, code));
         let code = BoundedString::try_from(code.to_owned())
             .map_err(|e| NetError::Address(e.to_string()))?;
@@ -359,10 +384,205 @@ impl RelayConnection {
                 code,
                 identity: identity.public().clone(),
                 signature,
+                genesis,
             })
             .await?
         {
             FrameBody::Enrolled { device, role } => Ok((device, role)),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Ask to join `account` as a new device (before authentication): returns the link id
+    /// and when the request lapses.
+    pub async fn link_start(
+        &self,
+        identity: &IdentityKeyPair,
+        account: &AccountId,
+    ) -> Result<([u8; 16], u64), NetError> {
+        let signature = identity.sign(&link_signature_message(&self.exporter, account));
+        match self
+            .request(FrameBody::LinkStart {
+                account: account.clone(),
+                identity: identity.public().clone(),
+                signature,
+            })
+            .await?
+        {
+            FrameBody::LinkStarted {
+                link_id,
+                expires_ms,
+            } => Ok((link_id, expires_ms)),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// How a link request stands (new device, before authentication).
+    pub async fn link_poll(&self, link_id: [u8; 16]) -> Result<LinkStatus, NetError> {
+        match self.request(FrameBody::LinkPoll { link_id }).await? {
+            FrameBody::LinkState {
+                challenge,
+                body,
+                completed,
+            } => Ok(LinkStatus {
+                challenge,
+                body,
+                completed,
+            }),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The new device's signature over the offered entry body.
+    pub async fn link_sign(&self, link_id: [u8; 16], signature: [u8; 64]) -> Result<(), NetError> {
+        self.expect_done(FrameBody::LinkSign { link_id, signature })
+            .await
+    }
+
+    /// Pending link and recovery requests for `account`.
+    pub async fn list_links(&self, account: &AccountId) -> Result<Vec<PendingLink>, NetError> {
+        match self
+            .request(FrameBody::ListLinks {
+                account: account.clone(),
+            })
+            .await?
+        {
+            FrameBody::Links { links } => Ok(links.into_inner()),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Offer the entry that adds (or recovers) a linking device, with the challenge its
+    /// code is computed from.
+    pub async fn link_offer(
+        &self,
+        link_id: [u8; 16],
+        challenge: LinkChallenge,
+        body: EntryBody,
+    ) -> Result<(), NetError> {
+        self.expect_done(FrameBody::LinkOffer {
+            link_id,
+            challenge,
+            body,
+        })
+        .await
+    }
+
+    /// Every roster version after `after_version` (pages until the relay's latest).
+    pub async fn get_roster(&self, after_version: u64) -> Result<Vec<SignedRoster>, NetError> {
+        let mut out: Vec<SignedRoster> = Vec::new();
+        let mut after = after_version;
+        // Each page holds at least one version, so this ends after at most
+        // MAX_ROSTER_CHAIN_LEN pages.
+        for _ in 0..=sealpost_protocol::trust::MAX_ROSTER_CHAIN_LEN {
+            match self
+                .request(FrameBody::GetRoster {
+                    after_version: after,
+                })
+                .await?
+            {
+                FrameBody::Roster { links, latest } => {
+                    let links = links.into_inner();
+                    let Some(last) = links.last().map(|l| l.roster.version()) else {
+                        return Ok(out);
+                    };
+                    if last <= after {
+                        return Err(NetError::Unexpected(
+                            "roster page does not advance".to_owned(),
+                        ));
+                    }
+                    after = last;
+                    out.extend(links);
+                    if out.len() > sealpost_protocol::trust::MAX_ROSTER_CHAIN_LEN {
+                        return Err(NetError::Unexpected("roster chain too long".to_owned()));
+                    }
+                    if after >= latest {
+                        return Ok(out);
+                    }
+                }
+                other => return Err(NetError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Err(NetError::Unexpected("roster paging did not end".to_owned()))
+    }
+
+    /// Publish the next roster version.
+    pub async fn publish_roster(&self, roster: SignedRoster) -> Result<(), NetError> {
+        self.expect_done(FrameBody::PublishRoster { roster }).await
+    }
+
+    /// An account's whole device log (pages until `total`).
+    pub async fn get_device_log(&self, account: &AccountId) -> Result<DeviceLog, NetError> {
+        let mut log = DeviceLog::new(account.clone());
+        let mut from_seq = 0u64;
+        // Each page holds at least one entry, so this ends after at most MAX_LOG_ENTRIES
+        // pages.
+        for _ in 0..=sealpost_protocol::trust::MAX_LOG_ENTRIES {
+            match self
+                .request(FrameBody::GetDeviceLog {
+                    account: account.clone(),
+                    from_seq,
+                })
+                .await?
+            {
+                FrameBody::DeviceLog {
+                    account: got,
+                    entries,
+                    total,
+                } => {
+                    if &got != account {
+                        return Err(NetError::Unexpected(
+                            "device log for another account".to_owned(),
+                        ));
+                    }
+                    let entries = entries.into_inner();
+                    if entries.is_empty() {
+                        return if from_seq >= total {
+                            Ok(log)
+                        } else {
+                            Err(NetError::Unexpected("device log page is empty".to_owned()))
+                        };
+                    }
+                    for e in entries {
+                        from_seq += 1;
+                        log.push(e)
+                            .map_err(|e| NetError::Unexpected(e.to_string()))?;
+                    }
+                    if from_seq >= total {
+                        return Ok(log);
+                    }
+                }
+                other => return Err(NetError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Err(NetError::Unexpected(
+            "device log paging did not end".to_owned(),
+        ))
+    }
+
+    /// Append an entry to an account's device log.
+    pub async fn append_device_log(&self, entry: LogEntry) -> Result<(), NetError> {
+        self.expect_done(FrameBody::AppendDeviceLog { entry }).await
+    }
+
+    /// Send a staff notice (envelope of kind `notice` with its signed header).
+    pub async fn send_notice(
+        &self,
+        envelope: Envelope,
+        notice: SignedNotice,
+    ) -> Result<MessageId, NetError> {
+        match self
+            .request(FrameBody::SendNotice { envelope, notice })
+            .await?
+        {
+            FrameBody::Accepted { message_id } => Ok(message_id),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    async fn expect_done(&self, body: FrameBody) -> Result<(), NetError> {
+        match self.request(body).await? {
+            FrameBody::Done => Ok(()),
             other => Err(NetError::Unexpected(format!("{other:?}"))),
         }
     }
@@ -521,6 +741,25 @@ async fn read_loop(
     if let Ok(mut p) = pending.lock() {
         p.clear();
     }
+}
+
+/// What `link_poll` reports to a linking device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// The challenge an existing device offered, if any yet.
+    pub challenge: Option<LinkChallenge>,
+    /// The entry body it offered.
+    pub body: Option<EntryBody>,
+    /// The entry was appended: the device can authenticate.
+    pub completed: bool,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Check a device list against what the caller expects (helper for callers that pin
