@@ -14,14 +14,14 @@ use chacha20poly1305::ChaCha20Poly1305;
 use hmac::{Hmac, Mac};
 use ml_kem::kem::Decapsulate;
 use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
-use sealpost_protocol::content::{Content, Message, ReceiptKind};
+use sealpost_protocol::content::{Content, Message, NoticeText, ReceiptKind};
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{AccountId, PublicIdentity, SafetyNumber};
 use sealpost_protocol::pickle::{self, PickleKind};
 use sealpost_protocol::prekeys::{prekey_signature_message, PreKeyKind};
 use sealpost_protocol::wire::{
     auth_signature_message, decode_frame, encode_frame, enroll_signature_message, BoundedString,
-    BoundedVec, ContactInfo, ErrorCode, Frame, FrameBody, Role,
+    BoundedVec, ContactInfo, ErrorCode, Frame, FrameBody, PendingLink, Role,
 };
 use sealpost_protocol::{accept, PickleKey};
 use serde_cbor::Value;
@@ -353,6 +353,80 @@ fn drain_and_contacts_frames() {
 }
 
 #[test]
+fn trust_frame_examples() {
+    // {"v":1,"id":3,"body":{"t":"get_roster","c":{"after_version":0}}}
+    assert_eq!(
+        frame_hex(3, FrameBody::GetRoster { after_version: 0 }),
+        "0000002da36176016269640364626f6479a261746a6765745f726f737465726163a1\
+         6d61667465725f76657273696f6e00"
+    );
+    // {"v":1,"id":4,"body":{"t":"get_device_log","c":{"account":"bob","from_seq":0}}}
+    assert_eq!(
+        frame_hex(
+            4,
+            FrameBody::GetDeviceLog {
+                account: AccountId::new("bob").unwrap(),
+                from_seq: 0,
+            }
+        ),
+        "00000038a36176016269640464626f6479a261746e6765745f6465766963655f6c6f\
+         676163a2676163636f756e7463626f626866726f6d5f73657100"
+    );
+    // {"v":1,"id":5,"body":{"t":"done"}}
+    assert_eq!(
+        frame_hex(5, FrameBody::Done),
+        "00000015a36176016269640564626f6479a1617464646f6e65"
+    );
+
+    // A pending link round-trips with and without the optional 64-byte signature, and a
+    // signature of another length is refused.
+    let link = |subject_signature: Option<[u8; 64]>| PendingLink {
+        link_id: [0x22; 16],
+        account: AccountId::new("bob").unwrap(),
+        identity: alice(),
+        created_ms: 1_700_000_000_000,
+        challenge: None,
+        body: None,
+        subject_signature,
+    };
+    for l in [link(None), link(Some([0x33; 64]))] {
+        let body = FrameBody::Links {
+            links: BoundedVec::new(vec![l]).unwrap(),
+        };
+        let bytes = encode_frame(&Frame::new(6, body.clone())).unwrap();
+        assert_eq!(decode_frame(&bytes[4..]).unwrap().body, body);
+    }
+    let mut v: Value = serde_cbor::from_slice(
+        &encode_frame(&Frame::new(
+            6,
+            FrameBody::Links {
+                links: BoundedVec::new(vec![link(Some([0x33; 64]))]).unwrap(),
+            },
+        ))
+        .unwrap()[4..],
+    )
+    .unwrap();
+    fn sig(v: &mut Value) -> Option<&mut Value> {
+        let Value::Map(top) = v else { return None };
+        let Value::Map(body) = top.get_mut(&Value::Text("body".into()))? else {
+            return None;
+        };
+        let Value::Map(c) = body.get_mut(&Value::Text("c".into()))? else {
+            return None;
+        };
+        let Value::Array(links) = c.get_mut(&Value::Text("links".into()))? else {
+            return None;
+        };
+        let Value::Map(l) = links.get_mut(0)? else {
+            return None;
+        };
+        l.get_mut(&Value::Text("subject_signature".into()))
+    }
+    *sig(&mut v).unwrap() = Value::Bytes(vec![0x33; 63]);
+    assert!(decode_frame(&serde_cbor::to_vec(&v).unwrap()).is_err());
+}
+
+#[test]
 fn message_content_encodings() {
     let alice = AccountId::new("alice").unwrap();
     let plain = |content: Content| {
@@ -374,13 +448,14 @@ fn message_content_encodings() {
         plain(hi()),
         format!("{prefix}a16474657874a164626f6479626869")
     );
-    assert_eq!(
-        plain(Content::Notice {
-            title: BoundedString::truncating("T"),
-            body: BoundedString::truncating("b"),
-        }),
-        format!("{prefix}a1666e6f74696365a2657469746c65615464626f64796162")
-    );
+    // The notice text whose bytes a signed notice's content_hash covers (§19.7).
+    let text = NoticeText {
+        title: BoundedString::truncating("T"),
+        body: BoundedString::truncating("b"),
+    };
+    let text_bytes = text.encode().unwrap();
+    assert_eq!(hex::encode(&text_bytes), "a2657469746c65615464626f64796162");
+    assert_eq!(NoticeText::decode(&text_bytes).unwrap(), text);
     let ids = || BoundedVec::new(vec![MessageId([0x11; 16])]).unwrap();
     assert_eq!(
         plain(Content::Receipt {
