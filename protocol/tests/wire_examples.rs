@@ -11,6 +11,7 @@ use common::*;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
+use ed25519_dalek::Signer;
 use hmac::{Hmac, Mac};
 use ml_kem::kem::Decapsulate;
 use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
@@ -19,11 +20,16 @@ use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHead
 use sealpost_protocol::identity::{AccountId, PublicIdentity, SafetyNumber};
 use sealpost_protocol::pickle::{self, PickleKind};
 use sealpost_protocol::prekeys::{prekey_signature_message, PreKeyKind};
+use sealpost_protocol::trust::{
+    content_hash, ApprovalPolicy, DeviceAction, DeviceLog, EntryAuthorization, EntryBody,
+    LinkChallenge, LogEntry, NoticeAudience, NoticeCategory, NoticeHeader, Quorum, Roster,
+    SignerRef, StaffMember, StaffRole,
+};
 use sealpost_protocol::wire::{
     auth_signature_message, decode_frame, encode_frame, enroll_signature_message, BoundedString,
     BoundedVec, ContactInfo, ErrorCode, Frame, FrameBody, PendingLink, Role,
 };
-use sealpost_protocol::{accept, PickleKey};
+use sealpost_protocol::{accept, IdentityKeyPair, PickleKey};
 use serde_cbor::Value;
 use sha2::{Digest, Sha256};
 
@@ -755,4 +761,327 @@ fn header_for(from: &Device, to: &Device, r: &mut rand::rngs::StdRng) -> Routing
         1_700_000_000_000,
         r,
     )
+}
+
+// ---------------------------------------------------------------------------------------
+// Trust objects (§19.9).
+
+/// Alice's key pair: the secrets behind `alice()` (the RFC 8032 test 1 Ed25519 seed and the
+/// RFC 7748 section 6.1 Alice X25519 private key), loaded through an identity pickle sealed
+/// by hand as §13 describes.
+fn alice_keys() -> (IdentityKeyPair, [u8; 32]) {
+    let seed = h32("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
+    let x = h32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+    let content = Value::Map(
+        [
+            (
+                Value::Text("ed25519_secret".into()),
+                Value::Bytes(seed.to_vec()),
+            ),
+            (
+                Value::Text("x25519_secret".into()),
+                Value::Bytes(x.to_vec()),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let key = PickleKey::from_bytes([7; 32]);
+    let sealed = pickle::seal(PickleKind::Identity, &content, &key, &mut rng(1)).unwrap();
+    let keys = IdentityKeyPair::from_pickle(&sealed, &key).unwrap();
+    assert_eq!(keys.public(), &alice());
+    (keys, seed)
+}
+
+fn cbor_hex<T: serde::Serialize>(v: &T) -> String {
+    hex::encode(serde_cbor::to_vec(v).unwrap())
+}
+
+#[test]
+fn trust_object_encodings() {
+    let (keys, seed) = alice_keys();
+    let account = AccountId::new("alice").unwrap();
+
+    // The genesis entry of alice's device log: alice adds her own device.
+    let body = EntryBody {
+        account: account.clone(),
+        seq: 0,
+        previous: None,
+        timestamp_ms: 1_700_000_000_000,
+        action: DeviceAction::Add { identity: alice() },
+        reason: BoundedString::truncating("enrolment"),
+    };
+    let entry = LogEntry::genesis(body.clone(), &keys);
+    let entry_bytes = serde_cbor::to_vec(&entry).unwrap();
+    assert_eq!(
+        hex::encode(&entry_bytes),
+        "a364626f6479a6676163636f756e7465616c69636563736571006870726576696f75\
+         73f66c74696d657374616d705f6d731b0000018bcfe5680066616374696f6ea16361\
+         6464a1686964656e74697479a267656432353531395820d75a980182b10ab7d54bfe\
+         d3c964073a0ee172f3daa62325af021a68f707511a6678323535313958208520f009\
+         8930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a66726561736f\
+         6e69656e726f6c6d656e746d617574686f72697a6174696f6e6767656e6573697371\
+         7375626a6563745f7369676e61747572655840a7214c61d65b9a29b45f489dc1e9f6\
+         76650800ac593c270597e2d7c4b2ce33f06b7c68963fc3609aea2dd80c87070fc93f\
+         eda59eb7978745ba59f75feff8a609"
+    );
+    assert_eq!(
+        serde_cbor::from_slice::<LogEntry>(&entry_bytes).unwrap(),
+        entry
+    );
+    // The entry hash, recomputed from the layout of §19.8.
+    let mut entry_input = b"Sealpost_DeviceLogEntry_v1".to_vec();
+    entry_input.extend_from_slice(&[0, 5]);
+    entry_input.extend_from_slice(b"alice");
+    entry_input.extend_from_slice(&0u64.to_be_bytes());
+    entry_input.push(0);
+    entry_input.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
+    entry_input.push(1);
+    entry_input.extend_from_slice(&alice().to_bytes());
+    entry_input.extend_from_slice(&[0, 9]);
+    entry_input.extend_from_slice(b"enrolment");
+    let entry_hash = body.hash();
+    assert_eq!(entry_hash.0[..], Sha256::digest(&entry_input)[..]);
+    assert_eq!(
+        entry_hash.to_hex(),
+        "cbcf0a70a641c3472522d2b39f7ea3aaf6c3f789aa2ca30445ba5b30b5c8efd1"
+    );
+    // The subject signature is plain Ed25519 by alice's seed over label || entry hash.
+    let mut signed = b"Sealpost_DeviceLogSign_v1".to_vec();
+    signed.extend_from_slice(&entry_hash.0);
+    let expected = ed25519_dalek::SigningKey::from_bytes(&seed).sign(&signed);
+    assert_eq!(entry.subject_signature, Some(expected.to_bytes()));
+    // It is a valid one-entry log.
+    let mut log = DeviceLog::new(account.clone());
+    log.push(entry.clone()).unwrap();
+    let set = log.verify(None, None, 1_700_000_000_000).unwrap();
+    assert_eq!(set.identities(), vec![alice()]);
+
+    // Decoding: `previous` and `subject_signature` must be present (null when empty);
+    // unknown keys are refused; keys may come in any order.
+    let entry_value: Value = serde_cbor::from_slice(&entry_bytes).unwrap();
+    let edit = |f: &dyn Fn(&mut std::collections::BTreeMap<Value, Value>)| {
+        let mut v = entry_value.clone();
+        if let Value::Map(m) = &mut v {
+            f(m);
+        }
+        serde_cbor::from_slice::<LogEntry>(&serde_cbor::to_vec(&v).unwrap())
+    };
+    let text = |s: &str| Value::Text(s.to_owned());
+    assert_eq!(edit(&|_| {}).unwrap(), entry); // Value maps re-encode in another key order
+    assert!(edit(&|m| {
+        m.remove(&text("subject_signature"));
+    })
+    .is_err());
+    assert!(edit(&|m| {
+        m.insert(text("extra"), Value::Null);
+    })
+    .is_err());
+    assert!(edit(&|m| {
+        if let Some(Value::Map(b)) = m.get_mut(&text("body")) {
+            b.remove(&text("previous"));
+        }
+    })
+    .is_err());
+    assert!(edit(&|m| {
+        if let Some(Value::Map(b)) = m.get_mut(&text("body")) {
+            b.insert(text("previous"), Value::Bytes(vec![0; 31]));
+        }
+    })
+    .is_err());
+
+    // Enum forms: unit variants are bare text strings (a one-entry map with a null
+    // value is also read), the others one-entry maps.
+    assert_eq!(cbor_hex(&DeviceAction::Freeze), "66667265657a65");
+    assert_eq!(cbor_hex(&EntryAuthorization::Genesis), "6767656e65736973");
+    assert_eq!(
+        serde_cbor::from_slice::<DeviceAction>(&hex::decode("a166667265657a65f6").unwrap())
+            .unwrap(),
+        DeviceAction::Freeze
+    );
+    // Inherited serde_cbor leniencies, not to be relied on: a variant's zero-based index
+    // instead of its name, and the legacy array form.
+    assert_eq!(
+        serde_cbor::from_slice::<DeviceAction>(&[0x02]).unwrap(),
+        DeviceAction::Freeze
+    );
+    assert_eq!(
+        serde_cbor::from_slice::<DeviceAction>(
+            &hex::decode("826672656d6f7665a16664657669636550f5279592bbe4f830a8d1fc072ed0f60f")
+                .unwrap()
+        )
+        .unwrap(),
+        DeviceAction::Remove {
+            device: bob().device_id()
+        }
+    );
+    assert_eq!(
+        cbor_hex(&DeviceAction::Remove {
+            device: bob().device_id()
+        }),
+        "a16672656d6f7665a16664657669636550f5279592bbe4f830a8d1fc072ed0f60f"
+    );
+    assert_eq!(
+        cbor_hex(&NoticeAudience::AllClients),
+        "6b616c6c5f636c69656e7473"
+    );
+    assert_eq!(
+        cbor_hex(&NoticeAudience::Client(AccountId::new("bob").unwrap())),
+        "a166636c69656e7463626f62"
+    );
+    assert_eq!(
+        cbor_hex(&NoticeAudience::Segment(BoundedString::truncating("eu"))),
+        "a1677365676d656e74626575"
+    );
+    // A role set is a list of role names in code order; duplicates and order collapse.
+    let quorum = Quorum::new(2, &[StaffRole::Security, StaffRole::Operations]);
+    assert_eq!(
+        cbor_hex(&quorum),
+        "a2697468726573686f6c640265726f6c6573826a6f7065726174696f6e73687365637572697479"
+    );
+    let shuffled = "a2697468726573686f6c640265726f6c657383687365637572697479\
+                    6a6f7065726174696f6e73687365637572697479";
+    assert_eq!(
+        serde_cbor::from_slice::<Quorum>(&hex::decode(shuffled).unwrap()).unwrap(),
+        quorum
+    );
+    // A roster: two staff accounts, every quorum one approval from compliance or
+    // security, the default cooling-off and sensitive kinds. Decoding sorts staff by
+    // account (and devices by device id), so the order written does not change the hash.
+    let one = Quorum::new(1, &[StaffRole::Compliance, StaffRole::Security]);
+    let policy = ApprovalPolicy {
+        account_recovery: one,
+        unfreeze: one,
+        roster_change: one,
+        notice_to_all_clients: one,
+        high_risk_notice: one,
+        ..ApprovalPolicy::default()
+    };
+    let staff = vec![
+        StaffMember {
+            account: AccountId::new("bob").unwrap(),
+            role: StaffRole::Security,
+            devices: vec![bob()],
+        },
+        StaffMember {
+            account: account.clone(),
+            role: StaffRole::Compliance,
+            devices: vec![alice()],
+        },
+    ];
+    let roster = Roster::new(1, None, 1_700_000_000_000, staff, policy).unwrap();
+    assert_eq!(roster.staff()[0].account, account);
+    let roster_bytes = serde_cbor::to_vec(&roster).unwrap();
+    assert_eq!(
+        hex::encode(&roster_bytes),
+        "a56776657273696f6e016870726576696f7573f6696973737565645f6d731b000001\
+         8bcfe5680065737461666682a3676163636f756e7465616c69636564726f6c656a63\
+         6f6d706c69616e6365676465766963657381a267656432353531395820d75a980182\
+         b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a66783235353139\
+         58208520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a\
+         a3676163636f756e7463626f6264726f6c6568736563757269747967646576696365\
+         7381a2676564323535313958203d4017c3e843895a92b70aa74d1b7ebc9c982ccf2e\
+         c4968cc0cd55f12af4660c667832353531395820de9edb7d7b7dc1b4d35b61c2ece4\
+         35373f8343c85b78674dadfc7e146f882b4f66706f6c696379a7706163636f756e74\
+         5f7265636f76657279a2697468726573686f6c640165726f6c6573826a636f6d706c\
+         69616e636568736563757269747968756e667265657a65a2697468726573686f6c64\
+         0165726f6c6573826a636f6d706c69616e63656873656375726974796d726f737465\
+         725f6368616e6765a2697468726573686f6c640165726f6c6573826a636f6d706c69\
+         616e6365687365637572697479756e6f746963655f746f5f616c6c5f636c69656e74\
+         73a2697468726573686f6c640165726f6c6573826a636f6d706c69616e6365687365\
+         63757269747970686967685f7269736b5f6e6f74696365a2697468726573686f6c64\
+         0165726f6c6573826a636f6d706c69616e63656873656375726974796e636f6f6c69\
+         6e675f6f66665f6d731a05265c006f73656e7369746976655f6b696e647383060708"
+    );
+    let Value::Map(mut roster_map) = serde_cbor::from_slice::<Value>(&roster_bytes).unwrap() else {
+        panic!("a roster is a map")
+    };
+    if let Some(Value::Array(members)) = roster_map.get_mut(&text("staff")) {
+        members.reverse();
+    }
+    let reordered: Roster =
+        serde_cbor::from_slice(&serde_cbor::to_vec(&Value::Map(roster_map)).unwrap()).unwrap();
+    assert_eq!(reordered, roster);
+    assert_eq!(
+        roster.hash().to_hex(),
+        "de485470a1a6d129432734a59ab4cd57a46168dc8fea47058b234c51e508c7b3"
+    );
+
+    // A pending link may omit `challenge` and `body` (plain options) but not
+    // `subject_signature`.
+    let link = PendingLink {
+        link_id: [0x22; 16],
+        account: account.clone(),
+        identity: alice(),
+        created_ms: 1_700_000_000_000,
+        challenge: Some(LinkChallenge([0x55; 16])),
+        body: None,
+        subject_signature: None,
+    };
+    let Value::Map(mut link_map) = serde_cbor::value::to_value(&link).unwrap() else {
+        panic!("a pending link is a map")
+    };
+    assert_eq!(
+        link_map.get(&text("challenge")),
+        Some(&Value::Bytes(vec![0x55; 16]))
+    );
+    link_map.remove(&text("challenge"));
+    link_map.remove(&text("body"));
+    let without = serde_cbor::to_vec(&Value::Map(link_map.clone())).unwrap();
+    let back: PendingLink = serde_cbor::from_slice(&without).unwrap();
+    assert_eq!((back.challenge, back.body), (None, None));
+    link_map.remove(&text("subject_signature"));
+    let without = serde_cbor::to_vec(&Value::Map(link_map)).unwrap();
+    assert!(serde_cbor::from_slice::<PendingLink>(&without).is_err());
+
+    // A notice header with fixed fields, and its digest recomputed from §19.8.
+    let content = NoticeText {
+        title: BoundedString::truncating("T"),
+        body: BoundedString::truncating("b"),
+    }
+    .encode()
+    .unwrap();
+    let header = NoticeHeader {
+        notice_id: [0x44; 16],
+        category: NoticeCategory::PaymentInstruction,
+        audience: NoticeAudience::Client(account.clone()),
+        content_hash: content_hash(&content),
+        sent_ms: 1_700_000_000_000,
+        sender: SignerRef::new(AccountId::new("bob").unwrap(), bob().device_id()),
+        roster_version: 1,
+    };
+    let header_bytes = serde_cbor::to_vec(&header).unwrap();
+    assert_eq!(
+        hex::encode(&header_bytes),
+        "a7696e6f746963655f69645044444444444444444444444444444444686361746567\
+         6f7279737061796d656e745f696e737472756374696f6e6861756469656e6365a166\
+         636c69656e7465616c6963656c636f6e74656e745f686173685820a44b3ef6af5595\
+         e354216084e9586e54f659660e11e7c5775147e0f5abc5239c6773656e745f6d731b\
+         0000018bcfe568006673656e646572a2676163636f756e7463626f62666465766963\
+         6550f5279592bbe4f830a8d1fc072ed0f60f6e726f737465725f76657273696f6e01"
+    );
+    assert_eq!(
+        serde_cbor::from_slice::<NoticeHeader>(&header_bytes).unwrap(),
+        header
+    );
+    let mut content_input = b"Sealpost_NoticeContent_v1".to_vec();
+    content_input.extend_from_slice(&content);
+    assert_eq!(header.content_hash[..], Sha256::digest(&content_input)[..]);
+    let mut notice_input = b"Sealpost_Notice_v1".to_vec();
+    notice_input.extend_from_slice(&[0x44; 16]);
+    notice_input.push(2); // payment instruction
+    notice_input.extend_from_slice(&[1, 0, 5]); // client, u16 len
+    notice_input.extend_from_slice(b"alice");
+    notice_input.extend_from_slice(&header.content_hash);
+    notice_input.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
+    notice_input.extend_from_slice(&[0, 3]);
+    notice_input.extend_from_slice(b"bob");
+    notice_input.extend_from_slice(&bob().device_id().0);
+    notice_input.extend_from_slice(&1u64.to_be_bytes());
+    let digest = header.digest();
+    assert_eq!(digest.0[..], Sha256::digest(&notice_input)[..]);
+    assert_eq!(
+        digest.to_hex(),
+        "3c0e9bba4bdd0c0722bb2433c53cf9577aeb367aca0b410d03dee85a29b112db"
+    );
 }
