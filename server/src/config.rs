@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use sealpost_protocol::trust::OrgFingerprint;
+
 use crate::limits::Rate;
 use crate::tls::TransportLimits;
 
@@ -96,6 +98,20 @@ pub struct Limits {
     pub blob_transfers_per_connection: usize,
     /// Seconds an attachment transfer may go without progress before it is reset.
     pub blob_idle_timeout_secs: u64,
+    /// Requests before authentication that concern device linking (`link_start`,
+    /// `link_poll`, `link_sign`), per remote IP address.
+    pub link_requests_per_ip: Rate,
+    /// Pending link requests held at once, all accounts together (each account has at
+    /// most `MAX_PENDING_LINKS`, 4).
+    pub max_pending_links: usize,
+    /// Oldest a device-signed log entry (or an enrolment's genesis entry) may be when it
+    /// reaches the relay, seconds. Entries are dated by their signers and a device's
+    /// cooling-off runs from that date, so this bounds how much of the cooling-off a
+    /// back-dated entry can skip. Quorum-carried entries (recovery, unfreeze) are bounded
+    /// by the expiry of their approvals instead.
+    pub max_log_entry_age_secs: u64,
+    /// Accounts whose verified device set the relay keeps in memory for the send rules.
+    pub trust_cache_accounts: usize,
 }
 
 impl Default for Limits {
@@ -122,6 +138,10 @@ impl Default for Limits {
             blob_max_total_bytes: 10 * 1024 * 1024 * 1024,
             blob_transfers_per_connection: 3,
             blob_idle_timeout_secs: 30,
+            link_requests_per_ip: Rate::new(1.0, 30.0),
+            max_pending_links: 10_000,
+            max_log_entry_age_secs: 3600,
+            trust_cache_accounts: 100_000,
         }
     }
 }
@@ -145,6 +165,11 @@ pub struct Config {
     pub transport: TransportLimits,
     /// Peer limits.
     pub limits: Limits,
+    /// The organisation fingerprint (64 hex digits) every device pins: the relay verifies
+    /// the roster chain from it. Without one the relay serves no roster and refuses
+    /// `publish_roster`, `send_notice` and quorum-carried log entries (docs/OPERATIONS.md).
+    #[serde(with = "org_fp", skip_serializing_if = "Option::is_none")]
+    pub org_fingerprint: Option<OrgFingerprint>,
 }
 
 impl Default for Config {
@@ -157,6 +182,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             transport: TransportLimits::default(),
             limits: Limits::default(),
+            org_fingerprint: None,
         }
     }
 }
@@ -210,6 +236,11 @@ impl Config {
                     .into(),
             ));
         }
+        if l.max_pending_links == 0 || l.trust_cache_accounts == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_pending_links and limits.trust_cache_accounts must be positive".into(),
+            ));
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key must be set together".into(),
@@ -232,6 +263,38 @@ impl Config {
             },
             ..Self::default()
         }
+    }
+}
+
+/// Parse an organisation fingerprint as given in TOML, the environment or a flag.
+pub fn parse_org_fingerprint(text: &str) -> Result<OrgFingerprint, ConfigError> {
+    OrgFingerprint::from_hex(text).map_err(|_| {
+        ConfigError::Invalid(
+            "org_fingerprint must be 64 hex digits (spaces allowed), as `sealpost org init` prints it"
+                .into(),
+        )
+    })
+}
+
+/// `org_fingerprint` in TOML: 64 hex digits.
+mod org_fp {
+    use sealpost_protocol::trust::OrgFingerprint;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<OrgFingerprint>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(fp) => s.serialize_str(&fp.to_hex()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<OrgFingerprint>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_org_fingerprint(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -282,5 +345,26 @@ mod tests {
             back.limits.control_requests_per_device,
             Limits::default().control_requests_per_device
         );
+        assert_eq!(back.org_fingerprint, None);
+    }
+
+    #[test]
+    fn org_fingerprint_parses_from_toml_and_round_trips() {
+        let hex = "0123456789abcdef".repeat(4);
+        let c: Config = toml::from_str(&format!("org_fingerprint = \"{hex}\"\n")).unwrap();
+        assert_eq!(c.org_fingerprint.map(|f| f.to_hex()), Some(hex.clone()));
+        let back: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.org_fingerprint, c.org_fingerprint);
+        // The grouped display form is accepted too.
+        let grouped = hex
+            .as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let c: Config = toml::from_str(&format!("org_fingerprint = \"{grouped}\"\n")).unwrap();
+        assert_eq!(c.org_fingerprint.map(|f| f.to_hex()), Some(hex));
+        assert!(toml::from_str::<Config>("org_fingerprint = \"abcd\"\n").is_err());
+        assert!(parse_org_fingerprint(&"zz".repeat(32)).is_err());
     }
 }

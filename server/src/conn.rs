@@ -17,13 +17,13 @@ use std::time::Duration;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use sealpost_protocol::envelope::MessageId;
 use sealpost_protocol::wire::{
-    self, ErrorCode, Frame, FrameBody, FRAME_PREFIX_LEN, TLS_EXPORTER_LABEL,
+    self, BoundedString, ErrorCode, Frame, FrameBody, FRAME_PREFIX_LEN, TLS_EXPORTER_LABEL,
 };
 use sealpost_protocol::DecodeError;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, warn};
 
-use crate::hub::Push;
+use crate::hub::{Push, Subscription};
 use crate::metrics as m;
 use crate::relay::{Authenticated, ConnCtx, Handled, Relay};
 use crate::store::Store;
@@ -46,6 +46,17 @@ pub mod close {
     pub const REPLACED: u32 = 2;
     /// The peer did not open its control stream or authenticate in time.
     pub const TIMEOUT: u32 = 3;
+    /// The device was revoked by its account's device log.
+    pub const REVOKED: u32 = 4;
+}
+
+/// Why the delivery pump ended the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Another connection authenticated as the same device.
+    Replaced,
+    /// The device was revoked.
+    Revoked,
 }
 
 fn code_for(e: &DecodeError) -> ErrorCode {
@@ -160,7 +171,7 @@ pub async fn serve<S: Store>(
     let auth_deadline = tokio::time::sleep(Duration::from_secs(limits.auth_timeout_secs));
     tokio::pin!(auth_deadline);
     let mut delivery: Option<Delivery> = None;
-    let mut replaced = false;
+    let mut ended: Option<End> = None;
     let relay_ref: &Relay<S> = &relay;
     let mut in_flight: FuturesOrdered<InFlight<'_>> = FuturesOrdered::new();
 
@@ -178,14 +189,15 @@ pub async fn serve<S: Store>(
                 conn.close(close::TIMEOUT.into(), b"not authenticated in time");
                 break;
             }
-            was_replaced = async {
+            end = async {
                 match &mut delivery {
-                    Some(d) => (&mut d.replaced_rx).await.is_ok(),
+                    Some(d) => (&mut d.end_rx).await.ok(),
                     None => std::future::pending().await,
                 }
             } => {
-                // The pump ended: replaced by a newer connection, or the connection is gone.
-                replaced = was_replaced;
+                // The pump ended: replaced by a newer connection, the device was revoked,
+                // or the connection is gone.
+                ended = end;
                 break;
             }
             i = in_rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => match i {
@@ -279,8 +291,13 @@ pub async fn serve<S: Store>(
     extra.abort();
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
-    if replaced {
+    if ended == Some(End::Replaced) {
         conn.close(close::REPLACED.into(), b"replaced by a newer connection");
+    } else if ended == Some(End::Revoked) {
+        conn.close(
+            close::REVOKED.into(),
+            b"device revoked by its account's device log",
+        );
     } else if *shutdown.borrow() {
         conn.close(close::SHUTDOWN.into(), b"relay shutting down");
     }
@@ -348,7 +365,7 @@ struct Delivery {
     inflight: Arc<Mutex<HashMap<MessageId, u64>>>,
     window: Arc<Semaphore>,
     task: tokio::task::JoinHandle<()>,
-    replaced_rx: tokio::sync::oneshot::Receiver<()>,
+    end_rx: tokio::sync::oneshot::Receiver<End>,
     drain_tx: mpsc::Sender<u64>,
 }
 
@@ -360,30 +377,30 @@ impl Delivery {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let sub = relay.hub.register(me.device);
+        let conn = sub.conn;
         metrics::gauge!(m::DEVICES_AUTHENTICATED).set(relay.hub.online() as f64);
         let window = Arc::new(Semaphore::new(relay.config.limits.delivery_window));
         let inflight = Arc::new(Mutex::new(HashMap::new()));
-        let (replaced_tx, replaced_rx) = tokio::sync::oneshot::channel();
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
         let (drain_tx, drain_rx) = mpsc::channel(MAX_PENDING_DRAINS);
         let task = tokio::spawn(pump(
             relay,
             me.clone(),
-            sub.rx,
-            sub.lagged,
+            sub,
             out,
             window.clone(),
             inflight.clone(),
             shutdown,
-            replaced_tx,
+            end_tx,
             drain_rx,
         ));
         Self {
             me,
-            conn: sub.conn,
+            conn,
             inflight,
             window,
             task,
-            replaced_rx,
+            end_rx,
             drain_tx,
         }
     }
@@ -410,15 +427,20 @@ impl Delivery {
 async fn pump<S: Store>(
     relay: Arc<Relay<S>>,
     me: Authenticated,
-    mut rx: mpsc::Receiver<Push>,
-    lagged: Arc<std::sync::atomic::AtomicBool>,
+    sub: Subscription,
     out: mpsc::Sender<Vec<u8>>,
     window: Arc<Semaphore>,
     inflight: Arc<Mutex<HashMap<MessageId, u64>>>,
     mut shutdown: watch::Receiver<bool>,
-    replaced_tx: tokio::sync::oneshot::Sender<()>,
+    end_tx: tokio::sync::oneshot::Sender<End>,
     mut drain_rx: mpsc::Receiver<u64>,
 ) {
+    let Subscription {
+        mut rx,
+        lagged,
+        revoked,
+        ..
+    } = sub;
     let mut last_seq = 0u64;
     let mut drains: Vec<u64> = Vec::new();
     // Start by catching up with everything pending (redelivery of unacknowledged ones).
@@ -444,6 +466,10 @@ async fn pump<S: Store>(
             let permit = tokio::select! {
                 p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 _ = shutdown.changed() => return,
+                _ = revoked.notified() => {
+                    let _ = end_tx.send(End::Revoked);
+                    return;
+                }
             };
             let room = window.available_permits() + 1;
             let batch = match relay
@@ -512,6 +538,10 @@ async fn pump<S: Store>(
                 continue;
             }
             _ = shutdown.changed() => return,
+            _ = revoked.notified() => {
+                let _ = end_tx.send(End::Revoked);
+                return;
+            }
         };
         match push {
             Push::Envelope { seq, envelope } => {
@@ -548,8 +578,27 @@ async fn pump<S: Store>(
                 }
             }
             Push::Replaced => {
-                let _ = replaced_tx.send(());
+                let _ = end_tx.send(End::Replaced);
                 return;
+            }
+            Push::DeviceLogChanged {
+                account,
+                seq,
+                action,
+            } => {
+                let frame = Frame::new(
+                    0,
+                    FrameBody::DeviceLogChanged {
+                        account,
+                        seq,
+                        action: BoundedString::truncating(action),
+                    },
+                );
+                if let Some(b) = encode(&frame) {
+                    if out.send(b).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }

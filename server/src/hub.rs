@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sealpost_protocol::envelope::Envelope;
-use sealpost_protocol::identity::DeviceId;
-use tokio::sync::mpsc;
+use sealpost_protocol::identity::{AccountId, DeviceId};
+use tokio::sync::{mpsc, Notify};
 
 use crate::store::PreKeyCounts;
 
@@ -32,12 +32,23 @@ pub enum Push {
     PreKeysLow(PreKeyCounts),
     /// Another connection authenticated as this device; close this one.
     Replaced,
+    /// A device log this device follows grew (its own account's, or a client's the
+    /// device's staff account is assigned to).
+    DeviceLogChanged {
+        /// The account.
+        account: AccountId,
+        /// The new last entry.
+        seq: u64,
+        /// Its action.
+        action: &'static str,
+    },
 }
 
 struct Registration {
     conn: u64,
     tx: mpsc::Sender<Push>,
     lagged: Arc<AtomicBool>,
+    revoked: Arc<Notify>,
 }
 
 /// A registration handed to a connection.
@@ -48,6 +59,9 @@ pub struct Subscription {
     pub rx: mpsc::Receiver<Push>,
     /// Set when a push was dropped; the connection must catch up from the store.
     pub lagged: Arc<AtomicBool>,
+    /// Notified when the device is revoked: the connection must close. (Not a push, so
+    /// that a full push queue cannot lose it.)
+    pub revoked: Arc<Notify>,
 }
 
 /// The registry of online devices.
@@ -68,10 +82,12 @@ impl Hub {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(PUSH_QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
+        let revoked = Arc::new(Notify::new());
         let reg = Registration {
             conn,
             tx,
             lagged: lagged.clone(),
+            revoked: revoked.clone(),
         };
         let old = match self.devices.lock() {
             Ok(mut map) => map.insert(device, reg),
@@ -80,7 +96,12 @@ impl Hub {
         if let Some(old) = old {
             let _ = old.tx.try_send(Push::Replaced);
         }
-        Subscription { conn, rx, lagged }
+        Subscription {
+            conn,
+            rx,
+            lagged,
+            revoked,
+        }
     }
 
     /// Remove `device`'s registration if it is still `conn`'s.
@@ -106,6 +127,22 @@ impl Hub {
                 if reg.tx.try_send(push).is_err() {
                     reg.lagged.store(true, Ordering::Release);
                 }
+                true
+            }
+        }
+    }
+
+    /// Tell `device`'s connection, if online, that the device was revoked (it closes).
+    /// Returns true if it was online.
+    pub fn revoke(&self, device: &DeviceId) -> bool {
+        let map = match self.devices.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        match map.get(device) {
+            None => false,
+            Some(reg) => {
+                reg.revoked.notify_one();
                 true
             }
         }

@@ -9,6 +9,8 @@
 //! * [`conn`]: the per-connection shell (I/O).
 //! * [`store`]: narrow storage traits, in-memory and SQLite implementations.
 //! * [`policy`], [`limits`]: pure routing policy and rate limits.
+//! * [`trust`], [`links`]: the verified roster chain, the per-account device sets the
+//!   send rules use, and the pending device-link registry (docs/PROTOCOL.md §19).
 //! * [`tls`]: certificates, the development CA, QUIC configuration.
 //! * [`admin`]: operator actions (accounts, enrolment codes, assignments).
 
@@ -17,12 +19,14 @@ pub mod config;
 pub mod conn;
 pub mod hub;
 pub mod limits;
+pub mod links;
 pub mod metrics;
 pub mod policy;
 pub mod relay;
 pub mod store;
 pub mod tls;
 pub mod transfer;
+pub mod trust;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +65,9 @@ pub enum ServerError {
     /// Metrics could not be started.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// The stored trust state does not verify from the configuration.
+    #[error("trust: {0}")]
+    Trust(String),
 }
 
 /// A bound relay, ready to run.
@@ -139,10 +146,28 @@ impl<S: Store> Server<S> {
 
     /// Serve until `shutdown` completes; then stop accepting, let connections finish
     /// their in-flight work (up to [`SHUTDOWN_GRACE`]), close, and flush storage.
+    ///
+    /// Before accepting anything, the stored roster chain is verified from the configured
+    /// organisation fingerprint; a chain that does not verify stops the relay here.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
             relay, endpoint, ..
         } = self;
+        let version = match relay.load_trust().await {
+            Ok(v) => v,
+            Err(e) => {
+                endpoint.close(conn::close::SHUTDOWN.into(), b"relay failed to start");
+                return Err(ServerError::Trust(e));
+            }
+        };
+        match relay.trust.pinned() {
+            Some(fp) => {
+                info!(org_fingerprint = %fp.to_hex(), roster_version = version, "organisation pinned")
+            }
+            None => info!(
+                "no organisation configured: no roster, no notices, no quorum-carried log entries"
+            ),
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
@@ -226,6 +251,7 @@ async fn sweep<S: Store>(relay: Arc<Relay<S>>, mut stop: watch::Receiver<bool>) 
             Err(e) => warn!(error = %e, "expiry sweep failed"),
         }
         transfer::expire_blobs(relay.blobs.clone()).await;
+        relay.sweep_links();
         if let Ok(stats) = relay.store.queue_stats().await {
             ::metrics::gauge!(metrics::QUEUE_DEPTH).set(stats.count as f64);
             ::metrics::gauge!(metrics::QUEUE_BYTES).set(stats.bytes as f64);

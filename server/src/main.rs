@@ -41,6 +41,9 @@ struct Cli {
     /// Prometheus metrics address, or "off".
     #[arg(long, env = "SEALPOST_RELAY_METRICS")]
     metrics: Option<String>,
+    /// The organisation fingerprint devices pin (64 hex digits, from `sealpost org init`).
+    #[arg(long, global = true, env = "SEALPOST_RELAY_ORG_FINGERPRINT")]
+    org_fingerprint: Option<String>,
     /// Keep everything in memory (nothing survives a restart; for trials and benchmarks).
     #[arg(long, env = "SEALPOST_RELAY_MEMORY")]
     memory: bool,
@@ -157,6 +160,9 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if cli.memory {
         config.backend = Backend::Memory;
     }
+    if let Some(fp) = &cli.org_fingerprint {
+        config.org_fingerprint = Some(sealpost_server::config::parse_org_fingerprint(fp)?);
+    }
     config.validate()?;
     Ok(config)
 }
@@ -235,6 +241,13 @@ fn announce<S: sealpost_server::store::Store>(
     if config.tls.cert.is_none() {
         eprintln!("  written to {}", fp_path.display());
     }
+    match &config.org_fingerprint {
+        Some(org) => eprintln!(
+            "organisation fingerprint (devices pin this): {}",
+            org.to_hex()
+        ),
+        None => eprintln!("organisation: none configured (no roster, no notices, no recovery)"),
+    }
     match config.backend {
         Backend::Sqlite => eprintln!("data: {}", config.data_dir.join(DB_FILE).display()),
         Backend::Memory => eprintln!("data: in memory (nothing survives a restart)"),
@@ -268,10 +281,11 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
             let fp = std::fs::read_to_string(config.tls.dev_dir.join(tls::CA_FINGERPRINT_FILE))
                 .unwrap_or_default();
             let fp = fp.trim();
+            let org = config.org_fingerprint.map(|f| f.to_hex());
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"account": a.as_str(), "code": issued.code, "expires_ms": issued.expires_ms, "ca_fingerprint": fp})
+                    serde_json::json!({"account": a.as_str(), "code": issued.code, "expires_ms": issued.expires_ms, "ca_fingerprint": fp, "org_fingerprint": org})
                 );
             } else {
                 println!("enrolment code for {a}: {}", issued.code);
@@ -281,6 +295,10 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
                 );
                 if !fp.is_empty() {
                     println!("CA fingerprint: {fp}");
+                }
+                match &config.org_fingerprint {
+                    Some(org) => println!("organisation fingerprint: {}", org.to_hex()),
+                    None => println!("organisation fingerprint: none configured"),
                 }
             }
         }

@@ -43,6 +43,20 @@ pub const BLOBS_STORED: &str = "sealpost_blobs_stored_total";
 pub const BLOBS_EXPIRED: &str = "sealpost_blobs_expired_total";
 /// Attachment transfer streams refused or reset (counter, label `reason`).
 pub const BLOB_TRANSFERS_REFUSED: &str = "sealpost_blob_transfers_refused_total";
+/// Requests refused by a trust rule (counter, label `reason`: `device_not_active`,
+/// `probation`, `frozen`, `notice_via_send`, `notice`, `notice_audience`, `genesis`,
+/// `log_entry`, `roster`, `link`, `auth_not_in_log`, `stored_log_invalid`).
+pub const TRUST_REFUSALS: &str = "sealpost_trust_refusals_total";
+/// Device-log entries appended, enrolments included (counter, label `action`).
+pub const DEVICE_LOG_APPENDS: &str = "sealpost_device_log_appends_total";
+/// Devices revoked by a device-log entry (counter).
+pub const DEVICES_REVOKED: &str = "sealpost_devices_revoked_total";
+/// Notices accepted by `send_notice` (counter).
+pub const NOTICES_ACCEPTED: &str = "sealpost_notices_accepted_total";
+/// Newest roster version held (gauge; 0 = none).
+pub const ROSTER_VERSION: &str = "sealpost_roster_version";
+/// Link requests held in memory, open and completed (gauge).
+pub const PENDING_LINKS: &str = "sealpost_pending_links";
 /// Time from receiving a `send` to its durable acceptance, seconds (histogram).
 pub const SEND_LATENCY: &str = "sealpost_send_commit_seconds";
 /// Time to handle any request, seconds (histogram, label `type`).
@@ -109,6 +123,15 @@ pub fn describe() {
         BLOB_TRANSFERS_REFUSED,
         "Attachment transfer streams refused or reset"
     );
+    describe_counter!(TRUST_REFUSALS, "Requests refused by a trust rule");
+    describe_counter!(
+        DEVICE_LOG_APPENDS,
+        "Device-log entries appended (enrolments included)"
+    );
+    describe_counter!(DEVICES_REVOKED, "Devices revoked by a device-log entry");
+    describe_counter!(NOTICES_ACCEPTED, "Signed notices accepted");
+    describe_gauge!(ROSTER_VERSION, "Newest roster version held");
+    describe_gauge!(PENDING_LINKS, "Device link requests held in memory");
     describe_histogram!(
         SEND_LATENCY,
         Unit::Seconds,

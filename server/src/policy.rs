@@ -5,7 +5,10 @@
 //! * A client may message only the advisors and staff it is assigned to.
 //! * Advisors and staff may message their assigned clients, and each other.
 //! * A client can never reach another client.
-//! * A frozen account may not send.
+//!
+//! A frozen account is not refused here: the device-log send rule (`trust.rs`,
+//! docs/PROTOCOL.md §19.6) refuses the sensitive kinds from it and lets it keep talking
+//! to its advisor, who must reach the client to check a "this wasn't me" out of band.
 
 use sealpost_protocol::identity::AccountId;
 use sealpost_protocol::wire::Role;
@@ -24,9 +27,6 @@ pub enum Refusal {
         /// The advisor or staff account.
         staff: AccountId,
     },
-    /// The sending account is frozen.
-    #[error("account {0} is frozen")]
-    Frozen(AccountId),
 }
 
 /// What the policy needs to know about the two accounts.
@@ -36,8 +36,6 @@ pub struct Party<'a> {
     pub account: &'a AccountId,
     /// Its role.
     pub role: Role,
-    /// Whether it is frozen.
-    pub frozen: bool,
 }
 
 /// The assignment that must exist for `sender` to message `recipient`, if any:
@@ -46,9 +44,6 @@ pub fn required_assignment<'a>(
     sender: Party<'a>,
     recipient: Party<'a>,
 ) -> Result<Option<(&'a AccountId, &'a AccountId)>, Refusal> {
-    if sender.frozen {
-        return Err(Refusal::Frozen(sender.account.clone()));
-    }
     if sender.account == recipient.account {
         return Ok(None);
     }
@@ -77,11 +72,7 @@ mod tests {
     use super::*;
 
     fn p(a: &AccountId, role: Role) -> Party<'_> {
-        Party {
-            account: a,
-            role,
-            frozen: false,
-        }
+        Party { account: a, role }
     }
 
     #[test]
@@ -106,14 +97,5 @@ mod tests {
             required_assignment(p(&ops, Role::Staff), p(&c1, Role::Client)).unwrap(),
             Some((&c1, &ops))
         );
-        let frozen = Party {
-            account: &c1,
-            role: Role::Client,
-            frozen: true,
-        };
-        assert!(matches!(
-            decide(frozen, p(&adv, Role::Advisor), true),
-            Err(Refusal::Frozen(_))
-        ));
     }
 }

@@ -1,15 +1,19 @@
 //! Request handling: what the relay does with each frame. The connection shell
 //! (`conn.rs`) reads frames and writes replies; every decision is made here, against the
-//! storage traits, the pure policy and limit functions, and the hub.
+//! storage traits, the pure policy and limit functions, and the hub. The trust frames of
+//! docs/PROTOCOL.md §19 (device logs, linking, roster, notices) are in `relay/trust_frames.rs`.
+
+mod trust_frames;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use sealpost_protocol::envelope::{Envelope, MessageId};
+use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::prekeys::PreKeyKind;
+use sealpost_protocol::trust::{DeviceLog, SendDecision, MAX_LOG_ENTRIES};
 use sealpost_protocol::wire::{
     auth_signature_message, enroll_signature_message, BoundedVec, DeviceInfo, ErrorCode, Frame,
     FrameBody, Role,
@@ -19,9 +23,11 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::hub::{Hub, Push};
 use crate::limits::{KeyedLimiter, Limited};
+use crate::links::LinkRegistry;
 use crate::metrics as m;
 use crate::policy::{self, Party};
 use crate::store::{AccountRecord, PreKeyUpload, Quota, Store, StoreError};
+use crate::trust::{refusal_label, refusal_message, AccountTrust, SenderTrust, TrustState};
 
 /// Domain label under which enrolment codes are hashed for storage.
 pub const ENROLLMENT_CODE_LABEL: &[u8] = b"Sealpost_EnrollCode_v1";
@@ -55,6 +61,7 @@ struct Limiters {
     fetch_device: KeyedLimiter<DeviceId>,
     fetch_pair: KeyedLimiter<(DeviceId, AccountId)>,
     control: KeyedLimiter<DeviceId>,
+    link_ip: KeyedLimiter<IpAddr>,
 }
 
 /// The relay's shared state.
@@ -67,6 +74,9 @@ pub struct Relay<S: Store> {
     pub config: Config,
     /// Attachment blobs (opaque ciphertext; see `transfer.rs`).
     pub blobs: Arc<dyn crate::store::blob::BlobStore>,
+    /// The roster chain and the verified device sets (`trust.rs`).
+    pub trust: TrustState,
+    links: Mutex<LinkRegistry>,
     limiters: Mutex<Limiters>,
     started: Instant,
 }
@@ -114,6 +124,8 @@ pub struct ConnCtx {
     /// Authentication state.
     pub auth: AuthState,
     peers: HashMap<DeviceId, PeerInfo>,
+    /// The authenticated device's view of its account's verified device set.
+    sender: Option<SenderTrust>,
 }
 
 impl ConnCtx {
@@ -124,6 +136,7 @@ impl ConnCtx {
             exporter,
             auth: AuthState::Fresh,
             peers: HashMap::new(),
+            sender: None,
         }
     }
 
@@ -132,6 +145,26 @@ impl ConnCtx {
         match &self.auth {
             AuthState::Done(a) => Some(a),
             _ => None,
+        }
+    }
+}
+
+/// Why a device set could not be had.
+enum TrustFailure {
+    Store(StoreError),
+    /// The stored log does not verify (logged where detected).
+    Invalid,
+}
+
+impl TrustFailure {
+    fn answer(self, id: u64) -> Handled {
+        match self {
+            Self::Store(e) => store_failure(id, &e),
+            Self::Invalid => refuse(
+                id,
+                ErrorCode::Forbidden,
+                "the account's stored device log does not verify; the operator has been alerted",
+            ),
         }
     }
 }
@@ -218,6 +251,16 @@ fn type_name(body: &FrameBody) -> &'static str {
         FrameBody::Ping => "ping",
         FrameBody::ListContacts => "list_contacts",
         FrameBody::Drain => "drain",
+        FrameBody::LinkStart { .. } => "link_start",
+        FrameBody::LinkPoll { .. } => "link_poll",
+        FrameBody::LinkSign { .. } => "link_sign",
+        FrameBody::SendNotice { .. } => "send_notice",
+        FrameBody::GetRoster { .. } => "get_roster",
+        FrameBody::PublishRoster { .. } => "publish_roster",
+        FrameBody::GetDeviceLog { .. } => "get_device_log",
+        FrameBody::AppendDeviceLog { .. } => "append_device_log",
+        FrameBody::ListLinks { .. } => "list_links",
+        FrameBody::LinkOffer { .. } => "link_offer",
         FrameBody::BlobUpload { .. }
         | FrameBody::BlobDownload { .. }
         | FrameBody::BlobChunk { .. } => "blob",
@@ -236,8 +279,11 @@ impl<S: Store> Relay<S> {
             fetch_device: KeyedLimiter::new(l.bundle_fetch_per_device, l.rate_limit_max_keys),
             fetch_pair: KeyedLimiter::new(l.bundle_fetch_per_pair, l.rate_limit_max_keys),
             control: KeyedLimiter::new(l.control_requests_per_device, l.rate_limit_max_keys),
+            link_ip: KeyedLimiter::new(l.link_requests_per_ip, l.rate_limit_max_keys),
         };
         Self {
+            trust: TrustState::new(config.org_fingerprint, l.trust_cache_accounts),
+            links: Mutex::new(LinkRegistry::new(l.max_pending_links)),
             store,
             hub: Hub::new(),
             blobs: Arc::new(crate::store::blob::MemoryBlobStore::new(
@@ -302,9 +348,27 @@ impl<S: Store> Relay<S> {
                 code,
                 identity,
                 signature,
+                genesis,
             } => {
-                self.enroll(ctx, id, account, code.as_str(), identity, signature)
-                    .await
+                self.enroll(
+                    ctx,
+                    id,
+                    account,
+                    code.as_str(),
+                    identity,
+                    signature,
+                    genesis,
+                )
+                .await
+            }
+            FrameBody::LinkStart {
+                account,
+                identity,
+                signature,
+            } => self.link_start(ctx, id, account, identity, signature).await,
+            FrameBody::LinkPoll { link_id } => self.link_poll(ctx, id, link_id),
+            FrameBody::LinkSign { link_id, signature } => {
+                self.link_sign(ctx, id, link_id, signature)
             }
             FrameBody::AuthStart { device } => self.auth_start(ctx, id, device),
             FrameBody::AuthResponse { signature } => self.auth_response(ctx, id, signature).await,
@@ -322,6 +386,7 @@ impl<S: Store> Relay<S> {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn enroll(
         &self,
         ctx: &mut ConnCtx,
@@ -330,6 +395,7 @@ impl<S: Store> Relay<S> {
         code: &str,
         identity: sealpost_protocol::PublicIdentity,
         signature: [u8; 64],
+        genesis: sealpost_protocol::trust::LogEntry,
     ) -> Handled {
         if ctx.authenticated().is_some() {
             return refuse(id, ErrorCode::UnexpectedFrame, "already authenticated");
@@ -346,9 +412,24 @@ impl<S: Store> Relay<S> {
                 "enrolment signature does not verify for this connection",
             );
         }
+        let now = unix_ms();
+        let generation = self.trust.generation();
+        let snapshot = match self.check_genesis(&account, &identity, &genesis, now) {
+            Ok(s) => s,
+            Err(why) => {
+                self.trust_refused("genesis");
+                return refuse(id, ErrorCode::Forbidden, &why);
+            }
+        };
         match self
             .store
-            .redeem_enrollment(&account, enrollment_code_hash(code), &identity, unix_ms())
+            .enroll_first_device(
+                &account,
+                enrollment_code_hash(code),
+                &identity,
+                &genesis,
+                now,
+            )
             .await
         {
             Ok(dev) => {
@@ -357,7 +438,9 @@ impl<S: Store> Relay<S> {
                     Ok(None) => return refuse(id, ErrorCode::NotFound, "account not found"),
                     Err(e) => return store_failure(id, &e),
                 };
-                info!(account = %account, device = %dev.id, "device enrolled");
+                self.trust.install(snapshot, generation);
+                metrics::counter!(m::DEVICE_LOG_APPENDS, "action" => "add").increment(1);
+                info!(account = %account, device = %dev.id, "device enrolled (device log entry 0)");
                 reply(
                     id,
                     FrameBody::Enrolled {
@@ -366,12 +449,16 @@ impl<S: Store> Relay<S> {
                     },
                 )
             }
-            Err(e) => {
-                if matches!(e, StoreError::EnrollmentRefused) {
-                    self.auth_failed(ctx.remote.ip(), None);
-                }
-                store_failure(id, &e)
+            Err(StoreError::EnrollmentRefused) => {
+                self.auth_failed(ctx.remote.ip(), None);
+                refuse(
+                    id,
+                    ErrorCode::EnrollmentRefused,
+                    "enrolment code is unknown, used or expired, or the account already has a \
+                     device (further devices are linked from an existing one)",
+                )
             }
+            Err(e) => store_failure(id, &e),
         }
     }
 
@@ -431,6 +518,23 @@ impl<S: Store> Relay<S> {
             Ok(None) => return refuse(id, ErrorCode::AuthFailed, "authentication failed"),
             Err(e) => return store_failure(id, &e),
         };
+        // Only a device its account's verified device log lists as active may
+        // authenticate (a device written into storage behind the log's back may not).
+        let snapshot = match self.account_trust(&account.id).await {
+            Ok(t) => t,
+            Err(f) => return f.answer(id),
+        };
+        if !snapshot.is_active(&device) {
+            self.trust_refused("auth_not_in_log");
+            self.auth_failed(ctx.remote.ip(), Some(device));
+            debug!(device = %device, "authentication refused: device not active in its log");
+            return refuse(
+                id,
+                ErrorCode::AuthFailed,
+                "authentication failed: the device is not active in its account's device log",
+            );
+        }
+        ctx.sender = Some(SenderTrust::new(snapshot, &device));
         let me = Authenticated {
             device,
             account: account.id.clone(),
@@ -465,6 +569,12 @@ impl<S: Store> Relay<S> {
                 | FrameBody::ListDevices { .. }
                 | FrameBody::ListContacts
                 | FrameBody::Drain
+                | FrameBody::GetRoster { .. }
+                | FrameBody::PublishRoster { .. }
+                | FrameBody::GetDeviceLog { .. }
+                | FrameBody::AppendDeviceLog { .. }
+                | FrameBody::ListLinks { .. }
+                | FrameBody::LinkOffer { .. }
         ) {
             let now = self.mono_ms();
             if let Err(l) = self.with_limiters(|l| l.control.check(&me.device, 1.0, now)) {
@@ -497,6 +607,21 @@ impl<S: Store> Relay<S> {
                 drain: Some(id),
                 ..Handled::default()
             },
+            FrameBody::SendNotice { envelope, notice } => {
+                self.send_notice(ctx, me, id, envelope, notice).await
+            }
+            FrameBody::GetRoster { after_version } => self.get_roster(id, after_version),
+            FrameBody::PublishRoster { roster } => self.publish_roster(me, id, roster).await,
+            FrameBody::GetDeviceLog { account, from_seq } => {
+                self.get_device_log(me, id, account, from_seq).await
+            }
+            FrameBody::AppendDeviceLog { entry } => self.append_device_log(me, id, entry).await,
+            FrameBody::ListLinks { account } => self.list_links(me, id, account),
+            FrameBody::LinkOffer {
+                link_id,
+                challenge,
+                body,
+            } => self.link_offer(me, id, link_id, challenge, body).await,
             FrameBody::BlobUpload { .. }
             | FrameBody::BlobDownload { .. }
             | FrameBody::BlobChunk { .. } => refuse(
@@ -525,12 +650,10 @@ impl<S: Store> Relay<S> {
         let s = Party {
             account: &sender.id,
             role: sender.role,
-            frozen: sender.frozen,
         };
         let r = Party {
             account: &account.id,
             role: account.role,
-            frozen: account.frozen,
         };
         let assigned = match policy::required_assignment(s, r) {
             Err(refusal) => return Ok(Err(refusal.to_string())),
@@ -587,9 +710,28 @@ impl<S: Store> Relay<S> {
         }
     }
 
-    /// Every check of a `send` (sender, size, recipient, policy, rate limit), in frame
-    /// order; what passes only needs [`Relay::commit_send`].
+    /// Every check of a `send` (sender, kind, device log, size, recipient, policy, rate
+    /// limit), in frame order; what passes only needs [`Relay::commit_send`].
     pub async fn prepare_send(
+        &self,
+        ctx: &mut ConnCtx,
+        me: &Authenticated,
+        id: u64,
+        envelope: Envelope,
+    ) -> Result<PreparedSend, Handled> {
+        if envelope.header.kind == EnvelopeKind::Notice {
+            self.trust_refused("notice_via_send");
+            return Err(refuse(
+                id,
+                ErrorCode::Forbidden,
+                "notices are sent with send_notice, which carries the signed notice header",
+            ));
+        }
+        self.prepare_envelope(ctx, me, id, envelope).await
+    }
+
+    /// The checks `send` and `send_notice` share.
+    async fn prepare_envelope(
         &self,
         ctx: &mut ConnCtx,
         me: &Authenticated,
@@ -603,6 +745,27 @@ impl<S: Store> Relay<S> {
                 ErrorCode::Forbidden,
                 "envelope sender must be the authenticated device",
             ));
+        }
+        // The device-log send rule (§19.6), from the connection's cached snapshot.
+        let kind = envelope.header.kind;
+        let decision = match ctx.sender.as_ref().filter(|s| !s.is_stale()) {
+            Some(s) => s.may_send(kind, unix_ms),
+            None => {
+                let snapshot = self
+                    .account_trust(&me.account)
+                    .await
+                    .map_err(|f| f.answer(id))?;
+                let sender = SenderTrust::new(snapshot, &me.device);
+                let d = sender.may_send(kind, unix_ms);
+                ctx.sender = Some(sender);
+                d
+            }
+        };
+        if decision != SendDecision::Allowed {
+            self.trust_refused(refusal_label(decision));
+            let why = refusal_message(decision, kind).unwrap_or_default();
+            debug!(device = %me.device, kind = ?kind, reason = refusal_label(decision), "send refused by the device log");
+            return Err(refuse(id, ErrorCode::Forbidden, &why));
         }
         if envelope.body.len() > self.config.limits.max_envelope_bytes {
             return Err(refuse(
@@ -691,6 +854,40 @@ impl<S: Store> Relay<S> {
             }
             Ok(false) => Handled::default(),
             Err(e) => store_failure(id, &e),
+        }
+    }
+
+    /// Count a refusal by a trust rule (metric label `reason`).
+    fn trust_refused(&self, reason: &'static str) {
+        metrics::counter!(m::TRUST_REFUSALS, "reason" => reason).increment(1);
+    }
+
+    /// Every entry of `account`'s device log, as stored.
+    async fn load_log(&self, account: &AccountId) -> Result<DeviceLog, StoreError> {
+        let entries = self.store.device_log(account, 0, MAX_LOG_ENTRIES).await?;
+        let entries = BoundedVec::new(entries).map_err(|e| {
+            StoreError::Backend(format!("device log of {account} exceeds its bound: {e}"))
+        })?;
+        Ok(DeviceLog {
+            account: account.clone(),
+            entries,
+        })
+    }
+
+    /// `account`'s verified device set: cached, or loaded and verified once.
+    async fn account_trust(&self, account: &AccountId) -> Result<Arc<AccountTrust>, TrustFailure> {
+        if let Some(t) = self.trust.cached(account) {
+            return Ok(t);
+        }
+        let generation = self.trust.generation();
+        let log = self.load_log(account).await.map_err(TrustFailure::Store)?;
+        match self.trust.verify_log(&log, unix_ms()) {
+            Ok((_, snapshot)) => Ok(self.trust.install(snapshot, generation)),
+            Err(e) => {
+                warn!(account = %account, error = %e, "a stored device log does not verify");
+                self.trust_refused("stored_log_invalid");
+                Err(TrustFailure::Invalid)
+            }
         }
     }
 

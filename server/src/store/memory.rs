@@ -11,12 +11,14 @@ use std::sync::{Mutex, MutexGuard};
 use sealpost_protocol::envelope::{Envelope, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use sealpost_protocol::trust::{LogEntry, SignedRoster};
 use sealpost_protocol::wire::Role;
 
 use super::{
-    AccountRecord, AccountStore, DeviceRecord, Enqueued, MailboxStore, Pending, PreKeyCounts,
-    PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, MAX_DEVICES_PER_ACCOUNT,
-    MAX_STORED_ONE_TIME_PREKEYS,
+    AccountRecord, AccountStore, DeviceRecord, Enqueued, LogEffects, MailboxStore, Pending,
+    PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, TrustStore,
+    MAX_DEVICES_PER_ACCOUNT, MAX_STORED_LOG_ENTRIES, MAX_STORED_ONE_TIME_PREKEYS,
+    MAX_STORED_ROSTER_VERSIONS,
 };
 
 /// An enrolment code (only its hash is known).
@@ -91,6 +93,78 @@ struct Inner {
     next_order: u64,
     /// (client, staff) pairs.
     assignments: BTreeSet<(AccountId, AccountId)>,
+    /// Roster versions 1, 2, ...
+    rosters: Vec<SignedRoster>,
+    /// Device logs by account.
+    logs: HashMap<AccountId, Vec<LogEntry>>,
+}
+
+impl Inner {
+    /// The checks and writes of an enrolment by code (the caller holds the lock, so it
+    /// is atomic with whatever else the caller does under it).
+    fn redeem(
+        &mut self,
+        account: &AccountId,
+        code_hash: [u8; 32],
+        identity: &PublicIdentity,
+        now_ms: u64,
+    ) -> Result<DeviceRecord, StoreError> {
+        let code_ok = matches!(
+            self.codes.get(&code_hash),
+            Some(c) if &c.account == account && !c.used && now_ms < c.expires_ms
+        );
+        if !code_ok {
+            return Err(StoreError::EnrollmentRefused);
+        }
+        let id = identity.device_id();
+        if self.devices.contains_key(&id) {
+            return Err(StoreError::Conflict("device"));
+        }
+        let active = self
+            .devices
+            .values()
+            .filter(|d| &d.record.account == account && !d.record.revoked)
+            .count();
+        if active >= MAX_DEVICES_PER_ACCOUNT {
+            return Err(StoreError::QuotaExceeded {
+                what: "devices per account",
+                current: active as u64,
+                max: MAX_DEVICES_PER_ACCOUNT as u64,
+            });
+        }
+        if let Some(c) = self.codes.get_mut(&code_hash) {
+            c.used = true;
+        }
+        Ok(self.insert_device(account, identity, now_ms))
+    }
+
+    fn insert_device(
+        &mut self,
+        account: &AccountId,
+        identity: &PublicIdentity,
+        enrolled_ms: u64,
+    ) -> DeviceRecord {
+        let id = identity.device_id();
+        let record = DeviceRecord {
+            id,
+            account: account.clone(),
+            identity: identity.clone(),
+            enrolled_ms,
+            revoked: false,
+        };
+        let order = self.next_order;
+        self.next_order += 1;
+        self.devices.insert(
+            id,
+            Device {
+                record: record.clone(),
+                order,
+                prekeys: PreKeys::default(),
+                mailbox: Mailbox::default(),
+            },
+        );
+        record
+    }
 }
 
 /// The in-memory reference store.
@@ -178,53 +252,7 @@ impl AccountStore for MemoryStore {
         identity: &PublicIdentity,
         now_ms: u64,
     ) -> Result<DeviceRecord, StoreError> {
-        let mut g = self.lock()?;
-        let inner = &mut *g;
-        let code_ok = matches!(
-            inner.codes.get(&code_hash),
-            Some(c) if &c.account == account && !c.used && now_ms < c.expires_ms
-        );
-        if !code_ok {
-            return Err(StoreError::EnrollmentRefused);
-        }
-        let id = identity.device_id();
-        if inner.devices.contains_key(&id) {
-            return Err(StoreError::Conflict("device"));
-        }
-        let active = inner
-            .devices
-            .values()
-            .filter(|d| &d.record.account == account && !d.record.revoked)
-            .count();
-        if active >= MAX_DEVICES_PER_ACCOUNT {
-            return Err(StoreError::QuotaExceeded {
-                what: "devices per account",
-                current: active as u64,
-                max: MAX_DEVICES_PER_ACCOUNT as u64,
-            });
-        }
-        if let Some(c) = inner.codes.get_mut(&code_hash) {
-            c.used = true;
-        }
-        let record = DeviceRecord {
-            id,
-            account: account.clone(),
-            identity: identity.clone(),
-            enrolled_ms: now_ms,
-            revoked: false,
-        };
-        let order = inner.next_order;
-        inner.next_order += 1;
-        inner.devices.insert(
-            id,
-            Device {
-                record: record.clone(),
-                order,
-                prekeys: PreKeys::default(),
-                mailbox: Mailbox::default(),
-            },
-        );
-        Ok(record)
+        self.lock()?.redeem(account, code_hash, identity, now_ms)
     }
 
     async fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
@@ -277,6 +305,125 @@ impl AccountStore for MemoryStore {
             }
         }
         Ok(out.into_iter().collect())
+    }
+}
+
+impl TrustStore for MemoryStore {
+    async fn append_roster(&self, link: &SignedRoster, _now_ms: u64) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        let have = g.rosters.len() as u64;
+        if link.roster.version() != have + 1 {
+            return Err(StoreError::Conflict("roster version"));
+        }
+        if have >= MAX_STORED_ROSTER_VERSIONS {
+            return Err(StoreError::QuotaExceeded {
+                what: "roster versions",
+                current: have,
+                max: MAX_STORED_ROSTER_VERSIONS,
+            });
+        }
+        g.rosters.push(link.clone());
+        Ok(())
+    }
+
+    async fn rosters_after(
+        &self,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<SignedRoster>, StoreError> {
+        let g = self.lock()?;
+        let skip = usize::try_from(after_version).unwrap_or(usize::MAX);
+        Ok(g.rosters.iter().skip(skip).take(limit).cloned().collect())
+    }
+
+    async fn device_log(
+        &self,
+        account: &AccountId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let g = self.lock()?;
+        let skip = usize::try_from(from_seq).unwrap_or(usize::MAX);
+        Ok(g.logs
+            .get(account)
+            .map(|l| l.iter().skip(skip).take(limit).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn device_log_len(&self, account: &AccountId) -> Result<u64, StoreError> {
+        Ok(self.lock()?.logs.get(account).map_or(0, |l| l.len() as u64))
+    }
+
+    async fn append_device_log(
+        &self,
+        entry: &LogEntry,
+        effects: &LogEffects,
+        _now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        let inner = &mut *g;
+        let account = &entry.body.account;
+        if !inner.accounts.contains_key(account) {
+            return Err(StoreError::NotFound("account"));
+        }
+        let len = inner.logs.get(account).map_or(0, |l| l.len() as u64);
+        if entry.body.seq != len {
+            return Err(StoreError::Conflict("device log entry"));
+        }
+        if len >= MAX_STORED_LOG_ENTRIES {
+            return Err(StoreError::QuotaExceeded {
+                what: "device log entries",
+                current: len,
+                max: MAX_STORED_LOG_ENTRIES,
+            });
+        }
+        // Check everything before the first change.
+        let mut register = None;
+        if let Some(new) = &effects.register {
+            match inner.devices.get(&new.identity.device_id()) {
+                Some(d) if &d.record.account != account || d.record.revoked => {
+                    return Err(StoreError::Conflict("device"));
+                }
+                Some(_) => {}
+                None => register = Some(new),
+            }
+        }
+        if let Some(new) = register {
+            inner.insert_device(account, &new.identity, new.added_ms);
+        }
+        for id in &effects.revoke {
+            if let Some(d) = inner.devices.get_mut(id) {
+                if &d.record.account == account {
+                    d.record.revoked = true;
+                }
+            }
+        }
+        if let Some(a) = inner.accounts.get_mut(account) {
+            a.frozen = effects.frozen;
+        }
+        inner
+            .logs
+            .entry(account.clone())
+            .or_default()
+            .push(entry.clone());
+        Ok(())
+    }
+
+    async fn enroll_first_device(
+        &self,
+        account: &AccountId,
+        code_hash: [u8; 32],
+        identity: &PublicIdentity,
+        genesis: &LogEntry,
+        now_ms: u64,
+    ) -> Result<DeviceRecord, StoreError> {
+        let mut g = self.lock()?;
+        if g.logs.get(account).is_some_and(|l| !l.is_empty()) {
+            return Err(StoreError::EnrollmentRefused);
+        }
+        let record = g.redeem(account, code_hash, identity, now_ms)?;
+        g.logs.insert(account.clone(), vec![genesis.clone()]);
+        Ok(record)
     }
 }
 

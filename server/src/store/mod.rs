@@ -16,6 +16,11 @@
 //! * Sequence numbers are per recipient device, start at 1 and are contiguous in commit
 //!   order, so a reader can tell whether it has seen everything.
 //! * An envelope stays until acknowledged by its recipient or expired.
+//! * Trust records ([`TrustStore`]) only ever grow: roster versions are appended one
+//!   version at a time and device-log entries one sequence number at a time, each
+//!   atomically with its effects on the device table; nothing is rewritten. The store
+//!   does not verify signatures (the relay verifies before it writes, and again from the
+//!   pinned fingerprint when it starts).
 
 pub mod blob;
 pub mod memory;
@@ -26,12 +31,19 @@ use std::future::Future;
 use sealpost_protocol::envelope::{Envelope, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
-use sealpost_protocol::wire::Role;
+use sealpost_protocol::trust::{LogEntry, SignedRoster, MAX_LOG_ENTRIES, MAX_ROSTER_CHAIN_LEN};
+use sealpost_protocol::wire::{Role, MAX_FRAME_LEN};
 
 /// Most devices per account.
 pub const MAX_DEVICES_PER_ACCOUNT: usize = sealpost_protocol::identity::MAX_DEVICES_PER_ACCOUNT;
 /// Most one-time prekeys of each kind stored per device.
 pub const MAX_STORED_ONE_TIME_PREKEYS: u32 = 1000;
+/// Most roster versions stored (the protocol's chain bound).
+pub const MAX_STORED_ROSTER_VERSIONS: u64 = MAX_ROSTER_CHAIN_LEN as u64;
+/// Most device-log entries stored per account (the protocol's log bound).
+pub const MAX_STORED_LOG_ENTRIES: u64 = MAX_LOG_ENTRIES as u64;
+/// Largest encoded device-log entry stored (it arrived in one frame).
+pub const MAX_LOG_ENTRY_BYTES: usize = MAX_FRAME_LEN;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +82,8 @@ pub struct AccountRecord {
     pub role: Role,
     /// Creation time, ms since the Unix epoch.
     pub created_ms: u64,
-    /// Frozen accounts may not send (trust issue; kept here so the model has room).
+    /// Set and cleared by the account's device log (freeze, unfreeze): a frozen account
+    /// may not send sensitive kinds of envelope.
     pub frozen: bool,
 }
 
@@ -274,6 +287,81 @@ pub trait MailboxStore: Send + Sync + 'static {
     fn flush(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// A device that a device-log entry adds (or recovers into) an account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedDevice {
+    /// Its identity.
+    pub identity: PublicIdentity,
+    /// The entry's timestamp (ms since the Unix epoch): becomes its `enrolled_ms`.
+    pub added_ms: u64,
+}
+
+/// What an appended device-log entry changes, applied in the same transaction as the
+/// entry itself. Computed by the relay from the verified log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogEffects {
+    /// The device an `add` or `recover` registers (it can authenticate afterwards).
+    pub register: Option<LoggedDevice>,
+    /// Devices revoked by the log (removed, recovered away, or on probation at a
+    /// freeze). Already-revoked ones are left as they are.
+    pub revoke: Vec<DeviceId>,
+    /// The account's frozen flag after the entry.
+    pub frozen: bool,
+}
+
+/// Roster versions and account device logs.
+pub trait TrustStore: Send + Sync + 'static {
+    /// Append roster version `link.roster.version()`, which must be exactly the newest
+    /// stored version plus one (1 for the first): otherwise `Conflict("roster version")`
+    /// and nothing changes. `QuotaExceeded` past [`MAX_STORED_ROSTER_VERSIONS`].
+    fn append_roster(
+        &self,
+        link: &SignedRoster,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Roster versions after `after_version`, in order, at most `limit`.
+    fn rosters_after(
+        &self,
+        after_version: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<SignedRoster>, StoreError>> + Send;
+    /// Entries of `account`'s device log with `seq >= from_seq`, in order, at most `limit`.
+    fn device_log(
+        &self,
+        account: &AccountId,
+        from_seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<LogEntry>, StoreError>> + Send;
+    /// How many entries `account`'s device log holds.
+    fn device_log_len(
+        &self,
+        account: &AccountId,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Atomically append `entry` to the log of `entry.body.account` and apply `effects`.
+    /// `NotFound("account")` if the account does not exist; `Conflict("device log
+    /// entry")` unless `entry.body.seq` equals the log's length; `Conflict("device")` if
+    /// the registered device is enrolled in another account or was revoked;
+    /// `QuotaExceeded` past [`MAX_STORED_LOG_ENTRIES`]. On any error nothing changes.
+    fn append_device_log(
+        &self,
+        entry: &LogEntry,
+        effects: &LogEffects,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Enrol an account's first device: atomically check the code as
+    /// [`AccountStore::redeem_enrollment`] does, refuse (`EnrollmentRefused`) if the
+    /// account already has device-log entries, mark the code used, register `identity`
+    /// and store `genesis` as entry 0. On any error nothing changes.
+    fn enroll_first_device(
+        &self,
+        account: &AccountId,
+        code_hash: [u8; 32],
+        identity: &PublicIdentity,
+        genesis: &LogEntry,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
+}
+
 /// Everything the relay needs from storage.
-pub trait Store: AccountStore + PreKeyStore + MailboxStore {}
-impl<T: AccountStore + PreKeyStore + MailboxStore> Store for T {}
+pub trait Store: AccountStore + PreKeyStore + MailboxStore + TrustStore {}
+impl<T: AccountStore + PreKeyStore + MailboxStore + TrustStore> Store for T {}

@@ -42,13 +42,15 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use sealpost_protocol::trust::{LogEntry, SignedRoster};
 use sealpost_protocol::wire::Role;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::{
-    AccountRecord, AccountStore, DeviceRecord, Enqueued, MailboxStore, Pending, PreKeyCounts,
-    PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, MAX_DEVICES_PER_ACCOUNT,
-    MAX_STORED_ONE_TIME_PREKEYS,
+    AccountRecord, AccountStore, DeviceRecord, Enqueued, LogEffects, MailboxStore, Pending,
+    PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, TrustStore,
+    MAX_DEVICES_PER_ACCOUNT, MAX_LOG_ENTRY_BYTES, MAX_STORED_LOG_ENTRIES,
+    MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
 };
 
 /// Most operations committed in one transaction.
@@ -154,6 +156,25 @@ CREATE TABLE delivered (
     PRIMARY KEY (recipient, message_id)
 );
 CREATE INDEX delivered_expiry ON delivered (expires_ms);
+"#,
+    // Version 2: trust (issue 5). Roster versions and account device logs, stored as the
+    // CBOR the relay verified (signatures are checked again from the pinned organisation
+    // fingerprint when the relay starts); `action` is for operators reading the table.
+    r#"
+CREATE TABLE roster_versions (
+    version    INTEGER PRIMARY KEY,
+    signed     BLOB NOT NULL,
+    stored_ms  INTEGER NOT NULL
+);
+
+CREATE TABLE device_log (
+    account    TEXT NOT NULL REFERENCES accounts (id),
+    seq        INTEGER NOT NULL,
+    action     TEXT NOT NULL,
+    entry      BLOB NOT NULL,
+    stored_ms  INTEGER NOT NULL,
+    PRIMARY KEY (account, seq)
+);
 "#,
 ];
 
@@ -977,6 +998,259 @@ impl AccountStore for SqliteStore {
                 })
                 .map_err(backend)?;
             rows.into_iter().map(parse_account).collect()
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Trust: roster versions and device logs
+
+fn encode_entry(entry: &LogEntry) -> Result<Vec<u8>, StoreError> {
+    sealpost_protocol::codec::encode("device log entry", entry, MAX_LOG_ENTRY_BYTES)
+        .map_err(|e| StoreError::Backend(format!("encoding a device log entry: {e}")))
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<LogEntry, StoreError> {
+    sealpost_protocol::codec::decode("device log entry", bytes, MAX_LOG_ENTRY_BYTES)
+        .map_err(|e| StoreError::Backend(format!("bad device log entry in database: {e}")))
+}
+
+fn log_len(c: &Connection, account: &AccountId) -> Result<u64, StoreError> {
+    let n: i64 = c
+        .prepare_cached("SELECT COUNT(*) FROM device_log WHERE account = ?1")
+        .and_then(|mut s| s.query_row(params![account.as_str()], |r| r.get(0)))
+        .map_err(backend)?;
+    uint(n, "device log length")
+}
+
+fn insert_log_row(
+    c: &Connection,
+    entry: &LogEntry,
+    bytes: &[u8],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO device_log (account, seq, action, entry, stored_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            entry.body.account.as_str(),
+            int(entry.body.seq),
+            entry.body.action.name(),
+            bytes,
+            int(now_ms)
+        ])
+    })
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn op_append_roster(
+    c: &Connection,
+    version: u64,
+    bytes: &[u8],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let have: i64 = c
+        .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM roster_versions")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend)?;
+    let have = uint(have, "roster version")?;
+    if version != have.saturating_add(1) {
+        return Err(StoreError::Conflict("roster version"));
+    }
+    if have >= MAX_STORED_ROSTER_VERSIONS {
+        return Err(StoreError::QuotaExceeded {
+            what: "roster versions",
+            current: have,
+            max: MAX_STORED_ROSTER_VERSIONS,
+        });
+    }
+    c.prepare_cached(
+        "INSERT INTO roster_versions (version, signed, stored_ms) VALUES (?1, ?2, ?3)",
+    )
+    .and_then(|mut s| s.execute(params![int(version), bytes, int(now_ms)]))
+    .map_err(backend)?;
+    Ok(())
+}
+
+fn op_append_log(
+    c: &Connection,
+    entry: &LogEntry,
+    bytes: &[u8],
+    effects: &LogEffects,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let account = &entry.body.account;
+    if !account_exists(c, account)? {
+        return Err(StoreError::NotFound("account"));
+    }
+    let len = log_len(c, account)?;
+    if entry.body.seq != len {
+        return Err(StoreError::Conflict("device log entry"));
+    }
+    if len >= MAX_STORED_LOG_ENTRIES {
+        return Err(StoreError::QuotaExceeded {
+            what: "device log entries",
+            current: len,
+            max: MAX_STORED_LOG_ENTRIES,
+        });
+    }
+    let mut register = None;
+    if let Some(new) = &effects.register {
+        let id = dev(&new.identity.device_id());
+        let existing: Option<(String, bool)> = c
+            .prepare_cached("SELECT account, revoked FROM devices WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(backend)?;
+        match existing {
+            Some((owner, revoked)) if owner != account.as_str() || revoked => {
+                return Err(StoreError::Conflict("device"));
+            }
+            Some(_) => {}
+            None => register = Some((id, new)),
+        }
+    }
+    // Every refusal is above; the writes follow.
+    if let Some((id, new)) = register {
+        c.prepare_cached(
+            "INSERT INTO devices (id, account, ed25519, x25519, enrolled_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id,
+                account.as_str(),
+                &new.identity.signing_bytes()[..],
+                &new.identity.dh_bytes()[..],
+                int(new.added_ms)
+            ])
+        })
+        .map_err(backend)?;
+    }
+    for revoked in &effects.revoke {
+        c.prepare_cached("UPDATE devices SET revoked = 1 WHERE id = ?1 AND account = ?2")
+            .and_then(|mut s| s.execute(params![dev(revoked), account.as_str()]))
+            .map_err(backend)?;
+    }
+    c.prepare_cached("UPDATE accounts SET frozen = ?2 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![account.as_str(), effects.frozen]))
+        .map_err(backend)?;
+    insert_log_row(c, entry, bytes, now_ms)
+}
+
+fn op_enroll_first(
+    c: &Connection,
+    account: &AccountId,
+    code_hash: &[u8; 32],
+    identity: &PublicIdentity,
+    genesis: &LogEntry,
+    bytes: &[u8],
+    now_ms: u64,
+) -> Result<DeviceRecord, StoreError> {
+    if log_len(c, account)? > 0 {
+        return Err(StoreError::EnrollmentRefused);
+    }
+    let record = op_redeem(c, account, code_hash, identity, now_ms)?;
+    insert_log_row(c, genesis, bytes, now_ms)?;
+    Ok(record)
+}
+
+impl TrustStore for SqliteStore {
+    async fn append_roster(&self, link: &SignedRoster, now_ms: u64) -> Result<(), StoreError> {
+        let version = link.roster.version();
+        let bytes = link
+            .to_cbor()
+            .map_err(|e| StoreError::Backend(format!("encoding a roster: {e}")))?;
+        self.write(move |c| op_append_roster(c, version, &bytes, now_ms))
+            .await
+    }
+
+    async fn rosters_after(
+        &self,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<SignedRoster>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT signed FROM roster_versions WHERE version > ?1 ORDER BY version LIMIT ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![int(after_version), limit], |r| r.get::<_, Vec<u8>>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.iter()
+                .map(|b| {
+                    SignedRoster::from_cbor(b).map_err(|e| {
+                        StoreError::Backend(format!("bad roster version in database: {e}"))
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn device_log(
+        &self,
+        account: &AccountId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let account = account.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT entry FROM device_log WHERE account = ?1 AND seq >= ?2
+                     ORDER BY seq LIMIT ?3",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![account.as_str(), int(from_seq), limit], |r| {
+                        r.get::<_, Vec<u8>>(0)
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.iter().map(|b| decode_entry(b)).collect()
+        })
+        .await
+    }
+
+    async fn device_log_len(&self, account: &AccountId) -> Result<u64, StoreError> {
+        let account = account.clone();
+        self.read(move |c| log_len(c, &account)).await
+    }
+
+    async fn append_device_log(
+        &self,
+        entry: &LogEntry,
+        effects: &LogEffects,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let bytes = encode_entry(entry)?;
+        let (entry, effects) = (entry.clone(), effects.clone());
+        self.write(move |c| op_append_log(c, &entry, &bytes, &effects, now_ms))
+            .await
+    }
+
+    async fn enroll_first_device(
+        &self,
+        account: &AccountId,
+        code_hash: [u8; 32],
+        identity: &PublicIdentity,
+        genesis: &LogEntry,
+        now_ms: u64,
+    ) -> Result<DeviceRecord, StoreError> {
+        let bytes = encode_entry(genesis)?;
+        let (account, identity, genesis) = (account.clone(), identity.clone(), genesis.clone());
+        self.write(move |c| {
+            op_enroll_first(c, &account, &code_hash, &identity, &genesis, &bytes, now_ms)
         })
         .await
     }

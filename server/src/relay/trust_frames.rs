@@ -1,0 +1,753 @@
+//! The trust frames (docs/PROTOCOL.md §19): enrolment's genesis entry, device linking,
+//! device-log appends, the roster chain and signed notices.
+//!
+//! Every object is verified with the trust core (`sealpost_protocol::trust`) before it is
+//! stored or acted on; the relay adds what only it can check: who carries a frame, how
+//! fresh an entry is on arrival, and that an entry extends the stored log. Logs name
+//! accounts, devices and actions, never keys, signatures or envelope bodies.
+
+use std::sync::Arc;
+
+use sealpost_protocol::envelope::{Envelope, EnvelopeKind};
+use sealpost_protocol::identity::{AccountId, PublicIdentity};
+use sealpost_protocol::trust::{
+    DeviceAction, DeviceLog, EntryAuthorization, EntryBody, LinkChallenge, LogEntry,
+    NoticeAudience, SignedNotice, SignedRoster, MAX_SIGNED_ROSTER_LEN,
+};
+use sealpost_protocol::wire::{
+    link_signature_message, BoundedVec, ErrorCode, FrameBody, Role, MAX_LOG_ENTRIES_PER_FRAME,
+    MAX_ROSTER_LINKS_PER_FRAME, ROSTER_FRAME_BUDGET,
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    limited, refuse, reply, store_failure, unix_ms, Authenticated, ConnCtx, Handled, Relay,
+};
+use crate::limits::Limited;
+use crate::links::LinkError;
+use crate::metrics as m;
+use crate::store::{LogEffects, LoggedDevice, Store, StoreError, MAX_LOG_ENTRY_BYTES};
+use crate::trust::AccountTrust;
+
+/// A `device_log` answer stops adding entries once they total this many bytes (an entry
+/// carrying a quorum can be several KiB; the frame bound is 256 KiB).
+pub const LOG_FRAME_BUDGET: usize = 192 * 1024;
+
+fn is_staff(role: Role) -> bool {
+    matches!(role, Role::Staff | Role::Advisor)
+}
+
+fn link_refusal(id: u64, e: &LinkError) -> Handled {
+    let code = match e {
+        LinkError::NotFound => ErrorCode::NotFound,
+        LinkError::AccountFull { .. } | LinkError::RegistryFull { .. } => ErrorCode::QuotaExceeded,
+        LinkError::Duplicate | LinkError::Completed | LinkError::NotOffered => ErrorCode::Conflict,
+        LinkError::WrongBody | LinkError::BadSignature => ErrorCode::Forbidden,
+    };
+    refuse(id, code, &e.to_string())
+}
+
+impl<S: Store> Relay<S> {
+    /// Verify and sweep at start: load the stored roster chain and verify it from the
+    /// pinned fingerprint. Returns the newest version (0: none).
+    pub async fn load_trust(&self) -> Result<u64, String> {
+        let links = self
+            .store
+            .rosters_after(0, sealpost_protocol::trust::MAX_ROSTER_CHAIN_LEN)
+            .await
+            .map_err(|e| format!("reading the roster chain: {e}"))?;
+        let version = self
+            .trust
+            .load(links, unix_ms())
+            .map_err(|e| match self.trust.pinned() {
+                Some(fp) => format!(
+                    "the stored roster chain does not verify from the configured organisation \
+                 fingerprint {fp}: {e}"
+                ),
+                None => "the database holds a roster chain but no org_fingerprint is configured; \
+                     configure the organisation's fingerprint"
+                    .to_owned(),
+            })?;
+        metrics::gauge!(m::ROSTER_VERSION).set(version as f64);
+        Ok(version)
+    }
+
+    /// Drop lapsed link requests (called by the sweeper).
+    pub fn sweep_links(&self) {
+        let now = unix_ms();
+        let n = self.with_links(|l| {
+            l.sweep(now);
+            l.len()
+        });
+        metrics::gauge!(m::PENDING_LINKS).set(n as f64);
+    }
+
+    fn with_links<T>(&self, f: impl FnOnce(&mut crate::links::LinkRegistry) -> T) -> T {
+        match self.links.lock() {
+            Ok(mut l) => f(&mut l),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    /// Charge one pre-authentication link request to `ip`.
+    fn link_request_allowed(&self, ip: std::net::IpAddr) -> Result<(), Limited> {
+        let now = self.mono_ms();
+        self.with_limiters(|l| l.link_ip.check(&ip, 1.0, now))
+    }
+
+    /// Entries dated by their signers must reach the relay soon after: a back-dated
+    /// entry would start (and so end) a cooling-off early.
+    fn check_fresh(&self, entry: &LogEntry, now: u64) -> Result<(), String> {
+        match &entry.authorization {
+            EntryAuthorization::Quorum(bundle) => {
+                if bundle.request.expires_ms <= now {
+                    return Err(format!(
+                        "the approvals carrying this entry expired at {} ms, before it reached \
+                         the relay",
+                        bundle.request.expires_ms
+                    ));
+                }
+            }
+            EntryAuthorization::Genesis | EntryAuthorization::Device { .. } => {
+                let max_age = self
+                    .config
+                    .limits
+                    .max_log_entry_age_secs
+                    .saturating_mul(1000);
+                if entry.body.timestamp_ms.saturating_add(max_age) < now {
+                    return Err(format!(
+                        "the entry is dated {} ms, more than {} s before it reached the relay",
+                        entry.body.timestamp_ms, self.config.limits.max_log_entry_age_secs
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Check an enrolment's genesis entry: `identity` adding itself as entry 0 of
+    /// `account`'s log, fresh, and verifying. Returns the account's snapshot-to-be.
+    pub(super) fn check_genesis(
+        &self,
+        account: &AccountId,
+        identity: &PublicIdentity,
+        genesis: &LogEntry,
+        now: u64,
+    ) -> Result<Arc<AccountTrust>, String> {
+        let b = &genesis.body;
+        let adds_itself = matches!(&b.action, DeviceAction::Add { identity: i } if i == identity);
+        if &b.account != account || b.seq != 0 || !adds_itself {
+            return Err(
+                "the genesis entry must be entry 0 of this account's log, adding the enrolling \
+                 device"
+                    .into(),
+            );
+        }
+        self.check_fresh(genesis, now)?;
+        let mut log = DeviceLog::new(account.clone());
+        log.push(genesis.clone()).map_err(|e| e.to_string())?;
+        let (_, snapshot) = self
+            .trust
+            .verify_log(&log, now)
+            .map_err(|e| format!("genesis entry refused: {e}"))?;
+        Ok(snapshot)
+    }
+
+    // ----- linking (§19.4) -----
+
+    pub(super) async fn link_start(
+        &self,
+        ctx: &mut ConnCtx,
+        id: u64,
+        account: AccountId,
+        identity: PublicIdentity,
+        signature: [u8; 64],
+    ) -> Handled {
+        if ctx.authenticated().is_some() {
+            return refuse(id, ErrorCode::UnexpectedFrame, "already authenticated");
+        }
+        if let Err(l) = self.link_request_allowed(ctx.remote.ip()) {
+            return limited(id, "link_requests_per_ip", l);
+        }
+        let msg = link_signature_message(&ctx.exporter, &account);
+        if identity.verify(&msg, &signature).is_err() {
+            self.auth_failed(ctx.remote.ip(), None);
+            return refuse(
+                id,
+                ErrorCode::AuthFailed,
+                "link_start signature does not verify for this connection",
+            );
+        }
+        match self.store.account(&account).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return refuse(id, ErrorCode::NotFound, "account not found"),
+            Err(e) => return store_failure(id, &e),
+        }
+        match self.store.device(&identity.device_id()).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                return refuse(
+                    id,
+                    ErrorCode::Conflict,
+                    "this device is already registered (or was revoked); use a new identity",
+                )
+            }
+            Err(e) => return store_failure(id, &e),
+        }
+        let mut link_id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut link_id);
+        let now = unix_ms();
+        let started = self.with_links(|l| {
+            let r = l.start(link_id, account.clone(), identity, now);
+            (r, l.len())
+        });
+        metrics::gauge!(m::PENDING_LINKS).set(started.1 as f64);
+        match started.0 {
+            Ok(expires_ms) => {
+                info!(account = %account, "link request started");
+                reply(
+                    id,
+                    FrameBody::LinkStarted {
+                        link_id,
+                        expires_ms,
+                    },
+                )
+            }
+            Err(e) => link_refusal(id, &e),
+        }
+    }
+
+    pub(super) fn link_poll(&self, ctx: &mut ConnCtx, id: u64, link_id: [u8; 16]) -> Handled {
+        if let Err(l) = self.link_request_allowed(ctx.remote.ip()) {
+            return limited(id, "link_requests_per_ip", l);
+        }
+        let now = unix_ms();
+        let state = self.with_links(|l| {
+            l.get(&link_id, now).map(|link| FrameBody::LinkState {
+                challenge: link.wire.challenge,
+                body: link.wire.body.clone(),
+                completed: link.completed,
+            })
+        });
+        match state {
+            Ok(body) => reply(id, body),
+            Err(e) => link_refusal(id, &e),
+        }
+    }
+
+    pub(super) fn link_sign(
+        &self,
+        ctx: &mut ConnCtx,
+        id: u64,
+        link_id: [u8; 16],
+        signature: [u8; 64],
+    ) -> Handled {
+        if let Err(l) = self.link_request_allowed(ctx.remote.ip()) {
+            return limited(id, "link_requests_per_ip", l);
+        }
+        let now = unix_ms();
+        match self.with_links(|l| l.sign(&link_id, signature, now)) {
+            Ok(()) => reply(id, FrameBody::Done),
+            Err(e) => {
+                if e == LinkError::BadSignature {
+                    self.trust_refused("link");
+                }
+                link_refusal(id, &e)
+            }
+        }
+    }
+
+    pub(super) async fn link_offer(
+        &self,
+        me: &Authenticated,
+        id: u64,
+        link_id: [u8; 16],
+        challenge: LinkChallenge,
+        body: EntryBody,
+    ) -> Handled {
+        let now = unix_ms();
+        let account =
+            match self.with_links(|l| l.get(&link_id, now).map(|k| k.wire.account.clone())) {
+                Ok(a) => a,
+                Err(e) => return link_refusal(id, &e),
+            };
+        match &body.action {
+            DeviceAction::Add { .. } if me.account != account => {
+                return refuse(
+                    id,
+                    ErrorCode::Forbidden,
+                    "only a device of the account may offer to add a device to it",
+                )
+            }
+            DeviceAction::Recover { .. } if !is_staff(me.role) => {
+                return refuse(
+                    id,
+                    ErrorCode::Forbidden,
+                    "only staff and advisor devices may offer a recovery",
+                )
+            }
+            DeviceAction::Recover { .. } if self.trust.chain().is_none() => {
+                return refuse(
+                    id,
+                    ErrorCode::Forbidden,
+                    "recovery needs a staff quorum, and this relay has no organisation roster",
+                )
+            }
+            DeviceAction::Add { .. } | DeviceAction::Recover { .. } => {}
+            _ => return link_refusal(id, &LinkError::WrongBody),
+        }
+        // The body must extend the stored log.
+        let len = match self.store.device_log_len(&account).await {
+            Ok(n) => n,
+            Err(e) => return store_failure(id, &e),
+        };
+        let last = match len.checked_sub(1) {
+            None => None,
+            Some(seq) => match self.store.device_log(&account, seq, 1).await {
+                Ok(v) => v.first().map(|e| e.body.hash().0),
+                Err(e) => return store_failure(id, &e),
+            },
+        };
+        if body.seq != len || body.previous != last {
+            return refuse(
+                id,
+                ErrorCode::Conflict,
+                &format!(
+                    "the offered entry does not extend the account's device log (next entry \
+                     is seq {len})"
+                ),
+            );
+        }
+        match self.with_links(|l| l.offer(&link_id, challenge, body, me.device, now)) {
+            Ok(()) => {
+                debug!(account = %account, by = %me.device, "link offer recorded");
+                reply(id, FrameBody::Done)
+            }
+            Err(e) => link_refusal(id, &e),
+        }
+    }
+
+    pub(super) fn list_links(&self, me: &Authenticated, id: u64, account: AccountId) -> Handled {
+        if account != me.account && !is_staff(me.role) {
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "link requests of another account are visible to staff and advisors only",
+            );
+        }
+        let now = unix_ms();
+        let links = self.with_links(|l| l.list(&account, now));
+        match BoundedVec::new(links) {
+            Ok(links) => reply(id, FrameBody::Links { links }),
+            Err(_) => refuse(id, ErrorCode::Internal, "too many link requests"),
+        }
+    }
+
+    // ----- device logs (§19.3) -----
+
+    pub(super) async fn get_device_log(
+        &self,
+        me: &Authenticated,
+        id: u64,
+        account: AccountId,
+        from_seq: u64,
+    ) -> Handled {
+        if account != me.account && !is_staff(me.role) {
+            // Clients read the logs of the accounts they may reach (their advisors).
+            if let Err(h) = self.authorize_account(me, id, &account).await {
+                return h;
+            }
+        } else {
+            match self.store.account(&account).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return refuse(id, ErrorCode::NotFound, "account not found"),
+                Err(e) => return store_failure(id, &e),
+            }
+        }
+        let total = match self.store.device_log_len(&account).await {
+            Ok(n) => n,
+            Err(e) => return store_failure(id, &e),
+        };
+        let entries = match self
+            .store
+            .device_log(&account, from_seq, MAX_LOG_ENTRIES_PER_FRAME)
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => return store_failure(id, &e),
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        let mut bytes = 0usize;
+        for e in entries {
+            let len = sealpost_protocol::codec::encode("device log entry", &e, MAX_LOG_ENTRY_BYTES)
+                .map(|b| b.len())
+                .unwrap_or(MAX_LOG_ENTRY_BYTES);
+            if !out.is_empty() && bytes + len > LOG_FRAME_BUDGET {
+                break;
+            }
+            bytes += len;
+            out.push(e);
+        }
+        match BoundedVec::new(out) {
+            Ok(entries) => reply(
+                id,
+                FrameBody::DeviceLog {
+                    account,
+                    entries,
+                    total,
+                },
+            ),
+            Err(_) => refuse(id, ErrorCode::Internal, "too many log entries"),
+        }
+    }
+
+    pub(super) async fn append_device_log(
+        &self,
+        me: &Authenticated,
+        id: u64,
+        entry: LogEntry,
+    ) -> Handled {
+        let account = entry.body.account.clone();
+        let action = entry.body.action.name();
+        let role = match self.store.account(&account).await {
+            Ok(Some(a)) => a.role,
+            Ok(None) => return refuse(id, ErrorCode::NotFound, "account not found"),
+            Err(e) => return store_failure(id, &e),
+        };
+        let now = unix_ms();
+        if let Err(why) = self.check_fresh(&entry, now) {
+            self.trust_refused("log_entry");
+            return refuse(id, ErrorCode::Forbidden, &why);
+        }
+        let generation = self.trust.generation();
+        let mut log = match self.load_log(&account).await {
+            Ok(l) => l,
+            Err(e) => return store_failure(id, &e),
+        };
+        let len = log.entries.as_slice().len() as u64;
+        if entry.body.seq != len {
+            return refuse(
+                id,
+                ErrorCode::Conflict,
+                &format!(
+                    "entry seq {} does not extend the log (next entry is seq {len})",
+                    entry.body.seq
+                ),
+            );
+        }
+        if let Err(e) = log.push(entry.clone()) {
+            return refuse(id, ErrorCode::QuotaExceeded, &e.to_string());
+        }
+        let (set, snapshot) = match self.trust.verify_log(&log, now) {
+            Ok(v) => v,
+            Err(e) => {
+                self.trust_refused("log_entry");
+                debug!(account = %account, action, error = %e, "device log entry refused");
+                return refuse(
+                    id,
+                    ErrorCode::Forbidden,
+                    &format!("device log entry refused: {e}"),
+                );
+            }
+        };
+        let register = match &entry.body.action {
+            DeviceAction::Add { identity } | DeviceAction::Recover { identity } => {
+                Some(LoggedDevice {
+                    identity: identity.clone(),
+                    added_ms: entry.body.timestamp_ms,
+                })
+            }
+            _ => None,
+        };
+        let effects = LogEffects {
+            register: register.clone(),
+            revoke: set.revoked.clone(),
+            frozen: set.frozen,
+        };
+        let before = self.trust.cached(&account);
+        if let Err(e) = self.store.append_device_log(&entry, &effects, now).await {
+            return match e {
+                StoreError::Conflict("device log entry") => refuse(
+                    id,
+                    ErrorCode::Conflict,
+                    "another entry was appended first; fetch the log and retry",
+                ),
+                StoreError::Conflict("device") => refuse(
+                    id,
+                    ErrorCode::Conflict,
+                    "the added device is registered in another account or was revoked",
+                ),
+                e => store_failure(id, &e),
+            };
+        }
+        self.trust.install(snapshot, generation);
+        metrics::counter!(m::DEVICE_LOG_APPENDS, "action" => action).increment(1);
+        // Close the connections of devices this entry revoked.
+        for revoked in &set.revoked {
+            let newly = before.as_ref().is_none_or(|b| b.is_active(revoked));
+            if newly {
+                metrics::counter!(m::DEVICES_REVOKED).increment(1);
+                info!(account = %account, device = %revoked, "device revoked by the device log");
+            }
+            self.hub.revoke(revoked);
+        }
+        if let Some(new) = &register {
+            let n = self.with_links(|l| l.complete(&account, &new.identity));
+            if n > 0 {
+                debug!(account = %account, "link request completed");
+            }
+        }
+        info!(
+            account = %account,
+            seq = entry.body.seq,
+            action,
+            by = %me.device,
+            frozen = set.frozen,
+            "device log entry appended"
+        );
+        self.notify_log_changed(&account, role, entry.body.seq, action)
+            .await;
+        reply(id, FrameBody::Done)
+    }
+
+    /// Push `device_log_changed` to the account's devices and, for a client, to the
+    /// devices of the advisors and staff assigned to it (best effort: online ones only).
+    async fn notify_log_changed(
+        &self,
+        account: &AccountId,
+        role: Role,
+        seq: u64,
+        action: &'static str,
+    ) {
+        let mut accounts = vec![account.clone()];
+        if role == Role::Client {
+            match self.store.assignments_of(account).await {
+                Ok(staff) => accounts.extend(staff),
+                Err(e) => warn!(error = %e, "listing assignments for a log notification failed"),
+            }
+        }
+        for a in &accounts {
+            let devices = match self.store.devices_of(a).await {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(error = %e, "listing devices for a log notification failed");
+                    continue;
+                }
+            };
+            for d in devices.iter().filter(|d| !d.revoked) {
+                self.hub.push(
+                    &d.id,
+                    crate::hub::Push::DeviceLogChanged {
+                        account: account.clone(),
+                        seq,
+                        action,
+                    },
+                );
+            }
+        }
+    }
+
+    // ----- roster (§19.1, §19.2) -----
+
+    pub(super) fn get_roster(&self, id: u64, after_version: u64) -> Handled {
+        let Some(chain) = self.trust.chain() else {
+            return match BoundedVec::new(Vec::new()) {
+                Ok(links) => reply(id, FrameBody::Roster { links, latest: 0 }),
+                Err(_) => refuse(id, ErrorCode::Internal, "empty roster list"),
+            };
+        };
+        let latest = chain.head().version();
+        let skip = usize::try_from(after_version).unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for link in chain
+            .links()
+            .iter()
+            .skip(skip)
+            .take(MAX_ROSTER_LINKS_PER_FRAME)
+        {
+            let len = link.to_cbor().map_or(MAX_SIGNED_ROSTER_LEN, |b| b.len());
+            if !out.is_empty() && bytes + len > ROSTER_FRAME_BUDGET {
+                break;
+            }
+            bytes += len;
+            out.push(link.clone());
+        }
+        match BoundedVec::new(out) {
+            Ok(links) => reply(id, FrameBody::Roster { links, latest }),
+            Err(_) => refuse(id, ErrorCode::Internal, "too many roster versions"),
+        }
+    }
+
+    pub(super) async fn publish_roster(
+        &self,
+        me: &Authenticated,
+        id: u64,
+        roster: SignedRoster,
+    ) -> Handled {
+        if !is_staff(me.role) {
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "only staff and advisor devices publish roster versions",
+            );
+        }
+        if self.trust.pinned().is_none() {
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "this relay has no organisation configured (org_fingerprint)",
+            );
+        }
+        let _serialised = self.trust.publish.lock().await;
+        let version = roster.roster.version();
+        let current = self.trust.chain();
+        let head = current.as_ref().map_or(0, |c| c.head().version());
+        if version <= head {
+            let same = current
+                .as_ref()
+                .and_then(|c| {
+                    usize::try_from(version.saturating_sub(1))
+                        .ok()
+                        .and_then(|i| c.links().get(i))
+                })
+                .is_some_and(|held| *held == roster);
+            if same {
+                // A retry of what is already published.
+                return reply(id, FrameBody::Done);
+            }
+            self.trust_refused("roster");
+            warn!(version, head, by = %me.device, "roster rollback or fork refused");
+            return refuse(
+                id,
+                ErrorCode::Conflict,
+                &format!(
+                    "roster version {version} is already published with other content (the \
+                     chain is at version {head}): a rollback or fork is refused"
+                ),
+            );
+        }
+        if version != head + 1 {
+            self.trust_refused("roster");
+            return refuse(
+                id,
+                ErrorCode::Conflict,
+                &format!("roster version {version} does not follow version {head}"),
+            );
+        }
+        let now = unix_ms();
+        let next = match self.trust.next_chain(roster.clone(), now) {
+            Ok(c) => c,
+            Err(e) => {
+                self.trust_refused("roster");
+                warn!(version, by = %me.device, error = %e, "roster version refused");
+                return refuse(id, ErrorCode::Forbidden, &format!("roster refused: {e}"));
+            }
+        };
+        if let Err(e) = self.store.append_roster(&roster, now).await {
+            return store_failure(id, &e);
+        }
+        self.trust.set_chain(Some(next));
+        metrics::gauge!(m::ROSTER_VERSION).set(version as f64);
+        info!(version, by = %me.device, "roster version published");
+        reply(id, FrameBody::Done)
+    }
+
+    // ----- notices (§19.7) -----
+
+    pub(super) async fn send_notice(
+        &self,
+        ctx: &mut ConnCtx,
+        me: &Authenticated,
+        id: u64,
+        envelope: Envelope,
+        notice: SignedNotice,
+    ) -> Handled {
+        // Refuse a flood before checking signatures (charged once, by the envelope checks).
+        let now = self.mono_ms();
+        if !self.with_limiters(|l| l.send.would_allow(&me.device, 1.0, now)) {
+            return limited(id, "send_rate", Limited::RetryAfter(1000));
+        }
+        if !is_staff(me.role) {
+            self.trust_refused("notice");
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "only staff and advisor devices send notices",
+            );
+        }
+        if envelope.header.kind != EnvelopeKind::Notice {
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "the envelope of a send_notice must be of kind notice",
+            );
+        }
+        let Some(chain) = self.trust.chain() else {
+            self.trust_refused("notice");
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "this relay holds no organisation roster, so no notice can be verified",
+            );
+        };
+        let h = &notice.header;
+        if h.sender.account != me.account || h.sender.device != me.device {
+            self.trust_refused("notice");
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "the notice's sender must be the authenticated device",
+            );
+        }
+        if let Err(e) = notice.verify_header(&chain, None, unix_ms()) {
+            self.trust_refused("notice");
+            debug!(by = %me.device, error = %e, "notice refused");
+            return refuse(id, ErrorCode::Forbidden, &format!("notice refused: {e}"));
+        }
+        // The recipient must be in the audience (or be one of the sender's own devices).
+        let recipient = match self.store.device(&envelope.header.recipient).await {
+            Ok(Some(d)) if !d.revoked => d,
+            Ok(_) => return refuse(id, ErrorCode::NotFound, "recipient device not found"),
+            Err(e) => return store_failure(id, &e),
+        };
+        let in_audience = if recipient.account == me.account {
+            true
+        } else {
+            match &h.audience {
+                NoticeAudience::Client(a) => *a == recipient.account,
+                NoticeAudience::Segment(_) | NoticeAudience::AllClients => {
+                    match self.store.account(&recipient.account).await {
+                        Ok(Some(a)) => a.role == Role::Client,
+                        Ok(None) => false,
+                        Err(e) => return store_failure(id, &e),
+                    }
+                }
+            }
+        };
+        if !in_audience {
+            self.trust_refused("notice_audience");
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "the recipient is not in the notice's audience",
+            );
+        }
+        match self.prepare_envelope(ctx, me, id, envelope).await {
+            Ok(p) => {
+                let h = self.commit_send(p).await;
+                if matches!(
+                    h.reply,
+                    Some(sealpost_protocol::wire::Frame {
+                        body: FrameBody::Accepted { .. },
+                        ..
+                    })
+                ) {
+                    metrics::counter!(m::NOTICES_ACCEPTED).increment(1);
+                }
+                h
+            }
+            Err(refused) => refused,
+        }
+    }
+}
