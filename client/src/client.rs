@@ -8,6 +8,9 @@
 //!   saved before any sealed envelope leaves the device (the ratchet's nonce rule).
 //! * A contact whose set of devices changes is reported; if it was verified it becomes
 //!   unverified until the user compares safety numbers again.
+//! * Trust (docs/PROTOCOL.md §19): the device set of every account is taken from its
+//!   verified device log, never from the relay's directory alone ([`crate::trust`]);
+//!   approvals and signed notices are in [`crate::approvals`] and [`crate::notices`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -15,13 +18,12 @@ use std::time::Duration;
 
 use rand::rngs::OsRng;
 use sealpost_protocol::attachment::AttachmentDescriptor;
-use sealpost_protocol::content::{
-    Content, Message, ReceiptKind, MAX_RECEIPT_IDS, MAX_TEXT_LEN, MAX_TITLE_LEN,
-};
+use sealpost_protocol::content::{Content, Message, ReceiptKind, MAX_RECEIPT_IDS, MAX_TEXT_LEN};
 use sealpost_protocol::envelope::{Envelope, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{
     AccountId, DeviceId, IdentityKeyPair, PublicIdentity, SafetyNumber,
 };
+use sealpost_protocol::trust::{OrgFingerprint, RosterHead, SignedRoster, TrustError};
 use sealpost_protocol::wire::{BoundedString, BoundedVec, ErrorCode, FrameBody, Role};
 use sealpost_protocol::{PreKeySecrets, Session};
 use serde::{Deserialize, Serialize};
@@ -74,13 +76,35 @@ pub enum ClientError {
     /// An attachment could not be sent or fetched, or failed its integrity checks.
     #[error("attachment: {0}")]
     Attachment(String),
+    /// A trust object (roster chain, device log, approval, notice) failed verification,
+    /// or went backwards or forked against what this device verified before.
+    #[error("trust: {0}")]
+    Trust(#[from] TrustError),
+    /// The operation needs the organisation's roster, and there is none (no organisation
+    /// pinned at enrolment, or the relay serves no roster yet).
+    #[error("no organisation roster: {0}")]
+    NoRoster(String),
+    /// This device or account may not do this (not staff, on probation, frozen, wrong
+    /// role, not an active device).
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+    /// The code typed does not match the one the new device shows. The offer is
+    /// withdrawn; start again with a fresh challenge.
+    #[error("the code does not match the one the new device shows; the offer was withdrawn")]
+    CodeMismatch,
+    /// A bounded wait ended before the other side acted.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// No such approval request, link or device.
+    #[error("not found: {0}")]
+    NotFound(String),
 }
 
 fn proto<E: std::fmt::Display>(e: E) -> ClientError {
     ClientError::Protocol(e.to_string())
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -95,10 +119,15 @@ pub struct RelayInfo {
     pub server_name: String,
     /// Pinned CA fingerprint, hex.
     pub ca_fingerprint: String,
+    /// Pinned organisation fingerprint (64 hex digits), if the firm runs an organisation
+    /// root. Pinned at enrolment (or linking) and never changed afterwards; profiles from
+    /// before trust load with none.
+    #[serde(default)]
+    pub org_fingerprint: Option<String>,
 }
 
 impl RelayInfo {
-    fn address(&self) -> Result<RelayAddress, ClientError> {
+    pub(crate) fn address(&self) -> Result<RelayAddress, ClientError> {
         let addr = self
             .addr
             .parse()
@@ -111,6 +140,31 @@ impl RelayInfo {
             server_name: self.server_name.clone(),
             ca_fingerprint: ca,
         })
+    }
+
+    fn org_of(hex: &str) -> Result<Option<OrgFingerprint>, ClientError> {
+        RelayInfo {
+            addr: String::new(),
+            server_name: String::new(),
+            ca_fingerprint: String::new(),
+            org_fingerprint: Some(hex.to_owned()),
+        }
+        .org()
+    }
+
+    /// The pinned organisation fingerprint, parsed.
+    pub fn org(&self) -> Result<Option<OrgFingerprint>, ClientError> {
+        match &self.org_fingerprint {
+            None => Ok(None),
+            Some(hex) => {
+                let compact: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
+                OrgFingerprint::from_hex(&compact).map(Some).map_err(|_| {
+                    ClientError::Invalid(
+                        "the organisation fingerprint must be 64 hex digits".into(),
+                    )
+                })
+            }
+        }
     }
 }
 
@@ -187,6 +241,10 @@ pub struct HistoryEntry {
     /// For attachments: what the file is (the key stays in the encrypted state only).
     #[serde(default)]
     pub attachment: Option<AttachmentInfo>,
+    /// For notices: whether the notice verified, who signed and co-signed it, or why it
+    /// is NOT AUTHENTICATED.
+    #[serde(default)]
+    pub notice: Option<crate::notices::NoticeStatus>,
 }
 
 /// A file attached to a message, as shown to the user (no key material).
@@ -268,6 +326,94 @@ pub enum Event {
         /// One-time ML-KEM prekeys now at the relay.
         kem_one_time: u32,
     },
+    /// The relay presented a device (in its directory, a bundle or as a sender) that the
+    /// account's verified device log does not list as active: possibly inserted by the
+    /// relay. Nothing is encrypted to it and nothing from it is trusted.
+    UntrustedDevice {
+        /// The account it claims.
+        account: AccountId,
+        /// The device.
+        device: DeviceId,
+        /// Its fingerprint, when its keys are known.
+        fingerprint: Option<String>,
+        /// Where it was seen: `directory`, `bundle` or `message`.
+        seen_in: String,
+    },
+    /// A device joined an account (a contact's or this one) through its device log.
+    DeviceAdded {
+        /// The account.
+        account: AccountId,
+        /// The device.
+        device: DeviceId,
+        /// Its fingerprint.
+        fingerprint: String,
+        /// End of its cooling-off window (ms since the Unix epoch).
+        probation_until_ms: u64,
+    },
+    /// An account was frozen or unfrozen.
+    FreezeChanged {
+        /// The account.
+        account: AccountId,
+        /// Now frozen.
+        frozen: bool,
+    },
+    /// A roster chain or device log was refused (rollback, fork, forged link). The relay
+    /// is misbehaving or compromised; the previously verified state is kept.
+    TrustRefused {
+        /// `roster` or the account whose log it is.
+        subject: String,
+        /// Why.
+        reason: String,
+    },
+    /// A newer roster version verified.
+    RosterUpdated {
+        /// The new head version.
+        version: u64,
+    },
+    /// An approval request arrived, verified, and waits for this user's decision.
+    ApprovalRequested {
+        /// The request (as [`crate::approvals::ApprovalView`]).
+        request: crate::approvals::ApprovalView,
+    },
+    /// An approver answered one of this device's requests.
+    ApprovalAnswered {
+        /// Request id, hex.
+        request_id: String,
+        /// The approver's account.
+        approver: AccountId,
+        /// Approved (true) or rejected.
+        approved: bool,
+        /// The approver's reason (may be empty).
+        reason: String,
+    },
+    /// An approval request or answer was refused (bad signature, expired, other content,
+    /// from the initiator, duplicate, wrong role, not in the roster).
+    ApprovalRefused {
+        /// Request id, hex.
+        request_id: String,
+        /// The sending account.
+        from: AccountId,
+        /// Why.
+        reason: String,
+    },
+    /// A request reached its quorum and the operation was carried out.
+    OperationCompleted {
+        /// Request id, hex.
+        request_id: String,
+        /// The operation.
+        operation: String,
+        /// What was done.
+        summary: String,
+    },
+    /// A request reached its quorum but carrying it out failed.
+    OperationFailed {
+        /// Request id, hex.
+        request_id: String,
+        /// The operation.
+        operation: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Result of a send.
@@ -311,32 +457,58 @@ struct StateFile {
     /// Descriptors (with keys) of attachments in the history, by message id.
     #[serde(default)]
     attachments: Vec<(MessageId, AttachmentDescriptor)>,
+    /// The verified roster chain's links, version 1 first.
+    #[serde(default)]
+    roster: Vec<SignedRoster>,
+    /// The newest roster version verified (rollback and fork protection).
+    #[serde(default)]
+    roster_head: Option<RosterHead>,
+    /// The verified head of every account's device log seen.
+    #[serde(default)]
+    log_heads: Vec<crate::trust::LogHeadRecord>,
+    /// Approval requests, incoming and outgoing.
+    #[serde(default)]
+    approvals: Vec<crate::approvals::ApprovalRecord>,
+    /// Link offers this device made and has not completed.
+    #[serde(default)]
+    link_offers: Vec<crate::trust::LinkOfferRecord>,
 }
 
-struct PeerSession {
-    account: AccountId,
-    session: Session,
+pub(crate) struct PeerSession {
+    pub(crate) account: AccountId,
+    pub(crate) session: Session,
 }
 
 /// A device's client.
 pub struct Client {
-    profile: Profile,
-    identity: IdentityKeyPair,
-    prekeys: PreKeySecrets,
-    prekeys_rotated_ms: u64,
-    relay: Option<RelayInfo>,
-    account: Option<AccountId>,
-    role: Option<Role>,
-    sessions: HashMap<DeviceId, PeerSession>,
-    contacts: BTreeMap<AccountId, Contact>,
-    history: VecDeque<HistoryEntry>,
-    seen: VecDeque<MessageId>,
-    seen_set: HashSet<MessageId>,
-    attachments: BTreeMap<MessageId, AttachmentDescriptor>,
-    conn: Option<RelayConnection>,
-    pending_receipts: BTreeMap<AccountId, Vec<MessageId>>,
+    pub(crate) profile: Profile,
+    pub(crate) identity: IdentityKeyPair,
+    pub(crate) prekeys: PreKeySecrets,
+    pub(crate) prekeys_rotated_ms: u64,
+    pub(crate) relay: Option<RelayInfo>,
+    pub(crate) account: Option<AccountId>,
+    pub(crate) role: Option<Role>,
+    pub(crate) sessions: HashMap<DeviceId, PeerSession>,
+    pub(crate) contacts: BTreeMap<AccountId, Contact>,
+    pub(crate) history: VecDeque<HistoryEntry>,
+    pub(crate) seen: VecDeque<MessageId>,
+    pub(crate) seen_set: HashSet<MessageId>,
+    pub(crate) attachments: BTreeMap<MessageId, AttachmentDescriptor>,
+    pub(crate) conn: Option<RelayConnection>,
+    pub(crate) pending_receipts: BTreeMap<AccountId, Vec<MessageId>>,
     /// Received envelopes processed in memory, acknowledged after the next save.
-    pending_acks: Vec<MessageId>,
+    pub(crate) pending_acks: Vec<MessageId>,
+    /// Roster chain, device-log heads and verified device sets.
+    pub(crate) trust: crate::trust::TrustCache,
+    /// Approval requests, incoming and outgoing.
+    pub(crate) approvals: Vec<crate::approvals::ApprovalRecord>,
+    /// Link offers made by this device.
+    pub(crate) link_offers: Vec<crate::trust::LinkOfferRecord>,
+    /// A link this (new) device started and has not completed.
+    pub(crate) new_link: Option<crate::trust::NewDeviceLink>,
+    /// Events raised by internal checks, handed out with the next result that carries
+    /// events (or [`Client::take_events`]).
+    pub(crate) events: Vec<Event>,
 }
 
 impl Client {
@@ -361,6 +533,11 @@ impl Client {
             history: Vec::new(),
             seen: Vec::new(),
             attachments: Vec::new(),
+            roster: Vec::new(),
+            roster_head: None,
+            log_heads: Vec::new(),
+            approvals: Vec::new(),
+            link_offers: Vec::new(),
         };
         let profile = Profile::create(home, passphrase, &placeholder, &mut rng)?;
         let client = Self {
@@ -380,6 +557,11 @@ impl Client {
             conn: None,
             pending_receipts: BTreeMap::new(),
             pending_acks: Vec::new(),
+            trust: crate::trust::TrustCache::default(),
+            approvals: Vec::new(),
+            link_offers: Vec::new(),
+            new_link: None,
+            events: Vec::new(),
         };
         client.save()?;
         Ok(client)
@@ -432,11 +614,16 @@ impl Client {
             conn: None,
             pending_receipts: BTreeMap::new(),
             pending_acks: Vec::new(),
+            trust: crate::trust::TrustCache::restore(file.roster, file.roster_head, file.log_heads),
+            approvals: file.approvals,
+            link_offers: file.link_offers,
+            new_link: None,
+            events: Vec::new(),
             profile,
         })
     }
 
-    fn save(&self) -> Result<(), ClientError> {
+    pub(crate) fn save(&self) -> Result<(), ClientError> {
         let mut rng = OsRng;
         let key = self.profile.key();
         let mut sessions = Vec::with_capacity(self.sessions.len());
@@ -469,6 +656,11 @@ impl Client {
                 .iter()
                 .map(|(k, v)| (*k, v.clone()))
                 .collect(),
+            roster: self.trust.roster_links(),
+            roster_head: self.trust.roster_head,
+            log_heads: self.trust.head_records(),
+            approvals: self.approvals.clone(),
+            link_offers: self.link_offers.clone(),
         };
         Ok(self.profile.save(&file, &mut rng)?)
     }
@@ -508,11 +700,11 @@ impl Client {
         self.history.iter()
     }
 
-    fn me(&self) -> Result<AccountId, ClientError> {
+    pub(crate) fn me(&self) -> Result<AccountId, ClientError> {
         self.account.clone().ok_or(ClientError::NotEnrolled)
     }
 
-    fn conn(&self) -> Result<&RelayConnection, ClientError> {
+    pub(crate) fn conn(&self) -> Result<&RelayConnection, ClientError> {
         self.conn.as_ref().ok_or(ClientError::NotConnected)
     }
 
@@ -530,6 +722,8 @@ impl Client {
             ));
         }
         let addr = relay.address()?;
+        // The organisation fingerprint is pinned here, and only here (or when linking).
+        relay.org()?;
         let conn = RelayConnection::connect(&addr).await?;
         let (_, role) = conn.enroll(&self.identity, account, code).await?;
         conn.authenticate(&self.identity).await?;
@@ -539,7 +733,24 @@ impl Client {
         self.conn = Some(conn);
         self.save()?;
         self.maintain_prekeys().await?;
+        self.after_join().await?;
         Ok(role)
+    }
+
+    /// After enrolment or linking: verify the roster (if any) and this account's log,
+    /// so their heads are pinned from the start.
+    pub(crate) async fn after_join(&mut self) -> Result<(), ClientError> {
+        self.refresh_roster(true).await?;
+        let me = self.me()?;
+        self.verified_set(&me, true).await?;
+        self.save()
+    }
+
+    /// Events raised by checks since they were last taken (untrusted devices, refused
+    /// rosters or logs, devices added). Results that carry events ([`SendReport`],
+    /// [`Client::receive`]) include them already.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
     }
 
     /// Connect and authenticate, retrying with exponential backoff (bounded).
@@ -667,82 +878,9 @@ impl Client {
         Ok(list)
     }
 
-    /// Refresh `account`'s device list from the relay; report changes.
-    async fn refresh_devices(
-        &mut self,
-        account: &AccountId,
-        force: bool,
-    ) -> Result<Vec<Event>, ClientError> {
-        let now = now_ms();
-        if !force {
-            if let Some(c) = self.contacts.get(account) {
-                if now.saturating_sub(c.refreshed_ms) < DEVICE_LIST_TTL_MS && !c.devices.is_empty()
-                {
-                    return Ok(Vec::new());
-                }
-            }
-        }
-        let listed = self.conn()?.list_devices(account).await?;
-        let me = self.device_id();
-        let contact = self
-            .contacts
-            .entry(account.clone())
-            .or_insert_with(|| Contact {
-                account: account.clone(),
-                role: None,
-                devices: BTreeMap::new(),
-                verified: None,
-                refreshed_ms: 0,
-            });
-        let known_before = !contact.devices.is_empty();
-        let listed_ids: HashSet<DeviceId> = listed
-            .iter()
-            .map(|d| d.identity.device_id())
-            .filter(|d| *d != me)
-            .collect();
-        let mut added = Vec::new();
-        for d in &listed {
-            let id = d.identity.device_id();
-            if id == me {
-                continue;
-            }
-            if let std::collections::btree_map::Entry::Vacant(slot) = contact.devices.entry(id) {
-                added.push(d.identity.fingerprint().to_string());
-                slot.insert(KnownDevice {
-                    identity: d.identity.clone(),
-                    first_seen_ms: now,
-                });
-            }
-        }
-        let removed_ids: Vec<DeviceId> = contact
-            .devices
-            .keys()
-            .filter(|id| !listed_ids.contains(id))
-            .copied()
-            .collect();
-        let mut removed = Vec::new();
-        for id in removed_ids {
-            if let Some(d) = contact.devices.remove(&id) {
-                removed.push(d.identity.fingerprint().to_string());
-            }
-            self.sessions.remove(&id);
-        }
-        contact.refreshed_ms = now;
-        let mut events = Vec::new();
-        if known_before && (!added.is_empty() || !removed.is_empty()) {
-            let was_verified = contact.verified.take().is_some();
-            events.push(Event::DevicesChanged {
-                account: account.clone(),
-                added,
-                removed,
-                was_verified,
-            });
-        }
-        Ok(events)
-    }
-
-    /// Make sure every listed device of `account` has a session.
-    async fn ensure_sessions(&mut self, account: &AccountId) -> Result<(), ClientError> {
+    /// Make sure every device of `account` in its verified log has a session. A bundle for
+    /// a device the log does not list is refused and reported, never used.
+    pub(crate) async fn ensure_sessions(&mut self, account: &AccountId) -> Result<(), ClientError> {
         let missing: Vec<DeviceId> = self
             .contacts
             .get(account)
@@ -759,8 +897,25 @@ impl Client {
         }
         let bundles = self.conn()?.fetch_bundles(account).await?;
         let mut rng = OsRng;
+        let me = self.device_id();
         for b in bundles {
             let id = b.identity.device_id();
+            let trusted = self
+                .contacts
+                .get(account)
+                .and_then(|c| c.devices.get(&id))
+                .is_some_and(|k| k.identity == b.identity);
+            if !trusted {
+                if id != me {
+                    self.events.push(Event::UntrustedDevice {
+                        account: account.clone(),
+                        device: id,
+                        fingerprint: Some(b.identity.fingerprint().to_string()),
+                        seen_in: "bundle".into(),
+                    });
+                }
+                continue;
+            }
             if !missing.contains(&id) {
                 continue;
             }
@@ -778,9 +933,9 @@ impl Client {
         Ok(())
     }
 
-    /// Seal `content` for every device of `to` and a sync copy for this account's other
-    /// devices; save; hand everything to the relay.
-    async fn fan_out(
+    /// Seal `content` for every active device of `to` (from its verified log) and a sync
+    /// copy for this account's other active devices; save; hand everything to the relay.
+    pub(crate) async fn fan_out(
         &mut self,
         to: &AccountId,
         content: Content,
@@ -791,6 +946,9 @@ impl Client {
         if to != &me {
             events.extend(self.refresh_devices(&me, false).await?);
         }
+        // The relay refuses sensitive kinds from a device on probation or a frozen
+        // account; refuse them here first, with the reason.
+        self.check_may_send(content.envelope_kind()).await?;
         self.ensure_sessions(to).await?;
         if to != &me {
             self.ensure_sessions(&me).await?;
@@ -807,7 +965,15 @@ impl Client {
         if targets.is_empty() {
             return Err(ClientError::NoDevices(to.clone()));
         }
-        let own: Vec<DeviceId> = if to != &me && !matches!(content, Content::Receipt { .. }) {
+        // Receipts and approval traffic get no sync copies (approvals are between the
+        // initiator's account and each approver, §19.5).
+        let no_sync = matches!(
+            content,
+            Content::Receipt { .. }
+                | Content::ApprovalRequest { .. }
+                | Content::ApprovalResponse { .. }
+        );
+        let own: Vec<DeviceId> = if to != &me && !no_sync {
             self.contacts
                 .get(&me)
                 .map(|c| c.devices.keys().copied().collect())
@@ -870,6 +1036,7 @@ impl Client {
                 return Err(e.into());
             }
         }
+        events.extend(self.take_events());
         Ok(SendReport {
             message_id,
             to: to.clone(),
@@ -879,7 +1046,7 @@ impl Client {
         })
     }
 
-    fn entry_for(
+    pub(crate) fn entry_for(
         id: MessageId,
         direction: Direction,
         peer: &AccountId,
@@ -889,13 +1056,20 @@ impl Client {
         let (kind, title, body) = match content {
             Content::Text { body } => (EntryKind::Text, None, body.as_str().to_owned()),
             Content::Notice { content, .. } => {
-                // TEMPORARY (trust integration in progress): verification follows.
-                let text = sealpost_protocol::content::NoticeText::decode(content).ok()?;
-                (
-                    EntryKind::Notice,
-                    Some(text.title.as_str().to_owned()),
-                    text.body.as_str().to_owned(),
-                )
+                // What the notice says; whether it is authentic is recorded beside it
+                // (`HistoryEntry::notice`) by the caller.
+                match sealpost_protocol::content::NoticeText::decode(content) {
+                    Ok(text) => (
+                        EntryKind::Notice,
+                        Some(text.title.as_str().to_owned()),
+                        text.body.as_str().to_owned(),
+                    ),
+                    Err(e) => (
+                        EntryKind::Notice,
+                        Some("(undecodable notice)".to_owned()),
+                        format!("the notice content does not decode: {e}"),
+                    ),
+                }
             }
             Content::Attachment {
                 descriptor,
@@ -937,10 +1111,11 @@ impl Client {
             read: false,
             seen_locally: direction == Direction::Out,
             attachment,
+            notice: None,
         })
     }
 
-    fn push_history(&mut self, entry: HistoryEntry) {
+    pub(crate) fn push_history(&mut self, entry: HistoryEntry) {
         if self.history.len() >= MAX_HISTORY {
             if let Some(old) = self.history.pop_front() {
                 self.attachments.remove(&old.id);
@@ -1020,26 +1195,6 @@ impl Client {
     /// The attachment of message `id`, if the history has one.
     pub fn attachment(&self, id: &MessageId) -> Option<AttachmentInfo> {
         self.attachments.get(id).map(AttachmentInfo::of)
-    }
-
-    /// Send an account notice to `to` (staff and advisors).
-    pub async fn send_notice(
-        &mut self,
-        to: &AccountId,
-        title: &str,
-        body: &str,
-    ) -> Result<SendReport, ClientError> {
-        if self.role == Some(Role::Client) {
-            return Err(ClientError::Invalid(
-                "only staff and advisors send notices".into(),
-            ));
-        }
-        if title.len() > MAX_TITLE_LEN || body.len() > MAX_TEXT_LEN {
-            return Err(ClientError::Invalid("notice title or body too long".into()));
-        }
-        // TEMPORARY (trust integration in progress): signed notices follow.
-        let _ = to;
-        Err(ClientError::Invalid("signed notices are being wired".into()))
     }
 
     /// Send read receipts for every received message not yet marked read; marks them.
@@ -1137,11 +1292,22 @@ impl Client {
                         events.push(e);
                     }
                 }
+                FrameBody::DeviceLogChanged { account, .. } => {
+                    // Verify the log again now; a refusal is reported, not fatal.
+                    match self.refresh_devices(&account, true).await {
+                        Ok(evs) => events.extend(evs),
+                        Err(e) => events.push(Event::TrustRefused {
+                            subject: account.to_string(),
+                            reason: e.to_string(),
+                        }),
+                    }
+                }
                 _ => {}
             }
         }
         self.commit_received().await?;
         self.flush_receipts().await?;
+        events.extend(self.take_events());
         Ok(events)
     }
 
@@ -1240,33 +1406,15 @@ impl Client {
             Ok(m) => m,
             Err(e) => return self.reject(&envelope, format!("bad content: {e}")).await,
         };
-        // The sending device must be listed for the account it claims.
+        // The sending device must be active in the verified device log of the account it
+        // claims, and allowed to send this kind (cooling-off, freeze).
         let mut events = Vec::new();
-        let listed = |c: &Client| {
-            c.contacts
-                .get(&message.from)
-                .is_some_and(|c| c.devices.contains_key(&sender))
-        };
-        if !listed(self) {
-            match self.refresh_devices(&message.from, true).await {
-                Ok(evs) => events.extend(evs),
-                Err(e) => {
-                    return self
-                        .reject(&envelope, format!("cannot check the sender's devices: {e}"))
-                        .await
-                }
-            }
-            if !listed(self) {
-                return self
-                    .reject(
-                        &envelope,
-                        format!(
-                            "device {sender} is not a device of {} in the relay's directory",
-                            message.from
-                        ),
-                    )
-                    .await;
-            }
+        match self
+            .check_sender(&message.from, sender, message.content.envelope_kind())
+            .await
+        {
+            Ok(evs) => events.extend(evs),
+            Err(reason) => return self.reject(&envelope, reason).await,
         }
         let me = self.me()?;
         if matches!(message.content, Content::Sync { .. }) && message.from != me {
@@ -1284,7 +1432,13 @@ impl Client {
             );
         }
         match message.content {
-            Content::Text { .. } | Content::Notice { .. } | Content::Attachment { .. } => {
+            Content::Notice { notice, content } => {
+                let evs = self
+                    .receive_notice(id, sender, &message.from, message.sent_ms, notice, content)
+                    .await;
+                events.extend(evs);
+            }
+            Content::Text { .. } | Content::Attachment { .. } => {
                 if let Content::Attachment { descriptor, .. } = &message.content {
                     self.attachments.insert(id, descriptor.clone());
                 }
@@ -1323,8 +1477,28 @@ impl Client {
                     self.push_history(entry);
                 }
             }
-            // TEMPORARY (trust integration in progress): approvals follow.
-            Content::ApprovalRequest { .. } | Content::ApprovalResponse { .. } => {}
+            Content::ApprovalRequest { bundle, subject } => {
+                let evs = self
+                    .receive_approval_request(sender, &message.from, bundle, subject)
+                    .await;
+                events.extend(evs);
+            }
+            Content::ApprovalResponse {
+                request_id,
+                approval,
+                reason,
+            } => {
+                let evs = self
+                    .receive_approval_response(
+                        sender,
+                        &message.from,
+                        request_id,
+                        approval,
+                        reason.as_str(),
+                    )
+                    .await;
+                events.extend(evs);
+            }
             Content::Receipt { kind, message_ids } => {
                 let ids = message_ids.into_inner();
                 for e in self
@@ -1443,15 +1617,37 @@ impl Client {
 
     /// Point the profile at another relay address (the relay moved; the pinned CA must
     /// still be given explicitly).
-    pub fn set_relay(&mut self, relay: RelayInfo) -> Result<(), ClientError> {
+    /// The organisation fingerprint pinned at enrolment cannot be changed this way: a
+    /// `relay` naming another one is refused (one naming none keeps the pinned one).
+    pub fn set_relay(&mut self, mut relay: RelayInfo) -> Result<(), ClientError> {
         relay.address()?;
+        relay.org()?;
+        let pinned = self.relay.as_ref().and_then(|r| r.org_fingerprint.clone());
+        match (&pinned, &relay.org_fingerprint) {
+            (Some(p), Some(n)) if relay.org()? != RelayInfo::org_of(p)? => {
+                let _ = n;
+                return Err(ClientError::NotAllowed(
+                    "the organisation fingerprint is pinned at enrolment and cannot change".into(),
+                ));
+            }
+            (None, Some(_)) if self.account.is_some() => {
+                return Err(ClientError::NotAllowed(
+                    "this device was enrolled without an organisation; it cannot pin one now"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        relay.org_fingerprint = pinned.or(relay.org_fingerprint);
         self.relay = Some(relay);
         self.save()
     }
 
-    /// For tests whose relay restarts on a new port: replace the relay address.
+    /// For tests whose relay restarts on a new port: replace the relay address (the
+    /// pinned organisation fingerprint is kept).
     #[doc(hidden)]
-    pub fn relay_override_for_tests(&mut self, relay: RelayInfo) {
+    pub fn relay_override_for_tests(&mut self, mut relay: RelayInfo) {
+        relay.org_fingerprint = self.relay.as_ref().and_then(|r| r.org_fingerprint.clone());
         self.relay = Some(relay);
     }
 

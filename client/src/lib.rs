@@ -9,15 +9,27 @@
 //! * [`client`]: sessions per peer device, fan-out to every device of an account and to
 //!   this account's other devices, receipts, deduplication, device-change detection,
 //!   prekey upkeep.
+//! * [`trust`]: the roster chain and every account's device log, verified from the
+//!   pinned organisation fingerprint before anything is encrypted to or trusted from a
+//!   device; linking, revoking, freezing.
+//! * [`approvals`]: the staff multi-signature (roster changes, recovery, unfreeze,
+//!   co-signed notices), initiator and approver sides.
+//! * [`notices`]: signed notices, sent with `send_notice` and verified on receipt.
 //! * [`org`]: the organisation's offline tooling: the root key store (encrypted at rest)
 //!   and roster specification files.
 //!
 //! The `sealpost` CLI (`src/main.rs`) is a thin shell over [`client::Client`].
 
+pub mod approvals;
 pub mod attachments;
 pub mod client;
 pub mod net;
+pub mod notices;
 pub mod org;
 pub mod state;
+pub mod trust;
 
+pub use approvals::{ApprovalDirection, ApprovalStatus, ApprovalView};
 pub use client::{Client, ClientError, Event, SendReport};
+pub use notices::{NoticeOutcome, NoticeStatus, NoticeTarget};
+pub use trust::{AccountDevices, DeviceView, LinkProgress, LinkTicket, PendingLinkView};

@@ -470,6 +470,15 @@ impl RelayConnection {
 
     /// Every roster version after `after_version` (pages until the relay's latest).
     pub async fn get_roster(&self, after_version: u64) -> Result<Vec<SignedRoster>, NetError> {
+        Ok(self.get_roster_after(after_version).await?.0)
+    }
+
+    /// Every roster version after `after_version`, and the newest version the relay says
+    /// it holds (a client that verified a later one than that sees a rollback).
+    pub async fn get_roster_after(
+        &self,
+        after_version: u64,
+    ) -> Result<(Vec<SignedRoster>, u64), NetError> {
         let mut out: Vec<SignedRoster> = Vec::new();
         let mut after = after_version;
         // Each page holds at least one version, so this ends after at most
@@ -484,7 +493,7 @@ impl RelayConnection {
                 FrameBody::Roster { links, latest } => {
                     let links = links.into_inner();
                     let Some(last) = links.last().map(|l| l.roster.version()) else {
-                        return Ok(out);
+                        return Ok((out, latest));
                     };
                     if last <= after {
                         return Err(NetError::Unexpected(
@@ -497,7 +506,7 @@ impl RelayConnection {
                         return Err(NetError::Unexpected("roster chain too long".to_owned()));
                     }
                     if after >= latest {
-                        return Ok(out);
+                        return Ok((out, latest));
                     }
                 }
                 other => return Err(NetError::Unexpected(format!("{other:?}"))),

@@ -1,0 +1,976 @@
+//! Approvals, the multi-signature (docs/PROTOCOL.md §19.5), on both sides.
+//!
+//! * **Initiator.** [`Client::propose_roster`], [`Client::propose_unfreeze`],
+//!   [`Client::start_recovery`] (after [`Client::offer_recovery`] and the out-of-band code
+//!   check) and notices that need co-signatures ([`Client::send_signed_notice`]) build an
+//!   [`ApprovalRequest`] under the head roster version with a bounded expiry
+//!   ([`APPROVAL_VALIDITY_MS`]), sign it ([`ApprovalBundle::initiate`]), persist it, and send
+//!   `approval_request` content to every device of every other staff account whose role
+//!   the operation's quorum accepts. Answers are checked one by one (for this request's
+//!   digest, not from the initiator's account, not a second vote of an account, from the
+//!   approver's own device, eligible role, valid signature, not expired); once
+//!   [`verify_quorum`] holds the operation is carried out at once: `publish_roster`,
+//!   `send_notice` with the co-signatures, or `append_device_log` with the bundle.
+//! * **Approver.** An incoming request is stored only if the initiator's signature and
+//!   roster membership verify, it has not expired, its roster version is the head, its
+//!   operation fits the subject and `parameters` equal the digest recomputed from the
+//!   subject this device will show ([`ApprovalView::summary`] shows it in full).
+//!   [`Client::approve`] signs ([`Approval::sign`]) and answers the initiator's account;
+//!   [`Client::reject_approval`] answers with a reason.
+
+use rand::rngs::OsRng;
+use sealpost_protocol::content::{ApprovalSubject, Content, NoticeText};
+use sealpost_protocol::identity::{AccountId, DeviceId};
+use sealpost_protocol::trust::{
+    verify_quorum, Approval, ApprovalBundle, ApprovalRequest, DeviceAction, EntryAuthorization,
+    LogEntry, NoticeAudience, Operation, Roster, SignedNotice, SignedRoster, SignerRef, TrustError,
+};
+use sealpost_protocol::wire::BoundedString;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{now_ms, Client, ClientError, Event};
+use crate::trust::PendingLinkView;
+
+/// How long an approval request stays valid (the protocol allows at most 7 days).
+pub const APPROVAL_VALIDITY_MS: u64 = 24 * 60 * 60 * 1000;
+/// Approval requests kept (incoming and outgoing); settled ones are dropped first.
+pub const MAX_APPROVAL_RECORDS: usize = 256;
+/// Answers remembered per request.
+pub const MAX_RESPONSES: usize = 64;
+/// Longest rejection reason sent, bytes.
+pub const MAX_REASON_LEN: usize = 256;
+
+/// Which side of a request this device is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalDirection {
+    /// This device initiated it.
+    Outgoing,
+    /// Another staff member asks this one.
+    Incoming,
+}
+
+/// Where a request stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    /// Waiting for answers (outgoing) or for this user's decision (incoming).
+    Pending,
+    /// Outgoing: the quorum is reached; waiting for the other request of the same notice.
+    QuorumReached,
+    /// Incoming: this user approved.
+    Approved,
+    /// Incoming: this user rejected.
+    Rejected,
+    /// Outgoing: the operation was carried out.
+    Completed,
+    /// Outgoing: carrying out the operation failed (see the detail).
+    Failed,
+    /// It expired before it settled.
+    Expired,
+}
+
+/// An answer to an outgoing request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseRecord {
+    /// The approver's account.
+    pub approver: AccountId,
+    /// The device that answered.
+    pub device: DeviceId,
+    /// Approved or rejected.
+    pub approved: bool,
+    /// The reason given.
+    pub reason: String,
+    /// When it arrived.
+    pub received_ms: u64,
+}
+
+/// A request as persisted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// Outgoing or incoming.
+    pub direction: ApprovalDirection,
+    /// The request, its initiator signature and (outgoing) the approvals counted so far.
+    pub bundle: ApprovalBundle,
+    /// What is approved.
+    pub subject: ApprovalSubject,
+    /// When it was made or received.
+    pub created_ms: u64,
+    /// Status.
+    pub status: ApprovalStatus,
+    /// Why it failed, or what was done.
+    pub detail: String,
+    /// Outgoing: every answer received.
+    pub responses: Vec<ResponseRecord>,
+    /// Outgoing recoveries: the new device's signature over the entry.
+    #[serde(default, with = "serde_bytes")]
+    pub subject_signature: Option<Vec<u8>>,
+}
+
+/// A request as shown to the user: everything that is signed, in full.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApprovalView {
+    /// Request id, hex.
+    pub request_id: String,
+    /// Outgoing or incoming.
+    pub direction: ApprovalDirection,
+    /// The operation.
+    pub operation: String,
+    /// The initiator's account.
+    pub initiator: AccountId,
+    /// The initiator's device.
+    pub initiator_device: DeviceId,
+    /// The roster version whose quorum decides.
+    pub roster_version: u64,
+    /// When it expires.
+    pub expires_ms: u64,
+    /// The request digest (what approvers sign), hex.
+    pub digest: String,
+    /// The parameters (digest of the subject), hex.
+    pub parameters: String,
+    /// Status.
+    pub status: ApprovalStatus,
+    /// Detail (failure reason, what was done).
+    pub detail: String,
+    /// Approvals counted so far (outgoing).
+    pub approvals: Vec<AccountId>,
+    /// Approvals needed.
+    pub threshold: u8,
+    /// Roles whose approvals count.
+    pub roles: Vec<String>,
+    /// Answers received (outgoing).
+    pub responses: Vec<ResponseRecord>,
+    /// The subject, in full, for people.
+    pub summary: String,
+}
+
+fn operation_fits(op: Operation, subject: &ApprovalSubject) -> bool {
+    match subject {
+        ApprovalSubject::RosterChange { .. } => op == Operation::RosterChange,
+        ApprovalSubject::Notice { header, .. } => header.required_operations().contains(&op),
+        ApprovalSubject::DeviceLog { entry } => matches!(
+            (op, &entry.action),
+            (Operation::AccountRecovery, DeviceAction::Recover { .. })
+                | (Operation::Unfreeze, DeviceAction::Unfreeze)
+        ),
+    }
+}
+
+/// The subject in full, for people.
+pub fn describe_subject(subject: &ApprovalSubject) -> String {
+    match subject {
+        ApprovalSubject::RosterChange { roster } => {
+            let mut s = format!(
+                "roster version {} (issued {} ms), staff:",
+                roster.version(),
+                roster.issued_ms()
+            );
+            for m in roster.staff() {
+                let fps: Vec<String> = m
+                    .devices
+                    .iter()
+                    .map(|d| d.fingerprint().to_string())
+                    .collect();
+                s.push_str(&format!(
+                    "\n  {} ({}), devices: {}",
+                    m.account,
+                    m.role,
+                    fps.join("; ")
+                ));
+            }
+            s.push_str("\npolicy:");
+            let p = roster.policy();
+            for op in Operation::ALL {
+                let q = p.quorum(op);
+                let roles: Vec<String> = q.roles.roles().iter().map(|r| r.to_string()).collect();
+                s.push_str(&format!(
+                    "\n  {op}: {} approval(s) from {}",
+                    q.threshold,
+                    roles.join(", ")
+                ));
+            }
+            s.push_str(&format!(
+                "\n  cooling-off: {} ms; sensitive kinds: {:?}",
+                p.cooling_off_ms, p.sensitive_kinds
+            ));
+            s
+        }
+        ApprovalSubject::Notice { header, content } => {
+            let audience = match &header.audience {
+                NoticeAudience::Client(a) => format!("client {a}"),
+                NoticeAudience::Segment(seg) => format!("segment {}", seg.as_str()),
+                NoticeAudience::AllClients => "ALL CLIENTS".to_owned(),
+            };
+            let text = match NoticeText::decode(content) {
+                Ok(t) => format!("title: {}\nbody: {}", t.title.as_str(), t.body.as_str()),
+                Err(e) => format!("(content does not decode: {e})"),
+            };
+            format!(
+                "notice [{:?}] to {audience}, from {}, sent {} ms\n{text}",
+                header.category, header.sender.account, header.sent_ms
+            )
+        }
+        ApprovalSubject::DeviceLog { entry } => {
+            let what = match &entry.action {
+                DeviceAction::Recover { identity } => format!(
+                    "RECOVER the account: revoke every device and add device {} (fingerprint {})",
+                    identity.device_id(),
+                    identity.fingerprint()
+                ),
+                DeviceAction::Unfreeze => "UNFREEZE the account".to_owned(),
+                other => format!("{} (not a quorum operation)", other.name()),
+            };
+            format!(
+                "account {}: {what}; log entry {} dated {} ms; reason: {}",
+                entry.account,
+                entry.seq,
+                entry.timestamp_ms,
+                entry.reason.as_str()
+            )
+        }
+    }
+}
+
+impl ApprovalRecord {
+    fn request_id(&self) -> [u8; 16] {
+        self.bundle.request.request_id
+    }
+
+    fn view(&self, roster: Option<&Roster>) -> ApprovalView {
+        let r = &self.bundle.request;
+        let quorum = roster.map(|ro| *ro.policy().quorum(r.operation));
+        ApprovalView {
+            request_id: hex::encode(r.request_id),
+            direction: self.direction,
+            operation: r.operation.name().to_owned(),
+            initiator: r.initiator.account.clone(),
+            initiator_device: r.initiator.device,
+            roster_version: r.roster_version,
+            expires_ms: r.expires_ms,
+            digest: r.digest().to_hex(),
+            parameters: hex::encode(r.parameters.as_slice()),
+            status: self.status,
+            detail: self.detail.clone(),
+            approvals: self
+                .bundle
+                .approvals
+                .as_slice()
+                .iter()
+                .map(|a| a.approver.account.clone())
+                .collect(),
+            threshold: quorum.map_or(0, |q| q.threshold),
+            roles: quorum.map_or_else(Vec::new, |q| {
+                q.roles.roles().iter().map(|r| r.to_string()).collect()
+            }),
+            responses: self.responses.clone(),
+            summary: describe_subject(&self.subject),
+        }
+    }
+}
+
+fn parse_request_id(hex_id: &str) -> Result<[u8; 16], ClientError> {
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(hex_id.trim(), &mut id)
+        .map_err(|_| ClientError::Invalid("a request id is 32 hex digits".into()))?;
+    Ok(id)
+}
+
+impl Client {
+    /// Every approval request this device holds, newest last.
+    pub fn approvals(&self) -> Vec<ApprovalView> {
+        self.approvals
+            .iter()
+            .map(|r| r.view(self.roster_for_view(r)))
+            .collect()
+    }
+
+    /// One request (id in hex), in full.
+    pub fn approval(&self, request_id: &str) -> Option<ApprovalView> {
+        let id = parse_request_id(request_id).ok()?;
+        self.approvals
+            .iter()
+            .find(|r| r.request_id() == id)
+            .map(|r| r.view(self.roster_for_view(r)))
+    }
+
+    fn roster_for_view(&self, r: &ApprovalRecord) -> Option<&Roster> {
+        self.trust
+            .chain()
+            .and_then(|c| c.get(r.bundle.request.roster_version))
+    }
+
+    fn record_index(&self, id: &[u8; 16], direction: ApprovalDirection) -> Option<usize> {
+        self.approvals
+            .iter()
+            .position(|r| r.request_id() == *id && r.direction == direction)
+    }
+
+    /// Make room for one more record: drop the oldest settled one. `false` when every
+    /// record is still pending.
+    fn make_room(&mut self) -> bool {
+        if self.approvals.len() < MAX_APPROVAL_RECORDS {
+            return true;
+        }
+        let now = now_ms();
+        if let Some(i) = self.approvals.iter().position(|r| {
+            !matches!(
+                r.status,
+                ApprovalStatus::Pending | ApprovalStatus::QuorumReached
+            ) || r.bundle.request.expires_ms < now
+        }) {
+            self.approvals.remove(i);
+            return true;
+        }
+        false
+    }
+
+    /// The head roster and this device's place in it (staff only).
+    async fn staff_head(&mut self) -> Result<Roster, ClientError> {
+        self.refresh_roster(true).await?;
+        let chain = self.trust.chain().ok_or_else(|| {
+            ClientError::NoRoster("the organisation has not published a roster".into())
+        })?;
+        let head = chain.head().clone();
+        let me = self.me()?;
+        if head.staff_device(&me, &self.device_id()).is_none() {
+            return Err(ClientError::NotAllowed(format!(
+                "this device is not a staff device of {me} in roster version {}",
+                head.version()
+            )));
+        }
+        Ok(head)
+    }
+
+    /// Start a request for `op` about `subject`: sign, persist, send to the eligible
+    /// staff. Returns the request as persisted.
+    pub(crate) async fn initiate(
+        &mut self,
+        op: Operation,
+        subject: ApprovalSubject,
+        subject_signature: Option<[u8; 64]>,
+    ) -> Result<ApprovalView, ClientError> {
+        let head = self.staff_head().await?;
+        if !operation_fits(op, &subject) {
+            return Err(ClientError::Invalid(format!(
+                "{op} does not fit this subject"
+            )));
+        }
+        let me = self.me()?;
+        let request = ApprovalRequest::new(
+            op,
+            subject.parameters().to_vec(),
+            head.version(),
+            now_ms().saturating_add(APPROVAL_VALIDITY_MS),
+            SignerRef::new(me.clone(), self.device_id()),
+            &mut OsRng,
+        )?;
+        let bundle = ApprovalBundle::initiate(request, &self.identity)?;
+        if !self.make_room() {
+            return Err(ClientError::NotAllowed(format!(
+                "{MAX_APPROVAL_RECORDS} approval requests are pending; settle some first"
+            )));
+        }
+        let record = ApprovalRecord {
+            direction: ApprovalDirection::Outgoing,
+            bundle: bundle.clone(),
+            subject: subject.clone(),
+            created_ms: now_ms(),
+            status: ApprovalStatus::Pending,
+            detail: String::new(),
+            responses: Vec::new(),
+            subject_signature: subject_signature.map(|s| s.to_vec()),
+        };
+        let view = record.view(Some(&head));
+        self.approvals.push(record);
+        self.save()?;
+        let quorum = *head.policy().quorum(op);
+        let approvers: Vec<AccountId> = head
+            .staff()
+            .iter()
+            .filter(|m| m.account != me && quorum.roles.contains(m.role))
+            .map(|m| m.account.clone())
+            .collect();
+        let mut sent = 0usize;
+        let mut last_err = None;
+        for a in approvers {
+            let content = Content::ApprovalRequest {
+                bundle: bundle.clone(),
+                subject: subject.clone(),
+            };
+            match self.fan_out(&a, content, false).await {
+                Ok(r) => {
+                    sent += 1;
+                    self.events.extend(r.events);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if sent == 0 {
+            if let Some(e) = last_err {
+                return Err(e);
+            }
+        }
+        Ok(view)
+    }
+
+    /// Propose `next` as the next roster version (it must follow the head: version + 1,
+    /// previous = the head's hash). Published once the head's roster-change quorum
+    /// approves.
+    pub async fn propose_roster(&mut self, next: Roster) -> Result<ApprovalView, ClientError> {
+        let head = self.staff_head().await?;
+        if next.version() != head.version() + 1 || next.previous() != Some(head.hash()) {
+            return Err(ClientError::Invalid(format!(
+                "the proposed roster must be version {} following the head's hash",
+                head.version() + 1
+            )));
+        }
+        self.initiate(
+            Operation::RosterChange,
+            ApprovalSubject::RosterChange { roster: next },
+            None,
+        )
+        .await
+    }
+
+    /// Publish a roster version signed elsewhere: version 1 signed by the organisation
+    /// root (`sealpost org`), or a later version with its quorum. It is verified from
+    /// the pinned fingerprint before it is sent. Returns the new head version.
+    pub async fn publish_signed_roster(
+        &mut self,
+        signed: SignedRoster,
+    ) -> Result<u64, ClientError> {
+        let pinned = self
+            .relay
+            .as_ref()
+            .map(crate::client::RelayInfo::org)
+            .transpose()?
+            .flatten()
+            .ok_or_else(|| ClientError::NoRoster("no organisation fingerprint is pinned".into()))?;
+        self.refresh_roster(true).await?;
+        let now = now_ms();
+        let version = signed.roster.version();
+        match self.trust.chain() {
+            Some(chain) => {
+                let mut c = chain.clone();
+                c.extend(vec![signed.clone()], now)?;
+            }
+            None => {
+                sealpost_protocol::trust::RosterChain::verify(
+                    &pinned,
+                    vec![signed.clone()],
+                    None,
+                    now,
+                )?;
+            }
+        }
+        self.conn()?.publish_roster(signed).await?;
+        self.refresh_roster(true).await?;
+        Ok(version)
+    }
+
+    /// Staff: propose unfreezing `account` (frozen by one of its devices). Carried out
+    /// when the unfreeze quorum approves.
+    pub async fn propose_unfreeze(
+        &mut self,
+        account: &AccountId,
+        reason: &str,
+    ) -> Result<ApprovalView, ClientError> {
+        let (log, set, events) = self.load_log(account).await?;
+        self.events.extend(events);
+        if !set.frozen {
+            return Err(ClientError::Invalid(format!("{account} is not frozen")));
+        }
+        let body = log.next_body(now_ms(), DeviceAction::Unfreeze, reason);
+        self.initiate(
+            Operation::Unfreeze,
+            ApprovalSubject::DeviceLog { entry: body },
+            None,
+        )
+        .await
+    }
+
+    /// Staff: offer a recovery of `account` to the device of its pending link `link_id`
+    /// (the client's new device). The new device shows a code; check it out of band,
+    /// then call [`Client::start_recovery`].
+    pub async fn offer_recovery(
+        &mut self,
+        account: &AccountId,
+        link_id: &str,
+        reason: &str,
+    ) -> Result<PendingLinkView, ClientError> {
+        self.staff_head().await?;
+        self.make_offer(account, link_id, true, reason).await
+    }
+
+    /// Staff: after the client read out the code its new device shows (`typed_code`),
+    /// wait (at most `max_wait`) for the new device's signature and send the recovery
+    /// to the other staff for approval. Carried out when the recovery quorum approves.
+    pub async fn start_recovery(
+        &mut self,
+        link_id: &str,
+        typed_code: &str,
+        max_wait: std::time::Duration,
+    ) -> Result<ApprovalView, ClientError> {
+        let (offer, signature) = self
+            .await_signed_offer(link_id, typed_code, max_wait)
+            .await?;
+        if !matches!(offer.body.action, DeviceAction::Recover { .. }) {
+            return Err(ClientError::Invalid("this offer is not a recovery".into()));
+        }
+        let view = self
+            .initiate(
+                Operation::AccountRecovery,
+                ApprovalSubject::DeviceLog {
+                    entry: offer.body.clone(),
+                },
+                Some(signature),
+            )
+            .await?;
+        self.drop_offer(&offer.link_id);
+        Ok(view)
+    }
+
+    /// Approve an incoming request (id in hex): checked again, signed, sent to the
+    /// initiator's account.
+    pub async fn approve(&mut self, request_id: &str) -> Result<ApprovalView, ClientError> {
+        let id = parse_request_id(request_id)?;
+        let i = self
+            .record_index(&id, ApprovalDirection::Incoming)
+            .ok_or_else(|| ClientError::NotFound(format!("approval request {request_id}")))?;
+        let record = self.approvals[i].clone();
+        if record.status != ApprovalStatus::Pending {
+            return Err(ClientError::Invalid(format!(
+                "this request is {:?}",
+                record.status
+            )));
+        }
+        let req = record.bundle.request.clone();
+        if now_ms() > req.expires_ms {
+            self.approvals[i].status = ApprovalStatus::Expired;
+            self.save()?;
+            return Err(ClientError::Trust(TrustError::Expired {
+                expires_ms: req.expires_ms,
+                now_ms: now_ms(),
+            }));
+        }
+        let head = self.staff_head().await?;
+        let me = self.me()?;
+        let member = head
+            .member(&me)
+            .ok_or_else(|| ClientError::NotAllowed(format!("{me} is not in the roster")))?;
+        if !head
+            .policy()
+            .quorum(req.operation)
+            .roles
+            .contains(member.role)
+        {
+            return Err(ClientError::NotAllowed(format!(
+                "the {} role does not count for {}",
+                member.role, req.operation
+            )));
+        }
+        if req.initiator.account == me {
+            return Err(ClientError::NotAllowed(
+                "the initiator's account never approves its own request".into(),
+            ));
+        }
+        if head.version() != req.roster_version {
+            return Err(ClientError::Invalid(format!(
+                "the roster moved on to version {}; the request is stale",
+                head.version()
+            )));
+        }
+        // A device-log entry must still extend the account's verified log.
+        if let ApprovalSubject::DeviceLog { entry } = &record.subject {
+            let (log, set, events) = self.load_log(&entry.account).await?;
+            self.events.extend(events);
+            if log.head().map(|h| h.hash.0) != entry.previous {
+                return Err(ClientError::Invalid(
+                    "the account's log changed since the request; it cannot apply".into(),
+                ));
+            }
+            if matches!(entry.action, DeviceAction::Unfreeze) && !set.frozen {
+                return Err(ClientError::Invalid(format!(
+                    "{} is not frozen",
+                    entry.account
+                )));
+            }
+        }
+        let approval = Approval::sign(&req, me, &self.identity);
+        self.fan_out(
+            &req.initiator.account,
+            Content::ApprovalResponse {
+                request_id: req.request_id,
+                approval: Some(approval),
+                reason: BoundedString::truncating(""),
+            },
+            false,
+        )
+        .await?;
+        self.approvals[i].status = ApprovalStatus::Approved;
+        self.save()?;
+        Ok(self.approvals[i].view(Some(&head)))
+    }
+
+    /// Reject an incoming request (id in hex), telling the initiator why.
+    pub async fn reject_approval(
+        &mut self,
+        request_id: &str,
+        reason: &str,
+    ) -> Result<ApprovalView, ClientError> {
+        let id = parse_request_id(request_id)?;
+        let i = self
+            .record_index(&id, ApprovalDirection::Incoming)
+            .ok_or_else(|| ClientError::NotFound(format!("approval request {request_id}")))?;
+        if self.approvals[i].status != ApprovalStatus::Pending {
+            return Err(ClientError::Invalid(format!(
+                "this request is {:?}",
+                self.approvals[i].status
+            )));
+        }
+        let initiator = self.approvals[i].bundle.request.initiator.account.clone();
+        self.fan_out(
+            &initiator,
+            Content::ApprovalResponse {
+                request_id: id,
+                approval: None,
+                reason: BoundedString::truncating(reason),
+            },
+            false,
+        )
+        .await?;
+        self.approvals[i].status = ApprovalStatus::Rejected;
+        self.approvals[i].detail = reason.chars().take(MAX_REASON_LEN).collect();
+        self.save()?;
+        Ok(self.approvals[i].view(self.roster_for_view(&self.approvals[i])))
+    }
+
+    /// An `approval_request` arrived from `device` of `from`: verify and store it.
+    pub(crate) async fn receive_approval_request(
+        &mut self,
+        device: DeviceId,
+        from: &AccountId,
+        bundle: ApprovalBundle,
+        subject: ApprovalSubject,
+    ) -> Vec<Event> {
+        let id = bundle.request.request_id;
+        let refused = |reason: String| {
+            vec![Event::ApprovalRefused {
+                request_id: hex::encode(id),
+                from: from.clone(),
+                reason,
+            }]
+        };
+        match self.check_request(device, from, &bundle, &subject).await {
+            Ok(()) => {}
+            Err(reason) => return refused(reason),
+        }
+        if self.approvals.iter().any(|r| r.request_id() == id) {
+            return refused("a request with this id was already received".into());
+        }
+        if !self.make_room() {
+            return refused(format!(
+                "{MAX_APPROVAL_RECORDS} approval requests are pending on this device"
+            ));
+        }
+        let record = ApprovalRecord {
+            direction: ApprovalDirection::Incoming,
+            bundle,
+            subject,
+            created_ms: now_ms(),
+            status: ApprovalStatus::Pending,
+            detail: String::new(),
+            responses: Vec::new(),
+            subject_signature: None,
+        };
+        let view = record.view(self.roster_for_view(&record));
+        self.approvals.push(record);
+        vec![Event::ApprovalRequested { request: view }]
+    }
+
+    async fn check_request(
+        &mut self,
+        device: DeviceId,
+        from: &AccountId,
+        bundle: &ApprovalBundle,
+        subject: &ApprovalSubject,
+    ) -> Result<(), String> {
+        let req = &bundle.request;
+        if req.initiator.account != *from || req.initiator.device != device {
+            return Err("the request was not sent by its initiator's device".into());
+        }
+        if !operation_fits(req.operation, subject) {
+            return Err(format!("{} does not fit the subject", req.operation));
+        }
+        if req.parameters.as_slice() != subject.parameters().as_slice() {
+            return Err(
+                "the signed parameters do not match the content shown (other content)".into(),
+            );
+        }
+        let head_version = self.trust.chain().map(|c| c.head().version());
+        if head_version.is_none_or(|v| v < req.roster_version) {
+            if let Err(e) = self.refresh_roster(true).await {
+                return Err(format!("cannot verify the roster: {e}"));
+            }
+        }
+        let Some(chain) = self.trust.chain() else {
+            return Err("no organisation roster to check the request against".into());
+        };
+        if chain.head().version() != req.roster_version {
+            return Err(format!(
+                "the request names roster version {}, the head is {}",
+                req.roster_version,
+                chain.head().version()
+            ));
+        }
+        // The initiator's membership, signature and the expiry: verify_quorum checks
+        // them first; with no approvals it then reports only that the quorum is missing.
+        match verify_quorum(chain.head(), bundle, now_ms()) {
+            Err(TrustError::QuorumNotReached { .. }) | Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if !bundle.approvals.as_slice().is_empty() {
+            return Err("a new request carries no approvals".into());
+        }
+        match subject {
+            ApprovalSubject::RosterChange { roster } => {
+                if roster.version() != chain.head().version() + 1
+                    || roster.previous() != Some(chain.head_ref().hash)
+                {
+                    return Err("the proposed roster does not follow the head".into());
+                }
+            }
+            ApprovalSubject::Notice { header, content } => {
+                if header.sender != req.initiator {
+                    return Err("the notice's sender is not the initiator".into());
+                }
+                if sealpost_protocol::trust::content_hash(content) != header.content_hash {
+                    return Err("the notice content does not match its hash".into());
+                }
+                if header.roster_version != req.roster_version {
+                    return Err("the notice names another roster version".into());
+                }
+            }
+            ApprovalSubject::DeviceLog { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// An `approval_response` arrived from `device` of `from`.
+    pub(crate) async fn receive_approval_response(
+        &mut self,
+        device: DeviceId,
+        from: &AccountId,
+        request_id: [u8; 16],
+        approval: Option<Approval>,
+        reason: &str,
+    ) -> Vec<Event> {
+        let refused = |reason: String| {
+            vec![Event::ApprovalRefused {
+                request_id: hex::encode(request_id),
+                from: from.clone(),
+                reason,
+            }]
+        };
+        let Some(i) = self.record_index(&request_id, ApprovalDirection::Outgoing) else {
+            return refused("no outgoing request with this id on this device".into());
+        };
+        if self.approvals[i].responses.len() >= MAX_RESPONSES {
+            return refused("too many answers to this request".into());
+        }
+        if !matches!(self.approvals[i].status, ApprovalStatus::Pending) {
+            return refused(format!(
+                "the request is already {:?}",
+                self.approvals[i].status
+            ));
+        }
+        let response = ResponseRecord {
+            approver: from.clone(),
+            device,
+            approved: approval.is_some(),
+            reason: reason.chars().take(MAX_REASON_LEN).collect(),
+            received_ms: now_ms(),
+        };
+        let Some(approval) = approval else {
+            self.approvals[i].responses.push(response);
+            return vec![Event::ApprovalAnswered {
+                request_id: hex::encode(request_id),
+                approver: from.clone(),
+                approved: false,
+                reason: reason.chars().take(MAX_REASON_LEN).collect(),
+            }];
+        };
+        let record = &self.approvals[i];
+        let req = &record.bundle.request;
+        if approval.approver.account != *from || approval.approver.device != device {
+            return refused("the approval was not sent by the approving device".into());
+        }
+        if approval.request != req.digest().0 {
+            return refused("the approval is for other content (another request digest)".into());
+        }
+        if approval.approver.account == req.initiator.account {
+            return refused("an approval from the initiator's account never counts".into());
+        }
+        if record
+            .bundle
+            .approvals
+            .as_slice()
+            .iter()
+            .any(|a| a.approver.account == approval.approver.account)
+        {
+            return refused(format!(
+                "{} already approved this request (one vote per account)",
+                approval.approver.account
+            ));
+        }
+        let Some(roster) = self
+            .trust
+            .chain()
+            .and_then(|c| c.get(req.roster_version))
+            .cloned()
+        else {
+            return refused("the request's roster version is unknown".into());
+        };
+        let mut bundle = record.bundle.clone();
+        if let Err(e) = bundle.push(approval) {
+            return refused(e.to_string());
+        }
+        let reached = match verify_quorum(&roster, &bundle, now_ms()) {
+            Ok(_) => true,
+            Err(TrustError::QuorumNotReached { .. }) => false,
+            Err(e @ TrustError::Expired { .. }) => {
+                self.approvals[i].status = ApprovalStatus::Expired;
+                return refused(e.to_string());
+            }
+            Err(e) => return refused(e.to_string()),
+        };
+        self.approvals[i].bundle = bundle;
+        self.approvals[i].responses.push(response);
+        let mut events = vec![Event::ApprovalAnswered {
+            request_id: hex::encode(request_id),
+            approver: from.clone(),
+            approved: true,
+            reason: reason.chars().take(MAX_REASON_LEN).collect(),
+        }];
+        if reached {
+            self.approvals[i].status = ApprovalStatus::QuorumReached;
+            events.extend(self.carry_out(i).await);
+        }
+        events
+    }
+
+    /// The quorum of record `i` is reached: carry out its operation.
+    async fn carry_out(&mut self, i: usize) -> Vec<Event> {
+        let record = self.approvals[i].clone();
+        let request_id = hex::encode(record.request_id());
+        let operation = record.bundle.request.operation.name().to_owned();
+        let done = match &record.subject {
+            ApprovalSubject::RosterChange { roster } => {
+                let signed = SignedRoster::with_quorum(roster.clone(), record.bundle.clone());
+                self.publish_signed_roster(signed)
+                    .await
+                    .map(|v| vec![(i, format!("roster version {v} published"))])
+            }
+            ApprovalSubject::DeviceLog { entry } => {
+                let subject_signature = record
+                    .subject_signature
+                    .as_deref()
+                    .and_then(|s| <[u8; 64]>::try_from(s).ok());
+                let log_entry = LogEntry {
+                    body: entry.clone(),
+                    authorization: EntryAuthorization::Quorum(record.bundle.clone()),
+                    subject_signature,
+                };
+                match self.conn() {
+                    Ok(conn) => match conn.append_device_log(log_entry).await {
+                        Ok(()) => {
+                            let account = entry.account.clone();
+                            match self.refresh_devices(&account, true).await {
+                                Ok(evs) => self.events.extend(evs),
+                                Err(e) => self.events.push(Event::TrustRefused {
+                                    subject: account.to_string(),
+                                    reason: e.to_string(),
+                                }),
+                            }
+                            Ok(vec![(
+                                i,
+                                format!("{} applied to {}", entry.action.name(), entry.account),
+                            )])
+                        }
+                        Err(e) => Err(e.into()),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
+            ApprovalSubject::Notice { header, content } => {
+                // Sent once every request of this notice has its quorum.
+                let group: Vec<usize> = self
+                    .approvals
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| {
+                        r.direction == ApprovalDirection::Outgoing
+                            && matches!(&r.subject, ApprovalSubject::Notice { header: h, .. } if h.notice_id == header.notice_id)
+                    })
+                    .map(|(j, _)| j)
+                    .collect();
+                if group
+                    .iter()
+                    .any(|j| self.approvals[*j].status != ApprovalStatus::QuorumReached)
+                {
+                    return Vec::new();
+                }
+                let mut signed = match SignedNotice::sign(header.clone(), &self.identity) {
+                    Ok(s) => s,
+                    Err(e) => return self.fail(&group, &request_id, &operation, e.into()),
+                };
+                for j in &group {
+                    if let Err(e) = signed.add_cosignatures(self.approvals[*j].bundle.clone()) {
+                        return self.fail(&group, &request_id, &operation, e.into());
+                    }
+                }
+                self.deliver_notice(signed, content.clone())
+                    .await
+                    .map(|summary| group.iter().map(|j| (*j, summary.clone())).collect())
+            }
+        };
+        match done {
+            Ok(list) => {
+                let mut events = Vec::new();
+                for (j, summary) in list {
+                    self.approvals[j].status = ApprovalStatus::Completed;
+                    self.approvals[j].detail = summary.clone();
+                    events.push(Event::OperationCompleted {
+                        request_id: hex::encode(self.approvals[j].request_id()),
+                        operation: self.approvals[j].bundle.request.operation.name().to_owned(),
+                        summary,
+                    });
+                }
+                let _ = self.save();
+                events
+            }
+            Err(e) => self.fail(&[i], &request_id, &operation, e),
+        }
+    }
+
+    fn fail(
+        &mut self,
+        records: &[usize],
+        request_id: &str,
+        operation: &str,
+        e: ClientError,
+    ) -> Vec<Event> {
+        for j in records {
+            if let Some(r) = self.approvals.get_mut(*j) {
+                r.status = ApprovalStatus::Failed;
+                r.detail = e.to_string();
+            }
+        }
+        let _ = self.save();
+        vec![Event::OperationFailed {
+            request_id: request_id.to_owned(),
+            operation: operation.to_owned(),
+            reason: e.to_string(),
+        }]
+    }
+}

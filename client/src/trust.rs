@@ -1,0 +1,1073 @@
+//! Trust on the client (docs/PROTOCOL.md §19): the roster chain verified from the pinned
+//! organisation fingerprint, every account's device log verified before this device
+//! encrypts to it or trusts a message from it, linking a new device, and the device
+//! commands (list, revoke, freeze).
+//!
+//! * **Roster.** Fetched from the cached head (`get_roster`), verified with
+//!   [`RosterChain::verify`] from the pinned fingerprint and the cached [`RosterHead`]; a
+//!   rollback (the relay's latest is older than what this device verified), a fork or a
+//!   forged link is refused, reported as [`Event::TrustRefused`] and returned as
+//!   [`ClientError::Trust`]. Refreshed after [`ROSTER_TTL_MS`], on demand (a notice or
+//!   request under an unknown version) and whenever a log names an unknown version.
+//! * **Device logs.** Fetched whole and verified ([`DeviceLog::verify`]) against the head
+//!   this device verified before (rollback and fork refused). The verified set is cached
+//!   for [`LOG_TTL_MS`] and refetched on a `device_log_changed` push, on a message from a
+//!   device it does not list, and when the cache lapses. Only its active devices are
+//!   encrypted to; a device the relay lists (directory or bundles) that the log does not is
+//!   reported as [`Event::UntrustedDevice`] and never used.
+//! * **Linking.** The new device calls [`Client::link_start`] and then
+//!   [`Client::link_progress`] until it is linked; an existing device calls
+//!   [`Client::pending_links`], [`Client::offer_link`] and, once the user has typed the code
+//!   the new device shows, [`Client::confirm_link`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use rand::rngs::OsRng;
+use sealpost_protocol::envelope::EnvelopeKind;
+use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
+use sealpost_protocol::trust::{
+    DeviceAction, DeviceLog, DeviceSet, Digest, EntryAuthorization, EntryBody, LinkChallenge,
+    LinkCode, LogEntry, LogHead, RosterChain, RosterHead, SendDecision, SignedRoster, TrustError,
+};
+use sealpost_protocol::wire::Role;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{now_ms, Client, ClientError, Contact, Event, KnownDevice, RelayInfo};
+use crate::net::RelayConnection;
+
+/// A verified device set is reused for this long before the log is fetched again.
+pub const LOG_TTL_MS: u64 = 30_000;
+/// The roster is fetched again after this long.
+pub const ROSTER_TTL_MS: u64 = 60_000;
+/// Accounts whose verified device set is kept in memory.
+pub const MAX_CACHED_SETS: usize = 4096;
+/// Accounts whose log head is remembered (persisted).
+pub const MAX_LOG_HEADS: usize = 10_000;
+/// Link offers this device keeps open at once.
+pub const MAX_LINK_OFFERS: usize = 8;
+/// Link offers lapse after this long (the relay drops the link after 24 hours).
+pub const LINK_OFFER_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+/// How often a linking device polls the relay.
+pub const LINK_POLL_INTERVAL: Duration = Duration::from_millis(300);
+/// Longest a single wait for the other device may be asked to last.
+pub const MAX_LINK_WAIT: Duration = Duration::from_secs(15 * 60);
+/// Untrusted devices reported once per account and device per run, at most this many.
+const MAX_REPORTED_UNTRUSTED: usize = 4096;
+/// Label of device-log signatures (`trust` module documentation).
+const LOG_SIGN_LABEL: &[u8] = b"Sealpost_DeviceLogSign_v1";
+
+/// The verified head of an account's device log, as persisted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogHeadRecord {
+    /// The account.
+    pub account: AccountId,
+    /// The last entry's sequence number.
+    pub seq: u64,
+    /// Its hash.
+    #[serde(with = "serde_bytes")]
+    pub hash: Vec<u8>,
+}
+
+/// What this device offered to a linking device, kept until it is confirmed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkOfferRecord {
+    /// The link.
+    #[serde(with = "serde_bytes")]
+    pub link_id: Vec<u8>,
+    /// The account the device joins.
+    pub account: AccountId,
+    /// The identity the relay presented for the new device (what the code covers).
+    pub identity: PublicIdentity,
+    /// The challenge this device chose after it received that identity.
+    pub challenge: LinkChallenge,
+    /// The entry body offered (an add, or a recovery offered by staff).
+    pub body: EntryBody,
+    /// When the offer was made.
+    pub created_ms: u64,
+}
+
+/// In-memory trust state: the verified roster chain and device sets.
+#[derive(Default)]
+pub(crate) struct TrustCache {
+    chain: Option<RosterChain>,
+    /// Links restored from the profile, verified on first use.
+    stored_links: Vec<SignedRoster>,
+    pub(crate) roster_head: Option<RosterHead>,
+    roster_checked_ms: u64,
+    heads: BTreeMap<AccountId, LogHead>,
+    sets: HashMap<AccountId, (DeviceSet, u64)>,
+    reported: HashSet<(AccountId, DeviceId)>,
+}
+
+impl TrustCache {
+    pub(crate) fn restore(
+        links: Vec<SignedRoster>,
+        head: Option<RosterHead>,
+        heads: Vec<LogHeadRecord>,
+    ) -> Self {
+        let heads = heads
+            .into_iter()
+            .filter_map(|r| {
+                let hash: [u8; 32] = r.hash.as_slice().try_into().ok()?;
+                Some((
+                    r.account,
+                    LogHead {
+                        seq: r.seq,
+                        hash: Digest(hash),
+                    },
+                ))
+            })
+            .collect();
+        Self {
+            stored_links: links,
+            roster_head: head,
+            heads,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn roster_links(&self) -> Vec<SignedRoster> {
+        match &self.chain {
+            Some(c) => c.links().to_vec(),
+            None => self.stored_links.clone(),
+        }
+    }
+
+    pub(crate) fn head_records(&self) -> Vec<LogHeadRecord> {
+        self.heads
+            .iter()
+            .map(|(a, h)| LogHeadRecord {
+                account: a.clone(),
+                seq: h.seq,
+                hash: h.hash.0.to_vec(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn chain(&self) -> Option<&RosterChain> {
+        self.chain.as_ref()
+    }
+
+    pub(crate) fn set(&self, account: &AccountId) -> Option<&DeviceSet> {
+        self.sets.get(account).map(|(s, _)| s)
+    }
+
+    fn forget_set(&mut self, account: &AccountId) {
+        self.sets.remove(account);
+    }
+}
+
+/// A link this (new) device started and has not completed.
+pub(crate) struct NewDeviceLink {
+    conn: RelayConnection,
+    relay: RelayInfo,
+    account: AccountId,
+    link_id: [u8; 16],
+    expires_ms: u64,
+    /// The hash of the body this device signed, and the challenge it came with.
+    signed: Option<(Digest, LinkChallenge)>,
+}
+
+/// What a new device shows after [`Client::link_start`].
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkTicket {
+    /// The link id, hex.
+    pub link_id: String,
+    /// The account it asks to join.
+    pub account: AccountId,
+    /// This device's fingerprint (the existing device shows it too).
+    pub fingerprint: String,
+    /// When the request lapses (ms since the Unix epoch).
+    pub expires_ms: u64,
+}
+
+/// Where a link stands on the new device.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LinkProgress {
+    /// No offer (or nothing new) yet.
+    Waiting,
+    /// An existing device (or, for a recovery, a staff member) offered an entry; this
+    /// device checked that it adds exactly this identity to this account and signed it.
+    /// Show `code`: the user types it into the existing device (or reads it to staff).
+    Offered {
+        /// The six digits.
+        code: String,
+        /// `add` or `recover`.
+        action: String,
+    },
+    /// The entry is in the account's log: this device is authenticated, its prekeys are
+    /// published and the profile is saved.
+    Completed {
+        /// The account's role.
+        role: Role,
+    },
+}
+
+/// A pending link request, as an existing device (or staff) sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PendingLinkView {
+    /// The link id, hex.
+    pub link_id: String,
+    /// The account.
+    pub account: AccountId,
+    /// The device that asks to join.
+    pub device: DeviceId,
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// When it asked.
+    pub created_ms: u64,
+    /// This device has an open offer for it.
+    pub offered_by_me: bool,
+    /// The new device signed the current offer.
+    pub signed: bool,
+}
+
+/// A device in a verified log.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceView {
+    /// The device.
+    pub device: DeviceId,
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// When it was added.
+    pub added_ms: u64,
+    /// End of its cooling-off window.
+    pub probation_until_ms: u64,
+    /// Still on probation (may not send sensitive kinds).
+    pub on_probation: bool,
+    /// This is the device running this client.
+    pub this_device: bool,
+}
+
+/// An account's devices, from its verified log.
+#[derive(Clone, Debug, Serialize)]
+pub struct AccountDevices {
+    /// The account.
+    pub account: AccountId,
+    /// Frozen ("this wasn't me") until a staff quorum unfreezes it.
+    pub frozen: bool,
+    /// Active devices.
+    pub devices: Vec<DeviceView>,
+    /// Revoked devices.
+    pub revoked: Vec<DeviceId>,
+    /// Entries in the log.
+    pub log_entries: u64,
+}
+
+pub(crate) fn parse_link_id(hex_id: &str) -> Result<[u8; 16], ClientError> {
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(hex_id.trim(), &mut id)
+        .map_err(|_| ClientError::Invalid("a link id is 32 hex digits".into()))?;
+    Ok(id)
+}
+
+fn device_view(d: &sealpost_protocol::trust::DeviceState, me: DeviceId) -> DeviceView {
+    let id = d.identity.device_id();
+    DeviceView {
+        device: id,
+        fingerprint: d.identity.fingerprint().to_string(),
+        added_ms: d.added_ms,
+        probation_until_ms: d.probation_until_ms,
+        on_probation: d.on_probation,
+        this_device: id == me,
+    }
+}
+
+/// Whether `signature` is `identity`'s signature over the entry body `body`.
+pub(crate) fn subject_signed(
+    identity: &PublicIdentity,
+    body: &EntryBody,
+    signature: &[u8; 64],
+) -> bool {
+    let mut m = Vec::with_capacity(LOG_SIGN_LABEL.len() + 32);
+    m.extend_from_slice(LOG_SIGN_LABEL);
+    m.extend_from_slice(&body.hash().0);
+    identity.verify(&m, signature).is_ok()
+}
+
+impl Client {
+    /// The verified roster chain, if the organisation has one (refreshed from the relay
+    /// when stale; see the module documentation).
+    pub async fn roster(&mut self) -> Result<Option<&RosterChain>, ClientError> {
+        self.refresh_roster(false).await?;
+        Ok(self.trust.chain())
+    }
+
+    /// The roster chain as last verified, without asking the relay.
+    pub fn cached_roster(&self) -> Option<&RosterChain> {
+        self.trust.chain()
+    }
+
+    /// Fetch newer roster versions from the cached head and verify the chain.
+    pub(crate) async fn refresh_roster(&mut self, force: bool) -> Result<(), ClientError> {
+        let Some(pinned) = self
+            .relay
+            .as_ref()
+            .map(RelayInfo::org)
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(());
+        };
+        let now = now_ms();
+        if !force
+            && self.trust.chain.is_some()
+            && now.saturating_sub(self.trust.roster_checked_ms) < ROSTER_TTL_MS
+        {
+            return Ok(());
+        }
+        let held = self.trust.roster_head;
+        let after = held.map_or(0, |h| h.version);
+        let (fresh, latest) = self.conn()?.get_roster_after(after).await?;
+        if latest < after {
+            return Err(self.roster_refused(TrustError::RosterRollback {
+                held: after,
+                got: latest,
+            }));
+        }
+        if fresh.is_empty() && self.trust.chain.is_some() {
+            self.trust.roster_checked_ms = now;
+            return Ok(());
+        }
+        let mut links = self.trust.roster_links();
+        links.extend(fresh);
+        if links.is_empty() {
+            // The organisation has not published a roster yet.
+            self.trust.roster_checked_ms = now;
+            return Ok(());
+        }
+        match RosterChain::verify(&pinned, links, held.as_ref(), now) {
+            Ok(chain) => {
+                let head = chain.head_ref();
+                if held.is_none_or(|h| h.version < head.version) {
+                    self.events.push(Event::RosterUpdated {
+                        version: head.version,
+                    });
+                }
+                self.trust.roster_head = Some(head);
+                self.trust.chain = Some(chain);
+                self.trust.stored_links.clear();
+                self.trust.roster_checked_ms = now;
+                self.save()?;
+                Ok(())
+            }
+            Err(e) => Err(self.roster_refused(e)),
+        }
+    }
+
+    fn roster_refused(&mut self, e: TrustError) -> ClientError {
+        self.events.push(Event::TrustRefused {
+            subject: "roster".into(),
+            reason: e.to_string(),
+        });
+        ClientError::Trust(e)
+    }
+
+    /// Fetch and verify `account`'s whole log against the head verified before; update
+    /// the caches and the contact's devices; report what changed.
+    pub(crate) async fn load_log(
+        &mut self,
+        account: &AccountId,
+    ) -> Result<(DeviceLog, DeviceSet, Vec<Event>), ClientError> {
+        self.refresh_roster(false).await?;
+        let log = self.conn()?.get_device_log(account).await?;
+        let held = self.trust.heads.get(account).copied();
+        let now = now_ms();
+        let mut verified = log.verify(self.trust.chain(), held.as_ref(), now);
+        if matches!(
+            verified,
+            Err(TrustError::RosterVersionUnknown { .. } | TrustError::NoRoster)
+        ) {
+            self.refresh_roster(true).await?;
+            verified = log.verify(self.trust.chain(), held.as_ref(), now);
+        }
+        let set = match verified {
+            Ok(set) => set,
+            Err(e) => {
+                self.events.push(Event::TrustRefused {
+                    subject: account.to_string(),
+                    reason: e.to_string(),
+                });
+                self.trust.forget_set(account);
+                return Err(ClientError::Trust(e));
+            }
+        };
+        let mut events = Vec::new();
+        let previous_frozen = self.trust.set(account).map(|s| s.frozen);
+        if let Some(head) = set.head {
+            if self.trust.heads.len() >= MAX_LOG_HEADS && !self.trust.heads.contains_key(account) {
+                // Forget the head of some other account rather than grow without bound.
+                if let Some(k) = self.trust.heads.keys().next().cloned() {
+                    self.trust.heads.remove(&k);
+                }
+            }
+            self.trust.heads.insert(account.clone(), head);
+        }
+        // Update the contact's devices from the verified set.
+        let me = self.device_id();
+        let contact = self
+            .contacts
+            .entry(account.clone())
+            .or_insert_with(|| Contact {
+                account: account.clone(),
+                role: None,
+                devices: BTreeMap::new(),
+                verified: None,
+                refreshed_ms: 0,
+            });
+        let known_before = held.is_some() || !contact.devices.is_empty();
+        let active: HashSet<DeviceId> = set
+            .devices
+            .iter()
+            .map(|d| d.identity.device_id())
+            .filter(|d| *d != me)
+            .collect();
+        let mut added = Vec::new();
+        for d in &set.devices {
+            let id = d.identity.device_id();
+            if id == me {
+                continue;
+            }
+            if let std::collections::btree_map::Entry::Vacant(slot) = contact.devices.entry(id) {
+                let fingerprint = d.identity.fingerprint().to_string();
+                if known_before {
+                    events.push(Event::DeviceAdded {
+                        account: account.clone(),
+                        device: id,
+                        fingerprint: fingerprint.clone(),
+                        probation_until_ms: d.probation_until_ms,
+                    });
+                }
+                added.push(fingerprint);
+                slot.insert(KnownDevice {
+                    identity: d.identity.clone(),
+                    first_seen_ms: now,
+                });
+            }
+        }
+        let gone: Vec<DeviceId> = contact
+            .devices
+            .keys()
+            .filter(|id| !active.contains(id))
+            .copied()
+            .collect();
+        let mut removed = Vec::new();
+        for id in gone {
+            if let Some(d) = contact.devices.remove(&id) {
+                removed.push(d.identity.fingerprint().to_string());
+            }
+            self.sessions.remove(&id);
+        }
+        contact.refreshed_ms = now;
+        if known_before && (!added.is_empty() || !removed.is_empty()) {
+            let was_verified = contact.verified.take().is_some();
+            events.push(Event::DevicesChanged {
+                account: account.clone(),
+                added,
+                removed,
+                was_verified,
+            });
+        }
+        if previous_frozen.unwrap_or(false) != set.frozen
+            && (previous_frozen.is_some() || set.frozen)
+        {
+            events.push(Event::FreezeChanged {
+                account: account.clone(),
+                frozen: set.frozen,
+            });
+        }
+        // What the relay's directory lists beyond the log is reported, never used.
+        let listed = self.conn()?.list_devices(account).await?;
+        for d in listed {
+            let id = d.identity.device_id();
+            if id != me && set.device(&id).is_none() {
+                self.report_untrusted(account, id, Some(&d.identity), "directory", &mut events);
+            }
+        }
+        if self.trust.sets.len() >= MAX_CACHED_SETS && !self.trust.sets.contains_key(account) {
+            let oldest = self
+                .trust
+                .sets
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(a, _)| a.clone());
+            if let Some(a) = oldest {
+                self.trust.sets.remove(&a);
+            }
+        }
+        self.trust.sets.insert(account.clone(), (set.clone(), now));
+        Ok((log, set, events))
+    }
+
+    fn report_untrusted(
+        &mut self,
+        account: &AccountId,
+        device: DeviceId,
+        identity: Option<&PublicIdentity>,
+        seen_in: &str,
+        events: &mut Vec<Event>,
+    ) {
+        let key = (account.clone(), device);
+        if self.trust.reported.contains(&key) && seen_in != "message" {
+            return;
+        }
+        if self.trust.reported.len() < MAX_REPORTED_UNTRUSTED {
+            self.trust.reported.insert(key);
+        }
+        events.push(Event::UntrustedDevice {
+            account: account.clone(),
+            device,
+            fingerprint: identity.map(|i| i.fingerprint().to_string()),
+            seen_in: seen_in.into(),
+        });
+    }
+
+    /// Bring `account`'s verified device set up to date (cached for [`LOG_TTL_MS`] unless
+    /// `force`); report changes.
+    pub(crate) async fn refresh_devices(
+        &mut self,
+        account: &AccountId,
+        force: bool,
+    ) -> Result<Vec<Event>, ClientError> {
+        if !force {
+            if let Some((_, t)) = self.trust.sets.get(account) {
+                if now_ms().saturating_sub(*t) < LOG_TTL_MS {
+                    return Ok(Vec::new());
+                }
+            }
+        }
+        let (_, _, events) = self.load_log(account).await?;
+        Ok(events)
+    }
+
+    /// The verified device set of `account` (cached unless `force`).
+    pub(crate) async fn verified_set(
+        &mut self,
+        account: &AccountId,
+        force: bool,
+    ) -> Result<DeviceSet, ClientError> {
+        let evs = self.refresh_devices(account, force).await?;
+        self.events.extend(evs);
+        self.trust
+            .set(account)
+            .cloned()
+            .ok_or_else(|| ClientError::NoDevices(account.clone()))
+    }
+
+    /// Whether this device may send `kind` now (its own verified log): refuses what the
+    /// relay would refuse, with the reason.
+    pub(crate) async fn check_may_send(&mut self, kind: EnvelopeKind) -> Result<(), ClientError> {
+        let me = self.me()?;
+        let set = self.verified_set(&me, false).await?;
+        match set.may_send(&self.device_id(), kind) {
+            SendDecision::Allowed => Ok(()),
+            SendDecision::NotActive => Err(ClientError::NotAllowed(
+                "this device is not an active device of its account (revoked?)".into(),
+            )),
+            SendDecision::OnProbation { until_ms } => Err(ClientError::NotAllowed(format!(
+                "this device is on probation until {until_ms} (ms since the epoch) and may not \
+                 send {kind:?} messages yet"
+            ))),
+            SendDecision::Frozen => Err(ClientError::NotAllowed(format!(
+                "the account is frozen; {kind:?} messages are refused until staff unfreeze it"
+            ))),
+        }
+    }
+
+    /// Check a received message's sender: `device` must be active in `account`'s verified
+    /// log and allowed to send `kind`. `Err` is the reason to drop the message.
+    pub(crate) async fn check_sender(
+        &mut self,
+        account: &AccountId,
+        device: DeviceId,
+        kind: EnvelopeKind,
+    ) -> Result<Vec<Event>, String> {
+        let mut events = Vec::new();
+        let (present, fresh) = match self.trust.sets.get(account) {
+            Some((set, t)) => (
+                set.device(&device).is_some(),
+                now_ms().saturating_sub(*t) < LOG_TTL_MS,
+            ),
+            None => (false, false),
+        };
+        if !present || !fresh {
+            match self.refresh_devices(account, true).await {
+                Ok(evs) => events.extend(evs),
+                Err(e) => {
+                    self.events.extend(events);
+                    return Err(format!("cannot verify the device log of {account}: {e}"));
+                }
+            }
+        }
+        let decision = self
+            .trust
+            .set(account)
+            .map_or(SendDecision::NotActive, |s| s.may_send(&device, kind));
+        let reason = match decision {
+            SendDecision::Allowed => return Ok(events),
+            SendDecision::NotActive => {
+                self.report_untrusted(account, device, None, "message", &mut events);
+                format!(
+                    "device {device} is not an active device of {account} in its verified \
+                     device log"
+                )
+            }
+            SendDecision::OnProbation { until_ms } => format!(
+                "device {device} of {account} is on probation until {until_ms} and may not \
+                 send {kind:?} messages"
+            ),
+            SendDecision::Frozen => {
+                format!("{account} is frozen: {kind:?} messages from it are refused")
+            }
+        };
+        self.events.extend(events);
+        Err(reason)
+    }
+
+    fn devices_view(&self, account: &AccountId, set: &DeviceSet) -> AccountDevices {
+        let me = self.device_id();
+        AccountDevices {
+            account: account.clone(),
+            frozen: set.frozen,
+            devices: set.devices.iter().map(|d| device_view(d, me)).collect(),
+            revoked: set.revoked.clone(),
+            log_entries: set.head.map_or(0, |h| h.seq + 1),
+        }
+    }
+
+    /// This account's devices, from its verified log (fetched now).
+    pub async fn devices(&mut self) -> Result<AccountDevices, ClientError> {
+        let me = self.me()?;
+        self.account_devices(&me).await
+    }
+
+    /// `account`'s devices, from its verified log (fetched now).
+    pub async fn account_devices(
+        &mut self,
+        account: &AccountId,
+    ) -> Result<AccountDevices, ClientError> {
+        let (_, set, events) = self.load_log(account).await?;
+        self.events.extend(events);
+        self.save()?;
+        Ok(self.devices_view(account, &set))
+    }
+
+    /// This device must be active and past its cooling-off to sign a log entry.
+    fn require_settled(&self, set: &DeviceSet) -> Result<(), ClientError> {
+        match set.device(&self.device_id()) {
+            None => Err(ClientError::NotAllowed(
+                "this device is not an active device of its account".into(),
+            )),
+            Some(d) if d.on_probation => Err(ClientError::NotAllowed(format!(
+                "this device is on probation until {} and cannot change the account's devices",
+                d.probation_until_ms
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Sign `action` into this account's log, check the result locally, append it.
+    async fn append_own(
+        &mut self,
+        action: DeviceAction,
+        reason: &str,
+        subject_signature: Option<[u8; 64]>,
+    ) -> Result<AccountDevices, ClientError> {
+        let me = self.me()?;
+        let (mut log, set, events) = self.load_log(&me).await?;
+        self.events.extend(events);
+        self.require_settled(&set)?;
+        let body = log.next_body(now_ms(), action, reason);
+        let entry = LogEntry {
+            authorization: EntryAuthorization::Device {
+                device: self.device_id(),
+                signature: body.sign(&self.identity),
+            },
+            body,
+            subject_signature,
+        };
+        // Verify exactly what the relay will verify before sending it.
+        log.push(entry.clone())?;
+        log.verify(self.trust.chain(), self.trust.heads.get(&me), now_ms())?;
+        self.conn()?.append_device_log(entry).await?;
+        let (_, set, events) = self.load_log(&me).await?;
+        self.events.extend(events);
+        self.save()?;
+        Ok(self.devices_view(&me, &set))
+    }
+
+    /// Revoke a device of this account (an entry signed by this device, which must be
+    /// active and past its cooling-off). The relay closes its connections.
+    pub async fn revoke_device(
+        &mut self,
+        device: &DeviceId,
+        reason: &str,
+    ) -> Result<AccountDevices, ClientError> {
+        if *device == self.device_id() {
+            return Err(ClientError::Invalid(
+                "revoke this device from another device of the account".into(),
+            ));
+        }
+        let me = self.me()?;
+        let set = self.verified_set(&me, true).await?;
+        if set.device(device).is_none() {
+            return Err(ClientError::NotFound(format!(
+                "{device} is not an active device of {me}"
+            )));
+        }
+        self.append_own(DeviceAction::Remove { device: *device }, reason, None)
+            .await
+    }
+
+    /// "This wasn't me": freeze the account. Every device still on probation is revoked
+    /// and the account stays frozen until a staff quorum unfreezes it. This device must
+    /// be active and past its cooling-off.
+    pub async fn freeze_account(&mut self, reason: &str) -> Result<AccountDevices, ClientError> {
+        self.append_own(DeviceAction::Freeze, reason, None).await
+    }
+
+    // ---- linking: the new device ----
+
+    /// Ask to join `account` at `relay` as a new device (pins `relay`'s organisation
+    /// fingerprint, as enrolment does). Then call [`Client::link_progress`] until it
+    /// reports `Completed`.
+    pub async fn link_start(
+        &mut self,
+        relay: RelayInfo,
+        account: &AccountId,
+    ) -> Result<LinkTicket, ClientError> {
+        if self.account.is_some() {
+            return Err(ClientError::Invalid(
+                "this device is already enrolled".into(),
+            ));
+        }
+        relay.org()?;
+        let conn = RelayConnection::connect(&relay.address()?).await?;
+        let (link_id, expires_ms) = conn.link_start(&self.identity, account).await?;
+        self.new_link = Some(NewDeviceLink {
+            conn,
+            relay,
+            account: account.clone(),
+            link_id,
+            expires_ms,
+            signed: None,
+        });
+        Ok(LinkTicket {
+            link_id: hex::encode(link_id),
+            account: account.clone(),
+            fingerprint: self.identity.public().fingerprint().to_string(),
+            expires_ms,
+        })
+    }
+
+    /// Wait (at most `max_wait`, itself at most [`MAX_LINK_WAIT`]) for the link started
+    /// with [`Client::link_start`] to move on: a new offer (checked and signed here; show
+    /// the code), or completion (this device then authenticates and publishes prekeys).
+    pub async fn link_progress(&mut self, max_wait: Duration) -> Result<LinkProgress, ClientError> {
+        let deadline = tokio::time::Instant::now() + max_wait.min(MAX_LINK_WAIT);
+        loop {
+            let link = self
+                .new_link
+                .as_mut()
+                .ok_or_else(|| ClientError::Invalid("no link in progress".into()))?;
+            if now_ms() > link.expires_ms {
+                self.new_link = None;
+                return Err(ClientError::Timeout("the link request lapsed"));
+            }
+            let status = link.conn.link_poll(link.link_id).await?;
+            if status.completed {
+                return self.finish_link().await;
+            }
+            if let (Some(challenge), Some(body)) = (status.challenge, status.body) {
+                let hash = body.hash();
+                let same = link
+                    .signed
+                    .as_ref()
+                    .is_some_and(|(h, c)| *h == hash && *c == challenge);
+                if !same {
+                    let me = self.identity.public();
+                    let action = match &body.action {
+                        DeviceAction::Add { identity } if identity == me => "add",
+                        DeviceAction::Recover { identity } if identity == me => "recover",
+                        _ => {
+                            return Err(ClientError::NotAllowed(format!(
+                                "the offered entry does not add this device ({}); refusing to \
+                                 sign it",
+                                body.action.name()
+                            )))
+                        }
+                    };
+                    if body.account != link.account || body.seq == 0 || body.previous.is_none() {
+                        return Err(ClientError::NotAllowed(
+                            "the offered entry is not for this account's existing log; \
+                             refusing to sign it"
+                                .into(),
+                        ));
+                    }
+                    let signature = body.sign(&self.identity);
+                    link.conn.link_sign(link.link_id, signature).await?;
+                    link.signed = Some((hash, challenge));
+                    let code = LinkCode::compute(&link.account, me, &challenge);
+                    return Ok(LinkProgress::Offered {
+                        code: code.digits().to_owned(),
+                        action: action.into(),
+                    });
+                }
+            }
+            if tokio::time::Instant::now() + LINK_POLL_INTERVAL > deadline {
+                return Ok(LinkProgress::Waiting);
+            }
+            tokio::time::sleep(LINK_POLL_INTERVAL).await;
+        }
+    }
+
+    async fn finish_link(&mut self) -> Result<LinkProgress, ClientError> {
+        let link = self
+            .new_link
+            .take()
+            .ok_or_else(|| ClientError::Invalid("no link in progress".into()))?;
+        let (account, role) = link.conn.authenticate(&self.identity).await?;
+        if account != link.account {
+            return Err(ClientError::Protocol(format!(
+                "linked into {account}, not {}",
+                link.account
+            )));
+        }
+        self.relay = Some(link.relay);
+        self.account = Some(account);
+        self.role = Some(role);
+        self.conn = Some(link.conn);
+        self.save()?;
+        self.maintain_prekeys().await?;
+        self.after_join().await?;
+        Ok(LinkProgress::Completed { role })
+    }
+
+    // ---- linking: the existing device (and staff, for recovery) ----
+
+    /// Pending link requests for this account, or for `account` (staff and advisors).
+    pub async fn pending_links(
+        &mut self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<PendingLinkView>, ClientError> {
+        let account = match account {
+            Some(a) => a.clone(),
+            None => self.me()?,
+        };
+        let links = self.conn()?.list_links(&account).await?;
+        Ok(links
+            .into_iter()
+            .map(|l| {
+                let offer = self
+                    .link_offers
+                    .iter()
+                    .find(|o| o.link_id.as_slice() == l.link_id.as_slice());
+                let signed = match (offer, &l.subject_signature, &l.body) {
+                    (Some(o), Some(sig), Some(body)) => {
+                        *body == o.body && subject_signed(&o.identity, &o.body, sig)
+                    }
+                    _ => false,
+                };
+                PendingLinkView {
+                    link_id: hex::encode(l.link_id),
+                    account: l.account.clone(),
+                    device: l.identity.device_id(),
+                    fingerprint: l.identity.fingerprint().to_string(),
+                    created_ms: l.created_ms,
+                    offered_by_me: offer.is_some(),
+                    signed,
+                }
+            })
+            .collect())
+    }
+
+    /// Offer `action` (built from the link's identity) for a pending link, with a fresh
+    /// challenge chosen now, after the identity was received.
+    pub(crate) async fn make_offer(
+        &mut self,
+        account: &AccountId,
+        link_id: &str,
+        recover: bool,
+        reason: &str,
+    ) -> Result<PendingLinkView, ClientError> {
+        let id = parse_link_id(link_id)?;
+        let links = self.conn()?.list_links(account).await?;
+        let link = links
+            .into_iter()
+            .find(|l| l.link_id == id && &l.account == account)
+            .ok_or_else(|| ClientError::NotFound(format!("link {link_id} for {account}")))?;
+        let (log, set, events) = self.load_log(account).await?;
+        self.events.extend(events);
+        if !recover {
+            self.require_settled(&set)?;
+        }
+        let action = if recover {
+            DeviceAction::Recover {
+                identity: link.identity.clone(),
+            }
+        } else {
+            DeviceAction::Add {
+                identity: link.identity.clone(),
+            }
+        };
+        let body = log.next_body(now_ms(), action, reason);
+        let challenge = LinkChallenge::generate(&mut OsRng);
+        self.conn()?.link_offer(id, challenge, body.clone()).await?;
+        let now = now_ms();
+        self.link_offers.retain(|o| {
+            o.link_id.as_slice() != id.as_slice()
+                && now.saturating_sub(o.created_ms) < LINK_OFFER_TTL_MS
+        });
+        while self.link_offers.len() >= MAX_LINK_OFFERS {
+            self.link_offers.remove(0);
+        }
+        self.link_offers.push(LinkOfferRecord {
+            link_id: id.to_vec(),
+            account: account.clone(),
+            identity: link.identity.clone(),
+            challenge,
+            body,
+            created_ms: now,
+        });
+        self.save()?;
+        Ok(PendingLinkView {
+            link_id: hex::encode(id),
+            account: account.clone(),
+            device: link.identity.device_id(),
+            fingerprint: link.identity.fingerprint().to_string(),
+            created_ms: link.created_ms,
+            offered_by_me: true,
+            signed: false,
+        })
+    }
+
+    /// Offer to add the device of pending link `link_id` (hex) to this account. The new
+    /// device then shows a code; the user types it into [`Client::confirm_link`].
+    pub async fn offer_link(&mut self, link_id: &str) -> Result<PendingLinkView, ClientError> {
+        let me = self.me()?;
+        self.make_offer(&me, link_id, false, "linked by an existing device")
+            .await
+    }
+
+    /// Check the code typed from the new device's screen, wait (at most `max_wait`) for
+    /// the new device's signature, and append the entry signed by this device. A wrong
+    /// code withdraws the offer ([`ClientError::CodeMismatch`]).
+    pub async fn confirm_link(
+        &mut self,
+        link_id: &str,
+        typed_code: &str,
+        max_wait: Duration,
+    ) -> Result<DeviceView, ClientError> {
+        let (offer, signature) = self
+            .await_signed_offer(link_id, typed_code, max_wait)
+            .await?;
+        if !matches!(offer.body.action, DeviceAction::Add { .. }) {
+            return Err(ClientError::Invalid(
+                "this link is a recovery; staff complete it with an approval request".into(),
+            ));
+        }
+        let me = self.me()?;
+        if offer.account != me {
+            return Err(ClientError::Invalid(format!(
+                "the offer is for {}, not this account",
+                offer.account
+            )));
+        }
+        let (log, set, events) = self.load_log(&me).await?;
+        self.events.extend(events);
+        self.require_settled(&set)?;
+        if log.head().map(|h| h.hash.0) != offer.body.previous {
+            self.drop_offer(&offer.link_id);
+            return Err(ClientError::Invalid(
+                "the account's log changed since the offer; offer again".into(),
+            ));
+        }
+        let entry = LogEntry {
+            authorization: EntryAuthorization::Device {
+                device: self.device_id(),
+                signature: offer.body.sign(&self.identity),
+            },
+            body: offer.body.clone(),
+            subject_signature: Some(signature),
+        };
+        let mut check = log.clone();
+        check.push(entry.clone())?;
+        check.verify(self.trust.chain(), self.trust.heads.get(&me), now_ms())?;
+        self.conn()?.append_device_log(entry).await?;
+        self.drop_offer(&offer.link_id);
+        let (_, set, events) = self.load_log(&me).await?;
+        self.events.extend(events);
+        self.save()?;
+        let new_id = offer.identity.device_id();
+        set.device(&new_id)
+            .map(|d| device_view(d, self.device_id()))
+            .ok_or_else(|| ClientError::Protocol("the linked device is not in the log".into()))
+    }
+
+    pub(crate) fn drop_offer(&mut self, link_id: &[u8]) {
+        self.link_offers.retain(|o| o.link_id.as_slice() != link_id);
+        let _ = self.save();
+    }
+
+    /// Check the typed code against an offer of this device, then wait for the new
+    /// device's signature over exactly the offered body.
+    pub(crate) async fn await_signed_offer(
+        &mut self,
+        link_id: &str,
+        typed_code: &str,
+        max_wait: Duration,
+    ) -> Result<(LinkOfferRecord, [u8; 64]), ClientError> {
+        let id = parse_link_id(link_id)?;
+        let offer = self
+            .link_offers
+            .iter()
+            .find(|o| o.link_id.as_slice() == id.as_slice())
+            .cloned()
+            .ok_or_else(|| {
+                ClientError::NotFound(format!("no offer of this device for link {link_id}"))
+            })?;
+        let code = LinkCode::compute(&offer.account, &offer.identity, &offer.challenge);
+        if !code.matches(typed_code) {
+            self.drop_offer(&offer.link_id);
+            return Err(ClientError::CodeMismatch);
+        }
+        let deadline = tokio::time::Instant::now() + max_wait.min(MAX_LINK_WAIT);
+        loop {
+            let links = self.conn()?.list_links(&offer.account).await?;
+            let Some(link) = links.into_iter().find(|l| l.link_id == id) else {
+                self.drop_offer(&offer.link_id);
+                return Err(ClientError::NotFound(format!("link {link_id} lapsed")));
+            };
+            if link.identity != offer.identity {
+                self.drop_offer(&offer.link_id);
+                return Err(ClientError::NotAllowed(
+                    "the link's identity changed since the offer".into(),
+                ));
+            }
+            if let (Some(sig), Some(body), Some(ch)) =
+                (link.subject_signature, &link.body, &link.challenge)
+            {
+                if *body == offer.body && *ch == offer.challenge {
+                    if subject_signed(&offer.identity, &offer.body, &sig) {
+                        return Ok((offer, sig));
+                    }
+                    return Err(ClientError::NotAllowed(
+                        "the new device's signature does not verify".into(),
+                    ));
+                }
+                if *body != offer.body {
+                    self.drop_offer(&offer.link_id);
+                    return Err(ClientError::NotAllowed(
+                        "another offer replaced this one; offer again".into(),
+                    ));
+                }
+            }
+            if tokio::time::Instant::now() + LINK_POLL_INTERVAL > deadline {
+                return Err(ClientError::Timeout("the new device's signature"));
+            }
+            tokio::time::sleep(LINK_POLL_INTERVAL).await;
+        }
+    }
+}
