@@ -13,13 +13,18 @@ use rand::{RngCore, SeedableRng};
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey};
+use sealpost_protocol::trust::{
+    ApprovalBundle, ApprovalPolicy, ApprovalRequest, DeviceAction, DeviceLog, LogEntry, Operation,
+    OrgRoot, Roster, SignedRoster, SignerRef, StaffMember, StaffRole,
+};
 use sealpost_protocol::wire::Role;
 use sealpost_protocol::{IdentityKeyPair, PreKeySecrets};
 use sealpost_server::store::memory::MemoryStore;
 use sealpost_server::store::sqlite::{SqliteStore, SCHEMA_VERSION};
 use sealpost_server::store::{
-    AccountStore, Enqueued, MailboxStore, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats,
-    Quota, Store, StoreError, MAX_DEVICES_PER_ACCOUNT, MAX_STORED_ONE_TIME_PREKEYS,
+    AccountStore, Enqueued, LogEffects, LoggedDevice, MailboxStore, PreKeyCounts, PreKeyStore,
+    PreKeyUpload, QueueStats, Quota, Store, StoreError, TrustStore, MAX_DEVICES_PER_ACCOUNT,
+    MAX_STORED_ONE_TIME_PREKEYS,
 };
 
 const T0: u64 = 1_700_000_000_000;
@@ -1243,6 +1248,439 @@ async fn concurrent_enqueue<S: Store>(store: S) {
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// Trust: first-device enrolment, device logs, roster versions
+
+/// Entry 0 of `account`'s log: `keys` adding itself.
+fn genesis(account: &AccountId, keys: &IdentityKeyPair, at: u64) -> LogEntry {
+    let body = DeviceLog::new(account.clone()).next_body(
+        at,
+        DeviceAction::Add {
+            identity: keys.public().clone(),
+        },
+        "enrolment",
+    );
+    LogEntry::genesis(body, keys)
+}
+
+/// The next entry of `log`, signed by `signer` (the store does not verify it).
+fn next_entry(
+    log: &DeviceLog,
+    action: DeviceAction,
+    signer: &IdentityKeyPair,
+    subject: Option<&IdentityKeyPair>,
+    at: u64,
+) -> LogEntry {
+    LogEntry::signed_by_device(log.next_body(at, action, "test"), signer, subject)
+}
+
+/// Enrol the first device of `account` (which must exist); returns its keys and the log.
+async fn first_device<S: Store>(
+    store: &S,
+    account: &AccountId,
+    rng: &mut StdRng,
+) -> (IdentityKeyPair, DeviceLog) {
+    let keys = IdentityKeyPair::generate(rng);
+    let code = random_code(rng);
+    store
+        .add_enrollment_code(account, code, T0 + HOUR)
+        .await
+        .unwrap();
+    let g = genesis(account, &keys, T0);
+    let rec = store
+        .enroll_first_device(account, code, keys.public(), &g, T0)
+        .await
+        .unwrap();
+    assert_eq!(rec.id, keys.device_id());
+    assert!(!rec.revoked);
+    let mut log = DeviceLog::new(account.clone());
+    log.push(g).unwrap();
+    (keys, log)
+}
+
+async fn trust_first_device_enrolment_once<S: Store>(store: S) {
+    let mut rng = rng(200);
+    let alice = acct("alice");
+    store
+        .create_account(&alice, Role::Client, T0)
+        .await
+        .unwrap();
+    assert_eq!(store.device_log_len(&alice).await.unwrap(), 0);
+    // A bad code changes nothing.
+    let keys = IdentityKeyPair::generate(&mut rng);
+    let err = store
+        .enroll_first_device(
+            &alice,
+            random_code(&mut rng),
+            keys.public(),
+            &genesis(&alice, &keys, T0),
+            T0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::EnrollmentRefused), "{err:?}");
+    assert_eq!(store.device_log_len(&alice).await.unwrap(), 0);
+    assert!(store.device(&keys.device_id()).await.unwrap().is_none());
+
+    let (first, log) = first_device(&store, &alice, &mut rng).await;
+    assert_eq!(
+        store.device_log(&alice, 0, 10).await.unwrap(),
+        log.entries.as_slice()
+    );
+    assert_eq!(store.device_log_len(&alice).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .device(&first.device_id())
+            .await
+            .unwrap()
+            .unwrap()
+            .account,
+        alice
+    );
+
+    // A second enrolment by code is refused although the code is valid, and the code
+    // stays unused (it still works for the legacy path of the same account).
+    let code = random_code(&mut rng);
+    store
+        .add_enrollment_code(&alice, code, T0 + HOUR)
+        .await
+        .unwrap();
+    let second = IdentityKeyPair::generate(&mut rng);
+    let err = store
+        .enroll_first_device(
+            &alice,
+            code,
+            second.public(),
+            &genesis(&alice, &second, T0),
+            T0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::EnrollmentRefused), "{err:?}");
+    assert_eq!(store.device_log_len(&alice).await.unwrap(), 1);
+    assert!(store.device(&second.device_id()).await.unwrap().is_none());
+    store
+        .redeem_enrollment(&alice, code, second.public(), T0)
+        .await
+        .unwrap();
+}
+
+async fn trust_device_log_append_with_effects<S: Store>(store: S) {
+    let mut rng = rng(201);
+    let alice = acct("alice");
+    let bob = acct("bob");
+    store
+        .create_account(&alice, Role::Client, T0)
+        .await
+        .unwrap();
+    store.create_account(&bob, Role::Client, T0).await.unwrap();
+    let (first, mut log) = first_device(&store, &alice, &mut rng).await;
+    let (bobs, _) = first_device(&store, &bob, &mut rng).await;
+
+    // Add a device: it becomes a registered device of the account.
+    let second = IdentityKeyPair::generate(&mut rng);
+    let add = next_entry(
+        &log,
+        DeviceAction::Add {
+            identity: second.public().clone(),
+        },
+        &first,
+        Some(&second),
+        T0 + 10,
+    );
+    let effects = LogEffects {
+        register: Some(LoggedDevice {
+            identity: second.public().clone(),
+            added_ms: T0 + 10,
+        }),
+        revoke: Vec::new(),
+        frozen: false,
+    };
+    store
+        .append_device_log(&add, &effects, T0 + 11)
+        .await
+        .unwrap();
+    log.push(add.clone()).unwrap();
+    let rec = store.device(&second.device_id()).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.account.clone(), rec.enrolled_ms, rec.revoked),
+        (alice.clone(), T0 + 10, false)
+    );
+    assert_eq!(store.devices_of(&alice).await.unwrap().len(), 2);
+
+    // The same seq again, or a gap: Conflict, nothing changes.
+    let err = store
+        .append_device_log(&add, &effects, T0 + 12)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict("device log entry")),
+        "{err:?}"
+    );
+    let mut gap = next_entry(&log, DeviceAction::Freeze, &first, None, T0 + 20);
+    gap.body.seq += 1;
+    let err = store
+        .append_device_log(&gap, &LogEffects::default(), T0 + 20)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict("device log entry")),
+        "{err:?}"
+    );
+    assert_eq!(store.device_log_len(&alice).await.unwrap(), 2);
+
+    // Registering a device of another account: Conflict, nothing changes (not even the
+    // revocations and the frozen flag in the same effects).
+    let steal = next_entry(
+        &log,
+        DeviceAction::Add {
+            identity: bobs.public().clone(),
+        },
+        &first,
+        Some(&bobs),
+        T0 + 30,
+    );
+    let err = store
+        .append_device_log(
+            &steal,
+            &LogEffects {
+                register: Some(LoggedDevice {
+                    identity: bobs.public().clone(),
+                    added_ms: T0 + 30,
+                }),
+                revoke: vec![second.device_id()],
+                frozen: true,
+            },
+            T0 + 30,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict("device")), "{err:?}");
+    assert_eq!(store.device_log_len(&alice).await.unwrap(), 2);
+    assert!(
+        !store
+            .device(&second.device_id())
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    assert!(!store.account(&alice).await.unwrap().unwrap().frozen);
+    assert_eq!(
+        store
+            .device(&bobs.device_id())
+            .await
+            .unwrap()
+            .unwrap()
+            .account,
+        bob
+    );
+
+    // Freeze: revoke the new device, mark the account frozen; a revocation naming
+    // another account's device is ignored.
+    let freeze = next_entry(&log, DeviceAction::Freeze, &first, None, T0 + 40);
+    store
+        .append_device_log(
+            &freeze,
+            &LogEffects {
+                register: None,
+                revoke: vec![second.device_id(), bobs.device_id()],
+                frozen: true,
+            },
+            T0 + 40,
+        )
+        .await
+        .unwrap();
+    log.push(freeze).unwrap();
+    assert!(
+        store
+            .device(&second.device_id())
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    assert!(
+        !store
+            .device(&bobs.device_id())
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    assert!(store.account(&alice).await.unwrap().unwrap().frozen);
+    assert!(!store.account(&bob).await.unwrap().unwrap().frozen);
+
+    // Re-registering the revoked device is refused.
+    let again = next_entry(
+        &log,
+        DeviceAction::Add {
+            identity: second.public().clone(),
+        },
+        &first,
+        Some(&second),
+        T0 + 50,
+    );
+    let err = store
+        .append_device_log(&again, &effects, T0 + 50)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict("device")), "{err:?}");
+
+    // Unfreeze clears the flag.
+    let unfreeze = next_entry(&log, DeviceAction::Unfreeze, &first, None, T0 + 60);
+    store
+        .append_device_log(&unfreeze, &LogEffects::default(), T0 + 60)
+        .await
+        .unwrap();
+    log.push(unfreeze).unwrap();
+    assert!(!store.account(&alice).await.unwrap().unwrap().frozen);
+
+    // Paging and unknown accounts.
+    assert_eq!(
+        store.device_log(&alice, 0, 100).await.unwrap(),
+        log.entries.as_slice()
+    );
+    assert_eq!(
+        store.device_log(&alice, 1, 2).await.unwrap(),
+        &log.entries.as_slice()[1..3]
+    );
+    assert!(store.device_log(&alice, 99, 2).await.unwrap().is_empty());
+    assert!(store
+        .device_log(&acct("nobody"), 0, 2)
+        .await
+        .unwrap()
+        .is_empty());
+    let mut stray = DeviceLog::new(acct("nobody"));
+    let k = IdentityKeyPair::generate(&mut rng);
+    let g = genesis(&acct("nobody"), &k, T0);
+    stray.push(g.clone()).unwrap();
+    let err = store
+        .append_device_log(&g, &LogEffects::default(), T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound("account")), "{err:?}");
+}
+
+async fn trust_concurrent_appends_one_wins<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let mut rng = rng(202);
+    let alice = acct("alice");
+    store
+        .create_account(&alice, Role::Client, T0)
+        .await
+        .unwrap();
+    let (first, log) = first_device(&*store, &alice, &mut rng).await;
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let new = IdentityKeyPair::generate(&mut rng);
+        let entry = next_entry(
+            &log,
+            DeviceAction::Add {
+                identity: new.public().clone(),
+            },
+            &first,
+            Some(&new),
+            T0 + i,
+        );
+        let effects = LogEffects {
+            register: Some(LoggedDevice {
+                identity: new.public().clone(),
+                added_ms: T0 + i,
+            }),
+            revoke: Vec::new(),
+            frozen: false,
+        };
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.append_device_log(&entry, &effects, T0).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::Conflict("device log entry")) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(store.device_log_len(&alice).await.unwrap(), 2);
+    assert_eq!(store.devices_of(&alice).await.unwrap().len(), 2);
+}
+
+/// Roster versions 1..=n of a five-person organisation (the store does not verify them;
+/// the relay does).
+fn rosters(n: u64, rng: &mut StdRng) -> Vec<SignedRoster> {
+    let root = OrgRoot::generate(rng);
+    let staff: Vec<(AccountId, IdentityKeyPair, StaffRole)> = [
+        ("ops.a", StaffRole::Operations),
+        ("sec.b", StaffRole::Security),
+        ("comp.c", StaffRole::Compliance),
+        ("ops.d", StaffRole::Operations),
+    ]
+    .into_iter()
+    .map(|(a, r)| (acct(a), IdentityKeyPair::generate(rng), r))
+    .collect();
+    let members: Vec<StaffMember> = staff
+        .iter()
+        .map(|(a, k, r)| StaffMember {
+            account: a.clone(),
+            role: *r,
+            devices: vec![k.public().clone()],
+        })
+        .collect();
+    let v1 = Roster::new(1, None, T0, members.clone(), ApprovalPolicy::default()).unwrap();
+    let mut out = vec![root.sign_genesis(v1).unwrap()];
+    for v in 2..=n {
+        let prev = &out.last().unwrap().roster;
+        let next = prev
+            .next(T0 + v, members.clone(), ApprovalPolicy::default())
+            .unwrap();
+        let (a, k, _) = &staff[0];
+        let request = ApprovalRequest::new(
+            Operation::RosterChange,
+            next.hash().0.to_vec(),
+            v - 1,
+            T0 + HOUR,
+            SignerRef::new(a.clone(), k.device_id()),
+            rng,
+        )
+        .unwrap();
+        let bundle = ApprovalBundle::initiate(request, k).unwrap();
+        out.push(SignedRoster::with_quorum(next, bundle));
+    }
+    out
+}
+
+async fn trust_roster_versions_append_only<S: Store>(store: S) {
+    let mut rng = rng(203);
+    let v = rosters(3, &mut rng);
+    assert!(store.rosters_after(0, 16).await.unwrap().is_empty());
+    let err = store.append_roster(&v[1], T0).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict("roster version")),
+        "{err:?}"
+    );
+    store.append_roster(&v[0], T0).await.unwrap();
+    let err = store.append_roster(&v[0], T0).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict("roster version")),
+        "{err:?}"
+    );
+    let err = store.append_roster(&v[2], T0).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict("roster version")),
+        "{err:?}"
+    );
+    store.append_roster(&v[1], T0).await.unwrap();
+    store.append_roster(&v[2], T0).await.unwrap();
+    assert_eq!(store.rosters_after(0, 16).await.unwrap(), v);
+    assert_eq!(store.rosters_after(1, 16).await.unwrap(), &v[1..]);
+    assert_eq!(store.rosters_after(1, 1).await.unwrap(), &v[1..2]);
+    assert!(store.rosters_after(3, 16).await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory_store {
@@ -1289,6 +1727,10 @@ conformance!(
     quotas_count_and_bytes,
     queue_stats_and_flush,
     concurrent_enqueue,
+    trust_first_device_enrolment_once,
+    trust_device_log_append_with_effects,
+    trust_concurrent_appends_one_wins,
+    trust_roster_versions_append_only,
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1390,6 +1832,80 @@ async fn sqlite_durable_across_reopen() {
             duplicate: false
         }
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_trust_records_durable_across_reopen() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = db_path(dir.path());
+    let mut rng = rng(31);
+    let v = rosters(2, &mut rng);
+    let alice = acct("alice");
+    let (first_id, second_id, log);
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_account(&alice, Role::Client, T0)
+            .await
+            .unwrap();
+        let (first, mut l) = first_device(&store, &alice, &mut rng).await;
+        let second = IdentityKeyPair::generate(&mut rng);
+        let add = next_entry(
+            &l,
+            DeviceAction::Add {
+                identity: second.public().clone(),
+            },
+            &first,
+            Some(&second),
+            T0 + 1,
+        );
+        store
+            .append_device_log(
+                &add,
+                &LogEffects {
+                    register: Some(LoggedDevice {
+                        identity: second.public().clone(),
+                        added_ms: T0 + 1,
+                    }),
+                    revoke: Vec::new(),
+                    frozen: false,
+                },
+                T0 + 1,
+            )
+            .await
+            .unwrap();
+        l.push(add).unwrap();
+        let freeze = next_entry(&l, DeviceAction::Freeze, &first, None, T0 + 2);
+        store
+            .append_device_log(
+                &freeze,
+                &LogEffects {
+                    register: None,
+                    revoke: vec![second.device_id()],
+                    frozen: true,
+                },
+                T0 + 2,
+            )
+            .await
+            .unwrap();
+        l.push(freeze).unwrap();
+        for r in &v {
+            store.append_roster(r, T0).await.unwrap();
+        }
+        // No flush: every answered write is already committed.
+        first_id = first.device_id();
+        second_id = second.device_id();
+        log = l;
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.device_log(&alice, 0, 100).await.unwrap(),
+        log.entries.as_slice()
+    );
+    assert_eq!(store.rosters_after(0, 16).await.unwrap(), v);
+    assert!(store.account(&alice).await.unwrap().unwrap().frozen);
+    assert!(!store.device(&first_id).await.unwrap().unwrap().revoked);
+    assert!(store.device(&second_id).await.unwrap().unwrap().revoked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
