@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use sealpost_client::net::{RelayAddress, RelayConnection};
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, RoutingHeader};
 use sealpost_protocol::identity::{AccountId, DeviceId};
+use sealpost_protocol::trust::{DeviceAction, DeviceLog, LogEntry, OrgFingerprint};
 use sealpost_protocol::wire::{FrameBody, Role};
 use sealpost_protocol::{IdentityKeyPair, PreKeySecrets, Session};
 use sealpost_server::config::Config;
@@ -44,6 +45,35 @@ pub async fn memory_relay(tune: impl FnOnce(&mut Config)) -> TestRelay<MemorySto
     let mut config = Config::for_tests(dir.path());
     tune(&mut config);
     start(config, MemoryStore::new(), dir).await
+}
+
+/// Start a relay with the in-memory store, pinned to an organisation.
+pub async fn memory_relay_with_org(
+    org: OrgFingerprint,
+    tune: impl FnOnce(&mut Config),
+) -> TestRelay<MemoryStore> {
+    memory_relay(|c| {
+        c.org_fingerprint = Some(org);
+        tune(c);
+    })
+    .await
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    sealpost_server::relay::unix_ms()
+}
+
+/// Entry 0 of `account`'s device log: `identity` adding itself at `at_ms`.
+pub fn genesis_entry(account: &AccountId, identity: &IdentityKeyPair, at_ms: u64) -> LogEntry {
+    let body = DeviceLog::new(account.clone()).next_body(
+        at_ms,
+        DeviceAction::Add {
+            identity: identity.public().clone(),
+        },
+        "enrolment",
+    );
+    LogEntry::genesis(body, identity)
 }
 
 /// Start a relay with SQLite in `dir` (reused across restarts when the same dir is given).
@@ -117,13 +147,31 @@ impl<S: Store> TestRelay<S> {
         RelayConnection::connect(&self.address()).await.unwrap()
     }
 
-    /// Enrol and authenticate a new device of `account`, with prekeys published.
+    /// Enrol (with a genesis entry dated now) and authenticate a new device of `account`,
+    /// with prekeys published.
     pub async fn device(&self, account: &AccountId, seed: u64) -> TestDevice {
         let mut rng = StdRng::seed_from_u64(seed);
         let identity = IdentityKeyPair::generate(&mut rng);
+        self.device_with(account, identity, now_ms(), rng).await
+    }
+
+    /// Enrol `identity` as the first device of `account` with its genesis entry dated
+    /// `genesis_ms` (a date far enough back puts it past its cooling-off; the relay must
+    /// allow entries that old, `limits.max_log_entry_age_secs`), authenticate it and
+    /// publish prekeys.
+    pub async fn device_with(
+        &self,
+        account: &AccountId,
+        identity: IdentityKeyPair,
+        genesis_ms: u64,
+        mut rng: StdRng,
+    ) -> TestDevice {
         let conn = self.connect().await;
         let code = self.code(account).await;
-        conn.enroll(&identity, account, &code).await.unwrap();
+        let genesis = genesis_entry(account, &identity, genesis_ms);
+        conn.enroll_with_genesis(&identity, account, &code, genesis)
+            .await
+            .unwrap();
         conn.authenticate(&identity).await.unwrap();
         let mut prekeys = PreKeySecrets::new();
         let spk = prekeys.rotate_signed(&identity, &mut rng);

@@ -312,10 +312,12 @@ async fn one_time_prekeys_are_handed_out_once_then_last_resort() {
     })
     .await;
     let advisor = relay.account("lena", Role::Advisor).await;
-    let staff = relay.account("mike", Role::Staff).await;
     let target = relay.device(&advisor, 13).await;
+    // Four fetchers, each the first (and only) device of its own staff account: an
+    // enrolment code only creates an account's first device.
     let mut fetchers = Vec::new();
     for i in 0..4 {
+        let staff = relay.account(&format!("mike{i}"), Role::Staff).await;
         fetchers.push(relay.device(&staff, 100 + i).await);
     }
     let results = futures_util::future::join_all(fetchers.iter().map(|f| async {
@@ -733,6 +735,7 @@ async fn a_bad_enrolment_signature_is_refused_and_leaves_the_code_usable() {
         code: wire::BoundedString::truncating(&code),
         identity: id.public().clone(),
         signature,
+        genesis: genesis_entry(&acct, &id, now_ms()),
     };
     assert_eq!(refused(c1.request(body).await), ErrorCode::AuthFailed);
     // The code was not consumed by the refused attempt.

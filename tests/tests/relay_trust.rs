@@ -1,0 +1,1156 @@
+//! The relay's trust rules over real QUIC on loopback, driven with raw frames
+//! (docs/PROTOCOL.md §19): enrolment by code only for an account's first device, linking,
+//! device-log appends and their effects (registration, revocation, freeze), the send rules
+//! (probation, frozen accounts, inactive devices), notices and their quorum and audience,
+//! and the roster chain (rollback, forgery, restart). Objects are built with the trust
+//! core, as a client would.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use sealpost_client::net::{NetError, RelayConnection};
+use sealpost_protocol::envelope::{Envelope, EnvelopeKind, RoutingHeader};
+use sealpost_protocol::identity::{AccountId, DeviceId};
+use sealpost_protocol::trust::{
+    Approval, ApprovalBundle, ApprovalPolicy, ApprovalRequest, DeviceAction, EntryAuthorization,
+    LinkChallenge, LinkCode, LogEntry, NoticeAudience, NoticeCategory, NoticeHeader, Operation,
+    OrgFingerprint, OrgRoot, Roster, SignedNotice, SignedRoster, SignerRef, StaffMember, StaffRole,
+};
+use sealpost_protocol::wire::{ErrorCode, FrameBody, Role};
+use sealpost_protocol::{IdentityKeyPair, PreKeySecrets, Session};
+use sealpost_server::store::{AccountStore, Store, TrustStore};
+use sealpost_tests::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+const DAY: u64 = 24 * 60 * 60 * 1000;
+const HOUR: u64 = 60 * 60 * 1000;
+
+fn refused(r: Result<impl std::fmt::Debug, NetError>) -> ErrorCode {
+    match r {
+        Err(NetError::Refused { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn refusal(r: Result<impl std::fmt::Debug, NetError>) -> (ErrorCode, String) {
+    match r {
+        Err(NetError::Refused { code, message, .. }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn acct(s: &str) -> AccountId {
+    AccountId::new(s).unwrap()
+}
+
+/// Relays in these tests accept entries dated up to 30 days back, so devices can be
+/// enrolled "two days ago", past their cooling-off.
+fn lenient(c: &mut sealpost_server::config::Config) {
+    c.limits.max_log_entry_age_secs = 30 * 24 * 3600;
+}
+
+// ---------------------------------------------------------------------------------------
+// An organisation: a root, four staff accounts with one device each, roster version 1.
+
+struct Staff {
+    account: AccountId,
+    role: StaffRole,
+    /// Keys are derived from this seed (identity key pairs are not `Clone`).
+    seed: u64,
+    keys: IdentityKeyPair,
+}
+
+impl Staff {
+    fn signer(&self) -> SignerRef {
+        SignerRef::new(self.account.clone(), self.keys.device_id())
+    }
+    fn member(&self) -> StaffMember {
+        StaffMember {
+            account: self.account.clone(),
+            role: self.role,
+            devices: vec![self.keys.public().clone()],
+        }
+    }
+    fn relay_role(&self) -> Role {
+        if self.role == StaffRole::Advisor {
+            Role::Advisor
+        } else {
+            Role::Staff
+        }
+    }
+}
+
+struct Org {
+    rng: StdRng,
+    root: OrgRoot,
+    /// 0 ops.alice (operations), 1 sec.bob (security), 2 comp.carol (compliance),
+    /// 3 adv.dave (advisor).
+    staff: Vec<Staff>,
+    v1: SignedRoster,
+    issued_ms: u64,
+}
+
+impl Org {
+    fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let root = OrgRoot::generate(&mut rng);
+        let staff: Vec<Staff> = [
+            ("ops.alice", StaffRole::Operations),
+            ("sec.bob", StaffRole::Security),
+            ("comp.carol", StaffRole::Compliance),
+            ("adv.dave", StaffRole::Advisor),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (a, role))| {
+            let seed = seed * 100 + i as u64;
+            Staff {
+                account: acct(a),
+                role,
+                seed,
+                keys: IdentityKeyPair::generate(&mut StdRng::seed_from_u64(seed)),
+            }
+        })
+        .collect();
+        let issued_ms = now_ms() - 2 * DAY;
+        let members = staff.iter().map(Staff::member).collect();
+        let roster = Roster::new(1, None, issued_ms, members, ApprovalPolicy::default()).unwrap();
+        let v1 = root.sign_genesis(roster).unwrap();
+        Self {
+            rng,
+            root,
+            staff,
+            v1,
+            issued_ms,
+        }
+    }
+
+    fn fingerprint(&self) -> OrgFingerprint {
+        self.root.public().fingerprint()
+    }
+
+    /// A bundle for `op` over `params` under roster `version`, initiated by
+    /// `staff[initiator]` and approved by each of `approvers`.
+    fn bundle(
+        &mut self,
+        op: Operation,
+        params: Vec<u8>,
+        version: u64,
+        initiator: usize,
+        approvers: &[usize],
+    ) -> ApprovalBundle {
+        let request = ApprovalRequest::new(
+            op,
+            params,
+            version,
+            now_ms() + HOUR,
+            self.staff[initiator].signer(),
+            &mut self.rng,
+        )
+        .unwrap();
+        let mut bundle =
+            ApprovalBundle::initiate(request.clone(), &self.staff[initiator].keys).unwrap();
+        for &a in approvers {
+            let s = &self.staff[a];
+            bundle
+                .push(Approval::sign(&request, s.account.clone(), &s.keys))
+                .unwrap();
+        }
+        bundle
+    }
+
+    /// Create the staff accounts on `relay` and enrol their devices (past cooling-off).
+    async fn enrol_staff<S: Store>(&self, relay: &TestRelay<S>) -> Vec<TestDevice> {
+        let mut out = Vec::new();
+        for (i, s) in self.staff.iter().enumerate() {
+            relay.account(s.account.as_str(), s.relay_role()).await;
+            let keys = IdentityKeyPair::generate(&mut StdRng::seed_from_u64(s.seed));
+            out.push(
+                relay
+                    .device_with(
+                        &s.account,
+                        keys,
+                        now_ms() - 2 * DAY,
+                        StdRng::seed_from_u64(900 + i as u64),
+                    )
+                    .await,
+            );
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// Seal `text` for `to` as an envelope of `kind`.
+fn seal_kind(
+    dev: &mut TestDevice,
+    session: &mut Session,
+    to: DeviceId,
+    kind: EnvelopeKind,
+    text: &[u8],
+) -> Envelope {
+    let header = RoutingHeader::new(dev.id(), to, kind, now_ms(), &mut dev.rng);
+    session.seal(header, text, &mut dev.rng).unwrap()
+}
+
+async fn send(dev: &TestDevice, env: Envelope) -> Result<FrameBody, NetError> {
+    dev.conn.request(FrameBody::Send { envelope: env }).await
+}
+
+/// The next `device_log_changed` push on `conn` (skipping others), within `WAIT`.
+async fn next_log_change(conn: &RelayConnection) -> Option<(AccountId, u64, String)> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let push = tokio::time::timeout_at(deadline, conn.next_push())
+            .await
+            .ok()??;
+        if let FrameBody::DeviceLogChanged {
+            account,
+            seq,
+            action,
+        } = push
+        {
+            return Some((account, seq, action.as_str().to_owned()));
+        }
+    }
+}
+
+/// Whether the relay closed `conn` (its pushes end) within `WAIT`.
+async fn closed_by_relay(conn: &RelayConnection) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.next_push()).await {
+            Err(_) => return false,
+            Ok(None) => return true,
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+/// A linked device: the whole §19.4 flow, `existing` adding a new identity to its
+/// account. Returns the new device, authenticated, with prekeys published.
+async fn link_device<S: Store>(
+    relay: &TestRelay<S>,
+    existing: &TestDevice,
+    seed: u64,
+) -> TestDevice {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let keys = IdentityKeyPair::generate(&mut rng);
+    let account = existing.account.clone();
+    let n = relay.connect().await;
+    let (link_id, _) = n.link_start(&keys, &account).await.unwrap();
+    let log = existing.conn.get_device_log(&account).await.unwrap();
+    let challenge = LinkChallenge::generate(&mut rng);
+    let body = log.next_body(
+        now_ms(),
+        DeviceAction::Add {
+            identity: keys.public().clone(),
+        },
+        "second device",
+    );
+    existing
+        .conn
+        .link_offer(link_id, challenge, body.clone())
+        .await
+        .unwrap();
+    let state = n.link_poll(link_id).await.unwrap();
+    assert_eq!(state.body.as_ref(), Some(&body));
+    n.link_sign(link_id, body.sign(&keys)).await.unwrap();
+    let links = existing.conn.list_links(&account).await.unwrap();
+    let subject_signature = links
+        .iter()
+        .find(|l| l.link_id == link_id)
+        .and_then(|l| l.subject_signature)
+        .unwrap();
+    let entry = LogEntry {
+        authorization: EntryAuthorization::Device {
+            device: existing.id(),
+            signature: body.sign(&existing.identity),
+        },
+        body,
+        subject_signature: Some(subject_signature),
+    };
+    existing.conn.append_device_log(entry).await.unwrap();
+    assert!(n.link_poll(link_id).await.unwrap().completed);
+    n.authenticate(&keys).await.unwrap();
+    let mut prekeys = PreKeySecrets::new();
+    let spk = prekeys.rotate_signed(&keys, &mut rng);
+    let last = prekeys.rotate_kem_last_resort(&keys, &mut rng);
+    n.upload_prekeys(Some(spk), vec![], vec![], Some(last))
+        .await
+        .unwrap();
+    TestDevice {
+        account,
+        identity: keys,
+        prekeys,
+        conn: n,
+        rng,
+    }
+}
+
+/// An org relay with staff enrolled and roster version 1 published by ops.alice.
+async fn org_relay(
+    seed: u64,
+) -> (
+    Org,
+    TestRelay<sealpost_server::store::memory::MemoryStore>,
+    Vec<TestDevice>,
+) {
+    let org = Org::new(seed);
+    let relay = memory_relay_with_org(org.fingerprint(), lenient).await;
+    let staff = org.enrol_staff(&relay).await;
+    staff[0].conn.publish_roster(org.v1.clone()).await.unwrap();
+    (org, relay, staff)
+}
+
+// ---------------------------------------------------------------------------------------
+// Enrolment
+
+#[tokio::test]
+async fn an_enrolment_code_only_creates_an_accounts_first_device() {
+    let relay = memory_relay(|_| {}).await;
+    let alice = relay.account("alice", Role::Client).await;
+    let first = relay.device(&alice, 1).await;
+    let log = first.conn.get_device_log(&alice).await.unwrap();
+    assert_eq!(log.entries.as_slice().len(), 1);
+    log.verify(None, None, now_ms()).unwrap();
+
+    // A valid code for the same account no longer enrols anyone.
+    let code = relay.code(&alice).await;
+    let second = IdentityKeyPair::generate(&mut StdRng::seed_from_u64(2));
+    let c = relay.connect().await;
+    let (code_err, message) = refusal(
+        c.enroll_with_genesis(
+            &second,
+            &alice,
+            &code,
+            genesis_entry(&alice, &second, now_ms()),
+        )
+        .await,
+    );
+    assert_eq!(code_err, ErrorCode::EnrollmentRefused);
+    assert!(message.contains("already has a device"), "{message}");
+    assert_eq!(
+        refused(c.authenticate(&second).await),
+        ErrorCode::AuthFailed
+    );
+    assert_eq!(relay.relay.store.device_log_len(&alice).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_or_stale_genesis_entry_is_refused_and_keeps_the_code() {
+    let relay = memory_relay(|_| {}).await;
+    let bob = relay.account("bob", Role::Client).await;
+    let code = relay.code(&bob).await;
+    let keys = IdentityKeyPair::generate(&mut StdRng::seed_from_u64(3));
+    let other = IdentityKeyPair::generate(&mut StdRng::seed_from_u64(4));
+    let c = relay.connect().await;
+    // Adds another identity than the one enrolling.
+    assert_eq!(
+        refused(
+            c.enroll_with_genesis(&keys, &bob, &code, genesis_entry(&bob, &other, now_ms()))
+                .await
+        ),
+        ErrorCode::Forbidden
+    );
+    // For another account.
+    assert_eq!(
+        refused(
+            c.enroll_with_genesis(
+                &keys,
+                &bob,
+                &code,
+                genesis_entry(&acct("carl"), &keys, now_ms())
+            )
+            .await
+        ),
+        ErrorCode::Forbidden
+    );
+    // Signed by someone else than the device it adds.
+    let mut forged = genesis_entry(&bob, &keys, now_ms());
+    forged.subject_signature = Some(forged.body.sign(&other));
+    assert_eq!(
+        refused(c.enroll_with_genesis(&keys, &bob, &code, forged).await),
+        ErrorCode::Forbidden
+    );
+    // Back-dated past the relay's freshness bound (1 hour by default): it would skip the
+    // cooling-off.
+    let (code_err, message) = refusal(
+        c.enroll_with_genesis(
+            &keys,
+            &bob,
+            &code,
+            genesis_entry(&bob, &keys, now_ms() - 2 * DAY),
+        )
+        .await,
+    );
+    assert_eq!(code_err, ErrorCode::Forbidden);
+    assert!(message.contains("before it reached the relay"), "{message}");
+    // The code was not consumed by any of these.
+    c.enroll_with_genesis(&keys, &bob, &code, genesis_entry(&bob, &keys, now_ms()))
+        .await
+        .unwrap();
+    c.authenticate(&keys).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Linking
+
+#[tokio::test]
+async fn the_full_link_flow_adds_a_device_that_then_authenticates() {
+    let relay = memory_relay(lenient).await;
+    let alice = relay.account("alice", Role::Client).await;
+    let advisor = relay.account("adv.x", Role::Advisor).await;
+    relay.assign(&alice, &advisor).await;
+    let existing = relay
+        .device_with(
+            &alice,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(10)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(10),
+        )
+        .await;
+    let adv = relay.device(&advisor, 11).await;
+
+    let mut rng = StdRng::seed_from_u64(12);
+    let new = IdentityKeyPair::generate(&mut rng);
+    let n = relay.connect().await;
+    // Not registered yet: it cannot authenticate.
+    assert_eq!(refused(n.authenticate(&new).await), ErrorCode::AuthFailed);
+    let n = relay.connect().await;
+    let (link_id, expires_ms) = n.link_start(&new, &alice).await.unwrap();
+    assert!(expires_ms > now_ms() + DAY - HOUR);
+    let pending = existing.conn.list_links(&alice).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(&pending[0].identity, new.public());
+    assert!(pending[0].body.is_none());
+    let state = n.link_poll(link_id).await.unwrap();
+    assert!(state.challenge.is_none() && !state.completed);
+
+    // Another client may not see or answer the request.
+    let mallory_acct = relay.account("mallory", Role::Client).await;
+    let mallory = relay.device(&mallory_acct, 13).await;
+    assert_eq!(
+        refused(mallory.conn.list_links(&alice).await),
+        ErrorCode::Forbidden
+    );
+
+    let log = existing.conn.get_device_log(&alice).await.unwrap();
+    let challenge = LinkChallenge::generate(&mut rng);
+    let body = log.next_body(
+        now_ms(),
+        DeviceAction::Add {
+            identity: new.public().clone(),
+        },
+        "laptop",
+    );
+    assert_eq!(
+        refused(
+            mallory
+                .conn
+                .link_offer(link_id, challenge, body.clone())
+                .await
+        ),
+        ErrorCode::Forbidden
+    );
+    existing
+        .conn
+        .link_offer(link_id, challenge, body.clone())
+        .await
+        .unwrap();
+
+    // The new device sees the offer and shows its code; both sides compute the same.
+    let state = n.link_poll(link_id).await.unwrap();
+    assert_eq!(state.challenge, Some(challenge));
+    assert_eq!(state.body.as_ref(), Some(&body));
+    let shown = LinkCode::compute(&alice, new.public(), &challenge);
+
+    // A signature by another key, or over another body, is refused.
+    let impostor = IdentityKeyPair::generate(&mut rng);
+    assert_eq!(
+        refused(n.link_sign(link_id, body.sign(&impostor)).await),
+        ErrorCode::Forbidden
+    );
+    let mut other_body = body.clone();
+    other_body.timestamp_ms += 1;
+    assert_eq!(
+        refused(n.link_sign(link_id, other_body.sign(&new)).await),
+        ErrorCode::Forbidden
+    );
+    n.link_sign(link_id, body.sign(&new)).await.unwrap();
+
+    let links = existing.conn.list_links(&alice).await.unwrap();
+    let subject_signature = links[0].subject_signature.unwrap();
+    let typed = LinkCode::compute(&alice, &links[0].identity, &challenge);
+    assert!(typed.matches(shown.digits()));
+
+    // Forged appends: without the new device's signature, or signed by a device that is
+    // not in the log, or with a bad signature.
+    let unsigned = LogEntry {
+        body: body.clone(),
+        authorization: EntryAuthorization::Device {
+            device: existing.id(),
+            signature: body.sign(&existing.identity),
+        },
+        subject_signature: None,
+    };
+    assert_eq!(
+        refused(existing.conn.append_device_log(unsigned).await),
+        ErrorCode::Forbidden
+    );
+    let self_signed = LogEntry {
+        body: body.clone(),
+        authorization: EntryAuthorization::Device {
+            device: new.device_id(),
+            signature: body.sign(&new),
+        },
+        subject_signature: Some(subject_signature),
+    };
+    assert_eq!(
+        refused(existing.conn.append_device_log(self_signed).await),
+        ErrorCode::Forbidden
+    );
+    let bad_sig = LogEntry {
+        body: body.clone(),
+        authorization: EntryAuthorization::Device {
+            device: existing.id(),
+            signature: other_body.sign(&existing.identity),
+        },
+        subject_signature: Some(subject_signature),
+    };
+    assert_eq!(
+        refused(existing.conn.append_device_log(bad_sig).await),
+        ErrorCode::Forbidden
+    );
+    let mut wrong_seq = body.clone();
+    wrong_seq.seq = 5;
+    let gap = LogEntry::signed_by_device(wrong_seq, &existing.identity, Some(&new));
+    assert_eq!(
+        refused(existing.conn.append_device_log(gap).await),
+        ErrorCode::Conflict
+    );
+    assert_eq!(refused(n.authenticate(&new).await), ErrorCode::AuthFailed);
+
+    // The real entry.
+    let n = relay.connect().await;
+    let entry = LogEntry {
+        body: body.clone(),
+        authorization: EntryAuthorization::Device {
+            device: existing.id(),
+            signature: body.sign(&existing.identity),
+        },
+        subject_signature: Some(subject_signature),
+    };
+    existing.conn.append_device_log(entry).await.unwrap();
+    assert!(n.link_poll(link_id).await.unwrap().completed);
+    assert!(existing.conn.list_links(&alice).await.unwrap().is_empty());
+    assert_eq!(
+        n.authenticate(&new).await.unwrap(),
+        (alice.clone(), Role::Client)
+    );
+
+    // The account's devices and its advisor are told.
+    assert_eq!(
+        next_log_change(&existing.conn).await,
+        Some((alice.clone(), 1, "add".to_owned()))
+    );
+    assert_eq!(
+        next_log_change(&adv.conn).await,
+        Some((alice.clone(), 1, "add".to_owned()))
+    );
+    // The log verifies and lists both devices, the new one on probation.
+    let log = n.get_device_log(&alice).await.unwrap();
+    let set = log.verify(None, None, now_ms()).unwrap();
+    assert_eq!(set.devices.len(), 2);
+    assert!(set.device(&new.device_id()).unwrap().on_probation);
+    // Unknown link ids are not found.
+    assert_eq!(refused(n.link_poll([0; 16]).await), ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn link_requests_are_bounded_per_account() {
+    let relay = memory_relay(|_| {}).await;
+    let alice = relay.account("alice", Role::Client).await;
+    let _first = relay.device(&alice, 20).await;
+    let mut rng = StdRng::seed_from_u64(21);
+    for _ in 0..sealpost_protocol::wire::MAX_PENDING_LINKS {
+        let c = relay.connect().await;
+        c.link_start(&IdentityKeyPair::generate(&mut rng), &alice)
+            .await
+            .unwrap();
+    }
+    let c = relay.connect().await;
+    assert_eq!(
+        refused(
+            c.link_start(&IdentityKeyPair::generate(&mut rng), &alice)
+                .await
+        ),
+        ErrorCode::QuotaExceeded
+    );
+    // A signature made for another connection is refused.
+    let other = relay.connect().await;
+    let keys = IdentityKeyPair::generate(&mut rng);
+    let signature = keys.sign(&sealpost_protocol::wire::link_signature_message(
+        other.exporter(),
+        &alice,
+    ));
+    assert_eq!(
+        refused(
+            c.request(FrameBody::LinkStart {
+                account: alice.clone(),
+                identity: keys.public().clone(),
+                signature,
+            })
+            .await
+        ),
+        ErrorCode::AuthFailed
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Probation, freeze, unfreeze
+
+#[tokio::test]
+async fn probation_freeze_and_quorum_unfreeze() {
+    let (mut org, relay, staff) = org_relay(30).await;
+    let client = relay.account("client1", Role::Client).await;
+    relay.assign(&client, &org.staff[3].account).await;
+    let mut existing = relay
+        .device_with(
+            &client,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(31)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(31),
+        )
+        .await;
+    let mut newer = link_device(&relay, &existing, 32).await;
+    let _ = next_log_change(&existing.conn).await;
+    let adv = &staff[3];
+    let _ = next_log_change(&adv.conn).await;
+
+    // The new device is on probation: chat is fine, approvals and instructions are not.
+    let mut s = newer.session_with(&existing).await;
+    let chat = seal_kind(&mut newer, &mut s, existing.id(), EnvelopeKind::Chat, b"hi");
+    assert!(matches!(
+        send(&newer, chat).await.unwrap(),
+        FrameBody::Accepted { .. }
+    ));
+    for kind in [
+        EnvelopeKind::Approval,
+        EnvelopeKind::Instruction,
+        EnvelopeKind::DeviceChange,
+    ] {
+        let env = seal_kind(&mut newer, &mut s, existing.id(), kind, b"pay 1M to X");
+        let (code, message) = refusal(send(&newer, env).await);
+        assert_eq!(code, ErrorCode::Forbidden, "{kind:?}");
+        assert!(message.contains("probation"), "{message}");
+    }
+    // The device past its cooling-off may send them.
+    let mut s2 = existing.session_with(&newer).await;
+    let env = seal_kind(
+        &mut existing,
+        &mut s2,
+        newer.id(),
+        EnvelopeKind::Instruction,
+        b"ok",
+    );
+    assert!(matches!(
+        send(&existing, env).await.unwrap(),
+        FrameBody::Accepted { .. }
+    ));
+
+    // "This wasn't me": the existing device freezes the account.
+    let log = existing.conn.get_device_log(&client).await.unwrap();
+    let freeze = LogEntry::signed_by_device(
+        log.next_body(now_ms(), DeviceAction::Freeze, "this wasn't me"),
+        &existing.identity,
+        None,
+    );
+    existing.conn.append_device_log(freeze).await.unwrap();
+    // The probation device is revoked: its connection is closed, it cannot come back.
+    assert!(closed_by_relay(&newer.conn).await, "connection closed");
+    let c = relay.connect().await;
+    assert_eq!(
+        refused(c.authenticate(&newer.identity).await),
+        ErrorCode::AuthFailed
+    );
+    assert_eq!(
+        next_log_change(&existing.conn).await,
+        Some((client.clone(), 2, "freeze".to_owned()))
+    );
+    assert_eq!(
+        next_log_change(&adv.conn).await,
+        Some((client.clone(), 2, "freeze".to_owned()))
+    );
+    assert!(
+        relay
+            .relay
+            .store
+            .account(&client)
+            .await
+            .unwrap()
+            .unwrap()
+            .frozen
+    );
+    let devices = existing.conn.list_devices(&client).await.unwrap();
+    assert_eq!(devices.len(), 1, "the revoked device is no longer listed");
+
+    // Frozen: no sensitive kinds from any device, but the client can still talk to its
+    // advisor.
+    let mut sa = existing.session_with(adv).await;
+    let env = seal_kind(
+        &mut existing,
+        &mut sa,
+        adv.id(),
+        EnvelopeKind::Instruction,
+        b"x",
+    );
+    let (code, message) = refusal(send(&existing, env).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("frozen"), "{message}");
+    let env = seal_kind(
+        &mut existing,
+        &mut sa,
+        adv.id(),
+        EnvelopeKind::Chat,
+        b"help",
+    );
+    assert!(matches!(
+        send(&existing, env).await.unwrap(),
+        FrameBody::Accepted { .. }
+    ));
+
+    // Unfreezing needs the roster's quorum (two approvers besides the initiator).
+    let log = existing.conn.get_device_log(&client).await.unwrap();
+    let body = log.next_body(now_ms(), DeviceAction::Unfreeze, "checked by phone");
+    let alone = org.bundle(Operation::Unfreeze, body.hash().0.to_vec(), 1, 0, &[]);
+    let one = org.bundle(Operation::Unfreeze, body.hash().0.to_vec(), 1, 0, &[1]);
+    for bundle in [alone, one] {
+        let entry = LogEntry::with_quorum(body.clone(), bundle, None);
+        let (code, message) = refusal(staff[0].conn.append_device_log(entry).await);
+        assert_eq!(code, ErrorCode::Forbidden);
+        assert!(
+            message.contains("quorum") || message.contains("approv"),
+            "{message}"
+        );
+    }
+    // A device of the account cannot unfreeze on its own either.
+    let by_device = LogEntry::signed_by_device(body.clone(), &existing.identity, None);
+    assert_eq!(
+        refused(existing.conn.append_device_log(by_device).await),
+        ErrorCode::Forbidden
+    );
+    assert!(
+        relay
+            .relay
+            .store
+            .account(&client)
+            .await
+            .unwrap()
+            .unwrap()
+            .frozen
+    );
+    let quorum = org.bundle(Operation::Unfreeze, body.hash().0.to_vec(), 1, 0, &[1, 2]);
+    staff[0]
+        .conn
+        .append_device_log(LogEntry::with_quorum(body, quorum, None))
+        .await
+        .unwrap();
+    assert!(
+        !relay
+            .relay
+            .store
+            .account(&client)
+            .await
+            .unwrap()
+            .unwrap()
+            .frozen
+    );
+    assert_eq!(
+        next_log_change(&existing.conn).await,
+        Some((client.clone(), 3, "unfreeze".to_owned()))
+    );
+    let env = seal_kind(
+        &mut existing,
+        &mut sa,
+        adv.id(),
+        EnvelopeKind::Instruction,
+        b"y",
+    );
+    assert!(matches!(
+        send(&existing, env).await.unwrap(),
+        FrameBody::Accepted { .. }
+    ));
+}
+
+#[tokio::test]
+async fn without_an_organisation_quorum_entries_and_notices_are_refused() {
+    let relay = memory_relay(lenient).await;
+    let client = relay.account("c", Role::Client).await;
+    let ops = relay.account("ops", Role::Staff).await;
+    relay.assign(&client, &ops).await;
+    let dev = relay
+        .device_with(
+            &client,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(40)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(40),
+        )
+        .await;
+    let mut staff = relay.device(&ops, 41).await;
+    let log = dev.conn.get_device_log(&client).await.unwrap();
+    let freeze = LogEntry::signed_by_device(
+        log.next_body(now_ms(), DeviceAction::Freeze, ""),
+        &dev.identity,
+        None,
+    );
+    dev.conn.append_device_log(freeze).await.unwrap();
+    let mut org = Org::new(42);
+    let mut log = dev.conn.get_device_log(&client).await.unwrap();
+    let body = log.next_body(now_ms(), DeviceAction::Unfreeze, "");
+    let bundle = org.bundle(Operation::Unfreeze, body.hash().0.to_vec(), 1, 0, &[1, 2]);
+    let entry = LogEntry::with_quorum(body, bundle, None);
+    assert_eq!(
+        refused(staff.conn.append_device_log(entry.clone()).await),
+        ErrorCode::Forbidden
+    );
+    log.push(entry).unwrap();
+    // No roster to serve, none to publish.
+    assert!(staff.conn.get_roster(0).await.unwrap().is_empty());
+    assert_eq!(
+        refused(staff.conn.publish_roster(org.v1.clone()).await),
+        ErrorCode::Forbidden
+    );
+    // Notices cannot be verified.
+    let mut s = staff.session_with(&dev).await;
+    let env = seal_kind(&mut staff, &mut s, dev.id(), EnvelopeKind::Notice, b"n");
+    let header = NoticeHeader::new(
+        NoticeCategory::General,
+        NoticeAudience::Client(client.clone()),
+        b"n",
+        now_ms(),
+        SignerRef::new(ops.clone(), staff.id()),
+        1,
+        &mut org.rng,
+    );
+    let notice = SignedNotice::sign(header, &staff.identity).unwrap();
+    assert_eq!(
+        refused(staff.conn.send_notice(env, notice).await),
+        ErrorCode::Forbidden
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Notices
+
+#[tokio::test]
+async fn notices_need_their_quorum_and_their_audience() {
+    let (mut org, relay, mut staff) = org_relay(50).await;
+    let c1 = relay.account("client1", Role::Client).await;
+    let c2 = relay.account("client2", Role::Client).await;
+    let ops = org.staff[0].account.clone();
+    relay.assign(&c1, &ops).await;
+    relay.assign(&c2, &ops).await;
+    let mut d1 = relay.device(&c1, 51).await;
+    let d2 = relay.device(&c2, 52).await;
+    let sender = &mut staff[0];
+    let mut s1 = sender.session_with(&d1).await;
+    let mut s2 = sender.session_with(&d2).await;
+    let signer = org.staff[0].signer();
+
+    let notice_for = |org: &mut Org, category, audience: NoticeAudience, content: &[u8]| {
+        let header = NoticeHeader::new(
+            category,
+            audience,
+            content,
+            now_ms(),
+            signer.clone(),
+            1,
+            &mut org.rng,
+        );
+        SignedNotice::sign(header, &org.staff[0].keys).unwrap()
+    };
+
+    // A general notice to client1, signed by its sender: accepted.
+    let general = notice_for(
+        &mut org,
+        NoticeCategory::General,
+        NoticeAudience::Client(c1.clone()),
+        b"statement ready",
+    );
+    let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"statement");
+    sender.conn.send_notice(env, general.clone()).await.unwrap();
+    assert!(d1.next_envelope(WAIT).await.is_some());
+
+    // The same notice delivered to client2 (not its audience): refused.
+    let env = seal_kind(sender, &mut s2, d2.id(), EnvelopeKind::Notice, b"statement");
+    let (code, message) = refusal(sender.conn.send_notice(env, general.clone()).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("audience"), "{message}");
+
+    // A notice envelope through plain `send`: refused.
+    let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"sneaky");
+    let (code, message) = refusal(send(sender, env).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("send_notice"), "{message}");
+
+    // A high-risk notice without co-signatures, or with too few: refused.
+    let mut risky = notice_for(
+        &mut org,
+        NoticeCategory::DepositInstruction,
+        NoticeAudience::Client(c1.clone()),
+        b"new deposit address",
+    );
+    let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"addr");
+    assert_eq!(
+        refused(sender.conn.send_notice(env, risky.clone()).await),
+        ErrorCode::Forbidden
+    );
+    let digest = risky.header.digest().0.to_vec();
+    let mut one = risky.clone();
+    one.add_cosignatures(org.bundle(Operation::HighRiskNotice, digest.clone(), 1, 0, &[1]))
+        .unwrap();
+    let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"addr");
+    assert_eq!(
+        refused(sender.conn.send_notice(env, one).await),
+        ErrorCode::Forbidden
+    );
+    // With the quorum (security and compliance besides the initiator): accepted.
+    risky
+        .add_cosignatures(org.bundle(Operation::HighRiskNotice, digest, 1, 0, &[1, 2]))
+        .unwrap();
+    let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"addr");
+    sender.conn.send_notice(env, risky.clone()).await.unwrap();
+
+    // Someone else's notice (ops.alice's, carried by sec.bob's device): refused.
+    relay.assign(&c1, &org.staff[1].account).await;
+    let bob = &mut staff[1];
+    let mut sb = bob.session_with(&d1).await;
+    let env = seal_kind(bob, &mut sb, d1.id(), EnvelopeKind::Notice, b"relay");
+    let (code, message) = refusal(bob.conn.send_notice(env, risky).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("authenticated device"), "{message}");
+
+    // A client cannot send notices at all, even a well-formed one of its own.
+    let mut sc = d1.session_with(&staff[0]).await;
+    let header = NoticeHeader::new(
+        NoticeCategory::General,
+        NoticeAudience::Client(c1.clone()),
+        b"fake",
+        now_ms(),
+        SignerRef::new(c1.clone(), d1.id()),
+        1,
+        &mut org.rng,
+    );
+    let fake = SignedNotice::sign(header, &d1.identity).unwrap();
+    let to = staff[0].id();
+    let env = seal_kind(&mut d1, &mut sc, to, EnvelopeKind::Notice, b"fake");
+    let (code, message) = refusal(d1.conn.send_notice(env, fake).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("staff"), "{message}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Roster chain
+
+#[tokio::test]
+async fn roster_forgery_rollback_and_forks_are_refused_and_the_chain_survives_restarts() {
+    let mut org = Org::new(60);
+    let fp = org.fingerprint();
+    let relay = sqlite_relay_in(tempfile::tempdir().unwrap(), |c| {
+        c.org_fingerprint = Some(fp);
+        lenient(c);
+    })
+    .await;
+    let staff = org.enrol_staff(&relay).await;
+    let client = relay.account("client1", Role::Client).await;
+    let cdev = relay
+        .device_with(
+            &client,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(61)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(61),
+        )
+        .await;
+    assert_eq!(cdev.conn.get_roster_after(0).await.unwrap(), (vec![], 0));
+
+    // Clients do not publish; a version 1 under another root is refused.
+    assert_eq!(
+        refused(cdev.conn.publish_roster(org.v1.clone()).await),
+        ErrorCode::Forbidden
+    );
+    let other_root = OrgRoot::generate(&mut org.rng);
+    let fake_v1 = other_root.sign_genesis(org.v1.roster.clone()).unwrap();
+    assert_eq!(
+        refused(staff[0].conn.publish_roster(fake_v1).await),
+        ErrorCode::Forbidden
+    );
+    staff[0].conn.publish_roster(org.v1.clone()).await.unwrap();
+    // Publishing the same version again is a harmless retry.
+    staff[1].conn.publish_roster(org.v1.clone()).await.unwrap();
+
+    // Version 2 drops the advisor. Forged: too few approvals, approvals for other
+    // content, or signed by the root instead of the quorum.
+    let members: Vec<StaffMember> = org.staff[..3].iter().map(Staff::member).collect();
+    let v2 = org
+        .v1
+        .roster
+        .next(org.issued_ms + DAY, members, ApprovalPolicy::default())
+        .unwrap();
+    let hash = v2.hash().0.to_vec();
+    let weak = org.bundle(Operation::RosterChange, hash.clone(), 1, 0, &[1]);
+    let (code, message) = refusal(
+        staff[0]
+            .conn
+            .publish_roster(SignedRoster::with_quorum(v2.clone(), weak))
+            .await,
+    );
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("roster refused"), "{message}");
+    let elsewhere = org.bundle(Operation::RosterChange, vec![7; 32], 1, 0, &[1, 2]);
+    assert_eq!(
+        refused(
+            staff[0]
+                .conn
+                .publish_roster(SignedRoster::with_quorum(v2.clone(), elsewhere))
+                .await
+        ),
+        ErrorCode::Forbidden
+    );
+    let wrong_role = org.bundle(Operation::RosterChange, hash.clone(), 1, 1, &[3, 0]);
+    assert_eq!(
+        refused(
+            staff[0]
+                .conn
+                .publish_roster(SignedRoster::with_quorum(v2.clone(), wrong_role))
+                .await
+        ),
+        ErrorCode::Forbidden
+    );
+    // A version that skips ahead.
+    let v3_alone = v2
+        .next(
+            org.issued_ms + DAY,
+            org.staff[..3].iter().map(Staff::member).collect(),
+            ApprovalPolicy::default(),
+        )
+        .unwrap();
+    let b = org.bundle(
+        Operation::RosterChange,
+        v3_alone.hash().0.to_vec(),
+        2,
+        0,
+        &[1, 2],
+    );
+    assert_eq!(
+        refused(
+            staff[0]
+                .conn
+                .publish_roster(SignedRoster::with_quorum(v3_alone, b))
+                .await
+        ),
+        ErrorCode::Conflict
+    );
+    // The quorum (security and compliance besides the initiator) publishes version 2.
+    let good = org.bundle(Operation::RosterChange, hash, 1, 0, &[1, 2]);
+    let signed_v2 = SignedRoster::with_quorum(v2, good);
+    staff[0]
+        .conn
+        .publish_roster(signed_v2.clone())
+        .await
+        .unwrap();
+    // Another version 2 (a fork), or version 1 again with other content (a rollback),
+    // are refused.
+    let fork = org
+        .v1
+        .roster
+        .next(
+            org.issued_ms + DAY,
+            org.staff.iter().map(Staff::member).collect(),
+            ApprovalPolicy::default(),
+        )
+        .unwrap();
+    let fb = org.bundle(
+        Operation::RosterChange,
+        fork.hash().0.to_vec(),
+        1,
+        0,
+        &[1, 2],
+    );
+    assert_eq!(
+        refused(
+            staff[0]
+                .conn
+                .publish_roster(SignedRoster::with_quorum(fork, fb))
+                .await
+        ),
+        ErrorCode::Conflict
+    );
+    let older = Roster::new(
+        1,
+        None,
+        org.issued_ms - DAY,
+        org.staff.iter().map(Staff::member).collect(),
+        ApprovalPolicy::default(),
+    )
+    .unwrap();
+    let rollback = org.root.sign_genesis(older).unwrap();
+    assert_eq!(
+        refused(staff[0].conn.publish_roster(rollback).await),
+        ErrorCode::Conflict
+    );
+
+    // What the relay serves verifies from the pin.
+    let (links, latest) = cdev.conn.get_roster_after(0).await.unwrap();
+    assert_eq!(latest, 2);
+    assert_eq!(links, vec![org.v1.clone(), signed_v2.clone()]);
+    sealpost_protocol::trust::RosterChain::verify(&fp, links, None, now_ms()).unwrap();
+    let (after_one, _) = cdev.conn.get_roster_after(1).await.unwrap();
+    assert_eq!(after_one, vec![signed_v2.clone()]);
+
+    // An acknowledged device-log append survives a restart too.
+    let linked = link_device(&relay, &cdev, 62).await;
+    // link_device derives the new device's keys from its seed (first draw).
+    let linked_keys = IdentityKeyPair::generate(&mut StdRng::seed_from_u64(62));
+    assert_eq!(linked_keys.device_id(), linked.id());
+    drop(linked);
+    drop(staff);
+    drop(cdev);
+    let dir = relay.stop().await;
+
+    let relay = sqlite_relay_in(dir, |c| {
+        c.org_fingerprint = Some(fp);
+        lenient(c);
+    })
+    .await;
+    let c = relay.connect().await;
+    assert_eq!(c.authenticate(&linked_keys).await.unwrap().0, client);
+    assert_eq!(c.get_roster_after(0).await.unwrap().1, 2);
+    let log = c.get_device_log(&client).await.unwrap();
+    assert_eq!(log.entries.as_slice().len(), 2);
+    drop(c);
+    let dir = relay.stop().await;
+
+    // Restarted with another organisation's fingerprint, the stored chain does not
+    // verify: the relay refuses to start.
+    let mut config = sealpost_server::config::Config::for_tests(dir.path());
+    config.backend = sealpost_server::config::Backend::Sqlite;
+    config.org_fingerprint = Some(other_root.public().fingerprint());
+    let store =
+        sealpost_server::store::sqlite::SqliteStore::open(&config.data_dir.join("relay.sqlite3"))
+            .unwrap();
+    let server = sealpost_server::Server::bind(config, store).unwrap();
+    let result = tokio::time::timeout(WAIT, server.run(std::future::pending()))
+        .await
+        .expect("run returns at once");
+    match result {
+        Err(sealpost_server::ServerError::Trust(message)) => {
+            assert!(message.contains("does not verify"), "{message}");
+        }
+        other => panic!("expected a trust error, got {other:?}"),
+    }
+}
