@@ -21,11 +21,15 @@ Exit codes:
   4  no profile here, or this device is not enrolled yet
   5  the relay could not be reached (the address tried is printed)
   6  refused by the relay (routing policy, quota, rate limit, enrolment code)
-  7  safety-number verification mismatch
+  7  verification mismatch: safety number, or the code of a device link
+  8  a trust check failed: a roster, device log, approval or notice did not verify
+     (the relay may be misbehaving; nothing was trusted)
 
 Environment:
-  SEALPOST_HOME        the profile directory (default: $HOME/.sealpost)
-  SEALPOST_PASSPHRASE  the profile passphrase (otherwise asked for without echo)";
+  SEALPOST_HOME            the profile directory (default: $HOME/.sealpost)
+  SEALPOST_PASSPHRASE      the profile passphrase (otherwise asked for without echo)
+  SEALPOST_ORG_DIR         the organisation store (`org init`, `org roster sign-genesis`)
+  SEALPOST_ORG_PASSPHRASE  its passphrase (otherwise asked for without echo)";
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +83,11 @@ enum Command {
         /// The one-time enrolment code.
         #[arg(long, value_name = "CODE")]
         code: String,
+        /// The organisation fingerprint (64 hex digits, spaces ignored), printed with the
+        /// code by `sealpost-relay admin issue-code`. Pinned for good: every roster,
+        /// device log, approval and notice is verified from it.
+        #[arg(long, value_name = "FINGERPRINT")]
+        org: Option<String>,
     },
     /// Show this device: account, role, device id, fingerprint, relay.
     Whoami,
@@ -143,9 +152,228 @@ enum Command {
         /// Recipients (repeat the option for several).
         #[arg(long, value_name = "ACCOUNT", num_args = 1.., required_unless_present = "all_clients", conflicts_with = "all_clients")]
         to: Vec<String>,
-        /// Every client account you can reach.
+        /// Every client account you can reach (needs the co-signers of the roster's
+        /// `notice_to_all_clients` quorum: the notice becomes a draft until they approve).
         #[arg(long)]
         all_clients: bool,
+        /// What the notice is about. High-risk categories (payment_instruction,
+        /// deposit_instruction, address_change, security_change) need the roster's
+        /// `high_risk_notice` quorum: the notice becomes a draft that goes to co-signers.
+        #[arg(long, value_enum, default_value_t = cli::trust::Category::General)]
+        category: cli::trust::Category,
+    },
+    /// The organisation: its offline root key and its roster (staff, roles, policy).
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+    /// This account's devices: link a new one, confirm it, list, revoke, freeze;
+    /// staff: recover an account, unfreeze it.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Approval requests (the multi-signature): list, show, approve, reject.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+}
+
+/// `sealpost org ...`
+#[derive(Subcommand)]
+pub enum OrgCommand {
+    /// Create the organisation root key, offline, encrypted under a passphrase
+    /// (SEALPOST_ORG_PASSPHRASE or a prompt), and print its fingerprint.
+    Init {
+        /// The directory of the organisation store (created; keep it offline).
+        #[arg(long, env = "SEALPOST_ORG_DIR", value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Print the organisation fingerprint of a store (no passphrase needed).
+    Fingerprint {
+        /// The directory of the organisation store.
+        #[arg(long, env = "SEALPOST_ORG_DIR", value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// The roster: sign version 1, publish, show, propose and approve changes.
+    Roster {
+        #[command(subcommand)]
+        command: RosterCommand,
+    },
+}
+
+/// `sealpost org roster ...`
+#[derive(Subcommand)]
+pub enum RosterCommand {
+    /// Offline: sign roster version 1 from a specification file with the root key.
+    SignGenesis {
+        /// The directory of the organisation store.
+        #[arg(long, env = "SEALPOST_ORG_DIR", value_name = "DIR")]
+        dir: PathBuf,
+        /// The roster specification (TOML: [[staff]] account, role, devices; [policy]).
+        #[arg(long, value_name = "SPEC.toml")]
+        roster: PathBuf,
+        /// Where to write the signed roster (CBOR).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Publish a signed roster version (e.g. roster-v1.cbor) to the relay (staff).
+    Publish {
+        /// The signed roster file.
+        file: PathBuf,
+    },
+    /// Show the verified roster chain's head: version, staff, roles, policy.
+    Show {
+        /// Print the head as a specification file (TOML) to edit into the next version.
+        #[arg(long)]
+        spec: bool,
+    },
+    /// Propose the next roster version from a specification file; it is published once
+    /// the current roster's `roster_change` quorum approves.
+    Propose {
+        /// The specification of the next version (TOML; `org roster show --spec` is a start).
+        #[arg(long, value_name = "SPEC.toml")]
+        roster: PathBuf,
+        /// Print the differences and stop, without sending anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Approve a roster change (same as `sealpost approvals approve ID`).
+    Approve {
+        /// The request id (32 hex digits; `sealpost approvals list`).
+        request_id: String,
+        /// Do not ask for confirmation (scripts).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `sealpost device ...`
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// On a NEW device: ask to join an account. Shows a 6-digit code; type it on one of
+    /// the account's existing devices (`sealpost device confirm`). Waits until then.
+    Link {
+        /// The account to join.
+        #[arg(long, value_name = "ID")]
+        account: String,
+        /// The relay's UDP address, e.g. 127.0.0.1:7443.
+        #[arg(long, value_name = "ADDR")]
+        relay: String,
+        /// The relay's CA fingerprint (64 hex digits).
+        #[arg(long, value_name = "FINGERPRINT")]
+        ca: String,
+        /// The organisation fingerprint (64 hex digits), as for `enroll`.
+        #[arg(long, value_name = "FINGERPRINT")]
+        org: Option<String>,
+        /// The name on the relay's certificate.
+        #[arg(long, default_value = "localhost", value_name = "NAME")]
+        server_name: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+        wait: u64,
+    },
+    /// On an EXISTING device: review a pending link request (the new device's
+    /// fingerprint), then type the code the new device shows to add it.
+    Confirm {
+        /// The link id (32 hex digits) when several are pending.
+        #[arg(long, value_name = "ID")]
+        link: Option<String>,
+        /// For scripts, once this device has made the offer (an earlier `device
+        /// confirm`): the code the new device shows. Without it the pending request is
+        /// shown, the offer made, and the code read from standard input.
+        #[arg(long, value_name = "DIGITS")]
+        code: Option<String>,
+        /// Seconds to wait for the new device to show its code.
+        #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+        wait: u64,
+    },
+    /// The devices of an account from its verified device log (default: yours).
+    List {
+        /// Another account (staff, advisors, contacts).
+        #[arg(long, value_name = "ID")]
+        account: Option<String>,
+    },
+    /// Remove one of this account's devices (id or fingerprint prefix from `device list`).
+    Revoke {
+        /// The device id (32 hex digits) or a unique prefix of it.
+        device: String,
+        /// Why (kept in the device log).
+        #[arg(long, default_value = "", value_name = "TEXT")]
+        reason: String,
+    },
+    /// "This wasn't me": freeze this account. Devices still on probation are revoked at
+    /// once; staff must unfreeze the account (a quorum).
+    Freeze {
+        /// Why (kept in the device log).
+        #[arg(long, default_value = "this wasn't me", value_name = "TEXT")]
+        reason: String,
+    },
+    /// Staff: recover an account whose devices are all lost, after an out-of-band check.
+    /// The client's new device runs `device link`; this offers it a recovery, asks for
+    /// the code its screen then shows (the client reads it to you on a call you placed),
+    /// and asks the roster's quorum to approve.
+    Recover {
+        /// The client's account.
+        #[arg(long, value_name = "ID")]
+        account: String,
+        /// The link id when several are pending.
+        #[arg(long, value_name = "ID")]
+        link: Option<String>,
+        /// For scripts, once this device has made the offer: the code the client's new
+        /// device shows (read to you out of band). Without it the offer is made and the
+        /// code is read from standard input.
+        #[arg(long, value_name = "DIGITS")]
+        code: Option<String>,
+        /// Why (kept in the device log).
+        #[arg(long, default_value = "account recovery", value_name = "TEXT")]
+        reason: String,
+        /// Seconds to wait for the new device to sign the offer.
+        #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+        wait: u64,
+    },
+    /// Staff: ask the roster's quorum to unfreeze an account.
+    Unfreeze {
+        /// The account.
+        #[arg(long, value_name = "ID")]
+        account: String,
+        /// Why (kept in the device log).
+        #[arg(long, default_value = "unfreeze after review", value_name = "TEXT")]
+        reason: String,
+    },
+}
+
+/// `sealpost approvals ...`
+#[derive(Subcommand)]
+pub enum ApprovalsCommand {
+    /// Requests waiting for you, and your own requests with their progress.
+    List {
+        /// Include finished, rejected and expired requests.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Everything about one request, in full: operation, what exactly is approved,
+    /// initiator, expiry, approvals so far.
+    Show {
+        /// The request id (32 hex digits, or a unique prefix).
+        id: String,
+    },
+    /// Show a request in full, then sign your approval of exactly that content.
+    Approve {
+        /// The request id (32 hex digits, or a unique prefix).
+        id: String,
+        /// Do not ask for confirmation (scripts).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Reject a request (the initiator is told, with your reason).
+    Reject {
+        /// The request id (32 hex digits, or a unique prefix).
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "", value_name = "TEXT")]
+        reason: String,
     },
 }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sealpost_client::client::{Direction, EntryKind, HistoryEntry, RelayInfo};
+use sealpost_client::notices::{NoticeOutcome, NoticeTarget};
 use sealpost_client::{Client, ClientError, Event};
 use sealpost_protocol::content::MAX_TEXT_LEN;
 use sealpost_protocol::identity::AccountId;
@@ -38,7 +39,19 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             server_name,
             account,
             code,
-        } => enroll(ctx, &relay, &ca, server_name, &account, &code).await,
+            org,
+        } => {
+            enroll(
+                ctx,
+                &relay,
+                &ca,
+                server_name,
+                &account,
+                &code,
+                org.as_deref(),
+            )
+            .await
+        }
         Command::Whoami => whoami(ctx),
         Command::Contacts => contacts(ctx).await,
         Command::Send {
@@ -62,11 +75,15 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             body,
             to,
             all_clients,
-        } => notice(ctx, &title, &body, &to, all_clients).await,
+            category,
+        } => notice(ctx, &title, &body, &to, all_clients, category).await,
+        Command::Org { command } => super::trust::org(ctx, command).await,
+        Command::Device { command } => super::trust::device(ctx, command).await,
+        Command::Approvals { command } => super::trust::approvals(ctx, command).await,
     }
 }
 
-fn account_arg(s: &str) -> Result<AccountId, CliError> {
+pub fn account_arg(s: &str) -> Result<AccountId, CliError> {
     AccountId::new(s).map_err(|e| CliError::usage(format!("{s:?} is not a valid account id: {e}")))
 }
 
@@ -110,7 +127,7 @@ fn init(ctx: &Ctx) -> Result<(), CliError> {
     Ok(())
 }
 
-fn parse_relay(relay: &str) -> Result<SocketAddr, CliError> {
+pub fn parse_relay(relay: &str) -> Result<SocketAddr, CliError> {
     let bad = || {
         CliError::usage(format!("--relay {relay:?} is not an address with a port"))
             .hint("for example --relay 127.0.0.1:7443")
@@ -122,7 +139,21 @@ fn parse_relay(relay: &str) -> Result<SocketAddr, CliError> {
     addrs.next().ok_or_else(bad)
 }
 
-fn parse_ca(ca: &str) -> Result<String, CliError> {
+/// `--org`: the organisation fingerprint, 64 hex digits (spaces and colons ignored).
+pub fn parse_org(org: &str) -> Result<String, CliError> {
+    let hex: String = org
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(CliError::usage("--org must be the organisation fingerprint: 64 hex digits")
+            .hint("`sealpost-relay admin issue-code` prints it beside the CA fingerprint; the firm gets it from `sealpost org init`"));
+    }
+    Ok(hex)
+}
+
+pub fn parse_ca(ca: &str) -> Result<String, CliError> {
     let hex: String = ca
         .chars()
         .filter(|c| !c.is_whitespace() && *c != ':')
@@ -142,9 +173,11 @@ async fn enroll(
     server_name: String,
     account: &str,
     code: &str,
+    org: Option<&str>,
 ) -> Result<(), CliError> {
     let addr = parse_relay(relay)?;
     let ca_fingerprint = parse_ca(ca)?;
+    let org_fingerprint = org.map(parse_org).transpose()?;
     let account = account_arg(account)?;
     let mut client = open_profile(ctx)?;
     if let Some(existing) = client.account() {
@@ -159,6 +192,7 @@ async fn enroll(
         addr: at.clone(),
         server_name,
         ca_fingerprint,
+        org_fingerprint: org_fingerprint.clone(),
     };
     let attempt = tokio::time::timeout(ctx.timeout, client.enroll(info, &account, code));
     let role = match with_spinner(ctx.out, format!("enrolling at {at}"), attempt).await {
@@ -180,12 +214,17 @@ async fn enroll(
         "device": client.device_id().to_hex(),
         "fingerprint": fp,
         "relay": at,
+        "org_fingerprint": org_fingerprint,
     }));
     ctx.out.say(format!(
         "Enrolled this device as {account} ({}) at {at}.",
         role_name(Some(role))
     ));
     ctx.out.say(format!("  fingerprint: {fp}"));
+    match &org_fingerprint {
+        Some(o) => ctx.out.say(format!("  organisation (pinned): {o}")),
+        None => ctx.out.say("  no organisation pinned: notices, rosters and approvals cannot be verified on this device"),
+    }
     ctx.out.say("Next: `sealpost contacts` lists whom you can write to; `sealpost verify ACCOUNT` compares safety numbers.");
     Ok(())
 }
@@ -193,7 +232,8 @@ async fn enroll(
 fn whoami(ctx: &Ctx) -> Result<(), CliError> {
     let client = open_profile(ctx)?;
     let fp = client.identity().fingerprint().to_string();
-    let relay = client.relay().map(|r| json!({"addr": r.addr, "server_name": r.server_name, "ca_fingerprint": r.ca_fingerprint}));
+    let identity = sealpost_client::org::identity_hex(client.identity());
+    let relay = client.relay().map(|r| json!({"addr": r.addr, "server_name": r.server_name, "ca_fingerprint": r.ca_fingerprint, "org_fingerprint": r.org_fingerprint}));
     ctx.out.json_line(json!({
         "event": "whoami",
         "home": ctx.home.display().to_string(),
@@ -202,6 +242,7 @@ fn whoami(ctx: &Ctx) -> Result<(), CliError> {
         "role": client.role(),
         "device": client.device_id().to_hex(),
         "fingerprint": fp,
+        "identity": identity,
         "relay": relay,
     }));
     match client.account() {
@@ -214,9 +255,13 @@ fn whoami(ctx: &Ctx) -> Result<(), CliError> {
     }
     ctx.out.say(format!("device id:   {}", client.device_id()));
     ctx.out.say(format!("fingerprint: {fp}"));
+    ctx.out.say(format!("identity:    {identity}"));
     if let Some(r) = client.relay() {
         ctx.out
             .say(format!("relay:       {} ({})", r.addr, r.server_name));
+        if let Some(o) = &r.org_fingerprint {
+            ctx.out.say(format!("org:         {o}"));
+        }
     }
     ctx.out.say(format!("profile:     {}", ctx.home.display()));
     Ok(())
@@ -780,8 +825,9 @@ async fn notice(
     body: &str,
     to: &[String],
     all_clients: bool,
+    category: super::trust::Category,
 ) -> Result<(), CliError> {
-    let mut recipients: Vec<AccountId> = to
+    let recipients: Vec<AccountId> = to
         .iter()
         .map(|s| account_arg(s))
         .collect::<Result<_, _>>()?;
@@ -797,63 +843,106 @@ async fn notice(
     }
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
-    if all_clients {
-        match client.reachable().await {
-            Ok(list) => {
-                recipients = list
-                    .into_iter()
-                    .filter(|(_, r)| *r == Role::Client)
-                    .map(|(a, _)| a)
-                    .collect()
-            }
-            Err(e) => {
-                let _ = finish(&mut client).await;
-                return Err(CliError::from_client(e, Some(&at)));
-            }
-        }
-        if recipients.is_empty() {
-            let _ = finish(&mut client).await;
-            return Err(
-                CliError::failure("no client is reachable from this account")
-                    .hint("ask the operator to assign clients to you"),
-            );
-        }
-    }
+    let targets: Vec<NoticeTarget> = if all_clients {
+        vec![NoticeTarget::AllClients]
+    } else {
+        recipients.into_iter().map(NoticeTarget::Client).collect()
+    };
     let me = client.account().cloned();
     let mut first_error: Option<CliError> = None;
-    let mut sent = 0usize;
-    for r in &recipients {
-        match client.send_notice(r, title, body).await {
-            Ok(report) => {
-                sent += 1;
-                if !ctx.out.json {
-                    print_events(ctx.out, &report.events, me.as_ref())?;
+    let mut failures = 0usize;
+    let mut attempts = 0usize;
+    for target in &targets {
+        let label = match target {
+            NoticeTarget::Client(a) => a.to_string(),
+            NoticeTarget::AllClients => "all clients".to_owned(),
+        };
+        let outcome = client
+            .send_signed_notice(category.to_protocol(), target.clone(), title, body)
+            .await;
+        for e in client.take_events() {
+            ctx.out.event(&e, me.as_ref())?;
+        }
+        match outcome {
+            Ok(NoticeOutcome::Sent {
+                notice_id,
+                reports,
+                failed,
+            }) => {
+                for report in &reports {
+                    attempts += 1;
+                    if !ctx.out.json {
+                        print_events(ctx.out, &report.events, me.as_ref())?;
+                    }
+                    let mut line = tagged("notice_sent", report)?;
+                    if let Some(obj) = line.as_object_mut() {
+                        obj.insert("notice_id".into(), json!(notice_id));
+                    }
+                    ctx.out.json_line(line);
+                    ctx.out.say(format!(
+                        "Notice sent to {} ({} device{}), signed by this device.",
+                        report.to,
+                        report.devices,
+                        if report.devices == 1 { "" } else { "s" }
+                    ));
                 }
-                ctx.out.json_line(tagged("notice_sent", &report)?);
+                for (r, why) in failed {
+                    attempts += 1;
+                    failures += 1;
+                    ctx.out.json_line(json!({"event": "notice_failed", "to": r.as_str(), "notice_id": notice_id, "error": why}));
+                    ctx.out
+                        .note(format!("could not send the notice to {r}: {why}"));
+                    first_error.get_or_insert(CliError::failure(why));
+                }
+            }
+            Ok(NoticeOutcome::Draft {
+                notice_id,
+                requests,
+            }) => {
+                attempts += 1;
+                ctx.out.json_line(json!({
+                    "event": "notice_draft",
+                    "notice_id": notice_id,
+                    "to": label,
+                    "category": category.to_protocol(),
+                    "requests": requests.iter().map(to_json).collect::<Result<Vec<_>, _>>()?,
+                }));
                 ctx.out.say(format!(
-                    "Notice sent to {r} ({} device{}).",
-                    report.devices,
-                    if report.devices == 1 { "" } else { "s" }
+                    "The notice to {label} is a DRAFT: it needs co-signatures before it is sent."
                 ));
+                for r in &requests {
+                    ctx.out.say(format!(
+                        "  request {} ({}): {} approval{} from {}; expires {}",
+                        r.request_id,
+                        r.operation,
+                        r.threshold,
+                        if r.threshold == 1 { "" } else { "s" },
+                        r.roles.join(", "),
+                        super::output::time(r.expires_ms)
+                    ));
+                }
+                ctx.out.say("It went, end-to-end encrypted, to every staff member who may co-sign; they review it with");
+                ctx.out.say("`sealpost approvals show ID` and approve it. It is sent automatically once they have:");
+                ctx.out.say("run `sealpost approvals list` (or keep `sealpost listen` running) to collect their answers.");
             }
             Err(e) => {
+                attempts += 1;
+                failures += 1;
                 let err = CliError::from_client(e, Some(&at));
-                ctx.out.json_line(json!({"event": "notice_failed", "to": r.as_str(), "error": err.message, "exit_code": err.exit as u8}));
-                ctx.out
-                    .note(format!("could not send the notice to {r}: {}", err.message));
+                ctx.out.json_line(json!({"event": "notice_failed", "to": label, "error": err.message, "exit_code": err.exit as u8}));
+                ctx.out.note(format!(
+                    "could not send the notice to {label}: {}",
+                    err.message
+                ));
                 first_error.get_or_insert(err);
             }
         }
     }
     finish(&mut client).await?;
     match first_error {
+        Some(e) if attempts <= 1 => Err(e),
         Some(e) => Err(CliError {
-            message: format!(
-                "{} of {} notices not sent: {}",
-                recipients.len() - sent,
-                recipients.len(),
-                e.message
-            ),
+            message: format!("{failures} of {attempts} notices not sent: {}", e.message),
             ..e
         }),
         None => Ok(()),

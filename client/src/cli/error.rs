@@ -1,6 +1,7 @@
 //! Exit codes and the translation of library errors into friendly, actionable messages.
 
 use sealpost_client::net::NetError;
+use sealpost_client::org::OrgError;
 use sealpost_client::state::StateError;
 use sealpost_client::ClientError;
 use sealpost_protocol::wire::ErrorCode;
@@ -20,8 +21,10 @@ pub enum Exit {
     Unreachable = 5,
     /// 6: the relay refused (policy, quota, rate limit, enrolment code).
     Refused = 6,
-    /// 7: the safety numbers do not match.
+    /// 7: the safety numbers, or a device-link code, do not match.
     Mismatch = 7,
+    /// 8: a roster, device log, approval or notice failed verification.
+    Trust = 8,
 }
 
 impl Exit {
@@ -35,6 +38,7 @@ impl Exit {
             Exit::Unreachable => "relay_unreachable",
             Exit::Refused => "refused",
             Exit::Mismatch => "verification_mismatch",
+            Exit::Trust => "trust_check_failed",
         }
     }
 }
@@ -106,6 +110,47 @@ impl CliError {
                 "nothing was saved; if this repeats, the file may have been altered at the relay",
             ),
             ClientError::Net(n) => Self::from_net(n, at),
+            ClientError::Trust(t) => Self::new(Exit::Trust, format!("trust check failed: {t}"))
+                .hint("nothing was trusted or changed; if this repeats, the relay may be misbehaving: tell your firm's security team"),
+            ClientError::NoRoster(m) => Self::failure(format!("no organisation roster: {m}"))
+                .hint("the firm publishes roster version 1 with `sealpost org roster publish`; devices must be enrolled with `--org`"),
+            ClientError::NotAllowed(m) => Self::new(Exit::Refused, format!("not allowed: {m}")),
+            ClientError::CodeMismatch => Self::new(
+                Exit::Mismatch,
+                "the code does NOT match the one the new device shows; the offer was withdrawn",
+            )
+            .hint("if you did not start this link yourself, run `sealpost device freeze`"),
+            ClientError::Timeout(what) => Self::failure(format!("timed out waiting for {what}"))
+                .hint("try again, with a longer --wait if the command has one"),
+            ClientError::NotFound(m) => Self::failure(format!("not found: {m}")),
+        }
+    }
+
+    /// Translate an organisation-tooling error.
+    pub fn from_org(e: OrgError) -> Self {
+        match e {
+            OrgError::NoStore(dir) => Self::new(
+                Exit::NotEnrolled,
+                format!("no organisation store in {}", dir.display()),
+            )
+            .hint(format!("create one with `sealpost org init --dir {}`", dir.display())),
+            OrgError::Exists(dir) => Self::failure(format!(
+                "{} already holds a Sealpost store; refusing to overwrite it",
+                dir.display()
+            ))
+            .hint("choose another --dir; an organisation root is created once"),
+            OrgError::WrongPassphrase => Self::new(Exit::Passphrase, "wrong passphrase for the organisation store")
+                .hint("check SEALPOST_ORG_PASSPHRASE, or type the passphrase chosen at `sealpost org init`"),
+            OrgError::Locked(dir) => Self::new(
+                Exit::Passphrase,
+                format!("the organisation store in {} is in use by another process", dir.display()),
+            ),
+            e @ OrgError::WeakPassphrase => Self::usage(e.to_string()),
+            e @ OrgError::Spec { .. } => Self::usage(e.to_string())
+                .hint("see `sealpost org roster sign-genesis --help` and README.md (Organisation setup) for the format"),
+            e @ OrgError::SignedRosterFile { .. } => Self::usage(e.to_string()),
+            e @ OrgError::Trust(_) => Self::usage(e.to_string()),
+            e @ (OrgError::Damaged(..) | OrgError::Io(..)) => Self::failure(e.to_string()),
         }
     }
 
@@ -159,6 +204,7 @@ impl CliError {
                     },
                     ErrorCode::QuotaExceeded => e.hint("the recipient's mailbox is full; try again once they have read their messages"),
                     ErrorCode::NotFound => e.hint("check the account id; `sealpost contacts` lists whom you can write to"),
+                    ErrorCode::Conflict => e.hint("someone else changed the same thing at the same time; run the command again"),
                     _ => e,
                 }
             }

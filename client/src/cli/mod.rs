@@ -3,6 +3,7 @@
 pub mod commands;
 pub mod error;
 pub mod output;
+pub mod trust;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -105,35 +106,45 @@ fn home_dir(given: Option<PathBuf>) -> Result<PathBuf, CliError> {
 
 /// The passphrase: `SEALPOST_PASSPHRASE`, or a prompt without echo (twice with `confirm`).
 pub fn passphrase(confirm: bool) -> Result<Zeroizing<String>, CliError> {
-    if let Some(p) = std::env::var_os("SEALPOST_PASSPHRASE") {
+    passphrase_from("SEALPOST_PASSPHRASE", "Passphrase", confirm)
+}
+
+/// A passphrase from the environment variable `var`, or a prompt without echo (twice
+/// with `confirm`).
+pub fn passphrase_from(
+    var: &str,
+    prompt: &str,
+    confirm: bool,
+) -> Result<Zeroizing<String>, CliError> {
+    if let Some(p) = std::env::var_os(var) {
         return p
             .into_string()
             .map(Zeroizing::new)
-            .map_err(|_| CliError::usage("SEALPOST_PASSPHRASE is not valid UTF-8"));
+            .map_err(|_| CliError::usage(format!("{var} is not valid UTF-8")));
     }
     if !std::io::stdin().is_terminal() && !Path::new("/dev/tty").exists() {
-        return Err(no_passphrase());
+        return Err(no_passphrase(var));
     }
-    let first =
-        Zeroizing::new(rpassword::prompt_password("Passphrase: ").map_err(|_| no_passphrase())?);
+    let first = Zeroizing::new(
+        rpassword::prompt_password(format!("{prompt}: ")).map_err(|_| no_passphrase(var))?,
+    );
     if confirm {
         let second = Zeroizing::new(
-            rpassword::prompt_password("Passphrase again: ").map_err(|_| no_passphrase())?,
+            rpassword::prompt_password(format!("{prompt} again: "))
+                .map_err(|_| no_passphrase(var))?,
         );
         if *first != *second {
-            return Err(
-                CliError::usage("the two passphrases differ").hint("run `sealpost init` again")
-            );
+            return Err(CliError::usage("the two passphrases differ").hint("run the command again"));
         }
     }
     Ok(first)
 }
 
-fn no_passphrase() -> CliError {
-    CliError::usage(
-        "no passphrase: standard input is not a terminal and SEALPOST_PASSPHRASE is not set",
-    )
-    .hint("set SEALPOST_PASSPHRASE, or run the command in a terminal")
+fn no_passphrase(var: &str) -> CliError {
+    CliError::usage(format!(
+        "no passphrase: standard input is not a terminal and {var} is not set"
+    ))
+    .hint(format!("set {var}, or run the command in a terminal"))
 }
 
 /// Open the profile (asking for the passphrase), without requiring enrolment.

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::error::CliError;
 
 /// Keys whose values are byte identifiers (serialized by the library as byte strings).
-const ID_KEYS: [&str; 4] = ["id", "message_id", "device", "message_ids"];
+const ID_KEYS: [&str; 5] = ["id", "message_id", "device", "message_ids", "revoked"];
 
 /// Where output goes and in which form.
 #[derive(Clone, Copy)]
@@ -92,6 +92,105 @@ impl Out {
                 kem_one_time,
             } => {
                 tracing::debug!(one_time, kem_one_time, "prekeys published");
+            }
+            Event::UntrustedDevice {
+                account,
+                device,
+                fingerprint,
+                seen_in,
+            } => {
+                let fp = fingerprint.as_deref().unwrap_or("(keys unknown)");
+                eprintln!("WARNING: UNTRUSTED DEVICE for {account}: device {device} ({fp}) seen in the relay's {seen_in},");
+                eprintln!("WARNING:   but {account}'s signed device log does not list it. Nothing is encrypted to it");
+                eprintln!(
+                    "WARNING:   and nothing from it is trusted. The relay may be compromised."
+                );
+                if me == Some(account) {
+                    eprintln!("WARNING:   This is YOUR account: if you did not add a device, run `sealpost device freeze` now.");
+                } else {
+                    eprintln!("WARNING:   Tell {account} and your firm through another channel.");
+                }
+            }
+            Event::DeviceAdded {
+                account,
+                device,
+                fingerprint,
+                probation_until_ms,
+            } => {
+                if me == Some(account) {
+                    eprintln!("WARNING: A NEW DEVICE WAS ADDED TO YOUR ACCOUNT {account}:");
+                    eprintln!("WARNING:   device {device}  {fingerprint}");
+                    eprintln!(
+                        "WARNING:   on probation until {} (it cannot send approvals or instructions until then)",
+                        time(*probation_until_ms)
+                    );
+                    eprintln!("WARNING:   If this wasn't you, run `sealpost device freeze` NOW: it revokes the new device");
+                    eprintln!("WARNING:   and freezes the account until your firm has checked it.");
+                } else {
+                    eprintln!(
+                        "note: {account} added a device {device} ({fingerprint}); on probation until {}",
+                        time(*probation_until_ms)
+                    );
+                }
+            }
+            Event::FreezeChanged { account, frozen } => {
+                if *frozen {
+                    eprintln!("WARNING: account {account} is FROZEN: its devices on probation were revoked; staff must unfreeze it.");
+                } else {
+                    eprintln!("note: account {account} was unfrozen by a staff quorum.");
+                }
+            }
+            Event::TrustRefused { subject, reason } => {
+                eprintln!("WARNING: REFUSED {subject} from the relay: {reason}");
+                eprintln!("WARNING:   The relay may be misbehaving or compromised; the last verified state is kept.");
+            }
+            Event::RosterUpdated { version } => {
+                println!(
+                    "  organisation roster updated to version {version} (sealpost org roster show)"
+                );
+            }
+            Event::ApprovalRequested { request } => {
+                let v = to_json(request)?;
+                let id = v["request_id"].as_str().unwrap_or("?");
+                let op = v["operation"].as_str().unwrap_or("?");
+                let from = v["initiator"].as_str().unwrap_or("?");
+                println!("  APPROVAL REQUESTED by {from}: {op} (request {id})");
+                println!("    review it in full: sealpost approvals show {id}");
+            }
+            Event::ApprovalAnswered {
+                request_id,
+                approver,
+                approved,
+                reason,
+            } => {
+                let what = if *approved { "approved" } else { "REJECTED" };
+                let why = if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {reason}")
+                };
+                println!("  {approver} {what} request {request_id}{why}");
+            }
+            Event::ApprovalRefused {
+                request_id,
+                from,
+                reason,
+            } => {
+                eprintln!("WARNING: refused an approval message from {from} (request {request_id}): {reason}");
+            }
+            Event::OperationCompleted {
+                request_id,
+                operation,
+                summary,
+            } => {
+                println!("  quorum reached for request {request_id} ({operation}): {summary}");
+            }
+            Event::OperationFailed {
+                request_id,
+                operation,
+                reason,
+            } => {
+                eprintln!("WARNING: request {request_id} ({operation}) reached its quorum but could not be carried out: {reason}");
             }
         }
         Ok(())
@@ -221,10 +320,37 @@ pub fn format_entry(e: &HistoryEntry) -> String {
             } else {
                 format!("you -> {}", e.peer)
             };
+            let verdict = match (&e.notice, d) {
+                (Some(n), _) if n.authenticated => format!("\n      [{}]", n.summary),
+                (Some(n), _) => format!(
+                    "\n      !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n      !!! NOT AUTHENTICATED: DO NOT ACT ON THIS NOTICE\n      !!! reason: {}\n      !!! It may not come from your firm. Call your advisor on a number you know.\n      !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+                    n.reason.as_deref().unwrap_or("it did not verify")
+                ),
+                (None, Direction::In) => "\n      !!! NOT AUTHENTICATED: no signature was checked; do not act on this notice".to_owned(),
+                (None, Direction::Out) => String::new(),
+            };
+            let category = match e.notice.as_ref().and_then(|n| n.category) {
+                Some(c) if c != sealpost_protocol::trust::NoticeCategory::General => {
+                    format!(" [{}]", category_name(c))
+                }
+                _ => String::new(),
+            };
             format!(
-                "[{when}] NOTICE {who}: {title}{status}\n      {}",
+                "[{when}] NOTICE{category} {who}: {title}{status}\n      {}{verdict}",
                 indent(&e.body)
             )
         }
+    }
+}
+
+/// The snake_case name of a notice category.
+pub fn category_name(c: sealpost_protocol::trust::NoticeCategory) -> &'static str {
+    use sealpost_protocol::trust::NoticeCategory as C;
+    match c {
+        C::General => "general",
+        C::PaymentInstruction => "payment_instruction",
+        C::DepositInstruction => "deposit_instruction",
+        C::AddressChange => "address_change",
+        C::SecurityChange => "security_change",
     }
 }

@@ -1,0 +1,1278 @@
+//! The trust commands: `org` (root key and roster), `device` (linking, revocation,
+//! freezing, recovery), `approvals`, and what notices need from them.
+//!
+//! The offline `org` commands use [`sealpost_client::org`]; everything that talks to the
+//! relay goes through [`sealpost_client::Client`].
+
+use std::io::{BufRead, Read};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sealpost_client::approvals::{ApprovalDirection, ApprovalStatus, ApprovalView};
+use sealpost_client::client::RelayInfo;
+use sealpost_client::org::{self, OrgStore, RosterSpec};
+use sealpost_client::trust::{AccountDevices, DeviceView, LinkProgress, PendingLinkView};
+use sealpost_client::{Client, ClientError};
+use sealpost_protocol::content::ApprovalSubject;
+use sealpost_protocol::identity::{AccountId, DeviceId};
+use sealpost_protocol::trust::{NoticeCategory, Operation, Roster};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::commands::{account_arg, parse_ca, parse_org, parse_relay};
+use super::error::CliError;
+use super::output::{tagged as to_json_tagged, time};
+use super::{
+    connect, finish, open_enrolled, open_profile, passphrase_from, relay_addr, with_spinner, Ctx,
+};
+use crate::{ApprovalsCommand, DeviceCommand, OrgCommand, RosterCommand};
+
+/// The organisation passphrase variable.
+const ORG_PASSPHRASE: &str = "SEALPOST_ORG_PASSPHRASE";
+
+/// `--category` of `sealpost notice`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum Category {
+    /// An ordinary notice (signed by the sender alone, unless sent to all clients).
+    General,
+    /// Payment instructions (high risk: co-signed).
+    PaymentInstruction,
+    /// Deposit instructions (high risk: co-signed).
+    DepositInstruction,
+    /// A change of address (high risk: co-signed).
+    AddressChange,
+    /// A security change (high risk: co-signed).
+    SecurityChange,
+}
+
+impl Category {
+    /// The protocol's category.
+    pub fn to_protocol(self) -> NoticeCategory {
+        match self {
+            Self::General => NoticeCategory::General,
+            Self::PaymentInstruction => NoticeCategory::PaymentInstruction,
+            Self::DepositInstruction => NoticeCategory::DepositInstruction,
+            Self::AddressChange => NoticeCategory::AddressChange,
+            Self::SecurityChange => NoticeCategory::SecurityChange,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// `sealpost org ...`
+pub async fn org(ctx: &Ctx, command: OrgCommand) -> Result<(), CliError> {
+    match command {
+        OrgCommand::Init { dir } => org_init(ctx, &dir),
+        OrgCommand::Fingerprint { dir } => org_fingerprint(ctx, &dir),
+        OrgCommand::Roster { command } => match command {
+            RosterCommand::SignGenesis { dir, roster, out } => {
+                sign_genesis(ctx, &dir, &roster, &out)
+            }
+            RosterCommand::Publish { file } => roster_publish(ctx, &file).await,
+            RosterCommand::Show { spec } => roster_show(ctx, spec).await,
+            RosterCommand::Propose { roster, dry_run } => {
+                roster_propose(ctx, &roster, dry_run).await
+            }
+            RosterCommand::Approve { request_id, yes } => {
+                approvals(
+                    ctx,
+                    ApprovalsCommand::Approve {
+                        id: request_id,
+                        yes,
+                    },
+                )
+                .await
+            }
+        },
+    }
+}
+
+fn org_init(ctx: &Ctx, dir: &Path) -> Result<(), CliError> {
+    if dir.join("state.sealed").exists() {
+        return Err(CliError::from_org(org::OrgError::Exists(dir.to_owned())));
+    }
+    let pass = passphrase_from(ORG_PASSPHRASE, "Organisation passphrase", true)?;
+    let mut rng = rand::rngs::OsRng;
+    let store = OrgStore::init(dir, &pass, now_ms(), &mut rng).map_err(CliError::from_org)?;
+    let fp = store.fingerprint();
+    let fp_file = dir.join(org::FINGERPRINT_FILE);
+    ctx.out.json_line(json!({
+        "event": "org_initialized",
+        "dir": dir.display().to_string(),
+        "org_fingerprint": fp.to_hex(),
+        "fingerprint_file": fp_file.display().to_string(),
+    }));
+    ctx.out.say(format!(
+        "Created the organisation root in {} (encrypted under your passphrase).",
+        dir.display()
+    ));
+    ctx.out.say(format!("  organisation fingerprint: {fp}"));
+    ctx.out
+        .say(format!("  also written to:          {}", fp_file.display()));
+    ctx.out
+        .say("Keep this directory offline and backed up; the root key never leaves it.");
+    ctx.out.say("Next:");
+    ctx.out
+        .say("  1. set org_fingerprint in the relay's configuration to the fingerprint above;");
+    ctx.out.say("  2. write the roster (staff, roles, device identities from `sealpost whoami --json`, policy)");
+    ctx.out.say(format!(
+        "     and sign it: sealpost org roster sign-genesis --dir {} --roster roster.toml --out roster-v1.cbor",
+        dir.display()
+    ));
+    ctx.out
+        .say("  3. publish it from a staff device: sealpost org roster publish roster-v1.cbor");
+    Ok(())
+}
+
+fn org_fingerprint(ctx: &Ctx, dir: &Path) -> Result<(), CliError> {
+    let fp = org::read_fingerprint(dir).map_err(|e| match e {
+        org::OrgError::Io(..) if !dir.join("state.sealed").exists() => {
+            CliError::from_org(org::OrgError::NoStore(dir.to_owned()))
+        }
+        other => CliError::from_org(other),
+    })?;
+    ctx.out
+        .json_line(json!({"event": "org_fingerprint", "org_fingerprint": fp.to_hex()}));
+    ctx.out.say(format!("organisation fingerprint: {fp}"));
+    Ok(())
+}
+
+fn sign_genesis(ctx: &Ctx, dir: &Path, spec_path: &Path, out: &Path) -> Result<(), CliError> {
+    // Check the specification before asking for the passphrase.
+    let spec = RosterSpec::from_file(spec_path).map_err(CliError::from_org)?;
+    let roster = spec.genesis(now_ms()).map_err(CliError::from_org)?;
+    if out.exists() {
+        return Err(CliError::usage(format!(
+            "{} already exists; choose another --out",
+            out.display()
+        )));
+    }
+    if !dir.join("state.sealed").exists() {
+        return Err(CliError::from_org(org::OrgError::NoStore(dir.to_owned())));
+    }
+    let pass = passphrase_from(ORG_PASSPHRASE, "Organisation passphrase", false)?;
+    let store = OrgStore::open(dir, &pass).map_err(CliError::from_org)?;
+    let signed = store.sign_genesis(roster).map_err(CliError::from_org)?;
+    org::write_signed_roster(out, &signed).map_err(CliError::from_org)?;
+    let fp = store.fingerprint();
+    let r = &signed.roster;
+    ctx.out.json_line(json!({
+        "event": "roster_signed",
+        "version": r.version(),
+        "hash": hex::encode(r.hash().0),
+        "org_fingerprint": fp.to_hex(),
+        "staff": roster_staff_json(r),
+        "policy": policy_json(r),
+        "out": out.display().to_string(),
+    }));
+    ctx.out.say(format!(
+        "Signed roster version {} with the organisation root {fp}.",
+        r.version()
+    ));
+    print_roster_text(ctx, r);
+    ctx.out.say(format!("Written to {}.", out.display()));
+    ctx.out.say(format!(
+        "Next: publish it from a staff device listed in it: sealpost org roster publish {}",
+        out.display()
+    ));
+    Ok(())
+}
+
+/// The staff of a roster as JSON.
+pub fn roster_staff_json(r: &Roster) -> serde_json::Value {
+    serde_json::Value::Array(
+        r.staff()
+            .iter()
+            .map(|m| {
+                json!({
+                    "account": m.account.as_str(),
+                    "role": m.role.name(),
+                    "devices": m.devices.iter().map(|d| json!({
+                        "device": d.device_id().to_hex(),
+                        "fingerprint": d.fingerprint().to_string(),
+                        "identity": org::identity_hex(d),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The policy of a roster as JSON.
+pub fn policy_json(r: &Roster) -> serde_json::Value {
+    let p = r.policy();
+    let mut quorums = serde_json::Map::new();
+    for op in Operation::ALL {
+        let q = p.quorum(op);
+        quorums.insert(
+            op.name().to_owned(),
+            json!({
+                "threshold": q.threshold,
+                "roles": q.roles.roles().iter().map(|r| r.name()).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    json!({
+        "quorums": quorums,
+        "cooling_off_ms": p.cooling_off_ms,
+        "sensitive_kinds": p.sensitive_kinds.iter().map(|k| org::kind_name(*k)).collect::<Vec<_>>(),
+    })
+}
+
+/// The roster in words.
+pub fn print_roster_text(ctx: &Ctx, r: &Roster) {
+    ctx.out.say(format!(
+        "Roster version {} (issued {}, hash {})",
+        r.version(),
+        time(r.issued_ms()),
+        hex::encode(&r.hash().0[..8])
+    ));
+    ctx.out.say(format!("  Staff ({}):", r.staff().len()));
+    for m in r.staff() {
+        ctx.out.say(format!(
+            "    {:<28} {:<11} {} device{}",
+            m.account.as_str(),
+            m.role.name(),
+            m.devices.len(),
+            if m.devices.len() == 1 { "" } else { "s" }
+        ));
+        for d in &m.devices {
+            ctx.out.say(format!("        {}", d.fingerprint()));
+        }
+    }
+    ctx.out
+        .say("  Policy (approvals besides the initiator's own):");
+    let p = r.policy();
+    for op in Operation::ALL {
+        ctx.out.say(format!(
+            "    {:<22} {}",
+            op.name(),
+            org::describe_quorum(p.quorum(op))
+        ));
+    }
+    ctx.out.say(format!(
+        "    cooling-off            {}",
+        org::describe_ms(p.cooling_off_ms)
+    ));
+    let kinds: Vec<&str> = p
+        .sensitive_kinds
+        .iter()
+        .map(|k| org::kind_name(*k))
+        .collect();
+    ctx.out.say(format!(
+        "    sensitive kinds        {} (refused from devices on probation)",
+        kinds.join(", ")
+    ));
+}
+
+/// An error inside a flow that must still disconnect and save.
+enum Flow {
+    Client(ClientError),
+    Cli(CliError),
+}
+
+impl From<ClientError> for Flow {
+    fn from(e: ClientError) -> Self {
+        Flow::Client(e)
+    }
+}
+
+impl From<CliError> for Flow {
+    fn from(e: CliError) -> Self {
+        Flow::Cli(e)
+    }
+}
+
+/// Open the enrolled profile and connect; returns the client and the relay address.
+async fn begin(ctx: &Ctx) -> Result<(Client, String), CliError> {
+    let mut client = open_enrolled(ctx)?;
+    connect(ctx, &mut client).await?;
+    let at = relay_addr(&client);
+    Ok((client, at))
+}
+
+/// Disconnect and save whatever happened, print the events the library raised on the
+/// way (untrusted devices, refused logs, approvals...), then report `result`.
+async fn end<T>(
+    ctx: &Ctx,
+    client: &mut Client,
+    at: &str,
+    result: Result<T, Flow>,
+) -> Result<T, CliError> {
+    let events = client.take_events();
+    let me = client.account().cloned();
+    let finished = finish(client).await;
+    for e in &events {
+        ctx.out.event(e, me.as_ref())?;
+    }
+    let value = result.map_err(|e| match e {
+        Flow::Client(e) => CliError::from_client(e, Some(at)),
+        Flow::Cli(e) => e,
+    })?;
+    finished?;
+    Ok(value)
+}
+
+/// Fetch what waits at the relay (approval requests and answers arrive as messages; an
+/// initiator's operation is carried out once its quorum is in) and print the events.
+async fn fetch(ctx: &Ctx, client: &mut Client) -> Result<(), Flow> {
+    let me = client.account().cloned();
+    let events = client.receive(true, Duration::from_secs(5)).await?;
+    for e in &events {
+        ctx.out.event(e, me.as_ref())?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// org roster: show, publish, propose
+// ---------------------------------------------------------------------------------------
+
+async fn roster_show(ctx: &Ctx, spec: bool) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let result: Result<_, Flow> = async {
+        let chain = client.roster().await?.ok_or_else(|| {
+            Flow::Cli(
+                CliError::failure("the relay serves no organisation roster yet").hint(
+                    "the firm signs version 1 offline (`sealpost org roster sign-genesis`) and a staff member publishes it (`sealpost org roster publish roster-v1.cbor`)",
+                ),
+            )
+        })?;
+        let head = chain.head().clone();
+        let head_ref = chain.head_ref();
+        let pinned = chain.pinned().to_hex();
+        let approvers: Vec<String> = chain
+            .change_proof(head.version())
+            .map(|p| p.accounts().iter().map(|a| a.as_str().to_owned()).collect())
+            .unwrap_or_default();
+        Ok((head, head_ref, pinned, approvers))
+    }
+    .await;
+    let (head, head_ref, pinned, approvers) = end(ctx, &mut client, &at, result).await?;
+    if spec {
+        let text = RosterSpec::from_roster(&head)
+            .to_toml()
+            .map_err(CliError::from_org)?;
+        ctx.out
+            .json_line(json!({"event": "roster_spec", "version": head.version(), "spec": text}));
+        if !ctx.out.json {
+            println!(
+                "# Roster version {} as a specification: edit it and run\n# sealpost org roster propose --roster FILE",
+                head.version()
+            );
+            print!("{text}");
+        }
+        return Ok(());
+    }
+    ctx.out.json_line(json!({
+        "event": "roster",
+        "version": head.version(),
+        "hash": hex::encode(head_ref.hash.0),
+        "issued_ms": head.issued_ms(),
+        "org_fingerprint": pinned,
+        "authorized_by": if head.version() == 1 { json!("organisation root") } else { json!(approvers) },
+        "staff": roster_staff_json(&head),
+        "policy": policy_json(&head),
+    }));
+    ctx.out.say(format!(
+        "Verified from the pinned organisation fingerprint {pinned}."
+    ));
+    print_roster_text(ctx, &head);
+    if head.version() == 1 {
+        ctx.out.say("  Signed by the organisation root.");
+    } else {
+        ctx.out
+            .say(format!("  Approved by: {}", approvers.join(", ")));
+    }
+    Ok(())
+}
+
+async fn roster_publish(ctx: &Ctx, file: &Path) -> Result<(), CliError> {
+    let signed = org::read_signed_roster(file).map_err(CliError::from_org)?;
+    let (mut client, at) = begin(ctx).await?;
+    let result = client
+        .publish_signed_roster(signed)
+        .await
+        .map_err(Flow::from);
+    let version = end(ctx, &mut client, &at, result).await?;
+    ctx.out.json_line(json!({"event": "roster_published", "version": version, "file": file.display().to_string()}));
+    ctx.out.say(format!(
+        "Published roster version {version}; it verified from the pinned organisation fingerprint."
+    ));
+    ctx.out
+        .say("Every device fetches and verifies it; `sealpost org roster show` shows it.");
+    Ok(())
+}
+
+async fn roster_propose(ctx: &Ctx, spec_path: &Path, dry_run: bool) -> Result<(), CliError> {
+    let spec = RosterSpec::from_file(spec_path).map_err(CliError::from_org)?;
+    let (mut client, at) = begin(ctx).await?;
+    let result: Result<_, Flow> = async {
+        let head = client
+            .roster()
+            .await?
+            .map(|c| c.head().clone())
+            .ok_or_else(|| {
+                Flow::Cli(CliError::failure("there is no roster to change yet").hint(
+                    "version 1 is signed offline with `sealpost org roster sign-genesis` and published with `sealpost org roster publish`",
+                ))
+            })?;
+        let next = spec
+            .next_of(&head, now_ms())
+            .map_err(|e| Flow::Cli(CliError::from_org(e)))?;
+        let diff = org::roster_diff(&head, &next);
+        if diff.is_empty() {
+            return Err(Flow::Cli(CliError::usage(format!(
+                "{} describes roster version {} unchanged; nothing to propose",
+                spec_path.display(),
+                head.version()
+            ))));
+        }
+        let view = if dry_run {
+            None
+        } else {
+            Some(client.propose_roster(next.clone()).await?)
+        };
+        Ok((head, next, diff, view))
+    }
+    .await;
+    let (head, next, diff, view) = end(ctx, &mut client, &at, result).await?;
+    ctx.out.json_line(json!({
+        "event": if view.is_some() { "roster_proposed" } else { "roster_diff" },
+        "from_version": head.version(),
+        "version": next.version(),
+        "hash": hex::encode(next.hash().0),
+        "changes": super::output::to_json(&diff)?,
+        "request": view.as_ref().map(super::output::to_json).transpose()?,
+    }));
+    ctx.out.say(format!(
+        "Roster version {} -> {}:",
+        head.version(),
+        next.version()
+    ));
+    for c in &diff {
+        ctx.out.say(format!("  {c}"));
+    }
+    match view {
+        None => ctx.out.say("(dry run: nothing was sent)"),
+        Some(v) => {
+            ctx.out.say(format!(
+                "Sent for approval as request {} (needs {} approval{} from {}; expires {}).",
+                v.request_id,
+                v.threshold,
+                if v.threshold == 1 { "" } else { "s" },
+                v.roles.join(", "),
+                time(v.expires_ms)
+            ));
+            ctx.out.say("It is published automatically once the quorum approves: run `sealpost approvals list` (or keep `sealpost listen` running) to collect the answers.");
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// device
+// ---------------------------------------------------------------------------------------
+
+/// `sealpost device ...`
+pub async fn device(ctx: &Ctx, command: DeviceCommand) -> Result<(), CliError> {
+    match command {
+        DeviceCommand::Link {
+            account,
+            relay,
+            ca,
+            org,
+            server_name,
+            wait,
+        } => {
+            let relay = RelayInfo {
+                addr: parse_relay(&relay)?.to_string(),
+                server_name,
+                ca_fingerprint: parse_ca(&ca)?,
+                org_fingerprint: org.as_deref().map(parse_org).transpose()?,
+            };
+            device_link(
+                ctx,
+                relay,
+                &account_arg(&account)?,
+                Duration::from_secs(wait),
+            )
+            .await
+        }
+        DeviceCommand::Confirm { link, code, wait } => {
+            let code = code.as_deref().map(check_code).transpose()?;
+            device_confirm(ctx, link.as_deref(), code, Duration::from_secs(wait)).await
+        }
+        DeviceCommand::List { account } => {
+            let account = account.as_deref().map(account_arg).transpose()?;
+            device_list(ctx, account.as_ref()).await
+        }
+        DeviceCommand::Revoke { device, reason } => device_revoke(ctx, &device, &reason).await,
+        DeviceCommand::Freeze { reason } => device_freeze(ctx, &reason).await,
+        DeviceCommand::Recover {
+            account,
+            link,
+            code,
+            reason,
+            wait,
+        } => {
+            let code = code.as_deref().map(check_code).transpose()?;
+            device_recover(
+                ctx,
+                &account_arg(&account)?,
+                link.as_deref(),
+                code,
+                &reason,
+                Duration::from_secs(wait),
+            )
+            .await
+        }
+        DeviceCommand::Unfreeze { account, reason } => {
+            device_unfreeze(ctx, &account_arg(&account)?, &reason).await
+        }
+    }
+}
+
+fn check_code(code: &str) -> Result<&str, CliError> {
+    let digits = code.chars().filter(|c| !c.is_whitespace()).count();
+    if digits != 6
+        || code
+            .chars()
+            .any(|c| !c.is_ascii_digit() && !c.is_whitespace())
+    {
+        return Err(CliError::usage(
+            "--code takes the 6 digits the new device shows",
+        ));
+    }
+    Ok(code)
+}
+
+async fn device_link(
+    ctx: &Ctx,
+    relay: RelayInfo,
+    account: &AccountId,
+    wait: Duration,
+) -> Result<(), CliError> {
+    let mut client = open_profile(ctx)?;
+    if let Some(existing) = client.account() {
+        return Err(CliError::failure(format!(
+            "this device is already enrolled as {existing} at {}",
+            relay_addr(&client)
+        ))
+        .hint("run `sealpost device link` on the NEW device (a fresh `sealpost init` profile)"));
+    }
+    let at = relay.addr.clone();
+    let attempt = tokio::time::timeout(ctx.timeout, client.link_start(relay, account));
+    let ticket = match with_spinner(ctx.out, format!("asking {at} to link"), attempt).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err(CliError::from_client(e, Some(&at))),
+        Err(_) => {
+            return Err(CliError::unreachable(
+                &at,
+                format!("no answer within {} s", ctx.timeout.as_secs()),
+            ))
+        }
+    };
+    ctx.out.json_line(to_json_tagged("link_started", &ticket)?);
+    ctx.out.say(format!(
+        "Asked to join {account} as a new device (request {}, lapses {}).",
+        ticket.link_id,
+        time(ticket.expires_ms)
+    ));
+    ctx.out.say(format!(
+        "  this device's fingerprint: {}",
+        ticket.fingerprint
+    ));
+    ctx.out.say(format!(
+        "On one of {account}'s existing devices, run:  sealpost device confirm"
+    ));
+    ctx.out
+        .say("It shows this device's fingerprint: check that it matches the one above.");
+    let deadline = Instant::now() + wait;
+    let mut shown: Option<String> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            client.disconnect();
+            return Err(CliError::failure(format!(
+                "no existing device of {account} confirmed this device within {} s",
+                wait.as_secs()
+            ))
+            .hint("run `sealpost device link` again (with a longer --wait) and confirm it on an existing device"));
+        }
+        match client
+            .link_progress(left.min(Duration::from_secs(20)))
+            .await
+        {
+            Ok(LinkProgress::Waiting) => {}
+            Ok(LinkProgress::Offered { code, action }) => {
+                if shown.as_deref() != Some(code.as_str()) {
+                    ctx.out.json_line(json!({
+                        "event": "link_code",
+                        "link_id": ticket.link_id,
+                        "code": code,
+                        "action": action,
+                    }));
+                    ctx.out.say("");
+                    if action == "recover" {
+                        ctx.out.say(format!(
+                            "    Read this code to the staff member recovering your account:  {code}"
+                        ));
+                    } else {
+                        ctx.out.say(format!(
+                            "    Type this code on the existing device:  {code}"
+                        ));
+                    }
+                    ctx.out.say("");
+                    ctx.out.note("waiting for the confirmation...");
+                    shown = Some(code);
+                }
+            }
+            Ok(LinkProgress::Completed { role }) => {
+                let fp = client.identity().fingerprint().to_string();
+                let events = client.take_events();
+                let finished = finish(&mut client).await;
+                let me = client.account().cloned();
+                for e in &events {
+                    ctx.out.event(e, me.as_ref())?;
+                }
+                finished?;
+                ctx.out.json_line(json!({
+                    "event": "linked",
+                    "account": account.as_str(),
+                    "role": role,
+                    "device": client.device_id().to_hex(),
+                    "fingerprint": fp,
+                    "relay": at,
+                }));
+                ctx.out.say(format!(
+                    "Linked: this device is now a device of {account} at {at}."
+                ));
+                ctx.out.say("It is on probation for the roster's cooling-off window: it can read, but cannot send approvals or instructions yet.");
+                return Ok(());
+            }
+            Err(e) => {
+                client.disconnect();
+                return Err(CliError::from_client(e, Some(&at)));
+            }
+        }
+    }
+}
+
+/// Pick the pending link: `--link` (a unique prefix is enough), or the only one.
+fn pick_link<'a>(
+    links: &'a [PendingLinkView],
+    wanted: Option<&str>,
+    account: &AccountId,
+) -> Result<&'a PendingLinkView, CliError> {
+    match wanted {
+        Some(w) => {
+            let w = w.trim().to_ascii_lowercase();
+            let matching: Vec<&PendingLinkView> =
+                links.iter().filter(|l| l.link_id.starts_with(&w)).collect();
+            match matching.as_slice() {
+                [one] => Ok(one),
+                [] => Err(CliError::failure(format!(
+                    "no pending link request {w} for {account}"
+                ))
+                .hint("it may have lapsed (24 hours) or been completed; run without --link to list the pending ones")),
+                _ => Err(CliError::usage(format!(
+                    "--link {w} matches several requests; give more digits"
+                ))),
+            }
+        }
+        None => match links {
+            [one] => Ok(one),
+            [] => Err(
+                CliError::failure(format!("no device is asking to join {account}"))
+                    .hint("start `sealpost device link --account ...` on the new device first"),
+            ),
+            _ => Err(CliError::usage(format!(
+                "{} devices are asking to join {account}; choose one with --link ID",
+                links.len()
+            ))),
+        },
+    }
+}
+
+fn print_links(ctx: &Ctx, links: &[PendingLinkView]) -> Result<(), CliError> {
+    for l in links {
+        ctx.out.json_line(to_json_tagged("pending_link", l)?);
+    }
+    if links.len() > 1 {
+        ctx.out.say("Pending link requests:");
+        for l in links {
+            ctx.out.say(format!(
+                "  {}  device {}  {}  (asked {})",
+                l.link_id,
+                l.device,
+                l.fingerprint,
+                time(l.created_ms)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Read one line from standard input (bounded); `None` at end of input or if empty.
+fn read_line(prompt: &str, out: super::output::Out) -> Result<Option<String>, CliError> {
+    if !out.json {
+        eprint!("{prompt}");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(1024)
+        .read_line(&mut line)
+        .map_err(|e| CliError::failure(format!("reading standard input: {e}")))?;
+    let line = line.trim().to_owned();
+    Ok((!line.is_empty()).then_some(line))
+}
+
+/// Read the code from standard input (one line; spaces ignored).
+fn read_code(out: super::output::Out, from: &str) -> Result<String, CliError> {
+    let line = read_line(
+        &format!("Type the 6-digit code {from} (Enter to cancel): "),
+        out,
+    )?;
+    match line {
+        Some(l) => Ok(l.chars().filter(|c| !c.is_whitespace()).collect()),
+        None => Err(
+            CliError::failure("cancelled: no code typed; nothing was added")
+                .hint("run the command again once the new device shows its code"),
+        ),
+    }
+}
+
+fn show_link(ctx: &Ctx, link: &PendingLinkView, recovery: bool) {
+    if recovery {
+        ctx.out.say(format!(
+            "A new device asks to join {} (to RECOVER the account):",
+            link.account
+        ));
+    } else {
+        ctx.out.say(format!(
+            "A NEW DEVICE asks to join your account {}:",
+            link.account
+        ));
+    }
+    ctx.out.say(format!("  device id:   {}", link.device));
+    ctx.out.say(format!("  fingerprint: {}", link.fingerprint));
+    ctx.out
+        .say(format!("  asked at:    {}", time(link.created_ms)));
+}
+
+async fn device_confirm(
+    ctx: &Ctx,
+    wanted: Option<&str>,
+    code: Option<&str>,
+    wait: Duration,
+) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let me = client
+        .account()
+        .cloned()
+        .ok_or_else(CliError::not_enrolled)?;
+    let result: Result<DeviceView, Flow> = async {
+        let links = client.pending_links(None).await?;
+        print_links(ctx, &links)?;
+        let link = pick_link(&links, wanted, &me)?.clone();
+        show_link(ctx, &link, false);
+        let typed = match code {
+            // Scripts: the offer was made earlier (by this device); the code came from it.
+            Some(c) => {
+                if !link.offered_by_me {
+                    return Err(Flow::Cli(CliError::usage(
+                        "--code is only for a link this device has already offered: run `sealpost device confirm` without it (it offers, then asks for the code)",
+                    )));
+                }
+                c.to_owned()
+            }
+            None => {
+                ctx.out.say("Check that this fingerprint is the one the new device prints. If you did not start");
+                ctx.out.say("this yourself, do not confirm: press Enter, then run `sealpost device freeze`.");
+                let offered = client.offer_link(&link.link_id).await?;
+                ctx.out.json_line(to_json_tagged("link_offered", &offered)?);
+                ctx.out.note("Offered: the new device now shows a 6-digit code.");
+                read_code(ctx.out, "the new device shows")?
+            }
+        };
+        Ok(client.confirm_link(&link.link_id, &typed, wait).await?)
+    }
+    .await;
+    let added = end(ctx, &mut client, &at, result).await?;
+    ctx.out.json_line(to_json_tagged("device_added", &added)?);
+    ctx.out.say(format!(
+        "Added device {} ({}) to {me}.",
+        added.device, added.fingerprint
+    ));
+    ctx.out.say(format!(
+        "It is on probation until {}; every other device of {me} has been told.",
+        time(added.probation_until_ms)
+    ));
+    Ok(())
+}
+
+fn print_devices(ctx: &Ctx, d: &AccountDevices) -> Result<(), CliError> {
+    ctx.out.json_line(to_json_tagged("devices", d)?);
+    ctx.out.say(format!(
+        "Devices of {} (from its signed device log, {} entr{}){}:",
+        d.account,
+        d.log_entries,
+        if d.log_entries == 1 { "y" } else { "ies" },
+        if d.frozen { " -- ACCOUNT FROZEN" } else { "" }
+    ));
+    for v in &d.devices {
+        let probation = if v.on_probation {
+            format!("  ON PROBATION until {}", time(v.probation_until_ms))
+        } else {
+            String::new()
+        };
+        ctx.out.say(format!(
+            "  {} {}  {}  added {}{probation}",
+            if v.this_device { "*" } else { " " },
+            v.device,
+            v.fingerprint,
+            time(v.added_ms)
+        ));
+    }
+    if !d.revoked.is_empty() {
+        ctx.out
+            .say(format!("  revoked devices: {}", d.revoked.len()));
+    }
+    if d.devices.iter().any(|v| v.this_device) {
+        ctx.out.say("(* = this device)");
+    }
+    if d.frozen {
+        ctx.out.say("The account is frozen: staff must unfreeze it (`sealpost device unfreeze`, approved by a quorum).");
+    }
+    Ok(())
+}
+
+async fn device_list(ctx: &Ctx, account: Option<&AccountId>) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let result = match account {
+        Some(a) => client.account_devices(a).await,
+        None => client.devices().await,
+    }
+    .map_err(Flow::from);
+    let devices = end(ctx, &mut client, &at, result).await?;
+    print_devices(ctx, &devices)
+}
+
+async fn device_revoke(ctx: &Ctx, wanted: &str, reason: &str) -> Result<(), CliError> {
+    let wanted = wanted.trim().to_ascii_lowercase();
+    if wanted.len() < 4 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(CliError::usage(
+            "give the device id (32 hex digits, or at least its first 4) from `sealpost device list`",
+        ));
+    }
+    let (mut client, at) = begin(ctx).await?;
+    let result: Result<_, Flow> = async {
+        let list = client.devices().await?;
+        let matching: Vec<DeviceId> = list
+            .devices
+            .iter()
+            .filter(|v| v.device.to_hex().starts_with(&wanted))
+            .map(|v| v.device)
+            .collect();
+        let device = match matching.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(Flow::Cli(
+                    CliError::failure(format!("no active device {wanted} in this account"))
+                        .hint("`sealpost device list` shows the active devices"),
+                ))
+            }
+            _ => {
+                return Err(Flow::Cli(CliError::usage(format!(
+                    "{wanted} matches several devices; give more digits"
+                ))))
+            }
+        };
+        let after = client.revoke_device(&device, reason).await?;
+        Ok((device, after))
+    }
+    .await;
+    let (device, after) = end(ctx, &mut client, &at, result).await?;
+    ctx.out
+        .json_line(json!({"event": "device_revoked", "device": device.to_hex()}));
+    ctx.out.say(format!(
+        "Revoked device {device}; the relay closed its connections."
+    ));
+    print_devices(ctx, &after)
+}
+
+async fn device_freeze(ctx: &Ctx, reason: &str) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let result = client.freeze_account(reason).await.map_err(Flow::from);
+    let after = end(ctx, &mut client, &at, result).await?;
+    ctx.out.json_line(json!({
+        "event": "frozen",
+        "account": after.account.as_str(),
+        "revoked": after.revoked.iter().map(|d| d.to_hex()).collect::<Vec<_>>(),
+    }));
+    ctx.out.say(format!("Account {} is FROZEN.", after.account));
+    ctx.out.say("Every device still on probation was revoked. Contact your firm through a channel you trust;");
+    ctx.out.say(
+        "staff unfreeze the account once they have checked it (that needs several approvals).",
+    );
+    print_devices(ctx, &after)
+}
+
+fn print_request_sent(ctx: &Ctx, v: &ApprovalView) -> Result<(), CliError> {
+    ctx.out.json_line(to_json_tagged("approval_requested", v)?);
+    ctx.out.say(format!(
+        "Sent for approval as request {} ({}; needs {} approval{} from {}; expires {}).",
+        v.request_id,
+        v.operation,
+        v.threshold,
+        if v.threshold == 1 { "" } else { "s" },
+        v.roles.join(", "),
+        time(v.expires_ms)
+    ));
+    ctx.out.say("It is carried out automatically once the quorum approves: run `sealpost approvals list` (or keep `sealpost listen` running) to collect the answers.");
+    Ok(())
+}
+
+async fn device_recover(
+    ctx: &Ctx,
+    account: &AccountId,
+    wanted: Option<&str>,
+    code: Option<&str>,
+    reason: &str,
+    wait: Duration,
+) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let result: Result<ApprovalView, Flow> = async {
+        let links = client.pending_links(Some(account)).await?;
+        print_links(ctx, &links)?;
+        let link = pick_link(&links, wanted, account)?.clone();
+        show_link(ctx, &link, true);
+        let typed = match code {
+            Some(c) => {
+                if !link.offered_by_me {
+                    return Err(Flow::Cli(CliError::usage(
+                        "--code is only for a recovery this device has already offered: run `sealpost device recover --account ...` without it first (it offers, then asks for the code)",
+                    )));
+                }
+                c.to_owned()
+            }
+            None => {
+                let offered = client.offer_recovery(account, &link.link_id, reason).await?;
+                ctx.out.json_line(to_json_tagged("link_offered", &offered)?);
+                ctx.out.say(format!("Offered a recovery of {account} to this device. Its screen now shows a 6-digit code:"));
+                ctx.out.say("ask the client to read it to you, on a call YOU placed to the number on file.");
+                read_code(ctx.out, "the client reads to you")?
+            }
+        };
+        Ok(client.start_recovery(&link.link_id, &typed, wait).await?)
+    }
+    .await;
+    let view = end(ctx, &mut client, &at, result).await?;
+    print_request_sent(ctx, &view)
+}
+
+async fn device_unfreeze(ctx: &Ctx, account: &AccountId, reason: &str) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let result = client
+        .propose_unfreeze(account, reason)
+        .await
+        .map_err(Flow::from);
+    let view = end(ctx, &mut client, &at, result).await?;
+    print_request_sent(ctx, &view)
+}
+
+// ---------------------------------------------------------------------------------------
+// approvals
+// ---------------------------------------------------------------------------------------
+
+/// `sealpost approvals ...`
+pub async fn approvals(ctx: &Ctx, command: ApprovalsCommand) -> Result<(), CliError> {
+    match command {
+        ApprovalsCommand::List { all } => approvals_list(ctx, all).await,
+        ApprovalsCommand::Show { id } => approvals_show(ctx, &id).await,
+        ApprovalsCommand::Approve { id, yes } => {
+            approvals_decide(ctx, &id, Decision::Approve { yes }).await
+        }
+        ApprovalsCommand::Reject { id, reason } => {
+            approvals_decide(ctx, &id, Decision::Reject { reason }).await
+        }
+    }
+}
+
+fn is_open(v: &ApprovalView) -> bool {
+    matches!(
+        v.status,
+        ApprovalStatus::Pending | ApprovalStatus::QuorumReached
+    ) && v.expires_ms > now_ms()
+}
+
+async fn approvals_list(ctx: &Ctx, all: bool) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let result = fetch(ctx, &mut client).await;
+    end(ctx, &mut client, &at, result).await?;
+    let views: Vec<ApprovalView> = client
+        .approvals()
+        .into_iter()
+        .filter(|v| all || is_open(v))
+        .collect();
+    for v in &views {
+        ctx.out.json_line(to_json_tagged("approval", v)?);
+    }
+    let waiting = views
+        .iter()
+        .filter(|v| {
+            v.direction == ApprovalDirection::Incoming && v.status == ApprovalStatus::Pending
+        })
+        .count();
+    ctx.out
+        .json_line(json!({"event": "approvals", "shown": views.len(), "waiting_for_you": waiting}));
+    if views.is_empty() {
+        ctx.out.say(if all {
+            "No approval requests."
+        } else {
+            "No open approval requests (`--all` shows finished ones)."
+        });
+        return Ok(());
+    }
+    ctx.out.say(format!(
+        "{:<32}  {:<8}  {:<21}  {:<16}  {:<14}  expires",
+        "request", "side", "operation", "initiator", "status"
+    ));
+    for v in &views {
+        let side = match v.direction {
+            ApprovalDirection::Incoming => "to you",
+            ApprovalDirection::Outgoing => "yours",
+        };
+        let status = match v.direction {
+            ApprovalDirection::Outgoing => format!(
+                "{} ({}/{})",
+                status_name(v.status),
+                v.approvals.len(),
+                v.threshold
+            ),
+            ApprovalDirection::Incoming => status_name(v.status).to_owned(),
+        };
+        ctx.out.say(format!(
+            "{:<32}  {:<8}  {:<21}  {:<16}  {:<14}  {}",
+            v.request_id,
+            side,
+            v.operation,
+            v.initiator.as_str(),
+            status,
+            time(v.expires_ms)
+        ));
+    }
+    if waiting > 0 {
+        ctx.out.say(format!(
+            "{waiting} request{} wait{} for your decision: `sealpost approvals show ID`, then `approve ID` or `reject ID`.",
+            if waiting == 1 { "" } else { "s" },
+            if waiting == 1 { "s" } else { "" }
+        ));
+    }
+    Ok(())
+}
+
+fn status_name(s: ApprovalStatus) -> &'static str {
+    match s {
+        ApprovalStatus::Pending => "pending",
+        ApprovalStatus::QuorumReached => "quorum reached",
+        ApprovalStatus::Approved => "approved",
+        ApprovalStatus::Rejected => "rejected",
+        ApprovalStatus::Completed => "completed",
+        ApprovalStatus::Failed => "FAILED",
+        ApprovalStatus::Expired => "expired",
+    }
+}
+
+/// Resolve a request id (a unique prefix is enough).
+fn resolve_request(client: &Client, wanted: &str) -> Result<String, CliError> {
+    let w = wanted.trim().to_ascii_lowercase();
+    if w.is_empty() || !w.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(CliError::usage(
+            "a request id is hex digits (see `sealpost approvals list`)",
+        ));
+    }
+    let ids: Vec<String> = client
+        .approvals()
+        .into_iter()
+        .map(|v| v.request_id)
+        .filter(|id| id.starts_with(&w))
+        .collect();
+    match ids.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(
+            CliError::failure(format!("no approval request {w} on this device"))
+                .hint("`sealpost approvals list --all` lists the requests this device holds"),
+        ),
+        _ => Err(CliError::usage(format!(
+            "{w} matches several requests; give more digits"
+        ))),
+    }
+}
+
+/// Everything about a request, in full: what exactly is signed.
+fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), CliError> {
+    // A roster change is also shown as what changes against the version it replaces.
+    let mut diff: Option<Vec<org::RosterChange>> = None;
+    if let Some(rec) = client.approval_record(&v.request_id) {
+        if let ApprovalSubject::RosterChange { roster } = &rec.subject {
+            if let Some(prev) = client
+                .cached_roster()
+                .and_then(|c| c.get(roster.version().saturating_sub(1)))
+            {
+                diff = Some(org::roster_diff(prev, roster));
+            }
+        }
+    }
+    let mut line = to_json_tagged("approval", v)?;
+    if let (Some(d), Some(obj)) = (&diff, line.as_object_mut()) {
+        obj.insert("roster_changes".into(), super::output::to_json(d)?);
+    }
+    ctx.out.json_line(line);
+    if ctx.out.json {
+        return Ok(());
+    }
+    let side = match v.direction {
+        ApprovalDirection::Incoming => "asks for YOUR approval",
+        ApprovalDirection::Outgoing => "is YOUR request",
+    };
+    println!("Approval request {} {side}", v.request_id);
+    println!("  operation:      {}", v.operation);
+    println!(
+        "  initiator:      {} (device {})",
+        v.initiator, v.initiator_device
+    );
+    println!("  roster version: {}", v.roster_version);
+    println!("  expires:        {}", time(v.expires_ms));
+    println!(
+        "  quorum:         {} approval{} from {} (the initiator does not count)",
+        v.threshold,
+        if v.threshold == 1 { "" } else { "s" },
+        v.roles.join(", ")
+    );
+    println!("  status:         {}", status_name(v.status));
+    if !v.detail.is_empty() {
+        println!("  detail:         {}", v.detail);
+    }
+    if v.direction == ApprovalDirection::Outgoing {
+        let names: Vec<&str> = v.approvals.iter().map(AccountId::as_str).collect();
+        println!(
+            "  approvals:      {}/{} {}",
+            v.approvals.len(),
+            v.threshold,
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!("({})", names.join(", "))
+            }
+        );
+        for r in &v.responses {
+            if !r.approved {
+                println!(
+                    "  REJECTED by {}{}",
+                    r.approver,
+                    if r.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", r.reason)
+                    }
+                );
+            }
+        }
+    }
+    println!("  signed digest:  {}", v.digest);
+    println!(
+        "  parameters:     {} (digest of what follows)",
+        v.parameters
+    );
+    println!();
+    println!("What is approved, in full:");
+    for l in v.summary.lines() {
+        println!("  | {l}");
+    }
+    if let Some(d) = diff {
+        println!();
+        println!("Changes against the current roster:");
+        for c in d {
+            println!("  {c}");
+        }
+    }
+    Ok(())
+}
+
+async fn approvals_show(ctx: &Ctx, wanted: &str) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let result = fetch(ctx, &mut client).await;
+    end(ctx, &mut client, &at, result).await?;
+    let id = resolve_request(&client, wanted)?;
+    let view = client
+        .approval(&id)
+        .ok_or_else(|| CliError::failure(format!("no approval request {id}")))?;
+    print_request(ctx, &client, &view)
+}
+
+enum Decision {
+    Approve { yes: bool },
+    Reject { reason: String },
+}
+
+async fn approvals_decide(ctx: &Ctx, wanted: &str, decision: Decision) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let result: Result<ApprovalView, Flow> = async {
+        fetch(ctx, &mut client).await?;
+        let id = resolve_request(&client, wanted)?;
+        let view = client
+            .approval(&id)
+            .ok_or_else(|| CliError::failure(format!("no approval request {id}")))?;
+        if view.direction == ApprovalDirection::Outgoing {
+            return Err(Flow::Cli(CliError::usage(
+                "this is your own request: the initiator never approves it (others must)",
+            )));
+        }
+        if view.status != ApprovalStatus::Pending {
+            return Err(Flow::Cli(CliError::failure(format!(
+                "request {id} is already {}",
+                status_name(view.status)
+            ))));
+        }
+        match &decision {
+            Decision::Approve { yes } => {
+                print_request(ctx, &client, &view)?;
+                if !*yes {
+                    let answer = read_line(
+                        "\nApprove exactly this? Type 'yes' to sign your approval: ",
+                        ctx.out,
+                    )?;
+                    if !answer.is_some_and(|a| a.eq_ignore_ascii_case("yes")) {
+                        return Err(Flow::Cli(CliError::failure(
+                            "not approved: you did not type 'yes'",
+                        )));
+                    }
+                }
+                Ok(client.approve(&id).await?)
+            }
+            Decision::Reject { reason } => Ok(client.reject_approval(&id, reason).await?),
+        }
+    }
+    .await;
+    let view = end(ctx, &mut client, &at, result).await?;
+    let (tag, said) = match decision {
+        Decision::Approve { .. } => ("approved", "Approved"),
+        Decision::Reject { .. } => ("rejected", "Rejected"),
+    };
+    ctx.out.json_line(to_json_tagged(tag, &view)?);
+    ctx.out.say(format!(
+        "{said} request {} ({} by {}); the initiator has been told.",
+        view.request_id, view.operation, view.initiator
+    ));
+    Ok(())
+}
