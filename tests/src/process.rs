@@ -23,13 +23,19 @@ pub struct RelayProcess {
 /// Write a relay configuration for a test directory: dev certificates in `dir/certs`,
 /// data in `dir/data`, high limits, metrics at the given address or off.
 pub fn write_config(dir: &Path, metrics: Option<SocketAddr>) -> PathBuf {
+    write_config_with(dir, metrics, "")
+}
+
+/// [`write_config`] with extra `[limits]` lines (each ending in a newline), for example
+/// `"max_log_entry_age_secs = 2592000\n"`.
+pub fn write_config_with(dir: &Path, metrics: Option<SocketAddr>, limits_extra: &str) -> PathBuf {
     let metrics_line = match metrics {
         Some(m) => format!("metrics_listen = \"{m}\"\n"),
         // Tests run in parallel and the default metrics port is fixed.
         None => "metrics_listen = \"off\"\n".to_owned(),
     };
     let text = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n{metrics_line}backend = \"sqlite\"\n\n[tls]\ndev_dir = \"{certs}\"\n\n[limits]\nsend_rate = {{ per_second = 100000.0, burst = 100000.0 }}\nauth_failures_per_ip = {{ per_second = 1000.0, burst = 1000.0 }}\n",
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{data}\"\n{metrics_line}backend = \"sqlite\"\n\n[tls]\ndev_dir = \"{certs}\"\n\n[limits]\nsend_rate = {{ per_second = 100000.0, burst = 100000.0 }}\nauth_failures_per_ip = {{ per_second = 1000.0, burst = 1000.0 }}\n{limits_extra}",
         data = dir.join("data").display(),
         certs = dir.join("certs").display(),
     );

@@ -19,7 +19,7 @@ use sealpost_protocol::{IdentityKeyPair, MessageId, PreKeySecrets, Session};
 use sealpost_server::admin;
 use sealpost_server::store::sqlite::SqliteStore;
 use sealpost_server::store::MailboxStore;
-use sealpost_tests::process::{write_config, RelayProcess};
+use sealpost_tests::process::{write_config, write_config_with, RelayProcess};
 use tokio::sync::watch;
 
 const KILLS: usize = 5;
@@ -303,4 +303,89 @@ async fn sigkill_while_sending_loses_nothing_acknowledged() {
         logs.contains("device authenticated"),
         "debug logs were captured"
     );
+}
+
+/// A device-log append the relay acknowledged (`done`) survives a SIGKILL right after it:
+/// the linked device authenticates after the restart and the log holds both entries. The
+/// pending link itself lived in memory and is gone. The organisation fingerprint is
+/// configured through the environment and announced at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_device_log_append_survives_sigkill() {
+    use sealpost_protocol::trust::{DeviceAction, LinkChallenge, LogEntry, OrgRoot};
+    use sealpost_protocol::wire::ErrorCode;
+    use sealpost_tests::{genesis_entry, now_ms};
+
+    const DAY: u64 = 24 * 60 * 60 * 1000;
+    let dir = tempfile::tempdir().unwrap();
+    // Devices enrolled "two days ago" are past their cooling-off and may link others.
+    let config = write_config_with(dir.path(), None, "max_log_entry_age_secs = 2592000\n");
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let account = AccountId::new("kill-client").unwrap();
+    let code = {
+        let store = SqliteStore::open(&dir.path().join("data").join("relay.sqlite3")).unwrap();
+        admin::create_account(&store, &account, Role::Client)
+            .await
+            .unwrap();
+        let c = admin::issue_code(&store, &account, 3600)
+            .await
+            .unwrap()
+            .code;
+        store.flush().await.unwrap();
+        c
+    };
+    let mut rng = StdRng::seed_from_u64(77);
+    let org = OrgRoot::generate(&mut rng).public().fingerprint().to_hex();
+    let env = [("SEALPOST_RELAY_ORG_FINGERPRINT", org.as_str())];
+    let relay = RelayProcess::start(Path::new(BIN), &config, &env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !relay.log_text().contains(&org) {
+        assert!(Instant::now() < deadline, "org fingerprint not announced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let existing = IdentityKeyPair::generate(&mut rng);
+    let ce = RelayConnection::connect(&relay.address()).await.unwrap();
+    ce.enroll_with_genesis(
+        &existing,
+        &account,
+        &code,
+        genesis_entry(&account, &existing, now_ms() - 2 * DAY),
+    )
+    .await
+    .unwrap();
+    ce.authenticate(&existing).await.unwrap();
+    let new = IdentityKeyPair::generate(&mut rng);
+    let cn = RelayConnection::connect(&relay.address()).await.unwrap();
+    let (link_id, _) = cn.link_start(&new, &account).await.unwrap();
+    let log = ce.get_device_log(&account).await.unwrap();
+    let body = log.next_body(
+        now_ms(),
+        DeviceAction::Add {
+            identity: new.public().clone(),
+        },
+        "phone",
+    );
+    ce.link_offer(link_id, LinkChallenge::generate(&mut rng), body.clone())
+        .await
+        .unwrap();
+    cn.link_sign(link_id, body.sign(&new)).await.unwrap();
+    ce.append_device_log(LogEntry::signed_by_device(body, &existing, Some(&new)))
+        .await
+        .unwrap();
+    // Acknowledged: kill at once.
+    relay.kill();
+
+    let relay = RelayProcess::start(Path::new(BIN), &config, &env);
+    let c = RelayConnection::connect(&relay.address()).await.unwrap();
+    assert_eq!(c.authenticate(&new).await.unwrap().0, account);
+    let log = c.get_device_log(&account).await.unwrap();
+    assert_eq!(log.entries.as_slice().len(), 2);
+    let set = log.verify(None, None, now_ms()).unwrap();
+    assert_eq!(set.devices.len(), 2);
+    match c.link_poll(link_id).await {
+        Err(sealpost_client::net::NetError::Refused { code, .. }) => {
+            assert_eq!(code, ErrorCode::NotFound, "pending links lapse on restart")
+        }
+        other => panic!("expected not_found, got {other:?}"),
+    }
 }
