@@ -509,6 +509,8 @@ pub struct Client {
     /// Events raised by internal checks, handed out with the next result that carries
     /// events (or [`Client::take_events`]).
     pub(crate) events: Vec<Event>,
+    /// Validity of approval requests this device initiates.
+    pub(crate) approval_validity_ms: u64,
 }
 
 impl Client {
@@ -562,6 +564,7 @@ impl Client {
             link_offers: Vec::new(),
             new_link: None,
             events: Vec::new(),
+            approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
         };
         client.save()?;
         Ok(client)
@@ -619,6 +622,7 @@ impl Client {
             link_offers: file.link_offers,
             new_link: None,
             events: Vec::new(),
+            approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
             profile,
         })
     }
@@ -772,6 +776,9 @@ impl Client {
                     Ok((_, role)) => {
                         self.role = Some(role);
                         self.conn = Some(conn);
+                        // A new connection may reach a different (or restored) relay:
+                        // verify every device set again before it is used.
+                        self.trust.clear_sets();
                         self.maintain_prekeys().await?;
                         return Ok(());
                     }

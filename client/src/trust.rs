@@ -153,6 +153,10 @@ impl TrustCache {
         self.sets.get(account).map(|(s, _)| s)
     }
 
+    pub(crate) fn clear_sets(&mut self) {
+        self.sets.clear();
+    }
+
     fn forget_set(&mut self, account: &AccountId) {
         self.sets.remove(account);
     }
@@ -288,10 +292,10 @@ pub(crate) fn subject_signed(
 }
 
 impl Client {
-    /// The verified roster chain, if the organisation has one (refreshed from the relay
-    /// when stale; see the module documentation).
+    /// The verified roster chain, if the organisation has one (newer versions fetched from
+    /// the relay now and verified; see the module documentation).
     pub async fn roster(&mut self) -> Result<Option<&RosterChain>, ClientError> {
-        self.refresh_roster(false).await?;
+        self.refresh_roster(true).await?;
         Ok(self.trust.chain())
     }
 
@@ -345,6 +349,9 @@ impl Client {
                     self.events.push(Event::RosterUpdated {
                         version: head.version,
                     });
+                    // Cooling-off windows and sensitive kinds come from the roster:
+                    // every cached device set is verified again under the new one.
+                    self.trust.sets.clear();
                 }
                 self.trust.roster_head = Some(head);
                 self.trust.chain = Some(chain);

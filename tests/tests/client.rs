@@ -23,7 +23,25 @@ fn relay_info<S: Store>(relay: &TestRelay<S>) -> RelayInfo {
         addr: relay.addr.to_string(),
         server_name: "localhost".into(),
         ca_fingerprint: hex::encode(relay.ca_fingerprint),
+        org_fingerprint: None,
     }
+}
+
+/// A relay pinned to a fresh organisation whose roster (three staff accounts, `prefix`ed)
+/// has a short cooling-off, so a first device can link a second one during the test.
+async fn org_relay(
+    homes: &Path,
+    prefix: &str,
+) -> (
+    TestRelay<sealpost_server::store::memory::MemoryStore>,
+    org::TestOrg,
+    Vec<Client>,
+) {
+    let o = org::TestOrg::new();
+    let fp = o.fingerprint();
+    let relay = memory_relay(|c| c.org_fingerprint = Some(fp)).await;
+    let staff = org::staff(&relay, homes, &o, prefix).await;
+    (relay, o, staff)
 }
 
 async fn enrolled<S: Store>(relay: &TestRelay<S>, home: &Path, account: &AccountId) -> Client {
@@ -100,14 +118,17 @@ async fn client_and_advisor_converse_online_and_offline_with_receipts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_device_sees_both_sides() {
-    let relay = memory_relay(|_| {}).await;
     let homes = tempfile::tempdir().unwrap();
+    let (relay, o, _staff) = org_relay(homes.path(), "s.").await;
     let carol_id = relay.account("carol", Role::Client).await;
     let dan_id = relay.account("dan", Role::Advisor).await;
     relay.assign(&carol_id, &dan_id).await;
-    let mut phone = enrolled(&relay, &homes.path().join("phone"), &carol_id).await;
-    let mut laptop = enrolled(&relay, &homes.path().join("laptop"), &carol_id).await;
-    let mut dan = enrolled(&relay, &homes.path().join("dan"), &dan_id).await;
+    let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &carol_id, Some(&o)).await;
+    org::settle().await;
+    // A second device joins through the link flow (an enrolment code only creates the
+    // first device of an account).
+    let mut laptop = org::linked(&relay, &mut phone, &homes.path().join("laptop"), Some(&o)).await;
+    let mut dan = org::enrolled(&relay, &homes.path().join("dan"), &dan_id, Some(&o)).await;
 
     let out = phone.send_text(&dan_id, "from my phone").await.unwrap();
     assert_eq!(out.own_devices, 1, "a sync copy went to the laptop");
@@ -138,19 +159,19 @@ async fn a_second_device_sees_both_sides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staff_notices_reach_one_several_and_all_clients() {
-    let relay = memory_relay(|_| {}).await;
     let homes = tempfile::tempdir().unwrap();
-    let ops = relay.account("ops", Role::Staff).await;
+    let (relay, o, staff_members) = org_relay(homes.path(), "").await;
+    let mut staff = staff_members.into_iter().next().unwrap();
+    let ops = staff.account().unwrap().clone();
     let mut clients = Vec::new();
     for name in ["c1", "c2", "c3"] {
         let id = relay.account(name, Role::Client).await;
         relay.assign(&id, &ops).await;
         clients.push((
             id.clone(),
-            enrolled(&relay, &homes.path().join(name), &id).await,
+            org::enrolled(&relay, &homes.path().join(name), &id, Some(&o)).await,
         ));
     }
-    let mut staff = enrolled(&relay, &homes.path().join("ops"), &ops).await;
     // One.
     staff
         .send_notice(
@@ -182,6 +203,9 @@ async fn staff_notices_reach_one_several_and_all_clients() {
             .iter()
             .filter_map(|e| {
                 if let Event::Notice { entry } = e {
+                    let status = entry.notice.as_ref().unwrap();
+                    assert!(status.authenticated, "{}", status.summary);
+                    assert_eq!(status.signer.as_ref(), Some(&ops));
                     Some((entry.title.clone().unwrap(), entry.kind))
                 } else {
                     None
@@ -209,13 +233,13 @@ async fn staff_notices_reach_one_several_and_all_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_device_of_a_verified_contact_is_reported_and_unverifies_it() {
-    let relay = memory_relay(|_| {}).await;
     let homes = tempfile::tempdir().unwrap();
+    let (relay, o, _staff) = org_relay(homes.path(), "s.").await;
     let erin_id = relay.account("erin", Role::Client).await;
     let fay_id = relay.account("fay", Role::Advisor).await;
     relay.assign(&erin_id, &fay_id).await;
-    let mut erin = enrolled(&relay, &homes.path().join("erin"), &erin_id).await;
-    let mut fay = enrolled(&relay, &homes.path().join("fay"), &fay_id).await;
+    let mut erin = org::enrolled(&relay, &homes.path().join("erin"), &erin_id, Some(&o)).await;
+    let mut fay = org::enrolled(&relay, &homes.path().join("fay"), &fay_id, Some(&o)).await;
     erin.send_text(&fay_id, "hi").await.unwrap();
     let _ = fay.receive(true, QUIET).await.unwrap();
     let sn_erin = erin.mark_verified(&fay_id).await.unwrap();
@@ -228,8 +252,9 @@ async fn a_new_device_of_a_verified_contact_is_reported_and_unverifies_it() {
     assert_eq!(sn_erin.digits().len(), 60);
     assert!(erin.is_verified(&fay_id));
 
-    // Fay's account gains a device (new identity keys).
-    let _fay2 = enrolled(&relay, &homes.path().join("fay2"), &fay_id).await;
+    // Fay's account gains a device (new identity keys), linked by her first device.
+    org::settle().await;
+    let _fay2 = org::linked(&relay, &mut fay, &homes.path().join("fay2"), Some(&o)).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     // The next message from erin refreshes the directory after the cache period; force it
     // through the safety number, which always refreshes.
@@ -247,16 +272,17 @@ async fn a_new_device_of_a_verified_contact_is_reported_and_unverifies_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_change_is_reported_as_an_event_when_sending() {
-    let relay = memory_relay(|_| {}).await;
     let homes = tempfile::tempdir().unwrap();
+    let (relay, o, _staff) = org_relay(homes.path(), "s.").await;
     let gil_id = relay.account("gil", Role::Client).await;
     let hal_id = relay.account("hal", Role::Advisor).await;
     relay.assign(&gil_id, &hal_id).await;
-    let mut gil = enrolled(&relay, &homes.path().join("gil"), &gil_id).await;
-    let _hal = enrolled(&relay, &homes.path().join("hal"), &hal_id).await;
+    let mut gil = org::enrolled(&relay, &homes.path().join("gil"), &gil_id, Some(&o)).await;
+    let mut hal = org::enrolled(&relay, &homes.path().join("hal"), &hal_id, Some(&o)).await;
     gil.send_text(&hal_id, "first").await.unwrap();
     gil.mark_verified(&hal_id).await.unwrap();
-    let _hal2 = enrolled(&relay, &homes.path().join("hal2"), &hal_id).await;
+    org::settle().await;
+    let _hal2 = org::linked(&relay, &mut hal, &homes.path().join("hal2"), Some(&o)).await;
     // Reopen so the cached device list is stale.
     drop(gil);
     let mut gil = Client::open(&homes.path().join("gil"), PASS).unwrap();
