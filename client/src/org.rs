@@ -273,6 +273,11 @@ pub fn read_fingerprint(dir: &Path) -> Result<OrgFingerprint, OrgError> {
 /// Write a signed roster as CBOR, atomically (mode 0600).
 pub fn write_signed_roster(path: &Path, roster: &SignedRoster) -> Result<(), OrgError> {
     let bytes = roster.to_cbor()?;
+    // A bare file name has an empty parent, which the atomic write cannot fsync.
+    let path = &match path.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new(".").join(path),
+        _ => path.to_owned(),
+    };
     write_atomic(path, &bytes).map_err(|e| match e {
         StateError::Io(p, e) => OrgError::Io(p, e),
         other => OrgError::SignedRosterFile {
@@ -1058,6 +1063,22 @@ devices = ["{}"]
         .unwrap();
         let e = spec.genesis(NOW).unwrap_err().to_string();
         assert!(e.contains("roster_change needs 3 approvals"), "{e}");
+    }
+
+    #[test]
+    fn a_signed_roster_written_under_a_bare_file_name_lands_in_the_current_directory() {
+        let here = Path::new(".").join(format!("t-{}.cbor", std::process::id()));
+        let name = Path::new(here.file_name().unwrap());
+        let mut rng = StdRng::seed_from_u64(9);
+        let dir = tempfile::tempdir().unwrap();
+        let store = OrgStore::init(&dir.path().join("org"), "passphrase!", NOW, &mut rng).unwrap();
+        let spec = RosterSpec::parse(&spec_text(&make_ids(4, 2)), "t.toml").unwrap();
+        let signed = store.sign_genesis(spec.genesis(NOW).unwrap()).unwrap();
+        let written = write_signed_roster(name, &signed);
+        let back = read_signed_roster(name);
+        let _ = std::fs::remove_file(name);
+        written.unwrap();
+        assert_eq!(back.unwrap(), signed);
     }
 
     #[test]

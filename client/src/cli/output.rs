@@ -16,7 +16,14 @@ use serde_json::Value;
 use super::error::CliError;
 
 /// Keys whose values are byte identifiers (serialized by the library as byte strings).
-const ID_KEYS: [&str; 5] = ["id", "message_id", "device", "message_ids", "revoked"];
+const ID_KEYS: [&str; 6] = [
+    "id",
+    "message_id",
+    "device",
+    "message_ids",
+    "revoked",
+    "initiator_device",
+];
 
 /// Where output goes and in which form.
 #[derive(Clone, Copy)]

@@ -13,9 +13,11 @@ use sealpost_client::client::RelayInfo;
 use sealpost_client::org::{self, OrgStore, RosterSpec};
 use sealpost_client::trust::{AccountDevices, DeviceView, LinkProgress, PendingLinkView};
 use sealpost_client::{Client, ClientError};
-use sealpost_protocol::content::ApprovalSubject;
+use sealpost_protocol::content::{ApprovalSubject, NoticeText};
 use sealpost_protocol::identity::{AccountId, DeviceId};
-use sealpost_protocol::trust::{NoticeCategory, Operation, Roster};
+use sealpost_protocol::trust::{
+    DeviceAction, NoticeAudience, NoticeCategory, NoticeRisk, Operation, Roster,
+};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -324,6 +326,8 @@ async fn end<T>(
 /// initiator's operation is carried out once its quorum is in) and print the events.
 async fn fetch(ctx: &Ctx, client: &mut Client) -> Result<(), Flow> {
     let me = client.account().cloned();
+    // The roster first: requests are checked and shown against it.
+    client.roster().await?;
     let events = client.receive(true, Duration::from_secs(5)).await?;
     for e in &events {
         ctx.out.event(e, me.as_ref())?;
@@ -1196,12 +1200,86 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
     );
     println!();
     println!("What is approved, in full:");
-    for l in v.summary.lines() {
-        println!("  | {l}");
+    let record = client.approval_record(&v.request_id);
+    match record.map(|r| &r.subject) {
+        Some(ApprovalSubject::Notice { header, content }) => {
+            let audience = match &header.audience {
+                NoticeAudience::Client(a) => format!("client {a}"),
+                NoticeAudience::Segment(seg) => format!("segment {}", seg.as_str()),
+                NoticeAudience::AllClients => "ALL CLIENTS".to_owned(),
+            };
+            let high = if header.category.risk() == NoticeRisk::HighRisk {
+                " (HIGH RISK)"
+            } else {
+                ""
+            };
+            println!("  a NOTICE");
+            println!(
+                "  | category: {}{high}",
+                super::output::category_name(header.category)
+            );
+            println!("  | to:       {audience}");
+            println!(
+                "  | from:     {} (device {})",
+                header.sender.account, header.sender.device
+            );
+            println!("  | dated:    {}", time(header.sent_ms));
+            match NoticeText::decode(content) {
+                Ok(t) => {
+                    println!("  | title:    {}", t.title.as_str());
+                    println!("  | body:");
+                    for l in t.body.as_str().lines() {
+                        println!("  |   {l}");
+                    }
+                }
+                Err(e) => println!("  | (the text does not decode: {e}; do not approve)"),
+            }
+        }
+        Some(ApprovalSubject::DeviceLog { entry }) => {
+            println!("  a DEVICE-LOG ENTRY of account {}", entry.account);
+            match &entry.action {
+                DeviceAction::Recover { identity } => {
+                    println!(
+                        "  | action:   RECOVER: revoke every device of {} and add one new device",
+                        entry.account
+                    );
+                    println!("  | device:   {}", identity.device_id());
+                    println!(
+                        "  | fingerprint of the new device: {}",
+                        identity.fingerprint()
+                    );
+                }
+                DeviceAction::Unfreeze => {
+                    println!("  | action:   UNFREEZE the account");
+                }
+                other => println!("  | action:   {}", other.name()),
+            }
+            println!(
+                "  | entry:    number {} dated {}",
+                entry.seq,
+                time(entry.timestamp_ms)
+            );
+            println!("  | reason:   {}", entry.reason.as_str());
+            println!("  | entry hash: {}", hex::encode(entry.hash().0));
+        }
+        Some(ApprovalSubject::RosterChange { roster }) => {
+            println!("  ROSTER VERSION {}", roster.version());
+            if !ctx.out.json {
+                print_roster_text(ctx, roster);
+            }
+        }
+        None => {
+            for l in v.summary.lines() {
+                println!("  | {l}");
+            }
+        }
     }
     if let Some(d) = diff {
         println!();
         println!("Changes against the current roster:");
+        if d.is_empty() {
+            println!("  (none: only the version changes)");
+        }
         for c in d {
             println!("  {c}");
         }
