@@ -384,7 +384,7 @@ impl RelayConnection {
                 code,
                 identity: identity.public().clone(),
                 signature,
-                genesis,
+                genesis: Box::new(genesis),
             })
             .await?
         {
@@ -426,7 +426,7 @@ impl RelayConnection {
                 completed,
             } => Ok(LinkStatus {
                 challenge,
-                body,
+                body: body.map(|b| *b),
                 completed,
             }),
             other => Err(NetError::Unexpected(format!("{other:?}"))),
@@ -463,7 +463,7 @@ impl RelayConnection {
         self.expect_done(FrameBody::LinkOffer {
             link_id,
             challenge,
-            body,
+            body: Box::new(body),
         })
         .await
     }
@@ -517,7 +517,10 @@ impl RelayConnection {
 
     /// Publish the next roster version.
     pub async fn publish_roster(&self, roster: SignedRoster) -> Result<(), NetError> {
-        self.expect_done(FrameBody::PublishRoster { roster }).await
+        self.expect_done(FrameBody::PublishRoster {
+            roster: Box::new(roster),
+        })
+        .await
     }
 
     /// An account's whole device log (pages until `total`).
@@ -571,7 +574,10 @@ impl RelayConnection {
 
     /// Append an entry to an account's device log.
     pub async fn append_device_log(&self, entry: LogEntry) -> Result<(), NetError> {
-        self.expect_done(FrameBody::AppendDeviceLog { entry }).await
+        self.expect_done(FrameBody::AppendDeviceLog {
+            entry: Box::new(entry),
+        })
+        .await
     }
 
     /// Send a staff notice (envelope of kind `notice` with its signed header).
@@ -581,7 +587,10 @@ impl RelayConnection {
         notice: SignedNotice,
     ) -> Result<MessageId, NetError> {
         match self
-            .request(FrameBody::SendNotice { envelope, notice })
+            .request(FrameBody::SendNotice {
+                envelope,
+                notice: Box::new(notice),
+            })
             .await?
         {
             FrameBody::Accepted { message_id } => Ok(message_id),

@@ -11,9 +11,7 @@ use crate::codec::{self, bytes_array};
 use crate::envelope::{EnvelopeKind, MessageId, MAX_PLAINTEXT_LEN};
 use crate::error::{DecodeError, EncodeError};
 use crate::identity::AccountId;
-use crate::trust::{
-    Approval, ApprovalBundle, EntryBody, NoticeHeader, Roster, SignedNotice,
-};
+use crate::trust::{Approval, ApprovalBundle, EntryBody, NoticeHeader, Roster, SignedNotice};
 use crate::wire::{BoundedString, BoundedVec};
 
 /// Longest chat text, bytes of UTF-8.
@@ -60,7 +58,7 @@ pub enum Content {
     Notice {
         /// The signed header, with co-signatures where the category or audience needs
         /// them.
-        notice: SignedNotice,
+        notice: Box<SignedNotice>,
         /// `CBOR(NoticeText)`, exactly as hashed.
         #[serde(with = "serde_bytes")]
         content: Vec<u8>,
@@ -70,9 +68,9 @@ pub enum Content {
     /// the signature covers.
     ApprovalRequest {
         /// The request and the initiator's signature (no approvals yet).
-        bundle: ApprovalBundle,
+        bundle: Box<ApprovalBundle>,
         /// What is to be approved; its digest is the request's `parameters`.
-        subject: ApprovalSubject,
+        subject: Box<ApprovalSubject>,
     },
     /// An approver's answer to an approval request.
     ApprovalResponse {
@@ -80,7 +78,7 @@ pub enum Content {
         #[serde(with = "bytes_array")]
         request_id: [u8; 16],
         /// The approval, or `None` for a rejection.
-        approval: Option<Approval>,
+        approval: Option<Box<Approval>>,
         /// Why (shown to the initiator; may be empty).
         reason: BoundedString<MAX_TITLE_LEN>,
     },

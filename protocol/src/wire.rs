@@ -275,7 +275,7 @@ pub enum FrameBody {
         /// Entry 0 of the account's device log: this identity adding itself, signed by it
         /// ([`crate::trust::LogEntry::genesis`]). An account that already has a log cannot
         /// enrol another device with a code: it links one, or staff recover it.
-        genesis: LogEntry,
+        genesis: Box<LogEntry>,
     },
     /// Ask to join an existing account as a new device (see docs/PROTOCOL.md, "Linking a
     /// device"). Allowed before authentication; answered with `link_started`.
@@ -362,7 +362,7 @@ pub enum FrameBody {
         /// The sealed envelope (its plaintext carries the same signed notice and content).
         envelope: Envelope,
         /// The signed header.
-        notice: SignedNotice,
+        notice: Box<SignedNotice>,
     },
     /// Roster versions after `after_version` (0: from version 1); answered with `roster`.
     GetRoster {
@@ -372,7 +372,7 @@ pub enum FrameBody {
     /// Publish the next roster version (staff devices only); answered with `done`.
     PublishRoster {
         /// The signed version.
-        roster: SignedRoster,
+        roster: Box<SignedRoster>,
     },
     /// Entries of an account's device log from `from_seq` on; answered with `device_log`.
     GetDeviceLog {
@@ -384,7 +384,7 @@ pub enum FrameBody {
     /// Append an entry to an account's device log; answered with `done`.
     AppendDeviceLog {
         /// The entry; its body names the account.
-        entry: LogEntry,
+        entry: Box<LogEntry>,
     },
     /// Pending link (and recovery) requests for an account: the account's own devices, or
     /// any staff device; answered with `links`.
@@ -402,7 +402,7 @@ pub enum FrameBody {
         /// Picked after the new identity was received.
         challenge: LinkChallenge,
         /// The entry body (an add or a recover of the link's identity).
-        body: EntryBody,
+        body: Box<EntryBody>,
     },
     // ----- attachment streams (each on its own bidirectional stream, authenticated
     // connection only; see docs/PROTOCOL.md) -----
@@ -497,7 +497,7 @@ pub enum FrameBody {
         /// What an existing device offered, if anything yet.
         challenge: Option<LinkChallenge>,
         /// The offered entry body.
-        body: Option<EntryBody>,
+        body: Option<Box<EntryBody>>,
         /// The entry was appended: the new device can authenticate now.
         completed: bool,
     },

@@ -357,7 +357,7 @@ impl<S: Store> Relay<S> {
                     code.as_str(),
                     identity,
                     signature,
-                    genesis,
+                    *genesis,
                 )
                 .await
             }
@@ -608,20 +608,20 @@ impl<S: Store> Relay<S> {
                 ..Handled::default()
             },
             FrameBody::SendNotice { envelope, notice } => {
-                self.send_notice(ctx, me, id, envelope, notice).await
+                self.send_notice(ctx, me, id, envelope, *notice).await
             }
             FrameBody::GetRoster { after_version } => self.get_roster(id, after_version),
-            FrameBody::PublishRoster { roster } => self.publish_roster(me, id, roster).await,
+            FrameBody::PublishRoster { roster } => self.publish_roster(me, id, *roster).await,
             FrameBody::GetDeviceLog { account, from_seq } => {
                 self.get_device_log(me, id, account, from_seq).await
             }
-            FrameBody::AppendDeviceLog { entry } => self.append_device_log(me, id, entry).await,
+            FrameBody::AppendDeviceLog { entry } => self.append_device_log(me, id, *entry).await,
             FrameBody::ListLinks { account } => self.list_links(me, id, account),
             FrameBody::LinkOffer {
                 link_id,
                 challenge,
                 body,
-            } => self.link_offer(me, id, link_id, challenge, body).await,
+            } => self.link_offer(me, id, link_id, challenge, *body).await,
             FrameBody::BlobUpload { .. }
             | FrameBody::BlobDownload { .. }
             | FrameBody::BlobChunk { .. } => refuse(

@@ -735,7 +735,7 @@ async fn a_bad_enrolment_signature_is_refused_and_leaves_the_code_usable() {
         code: wire::BoundedString::truncating(&code),
         identity: id.public().clone(),
         signature,
-        genesis: genesis_entry(&acct, &id, now_ms()),
+        genesis: Box::new(genesis_entry(&acct, &id, now_ms())),
     };
     assert_eq!(refused(c1.request(body).await), ErrorCode::AuthFailed);
     // The code was not consumed by the refused attempt.

@@ -225,7 +225,7 @@ impl<S: Store> Relay<S> {
         let state = self.with_links(|l| {
             l.get(&link_id, now).map(|link| FrameBody::LinkState {
                 challenge: link.wire.challenge,
-                body: link.wire.body.clone(),
+                body: link.wire.body.clone().map(Box::new),
                 completed: link.completed,
             })
         });
