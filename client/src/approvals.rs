@@ -432,8 +432,8 @@ impl Client {
         let mut last_err = None;
         for a in approvers {
             let content = Content::ApprovalRequest {
-                bundle: bundle.clone(),
-                subject: subject.clone(),
+                bundle: Box::new(bundle.clone()),
+                subject: Box::new(subject.clone()),
             };
             match self.fan_out(&a, content, false).await {
                 Ok(r) => {
@@ -649,7 +649,7 @@ impl Client {
             &req.initiator.account,
             Content::ApprovalResponse {
                 request_id: req.request_id,
-                approval: Some(approval),
+                approval: Some(Box::new(approval)),
                 reason: BoundedString::truncating(""),
             },
             false,

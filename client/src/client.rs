@@ -1441,7 +1441,7 @@ impl Client {
         match message.content {
             Content::Notice { notice, content } => {
                 let evs = self
-                    .receive_notice(id, sender, &message.from, message.sent_ms, notice, content)
+                    .receive_notice(id, sender, &message.from, message.sent_ms, *notice, content)
                     .await;
                 events.extend(evs);
             }
@@ -1486,7 +1486,7 @@ impl Client {
             }
             Content::ApprovalRequest { bundle, subject } => {
                 let evs = self
-                    .receive_approval_request(sender, &message.from, bundle, subject)
+                    .receive_approval_request(sender, &message.from, *bundle, *subject)
                     .await;
                 events.extend(evs);
             }
@@ -1500,7 +1500,7 @@ impl Client {
                         sender,
                         &message.from,
                         request_id,
-                        approval,
+                        approval.map(|a| *a),
                         reason.as_str(),
                     )
                     .await;

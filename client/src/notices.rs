@@ -311,7 +311,7 @@ impl Client {
         let message_id = MessageId::random(&mut rng);
         let sent_ms = now_ms();
         let message_content = Content::Notice {
-            notice: signed.clone(),
+            notice: Box::new(signed.clone()),
             content: content.to_vec(),
         };
         let plain = Message {
@@ -385,7 +385,10 @@ impl Client {
         content: Vec<u8>,
     ) -> Vec<Event> {
         let status = self.verify_notice(device, from, &notice, &content).await;
-        let message_content = Content::Notice { notice, content };
+        let message_content = Content::Notice {
+            notice: Box::new(notice),
+            content,
+        };
         let Some(mut entry) = Self::entry_for(id, Direction::In, from, &message_content, sent_ms)
         else {
             return Vec::new();
