@@ -17,8 +17,6 @@ use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::trust::{DeviceAction, EntryBody, LinkChallenge};
 use sealpost_protocol::wire::{PendingLink, MAX_PENDING_LINKS};
 
-use crate::trust::verifies_entry;
-
 /// How long a link request stays pending after `link_start`.
 pub const LINK_LIFETIME_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -210,7 +208,7 @@ impl LinkRegistry {
         let Some(body) = &link.wire.body else {
             return Err(LinkError::NotOffered);
         };
-        if !verifies_entry(&link.wire.identity, body, &signature) {
+        if !body.is_signed_by(&link.wire.identity, &signature) {
             return Err(LinkError::BadSignature);
         }
         link.wire.subject_signature = Some(signature);

@@ -16,24 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sealpost_protocol::envelope::EnvelopeKind;
-use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
+use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::trust::{
-    DeviceLog, DeviceSet, EntryBody, OrgFingerprint, RosterChain, SendDecision, SignedRoster,
-    TrustError,
+    DeviceLog, DeviceSet, OrgFingerprint, RosterChain, SendDecision, SignedRoster, TrustError,
 };
-
-/// Signature label of device-log entries (`"Sealpost_DeviceLogSign_v1" || entry_hash`,
-/// protocol/src/trust/mod.rs); the relay checks a new device's `link_sign` with it.
-pub const LOG_SIGN_LABEL: &[u8] = b"Sealpost_DeviceLogSign_v1";
-
-/// Whether `signature` is `identity`'s signature over `body` as a device-log entry.
-pub fn verifies_entry(identity: &PublicIdentity, body: &EntryBody, signature: &[u8; 64]) -> bool {
-    let hash = body.hash();
-    let mut msg = Vec::with_capacity(LOG_SIGN_LABEL.len() + 32);
-    msg.extend_from_slice(LOG_SIGN_LABEL);
-    msg.extend_from_slice(&hash.0);
-    identity.verify(&msg, signature).is_ok()
-}
 
 /// What the send rules need about one account, from its verified device log.
 #[derive(Debug)]
@@ -379,10 +365,10 @@ mod tests {
         let (log, keys) = log_with(1, 1);
         let body = &log.entries.as_slice()[0].body;
         let sig = body.sign(&keys[0]);
-        assert!(verifies_entry(keys[0].public(), body, &sig));
+        assert!(body.is_signed_by(keys[0].public(), &sig));
         let mut other = body.clone();
         other.timestamp_ms += 1;
-        assert!(!verifies_entry(keys[0].public(), &other, &sig));
+        assert!(!other.is_signed_by(keys[0].public(), &sig));
     }
 
     #[test]

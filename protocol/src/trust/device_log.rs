@@ -43,8 +43,8 @@ use super::approval::{verify_quorum, ApprovalBundle, QuorumProof};
 use super::error::{Digest, TrustError};
 use super::roster::{Operation, RosterChain};
 use super::{
-    Canon, DEFAULT_COOLING_OFF_MS, LINK_CODE_LABEL, LOG_ENTRY_LABEL, LOG_SIGN_LABEL, MAX_CLOCK_SKEW_MS, MAX_DEVICE_LOG_LEN,
-    MAX_LOG_ENTRIES, MAX_LOG_REASON_LEN,
+    Canon, DEFAULT_COOLING_OFF_MS, LINK_CODE_LABEL, LOG_ENTRY_LABEL, LOG_SIGN_LABEL,
+    MAX_CLOCK_SKEW_MS, MAX_DEVICE_LOG_LEN, MAX_LOG_ENTRIES, MAX_LOG_REASON_LEN,
 };
 
 /// What an entry does.
@@ -152,6 +152,14 @@ impl EntryBody {
     /// A device's signature over `"Sealpost_DeviceLogSign_v1" || hash`.
     pub fn sign(&self, identity: &IdentityKeyPair) -> [u8; 64] {
         identity.sign(&sign_message(&self.hash()))
+    }
+
+    /// Whether `signature` is `identity`'s signature over this body (what a linking
+    /// device's `link_sign` and an entry's `subject_signature` must be).
+    pub fn is_signed_by(&self, identity: &PublicIdentity, signature: &[u8; 64]) -> bool {
+        identity
+            .verify(&sign_message(&self.hash()), signature)
+            .is_ok()
     }
 }
 
@@ -477,8 +485,9 @@ impl DeviceLog {
             let hash = b.hash();
             let message = sign_message(&hash);
             let ts = b.timestamp_ms;
-            let cooling_off =
-                chain.map_or(DEFAULT_COOLING_OFF_MS, |c| c.roster_at(ts).policy().cooling_off_ms);
+            let cooling_off = chain.map_or(DEFAULT_COOLING_OFF_MS, |c| {
+                c.roster_at(ts).policy().cooling_off_ms
+            });
             let unauthorized = |reason: &'static str| TrustError::Unauthorized {
                 seq,
                 action: b.action.name(),
