@@ -54,8 +54,6 @@ pub const LINK_POLL_INTERVAL: Duration = Duration::from_millis(300);
 pub const MAX_LINK_WAIT: Duration = Duration::from_secs(15 * 60);
 /// Untrusted devices reported once per account and device per run, at most this many.
 const MAX_REPORTED_UNTRUSTED: usize = 4096;
-/// Label of device-log signatures (`trust` module documentation).
-const LOG_SIGN_LABEL: &[u8] = b"Sealpost_DeviceLogSign_v1";
 
 /// The verified head of an account's device log, as persisted.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -277,18 +275,6 @@ fn device_view(d: &sealpost_protocol::trust::DeviceState, me: DeviceId) -> Devic
         on_probation: d.on_probation,
         this_device: id == me,
     }
-}
-
-/// Whether `signature` is `identity`'s signature over the entry body `body`.
-pub(crate) fn subject_signed(
-    identity: &PublicIdentity,
-    body: &EntryBody,
-    signature: &[u8; 64],
-) -> bool {
-    let mut m = Vec::with_capacity(LOG_SIGN_LABEL.len() + 32);
-    m.extend_from_slice(LOG_SIGN_LABEL);
-    m.extend_from_slice(&body.hash().0);
-    identity.verify(&m, signature).is_ok()
 }
 
 impl Client {
@@ -873,7 +859,7 @@ impl Client {
                     .find(|o| o.link_id.as_slice() == l.link_id.as_slice());
                 let signed = match (offer, &l.subject_signature, &l.body) {
                     (Some(o), Some(sig), Some(body)) => {
-                        *body == o.body && subject_signed(&o.identity, &o.body, sig)
+                        *body == o.body && o.body.is_signed_by(&o.identity, sig)
                     }
                     _ => false,
                 };
@@ -1057,7 +1043,7 @@ impl Client {
                 (link.subject_signature, &link.body, &link.challenge)
             {
                 if *body == offer.body && *ch == offer.challenge {
-                    if subject_signed(&offer.identity, &offer.body, &sig) {
+                    if offer.body.is_signed_by(&offer.identity, &sig) {
                         return Ok((offer, sig));
                     }
                     return Err(ClientError::NotAllowed(
