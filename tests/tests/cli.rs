@@ -154,21 +154,34 @@ impl Device {
             "issue-code prints the pinned CA"
         );
         let addr = relay.addr.to_string();
-        let ran = self
-            .run(&[
-                "enroll",
-                "--relay",
-                &addr,
-                "--ca",
-                fp,
-                "--account",
-                account,
-                "--code",
-                code,
-            ])
-            .ok("enroll");
+        let mut args = vec![
+            "enroll",
+            "--relay",
+            &addr,
+            "--ca",
+            fp,
+            "--account",
+            account,
+            "--code",
+            code,
+        ];
+        // The organisation fingerprint, printed beside the CA's when the relay has one.
+        if let Some(org) = issued["org_fingerprint"].as_str() {
+            args.extend_from_slice(&["--org", org]);
+        }
+        let ran = self.run(&args).ok("enroll");
         let enrolled = &ran.events("enrolled")[0];
         assert_eq!(enrolled["account"], account);
+        assert_eq!(enrolled["org_fingerprint"], issued["org_fingerprint"]);
+    }
+
+    /// The device identity (`ed25519 || x25519`, hex) as `whoami --json` prints it.
+    fn identity(&self) -> String {
+        let who = self.run(&["whoami"]).ok("whoami");
+        who.events("whoami")[0]["identity"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 }
 
@@ -178,10 +191,88 @@ fn start_relay(dir: &Path) -> (PathBuf, RelayProcess) {
     (config, relay)
 }
 
+/// The organisation's offline store, driven through `sealpost org`.
+struct Org {
+    dir: PathBuf,
+    passphrase: String,
+}
+
+impl Org {
+    fn command(&self, args: &[&str], passphrase: &str) -> Command {
+        let mut cmd = Command::new(CLI);
+        cmd.arg("--json")
+            .args(args)
+            .env("SEALPOST_ORG_PASSPHRASE", passphrase)
+            .env_remove("SEALPOST_PASSPHRASE")
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Ran {
+        run_bounded(self.command(args, &self.passphrase), STEP)
+    }
+
+    /// `org init`: returns the store and its fingerprint.
+    fn init(root: &Path) -> (Self, String) {
+        let org = Self {
+            dir: root.join("org"),
+            passphrase: "organisation root passphrase".into(),
+        };
+        let dir = org.dir.display().to_string();
+        let ran = org.run(&["org", "init", "--dir", &dir]).ok("org init");
+        let fp = ran.events("org_initialized")[0]["org_fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(fp.len(), 64);
+        (org, fp)
+    }
+
+    /// Sign roster version 1 from `spec` into `out`.
+    fn sign_genesis(&self, spec: &Path, out: &Path) -> Ran {
+        let dir = self.dir.display().to_string();
+        self.run(&[
+            "org",
+            "roster",
+            "sign-genesis",
+            "--dir",
+            &dir,
+            "--roster",
+            &spec.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ])
+    }
+}
+
+/// A relay configured with the organisation fingerprint `org`.
+fn start_relay_with_org(dir: &Path, org: &str) -> (PathBuf, RelayProcess) {
+    let config = write_config(dir, None);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("org_fingerprint = \"{org}\"\n{text}")).unwrap();
+    let relay = RelayProcess::start(Path::new(RELAY), &config, &[]);
+    (config, relay)
+}
+
+/// A roster specification: `(account, role, identity)` per staff member, cooling-off
+/// `cooling`, and `policy` (TOML lines for the `[policy]` table) as given.
+fn roster_spec(staff: &[(&str, &str, String)], cooling: &str, policy: &str) -> String {
+    let mut s = format!("[policy]\ncooling_off = \"{cooling}\"\n{policy}\n");
+    for (account, role, identity) in staff {
+        s.push_str(&format!(
+            "\n[[staff]]\naccount = \"{account}\"\nrole = \"{role}\"\ndevices = [\"{identity}\"]\n"
+        ));
+    }
+    s
+}
+
 #[test]
 fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, relay) = start_relay(dir.path());
+    // Notices are signed under the organisation's roster: the firm creates its root and
+    // the relay pins it.
+    let (org, org_fp) = Org::init(dir.path());
+    let (config, relay) = start_relay_with_org(dir.path(), &org_fp);
 
     // The operator creates an advisor, a staff member and two clients, and assigns them.
     for (id, role) in [
@@ -206,6 +297,33 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
     ops.enrol(&config, &relay, "ops");
     alice.enrol(&config, &relay, "alice");
     carol.enrol(&config, &relay, "carol");
+
+    // Roster version 1: the staff member and the advisor, every quorum one approval.
+    let quorum = "{ threshold = 1, roles = [\"operations\", \"advisor\"] }";
+    let policy: String = [
+        "account_recovery",
+        "unfreeze",
+        "roster_change",
+        "notice_to_all_clients",
+        "high_risk_notice",
+    ]
+    .iter()
+    .map(|op| format!("{op} = {quorum}\n"))
+    .collect();
+    let spec = roster_spec(
+        &[
+            ("ops", "operations", ops.identity()),
+            ("ann.advisor", "advisor", ann.identity()),
+        ],
+        "24h",
+        &policy,
+    );
+    let spec_path = dir.path().join("roster.toml");
+    std::fs::write(&spec_path, spec).unwrap();
+    let v1 = dir.path().join("roster-v1.cbor");
+    org.sign_genesis(&spec_path, &v1).ok("sign-genesis");
+    ops.run(&["org", "roster", "publish", &v1.display().to_string()])
+        .ok("roster publish");
 
     // whoami: account, role, device and fingerprint.
     let who = alice.run(&["whoami"]).ok("whoami");
@@ -291,7 +409,8 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
     assert!(kinds.contains(&Value::from("delivered")), "{kinds:?}");
     assert!(kinds.contains(&Value::from("read")), "{kinds:?}");
 
-    // A staff notice to every client reaches both, as a notice.
+    // A staff notice to both clients reaches both, as a notice, signed by the sender
+    // (a general notice to named clients needs no co-signers).
     let notice = ops
         .run(&[
             "notice",
@@ -299,9 +418,11 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
             "Deposit address",
             "--body",
             "Our deposit address has not changed.",
-            "--all-clients",
+            "--to",
+            "alice",
+            "carol",
         ])
-        .ok("notice --all-clients");
+        .ok("notice --to alice carol");
     let mut to: Vec<String> = notice
         .events("notice_sent")
         .iter()
@@ -320,6 +441,8 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
         );
         assert_eq!(notices[0]["entry"]["peer"], "ops");
         assert_eq!(notices[0]["entry"]["kind"], "notice");
+        assert_eq!(notices[0]["entry"]["notice"]["authenticated"], true);
+        assert_eq!(notices[0]["entry"]["notice"]["signer"], "ops");
         assert!(inbox.events("message").is_empty(), "{}", inbox.stdout);
     }
     // Human inbox --all keeps notices in their own section.
@@ -330,6 +453,11 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
     let notices_at = human.stdout.find("Notices (").unwrap();
     assert!(messages_at < notices_at, "{}", human.stdout);
     assert!(human.stdout[notices_at..].contains("Deposit address"));
+    assert!(
+        human.stdout[notices_at..].contains("Signed by ops (operations)"),
+        "{}",
+        human.stdout
+    );
     assert!(!human.stdout[..notices_at].contains("Deposit address"));
 
     // Safety numbers: the same 60 digits on both sides.
@@ -661,4 +789,362 @@ fn cli_attachment_of_several_mib_arrives_intact_and_a_tampered_blob_is_refused()
         leftovers.is_empty(),
         "no temporary file left: {leftovers:?}"
     );
+}
+
+/// `sealpost org init` + `roster sign-genesis` + `publish` + `roster show` against a real
+/// relay; a high-risk notice becomes a draft that co-signers see in full
+/// (`approvals list/show --json`) and approve, after which it goes out co-signed; a new
+/// device links through two CLI processes with the code typed on standard input.
+#[test]
+fn cli_organisation_roster_cosigned_notice_and_device_linking() {
+    let dir = tempfile::tempdir().unwrap();
+    let (org, org_fp) = Org::init(dir.path());
+    // The fingerprint file and `org fingerprint` agree with what init printed.
+    let printed = org
+        .run(&[
+            "org",
+            "fingerprint",
+            "--dir",
+            &org.dir.display().to_string(),
+        ])
+        .ok("org fingerprint");
+    assert_eq!(
+        printed.events("org_fingerprint")[0]["org_fingerprint"],
+        org_fp.as_str()
+    );
+    // The root is sealed: a wrong passphrase opens nothing (exit 3), and init refuses to
+    // overwrite a store (exit 1).
+    let spec_path = dir.path().join("roster.toml");
+    std::fs::write(
+        &spec_path,
+        "[[staff]]\naccount = \"x\"\nrole = \"operations\"\ndevices = [\"00\"]\n",
+    )
+    .unwrap();
+    let bad = org.sign_genesis(&spec_path, &dir.path().join("bad.cbor"));
+    assert_eq!(
+        bad.code, 2,
+        "a malformed spec is a usage error: {}",
+        bad.stderr
+    );
+    assert!(bad.stderr.contains("128 hex digits"), "{}", bad.stderr);
+    let again = org.run(&["org", "init", "--dir", &org.dir.display().to_string()]);
+    assert_eq!(again.code, 1, "{}", again.stderr);
+
+    let (config, relay) = start_relay_with_org(dir.path(), &org_fp);
+    for (id, role) in [
+        ("ops.alice", "staff"),
+        ("comp.bob", "staff"),
+        ("sec.carol", "staff"),
+        ("alice", "client"),
+    ] {
+        admin(&config, &["create-account", id, "--role", role]);
+    }
+    for staff in ["ops.alice", "comp.bob", "sec.carol"] {
+        admin(&config, &["assign", "alice", staff]);
+    }
+    let users = tempfile::tempdir().unwrap();
+    let ops = Device::new(users.path(), "ops");
+    let bob = Device::new(users.path(), "bob");
+    let carol = Device::new(users.path(), "carol");
+    let alice = Device::new(users.path(), "alice");
+    for (d, a) in [
+        (&ops, "ops.alice"),
+        (&bob, "comp.bob"),
+        (&carol, "sec.carol"),
+        (&alice, "alice"),
+    ] {
+        d.enrol(&config, &relay, a);
+    }
+
+    // Roster version 1 from whoami's identities, signed offline, published by staff.
+    let spec = roster_spec(
+        &[
+            ("ops.alice", "operations", ops.identity()),
+            ("comp.bob", "compliance", bob.identity()),
+            ("sec.carol", "security", carol.identity()),
+        ],
+        "2s",
+        "",
+    );
+    std::fs::write(&spec_path, spec).unwrap();
+    let wrong = run_bounded(
+        org.command(
+            &[
+                "org",
+                "roster",
+                "sign-genesis",
+                "--dir",
+                &org.dir.display().to_string(),
+                "--roster",
+                &spec_path.display().to_string(),
+                "--out",
+                &dir.path().join("never.cbor").display().to_string(),
+            ],
+            "not the organisation passphrase",
+        ),
+        STEP,
+    );
+    assert_eq!(wrong.code, 3, "{}", wrong.stderr);
+    assert!(!dir.path().join("never.cbor").exists());
+    let v1 = dir.path().join("roster-v1.cbor");
+    let signed = org.sign_genesis(&spec_path, &v1).ok("sign-genesis");
+    let signed = &signed.events("roster_signed")[0];
+    assert_eq!(signed["version"], 1);
+    assert_eq!(signed["org_fingerprint"], org_fp.as_str());
+    let published = ops
+        .run(&["org", "roster", "publish", &v1.display().to_string()])
+        .ok("publish");
+    assert_eq!(published.events("roster_published")[0]["version"], 1);
+    // Any device (here the client) verifies it from its pinned fingerprint.
+    let shown = alice.run(&["org", "roster", "show"]).ok("roster show");
+    let shown = &shown.events("roster")[0];
+    assert_eq!(shown["version"], 1);
+    assert_eq!(shown["hash"], signed["hash"]);
+    assert_eq!(shown["org_fingerprint"], org_fp.as_str());
+    assert_eq!(shown["authorized_by"], "organisation root");
+    let roles: Vec<(String, String)> = shown["staff"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["account"].as_str().unwrap().into(),
+                m["role"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("comp.bob".to_owned(), "compliance".to_owned()),
+            ("ops.alice".into(), "operations".into()),
+            ("sec.carol".into(), "security".into())
+        ]
+    );
+    assert_eq!(
+        shown["policy"]["quorums"]["high_risk_notice"]["threshold"],
+        2
+    );
+    assert_eq!(shown["policy"]["cooling_off_ms"], 2000);
+    // Publishing version 1 again is refused.
+    let twice = ops.run(&["org", "roster", "publish", &v1.display().to_string()]);
+    assert_ne!(twice.code, 0, "{}", twice.stdout);
+
+    // Past the staff devices' cooling-off, a high-risk notice becomes a draft.
+    std::thread::sleep(Duration::from_millis(2500));
+    let draft = ops
+        .run(&[
+            "notice",
+            "--to",
+            "alice",
+            "--category",
+            "deposit_instruction",
+            "--title",
+            "New deposit address",
+            "--body",
+            "From 1 December, deposit to IBAN CH93 0076 2011 6238 5295 7.",
+        ])
+        .ok("high-risk notice");
+    assert!(draft.events("notice_sent").is_empty(), "{}", draft.stdout);
+    let draft = &draft.events("notice_draft")[0];
+    assert_eq!(draft["category"], "deposit_instruction");
+    let request = draft["requests"][0]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(draft["requests"][0]["operation"], "high_risk_notice");
+    // Nothing reached the client yet.
+    let early = alice
+        .run(&["inbox", "--wait", "2"])
+        .ok("inbox before approval");
+    assert!(early.events("notice").is_empty(), "{}", early.stdout);
+
+    // A co-signer lists it and sees exactly what is approved.
+    let listed = bob.run(&["approvals", "list"]).ok("approvals list");
+    let listed = listed.events("approval");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["request_id"], request.as_str());
+    assert_eq!(listed[0]["direction"], "incoming");
+    assert_eq!(listed[0]["status"], "pending");
+    assert_eq!(listed[0]["initiator"], "ops.alice");
+    assert_eq!(listed[0]["threshold"], 2);
+    let shown = bob
+        .run(&["approvals", "show", &request[..8]])
+        .ok("approvals show");
+    let shown = &shown.events("approval")[0];
+    assert_eq!(shown["operation"], "high_risk_notice");
+    let summary = shown["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("New deposit address") && summary.contains("CH93 0076 2011 6238 5295 7"),
+        "{summary}"
+    );
+    let human = bob
+        .run_human(&["approvals", "show", &request])
+        .ok("approvals show (human)");
+    assert!(
+        human
+            .stdout
+            .contains("category: deposit_instruction (HIGH RISK)"),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human.stdout.contains("to:       client alice"),
+        "{}",
+        human.stdout
+    );
+    // The initiator cannot approve its own request.
+    let own = ops.run(&["approvals", "approve", &request, "--yes"]);
+    assert_eq!(own.code, 2, "{}", own.stderr);
+    // Without --yes, approving needs "yes" typed: no input approves nothing.
+    let unconfirmed = bob.run(&["approvals", "approve", &request]);
+    assert_ne!(unconfirmed.code, 0, "{}", unconfirmed.stdout);
+
+    for d in [&bob, &carol] {
+        let ok = d
+            .run(&["approvals", "approve", &request, "--yes"])
+            .ok("approve");
+        assert_eq!(ok.events("approved")[0]["request_id"], request.as_str());
+    }
+    // The initiator collects the answers; the quorum sends the notice.
+    let collected = ops.run(&["approvals", "list", "--all"]).ok("collect");
+    let done = collected.events("operation_completed");
+    assert_eq!(done.len(), 1, "{}", collected.stdout);
+    assert_eq!(collected.events("approval")[0]["status"], "completed");
+    let inbox = alice.run(&["inbox"]).ok("inbox");
+    let notices = inbox.events("notice");
+    assert_eq!(notices.len(), 1, "{}", inbox.stdout);
+    let status = &notices[0]["entry"]["notice"];
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(status["signer"], "ops.alice");
+    let mut cosigners: Vec<&str> = status["cosigners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    cosigners.sort();
+    assert_eq!(cosigners, ["comp.bob (compliance)", "sec.carol (security)"]);
+
+    // Linking: the new device asks, the existing one confirms with the code typed on
+    // its standard input; a wrong code adds nothing (exit 7).
+    // (A device has one pending link at a time: each round uses a fresh device.)
+    let phone = Device::new(users.path(), "alice-phone");
+    phone.run(&["init"]).ok("init phone");
+    let tablet = Device::new(users.path(), "alice-tablet");
+    tablet.run(&["init"]).ok("init tablet");
+    let ca = hex::encode(relay.ca_fingerprint);
+    let addr = relay.addr.to_string();
+    let link_args = [
+        "--json",
+        "device",
+        "link",
+        "--account",
+        "alice",
+        "--relay",
+        &addr,
+        "--ca",
+        &ca,
+        "--org",
+        &org_fp,
+        "--wait",
+        "60",
+    ];
+    let link_once = |new: &Device, typed: &dyn Fn(&str) -> String| -> (i32, Vec<String>, Ran) {
+        let mut link = new.command(&link_args, &new.passphrase);
+        link.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut link = link.spawn().unwrap();
+        let rx = line_reader(&mut link);
+        let mut seen = Vec::new();
+        let started = wait_for_event(&rx, "link_started", &mut seen);
+        let fingerprint = started["fingerprint"].as_str().unwrap().to_owned();
+        let link_id = started["link_id"].as_str().unwrap().to_owned();
+        let mut confirm = alice.command(
+            &["--json", "device", "confirm", "--link", &link_id],
+            &alice.passphrase,
+        );
+        confirm
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut confirm = confirm.spawn().unwrap();
+        let code = wait_for_event(&rx, "link_code", &mut seen)["code"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(code.len(), 6);
+        {
+            use std::io::Write;
+            let mut stdin = confirm.stdin.take().unwrap();
+            writeln!(stdin, "{}", typed(&code)).unwrap();
+        }
+        let out = confirm.wait_with_output().unwrap();
+        let ran = Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        // The pending request shown on the existing device names the new device.
+        assert!(
+            ran.events("pending_link")
+                .iter()
+                .any(|l| l["link_id"] == link_id.as_str()
+                    && l["fingerprint"] == fingerprint.as_str()),
+            "{}",
+            ran.stdout
+        );
+        if ran.code != 0 {
+            let _ = link.kill();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = link.try_wait().unwrap() {
+                break s.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = link.kill();
+                let _ = link.wait();
+                break -1;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        while let Ok(l) = rx.try_recv() {
+            seen.push(l);
+        }
+        (status, seen, ran)
+    };
+    // A wrong code: refused, exit 7; the new device is not added (its link is killed).
+    let (_, _, wrong) = link_once(&tablet, &|code| {
+        let mut c = code.as_bytes().to_vec();
+        c[0] = if c[0] == b'1' { b'2' } else { b'1' };
+        String::from_utf8(c).unwrap()
+    });
+    assert_eq!(wrong.code, 7, "{}\n{}", wrong.stdout, wrong.stderr);
+    let devices = alice.run(&["device", "list"]).ok("device list");
+    assert_eq!(
+        devices.events("devices")[0]["devices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // The right code: added, and the new device finishes linking.
+    let (status, seen, right) = link_once(&phone, &|code| code.to_owned());
+    let right = right.ok("device confirm");
+    assert_eq!(status, 0, "device link: {}", seen.join("\n"));
+    let added = &right.events("device_confirmed")[0];
+    assert_eq!(added["on_probation"], true);
+    assert!(
+        seen.iter().any(|l| l.contains("\"event\":\"linked\"")),
+        "{}",
+        seen.join("\n")
+    );
+    let devices = alice.run(&["device", "list"]).ok("device list");
+    let devices = &devices.events("devices")[0];
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 2, "{devices}");
+    assert_eq!(devices["frozen"], false);
+    let who = phone.run(&["whoami"]).ok("whoami phone");
+    assert_eq!(who.events("whoami")[0]["account"], "alice");
 }

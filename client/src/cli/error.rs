@@ -204,7 +204,7 @@ impl CliError {
                     },
                     ErrorCode::QuotaExceeded => e.hint("the recipient's mailbox is full; try again once they have read their messages"),
                     ErrorCode::NotFound => e.hint("check the account id; `sealpost contacts` lists whom you can write to"),
-                    ErrorCode::Conflict => e.hint("someone else changed the same thing at the same time; run the command again"),
+                    ErrorCode::Conflict => e.hint("something already in progress conflicts with this: finish it or let it lapse, then try again"),
                     _ => e,
                 }
             }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sealpost_client::approvals::{ApprovalDirection, ApprovalStatus, ApprovalView};
 use sealpost_client::client::RelayInfo;
+use sealpost_client::net::NetError;
 use sealpost_client::org::{self, OrgStore, RosterSpec};
 use sealpost_client::trust::{AccountDevices, DeviceView, LinkProgress, PendingLinkView};
 use sealpost_client::{Client, ClientError};
@@ -18,6 +19,7 @@ use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::trust::{
     DeviceAction, NoticeAudience, NoticeCategory, NoticeRisk, Operation, Roster,
 };
+use sealpost_protocol::wire::ErrorCode;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -662,6 +664,17 @@ async fn device_link(
                 ctx.out.say("It is on probation for the roster's cooling-off window: it can read, but cannot send approvals or instructions yet.");
                 return Ok(());
             }
+            // Polling for a long time (a recovery waits for several staff approvals) may
+            // meet the relay's rate limit: wait as told and keep polling.
+            Err(ClientError::Net(NetError::Refused {
+                code: ErrorCode::RateLimited,
+                retry_after_ms,
+                ..
+            })) => {
+                let pause =
+                    Duration::from_millis(retry_after_ms.unwrap_or(1000).clamp(500, 30_000));
+                tokio::time::sleep(pause).await;
+            }
             Err(e) => {
                 client.disconnect();
                 return Err(CliError::from_client(e, Some(&at)));
@@ -812,7 +825,7 @@ async fn device_confirm(
     }
     .await;
     let added = end(ctx, &mut client, &at, result).await?;
-    ctx.out.json_line(to_json_tagged("device_added", &added)?);
+    ctx.out.json_line(to_json_tagged("device_confirmed", &added)?);
     ctx.out.say(format!(
         "Added device {} ({}) to {me}.",
         added.device, added.fingerprint
