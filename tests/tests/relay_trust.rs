@@ -954,6 +954,107 @@ async fn notices_need_their_quorum_and_their_audience() {
     assert!(message.contains("staff"), "{message}");
 }
 
+/// The relay itself refuses every kind of bad approval (the clients' refusals are tested in
+/// tests/tests/trust.rs): expired, for other content, from the initiator, doubled, from a
+/// role the policy does not accept, and a forged signature; the same notice with a valid
+/// quorum is then accepted.
+#[tokio::test]
+async fn the_relay_refuses_bad_approvals_on_a_high_risk_notice() {
+    let (mut org, relay, mut staff) = org_relay(55).await;
+    let c1 = relay.account("client1", Role::Client).await;
+    let ops = org.staff[0].account.clone();
+    relay.assign(&c1, &ops).await;
+    let mut d1 = relay.device(&c1, 56).await;
+    let sender = &mut staff[0];
+    let mut s1 = sender.session_with(&d1).await;
+    let header = NoticeHeader::new(
+        NoticeCategory::PaymentInstruction,
+        NoticeAudience::Client(c1.clone()),
+        b"pay to the new account",
+        now_ms(),
+        org.staff[0].signer(),
+        1,
+        &mut org.rng,
+    );
+    let notice = SignedNotice::sign(header, &org.staff[0].keys).unwrap();
+    let digest = notice.header.digest().0.to_vec();
+
+    // A bundle built by hand: `expires_ms`, `params` and the approvers chosen per case.
+    let build = |org: &mut Org, params: Vec<u8>, expires_ms: u64, approvers: &[usize]| {
+        let request = ApprovalRequest::new(
+            Operation::HighRiskNotice,
+            params,
+            1,
+            expires_ms,
+            org.staff[0].signer(),
+            &mut org.rng,
+        )
+        .unwrap();
+        let mut bundle = ApprovalBundle::initiate(request.clone(), &org.staff[0].keys).unwrap();
+        for &a in approvers {
+            let s = &org.staff[a];
+            bundle
+                .push(Approval::sign(&request, s.account.clone(), &s.keys))
+                .unwrap();
+        }
+        bundle
+    };
+    let later = now_ms() + HOUR;
+    let mut forged = build(&mut org, digest.clone(), later, &[1, 2]);
+    forged.approvals = {
+        let mut v = forged.approvals.clone().into_inner();
+        v[1].signature[0] ^= 1;
+        sealpost_protocol::wire::BoundedVec::new(v).unwrap()
+    };
+    let cases: Vec<(&str, ApprovalBundle, &str)> = vec![
+        (
+            "expired",
+            build(&mut org, digest.clone(), now_ms() - 60_000, &[1, 2]),
+            "expired",
+        ),
+        (
+            "other content",
+            build(&mut org, vec![0x55; 32], later, &[1, 2]),
+            "parameters",
+        ),
+        (
+            "from the initiator",
+            build(&mut org, digest.clone(), later, &[0, 1]),
+            "initiator",
+        ),
+        (
+            "doubled",
+            build(&mut org, digest.clone(), later, &[1, 1]),
+            "counts once",
+        ),
+        (
+            "wrong role (advisor)",
+            build(&mut org, digest.clone(), later, &[1, 3]),
+            "does not accept",
+        ),
+        ("forged signature", forged, "signature"),
+    ];
+    for (what, bundle, expect) in cases {
+        let mut n = notice.clone();
+        n.add_cosignatures(bundle).unwrap();
+        let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"pay");
+        let (code, message) = refusal(sender.conn.send_notice(env, n).await);
+        assert_eq!(code, ErrorCode::Forbidden, "{what}");
+        assert!(
+            message.contains(expect),
+            "{what}: expected {expect:?} in {message:?}"
+        );
+    }
+    // Nothing reached the client; the valid quorum then goes through.
+    assert!(d1.next_envelope(Duration::from_millis(300)).await.is_none());
+    let mut good = notice.clone();
+    good.add_cosignatures(build(&mut org, digest, later, &[1, 2]))
+        .unwrap();
+    let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"pay");
+    sender.conn.send_notice(env, good).await.unwrap();
+    assert!(d1.next_envelope(WAIT).await.is_some());
+}
+
 // ---------------------------------------------------------------------------------------
 // Roster chain
 
