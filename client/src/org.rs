@@ -273,11 +273,6 @@ pub fn read_fingerprint(dir: &Path) -> Result<OrgFingerprint, OrgError> {
 /// Write a signed roster as CBOR, atomically (mode 0600).
 pub fn write_signed_roster(path: &Path, roster: &SignedRoster) -> Result<(), OrgError> {
     let bytes = roster.to_cbor()?;
-    // A bare file name has an empty parent, which the atomic write cannot fsync.
-    let path = &match path.parent() {
-        Some(p) if p.as_os_str().is_empty() => Path::new(".").join(path),
-        _ => path.to_owned(),
-    };
     write_atomic(path, &bytes).map_err(|e| match e {
         StateError::Io(p, e) => OrgError::Io(p, e),
         other => OrgError::SignedRosterFile {

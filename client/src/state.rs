@@ -139,7 +139,7 @@ fn lock(dir: &Path) -> Result<File, StateError> {
 
 /// Write `data` atomically to `path` (temp, fsync, rename, fsync dir), mode 0600.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let tmp = path.with_extension("tmp");
     {
         let mut opts = OpenOptions::new();
@@ -158,6 +158,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
     Ok(())
+}
+
+/// The directory holding `path`: a bare file name (whose parent is the empty path) and
+/// the root are in the current directory.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 impl Profile {
@@ -259,6 +268,20 @@ mod tests {
     #[derive(Serialize, Deserialize, PartialEq, Debug)]
     struct S {
         n: u32,
+    }
+
+    #[test]
+    fn an_atomic_write_under_a_bare_file_name_lands_in_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("r.cbor")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("a/r.cbor")), Path::new("a"));
+        assert_eq!(parent_dir(Path::new("/r.cbor")), Path::new("/"));
+        let name = format!("t-atomic-{}.cbor", std::process::id());
+        let name = Path::new(&name);
+        let written = write_atomic(name, b"bare");
+        let back = fs::read(name);
+        let _ = fs::remove_file(name);
+        written.unwrap();
+        assert_eq!(back.unwrap(), b"bare");
     }
 
     #[test]
