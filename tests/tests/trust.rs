@@ -285,6 +285,11 @@ async fn the_roster_changes_only_with_the_quorum_and_bad_approvals_are_refused()
     let request = comp.approval_record(&id).unwrap().bundle.request.clone();
     let ops_id = ops.account().unwrap().clone();
 
+    // The initiator cannot approve its own request (and would not count if it did: the
+    // relay test `the_relay_refuses_bad_approvals_on_a_high_risk_notice` shows the relay
+    // refusing such a bundle).
+    let own = ops.approve(&id).await;
+    assert!(own.is_err(), "the initiator approved its own request: {own:?}");
     // For other content: comp signs a request that differs in one field.
     let mut other = request.clone();
     other.expires_ms -= 1;
