@@ -572,6 +572,92 @@ async fn the_full_link_flow_adds_a_device_that_then_authenticates() {
 }
 
 #[tokio::test]
+async fn a_new_link_start_replaces_the_devices_earlier_pending_request() {
+    let relay = memory_relay(lenient).await;
+    let alice = relay.account("alice", Role::Client).await;
+    let existing = relay
+        .device_with(
+            &alice,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(30)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(30),
+        )
+        .await;
+    let mut rng = StdRng::seed_from_u64(31);
+    let new = IdentityKeyPair::generate(&mut rng);
+    let first = relay.connect().await;
+    let (old_id, _) = first.link_start(&new, &alice).await.unwrap();
+    let log = existing.conn.get_device_log(&alice).await.unwrap();
+    let body = log.next_body(
+        now_ms(),
+        DeviceAction::Add {
+            identity: new.public().clone(),
+        },
+        "laptop",
+    );
+    existing
+        .conn
+        .link_offer(old_id, LinkChallenge::generate(&mut rng), body.clone())
+        .await
+        .unwrap();
+
+    // The device starts again (say its first process died) on a new connection: the
+    // earlier request is replaced, not refused as a duplicate.
+    let second = relay.connect().await;
+    let (new_id, expires_ms) = second.link_start(&new, &alice).await.unwrap();
+    assert_ne!(new_id, old_id);
+    assert!(expires_ms > now_ms() + DAY - HOUR);
+    assert_eq!(refused(first.link_poll(old_id).await), ErrorCode::NotFound);
+    assert_eq!(refused(second.link_poll(old_id).await), ErrorCode::NotFound);
+    assert_eq!(
+        refused(second.link_sign(old_id, body.sign(&new)).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        refused(
+            existing
+                .conn
+                .link_offer(old_id, LinkChallenge::generate(&mut rng), body.clone())
+                .await
+        ),
+        ErrorCode::NotFound
+    );
+    let state = second.link_poll(new_id).await.unwrap();
+    assert!(state.challenge.is_none() && state.body.is_none() && !state.completed);
+    let pending = existing.conn.list_links(&alice).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].link_id, new_id);
+    assert_eq!(&pending[0].identity, new.public());
+    assert!(pending[0].body.is_none());
+
+    // The new request goes through.
+    let challenge = LinkChallenge::generate(&mut rng);
+    existing
+        .conn
+        .link_offer(new_id, challenge, body.clone())
+        .await
+        .unwrap();
+    second.link_sign(new_id, body.sign(&new)).await.unwrap();
+    let entry = LogEntry::signed_by_device(body, &existing.identity, Some(&new));
+    existing.conn.append_device_log(entry).await.unwrap();
+    assert!(second.link_poll(new_id).await.unwrap().completed);
+
+    // Only the identity itself can replace its request: another key's `link_start` for
+    // the account is a request of its own.
+    let other = IdentityKeyPair::generate(&mut rng);
+    let third = relay.connect().await;
+    let (other_id, _) = third.link_start(&other, &alice).await.unwrap();
+    let fourth = relay.connect().await;
+    let (another_id, _) = fourth
+        .link_start(&IdentityKeyPair::generate(&mut rng), &alice)
+        .await
+        .unwrap();
+    assert_ne!(other_id, another_id);
+    assert!(third.link_poll(other_id).await.unwrap().challenge.is_none());
+    assert_eq!(existing.conn.list_links(&alice).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn link_requests_are_bounded_per_account() {
     let relay = memory_relay(|_| {}).await;
     let alice = relay.account("alice", Role::Client).await;
@@ -964,7 +1050,7 @@ async fn the_relay_refuses_bad_approvals_on_a_high_risk_notice() {
     let c1 = relay.account("client1", Role::Client).await;
     let ops = org.staff[0].account.clone();
     relay.assign(&c1, &ops).await;
-    let mut d1 = relay.device(&c1, 56).await;
+    let d1 = relay.device(&c1, 56).await;
     let sender = &mut staff[0];
     let mut s1 = sender.session_with(&d1).await;
     let header = NoticeHeader::new(

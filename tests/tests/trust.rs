@@ -289,7 +289,10 @@ async fn the_roster_changes_only_with_the_quorum_and_bad_approvals_are_refused()
     // relay test `the_relay_refuses_bad_approvals_on_a_high_risk_notice` shows the relay
     // refusing such a bundle).
     let own = ops.approve(&id).await;
-    assert!(own.is_err(), "the initiator approved its own request: {own:?}");
+    assert!(
+        own.is_err(),
+        "the initiator approved its own request: {own:?}"
+    );
     // For other content: comp signs a request that differs in one field.
     let mut other = request.clone();
     other.expires_ms -= 1;
