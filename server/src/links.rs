@@ -10,6 +10,11 @@
 //! Bounds: [`MAX_PENDING_LINKS`] open links per account, a configurable total, and a
 //! lifetime of [`LINK_LIFETIME_MS`] from `link_start` (completed links stay visible to
 //! `link_poll` until then, and count toward the total but not toward the account's four).
+//!
+//! One open request per (account, identity): a new `link_start` by the same identity for
+//! the same account (the caller has checked its signature on this connection, so it
+//! proves possession again) replaces the earlier request, which then answers
+//! [`LinkError::NotFound`]; an offer made on the old request is dropped with it.
 
 use std::collections::HashMap;
 
@@ -38,9 +43,6 @@ pub enum LinkError {
         /// The bound.
         max: usize,
     },
-    /// This identity already has an open link request for the account.
-    #[error("this device already has a pending link request for the account")]
-    Duplicate,
     /// Nothing was offered yet.
     #[error("no entry has been offered for this link request yet")]
     NotOffered,
@@ -70,6 +72,15 @@ impl Link {
     fn expires_ms(&self) -> u64 {
         self.wire.created_ms.saturating_add(LINK_LIFETIME_MS)
     }
+}
+
+/// What [`LinkRegistry::start`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Started {
+    /// When the request lapses.
+    pub expires_ms: u64,
+    /// The earlier open request of the same identity for the account, now dropped.
+    pub replaced: Option<[u8; 16]>,
 }
 
 /// The registry.
@@ -108,28 +119,35 @@ impl LinkRegistry {
             .filter(move |l| !l.completed && &l.wire.account == account)
     }
 
-    /// Register a request under `link_id` (chosen at random by the caller). Returns when
-    /// it lapses.
+    /// Register a request under `link_id` (chosen at random by the caller), replacing
+    /// this identity's open request for the account if it has one. The caller has checked
+    /// that the request comes from `identity`.
     pub fn start(
         &mut self,
         link_id: [u8; 16],
         account: AccountId,
         identity: PublicIdentity,
         now_ms: u64,
-    ) -> Result<u64, LinkError> {
+    ) -> Result<Started, LinkError> {
         self.sweep(now_ms);
-        if self.open_for(&account).any(|l| l.wire.identity == identity) {
-            return Err(LinkError::Duplicate);
-        }
-        if self.open_for(&account).count() >= MAX_PENDING_LINKS {
+        let replaced = self
+            .open_for(&account)
+            .find(|l| l.wire.identity == identity)
+            .map(|l| l.wire.link_id);
+        let others = self.open_for(&account).count() - usize::from(replaced.is_some());
+        if others >= MAX_PENDING_LINKS {
             return Err(LinkError::AccountFull {
                 max: MAX_PENDING_LINKS,
             });
         }
-        if self.links.len() >= self.max_total || self.links.contains_key(&link_id) {
+        let held = self.links.len() - usize::from(replaced.is_some());
+        if held >= self.max_total || self.links.contains_key(&link_id) {
             return Err(LinkError::RegistryFull {
                 max: self.max_total,
             });
+        }
+        if let Some(old) = &replaced {
+            self.links.remove(old);
         }
         let link = Link {
             wire: PendingLink {
@@ -144,9 +162,12 @@ impl LinkRegistry {
             offered_by: None,
             completed: false,
         };
-        let expires = link.expires_ms();
+        let expires_ms = link.expires_ms();
         self.links.insert(link_id, link);
-        Ok(expires)
+        Ok(Started {
+            expires_ms,
+            replaced,
+        })
     }
 
     /// A live link.
@@ -276,10 +297,11 @@ mod tests {
         let mut r = LinkRegistry::new(100);
         let a = acct("alice");
         let new = key(1);
-        let expires = r
+        let started = r
             .start([1; 16], a.clone(), new.public().clone(), T0)
             .unwrap();
-        assert_eq!(expires, T0 + LINK_LIFETIME_MS);
+        assert_eq!(started.expires_ms, T0 + LINK_LIFETIME_MS);
+        assert_eq!(started.replaced, None);
         assert_eq!(r.sign(&[1; 16], [0; 64], T0), Err(LinkError::NotOffered));
         let body = add_body(&a, new.public());
         let challenge = LinkChallenge([7; 16]);
@@ -311,6 +333,53 @@ mod tests {
             r.offer(&[1; 16], challenge, body, key(2).device_id(), T0),
             Err(LinkError::Completed)
         );
+    }
+
+    #[test]
+    fn starting_again_replaces_the_identitys_open_request_and_drops_its_offer() {
+        let mut r = LinkRegistry::new(2);
+        let a = acct("alice");
+        let new = key(1);
+        r.start([1; 16], a.clone(), new.public().clone(), T0)
+            .unwrap();
+        let body = add_body(&a, new.public());
+        r.offer(
+            &[1; 16],
+            LinkChallenge([7; 16]),
+            body,
+            key(2).device_id(),
+            T0,
+        )
+        .unwrap();
+        // Another identity does not replace it; a full registry still takes the
+        // replacement (it frees the old slot).
+        r.start([2; 16], a.clone(), key(3).public().clone(), T0)
+            .unwrap();
+        let again = r
+            .start([3; 16], a.clone(), new.public().clone(), T0 + 5)
+            .unwrap();
+        assert_eq!(again.replaced, Some([1; 16]));
+        assert_eq!(again.expires_ms, T0 + 5 + LINK_LIFETIME_MS);
+        assert_eq!(r.get(&[1; 16], T0 + 5).err(), Some(LinkError::NotFound));
+        assert_eq!(r.sign(&[1; 16], [0; 64], T0 + 5), Err(LinkError::NotFound));
+        let fresh = r.get(&[3; 16], T0 + 5).unwrap();
+        assert!(fresh.wire.body.is_none() && fresh.offered_by.is_none());
+        assert_eq!(r.len(), 2);
+        // A completed request is not replaced (nor would the relay accept a registered
+        // device's `link_start`).
+        r.complete(&a, new.public());
+        assert_eq!(
+            r.start([4; 16], a.clone(), new.public().clone(), T0 + 6),
+            Err(LinkError::RegistryFull { max: 2 })
+        );
+        // The same identity for another account is a request of its own.
+        let mut big = LinkRegistry::new(10);
+        big.start([1; 16], a, new.public().clone(), T0).unwrap();
+        let other = big
+            .start([2; 16], acct("bob"), new.public().clone(), T0)
+            .unwrap();
+        assert_eq!(other.replaced, None);
+        assert_eq!(big.len(), 2);
     }
 
     #[test]
@@ -355,10 +424,13 @@ mod tests {
                 max: MAX_PENDING_LINKS
             })
         );
-        assert_eq!(
-            r.start([0; 16], a.clone(), key(0).public().clone(), T0),
-            Err(LinkError::Duplicate)
-        );
+        // The same identity starting again replaces its request, even at the bound.
+        let again = r
+            .start([40; 16], a.clone(), key(0).public().clone(), T0 + 1)
+            .unwrap();
+        assert_eq!(again.replaced, Some([0; 16]));
+        assert_eq!(r.get(&[0; 16], T0 + 1).err(), Some(LinkError::NotFound));
+        assert_eq!(r.list(&a, T0 + 1).len(), MAX_PENDING_LINKS);
         let b = acct("bob");
         r.start([60; 16], b.clone(), key(60).public().clone(), T0)
             .unwrap();
@@ -369,9 +441,9 @@ mod tests {
             Err(LinkError::RegistryFull { max: 6 })
         );
         assert_eq!(r.list(&a, T0).len(), MAX_PENDING_LINKS);
-        // Lapse after 24 hours.
-        let later = T0 + LINK_LIFETIME_MS;
-        assert_eq!(r.get(&[0; 16], later).err(), Some(LinkError::NotFound));
+        // Lapse after 24 hours (the replacement's from its own start).
+        let later = T0 + 1 + LINK_LIFETIME_MS;
+        assert_eq!(r.get(&[1; 16], later).err(), Some(LinkError::NotFound));
         assert!(r.list(&a, later).is_empty());
         r.start([62; 16], b, key(62).public().clone(), later)
             .unwrap();

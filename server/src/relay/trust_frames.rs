@@ -24,7 +24,7 @@ use super::{
     limited, refuse, reply, store_failure, unix_ms, Authenticated, ConnCtx, Handled, Relay,
 };
 use crate::limits::Limited;
-use crate::links::LinkError;
+use crate::links::{LinkError, Started};
 use crate::metrics as m;
 use crate::store::{LogEffects, LoggedDevice, Store, StoreError, MAX_LOG_ENTRY_BYTES};
 use crate::trust::AccountTrust;
@@ -41,7 +41,7 @@ fn link_refusal(id: u64, e: &LinkError) -> Handled {
     let code = match e {
         LinkError::NotFound => ErrorCode::NotFound,
         LinkError::AccountFull { .. } | LinkError::RegistryFull { .. } => ErrorCode::QuotaExceeded,
-        LinkError::Duplicate | LinkError::Completed | LinkError::NotOffered => ErrorCode::Conflict,
+        LinkError::Completed | LinkError::NotOffered => ErrorCode::Conflict,
         LinkError::WrongBody | LinkError::BadSignature => ErrorCode::Forbidden,
     };
     refuse(id, code, &e.to_string())
@@ -203,8 +203,15 @@ impl<S: Store> Relay<S> {
         });
         metrics::gauge!(m::PENDING_LINKS).set(started.1 as f64);
         match started.0 {
-            Ok(expires_ms) => {
-                info!(account = %account, "link request started");
+            Ok(Started {
+                expires_ms,
+                replaced,
+            }) => {
+                if replaced.is_some() {
+                    info!(account = %account, "link request started (replacing the device's earlier one)");
+                } else {
+                    info!(account = %account, "link request started");
+                }
                 reply(
                     id,
                     FrameBody::LinkStarted {
