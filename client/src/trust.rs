@@ -30,11 +30,11 @@ use sealpost_protocol::trust::{
     DeviceAction, DeviceLog, DeviceSet, Digest, EntryAuthorization, EntryBody, LinkChallenge,
     LinkCode, LogEntry, LogHead, RosterChain, RosterHead, SendDecision, SignedRoster, TrustError,
 };
-use sealpost_protocol::wire::Role;
+use sealpost_protocol::wire::{ErrorCode, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::client::{now_ms, Client, ClientError, Contact, Event, KnownDevice, RelayInfo};
-use crate::net::RelayConnection;
+use crate::net::{NetError, RelayConnection};
 
 /// A verified device set is reused for this long before the log is fetched again.
 pub const LOG_TTL_MS: u64 = 30_000;
@@ -48,8 +48,21 @@ pub const MAX_LOG_HEADS: usize = 10_000;
 pub const MAX_LINK_OFFERS: usize = 8;
 /// Link offers lapse after this long (the relay drops the link after 24 hours).
 pub const LINK_OFFER_TTL_MS: u64 = 24 * 60 * 60 * 1000;
-/// How often a linking device polls the relay.
+/// How often a linking device polls the relay (`link_poll`) during its first
+/// [`LINK_POLL_FAST_FOR`], when the other device is most likely being used right now.
 pub const LINK_POLL_INTERVAL: Duration = Duration::from_millis(300);
+/// How long after `link_start` a linking device polls every [`LINK_POLL_INTERVAL`].
+pub const LINK_POLL_FAST_FOR: Duration = Duration::from_secs(3);
+/// How often a linking device polls after that (a recovery may wait hours for its
+/// approvals). Pre-authentication link requests are limited per IP address by the relay
+/// (`link_requests_per_ip`, by default 1 a second with a burst of 30): the fast phase
+/// spends 11 of the burst (`link_start` and 10 polls), and this is a third of the
+/// sustained rate, so even two devices linking from one address at once stay well
+/// inside the limit, however long they wait.
+pub const LINK_POLL_SLOW_INTERVAL: Duration = Duration::from_secs(3);
+/// Longest pause a `rate_limited` answer's `retry_after_ms` is honoured for before the
+/// next poll.
+pub const MAX_LINK_RETRY_PAUSE: Duration = Duration::from_secs(60);
 /// Longest a single wait for the other device may be asked to last.
 pub const MAX_LINK_WAIT: Duration = Duration::from_secs(15 * 60);
 /// Untrusted devices reported once per account and device per run, at most this many.
@@ -169,6 +182,22 @@ pub(crate) struct NewDeviceLink {
     expires_ms: u64,
     /// The hash of the body this device signed, and the challenge it came with.
     signed: Option<(Digest, LinkChallenge)>,
+    /// When `link_start` was answered (the poll schedule runs from it).
+    started: tokio::time::Instant,
+    /// The next `link_poll` is not sent before this (kept across `link_progress` calls,
+    /// so a caller that calls it in a loop cannot poll faster).
+    next_poll: tokio::time::Instant,
+}
+
+/// How long a linking device waits after a `link_poll` sent `since_start` after its
+/// `link_start`: [`LINK_POLL_INTERVAL`] during the first [`LINK_POLL_FAST_FOR`], then
+/// [`LINK_POLL_SLOW_INTERVAL`].
+pub fn link_poll_delay(since_start: Duration) -> Duration {
+    if since_start < LINK_POLL_FAST_FOR {
+        LINK_POLL_INTERVAL
+    } else {
+        LINK_POLL_SLOW_INTERVAL
+    }
 }
 
 /// What a new device shows after [`Client::link_start`].
@@ -739,6 +768,7 @@ impl Client {
         relay.org()?;
         let conn = RelayConnection::connect(&relay.address()?).await?;
         let (link_id, expires_ms) = conn.link_start(&self.identity, account).await?;
+        let started = tokio::time::Instant::now();
         self.new_link = Some(NewDeviceLink {
             conn,
             relay,
@@ -746,6 +776,8 @@ impl Client {
             link_id,
             expires_ms,
             signed: None,
+            started,
+            next_poll: started,
         });
         Ok(LinkTicket {
             link_id: hex::encode(link_id),
@@ -758,6 +790,10 @@ impl Client {
     /// Wait (at most `max_wait`, itself at most [`MAX_LINK_WAIT`]) for the link started
     /// with [`Client::link_start`] to move on: a new offer (checked and signed here; show
     /// the code), or completion (this device then authenticates and publishes prekeys).
+    ///
+    /// Polls the relay on the schedule of [`link_poll_delay`], across calls; a
+    /// `rate_limited` answer is waited out (its `retry_after_ms`, at most
+    /// [`MAX_LINK_RETRY_PAUSE`]) and polling goes on.
     pub async fn link_progress(&mut self, max_wait: Duration) -> Result<LinkProgress, ClientError> {
         let deadline = tokio::time::Instant::now() + max_wait.min(MAX_LINK_WAIT);
         loop {
@@ -769,7 +805,28 @@ impl Client {
                 self.new_link = None;
                 return Err(ClientError::Timeout("the link request lapsed"));
             }
-            let status = link.conn.link_poll(link.link_id).await?;
+            if link.next_poll > deadline {
+                tokio::time::sleep_until(deadline).await;
+                return Ok(LinkProgress::Waiting);
+            }
+            tokio::time::sleep_until(link.next_poll).await;
+            let polled = link.conn.link_poll(link.link_id).await;
+            let now = tokio::time::Instant::now();
+            link.next_poll = now + link_poll_delay(now.duration_since(link.started));
+            let status = match polled {
+                Ok(status) => status,
+                Err(NetError::Refused {
+                    code: ErrorCode::RateLimited,
+                    retry_after_ms,
+                    ..
+                }) => {
+                    let asked = Duration::from_millis(retry_after_ms.unwrap_or(0));
+                    link.next_poll =
+                        now + asked.clamp(LINK_POLL_SLOW_INTERVAL, MAX_LINK_RETRY_PAUSE);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if status.completed {
                 return self.finish_link().await;
             }
@@ -809,10 +866,6 @@ impl Client {
                     });
                 }
             }
-            if tokio::time::Instant::now() + LINK_POLL_INTERVAL > deadline {
-                return Ok(LinkProgress::Waiting);
-            }
-            tokio::time::sleep(LINK_POLL_INTERVAL).await;
         }
     }
 

@@ -99,7 +99,10 @@ pub struct Limits {
     /// Seconds an attachment transfer may go without progress before it is reset.
     pub blob_idle_timeout_secs: u64,
     /// Requests before authentication that concern device linking (`link_start`,
-    /// `link_poll`, `link_sign`), per remote IP address.
+    /// `link_poll`, `link_sign`), per remote IP address. The reference client's poll
+    /// schedule (`sealpost_client::trust::link_poll_delay`: 300 ms for 3 s, then every
+    /// 3 s) is sized for the default, 1 a second with a burst of 30 (docs/PROTOCOL.md
+    /// §18.6).
     pub link_requests_per_ip: Rate,
     /// Pending link requests held at once, all accounts together (each account has at
     /// most `MAX_PENDING_LINKS`, 4).

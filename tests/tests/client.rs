@@ -158,6 +158,49 @@ async fn a_second_device_sees_both_sides() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linking_device_waits_out_the_relays_link_rate_limit() {
+    use sealpost_client::LinkProgress;
+    // A relay far stricter than the default: the fast polls alone exceed its burst.
+    let homes = tempfile::tempdir().unwrap();
+    let o = org::TestOrg::new();
+    let fp = o.fingerprint();
+    let relay = memory_relay(|c| {
+        c.org_fingerprint = Some(fp);
+        c.limits.link_requests_per_ip = sealpost_server::limits::Rate::new(1.0, 4.0);
+    })
+    .await;
+    let _staff = org::staff(&relay, homes.path(), &o, "r.").await;
+    let erin_id = relay.account("erin", Role::Client).await;
+    let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &erin_id, Some(&o)).await;
+    org::settle().await;
+    let mut laptop = Client::init(&homes.path().join("laptop"), PASS).unwrap();
+    let ticket = laptop
+        .link_start(org::relay_info(&relay, Some(&o)), &erin_id)
+        .await
+        .unwrap();
+    // Nobody answers for a while: the device keeps polling, waiting out `rate_limited`
+    // answers as they come, and reports that it is still waiting.
+    let waited = laptop.link_progress(Duration::from_secs(4)).await;
+    assert!(
+        matches!(waited, Ok(LinkProgress::Waiting)),
+        "expected to be still waiting, got {waited:?}"
+    );
+    phone.offer_link(&ticket.link_id).await.unwrap();
+    let code = match laptop.link_progress(Duration::from_secs(20)).await.unwrap() {
+        LinkProgress::Offered { code, .. } => code,
+        other => panic!("expected an offer, got {other:?}"),
+    };
+    phone
+        .confirm_link(&ticket.link_id, &code, Duration::from_secs(20))
+        .await
+        .unwrap();
+    match laptop.link_progress(Duration::from_secs(20)).await.unwrap() {
+        LinkProgress::Completed { .. } => {}
+        other => panic!("expected completion, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staff_notices_reach_one_several_and_all_clients() {
     let homes = tempfile::tempdir().unwrap();
     let (relay, o, staff_members) = org_relay(homes.path(), "").await;

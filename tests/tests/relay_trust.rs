@@ -657,6 +657,50 @@ async fn a_new_link_start_replaces_the_devices_earlier_pending_request() {
     assert_eq!(existing.conn.list_links(&alice).await.unwrap().len(), 2);
 }
 
+/// The linking device's poll schedule and the relay's per-address limit on link requests
+/// agree by design: with the default limit, one device (or two at once from one
+/// address) polling for the whole 24 hours a link request lives is never refused.
+#[test]
+fn the_link_poll_schedule_stays_inside_the_relays_default_limit() {
+    use sealpost_client::trust::{link_poll_delay, LINK_POLL_FAST_FOR, LINK_POLL_SLOW_INTERVAL};
+    use sealpost_server::limits::TokenBucket;
+    let rate = sealpost_server::config::Limits::default().link_requests_per_ip;
+    assert!(
+        1000.0 / LINK_POLL_SLOW_INTERVAL.as_millis() as f64 <= rate.per_second / 3.0,
+        "the slow polls are at most a third of the relay's sustained rate"
+    );
+    let lifetime = sealpost_server::links::LINK_LIFETIME_MS;
+    for devices in [1u64, 2] {
+        let mut bucket = TokenBucket::new(rate, 0);
+        // (next request at, started at), one per device; each starts with `link_start`.
+        let mut next: Vec<(u64, u64)> = (0..devices).map(|d| (d * 7, d * 7)).collect();
+        bucket.try_take(devices as f64, 0).unwrap();
+        let mut polls = 0u64;
+        let mut fast = 0u64;
+        loop {
+            let (i, &(at, started)) = next
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (at, _))| *at)
+                .unwrap();
+            if at > lifetime {
+                break;
+            }
+            bucket.try_take(1.0, at).unwrap_or_else(|wait| {
+                panic!("{devices} device(s): poll {polls} at {at} ms refused ({wait} ms)")
+            });
+            polls += 1;
+            let since = Duration::from_millis(at - started);
+            if since < LINK_POLL_FAST_FOR {
+                fast += 1;
+            }
+            next[i].0 = at + link_poll_delay(since).as_millis() as u64;
+        }
+        assert!(fast <= devices * 10, "{fast} fast polls");
+        assert!(polls > devices * 20_000, "{polls} polls in 24 h");
+    }
+}
+
 #[tokio::test]
 async fn link_requests_are_bounded_per_account() {
     let relay = memory_relay(|_| {}).await;

@@ -664,8 +664,10 @@ async fn device_link(
                 ctx.out.say("It is on probation for the roster's cooling-off window: it can read, but cannot send approvals or instructions yet.");
                 return Ok(());
             }
-            // Polling for a long time (a recovery waits for several staff approvals) may
-            // meet the relay's rate limit: wait as told and keep polling.
+            // The library polls well inside the relay's per-address limit for link
+            // requests and waits out a `rate_limited` poll itself (§18.6); another
+            // request (signing an offer) may still meet the limit when several devices
+            // link from one address: wait as told and go on.
             Err(ClientError::Net(NetError::Refused {
                 code: ErrorCode::RateLimited,
                 retry_after_ms,
