@@ -84,10 +84,22 @@ pub enum ClientError {
     /// pinned at enrolment, or the relay serves no roster yet).
     #[error("no organisation roster: {0}")]
     NoRoster(String),
-    /// This device or account may not do this (not staff, on probation, frozen, wrong
+    /// This device or account may not do this (not staff, frozen, wrong
     /// role, not an active device).
     #[error("not allowed: {0}")]
     NotAllowed(String),
+    /// This device is on probation (its cooling-off after it was added, §19.6) and may
+    /// not do this until `until_ms`.
+    #[error(
+        "not allowed: this device is on probation until {until_ms} (ms since the Unix \
+         epoch) and may not {refused} until then"
+    )]
+    OnProbation {
+        /// End of its cooling-off window (ms since the Unix epoch).
+        until_ms: u64,
+        /// What it may not do, e.g. `send Approval messages`.
+        refused: String,
+    },
     /// The code typed does not match the one the new device shows. The offer is
     /// withdrawn; start again with a fresh challenge.
     #[error("the code does not match the one the new device shows; the offer was withdrawn")]

@@ -20,7 +20,7 @@
 //!   [`Client::pending_links`], [`Client::offer_link`] and, once the user has typed the code
 //!   the new device shows, [`Client::confirm_link`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use rand::rngs::OsRng;
@@ -78,6 +78,10 @@ pub struct LogHeadRecord {
     /// Its hash.
     #[serde(with = "serde_bytes")]
     pub hash: Vec<u8>,
+    /// Whether the verified log left the account frozen ([`Event::FreezeChanged`] is
+    /// reported when this changes).
+    #[serde(default)]
+    pub frozen: bool,
 }
 
 /// What this device offered to a linking device, kept until it is confirmed.
@@ -107,6 +111,9 @@ pub(crate) struct TrustCache {
     pub(crate) roster_head: Option<RosterHead>,
     roster_checked_ms: u64,
     heads: BTreeMap<AccountId, LogHead>,
+    /// Accounts whose verified log (at the head in `heads`) left them frozen, persisted
+    /// beside the heads, so that a freeze is reported once and not on every run.
+    frozen: BTreeSet<AccountId>,
     sets: HashMap<AccountId, (DeviceSet, u64)>,
     reported: HashSet<(AccountId, DeviceId)>,
 }
@@ -117,6 +124,11 @@ impl TrustCache {
         head: Option<RosterHead>,
         heads: Vec<LogHeadRecord>,
     ) -> Self {
+        let frozen = heads
+            .iter()
+            .filter(|r| r.frozen)
+            .map(|r| r.account.clone())
+            .collect();
         let heads = heads
             .into_iter()
             .filter_map(|r| {
@@ -134,6 +146,7 @@ impl TrustCache {
             stored_links: links,
             roster_head: head,
             heads,
+            frozen,
             ..Self::default()
         }
     }
@@ -152,6 +165,7 @@ impl TrustCache {
                 account: a.clone(),
                 seq: h.seq,
                 hash: h.hash.0.to_vec(),
+                frozen: self.frozen.contains(a),
             })
             .collect()
     }
@@ -187,6 +201,15 @@ pub(crate) struct NewDeviceLink {
     /// The next `link_poll` is not sent before this (kept across `link_progress` calls,
     /// so a caller that calls it in a loop cannot poll faster).
     next_poll: tokio::time::Instant,
+}
+
+/// `ms` (since the Unix epoch) as a UTC time to the second, for messages.
+fn utc(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace('T', " ")
+        .replace('Z', " UTC")
 }
 
 /// How long a linking device waits after a `link_poll` sent `since_start` after its
@@ -417,18 +440,41 @@ impl Client {
             }
         };
         let mut events = Vec::new();
-        let previous_frozen = self.trust.set(account).map(|s| s.frozen);
+        // What this client last saw, persisted: a freeze is reported when it changes, not
+        // on every run while the account stays frozen.
+        let was_frozen = self.trust.frozen.contains(account);
         if let Some(head) = set.head {
             if self.trust.heads.len() >= MAX_LOG_HEADS && !self.trust.heads.contains_key(account) {
                 // Forget the head of some other account rather than grow without bound.
                 if let Some(k) = self.trust.heads.keys().next().cloned() {
                     self.trust.heads.remove(&k);
+                    self.trust.frozen.remove(&k);
                 }
             }
             self.trust.heads.insert(account.clone(), head);
         }
+        if set.frozen {
+            self.trust.frozen.insert(account.clone());
+        } else {
+            self.trust.frozen.remove(account);
+        }
         // Update the contact's devices from the verified set.
         let me = self.device_id();
+        // Devices this device itself signed into the log (it confirmed their link): no
+        // warning about those. Every other add is reported.
+        let added_by_me: HashSet<DeviceId> = log
+            .entries
+            .as_slice()
+            .iter()
+            .filter_map(|e| match (&e.body.action, &e.authorization) {
+                (DeviceAction::Add { identity }, EntryAuthorization::Device { device, .. })
+                    if device == &me =>
+                {
+                    Some(identity.device_id())
+                }
+                _ => None,
+            })
+            .collect();
         let contact = self
             .contacts
             .entry(account.clone())
@@ -454,15 +500,15 @@ impl Client {
             }
             if let std::collections::btree_map::Entry::Vacant(slot) = contact.devices.entry(id) {
                 let fingerprint = d.identity.fingerprint().to_string();
-                if known_before {
+                if known_before && !added_by_me.contains(&id) {
                     events.push(Event::DeviceAdded {
                         account: account.clone(),
                         device: id,
                         fingerprint: fingerprint.clone(),
                         probation_until_ms: d.probation_until_ms,
                     });
+                    added.push(fingerprint);
                 }
-                added.push(fingerprint);
                 slot.insert(KnownDevice {
                     identity: d.identity.clone(),
                     first_seen_ms: now,
@@ -492,9 +538,7 @@ impl Client {
                 was_verified,
             });
         }
-        if previous_frozen.unwrap_or(false) != set.frozen
-            && (previous_frozen.is_some() || set.frozen)
-        {
+        if was_frozen != set.frozen {
             events.push(Event::FreezeChanged {
                 account: account.clone(),
                 frozen: set.frozen,
@@ -588,10 +632,10 @@ impl Client {
             SendDecision::NotActive => Err(ClientError::NotAllowed(
                 "this device is not an active device of its account (revoked?)".into(),
             )),
-            SendDecision::OnProbation { until_ms } => Err(ClientError::NotAllowed(format!(
-                "this device is on probation until {until_ms} (ms since the epoch) and may not \
-                 send {kind:?} messages yet"
-            ))),
+            SendDecision::OnProbation { until_ms } => Err(ClientError::OnProbation {
+                until_ms,
+                refused: format!("send {kind:?} messages"),
+            }),
             SendDecision::Frozen => Err(ClientError::NotAllowed(format!(
                 "the account is frozen; {kind:?} messages are refused until staff unfreeze it"
             ))),
@@ -637,8 +681,9 @@ impl Client {
                 )
             }
             SendDecision::OnProbation { until_ms } => format!(
-                "device {device} of {account} is on probation until {until_ms} and may not \
-                 send {kind:?} messages"
+                "device {device} of {account} is on probation until {} and may not send \
+                 {kind:?} messages",
+                utc(until_ms)
             ),
             SendDecision::Frozen => {
                 format!("{account} is frozen: {kind:?} messages from it are refused")
@@ -682,10 +727,10 @@ impl Client {
             None => Err(ClientError::NotAllowed(
                 "this device is not an active device of its account".into(),
             )),
-            Some(d) if d.on_probation => Err(ClientError::NotAllowed(format!(
-                "this device is on probation until {} and cannot change the account's devices",
-                d.probation_until_ms
-            ))),
+            Some(d) if d.on_probation => Err(ClientError::OnProbation {
+                until_ms: d.probation_until_ms,
+                refused: "change the account's devices".into(),
+            }),
             Some(_) => Ok(()),
         }
     }

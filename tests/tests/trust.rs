@@ -405,6 +405,80 @@ async fn the_roster_changes_only_with_the_quorum_and_bad_approvals_are_refused()
     let _ = &o;
 }
 
+fn devices_added(events: &[Event]) -> Vec<sealpost_protocol::identity::DeviceId> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::DeviceAdded { device, .. } => Some(*device),
+            _ => None,
+        })
+        .collect()
+}
+
+fn freeze_changes(events: &[Event]) -> Vec<bool> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::FreezeChanged { frozen, .. } => Some(*frozen),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_and_freeze_events_are_told_once_and_not_for_ones_own_add() {
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
+    let alice_id = relay.account("alice", Role::Client).await;
+    relay.assign(&alice_id, staff[0].account().unwrap()).await;
+    let phone_home = homes.path().join("phone");
+    let mut phone = org::enrolled(&relay, &phone_home, &alice_id, Some(&o)).await;
+    org::settle().await;
+    let _ = phone.take_events();
+
+    // The phone confirms the tablet: no warning to the phone about the device it added.
+    let mut tablet = org::linked(&relay, &mut phone, &homes.path().join("tablet"), Some(&o)).await;
+    let ev = phone.take_events();
+    assert!(devices_added(&ev).is_empty(), "{ev:?}");
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::DevicesChanged { .. })),
+        "{ev:?}"
+    );
+    phone.devices().await.unwrap();
+    assert!(devices_added(&phone.take_events()).is_empty());
+
+    // An add the phone did not sign is still told to it (and not to the tablet, which
+    // signed it).
+    org::settle().await;
+    let laptop = org::linked(&relay, &mut tablet, &homes.path().join("laptop"), Some(&o)).await;
+    assert!(devices_added(&tablet.take_events()).is_empty());
+    phone.devices().await.unwrap();
+    assert_eq!(
+        devices_added(&phone.take_events()),
+        vec![laptop.device_id()]
+    );
+
+    // A freeze is told once per change, also across runs: not again on every command
+    // while the account stays frozen.
+    phone.freeze_account("this wasn't me").await.unwrap();
+    let _ = phone.take_events();
+    phone.devices().await.unwrap();
+    assert!(freeze_changes(&phone.take_events()).is_empty());
+    tablet.devices().await.unwrap();
+    assert_eq!(freeze_changes(&tablet.take_events()), vec![true]);
+    tablet.devices().await.unwrap();
+    assert!(freeze_changes(&tablet.take_events()).is_empty());
+    drop(phone);
+    let mut phone = Client::open(&phone_home, org::PASS).unwrap();
+    phone.connect().await.unwrap();
+    phone.devices().await.unwrap();
+    assert!(freeze_changes(&phone.take_events()).is_empty());
+    staff[0].account_devices(&alice_id).await.unwrap();
+    assert_eq!(freeze_changes(&staff[0].take_events()), vec![true]);
+    staff[0].account_devices(&alice_id).await.unwrap();
+    assert!(freeze_changes(&staff[0].take_events()).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probation_freeze_and_unfreeze_with_the_quorum() {
     let homes = tempfile::tempdir().unwrap();
@@ -426,7 +500,10 @@ async fn probation_freeze_and_unfreeze_with_the_quorum() {
     assert_eq!(staff_view.devices.len(), 2);
     // A device on probation cannot change the account.
     match tablet.freeze_account("test").await {
-        Err(ClientError::NotAllowed(m)) => assert!(m.contains("probation"), "{m}"),
+        Err(ClientError::OnProbation { until_ms, refused }) => {
+            assert_eq!(until_ms, t.probation_until_ms);
+            assert!(refused.contains("devices"), "{refused}");
+        }
         other => panic!("a device on probation froze the account: {other:?}"),
     }
     // "This wasn't me": the phone freezes; the tablet is revoked.

@@ -5,6 +5,9 @@ use sealpost_client::org::OrgError;
 use sealpost_client::state::StateError;
 use sealpost_client::ClientError;
 use sealpost_protocol::wire::ErrorCode;
+use serde_json::{Map, Value};
+
+use super::output::time;
 
 /// The documented exit codes (also in `--help` and the README).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +55,9 @@ pub struct CliError {
     pub message: String,
     /// What to do about it.
     pub hint: Option<String>,
+    /// Machine-readable details, added to the `--json` error line (for example
+    /// `probation_until_ms`).
+    pub details: Map<String, Value>,
 }
 
 impl CliError {
@@ -61,7 +67,34 @@ impl CliError {
             exit,
             message: message.into(),
             hint: None,
+            details: Map::new(),
         }
+    }
+
+    /// Add a machine-readable detail for `--json`.
+    pub fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// This device is on probation until `until_ms` (ms since the Unix epoch) and may not
+    /// do `refused`: said as a duration and a UTC time; `--json` has the milliseconds.
+    pub fn on_probation(until_ms: u64, refused: &str, now_ms: u64) -> Self {
+        let left = until_ms.saturating_sub(now_ms);
+        // Whole minutes (at least one) read better than "23h 59m 59s 412ms".
+        let minutes = left.div_ceil(60_000).max(1);
+        let left_text =
+            humantime::format_duration(std::time::Duration::from_secs(minutes * 60)).to_string();
+        Self::new(
+            Exit::Refused,
+            format!(
+                "not allowed: this device is on probation for about {left_text} more (until {}) and may not {refused} until then",
+                time(until_ms)
+            ),
+        )
+        .hint("a new device's cooling-off lets it read at once but keeps it from approving or instructing; use an older device of the account, or wait")
+        .detail("probation_until_ms", until_ms)
+        .detail("probation_left_ms", left)
     }
 
     /// Add a suggestion.
@@ -115,6 +148,12 @@ impl CliError {
             ClientError::NoRoster(m) => Self::failure(format!("no organisation roster: {m}"))
                 .hint("the firm publishes roster version 1 with `sealpost org roster publish`; devices must be enrolled with `--org`"),
             ClientError::NotAllowed(m) => Self::new(Exit::Refused, format!("not allowed: {m}")),
+            ClientError::OnProbation { until_ms, refused } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                Self::on_probation(until_ms, &refused, now)
+            }
             ClientError::CodeMismatch => Self::new(
                 Exit::Mismatch,
                 "the code does NOT match the one the new device shows; the offer was withdrawn",
@@ -217,5 +256,45 @@ impl CliError {
         Self::new(Exit::NotEnrolled, "this device is not enrolled yet").hint(
             "ask your firm for an enrolment code, then run `sealpost enroll --relay ADDR --ca FINGERPRINT --account ID --code CODE`",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn probation_is_said_as_a_duration_and_a_utc_time_with_the_ms_in_json() {
+        let now = 1_800_000_000_000;
+        let until = now + 3_600_000 + 30_000;
+        let e = CliError::from_client(
+            ClientError::OnProbation {
+                until_ms: until,
+                refused: "send Approval messages".into(),
+            },
+            None,
+        );
+        assert_eq!(e.exit, Exit::Refused);
+        assert!(!e.message.contains(&until.to_string()), "{}", e.message);
+        assert!(
+            e.message.contains("send Approval messages"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.details["probation_until_ms"], until);
+        let e = CliError::on_probation(until, "send Approval messages", now);
+        assert!(e.message.contains("about 1h 1m more"), "{}", e.message);
+        assert!(
+            e.message.contains("(until 2027-01-15 09:00:30 UTC)"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.details["probation_until_ms"], until);
+        assert_eq!(e.details["probation_left_ms"], 3_630_000);
+        // Past its end (a clock skew): never "0s".
+        let e = CliError::on_probation(now, "x", now + 5);
+        assert!(e.message.contains("about 1m more"), "{}", e.message);
     }
 }

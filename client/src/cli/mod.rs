@@ -61,13 +61,18 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
 
 fn report(out: Out, e: &CliError) {
     if out.json {
-        let v = json!({
+        let mut v = json!({
             "event": "error",
             "error": e.message,
             "hint": e.hint,
             "kind": e.exit.kind(),
             "exit_code": e.exit as u8,
         });
+        if let Some(map) = v.as_object_mut() {
+            for (k, d) in &e.details {
+                map.entry(k.clone()).or_insert_with(|| d.clone());
+            }
+        }
         eprintln!("{v}");
     } else {
         eprintln!("error: {}", e.message);

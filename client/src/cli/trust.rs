@@ -827,7 +827,8 @@ async fn device_confirm(
     }
     .await;
     let added = end(ctx, &mut client, &at, result).await?;
-    ctx.out.json_line(to_json_tagged("device_confirmed", &added)?);
+    ctx.out
+        .json_line(to_json_tagged("device_confirmed", &added)?);
     ctx.out.say(format!(
         "Added device {} ({}) to {me}.",
         added.device, added.fingerprint
