@@ -32,7 +32,7 @@
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -53,8 +53,16 @@ use super::{
     MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
 };
 
-/// Most operations committed in one transaction.
-pub const MAX_BATCH: usize = 512;
+/// Most operations committed in one transaction. Under load the writer takes whatever
+/// is queued, so this caps one commit cycle's work, not its latency at moderate rates;
+/// it must be large enough that a saturated queue (connections x their in-flight
+/// operations) drains in few cycles, because each cycle pays one `fsync`.
+pub const MAX_BATCH: usize = 4096;
+/// WAL frames after which the writer finishes a checkpoint between two transactions so
+/// that the log restarts from its beginning (the WAL file stays near 32 MiB).
+const WAL_RESTART_FRAMES: i64 = 8192;
+/// How often the checkpointer looks at the WAL when the writer has not woken it.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// Read-only connections used at the same time.
 pub const READ_CONNECTIONS: usize = 4;
 /// How long a connection waits for a lock before failing.
@@ -200,6 +208,7 @@ struct Counters {
 /// queued and closes the database.
 pub struct SqliteStore {
     writer: Option<mpsc::Sender<Msg>>,
+    /// The writer thread (which also stops and joins the checkpoint thread).
     thread: Option<JoinHandle<()>>,
     readers: Arc<Readers>,
     permits: Semaphore,
@@ -249,20 +258,50 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(backend)?;
-        // Checkpoint less often (8192 pages, 32 MiB of WAL): hot pages such as mailbox
-        // counters are then written back once per checkpoint rather than every 1000 pages.
-        conn.pragma_update(None, "wal_autocheckpoint", 8192)
+        // No auto-checkpoint in the commit path: copying 8192 pages into the database and
+        // fsyncing it there stalled every queued write. A checkpoint thread with its own
+        // connection does that work alongside the writer (WAL allows a checkpoint to run
+        // concurrently with writes); the writer only finishes it when the WAL is long, so
+        // that the log restarts (`restart_wal_if_long`).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(backend)?;
         conn.pragma_update(None, "cache_size", -32768)
             .map_err(backend)?;
         migrate(&mut conn)?;
+
+        let ckpt_conn = Connection::open(path)
+            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        ckpt_conn.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        // FULL: a checkpoint fsyncs the WAL before copying and the database after.
+        ckpt_conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        ckpt_conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(backend)?;
+        let (ckpt_tx, ckpt_rx) = mpsc::sync_channel::<()>(1);
+        let wal_frames = Arc::new(AtomicI64::new(0));
+        let ckpt_frames = Arc::clone(&wal_frames);
+        let checkpointer = std::thread::Builder::new()
+            .name("sealpost-ckpt".to_owned())
+            .spawn(move || checkpoint_loop(&ckpt_conn, &ckpt_rx, &ckpt_frames))
+            .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
 
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let thread_counters = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name("sealpost-sqlite-writer".to_owned())
-            .spawn(move || writer_loop(&conn, &rx, &thread_counters))
+            .spawn(move || {
+                writer_loop(&conn, &rx, &thread_counters, &ckpt_tx, &wal_frames);
+                // Stop the checkpointer and close its connection first, so that the
+                // writer's connection is the last one and checkpoints the WAL as it closes.
+                drop(ckpt_tx);
+                if checkpointer.join().is_err() {
+                    tracing::error!("sqlite checkpoint thread panicked");
+                }
+                drop(conn);
+            })
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
         Ok(Self {
             writer: Some(tx),
@@ -494,7 +533,13 @@ fn in_savepoint<T>(
     }
 }
 
-fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Msg>, counters: &Counters) {
+fn writer_loop(
+    conn: &Connection,
+    rx: &mpsc::Receiver<Msg>,
+    counters: &Counters,
+    checkpointer: &mpsc::SyncSender<()>,
+    wal_frames: &AtomicI64,
+) {
     let mut ops: Vec<Box<dyn WriteOp>> = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -512,6 +557,9 @@ fn writer_loop(conn: &Connection, rx: &mpsc::Receiver<Msg>, counters: &Counters)
             counters.commits.fetch_add(1, Ordering::Relaxed);
             counters.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
             commit_batch(conn, &mut ops);
+            // Wake the checkpointer (a wake-up already pending is enough).
+            let _ = checkpointer.try_send(());
+            restart_wal_if_long(conn, wal_frames);
         }
         if !flushes.is_empty() {
             let result = checkpoint(conn);
@@ -561,9 +609,58 @@ fn commit_batch(conn: &Connection, ops: &mut Vec<Box<dyn WriteOp>>) {
     }
 }
 
+/// The checkpoint thread: after commits (or every [`CHECKPOINT_INTERVAL`]) copy what the
+/// WAL holds into the database and fsync it (`PASSIVE`: never blocks the writer or
+/// readers, never waits), and publish the WAL's length in frames for the writer. Stops
+/// when the writer thread has stopped.
+fn checkpoint_loop(conn: &Connection, wake: &mpsc::Receiver<()>, wal_frames: &AtomicI64) {
+    loop {
+        match wake.recv_timeout(CHECKPOINT_INTERVAL) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(log) => wal_frames.store(log, Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
+        }
+    }
+}
+
+/// On the writer, between transactions: once the WAL has grown past
+/// [`WAL_RESTART_FRAMES`], finish the checkpoint the checkpoint thread has mostly done
+/// (a `PASSIVE` one, as SQLite's own auto-checkpoint would run here), so that the next
+/// transaction starts the WAL again from its beginning. SQLite restarts the log only
+/// from the writer, and only when every frame is in the database; a checkpoint thread
+/// alone could never catch up with a writer that is always busy.
+fn restart_wal_if_long(conn: &Connection, wal_frames: &AtomicI64) {
+    if wal_frames.load(Ordering::Relaxed) < WAL_RESTART_FRAMES {
+        return;
+    }
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    }) {
+        // Fully copied: the next transaction restarts the log.
+        Ok((log, done)) if done >= log => wal_frames.store(0, Ordering::Relaxed),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
+    }
+}
+
 fn checkpoint(conn: &Connection) -> Result<(), String> {
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        .map_err(|e| e.to_string())
+    // The checkpoint thread may hold the checkpoint lock for a moment (the pragma then
+    // reports busy instead of waiting): try again a few times.
+    for _ in 0..50 {
+        let busy: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        if busy == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Everything committed is durable in the WAL either way; only its truncation waits.
+    tracing::warn!("WAL checkpoint stayed busy; the WAL was not truncated");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1627,9 +1724,11 @@ fn pending_from_row(recipient: DeviceId, row: EnvelopeRow) -> Result<Pending, St
 fn op_ack(c: &Connection, device: &DeviceId, message_id: &MessageId) -> Result<bool, StoreError> {
     let d = dev(device);
     let m = msg(message_id);
+    // One statement finds and deletes the row (one index search instead of two).
     let row: Option<(i64, i64, i64)> = c
         .prepare_cached(
-            "SELECT seq, size, expires_ms FROM envelopes WHERE recipient = ?1 AND message_id = ?2",
+            "DELETE FROM envelopes WHERE recipient = ?1 AND message_id = ?2
+             RETURNING seq, size, expires_ms",
         )
         .and_then(|mut s| {
             s.query_row(params![d, m], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -1639,9 +1738,6 @@ fn op_ack(c: &Connection, device: &DeviceId, message_id: &MessageId) -> Result<b
     let Some((seq, size, expires)) = row else {
         return Ok(false);
     };
-    c.prepare_cached("DELETE FROM envelopes WHERE recipient = ?1 AND seq = ?2")
-        .and_then(|mut s| s.execute(params![d, seq]))
-        .map_err(backend)?;
     c.prepare_cached(
         "INSERT INTO delivered (recipient, message_id, seq, expires_ms) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (recipient, message_id) DO NOTHING",
