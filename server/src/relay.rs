@@ -69,7 +69,7 @@ pub struct Relay<S: Store> {
     /// Storage.
     pub store: S,
     /// Online devices.
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     /// Configuration.
     pub config: Config,
     /// Attachment blobs (opaque ciphertext; see `transfer.rs`).
@@ -285,7 +285,7 @@ impl<S: Store> Relay<S> {
             trust: TrustState::new(config.org_fingerprint, l.trust_cache_accounts),
             links: Mutex::new(LinkRegistry::new(l.max_pending_links)),
             store,
-            hub: Hub::new(),
+            hub: Arc::new(Hub::new()),
             blobs: Arc::new(crate::store::blob::MemoryBlobStore::new(
                 crate::store::blob::BlobLimits::from_limits(&config.limits),
             )),
@@ -812,7 +812,9 @@ impl<S: Store> Relay<S> {
         })
     }
 
-    /// Durably store a checked `send`, push it to the recipient if online, and answer.
+    /// Store a checked `send`: the recipient, if online, gets it as soon as the store has
+    /// staged it (sequence number assigned, visible to its mailbox), without waiting for
+    /// the disk; the sender is answered `accepted` only once it is durable.
     pub async fn commit_send(&self, p: PreparedSend) -> Handled {
         let PreparedSend {
             id,
@@ -821,20 +823,29 @@ impl<S: Store> Relay<S> {
             expires,
             started,
         } = p;
-        match self.store.enqueue(&envelope, expires, quota).await {
+        let message_id = envelope.header.message_id;
+        let recipient = envelope.header.recipient;
+        let envelope = Arc::new(envelope);
+        let hub = Arc::clone(&self.hub);
+        let pushed = Arc::clone(&envelope);
+        let on_staged: crate::store::OnStaged = Box::new(move |seq| {
+            hub.push(
+                &recipient,
+                Push::Envelope {
+                    seq,
+                    envelope: pushed,
+                },
+            );
+        });
+        match self
+            .store
+            .enqueue_with(envelope, expires, quota, on_staged)
+            .await
+        {
             Ok(done) => {
                 metrics::histogram!(m::SEND_LATENCY).record(started.elapsed().as_secs_f64());
-                let message_id = envelope.header.message_id;
                 if !done.duplicate {
                     metrics::counter!(m::ENVELOPES_ACCEPTED).increment(1);
-                    let recipient = envelope.header.recipient;
-                    self.hub.push(
-                        &recipient,
-                        Push::Envelope {
-                            seq: done.seq,
-                            envelope: Arc::new(envelope),
-                        },
-                    );
                 }
                 reply(id, FrameBody::Accepted { message_id })
             }

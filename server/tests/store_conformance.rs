@@ -825,6 +825,187 @@ async fn take_bundle_concurrent_hands_each_key_once<S: Store>(store: S) {
 // ---------------------------------------------------------------------------------------
 // Mailboxes
 
+/// The staged hook: called once per stored envelope, in sequence order, and what it
+/// reports is in `pending` at once (before or after the commit, whichever comes first);
+/// never called for a duplicate or a refused envelope.
+async fn staged_hook_in_order_and_visible_at_once<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let mut rng = rng(40);
+    let (alice, bob) = two_devices(&*store, &mut rng).await;
+    let n = 64u64;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let envs: Vec<Envelope> = (0..n)
+        .map(|_| envelope(alice.id, bob.id, 200, &mut rng))
+        .collect();
+    let mut tasks = Vec::new();
+    for e in envs.clone() {
+        let (store, tx) = (Arc::clone(&store), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = e.header.message_id;
+            let hook = Box::new(move |seq| {
+                let _ = tx.send((seq, id));
+            });
+            store
+                .enqueue_with(Arc::new(e), T0 + HOUR, ROOMY, hook)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut hooked = Vec::new();
+    let mut seq_of = BTreeMap::new();
+    for _ in 0..n {
+        let (seq, id) = rx.recv().await.unwrap();
+        let p = store.pending(&bob.id, seq - 1, 1).await.unwrap();
+        assert_eq!(p.len(), 1, "staged envelope {seq} not visible");
+        assert_eq!((p[0].seq, p[0].envelope.header.message_id), (seq, id));
+        hooked.push(seq);
+        seq_of.insert(id, seq);
+    }
+    assert_eq!(hooked, (1..=n).collect::<Vec<u64>>());
+    let mut answered = BTreeSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(!r.duplicate);
+        answered.insert(r.seq);
+    }
+    assert_eq!(answered, (1..=n).collect::<BTreeSet<u64>>());
+
+    let called = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&called);
+    let dup = store
+        .enqueue_with(
+            Arc::new(envs[3].clone()),
+            T0 + HOUR,
+            ROOMY,
+            Box::new(move |_| flag.store(true, std::sync::atomic::Ordering::SeqCst)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dup,
+        Enqueued {
+            seq: seq_of[&envs[3].header.message_id],
+            duplicate: true
+        }
+    );
+    let full = Quota {
+        max_count: n,
+        max_bytes: 1 << 40,
+    };
+    let flag = Arc::clone(&called);
+    let refused = store
+        .enqueue_with(
+            Arc::new(envelope(alice.id, bob.id, 10, &mut rng)),
+            T0 + HOUR,
+            full,
+            Box::new(move |_| flag.store(true, std::sync::atomic::Ordering::SeqCst)),
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::QuotaExceeded { .. })));
+    assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
+    drop(tx);
+    assert!(rx.recv().await.is_none(), "no further hook calls");
+}
+
+/// Enqueue `n` envelopes concurrently and acknowledge each the moment its hook reports
+/// it (on SQLite, usually before its batch is written). Returns them.
+async fn ack_each_when_staged<S: Store>(
+    store: &Arc<S>,
+    alice: &Dev,
+    bob: &Dev,
+    n: usize,
+    rng: &mut StdRng,
+) -> Vec<Envelope> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MessageId>();
+    let acker = {
+        let (store, bob) = (Arc::clone(store), bob.id);
+        tokio::spawn(async move {
+            let mut acks = Vec::new();
+            while let Some(id) = rx.recv().await {
+                let store = Arc::clone(&store);
+                acks.push(tokio::spawn(async move { store.ack(&bob, &id).await }));
+            }
+            let mut acked = 0;
+            for a in acks {
+                if a.await.unwrap().unwrap() {
+                    acked += 1;
+                }
+            }
+            acked
+        })
+    };
+    let envs: Vec<Envelope> = (0..n)
+        .map(|_| envelope(alice.id, bob.id, 500, rng))
+        .collect();
+    let mut tasks = Vec::new();
+    for e in envs.clone() {
+        let (store, tx) = (Arc::clone(store), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = e.header.message_id;
+            store
+                .enqueue_with(
+                    Arc::new(e),
+                    T0 + HOUR,
+                    ROOMY,
+                    Box::new(move |_| {
+                        let _ = tx.send(id);
+                    }),
+                )
+                .await
+        }));
+    }
+    drop(tx);
+    for t in tasks {
+        assert!(!t.await.unwrap().unwrap().duplicate);
+    }
+    assert_eq!(
+        acker.await.unwrap(),
+        n,
+        "every acknowledgement found its envelope"
+    );
+    envs
+}
+
+/// Envelopes acknowledged as soon as they are staged: nothing stays pending, the
+/// counters are back to zero, every id stays a duplicate, and numbering goes on.
+async fn acknowledged_when_staged_leaves_tombstones<S: Store>(store: S) {
+    let store = Arc::new(store);
+    let mut rng = rng(41);
+    let (alice, bob) = two_devices(&*store, &mut rng).await;
+    let envs = ack_each_when_staged(&store, &alice, &bob, 200, &mut rng).await;
+    assert!(store.pending(&bob.id, 0, 1000).await.unwrap().is_empty());
+    assert_eq!(store.queue_stats().await.unwrap(), QueueStats::default());
+    let mut seqs = BTreeSet::new();
+    for e in &envs {
+        let again = store.enqueue(e, T0 + HOUR, ROOMY).await.unwrap();
+        assert!(again.duplicate);
+        seqs.insert(again.seq);
+    }
+    assert_eq!(seqs, (1..=200).collect::<BTreeSet<u64>>());
+    let next = store
+        .enqueue(&envelope(alice.id, bob.id, 1, &mut rng), T0 + HOUR, ROOMY)
+        .await
+        .unwrap();
+    assert_eq!(
+        next,
+        Enqueued {
+            seq: 201,
+            duplicate: false
+        }
+    );
+    // The mailbox bound sees exactly one pending envelope.
+    let one = Quota {
+        max_count: 1,
+        max_bytes: 1 << 40,
+    };
+    assert!(matches!(
+        store
+            .enqueue(&envelope(alice.id, bob.id, 1, &mut rng), T0 + HOUR, one)
+            .await,
+        Err(StoreError::QuotaExceeded { current: 1, .. })
+    ));
+}
+
 async fn enqueue_idempotent<S: Store>(store: S) {
     let mut rng = rng(11);
     let (alice, bob) = two_devices(&store, &mut rng).await;
@@ -1727,6 +1908,8 @@ conformance!(
     quotas_count_and_bytes,
     queue_stats_and_flush,
     concurrent_enqueue,
+    staged_hook_in_order_and_visible_at_once,
+    acknowledged_when_staged_leaves_tombstones,
     trust_first_device_enrolment_once,
     trust_device_log_append_with_effects,
     trust_concurrent_appends_one_wins,
@@ -1944,6 +2127,64 @@ async fn sqlite_migrations_idempotent_and_newer_schema_refused() {
     }
 }
 
+/// On SQLite, envelopes acknowledged while their batch is still open are never written:
+/// only their tombstones are, and those (and the counters) survive a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_acknowledged_before_commit_writes_only_tombstones() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = db_path(dir.path());
+    let mut rng = rng(42);
+    let (alice_id, bob_id, envs);
+    {
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let (alice, bob) = two_devices(&*store, &mut rng).await;
+        let before = store.write_stats();
+        envs = ack_each_when_staged(&store, &alice, &bob, 400, &mut rng).await;
+        let after = store.write_stats();
+        assert_eq!(after.staged - before.staged, 400);
+        assert!(
+            after.cancelled > before.cancelled,
+            "no acknowledgement arrived while its batch was open: {after:?}"
+        );
+        eprintln!(
+            "{} of 400 acknowledged before their batch was written",
+            after.cancelled - before.cancelled
+        );
+        alice_id = alice.id;
+        bob_id = bob.id;
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT COUNT(*) FROM envelopes", [], |r| r.get(0))
+        .unwrap();
+    let tombs: i64 = conn
+        .query_row("SELECT COUNT(*) FROM delivered", [], |r| r.get(0))
+        .unwrap();
+    let counters: (i64, i64, i64) = conn
+        .query_row(
+            "SELECT next_seq, pending_count, pending_bytes FROM devices WHERE id = ?1",
+            [bob_id.to_hex()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    drop(conn);
+    assert_eq!((rows, tombs), (0, 400));
+    assert_eq!(counters, (401, 0, 0));
+    let store = SqliteStore::open(&path).unwrap();
+    for e in &envs {
+        assert!(store.enqueue(e, T0 + HOUR, ROOMY).await.unwrap().duplicate);
+    }
+    let next = store
+        .enqueue(&envelope(alice_id, bob_id, 1, &mut rng), T0 + HOUR, ROOMY)
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 401);
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats { count: 1, bytes: 1 }
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_clean_shutdown_checkpoints_wal() {
     let dir = tempfile::TempDir::new().unwrap();
@@ -1991,7 +2232,7 @@ async fn sqlite_group_commit_batches_concurrent_writes() {
     let mut tasks = Vec::new();
     for i in 0..n {
         let store = Arc::clone(&store);
-        // Every fourth one exceeds a tiny byte quota: its savepoint rolls back alone.
+        // Every fourth one exceeds a tiny byte quota: refused when staged, never written.
         let (len, quota) = if i % 4 == 3 {
             (
                 600,
@@ -2030,8 +2271,10 @@ async fn sqlite_group_commit_batches_concurrent_writes() {
         }
     );
     let after = store.write_stats();
-    assert_eq!(after.ops - before.ops, n);
-    assert!(after.commits - before.commits <= n);
+    assert_eq!(after.staged - before.staged, n * 3 / 4);
+    assert_eq!(after.ops - before.ops, n * 3 / 4);
+    // Concurrent writes share commits (one fsync for many).
+    assert!(after.commits - before.commits < n * 3 / 4);
     eprintln!(
         "group commit: {} writes in {} commits",
         after.ops - before.ops,

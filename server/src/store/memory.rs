@@ -6,7 +6,7 @@
 //! for tests and for a relay that needs no durability.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sealpost_protocol::envelope::{Envelope, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
@@ -15,8 +15,8 @@ use sealpost_protocol::trust::{LogEntry, SignedRoster};
 use sealpost_protocol::wire::Role;
 
 use super::{
-    AccountRecord, AccountStore, DeviceRecord, Enqueued, LogEffects, MailboxStore, Pending,
-    PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, TrustStore,
+    AccountRecord, AccountStore, DeviceRecord, Enqueued, LogEffects, MailboxStore, OnStaged,
+    Pending, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, TrustStore,
     MAX_DEVICES_PER_ACCOUNT, MAX_STORED_LOG_ENTRIES, MAX_STORED_ONE_TIME_PREKEYS,
     MAX_STORED_ROSTER_VERSIONS,
 };
@@ -59,7 +59,7 @@ fn count_u32(n: usize) -> u32 {
 }
 
 struct Stored {
-    envelope: Envelope,
+    envelope: Arc<Envelope>,
     expires_ms: u64,
 }
 
@@ -531,11 +531,12 @@ impl PreKeyStore for MemoryStore {
 }
 
 impl MailboxStore for MemoryStore {
-    async fn enqueue(
+    async fn enqueue_with(
         &self,
-        envelope: &Envelope,
+        envelope: Arc<Envelope>,
         expires_ms: u64,
         quota: Quota,
+        on_staged: OnStaged,
     ) -> Result<Enqueued, StoreError> {
         let mut g = self.lock()?;
         let d = g
@@ -564,7 +565,7 @@ impl MailboxStore for MemoryStore {
                 max: quota.max_count,
             });
         }
-        let size = body_len(envelope);
+        let size = body_len(&envelope);
         if mb.bytes.saturating_add(size) > quota.max_bytes {
             return Err(StoreError::QuotaExceeded {
                 what: "pending bytes",
@@ -579,10 +580,13 @@ impl MailboxStore for MemoryStore {
         mb.by_seq.insert(
             seq,
             Stored {
-                envelope: envelope.clone(),
+                envelope,
                 expires_ms,
             },
         );
+        // Staged and durable are the same moment here; still under the lock, so that
+        // calls for one recipient keep sequence order.
+        on_staged(seq);
         Ok(Enqueued {
             seq,
             duplicate: false,
@@ -605,7 +609,7 @@ impl MailboxStore for MemoryStore {
             .take(limit)
             .map(|(seq, s)| Pending {
                 seq: *seq,
-                envelope: s.envelope.clone(),
+                envelope: Envelope::clone(&s.envelope),
             })
             .collect())
     }

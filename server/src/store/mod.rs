@@ -13,8 +13,13 @@
 //!   and falls back to the last-resort KEM prekey when the one-time ones run out.
 //! * `enqueue` is idempotent per (recipient, message id): a repeat returns the original
 //!   sequence number with `duplicate = true` and stores nothing.
-//! * Sequence numbers are per recipient device, start at 1 and are contiguous in commit
-//!   order, so a reader can tell whether it has seen everything.
+//! * Sequence numbers are per recipient device, start at 1 and increase in staging
+//!   order (`on_staged` is called in that order); they are contiguous unless a backend
+//!   failure discarded staged envelopes, which leaves a gap (a reader that sees a gap
+//!   reads the mailbox again).
+//! * An envelope is visible to `pending` from the moment it is staged, and an
+//!   acknowledgement takes effect for `pending` at once; both are durable when their
+//!   futures resolve.
 //! * An envelope stays until acknowledged by its recipient or expired.
 //! * Trust records ([`TrustStore`]) only ever grow: roster versions are appended one
 //!   version at a time and device-log entries one sequence number at a time, each
@@ -27,6 +32,7 @@ pub mod memory;
 pub mod sqlite;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use sealpost_protocol::envelope::{Envelope, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
@@ -141,6 +147,10 @@ pub struct Enqueued {
     /// True if this (recipient, message id) was already stored; nothing changed.
     pub duplicate: bool,
 }
+
+/// Called with an envelope's sequence number once it is staged (see
+/// [`MailboxStore::enqueue_with`]).
+pub type OnStaged = Box<dyn FnOnce(u64) + Send + 'static>;
 
 /// A pending envelope with its mailbox sequence number.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -260,12 +270,42 @@ pub trait PreKeyStore: Send + Sync + 'static {
 pub trait MailboxStore: Send + Sync + 'static {
     /// Durably store an envelope for `envelope.header.recipient`, idempotent per
     /// (recipient, message id), within `quota` (else `QuotaExceeded`, nothing stored).
+    ///
+    /// Two moments matter, and the relay uses both:
+    /// * **staged**: the envelope has its sequence number and is visible to
+    ///   [`MailboxStore::pending`]; `on_staged(seq)` is called then, exactly once, and
+    ///   never for a duplicate or a refused envelope. Calls for one recipient happen in
+    ///   sequence order, so the relay pushes to an online recipient from there without
+    ///   waiting for the disk.
+    /// * **durable**: the returned future resolves only once the envelope (or, if the
+    ///   recipient acknowledged it in the meantime, its tombstone) is committed. Only
+    ///   then may the sender be told it was accepted.
+    ///
+    /// A backend failure between the two loses a staged envelope that the sender was
+    /// never told was accepted (it retries; recipients deduplicate by message id).
+    /// `on_staged` runs under the store's internal lock: it must be quick and must not
+    /// call back into the store.
+    fn enqueue_with(
+        &self,
+        envelope: Arc<Envelope>,
+        expires_ms: u64,
+        quota: Quota,
+        on_staged: OnStaged,
+    ) -> impl Future<Output = Result<Enqueued, StoreError>> + Send;
+    /// [`MailboxStore::enqueue_with`] without a staged hook.
     fn enqueue(
         &self,
         envelope: &Envelope,
         expires_ms: u64,
         quota: Quota,
-    ) -> impl Future<Output = Result<Enqueued, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Enqueued, StoreError>> + Send {
+        self.enqueue_with(
+            Arc::new(envelope.clone()),
+            expires_ms,
+            quota,
+            Box::new(|_| {}),
+        )
+    }
     /// Pending envelopes of `device` with `seq > after_seq`, in sequence order, at most `limit`.
     fn pending(
         &self,
@@ -273,7 +313,9 @@ pub trait MailboxStore: Send + Sync + 'static {
         after_seq: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Pending>, StoreError>> + Send;
-    /// Delete an envelope its recipient acknowledged; true if it was pending.
+    /// Delete an envelope its recipient acknowledged; true if it was pending. Takes
+    /// effect for `pending` at once; resolves once durable. An envelope acknowledged
+    /// before it was committed is never written: only its tombstone is.
     fn ack(
         &self,
         device: &DeviceId,

@@ -30,6 +30,8 @@
 //! one transaction, when the store is opened. A database written by a newer relay is
 //! refused with a clear error.
 
+mod mailbox;
+
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -46,9 +48,12 @@ use sealpost_protocol::trust::{LogEntry, SignedRoster};
 use sealpost_protocol::wire::Role;
 use tokio::sync::{oneshot, Semaphore};
 
+use mailbox::{Batch, Mailboxes, Staged};
+pub use mailbox::{MailboxStats, MAX_CACHED_MAILBOXES, MAX_EXPIRED_PER_PASS, MAX_STAGED_BYTES};
+
 use super::{
-    AccountRecord, AccountStore, DeviceRecord, Enqueued, LogEffects, MailboxStore, Pending,
-    PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, TrustStore,
+    AccountRecord, AccountStore, DeviceRecord, Enqueued, LogEffects, MailboxStore, OnStaged,
+    Pending, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, TrustStore,
     MAX_DEVICES_PER_ACCOUNT, MAX_LOG_ENTRY_BYTES, MAX_STORED_LOG_ENTRIES,
     MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
 };
@@ -194,8 +199,12 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 pub struct WriteStats {
     /// Transactions committed (or attempted).
     pub commits: u64,
-    /// Write operations run.
+    /// Write operations run (each staged envelope or acknowledgement counts once).
     pub ops: u64,
+    /// Envelopes staged.
+    pub staged: u64,
+    /// Envelopes acknowledged before their batch was written: only a tombstone was.
+    pub cancelled: u64,
 }
 
 #[derive(Default)]
@@ -208,6 +217,7 @@ struct Counters {
 /// queued and closes the database.
 pub struct SqliteStore {
     writer: Option<mpsc::Sender<Msg>>,
+    mailboxes: Arc<Mailboxes>,
     /// The writer thread (which also stops and joins the checkpoint thread).
     thread: Option<JoinHandle<()>>,
     readers: Arc<Readers>,
@@ -287,13 +297,29 @@ impl SqliteStore {
             .spawn(move || checkpoint_loop(&ckpt_conn, &ckpt_rx, &ckpt_frames))
             .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
 
+        let mailbox_reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+        mailbox_reader.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+        let mailboxes = Arc::new(Mailboxes::new(mailbox_reader));
+        let thread_mailboxes = Arc::clone(&mailboxes);
+
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let thread_counters = Arc::clone(&counters);
         let thread = std::thread::Builder::new()
             .name("sealpost-sqlite-writer".to_owned())
             .spawn(move || {
-                writer_loop(&conn, &rx, &thread_counters, &ckpt_tx, &wal_frames);
+                writer_loop(
+                    &conn,
+                    &rx,
+                    &thread_mailboxes,
+                    &thread_counters,
+                    &ckpt_tx,
+                    &wal_frames,
+                );
                 // Stop the checkpointer and close its connection first, so that the
                 // writer's connection is the last one and checkpoints the WAL as it closes.
                 drop(ckpt_tx);
@@ -305,6 +331,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
         Ok(Self {
             writer: Some(tx),
+            mailboxes,
             thread: Some(thread),
             readers: Arc::new(Readers {
                 path: path.to_path_buf(),
@@ -329,10 +356,33 @@ impl SqliteStore {
     /// Writer counters: with many concurrent writers, `ops / commits` is the average
     /// group-commit batch size.
     pub fn write_stats(&self) -> WriteStats {
+        let MailboxStats { staged, cancelled } = self.mailboxes.stats();
         WriteStats {
             commits: self.counters.commits.load(Ordering::Relaxed),
             ops: self.counters.ops.load(Ordering::Relaxed),
+            staged,
+            cancelled,
         }
+    }
+
+    /// Tell the writer that the open mailbox batch has work.
+    fn wake(&self) -> Result<(), StoreError> {
+        self.writer
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(Msg::Wake)
+            .map_err(|_| closed())
+    }
+
+    /// Wake the writer if staging asked for it, then wait for the commit if needed.
+    async fn settle<T>(&self, staged: Staged<T>) -> Result<T, StoreError> {
+        if staged.wake {
+            self.wake()?;
+        }
+        if let Some(done) = staged.durable {
+            done.wait().await?;
+        }
+        Ok(staged.value)
     }
 
     /// Run `f` on the writer thread inside the next batch's transaction, in its own
@@ -342,20 +392,10 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(f, true).await
+        self.submit(f).await
     }
 
-    /// Like [`SqliteStore::write`] without a savepoint, for operations whose every
-    /// non-backend error is returned before their first write (`op_enqueue`, `op_ack`).
-    async fn write_checked_first<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.submit(f, false).await
-    }
-
-    async fn submit<T, F>(&self, f: F, savepoint: bool) -> Result<T, StoreError>
+    async fn submit<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -365,7 +405,6 @@ impl SqliteStore {
             f: Some(f),
             result: None,
             tx,
-            savepoint,
         });
         self.writer
             .as_ref()
@@ -401,6 +440,7 @@ impl Drop for SqliteStore {
         if let Ok(mut idle) = self.readers.idle.lock() {
             idle.clear();
         }
+        self.mailboxes.close();
         self.writer = None;
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
@@ -443,13 +483,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 enum Msg {
     Op(Box<dyn WriteOp>),
     Flush(oneshot::Sender<Result<(), StoreError>>),
+    /// The open mailbox batch has work.
+    Wake,
+    /// Remove expired envelopes and tombstones (needs the mailbox state).
+    Expire(u64, oneshot::Sender<Result<u64, StoreError>>),
 }
 
 /// A queued write, type-erased.
 trait WriteOp: Send {
-    /// Run inside the batch transaction (in its own savepoint).
-    /// Run inside the batch transaction. Returns true if the operation failed part-way
-    /// without a savepoint of its own, so the whole batch must be rolled back.
+    /// Run inside the batch transaction, in its own savepoint (so a failing operation
+    /// rolls back only itself). Returns true if the whole batch must be rolled back.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answer the caller once the batch is committed (`commit_error` if it was not).
     fn answer(self: Box<Self>, commit_error: Option<&str>);
@@ -459,11 +502,6 @@ struct Job<T, F> {
     f: Option<F>,
     result: Option<Result<T, StoreError>>,
     tx: oneshot::Sender<Result<T, StoreError>>,
-    /// Run inside its own SAVEPOINT. Operations that check everything before their first
-    /// write (so their only mid-way failures are backend errors) skip it: the savepoint's
-    /// statement journal is a large part of a small write's cost, and a backend error then
-    /// rolls back the whole batch instead.
-    savepoint: bool,
 }
 
 impl<T, F> WriteOp for Job<T, F>
@@ -473,20 +511,8 @@ where
 {
     fn run(&mut self, conn: &Connection) -> bool {
         let Some(f) = self.f.take() else { return false };
-        if self.savepoint {
-            self.result = Some(in_savepoint(conn, f));
-            return false;
-        }
-        if conn.is_autocommit() {
-            self.result = Some(Err(StoreError::Backend(
-                "batch transaction was aborted".to_owned(),
-            )));
-            return false;
-        }
-        let result = f(conn);
-        let poisoned = matches!(result, Err(StoreError::Backend(_)));
-        self.result = Some(result);
-        poisoned
+        self.result = Some(in_savepoint(conn, f));
+        false
     }
 
     fn answer(self: Box<Self>, commit_error: Option<&str>) {
@@ -536,27 +562,33 @@ fn in_savepoint<T>(
 fn writer_loop(
     conn: &Connection,
     rx: &mpsc::Receiver<Msg>,
+    mailboxes: &Mailboxes,
     counters: &Counters,
     checkpointer: &mpsc::SyncSender<()>,
     wal_frames: &AtomicI64,
 ) {
     let mut ops: Vec<Box<dyn WriteOp>> = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
+    let mut expires = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Op(op) => ops.push(op),
                 Msg::Flush(tx) => flushes.push(tx),
+                Msg::Wake => {}
+                Msg::Expire(now, tx) => expires.push((now, tx)),
             }
             if ops.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        if !ops.is_empty() {
+        let batch = mailboxes.take();
+        if batch.is_some() || !ops.is_empty() || !expires.is_empty() {
             counters.commits.fetch_add(1, Ordering::Relaxed);
-            counters.ops.fetch_add(ops.len() as u64, Ordering::Relaxed);
-            commit_batch(conn, &mut ops);
+            let n = ops.len() + batch.as_ref().map_or(0, Batch::len);
+            counters.ops.fetch_add(n as u64, Ordering::Relaxed);
+            commit_batch(conn, mailboxes, batch, &mut ops, &mut expires);
             // Wake the checkpointer (a wake-up already pending is enough).
             let _ = checkpointer.try_send(());
             restart_wal_if_long(conn, wal_frames);
@@ -572,26 +604,79 @@ fn writer_loop(
             }
         }
     }
+    // Stopping: whatever was staged after the last wake-up is still committed.
+    if let Some(batch) = mailboxes.take() {
+        commit_batch(conn, mailboxes, Some(batch), &mut ops, &mut expires);
+    }
 }
 
-fn commit_batch(conn: &Connection, ops: &mut Vec<Box<dyn WriteOp>>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let msg = format!("begin: {e}");
+type ExpireRequest = (u64, oneshot::Sender<Result<u64, StoreError>>);
+
+/// One transaction: the staged mailbox batch first (its counters are absolute values
+/// taken with it), then the queued operations, then expiry passes.
+fn commit_batch(
+    conn: &Connection,
+    mailboxes: &Mailboxes,
+    batch: Option<Batch>,
+    ops: &mut Vec<Box<dyn WriteOp>>,
+    expires: &mut Vec<ExpireRequest>,
+) {
+    let fail_all = |batch: Option<Batch>,
+                    ops: &mut Vec<Box<dyn WriteOp>>,
+                    expires: &mut Vec<ExpireRequest>,
+                    msg: &str| {
         for op in ops.drain(..) {
-            op.answer(Some(&msg));
+            op.answer(Some(msg));
         }
+        for (_, tx) in expires.drain(..) {
+            let _ = tx.send(Err(StoreError::Backend(msg.to_owned())));
+        }
+        if let Some(b) = batch {
+            mailboxes.finish(b, Err(msg.to_owned()));
+        }
+    };
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        fail_all(batch, ops, expires, &format!("begin: {e}"));
         return;
     }
     let mut poisoned = false;
-    for op in ops.iter_mut() {
-        poisoned |= op.run(conn);
+    if let Some(b) = &batch {
+        if let Err(e) = b.write(conn) {
+            tracing::error!(error = %e, "writing staged envelopes failed; rolling back the batch");
+            poisoned = true;
+        }
+    }
+    if !poisoned {
+        for op in ops.iter_mut() {
+            poisoned |= op.run(conn);
+        }
+    }
+    let mut expired = Vec::new();
+    let mut expire_results = Vec::new();
+    if !poisoned {
+        for (now, _) in expires.iter() {
+            match op_expire(conn, *now) {
+                Ok((n, rows)) => {
+                    expire_results.push(n);
+                    expired.extend(rows);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "expiry pass failed; rolling back the batch");
+                    poisoned = true;
+                    break;
+                }
+            }
+        }
     }
     if poisoned {
         tracing::error!("a store operation failed part-way; rolling back its batch");
         let _ = conn.execute_batch("ROLLBACK");
-        for op in ops.drain(..) {
-            op.answer(Some("batch rolled back after a storage failure"));
-        }
+        fail_all(
+            batch,
+            ops,
+            expires,
+            "batch rolled back after a storage failure",
+        );
         return;
     }
     let commit_error = match conn.execute_batch("COMMIT") {
@@ -604,8 +689,33 @@ fn commit_batch(conn: &Connection, ops: &mut Vec<Box<dyn WriteOp>>) {
             Some(e.to_string())
         }
     };
+    if commit_error.is_none() {
+        mailboxes.expired(&expired);
+    }
+    if let Some(b) = batch {
+        mailboxes.finish(
+            b,
+            match &commit_error {
+                None => Ok(()),
+                Some(e) => Err(e.clone()),
+            },
+        );
+    }
     for op in ops.drain(..) {
         op.answer(commit_error.as_deref());
+    }
+    for ((_, tx), n) in expires.drain(..).zip(
+        expire_results
+            .into_iter()
+            .map(Some)
+            .chain(std::iter::repeat(None)),
+    ) {
+        let answer = match (&commit_error, n) {
+            (None, Some(n)) => Ok(n),
+            (Some(e), _) => Err(StoreError::Backend(format!("commit failed: {e}"))),
+            (None, None) => Err(StoreError::Backend("expiry pass was not run".to_owned())),
+        };
+        let _ = tx.send(answer);
     }
 }
 
@@ -1609,96 +1719,6 @@ impl PreKeyStore for SqliteStore {
 // ---------------------------------------------------------------------------------------
 // Mailboxes
 
-fn op_enqueue(
-    c: &Connection,
-    envelope: &Envelope,
-    expires_ms: u64,
-    quota: Quota,
-) -> Result<Enqueued, StoreError> {
-    let h = &envelope.header;
-    let recipient = dev(&h.recipient);
-    let message_id = msg(&h.message_id);
-    let mailbox: Option<(i64, i64, i64)> = c
-        .prepare_cached("SELECT next_seq, pending_count, pending_bytes FROM devices WHERE id = ?1")
-        .and_then(|mut s| {
-            s.query_row(params![recipient], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()
-        })
-        .map_err(backend)?;
-    let Some((next_seq, count, bytes)) = mailbox else {
-        return Err(StoreError::NotFound("device"));
-    };
-    let existing: Option<i64> = c
-        .prepare_cached(
-            "SELECT seq FROM envelopes WHERE recipient = ?1 AND message_id = ?2
-             UNION ALL
-             SELECT seq FROM delivered WHERE recipient = ?1 AND message_id = ?2
-             LIMIT 1",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![recipient, message_id], |r| r.get(0))
-                .optional()
-        })
-        .map_err(backend)?;
-    if let Some(seq) = existing {
-        return Ok(Enqueued {
-            seq: uint(seq, "sequence number")?,
-            duplicate: true,
-        });
-    }
-    let count = uint(count, "pending count")?;
-    if count.saturating_add(1) > quota.max_count {
-        return Err(StoreError::QuotaExceeded {
-            what: "pending envelopes",
-            current: count,
-            max: quota.max_count,
-        });
-    }
-    let bytes = uint(bytes, "pending bytes")?;
-    let size = envelope.body.len() as u64;
-    if bytes.saturating_add(size) > quota.max_bytes {
-        return Err(StoreError::QuotaExceeded {
-            what: "pending bytes",
-            current: bytes,
-            max: quota.max_bytes,
-        });
-    }
-    c.prepare_cached(
-        "INSERT INTO envelopes (recipient, seq, message_id, sender, version, kind, timestamp_ms,
-                                body, size, expires_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            recipient,
-            next_seq,
-            message_id,
-            dev(&h.sender),
-            h.version,
-            h.kind.code(),
-            // The sender's clock is arbitrary: stored bit for bit, never compared.
-            h.timestamp_ms as i64,
-            envelope.body,
-            int(size),
-            int(expires_ms)
-        ])
-    })
-    .map_err(backend)?;
-    c.prepare_cached(
-        "UPDATE devices SET next_seq = next_seq + 1, pending_count = pending_count + 1,
-                            pending_bytes = pending_bytes + ?2
-         WHERE id = ?1",
-    )
-    .and_then(|mut s| s.execute(params![recipient, int(size)]))
-    .map_err(backend)?;
-    Ok(Enqueued {
-        seq: uint(next_seq, "sequence number")?,
-        duplicate: false,
-    })
-}
-
 type EnvelopeRow = (i64, String, String, u16, u16, i64, Vec<u8>);
 
 fn pending_from_row(recipient: DeviceId, row: EnvelopeRow) -> Result<Pending, StoreError> {
@@ -1721,69 +1741,76 @@ fn pending_from_row(recipient: DeviceId, row: EnvelopeRow) -> Result<Pending, St
     })
 }
 
-fn op_ack(c: &Connection, device: &DeviceId, message_id: &MessageId) -> Result<bool, StoreError> {
-    let d = dev(device);
-    let m = msg(message_id);
-    // One statement finds and deletes the row (one index search instead of two).
-    let row: Option<(i64, i64, i64)> = c
+/// An expired envelope: recipient, message id, body size.
+type ExpiredRow = (DeviceId, MessageId, u64);
+
+/// One expiry pass (inside the writer's transaction): remove at most
+/// [`MAX_EXPIRED_PER_PASS`] expired envelopes, keeping the stored counters right, and
+/// expired tombstones. Returns how many envelopes went, and which (for the cached
+/// counters).
+fn op_expire(c: &Connection, now_ms: u64) -> Result<(u64, Vec<ExpiredRow>), StoreError> {
+    let now = int(now_ms);
+    let rows: Vec<(String, String, i64)> = c
         .prepare_cached(
-            "DELETE FROM envelopes WHERE recipient = ?1 AND message_id = ?2
-             RETURNING seq, size, expires_ms",
+            "SELECT recipient, message_id, size FROM envelopes WHERE expires_ms <= ?1 LIMIT ?2",
         )
         .and_then(|mut s| {
-            s.query_row(params![d, m], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()
+            s.query_map(params![now, int(MAX_EXPIRED_PER_PASS as u64)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
         })
         .map_err(backend)?;
-    let Some((seq, size, expires)) = row else {
-        return Ok(false);
-    };
-    c.prepare_cached(
-        "INSERT INTO delivered (recipient, message_id, seq, expires_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (recipient, message_id) DO NOTHING",
-    )
-    .and_then(|mut s| s.execute(params![d, m, seq, expires]))
-    .map_err(backend)?;
-    c.prepare_cached(
-        "UPDATE devices SET pending_count = pending_count - 1, pending_bytes = pending_bytes - ?2
-         WHERE id = ?1",
-    )
-    .and_then(|mut s| s.execute(params![d, size]))
-    .map_err(backend)?;
-    Ok(true)
-}
-
-fn op_expire(c: &Connection, now_ms: u64) -> Result<u64, StoreError> {
-    let now = int(now_ms);
-    c.prepare_cached(
-        "UPDATE devices
-         SET pending_count = pending_count - x.n, pending_bytes = pending_bytes - x.b
-         FROM (SELECT recipient, COUNT(*) AS n, SUM(size) AS b
-               FROM envelopes WHERE expires_ms <= ?1 GROUP BY recipient) AS x
-         WHERE devices.id = x.recipient",
-    )
-    .and_then(|mut s| s.execute(params![now]))
-    .map_err(backend)?;
-    let removed = c
-        .prepare_cached("DELETE FROM envelopes WHERE expires_ms <= ?1")
-        .and_then(|mut s| s.execute(params![now]))
+    let mut removed = Vec::with_capacity(rows.len());
+    let mut per_device: std::collections::HashMap<String, (i64, i64)> =
+        std::collections::HashMap::new();
+    for (recipient, message_id, size) in rows {
+        c.prepare_cached("DELETE FROM envelopes WHERE recipient = ?1 AND message_id = ?2")
+            .and_then(|mut s| s.execute(params![recipient, message_id]))
+            .map_err(backend)?;
+        removed.push((
+            parse_device(&recipient)?,
+            parse_message_id(&message_id)?,
+            uint(size, "size")?,
+        ));
+        let t = per_device.entry(recipient).or_default();
+        t.0 += 1;
+        t.1 += size;
+    }
+    for (recipient, (n, bytes)) in per_device {
+        c.prepare_cached(
+            "UPDATE devices SET pending_count = MAX(pending_count - ?2, 0),
+                                pending_bytes = MAX(pending_bytes - ?3, 0)
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![recipient, n, bytes]))
         .map_err(backend)?;
-    c.prepare_cached("DELETE FROM delivered WHERE expires_ms <= ?1")
-        .and_then(|mut s| s.execute(params![now]))
-        .map_err(backend)?;
-    Ok(removed as u64)
+    }
+    c.prepare_cached(
+        "DELETE FROM delivered WHERE rowid IN
+             (SELECT rowid FROM delivered WHERE expires_ms <= ?1 LIMIT ?2)",
+    )
+    .and_then(|mut s| s.execute(params![now, int(MAX_EXPIRED_PER_PASS as u64)]))
+    .map_err(backend)?;
+    Ok((removed.len() as u64, removed))
 }
 
 impl MailboxStore for SqliteStore {
-    async fn enqueue(
+    async fn enqueue_with(
         &self,
-        envelope: &Envelope,
+        envelope: Arc<Envelope>,
         expires_ms: u64,
         quota: Quota,
+        on_staged: OnStaged,
     ) -> Result<Enqueued, StoreError> {
-        let envelope = envelope.clone();
-        self.write_checked_first(move |c| op_enqueue(c, &envelope, expires_ms, quota))
-            .await
+        if self.writer.is_none() {
+            return Err(closed());
+        }
+        let room = self.mailboxes.room(envelope.body.len()).await?;
+        let staged = self
+            .mailboxes
+            .stage(envelope, expires_ms, quota, on_staged, room)?;
+        self.settle(staged).await
     }
 
     async fn pending(
@@ -1793,43 +1820,65 @@ impl MailboxStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Pending>, StoreError> {
         let recipient = *device;
+        // Staged first, then the database (see `mailbox`): an envelope committed in
+        // between is then seen once or twice, never missed.
+        let staged = self.mailboxes.staged(device, after_seq, limit);
+        let max = limit;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(move |c| {
-            let rows = c
-                .prepare_cached(
-                    "SELECT seq, message_id, sender, version, kind, timestamp_ms, body
+        let stored = self
+            .read(move |c| {
+                let rows = c
+                    .prepare_cached(
+                        "SELECT seq, message_id, sender, version, kind, timestamp_ms, body
                      FROM envelopes WHERE recipient = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                )
-                .and_then(|mut s| {
-                    s.query_map(params![dev(&recipient), int(after_seq), limit], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                            r.get(6)?,
-                        ))
-                    })?
-                    .collect::<rusqlite::Result<Vec<EnvelopeRow>>>()
-                })
-                .map_err(backend)?;
-            rows.into_iter()
-                .map(|row| pending_from_row(recipient, row))
-                .collect()
-        })
-        .await
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![dev(&recipient), int(after_seq), limit], |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                                r.get(6)?,
+                            ))
+                        })?
+                        .collect::<rusqlite::Result<Vec<EnvelopeRow>>>()
+                    })
+                    .map_err(backend)?;
+                rows.into_iter()
+                    .map(|row| pending_from_row(recipient, row))
+                    .collect::<Result<Vec<Pending>, StoreError>>()
+            })
+            .await?;
+        if staged.is_empty() {
+            return Ok(stored);
+        }
+        let mut merged: std::collections::BTreeMap<u64, Pending> =
+            stored.into_iter().map(|p| (p.seq, p)).collect();
+        for p in staged {
+            merged.entry(p.seq).or_insert(p);
+        }
+        Ok(merged.into_values().take(max).collect())
     }
 
     async fn ack(&self, device: &DeviceId, message_id: &MessageId) -> Result<bool, StoreError> {
-        let (device, message_id) = (*device, *message_id);
-        self.write_checked_first(move |c| op_ack(c, &device, &message_id))
-            .await
+        if self.writer.is_none() {
+            return Err(closed());
+        }
+        let staged = self.mailboxes.ack(device, message_id)?;
+        self.settle(staged).await
     }
 
     async fn expire(&self, now_ms: u64) -> Result<u64, StoreError> {
-        self.write(move |c| op_expire(c, now_ms)).await
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(Msg::Expire(now_ms, tx))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 
     async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
