@@ -184,7 +184,30 @@ pub fn client_endpoint(for_addr: SocketAddr) -> Result<quinn::Endpoint, NetError
     }
     .parse()
     .map_err(|_| NetError::Address("bind address".into()))?;
-    quinn::Endpoint::client(bind).map_err(|e| NetError::Connection(e.to_string()))
+    let socket = bind_udp(bind).map_err(|e| NetError::Connection(e.to_string()))?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| NetError::Connection("no async runtime".into()))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .map_err(|e| NetError::Connection(e.to_string()))
+}
+
+/// Receive and send buffer asked for on a client's UDP socket: larger than the kernel's
+/// default (about 200 KiB on Linux), which drops datagrams as soon as a burst of
+/// deliveries outruns the client for a few milliseconds. The kernel caps it at
+/// `net.core.rmem_max`; a smaller buffer still works.
+pub const UDP_BUFFER_BYTES: usize = 2 * 1024 * 1024;
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // `[::]:0` also reaches IPv4-mapped peers, as quinn's own client endpoint does.
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<FrameBody>>>>;

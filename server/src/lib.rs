@@ -103,7 +103,7 @@ impl<S: Store> Server<S> {
             tls::RelaySecrets::load_or_create(&config.data_dir.join(tls::RELAY_SECRETS_FILE))?;
         let (endpoint_config, server_config) =
             tls::quinn_configs(identity, &secrets, &config.transport)?;
-        let socket = std::net::UdpSocket::bind(config.listen)
+        let socket = bind_udp(config.listen, config.transport.udp_buffer_bytes)
             .map_err(|e| ServerError::Bind(config.listen, e))?;
         let runtime = quinn::default_runtime().ok_or_else(|| {
             ServerError::Bind(config.listen, std::io::Error::other("no async runtime"))
@@ -233,6 +233,33 @@ impl<S: Store> Server<S> {
         info!("relay stopped; storage flushed");
         Ok(())
     }
+}
+
+/// Bind the relay's UDP socket with the configured buffers (see
+/// [`tls::TransportLimits::udp_buffer_bytes`]).
+fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Only what the address says: `[::]` does not also take IPv4.
+        socket.set_only_v6(true)?;
+    }
+    // Best effort: the kernel caps them; a smaller buffer still works, with more loss
+    // under bursts.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    let (recv, send) = (socket.recv_buffer_size()?, socket.send_buffer_size()?);
+    // (Linux reports twice the size asked for, to account for its bookkeeping.)
+    if recv < buffer {
+        tracing::warn!(
+            wanted = buffer,
+            got = recv,
+            "UDP receive buffer smaller than configured (raise net.core.rmem_max)"
+        );
+    }
+    tracing::debug!(recv, send, "UDP socket buffers");
+    Ok(socket.into())
 }
 
 async fn sweep<S: Store>(relay: Arc<Relay<S>>, mut stop: watch::Receiver<bool>) {

@@ -61,6 +61,17 @@ pub const PENDING_LINKS: &str = "sealpost_pending_links";
 pub const SEND_LATENCY: &str = "sealpost_send_commit_seconds";
 /// Time to handle any request, seconds (histogram, label `type`).
 pub const REQUEST_LATENCY: &str = "sealpost_request_seconds";
+/// Storage transactions committed (counter; SQLite: one `fsync` each).
+pub const STORE_COMMITS: &str = "sealpost_store_commits_total";
+/// Write operations in those transactions (counter; divided by the commits, the
+/// average group-commit batch).
+pub const STORE_WRITES: &str = "sealpost_store_writes_total";
+/// Envelopes acknowledged before their batch was written, so only a tombstone was
+/// (counter).
+pub const STORE_ACKED_BEFORE_WRITE: &str = "sealpost_store_acked_before_write_total";
+/// Time one storage transaction took, from its start to its commit, seconds
+/// (histogram).
+pub const STORE_COMMIT_SECONDS: &str = "sealpost_store_commit_seconds";
 
 /// Install the global Prometheus recorder with an HTTP listener on `addr` (serving
 /// `/metrics`). Must run inside a tokio runtime. A second call in the same process
@@ -138,4 +149,15 @@ pub fn describe() {
         "Send received to durably accepted"
     );
     describe_histogram!(REQUEST_LATENCY, Unit::Seconds, "Request handling time");
+    describe_counter!(STORE_COMMITS, "Storage transactions committed");
+    describe_counter!(STORE_WRITES, "Write operations in committed transactions");
+    describe_counter!(
+        STORE_ACKED_BEFORE_WRITE,
+        "Envelopes acknowledged before their batch was written (only a tombstone was)"
+    );
+    describe_histogram!(
+        STORE_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Storage transaction time, start to commit"
+    );
 }

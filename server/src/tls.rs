@@ -258,6 +258,11 @@ pub struct TransportLimits {
     pub idle_timeout_secs: u64,
     /// Keep-alive interval the relay sends, seconds (0 = none; clients keep alive).
     pub keep_alive_secs: u64,
+    /// Receive and send buffer of the UDP socket, bytes. The kernel's default (about
+    /// 200 KiB on Linux) drops datagrams as soon as a burst outruns the relay for a few
+    /// milliseconds, and QUIC then retransmits and backs off; the kernel caps the value
+    /// at `net.core.rmem_max` / `wmem_max` (the relay logs what it got).
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for TransportLimits {
@@ -270,6 +275,7 @@ impl Default for TransportLimits {
             send_window: 4 * 1024 * 1024,
             idle_timeout_secs: 60,
             keep_alive_secs: 0,
+            udp_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }

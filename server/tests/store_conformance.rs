@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -870,14 +870,14 @@ async fn staged_hook_in_order_and_visible_at_once<S: Store>(store: S) {
     }
     assert_eq!(answered, (1..=n).collect::<BTreeSet<u64>>());
 
-    let called = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = Arc::clone(&called);
+    // A repeat of a stored envelope is answered as one and stores nothing (whether or
+    // not the store staged it before it knew: the module documentation).
     let dup = store
         .enqueue_with(
             Arc::new(envs[3].clone()),
             T0 + HOUR,
             ROOMY,
-            Box::new(move |_| flag.store(true, std::sync::atomic::Ordering::SeqCst)),
+            Box::new(|_| {}),
         )
         .await
         .unwrap();
@@ -888,10 +888,66 @@ async fn staged_hook_in_order_and_visible_at_once<S: Store>(store: S) {
             duplicate: true
         }
     );
+    let all = store.pending(&bob.id, 0, 1000).await.unwrap();
+    assert_eq!(all.len(), n as usize);
+    assert_eq!(
+        all.iter().map(|p| p.seq).collect::<Vec<u64>>(),
+        (1..=n).collect::<Vec<u64>>()
+    );
+    // Repeats sent while the original may still be in flight: each is answered as a
+    // repeat with the original number, and one copy is stored.
+    let fresh = envelope(alice.id, bob.id, 10, &mut rng);
+    let (staged_tx, staged_rx) = tokio::sync::oneshot::channel();
+    let first = {
+        let (store, e) = (Arc::clone(&store), fresh.clone());
+        tokio::spawn(async move {
+            let hook = Box::new(move |seq| {
+                let _ = staged_tx.send(seq);
+            });
+            store
+                .enqueue_with(Arc::new(e), T0 + HOUR, ROOMY, hook)
+                .await
+        })
+    };
+    let staged_seq = staged_rx.await.unwrap();
+    let mut repeats = Vec::new();
+    for _ in 0..8 {
+        let (store, e) = (Arc::clone(&store), fresh.clone());
+        repeats.push(tokio::spawn(async move {
+            store.enqueue(&e, T0 + HOUR, ROOMY).await
+        }));
+    }
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(
+        first,
+        Enqueued {
+            seq: staged_seq,
+            duplicate: false
+        }
+    );
+    for r in repeats {
+        let r = r.await.unwrap().unwrap();
+        assert_eq!(
+            r,
+            Enqueued {
+                seq: first.seq,
+                duplicate: true
+            }
+        );
+    }
+    let copies = store.pending(&bob.id, 0, 1000).await.unwrap();
+    assert_eq!(
+        copies
+            .iter()
+            .filter(|p| p.envelope.header.message_id == fresh.header.message_id)
+            .count(),
+        1
+    );
     let full = Quota {
         max_count: n,
         max_bytes: 1 << 40,
     };
+    let called = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = Arc::clone(&called);
     let refused = store
         .enqueue_with(
@@ -902,7 +958,10 @@ async fn staged_hook_in_order_and_visible_at_once<S: Store>(store: S) {
         )
         .await;
     assert!(matches!(refused, Err(StoreError::QuotaExceeded { .. })));
-    assert!(!called.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        !called.load(std::sync::atomic::Ordering::SeqCst),
+        "a refused envelope was staged"
+    );
     drop(tx);
     assert!(rx.recv().await.is_none(), "no further hook calls");
 }
@@ -982,17 +1041,14 @@ async fn acknowledged_when_staged_leaves_tombstones<S: Store>(store: S) {
         seqs.insert(again.seq);
     }
     assert_eq!(seqs, (1..=200).collect::<BTreeSet<u64>>());
+    // Numbering goes on (past any number a repeat was staged under: module docs).
     let next = store
         .enqueue(&envelope(alice.id, bob.id, 1, &mut rng), T0 + HOUR, ROOMY)
         .await
         .unwrap();
-    assert_eq!(
-        next,
-        Enqueued {
-            seq: 201,
-            duplicate: false
-        }
-    );
+    assert!(!next.duplicate);
+    assert!(next.seq > 200, "{next:?}");
+    assert_eq!(store.pending(&bob.id, 0, 10).await.unwrap().len(), 1);
     // The mailbox bound sees exactly one pending envelope.
     let one = Quota {
         max_count: 1,
@@ -1999,13 +2055,6 @@ async fn sqlite_durable_across_reopen() {
     assert_eq!(bundle.kem_prekey, lr);
     // Counters and tombstones survived too.
     assert_eq!(
-        store.enqueue(&envs[0], T0 + HOUR, ROOMY).await.unwrap(),
-        Enqueued {
-            seq: 1,
-            duplicate: true
-        }
-    );
-    assert_eq!(
         store
             .enqueue(&envelope(alice_id, bob_id, 1, &mut rng), T0 + HOUR, ROOMY)
             .await
@@ -2013,6 +2062,13 @@ async fn sqlite_durable_across_reopen() {
         Enqueued {
             seq: 4,
             duplicate: false
+        }
+    );
+    assert_eq!(
+        store.enqueue(&envs[0], T0 + HOUR, ROOMY).await.unwrap(),
+        Enqueued {
+            seq: 1,
+            duplicate: true
         }
     );
 }
@@ -2171,17 +2227,96 @@ async fn sqlite_acknowledged_before_commit_writes_only_tombstones() {
     assert_eq!((rows, tombs), (0, 400));
     assert_eq!(counters, (401, 0, 0));
     let store = SqliteStore::open(&path).unwrap();
-    for e in &envs {
-        assert!(store.enqueue(e, T0 + HOUR, ROOMY).await.unwrap().duplicate);
-    }
     let next = store
         .enqueue(&envelope(alice_id, bob_id, 1, &mut rng), T0 + HOUR, ROOMY)
         .await
         .unwrap();
     assert_eq!(next.seq, 401);
+    for e in &envs {
+        assert!(store.enqueue(e, T0 + HOUR, ROOMY).await.unwrap().duplicate);
+    }
     assert_eq!(
         store.queue_stats().await.unwrap(),
         QueueStats { count: 1, bytes: 1 }
+    );
+}
+
+/// On SQLite, a repeat of an envelope already on disk is recognised when its batch is
+/// written: it is answered as a repeat with the original number and stores nothing,
+/// but it was staged first (the recipient may be offered the copy, which it drops by
+/// message id) under a number that is never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_repeat_of_a_stored_envelope_is_recognised_when_written() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = SqliteStore::open(&dir.path().join("relay.sqlite3")).unwrap();
+    let mut rng = rng(43);
+    let (alice, bob) = two_devices(&store, &mut rng).await;
+    let original = envelope(alice.id, bob.id, 300, &mut rng);
+    assert_eq!(
+        store
+            .enqueue(&original, T0 + HOUR, ROOMY)
+            .await
+            .unwrap()
+            .seq,
+        1
+    );
+    let staged = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&staged);
+    let repeat = store
+        .enqueue_with(
+            Arc::new(original.clone()),
+            T0 + HOUR,
+            ROOMY,
+            Box::new(move |seq| seen.lock().unwrap().push(seq)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        repeat,
+        Enqueued {
+            seq: 1,
+            duplicate: true
+        }
+    );
+    assert_eq!(*staged.lock().unwrap(), vec![2], "staged under a number");
+    let pending = store.pending(&bob.id, 0, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].seq, 1);
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats {
+            count: 1,
+            bytes: 300
+        }
+    );
+    // Number 2 is never stored; numbering goes on after it.
+    let next = store
+        .enqueue(&envelope(alice.id, bob.id, 1, &mut rng), T0 + HOUR, ROOMY)
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 3);
+    // A repeat of an acknowledged one is recognised from its tombstone the same way.
+    assert!(store
+        .ack(&bob.id, &original.header.message_id)
+        .await
+        .unwrap());
+    let again = store.enqueue(&original, T0 + HOUR, ROOMY).await.unwrap();
+    assert_eq!(
+        again,
+        Enqueued {
+            seq: 1,
+            duplicate: true
+        }
+    );
+    assert_eq!(
+        store
+            .pending(&bob.id, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.seq)
+            .collect::<Vec<u64>>(),
+        vec![3]
     );
 }
 

@@ -11,12 +11,19 @@
 //! * `redeem_enrollment` is atomic: a code is used at most once, even under concurrency.
 //! * `take_bundle` hands each one-time prekey out at most once, even under concurrency,
 //!   and falls back to the last-resort KEM prekey when the one-time ones run out.
-//! * `enqueue` is idempotent per (recipient, message id): a repeat returns the original
-//!   sequence number with `duplicate = true` and stores nothing.
+//! * `enqueue` is idempotent per (recipient, message id): a repeat stores nothing and is
+//!   answered `duplicate = true` with the original sequence number. A repeat of an
+//!   envelope still in flight, or one refused by the quota, is recognised before it is
+//!   staged. The SQLite store recognises a repeat of an envelope already on disk only
+//!   when it writes its batch (reading the disk before every push would cost more than
+//!   the rest of a message): by then the repeat was staged, so `on_staged` ran with a
+//!   sequence number that is never stored and the recipient may have been offered the
+//!   copy. Delivery is at least once, and every client drops an envelope whose message
+//!   id it has already processed (docs/PROTOCOL.md), so a repeat is never shown twice.
 //! * Sequence numbers are per recipient device, start at 1 and increase in staging
-//!   order (`on_staged` is called in that order); they are contiguous unless a backend
-//!   failure discarded staged envelopes, which leaves a gap (a reader that sees a gap
-//!   reads the mailbox again).
+//!   order (`on_staged` is called in that order). A number handed to a repeat that
+//!   turned out to be on disk, or to an envelope of a batch that failed, is never
+//!   stored: a reader that sees a gap reads the mailbox again.
 //! * An envelope is visible to `pending` from the moment it is staged, and an
 //!   acknowledgement takes effect for `pending` at once; both are durable when their
 //!   futures resolve.
@@ -274,9 +281,10 @@ pub trait MailboxStore: Send + Sync + 'static {
     /// Two moments matter, and the relay uses both:
     /// * **staged**: the envelope has its sequence number and is visible to
     ///   [`MailboxStore::pending`]; `on_staged(seq)` is called then, exactly once, and
-    ///   never for a duplicate or a refused envelope. Calls for one recipient happen in
-    ///   sequence order, so the relay pushes to an online recipient from there without
-    ///   waiting for the disk.
+    ///   never for a refused envelope or a repeat recognised before staging (see the
+    ///   module documentation for repeats of envelopes already on disk). Calls for one
+    ///   recipient happen in sequence order, so the relay pushes to an online recipient
+    ///   from there without waiting for the disk.
     /// * **durable**: the returned future resolves only once the envelope (or, if the
     ///   recipient acknowledged it in the meantime, its tombstone) is committed. Only
     ///   then may the sender be told it was accepted.

@@ -48,7 +48,7 @@ use sealpost_protocol::trust::{LogEntry, SignedRoster};
 use sealpost_protocol::wire::Role;
 use tokio::sync::{oneshot, Semaphore};
 
-use mailbox::{Batch, Mailboxes, Staged};
+use mailbox::{Batch, Mailboxes, WriterCounters};
 pub use mailbox::{MailboxStats, MAX_CACHED_MAILBOXES, MAX_EXPIRED_PER_PASS, MAX_STAGED_BYTES};
 
 use super::{
@@ -66,7 +66,7 @@ pub const MAX_BATCH: usize = 4096;
 /// WAL frames after which the writer finishes a checkpoint between two transactions so
 /// that the log restarts from its beginning (the WAL file stays near 32 MiB).
 const WAL_RESTART_FRAMES: i64 = 8192;
-/// How often the checkpointer looks at the WAL when the writer has not woken it.
+/// How often the checkpoint thread copies the WAL into the database.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// Read-only connections used at the same time.
 pub const READ_CONNECTIONS: usize = 4;
@@ -289,6 +289,7 @@ impl SqliteStore {
         ckpt_conn
             .pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(backend)?;
+        // Closed (dropped) to stop the checkpoint thread.
         let (ckpt_tx, ckpt_rx) = mpsc::sync_channel::<()>(1);
         let wal_frames = Arc::new(AtomicI64::new(0));
         let ckpt_frames = Arc::clone(&wal_frames);
@@ -312,14 +313,7 @@ impl SqliteStore {
         let thread = std::thread::Builder::new()
             .name("sealpost-sqlite-writer".to_owned())
             .spawn(move || {
-                writer_loop(
-                    &conn,
-                    &rx,
-                    &thread_mailboxes,
-                    &thread_counters,
-                    &ckpt_tx,
-                    &wal_frames,
-                );
+                writer_loop(&conn, &rx, &thread_mailboxes, &thread_counters, &wal_frames);
                 // Stop the checkpointer and close its connection first, so that the
                 // writer's connection is the last one and checkpoints the WAL as it closes.
                 drop(ckpt_tx);
@@ -372,17 +366,6 @@ impl SqliteStore {
             .ok_or_else(closed)?
             .send(Msg::Wake)
             .map_err(|_| closed())
-    }
-
-    /// Wake the writer if staging asked for it, then wait for the commit if needed.
-    async fn settle<T>(&self, staged: Staged<T>) -> Result<T, StoreError> {
-        if staged.wake {
-            self.wake()?;
-        }
-        if let Some(done) = staged.durable {
-            done.wait().await?;
-        }
-        Ok(staged.value)
     }
 
     /// Run `f` on the writer thread inside the next batch's transaction, in its own
@@ -564,33 +547,62 @@ fn writer_loop(
     rx: &mpsc::Receiver<Msg>,
     mailboxes: &Mailboxes,
     counters: &Counters,
-    checkpointer: &mpsc::SyncSender<()>,
     wal_frames: &AtomicI64,
 ) {
     let mut ops: Vec<Box<dyn WriteOp>> = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
     let mut expires = Vec::new();
+    let mut mailbox_counters = WriterCounters::default();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Op(op) => ops.push(op),
-                Msg::Flush(tx) => flushes.push(tx),
-                Msg::Wake => {}
-                Msg::Expire(now, tx) => expires.push((now, tx)),
+        loop {
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Op(op) => ops.push(op),
+                    Msg::Flush(tx) => flushes.push(tx),
+                    Msg::Wake => {}
+                    Msg::Expire(now, tx) => expires.push((now, tx)),
+                }
+                if ops.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
             }
-            if ops.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
+            // Let a young mailbox batch linger (acknowledgements arriving meanwhile
+            // cancel its envelopes), unless something must not wait.
+            if !flushes.is_empty() || ops.len() >= MAX_BATCH {
+                break;
+            }
+            let Some(due) = mailboxes.due() else { break };
+            let now = std::time::Instant::now();
+            if due <= now {
+                break;
+            }
+            match rx.recv_timeout(due - now) {
+                Ok(msg) => next = Some(msg),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         let batch = mailboxes.take();
         if batch.is_some() || !ops.is_empty() || !expires.is_empty() {
+            let started = std::time::Instant::now();
             counters.commits.fetch_add(1, Ordering::Relaxed);
-            let n = ops.len() + batch.as_ref().map_or(0, Batch::len);
-            counters.ops.fetch_add(n as u64, Ordering::Relaxed);
-            commit_batch(conn, mailboxes, batch, &mut ops, &mut expires);
-            // Wake the checkpointer (a wake-up already pending is enough).
-            let _ = checkpointer.try_send(());
+            let n = (ops.len() + batch.as_ref().map_or(0, Batch::len)) as u64;
+            counters.ops.fetch_add(n, Ordering::Relaxed);
+            let cancelled = batch.as_ref().map_or(0, Batch::cancelled);
+            commit_batch(
+                conn,
+                mailboxes,
+                &mut mailbox_counters,
+                batch,
+                &mut ops,
+                &mut expires,
+            );
+            metrics::counter!(crate::metrics::STORE_COMMITS).increment(1);
+            metrics::counter!(crate::metrics::STORE_WRITES).increment(n);
+            metrics::counter!(crate::metrics::STORE_ACKED_BEFORE_WRITE).increment(cancelled);
+            metrics::histogram!(crate::metrics::STORE_COMMIT_SECONDS)
+                .record(started.elapsed().as_secs_f64());
             restart_wal_if_long(conn, wal_frames);
         }
         if !flushes.is_empty() {
@@ -606,17 +618,25 @@ fn writer_loop(
     }
     // Stopping: whatever was staged after the last wake-up is still committed.
     if let Some(batch) = mailboxes.take() {
-        commit_batch(conn, mailboxes, Some(batch), &mut ops, &mut expires);
+        commit_batch(
+            conn,
+            mailboxes,
+            &mut mailbox_counters,
+            Some(batch),
+            &mut ops,
+            &mut expires,
+        );
     }
 }
 
 type ExpireRequest = (u64, oneshot::Sender<Result<u64, StoreError>>);
 
-/// One transaction: the staged mailbox batch first (its counters are absolute values
-/// taken with it), then the queued operations, then expiry passes.
+/// One transaction: the staged mailbox batch first, then the queued operations, then
+/// expiry passes, then the mailbox counters all of them changed.
 fn commit_batch(
     conn: &Connection,
     mailboxes: &Mailboxes,
+    counters: &mut WriterCounters,
     batch: Option<Batch>,
     ops: &mut Vec<Box<dyn WriteOp>>,
     expires: &mut Vec<ExpireRequest>,
@@ -624,26 +644,30 @@ fn commit_batch(
     let fail_all = |batch: Option<Batch>,
                     ops: &mut Vec<Box<dyn WriteOp>>,
                     expires: &mut Vec<ExpireRequest>,
+                    counters: &mut WriterCounters,
                     msg: &str| {
+        counters.reset();
         for op in ops.drain(..) {
             op.answer(Some(msg));
         }
         for (_, tx) in expires.drain(..) {
             let _ = tx.send(Err(StoreError::Backend(msg.to_owned())));
         }
-        if let Some(b) = batch {
-            mailboxes.finish(b, Err(msg.to_owned()));
-        }
+        mailboxes.finish(batch, Err(msg.to_owned()));
     };
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        fail_all(batch, ops, expires, &format!("begin: {e}"));
+        fail_all(batch, ops, expires, counters, &format!("begin: {e}"));
         return;
     }
     let mut poisoned = false;
+    let mut outcomes = mailbox::Outcomes::default();
     if let Some(b) = &batch {
-        if let Err(e) = b.write(conn) {
-            tracing::error!(error = %e, "writing staged envelopes failed; rolling back the batch");
-            poisoned = true;
+        match b.write(conn, counters) {
+            Ok(o) => outcomes = o,
+            Err(e) => {
+                tracing::error!(error = %e, "writing staged envelopes failed");
+                poisoned = true;
+            }
         }
     }
     if !poisoned {
@@ -651,23 +675,31 @@ fn commit_batch(
             poisoned |= op.run(conn);
         }
     }
-    let mut expired = Vec::new();
     let mut expire_results = Vec::new();
     if !poisoned {
         for (now, _) in expires.iter() {
-            match op_expire(conn, *now) {
-                Ok((n, rows)) => {
-                    expire_results.push(n);
-                    expired.extend(rows);
-                }
+            match op_expire(conn, *now, counters) {
+                Ok(n) => expire_results.push(n),
                 Err(e) => {
-                    tracing::error!(error = %e, "expiry pass failed; rolling back the batch");
+                    tracing::error!(error = %e, "expiry pass failed");
                     poisoned = true;
                     break;
                 }
             }
         }
     }
+    let written = if poisoned {
+        Vec::new()
+    } else {
+        match counters.write(conn) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "writing mailbox counters failed");
+                poisoned = true;
+                Vec::new()
+            }
+        }
+    };
     if poisoned {
         tracing::error!("a store operation failed part-way; rolling back its batch");
         let _ = conn.execute_batch("ROLLBACK");
@@ -675,6 +707,7 @@ fn commit_batch(
             batch,
             ops,
             expires,
+            counters,
             "batch rolled back after a storage failure",
         );
         return;
@@ -689,17 +722,15 @@ fn commit_batch(
             Some(e.to_string())
         }
     };
-    if commit_error.is_none() {
-        mailboxes.expired(&expired);
-    }
-    if let Some(b) = batch {
-        mailboxes.finish(
-            b,
-            match &commit_error {
-                None => Ok(()),
-                Some(e) => Err(e.clone()),
-            },
-        );
+    match &commit_error {
+        None => {
+            counters.committed();
+            mailboxes.finish(batch, Ok((outcomes, written)));
+        }
+        Some(e) => {
+            counters.reset();
+            mailboxes.finish(batch, Err(e.clone()));
+        }
     }
     for op in ops.drain(..) {
         op.answer(commit_error.as_deref());
@@ -719,10 +750,11 @@ fn commit_batch(
     }
 }
 
-/// The checkpoint thread: after commits (or every [`CHECKPOINT_INTERVAL`]) copy what the
-/// WAL holds into the database and fsync it (`PASSIVE`: never blocks the writer or
-/// readers, never waits), and publish the WAL's length in frames for the writer. Stops
-/// when the writer thread has stopped.
+/// The checkpoint thread: every [`CHECKPOINT_INTERVAL`], copy what the WAL holds into
+/// the database and fsync it (`PASSIVE`: never blocks the writer or readers, never
+/// waits), and publish the WAL's length in frames for the writer. Not after every
+/// commit: under a steady trickle that would fsync the database file once per commit
+/// as well. Stops when the writer thread has stopped (its channel closes).
 fn checkpoint_loop(conn: &Connection, wake: &mpsc::Receiver<()>, wal_frames: &AtomicI64) {
     loop {
         match wake.recv_timeout(CHECKPOINT_INTERVAL) {
@@ -1741,14 +1773,14 @@ fn pending_from_row(recipient: DeviceId, row: EnvelopeRow) -> Result<Pending, St
     })
 }
 
-/// An expired envelope: recipient, message id, body size.
-type ExpiredRow = (DeviceId, MessageId, u64);
-
 /// One expiry pass (inside the writer's transaction): remove at most
-/// [`MAX_EXPIRED_PER_PASS`] expired envelopes, keeping the stored counters right, and
-/// expired tombstones. Returns how many envelopes went, and which (for the cached
-/// counters).
-fn op_expire(c: &Connection, now_ms: u64) -> Result<(u64, Vec<ExpiredRow>), StoreError> {
+/// [`MAX_EXPIRED_PER_PASS`] expired envelopes, subtracting them from the writer's
+/// mailbox counters, and expired tombstones. Returns how many envelopes went.
+fn op_expire(
+    c: &Connection,
+    now_ms: u64,
+    counters: &mut WriterCounters,
+) -> Result<u64, StoreError> {
     let now = int(now_ms);
     let rows: Vec<(String, String, i64)> = c
         .prepare_cached(
@@ -1761,30 +1793,19 @@ fn op_expire(c: &Connection, now_ms: u64) -> Result<(u64, Vec<ExpiredRow>), Stor
             .collect()
         })
         .map_err(backend)?;
-    let mut removed = Vec::with_capacity(rows.len());
-    let mut per_device: std::collections::HashMap<String, (i64, i64)> =
+    let removed = rows.len() as u64;
+    let mut per_device: std::collections::HashMap<String, (u64, u64)> =
         std::collections::HashMap::new();
     for (recipient, message_id, size) in rows {
         c.prepare_cached("DELETE FROM envelopes WHERE recipient = ?1 AND message_id = ?2")
             .and_then(|mut s| s.execute(params![recipient, message_id]))
             .map_err(backend)?;
-        removed.push((
-            parse_device(&recipient)?,
-            parse_message_id(&message_id)?,
-            uint(size, "size")?,
-        ));
         let t = per_device.entry(recipient).or_default();
         t.0 += 1;
-        t.1 += size;
+        t.1 += uint(size, "size")?;
     }
     for (recipient, (n, bytes)) in per_device {
-        c.prepare_cached(
-            "UPDATE devices SET pending_count = MAX(pending_count - ?2, 0),
-                                pending_bytes = MAX(pending_bytes - ?3, 0)
-             WHERE id = ?1",
-        )
-        .and_then(|mut s| s.execute(params![recipient, n, bytes]))
-        .map_err(backend)?;
+        counters.expired(c, &parse_device(&recipient)?, n, bytes)?;
     }
     c.prepare_cached(
         "DELETE FROM delivered WHERE rowid IN
@@ -1792,7 +1813,7 @@ fn op_expire(c: &Connection, now_ms: u64) -> Result<(u64, Vec<ExpiredRow>), Stor
     )
     .and_then(|mut s| s.execute(params![now, int(MAX_EXPIRED_PER_PASS as u64)]))
     .map_err(backend)?;
-    Ok((removed.len() as u64, removed))
+    Ok(removed)
 }
 
 impl MailboxStore for SqliteStore {
@@ -1810,7 +1831,10 @@ impl MailboxStore for SqliteStore {
         let staged = self
             .mailboxes
             .stage(envelope, expires_ms, quota, on_staged, room)?;
-        self.settle(staged).await
+        if staged.wake {
+            self.wake()?;
+        }
+        staged.enqueued().await
     }
 
     async fn pending(
@@ -1868,7 +1892,10 @@ impl MailboxStore for SqliteStore {
             return Err(closed());
         }
         let staged = self.mailboxes.ack(device, message_id)?;
-        self.settle(staged).await
+        if staged.wake {
+            self.wake()?;
+        }
+        staged.acked().await
     }
 
     async fn expire(&self, now_ms: u64) -> Result<u64, StoreError> {

@@ -299,7 +299,12 @@ fn find_relay_bin(cli: &Cli) -> Result<PathBuf> {
 }
 
 /// Spawn the relay binary with `config` and wait until it listens.
-async fn spawn_relay_process(cli: &Cli, config: &Config, dir: &Path) -> Result<(Child, [u8; 32])> {
+async fn spawn_relay_process(
+    cli: &Cli,
+    config: &Config,
+    dir: &Path,
+    metrics: Option<SocketAddr>,
+) -> Result<(Child, [u8; 32])> {
     let bin = find_relay_bin(cli)?;
     let config_path = dir.join("relay.toml");
     std::fs::write(&config_path, toml::to_string(config)?)?;
@@ -313,7 +318,7 @@ async fn spawn_relay_process(cli: &Cli, config: &Config, dir: &Path) -> Result<(
         .arg("--listen")
         .arg(config.listen.to_string())
         .arg("--metrics")
-        .arg("off")
+        .arg(metrics.map_or_else(|| "off".to_owned(), |a| a.to_string()))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -347,6 +352,55 @@ async fn spawn_relay_process(cli: &Cli, config: &Config, dir: &Path) -> Result<(
         .try_into()
         .map_err(|_| anyhow!("CA fingerprint is not 32 bytes"))?;
     Ok((child, fp))
+}
+
+/// The relay's Prometheus metrics, as name (with labels) -> value.
+async fn scrape(addr: SocketAddr) -> Result<HashMap<String, f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut body)).await??;
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Storage figures over the measured window, from two scrapes.
+#[derive(Debug, Default, serde::Serialize)]
+struct StoreFigures {
+    commits_per_s: f64,
+    writes_per_commit: f64,
+    acked_before_write_percent: f64,
+    commit_ms_mean: f64,
+}
+
+fn store_figures(a: &HashMap<String, f64>, b: &HashMap<String, f64>, secs: f64) -> StoreFigures {
+    let d = |k: &str| b.get(k).copied().unwrap_or(0.0) - a.get(k).copied().unwrap_or(0.0);
+    let commits = d(sealpost_server::metrics::STORE_COMMITS);
+    let writes = d(sealpost_server::metrics::STORE_WRITES);
+    let acked = d(sealpost_server::metrics::STORE_ACKED_BEFORE_WRITE);
+    let accepted = d(sealpost_server::metrics::ENVELOPES_ACCEPTED);
+    let secs_sum = d(&format!(
+        "{}_sum",
+        sealpost_server::metrics::STORE_COMMIT_SECONDS
+    ));
+    let secs_count = d(&format!(
+        "{}_count",
+        sealpost_server::metrics::STORE_COMMIT_SECONDS
+    ));
+    StoreFigures {
+        commits_per_s: commits / secs.max(1e-3),
+        writes_per_commit: writes / commits.max(1.0),
+        acked_before_write_percent: acked / accepted.max(1.0) * 100.0,
+        commit_ms_mean: secs_sum / secs_count.max(1.0) * 1000.0,
+    }
 }
 
 /// Start a relay with the in-memory store on a runtime (and thread) of its own.
@@ -438,6 +492,8 @@ struct Ctx {
     relay: RelayAddress,
     endpoints: Vec<quinn::Endpoint>,
     next_endpoint: AtomicU64,
+    /// The separate relay's Prometheus endpoint (its storage counters are reported).
+    metrics: Option<SocketAddr>,
 }
 
 impl Ctx {
@@ -678,6 +734,8 @@ struct Report {
     relay_cpu_percent: f64,
     generator_cpu_percent: Option<f64>,
     rss_includes_generator: bool,
+    /// The separate relay's storage over the measured window.
+    store_figures: Option<StoreFigures>,
     /// /proc/loadavg at the start and the end (other work on the machine skews figures).
     loadavg_start: String,
     loadavg_end: String,
@@ -728,6 +786,13 @@ async fn run(cli: &Cli) -> Result<Report> {
 
     let idle = cli.idle;
     let n_accounts = idle.unwrap_or(cli.pairs);
+    let metrics_addr = match cli.store {
+        StoreKind::Sqlite => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            Some(l.local_addr()?)
+        }
+        StoreKind::Memory => None,
+    };
     // The admin handle: the relay's own database (before it starts), or the in-process relay.
     let (admin_handle, mut relay, addr, fp) = match cli.store {
         StoreKind::Sqlite => {
@@ -773,7 +838,7 @@ async fn run(cli: &Cli) -> Result<Report> {
                 Ok(Admin::Memory(_)) => {}
                 Err(_) => bail!("internal: admin handle still shared"),
             }
-            let (child, fp) = spawn_relay_process(cli, &config, dir.path()).await?;
+            let (child, fp) = spawn_relay_process(cli, &config, dir.path(), metrics_addr).await?;
             (RelayUnderTest::Process { child }, addr, fp)
         }
     };
@@ -793,6 +858,7 @@ async fn run(cli: &Cli) -> Result<Report> {
         },
         endpoints,
         next_endpoint: AtomicU64::new(0),
+        metrics: metrics_addr,
     });
 
     let codes = Arc::new(codes);
@@ -990,6 +1056,7 @@ async fn run_load(
     let mut gen_cpu_at_start = None;
     let mut cpu_at_end = None;
     let mut gen_cpu_at_end = None;
+    let mut scraped_at_start = None;
     let self_pid = std::process::id();
     let separate = pid != self_pid;
     while Instant::now() < measure_end {
@@ -997,6 +1064,9 @@ async fn run_load(
         if cpu_at_start.is_none() && now >= measure_start {
             cpu_at_start = Some((now, cpu_seconds(pid)));
             gen_cpu_at_start = Some(cpu_seconds(self_pid));
+            if let Some(m) = ctx.metrics {
+                scraped_at_start = scrape(m).await.ok();
+            }
         }
         max_rss = max_rss.max(read_mem(pid).rss_kib);
         let next = (now + Duration::from_millis(250)).min(measure_end);
@@ -1013,6 +1083,11 @@ async fn run_load(
     }
     cpu_at_end.get_or_insert((Instant::now(), cpu_seconds(pid)));
     gen_cpu_at_end.get_or_insert(cpu_seconds(self_pid));
+    if let (Some(m), Some(a)) = (ctx.metrics, &scraped_at_start) {
+        if let Ok(b) = scrape(m).await {
+            report.store_figures = Some(store_figures(a, &b, cli.duration));
+        }
+    }
     clock.stop.store(true, Ordering::Release);
 
     let mut sstats = SenderStats::default();
@@ -1270,6 +1345,12 @@ fn print_human(r: &Report) {
             println!(
                 "  WARNING: {} envelopes not delivered within the drain time",
                 r.undelivered_after_drain
+            );
+        }
+        if let Some(f) = &r.store_figures {
+            println!(
+                "  relay storage: {:.0} commits/s, {:.1} writes per commit, {:.1} ms per commit; {:.1}% of accepted envelopes acknowledged before they were written",
+                f.commits_per_s, f.writes_per_commit, f.commit_ms_mean, f.acked_before_write_percent
             );
         }
         print!("  relay CPU: {:.0}% of one core", r.relay_cpu_percent);
