@@ -96,17 +96,17 @@ impl<S: Store> Relay<S> {
     }
 
     /// Entries dated by their signers must reach the relay soon after: a back-dated
-    /// entry would start (and so end) a cooling-off early.
+    /// entry would start (and so end) a cooling-off early. An entry carried by a staff
+    /// quorum (recovery, unfreeze) is dated when its request was made and may arrive
+    /// while its approvals are unexpired by the relay's clock (the arrival rule,
+    /// `LogEntry::check_arrival`); a recovered device's cooling-off runs from the
+    /// approvals' expiry (`LogEntry::probation_start`), so its date gains it nothing.
     fn check_fresh(&self, entry: &LogEntry, now: u64) -> Result<(), String> {
         match &entry.authorization {
-            EntryAuthorization::Quorum(bundle) => {
-                if bundle.request.expires_ms <= now {
-                    return Err(format!(
-                        "the approvals carrying this entry expired at {} ms, before it reached \
-                         the relay",
-                        bundle.request.expires_ms
-                    ));
-                }
+            EntryAuthorization::Quorum(_) => {
+                entry
+                    .check_arrival(now)
+                    .map_err(|e| format!("device log entry refused: {e}"))?;
             }
             EntryAuthorization::Genesis | EntryAuthorization::Device { .. } => {
                 let max_age = self
@@ -643,6 +643,11 @@ impl<S: Store> Relay<S> {
             );
         }
         let now = unix_ms();
+        if let Err(e) = roster.check_arrival(now) {
+            self.trust_refused("roster");
+            warn!(version, by = %me.device, error = %e, "roster version refused");
+            return refuse(id, ErrorCode::Forbidden, &format!("roster refused: {e}"));
+        }
         let next = match self.trust.next_chain(roster.clone(), now) {
             Ok(c) => c,
             Err(e) => {
@@ -707,7 +712,11 @@ impl<S: Store> Relay<S> {
                 "the notice's sender must be the authenticated device",
             );
         }
-        if let Err(e) = notice.verify_header(&chain, None, unix_ms()) {
+        let arrival = unix_ms();
+        let checked = notice
+            .verify_header(&chain, None, arrival)
+            .and_then(|_| notice.check_arrival(arrival));
+        if let Err(e) = checked {
             self.trust_refused("notice");
             debug!(by = %me.device, error = %e, "notice refused");
             return refuse(id, ErrorCode::Forbidden, &format!("notice refused: {e}"));
