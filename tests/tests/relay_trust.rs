@@ -436,7 +436,8 @@ async fn the_full_link_flow_adds_a_device_that_then_authenticates() {
     assert_eq!(refused(n.authenticate(&new).await), ErrorCode::AuthFailed);
     let n = relay.connect().await;
     let (link_id, expires_ms) = n.link_start(&new, &alice).await.unwrap();
-    assert!(expires_ms > now_ms() + DAY - HOUR);
+    // Linking is interactive: a request nobody offers on lapses after an hour.
+    assert!(expires_ms > now_ms() + HOUR - 60_000 && expires_ms <= now_ms() + HOUR);
     let pending = existing.conn.list_links(&alice).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(&pending[0].identity, new.public());
@@ -619,7 +620,7 @@ async fn a_new_link_start_replaces_the_devices_earlier_pending_request() {
     let second = relay.connect().await;
     let (new_id, expires_ms) = second.link_start(&new, &alice).await.unwrap();
     assert_ne!(new_id, old_id);
-    assert!(expires_ms > now_ms() + DAY - HOUR);
+    assert!(expires_ms > now_ms() + HOUR - 60_000);
     assert_eq!(refused(first.link_poll(old_id).await), ErrorCode::NotFound);
     assert_eq!(refused(second.link_poll(old_id).await), ErrorCode::NotFound);
     assert_eq!(
@@ -672,7 +673,8 @@ async fn a_new_link_start_replaces_the_devices_earlier_pending_request() {
 
 /// The linking device's poll schedule and the relay's per-address limit on link requests
 /// agree by design: with the default limit, one device (or two at once from one
-/// address) polling for the whole 24 hours a link request lives is never refused.
+/// address) polling for the whole 24 hours an offered link request lives (a recovery
+/// waiting for its approvals) is never refused.
 #[test]
 fn the_link_poll_schedule_stays_inside_the_relays_default_limit() {
     use sealpost_client::trust::{link_poll_delay, LINK_POLL_FAST_FOR, LINK_POLL_SLOW_INTERVAL};
@@ -682,7 +684,7 @@ fn the_link_poll_schedule_stays_inside_the_relays_default_limit() {
         1000.0 / LINK_POLL_SLOW_INTERVAL.as_millis() as f64 <= rate.per_second / 3.0,
         "the slow polls are at most a third of the relay's sustained rate"
     );
-    let lifetime = sealpost_server::links::LINK_LIFETIME_MS;
+    let lifetime = sealpost_server::links::OFFERED_LINK_LIFETIME_MS;
     for devices in [1u64, 2] {
         let mut bucket = TokenBucket::new(rate, 0);
         // (next request at, started at), one per device; each starts with `link_start`.
@@ -714,26 +716,136 @@ fn the_link_poll_schedule_stays_inside_the_relays_default_limit() {
     }
 }
 
+/// Anyone who knows an account id can start link requests; a flood must not lock the
+/// account out of linking (or recovery). A new request beyond the account's four evicts
+/// the oldest one nobody has offered on, so the account's own request, once its existing
+/// device has offered on it, survives the flood; a device of the account can dismiss
+/// requests; only when all four carry offers (which only the account's devices or staff
+/// can make) is a new one refused. The relay-wide bound evicts the same way, and requests
+/// nobody offers on lapse after `link_lifetime_secs`.
 #[tokio::test]
-async fn link_requests_are_bounded_per_account() {
-    let relay = memory_relay(|_| {}).await;
+async fn a_link_flood_cannot_lock_an_account_out() {
+    let relay = memory_relay(|c| {
+        lenient(c);
+        c.limits.max_pending_links = 6;
+        c.limits.link_requests_per_ip = sealpost_server::limits::Rate::new(100.0, 1000.0);
+    })
+    .await;
     let alice = relay.account("alice", Role::Client).await;
-    let _first = relay.device(&alice, 20).await;
+    let bob = relay.account("bob", Role::Client).await;
+    let existing = relay
+        .device_with(
+            &alice,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(20)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(20),
+        )
+        .await;
+    let bobs = relay
+        .device_with(
+            &bob,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(19)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(19),
+        )
+        .await;
     let mut rng = StdRng::seed_from_u64(21);
-    for _ in 0..sealpost_protocol::wire::MAX_PENDING_LINKS {
+    // Alice's real new device asks first, and her phone offers on it.
+    let laptop = IdentityKeyPair::generate(&mut rng);
+    let lc = relay.connect().await;
+    let (laptop_link, _) = lc.link_start(&laptop, &alice).await.unwrap();
+    let log = existing.conn.get_device_log(&alice).await.unwrap();
+    let body = log.next_body(
+        now_ms(),
+        DeviceAction::Add {
+            identity: laptop.public().clone(),
+        },
+        "laptop",
+    );
+    existing
+        .conn
+        .link_offer(laptop_link, LinkChallenge::generate(&mut rng), body.clone())
+        .await
+        .unwrap();
+    // A flood of requests for her account: each one beyond four evicts the oldest
+    // request without an offer; none is refused, and the offered one stays.
+    let mut flood = Vec::new();
+    for _ in 0..2 * sealpost_protocol::wire::MAX_PENDING_LINKS {
         let c = relay.connect().await;
-        c.link_start(&IdentityKeyPair::generate(&mut rng), &alice)
+        let (id, _) = c
+            .link_start(&IdentityKeyPair::generate(&mut rng), &alice)
             .await
             .unwrap();
+        flood.push((c, id));
+    }
+    let pending = existing.conn.list_links(&alice).await.unwrap();
+    assert_eq!(pending.len(), sealpost_protocol::wire::MAX_PENDING_LINKS);
+    assert!(pending.iter().any(|l| l.link_id == laptop_link));
+    assert_eq!(
+        refused(flood[0].0.link_poll(flood[0].1).await),
+        ErrorCode::NotFound,
+        "the oldest flood request was evicted"
+    );
+    assert!(lc.link_poll(laptop_link).await.unwrap().body.is_some());
+    // Her phone dismisses a flood request; another account's device cannot.
+    let (ref last_conn, last_id) = flood[flood.len() - 1];
+    assert_eq!(
+        refused(bobs.conn.dismiss_link(last_id).await),
+        ErrorCode::NotFound
+    );
+    existing.conn.dismiss_link(last_id).await.unwrap();
+    assert_eq!(refused(last_conn.link_poll(last_id).await), ErrorCode::NotFound);
+    assert_eq!(
+        existing.conn.list_links(&alice).await.unwrap().len(),
+        sealpost_protocol::wire::MAX_PENDING_LINKS - 1
+    );
+    // The real link completes despite the flood.
+    lc.link_sign(laptop_link, body.sign(&laptop)).await.unwrap();
+    let entry = LogEntry::signed_by_device(body, &existing.identity, Some(&laptop));
+    existing.conn.append_device_log(entry).await.unwrap();
+    assert!(lc.link_poll(laptop_link).await.unwrap().completed);
+
+    // The relay-wide bound (6 here) evicts too: requests for bob push out the oldest
+    // requests without an offer, wherever they are.
+    let mut bob_links = Vec::new();
+    for _ in 0..4 {
+        let c = relay.connect().await;
+        let (id, _) = c
+            .link_start(&IdentityKeyPair::generate(&mut rng), &bob)
+            .await
+            .unwrap();
+        bob_links.push((c, id));
+    }
+    assert_eq!(bobs.conn.list_links(&bob).await.unwrap().len(), 4);
+    assert!(existing.conn.list_links(&alice).await.unwrap().len() <= 2);
+
+    // When every slot of an account carries an offer, a new request is refused.
+    for (c, id) in &bob_links {
+        let identity = bobs
+            .conn
+            .list_links(&bob)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|l| l.link_id == *id)
+            .unwrap()
+            .identity;
+        let log = bobs.conn.get_device_log(&bob).await.unwrap();
+        let body = log.next_body(now_ms(), DeviceAction::Add { identity }, "");
+        bobs.conn
+            .link_offer(*id, LinkChallenge::generate(&mut rng), body)
+            .await
+            .unwrap();
+        let _ = c;
     }
     let c = relay.connect().await;
-    assert_eq!(
-        refused(
-            c.link_start(&IdentityKeyPair::generate(&mut rng), &alice)
-                .await
-        ),
-        ErrorCode::QuotaExceeded
+    let (code, message) = refusal(
+        c.link_start(&IdentityKeyPair::generate(&mut rng), &bob)
+            .await,
     );
+    assert_eq!(code, ErrorCode::QuotaExceeded);
+    assert!(message.contains("offer"), "{message}");
+
     // A signature made for another connection is refused.
     let other = relay.connect().await;
     let keys = IdentityKeyPair::generate(&mut rng);
@@ -752,6 +864,53 @@ async fn link_requests_are_bounded_per_account() {
         ),
         ErrorCode::AuthFailed
     );
+}
+
+/// Requests nobody offered on lapse after `limits.link_lifetime_secs` (1 s here); an
+/// offered one lives on (a recovery waits for its approvals).
+#[tokio::test]
+async fn link_requests_without_an_offer_lapse_after_the_configured_lifetime() {
+    let relay = memory_relay(|c| {
+        lenient(c);
+        c.limits.link_lifetime_secs = 1;
+    })
+    .await;
+    let alice = relay.account("alice", Role::Client).await;
+    let existing = relay
+        .device_with(
+            &alice,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(25)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(25),
+        )
+        .await;
+    let mut rng = StdRng::seed_from_u64(26);
+    let idle_keys = IdentityKeyPair::generate(&mut rng);
+    let offered_keys = IdentityKeyPair::generate(&mut rng);
+    let c1 = relay.connect().await;
+    let (idle, expires_ms) = c1.link_start(&idle_keys, &alice).await.unwrap();
+    assert!(expires_ms <= now_ms() + 1_000);
+    let c2 = relay.connect().await;
+    let (offered, _) = c2.link_start(&offered_keys, &alice).await.unwrap();
+    let log = existing.conn.get_device_log(&alice).await.unwrap();
+    let body = log.next_body(
+        now_ms(),
+        DeviceAction::Add {
+            identity: offered_keys.public().clone(),
+        },
+        "",
+    );
+    existing
+        .conn
+        .link_offer(offered, LinkChallenge::generate(&mut rng), body)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(refused(c1.link_poll(idle).await), ErrorCode::NotFound);
+    assert!(c2.link_poll(offered).await.unwrap().body.is_some());
+    let pending = existing.conn.list_links(&alice).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].link_id, offered);
 }
 
 // ---------------------------------------------------------------------------------------
