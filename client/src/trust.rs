@@ -627,7 +627,7 @@ impl Client {
     pub(crate) async fn check_may_send(&mut self, kind: EnvelopeKind) -> Result<(), ClientError> {
         let me = self.me()?;
         let set = self.verified_set(&me, false).await?;
-        match set.may_send(&self.device_id(), kind) {
+        match set.may_send_at(&self.device_id(), kind, now_ms()) {
             SendDecision::Allowed => Ok(()),
             SendDecision::NotActive => Err(ClientError::NotAllowed(
                 "this device is not an active device of its account (revoked?)".into(),
@@ -670,7 +670,9 @@ impl Client {
         let decision = self
             .trust
             .set(account)
-            .map_or(SendDecision::NotActive, |s| s.may_send(&device, kind));
+            .map_or(SendDecision::NotActive, |s| {
+                s.may_send_at(&device, kind, now_ms())
+            });
         let reason = match decision {
             SendDecision::Allowed => return Ok(events),
             SendDecision::NotActive => {
@@ -727,7 +729,7 @@ impl Client {
             None => Err(ClientError::NotAllowed(
                 "this device is not an active device of its account".into(),
             )),
-            Some(d) if d.on_probation => Err(ClientError::OnProbation {
+            Some(d) if d.probation_until_ms > now_ms() => Err(ClientError::OnProbation {
                 until_ms: d.probation_until_ms,
                 refused: "change the account's devices".into(),
             }),

@@ -384,23 +384,35 @@ impl DeviceSet {
         self.devices.iter().map(|d| d.identity.clone()).collect()
     }
 
-    /// Whether `device` may send `kind` now: sensitive kinds are refused from a device on
-    /// probation and from every device of a frozen account; an inactive device may send
-    /// nothing.
+    /// Whether `device` may send `kind` at the time the log was verified: sensitive kinds
+    /// are refused from a device on probation and from every device of a frozen account;
+    /// an inactive device may send nothing. A set kept for a while should be asked with
+    /// [`DeviceSet::may_send_at`] instead.
     pub fn may_send(&self, device: &DeviceId, kind: EnvelopeKind) -> SendDecision {
         let Some(d) = self.device(device) else {
             return SendDecision::NotActive;
         };
+        self.decide(d.on_probation, d.probation_until_ms, kind)
+    }
+
+    /// As [`DeviceSet::may_send`], with probation judged at `now_ms` (a cached set's
+    /// `on_probation` flags are those of the time it was verified).
+    pub fn may_send_at(&self, device: &DeviceId, kind: EnvelopeKind, now_ms: u64) -> SendDecision {
+        let Some(d) = self.device(device) else {
+            return SendDecision::NotActive;
+        };
+        self.decide(d.probation_until_ms > now_ms, d.probation_until_ms, kind)
+    }
+
+    fn decide(&self, on_probation: bool, until_ms: u64, kind: EnvelopeKind) -> SendDecision {
         if !self.sensitive_kinds.contains(&kind) {
             return SendDecision::Allowed;
         }
         if self.frozen {
             return SendDecision::Frozen;
         }
-        if d.on_probation {
-            return SendDecision::OnProbation {
-                until_ms: d.probation_until_ms,
-            };
+        if on_probation {
+            return SendDecision::OnProbation { until_ms };
         }
         SendDecision::Allowed
     }
@@ -1379,6 +1391,19 @@ mod tests {
             .verify(Some(&chain), None, expires + DEFAULT_COOLING_OFF_MS)
             .unwrap();
         assert!(!after.device(&new_phone.device_id()).unwrap().on_probation);
+        // A set verified earlier and kept answers for the time it is asked at.
+        assert_eq!(
+            set.may_send_at(
+                &new_phone.device_id(),
+                EnvelopeKind::Approval,
+                expires + DEFAULT_COOLING_OFF_MS
+            ),
+            SendDecision::Allowed
+        );
+        assert!(matches!(
+            set.may_send(&new_phone.device_id(), EnvelopeKind::Approval),
+            SendDecision::OnProbation { .. }
+        ));
         // Nor can it sign entries before then (a device it adds is refused).
         let laptop = IdentityKeyPair::generate(&mut org.rng);
         let mut early = c.log.clone();
