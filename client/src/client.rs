@@ -960,6 +960,18 @@ impl Client {
         content: Content,
         record: bool,
     ) -> Result<SendReport, ClientError> {
+        self.fan_out_as(to, content, record, None).await
+    }
+
+    /// [`Client::fan_out`], the recipient copies labelled `kind` instead of the kind the
+    /// content requires (only adversarial tests relabel).
+    pub(crate) async fn fan_out_as(
+        &mut self,
+        to: &AccountId,
+        content: Content,
+        record: bool,
+        relabel: Option<sealpost_protocol::EnvelopeKind>,
+    ) -> Result<SendReport, ClientError> {
         let me = self.me()?;
         let mut events = self.refresh_devices(to, false).await?;
         if to != &me {
@@ -967,7 +979,8 @@ impl Client {
         }
         // The relay refuses sensitive kinds from a device on probation or a frozen
         // account; refuse them here first, with the reason.
-        self.check_may_send(content.envelope_kind()).await?;
+        self.check_may_send(relabel.unwrap_or_else(|| content.envelope_kind()))
+            .await?;
         self.ensure_sessions(to).await?;
         if to != &me {
             self.ensure_sessions(&me).await?;
@@ -975,7 +988,7 @@ impl Client {
         let mut rng = OsRng;
         let message_id = MessageId::random(&mut rng);
         let sent_ms = now_ms();
-        let kind = content.envelope_kind();
+        let kind = relabel.unwrap_or_else(|| content.envelope_kind());
         let targets: Vec<DeviceId> = self
             .contacts
             .get(to)
@@ -1428,12 +1441,30 @@ impl Client {
         // The sending device must be active in the verified device log of the account it
         // claims, and allowed to send this kind (cooling-off, freeze).
         let mut events = Vec::new();
+        let content_kind = message.content.envelope_kind();
         match self
-            .check_sender(&message.from, sender, message.content.envelope_kind())
+            .check_sender(&message.from, sender, content_kind)
             .await
         {
             Ok(evs) => events.extend(evs),
             Err(reason) => return self.reject(&envelope, reason).await,
+        }
+        // The header's kind is what the relay enforced its rules on (probation, frozen
+        // accounts, `send_notice` for notices): content must travel under exactly the kind
+        // it requires (docs/PROTOCOL.md §18.2), or a sender could relabel it to slip past
+        // those rules. Reported, never shown.
+        if envelope.header.kind != content_kind {
+            return self
+                .reject(
+                    &envelope,
+                    format!(
+                        "the envelope is labelled {:?}, but its content ({}) must travel as \
+                         {content_kind:?}: relabelled, possibly to avoid the relay's checks",
+                        envelope.header.kind,
+                        message.content.name()
+                    ),
+                )
+                .await;
         }
         let me = self.me()?;
         if matches!(message.content, Content::Sync { .. }) && message.from != me {
