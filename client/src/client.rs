@@ -110,6 +110,32 @@ pub enum ClientError {
     /// No such approval request, link or device.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The relay serves an organisation and no organisation fingerprint was given to pin.
+    /// The fingerprint is never taken from the relay (that would let a compromised relay
+    /// choose whom the device trusts): get it from the firm out of band.
+    #[error(
+        "the relay at {relay} belongs to an organisation, but no organisation fingerprint was \
+         given: get it from your firm out of band (it is printed with your enrolment code) \
+         and pass it with --org; it is never taken from the relay"
+    )]
+    OrgNotPinned {
+        /// The relay's address.
+        relay: String,
+    },
+    /// The relay is configured with another organisation than the one this device pins
+    /// (or was given to pin).
+    #[error(
+        "the relay at {relay} is configured with organisation {announced}, not {pinned} \
+         which this device trusts"
+    )]
+    OrgMismatch {
+        /// The relay's address.
+        relay: String,
+        /// The fingerprint this device pins or was given (hex).
+        pinned: String,
+        /// The one the relay is configured with (hex), or `none`.
+        announced: String,
+    },
 }
 
 fn proto<E: std::fmt::Display>(e: E) -> ClientError {
@@ -741,6 +767,7 @@ impl Client {
         // The organisation fingerprint is pinned here, and only here (or when linking).
         relay.org()?;
         let conn = RelayConnection::connect(&addr).await?;
+        check_relay_org(&conn, &relay).await?;
         let (_, role) = conn.enroll(&self.identity, account, code).await?;
         conn.authenticate(&self.identity).await?;
         self.relay = Some(relay);
@@ -792,6 +819,9 @@ impl Client {
                         // verify every device set again before it is used.
                         self.trust.clear_sets();
                         self.maintain_prekeys().await?;
+                        // Device-log changes pushed while this device was offline were
+                        // lost with the push: catch up on them now.
+                        self.catch_up_logs().await;
                         return Ok(());
                     }
                     Err(
@@ -1325,7 +1355,11 @@ impl Client {
                     }
                 }
                 FrameBody::DeviceLogChanged { account, .. } => {
-                    // Verify the log again now; a refusal is reported, not fatal.
+                    // Verify the log again now, under the newest roster (its entry may be
+                    // dated under a version this device has not fetched yet, and
+                    // cooling-off windows come from the roster); a refusal is reported
+                    // (`TrustRefused`), not fatal.
+                    let _ = self.refresh_roster(true).await;
                     match self.refresh_devices(&account, true).await {
                         Ok(evs) => events.extend(evs),
                         Err(e) => events.push(Event::TrustRefused {
@@ -1704,6 +1738,35 @@ impl Client {
     /// Save now (for example before exiting).
     pub fn persist(&self) -> Result<(), ClientError> {
         self.save()
+    }
+}
+
+/// Before enrolling or linking: refuse a relay that serves an organisation when no
+/// fingerprint was given to pin, or serves another one than the fingerprint given. A relay
+/// that does not know `get_org` (or has no organisation) passes when none was given.
+pub(crate) async fn check_relay_org(
+    conn: &RelayConnection,
+    relay: &RelayInfo,
+) -> Result<(), ClientError> {
+    let given = relay.org()?;
+    let announced = match conn.get_org().await {
+        Ok(a) => a.map(OrgFingerprint),
+        Err(NetError::Refused {
+            code: ErrorCode::UnexpectedFrame | ErrorCode::BadFrame,
+            ..
+        }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    match (given, announced) {
+        (None, Some(_)) => Err(ClientError::OrgNotPinned {
+            relay: relay.addr.clone(),
+        }),
+        (Some(g), Some(a)) if g != a => Err(ClientError::OrgMismatch {
+            relay: relay.addr.clone(),
+            pinned: g.to_hex(),
+            announced: a.to_hex(),
+        }),
+        _ => Ok(()),
     }
 }
 
