@@ -209,11 +209,19 @@ pub fn describe_subject(subject: &ApprovalSubject) -> String {
         ApprovalSubject::Notice { header, content } => {
             let audience = match &header.audience {
                 NoticeAudience::Client(a) => format!("client {a}"),
-                NoticeAudience::Segment(seg) => format!("segment {}", seg.as_str()),
+                NoticeAudience::Segment(seg) => {
+                    format!("segment {}", crate::display::line(seg.as_str()))
+                }
                 NoticeAudience::AllClients => "ALL CLIENTS".to_owned(),
             };
+            // Peer text: control characters escaped, so the approver sees exactly what
+            // is signed (crate::display).
             let text = match NoticeText::decode(content) {
-                Ok(t) => format!("title: {}\nbody: {}", t.title.as_str(), t.body.as_str()),
+                Ok(t) => format!(
+                    "title: {}\nbody: {}",
+                    crate::display::line(t.title.as_str()),
+                    crate::display::text(t.body.as_str())
+                ),
                 Err(e) => format!("(content does not decode: {e})"),
             };
             format!(
@@ -236,7 +244,7 @@ pub fn describe_subject(subject: &ApprovalSubject) -> String {
                 entry.account,
                 entry.seq,
                 entry.timestamp_ms,
-                entry.reason.as_str()
+                crate::display::line(entry.reason.as_str())
             )
         }
     }

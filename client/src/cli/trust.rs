@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sealpost_client::approvals::{ApprovalDirection, ApprovalStatus, ApprovalView};
 use sealpost_client::client::RelayInfo;
+use sealpost_client::display;
 use sealpost_client::net::NetError;
 use sealpost_client::org::{self, OrgStore, RosterSpec};
 use sealpost_client::trust::{AccountDevices, DeviceView, LinkProgress, PendingLinkView};
@@ -1181,7 +1182,7 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
     );
     println!("  status:         {}", status_name(v.status));
     if !v.detail.is_empty() {
-        println!("  detail:         {}", v.detail);
+        println!("  detail:         {}", display::line(&v.detail));
     }
     if v.direction == ApprovalDirection::Outgoing {
         let names: Vec<&str> = v.approvals.iter().map(AccountId::as_str).collect();
@@ -1203,7 +1204,7 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
                     if r.reason.is_empty() {
                         String::new()
                     } else {
-                        format!(": {}", r.reason)
+                        format!(": {}", display::line(&r.reason))
                     }
                 );
             }
@@ -1221,7 +1222,7 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
         Some(ApprovalSubject::Notice { header, content }) => {
             let audience = match &header.audience {
                 NoticeAudience::Client(a) => format!("client {a}"),
-                NoticeAudience::Segment(seg) => format!("segment {}", seg.as_str()),
+                NoticeAudience::Segment(seg) => format!("segment {}", display::line(seg.as_str())),
                 NoticeAudience::AllClients => "ALL CLIENTS".to_owned(),
             };
             let high = if header.category.risk() == NoticeRisk::HighRisk {
@@ -1242,9 +1243,11 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
             println!("  | dated:    {}", time(header.sent_ms));
             match NoticeText::decode(content) {
                 Ok(t) => {
-                    println!("  | title:    {}", t.title.as_str());
+                    // Peer text: control characters escaped (what is shown is what
+                    // is signed).
+                    println!("  | title:    {}", display::line(t.title.as_str()));
                     println!("  | body:");
-                    for l in t.body.as_str().lines() {
+                    for l in display::text(t.body.as_str()).lines() {
                         println!("  |   {l}");
                     }
                 }
@@ -1275,7 +1278,7 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
                 entry.seq,
                 time(entry.timestamp_ms)
             );
-            println!("  | reason:   {}", entry.reason.as_str());
+            println!("  | reason:   {}", display::line(entry.reason.as_str()));
             println!("  | entry hash: {}", hex::encode(entry.hash().0));
         }
         Some(ApprovalSubject::RosterChange { roster }) => {
