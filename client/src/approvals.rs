@@ -427,9 +427,9 @@ impl Client {
         }
         let me = self.me()?;
         let validity = match op {
-            Operation::AccountRecovery => self
-                .approval_validity_ms
-                .min(RECOVERY_APPROVAL_VALIDITY_MS),
+            Operation::AccountRecovery => {
+                self.approval_validity_ms.min(RECOVERY_APPROVAL_VALIDITY_MS)
+            }
             _ => self.approval_validity_ms,
         };
         let request = ApprovalRequest::new(

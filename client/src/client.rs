@@ -1476,10 +1476,7 @@ impl Client {
         // claims, and allowed to send this kind (cooling-off, freeze).
         let mut events = Vec::new();
         let content_kind = message.content.envelope_kind();
-        match self
-            .check_sender(&message.from, sender, content_kind)
-            .await
-        {
+        match self.check_sender(&message.from, sender, content_kind).await {
             Ok(evs) => events.extend(evs),
             Err(reason) => return self.reject(&envelope, reason).await,
         }

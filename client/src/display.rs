@@ -58,13 +58,13 @@ mod tests {
     #[test]
     fn control_and_bidi_characters_are_escaped() {
         assert_eq!(line("plain text, ok"), "plain text, ok");
-        assert_eq!(
-            line("\u{1b}[2J\u{1b}[Hpay X"),
-            "\\u{1b}[2J\\u{1b}[Hpay X"
-        );
+        assert_eq!(line("\u{1b}[2J\u{1b}[Hpay X"), "\\u{1b}[2J\\u{1b}[Hpay X");
         assert_eq!(line("a\rb\u{8}c\u{7f}"), "a\\u{d}b\\u{8}c\\u{7f}");
         assert_eq!(line("two\nlines"), "two\\u{a}lines");
-        assert_eq!(text("two\nlines\u{1b}]0;t\u{7}"), "two\nlines\\u{1b}]0;t\\u{7}");
+        assert_eq!(
+            text("two\nlines\u{1b}]0;t\u{7}"),
+            "two\nlines\\u{1b}]0;t\\u{7}"
+        );
         assert_eq!(line("IBAN \u{202e}0 00"), "IBAN \\u{202e}0 00");
         assert_eq!(line("\u{9b}31m"), "\\u{9b}31m", "C1 CSI");
         assert_eq!(line("café → ok"), "café → ok");

@@ -401,7 +401,9 @@ impl Client {
         category: NoticeCategory,
         title: &str,
         body: &str,
-        cosign: impl FnOnce(&sealpost_protocol::trust::ApprovalRequest) -> Vec<sealpost_protocol::trust::Approval>,
+        cosign: impl FnOnce(
+            &sealpost_protocol::trust::ApprovalRequest,
+        ) -> Vec<sealpost_protocol::trust::Approval>,
     ) -> Result<Vec<Envelope>, ClientError> {
         let me = self.me()?;
         self.refresh_roster(true).await?;
@@ -436,8 +438,10 @@ impl Client {
                 SignerRef::new(me, self.device_id()),
                 &mut OsRng,
             )?;
-            let mut bundle =
-                sealpost_protocol::trust::ApprovalBundle::initiate(request.clone(), &self.identity)?;
+            let mut bundle = sealpost_protocol::trust::ApprovalBundle::initiate(
+                request.clone(),
+                &self.identity,
+            )?;
             for a in cosign(&request) {
                 bundle.push(a)?;
             }

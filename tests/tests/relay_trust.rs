@@ -794,7 +794,10 @@ async fn a_link_flood_cannot_lock_an_account_out() {
         ErrorCode::NotFound
     );
     existing.conn.dismiss_link(last_id).await.unwrap();
-    assert_eq!(refused(last_conn.link_poll(last_id).await), ErrorCode::NotFound);
+    assert_eq!(
+        refused(last_conn.link_poll(last_id).await),
+        ErrorCode::NotFound
+    );
     assert_eq!(
         existing.conn.list_links(&alice).await.unwrap().len(),
         sealpost_protocol::wire::MAX_PENDING_LINKS - 1
@@ -1425,8 +1428,14 @@ async fn a_notice_to_all_clients_needs_its_quorum_and_reaches_every_client() {
         let env = seal_kind(sender, s, to, EnvelopeKind::Notice, b"maint");
         sender.conn.send_notice(env, good.clone()).await.unwrap();
     }
-    let got1 = d1.next_envelope(WAIT).await.expect("client1 gets the notice");
-    let got2 = d2.next_envelope(WAIT).await.expect("client2 gets the notice");
+    let got1 = d1
+        .next_envelope(WAIT)
+        .await
+        .expect("client1 gets the notice");
+    let got2 = d2
+        .next_envelope(WAIT)
+        .await
+        .expect("client2 gets the notice");
     assert_eq!(got1.header.kind, EnvelopeKind::Notice);
     assert_eq!(got2.header.kind, EnvelopeKind::Notice);
     // "All clients" does not include another staff account's devices.
@@ -1533,18 +1542,33 @@ async fn approvals_must_be_unexpired_when_the_operation_reaches_the_relay() {
             .await,
     );
     assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("unfreeze approvals expired"), "{message}");
     assert!(
-        message.contains("unfreeze approvals expired"),
-        "{message}"
+        relay
+            .relay
+            .store
+            .account(&c1)
+            .await
+            .unwrap()
+            .unwrap()
+            .frozen
     );
-    assert!(relay.relay.store.account(&c1).await.unwrap().unwrap().frozen);
     let ok = org.bundle(Operation::Unfreeze, body.hash().0.to_vec(), 1, 0, &[1, 2]);
     staff[0]
         .conn
         .append_device_log(LogEntry::with_quorum(body, ok, None))
         .await
         .unwrap();
-    assert!(!relay.relay.store.account(&c1).await.unwrap().unwrap().frozen);
+    assert!(
+        !relay
+            .relay
+            .store
+            .account(&c1)
+            .await
+            .unwrap()
+            .unwrap()
+            .frozen
+    );
 
     // A roster version approved two hours ago, published after its approvals expired.
     let members: Vec<StaffMember> = org.staff.iter().map(Staff::member).collect();
@@ -1681,10 +1705,10 @@ async fn recovery_needs_the_quorum_at_the_relay_and_cools_off_from_the_approvals
         .unwrap();
     let c = relay.connect().await;
     assert_eq!(
-        refused(c.authenticate(
-            &IdentityKeyPair::generate(&mut StdRng::seed_from_u64(36))
-        )
-        .await),
+        refused(
+            c.authenticate(&IdentityKeyPair::generate(&mut StdRng::seed_from_u64(36)))
+                .await
+        ),
         ErrorCode::AuthFailed,
         "the lost device {lost_id} is revoked"
     );
@@ -1709,11 +1733,23 @@ async fn recovery_needs_the_quorum_at_the_relay_and_cools_off_from_the_approvals
     // The relay refuses its sensitive kinds; chat is fine.
     let mut s = recovered.session_with(&staff[0]).await;
     let to = staff[0].id();
-    let env = seal_kind(&mut recovered, &mut s, to, EnvelopeKind::Approval, b"approve");
+    let env = seal_kind(
+        &mut recovered,
+        &mut s,
+        to,
+        EnvelopeKind::Approval,
+        b"approve",
+    );
     let (code, message) = refusal(send(&recovered, env).await);
     assert_eq!(code, ErrorCode::Forbidden);
     assert!(message.contains("probation"), "{message}");
-    let env = seal_kind(&mut recovered, &mut s, to, EnvelopeKind::Chat, b"hello again");
+    let env = seal_kind(
+        &mut recovered,
+        &mut s,
+        to,
+        EnvelopeKind::Chat,
+        b"hello again",
+    );
     assert!(matches!(
         send(&recovered, env).await.unwrap(),
         FrameBody::Accepted { .. }

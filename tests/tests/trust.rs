@@ -493,7 +493,10 @@ async fn probation_freeze_and_unfreeze_with_the_quorum() {
     let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
     org::settle().await;
     // The advisor and the staff member know alice's devices (they verified her log).
-    assert_eq!(adv.account_devices(&alice_id).await.unwrap().devices.len(), 1);
+    assert_eq!(
+        adv.account_devices(&alice_id).await.unwrap().devices.len(),
+        1
+    );
     staff[0].account_devices(&alice_id).await.unwrap();
     // From now on new devices wait an hour.
     change_roster(&mut staff, 3_600_000).await;
@@ -713,7 +716,10 @@ async fn a_roster_from_another_organisation_is_refused() {
     alice.connect().await.unwrap();
     let err = alice.roster().await.err();
     assert!(
-        matches!(err, Some(ClientError::Trust(TrustError::RootMismatch { .. }))),
+        matches!(
+            err,
+            Some(ClientError::Trust(TrustError::RootMismatch { .. }))
+        ),
         "{err:?}"
     );
     assert!(alice.cached_roster().is_none());
@@ -765,15 +771,13 @@ async fn content_under_another_envelope_kind_is_refused_and_reported() {
     org::settle().await;
     change_roster(&mut staff, 3_600_000).await;
     let mut tablet = org::linked(&relay, &mut phone, &homes.path().join("tablet"), Some(&o)).await;
-    assert!(
-        tablet
-            .devices()
-            .await
-            .unwrap()
-            .devices
-            .iter()
-            .any(|d| d.this_device && d.on_probation)
-    );
+    assert!(tablet
+        .devices()
+        .await
+        .unwrap()
+        .devices
+        .iter()
+        .any(|d| d.this_device && d.on_probation));
     let _ = phone.receive(true, QUIET).await.unwrap();
 
     // Approval content from the device on probation, labelled chat: the relay sees a chat
@@ -796,7 +800,8 @@ async fn content_under_another_envelope_kind_is_refused_and_reported() {
         "{got:?}"
     );
     assert!(
-        !got.iter().any(|e| matches!(e, Event::ApprovalAnswered { .. })),
+        !got.iter()
+            .any(|e| matches!(e, Event::ApprovalAnswered { .. })),
         "{got:?}"
     );
 
@@ -894,7 +899,10 @@ async fn rejections_cannot_crowd_out_approvals() {
     };
     // Security's role does not count for this operation; a client is not staff.
     sec.send_content_for_tests(&ops_id, no("no")).await.unwrap();
-    alice.send_content_for_tests(&ops_id, no("no")).await.unwrap();
+    alice
+        .send_content_for_tests(&ops_id, no("no"))
+        .await
+        .unwrap();
     // The eligible co-signer floods rejections (more than MAX_REJECTIONS).
     let flood = sealpost_client::approvals::MAX_REJECTIONS + 6;
     for i in 0..flood {
@@ -926,7 +934,15 @@ async fn rejections_cannot_crowd_out_approvals() {
     );
     let answered: Vec<&Event> = ev[0]
         .iter()
-        .filter(|e| matches!(e, Event::ApprovalAnswered { approved: false, .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                Event::ApprovalAnswered {
+                    approved: false,
+                    ..
+                }
+            )
+        })
         .collect();
     assert_eq!(answered.len(), 1, "{answered:?}");
     assert_eq!(ops.approval(&id).unwrap().responses.len(), 1);
@@ -973,15 +989,20 @@ async fn rejections_cannot_crowd_out_approvals() {
     ));
     let ev = pump(&mut [ops], 1).await;
     assert!(
-        ev[0].iter().any(|e| matches!(e, Event::ApprovalAnswered { approver, approved: false, reason, .. }
-            if approver.as_str() == "comp" && reason == "the text is not approved by compliance")),
+        ev[0].iter().any(
+            |e| matches!(e, Event::ApprovalAnswered { approver, approved: false, reason, .. }
+            if approver.as_str() == "comp" && reason == "the text is not approved by compliance")
+        ),
         "{:?}",
         ev[0]
     );
     let mine = ops.approval(&second).unwrap();
     assert_eq!(mine.status, ApprovalStatus::Pending);
     assert!(mine.approvals.is_empty());
-    assert!(mine.responses.iter().any(|r| !r.approved && r.approver.as_str() == "comp"));
+    assert!(mine
+        .responses
+        .iter()
+        .any(|r| !r.approved && r.approver.as_str() == "comp"));
 }
 
 /// An approver device holds at most MAX_PENDING_PER_INITIATOR pending requests from one
@@ -1060,7 +1081,10 @@ async fn devices_offline_during_a_device_change_are_told_when_they_reconnect() {
     org::settle().await;
     let tablet_home = homes.path().join("tablet");
     let mut tablet = org::linked(&relay, &mut phone, &tablet_home, Some(&o)).await;
-    assert_eq!(adv.account_devices(&alice_id).await.unwrap().devices.len(), 2);
+    assert_eq!(
+        adv.account_devices(&alice_id).await.unwrap().devices.len(),
+        2
+    );
     tablet.devices().await.unwrap();
     let _ = (adv.take_events(), tablet.take_events());
     // Both go offline (the advisor's process even exits; its state is saved).
@@ -1167,7 +1191,9 @@ async fn a_notice_injected_past_the_relay_is_shown_not_authenticated() {
     );
     assert!(status.cosigners.is_empty() && status.signer.is_none());
     // It stays in the history with its verdict.
-    assert!(alice.history().any(|h| h.notice.as_ref().is_some_and(|n| !n.authenticated)));
+    assert!(alice
+        .history()
+        .any(|h| h.notice.as_ref().is_some_and(|n| !n.authenticated)));
 }
 
 /// Revoking a device (library): only an active device past its cooling-off may, not this
@@ -1279,7 +1305,10 @@ async fn enrolment_needs_the_organisation_fingerprint_and_a_device_can_pin_one_l
     bob.connect().await.unwrap();
     // Another fingerprint than the relay's organisation: refused, nothing pinned.
     let err = bob.pin_org(&TestOrg::new().fingerprint().to_hex()).await;
-    assert!(matches!(err, Err(ClientError::OrgMismatch { .. })), "{err:?}");
+    assert!(
+        matches!(err, Err(ClientError::OrgMismatch { .. })),
+        "{err:?}"
+    );
     assert!(bob.relay().unwrap().org_fingerprint.is_none());
     // The right one: pinned, and the roster verifies from it.
     assert_eq!(bob.pin_org(&fp.to_hex()).await.unwrap(), 1);

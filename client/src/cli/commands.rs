@@ -457,7 +457,10 @@ async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(),
     let at = relay_addr(&client);
     let bar = super::progress_bar(
         ctx.out,
-        format!("fetching {}", sealpost_client::display::line(&info.file_name)),
+        format!(
+            "fetching {}",
+            sealpost_client::display::line(&info.file_name)
+        ),
         info.size,
     );
     let result = client

@@ -71,11 +71,37 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `org pin`: pin the organisation on a device enrolled before its relay had one.
+async fn org_pin(ctx: &Ctx, fingerprint: &str) -> Result<(), CliError> {
+    let fingerprint = parse_org(fingerprint)?;
+    let (mut client, at) = begin(ctx).await?;
+    let result = client.pin_org(&fingerprint).await.map_err(Flow::from);
+    let version = end(ctx, &mut client, &at, result).await?;
+    ctx.out.json_line(json!({
+        "event": "org_pinned",
+        "org_fingerprint": fingerprint,
+        "roster_version": version,
+    }));
+    ctx.out.say(format!(
+        "Pinned the organisation {fingerprint} on this device, for good."
+    ));
+    if version == 0 {
+        ctx.out
+            .say("  The relay serves no roster yet; it will be verified from this fingerprint.");
+    } else {
+        ctx.out.say(format!(
+            "  The relay's roster (version {version}) verifies from it."
+        ));
+    }
+    Ok(())
+}
+
 /// `sealpost org ...`
 pub async fn org(ctx: &Ctx, command: OrgCommand) -> Result<(), CliError> {
     match command {
         OrgCommand::Init { dir } => org_init(ctx, &dir),
         OrgCommand::Fingerprint { dir } => org_fingerprint(ctx, &dir),
+        OrgCommand::Pin { fingerprint } => org_pin(ctx, &fingerprint).await,
         OrgCommand::Roster { command } => match command {
             RosterCommand::SignGenesis { dir, roster, out } => {
                 sign_genesis(ctx, &dir, &roster, &out)
@@ -517,6 +543,7 @@ pub async fn device(ctx: &Ctx, command: DeviceCommand) -> Result<(), CliError> {
             let code = code.as_deref().map(check_code).transpose()?;
             device_confirm(ctx, link.as_deref(), code, Duration::from_secs(wait)).await
         }
+        DeviceCommand::Dismiss { link, all } => device_dismiss(ctx, link.as_deref(), all).await,
         DeviceCommand::List { account } => {
             let account = account.as_deref().map(account_arg).transpose()?;
             device_list(ctx, account.as_ref()).await
@@ -720,6 +747,43 @@ fn pick_link<'a>(
             ))),
         },
     }
+}
+
+/// `device dismiss`: dismiss one pending link request of this account, or all.
+async fn device_dismiss(ctx: &Ctx, wanted: Option<&str>, all: bool) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let me = client
+        .account()
+        .cloned()
+        .ok_or_else(CliError::not_enrolled)?;
+    let result: Result<Vec<PendingLinkView>, Flow> = async {
+        let links = client.pending_links(None).await?;
+        let chosen: Vec<PendingLinkView> = if all {
+            links
+        } else {
+            vec![pick_link(&links, wanted, &me)?.clone()]
+        };
+        for l in &chosen {
+            client.dismiss_link(&l.link_id).await?;
+        }
+        Ok(chosen)
+    }
+    .await;
+    let dismissed = end(ctx, &mut client, &at, result).await?;
+    for l in &dismissed {
+        ctx.out.json_line(to_json_tagged("link_dismissed", l)?);
+        ctx.out.say(format!(
+            "Dismissed the link request {} (device {}, {}).",
+            l.link_id, l.device, l.fingerprint
+        ));
+    }
+    if dismissed.is_empty() {
+        ctx.out.say("No pending link requests.");
+    } else {
+        ctx.out
+            .say("If you did not start them, someone knows your account id: tell your firm.");
+    }
+    Ok(())
 }
 
 fn print_links(ctx: &Ctx, links: &[PendingLinkView]) -> Result<(), CliError> {
@@ -998,7 +1062,12 @@ async fn device_recover(
     }
     .await;
     let view = end(ctx, &mut client, &at, result).await?;
-    print_request_sent(ctx, &view)
+    print_request_sent(ctx, &view)?;
+    ctx.out.say(format!(
+        "The recovered device will be on probation until the roster's cooling-off has passed after {} (the approvals' expiry: the recovery may be carried out until then).",
+        time(view.expires_ms)
+    ));
+    Ok(())
 }
 
 async fn device_unfreeze(ctx: &Ctx, account: &AccountId, reason: &str) -> Result<(), CliError> {
