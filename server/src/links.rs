@@ -508,8 +508,14 @@ mod tests {
         }
         // Request 0 has an offer from one of the account's devices: it is kept.
         let body = add_body(&a, key(0).public());
-        r.offer(&[0; 16], LinkChallenge([1; 16]), body, key(99).device_id(), T0 + 10)
-            .unwrap();
+        r.offer(
+            &[0; 16],
+            LinkChallenge([1; 16]),
+            body,
+            key(99).device_id(),
+            T0 + 10,
+        )
+        .unwrap();
         // A flood does not refuse the next request: it evicts the oldest one nobody
         // offered on (request 1), then the next oldest, and so on.
         let s = r
@@ -521,7 +527,10 @@ mod tests {
             .start([51; 16], a.clone(), key(51).public().clone(), T0 + 21)
             .unwrap();
         assert_eq!(s.evicted, vec![[2; 16]]);
-        assert!(r.get(&[0; 16], T0 + 21).is_ok(), "the offered request stays");
+        assert!(
+            r.get(&[0; 16], T0 + 21).is_ok(),
+            "the offered request stays"
+        );
         assert_eq!(r.list(&a, T0 + 21).len(), MAX_PENDING_LINKS);
         // The same identity starting again replaces its request without evicting.
         let again = r

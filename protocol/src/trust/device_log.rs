@@ -572,7 +572,14 @@ impl DeviceLog {
                             "only the first entry may be signed by the added device alone",
                         ));
                     }
-                    add_device(&mut active, &revoked, identity, ts, ts.saturating_add(cooling_off), seq)?;
+                    add_device(
+                        &mut active,
+                        &revoked,
+                        identity,
+                        ts,
+                        ts.saturating_add(cooling_off),
+                        seq,
+                    )?;
                 }
                 (_, EntryAuthorization::Genesis) => {
                     return Err(unauthorized("the first entry must add a device"));
@@ -605,7 +612,14 @@ impl DeviceLog {
                             if frozen {
                                 return Err(TrustError::AccountFrozen { seq });
                             }
-                            add_device(&mut active, &revoked, identity, ts, ts.saturating_add(cooling_off), seq)?;
+                            add_device(
+                                &mut active,
+                                &revoked,
+                                identity,
+                                ts,
+                                ts.saturating_add(cooling_off),
+                                seq,
+                            )?;
                         }
                         DeviceAction::Remove { device: target } => {
                             if active.remove(target).is_none() {
@@ -1379,7 +1393,12 @@ mod tests {
             .log
             .verify(Some(&chain), None, expires + DEFAULT_COOLING_OFF_MS - 1)
             .unwrap();
-        assert!(just_before.device(&new_phone.device_id()).unwrap().on_probation);
+        assert!(
+            just_before
+                .device(&new_phone.device_id())
+                .unwrap()
+                .on_probation
+        );
         assert_eq!(
             just_before.may_send(&new_phone.device_id(), EnvelopeKind::Approval),
             SendDecision::OnProbation {

@@ -985,7 +985,11 @@ mod tests {
         let mut org = Org::new(35);
         let v1 = org.v1.clone();
         let good = v2(&mut org, &v1.roster, T0 + HOUR);
-        assert_eq!(v1.check_arrival(u64::MAX), Ok(()), "the root signature has no expiry");
+        assert_eq!(
+            v1.check_arrival(u64::MAX),
+            Ok(()),
+            "the root signature has no expiry"
+        );
         assert_eq!(good.check_arrival(T0 + 2 * HOUR), Ok(()));
         assert!(matches!(
             good.check_arrival(T0 + 2 * HOUR + 1),
