@@ -6,17 +6,23 @@
 //!   [`ApprovalRequest`] under the head roster version with a bounded expiry
 //!   ([`APPROVAL_VALIDITY_MS`]), sign it ([`ApprovalBundle::initiate`]), persist it, and send
 //!   `approval_request` content to every device of every other staff account whose role
-//!   the operation's quorum accepts. Answers are checked one by one (for this request's
-//!   digest, not from the initiator's account, not a second vote of an account, from the
-//!   approver's own device, eligible role, valid signature, not expired); once
+//!   the operation's quorum accepts. Answers (approvals and rejections) are accepted only
+//!   from a staff device of the request's roster, of an eligible role, not of the
+//!   initiator's account; one rejection per account, kept apart from the approvals
+//!   ([`MAX_REJECTIONS`]) so rejections never crowd them out. Approvals are checked one by
+//!   one (for this request's digest, not a second vote of an account, from the approver's
+//!   own device, valid signature, not expired); once
 //!   [`verify_quorum`] holds the operation is carried out at once: `publish_roster`,
 //!   `send_notice` with the co-signatures, or `append_device_log` with the bundle.
 //! * **Approver.** An incoming request is stored only if the initiator's signature and
 //!   roster membership verify, it has not expired, its roster version is the head, its
 //!   operation fits the subject and `parameters` equal the digest recomputed from the
-//!   subject this device will show ([`ApprovalView::summary`] shows it in full).
-//!   [`Client::approve`] signs ([`Approval::sign`]) and answers the initiator's account;
-//!   [`Client::reject_approval`] answers with a reason.
+//!   subject this device will show ([`ApprovalView::summary`] shows it in full, peer text
+//!   escaped by [`crate::display`]); at most [`MAX_PENDING_PER_INITIATOR`] pending requests
+//!   are kept per initiator account. [`Client::approve`] signs ([`Approval::sign`]) and
+//!   answers the initiator's account; [`Client::reject_approval`] answers with a reason.
+//!   The relay carries out an operation only while its approvals are unexpired on arrival
+//!   (docs/PROTOCOL.md §19.5).
 
 use rand::rngs::OsRng;
 use sealpost_protocol::content::{ApprovalSubject, Content, NoticeText};
