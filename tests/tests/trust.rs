@@ -295,6 +295,30 @@ async fn the_roster_changes_only_with_the_quorum_and_bad_approvals_are_refused()
         ),
         other => panic!("the initiator approved its own request: {other:?}"),
     }
+    // Nor does an approval signed by another device of the initiator's account count
+    // when it reaches the initiator's collecting device.
+    let mut ops2 = org::linked(&relay, ops, &homes.path().join("ops2"), Some(&o)).await;
+    org::settle().await;
+    let own_account = ops2.sign_approval_for_tests(&request).unwrap();
+    ops2.send_content_for_tests(
+        &ops_id,
+        Content::ApprovalResponse {
+            request_id: request.request_id,
+            approval: Some(Box::new(own_account)),
+            reason: BoundedString::truncating(""),
+        },
+    )
+    .await
+    .unwrap();
+    let ev = pump(&mut [ops], 1).await;
+    assert!(
+        refusals(&ev[0])
+            .iter()
+            .any(|r| r.contains("an answer from the initiator's account never counts")),
+        "{:?}",
+        ev[0]
+    );
+    assert!(ops.approval(&id).unwrap().approvals.is_empty());
     // For other content: comp signs a request that differs in one field.
     let mut other = request.clone();
     other.expires_ms -= 1;
