@@ -6,17 +6,23 @@
 //!   [`ApprovalRequest`] under the head roster version with a bounded expiry
 //!   ([`APPROVAL_VALIDITY_MS`]), sign it ([`ApprovalBundle::initiate`]), persist it, and send
 //!   `approval_request` content to every device of every other staff account whose role
-//!   the operation's quorum accepts. Answers are checked one by one (for this request's
-//!   digest, not from the initiator's account, not a second vote of an account, from the
-//!   approver's own device, eligible role, valid signature, not expired); once
+//!   the operation's quorum accepts. Answers (approvals and rejections) are accepted only
+//!   from a staff device of the request's roster, of an eligible role, not of the
+//!   initiator's account; one rejection per account, kept apart from the approvals
+//!   ([`MAX_REJECTIONS`]) so rejections never crowd them out. Approvals are checked one by
+//!   one (for this request's digest, not a second vote of an account, from the approver's
+//!   own device, valid signature, not expired); once
 //!   [`verify_quorum`] holds the operation is carried out at once: `publish_roster`,
 //!   `send_notice` with the co-signatures, or `append_device_log` with the bundle.
 //! * **Approver.** An incoming request is stored only if the initiator's signature and
 //!   roster membership verify, it has not expired, its roster version is the head, its
 //!   operation fits the subject and `parameters` equal the digest recomputed from the
-//!   subject this device will show ([`ApprovalView::summary`] shows it in full).
-//!   [`Client::approve`] signs ([`Approval::sign`]) and answers the initiator's account;
-//!   [`Client::reject_approval`] answers with a reason.
+//!   subject this device will show ([`ApprovalView::summary`] shows it in full, peer text
+//!   escaped by [`crate::display`]); at most [`MAX_PENDING_PER_INITIATOR`] pending requests
+//!   are kept per initiator account. [`Client::approve`] signs ([`Approval::sign`]) and
+//!   answers the initiator's account; [`Client::reject_approval`] answers with a reason.
+//!   The relay carries out an operation only while its approvals are unexpired on arrival
+//!   (docs/PROTOCOL.md §19.5).
 
 use rand::rngs::OsRng;
 use sealpost_protocol::content::{ApprovalSubject, Content, NoticeText};
@@ -33,10 +39,21 @@ use crate::trust::PendingLinkView;
 
 /// How long an approval request stays valid (the protocol allows at most 7 days).
 pub const APPROVAL_VALIDITY_MS: u64 = 24 * 60 * 60 * 1000;
+/// How long a recovery request stays valid, at most: a recovered device's cooling-off
+/// runs from its request's expiry (`LogEntry::probation_start`: the entry may be appended
+/// until then), so a short validity keeps the extra wait short. The approvers act after
+/// the same out-of-band check, while the client waits.
+pub const RECOVERY_APPROVAL_VALIDITY_MS: u64 = 4 * 60 * 60 * 1000;
 /// Approval requests kept (incoming and outgoing); settled ones are dropped first.
 pub const MAX_APPROVAL_RECORDS: usize = 256;
-/// Answers remembered per request.
-pub const MAX_RESPONSES: usize = 64;
+/// Rejections remembered per outgoing request (at most one per staff account; kept apart
+/// from the approvals, which the bundle bounds at [`sealpost_protocol::trust::MAX_APPROVALS`],
+/// so rejections never crowd them out).
+pub const MAX_REJECTIONS: usize = 64;
+/// Pending incoming requests held from one initiator account; further ones are refused
+/// until some are settled or expire (one insider cannot fill an approver's
+/// [`MAX_APPROVAL_RECORDS`]).
+pub const MAX_PENDING_PER_INITIATOR: usize = 16;
 /// Longest rejection reason sent, bytes.
 pub const MAX_REASON_LEN: usize = 256;
 
@@ -198,11 +215,19 @@ pub fn describe_subject(subject: &ApprovalSubject) -> String {
         ApprovalSubject::Notice { header, content } => {
             let audience = match &header.audience {
                 NoticeAudience::Client(a) => format!("client {a}"),
-                NoticeAudience::Segment(seg) => format!("segment {}", seg.as_str()),
+                NoticeAudience::Segment(seg) => {
+                    format!("segment {}", crate::display::line(seg.as_str()))
+                }
                 NoticeAudience::AllClients => "ALL CLIENTS".to_owned(),
             };
+            // Peer text: control characters escaped, so the approver sees exactly what
+            // is signed (crate::display).
             let text = match NoticeText::decode(content) {
-                Ok(t) => format!("title: {}\nbody: {}", t.title.as_str(), t.body.as_str()),
+                Ok(t) => format!(
+                    "title: {}\nbody: {}",
+                    crate::display::line(t.title.as_str()),
+                    crate::display::text(t.body.as_str())
+                ),
                 Err(e) => format!("(content does not decode: {e})"),
             };
             format!(
@@ -225,7 +250,7 @@ pub fn describe_subject(subject: &ApprovalSubject) -> String {
                 entry.account,
                 entry.seq,
                 entry.timestamp_ms,
-                entry.reason.as_str()
+                crate::display::line(entry.reason.as_str())
             )
         }
     }
@@ -314,6 +339,19 @@ impl Client {
         self.fan_out(to, content, false).await
     }
 
+    /// For adversarial tests: send arbitrary content to `to` as this device, every
+    /// recipient copy labelled `kind` whatever the content requires (the relay applies its
+    /// rules to the label; receivers refuse the mismatch).
+    #[doc(hidden)]
+    pub async fn send_relabelled_for_tests(
+        &mut self,
+        to: &AccountId,
+        content: Content,
+        kind: sealpost_protocol::EnvelopeKind,
+    ) -> Result<crate::client::SendReport, ClientError> {
+        self.fan_out_as(to, content, false, Some(kind)).await
+    }
+
     /// Every approval request this device holds, newest last.
     pub fn approvals(&self) -> Vec<ApprovalView> {
         self.approvals
@@ -394,11 +432,17 @@ impl Client {
             )));
         }
         let me = self.me()?;
+        let validity = match op {
+            Operation::AccountRecovery => {
+                self.approval_validity_ms.min(RECOVERY_APPROVAL_VALIDITY_MS)
+            }
+            _ => self.approval_validity_ms,
+        };
         let request = ApprovalRequest::new(
             op,
             subject.parameters().to_vec(),
             head.version(),
-            now_ms().saturating_add(self.approval_validity_ms),
+            now_ms().saturating_add(validity),
             SignerRef::new(me.clone(), self.device_id()),
             &mut OsRng,
         )?;
@@ -572,6 +616,16 @@ impl Client {
     /// initiator's account.
     pub async fn approve(&mut self, request_id: &str) -> Result<ApprovalView, ClientError> {
         let id = parse_request_id(request_id)?;
+        if self
+            .record_index(&id, ApprovalDirection::Outgoing)
+            .is_some()
+        {
+            return Err(ClientError::NotAllowed(
+                "this device initiated the request, and the initiator's account never approves \
+                 its own request"
+                    .into(),
+            ));
+        }
         let i = self
             .record_index(&id, ApprovalDirection::Incoming)
             .ok_or_else(|| ClientError::NotFound(format!("approval request {request_id}")))?;
@@ -716,6 +770,23 @@ impl Client {
         if self.approvals.iter().any(|r| r.request_id() == id) {
             return refused("a request with this id was already received".into());
         }
+        let now = now_ms();
+        let pending_from = self
+            .approvals
+            .iter()
+            .filter(|r| {
+                r.direction == ApprovalDirection::Incoming
+                    && r.status == ApprovalStatus::Pending
+                    && r.bundle.request.expires_ms >= now
+                    && r.bundle.request.initiator.account == *from
+            })
+            .count();
+        if pending_from >= MAX_PENDING_PER_INITIATOR {
+            return refused(format!(
+                "{from} already has {MAX_PENDING_PER_INITIATOR} requests pending on this device; \
+                 settle or reject some first"
+            ));
+        }
         if !self.make_room() {
             return refused(format!(
                 "{MAX_APPROVAL_RECORDS} approval requests are pending on this device"
@@ -823,13 +894,45 @@ impl Client {
         let Some(i) = self.record_index(&request_id, ApprovalDirection::Outgoing) else {
             return refused("no outgoing request with this id on this device".into());
         };
-        if self.approvals[i].responses.len() >= MAX_RESPONSES {
-            return refused("too many answers to this request".into());
-        }
         if !matches!(self.approvals[i].status, ApprovalStatus::Pending) {
             return refused(format!(
                 "the request is already {:?}",
                 self.approvals[i].status
+            ));
+        }
+        // Only someone who could approve may answer at all (approve or reject): a staff
+        // device listed under `from` in the request's roster version, of a role the
+        // operation's quorum accepts, not of the initiator's account. Otherwise anyone
+        // able to message this device could fill the request with answers.
+        let req = self.approvals[i].bundle.request.clone();
+        let Some(roster) = self
+            .trust
+            .chain()
+            .and_then(|c| c.get(req.roster_version))
+            .cloned()
+        else {
+            return refused("the request's roster version is unknown".into());
+        };
+        if *from == req.initiator.account {
+            return refused("an answer from the initiator's account never counts".into());
+        }
+        let Some(member) = roster.member(from) else {
+            return refused(format!(
+                "{from} is not a staff account in roster version {}",
+                req.roster_version
+            ));
+        };
+        if member.device(&device).is_none() {
+            return refused(format!(
+                "device {device} is not a staff device of {from} in roster version {}",
+                req.roster_version
+            ));
+        }
+        let quorum = *roster.policy().quorum(req.operation);
+        if !quorum.roles.contains(member.role) {
+            return refused(format!(
+                "{from} is {}, which the policy does not accept for {}",
+                member.role, req.operation
             ));
         }
         let response = ResponseRecord {
@@ -840,6 +943,19 @@ impl Client {
             received_ms: now_ms(),
         };
         let Some(approval) = approval else {
+            // One rejection per account, in a list of their own: rejections never take
+            // the place of approvals.
+            let responses = &self.approvals[i].responses;
+            if responses.iter().any(|r| !r.approved && r.approver == *from) {
+                return refused(format!(
+                    "{from} already rejected this request (one answer per account)"
+                ));
+            }
+            if responses.iter().filter(|r| !r.approved).count() >= MAX_REJECTIONS {
+                return refused(format!(
+                    "{MAX_REJECTIONS} rejections are already recorded for this request"
+                ));
+            }
             self.approvals[i].responses.push(response);
             return vec![Event::ApprovalAnswered {
                 request_id: hex::encode(request_id),
@@ -849,15 +965,11 @@ impl Client {
             }];
         };
         let record = &self.approvals[i];
-        let req = &record.bundle.request;
         if approval.approver.account != *from || approval.approver.device != device {
             return refused("the approval was not sent by the approving device".into());
         }
         if approval.request != req.digest().0 {
             return refused("the approval is for other content (another request digest)".into());
-        }
-        if approval.approver.account == req.initiator.account {
-            return refused("an approval from the initiator's account never counts".into());
         }
         if record
             .bundle
@@ -871,14 +983,6 @@ impl Client {
                 approval.approver.account
             ));
         }
-        let Some(roster) = self
-            .trust
-            .chain()
-            .and_then(|c| c.get(req.roster_version))
-            .cloned()
-        else {
-            return refused("the request's roster version is unknown".into());
-        };
         let mut bundle = record.bundle.clone();
         if let Err(e) = bundle.push(approval) {
             return refused(e.to_string());

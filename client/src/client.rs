@@ -110,6 +110,32 @@ pub enum ClientError {
     /// No such approval request, link or device.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The relay serves an organisation and no organisation fingerprint was given to pin.
+    /// The fingerprint is never taken from the relay (that would let a compromised relay
+    /// choose whom the device trusts): get it from the firm out of band.
+    #[error(
+        "the relay at {relay} belongs to an organisation, but no organisation fingerprint was \
+         given: get it from your firm out of band (it is printed with your enrolment code) \
+         and pass it with --org; it is never taken from the relay"
+    )]
+    OrgNotPinned {
+        /// The relay's address.
+        relay: String,
+    },
+    /// The relay is configured with another organisation than the one this device pins
+    /// (or was given to pin).
+    #[error(
+        "the relay at {relay} is configured with organisation {announced}, not {pinned} \
+         which this device trusts"
+    )]
+    OrgMismatch {
+        /// The relay's address.
+        relay: String,
+        /// The fingerprint this device pins or was given (hex).
+        pinned: String,
+        /// The one the relay is configured with (hex), or `none`.
+        announced: String,
+    },
 }
 
 fn proto<E: std::fmt::Display>(e: E) -> ClientError {
@@ -741,6 +767,7 @@ impl Client {
         // The organisation fingerprint is pinned here, and only here (or when linking).
         relay.org()?;
         let conn = RelayConnection::connect(&addr).await?;
+        check_relay_org(&conn, &relay).await?;
         let (_, role) = conn.enroll(&self.identity, account, code).await?;
         conn.authenticate(&self.identity).await?;
         self.relay = Some(relay);
@@ -792,6 +819,9 @@ impl Client {
                         // verify every device set again before it is used.
                         self.trust.clear_sets();
                         self.maintain_prekeys().await?;
+                        // Device-log changes pushed while this device was offline were
+                        // lost with the push: catch up on them now.
+                        self.catch_up_logs().await;
                         return Ok(());
                     }
                     Err(
@@ -960,6 +990,18 @@ impl Client {
         content: Content,
         record: bool,
     ) -> Result<SendReport, ClientError> {
+        self.fan_out_as(to, content, record, None).await
+    }
+
+    /// [`Client::fan_out`], the recipient copies labelled `kind` instead of the kind the
+    /// content requires (only adversarial tests relabel).
+    pub(crate) async fn fan_out_as(
+        &mut self,
+        to: &AccountId,
+        content: Content,
+        record: bool,
+        relabel: Option<sealpost_protocol::EnvelopeKind>,
+    ) -> Result<SendReport, ClientError> {
         let me = self.me()?;
         let mut events = self.refresh_devices(to, false).await?;
         if to != &me {
@@ -967,7 +1009,8 @@ impl Client {
         }
         // The relay refuses sensitive kinds from a device on probation or a frozen
         // account; refuse them here first, with the reason.
-        self.check_may_send(content.envelope_kind()).await?;
+        self.check_may_send(relabel.unwrap_or_else(|| content.envelope_kind()))
+            .await?;
         self.ensure_sessions(to).await?;
         if to != &me {
             self.ensure_sessions(&me).await?;
@@ -975,7 +1018,7 @@ impl Client {
         let mut rng = OsRng;
         let message_id = MessageId::random(&mut rng);
         let sent_ms = now_ms();
-        let kind = content.envelope_kind();
+        let kind = relabel.unwrap_or_else(|| content.envelope_kind());
         let targets: Vec<DeviceId> = self
             .contacts
             .get(to)
@@ -1312,7 +1355,11 @@ impl Client {
                     }
                 }
                 FrameBody::DeviceLogChanged { account, .. } => {
-                    // Verify the log again now; a refusal is reported, not fatal.
+                    // Verify the log again now, under the newest roster (its entry may be
+                    // dated under a version this device has not fetched yet, and
+                    // cooling-off windows come from the roster); a refusal is reported
+                    // (`TrustRefused`), not fatal.
+                    let _ = self.refresh_roster(true).await;
                     match self.refresh_devices(&account, true).await {
                         Ok(evs) => events.extend(evs),
                         Err(e) => events.push(Event::TrustRefused {
@@ -1428,12 +1475,27 @@ impl Client {
         // The sending device must be active in the verified device log of the account it
         // claims, and allowed to send this kind (cooling-off, freeze).
         let mut events = Vec::new();
-        match self
-            .check_sender(&message.from, sender, message.content.envelope_kind())
-            .await
-        {
+        let content_kind = message.content.envelope_kind();
+        match self.check_sender(&message.from, sender, content_kind).await {
             Ok(evs) => events.extend(evs),
             Err(reason) => return self.reject(&envelope, reason).await,
+        }
+        // The header's kind is what the relay enforced its rules on (probation, frozen
+        // accounts, `send_notice` for notices): content must travel under exactly the kind
+        // it requires (docs/PROTOCOL.md §18.2), or a sender could relabel it to slip past
+        // those rules. Reported, never shown.
+        if envelope.header.kind != content_kind {
+            return self
+                .reject(
+                    &envelope,
+                    format!(
+                        "the envelope is labelled {:?}, but its content ({}) must travel as \
+                         {content_kind:?}: relabelled, possibly to avoid the relay's checks",
+                        envelope.header.kind,
+                        message.content.name()
+                    ),
+                )
+                .await;
         }
         let me = self.me()?;
         if matches!(message.content, Content::Sync { .. }) && message.from != me {
@@ -1673,6 +1735,35 @@ impl Client {
     /// Save now (for example before exiting).
     pub fn persist(&self) -> Result<(), ClientError> {
         self.save()
+    }
+}
+
+/// Before enrolling or linking: refuse a relay that serves an organisation when no
+/// fingerprint was given to pin, or serves another one than the fingerprint given. A relay
+/// that does not know `get_org` (or has no organisation) passes when none was given.
+pub(crate) async fn check_relay_org(
+    conn: &RelayConnection,
+    relay: &RelayInfo,
+) -> Result<(), ClientError> {
+    let given = relay.org()?;
+    let announced = match conn.get_org().await {
+        Ok(a) => a.map(OrgFingerprint),
+        Err(NetError::Refused {
+            code: ErrorCode::UnexpectedFrame | ErrorCode::BadFrame,
+            ..
+        }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    match (given, announced) {
+        (None, Some(_)) => Err(ClientError::OrgNotPinned {
+            relay: relay.addr.clone(),
+        }),
+        (Some(g), Some(a)) if g != a => Err(ClientError::OrgMismatch {
+            relay: relay.addr.clone(),
+            pinned: g.to_hex(),
+            announced: a.to_hex(),
+        }),
+        _ => Ok(()),
     }
 }
 

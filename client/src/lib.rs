@@ -15,6 +15,7 @@
 //! * [`approvals`]: the staff multi-signature (roster changes, recovery, unfreeze,
 //!   co-signed notices), initiator and approver sides.
 //! * [`notices`]: signed notices, sent with `send_notice` and verified on receipt.
+//! * [`display`]: peer text made safe to show on a terminal (control characters escaped).
 //! * [`org`]: the organisation's offline tooling: the root key store (encrypted at rest)
 //!   and roster specification files.
 //!
@@ -23,6 +24,7 @@
 pub mod approvals;
 pub mod attachments;
 pub mod client;
+pub mod display;
 pub mod net;
 pub mod notices;
 pub mod org;

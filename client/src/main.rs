@@ -83,9 +83,11 @@ enum Command {
         /// The one-time enrolment code.
         #[arg(long, value_name = "CODE")]
         code: String,
-        /// The organisation fingerprint (64 hex digits, spaces ignored), printed with the
-        /// code by `sealpost-relay admin issue-code`. Pinned for good: every roster,
-        /// device log, approval and notice is verified from it.
+        /// The organisation fingerprint (64 hex digits, spaces ignored), given to you by
+        /// your firm with the code (`sealpost-relay admin issue-code` prints it). Pinned
+        /// for good: every roster, device log, approval and notice is verified from it.
+        /// Required when the relay belongs to an organisation: it is never taken from the
+        /// relay. A device enrolled before its relay had one pins it with `org pin`.
         #[arg(long, value_name = "FINGERPRINT")]
         org: Option<String>,
     },
@@ -167,8 +169,8 @@ enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
-    /// This account's devices: link a new one, confirm it, list, revoke, freeze;
-    /// staff: recover an account, unfreeze it.
+    /// This account's devices: link a new one, confirm it, dismiss requests, list,
+    /// revoke, freeze; staff: recover an account, unfreeze it.
     Device {
         #[command(subcommand)]
         command: DeviceCommand,
@@ -195,6 +197,13 @@ pub enum OrgCommand {
         /// The directory of the organisation store.
         #[arg(long, env = "SEALPOST_ORG_DIR", value_name = "DIR")]
         dir: PathBuf,
+    },
+    /// Pin the organisation fingerprint on a device enrolled before its relay had an
+    /// organisation (only when none is pinned; never changed afterwards). Get the
+    /// fingerprint from your firm out of band; the relay's roster must verify from it.
+    Pin {
+        /// The organisation fingerprint (64 hex digits, spaces ignored).
+        fingerprint: String,
     },
     /// The roster: sign version 1, publish, show, propose and approve changes.
     Roster {
@@ -264,7 +273,8 @@ pub enum DeviceCommand {
         /// The relay's CA fingerprint (64 hex digits).
         #[arg(long, value_name = "FINGERPRINT")]
         ca: String,
-        /// The organisation fingerprint (64 hex digits), as for `enroll`.
+        /// The organisation fingerprint (64 hex digits), as for `enroll`: required when
+        /// the relay belongs to an organisation.
         #[arg(long, value_name = "FINGERPRINT")]
         org: Option<String>,
         /// The name on the relay's certificate.
@@ -288,6 +298,21 @@ pub enum DeviceCommand {
         /// Seconds to wait for the new device to show its code.
         #[arg(long, default_value_t = 120, value_name = "SECONDS")]
         wait: u64,
+    },
+    /// Dismiss pending link requests to your account that you did not make (`device
+    /// confirm` shows them): one (`--link`, a unique prefix is enough) or `--all`.
+    Dismiss {
+        /// The link id (32 hex digits, or a unique prefix).
+        #[arg(
+            long,
+            value_name = "ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        link: Option<String>,
+        /// Every pending request.
+        #[arg(long)]
+        all: bool,
     },
     /// The devices of an account from its verified device log (default: yours).
     List {

@@ -475,6 +475,46 @@ impl RelayConnection {
         }
     }
 
+    /// Dismiss one of this account's pending link requests.
+    pub async fn dismiss_link(&self, link_id: [u8; 16]) -> Result<(), NetError> {
+        self.expect_done(FrameBody::DismissLink { link_id }).await
+    }
+
+    /// The organisation fingerprint the relay is configured with (before or after
+    /// authentication). Never pinned from here: a device compares it with the one its
+    /// user gave.
+    pub async fn get_org(&self) -> Result<Option<[u8; 32]>, NetError> {
+        match self.request(FrameBody::GetOrg).await? {
+            FrameBody::Org { fingerprint } => Ok(fingerprint),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The lengths of the device logs this device is told about (`get_log_heads`, every
+    /// page), ascending by account.
+    pub async fn log_heads(&self) -> Result<Vec<wire::LogLength>, NetError> {
+        let mut out: Vec<wire::LogLength> = Vec::new();
+        // Each page is at most MAX_LOG_HEADS_PER_FRAME; a relay that never stops paging
+        // is cut off (an advisor with more assigned clients than this is not expected).
+        for _ in 0..64 {
+            let after = out.last().map(|h| h.account.clone());
+            match self.request(FrameBody::GetLogHeads { after }).await? {
+                FrameBody::LogHeads { heads, more } => {
+                    let heads = heads.into_inner();
+                    let progressed = !heads.is_empty();
+                    out.extend(heads);
+                    if !more || !progressed {
+                        return Ok(out);
+                    }
+                }
+                other => return Err(NetError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Err(NetError::Unexpected(
+            "log_heads paging did not end".to_owned(),
+        ))
+    }
+
     /// Offer the entry that adds (or recovers) a linking device, with the challenge its
     /// code is computed from.
     pub async fn link_offer(

@@ -295,48 +295,14 @@ impl Client {
         signed: &SignedNotice,
         content: &[u8],
     ) -> Result<SendReport, ClientError> {
-        let me = self.me()?;
         let mut events = self.refresh_devices(to, false).await?;
         self.check_may_send(EnvelopeKind::Notice).await?;
-        self.ensure_sessions(to).await?;
-        let targets: Vec<DeviceId> = self
-            .contacts
-            .get(to)
-            .map(|c| c.devices.keys().copied().collect())
-            .unwrap_or_default();
-        if targets.is_empty() {
-            return Err(ClientError::NoDevices(to.clone()));
-        }
-        let mut rng = OsRng;
-        let message_id = MessageId::random(&mut rng);
-        let sent_ms = now_ms();
+        let (message_id, sent_ms, targets, envelopes) =
+            self.seal_notice(to, signed, content).await?;
         let message_content = Content::Notice {
             notice: Box::new(signed.clone()),
             content: content.to_vec(),
         };
-        let plain = Message {
-            from: me,
-            sent_ms,
-            content: message_content.clone(),
-        }
-        .encode()
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let sender = self.device_id();
-        let mut envelopes: Vec<Envelope> = Vec::with_capacity(targets.len());
-        for d in &targets {
-            let Some(peer) = self.sessions.get_mut(d) else {
-                continue;
-            };
-            let header = RoutingHeader {
-                message_id,
-                ..RoutingHeader::new(sender, *d, EnvelopeKind::Notice, sent_ms, &mut rng)
-            };
-            envelopes.push(
-                peer.session
-                    .seal(header, &plain, &mut rng)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?,
-            );
-        }
         if let Some(mut entry) =
             Self::entry_for(message_id, Direction::Out, to, &message_content, sent_ms)
         {
@@ -371,6 +337,119 @@ impl Client {
             own_devices: 0,
             events,
         })
+    }
+
+    /// Seal `signed` (with `content`) for every device of `to` in its verified log: the
+    /// logical message id, its time, the devices and one envelope per device with a session.
+    async fn seal_notice(
+        &mut self,
+        to: &AccountId,
+        signed: &SignedNotice,
+        content: &[u8],
+    ) -> Result<(MessageId, u64, Vec<DeviceId>, Vec<Envelope>), ClientError> {
+        let me = self.me()?;
+        self.ensure_sessions(to).await?;
+        let targets: Vec<DeviceId> = self
+            .contacts
+            .get(to)
+            .map(|c| c.devices.keys().copied().collect())
+            .unwrap_or_default();
+        if targets.is_empty() {
+            return Err(ClientError::NoDevices(to.clone()));
+        }
+        let mut rng = OsRng;
+        let message_id = MessageId::random(&mut rng);
+        let sent_ms = now_ms();
+        let plain = Message {
+            from: me,
+            sent_ms,
+            content: Content::Notice {
+                notice: Box::new(signed.clone()),
+                content: content.to_vec(),
+            },
+        }
+        .encode()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let sender = self.device_id();
+        let mut envelopes: Vec<Envelope> = Vec::with_capacity(targets.len());
+        for d in &targets {
+            let Some(peer) = self.sessions.get_mut(d) else {
+                continue;
+            };
+            let header = RoutingHeader {
+                message_id,
+                ..RoutingHeader::new(sender, *d, EnvelopeKind::Notice, sent_ms, &mut rng)
+            };
+            envelopes.push(
+                peer.session
+                    .seal(header, &plain, &mut rng)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?,
+            );
+        }
+        Ok((message_id, sent_ms, targets, envelopes))
+    }
+
+    /// For adversarial tests (a compromised relay that injects what it would refuse): a
+    /// notice of `category` to client `to`, signed by this staff device and co-signed by
+    /// the approvals `cosign` returns for the request it is given (any number, valid or
+    /// not, for the operation the category needs, if any), sealed for every device of
+    /// `to` but **not sent**. The ratchet state is saved first, as before any send.
+    #[doc(hidden)]
+    pub async fn seal_notice_for_tests(
+        &mut self,
+        to: &AccountId,
+        category: NoticeCategory,
+        title: &str,
+        body: &str,
+        cosign: impl FnOnce(
+            &sealpost_protocol::trust::ApprovalRequest,
+        ) -> Vec<sealpost_protocol::trust::Approval>,
+    ) -> Result<Vec<Envelope>, ClientError> {
+        let me = self.me()?;
+        self.refresh_roster(true).await?;
+        self.refresh_devices(to, false).await?;
+        let version = self
+            .trust
+            .chain()
+            .map(|c| c.head().version())
+            .ok_or_else(|| ClientError::NoRoster("no roster".into()))?;
+        let content = NoticeText {
+            title: BoundedString::truncating(title),
+            body: BoundedString::truncating(body),
+        }
+        .encode()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let header = NoticeHeader::new(
+            category,
+            NoticeAudience::Client(to.clone()),
+            &content,
+            now_ms(),
+            SignerRef::new(me.clone(), self.device_id()),
+            version,
+            &mut OsRng,
+        );
+        let mut signed = SignedNotice::sign(header.clone(), &self.identity)?;
+        if let Some(op) = header.required_operations().first().copied() {
+            let request = sealpost_protocol::trust::ApprovalRequest::new(
+                op,
+                header.digest().0.to_vec(),
+                version,
+                now_ms().saturating_add(self.approval_validity_ms),
+                SignerRef::new(me, self.device_id()),
+                &mut OsRng,
+            )?;
+            let mut bundle = sealpost_protocol::trust::ApprovalBundle::initiate(
+                request.clone(),
+                &self.identity,
+            )?;
+            for a in cosign(&request) {
+                bundle.push(a)?;
+            }
+            signed.add_cosignatures(bundle)?;
+        }
+        let (_, _, _, envelopes) = self.seal_notice(to, &signed, &content).await?;
+        self.save()?;
+        Ok(envelopes)
     }
 
     /// A notice arrived from `device` of `from`: verify it, record it with its status,

@@ -65,6 +65,9 @@ pub const LINK_POLL_SLOW_INTERVAL: Duration = Duration::from_secs(3);
 pub const MAX_LINK_RETRY_PAUSE: Duration = Duration::from_secs(60);
 /// Longest a single wait for the other device may be asked to last.
 pub const MAX_LINK_WAIT: Duration = Duration::from_secs(15 * 60);
+/// Device logs fetched again after a reconnect because they moved while this device was
+/// offline, at most (the others are verified when next used).
+pub const MAX_LOG_CATCH_UP: usize = 512;
 /// Untrusted devices reported once per account and device per run, at most this many.
 const MAX_REPORTED_UNTRUSTED: usize = 4096;
 
@@ -402,6 +405,80 @@ impl Client {
         }
     }
 
+    /// Pin the organisation fingerprint on a device enrolled before its relay had an
+    /// organisation: only when none is pinned (a pinned fingerprint never changes), and
+    /// only if the relay announces the same one (or none yet) and the roster it serves, if
+    /// any, verifies from it. Nothing is pinned otherwise. Returns the verified roster
+    /// version (0: none published yet).
+    pub async fn pin_org(&mut self, fingerprint: &str) -> Result<u64, ClientError> {
+        let current = self.relay.clone().ok_or(ClientError::NotEnrolled)?;
+        if current.org_fingerprint.is_some() {
+            return Err(ClientError::NotAllowed(
+                "this device already pins an organisation fingerprint; it never changes".into(),
+            ));
+        }
+        let mut pinned = current.clone();
+        pinned.org_fingerprint = Some(fingerprint.trim().to_owned());
+        let Some(fp) = pinned.org()? else {
+            return Err(ClientError::Invalid("no fingerprint given".into()));
+        };
+        pinned.org_fingerprint = Some(fp.to_hex());
+        crate::client::check_relay_org(self.conn()?, &pinned).await?;
+        self.relay = Some(pinned);
+        match self.refresh_roster(true).await {
+            Ok(()) => {
+                self.save()?;
+                Ok(self.trust.chain().map_or(0, |c| c.head().version()))
+            }
+            Err(e) => {
+                self.relay = Some(current);
+                self.trust.chain = None;
+                self.trust.roster_head = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// After a reconnect: the relay gives the lengths of the device logs whose changes it
+    /// pushes to this device (`get_log_heads`: its own account's and, for staff and
+    /// advisors, those of their assigned clients). Every log whose length differs from the
+    /// head this device verified is fetched and verified again, raising what the lost
+    /// pushes would have raised ([`Event::DeviceAdded`], [`Event::FreezeChanged`], ...),
+    /// handed out with the next events. Logs this device never verified are left to be
+    /// verified when first used; at most [`MAX_LOG_CATCH_UP`] logs per connection. Best
+    /// effort: a failure leaves the regular refresh ([`LOG_TTL_MS`]) to notice.
+    pub(crate) async fn catch_up_logs(&mut self) {
+        let heads = match self.conn() {
+            Ok(conn) => conn.log_heads().await,
+            Err(_) => return,
+        };
+        let Ok(heads) = heads else { return };
+        let moved: Vec<AccountId> = heads
+            .into_iter()
+            .filter(|h| {
+                self.trust
+                    .heads
+                    .get(&h.account)
+                    .is_some_and(|held| held.seq.saturating_add(1) != h.entries)
+            })
+            .map(|h| h.account)
+            .take(MAX_LOG_CATCH_UP)
+            .collect();
+        if !moved.is_empty() {
+            // The entries may be dated under a roster version this device has not seen
+            // (cooling-off windows come from the roster).
+            let _ = self.refresh_roster(true).await;
+        }
+        for account in moved {
+            // A refused log was reported by `load_log` (TrustRefused); anything else is
+            // left to the next refresh.
+            if let Ok(evs) = self.refresh_devices(&account, true).await {
+                self.events.extend(evs);
+            }
+        }
+        let _ = self.save();
+    }
+
     fn roster_refused(&mut self, e: TrustError) -> ClientError {
         self.events.push(Event::TrustRefused {
             subject: "roster".into(),
@@ -627,7 +704,7 @@ impl Client {
     pub(crate) async fn check_may_send(&mut self, kind: EnvelopeKind) -> Result<(), ClientError> {
         let me = self.me()?;
         let set = self.verified_set(&me, false).await?;
-        match set.may_send(&self.device_id(), kind) {
+        match set.may_send_at(&self.device_id(), kind, now_ms()) {
             SendDecision::Allowed => Ok(()),
             SendDecision::NotActive => Err(ClientError::NotAllowed(
                 "this device is not an active device of its account (revoked?)".into(),
@@ -670,7 +747,9 @@ impl Client {
         let decision = self
             .trust
             .set(account)
-            .map_or(SendDecision::NotActive, |s| s.may_send(&device, kind));
+            .map_or(SendDecision::NotActive, |s| {
+                s.may_send_at(&device, kind, now_ms())
+            });
         let reason = match decision {
             SendDecision::Allowed => return Ok(events),
             SendDecision::NotActive => {
@@ -727,7 +806,7 @@ impl Client {
             None => Err(ClientError::NotAllowed(
                 "this device is not an active device of its account".into(),
             )),
-            Some(d) if d.on_probation => Err(ClientError::OnProbation {
+            Some(d) if d.probation_until_ms > now_ms() => Err(ClientError::OnProbation {
                 until_ms: d.probation_until_ms,
                 refused: "change the account's devices".into(),
             }),
@@ -812,6 +891,7 @@ impl Client {
         }
         relay.org()?;
         let conn = RelayConnection::connect(&relay.address()?).await?;
+        crate::client::check_relay_org(&conn, &relay).await?;
         let (link_id, expires_ms) = conn.link_start(&self.identity, account).await?;
         let started = tokio::time::Instant::now();
         self.new_link = Some(NewDeviceLink {
@@ -846,7 +926,9 @@ impl Client {
                 .new_link
                 .as_mut()
                 .ok_or_else(|| ClientError::Invalid("no link in progress".into()))?;
-            if now_ms() > link.expires_ms {
+            // Once this device has signed an offer the relay keeps the request longer
+            // (a recovery waits for its approvals): the relay says when it is gone.
+            if link.signed.is_none() && now_ms() > link.expires_ms {
                 self.new_link = None;
                 return Err(ClientError::Timeout("the link request lapsed"));
             }
@@ -869,6 +951,26 @@ impl Client {
                     link.next_poll =
                         now + asked.clamp(LINK_POLL_SLOW_INTERVAL, MAX_LINK_RETRY_PAUSE);
                     continue;
+                }
+                Err(NetError::Refused {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => {
+                    // Lapsed, dismissed by a device of the account, replaced, or the relay
+                    // restarted (links live in its memory). If the entry this device signed
+                    // was appended meanwhile, it can authenticate all the same.
+                    let signed = link.signed.is_some();
+                    if signed {
+                        if let Ok(done) = self.finish_link().await {
+                            return Ok(done);
+                        }
+                    }
+                    self.new_link = None;
+                    return Err(ClientError::NotFound(
+                        "the link request lapsed or was dismissed by a device of the account, \
+                         and this device was not added; start again"
+                            .into(),
+                    ));
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -1095,6 +1197,16 @@ impl Client {
         set.device(&new_id)
             .map(|d| device_view(d, self.device_id()))
             .ok_or_else(|| ClientError::Protocol("the linked device is not in the log".into()))
+    }
+
+    /// Dismiss a pending link request of this account (`link_id` in hex): one no device
+    /// of the account started, or that is no longer wanted. It answers `not_found` from
+    /// then on.
+    pub async fn dismiss_link(&mut self, link_id: &str) -> Result<(), ClientError> {
+        let id = parse_link_id(link_id)?;
+        self.conn()?.dismiss_link(id).await?;
+        self.drop_offer(&id);
+        Ok(())
     }
 
     pub(crate) fn drop_offer(&mut self, link_id: &[u8]) {

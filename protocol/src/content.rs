@@ -166,7 +166,23 @@ impl ApprovalSubject {
 }
 
 impl Content {
-    /// The envelope kind the relay sees for this content.
+    /// The variant's name on the wire (`text`, `notice`, ...), for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Content::Text { .. } => "text",
+            Content::Notice { .. } => "notice",
+            Content::Receipt { .. } => "receipt",
+            Content::Attachment { .. } => "attachment",
+            Content::Sync { .. } => "sync",
+            Content::ApprovalRequest { .. } => "approval_request",
+            Content::ApprovalResponse { .. } => "approval_response",
+        }
+    }
+
+    /// The envelope kind this content must travel under (docs/PROTOCOL.md §18.2): the
+    /// kind the relay sees and applies its rules to. A receiver refuses content that
+    /// arrives under any other kind. No content travels as `device_change` or
+    /// `instruction` in this version; an envelope of those kinds is always refused.
     pub fn envelope_kind(&self) -> EnvelopeKind {
         match self {
             Content::Text { .. } => EnvelopeKind::Chat,

@@ -53,6 +53,18 @@ pub const MAX_ROSTER_LINKS_PER_FRAME: usize = 16;
 pub const ROSTER_FRAME_BUDGET: usize = 192 * 1024;
 /// Most device-log entries in one `device_log` frame.
 pub const MAX_LOG_ENTRIES_PER_FRAME: usize = 32;
+/// Most accounts in one `log_heads` frame (ask again from the last one while `more`).
+pub const MAX_LOG_HEADS_PER_FRAME: usize = 1024;
+
+/// How long an account's device log is (`log_heads`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLength {
+    /// The account.
+    pub account: AccountId,
+    /// Entries in its device log (the last one is `entries - 1`; 0: no log).
+    pub entries: u64,
+}
 
 /// A pending request to add a device to an account (or recover it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,6 +307,11 @@ pub enum FrameBody {
         #[serde(with = "bytes_array")]
         link_id: [u8; 16],
     },
+    /// The organisation fingerprint this relay is configured with; answered with `org`.
+    /// Allowed before authentication: a device about to enrol or link refuses to go on
+    /// when the relay has an organisation and the user gave no fingerprint to pin (the
+    /// fingerprint is never taken from the relay).
+    GetOrg,
     /// The new device's signature over the offered entry (`"Sealpost_DeviceLogSign_v1" ||
     /// entry_hash`); answered with `done`.
     LinkSign {
@@ -391,6 +408,21 @@ pub enum FrameBody {
     ListLinks {
         /// The account.
         account: AccountId,
+    },
+    /// A device of the account dismisses one of the account's pending link requests
+    /// (one it did not make, or no longer wants); answered with `done`.
+    DismissLink {
+        /// The link.
+        #[serde(with = "bytes_array")]
+        link_id: [u8; 16],
+    },
+    /// The lengths of the device logs this device is told about when they change (its own
+    /// account's and, for staff and advisors, those of the clients assigned to them),
+    /// ascending by account, after `after` (null: from the first); answered with
+    /// `log_heads`. A device that was offline compares them with the heads it verified.
+    GetLogHeads {
+        /// The last account of the previous answer, or null.
+        after: Option<AccountId>,
     },
     /// An existing device (or, for a recovery, a staff device) offers the new device the
     /// entry that will add it, and the challenge its link code is computed from; answered
@@ -523,6 +555,20 @@ pub enum FrameBody {
         /// How many entries the log holds in all.
         total: u64,
     },
+    /// Answer to `get_org`.
+    Org {
+        /// The configured organisation fingerprint (32 bytes), or null when the relay has
+        /// no organisation.
+        #[serde(with = "crate::codec::opt_bytes_array")]
+        fingerprint: Option<[u8; 32]>,
+    },
+    /// Answer to `get_log_heads`.
+    LogHeads {
+        /// Accounts and the lengths of their logs, ascending by account.
+        heads: BoundedVec<LogLength, MAX_LOG_HEADS_PER_FRAME>,
+        /// More accounts follow: ask again with `after` = the last account here.
+        more: bool,
+    },
     /// Push: an account's device log grew (sent to the account's other devices and to the
     /// staff assigned to it).
     DeviceLogChanged {
@@ -611,6 +657,11 @@ pub const FRAME_TYPES: &[&str] = &[
     "roster",
     "device_log",
     "device_log_changed",
+    "get_org",
+    "org",
+    "dismiss_link",
+    "get_log_heads",
+    "log_heads",
 ];
 
 impl FrameBody {

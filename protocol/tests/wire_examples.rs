@@ -27,7 +27,7 @@ use sealpost_protocol::trust::{
 };
 use sealpost_protocol::wire::{
     auth_signature_message, decode_frame, encode_frame, enroll_signature_message, BoundedString,
-    BoundedVec, ContactInfo, ErrorCode, Frame, FrameBody, PendingLink, Role,
+    BoundedVec, ContactInfo, ErrorCode, Frame, FrameBody, LogLength, PendingLink, Role,
 };
 use sealpost_protocol::{accept, IdentityKeyPair, PickleKey};
 use serde_cbor::Value;
@@ -383,6 +383,77 @@ fn trust_frame_examples() {
         frame_hex(5, FrameBody::Done),
         "00000015a36176016269640564626f6479a1617464646f6e65"
     );
+    // {"v":1,"id":10,"body":{"t":"get_org"}}
+    assert_eq!(
+        frame_hex(10, FrameBody::GetOrg),
+        "00000018a36176016269640a64626f6479a16174676765745f6f7267"
+    );
+    // {"v":1,"id":10,"body":{"t":"org","c":{"fingerprint":null}}}
+    assert_eq!(
+        frame_hex(10, FrameBody::Org { fingerprint: None }),
+        "00000024a36176016269640a64626f6479a26174636f72676163a16b66696e67\
+         65727072696e74f6"
+    );
+    // {"v":1,"id":10,"body":{"t":"org","c":{"fingerprint":h'ab' x 32}}}
+    assert_eq!(
+        frame_hex(
+            10,
+            FrameBody::Org {
+                fingerprint: Some([0xab; 32])
+            }
+        ),
+        "00000045a36176016269640a64626f6479a26174636f72676163a16b66696e67\
+         65727072696e745820ababababababababababababababababababababababab\
+         ababababababababab"
+    );
+    // {"v":1,"id":11,"body":{"t":"dismiss_link","c":{"link_id":h'22' x 16}}}
+    assert_eq!(
+        frame_hex(
+            11,
+            FrameBody::DismissLink {
+                link_id: [0x22; 16]
+            }
+        ),
+        "00000039a36176016269640b64626f6479a261746c6469736d6973735f6c696e\
+         6b6163a1676c696e6b5f69645022222222222222222222222222222222"
+    );
+    // {"v":1,"id":12,"body":{"t":"get_log_heads","c":{"after":null}}}, then after "bob"
+    assert_eq!(
+        frame_hex(12, FrameBody::GetLogHeads { after: None }),
+        "00000028a36176016269640c64626f6479a261746d6765745f6c6f675f686561\
+         64736163a1656166746572f6"
+    );
+    assert_eq!(
+        frame_hex(
+            12,
+            FrameBody::GetLogHeads {
+                after: Some(AccountId::new("bob").unwrap())
+            }
+        ),
+        "0000002ba36176016269640c64626f6479a261746d6765745f6c6f675f686561\
+         64736163a165616674657263626f62"
+    );
+    // {"v":1,"id":12,"body":{"t":"log_heads","c":{"heads":[{"account":"bob",
+    //  "entries":3}],"more":false}}}
+    let heads = BoundedVec::new(vec![LogLength {
+        account: AccountId::new("bob").unwrap(),
+        entries: 3,
+    }])
+    .unwrap();
+    assert_eq!(
+        frame_hex(12, FrameBody::LogHeads { heads, more: false }),
+        "00000040a36176016269640c64626f6479a26174696c6f675f68656164736163\
+         a265686561647381a2676163636f756e7463626f6267656e747269657303646d\
+         6f7265f4"
+    );
+    // A fingerprint of another length is refused.
+    let mut short =
+        hex::decode("a36176016269640a64626f6479a26174636f72676163a16b66696e6765727072696e745820")
+            .unwrap();
+    let last = short.len() - 1;
+    short[last] = 0x1f; // bytes(31): 0x58 0x1f
+    short.extend_from_slice(&[0xab; 31]);
+    assert!(decode_frame(&short).is_err());
 
     // A pending link round-trips with and without the optional 64-byte signature, and a
     // signature of another length is refused.

@@ -105,8 +105,14 @@ pub struct Limits {
     /// §18.6).
     pub link_requests_per_ip: Rate,
     /// Pending link requests held at once, all accounts together (each account has at
-    /// most `MAX_PENDING_LINKS`, 4).
+    /// most `MAX_PENDING_LINKS`, 4). A new request beyond either bound evicts the oldest
+    /// request that no device of its account (or, for a recovery, no staff device) has
+    /// offered on.
     pub max_pending_links: usize,
+    /// Seconds a link request lives while nobody has offered on it (linking is
+    /// interactive); once offered it lives 24 hours from the offer, so a recovery can wait
+    /// for its approvals. At most 86400.
+    pub link_lifetime_secs: u64,
     /// Oldest a device-signed log entry (or an enrolment's genesis entry) may be when it
     /// reaches the relay, seconds. Entries are dated by their signers and a device's
     /// cooling-off runs from that date, so this bounds how much of the cooling-off a
@@ -143,6 +149,7 @@ impl Default for Limits {
             blob_idle_timeout_secs: 30,
             link_requests_per_ip: Rate::new(1.0, 30.0),
             max_pending_links: 10_000,
+            link_lifetime_secs: 3600,
             max_log_entry_age_secs: 3600,
             trust_cache_accounts: 100_000,
         }
@@ -242,6 +249,11 @@ impl Config {
         if l.max_pending_links == 0 || l.trust_cache_accounts == 0 {
             return Err(ConfigError::Invalid(
                 "limits.max_pending_links and limits.trust_cache_accounts must be positive".into(),
+            ));
+        }
+        if l.link_lifetime_secs == 0 || l.link_lifetime_secs > 86_400 {
+            return Err(ConfigError::Invalid(
+                "limits.link_lifetime_secs must be 1..=86400".into(),
             ));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {

@@ -7,14 +7,26 @@
 //! devices: nothing in it grants anything (the appended entry is verified on its own), so
 //! it lives in memory and pending links lapse when the relay restarts.
 //!
-//! Bounds: [`MAX_PENDING_LINKS`] open links per account, a configurable total, and a
-//! lifetime of [`LINK_LIFETIME_MS`] from `link_start` (completed links stay visible to
-//! `link_poll` until then, and count toward the total but not toward the account's four).
+//! Anyone who knows an account id can start a request, so the registry is built so that a
+//! flood cannot lock an account out of linking or recovery:
 //!
-//! One open request per (account, identity): a new `link_start` by the same identity for
-//! the same account (the caller has checked its signature on this connection, so it
-//! proves possession again) replaces the earlier request, which then answers
-//! [`LinkError::NotFound`]; an offer made on the old request is dropped with it.
+//! * **Short lifetime.** Linking is interactive: a request nobody has offered on lapses
+//!   after the configured lifetime (`limits.link_lifetime_secs`, default 1 hour). Once a
+//!   device of the account (or, for a recovery, a staff device) has offered on it, it
+//!   lives [`OFFERED_LINK_LIFETIME_MS`] from the offer, so a recovery can wait for its
+//!   approvals. Only those trusted parties can offer.
+//! * **Eviction, not refusal.** An account has at most [`MAX_PENDING_LINKS`] open
+//!   requests; a new one beyond that evicts the account's oldest request that has no
+//!   offer. The registry holds a configurable total; a new request beyond it evicts the
+//!   oldest request (any account) that has no offer or is completed. Only when every
+//!   slot holds an offered request is a new one refused, and only trusted parties can
+//!   make that happen. Requests before authentication are also limited per address
+//!   (`limits.link_requests_per_ip`).
+//! * **Dismissal.** A device of the account can dismiss a pending request
+//!   ([`LinkRegistry::dismiss`]), and a new `link_start` by the same identity for the same
+//!   account (the caller has checked its signature on this connection, so it proves
+//!   possession again) replaces its earlier request, which then answers
+//!   [`LinkError::NotFound`]; an offer made on the old request is dropped with it.
 
 use std::collections::HashMap;
 
@@ -22,22 +34,28 @@ use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::trust::{DeviceAction, EntryBody, LinkChallenge};
 use sealpost_protocol::wire::{PendingLink, MAX_PENDING_LINKS};
 
-/// How long a link request stays pending after `link_start`.
-pub const LINK_LIFETIME_MS: u64 = 24 * 60 * 60 * 1000;
+/// Default lifetime of a link request nobody has offered on (`limits.link_lifetime_secs`).
+pub const DEFAULT_LINK_LIFETIME_MS: u64 = 60 * 60 * 1000;
+/// How long a link request lives after an offer (an add by a device of the account, or a
+/// recovery offered by staff, which may wait for its approvals).
+pub const OFFERED_LINK_LIFETIME_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// A link-registry refusal.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
     /// Unknown or lapsed link id.
-    #[error("link request not found (unknown or lapsed)")]
+    #[error("link request not found (unknown, lapsed, dismissed or replaced)")]
     NotFound,
-    /// The account already has its maximum of open link requests.
-    #[error("the account already has {max} pending link requests")]
+    /// The account's pending requests all carry offers: none can be evicted.
+    #[error(
+        "the account already has {max} pending link requests, each with an offer from one of \
+         its devices or from staff; complete or dismiss one first"
+    )]
     AccountFull {
         /// The bound.
         max: usize,
     },
-    /// The relay holds its maximum of link requests.
+    /// The relay's pending requests all carry offers: none can be evicted.
     #[error("the relay holds {max} pending link requests; retry later")]
     RegistryFull {
         /// The bound.
@@ -66,41 +84,50 @@ pub struct Link {
     pub offered_by: Option<DeviceId>,
     /// The entry was appended.
     pub completed: bool,
+    /// When it lapses.
+    pub expires_ms: u64,
 }
 
 impl Link {
-    fn expires_ms(&self) -> u64 {
-        self.wire.created_ms.saturating_add(LINK_LIFETIME_MS)
+    /// May a new request push this one out? Requests nobody trusted has offered on, and
+    /// completed ones (their device can authenticate already).
+    fn evictable(&self) -> bool {
+        self.completed || self.offered_by.is_none()
     }
 }
 
 /// What [`LinkRegistry::start`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Started {
-    /// When the request lapses.
+    /// When the request lapses unless someone offers on it.
     pub expires_ms: u64,
     /// The earlier open request of the same identity for the account, now dropped.
     pub replaced: Option<[u8; 16]>,
+    /// Requests evicted to make room (oldest without an offer), now dropped.
+    pub evicted: Vec<[u8; 16]>,
 }
 
 /// The registry.
 pub struct LinkRegistry {
     links: HashMap<[u8; 16], Link>,
     max_total: usize,
+    lifetime_ms: u64,
 }
 
 impl LinkRegistry {
-    /// An empty registry holding at most `max_total` links.
-    pub fn new(max_total: usize) -> Self {
+    /// An empty registry holding at most `max_total` links; a request nobody offers on
+    /// lapses `lifetime_ms` after it was started.
+    pub fn new(max_total: usize, lifetime_ms: u64) -> Self {
         Self {
             links: HashMap::new(),
             max_total: max_total.max(1),
+            lifetime_ms: lifetime_ms.max(1),
         }
     }
 
     /// Drop lapsed links.
     pub fn sweep(&mut self, now_ms: u64) {
-        self.links.retain(|_, l| l.expires_ms() > now_ms);
+        self.links.retain(|_, l| l.expires_ms > now_ms);
     }
 
     /// Links held (open and completed).
@@ -119,9 +146,23 @@ impl LinkRegistry {
             .filter(move |l| !l.completed && &l.wire.account == account)
     }
 
+    /// The oldest link matching `pred` that may be evicted (not `keep`).
+    fn oldest_evictable(
+        &self,
+        keep: Option<[u8; 16]>,
+        pred: impl Fn(&Link) -> bool,
+    ) -> Option<[u8; 16]> {
+        self.links
+            .values()
+            .filter(|l| Some(l.wire.link_id) != keep && l.evictable() && pred(l))
+            .min_by_key(|l| (l.wire.created_ms, l.wire.link_id))
+            .map(|l| l.wire.link_id)
+    }
+
     /// Register a request under `link_id` (chosen at random by the caller), replacing
-    /// this identity's open request for the account if it has one. The caller has checked
-    /// that the request comes from `identity`.
+    /// this identity's open request for the account if it has one, and evicting the
+    /// oldest request without an offer when the account's or the relay's bound is
+    /// reached. The caller has checked that the request comes from `identity`.
     pub fn start(
         &mut self,
         link_id: [u8; 16],
@@ -130,25 +171,39 @@ impl LinkRegistry {
         now_ms: u64,
     ) -> Result<Started, LinkError> {
         self.sweep(now_ms);
-        let replaced = self
-            .open_for(&account)
-            .find(|l| l.wire.identity == identity)
-            .map(|l| l.wire.link_id);
-        let others = self.open_for(&account).count() - usize::from(replaced.is_some());
-        if others >= MAX_PENDING_LINKS {
-            return Err(LinkError::AccountFull {
-                max: MAX_PENDING_LINKS,
-            });
-        }
-        let held = self.links.len() - usize::from(replaced.is_some());
-        if held >= self.max_total || self.links.contains_key(&link_id) {
+        if self.links.contains_key(&link_id) {
             return Err(LinkError::RegistryFull {
                 max: self.max_total,
             });
         }
-        if let Some(old) = &replaced {
-            self.links.remove(old);
+        let replaced = self
+            .open_for(&account)
+            .find(|l| l.wire.identity == identity)
+            .map(|l| l.wire.link_id);
+        let mut evicted = Vec::new();
+        let others = self.open_for(&account).count() - usize::from(replaced.is_some());
+        if others >= MAX_PENDING_LINKS {
+            let victim = self
+                .oldest_evictable(replaced, |l| !l.completed && l.wire.account == account)
+                .ok_or(LinkError::AccountFull {
+                    max: MAX_PENDING_LINKS,
+                })?;
+            evicted.push(victim);
         }
+        let held = self.links.len() - usize::from(replaced.is_some()) - evicted.len();
+        if held >= self.max_total {
+            let chosen = evicted.first().copied();
+            let victim = self
+                .oldest_evictable(replaced, |l| Some(l.wire.link_id) != chosen)
+                .ok_or(LinkError::RegistryFull {
+                    max: self.max_total,
+                })?;
+            evicted.push(victim);
+        }
+        for id in replaced.iter().chain(evicted.iter()) {
+            self.links.remove(id);
+        }
+        let expires_ms = now_ms.saturating_add(self.lifetime_ms);
         let link = Link {
             wire: PendingLink {
                 link_id,
@@ -161,12 +216,13 @@ impl LinkRegistry {
             },
             offered_by: None,
             completed: false,
+            expires_ms,
         };
-        let expires_ms = link.expires_ms();
         self.links.insert(link_id, link);
         Ok(Started {
             expires_ms,
             replaced,
+            evicted,
         })
     }
 
@@ -174,13 +230,14 @@ impl LinkRegistry {
     pub fn get(&self, link_id: &[u8; 16], now_ms: u64) -> Result<&Link, LinkError> {
         self.links
             .get(link_id)
-            .filter(|l| l.expires_ms() > now_ms)
+            .filter(|l| l.expires_ms > now_ms)
             .ok_or(LinkError::NotFound)
     }
 
-    /// Record an offer (replacing an earlier one and clearing its signature). The caller
-    /// has checked who may offer; this checks that the body adds (or recovers) the link's
-    /// identity in the link's account.
+    /// Record an offer (replacing an earlier one and clearing its signature); the link
+    /// then lives [`OFFERED_LINK_LIFETIME_MS`] from now and is no longer evicted. The
+    /// caller has checked who may offer; this checks that the body adds (or recovers) the
+    /// link's identity in the link's account.
     pub fn offer(
         &mut self,
         link_id: &[u8; 16],
@@ -192,7 +249,7 @@ impl LinkRegistry {
         let link = self
             .links
             .get_mut(link_id)
-            .filter(|l| l.expires_ms() > now_ms)
+            .filter(|l| l.expires_ms > now_ms)
             .ok_or(LinkError::NotFound)?;
         if link.completed {
             return Err(LinkError::Completed);
@@ -208,6 +265,9 @@ impl LinkRegistry {
         link.wire.body = Some(body);
         link.wire.subject_signature = None;
         link.offered_by = Some(by);
+        link.expires_ms = link
+            .expires_ms
+            .max(now_ms.saturating_add(OFFERED_LINK_LIFETIME_MS));
         Ok(())
     }
 
@@ -221,7 +281,7 @@ impl LinkRegistry {
         let link = self
             .links
             .get_mut(link_id)
-            .filter(|l| l.expires_ms() > now_ms)
+            .filter(|l| l.expires_ms > now_ms)
             .ok_or(LinkError::NotFound)?;
         if link.completed {
             return Err(LinkError::Completed);
@@ -236,11 +296,30 @@ impl LinkRegistry {
         Ok(())
     }
 
+    /// Dismiss an open request of `account` (a device of the account decided it is not
+    /// wanted). `NotFound` if there is no such open request.
+    pub fn dismiss(
+        &mut self,
+        link_id: &[u8; 16],
+        account: &AccountId,
+        now_ms: u64,
+    ) -> Result<(), LinkError> {
+        let open = self
+            .links
+            .get(link_id)
+            .is_some_and(|l| l.expires_ms > now_ms && !l.completed && &l.wire.account == account);
+        if !open {
+            return Err(LinkError::NotFound);
+        }
+        self.links.remove(link_id);
+        Ok(())
+    }
+
     /// Open requests of `account`, oldest first (at most [`MAX_PENDING_LINKS`]).
     pub fn list(&self, account: &AccountId, now_ms: u64) -> Vec<PendingLink> {
         let mut out: Vec<PendingLink> = self
             .open_for(account)
-            .filter(|l| l.expires_ms() > now_ms)
+            .filter(|l| l.expires_ms > now_ms)
             .map(|l| l.wire.clone())
             .collect();
         out.sort_by_key(|l| (l.created_ms, l.link_id));
@@ -273,6 +352,7 @@ mod tests {
     use sealpost_protocol::IdentityKeyPair;
 
     const T0: u64 = 1_704_067_200_000;
+    const LIFE: u64 = DEFAULT_LINK_LIFETIME_MS;
 
     fn acct(s: &str) -> AccountId {
         AccountId::new(s).unwrap()
@@ -294,13 +374,13 @@ mod tests {
 
     #[test]
     fn the_full_flow_offer_sign_complete() {
-        let mut r = LinkRegistry::new(100);
+        let mut r = LinkRegistry::new(100, LIFE);
         let a = acct("alice");
         let new = key(1);
         let started = r
             .start([1; 16], a.clone(), new.public().clone(), T0)
             .unwrap();
-        assert_eq!(started.expires_ms, T0 + LINK_LIFETIME_MS);
+        assert_eq!(started.expires_ms, T0 + LIFE);
         assert_eq!(started.replaced, None);
         assert_eq!(r.sign(&[1; 16], [0; 64], T0), Err(LinkError::NotOffered));
         let body = add_body(&a, new.public());
@@ -337,7 +417,7 @@ mod tests {
 
     #[test]
     fn starting_again_replaces_the_identitys_open_request_and_drops_its_offer() {
-        let mut r = LinkRegistry::new(2);
+        let mut r = LinkRegistry::new(2, LIFE);
         let a = acct("alice");
         let new = key(1);
         r.start([1; 16], a.clone(), new.public().clone(), T0)
@@ -359,21 +439,24 @@ mod tests {
             .start([3; 16], a.clone(), new.public().clone(), T0 + 5)
             .unwrap();
         assert_eq!(again.replaced, Some([1; 16]));
-        assert_eq!(again.expires_ms, T0 + 5 + LINK_LIFETIME_MS);
+        assert_eq!(again.expires_ms, T0 + 5 + LIFE);
         assert_eq!(r.get(&[1; 16], T0 + 5).err(), Some(LinkError::NotFound));
         assert_eq!(r.sign(&[1; 16], [0; 64], T0 + 5), Err(LinkError::NotFound));
         let fresh = r.get(&[3; 16], T0 + 5).unwrap();
         assert!(fresh.wire.body.is_none() && fresh.offered_by.is_none());
         assert_eq!(r.len(), 2);
         // A completed request is not replaced (nor would the relay accept a registered
-        // device's `link_start`).
+        // device's `link_start`): a new one is a request of its own, and the full
+        // registry evicts its oldest request without an offer to hold it.
         r.complete(&a, new.public());
-        assert_eq!(
-            r.start([4; 16], a.clone(), new.public().clone(), T0 + 6),
-            Err(LinkError::RegistryFull { max: 2 })
-        );
+        let s = r
+            .start([4; 16], a.clone(), new.public().clone(), T0 + 6)
+            .unwrap();
+        assert_eq!(s.replaced, None);
+        assert_eq!(s.evicted, vec![[2; 16]]);
+        assert!(r.get(&[3; 16], T0 + 6).unwrap().completed);
         // The same identity for another account is a request of its own.
-        let mut big = LinkRegistry::new(10);
+        let mut big = LinkRegistry::new(10, LIFE);
         big.start([1; 16], a, new.public().clone(), T0).unwrap();
         let other = big
             .start([2; 16], acct("bob"), new.public().clone(), T0)
@@ -384,7 +467,7 @@ mod tests {
 
     #[test]
     fn offers_must_add_the_links_identity_in_its_account() {
-        let mut r = LinkRegistry::new(100);
+        let mut r = LinkRegistry::new(100, LIFE);
         let a = acct("alice");
         let new = key(1);
         r.start([1; 16], a.clone(), new.public().clone(), T0)
@@ -411,42 +494,137 @@ mod tests {
     }
 
     #[test]
-    fn bounds_per_account_total_and_lifetime() {
-        let mut r = LinkRegistry::new(6);
+    fn a_full_account_evicts_its_oldest_request_without_an_offer() {
+        let mut r = LinkRegistry::new(100, LIFE);
         let a = acct("alice");
         for i in 0..MAX_PENDING_LINKS as u8 {
-            r.start([i; 16], a.clone(), key(u64::from(i)).public().clone(), T0)
-                .unwrap();
+            r.start(
+                [i; 16],
+                a.clone(),
+                key(u64::from(i)).public().clone(),
+                T0 + u64::from(i),
+            )
+            .unwrap();
+        }
+        // Request 0 has an offer from one of the account's devices: it is kept.
+        let body = add_body(&a, key(0).public());
+        r.offer(
+            &[0; 16],
+            LinkChallenge([1; 16]),
+            body,
+            key(99).device_id(),
+            T0 + 10,
+        )
+        .unwrap();
+        // A flood does not refuse the next request: it evicts the oldest one nobody
+        // offered on (request 1), then the next oldest, and so on.
+        let s = r
+            .start([50; 16], a.clone(), key(50).public().clone(), T0 + 20)
+            .unwrap();
+        assert_eq!(s.evicted, vec![[1; 16]]);
+        assert_eq!(r.get(&[1; 16], T0 + 20).err(), Some(LinkError::NotFound));
+        let s = r
+            .start([51; 16], a.clone(), key(51).public().clone(), T0 + 21)
+            .unwrap();
+        assert_eq!(s.evicted, vec![[2; 16]]);
+        assert!(
+            r.get(&[0; 16], T0 + 21).is_ok(),
+            "the offered request stays"
+        );
+        assert_eq!(r.list(&a, T0 + 21).len(), MAX_PENDING_LINKS);
+        // The same identity starting again replaces its request without evicting.
+        let again = r
+            .start([52; 16], a.clone(), key(51).public().clone(), T0 + 22)
+            .unwrap();
+        assert_eq!(again.replaced, Some([51; 16]));
+        assert!(again.evicted.is_empty());
+        // Only when every slot holds an offer (which only the account's devices or
+        // staff can make) is a request refused.
+        for id in [[3; 16], [50; 16], [52; 16]] {
+            let identity = r.get(&id, T0 + 23).unwrap().wire.identity.clone();
+            r.offer(
+                &id,
+                LinkChallenge([1; 16]),
+                add_body(&a, &identity),
+                key(99).device_id(),
+                T0 + 23,
+            )
+            .unwrap();
         }
         assert_eq!(
-            r.start([50; 16], a.clone(), key(50).public().clone(), T0),
+            r.start([60; 16], a.clone(), key(60).public().clone(), T0 + 24),
             Err(LinkError::AccountFull {
                 max: MAX_PENDING_LINKS
             })
         );
-        // The same identity starting again replaces its request, even at the bound.
-        let again = r
-            .start([40; 16], a.clone(), key(0).public().clone(), T0 + 1)
-            .unwrap();
-        assert_eq!(again.replaced, Some([0; 16]));
-        assert_eq!(r.get(&[0; 16], T0 + 1).err(), Some(LinkError::NotFound));
-        assert_eq!(r.list(&a, T0 + 1).len(), MAX_PENDING_LINKS);
-        let b = acct("bob");
-        r.start([60; 16], b.clone(), key(60).public().clone(), T0)
-            .unwrap();
-        r.start([61; 16], b.clone(), key(61).public().clone(), T0)
-            .unwrap();
+        // A device of the account dismisses one; there is room again.
+        r.dismiss(&[3; 16], &a, T0 + 25).unwrap();
+        assert_eq!(r.dismiss(&[3; 16], &a, T0 + 25), Err(LinkError::NotFound));
         assert_eq!(
-            r.start([62; 16], b.clone(), key(62).public().clone(), T0),
-            Err(LinkError::RegistryFull { max: 6 })
+            r.dismiss(&[50; 16], &acct("mallory"), T0 + 25),
+            Err(LinkError::NotFound),
+            "only for its own account"
         );
-        assert_eq!(r.list(&a, T0).len(), MAX_PENDING_LINKS);
-        // Lapse after 24 hours (the replacement's from its own start).
-        let later = T0 + 1 + LINK_LIFETIME_MS;
-        assert_eq!(r.get(&[1; 16], later).err(), Some(LinkError::NotFound));
-        assert!(r.list(&a, later).is_empty());
-        r.start([62; 16], b, key(62).public().clone(), later)
+        r.start([60; 16], a.clone(), key(60).public().clone(), T0 + 26)
             .unwrap();
-        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_full_registry_evicts_the_oldest_request_without_an_offer() {
+        let mut r = LinkRegistry::new(3, LIFE);
+        let (a, b) = (acct("alice"), acct("bob"));
+        r.start([1; 16], a.clone(), key(1).public().clone(), T0)
+            .unwrap();
+        r.start([2; 16], b.clone(), key(2).public().clone(), T0 + 1)
+            .unwrap();
+        r.start([3; 16], b.clone(), key(3).public().clone(), T0 + 2)
+            .unwrap();
+        r.offer(
+            &[1; 16],
+            LinkChallenge([0; 16]),
+            add_body(&a, key(1).public()),
+            key(9).device_id(),
+            T0 + 3,
+        )
+        .unwrap();
+        let s = r
+            .start([4; 16], acct("carol"), key(4).public().clone(), T0 + 4)
+            .unwrap();
+        assert_eq!(s.evicted, vec![[2; 16]], "alice's offered request is kept");
+        assert_eq!(r.len(), 3);
+        // A completed request goes before an open one.
+        r.complete(&a, key(1).public());
+        let s = r
+            .start([5; 16], acct("dave"), key(5).public().clone(), T0 + 5)
+            .unwrap();
+        assert_eq!(s.evicted, vec![[1; 16]]);
+    }
+
+    #[test]
+    fn requests_lapse_after_the_lifetime_unless_offered() {
+        let life = 60_000;
+        let mut r = LinkRegistry::new(10, life);
+        let a = acct("alice");
+        let s = r
+            .start([1; 16], a.clone(), key(1).public().clone(), T0)
+            .unwrap();
+        assert_eq!(s.expires_ms, T0 + life);
+        r.start([2; 16], a.clone(), key(2).public().clone(), T0)
+            .unwrap();
+        r.offer(
+            &[2; 16],
+            LinkChallenge([0; 16]),
+            add_body(&a, key(2).public()),
+            key(9).device_id(),
+            T0 + 10,
+        )
+        .unwrap();
+        assert_eq!(r.get(&[1; 16], T0 + life).err(), Some(LinkError::NotFound));
+        assert!(r.list(&a, T0 + life).iter().all(|l| l.link_id == [2; 16]));
+        // Offered: it waits for a recovery's approvals.
+        let offered = r.get(&[2; 16], T0 + life).unwrap();
+        assert_eq!(offered.expires_ms, T0 + 10 + OFFERED_LINK_LIFETIME_MS);
+        r.sweep(T0 + 10 + OFFERED_LINK_LIFETIME_MS);
+        assert!(r.is_empty());
     }
 }

@@ -57,6 +57,9 @@ pub const NOTICES_ACCEPTED: &str = "sealpost_notices_accepted_total";
 pub const ROSTER_VERSION: &str = "sealpost_roster_version";
 /// Link requests held in memory, open and completed (gauge).
 pub const PENDING_LINKS: &str = "sealpost_pending_links";
+/// Link requests evicted by newer ones while the per-account or total bound was reached
+/// (counter; a steady rise means someone floods `link_start`).
+pub const LINKS_EVICTED: &str = "sealpost_links_evicted_total";
 /// Time from receiving a `send` to its durable acceptance, seconds (histogram).
 pub const SEND_LATENCY: &str = "sealpost_send_commit_seconds";
 /// Time to handle any request, seconds (histogram, label `type`).
@@ -143,6 +146,10 @@ pub fn describe() {
     describe_counter!(NOTICES_ACCEPTED, "Signed notices accepted");
     describe_gauge!(ROSTER_VERSION, "Newest roster version held");
     describe_gauge!(PENDING_LINKS, "Device link requests held in memory");
+    describe_counter!(
+        LINKS_EVICTED,
+        "Link requests without an offer evicted by newer ones"
+    );
     describe_histogram!(
         SEND_LATENCY,
         Unit::Seconds,

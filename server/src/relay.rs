@@ -261,6 +261,9 @@ fn type_name(body: &FrameBody) -> &'static str {
         FrameBody::AppendDeviceLog { .. } => "append_device_log",
         FrameBody::ListLinks { .. } => "list_links",
         FrameBody::LinkOffer { .. } => "link_offer",
+        FrameBody::GetOrg => "get_org",
+        FrameBody::DismissLink { .. } => "dismiss_link",
+        FrameBody::GetLogHeads { .. } => "get_log_heads",
         FrameBody::BlobUpload { .. }
         | FrameBody::BlobDownload { .. }
         | FrameBody::BlobChunk { .. } => "blob",
@@ -283,7 +286,10 @@ impl<S: Store> Relay<S> {
         };
         Self {
             trust: TrustState::new(config.org_fingerprint, l.trust_cache_accounts),
-            links: Mutex::new(LinkRegistry::new(l.max_pending_links)),
+            links: Mutex::new(LinkRegistry::new(
+                l.max_pending_links,
+                l.link_lifetime_secs.saturating_mul(1000),
+            )),
             store,
             hub: Arc::new(Hub::new()),
             blobs: Arc::new(crate::store::blob::MemoryBlobStore::new(
@@ -370,6 +376,12 @@ impl<S: Store> Relay<S> {
             FrameBody::LinkSign { link_id, signature } => {
                 self.link_sign(ctx, id, link_id, signature)
             }
+            FrameBody::GetOrg => reply(
+                id,
+                FrameBody::Org {
+                    fingerprint: self.trust.pinned().map(|f| f.0),
+                },
+            ),
             FrameBody::AuthStart { device } => self.auth_start(ctx, id, device),
             FrameBody::AuthResponse { signature } => self.auth_response(ctx, id, signature).await,
             body => match ctx.authenticated().cloned() {
@@ -575,6 +587,8 @@ impl<S: Store> Relay<S> {
                 | FrameBody::AppendDeviceLog { .. }
                 | FrameBody::ListLinks { .. }
                 | FrameBody::LinkOffer { .. }
+                | FrameBody::DismissLink { .. }
+                | FrameBody::GetLogHeads { .. }
         ) {
             let now = self.mono_ms();
             if let Err(l) = self.with_limiters(|l| l.control.check(&me.device, 1.0, now)) {
@@ -622,6 +636,8 @@ impl<S: Store> Relay<S> {
                 challenge,
                 body,
             } => self.link_offer(me, id, link_id, challenge, *body).await,
+            FrameBody::DismissLink { link_id } => self.dismiss_link(me, id, link_id),
+            FrameBody::GetLogHeads { after } => self.log_heads(me, id, after).await,
             FrameBody::BlobUpload { .. }
             | FrameBody::BlobDownload { .. }
             | FrameBody::BlobChunk { .. } => refuse(

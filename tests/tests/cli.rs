@@ -1146,3 +1146,460 @@ fn cli_organisation_roster_cosigned_notice_and_device_linking() {
     let who = tablet.run(&["whoami"]).ok("whoami tablet");
     assert_eq!(who.events("whoami")[0]["account"], "alice");
 }
+
+/// Spawn `args` on `dev` (JSON lines on stdout), with `stdin` piped if asked.
+fn spawn(dev: &Device, args: &[&str], stdin: bool) -> Child {
+    let mut cmd = dev.command(args, &dev.passphrase);
+    cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().unwrap()
+}
+
+/// Wait (bounded) for `child` to exit; its exit code (-1 if killed).
+fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return -1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Collect what a child with piped stdout/stderr printed after it exited.
+fn output_of(child: Child) -> Ran {
+    let out = child.wait_with_output().unwrap();
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Link the new device `new` into `existing`'s account through two CLI processes: `device
+/// link` (waiting in the background) and `device confirm` with the code typed on its
+/// standard input. Returns the new device's id (hex).
+fn link_through_cli(new: &Device, existing: &Device, account: &str, relay: &[&str]) -> String {
+    new.run(&["init"]).ok("init");
+    let mut args = vec!["--json", "device", "link", "--account", account];
+    args.extend_from_slice(relay);
+    args.extend_from_slice(&["--wait", "90"]);
+    let mut link = spawn(new, &args, false);
+    let rx = line_reader(&mut link);
+    let mut seen = Vec::new();
+    let link_id = wait_for_event(&rx, "link_started", &mut seen)["link_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut confirm = spawn(
+        existing,
+        &["--json", "device", "confirm", "--link", &link_id],
+        true,
+    );
+    let code = wait_for_event(&rx, "link_code", &mut seen)["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    {
+        use std::io::Write;
+        let mut stdin = confirm.stdin.take().unwrap();
+        writeln!(stdin, "{code}").unwrap();
+    }
+    output_of(confirm).ok("device confirm");
+    let linked = wait_for_event(&rx, "linked", &mut seen);
+    assert_eq!(wait_exit(&mut link, STEP), 0, "{}", seen.join("\n"));
+    linked["device"].as_str().unwrap().to_owned()
+}
+
+/// The trust commands end to end through the CLI, against a relay process: enrolment
+/// refused without `--org` once the relay has an organisation, and `org pin` on a device
+/// enrolled before it had one; a roster change proposed and approved by the quorum
+/// (`org roster propose/approve`); `approvals reject`; a device revoked, a freeze that
+/// revokes the device on probation and the quorum's unfreeze (`device revoke/freeze/
+/// unfreeze`); a recovery (`device recover`) approved by the quorum; `device dismiss`;
+/// and peer text with terminal escapes shown escaped in human output.
+#[test]
+fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (org, org_fp) = Org::init(dir.path());
+    // A fixed port, so that the relay restarted with an organisation is where devices
+    // enrolled before expect it.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = sealpost_tests::process::write_config_with(
+        dir.path(),
+        None,
+        "link_requests_per_ip = { per_second = 100.0, burst = 1000.0 }\n",
+    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&config, text).unwrap();
+    let relay = RelayProcess::start(Path::new(RELAY), &config, &[]);
+    for (id, role) in [
+        ("early", "client"),
+        ("ops.alice", "staff"),
+        ("comp.bob", "staff"),
+        ("sec.carol", "staff"),
+        ("alice", "client"),
+    ] {
+        admin(&config, &["create-account", id, "--role", role]);
+    }
+    for staff in ["ops.alice", "comp.bob", "sec.carol"] {
+        admin(&config, &["assign", "alice", staff]);
+    }
+    let users = tempfile::tempdir().unwrap();
+    // A device enrolled while the relay had no organisation.
+    let early = Device::new(users.path(), "early");
+    early.enrol(&config, &relay, "early");
+    relay.terminate(Duration::from_secs(20));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("org_fingerprint = \"{org_fp}\"\n{text}")).unwrap();
+    let relay = RelayProcess::start(Path::new(RELAY), &config, &[]);
+    let addr = relay.addr.to_string();
+    let ca = hex::encode(relay.ca_fingerprint);
+
+    // Enrolling without --org is refused now (exit 2), before the code is used.
+    let alice = Device::new(users.path(), "alice");
+    alice.run(&["init"]).ok("init");
+    let issued = admin(&config, &["issue-code", "alice"]);
+    let code = issued["code"].as_str().unwrap();
+    let refused = alice.run_human(&[
+        "enroll",
+        "--relay",
+        &addr,
+        "--ca",
+        &ca,
+        "--account",
+        "alice",
+        "--code",
+        code,
+    ]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--org") && refused.stderr.contains("out of band"),
+        "{}",
+        refused.stderr
+    );
+    alice
+        .run(&[
+            "enroll",
+            "--relay",
+            &addr,
+            "--ca",
+            &ca,
+            "--account",
+            "alice",
+            "--code",
+            code,
+            "--org",
+            &org_fp,
+        ])
+        .ok("enroll with --org and the same code");
+    let ops = Device::new(users.path(), "ops");
+    let bob = Device::new(users.path(), "bob");
+    let carol = Device::new(users.path(), "carol");
+    for (d, a) in [
+        (&ops, "ops.alice"),
+        (&bob, "comp.bob"),
+        (&carol, "sec.carol"),
+    ] {
+        d.enrol(&config, &relay, a);
+    }
+    let staff = [
+        ("ops.alice", "operations", ops.identity()),
+        ("comp.bob", "compliance", bob.identity()),
+        ("sec.carol", "security", carol.identity()),
+    ];
+    let spec_path = dir.path().join("roster.toml");
+    std::fs::write(&spec_path, roster_spec(&staff, "2s", "")).unwrap();
+    let v1 = dir.path().join("roster-v1.cbor");
+    org.sign_genesis(&spec_path, &v1).ok("sign-genesis");
+    ops.run(&["org", "roster", "publish", &v1.display().to_string()])
+        .ok("publish");
+
+    // `org pin` on the early device: another fingerprint is refused (exit 8), the firm's
+    // is pinned and the roster verifies from it; it never changes again (exit 6).
+    let wrong = early.run(&["org", "pin", &"ab".repeat(32)]);
+    assert_eq!(wrong.code, 8, "{}", wrong.stderr);
+    let pinned = early.run(&["org", "pin", &org_fp]).ok("org pin");
+    let pinned = &pinned.events("org_pinned")[0];
+    assert_eq!(pinned["org_fingerprint"], org_fp.as_str());
+    assert_eq!(pinned["roster_version"], 1);
+    let who = early.run(&["whoami"]).ok("whoami");
+    assert!(who.stdout.contains(&org_fp), "{}", who.stdout);
+    let again = early.run(&["org", "pin", &org_fp]);
+    assert_eq!(again.code, 6, "{}", again.stderr);
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // A roster change: ops proposes version 2, compliance and security approve.
+    // (A minute's cooling-off for new devices from now on, so the laptop below is still
+    // on probation when the account is frozen.)
+    std::fs::write(&spec_path, roster_spec(&staff, "60s", "")).unwrap();
+    let proposed = ops
+        .run(&[
+            "org",
+            "roster",
+            "propose",
+            "--roster",
+            &spec_path.display().to_string(),
+        ])
+        .ok("roster propose");
+    let proposed = &proposed.events("roster_proposed")[0];
+    assert_eq!(proposed["version"], 2);
+    let rid = proposed["request"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for d in [&bob, &carol] {
+        d.run(&["org", "roster", "approve", &rid, "--yes"])
+            .ok("roster approve");
+    }
+    let collected = ops.run(&["approvals", "list", "--all"]).ok("collect");
+    assert_eq!(
+        collected.events("operation_completed").len(),
+        1,
+        "{}",
+        collected.stdout
+    );
+    let shown = alice.run(&["org", "roster", "show"]).ok("roster show");
+    assert_eq!(shown.events("roster")[0]["version"], 2);
+    assert_eq!(
+        shown.events("roster")[0]["policy"]["cooling_off_ms"],
+        60_000
+    );
+
+    // `approvals reject`, with a reason carrying a terminal escape: the initiator is told,
+    // and its human output shows the escape escaped.
+    let draft = ops
+        .run(&[
+            "notice",
+            "--to",
+            "alice",
+            "--category",
+            "payment_instruction",
+            "--title",
+            "Pay",
+            "--body",
+            "Pay 1M to X",
+        ])
+        .ok("draft");
+    let nid = draft.events("notice_draft")[0]["requests"][0]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rejected = bob
+        .run(&[
+            "approvals",
+            "reject",
+            &nid,
+            "--reason",
+            "\u{1b}[2Jnot verified",
+        ])
+        .ok("approvals reject");
+    assert_eq!(rejected.events("rejected")[0]["status"], "rejected");
+    let listed = ops
+        .run_human(&["approvals", "list", "--all"])
+        .ok("list (human)");
+    let printed = format!("{}{}", listed.stdout, listed.stderr);
+    assert!(printed.contains("REJECTED"), "{printed}");
+    assert!(printed.contains("\\u{1b}[2Jnot verified"), "{printed}");
+    assert!(
+        !printed.contains('\u{1b}'),
+        "a raw escape reached the terminal: {printed:?}"
+    );
+    let shown = ops
+        .run_human(&["approvals", "show", &nid])
+        .ok("show (human)");
+    assert!(
+        shown
+            .stdout
+            .contains("REJECTED by comp.bob: \\u{1b}[2Jnot verified"),
+        "{}",
+        shown.stdout
+    );
+    assert!(!shown.stdout.contains('\u{1b}'));
+
+    // A notice whose title and body carry escapes is shown escaped in the inbox.
+    ops.run(&[
+        "notice",
+        "--to",
+        "alice",
+        "--title",
+        "Hello\u{1b}[31m",
+        "--body",
+        "line one\nline two\u{1b}]0;owned\u{7}",
+    ])
+    .ok("notice with escapes");
+    let inbox = alice.run_human(&["inbox"]).ok("inbox (human)");
+    let printed = format!("{}{}", inbox.stdout, inbox.stderr);
+    assert!(printed.contains("Hello\\u{1b}[31m"), "{printed}");
+    assert!(
+        printed.contains("line two\\u{1b}]0;owned\\u{7}"),
+        "{printed}"
+    );
+    assert!(printed.contains("line one\n"), "{printed}");
+    assert!(
+        !printed.contains('\u{1b}') && !printed.contains('\u{7}'),
+        "{printed:?}"
+    );
+
+    // Devices: alice links a tablet, then revokes it.
+    let relay_args = ["--relay", &addr, "--ca", &ca, "--org", &org_fp];
+    let tablet = Device::new(users.path(), "tablet");
+    let tablet_id = link_through_cli(&tablet, &alice, "alice", &relay_args);
+    let revoked = alice
+        .run(&["device", "revoke", &tablet_id[..8], "--reason", "sold it"])
+        .ok("device revoke");
+    assert_eq!(
+        revoked.events("device_revoked")[0]["device"],
+        tablet_id.as_str()
+    );
+    let gone = tablet.run(&["inbox", "--wait", "2"]);
+    assert_ne!(
+        gone.code, 0,
+        "a revoked device cannot connect: {}",
+        gone.stdout
+    );
+    // A laptop on probation is revoked by a freeze; the quorum unfreezes the account.
+    let laptop = Device::new(users.path(), "laptop");
+    let laptop_id = link_through_cli(&laptop, &alice, "alice", &relay_args);
+    let frozen = alice
+        .run(&["device", "freeze", "--reason", "this wasn't me"])
+        .ok("device freeze");
+    let frozen = &frozen.events("frozen")[0];
+    assert!(
+        frozen["revoked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == laptop_id.as_str()),
+        "{frozen}"
+    );
+    let list = alice.run(&["device", "list"]).ok("device list");
+    assert_eq!(list.events("devices")[0]["frozen"], true);
+    let unfreeze = ops
+        .run(&[
+            "device",
+            "unfreeze",
+            "--account",
+            "alice",
+            "--reason",
+            "called her back",
+        ])
+        .ok("device unfreeze");
+    let uid = unfreeze.events("approval_requested")[0]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for d in [&bob, &carol] {
+        d.run(&["approvals", "approve", &uid, "--yes"])
+            .ok("approve unfreeze");
+    }
+    let collected = ops.run(&["approvals", "list"]).ok("collect unfreeze");
+    assert_eq!(
+        collected.events("operation_completed").len(),
+        1,
+        "{}",
+        collected.stdout
+    );
+    let list = alice.run(&["device", "list"]).ok("device list");
+    assert_eq!(list.events("devices")[0]["frozen"], false);
+
+    // A stranger's link request is dismissed by alice; its `device link` gives up.
+    let stranger = Device::new(users.path(), "stranger");
+    stranger.run(&["init"]).ok("init stranger");
+    let mut args = vec!["--json", "device", "link", "--account", "alice"];
+    args.extend_from_slice(&relay_args);
+    args.extend_from_slice(&["--wait", "60"]);
+    let mut strange = spawn(&stranger, &args, false);
+    let srx = line_reader(&mut strange);
+    let mut seen = Vec::new();
+    let sid = wait_for_event(&srx, "link_started", &mut seen)["link_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dismissed = alice
+        .run(&["device", "dismiss", "--all"])
+        .ok("device dismiss");
+    assert_eq!(
+        dismissed.events("link_dismissed")[0]["link_id"],
+        sid.as_str()
+    );
+    let code = wait_exit(&mut strange, STEP);
+    assert_ne!(code, 0);
+    assert_ne!(
+        code, -1,
+        "device link gives up once its request is dismissed"
+    );
+
+    // Recovery: alice's devices are all lost; her new device asks, ops checks her out of
+    // band (the code read to him) and the quorum approves.
+    let fresh = Device::new(users.path(), "alice-new");
+    fresh.run(&["init"]).ok("init new");
+    let mut args = vec!["--json", "device", "link", "--account", "alice"];
+    args.extend_from_slice(&relay_args);
+    args.extend_from_slice(&["--wait", "120"]);
+    let mut link = spawn(&fresh, &args, false);
+    let rx = line_reader(&mut link);
+    let mut seen = Vec::new();
+    let link_id = wait_for_event(&rx, "link_started", &mut seen)["link_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut recover = spawn(
+        &ops,
+        &[
+            "--json",
+            "device",
+            "recover",
+            "--account",
+            "alice",
+            "--link",
+            &link_id,
+        ],
+        true,
+    );
+    let offered = wait_for_event(&rx, "link_code", &mut seen);
+    assert_eq!(offered["action"], "recover");
+    {
+        use std::io::Write;
+        let mut stdin = recover.stdin.take().unwrap();
+        writeln!(stdin, "{}", offered["code"].as_str().unwrap()).unwrap();
+    }
+    let recovered = output_of(recover).ok("device recover");
+    let req = &recovered.events("approval_requested")[0];
+    assert_eq!(req["operation"], "account_recovery");
+    let recovery_id = req["request_id"].as_str().unwrap().to_owned();
+    // One approval is not enough.
+    bob.run(&["approvals", "approve", &recovery_id, "--yes"])
+        .ok("approve 1");
+    let partial = ops.run(&["approvals", "list"]).ok("collect 1");
+    assert!(partial.events("operation_completed").is_empty());
+    carol
+        .run(&["approvals", "approve", &recovery_id, "--yes"])
+        .ok("approve 2");
+    let done = ops.run(&["approvals", "list"]).ok("collect 2");
+    assert_eq!(
+        done.events("operation_completed").len(),
+        1,
+        "{}",
+        done.stdout
+    );
+    wait_for_event(&rx, "linked", &mut seen);
+    assert_eq!(wait_exit(&mut link, STEP), 0);
+    let list = fresh.run(&["device", "list"]).ok("device list");
+    let devices = &list.events("devices")[0];
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 1, "{devices}");
+    assert!(devices["devices"][0]["on_probation"] == true);
+    assert!(!devices["revoked"].as_array().unwrap().is_empty());
+}

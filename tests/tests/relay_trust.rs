@@ -141,11 +141,24 @@ impl Org {
         initiator: usize,
         approvers: &[usize],
     ) -> ApprovalBundle {
+        self.bundle_expiring(op, params, version, initiator, approvers, now_ms() + HOUR)
+    }
+
+    /// As [`Org::bundle`], with the request expiring at `expires_ms`.
+    fn bundle_expiring(
+        &mut self,
+        op: Operation,
+        params: Vec<u8>,
+        version: u64,
+        initiator: usize,
+        approvers: &[usize],
+        expires_ms: u64,
+    ) -> ApprovalBundle {
         let request = ApprovalRequest::new(
             op,
             params,
             version,
-            now_ms() + HOUR,
+            expires_ms,
             self.staff[initiator].signer(),
             &mut self.rng,
         )
@@ -423,7 +436,8 @@ async fn the_full_link_flow_adds_a_device_that_then_authenticates() {
     assert_eq!(refused(n.authenticate(&new).await), ErrorCode::AuthFailed);
     let n = relay.connect().await;
     let (link_id, expires_ms) = n.link_start(&new, &alice).await.unwrap();
-    assert!(expires_ms > now_ms() + DAY - HOUR);
+    // Linking is interactive: a request nobody offers on lapses after an hour.
+    assert!(expires_ms > now_ms() + HOUR - 60_000 && expires_ms <= now_ms() + HOUR);
     let pending = existing.conn.list_links(&alice).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(&pending[0].identity, new.public());
@@ -606,7 +620,7 @@ async fn a_new_link_start_replaces_the_devices_earlier_pending_request() {
     let second = relay.connect().await;
     let (new_id, expires_ms) = second.link_start(&new, &alice).await.unwrap();
     assert_ne!(new_id, old_id);
-    assert!(expires_ms > now_ms() + DAY - HOUR);
+    assert!(expires_ms > now_ms() + HOUR - 60_000);
     assert_eq!(refused(first.link_poll(old_id).await), ErrorCode::NotFound);
     assert_eq!(refused(second.link_poll(old_id).await), ErrorCode::NotFound);
     assert_eq!(
@@ -659,7 +673,8 @@ async fn a_new_link_start_replaces_the_devices_earlier_pending_request() {
 
 /// The linking device's poll schedule and the relay's per-address limit on link requests
 /// agree by design: with the default limit, one device (or two at once from one
-/// address) polling for the whole 24 hours a link request lives is never refused.
+/// address) polling for the whole 24 hours an offered link request lives (a recovery
+/// waiting for its approvals) is never refused.
 #[test]
 fn the_link_poll_schedule_stays_inside_the_relays_default_limit() {
     use sealpost_client::trust::{link_poll_delay, LINK_POLL_FAST_FOR, LINK_POLL_SLOW_INTERVAL};
@@ -669,7 +684,7 @@ fn the_link_poll_schedule_stays_inside_the_relays_default_limit() {
         1000.0 / LINK_POLL_SLOW_INTERVAL.as_millis() as f64 <= rate.per_second / 3.0,
         "the slow polls are at most a third of the relay's sustained rate"
     );
-    let lifetime = sealpost_server::links::LINK_LIFETIME_MS;
+    let lifetime = sealpost_server::links::OFFERED_LINK_LIFETIME_MS;
     for devices in [1u64, 2] {
         let mut bucket = TokenBucket::new(rate, 0);
         // (next request at, started at), one per device; each starts with `link_start`.
@@ -701,26 +716,139 @@ fn the_link_poll_schedule_stays_inside_the_relays_default_limit() {
     }
 }
 
+/// Anyone who knows an account id can start link requests; a flood must not lock the
+/// account out of linking (or recovery). A new request beyond the account's four evicts
+/// the oldest one nobody has offered on, so the account's own request, once its existing
+/// device has offered on it, survives the flood; a device of the account can dismiss
+/// requests; only when all four carry offers (which only the account's devices or staff
+/// can make) is a new one refused. The relay-wide bound evicts the same way, and requests
+/// nobody offers on lapse after `link_lifetime_secs`.
 #[tokio::test]
-async fn link_requests_are_bounded_per_account() {
-    let relay = memory_relay(|_| {}).await;
+async fn a_link_flood_cannot_lock_an_account_out() {
+    let relay = memory_relay(|c| {
+        lenient(c);
+        c.limits.max_pending_links = 6;
+        c.limits.link_requests_per_ip = sealpost_server::limits::Rate::new(100.0, 1000.0);
+    })
+    .await;
     let alice = relay.account("alice", Role::Client).await;
-    let _first = relay.device(&alice, 20).await;
+    let bob = relay.account("bob", Role::Client).await;
+    let existing = relay
+        .device_with(
+            &alice,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(20)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(20),
+        )
+        .await;
+    let bobs = relay
+        .device_with(
+            &bob,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(19)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(19),
+        )
+        .await;
     let mut rng = StdRng::seed_from_u64(21);
-    for _ in 0..sealpost_protocol::wire::MAX_PENDING_LINKS {
+    // Alice's real new device asks first, and her phone offers on it.
+    let laptop = IdentityKeyPair::generate(&mut rng);
+    let lc = relay.connect().await;
+    let (laptop_link, _) = lc.link_start(&laptop, &alice).await.unwrap();
+    let log = existing.conn.get_device_log(&alice).await.unwrap();
+    let body = log.next_body(
+        now_ms(),
+        DeviceAction::Add {
+            identity: laptop.public().clone(),
+        },
+        "laptop",
+    );
+    existing
+        .conn
+        .link_offer(laptop_link, LinkChallenge::generate(&mut rng), body.clone())
+        .await
+        .unwrap();
+    // A flood of requests for her account: each one beyond four evicts the oldest
+    // request without an offer; none is refused, and the offered one stays.
+    let mut flood = Vec::new();
+    for _ in 0..2 * sealpost_protocol::wire::MAX_PENDING_LINKS {
         let c = relay.connect().await;
-        c.link_start(&IdentityKeyPair::generate(&mut rng), &alice)
+        let (id, _) = c
+            .link_start(&IdentityKeyPair::generate(&mut rng), &alice)
             .await
             .unwrap();
+        flood.push((c, id));
+    }
+    let pending = existing.conn.list_links(&alice).await.unwrap();
+    assert_eq!(pending.len(), sealpost_protocol::wire::MAX_PENDING_LINKS);
+    assert!(pending.iter().any(|l| l.link_id == laptop_link));
+    assert_eq!(
+        refused(flood[0].0.link_poll(flood[0].1).await),
+        ErrorCode::NotFound,
+        "the oldest flood request was evicted"
+    );
+    assert!(lc.link_poll(laptop_link).await.unwrap().body.is_some());
+    // Her phone dismisses a flood request; another account's device cannot.
+    let (ref last_conn, last_id) = flood[flood.len() - 1];
+    assert_eq!(
+        refused(bobs.conn.dismiss_link(last_id).await),
+        ErrorCode::NotFound
+    );
+    existing.conn.dismiss_link(last_id).await.unwrap();
+    assert_eq!(
+        refused(last_conn.link_poll(last_id).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        existing.conn.list_links(&alice).await.unwrap().len(),
+        sealpost_protocol::wire::MAX_PENDING_LINKS - 1
+    );
+    // The real link completes despite the flood.
+    lc.link_sign(laptop_link, body.sign(&laptop)).await.unwrap();
+    let entry = LogEntry::signed_by_device(body, &existing.identity, Some(&laptop));
+    existing.conn.append_device_log(entry).await.unwrap();
+    assert!(lc.link_poll(laptop_link).await.unwrap().completed);
+
+    // The relay-wide bound (6 here) evicts too: requests for bob push out the oldest
+    // requests without an offer, wherever they are.
+    let mut bob_links = Vec::new();
+    for _ in 0..4 {
+        let c = relay.connect().await;
+        let (id, _) = c
+            .link_start(&IdentityKeyPair::generate(&mut rng), &bob)
+            .await
+            .unwrap();
+        bob_links.push((c, id));
+    }
+    assert_eq!(bobs.conn.list_links(&bob).await.unwrap().len(), 4);
+    assert!(existing.conn.list_links(&alice).await.unwrap().len() <= 2);
+
+    // When every slot of an account carries an offer, a new request is refused.
+    for (c, id) in &bob_links {
+        let identity = bobs
+            .conn
+            .list_links(&bob)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|l| l.link_id == *id)
+            .unwrap()
+            .identity;
+        let log = bobs.conn.get_device_log(&bob).await.unwrap();
+        let body = log.next_body(now_ms(), DeviceAction::Add { identity }, "");
+        bobs.conn
+            .link_offer(*id, LinkChallenge::generate(&mut rng), body)
+            .await
+            .unwrap();
+        let _ = c;
     }
     let c = relay.connect().await;
-    assert_eq!(
-        refused(
-            c.link_start(&IdentityKeyPair::generate(&mut rng), &alice)
-                .await
-        ),
-        ErrorCode::QuotaExceeded
+    let (code, message) = refusal(
+        c.link_start(&IdentityKeyPair::generate(&mut rng), &bob)
+            .await,
     );
+    assert_eq!(code, ErrorCode::QuotaExceeded);
+    assert!(message.contains("offer"), "{message}");
+
     // A signature made for another connection is refused.
     let other = relay.connect().await;
     let keys = IdentityKeyPair::generate(&mut rng);
@@ -741,6 +869,53 @@ async fn link_requests_are_bounded_per_account() {
     );
 }
 
+/// Requests nobody offered on lapse after `limits.link_lifetime_secs` (1 s here); an
+/// offered one lives on (a recovery waits for its approvals).
+#[tokio::test]
+async fn link_requests_without_an_offer_lapse_after_the_configured_lifetime() {
+    let relay = memory_relay(|c| {
+        lenient(c);
+        c.limits.link_lifetime_secs = 1;
+    })
+    .await;
+    let alice = relay.account("alice", Role::Client).await;
+    let existing = relay
+        .device_with(
+            &alice,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(25)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(25),
+        )
+        .await;
+    let mut rng = StdRng::seed_from_u64(26);
+    let idle_keys = IdentityKeyPair::generate(&mut rng);
+    let offered_keys = IdentityKeyPair::generate(&mut rng);
+    let c1 = relay.connect().await;
+    let (idle, expires_ms) = c1.link_start(&idle_keys, &alice).await.unwrap();
+    assert!(expires_ms <= now_ms() + 1_000);
+    let c2 = relay.connect().await;
+    let (offered, _) = c2.link_start(&offered_keys, &alice).await.unwrap();
+    let log = existing.conn.get_device_log(&alice).await.unwrap();
+    let body = log.next_body(
+        now_ms(),
+        DeviceAction::Add {
+            identity: offered_keys.public().clone(),
+        },
+        "",
+    );
+    existing
+        .conn
+        .link_offer(offered, LinkChallenge::generate(&mut rng), body)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(refused(c1.link_poll(idle).await), ErrorCode::NotFound);
+    assert!(c2.link_poll(offered).await.unwrap().body.is_some());
+    let pending = existing.conn.list_links(&alice).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].link_id, offered);
+}
+
 // ---------------------------------------------------------------------------------------
 // Probation, freeze, unfreeze
 
@@ -758,9 +933,16 @@ async fn probation_freeze_and_quorum_unfreeze() {
         )
         .await;
     let mut newer = link_device(&relay, &existing, 32).await;
-    let _ = next_log_change(&existing.conn).await;
+    // The account's other device and its assigned advisor are told at once.
+    assert_eq!(
+        next_log_change(&existing.conn).await,
+        Some((client.clone(), 1, "add".to_owned()))
+    );
     let adv = &staff[3];
-    let _ = next_log_change(&adv.conn).await;
+    assert_eq!(
+        next_log_change(&adv.conn).await,
+        Some((client.clone(), 1, "add".to_owned()))
+    );
 
     // The new device is on probation: chat is fine, approvals and instructions are not.
     let mut s = newer.session_with(&existing).await;
@@ -1185,6 +1367,395 @@ async fn the_relay_refuses_bad_approvals_on_a_high_risk_notice() {
     assert!(d1.next_envelope(WAIT).await.is_some());
 }
 
+/// A notice to all clients needs the roster's `notice_to_all_clients` quorum (one
+/// co-signer from operations or compliance besides the sender): refused without it or with
+/// a co-signer of the wrong role, and delivered to every client with it; a staff account
+/// is not in its audience.
+#[tokio::test]
+async fn a_notice_to_all_clients_needs_its_quorum_and_reaches_every_client() {
+    let (mut org, relay, mut staff) = org_relay(53).await;
+    let c1 = relay.account("client1", Role::Client).await;
+    let c2 = relay.account("client2", Role::Client).await;
+    let ops = org.staff[0].account.clone();
+    relay.assign(&c1, &ops).await;
+    relay.assign(&c2, &ops).await;
+    let d1 = relay.device(&c1, 531).await;
+    let d2 = relay.device(&c2, 532).await;
+    let header = NoticeHeader::new(
+        NoticeCategory::General,
+        NoticeAudience::AllClients,
+        b"maintenance on Sunday",
+        now_ms(),
+        org.staff[0].signer(),
+        1,
+        &mut org.rng,
+    );
+    let notice = SignedNotice::sign(header, &org.staff[0].keys).unwrap();
+    let digest = notice.header.digest().0.to_vec();
+    let (first, rest) = staff.split_at_mut(1);
+    let sender = &mut first[0];
+    let bob = &rest[0];
+    let mut s1 = sender.session_with(&d1).await;
+    let mut s2 = sender.session_with(&d2).await;
+
+    // Signed by its sender alone: refused for every client.
+    for (s, to) in [(&mut s1, d1.id()), (&mut s2, d2.id())] {
+        let env = seal_kind(sender, s, to, EnvelopeKind::Notice, b"maint");
+        let (code, message) = refusal(sender.conn.send_notice(env, notice.clone()).await);
+        assert_eq!(code, ErrorCode::Forbidden);
+        assert!(
+            message.contains("needs co-signatures for notice_to_all_clients"),
+            "{message}"
+        );
+    }
+    // Co-signed by security, whose role this quorum does not accept: refused.
+    let mut wrong = notice.clone();
+    wrong
+        .add_cosignatures(org.bundle(Operation::NoticeToAllClients, digest.clone(), 1, 0, &[1]))
+        .unwrap();
+    let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"maint");
+    let (code, message) = refusal(sender.conn.send_notice(env, wrong).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("does not accept"), "{message}");
+    assert!(d1.next_envelope(Duration::from_millis(300)).await.is_none());
+    assert!(d2.next_envelope(Duration::from_millis(300)).await.is_none());
+
+    // Co-signed by compliance: delivered to both clients.
+    let mut good = notice.clone();
+    good.add_cosignatures(org.bundle(Operation::NoticeToAllClients, digest, 1, 0, &[2]))
+        .unwrap();
+    for (s, to) in [(&mut s1, d1.id()), (&mut s2, d2.id())] {
+        let env = seal_kind(sender, s, to, EnvelopeKind::Notice, b"maint");
+        sender.conn.send_notice(env, good.clone()).await.unwrap();
+    }
+    let got1 = d1
+        .next_envelope(WAIT)
+        .await
+        .expect("client1 gets the notice");
+    let got2 = d2
+        .next_envelope(WAIT)
+        .await
+        .expect("client2 gets the notice");
+    assert_eq!(got1.header.kind, EnvelopeKind::Notice);
+    assert_eq!(got2.header.kind, EnvelopeKind::Notice);
+    // "All clients" does not include another staff account's devices.
+    let mut sb = sender.session_with(bob).await;
+    let env = seal_kind(sender, &mut sb, bob.id(), EnvelopeKind::Notice, b"maint");
+    let (code, message) = refusal(sender.conn.send_notice(env, good).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("audience"), "{message}");
+}
+
+/// The arrival rule: approvals valid at the date their object was signed (which its
+/// signers choose) must also be unexpired by the relay's clock when the operation
+/// arrives; otherwise an approved notice could be sent again, or an approved roster
+/// version or unfreeze carried out, long after the approvers' consent lapsed.
+#[tokio::test]
+async fn approvals_must_be_unexpired_when_the_operation_reaches_the_relay() {
+    let (mut org, relay, mut staff) = org_relay(57).await;
+    let c1 = relay.account("client1", Role::Client).await;
+    let ops = org.staff[0].account.clone();
+    relay.assign(&c1, &ops).await;
+    let d1 = relay
+        .device_with(
+            &c1,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(58)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(58),
+        )
+        .await;
+    let chain = sealpost_protocol::trust::RosterChain::verify(
+        &org.fingerprint(),
+        vec![org.v1.clone()],
+        None,
+        now_ms(),
+    )
+    .unwrap();
+
+    // A high-risk notice dated two hours ago, co-signed by a quorum whose request expired
+    // an hour ago: valid at its date (what a client checks), expired on arrival.
+    let header = NoticeHeader::new(
+        NoticeCategory::PaymentInstruction,
+        NoticeAudience::Client(c1.clone()),
+        b"pay to the new account",
+        now_ms() - 2 * HOUR,
+        org.staff[0].signer(),
+        1,
+        &mut org.rng,
+    );
+    let base = SignedNotice::sign(header, &org.staff[0].keys).unwrap();
+    let digest = base.header.digest().0.to_vec();
+    let mut replayed = base.clone();
+    replayed
+        .add_cosignatures(org.bundle_expiring(
+            Operation::HighRiskNotice,
+            digest.clone(),
+            1,
+            0,
+            &[1, 2],
+            now_ms() - HOUR,
+        ))
+        .unwrap();
+    replayed.verify_header(&chain, None, now_ms()).unwrap();
+    let sender = &mut staff[0];
+    let mut s1 = sender.session_with(&d1).await;
+    let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"pay");
+    let (code, message) = refusal(sender.conn.send_notice(env, replayed).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(
+        message.contains("high_risk_notice approvals expired")
+            && message.contains("before the operation reached the relay"),
+        "{message}"
+    );
+    assert!(d1.next_envelope(Duration::from_millis(300)).await.is_none());
+    // The same notice with approvals still valid goes through.
+    let mut fresh = base;
+    fresh
+        .add_cosignatures(org.bundle(Operation::HighRiskNotice, digest, 1, 0, &[1, 2]))
+        .unwrap();
+    let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"pay");
+    sender.conn.send_notice(env, fresh).await.unwrap();
+    assert!(d1.next_envelope(WAIT).await.is_some());
+
+    // An unfreeze approved two hours ago whose approvals expired an hour ago.
+    let log = d1.conn.get_device_log(&c1).await.unwrap();
+    let freeze = LogEntry::signed_by_device(
+        log.next_body(now_ms() - 3 * HOUR, DeviceAction::Freeze, "this wasn't me"),
+        &d1.identity,
+        None,
+    );
+    d1.conn.append_device_log(freeze).await.unwrap();
+    let log = d1.conn.get_device_log(&c1).await.unwrap();
+    let body = log.next_body(now_ms() - 2 * HOUR, DeviceAction::Unfreeze, "checked");
+    let late = org.bundle_expiring(
+        Operation::Unfreeze,
+        body.hash().0.to_vec(),
+        1,
+        0,
+        &[1, 2],
+        now_ms() - HOUR,
+    );
+    let (code, message) = refusal(
+        staff[0]
+            .conn
+            .append_device_log(LogEntry::with_quorum(body.clone(), late, None))
+            .await,
+    );
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("unfreeze approvals expired"), "{message}");
+    assert!(
+        relay
+            .relay
+            .store
+            .account(&c1)
+            .await
+            .unwrap()
+            .unwrap()
+            .frozen
+    );
+    let ok = org.bundle(Operation::Unfreeze, body.hash().0.to_vec(), 1, 0, &[1, 2]);
+    staff[0]
+        .conn
+        .append_device_log(LogEntry::with_quorum(body, ok, None))
+        .await
+        .unwrap();
+    assert!(
+        !relay
+            .relay
+            .store
+            .account(&c1)
+            .await
+            .unwrap()
+            .unwrap()
+            .frozen
+    );
+
+    // A roster version approved two hours ago, published after its approvals expired.
+    let members: Vec<StaffMember> = org.staff.iter().map(Staff::member).collect();
+    let v2 = org
+        .v1
+        .roster
+        .next(now_ms() - 2 * HOUR, members, ApprovalPolicy::default())
+        .unwrap();
+    let hash = v2.hash().0.to_vec();
+    let late = org.bundle_expiring(
+        Operation::RosterChange,
+        hash.clone(),
+        1,
+        0,
+        &[1, 2],
+        now_ms() - HOUR,
+    );
+    let stale = SignedRoster::with_quorum(v2.clone(), late);
+    // Valid in a chain (what clients check, at `issued_ms`), refused on arrival.
+    let mut c = chain.clone();
+    c.extend(vec![stale.clone()], now_ms()).unwrap();
+    let (code, message) = refusal(staff[0].conn.publish_roster(stale).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(
+        message.contains("roster_change approvals expired"),
+        "{message}"
+    );
+    assert_eq!(staff[0].conn.get_roster_after(0).await.unwrap().1, 1);
+    let good = org.bundle(Operation::RosterChange, hash, 1, 0, &[1, 2]);
+    staff[0]
+        .conn
+        .publish_roster(SignedRoster::with_quorum(v2, good))
+        .await
+        .unwrap();
+    assert_eq!(staff[0].conn.get_roster_after(0).await.unwrap().1, 2);
+}
+
+/// Authenticate `keys` on a new connection and publish prekeys.
+async fn authenticated<S: Store>(
+    relay: &TestRelay<S>,
+    account: &AccountId,
+    keys: IdentityKeyPair,
+    mut rng: StdRng,
+) -> TestDevice {
+    let conn = relay.connect().await;
+    conn.authenticate(&keys).await.unwrap();
+    let mut prekeys = PreKeySecrets::new();
+    let spk = prekeys.rotate_signed(&keys, &mut rng);
+    let otk = prekeys.generate_one_time(&keys, 5, &mut rng);
+    let last = prekeys.rotate_kem_last_resort(&keys, &mut rng);
+    conn.upload_prekeys(Some(spk), otk, vec![], Some(last))
+        .await
+        .unwrap();
+    TestDevice {
+        account: account.clone(),
+        identity: keys,
+        prekeys,
+        conn,
+        rng,
+    }
+}
+
+/// Recovery at the relay: refused with no approvals, with one approval of the two the
+/// roster needs, and with approvals that expired before it arrived; accepted with the
+/// quorum. The recovered device's cooling-off runs from the approvals' expiry, not from
+/// the entry's date (which the initiator chose two days earlier), so the relay refuses
+/// its sensitive kinds for a full cooling-off after the last moment the entry could have
+/// been appended.
+#[tokio::test]
+async fn recovery_needs_the_quorum_at_the_relay_and_cools_off_from_the_approvals_expiry() {
+    let (mut org, relay, staff) = org_relay(35).await;
+    let client = relay.account("client3", Role::Client).await;
+    relay.assign(&client, &org.staff[0].account).await;
+    let lost = relay
+        .device_with(
+            &client,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(36)),
+            now_ms() - 3 * DAY,
+            StdRng::seed_from_u64(36),
+        )
+        .await;
+    let lost_id = lost.id();
+    let log = lost.conn.get_device_log(&client).await.unwrap();
+    drop(lost);
+    let new_keys = IdentityKeyPair::generate(&mut StdRng::seed_from_u64(37));
+    let body = log.next_body(
+        now_ms() - 2 * DAY,
+        DeviceAction::Recover {
+            identity: new_keys.public().clone(),
+        },
+        "lost phone, passport checked",
+    );
+    let params = body.hash().0.to_vec();
+    for (approvers, got) in [(&[][..], 0), (&[1][..], 1)] {
+        let b = org.bundle(Operation::AccountRecovery, params.clone(), 1, 0, approvers);
+        let entry = LogEntry::with_quorum(body.clone(), b, Some(&new_keys));
+        let (code, message) = refusal(staff[0].conn.append_device_log(entry).await);
+        assert_eq!(code, ErrorCode::Forbidden);
+        assert!(
+            message.contains(&format!("account_recovery needs 2 approvals, got {got}")),
+            "{message}"
+        );
+    }
+    let expired = org.bundle_expiring(
+        Operation::AccountRecovery,
+        params.clone(),
+        1,
+        0,
+        &[1, 2],
+        now_ms() - HOUR,
+    );
+    let entry = LogEntry::with_quorum(body.clone(), expired, Some(&new_keys));
+    let (code, message) = refusal(staff[0].conn.append_device_log(entry).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(
+        message.contains("account_recovery approvals expired"),
+        "{message}"
+    );
+    // Nothing changed: the new identity cannot authenticate, the log holds one entry.
+    let c = relay.connect().await;
+    assert_eq!(
+        refused(c.authenticate(&new_keys).await),
+        ErrorCode::AuthFailed
+    );
+    assert_eq!(relay.relay.store.device_log_len(&client).await.unwrap(), 1);
+
+    // The quorum, valid for another hour: accepted; the old device is revoked.
+    let expires = now_ms() + HOUR;
+    let b = org.bundle_expiring(Operation::AccountRecovery, params, 1, 0, &[1, 2], expires);
+    staff[0]
+        .conn
+        .append_device_log(LogEntry::with_quorum(body, b, Some(&new_keys)))
+        .await
+        .unwrap();
+    let c = relay.connect().await;
+    assert_eq!(
+        refused(
+            c.authenticate(&IdentityKeyPair::generate(&mut StdRng::seed_from_u64(36)))
+                .await
+        ),
+        ErrorCode::AuthFailed,
+        "the lost device {lost_id} is revoked"
+    );
+    let mut recovered = authenticated(&relay, &client, new_keys, StdRng::seed_from_u64(38)).await;
+    let chain = sealpost_protocol::trust::RosterChain::verify(
+        &org.fingerprint(),
+        vec![org.v1.clone()],
+        None,
+        now_ms(),
+    )
+    .unwrap();
+    let set = recovered
+        .conn
+        .get_device_log(&client)
+        .await
+        .unwrap()
+        .verify(Some(&chain), None, now_ms())
+        .unwrap();
+    let d = set.device(&recovered.id()).unwrap();
+    assert_eq!(d.probation_until_ms, expires + DAY);
+    assert!(d.on_probation, "dated two days ago, yet still cooling off");
+    // The relay refuses its sensitive kinds; chat is fine.
+    let mut s = recovered.session_with(&staff[0]).await;
+    let to = staff[0].id();
+    let env = seal_kind(
+        &mut recovered,
+        &mut s,
+        to,
+        EnvelopeKind::Approval,
+        b"approve",
+    );
+    let (code, message) = refusal(send(&recovered, env).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("probation"), "{message}");
+    let env = seal_kind(
+        &mut recovered,
+        &mut s,
+        to,
+        EnvelopeKind::Chat,
+        b"hello again",
+    );
+    assert!(matches!(
+        send(&recovered, env).await.unwrap(),
+        FrameBody::Accepted { .. }
+    ));
+}
+
 // ---------------------------------------------------------------------------------------
 // Roster chain
 
@@ -1253,14 +1824,16 @@ async fn roster_forgery_rollback_and_forks_are_refused_and_the_chain_survives_re
         ErrorCode::Forbidden
     );
     let wrong_role = org.bundle(Operation::RosterChange, hash.clone(), 1, 1, &[3, 0]);
-    assert_eq!(
-        refused(
-            staff[0]
-                .conn
-                .publish_roster(SignedRoster::with_quorum(v2.clone(), wrong_role))
-                .await
-        ),
-        ErrorCode::Forbidden
+    let (code, message) = refusal(
+        staff[0]
+            .conn
+            .publish_roster(SignedRoster::with_quorum(v2.clone(), wrong_role))
+            .await,
+    );
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(
+        message.contains("adv.dave is advisor, which the policy does not accept"),
+        "{message}"
     );
     // A version that skips ahead.
     let v3_alone = v2

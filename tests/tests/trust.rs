@@ -288,11 +288,37 @@ async fn the_roster_changes_only_with_the_quorum_and_bad_approvals_are_refused()
     // The initiator cannot approve its own request (and would not count if it did: the
     // relay test `the_relay_refuses_bad_approvals_on_a_high_risk_notice` shows the relay
     // refusing such a bundle).
-    let own = ops.approve(&id).await;
+    match ops.approve(&id).await {
+        Err(ClientError::NotAllowed(m)) => assert!(
+            m.contains("the initiator's account never approves its own request"),
+            "{m}"
+        ),
+        other => panic!("the initiator approved its own request: {other:?}"),
+    }
+    // Nor does an approval signed by another device of the initiator's account count
+    // when it reaches the initiator's collecting device.
+    let mut ops2 = org::linked(&relay, ops, &homes.path().join("ops2"), Some(&o)).await;
+    org::settle().await;
+    let own_account = ops2.sign_approval_for_tests(&request).unwrap();
+    ops2.send_content_for_tests(
+        &ops_id,
+        Content::ApprovalResponse {
+            request_id: request.request_id,
+            approval: Some(Box::new(own_account)),
+            reason: BoundedString::truncating(""),
+        },
+    )
+    .await
+    .unwrap();
+    let ev = pump(&mut [ops], 1).await;
     assert!(
-        own.is_err(),
-        "the initiator approved its own request: {own:?}"
+        refusals(&ev[0])
+            .iter()
+            .any(|r| r.contains("an answer from the initiator's account never counts")),
+        "{:?}",
+        ev[0]
     );
+    assert!(ops.approval(&id).unwrap().approvals.is_empty());
     // For other content: comp signs a request that differs in one field.
     let mut other = request.clone();
     other.expires_ms -= 1;
@@ -485,17 +511,37 @@ async fn probation_freeze_and_unfreeze_with_the_quorum() {
     let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
     let alice_id = relay.account("alice", Role::Client).await;
     relay.assign(&alice_id, staff[0].account().unwrap()).await;
+    let adv_id = relay.account("adv", Role::Advisor).await;
+    relay.assign(&alice_id, &adv_id).await;
     let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
     org::settle().await;
+    // The advisor and the staff member know alice's devices (they verified her log).
+    assert_eq!(
+        adv.account_devices(&alice_id).await.unwrap().devices.len(),
+        1
+    );
+    staff[0].account_devices(&alice_id).await.unwrap();
     // From now on new devices wait an hour.
     change_roster(&mut staff, 3_600_000).await;
     let mut tablet = org::linked(&relay, &mut phone, &homes.path().join("tablet"), Some(&o)).await;
     let mine = tablet.devices().await.unwrap();
     let t = mine.devices.iter().find(|d| d.this_device).unwrap();
     assert!(t.on_probation);
-    // The assigned staff member is told at once.
-    let ev = pump(&mut [&mut staff[0]], 1).await;
-    let _ = ev;
+    // The advisor assigned to alice, and the staff member, are told at once.
+    let ev = pump(&mut [&mut adv, &mut staff[0]], 1).await;
+    for (who, events) in ["advisor", "staff"].iter().zip(&ev) {
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                Event::DeviceAdded { account, device, probation_until_ms, .. }
+                    if account == &alice_id
+                        && *device == tablet.device_id()
+                        && *probation_until_ms == t.probation_until_ms
+            )),
+            "{who}: {events:?}"
+        );
+    }
     let staff_view = staff[0].account_devices(&alice_id).await.unwrap();
     assert_eq!(staff_view.devices.len(), 2);
     // A device on probation cannot change the account.
@@ -512,8 +558,9 @@ async fn probation_freeze_and_unfreeze_with_the_quorum() {
     assert_eq!(after.devices.len(), 1);
     assert!(after.revoked.contains(&tablet.device_id()));
     let ev = staff[0].receive(true, QUIET).await.unwrap();
+    assert_eq!(freeze_changes(&ev), vec![true], "{ev:?}");
     let view = staff[0].account_devices(&alice_id).await.unwrap();
-    assert!(view.frozen, "{ev:?}");
+    assert!(view.frozen);
 
     // Unfreeze needs the quorum: ops proposes, one approval is not enough.
     let req = staff[0]
@@ -669,23 +716,29 @@ async fn a_roster_rollback_is_refused_by_the_client() {
     assert_eq!(alice.cached_roster().unwrap().head().version(), 2);
 }
 
+/// A relay configured with another organisation than the one a device pins: enrolling
+/// with it is refused before the code is used, and a device already enrolled (pinned
+/// before the relay was reconfigured) refuses the other organisation's roster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_roster_from_another_organisation_is_refused() {
     let homes = tempfile::tempdir().unwrap();
     let real = TestOrg::new();
     let forged = TestOrg::new();
-    let fp = forged.fingerprint();
-    // The relay is configured with the attacker's organisation and serves its roster.
-    let relay = memory_relay(|c| c.org_fingerprint = Some(fp)).await;
-    let _attacker_staff = org::staff(&relay, homes.path(), &forged, "").await;
+    // Alice enrolled (pinning the real organisation) while the relay had none yet.
+    let relay = sqlite_relay_in(tempfile::tempdir().unwrap(), |_| {}).await;
     let alice_id = relay.account("alice", Role::Client).await;
-    // Alice pinned the real organisation at enrolment.
-    let mut alice = Client::init(&homes.path().join("alice"), org::PASS).unwrap();
-    let code = relay.code(&alice_id).await;
-    let err = alice
-        .enroll(org::relay_info(&relay, Some(&real)), &alice_id, &code)
-        .await
-        .err();
+    let bob_id = relay.account("bob", Role::Client).await;
+    let mut alice =
+        org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&real)).await;
+    alice.disconnect();
+    // The relay is then configured with the attacker's organisation and serves its roster.
+    let dir = relay.stop().await;
+    let fp = forged.fingerprint();
+    let relay = sqlite_relay_in(dir, |c| c.org_fingerprint = Some(fp)).await;
+    let _attacker_staff = org::staff(&relay, homes.path(), &forged, "").await;
+    alice.relay_override_for_tests(org::relay_info(&relay, Some(&real)));
+    alice.connect().await.unwrap();
+    let err = alice.roster().await.err();
     assert!(
         matches!(
             err,
@@ -694,4 +747,603 @@ async fn a_roster_from_another_organisation_is_refused() {
         "{err:?}"
     );
     assert!(alice.cached_roster().is_none());
+    assert!(alice
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::TrustRefused { subject, .. } if subject == "roster")));
+    // Bob, enrolling now with the real fingerprint, is refused before his code is used.
+    let mut bob = Client::init(&homes.path().join("bob"), org::PASS).unwrap();
+    let code = relay.code(&bob_id).await;
+    let err = bob
+        .enroll(org::relay_info(&relay, Some(&real)), &bob_id, &code)
+        .await
+        .err();
+    assert!(
+        matches!(err, Some(ClientError::OrgMismatch { .. })),
+        "{err:?}"
+    );
+    assert!(bob.account().is_none());
+    assert!(bob.cached_roster().is_none());
+}
+
+fn rejected(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Rejected { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The envelope kind in the routing header is what the relay applies its rules to
+/// (probation, frozen accounts, `send_notice` for notices); the content must travel under
+/// exactly the kind it requires. A probation device's approval relabelled as chat passes
+/// the relay and is dropped by the recipient for its sender's probation; a notice
+/// relabelled as chat (which skips the relay's notice checks) is refused and reported, never
+/// shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_under_another_envelope_kind_is_refused_and_reported() {
+    use sealpost_protocol::trust::{NoticeAudience, NoticeHeader, SignedNotice, SignerRef};
+    use sealpost_protocol::wire::BoundedVec;
+    use sealpost_protocol::EnvelopeKind;
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
+    let alice_id = relay.account("alice", Role::Client).await;
+    relay.assign(&alice_id, staff[0].account().unwrap()).await;
+    let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    org::settle().await;
+    change_roster(&mut staff, 3_600_000).await;
+    let mut tablet = org::linked(&relay, &mut phone, &homes.path().join("tablet"), Some(&o)).await;
+    assert!(tablet
+        .devices()
+        .await
+        .unwrap()
+        .devices
+        .iter()
+        .any(|d| d.this_device && d.on_probation));
+    let _ = phone.receive(true, QUIET).await.unwrap();
+
+    // Approval content from the device on probation, labelled chat: the relay sees a chat
+    // and accepts it; the phone drops it for the sender's probation.
+    let approval = Content::ApprovalResponse {
+        request_id: [7; 16],
+        approval: None,
+        reason: BoundedString::truncating("approve the transfer"),
+    };
+    tablet
+        .send_relabelled_for_tests(&alice_id, approval.clone(), EnvelopeKind::Chat)
+        .await
+        .expect("the relay accepts a chat from a device on probation");
+    let got = phone.receive(true, QUIET).await.unwrap();
+    let reasons = rejected(&got);
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("on probation") && r.contains("Approval")),
+        "{got:?}"
+    );
+    assert!(
+        !got.iter()
+            .any(|e| matches!(e, Event::ApprovalAnswered { .. })),
+        "{got:?}"
+    );
+
+    // A notice labelled chat goes through plain `send`, past the relay's notice checks
+    // (sender, co-signatures, audience): the client refuses it for its label. (A chat
+    // first, so the session does not start with the refused envelope.)
+    let ops = &mut staff[0];
+    let ops_id = ops.account().unwrap().clone();
+    ops.send_text(&alice_id, "hello").await.unwrap();
+    let got = phone.receive(true, QUIET).await.unwrap();
+    assert!(got
+        .iter()
+        .any(|e| matches!(e, Event::Message { entry } if entry.body == "hello")));
+    let header = NoticeHeader::new(
+        NoticeCategory::PaymentInstruction,
+        NoticeAudience::Client(alice_id.clone()),
+        b"pay to account X",
+        org::now_ms(),
+        SignerRef::new(ops_id, ops.device_id()),
+        2,
+        &mut OsRng,
+    );
+    let notice = SignedNotice {
+        header,
+        signature: [0; 64],
+        cosignatures: BoundedVec::new(Vec::new()).unwrap(),
+    };
+    ops.send_relabelled_for_tests(
+        &alice_id,
+        Content::Notice {
+            notice: Box::new(notice),
+            content: b"pay to account X".to_vec(),
+        },
+        EnvelopeKind::Chat,
+    )
+    .await
+    .expect("the relay accepts a chat");
+    let got = phone.receive(true, QUIET).await.unwrap();
+    assert!(
+        !got.iter().any(|e| matches!(e, Event::Notice { .. })),
+        "a relabelled notice was shown: {got:?}"
+    );
+    assert!(
+        rejected(&got).iter().any(|r| r.contains("labelled Chat")
+            && r.contains("notice")
+            && r.contains("must travel as Notice")),
+        "{got:?}"
+    );
+    // Correctly labelled traffic still flows.
+    ops.send_text(&alice_id, "hello again").await.unwrap();
+    let got = phone.receive(true, QUIET).await.unwrap();
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, Event::Message { entry } if entry.body == "hello again")),
+        "{got:?}"
+    );
+}
+
+/// One rogue insider (or anyone able to message the initiator) cannot block a request
+/// with rejections: only staff of the request's roster whose role the operation accepts
+/// may answer, once per account, and rejections are kept apart from approvals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_cannot_crowd_out_approvals() {
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
+    let alice_id = relay.account("alice", Role::Client).await;
+    relay.assign(&alice_id, staff[0].account().unwrap()).await;
+    let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    org::settle().await;
+    let ops_id = staff[0].account().unwrap().clone();
+    // A notice to all clients: one co-signer from operations or compliance (comp).
+    let outcome = staff[0]
+        .send_signed_notice(
+            NoticeCategory::General,
+            NoticeTarget::AllClients,
+            "Maintenance",
+            "Sunday 02:00 UTC",
+        )
+        .await
+        .unwrap();
+    let NoticeOutcome::Draft { requests, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let id = requests[0].request_id.clone();
+    let [ops, comp, sec] = &mut staff[..] else {
+        panic!()
+    };
+    let ev = pump(&mut [comp], 1).await;
+    assert!(requested(&ev[0]).contains(&id));
+    let request_id = comp.approval_record(&id).unwrap().bundle.request.request_id;
+    let no = |why: &str| Content::ApprovalResponse {
+        request_id,
+        approval: None,
+        reason: BoundedString::truncating(why),
+    };
+    // Security's role does not count for this operation; a client is not staff.
+    sec.send_content_for_tests(&ops_id, no("no")).await.unwrap();
+    alice
+        .send_content_for_tests(&ops_id, no("no"))
+        .await
+        .unwrap();
+    // The eligible co-signer floods rejections (more than MAX_REJECTIONS).
+    let flood = sealpost_client::approvals::MAX_REJECTIONS + 6;
+    for i in 0..flood {
+        comp.send_content_for_tests(&ops_id, no(&format!("no {i}")))
+            .await
+            .unwrap();
+    }
+    let ev = pump(&mut [ops], 1).await;
+    let refused = refusals(&ev[0]);
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.contains("security, which the policy does not accept")),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.contains("alice is not a staff account")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused
+            .iter()
+            .filter(|r| r.contains("already rejected this request"))
+            .count(),
+        flood - 1,
+        "one rejection per account"
+    );
+    let answered: Vec<&Event> = ev[0]
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::ApprovalAnswered {
+                    approved: false,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(answered.len(), 1, "{answered:?}");
+    assert_eq!(ops.approval(&id).unwrap().responses.len(), 1);
+    // The same co-signer then approves: it counts, and the notice goes out.
+    comp.approve(&id).await.unwrap();
+    let ev = pump(&mut [ops], 1).await;
+    assert!(completed(&ev[0]), "{:?}", ev[0]);
+    let got = alice.receive(true, QUIET).await.unwrap();
+    assert!(
+        got.iter().any(|e| matches!(e, Event::Notice { entry }
+            if entry.notice.as_ref().is_some_and(|n| n.authenticated))),
+        "{got:?}"
+    );
+
+    // `reject_approval`: the approver's decision is recorded and the initiator is told,
+    // with the reason; it cannot be approved afterwards, nor rejected twice.
+    let outcome = ops
+        .send_signed_notice(
+            NoticeCategory::General,
+            NoticeTarget::AllClients,
+            "Second",
+            "text",
+        )
+        .await
+        .unwrap();
+    let NoticeOutcome::Draft { requests, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let second = requests[0].request_id.clone();
+    let _ = pump(&mut [comp], 1).await;
+    let view = comp
+        .reject_approval(&second, "the text is not approved by compliance")
+        .await
+        .unwrap();
+    assert_eq!(view.status, ApprovalStatus::Rejected);
+    assert_eq!(view.detail, "the text is not approved by compliance");
+    assert!(matches!(
+        comp.approve(&second).await,
+        Err(ClientError::Invalid(m)) if m.contains("Rejected")
+    ));
+    assert!(matches!(
+        comp.reject_approval(&second, "again").await,
+        Err(ClientError::Invalid(_))
+    ));
+    let ev = pump(&mut [ops], 1).await;
+    assert!(
+        ev[0].iter().any(
+            |e| matches!(e, Event::ApprovalAnswered { approver, approved: false, reason, .. }
+            if approver.as_str() == "comp" && reason == "the text is not approved by compliance")
+        ),
+        "{:?}",
+        ev[0]
+    );
+    let mine = ops.approval(&second).unwrap();
+    assert_eq!(mine.status, ApprovalStatus::Pending);
+    assert!(mine.approvals.is_empty());
+    assert!(mine
+        .responses
+        .iter()
+        .any(|r| !r.approved && r.approver.as_str() == "comp"));
+}
+
+/// An approver device holds at most MAX_PENDING_PER_INITIATOR pending requests from one
+/// initiator account; more are refused (and reported) until some are settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_initiator_cannot_fill_an_approvers_requests() {
+    use sealpost_client::approvals::MAX_PENDING_PER_INITIATOR;
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, _o, mut staff) = org_memory_relay(homes.path()).await;
+    let _alice = relay.account("alice", Role::Client).await;
+    let mut ids = Vec::new();
+    for i in 0..=MAX_PENDING_PER_INITIATOR {
+        let outcome = staff[0]
+            .send_signed_notice(
+                NoticeCategory::General,
+                NoticeTarget::AllClients,
+                &format!("notice {i}"),
+                "text",
+            )
+            .await
+            .unwrap();
+        let NoticeOutcome::Draft { requests, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        ids.push(requests[0].request_id.clone());
+    }
+    let [_, comp, _] = &mut staff[..] else {
+        panic!()
+    };
+    let ev = pump(&mut [comp], 1).await;
+    assert_eq!(requested(&ev[0]).len(), MAX_PENDING_PER_INITIATOR);
+    let refused = refusals(&ev[0]);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].contains(&format!(
+            "ops already has {MAX_PENDING_PER_INITIATOR} requests pending"
+        )),
+        "{refused:?}"
+    );
+    // Settling one makes room for the next.
+    comp.reject_approval(&ids[0], "no").await.unwrap();
+    let outcome = staff[0]
+        .send_signed_notice(
+            NoticeCategory::General,
+            NoticeTarget::AllClients,
+            "one more",
+            "text",
+        )
+        .await
+        .unwrap();
+    let NoticeOutcome::Draft { requests, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let [_, comp, _] = &mut staff[..] else {
+        panic!()
+    };
+    let ev = pump(&mut [comp], 1).await;
+    assert_eq!(requested(&ev[0]), vec![requests[0].request_id.clone()]);
+}
+
+/// `device_log_changed` is a push: a device that is offline misses it. On reconnecting, a
+/// device asks the relay for the lengths of the logs it is told about (its own account's
+/// and, for an advisor, its clients') and verifies again those that moved, so the second
+/// device of the account and the assigned advisor, both offline while a device was added
+/// and the account frozen, are told when they come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_offline_during_a_device_change_are_told_when_they_reconnect() {
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, o, _staff) = org_memory_relay(homes.path()).await;
+    let alice_id = relay.account("alice", Role::Client).await;
+    let adv_id = relay.account("adv", Role::Advisor).await;
+    relay.assign(&alice_id, &adv_id).await;
+    let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    let adv_home = homes.path().join("adv");
+    let mut adv = org::enrolled(&relay, &adv_home, &adv_id, Some(&o)).await;
+    org::settle().await;
+    let tablet_home = homes.path().join("tablet");
+    let mut tablet = org::linked(&relay, &mut phone, &tablet_home, Some(&o)).await;
+    assert_eq!(
+        adv.account_devices(&alice_id).await.unwrap().devices.len(),
+        2
+    );
+    tablet.devices().await.unwrap();
+    let _ = (adv.take_events(), tablet.take_events());
+    // Both go offline (the advisor's process even exits; its state is saved).
+    tablet.disconnect();
+    adv.persist().unwrap();
+    drop(adv);
+
+    org::settle().await;
+    let laptop = org::linked(&relay, &mut phone, &homes.path().join("laptop"), Some(&o)).await;
+    let added = |events: &[Event]| {
+        events.iter().any(|e| {
+            matches!(e, Event::DeviceAdded { account, device, .. }
+                if account == &alice_id && *device == laptop.device_id())
+        })
+    };
+
+    tablet.connect().await.unwrap();
+    let ev = tablet.receive(true, QUIET).await.unwrap();
+    assert!(added(&ev), "the tablet is told: {ev:?}");
+    let mut adv = Client::open(&adv_home, org::PASS).unwrap();
+    adv.connect().await.unwrap();
+    let ev = adv.receive(true, QUIET).await.unwrap();
+    assert!(added(&ev), "the advisor is told: {ev:?}");
+    // Told once: the next connection has nothing new.
+    adv.disconnect();
+    adv.connect().await.unwrap();
+    assert!(!added(&adv.take_events()));
+
+    // The same for a freeze.
+    tablet.disconnect();
+    adv.disconnect();
+    phone.freeze_account("this wasn't me").await.unwrap();
+    tablet.connect().await.unwrap();
+    assert_eq!(freeze_changes(&tablet.take_events()), vec![true]);
+    adv.connect().await.unwrap();
+    assert_eq!(freeze_changes(&adv.take_events()), vec![true]);
+}
+
+/// A compromised relay that delivers what it would itself refuse: a high-risk notice
+/// signed by a real staff device but co-signed by one approver of the two the roster
+/// needs, written straight into the relay's storage. The client verifies it, shows it
+/// (never drops it silently) and marks it NOT AUTHENTICATED, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_injected_past_the_relay_is_shown_not_authenticated() {
+    use sealpost_server::store::{MailboxStore, Quota};
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
+    let alice_id = relay.account("alice", Role::Client).await;
+    relay.assign(&alice_id, staff[0].account().unwrap()).await;
+    let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    org::settle().await;
+    let (ops, rest) = staff.split_at_mut(1);
+    let comp = &rest[0];
+    let envelopes = ops[0]
+        .seal_notice_for_tests(
+            &alice_id,
+            NoticeCategory::DepositInstruction,
+            "New deposit address",
+            "Deposit to IBAN XX00 ATTACKER",
+            |req| vec![comp.sign_approval_for_tests(req).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(envelopes.len(), 1);
+    // The relay would refuse it; a compromised one stores it anyway.
+    for env in &envelopes {
+        relay
+            .relay
+            .store
+            .enqueue(
+                env,
+                org::now_ms() + 3_600_000,
+                Quota {
+                    max_count: 100,
+                    max_bytes: 1 << 20,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let got = alice.receive(true, QUIET).await.unwrap();
+    let entry = got
+        .iter()
+        .find_map(|e| match e {
+            Event::Notice { entry } => Some(entry.clone()),
+            _ => None,
+        })
+        .expect("the notice is shown, not dropped");
+    assert_eq!(entry.title.as_deref(), Some("New deposit address"));
+    let status = entry.notice.expect("a verdict is recorded");
+    assert!(!status.authenticated);
+    assert!(status.high_risk);
+    assert!(
+        status.summary.starts_with("⚠ NOT AUTHENTICATED"),
+        "{}",
+        status.summary
+    );
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("high_risk_notice needs 2 approvals, got 1")),
+        "{status:?}"
+    );
+    assert!(status.cosigners.is_empty() && status.signer.is_none());
+    // It stays in the history with its verdict.
+    assert!(alice
+        .history()
+        .any(|h| h.notice.as_ref().is_some_and(|n| !n.authenticated)));
+}
+
+/// Revoking a device (library): only an active device past its cooling-off may, not this
+/// device itself; the revoked device's connections are closed, it cannot authenticate
+/// again, and the account's other devices stop encrypting to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_device_removes_it_from_the_account() {
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, o, _staff) = org_memory_relay(homes.path()).await;
+    let alice_id = relay.account("alice", Role::Client).await;
+    let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    org::settle().await;
+    let tablet_home = homes.path().join("tablet");
+    let mut tablet = org::linked(&relay, &mut phone, &tablet_home, Some(&o)).await;
+    // Not this device itself, not an unknown device, and not from a device on probation.
+    assert!(matches!(
+        phone.revoke_device(&phone.device_id(), "x").await,
+        Err(ClientError::Invalid(_))
+    ));
+    let stranger = IdentityKeyPair::generate(&mut OsRng).device_id();
+    assert!(matches!(
+        phone.revoke_device(&stranger, "x").await,
+        Err(ClientError::NotFound(_))
+    ));
+    assert!(matches!(
+        tablet.revoke_device(&phone.device_id(), "x").await,
+        Err(ClientError::OnProbation { .. })
+    ));
+    let after = phone
+        .revoke_device(&tablet.device_id(), "sold it")
+        .await
+        .unwrap();
+    assert_eq!(after.devices.len(), 1);
+    assert!(after.revoked.contains(&tablet.device_id()));
+    // The relay closed the tablet's connection and refuses it from now on.
+    let err = tablet.receive(false, QUIET).await.err();
+    assert!(matches!(err, Some(ClientError::NotConnected)), "{err:?}");
+    let err = tablet.connect().await.err();
+    assert!(
+        matches!(
+            err,
+            Some(ClientError::Net(NetError::Refused {
+                code: ErrorCode::AuthFailed,
+                ..
+            }))
+        ),
+        "{err:?}"
+    );
+    // A message to alice now goes to the phone only.
+    let adv_id = relay.account("adv", Role::Advisor).await;
+    relay.assign(&alice_id, &adv_id).await;
+    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
+    let report = adv.send_text(&alice_id, "statement").await.unwrap();
+    assert_eq!(report.devices, 1);
+}
+
+/// Enrolment never trusts the relay for the organisation: a relay that has one refuses
+/// to be enrolled with without a fingerprint from the user (before the code is used),
+/// and one configured with another organisation than the one given is refused. A device
+/// enrolled before its relay had an organisation can pin one later, once, if the relay's
+/// roster verifies from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_needs_the_organisation_fingerprint_and_a_device_can_pin_one_later() {
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, o, _staff) = org_memory_relay(homes.path()).await;
+    let alice_id = relay.account("alice", Role::Client).await;
+    let mut c = Client::init(&homes.path().join("alice"), org::PASS).unwrap();
+    let code = relay.code(&alice_id).await;
+    let err = c
+        .enroll(org::relay_info(&relay, None), &alice_id, &code)
+        .await
+        .err();
+    assert!(
+        matches!(&err, Some(ClientError::OrgNotPinned { .. })),
+        "{err:?}"
+    );
+    assert!(err.unwrap().to_string().contains("--org"));
+    let other = TestOrg::new();
+    let err = c
+        .enroll(org::relay_info(&relay, Some(&other)), &alice_id, &code)
+        .await
+        .err();
+    assert!(
+        matches!(err, Some(ClientError::OrgMismatch { .. })),
+        "{err:?}"
+    );
+    // The code was not used: enrolling with the right fingerprint works.
+    c.enroll(org::relay_info(&relay, Some(&o)), &alice_id, &code)
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.pin_org(&o.fingerprint().to_hex()).await,
+        Err(ClientError::NotAllowed(_))
+    ));
+
+    // A device enrolled while its relay had no organisation; the relay is then
+    // configured with one and the firm publishes roster version 1.
+    let later = TestOrg::new();
+    let fp = later.fingerprint();
+    let relay2 = sqlite_relay_in(tempfile::tempdir().unwrap(), |_| {}).await;
+    let bob_id = relay2.account("bob", Role::Client).await;
+    let mut bob = org::enrolled(&relay2, &homes.path().join("bob"), &bob_id, None).await;
+    assert!(bob.relay().unwrap().org_fingerprint.is_none());
+    bob.disconnect();
+    let dir = relay2.stop().await;
+    let relay2 = sqlite_relay_in(dir, |c| c.org_fingerprint = Some(fp)).await;
+    let _staff2 = org::staff(&relay2, homes.path(), &later, "b.").await;
+    bob.relay_override_for_tests(org::relay_info(&relay2, None));
+    bob.connect().await.unwrap();
+    // Another fingerprint than the relay's organisation: refused, nothing pinned.
+    let err = bob.pin_org(&TestOrg::new().fingerprint().to_hex()).await;
+    assert!(
+        matches!(err, Err(ClientError::OrgMismatch { .. })),
+        "{err:?}"
+    );
+    assert!(bob.relay().unwrap().org_fingerprint.is_none());
+    // The right one: pinned, and the roster verifies from it.
+    assert_eq!(bob.pin_org(&fp.to_hex()).await.unwrap(), 1);
+    assert_eq!(
+        bob.relay().unwrap().org_fingerprint.as_deref(),
+        Some(fp.to_hex().as_str())
+    );
+    assert_eq!(bob.cached_roster().unwrap().head().version(), 1);
+    // Once only.
+    assert!(matches!(
+        bob.pin_org(&TestOrg::new().fingerprint().to_hex()).await,
+        Err(ClientError::NotAllowed(_))
+    ));
 }

@@ -455,7 +455,14 @@ async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(),
     }
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
-    let bar = super::progress_bar(ctx.out, format!("fetching {}", info.file_name), info.size);
+    let bar = super::progress_bar(
+        ctx.out,
+        format!(
+            "fetching {}",
+            sealpost_client::display::line(&info.file_name)
+        ),
+        info.size,
+    );
     let result = client
         .download_attachment(&id, &dest, |done, _| {
             if let Some(b) = &bar {
@@ -478,7 +485,7 @@ async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(),
     ctx.out.json_line(line);
     ctx.out.say(format!(
         "Saved {} ({} bytes, SHA-256 {} verified).",
-        dest.display(),
+        sealpost_client::display::line(&dest.display().to_string()),
         info.size,
         info.sha256
     ));

@@ -162,6 +162,14 @@ impl CliError {
             ClientError::Timeout(what) => Self::failure(format!("timed out waiting for {what}"))
                 .hint("try again, with a longer --wait if the command has one"),
             ClientError::NotFound(m) => Self::failure(format!("not found: {m}")),
+            e @ ClientError::OrgNotPinned { .. } => Self::usage(e.to_string()).hint(
+                "ask your firm for the organisation fingerprint (64 hex digits) through a channel \
+                 other than this relay, and run the command again with --org FINGERPRINT",
+            ),
+            e @ ClientError::OrgMismatch { .. } => Self::new(Exit::Trust, e.to_string()).hint(
+                "nothing was sent; check the fingerprint with your firm out of band: a relay \
+                 configured with another organisation may be an impostor",
+            ),
         }
     }
 

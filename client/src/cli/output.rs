@@ -8,6 +8,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use sealpost_client::client::{Direction, EntryKind, HistoryEntry};
+use sealpost_client::display;
 use sealpost_client::Event;
 use sealpost_protocol::identity::AccountId;
 use serde::Serialize;
@@ -92,7 +93,10 @@ impl Out {
                 message_id,
                 reason,
             } => {
-                eprintln!("note: dropped message {message_id} from device {device}: {reason}");
+                eprintln!(
+                    "note: dropped message {message_id} from device {device}: {}",
+                    display::line(reason)
+                );
             }
             Event::PreKeysPublished {
                 one_time,
@@ -148,7 +152,11 @@ impl Out {
                 }
             }
             Event::TrustRefused { subject, reason } => {
-                eprintln!("WARNING: REFUSED {subject} from the relay: {reason}");
+                eprintln!(
+                    "WARNING: REFUSED {} from the relay: {}",
+                    display::line(subject),
+                    display::line(reason)
+                );
                 eprintln!("WARNING:   The relay may be misbehaving or compromised; the last verified state is kept.");
             }
             Event::RosterUpdated { version } => {
@@ -174,7 +182,7 @@ impl Out {
                 let why = if reason.is_empty() {
                     String::new()
                 } else {
-                    format!(": {reason}")
+                    format!(": {}", display::line(reason))
                 };
                 println!("  {approver} {what} request {request_id}{why}");
             }
@@ -183,21 +191,30 @@ impl Out {
                 from,
                 reason,
             } => {
-                eprintln!("WARNING: refused an approval message from {from} (request {request_id}): {reason}");
+                eprintln!(
+                    "WARNING: refused an approval message from {from} (request {request_id}): {}",
+                    display::line(reason)
+                );
             }
             Event::OperationCompleted {
                 request_id,
                 operation,
                 summary,
             } => {
-                println!("  quorum reached for request {request_id} ({operation}): {summary}");
+                println!(
+                    "  quorum reached for request {request_id} ({operation}): {}",
+                    display::line(summary)
+                );
             }
             Event::OperationFailed {
                 request_id,
                 operation,
                 reason,
             } => {
-                eprintln!("WARNING: request {request_id} ({operation}) reached its quorum but could not be carried out: {reason}");
+                eprintln!(
+                    "WARNING: request {request_id} ({operation}) reached its quorum but could not be carried out: {}",
+                    display::line(reason)
+                );
             }
         }
         Ok(())
@@ -297,8 +314,12 @@ pub fn time(ms: u64) -> String {
         .replace('Z', " UTC")
 }
 
+/// Peer text over several lines, control characters escaped, continuation lines indented.
 fn indent(text: &str) -> String {
-    text.lines().collect::<Vec<_>>().join("\n      ")
+    display::text(text)
+        .lines()
+        .collect::<Vec<_>>()
+        .join("\n      ")
 }
 
 /// One history entry as text.
@@ -321,17 +342,19 @@ pub fn format_entry(e: &HistoryEntry) -> String {
             format!("[{when}] you -> {}: {}{status}", e.peer, indent(&e.body))
         }
         (EntryKind::Notice, d) => {
-            let title = e.title.as_deref().unwrap_or("");
+            let title = display::line(e.title.as_deref().unwrap_or(""));
             let who = if d == Direction::In {
                 format!("from {}", e.peer)
             } else {
                 format!("you -> {}", e.peer)
             };
             let verdict = match (&e.notice, d) {
-                (Some(n), _) if n.authenticated => format!("\n      [{}]", n.summary),
+                (Some(n), _) if n.authenticated => {
+                    format!("\n      [{}]", display::line(&n.summary))
+                }
                 (Some(n), _) => format!(
                     "\n      !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n      !!! NOT AUTHENTICATED: DO NOT ACT ON THIS NOTICE\n      !!! reason: {}\n      !!! It may not come from your firm. Call your advisor on a number you know.\n      !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
-                    n.reason.as_deref().unwrap_or("it did not verify")
+                    display::line(n.reason.as_deref().unwrap_or("it did not verify"))
                 ),
                 (None, Direction::In) => "\n      !!! NOT AUTHENTICATED: no signature was checked; do not act on this notice".to_owned(),
                 (None, Direction::Out) => String::new(),

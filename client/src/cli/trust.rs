@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sealpost_client::approvals::{ApprovalDirection, ApprovalStatus, ApprovalView};
 use sealpost_client::client::RelayInfo;
+use sealpost_client::display;
 use sealpost_client::net::NetError;
 use sealpost_client::org::{self, OrgStore, RosterSpec};
 use sealpost_client::trust::{AccountDevices, DeviceView, LinkProgress, PendingLinkView};
@@ -70,11 +71,37 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `org pin`: pin the organisation on a device enrolled before its relay had one.
+async fn org_pin(ctx: &Ctx, fingerprint: &str) -> Result<(), CliError> {
+    let fingerprint = parse_org(fingerprint)?;
+    let (mut client, at) = begin(ctx).await?;
+    let result = client.pin_org(&fingerprint).await.map_err(Flow::from);
+    let version = end(ctx, &mut client, &at, result).await?;
+    ctx.out.json_line(json!({
+        "event": "org_pinned",
+        "org_fingerprint": fingerprint,
+        "roster_version": version,
+    }));
+    ctx.out.say(format!(
+        "Pinned the organisation {fingerprint} on this device, for good."
+    ));
+    if version == 0 {
+        ctx.out
+            .say("  The relay serves no roster yet; it will be verified from this fingerprint.");
+    } else {
+        ctx.out.say(format!(
+            "  The relay's roster (version {version}) verifies from it."
+        ));
+    }
+    Ok(())
+}
+
 /// `sealpost org ...`
 pub async fn org(ctx: &Ctx, command: OrgCommand) -> Result<(), CliError> {
     match command {
         OrgCommand::Init { dir } => org_init(ctx, &dir),
         OrgCommand::Fingerprint { dir } => org_fingerprint(ctx, &dir),
+        OrgCommand::Pin { fingerprint } => org_pin(ctx, &fingerprint).await,
         OrgCommand::Roster { command } => match command {
             RosterCommand::SignGenesis { dir, roster, out } => {
                 sign_genesis(ctx, &dir, &roster, &out)
@@ -516,6 +543,7 @@ pub async fn device(ctx: &Ctx, command: DeviceCommand) -> Result<(), CliError> {
             let code = code.as_deref().map(check_code).transpose()?;
             device_confirm(ctx, link.as_deref(), code, Duration::from_secs(wait)).await
         }
+        DeviceCommand::Dismiss { link, all } => device_dismiss(ctx, link.as_deref(), all).await,
         DeviceCommand::List { account } => {
             let account = account.as_deref().map(account_arg).transpose()?;
             device_list(ctx, account.as_ref()).await
@@ -719,6 +747,43 @@ fn pick_link<'a>(
             ))),
         },
     }
+}
+
+/// `device dismiss`: dismiss one pending link request of this account, or all.
+async fn device_dismiss(ctx: &Ctx, wanted: Option<&str>, all: bool) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let me = client
+        .account()
+        .cloned()
+        .ok_or_else(CliError::not_enrolled)?;
+    let result: Result<Vec<PendingLinkView>, Flow> = async {
+        let links = client.pending_links(None).await?;
+        let chosen: Vec<PendingLinkView> = if all {
+            links
+        } else {
+            vec![pick_link(&links, wanted, &me)?.clone()]
+        };
+        for l in &chosen {
+            client.dismiss_link(&l.link_id).await?;
+        }
+        Ok(chosen)
+    }
+    .await;
+    let dismissed = end(ctx, &mut client, &at, result).await?;
+    for l in &dismissed {
+        ctx.out.json_line(to_json_tagged("link_dismissed", l)?);
+        ctx.out.say(format!(
+            "Dismissed the link request {} (device {}, {}).",
+            l.link_id, l.device, l.fingerprint
+        ));
+    }
+    if dismissed.is_empty() {
+        ctx.out.say("No pending link requests.");
+    } else {
+        ctx.out
+            .say("If you did not start them, someone knows your account id: tell your firm.");
+    }
+    Ok(())
 }
 
 fn print_links(ctx: &Ctx, links: &[PendingLinkView]) -> Result<(), CliError> {
@@ -997,7 +1062,12 @@ async fn device_recover(
     }
     .await;
     let view = end(ctx, &mut client, &at, result).await?;
-    print_request_sent(ctx, &view)
+    print_request_sent(ctx, &view)?;
+    ctx.out.say(format!(
+        "The recovered device will be on probation until the roster's cooling-off has passed after {} (the approvals' expiry: the recovery may be carried out until then).",
+        time(view.expires_ms)
+    ));
+    Ok(())
 }
 
 async fn device_unfreeze(ctx: &Ctx, account: &AccountId, reason: &str) -> Result<(), CliError> {
@@ -1181,7 +1251,7 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
     );
     println!("  status:         {}", status_name(v.status));
     if !v.detail.is_empty() {
-        println!("  detail:         {}", v.detail);
+        println!("  detail:         {}", display::line(&v.detail));
     }
     if v.direction == ApprovalDirection::Outgoing {
         let names: Vec<&str> = v.approvals.iter().map(AccountId::as_str).collect();
@@ -1203,7 +1273,7 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
                     if r.reason.is_empty() {
                         String::new()
                     } else {
-                        format!(": {}", r.reason)
+                        format!(": {}", display::line(&r.reason))
                     }
                 );
             }
@@ -1221,7 +1291,7 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
         Some(ApprovalSubject::Notice { header, content }) => {
             let audience = match &header.audience {
                 NoticeAudience::Client(a) => format!("client {a}"),
-                NoticeAudience::Segment(seg) => format!("segment {}", seg.as_str()),
+                NoticeAudience::Segment(seg) => format!("segment {}", display::line(seg.as_str())),
                 NoticeAudience::AllClients => "ALL CLIENTS".to_owned(),
             };
             let high = if header.category.risk() == NoticeRisk::HighRisk {
@@ -1242,9 +1312,11 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
             println!("  | dated:    {}", time(header.sent_ms));
             match NoticeText::decode(content) {
                 Ok(t) => {
-                    println!("  | title:    {}", t.title.as_str());
+                    // Peer text: control characters escaped (what is shown is what
+                    // is signed).
+                    println!("  | title:    {}", display::line(t.title.as_str()));
                     println!("  | body:");
-                    for l in t.body.as_str().lines() {
+                    for l in display::text(t.body.as_str()).lines() {
                         println!("  |   {l}");
                     }
                 }
@@ -1275,7 +1347,7 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
                 entry.seq,
                 time(entry.timestamp_ms)
             );
-            println!("  | reason:   {}", entry.reason.as_str());
+            println!("  | reason:   {}", display::line(entry.reason.as_str()));
             println!("  | entry hash: {}", hex::encode(entry.hash().0));
         }
         Some(ApprovalSubject::RosterChange { roster }) => {

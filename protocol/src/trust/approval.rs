@@ -227,6 +227,24 @@ impl ApprovalBundle {
         })
     }
 
+    /// The relay's arrival rule (docs/PROTOCOL.md §19.5): an operation carried by these
+    /// approvals (a co-signed notice, a roster version, a recovery or unfreeze entry) is
+    /// accepted only while they are unexpired at `arrival_ms`, the relay's own clock when
+    /// the operation reaches it. [`verify_quorum`] checks the approvals at the date the
+    /// object was signed, which its signers choose; this bounds how long after that an
+    /// approved operation can still be carried out. Clients cannot know when an object
+    /// reached the relay, so they verify at the signed date only.
+    pub fn check_arrival(&self, arrival_ms: u64) -> Result<(), TrustError> {
+        if arrival_ms > self.request.expires_ms {
+            return Err(TrustError::ExpiredOnArrival {
+                operation: self.request.operation,
+                expires_ms: self.request.expires_ms,
+                arrival_ms,
+            });
+        }
+        Ok(())
+    }
+
     /// Add an approval (checked only by [`verify_quorum`]).
     pub fn push(&mut self, approval: Approval) -> Result<(), TrustError> {
         let mut v = std::mem::replace(&mut self.approvals, super::empty_list()).into_inner();

@@ -23,7 +23,10 @@
 //!
 //! A device added at `t` is on probation until `t + cooling_off_ms`, with the cooling-off
 //! window of the roster in force at `t` ([`RosterChain::roster_at`]), so a later policy
-//! change never rewrites history.
+//! change never rewrites history. A device recovered by a staff quorum is on probation
+//! until `max(t, expires_ms) + cooling_off_ms`, `expires_ms` being the approval request's
+//! expiry ([`LogEntry::probation_start`]): the entry may have been appended at any time
+//! before its approvals expired, and the cooling-off must run from the append.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -247,6 +250,41 @@ impl LogEntry {
         }
     }
 
+    /// When the cooling-off of the device this entry adds starts: its timestamp, except
+    /// for an entry carried by a staff quorum (a recovery), where it is the later of the
+    /// timestamp and the approval request's `expires_ms`.
+    ///
+    /// A quorum-carried entry's timestamp is chosen by its initiator when the request is
+    /// made, and the relay accepts the entry for as long as the approvals are unexpired,
+    /// so it may be appended long after that date (up to
+    /// [`super::MAX_APPROVAL_VALIDITY_MS`]). Counting the cooling-off from the date
+    /// would let a recovered device skip part or all of it. No device can tell when the
+    /// relay appended the entry, but every device can tell from the log alone that it was
+    /// appended no later than the approvals' expiry (the relay refuses expired approvals
+    /// on arrival), so probation lasts at least `cooling_off_ms` after the append:
+    /// `probation_until = max(timestamp, expires_ms) + cooling_off_ms`.
+    pub fn probation_start(&self) -> u64 {
+        match &self.authorization {
+            EntryAuthorization::Quorum(bundle) => {
+                self.body.timestamp_ms.max(bundle.request.expires_ms)
+            }
+            EntryAuthorization::Genesis | EntryAuthorization::Device { .. } => {
+                self.body.timestamp_ms
+            }
+        }
+    }
+
+    /// The relay's arrival rule for an entry carried by a staff quorum: its approvals must
+    /// not have expired at `arrival_ms`, the relay's clock when the entry reaches it
+    /// ([`ApprovalBundle::check_arrival`]). Entries signed by a device pass (their
+    /// freshness is bounded by the relay's `max_log_entry_age_secs` instead).
+    pub fn check_arrival(&self, arrival_ms: u64) -> Result<(), TrustError> {
+        match &self.authorization {
+            EntryAuthorization::Quorum(bundle) => bundle.check_arrival(arrival_ms),
+            EntryAuthorization::Genesis | EntryAuthorization::Device { .. } => Ok(()),
+        }
+    }
+
     /// An entry carried by a staff quorum; `subject` is the recovered device for a recovery.
     pub fn with_quorum(
         body: EntryBody,
@@ -346,23 +384,35 @@ impl DeviceSet {
         self.devices.iter().map(|d| d.identity.clone()).collect()
     }
 
-    /// Whether `device` may send `kind` now: sensitive kinds are refused from a device on
-    /// probation and from every device of a frozen account; an inactive device may send
-    /// nothing.
+    /// Whether `device` may send `kind` at the time the log was verified: sensitive kinds
+    /// are refused from a device on probation and from every device of a frozen account;
+    /// an inactive device may send nothing. A set kept for a while should be asked with
+    /// [`DeviceSet::may_send_at`] instead.
     pub fn may_send(&self, device: &DeviceId, kind: EnvelopeKind) -> SendDecision {
         let Some(d) = self.device(device) else {
             return SendDecision::NotActive;
         };
+        self.decide(d.on_probation, d.probation_until_ms, kind)
+    }
+
+    /// As [`DeviceSet::may_send`], with probation judged at `now_ms` (a cached set's
+    /// `on_probation` flags are those of the time it was verified).
+    pub fn may_send_at(&self, device: &DeviceId, kind: EnvelopeKind, now_ms: u64) -> SendDecision {
+        let Some(d) = self.device(device) else {
+            return SendDecision::NotActive;
+        };
+        self.decide(d.probation_until_ms > now_ms, d.probation_until_ms, kind)
+    }
+
+    fn decide(&self, on_probation: bool, until_ms: u64, kind: EnvelopeKind) -> SendDecision {
         if !self.sensitive_kinds.contains(&kind) {
             return SendDecision::Allowed;
         }
         if self.frozen {
             return SendDecision::Frozen;
         }
-        if d.on_probation {
-            return SendDecision::OnProbation {
-                until_ms: d.probation_until_ms,
-            };
+        if on_probation {
+            return SendDecision::OnProbation { until_ms };
         }
         SendDecision::Allowed
     }
@@ -522,7 +572,14 @@ impl DeviceLog {
                             "only the first entry may be signed by the added device alone",
                         ));
                     }
-                    add_device(&mut active, &revoked, identity, ts, cooling_off, seq)?;
+                    add_device(
+                        &mut active,
+                        &revoked,
+                        identity,
+                        ts,
+                        ts.saturating_add(cooling_off),
+                        seq,
+                    )?;
                 }
                 (_, EntryAuthorization::Genesis) => {
                     return Err(unauthorized("the first entry must add a device"));
@@ -555,7 +612,14 @@ impl DeviceLog {
                             if frozen {
                                 return Err(TrustError::AccountFrozen { seq });
                             }
-                            add_device(&mut active, &revoked, identity, ts, cooling_off, seq)?;
+                            add_device(
+                                &mut active,
+                                &revoked,
+                                identity,
+                                ts,
+                                ts.saturating_add(cooling_off),
+                                seq,
+                            )?;
                         }
                         DeviceAction::Remove { device: target } => {
                             if active.remove(target).is_none() {
@@ -605,7 +669,11 @@ impl DeviceLog {
                                 active.remove(&id);
                                 revoked.insert(id);
                             }
-                            add_device(&mut active, &revoked, identity, ts, cooling_off, seq)?;
+                            // The quorum could have been used until its expiry: the
+                            // cooling-off runs from the latest moment the entry could
+                            // have been appended, not from its signer-chosen date.
+                            let until = entry.probation_start().saturating_add(cooling_off);
+                            add_device(&mut active, &revoked, identity, ts, until, seq)?;
                         }
                         _ => {
                             if !frozen {
@@ -677,7 +745,7 @@ fn add_device(
     revoked: &BTreeSet<DeviceId>,
     identity: &PublicIdentity,
     ts: u64,
-    cooling_off: u64,
+    probation_until_ms: u64,
     seq: u64,
 ) -> Result<(), TrustError> {
     let id = identity.device_id();
@@ -705,7 +773,7 @@ fn add_device(
         Active {
             identity: identity.clone(),
             added_ms: ts,
-            probation_until_ms: ts.saturating_add(cooling_off),
+            probation_until_ms,
         },
     );
     Ok(())
@@ -1284,6 +1352,136 @@ mod tests {
             c.log.verify(Some(&chain), None, at + 2 * DAY),
             Err(TrustError::InvalidLogAction { seq: 2, .. })
         ));
+    }
+
+    #[test]
+    fn a_recovered_device_cools_off_from_the_approvals_expiry_not_the_entry_date() {
+        let mut org = Org::new(50);
+        let chain = org.chain();
+        let mut c = client(&mut org);
+        let new_phone = IdentityKeyPair::generate(&mut org.rng);
+        // The request is made (and the entry dated) at `at`; its approvals stay usable
+        // for six days, so the relay may append the entry at any time until then.
+        let at = T0 + 3 * DAY;
+        let expires = at + 6 * DAY;
+        let body = c.log.next_body(
+            at,
+            DeviceAction::Recover {
+                identity: new_phone.public().clone(),
+            },
+            "lost phone",
+        );
+        let b = org.bundle(
+            Operation::AccountRecovery,
+            body.hash().0.to_vec(),
+            1,
+            expires,
+            0,
+            &[(1, 0), (2, 0)],
+        );
+        let entry = LogEntry::with_quorum(body, b, Some(&new_phone));
+        assert_eq!(entry.probation_start(), expires);
+        c.log.push(entry).unwrap();
+        // Appended on the last day of the approvals: still a full cooling-off after that.
+        let appended = expires - HOUR;
+        let set = c.log.verify(Some(&chain), None, appended).unwrap();
+        let d = set.device(&new_phone.device_id()).unwrap();
+        assert_eq!(d.added_ms, at);
+        assert_eq!(d.probation_until_ms, expires + DEFAULT_COOLING_OFF_MS);
+        assert!(d.on_probation);
+        let just_before = c
+            .log
+            .verify(Some(&chain), None, expires + DEFAULT_COOLING_OFF_MS - 1)
+            .unwrap();
+        assert!(
+            just_before
+                .device(&new_phone.device_id())
+                .unwrap()
+                .on_probation
+        );
+        assert_eq!(
+            just_before.may_send(&new_phone.device_id(), EnvelopeKind::Approval),
+            SendDecision::OnProbation {
+                until_ms: expires + DEFAULT_COOLING_OFF_MS
+            }
+        );
+        let after = c
+            .log
+            .verify(Some(&chain), None, expires + DEFAULT_COOLING_OFF_MS)
+            .unwrap();
+        assert!(!after.device(&new_phone.device_id()).unwrap().on_probation);
+        // A set verified earlier and kept answers for the time it is asked at.
+        assert_eq!(
+            set.may_send_at(
+                &new_phone.device_id(),
+                EnvelopeKind::Approval,
+                expires + DEFAULT_COOLING_OFF_MS
+            ),
+            SendDecision::Allowed
+        );
+        assert!(matches!(
+            set.may_send(&new_phone.device_id(), EnvelopeKind::Approval),
+            SendDecision::OnProbation { .. }
+        ));
+        // Nor can it sign entries before then (a device it adds is refused).
+        let laptop = IdentityKeyPair::generate(&mut org.rng);
+        let mut early = c.log.clone();
+        let body = early.next_body(
+            at + 2 * DAY,
+            DeviceAction::Add {
+                identity: laptop.public().clone(),
+            },
+            "",
+        );
+        early
+            .push(LogEntry::signed_by_device(body, &new_phone, Some(&laptop)))
+            .unwrap();
+        assert_eq!(
+            early.verify(Some(&chain), None, at + 2 * DAY).err(),
+            Some(TrustError::SignerOnProbation {
+                seq: 2,
+                device: new_phone.device_id(),
+                until_ms: expires + DEFAULT_COOLING_OFF_MS
+            })
+        );
+        // A device-signed add still cools off from its own date (the relay bounds how
+        // old such an entry may be on arrival).
+        let e = c.log.entries.as_slice()[0].clone();
+        assert_eq!(e.probation_start(), T0);
+    }
+
+    #[test]
+    fn approvals_are_checked_against_the_arrival_time() {
+        let mut org = Org::new(51);
+        let mut c = client(&mut org);
+        let body = c.log.next_body(T0 + DAY, DeviceAction::Unfreeze, "");
+        let b = org.bundle(
+            Operation::Unfreeze,
+            body.hash().0.to_vec(),
+            1,
+            T0 + DAY + HOUR,
+            0,
+            &[(1, 0), (2, 0)],
+        );
+        assert_eq!(b.check_arrival(T0 + DAY + HOUR), Ok(()));
+        assert_eq!(
+            b.check_arrival(T0 + DAY + HOUR + 1),
+            Err(TrustError::ExpiredOnArrival {
+                operation: Operation::Unfreeze,
+                expires_ms: T0 + DAY + HOUR,
+                arrival_ms: T0 + DAY + HOUR + 1
+            })
+        );
+        let entry = LogEntry::with_quorum(body, b, None);
+        assert!(entry.check_arrival(T0 + DAY).is_ok());
+        assert!(matches!(
+            entry.check_arrival(T0 + 2 * DAY),
+            Err(TrustError::ExpiredOnArrival { .. })
+        ));
+        // Device-signed entries have no approvals to expire.
+        let genesis = c.log.entries.as_slice()[0].clone();
+        assert!(genesis.check_arrival(T0 + 365 * DAY).is_ok());
+        let _ = &mut c;
     }
 
     #[test]

@@ -205,6 +205,22 @@ pub enum TrustError {
         /// The time it was checked at.
         now_ms: u64,
     },
+    /// The relay's arrival rule: approvals that had expired when the operation they
+    /// authorise reached the relay (by the relay's clock). A signed date (a notice's
+    /// `sent_ms`, a roster's `issued_ms`, a log entry's timestamp) is chosen by its
+    /// signers, so approvals valid at that date could otherwise be used indefinitely.
+    #[error(
+        "the {operation} approvals expired at {expires_ms} ms, before the operation reached \
+         the relay at {arrival_ms} ms; ask the approvers again"
+    )]
+    ExpiredOnArrival {
+        /// The operation approved.
+        operation: Operation,
+        /// The request's expiry.
+        expires_ms: u64,
+        /// The relay's clock when the operation arrived.
+        arrival_ms: u64,
+    },
     /// The request's expiry is further ahead than [`super::MAX_APPROVAL_VALIDITY_MS`].
     #[error("approval request expires at {expires_ms} ms, later than the maximum {max_ms} ms")]
     ExpiryTooFar {

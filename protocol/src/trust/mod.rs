@@ -119,7 +119,9 @@
 //! against the roster version it names, which must have been current at the entry's
 //! timestamp, with the approvals valid at that timestamp. A freeze also revokes every device
 //! still on probation ("this wasn't me"). A device added at `t` is on probation while
-//! `t + cooling_off_ms > now`. See [`device_log`] for all rules.
+//! `t + cooling_off_ms > now`; a device recovered by a quorum whose request expires at
+//! `e` while `max(t, e) + cooling_off_ms > now` (the entry may have been appended at any
+//! time before `e`). See [`device_log`] for all rules.
 //!
 //! Linking a device shows a [`LinkCode`]: 6 digits from
 //! `SHA-256("Sealpost_LinkCode_v1" || u16 len || account || identity (64) || challenge (16))`.

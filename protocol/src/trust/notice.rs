@@ -218,6 +218,16 @@ impl SignedNotice {
         Ok(())
     }
 
+    /// The relay's arrival rule: every co-signature bundle must be unexpired at
+    /// `arrival_ms` ([`ApprovalBundle::check_arrival`]), so a co-signed notice cannot be
+    /// sent again by its sender alone once its approvals have expired.
+    pub fn check_arrival(&self, arrival_ms: u64) -> Result<(), TrustError> {
+        self.cosignatures
+            .as_slice()
+            .iter()
+            .try_for_each(|b| b.check_arrival(arrival_ms))
+    }
+
     /// CBOR, at most [`MAX_SIGNED_NOTICE_LEN`] bytes.
     pub fn to_cbor(&self) -> Result<Vec<u8>, TrustError> {
         Ok(codec::encode("signed notice", self, MAX_SIGNED_NOTICE_LEN)?)
@@ -571,6 +581,24 @@ mod tests {
         n.add_cosignatures(b).unwrap();
         let v = n.verify(&chain, CONTENT, None, T0 + HOUR).unwrap();
         assert_eq!(v.cosignatures.len(), 2);
+        // The notice verifies at its signed date for ever, but the relay accepts it only
+        // while both bundles are unexpired on arrival.
+        assert!(n.verify(&chain, CONTENT, None, T0 + 30 * 24 * HOUR).is_ok());
+        assert_eq!(n.check_arrival(T0 + 2 * HOUR), Ok(()));
+        assert!(matches!(
+            n.check_arrival(T0 + 2 * HOUR + 1),
+            Err(TrustError::ExpiredOnArrival {
+                expires_ms,
+                ..
+            }) if expires_ms == T0 + 2 * HOUR
+        ));
+        // A notice without co-signatures has nothing to expire.
+        let plain = notice(
+            &mut org,
+            NoticeCategory::General,
+            NoticeAudience::Client(acct("client.zoe")),
+        );
+        assert_eq!(plain.check_arrival(u64::MAX), Ok(()));
     }
 
     #[test]

@@ -555,6 +555,18 @@ impl SignedRoster {
         Self::from_parts(roster, RosterAuthorization::Quorum(bundle))
     }
 
+    /// The relay's arrival rule for publishing this version: a version carried by a
+    /// roster-change quorum is accepted only while those approvals are unexpired at
+    /// `arrival_ms` ([`ApprovalBundle::check_arrival`]); version 1 (the root's
+    /// signature) has no expiry. Only checked when a version is published: the stored
+    /// chain's older approvals have long expired and stay valid at their `issued_ms`.
+    pub fn check_arrival(&self, arrival_ms: u64) -> Result<(), TrustError> {
+        match &self.authorization {
+            RosterAuthorization::Quorum(bundle) => bundle.check_arrival(arrival_ms),
+            RosterAuthorization::Root { .. } => Ok(()),
+        }
+    }
+
     /// CBOR, at most [`MAX_SIGNED_ROSTER_LEN`] bytes.
     pub fn to_cbor(&self) -> Result<Vec<u8>, TrustError> {
         Ok(codec::encode("signed roster", self, MAX_SIGNED_ROSTER_LEN)?)
@@ -966,6 +978,29 @@ mod tests {
             RosterChain::verify(&fp(&org), vec![v1, b], Some(&held), T0 + 2 * HOUR),
             Err(TrustError::RosterFork { version: 2, .. })
         ));
+    }
+
+    #[test]
+    fn a_roster_change_is_published_only_before_its_approvals_expire() {
+        let mut org = Org::new(35);
+        let v1 = org.v1.clone();
+        let good = v2(&mut org, &v1.roster, T0 + HOUR);
+        assert_eq!(
+            v1.check_arrival(u64::MAX),
+            Ok(()),
+            "the root signature has no expiry"
+        );
+        assert_eq!(good.check_arrival(T0 + 2 * HOUR), Ok(()));
+        assert!(matches!(
+            good.check_arrival(T0 + 2 * HOUR + 1),
+            Err(TrustError::ExpiredOnArrival {
+                operation: Operation::RosterChange,
+                ..
+            })
+        ));
+        // Once published, the chain verifies long after the approvals expired.
+        let pinned = fp(&org);
+        assert!(RosterChain::verify(&pinned, vec![v1, good], None, T0 + 400 * 24 * HOUR).is_ok());
     }
 
     #[test]

@@ -15,8 +15,9 @@ use sealpost_protocol::trust::{
     NoticeAudience, SignedNotice, SignedRoster, MAX_SIGNED_ROSTER_LEN,
 };
 use sealpost_protocol::wire::{
-    link_signature_message, BoundedVec, ErrorCode, FrameBody, Role, MAX_LOG_ENTRIES_PER_FRAME,
-    MAX_ROSTER_LINKS_PER_FRAME, ROSTER_FRAME_BUDGET,
+    link_signature_message, BoundedVec, ErrorCode, FrameBody, LogLength, Role,
+    MAX_LOG_ENTRIES_PER_FRAME, MAX_LOG_HEADS_PER_FRAME, MAX_ROSTER_LINKS_PER_FRAME,
+    ROSTER_FRAME_BUDGET,
 };
 use tracing::{debug, info, warn};
 
@@ -96,17 +97,17 @@ impl<S: Store> Relay<S> {
     }
 
     /// Entries dated by their signers must reach the relay soon after: a back-dated
-    /// entry would start (and so end) a cooling-off early.
+    /// entry would start (and so end) a cooling-off early. An entry carried by a staff
+    /// quorum (recovery, unfreeze) is dated when its request was made and may arrive
+    /// while its approvals are unexpired by the relay's clock (the arrival rule,
+    /// `LogEntry::check_arrival`); a recovered device's cooling-off runs from the
+    /// approvals' expiry (`LogEntry::probation_start`), so its date gains it nothing.
     fn check_fresh(&self, entry: &LogEntry, now: u64) -> Result<(), String> {
         match &entry.authorization {
-            EntryAuthorization::Quorum(bundle) => {
-                if bundle.request.expires_ms <= now {
-                    return Err(format!(
-                        "the approvals carrying this entry expired at {} ms, before it reached \
-                         the relay",
-                        bundle.request.expires_ms
-                    ));
-                }
+            EntryAuthorization::Quorum(_) => {
+                entry
+                    .check_arrival(now)
+                    .map_err(|e| format!("device log entry refused: {e}"))?;
             }
             EntryAuthorization::Genesis | EntryAuthorization::Device { .. } => {
                 let max_age = self
@@ -206,8 +207,16 @@ impl<S: Store> Relay<S> {
             Ok(Started {
                 expires_ms,
                 replaced,
+                evicted,
             }) => {
-                if replaced.is_some() {
+                if !evicted.is_empty() {
+                    metrics::counter!(m::LINKS_EVICTED).increment(evicted.len() as u64);
+                    info!(
+                        account = %account,
+                        evicted = evicted.len(),
+                        "link request started (evicting the oldest requests without an offer)"
+                    );
+                } else if replaced.is_some() {
                     info!(account = %account, "link request started (replacing the device's earlier one)");
                 } else {
                     info!(account = %account, "link request started");
@@ -350,7 +359,57 @@ impl<S: Store> Relay<S> {
         }
     }
 
+    /// A device of the account dismisses one of its pending link requests.
+    pub(super) fn dismiss_link(&self, me: &Authenticated, id: u64, link_id: [u8; 16]) -> Handled {
+        let now = unix_ms();
+        let (result, n) = self.with_links(|l| (l.dismiss(&link_id, &me.account, now), l.len()));
+        metrics::gauge!(m::PENDING_LINKS).set(n as f64);
+        match result {
+            Ok(()) => {
+                info!(account = %me.account, by = %me.device, "link request dismissed");
+                reply(id, FrameBody::Done)
+            }
+            Err(e) => link_refusal(id, &e),
+        }
+    }
+
     // ----- device logs (§19.3) -----
+
+    /// The lengths of the logs whose changes `me` is pushed (`device_log_changed`): its
+    /// own account's and, for staff and advisors, those of the clients assigned to them;
+    /// ascending by account, after `after`, at most `MAX_LOG_HEADS_PER_FRAME`.
+    pub(super) async fn log_heads(
+        &self,
+        me: &Authenticated,
+        id: u64,
+        after: Option<AccountId>,
+    ) -> Handled {
+        let mut accounts = vec![me.account.clone()];
+        if is_staff(me.role) {
+            match self.store.assignments_of(&me.account).await {
+                Ok(a) => accounts.extend(a),
+                Err(e) => return store_failure(id, &e),
+            }
+        }
+        accounts.sort();
+        accounts.dedup();
+        if let Some(after) = &after {
+            accounts.retain(|a| a > after);
+        }
+        let more = accounts.len() > MAX_LOG_HEADS_PER_FRAME;
+        accounts.truncate(MAX_LOG_HEADS_PER_FRAME);
+        let mut heads = Vec::with_capacity(accounts.len());
+        for account in accounts {
+            match self.store.device_log_len(&account).await {
+                Ok(entries) => heads.push(LogLength { account, entries }),
+                Err(e) => return store_failure(id, &e),
+            }
+        }
+        match BoundedVec::new(heads) {
+            Ok(heads) => reply(id, FrameBody::LogHeads { heads, more }),
+            Err(_) => refuse(id, ErrorCode::Internal, "too many log heads"),
+        }
+    }
 
     pub(super) async fn get_device_log(
         &self,
@@ -643,6 +702,11 @@ impl<S: Store> Relay<S> {
             );
         }
         let now = unix_ms();
+        if let Err(e) = roster.check_arrival(now) {
+            self.trust_refused("roster");
+            warn!(version, by = %me.device, error = %e, "roster version refused");
+            return refuse(id, ErrorCode::Forbidden, &format!("roster refused: {e}"));
+        }
         let next = match self.trust.next_chain(roster.clone(), now) {
             Ok(c) => c,
             Err(e) => {
@@ -707,7 +771,11 @@ impl<S: Store> Relay<S> {
                 "the notice's sender must be the authenticated device",
             );
         }
-        if let Err(e) = notice.verify_header(&chain, None, unix_ms()) {
+        let arrival = unix_ms();
+        let checked = notice
+            .verify_header(&chain, None, arrival)
+            .and_then(|_| notice.check_arrival(arrival));
+        if let Err(e) = checked {
             self.trust_refused("notice");
             debug!(by = %me.device, error = %e, "notice refused");
             return refuse(id, ErrorCode::Forbidden, &format!("notice refused: {e}"));
