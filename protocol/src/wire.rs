@@ -779,9 +779,15 @@ pub fn decode_frame(payload: &[u8]) -> Result<Frame, DecodeError> {
 
 /// A sans-I/O frame reader: feed it bytes as they arrive, take whole frames out.
 /// It never buffers more than one prefix plus [`MAX_FRAME_LEN`] bytes.
+///
+/// Whole frames are consumed from the front of its buffer without moving the rest (the
+/// consumed part is dropped when the buffer is refilled), so a chunk holding many
+/// frames costs one copy in and one decode per frame.
 #[derive(Default)]
 pub struct FrameReader {
     buf: Vec<u8>,
+    /// Start of the unread part of `buf`.
+    start: usize,
 }
 
 impl FrameReader {
@@ -790,34 +796,49 @@ impl FrameReader {
         Self::default()
     }
 
-    /// Bytes needed before the next frame could be complete (at least 1).
-    pub fn wanted(&self) -> Result<usize, DecodeError> {
-        if self.buf.len() < FRAME_PREFIX_LEN {
-            return Ok(FRAME_PREFIX_LEN - self.buf.len());
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// The length of the frame whose prefix starts the unread bytes, if the prefix is in.
+    fn current_len(&self) -> Result<Option<usize>, DecodeError> {
+        let unread = self.unread();
+        if unread.len() < FRAME_PREFIX_LEN {
+            return Ok(None);
         }
         let mut prefix = [0u8; FRAME_PREFIX_LEN];
-        prefix.copy_from_slice(&self.buf[..FRAME_PREFIX_LEN]);
-        let len = frame_len(prefix)?;
-        Ok((FRAME_PREFIX_LEN + len)
-            .saturating_sub(self.buf.len())
-            .max(1))
+        prefix.copy_from_slice(&unread[..FRAME_PREFIX_LEN]);
+        frame_len(prefix).map(Some)
+    }
+
+    /// Bytes needed before the next frame could be complete (at least 1).
+    pub fn wanted(&self) -> Result<usize, DecodeError> {
+        let have = self.unread().len();
+        Ok(match self.current_len()? {
+            None => FRAME_PREFIX_LEN - have,
+            Some(len) => (FRAME_PREFIX_LEN + len).saturating_sub(have).max(1),
+        })
     }
 
     /// Append up to what the current frame needs from `data`; returns how many bytes were
     /// taken. Call [`FrameReader::next_frame`] after each push.
     pub fn push(&mut self, data: &[u8]) -> Result<usize, DecodeError> {
+        if self.start > 0 {
+            // Drop what was consumed before growing.
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         let mut taken = 0;
         while taken < data.len() {
-            let want = if self.buf.len() < FRAME_PREFIX_LEN {
-                FRAME_PREFIX_LEN - self.buf.len()
-            } else {
-                let mut prefix = [0u8; FRAME_PREFIX_LEN];
-                prefix.copy_from_slice(&self.buf[..FRAME_PREFIX_LEN]);
-                let total = FRAME_PREFIX_LEN + frame_len(prefix)?;
-                if self.buf.len() >= total {
-                    break;
+            let want = match self.current_len()? {
+                None => FRAME_PREFIX_LEN - self.buf.len(),
+                Some(len) => {
+                    let total = FRAME_PREFIX_LEN + len;
+                    if self.buf.len() >= total {
+                        break;
+                    }
+                    total - self.buf.len()
                 }
-                total - self.buf.len()
             };
             let n = want.min(data.len() - taken);
             self.buf.extend_from_slice(&data[taken..taken + n]);
@@ -828,17 +849,19 @@ impl FrameReader {
 
     /// The next complete frame, if one is buffered.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
-        if self.buf.len() < FRAME_PREFIX_LEN {
+        let Some(len) = self.current_len()? else {
+            return Ok(None);
+        };
+        let unread = self.unread();
+        if unread.len() < FRAME_PREFIX_LEN + len {
             return Ok(None);
         }
-        let mut prefix = [0u8; FRAME_PREFIX_LEN];
-        prefix.copy_from_slice(&self.buf[..FRAME_PREFIX_LEN]);
-        let len = frame_len(prefix)?;
-        if self.buf.len() < FRAME_PREFIX_LEN + len {
-            return Ok(None);
+        let frame = decode_frame(&unread[FRAME_PREFIX_LEN..FRAME_PREFIX_LEN + len]);
+        self.start += FRAME_PREFIX_LEN + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
         }
-        let frame = decode_frame(&self.buf[FRAME_PREFIX_LEN..FRAME_PREFIX_LEN + len]);
-        self.buf.drain(..FRAME_PREFIX_LEN + len);
         frame.map(Some)
     }
 }

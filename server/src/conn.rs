@@ -257,9 +257,14 @@ pub async fn serve<S: Store>(
                 }
             }
             (FrameBody::Ack { message_id }, Some(me)) => {
-                in_flight.push_back(Box::pin(
-                    relay_ref.commit_ack(me.device, frame.id, message_id),
-                ));
+                // Only what this connection delivered can be acknowledged on it (the
+                // store deletes by the number it was delivered under). Anything else
+                // is still pending and is delivered again, and acknowledged then.
+                if let Some(seq) = delivery.as_ref().and_then(|d| d.seq_of(&message_id)) {
+                    in_flight.push_back(Box::pin(
+                        relay_ref.commit_ack(me.device, frame.id, message_id, seq),
+                    ));
+                }
             }
             (body, _) => {
                 // Control frames wait for everything before them.
@@ -402,6 +407,14 @@ impl Delivery {
             task,
             end_rx,
             drain_tx,
+        }
+    }
+
+    /// The sequence number `id` was delivered under on this connection, if it was.
+    fn seq_of(&self, id: &MessageId) -> Option<u64> {
+        match self.inflight.lock() {
+            Ok(m) => m.get(id).copied(),
+            Err(p) => p.into_inner().get(id).copied(),
         }
     }
 

@@ -597,7 +597,10 @@ impl<S: Store> Relay<S> {
         }
         match body {
             FrameBody::Send { envelope } => self.send(ctx, me, id, envelope).await,
-            FrameBody::Ack { message_id } => self.commit_ack(me.device, id, message_id).await,
+            // An acknowledgement names what this connection delivered; the connection
+            // shell (`conn.rs`) resolves it against its deliveries and calls
+            // `commit_ack`. Without a delivery there is nothing to acknowledge.
+            FrameBody::Ack { .. } => Handled::default(),
             FrameBody::UploadPreKeys {
                 signed_prekey,
                 one_time,
@@ -869,9 +872,15 @@ impl<S: Store> Relay<S> {
         }
     }
 
-    /// Delete an envelope its recipient `device` acknowledged.
-    pub async fn commit_ack(&self, device: DeviceId, id: u64, message_id: MessageId) -> Handled {
-        match self.store.ack(&device, &message_id).await {
+    /// Delete an envelope its recipient `device` acknowledged (delivered to it as `seq`).
+    pub async fn commit_ack(
+        &self,
+        device: DeviceId,
+        id: u64,
+        message_id: MessageId,
+        seq: u64,
+    ) -> Handled {
+        match self.store.ack(&device, &message_id, seq).await {
             Ok(true) => {
                 metrics::counter!(m::ENVELOPES_ACKED).increment(1);
                 Handled {

@@ -101,6 +101,19 @@ fn envelope(from: DeviceId, to: DeviceId, len: usize, rng: &mut StdRng) -> Envel
     Envelope { header, body }
 }
 
+/// Acknowledge `id` as the relay does, with the number it was delivered under (found
+/// among `device`'s pending envelopes; 0, which no delivery carries, if it is not).
+async fn ack_id<S: Store>(store: &S, device: &DeviceId, id: &MessageId) -> bool {
+    let seq = store
+        .pending(device, 0, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.envelope.header.message_id == *id)
+        .map_or(0, |p| p.seq);
+    store.ack(device, id, seq).await.unwrap()
+}
+
 /// Synthetic one-time prekeys (the store does not verify signatures; the relay does).
 fn fake_one_time(ids: std::ops::RangeInclusive<u32>) -> Vec<OneTimePreKey> {
     ids.map(|id| OneTimePreKey {
@@ -975,14 +988,14 @@ async fn ack_each_when_staged<S: Store>(
     n: usize,
     rng: &mut StdRng,
 ) -> Vec<Envelope> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<MessageId>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(MessageId, u64)>();
     let acker = {
         let (store, bob) = (Arc::clone(store), bob.id);
         tokio::spawn(async move {
             let mut acks = Vec::new();
-            while let Some(id) = rx.recv().await {
+            while let Some((id, seq)) = rx.recv().await {
                 let store = Arc::clone(&store);
-                acks.push(tokio::spawn(async move { store.ack(&bob, &id).await }));
+                acks.push(tokio::spawn(async move { store.ack(&bob, &id, seq).await }));
             }
             let mut acked = 0;
             for a in acks {
@@ -1006,8 +1019,8 @@ async fn ack_each_when_staged<S: Store>(
                     Arc::new(e),
                     T0 + HOUR,
                     ROOMY,
-                    Box::new(move |_| {
-                        let _ = tx.send(id);
+                    Box::new(move |seq| {
+                        let _ = tx.send((id, seq));
                     }),
                 )
                 .await
@@ -1122,7 +1135,7 @@ async fn enqueue_idempotent<S: Store>(store: S) {
     );
 
     // After the recipient acknowledged it, a late retry is still a duplicate.
-    assert!(store.ack(&bob.id, &env.header.message_id).await.unwrap());
+    assert!(ack_id(&store, &bob.id, &env.header.message_id).await);
     let late = store.enqueue(&env, T0 + HOUR, ROOMY).await.unwrap();
     assert_eq!(
         late,
@@ -1167,10 +1180,7 @@ async fn seq_contiguous_per_recipient<S: Store>(store: S) {
     assert_quota(err, "pending envelopes", 10, 10);
     let last = store.pending(&alice.id, 9, 10).await.unwrap();
     assert_eq!(last.len(), 1);
-    assert!(store
-        .ack(&alice.id, &last[0].envelope.header.message_id)
-        .await
-        .unwrap());
+    assert!(ack_id(&store, &alice.id, &last[0].envelope.header.message_id).await);
     assert_eq!(
         store.enqueue(&e, T0 + HOUR, tight).await.unwrap(),
         Enqueued {
@@ -1233,13 +1243,17 @@ async fn ack_removes_once<S: Store>(store: S) {
     }
     let mid = envs[1].header.message_id;
     assert!(
-        !store.ack(&alice.id, &mid).await.unwrap(),
+        !store.ack(&alice.id, &mid, 2).await.unwrap(),
         "only the recipient's mailbox"
     );
-    assert!(!store.ack(&bob.id, &MessageId([0; 16])).await.unwrap());
-    assert!(store.ack(&bob.id, &mid).await.unwrap());
+    assert!(!store.ack(&bob.id, &MessageId([0; 16]), 2).await.unwrap());
+    // The number must be the one it was delivered under.
+    assert!(!store.ack(&bob.id, &mid, 1).await.unwrap());
+    assert!(!store.ack(&bob.id, &mid, 3).await.unwrap());
+    assert_eq!(store.pending(&bob.id, 0, 10).await.unwrap().len(), 3);
+    assert!(store.ack(&bob.id, &mid, 2).await.unwrap());
     assert!(
-        !store.ack(&bob.id, &mid).await.unwrap(),
+        !store.ack(&bob.id, &mid, 2).await.unwrap(),
         "second ack finds nothing"
     );
     let left: Vec<u64> = store
@@ -1270,7 +1284,7 @@ async fn expiry<S: Store>(store: S) {
     store.enqueue(&edge, T0 + 200, ROOMY).await.unwrap();
     store.enqueue(&long, T0 + HOUR, ROOMY).await.unwrap();
     store.enqueue(&acked, T0 + 150, ROOMY).await.unwrap();
-    assert!(store.ack(&bob.id, &acked.header.message_id).await.unwrap());
+    assert!(ack_id(&store, &bob.id, &acked.header.message_id).await);
 
     assert_eq!(store.expire(T0 + 99).await.unwrap(), 0);
     assert_eq!(
@@ -1364,10 +1378,7 @@ async fn quotas_count_and_bytes<S: Store>(store: S) {
     let empty = envelope(bob.id, alice.id, 0, &mut rng);
     store.enqueue(&empty, T0 + HOUR, by_bytes).await.unwrap();
     // Acknowledging frees room.
-    assert!(store
-        .ack(&alice.id, &second.header.message_id)
-        .await
-        .unwrap());
+    assert!(ack_id(&store, &alice.id, &second.header.message_id).await);
     assert_eq!(
         store.enqueue(&third, T0 + HOUR, by_bytes).await.unwrap(),
         Enqueued {
@@ -1411,10 +1422,7 @@ async fn queue_stats_and_flush<S: Store>(store: S) {
     );
     store.flush().await.unwrap();
     let first = &store.pending(&alice.id, 0, 1).await.unwrap()[0];
-    assert!(store
-        .ack(&alice.id, &first.envelope.header.message_id)
-        .await
-        .unwrap());
+    assert!(ack_id(&store, &alice.id, &first.envelope.header.message_id).await);
     assert_eq!(
         store.queue_stats().await.unwrap(),
         QueueStats {
@@ -2011,7 +2019,7 @@ async fn sqlite_durable_across_reopen() {
         for x in &e {
             store.enqueue(x, T0 + HOUR, ROOMY).await.unwrap();
         }
-        assert!(store.ack(&bob.id, &e[0].header.message_id).await.unwrap());
+        assert!(ack_id(&store, &bob.id, &e[0].header.message_id).await);
         // No flush: every answered write is already committed.
         alice_id = alice.id;
         bob_id = bob.id;
@@ -2183,6 +2191,101 @@ async fn sqlite_migrations_idempotent_and_newer_schema_refused() {
     }
 }
 
+/// A version 2 database (mailboxes keyed by message id) is migrated to version 3: its
+/// pending envelopes, counters and tombstones carry over and keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_mailboxes_of_schema_2_migrate() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = db_path(dir.path());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut rng = rng(44);
+    let bob = IdentityKeyPair::generate(&mut rng);
+    let alice = IdentityKeyPair::generate(&mut rng);
+    let pending = envelope(alice.device_id(), bob.device_id(), 70, &mut rng);
+    let acked = MessageId([7; 16]);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+        for step in &sealpost_server::store::sqlite::MIGRATIONS[..2] {
+            conn.execute_batch(step).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO accounts (id, role, created_ms) VALUES ('bob', 'advisor', 0);",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO devices (id, account, ed25519, x25519, enrolled_ms, next_seq,
+                                  pending_count, pending_bytes)
+             VALUES (?1, 'bob', ?2, ?3, 0, 3, 1, 70)",
+            rusqlite::params![
+                bob.device_id().to_hex(),
+                bob.public().signing_bytes().to_vec(),
+                bob.public().dh_bytes().to_vec()
+            ],
+        )
+        .unwrap();
+        let h = &pending.header;
+        conn.execute(
+            "INSERT INTO envelopes (recipient, seq, message_id, sender, version, kind,
+                                    timestamp_ms, body, size, expires_ms)
+             VALUES (?1, 2, ?2, ?3, ?4, ?5, ?6, ?7, 70, ?8)",
+            rusqlite::params![
+                h.recipient.to_hex(),
+                hex::encode(h.message_id.0),
+                h.sender.to_hex(),
+                h.version,
+                h.kind.code(),
+                h.timestamp_ms as i64,
+                pending.body,
+                (T0 + HOUR) as i64
+            ],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO delivered (recipient, message_id, seq, expires_ms) VALUES (?1, ?2, 1, ?3)",
+            rusqlite::params![
+                bob.device_id().to_hex(),
+                hex::encode(acked.0),
+                (T0 + HOUR) as i64
+            ],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let got = store.pending(&bob.device_id(), 0, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].seq, &got[0].envelope), (2, &pending));
+    assert_eq!(
+        store.queue_stats().await.unwrap(),
+        QueueStats {
+            count: 1,
+            bytes: 70
+        }
+    );
+    // Still recognised as a repeat, numbering goes on, acknowledging works.
+    assert_eq!(
+        store.enqueue(&pending, T0 + HOUR, ROOMY).await.unwrap(),
+        Enqueued {
+            seq: 2,
+            duplicate: true
+        }
+    );
+    let next = envelope(alice.device_id(), bob.device_id(), 5, &mut rng);
+    assert!(store.enqueue(&next, T0 + HOUR, ROOMY).await.unwrap().seq >= 3);
+    assert!(store
+        .ack(&bob.device_id(), &pending.header.message_id, 2)
+        .await
+        .unwrap());
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let tombstones: i64 = conn
+        .query_row("SELECT COUNT(*) FROM delivered", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tombstones, 2, "the old tombstone and the new one");
+}
+
 /// On SQLite, envelopes acknowledged while their batch is still open are never written:
 /// only their tombstones are, and those (and the counters) survive a reopen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2296,10 +2399,7 @@ async fn sqlite_repeat_of_a_stored_envelope_is_recognised_when_written() {
         .unwrap();
     assert_eq!(next.seq, 3);
     // A repeat of an acknowledged one is recognised from its tombstone the same way.
-    assert!(store
-        .ack(&bob.id, &original.header.message_id)
-        .await
-        .unwrap());
+    assert!(ack_id(&store, &bob.id, &original.header.message_id).await);
     let again = store.enqueue(&original, T0 + HOUR, ROOMY).await.unwrap();
     assert_eq!(
         again,

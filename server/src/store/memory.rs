@@ -614,15 +614,21 @@ impl MailboxStore for MemoryStore {
             .collect())
     }
 
-    async fn ack(&self, device: &DeviceId, message_id: &MessageId) -> Result<bool, StoreError> {
+    async fn ack(
+        &self,
+        device: &DeviceId,
+        message_id: &MessageId,
+        seq: u64,
+    ) -> Result<bool, StoreError> {
         let mut g = self.lock()?;
         let Some(d) = g.devices.get_mut(device) else {
             return Ok(false);
         };
         let mb = &mut d.mailbox;
-        let Some(seq) = mb.by_id.remove(message_id) else {
+        if mb.by_id.get(message_id) != Some(&seq) {
             return Ok(false);
-        };
+        }
+        mb.by_id.remove(message_id);
         if let Some(s) = mb.by_seq.remove(&seq) {
             mb.bytes = mb.bytes.saturating_sub(body_len(&s.envelope));
             mb.delivered.insert(*message_id, (seq, s.expires_ms));

@@ -321,13 +321,15 @@ pub trait MailboxStore: Send + Sync + 'static {
         after_seq: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Pending>, StoreError>> + Send;
-    /// Delete an envelope its recipient acknowledged; true if it was pending. Takes
-    /// effect for `pending` at once; resolves once durable. An envelope acknowledged
-    /// before it was committed is never written: only its tombstone is.
+    /// Delete an envelope its recipient acknowledged, given the message id and the
+    /// sequence number it was delivered under (both must match); true if it was
+    /// pending. Takes effect for `pending` at once; resolves once durable. An envelope
+    /// acknowledged before it was committed is never written: only its tombstone is.
     fn ack(
         &self,
         device: &DeviceId,
         message_id: &MessageId,
+        seq: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Delete envelopes whose expiry is `<= now_ms`; returns how many.
     fn expire(&self, now_ms: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;

@@ -189,6 +189,49 @@ CREATE TABLE device_log (
     PRIMARY KEY (account, seq)
 );
 "#,
+    // Version 3: mailboxes keyed so that writes append instead of scattering. Under load
+    // most of a batch's pages were index leaves touched at random by message ids; now
+    // an envelope is found by (sender's timestamp, recipient, message id), which a
+    // repeat carries unchanged, and an acknowledgement deletes by (recipient, seq),
+    // which the relay knows from the delivery. Tombstones are a table of their own,
+    // clustered the same way. Tombstones of version 2 carry no timestamp (0): a repeat
+    // of such a message is stored again and dropped by its recipient by message id.
+    r#"
+CREATE TABLE envelopes_v3 (
+    recipient     TEXT NOT NULL REFERENCES devices (id),
+    seq           INTEGER NOT NULL,
+    message_id    TEXT NOT NULL,
+    sender        TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    kind          INTEGER NOT NULL,
+    timestamp_ms  INTEGER NOT NULL,
+    body          BLOB NOT NULL,
+    size          INTEGER NOT NULL,
+    expires_ms    INTEGER NOT NULL,
+    PRIMARY KEY (recipient, seq)
+);
+INSERT INTO envelopes_v3
+    SELECT recipient, seq, message_id, sender, version, kind, timestamp_ms, body, size,
+           expires_ms
+    FROM envelopes;
+DROP TABLE envelopes;
+ALTER TABLE envelopes_v3 RENAME TO envelopes;
+CREATE INDEX envelopes_expiry ON envelopes (expires_ms);
+CREATE INDEX envelopes_by_message ON envelopes (timestamp_ms, recipient, message_id);
+
+CREATE TABLE delivered_v3 (
+    timestamp_ms  INTEGER NOT NULL,
+    recipient     TEXT NOT NULL,
+    message_id    TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    expires_ms    INTEGER NOT NULL,
+    PRIMARY KEY (timestamp_ms, recipient, message_id)
+) WITHOUT ROWID;
+INSERT INTO delivered_v3 SELECT 0, recipient, message_id, seq, expires_ms FROM delivered;
+DROP TABLE delivered;
+ALTER TABLE delivered_v3 RENAME TO delivered;
+CREATE INDEX delivered_expiry ON delivered (expires_ms);
+"#,
 ];
 
 /// The schema version this build writes.
@@ -1782,9 +1825,9 @@ fn op_expire(
     counters: &mut WriterCounters,
 ) -> Result<u64, StoreError> {
     let now = int(now_ms);
-    let rows: Vec<(String, String, i64)> = c
+    let rows: Vec<(String, i64, i64)> = c
         .prepare_cached(
-            "SELECT recipient, message_id, size FROM envelopes WHERE expires_ms <= ?1 LIMIT ?2",
+            "SELECT recipient, seq, size FROM envelopes WHERE expires_ms <= ?1 LIMIT ?2",
         )
         .and_then(|mut s| {
             s.query_map(params![now, int(MAX_EXPIRED_PER_PASS as u64)], |r| {
@@ -1796,9 +1839,9 @@ fn op_expire(
     let removed = rows.len() as u64;
     let mut per_device: std::collections::HashMap<String, (u64, u64)> =
         std::collections::HashMap::new();
-    for (recipient, message_id, size) in rows {
-        c.prepare_cached("DELETE FROM envelopes WHERE recipient = ?1 AND message_id = ?2")
-            .and_then(|mut s| s.execute(params![recipient, message_id]))
+    for (recipient, seq, size) in rows {
+        c.prepare_cached("DELETE FROM envelopes WHERE recipient = ?1 AND seq = ?2")
+            .and_then(|mut s| s.execute(params![recipient, seq]))
             .map_err(backend)?;
         let t = per_device.entry(recipient).or_default();
         t.0 += 1;
@@ -1808,8 +1851,9 @@ fn op_expire(
         counters.expired(c, &parse_device(&recipient)?, n, bytes)?;
     }
     c.prepare_cached(
-        "DELETE FROM delivered WHERE rowid IN
-             (SELECT rowid FROM delivered WHERE expires_ms <= ?1 LIMIT ?2)",
+        "DELETE FROM delivered WHERE (timestamp_ms, recipient, message_id) IN
+             (SELECT timestamp_ms, recipient, message_id FROM delivered
+              WHERE expires_ms <= ?1 LIMIT ?2)",
     )
     .and_then(|mut s| s.execute(params![now, int(MAX_EXPIRED_PER_PASS as u64)]))
     .map_err(backend)?;
@@ -1887,11 +1931,16 @@ impl MailboxStore for SqliteStore {
         Ok(merged.into_values().take(max).collect())
     }
 
-    async fn ack(&self, device: &DeviceId, message_id: &MessageId) -> Result<bool, StoreError> {
+    async fn ack(
+        &self,
+        device: &DeviceId,
+        message_id: &MessageId,
+        seq: u64,
+    ) -> Result<bool, StoreError> {
         if self.writer.is_none() {
             return Err(closed());
         }
-        let staged = self.mailboxes.ack(device, message_id)?;
+        let staged = self.mailboxes.ack(device, message_id, seq)?;
         if staged.wake {
             self.wake()?;
         }

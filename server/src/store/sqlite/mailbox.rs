@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use sealpost_protocol::envelope::{Envelope, MessageId};
+use sealpost_protocol::envelope::{Envelope, MessageId, RoutingHeader};
 use sealpost_protocol::identity::DeviceId;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -202,6 +202,7 @@ struct Insert {
 
 struct DbAck {
     recipient: DeviceId,
+    seq: u64,
     message_id: MessageId,
 }
 
@@ -255,14 +256,14 @@ impl Batch {
             let h = &i.envelope.header;
             let n = counters.get(c, &h.recipient)?;
             n.next_seq = n.next_seq.max(i.seq.saturating_add(1));
-            if let Some(seq) = stored_seq(c, &h.recipient, &h.message_id)? {
+            if let Some(seq) = stored_seq(c, h)? {
                 // Already stored or acknowledged: nothing is written.
                 out.duplicate.push(Some(seq));
                 continue;
             }
             out.duplicate.push(None);
             if i.cancelled {
-                insert_tombstone(c, &h.recipient, &h.message_id, i.seq, i.expires_ms)?;
+                insert_tombstone(c, h, i.seq, i.expires_ms)?;
                 continue;
             }
             let size = i.envelope.body.len() as u64;
@@ -294,29 +295,38 @@ impl Batch {
         for a in &self.acks {
             let row: Option<(i64, i64, i64)> = c
                 .prepare_cached(
-                    "DELETE FROM envelopes WHERE recipient = ?1 AND message_id = ?2
-                     RETURNING seq, size, expires_ms",
+                    "DELETE FROM envelopes WHERE recipient = ?1 AND seq = ?2 AND message_id = ?3
+                     RETURNING size, expires_ms, timestamp_ms",
                 )
                 .and_then(|mut s| {
-                    s.query_row(params![dev(&a.recipient), msg(&a.message_id)], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                    })
+                    s.query_row(
+                        params![dev(&a.recipient), int(a.seq), msg(&a.message_id)],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
                     .optional()
                 })
                 .map_err(backend)?;
-            let Some((seq, size, expires)) = row else {
+            let Some((size, expires, timestamp_ms)) = row else {
                 out.acked.push(false);
                 continue;
             };
             out.acked.push(true);
-            let (seq, size) = (uint(seq, "sequence number")?, uint(size, "size")?);
-            insert_tombstone(
-                c,
-                &a.recipient,
-                &a.message_id,
-                seq,
-                uint(expires, "expiry")?,
-            )?;
+            let size = uint(size, "size")?;
+            c.prepare_cached(
+                "INSERT INTO delivered (timestamp_ms, recipient, message_id, seq, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (timestamp_ms, recipient, message_id) DO NOTHING",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    timestamp_ms,
+                    dev(&a.recipient),
+                    msg(&a.message_id),
+                    int(a.seq),
+                    expires
+                ])
+            })
+            .map_err(backend)?;
             let n = counters.get(c, &a.recipient)?;
             n.count = n.count.saturating_sub(1);
             n.bytes = n.bytes.saturating_sub(size);
@@ -436,21 +446,24 @@ fn load_counters(c: &Connection, device: &DeviceId) -> Result<Option<Counters>, 
     .transpose()
 }
 
+/// The tombstone of an envelope acknowledged before it was ever written.
 fn insert_tombstone(
     c: &Connection,
-    recipient: &DeviceId,
-    message_id: &MessageId,
+    h: &RoutingHeader,
     seq: u64,
     expires_ms: u64,
 ) -> Result<(), StoreError> {
     c.prepare_cached(
-        "INSERT INTO delivered (recipient, message_id, seq, expires_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (recipient, message_id) DO NOTHING",
+        "INSERT INTO delivered (timestamp_ms, recipient, message_id, seq, expires_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (timestamp_ms, recipient, message_id) DO NOTHING",
     )
     .and_then(|mut s| {
         s.execute(params![
-            dev(recipient),
-            msg(message_id),
+            // Stored bit for bit (the sender's clock), as in `envelopes`.
+            h.timestamp_ms as i64,
+            dev(&h.recipient),
+            msg(&h.message_id),
             int(seq),
             int(expires_ms)
         ])
@@ -459,22 +472,24 @@ fn insert_tombstone(
     Ok(())
 }
 
-/// The sequence number of a stored envelope or tombstone with this id.
-fn stored_seq(
-    c: &Connection,
-    recipient: &DeviceId,
-    message_id: &MessageId,
-) -> Result<Option<u64>, StoreError> {
+/// The sequence number of a stored envelope or tombstone with this header's message id
+/// (and timestamp: a repeat carries the header unchanged).
+fn stored_seq(c: &Connection, h: &RoutingHeader) -> Result<Option<u64>, StoreError> {
     let seq: Option<i64> = c
         .prepare_cached(
-            "SELECT seq FROM envelopes WHERE recipient = ?1 AND message_id = ?2
+            "SELECT seq FROM envelopes
+             WHERE timestamp_ms = ?1 AND recipient = ?2 AND message_id = ?3
              UNION ALL
-             SELECT seq FROM delivered WHERE recipient = ?1 AND message_id = ?2
+             SELECT seq FROM delivered
+             WHERE timestamp_ms = ?1 AND recipient = ?2 AND message_id = ?3
              LIMIT 1",
         )
         .and_then(|mut s| {
-            s.query_row(params![dev(recipient), msg(message_id)], |r| r.get(0))
-                .optional()
+            s.query_row(
+                params![h.timestamp_ms as i64, dev(&h.recipient), msg(&h.message_id)],
+                |r| r.get(0),
+            )
+            .optional()
         })
         .map_err(backend)?;
     seq.map(|s| uint(s, "sequence number")).transpose()
@@ -668,7 +683,7 @@ impl Mailboxes {
                 .reader
                 .as_ref()
                 .ok_or_else(|| StoreError::Backend("the store is closing".to_owned()))?;
-            return match stored_seq(reader, &recipient, &message_id)? {
+            return match stored_seq(reader, &envelope.header)? {
                 Some(seq) => Ok(Staged {
                     value: Enqueued {
                         seq,
@@ -717,11 +732,13 @@ impl Mailboxes {
         })
     }
 
-    /// Acknowledge `message_id` for `device` (true, once durable, if it was pending).
+    /// Acknowledge `message_id`, delivered to `device` as `seq` (true, once durable, if
+    /// it was pending).
     pub(super) fn ack(
         &self,
         device: &DeviceId,
         message_id: &MessageId,
+        seq: u64,
     ) -> Result<Staged<bool>, StoreError> {
         let mut g = self.lock()?;
         let inner = &mut *g;
@@ -741,6 +758,7 @@ impl Mailboxes {
                 phase: Phase::Cancelled { .. } | Phase::Acking { .. },
                 ..
             }) => return Ok(not_pending),
+            Some(st) if st.seq != seq => return Ok(not_pending),
             Some(IdState {
                 seq,
                 size,
@@ -789,7 +807,7 @@ impl Mailboxes {
                 mb.ids.insert(
                     *message_id,
                     IdState {
-                        seq: 0,
+                        seq,
                         size: 0,
                         phase: Phase::Acking {
                             generation: open_generation,
@@ -802,6 +820,7 @@ impl Mailboxes {
         let index = inner.open.acks.len();
         inner.open.acks.push(DbAck {
             recipient: *device,
+            seq,
             message_id: *message_id,
         });
         Ok(Staged {
