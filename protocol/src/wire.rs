@@ -678,23 +678,63 @@ impl FrameBody {
 /// Encode a frame with its 4-byte length prefix.
 pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(256);
+    append_prefixed(frame, &mut out)?;
+    Ok(out)
+}
+
+/// Append `frame`, length prefix included, to `out`: the bytes [`encode_frame`] returns,
+/// without a buffer of its own. On error `out` is left as it was.
+pub fn encode_frame_into(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    append_prefixed(frame, out)
+}
+
+/// Append a `deliver` push (id 0) of `envelope` to `out`: byte for byte what
+/// [`encode_frame`] gives for `Frame::new(0, FrameBody::Deliver { envelope })`, without
+/// copying the envelope into a frame first (the relay's delivery path).
+pub fn encode_deliver_into(envelope: &Envelope, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    /// The shape of a `Frame` holding a `deliver` body, borrowing the envelope.
+    #[derive(Serialize)]
+    struct DeliverFrame<'a> {
+        v: u16,
+        id: u64,
+        body: DeliverBody<'a>,
+    }
+    #[derive(Serialize)]
+    #[serde(tag = "t", content = "c", rename_all = "snake_case")]
+    enum DeliverBody<'a> {
+        Deliver { envelope: &'a Envelope },
+    }
+    append_prefixed(
+        &DeliverFrame {
+            v: PROTOCOL_VERSION,
+            id: 0,
+            body: DeliverBody::Deliver { envelope },
+        },
+        out,
+    )
+}
+
+fn append_prefixed<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_PREFIX_LEN]);
-    codec::encode_into("frame", frame, &mut out)?;
-    let len = out.len() - FRAME_PREFIX_LEN;
-    if len > MAX_FRAME_LEN {
-        return Err(EncodeError::TooLarge {
+    let result = codec::encode_into("frame", value, out).and_then(|()| {
+        let len = out.len() - start - FRAME_PREFIX_LEN;
+        let too_large = EncodeError::TooLarge {
             what: "frame",
             got: len,
             max: MAX_FRAME_LEN,
-        });
+        };
+        if len > MAX_FRAME_LEN {
+            return Err(too_large);
+        }
+        let prefix = u32::try_from(len).map_err(|_| too_large)?;
+        out[start..start + FRAME_PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
+        Ok(())
+    });
+    if result.is_err() {
+        out.truncate(start);
     }
-    let prefix = u32::try_from(len).map_err(|_| EncodeError::TooLarge {
-        what: "frame",
-        got: len,
-        max: MAX_FRAME_LEN,
-    })?;
-    out[..FRAME_PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
-    Ok(out)
+    result
 }
 
 /// Read and check a length prefix: the payload length that follows.

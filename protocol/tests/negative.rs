@@ -1013,3 +1013,47 @@ fn non_canonical_envelope_encodings_are_refused() {
     ));
     assert_eq!(&b.open(&env).unwrap()[..], b"canonical");
 }
+
+/// The relay's delivery path encodes `deliver` without building a frame: the bytes must
+/// be exactly those of the frame, and appending keeps what the buffer held.
+#[test]
+fn deliver_encoded_in_place_matches_the_frame() {
+    use rand::SeedableRng;
+    use sealpost_protocol::envelope::{Envelope, EnvelopeKind, RoutingHeader};
+    use sealpost_protocol::wire::{encode_deliver_into, encode_frame_into};
+    use sealpost_protocol::IdentityKeyPair;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let a = IdentityKeyPair::generate(&mut rng);
+    let b = IdentityKeyPair::generate(&mut rng);
+    for len in [0usize, 1, 23, 24, 255, 256, 1166, 65_535, 65_536, 73_728] {
+        let mut body = vec![0u8; len];
+        rng.fill_bytes(&mut body);
+        let envelope = Envelope {
+            header: RoutingHeader::new(
+                a.device_id(),
+                b.device_id(),
+                EnvelopeKind::Chat,
+                1_700_000_000_000,
+                &mut rng,
+            ),
+            body,
+        };
+        let frame = Frame::new(
+            0,
+            FrameBody::Deliver {
+                envelope: envelope.clone(),
+            },
+        );
+        let expected = encode_frame(&frame).unwrap();
+        let mut out = b"earlier".to_vec();
+        encode_deliver_into(&envelope, &mut out).unwrap();
+        assert_eq!(&out[..7], b"earlier");
+        assert_eq!(&out[7..], &expected[..], "body of {len} bytes");
+        let mut out2 = b"earlier".to_vec();
+        encode_frame_into(&frame, &mut out2).unwrap();
+        assert_eq!(out, out2);
+        let mut reader = FrameReader::new();
+        assert_eq!(reader.push(&expected).unwrap(), expected.len());
+        assert_eq!(reader.next_frame().unwrap(), Some(frame));
+    }
+}

@@ -14,13 +14,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use sealpost_protocol::envelope::MessageId;
 use sealpost_protocol::wire::{
-    self, BoundedString, ErrorCode, Frame, FrameBody, FRAME_PREFIX_LEN, TLS_EXPORTER_LABEL,
+    self, BoundedString, ErrorCode, Frame, FrameBody, FrameReader, TLS_EXPORTER_LABEL,
 };
-use sealpost_protocol::DecodeError;
-use tokio::sync::{mpsc, watch, Semaphore};
+use sealpost_protocol::{DecodeError, EncodeError};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tracing::{debug, warn};
 
 use crate::hub::{Push, Subscription};
@@ -28,12 +29,12 @@ use crate::metrics as m;
 use crate::relay::{Authenticated, ConnCtx, Handled, Relay};
 use crate::store::Store;
 
-/// Encoded frames queued for the writer, at most.
-const WRITE_QUEUE: usize = 1024;
+/// Encoded bytes queued for the peer after which producers wait for the writer.
+pub const OUTBOX_BYTES: usize = 1 << 20;
+/// Most bytes asked of the control stream at once.
+const READ_CHUNK: usize = 64 * 1024;
 /// `drain` requests waiting for an answer, at most (more are answered together).
 const MAX_PENDING_DRAINS: usize = 16;
-/// Decoded frames buffered between the reader task and the connection loop.
-const READ_QUEUE: usize = 16;
 /// `send`/`ack` store operations one connection may have waiting for their commit.
 pub const MAX_IN_FLIGHT: usize = 128;
 /// Application close codes.
@@ -67,17 +68,107 @@ fn code_for(e: &DecodeError) -> ErrorCode {
     }
 }
 
-fn encode(frame: &Frame) -> Option<Vec<u8>> {
-    match wire::encode_frame(frame) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            warn!(error = %e, "could not encode a frame");
-            None
+/// Frames encoded for the peer, waiting for the writer task, which hands everything
+/// queued to quinn in one piece (quinn keeps the buffer; nothing is copied again).
+/// Replies and deliveries are encoded straight into it. Bounded: producers wait while
+/// more than [`OUTBOX_BYTES`] are queued.
+pub(crate) struct Outbox {
+    state: Mutex<OutboxState>,
+    /// The writer waits here for frames.
+    filled: Notify,
+    /// Producers wait here for room.
+    drained: Notify,
+}
+
+struct OutboxState {
+    buf: Vec<u8>,
+    closed: bool,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(OutboxState {
+                buf: Vec::new(),
+                closed: false,
+            }),
+            filled: Notify::new(),
+            drained: Notify::new(),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Queue one frame, written by `encode` (which appends it, prefix included, and
+    /// leaves the buffer as it was on error). Waits for room; false once closed.
+    async fn push(&self, encode: impl Fn(&mut Vec<u8>) -> Result<(), EncodeError>) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if st.closed {
+                    return false;
+                }
+                if st.buf.len() < OUTBOX_BYTES {
+                    let was_empty = st.buf.is_empty();
+                    if let Err(e) = encode(&mut st.buf) {
+                        warn!(error = %e, "could not encode a frame");
+                        return true;
+                    }
+                    drop(st);
+                    if was_empty {
+                        self.filled.notify_one();
+                    }
+                    return true;
+                }
+            }
+            drained.await;
+        }
+    }
+
+    /// Queue `frame`.
+    async fn frame(&self, frame: &Frame) -> bool {
+        self.push(|b| wire::encode_frame_into(frame, b)).await
+    }
+
+    /// Everything queued, once there is something; `None` once closed and empty.
+    async fn take(&self) -> Option<Vec<u8>> {
+        loop {
+            let filled = self.filled.notified();
+            tokio::pin!(filled);
+            filled.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if !st.buf.is_empty() {
+                    let out = std::mem::replace(&mut st.buf, Vec::with_capacity(16 * 1024));
+                    drop(st);
+                    self.drained.notify_waiters();
+                    return Some(out);
+                }
+                if st.closed {
+                    return None;
+                }
+            }
+            filled.await;
+        }
+    }
+
+    /// No more frames: the writer finishes what is queued; producers stop.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.filled.notify_one();
+        self.drained.notify_waiters();
     }
 }
 
-/// What the frame reader hands to the connection loop.
+/// What the connection loop takes from the control stream.
 enum Incoming {
     /// A decoded frame (boxed: frames are large next to the error variants).
     Frame(Box<Frame>),
@@ -87,32 +178,29 @@ enum Incoming {
     Fatal(DecodeError),
 }
 
-/// Read frames from the control stream into a bounded channel. Runs as its own task so
-/// that the connection loop never cancels a read half-way.
-async fn read_frames(mut recv: quinn::RecvStream, tx: mpsc::Sender<Incoming>) {
+/// The next frame from what was read: whole frames already buffered in `reader` first,
+/// then bytes of `input` (dropped once consumed). `None` when more must be read.
+fn next_incoming(reader: &mut FrameReader, input: &mut Option<(Bytes, usize)>) -> Option<Incoming> {
     loop {
-        let mut prefix = [0u8; FRAME_PREFIX_LEN];
-        if recv.read_exact(&mut prefix).await.is_err() {
-            return;
+        if let Err(e) = reader.wanted() {
+            *input = None;
+            return Some(Incoming::Fatal(e));
         }
-        let len = match wire::frame_len(prefix) {
-            Ok(len) => len,
+        match reader.next_frame() {
+            Ok(Some(f)) => return Some(Incoming::Frame(Box::new(f))),
+            Err(e) => return Some(Incoming::Bad(e)),
+            Ok(None) => {}
+        }
+        let (bytes, offset) = input.as_mut()?;
+        match reader.push(&bytes[*offset..]) {
+            Ok(n) => *offset += n,
             Err(e) => {
-                let _ = tx.send(Incoming::Fatal(e)).await;
-                return;
+                *input = None;
+                return Some(Incoming::Fatal(e));
             }
-        };
-        let mut payload = vec![0u8; len];
-        if recv.read_exact(&mut payload).await.is_err() {
-            return;
         }
-        metrics::counter!(m::BYTES_RECEIVED).increment((len + FRAME_PREFIX_LEN) as u64);
-        let item = match wire::decode_frame(&payload) {
-            Ok(f) => Incoming::Frame(Box::new(f)),
-            Err(e) => Incoming::Bad(e),
-        };
-        if tx.send(item).await.is_err() {
-            return;
+        if *offset >= bytes.len() {
+            *input = None;
         }
     }
 }
@@ -121,11 +209,13 @@ type InFlight<'a> = Pin<Box<dyn Future<Output = Handled> + Send + 'a>>;
 
 /// Serve one accepted connection until it closes or `shutdown` fires.
 ///
-/// `send` and `ack` frames are pipelined: each is checked in frame order, its store
-/// operation is submitted in frame order (so a sender's envelopes keep their order), and
-/// up to [`MAX_IN_FLIGHT`] of them wait for their commit at once; their replies are
-/// written in frame order as the commits complete. Every other frame first waits for the
-/// in-flight ones, so control frames see the effects of everything sent before them.
+/// One task reads the control stream in chunks and handles every whole frame in them;
+/// replies and deliveries go through an [`Outbox`] to a writer task. `send` and `ack`
+/// frames are pipelined: each is checked in frame order, its store operation is
+/// submitted in frame order (so a sender's envelopes keep their order), and up to
+/// [`MAX_IN_FLIGHT`] of them wait for their commit at once; their replies are written in
+/// frame order as the commits complete. Every other frame first waits for the in-flight
+/// ones, so control frames see the effects of everything sent before them.
 pub async fn serve<S: Store>(
     relay: Arc<Relay<S>>,
     conn: quinn::Connection,
@@ -146,7 +236,7 @@ pub async fn serve<S: Store>(
         conn.accept_bi(),
     )
     .await;
-    let (send, recv) = match stream {
+    let (send, mut recv) = match stream {
         Ok(Ok(s)) => s,
         Ok(Err(_)) => return,
         Err(_) => {
@@ -162,10 +252,10 @@ pub async fn serve<S: Store>(
         auth_rx,
     ));
 
-    let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-    let writer = tokio::spawn(write_loop(send, out_rx));
-    let (in_tx, mut in_rx) = mpsc::channel::<Incoming>(READ_QUEUE);
-    let reader = tokio::spawn(read_frames(recv, in_tx));
+    let outbox = Arc::new(Outbox::new());
+    let writer = tokio::spawn(write_loop(send, outbox.clone()));
+    let mut reader = FrameReader::new();
+    let mut input: Option<(Bytes, usize)> = None;
     let mut ctx = ConnCtx::new(remote, exporter);
     let mut bad_frames = 0u32;
     let auth_deadline = tokio::time::sleep(Duration::from_secs(limits.auth_timeout_secs));
@@ -176,14 +266,92 @@ pub async fn serve<S: Store>(
     let mut in_flight: FuturesOrdered<InFlight<'_>> = FuturesOrdered::new();
 
     'conn: loop {
-        let incoming = tokio::select! {
+        // Handle what was already read, while there is room for store operations.
+        while in_flight.len() < MAX_IN_FLIGHT {
+            let Some(incoming) = next_incoming(&mut reader, &mut input) else {
+                break;
+            };
+            let frame = match incoming {
+                Incoming::Frame(f) => *f,
+                Incoming::Fatal(e) => {
+                    metrics::counter!(m::BAD_FRAMES).increment(1);
+                    let _ = outbox
+                        .frame(&Frame::new(
+                            0,
+                            FrameBody::error(code_for(&e), &e.to_string()),
+                        ))
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    conn.close(close::PROTOCOL.into(), b"bad frame length");
+                    break 'conn;
+                }
+                Incoming::Bad(e) => {
+                    metrics::counter!(m::BAD_FRAMES).increment(1);
+                    bad_frames += 1;
+                    debug!(remote = %remote, error = %e, "undecodable frame");
+                    let error = Frame::new(0, FrameBody::error(code_for(&e), &e.to_string()));
+                    if !outbox.frame(&error).await {
+                        break 'conn;
+                    }
+                    if bad_frames >= limits.max_bad_frames {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        conn.close(close::PROTOCOL.into(), b"too many bad frames");
+                        break 'conn;
+                    }
+                    continue;
+                }
+            };
+            let me = ctx.authenticated().cloned();
+            match (frame.body, me) {
+                (FrameBody::Send { envelope }, Some(me)) => {
+                    match relay_ref
+                        .prepare_send(&mut ctx, &me, frame.id, envelope)
+                        .await
+                    {
+                        Ok(prepared) => {
+                            in_flight.push_back(Box::pin(relay_ref.commit_send(prepared)));
+                        }
+                        Err(refused) => {
+                            if !apply(refused, &relay, &mut delivery, &auth_tx, &outbox, &shutdown)
+                                .await
+                            {
+                                break 'conn;
+                            }
+                        }
+                    }
+                }
+                (FrameBody::Ack { message_id }, Some(me)) => {
+                    // Only what this connection delivered can be acknowledged on it (the
+                    // store deletes by the number it was delivered under). Anything else
+                    // is still pending and is delivered again, and acknowledged then.
+                    if let Some(seq) = delivery.as_ref().and_then(|d| d.seq_of(&message_id)) {
+                        in_flight.push_back(Box::pin(
+                            relay_ref.commit_ack(me.device, frame.id, message_id, seq),
+                        ));
+                    }
+                }
+                (body, _) => {
+                    // Control frames wait for everything before them.
+                    while let Some(done) = in_flight.next().await {
+                        if !apply(done, &relay, &mut delivery, &auth_tx, &outbox, &shutdown).await {
+                            break 'conn;
+                        }
+                    }
+                    let handled = relay.handle(&mut ctx, Frame { body, ..frame }).await;
+                    if !apply(handled, &relay, &mut delivery, &auth_tx, &outbox, &shutdown).await {
+                        break 'conn;
+                    }
+                }
+            }
+        }
+        let can_read = input.is_none() && in_flight.len() < MAX_IN_FLIGHT;
+        tokio::select! {
             biased;
             _ = shutdown.changed() => break,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                if !apply(done, &relay, &mut delivery, &auth_tx, &out_tx, &shutdown).await {
+                if !apply(done, &relay, &mut delivery, &auth_tx, &outbox, &shutdown).await {
                     break;
                 }
-                continue;
             }
             _ = &mut auth_deadline, if ctx.authenticated().is_none() => {
                 conn.close(close::TIMEOUT.into(), b"not authenticated in time");
@@ -200,101 +368,31 @@ pub async fn serve<S: Store>(
                 ended = end;
                 break;
             }
-            i = in_rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => match i {
-                Some(i) => i,
-                None => break,
+            // Cancel-safe: a chunk not taken stays in the stream.
+            chunk = recv.read_chunk(READ_CHUNK, true), if can_read => match chunk {
+                Ok(Some(c)) => {
+                    metrics::counter!(m::BYTES_RECEIVED).increment(c.bytes.len() as u64);
+                    input = Some((c.bytes, 0));
+                }
+                // The peer finished or reset the stream, or the connection is gone.
+                Ok(None) | Err(_) => break,
             },
-        };
-        let frame = match incoming {
-            Incoming::Frame(f) => *f,
-            Incoming::Fatal(e) => {
-                metrics::counter!(m::BAD_FRAMES).increment(1);
-                if let Some(b) = encode(&Frame::new(
-                    0,
-                    FrameBody::error(code_for(&e), &e.to_string()),
-                )) {
-                    let _ = out_tx.send(b).await;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                conn.close(close::PROTOCOL.into(), b"bad frame length");
-                break;
-            }
-            Incoming::Bad(e) => {
-                metrics::counter!(m::BAD_FRAMES).increment(1);
-                bad_frames += 1;
-                debug!(remote = %remote, error = %e, "undecodable frame");
-                if let Some(b) = encode(&Frame::new(
-                    0,
-                    FrameBody::error(code_for(&e), &e.to_string()),
-                )) {
-                    if out_tx.send(b).await.is_err() {
-                        break;
-                    }
-                }
-                if bad_frames >= limits.max_bad_frames {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    conn.close(close::PROTOCOL.into(), b"too many bad frames");
-                    break;
-                }
-                continue;
-            }
-        };
-        let me = ctx.authenticated().cloned();
-        match (frame.body, me) {
-            (FrameBody::Send { envelope }, Some(me)) => {
-                match relay_ref
-                    .prepare_send(&mut ctx, &me, frame.id, envelope)
-                    .await
-                {
-                    Ok(prepared) => in_flight.push_back(Box::pin(relay_ref.commit_send(prepared))),
-                    Err(refused) => {
-                        if !apply(refused, &relay, &mut delivery, &auth_tx, &out_tx, &shutdown)
-                            .await
-                        {
-                            break;
-                        }
-                    }
-                }
-            }
-            (FrameBody::Ack { message_id }, Some(me)) => {
-                // Only what this connection delivered can be acknowledged on it (the
-                // store deletes by the number it was delivered under). Anything else
-                // is still pending and is delivered again, and acknowledged then.
-                if let Some(seq) = delivery.as_ref().and_then(|d| d.seq_of(&message_id)) {
-                    in_flight.push_back(Box::pin(
-                        relay_ref.commit_ack(me.device, frame.id, message_id, seq),
-                    ));
-                }
-            }
-            (body, _) => {
-                // Control frames wait for everything before them.
-                while let Some(done) = in_flight.next().await {
-                    if !apply(done, &relay, &mut delivery, &auth_tx, &out_tx, &shutdown).await {
-                        break 'conn;
-                    }
-                }
-                let handled = relay.handle(&mut ctx, Frame { body, ..frame }).await;
-                if !apply(handled, &relay, &mut delivery, &auth_tx, &out_tx, &shutdown).await {
-                    break;
-                }
-            }
         }
     }
 
     // Let committed work answer (bounded by the connection's lifetime anyway).
     while let Ok(Some(done)) = tokio::time::timeout(Duration::from_secs(2), in_flight.next()).await
     {
-        if !apply(done, &relay, &mut delivery, &auth_tx, &out_tx, &shutdown).await {
+        if !apply(done, &relay, &mut delivery, &auth_tx, &outbox, &shutdown).await {
             break;
         }
     }
     drop(in_flight);
-    reader.abort();
     if let Some(d) = delivery.take() {
         d.stop(&relay).await;
     }
     extra.abort();
-    drop(out_tx);
+    outbox.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     if ended == Some(End::Replaced) {
         conn.close(close::REPLACED.into(), b"replaced by a newer connection");
@@ -314,7 +412,7 @@ async fn apply<S: Store>(
     relay: &Arc<Relay<S>>,
     delivery: &mut Option<Delivery>,
     auth_tx: &watch::Sender<Option<Authenticated>>,
-    out_tx: &mpsc::Sender<Vec<u8>>,
+    outbox: &Arc<Outbox>,
     shutdown: &watch::Receiver<bool>,
 ) -> bool {
     if let Some(me) = handled.authenticated {
@@ -322,7 +420,7 @@ async fn apply<S: Store>(
         *delivery = Some(Delivery::start(
             relay.clone(),
             me,
-            out_tx.clone(),
+            outbox.clone(),
             shutdown.clone(),
         ));
     }
@@ -334,31 +432,22 @@ async fn apply<S: Store>(
         let _ = d.drain_tx.try_send(id);
     }
     if let Some(reply) = handled.reply {
-        if let Some(b) = encode(&reply) {
-            if out_tx.send(b).await.is_err() {
-                return false;
-            }
+        if !outbox.frame(&reply).await {
+            return false;
         }
     }
     true
 }
 
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut batch = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        // Coalesce whatever else is queued into one write.
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        if send.write_all(&batch).await.is_err() {
+/// Hand everything the outbox collects to quinn, one buffer per wake-up.
+async fn write_loop(mut send: quinn::SendStream, outbox: Arc<Outbox>) {
+    while let Some(buf) = outbox.take().await {
+        let n = buf.len() as u64;
+        if send.write_chunk(Bytes::from(buf)).await.is_err() {
+            outbox.close();
             return;
         }
-        metrics::counter!(m::BYTES_SENT).increment(batch.len() as u64);
+        metrics::counter!(m::BYTES_SENT).increment(n);
     }
     let _ = send.finish();
 }
@@ -378,7 +467,7 @@ impl Delivery {
     fn start<S: Store>(
         relay: Arc<Relay<S>>,
         me: Authenticated,
-        out: mpsc::Sender<Vec<u8>>,
+        out: Arc<Outbox>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let sub = relay.hub.register(me.device);
@@ -436,12 +525,27 @@ impl Delivery {
     }
 }
 
+/// Record a delivery (for the window and for its `ack`) and queue it. False once the
+/// connection is gone.
+async fn deliver(
+    out: &Outbox,
+    inflight: &Mutex<HashMap<MessageId, u64>>,
+    seq: u64,
+    envelope: &sealpost_protocol::Envelope,
+) -> bool {
+    if let Ok(mut m) = inflight.lock() {
+        m.insert(envelope.header.message_id, seq);
+    }
+    metrics::counter!(m::ENVELOPES_DELIVERED).increment(1);
+    out.push(|b| wire::encode_deliver_into(envelope, b)).await
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn pump<S: Store>(
     relay: Arc<Relay<S>>,
     me: Authenticated,
     sub: Subscription,
-    out: mpsc::Sender<Vec<u8>>,
+    out: Arc<Outbox>,
     window: Arc<Semaphore>,
     inflight: Arc<Mutex<HashMap<MessageId, u64>>>,
     mut shutdown: watch::Receiver<bool>,
@@ -458,18 +562,6 @@ async fn pump<S: Store>(
     let mut drains: Vec<u64> = Vec::new();
     // Start by catching up with everything pending (redelivery of unacknowledged ones).
     let mut catching_up = true;
-    let deliver = |seq: u64, env: &sealpost_protocol::Envelope| -> Option<Vec<u8>> {
-        if let Ok(mut m) = inflight.lock() {
-            m.insert(env.header.message_id, seq);
-        }
-        metrics::counter!(m::ENVELOPES_DELIVERED).increment(1);
-        encode(&Frame::new(
-            0,
-            FrameBody::Deliver {
-                envelope: env.clone(),
-            },
-        ))
-    };
     loop {
         if lagged.swap(false, Ordering::AcqRel) {
             catching_up = true;
@@ -502,10 +594,8 @@ async fn pump<S: Store>(
                 drop(permit);
                 catching_up = false;
                 for id in drains.drain(..) {
-                    if let Some(b) = encode(&Frame::new(id, FrameBody::MailboxEmpty)) {
-                        if out.send(b).await.is_err() {
-                            return;
-                        }
+                    if !out.frame(&Frame::new(id, FrameBody::MailboxEmpty)).await {
+                        return;
                     }
                 }
                 continue;
@@ -520,20 +610,16 @@ async fn pump<S: Store>(
                     }
                 }
                 last_seq = p.seq;
-                if let Some(b) = deliver(p.seq, &p.envelope) {
-                    if out.send(b).await.is_err() {
-                        return;
-                    }
+                if !deliver(&out, &inflight, p.seq, &p.envelope).await {
+                    return;
                 }
             }
             if n < room.min(256) {
                 // Drained the store (as far as this read saw).
                 catching_up = false;
                 for id in drains.drain(..) {
-                    if let Some(b) = encode(&Frame::new(id, FrameBody::MailboxEmpty)) {
-                        if out.send(b).await.is_err() {
-                            return;
-                        }
+                    if !out.frame(&Frame::new(id, FrameBody::MailboxEmpty)).await {
+                        return;
                     }
                 }
             }
@@ -565,10 +651,8 @@ async fn pump<S: Store>(
                     if let Ok(p) = window.try_acquire() {
                         p.forget();
                         last_seq = seq;
-                        if let Some(b) = deliver(seq, &envelope) {
-                            if out.send(b).await.is_err() {
-                                return;
-                            }
+                        if !deliver(&out, &inflight, seq, &envelope).await {
+                            return;
                         }
                         continue;
                     }
@@ -584,10 +668,8 @@ async fn pump<S: Store>(
                         low: true,
                     },
                 );
-                if let Some(b) = encode(&frame) {
-                    if out.send(b).await.is_err() {
-                        return;
-                    }
+                if !out.frame(&frame).await {
+                    return;
                 }
             }
             Push::Replaced => {
@@ -607,12 +689,112 @@ async fn pump<S: Store>(
                         action: BoundedString::truncating(action),
                     },
                 );
-                if let Some(b) = encode(&frame) {
-                    if out.send(b).await.is_err() {
-                        return;
-                    }
+                if !out.frame(&frame).await {
+                    return;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn ping(id: u64) -> Frame {
+        Frame::new(id, FrameBody::Pong)
+    }
+
+    #[tokio::test]
+    async fn outbox_hands_over_everything_queued_in_order_and_bounds_producers() {
+        let outbox = Arc::new(Outbox::new());
+        for id in 1..=3 {
+            assert!(outbox.frame(&ping(id)).await);
+        }
+        let mut reader = FrameReader::new();
+        let taken = outbox.take().await.unwrap();
+        let mut input = Some((Bytes::from(taken), 0));
+        let mut ids = Vec::new();
+        while let Some(Incoming::Frame(f)) = next_incoming(&mut reader, &mut input) {
+            ids.push(f.id);
+        }
+        assert_eq!(ids, [1, 2, 3]);
+
+        // Past the bound a producer waits until the writer takes the queue.
+        let big = vec![0u8; OUTBOX_BYTES];
+        assert!(
+            outbox
+                .push(|b| {
+                    b.extend_from_slice(&big);
+                    Ok(())
+                })
+                .await
+        );
+        let blocked = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.frame(&ping(9)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!blocked.is_finished(), "a producer went past the bound");
+        assert_eq!(outbox.take().await.unwrap().len(), OUTBOX_BYTES);
+        assert!(blocked.await.unwrap());
+        let next = outbox.take().await.unwrap();
+        assert_eq!(next, wire::encode_frame(&ping(9)).unwrap());
+
+        // Closing: what is queued is still taken, then nothing; producers are refused.
+        assert!(outbox.frame(&ping(10)).await);
+        outbox.close();
+        assert!(!outbox.frame(&ping(11)).await);
+        assert_eq!(
+            outbox.take().await.unwrap(),
+            wire::encode_frame(&ping(10)).unwrap()
+        );
+        assert!(outbox.take().await.is_none());
+    }
+
+    #[test]
+    fn incoming_frames_split_and_packed_across_chunks() {
+        let frames: Vec<Frame> = (1..=5).map(ping).collect();
+        let mut bytes = Vec::new();
+        for f in &frames {
+            bytes.extend_from_slice(&wire::encode_frame(f).unwrap());
+        }
+        // Every way of cutting the stream in two chunks yields the same frames.
+        for cut in 0..=bytes.len() {
+            let mut reader = FrameReader::new();
+            let mut got = Vec::new();
+            for part in [&bytes[..cut], &bytes[cut..]] {
+                let mut input = Some((Bytes::copy_from_slice(part), 0));
+                while let Some(i) = next_incoming(&mut reader, &mut input) {
+                    match i {
+                        Incoming::Frame(f) => got.push(f.id),
+                        _ => panic!("bad frame at cut {cut}"),
+                    }
+                }
+                assert!(input.is_none());
+            }
+            assert_eq!(got, [1, 2, 3, 4, 5], "cut at {cut}");
+        }
+        // A bad length is fatal; an undecodable frame of a valid length is not.
+        let mut reader = FrameReader::new();
+        let mut input = Some((Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0]), 0));
+        assert!(matches!(
+            next_incoming(&mut reader, &mut input),
+            Some(Incoming::Fatal(_))
+        ));
+        let mut reader = FrameReader::new();
+        let mut garbage = vec![0, 0, 0, 3, 0xff, 0xff, 0xff];
+        garbage.extend_from_slice(&wire::encode_frame(&ping(7)).unwrap());
+        let mut input = Some((Bytes::from(garbage), 0));
+        assert!(matches!(
+            next_incoming(&mut reader, &mut input),
+            Some(Incoming::Bad(_))
+        ));
+        assert!(matches!(
+            next_incoming(&mut reader, &mut input),
+            Some(Incoming::Frame(f)) if f.id == 7
+        ));
     }
 }

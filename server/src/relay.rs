@@ -854,7 +854,7 @@ impl<S: Store> Relay<S> {
                     seq,
                     envelope: pushed,
                 },
-            );
+            )
         });
         match self
             .store

@@ -857,6 +857,7 @@ async fn staged_hook_in_order_and_visible_at_once<S: Store>(store: S) {
             let id = e.header.message_id;
             let hook = Box::new(move |seq| {
                 let _ = tx.send((seq, id));
+                false
             });
             store
                 .enqueue_with(Arc::new(e), T0 + HOUR, ROOMY, hook)
@@ -890,7 +891,7 @@ async fn staged_hook_in_order_and_visible_at_once<S: Store>(store: S) {
             Arc::new(envs[3].clone()),
             T0 + HOUR,
             ROOMY,
-            Box::new(|_| {}),
+            Box::new(|_| false),
         )
         .await
         .unwrap();
@@ -916,6 +917,7 @@ async fn staged_hook_in_order_and_visible_at_once<S: Store>(store: S) {
         tokio::spawn(async move {
             let hook = Box::new(move |seq| {
                 let _ = staged_tx.send(seq);
+                false
             });
             store
                 .enqueue_with(Arc::new(e), T0 + HOUR, ROOMY, hook)
@@ -967,7 +969,10 @@ async fn staged_hook_in_order_and_visible_at_once<S: Store>(store: S) {
             Arc::new(envelope(alice.id, bob.id, 10, &mut rng)),
             T0 + HOUR,
             full,
-            Box::new(move |_| flag.store(true, std::sync::atomic::Ordering::SeqCst)),
+            Box::new(move |_| {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                false
+            }),
         )
         .await;
     assert!(matches!(refused, Err(StoreError::QuotaExceeded { .. })));
@@ -1019,8 +1024,10 @@ async fn ack_each_when_staged<S: Store>(
                     Arc::new(e),
                     T0 + HOUR,
                     ROOMY,
+                    // As for an online recipient (a store may hold it for the ack).
                     Box::new(move |seq| {
                         let _ = tx.send((id, seq));
+                        true
                     }),
                 )
                 .await
@@ -2370,7 +2377,10 @@ async fn sqlite_repeat_of_a_stored_envelope_is_recognised_when_written() {
             Arc::new(original.clone()),
             T0 + HOUR,
             ROOMY,
-            Box::new(move |seq| seen.lock().unwrap().push(seq)),
+            Box::new(move |seq| {
+                seen.lock().unwrap().push(seq);
+                false
+            }),
         )
         .await
         .unwrap();

@@ -586,7 +586,7 @@ impl MailboxStore for MemoryStore {
         );
         // Staged and durable are the same moment here; still under the lock, so that
         // calls for one recipient keep sequence order.
-        on_staged(seq);
+        let _online = on_staged(seq);
         Ok(Enqueued {
             seq,
             duplicate: false,

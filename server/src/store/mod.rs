@@ -156,8 +156,10 @@ pub struct Enqueued {
 }
 
 /// Called with an envelope's sequence number once it is staged (see
-/// [`MailboxStore::enqueue_with`]).
-pub type OnStaged = Box<dyn FnOnce(u64) + Send + 'static>;
+/// [`MailboxStore::enqueue_with`]); returns true if it handed the envelope to its
+/// recipient's live connection (a store may then wait a little for the acknowledgement
+/// before it writes the envelope).
+pub type OnStaged = Box<dyn FnOnce(u64) -> bool + Send + 'static>;
 
 /// A pending envelope with its mailbox sequence number.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -311,7 +313,7 @@ pub trait MailboxStore: Send + Sync + 'static {
             Arc::new(envelope.clone()),
             expires_ms,
             quota,
-            Box::new(|_| {}),
+            Box::new(|_| false),
         )
     }
     /// Pending envelopes of `device` with `seq > after_seq`, in sequence order, at most `limit`.

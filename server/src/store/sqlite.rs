@@ -596,37 +596,48 @@ fn writer_loop(
     let mut flushes = Vec::new();
     let mut expires = Vec::new();
     let mut mailbox_counters = WriterCounters::default();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        loop {
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Op(op) => ops.push(op),
-                    Msg::Flush(tx) => flushes.push(tx),
-                    Msg::Wake => {}
-                    Msg::Expire(now, tx) => expires.push((now, tx)),
+    loop {
+        // Wait for a message, or until staged mailbox work is due.
+        let first = match mailboxes.due() {
+            None => match rx.recv() {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            },
+            Some(at) => {
+                let now = std::time::Instant::now();
+                if at <= now {
+                    rx.try_recv().ok()
+                } else {
+                    match rx.recv_timeout(at - now) {
+                        Ok(m) => Some(m),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
                 }
-                if ops.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
-                }
             }
-            // Let a young mailbox batch linger (acknowledgements arriving meanwhile
-            // cancel its envelopes), unless something must not wait.
-            if !flushes.is_empty() || ops.len() >= MAX_BATCH {
-                break;
+        };
+        let mut next = first;
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Op(op) => ops.push(op),
+                Msg::Flush(tx) => flushes.push(tx),
+                // Something staged became due sooner: the loop looks again.
+                Msg::Wake => {}
+                Msg::Expire(now, tx) => expires.push((now, tx)),
             }
-            let Some(due) = mailboxes.due() else { break };
-            let now = std::time::Instant::now();
-            if due <= now {
-                break;
-            }
-            match rx.recv_timeout(due - now) {
-                Ok(msg) => next = Some(msg),
-                Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            if ops.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
-        let batch = mailboxes.take();
+        let flushing = !flushes.is_empty();
+        let mailbox_due = mailboxes
+            .due()
+            .is_some_and(|d| d <= std::time::Instant::now());
+        if ops.is_empty() && expires.is_empty() && !flushing && !mailbox_due {
+            continue;
+        }
+        // A flush (shutdown) writes everything staged, held or not.
+        let batch = mailboxes.take(flushing);
         if batch.is_some() || !ops.is_empty() || !expires.is_empty() {
             let started = std::time::Instant::now();
             counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -648,7 +659,7 @@ fn writer_loop(
                 .record(started.elapsed().as_secs_f64());
             restart_wal_if_long(conn, wal_frames);
         }
-        if !flushes.is_empty() {
+        if flushing {
             let result = checkpoint(conn);
             for tx in flushes.drain(..) {
                 let answer = match &result {
@@ -659,8 +670,8 @@ fn writer_loop(
             }
         }
     }
-    // Stopping: whatever was staged after the last wake-up is still committed.
-    if let Some(batch) = mailboxes.take() {
+    // Stopping: whatever is still staged is committed.
+    if let Some(batch) = mailboxes.take(true) {
         commit_batch(
             conn,
             mailboxes,
@@ -703,7 +714,7 @@ fn commit_batch(
         return;
     }
     let mut poisoned = false;
-    let mut outcomes = mailbox::Outcomes::default();
+    let mut outcomes = Vec::new();
     if let Some(b) = &batch {
         match b.write(conn, counters) {
             Ok(o) => outcomes = o,

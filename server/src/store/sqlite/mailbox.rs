@@ -8,13 +8,16 @@
 //! the relay has decided to keep it. Staging decides (sequence number, quota) in memory,
 //! under one short lock and without touching the database, makes the envelope visible
 //! to `pending` and calls the relay's hook, which pushes it; the sender's answer waits
-//! for the commit.
+//! for the write.
 //!
-//! The writer takes everything staged as one [`Batch`] (after letting a young batch
-//! linger for [`BATCH_LINGER`]), so batches grow with the load and one `fsync` serves
-//! all of them. An envelope whose recipient acknowledges it while its batch is still
-//! open, the common case for an online recipient, is never written: the batch writes
-//! only its tombstone, which keeps a retry by the sender recognisable as a duplicate.
+//! An envelope handed to an online recipient is then *held* for up to [`ONLINE_HOLD`]:
+//! if the recipient acknowledges it meanwhile, which an online client does within a few
+//! milliseconds, the envelope is never written, only its tombstone (which keeps a retry
+//! by the sender recognisable as a duplicate). Everything else (envelopes for offline
+//! recipients, tombstones, acknowledgements of stored envelopes) is written after
+//! [`BATCH_LINGER`]. The writer takes whatever is due whenever it is free, so batches
+//! grow with the load and one `fsync` serves all of them. Holding costs the sender's
+//! `accepted` at most the hold time; the recipient already has the envelope.
 //!
 //! # Who knows what
 //!
@@ -31,7 +34,7 @@
 //!   number, but the recipient has already been offered the copy (under a number that
 //!   is never stored) and drops it by message id, as every client must.
 //! * `pending` reads the staged envelopes first and the database second; an envelope
-//!   leaves the staged set only after its batch committed, so a reader never misses one
+//!   leaves the staged set only after it was committed, so a reader never misses one
 //!   that moves from memory to disk in between (it may see it twice; the merge keeps
 //!   one).
 //! * If a commit fails, everything staged is answered with the error (those senders
@@ -39,9 +42,10 @@
 //!   database; sequence numbers never go back, so a connected recipient sees a gap and
 //!   reads its mailbox again.
 //! * Staged envelope bytes are bounded by [`MAX_STAGED_BYTES`]: `enqueue` waits for
-//!   room when the disk falls behind.
+//!   room when the disk falls behind, and held envelopes are written early when the
+//!   staged bytes pass half of it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -59,13 +63,14 @@ pub const MAX_STAGED_BYTES: usize = 64 << 20;
 const PERMIT_UNIT: usize = 1024;
 /// Mailboxes whose counters stay cached; idle ones beyond this are forgotten.
 pub const MAX_CACHED_MAILBOXES: usize = 65_536;
-/// How long the writer lets a batch stay open after its first operation, when it is
-/// not busy anyway: an online recipient's acknowledgement usually arrives within this
-/// time, and the envelope is then never written. Only the sender's `accepted` waits
-/// this long; the recipient already has the envelope.
+/// How long an envelope handed to an online recipient waits for its acknowledgement
+/// before it is written. An online client acknowledges within milliseconds; if it
+/// does within this time, the envelope is never written. Only the sender's `accepted`
+/// waits; the recipient already has the envelope.
+pub const ONLINE_HOLD: Duration = Duration::from_millis(50);
+/// How long everything else waits to share a commit with what follows it, when the
+/// writer is not busy anyway.
 pub const BATCH_LINGER: Duration = Duration::from_millis(2);
-/// Operations in an open batch after which the writer takes it without lingering.
-pub const BATCH_LINGER_MAX_OPS: usize = 4096;
 /// Envelope rows one expiry pass removes at most (the sweeper runs again later).
 pub const MAX_EXPIRED_PER_PASS: usize = 50_000;
 
@@ -74,7 +79,7 @@ pub const MAX_EXPIRED_PER_PASS: usize = 50_000;
 pub struct MailboxStats {
     /// Envelopes staged.
     pub staged: u64,
-    /// Envelopes acknowledged before their batch was written (only a tombstone was).
+    /// Envelopes acknowledged before they were written (only a tombstone was).
     pub cancelled: u64,
 }
 
@@ -86,22 +91,28 @@ pub(super) struct Counters {
     bytes: u64,
 }
 
-/// What the writer found for the operations of a batch.
-#[derive(Debug, Default)]
-pub(super) struct Outcomes {
-    /// Per insert: `Some(seq)` if the message id was already stored (as `seq`).
-    duplicate: Vec<Option<u64>>,
-    /// Per acknowledgement of a stored envelope: whether it was pending.
-    acked: Vec<bool>,
+/// A committed transaction's findings (per operation of its batch, in order) and the
+/// mailbox counters it wrote.
+pub(super) type Committed = (Vec<Found>, Vec<(DeviceId, Counters)>);
+
+/// What the writer found for one staged operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Found {
+    /// The envelope (or its tombstone) was written.
+    Written,
+    /// The message id was already stored or acknowledged as this sequence number.
+    Duplicate(u64),
+    /// An acknowledgement: whether the envelope was pending.
+    Acked(bool),
 }
 
-/// The end of one batch's commit, awaited by every operation in it.
-pub(super) struct BatchDone {
-    result: OnceLock<Result<Outcomes, String>>,
+/// The completion of one staged operation: resolved once it is committed (or failed).
+pub(super) struct Slot {
+    result: OnceLock<Result<Found, String>>,
     notify: Notify,
 }
 
-impl BatchDone {
+impl Slot {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             result: OnceLock::new(),
@@ -109,84 +120,62 @@ impl BatchDone {
         })
     }
 
-    /// Resolve once the batch committed (or failed).
-    async fn wait(&self) -> Result<&Outcomes, StoreError> {
+    async fn wait(&self) -> Result<Found, StoreError> {
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(r) = self.result.get() {
                 return r
-                    .as_ref()
+                    .clone()
                     .map_err(|e| StoreError::Backend(format!("commit failed: {e}")));
             }
             notified.await;
         }
     }
 
-    fn finish(&self, result: Result<Outcomes, String>) {
+    fn finish(&self, result: Result<Found, String>) {
         let _ = self.result.set(result);
         self.notify.notify_waiters();
     }
 }
 
-/// Where a staged operation's answer comes from.
-pub(super) enum Durable {
-    /// Nothing to wait for.
-    Now,
-    /// The commit of a batch (the operation's own, or the one holding the original).
-    Batch(Arc<BatchDone>),
-    /// The commit of a batch, with the writer's finding for insert `index`.
-    Insert(Arc<BatchDone>, usize),
-    /// The commit of a batch, with the writer's finding for acknowledgement `index`.
-    Ack(Arc<BatchDone>, usize),
-}
-
 /// An operation staged: its provisional answer and what makes it final.
 pub(super) struct Staged<T> {
     value: T,
-    durable: Durable,
-    /// The open batch was empty: wake the writer.
+    durable: Option<Arc<Slot>>,
+    /// Something became due sooner than the writer expects: wake it.
     pub(super) wake: bool,
 }
 
 impl Staged<Enqueued> {
     /// The final answer, once durable.
     pub(super) async fn enqueued(self) -> Result<Enqueued, StoreError> {
-        match self.durable {
-            Durable::Now => Ok(self.value),
-            Durable::Batch(done) | Durable::Ack(done, _) => {
-                done.wait().await?;
-                Ok(self.value)
-            }
-            Durable::Insert(done, i) => {
-                let found = done.wait().await?;
-                Ok(match found.duplicate.get(i).copied().flatten() {
-                    Some(seq) => Enqueued {
-                        seq,
-                        duplicate: true,
-                    },
-                    None => self.value,
-                })
-            }
-        }
+        let Some(slot) = self.durable else {
+            return Ok(self.value);
+        };
+        Ok(match slot.wait().await? {
+            // The original of an in-flight repeat may itself turn out to be a repeat.
+            Found::Duplicate(seq) => Enqueued {
+                seq,
+                duplicate: true,
+            },
+            _ => self.value,
+        })
     }
 }
 
 impl Staged<bool> {
     /// The final answer, once durable.
     pub(super) async fn acked(self) -> Result<bool, StoreError> {
-        match self.durable {
-            Durable::Now => Ok(self.value),
-            Durable::Batch(done) | Durable::Insert(done, _) => {
-                done.wait().await?;
-                Ok(self.value)
-            }
-            Durable::Ack(done, i) => {
-                let found = done.wait().await?;
-                Ok(found.acked.get(i).copied().unwrap_or(false))
-            }
-        }
+        let Some(slot) = self.durable else {
+            return Ok(self.value);
+        };
+        Ok(match slot.wait().await? {
+            Found::Acked(found) => found,
+            // A cancelled envelope: its tombstone was written (or it was a repeat).
+            Found::Written | Found::Duplicate(_) => self.value,
+        })
     }
 }
 
@@ -194,9 +183,12 @@ struct Insert {
     seq: u64,
     envelope: Arc<Envelope>,
     expires_ms: u64,
-    /// Acknowledged while the batch was open: write a tombstone instead.
+    /// When it is written if not acknowledged by then.
+    due: Instant,
+    /// Acknowledged before it was written: write a tombstone instead.
     cancelled: bool,
-    /// Room in the staged-bytes bound, given back when the batch is done.
+    slot: Arc<Slot>,
+    /// Room in the staged-bytes bound, given back when it is done.
     _room: OwnedSemaphorePermit,
 }
 
@@ -204,66 +196,47 @@ struct DbAck {
     recipient: DeviceId,
     seq: u64,
     message_id: MessageId,
+    slot: Arc<Slot>,
 }
 
-/// Staged work handed to the writer in one piece.
+/// Work the writer took, written in one transaction.
 pub(super) struct Batch {
     generation: u64,
-    /// When its first operation was staged.
-    opened: Option<Instant>,
     inserts: Vec<Insert>,
     acks: Vec<DbAck>,
-    done: Arc<BatchDone>,
 }
 
 impl Batch {
-    fn new(generation: u64) -> Self {
-        Self {
-            generation,
-            opened: None,
-            inserts: Vec::new(),
-            acks: Vec::new(),
-            done: BatchDone::new(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.inserts.is_empty() && self.acks.is_empty()
-    }
-
     /// Operations in the batch, for the writer's counters.
     pub(super) fn len(&self) -> usize {
         self.inserts.len() + self.acks.len()
     }
 
-    /// Envelopes in the batch acknowledged before it was written.
+    /// Envelopes in the batch acknowledged before they were written.
     pub(super) fn cancelled(&self) -> u64 {
         self.inserts.iter().filter(|i| i.cancelled).count() as u64
     }
 
     /// Write the batch inside the writer's open transaction, keeping `counters` (the
-    /// writer's own) in step. Returns what it found.
+    /// writer's own) in step. Returns what it found, in the order of inserts then acks.
     pub(super) fn write(
         &self,
         c: &Connection,
         counters: &mut WriterCounters,
-    ) -> Result<Outcomes, StoreError> {
-        let mut out = Outcomes {
-            duplicate: Vec::with_capacity(self.inserts.len()),
-            acked: Vec::with_capacity(self.acks.len()),
-        };
+    ) -> Result<Vec<Found>, StoreError> {
+        let mut out = Vec::with_capacity(self.len());
         for i in &self.inserts {
             let h = &i.envelope.header;
             let n = counters.get(c, &h.recipient)?;
             n.next_seq = n.next_seq.max(i.seq.saturating_add(1));
             if let Some(seq) = stored_seq(c, h)? {
                 // Already stored or acknowledged: nothing is written.
-                out.duplicate.push(Some(seq));
+                out.push(Found::Duplicate(seq));
                 continue;
             }
-            out.duplicate.push(None);
+            out.push(Found::Written);
             if i.cancelled {
-                insert_tombstone(c, h, i.seq, i.expires_ms)?;
+                insert_tombstone(c, h.timestamp_ms as i64, h, i.seq, int(i.expires_ms))?;
                 continue;
             }
             let size = i.envelope.body.len() as u64;
@@ -293,24 +266,24 @@ impl Batch {
             n.bytes += size;
         }
         for a in &self.acks {
-            let row: Option<(i64, i64, i64)> = c
+            let row: Option<(i64, i64, i64, u16, String)> = c
                 .prepare_cached(
                     "DELETE FROM envelopes WHERE recipient = ?1 AND seq = ?2 AND message_id = ?3
-                     RETURNING size, expires_ms, timestamp_ms",
+                     RETURNING size, expires_ms, timestamp_ms, version, sender",
                 )
                 .and_then(|mut s| {
                     s.query_row(
                         params![dev(&a.recipient), int(a.seq), msg(&a.message_id)],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                     )
                     .optional()
                 })
                 .map_err(backend)?;
-            let Some((size, expires, timestamp_ms)) = row else {
-                out.acked.push(false);
+            let Some((size, expires, timestamp_ms, _, _)) = row else {
+                out.push(Found::Acked(false));
                 continue;
             };
-            out.acked.push(true);
+            out.push(Found::Acked(true));
             let size = uint(size, "size")?;
             c.prepare_cached(
                 "INSERT INTO delivered (timestamp_ms, recipient, message_id, seq, expires_ms)
@@ -337,9 +310,14 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        // A batch dropped without an answer (the writer stopped): nobody waits forever.
-        self.done
-            .finish(Err("the sqlite writer stopped before committing".to_owned()));
+        // Dropped without an answer (the writer stopped): nobody waits forever.
+        let stopped = || Err("the sqlite writer stopped before committing".to_owned());
+        for i in &self.inserts {
+            i.slot.finish(stopped());
+        }
+        for a in &self.acks {
+            a.slot.finish(stopped());
+        }
     }
 }
 
@@ -446,12 +424,12 @@ fn load_counters(c: &Connection, device: &DeviceId) -> Result<Option<Counters>, 
     .transpose()
 }
 
-/// The tombstone of an envelope acknowledged before it was ever written.
 fn insert_tombstone(
     c: &Connection,
+    timestamp_ms: i64,
     h: &RoutingHeader,
     seq: u64,
-    expires_ms: u64,
+    expires_ms: i64,
 ) -> Result<(), StoreError> {
     c.prepare_cached(
         "INSERT INTO delivered (timestamp_ms, recipient, message_id, seq, expires_ms)
@@ -461,11 +439,11 @@ fn insert_tombstone(
     .and_then(|mut s| {
         s.execute(params![
             // Stored bit for bit (the sender's clock), as in `envelopes`.
-            h.timestamp_ms as i64,
+            timestamp_ms,
             dev(&h.recipient),
             msg(&h.message_id),
             int(seq),
-            int(expires_ms)
+            expires_ms
         ])
     })
     .map_err(backend)?;
@@ -497,30 +475,23 @@ fn stored_seq(c: &Connection, h: &RoutingHeader) -> Result<Option<u64>, StoreErr
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// Staged in batch `generation` at `index` of its inserts (being written if that
-    /// is no longer the open batch).
-    Staged { generation: u64, index: usize },
-    /// Acknowledged while its batch was open; batch `generation` writes a tombstone.
-    Cancelled { generation: u64 },
-    /// Its acknowledgement is in batch `generation`.
-    Acking { generation: u64 },
+    /// Staged, not yet taken: `ticket` locates it in the open queue.
+    Open { ticket: u64 },
+    /// Acknowledged before it was taken (its tombstone is written).
+    Cancelled { ticket: u64 },
+    /// Taken by the writer in batch `generation` (its envelope or tombstone).
+    Writing { generation: u64 },
+    /// Its acknowledgement is queued (`None`) or in batch `generation`.
+    Acking { generation: Option<u64> },
 }
 
-impl Phase {
-    fn generation(self) -> u64 {
-        match self {
-            Self::Staged { generation, .. }
-            | Self::Cancelled { generation }
-            | Self::Acking { generation } => generation,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 struct IdState {
     seq: u64,
     size: u64,
     phase: Phase,
+    /// Completes when what this id waits for is durable.
+    slot: Arc<Slot>,
 }
 
 #[derive(Default)]
@@ -535,7 +506,7 @@ struct MailboxState {
     stale: bool,
     /// Staged, not acknowledged, not yet committed: what `pending` adds to the database.
     staged: BTreeMap<u64, Arc<Envelope>>,
-    /// Every message id with work in an open or committing batch.
+    /// Every message id with work staged or being written.
     ids: HashMap<MessageId, IdState>,
 }
 
@@ -546,35 +517,38 @@ impl MailboxState {
 }
 
 struct Inner {
-    /// A read-only connection, to load a mailbox's counters the first time it is used;
-    /// `None` once the store is closing.
+    /// A read-only connection, to load a mailbox's counters the first time it is used
+    /// (and to answer a repeat refused by the quota); `None` once the store is closing.
     reader: Option<Connection>,
     boxes: HashMap<DeviceId, MailboxState>,
-    open: Batch,
-    /// The batch the writer is writing, if any.
-    committing: Option<(u64, Arc<BatchDone>)>,
+    /// Staged envelopes not yet taken, in staging order; `None` once taken early.
+    open: VecDeque<Option<Insert>>,
+    /// Ticket of `open[0]`.
+    first_ticket: u64,
+    /// Acknowledgements of stored (or being written) envelopes, not yet taken.
+    acks: Vec<DbAck>,
+    /// The earliest time something staged is due to be written.
+    due: Option<Instant>,
+    /// Number of the next batch.
+    generation: u64,
     stats: MailboxStats,
 }
 
 impl Inner {
-    /// The commit that makes work of batch `generation` durable.
-    fn done_of(&self, generation: u64) -> Durable {
-        if generation == self.open.generation {
-            return Durable::Batch(self.open.done.clone());
-        }
-        match &self.committing {
-            Some((g, done)) if *g == generation => Durable::Batch(done.clone()),
-            // Already committed.
-            _ => Durable::Now,
+    /// Something must be written by `at`: returns true if that is sooner than before.
+    fn due_by(&mut self, at: Instant) -> bool {
+        match self.due {
+            Some(d) if d <= at => false,
+            _ => {
+                self.due = Some(at);
+                true
+            }
         }
     }
 
-    fn open_first(&mut self) -> bool {
-        let first = self.open.is_empty();
-        if first {
-            self.open.opened = Some(Instant::now());
-        }
-        first
+    fn open_mut(&mut self, ticket: u64) -> Option<&mut Insert> {
+        let i = usize::try_from(ticket.checked_sub(self.first_ticket)?).ok()?;
+        self.open.get_mut(i)?.as_mut()
     }
 }
 
@@ -597,8 +571,11 @@ impl Mailboxes {
             inner: Mutex::new(Inner {
                 reader: Some(reader),
                 boxes: HashMap::new(),
-                open: Batch::new(1),
-                committing: None,
+                open: VecDeque::new(),
+                first_ticket: 0,
+                acks: Vec::new(),
+                due: None,
+                generation: 1,
                 stats: MailboxStats::default(),
             }),
             room: Arc::new(Semaphore::new(MAX_STAGED_BYTES / PERMIT_UNIT)),
@@ -645,16 +622,15 @@ impl Mailboxes {
         let inner = &mut *g;
         let recipient = envelope.header.recipient;
         let message_id = envelope.header.message_id;
-        let open_generation = inner.open.generation;
         let mb = mailbox(&mut inner.boxes, inner.reader.as_ref(), &recipient)?;
-        if let Some(st) = mb.ids.get(&message_id).copied() {
-            // In flight: a duplicate, durable with the batch that holds the original.
+        if let Some(st) = mb.ids.get(&message_id) {
+            // In flight: a repeat, durable with the original.
             return Ok(Staged {
                 value: Enqueued {
                     seq: st.seq,
                     duplicate: true,
                 },
-                durable: inner.done_of(st.phase.generation()),
+                durable: Some(st.slot.clone()),
                 wake: false,
             });
         }
@@ -677,8 +653,8 @@ impl Mailboxes {
             None
         };
         if let Some(refusal) = refusal {
-            // A repeat of a stored envelope is still answered as such (a rare path: the
-            // one place staging reads the database).
+            // A repeat of a stored envelope is still answered as such (the one place
+            // staging reads the database; a refusal is rare).
             let reader = inner
                 .reader
                 .as_ref()
@@ -689,7 +665,7 @@ impl Mailboxes {
                         seq,
                         duplicate: true,
                     },
-                    durable: Durable::Now,
+                    durable: None,
                     wake: false,
                 }),
                 None => Err(refusal),
@@ -699,35 +675,39 @@ impl Mailboxes {
         mb.next_seq += 1;
         mb.in_flight.0 += 1;
         mb.in_flight.1 += size;
-        let index = inner.open.inserts.len();
+        let ticket = inner.first_ticket + inner.open.len() as u64;
+        let slot = Slot::new();
         mb.ids.insert(
             message_id,
             IdState {
                 seq,
                 size,
-                phase: Phase::Staged {
-                    generation: open_generation,
-                    index,
-                },
+                phase: Phase::Open { ticket },
+                slot: slot.clone(),
             },
         );
         mb.staged.insert(seq, envelope.clone());
-        let wake = inner.open_first();
-        inner.open.inserts.push(Insert {
+        inner.stats.staged += 1;
+        let online = on_staged(seq);
+        // Held for an online recipient's acknowledgement; otherwise it shares the next
+        // commit.
+        let due = Instant::now() + if online { ONLINE_HOLD } else { BATCH_LINGER };
+        let wake = inner.due_by(due);
+        inner.open.push_back(Some(Insert {
             seq,
             envelope,
             expires_ms,
+            due,
             cancelled: false,
+            slot: slot.clone(),
             _room: room,
-        });
-        inner.stats.staged += 1;
-        on_staged(seq);
+        }));
         Ok(Staged {
             value: Enqueued {
                 seq,
                 duplicate: false,
             },
-            durable: Durable::Insert(inner.open.done.clone(), index),
+            durable: Some(slot),
             wake,
         })
     }
@@ -744,90 +724,86 @@ impl Mailboxes {
         let inner = &mut *g;
         let not_pending = Staged {
             value: false,
-            durable: Durable::Now,
+            durable: None,
             wake: false,
         };
-        let open_generation = inner.open.generation;
         let mb = match mailbox(&mut inner.boxes, inner.reader.as_ref(), device) {
             Ok(mb) => mb,
             Err(StoreError::NotFound(_)) => return Ok(not_pending),
             Err(e) => return Err(e),
         };
-        match mb.ids.get(message_id).copied() {
-            Some(IdState {
-                phase: Phase::Cancelled { .. } | Phase::Acking { .. },
-                ..
-            }) => return Ok(not_pending),
-            Some(st) if st.seq != seq => return Ok(not_pending),
-            Some(IdState {
-                seq,
-                size,
-                phase: Phase::Staged { generation, index },
-            }) if generation == open_generation => {
-                // Still in the open batch: it is never written, only its tombstone.
-                let Some(insert) = inner.open.inserts.get_mut(index) else {
+        let Some(st) = mb.ids.get(message_id).cloned() else {
+            // Only on disk, if anywhere: the writer finds out.
+            let slot = Slot::new();
+            mb.ids.insert(
+                *message_id,
+                IdState {
+                    seq,
+                    size: 0,
+                    phase: Phase::Acking { generation: None },
+                    slot: slot.clone(),
+                },
+            );
+            return Ok(self.queue_ack(inner, device, message_id, seq, slot));
+        };
+        if st.seq != seq {
+            return Ok(not_pending);
+        }
+        match st.phase {
+            Phase::Cancelled { .. } | Phase::Acking { .. } => Ok(not_pending),
+            Phase::Open { ticket } => {
+                // Not yet written: it never will be, only its tombstone.
+                mb.staged.remove(&seq);
+                mb.in_flight.0 = mb.in_flight.0.saturating_sub(1);
+                mb.in_flight.1 = mb.in_flight.1.saturating_sub(st.size);
+                if let Some(state) = mb.ids.get_mut(message_id) {
+                    state.phase = Phase::Cancelled { ticket };
+                }
+                let Some(insert) = inner.open_mut(ticket) else {
                     return Err(StoreError::Backend("staged envelope vanished".to_owned()));
                 };
                 insert.cancelled = true;
-                mb.ids.insert(
-                    *message_id,
-                    IdState {
-                        seq,
-                        size,
-                        phase: Phase::Cancelled {
-                            generation: open_generation,
-                        },
-                    },
-                );
-                mb.staged.remove(&seq);
-                mb.in_flight.0 = mb.in_flight.0.saturating_sub(1);
-                mb.in_flight.1 = mb.in_flight.1.saturating_sub(size);
                 inner.stats.cancelled += 1;
-                return Ok(Staged {
+                let wake = inner.due_by(Instant::now() + BATCH_LINGER);
+                Ok(Staged {
                     value: true,
-                    durable: Durable::Batch(inner.open.done.clone()),
-                    wake: false,
-                });
+                    durable: Some(st.slot),
+                    wake,
+                })
             }
-            Some(st) => {
+            Phase::Writing { .. } => {
                 // Being written: the next batch deletes it.
-                mb.staged.remove(&st.seq);
-                mb.ids.insert(
-                    *message_id,
-                    IdState {
-                        phase: Phase::Acking {
-                            generation: open_generation,
-                        },
-                        ..st
-                    },
-                );
-            }
-            None => {
-                // Only on disk, if anywhere: the writer finds out.
-                mb.ids.insert(
-                    *message_id,
-                    IdState {
-                        seq,
-                        size: 0,
-                        phase: Phase::Acking {
-                            generation: open_generation,
-                        },
-                    },
-                );
+                mb.staged.remove(&seq);
+                let slot = Slot::new();
+                if let Some(state) = mb.ids.get_mut(message_id) {
+                    state.phase = Phase::Acking { generation: None };
+                    state.slot = slot.clone();
+                }
+                Ok(self.queue_ack(inner, device, message_id, seq, slot))
             }
         }
-        let wake = inner.open_first();
-        let index = inner.open.acks.len();
-        inner.open.acks.push(DbAck {
+    }
+
+    fn queue_ack(
+        &self,
+        inner: &mut Inner,
+        device: &DeviceId,
+        message_id: &MessageId,
+        seq: u64,
+        slot: Arc<Slot>,
+    ) -> Staged<bool> {
+        inner.acks.push(DbAck {
             recipient: *device,
             seq,
             message_id: *message_id,
+            slot: slot.clone(),
         });
-        Ok(Staged {
+        let wake = inner.due_by(Instant::now() + BATCH_LINGER);
+        Staged {
             value: true,
-            durable: Durable::Ack(inner.open.done.clone(), index),
+            durable: Some(slot),
             wake,
-        })
+        }
     }
 
     /// Staged envelopes of `device` after `after_seq` (at most `limit`), to merge with
@@ -849,27 +825,61 @@ impl Mailboxes {
             .collect()
     }
 
-    /// When the writer should take the open batch: `None` if it is empty, else the end
-    /// of its linger time (its start, if it is already large).
+    /// When the writer should next take something: `None` if nothing is staged.
     pub(super) fn due(&self) -> Option<Instant> {
-        let g = self.inner.lock().ok()?;
-        let opened = g.open.opened?;
-        if g.open.len() >= BATCH_LINGER_MAX_OPS {
-            return Some(opened);
-        }
-        Some(opened + BATCH_LINGER)
+        self.inner.lock().ok()?.due
     }
 
-    /// The writer takes everything staged so far (`None` if nothing is).
-    pub(super) fn take(&self) -> Option<Batch> {
+    /// The writer takes everything due (everything, if `all`; held envelopes too when
+    /// the staged bytes pass half their bound). `None` if nothing is.
+    pub(super) fn take(&self, all: bool) -> Option<Batch> {
         let mut g = self.inner.lock().ok()?;
         let inner = &mut *g;
-        if inner.open.is_empty() {
+        let now = Instant::now();
+        let pressed = self.room.available_permits() < MAX_STAGED_BYTES / PERMIT_UNIT / 2;
+        let generation = inner.generation;
+        let mut inserts = Vec::new();
+        let mut next_due = None::<Instant>;
+        for entry in inner.open.iter_mut() {
+            let Some(i) = entry else { continue };
+            if all || pressed || i.cancelled || i.due <= now {
+                if let Some(i) = entry.take() {
+                    inserts.push(i);
+                }
+            } else {
+                next_due = Some(next_due.map_or(i.due, |d| d.min(i.due)));
+            }
+        }
+        while matches!(inner.open.front(), Some(None)) {
+            inner.open.pop_front();
+            inner.first_ticket += 1;
+        }
+        inner.due = next_due;
+        let acks = std::mem::take(&mut inner.acks);
+        if inserts.is_empty() && acks.is_empty() {
             return None;
         }
-        let next = Batch::new(inner.open.generation + 1);
-        let batch = std::mem::replace(&mut inner.open, next);
-        inner.committing = Some((batch.generation, batch.done.clone()));
+        inner.generation += 1;
+        for i in &inserts {
+            if let Some(mb) = inner.boxes.get_mut(&i.envelope.header.recipient) {
+                if let Some(st) = mb.ids.get_mut(&i.envelope.header.message_id) {
+                    if matches!(st.phase, Phase::Open { .. } | Phase::Cancelled { .. }) {
+                        st.phase = Phase::Writing { generation };
+                    }
+                }
+            }
+        }
+        for a in &acks {
+            if let Some(mb) = inner.boxes.get_mut(&a.recipient) {
+                if let Some(st) = mb.ids.get_mut(&a.message_id) {
+                    if st.phase == (Phase::Acking { generation: None }) {
+                        st.phase = Phase::Acking {
+                            generation: Some(generation),
+                        };
+                    }
+                }
+            }
+        }
         if inner.boxes.len() > MAX_CACHED_MAILBOXES {
             let keep = MAX_CACHED_MAILBOXES * 3 / 4;
             let mut excess = inner.boxes.len() - keep;
@@ -882,88 +892,106 @@ impl Mailboxes {
                 }
             });
         }
-        Some(batch)
+        Some(Batch {
+            generation,
+            inserts,
+            acks,
+        })
     }
 
-    /// The writer finished a transaction, with or without a batch: committed (with the
-    /// writer's findings and the mailbox counters it wrote), or rolled back.
-    pub(super) fn finish(
-        &self,
-        batch: Option<Batch>,
-        result: Result<(Outcomes, Vec<(DeviceId, Counters)>), String>,
-    ) {
+    /// The writer finished a transaction, with or without a batch: committed (with what
+    /// it found for each operation of the batch and the mailbox counters it wrote), or
+    /// rolled back.
+    pub(super) fn finish(&self, batch: Option<Batch>, result: Result<Committed, String>) {
         let Ok(mut g) = self.inner.lock() else {
-            if let Some(b) = batch {
-                b.done.finish(result.map(|(o, _)| o));
-            }
+            // Dropping the batch answers its operations with an error.
             return;
         };
         let inner = &mut *g;
-        if let Some(batch) = &batch {
-            let generation = batch.generation;
-            inner.committing = None;
-            for i in &batch.inserts {
-                let h = &i.envelope.header;
-                let Some(mb) = inner.boxes.get_mut(&h.recipient) else {
-                    continue;
-                };
-                mb.staged.remove(&i.seq);
-                if !i.cancelled {
-                    mb.in_flight.0 = mb.in_flight.0.saturating_sub(1);
-                    mb.in_flight.1 = mb.in_flight.1.saturating_sub(i.envelope.body.len() as u64);
-                }
-                if mb
-                    .ids
-                    .get(&h.message_id)
-                    .is_some_and(|s| s.phase.generation() == generation)
-                {
-                    mb.ids.remove(&h.message_id);
-                }
+        let Some(mut batch) = batch else {
+            if let Ok((_, counters)) = result {
+                apply_counters(inner, counters);
             }
-            for a in &batch.acks {
-                if let Some(mb) = inner.boxes.get_mut(&a.recipient) {
-                    if mb
-                        .ids
-                        .get(&a.message_id)
-                        .is_some_and(|s| s.phase.generation() == generation)
-                    {
-                        mb.ids.remove(&a.message_id);
-                    }
+            return;
+        };
+        let generation = batch.generation;
+        for i in &batch.inserts {
+            let h = &i.envelope.header;
+            let Some(mb) = inner.boxes.get_mut(&h.recipient) else {
+                continue;
+            };
+            mb.staged.remove(&i.seq);
+            if !i.cancelled {
+                mb.in_flight.0 = mb.in_flight.0.saturating_sub(1);
+                mb.in_flight.1 = mb.in_flight.1.saturating_sub(i.envelope.body.len() as u64);
+            }
+            if mb
+                .ids
+                .get(&h.message_id)
+                .is_some_and(|s| s.phase == Phase::Writing { generation })
+            {
+                mb.ids.remove(&h.message_id);
+            }
+        }
+        for a in &batch.acks {
+            if let Some(mb) = inner.boxes.get_mut(&a.recipient) {
+                if mb.ids.get(&a.message_id).is_some_and(|s| {
+                    s.phase
+                        == Phase::Acking {
+                            generation: Some(generation),
+                        }
+                }) {
+                    mb.ids.remove(&a.message_id);
                 }
             }
         }
         match result {
-            Ok((outcomes, counters)) => {
-                for (device, n) in counters {
-                    if let Some(mb) = inner.boxes.get_mut(&device) {
-                        mb.committed = n;
-                        mb.next_seq = mb.next_seq.max(n.next_seq);
-                    }
+            Ok((found, counters)) => {
+                apply_counters(inner, counters);
+                let mut found = found.into_iter();
+                for i in batch.inserts.drain(..) {
+                    i.slot.finish(Ok(found.next().unwrap_or(Found::Written)));
                 }
-                if let Some(b) = batch {
-                    b.done.finish(Ok(outcomes));
+                for a in batch.acks.drain(..) {
+                    a.slot
+                        .finish(Ok(found.next().unwrap_or(Found::Acked(false))));
                 }
             }
             Err(error) => {
-                let Some(batch) = batch else {
-                    // Nothing staged was in it; nothing of it was committed.
-                    return;
-                };
-                // Nothing of this batch was written, and the open batch was staged on top
-                // of it: fail that too, and start again from the database, keeping
-                // sequence numbers moving forward.
-                let next = Batch::new(inner.open.generation + 1);
-                let open = std::mem::replace(&mut inner.open, next);
+                // Nothing of this batch was written, and what is still staged was staged
+                // on top of it: fail that too, and start again from the database,
+                // keeping sequence numbers moving forward.
+                let earlier = format!("an earlier batch failed: {error}");
+                for i in inner.open.drain(..).flatten() {
+                    i.slot.finish(Err(earlier.clone()));
+                }
+                inner.first_ticket = 0;
+                for a in inner.acks.drain(..) {
+                    a.slot.finish(Err(earlier.clone()));
+                }
+                inner.due = None;
                 for mb in inner.boxes.values_mut() {
                     mb.staged.clear();
                     mb.ids.clear();
                     mb.in_flight = (0, 0);
                     mb.stale = true;
                 }
-                open.done
-                    .finish(Err(format!("an earlier batch failed: {error}")));
-                batch.done.finish(Err(error));
+                for i in batch.inserts.drain(..) {
+                    i.slot.finish(Err(error.clone()));
+                }
+                for a in batch.acks.drain(..) {
+                    a.slot.finish(Err(error.clone()));
+                }
             }
+        }
+    }
+}
+
+fn apply_counters(inner: &mut Inner, counters: Vec<(DeviceId, Counters)>) {
+    for (device, n) in counters {
+        if let Some(mb) = inner.boxes.get_mut(&device) {
+            mb.committed = n;
+            mb.next_seq = mb.next_seq.max(n.next_seq);
         }
     }
 }
