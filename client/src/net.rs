@@ -459,6 +459,15 @@ impl RelayConnection {
         self.pushes.lock().await.recv().await
     }
 
+    /// Wait for the next push, then take it and the pushes queued behind it, `max` at
+    /// most, appending them to `out` in order: one wake-up for a burst of deliveries.
+    /// Returns how many were taken; 0 when the connection is gone (or `max` is 0).
+    /// Cancel-safe like [`RelayConnection::next_push`]: if the future is dropped before it
+    /// completes, no push was taken.
+    pub async fn next_pushes(&self, out: &mut Vec<FrameBody>, max: usize) -> usize {
+        self.pushes.lock().await.recv_many(out, max).await
+    }
+
     /// Pushes received and not yet taken with [`RelayConnection::next_push`] (0 while
     /// another task is taking one).
     pub fn queued_pushes(&self) -> usize {
