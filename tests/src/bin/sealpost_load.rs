@@ -1261,6 +1261,10 @@ async fn receive_loop(
     let mut stats = ReceiverStats::default();
     let hard_end = clock.measure_end + DRAIN + Duration::from_secs(30);
     let mut batch = Vec::with_capacity(RECEIVE_BATCH);
+    // Wakes the loop after 100 ms without a push to look at the clock again: one timer
+    // that stays armed (moved only when it fires), not one per wait.
+    let tick = tokio::time::sleep(Duration::from_millis(100));
+    tokio::pin!(tick);
     'receive: loop {
         let now = Instant::now();
         let stopping = clock.stop.load(Ordering::Acquire);
@@ -1273,14 +1277,19 @@ async fn receive_loop(
         if now >= hard_end {
             break;
         }
-        // Every delivery already queued comes in one go (one wake-up and one timer per
-        // burst); each is still timed when it is taken, and acknowledged by a frame of
-        // its own.
-        let wait = now + Duration::from_millis(100);
-        match tokio::time::timeout_at(wait, dev.conn.next_pushes(&mut batch, RECEIVE_BATCH)).await {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(_) => continue,
+        // Every delivery already queued comes in one go (one wake-up per burst); each is
+        // still timed when it is taken, and acknowledged by a frame of its own.
+        // next_pushes is cancel-safe: a tick never loses a push.
+        tokio::select! {
+            n = dev.conn.next_pushes(&mut batch, RECEIVE_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+            }
+            _ = tick.as_mut() => {
+                tick.as_mut().reset(Instant::now() + Duration::from_millis(100));
+                continue;
+            }
         }
         for push in batch.drain(..) {
             let FrameBody::Deliver { envelope } = push else {
