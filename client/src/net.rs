@@ -24,11 +24,15 @@ use sealpost_protocol::trust::{
 };
 use sealpost_protocol::wire::{
     self, auth_signature_message, enroll_signature_message, link_signature_message, BoundedString,
-    BoundedVec, DeviceInfo, ErrorCode, Frame, FrameBody, PendingLink, Role, ALPN, FRAME_PREFIX_LEN,
+    BoundedVec, DeviceInfo, ErrorCode, Frame, FrameBody, FrameReader, PendingLink, Role, ALPN,
     TLS_EXPORTER_LABEL,
 };
 use sealpost_protocol::DecodeError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+mod outbox;
+pub use outbox::OUTBOX_BYTES;
+use outbox::{Append, OutBuffer, Take};
 
 /// Pushes buffered before the reader waits for the application.
 pub const PUSH_QUEUE: usize = 4096;
@@ -212,10 +216,87 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 
 type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<FrameBody>>>>;
 
+/// The shared side of the writer task: the [`OutBuffer`] callers encode frames into, and
+/// the two wake-ups around it.
+struct Outbox {
+    state: Mutex<OutBuffer>,
+    /// Wakes the writer task, which waits when it found nothing to take.
+    ready: Notify,
+    /// Wakes callers that found the buffer full.
+    room: Notify,
+}
+
+impl Outbox {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(OutBuffer::new(OUTBOX_BYTES)),
+            ready: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    /// Run `append` on the buffer, waiting for room while it is full. Cancel-safe: an
+    /// append either happened (and will be written) or did not.
+    async fn push(
+        &self,
+        mut append: impl FnMut(&mut OutBuffer) -> Result<Append, NetError>,
+    ) -> Result<(), NetError> {
+        loop {
+            // Made before the buffer is looked at, so the writer's notify_waiters after a
+            // take reaches it even if that take happens before this task waits.
+            let room = self.room.notified();
+            let outcome = {
+                let mut state = self.state.lock().map_err(|_| closed())?;
+                append(&mut state)?
+            };
+            match outcome {
+                Append::Done { wake_writer } => {
+                    if wake_writer {
+                        self.ready.notify_one();
+                    }
+                    return Ok(());
+                }
+                Append::Closed => return Err(closed()),
+                Append::Full => room.await,
+            }
+        }
+    }
+
+    fn take(&self) -> Take {
+        match self.state.lock() {
+            Ok(mut state) => state.take(),
+            Err(_) => Take::Closed,
+        }
+    }
+
+    /// Refuse further frames; with `discard`, drop what is buffered too (it cannot be
+    /// sent). Wakes the writer and every waiting caller.
+    fn close(&self, discard: bool) {
+        if let Ok(mut state) = self.state.lock() {
+            state.close();
+            if discard {
+                state.discard();
+            }
+        }
+        self.ready.notify_one();
+        self.room.notify_waiters();
+    }
+}
+
+fn closed() -> NetError {
+    NetError::Connection("connection closed".into())
+}
+
 /// An open connection to the relay.
+///
+/// Two tasks serve it. The writer takes whatever frames callers encoded into the shared
+/// outbox (at most [`OUTBOX_BYTES`] before callers wait) and hands them to QUIC as one
+/// chunk, without copying. The reader takes chunks as QUIC has them, cuts them into
+/// frames with [`FrameReader`], and routes each answer to its request by id and every
+/// other frame to the push queue (at most [`PUSH_QUEUE`]).
 pub struct RelayConnection {
     conn: quinn::Connection,
-    out: mpsc::Sender<Vec<u8>>,
+    out: Arc<Outbox>,
     pending: PendingMap,
     next_id: AtomicU64,
     pushes: tokio::sync::Mutex<mpsc::Receiver<FrameBody>>,
@@ -251,14 +332,14 @@ impl RelayConnection {
             .open_bi()
             .await
             .map_err(|e| NetError::Connection(e.to_string()))?;
-        let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(1024);
-        tokio::spawn(write_loop(send, out_rx));
+        let out = Arc::new(Outbox::new());
+        tokio::spawn(write_loop(send, out.clone()));
         let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
         tokio::spawn(read_loop(recv, pending.clone(), push_tx));
         Ok(Self {
             conn,
-            out: out_tx,
+            out,
             pending,
             next_id: AtomicU64::new(1),
             pushes: tokio::sync::Mutex::new(push_rx),
@@ -279,17 +360,56 @@ impl RelayConnection {
 
     /// Send raw bytes on the control stream (for adversarial tests).
     pub async fn send_raw(&self, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.out.push(|b| Ok(b.append_raw(&bytes))).await
+    }
+
+    /// Encode `frame` into the outbox (waiting for room if it is full).
+    async fn send_encoded(&self, frame: &Frame) -> Result<(), NetError> {
         self.out
-            .send(bytes)
+            .push(|b| {
+                b.append_frame(frame)
+                    .map_err(|e| NetError::Unexpected(e.to_string()))
+            })
             .await
-            .map_err(|_| NetError::Connection("connection closed".into()))
     }
 
     /// Send a frame without waiting for an answer.
     pub async fn send_frame(&self, body: FrameBody) -> Result<(), NetError> {
-        let bytes = wire::encode_frame(&Frame::new(0, body))
-            .map_err(|e| NetError::Unexpected(e.to_string()))?;
-        self.send_raw(bytes).await
+        self.send_encoded(&Frame::new(0, body)).await
+    }
+
+    /// Register a waiter for the answer to a new request id.
+    fn register(&self) -> Result<(u64, oneshot::Receiver<FrameBody>), NetError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let mut p = self.pending.lock().map_err(|_| NetError::Busy)?;
+        if p.len() >= MAX_OUTSTANDING {
+            return Err(NetError::Busy);
+        }
+        p.insert(id, tx);
+        Ok((id, rx))
+    }
+
+    fn unregister(&self, id: u64) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&id);
+        }
+    }
+
+    /// Register request `id`'s waiter (done first, so the answer cannot arrive before it)
+    /// and send the request.
+    async fn send_request(
+        &self,
+        body: FrameBody,
+    ) -> Result<(u64, oneshot::Receiver<FrameBody>), NetError> {
+        let (id, rx) = self.register()?;
+        match self.send_encoded(&Frame::new(id, body)).await {
+            Ok(()) => Ok((id, rx)),
+            Err(e) => {
+                self.unregister(id);
+                Err(e)
+            }
+        }
     }
 
     /// Send a request and return a receiver for its answer, without waiting for it (so
@@ -298,42 +418,17 @@ impl RelayConnection {
         &self,
         body: FrameBody,
     ) -> Result<oneshot::Receiver<FrameBody>, NetError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut p = self.pending.lock().map_err(|_| NetError::Busy)?;
-            if p.len() >= MAX_OUTSTANDING {
-                return Err(NetError::Busy);
-            }
-            p.insert(id, tx);
-        }
-        let bytes = wire::encode_frame(&Frame::new(id, body))
-            .map_err(|e| NetError::Unexpected(e.to_string()))?;
-        self.send_raw(bytes).await?;
-        Ok(rx)
+        Ok(self.send_request(body).await?.1)
     }
 
     /// Send a request and wait for its answer; an `error` frame becomes `Refused`.
     pub async fn request(&self, body: FrameBody) -> Result<FrameBody, NetError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut p = self.pending.lock().map_err(|_| NetError::Busy)?;
-            if p.len() >= MAX_OUTSTANDING {
-                return Err(NetError::Busy);
-            }
-            p.insert(id, tx);
-        }
-        let bytes = wire::encode_frame(&Frame::new(id, body))
-            .map_err(|e| NetError::Unexpected(e.to_string()))?;
-        self.send_raw(bytes).await?;
+        let (id, rx) = self.send_request(body).await?;
         let answer = match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(a)) => a,
             Ok(Err(_)) => return Err(NetError::Connection(self.close_reason())),
             Err(_) => {
-                if let Ok(mut p) = self.pending.lock() {
-                    p.remove(&id);
-                }
+                self.unregister(id);
                 return Err(NetError::Timeout(REQUEST_TIMEOUT));
             }
         };
@@ -362,6 +457,15 @@ impl RelayConnection {
     /// tied to a request); `None` when the connection is gone.
     pub async fn next_push(&self) -> Option<FrameBody> {
         self.pushes.lock().await.recv().await
+    }
+
+    /// Wait for the next push, then take it and the pushes queued behind it, `max` at
+    /// most, appending them to `out` in order: one wake-up for a burst of deliveries.
+    /// Returns how many were taken; 0 when the connection is gone (or `max` is 0).
+    /// Cancel-safe like [`RelayConnection::next_push`]: if the future is dropped before it
+    /// completes, no push was taken.
+    pub async fn next_pushes(&self, out: &mut Vec<FrameBody>, max: usize) -> usize {
+        self.pushes.lock().await.recv_many(out, max).await
     }
 
     /// Pushes received and not yet taken with [`RelayConnection::next_push`] (0 while
@@ -760,26 +864,87 @@ impl RelayConnection {
 
 impl Drop for RelayConnection {
     fn drop(&mut self) {
+        // The writer task hands over what is buffered, finishes the stream and ends.
+        self.out.close(false);
         self.conn.close(0u32.into(), b"bye");
     }
 }
 
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Vec<u8>>) {
-    let mut batch = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
+async fn write_loop(mut send: quinn::SendStream, out: Arc<Outbox>) {
+    loop {
+        match out.take() {
+            Take::Batch {
+                bytes,
+                wake_senders,
+            } => {
+                if wake_senders {
+                    out.room.notify_waiters();
+                }
+                // The buffer becomes the chunk QUIC keeps until the relay acknowledges it:
+                // no copy. (Not cancel-safe, and not raced against anything.)
+                if send.write_chunk(bytes::Bytes::from(bytes)).await.is_err() {
+                    out.close(true);
+                    return;
+                }
             }
-        }
-        if send.write_all(&batch).await.is_err() {
-            return;
+            Take::Empty => out.ready.notified().await,
+            Take::Closed => break,
         }
     }
     let _ = send.finish();
+}
+
+/// Route one frame from the relay: an answer to its waiting request, anything else to the
+/// push queue (waiting while it is full). False when the connection's owner is gone.
+async fn dispatch(frame: Frame, pending: &PendingMap, pushes: &mpsc::Sender<FrameBody>) -> bool {
+    let waiter = if frame.id != 0 {
+        pending.lock().ok().and_then(|mut p| p.remove(&frame.id))
+    } else {
+        None
+    };
+    match waiter {
+        Some(tx) => {
+            let _ = tx.send(frame.body);
+            true
+        }
+        None => pushes.send(frame.body).await.is_ok(),
+    }
+}
+
+/// The byte stream from the relay cannot be cut into frames any further (a length prefix
+/// over [`wire::MAX_FRAME_LEN`] or of zero).
+#[derive(Debug, PartialEq, Eq)]
+struct Unframeable;
+
+/// Cut the frames that `chunk` completes out of it, appending them to `frames`; a partial
+/// frame at its end stays in `reader` for the next chunk. A frame that does not decode is
+/// skipped (as before: the relay's answers are typed, one bad frame does not end the
+/// connection); a bad length prefix ends the stream.
+fn cut_frames(
+    reader: &mut FrameReader,
+    mut chunk: &[u8],
+    frames: &mut Vec<Frame>,
+) -> Result<(), Unframeable> {
+    while !chunk.is_empty() {
+        // The reader takes at most the rest of the current frame: never 0 once the
+        // frames it completed were taken, unless the prefix is bad.
+        let taken = match reader.push(chunk) {
+            Ok(n) if n > 0 => n,
+            _ => return Err(Unframeable),
+        };
+        chunk = &chunk[taken..];
+        loop {
+            match reader.next_frame() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                // A bad length prefix stops the reader where it is.
+                Err(_) if reader.wanted().is_err() => return Err(Unframeable),
+                // A frame that does not decode was consumed: skip it.
+                Err(_) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn read_loop(
@@ -787,35 +952,24 @@ async fn read_loop(
     pending: PendingMap,
     pushes: mpsc::Sender<FrameBody>,
 ) {
+    let mut reader = FrameReader::new();
+    let mut frames = Vec::new();
     loop {
-        let mut prefix = [0u8; FRAME_PREFIX_LEN];
-        if recv.read_exact(&mut prefix).await.is_err() {
-            break;
-        }
-        let Ok(len) = wire::frame_len(prefix) else {
-            break;
+        // Cancel-safe and zero-copy: the bytes as QUIC received them. A chunk may hold
+        // many frames or part of one.
+        let chunk = match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) | Err(_) => break,
         };
-        let mut payload = vec![0u8; len];
-        if recv.read_exact(&mut payload).await.is_err() {
-            break;
-        }
-        let Ok(frame) = wire::decode_frame(&payload) else {
-            continue;
-        };
-        let waiter = if frame.id != 0 {
-            pending.lock().ok().and_then(|mut p| p.remove(&frame.id))
-        } else {
-            None
-        };
-        match waiter {
-            Some(tx) => {
-                let _ = tx.send(frame.body);
+        let framed = cut_frames(&mut reader, &chunk, &mut frames);
+        let mut owner_gone = false;
+        for frame in frames.drain(..) {
+            if !owner_gone && !dispatch(frame, &pending, &pushes).await {
+                owner_gone = true;
             }
-            None => {
-                if pushes.send(frame.body).await.is_err() {
-                    break;
-                }
-            }
+        }
+        if owner_gone || framed.is_err() {
+            break;
         }
     }
     // Wake every waiter: the connection is gone.
@@ -847,4 +1001,176 @@ fn wall_clock_ms() -> u64 {
 /// identities): the identities of `devices`.
 pub fn identities(devices: &[DeviceInfo]) -> Vec<PublicIdentity> {
     devices.iter().map(|d| d.identity.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealpost_protocol::envelope::MessageId;
+
+    fn frames() -> Vec<Frame> {
+        vec![
+            Frame::new(3, FrameBody::Pong),
+            Frame::new(
+                0,
+                FrameBody::Ack {
+                    message_id: MessageId([1; 16]),
+                },
+            ),
+            Frame::new(
+                0,
+                FrameBody::BlobChunk {
+                    data: vec![9; 3000],
+                },
+            ),
+            Frame::new(u64::MAX, FrameBody::error(ErrorCode::Internal, "boom")),
+        ]
+    }
+
+    fn stream(frames: &[Frame]) -> Vec<u8> {
+        frames
+            .iter()
+            .flat_map(|f| wire::encode_frame(f).unwrap())
+            .collect()
+    }
+
+    fn cut_in_chunks(bytes: &[u8], chunk_len: usize) -> Result<Vec<Frame>, Unframeable> {
+        let mut reader = FrameReader::new();
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(chunk_len) {
+            cut_frames(&mut reader, chunk, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn many_frames_in_one_chunk() {
+        let want = frames();
+        assert_eq!(cut_in_chunks(&stream(&want), usize::MAX).unwrap(), want);
+    }
+
+    #[test]
+    fn frames_split_across_chunks_at_every_length() {
+        let want = frames();
+        let bytes = stream(&want);
+        for chunk_len in 1..=bytes.len() {
+            assert_eq!(
+                cut_in_chunks(&bytes, chunk_len).unwrap(),
+                want,
+                "{chunk_len}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_frame_that_does_not_decode_is_skipped() {
+        let want = frames();
+        let mut bytes = wire::encode_frame(&want[0]).unwrap();
+        bytes.extend_from_slice(&[0, 0, 0, 2, 0xff, 0xff]);
+        bytes.extend(stream(&want[1..]));
+        for chunk_len in [1, 5, 7, usize::MAX] {
+            assert_eq!(cut_in_chunks(&bytes, chunk_len).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn a_bad_length_prefix_stops_the_stream_after_the_frames_before_it() {
+        let want = frames();
+        for bad in [0u32, (wire::MAX_FRAME_LEN + 1) as u32] {
+            let mut bytes = stream(&want);
+            bytes.extend_from_slice(&bad.to_be_bytes());
+            bytes.extend(stream(&want));
+            let mut reader = FrameReader::new();
+            let mut out = Vec::new();
+            assert_eq!(cut_frames(&mut reader, &bytes, &mut out), Err(Unframeable));
+            assert_eq!(out, want);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_holds_callers_until_the_writer_takes_it() {
+        let out = Arc::new(Outbox::new());
+        let ack = Frame::new(
+            0,
+            FrameBody::Ack {
+                message_id: MessageId([2; 16]),
+            },
+        );
+        // Fill it past the bound without a writer.
+        let filler = vec![0u8; OUTBOX_BYTES];
+        out.push(|b| Ok(b.append_raw(&filler))).await.unwrap();
+        let waiting = tokio::spawn({
+            let out = out.clone();
+            let ack = ack.clone();
+            async move {
+                out.push(|b| {
+                    b.append_frame(&ack)
+                        .map_err(|e| NetError::Unexpected(e.to_string()))
+                })
+                .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a full outbox makes callers wait");
+        // The writer's side: take the batch, wake the waiters.
+        let Take::Batch {
+            bytes,
+            wake_senders,
+        } = out.take()
+        else {
+            panic!("expected a batch");
+        };
+        assert_eq!(bytes.len(), OUTBOX_BYTES);
+        assert!(wake_senders);
+        out.room.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Take::Batch { bytes, .. } = out.take() else {
+            panic!("expected the waiting caller's frame");
+        };
+        assert_eq!(bytes, wire::encode_frame(&ack).unwrap());
+    }
+
+    #[tokio::test]
+    async fn closing_the_outbox_fails_waiting_and_later_callers() {
+        let out = Arc::new(Outbox::new());
+        let filler = vec![0u8; OUTBOX_BYTES];
+        out.push(|b| Ok(b.append_raw(&filler))).await.unwrap();
+        let waiting = tokio::spawn({
+            let out = out.clone();
+            async move { out.push(|b| Ok(b.append_raw(b"x"))).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The writer failed: what is buffered can never be sent.
+        out.close(true);
+        let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(r, Err(NetError::Connection(_))));
+        assert!(matches!(
+            out.push(|b| Ok(b.append_raw(b"y"))).await,
+            Err(NetError::Connection(_))
+        ));
+        assert_eq!(out.take(), Take::Closed);
+    }
+
+    #[tokio::test]
+    async fn the_writer_is_woken_by_the_first_frame_after_it_went_idle() {
+        let out = Arc::new(Outbox::new());
+        assert_eq!(out.take(), Take::Empty);
+        let woken = tokio::spawn({
+            let out = out.clone();
+            async move { out.ready.notified().await }
+        });
+        out.push(|b| Ok(b.append_raw(b"abc"))).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), woken)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(out.take(), Take::Batch { .. }));
+    }
 }

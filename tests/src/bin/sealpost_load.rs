@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use sealpost_client::net::{client_endpoint, NetError, RelayAddress, RelayConnection};
@@ -1163,7 +1164,10 @@ async fn send_loop(
     let from = dev.id();
     let mut plaintext = vec![0u8; PLAINTEXT_LEN];
     rand::RngCore::fill_bytes(&mut dev.rng, &mut plaintext);
-    let mut set: JoinSet<(Instant, Result<MessageId, NetError>)> = JoinSet::new();
+    // The sends in flight are futures polled by this task (no task per send): each is
+    // one `send` request on the connection, pipelined with the others.
+    let conn: &RelayConnection = &dev.conn;
+    let mut set = FuturesUnordered::new();
     let period = rate.map(|r| Duration::from_secs_f64(1.0 / r));
     let cap = if period.is_some() {
         OPEN_LOOP_MAX_INFLIGHT
@@ -1172,7 +1176,11 @@ async fn send_loop(
     };
     let mut next_due = start;
     let mut broken = false;
-    tokio::time::sleep_until(start).await;
+    // One timer: the start, then (open loop) moved to each next due time.
+    let due = tokio::time::sleep_until(start);
+    tokio::pin!(due);
+    let mut armed = start;
+    due.as_mut().await;
     loop {
         let now = Instant::now();
         let sending = !broken && now < clock.measure_end && !clock.stop.load(Ordering::Acquire);
@@ -1193,8 +1201,7 @@ async fn send_loop(
                 if let Ok(mut m) = inflight.lock() {
                     m.insert(id, started);
                 }
-                let conn = dev.conn.clone();
-                set.spawn(async move { (started, conn.send_envelope(env).await) });
+                set.push(async move { (started, conn.send_envelope(env).await) });
                 if let Some(p) = period {
                     next_due += p;
                 }
@@ -1205,37 +1212,43 @@ async fn send_loop(
         }
         let done = match (sending, period) {
             (true, Some(_)) if set.len() < cap => {
+                let deadline = next_due.min(clock.measure_end);
+                if deadline != armed {
+                    due.as_mut().reset(deadline);
+                    armed = deadline;
+                }
+                // Both branches are cancel-safe: FuturesUnordered keeps every send that
+                // has not finished; the timer is only reset.
                 tokio::select! {
-                    d = set.join_next(), if !set.is_empty() => d,
-                    _ = tokio::time::sleep_until(next_due.min(clock.measure_end)) => continue,
+                    d = set.next(), if !set.is_empty() => d,
+                    _ = due.as_mut() => continue,
                 }
             }
-            _ => set.join_next().await,
+            _ => set.next().await,
         };
         let Some(done) = done else { continue };
         match done {
-            Ok((_, Ok(_))) => {
+            (_, Ok(_)) => {
                 // Accepted (durably stored) within the measured window.
                 let at = Instant::now();
                 if at >= clock.measure_start && at < clock.measure_end {
                     stats.sent_in_window += 1;
                 }
             }
-            Ok((_, Err(e))) => {
+            (_, Err(e)) => {
                 stats.errors += 1;
                 if matches!(e, NetError::Connection(_) | NetError::Timeout(_)) {
                     broken = true;
                 }
                 stats.first_error.get_or_insert(e.to_string());
             }
-            Err(e) => {
-                stats.errors += 1;
-                stats.first_error.get_or_insert(e.to_string());
-            }
         }
     }
     stats
 }
+
+/// Deliveries taken from the connection's push queue at once.
+const RECEIVE_BATCH: usize = 256;
 
 /// Receive, time and acknowledge deliveries until the senders stopped and everything in
 /// flight arrived, or the drain time ran out. Returns the stats and what never arrived.
@@ -1247,7 +1260,12 @@ async fn receive_loop(
 ) -> (ReceiverStats, u64) {
     let mut stats = ReceiverStats::default();
     let hard_end = clock.measure_end + DRAIN + Duration::from_secs(30);
-    loop {
+    let mut batch = Vec::with_capacity(RECEIVE_BATCH);
+    // Wakes the loop after 100 ms without a push to look at the clock again: one timer
+    // that stays armed (moved only when it fires), not one per wait.
+    let tick = tokio::time::sleep(Duration::from_millis(100));
+    tokio::pin!(tick);
+    'receive: loop {
         let now = Instant::now();
         let stopping = clock.stop.load(Ordering::Acquire);
         if stopping {
@@ -1259,35 +1277,45 @@ async fn receive_loop(
         if now >= hard_end {
             break;
         }
-        let wait = now + Duration::from_millis(100);
-        let push = match tokio::time::timeout_at(wait, dev.conn.next_push()).await {
-            Ok(Some(p)) => p,
-            Ok(None) => break,
-            Err(_) => continue,
-        };
-        let FrameBody::Deliver { envelope } = push else {
-            continue;
-        };
-        let at = Instant::now();
-        let id = envelope.header.message_id;
-        let started = inflight.lock().ok().and_then(|mut m| m.remove(&id));
-        if let Some(started) = started {
-            if started >= clock.measure_start && started < clock.measure_end {
-                let us = (at - started).as_micros().min(u32::MAX as u128) as u32;
-                stats.latencies_us.push(us);
+        // Every delivery already queued comes in one go (one wake-up per burst); each is
+        // still timed when it is taken, and acknowledged by a frame of its own.
+        // next_pushes is cancel-safe: a tick never loses a push.
+        tokio::select! {
+            n = dev.conn.next_pushes(&mut batch, RECEIVE_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+            }
+            _ = tick.as_mut() => {
+                tick.as_mut().reset(Instant::now() + Duration::from_millis(100));
+                continue;
             }
         }
-        if at >= clock.measure_start && at < clock.measure_end {
-            stats.delivered_in_window += 1;
-        }
-        stats.body_len = stats.body_len.max(envelope.body.len());
-        if let Some(s) = session.as_mut() {
-            if s.open(&envelope).is_err() {
-                tracing::warn!("a delivered envelope did not decrypt");
+        for push in batch.drain(..) {
+            let FrameBody::Deliver { envelope } = push else {
+                continue;
+            };
+            let at = Instant::now();
+            let id = envelope.header.message_id;
+            let started = inflight.lock().ok().and_then(|mut m| m.remove(&id));
+            if let Some(started) = started {
+                if started >= clock.measure_start && started < clock.measure_end {
+                    let us = (at - started).as_micros().min(u32::MAX as u128) as u32;
+                    stats.latencies_us.push(us);
+                }
             }
-        }
-        if dev.conn.ack(id).await.is_err() {
-            break;
+            if at >= clock.measure_start && at < clock.measure_end {
+                stats.delivered_in_window += 1;
+            }
+            stats.body_len = stats.body_len.max(envelope.body.len());
+            if let Some(s) = session.as_mut() {
+                if s.open(&envelope).is_err() {
+                    tracing::warn!("a delivered envelope did not decrypt");
+                }
+            }
+            if dev.conn.ack(id).await.is_err() {
+                break 'receive;
+            }
         }
     }
     let left = inflight.lock().map(|m| m.len() as u64).unwrap_or(0);
