@@ -36,6 +36,8 @@ use outbox::{Append, OutBuffer, Take};
 
 /// Pushes buffered before the reader waits for the application.
 pub const PUSH_QUEUE: usize = 4096;
+/// Ack-eliciting packets the relay may receive before it must ACK (QUIC ACK frequency).
+pub const ACK_ELICITING_THRESHOLD: u32 = 8;
 /// Requests outstanding at once on one connection.
 pub const MAX_OUTSTANDING: usize = 4096;
 /// How long a request waits for its answer.
@@ -175,6 +177,11 @@ pub fn client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, Ne
         .max_idle_timeout(quinn::IdleTimeout::try_from(Duration::from_secs(60)).ok())
         .max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(0u32.into());
+    // Ask the relay to ACK every ninth ack-eliciting packet rather than every other one
+    // (within its max ACK delay): fewer ACK-only packets when deliveries stream in.
+    let mut ack_frequency = quinn::AckFrequencyConfig::default();
+    ack_frequency.ack_eliciting_threshold(ACK_ELICITING_THRESHOLD.into());
+    transport.ack_frequency_config(Some(ack_frequency));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

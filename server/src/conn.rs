@@ -31,6 +31,8 @@ use crate::store::Store;
 
 /// Encoded bytes queued for the peer after which producers wait for the writer.
 pub const OUTBOX_BYTES: usize = 1 << 20;
+/// Capacity an empty outbox takes when a frame arrives.
+const OUTBOX_START: usize = 16 * 1024;
 /// Most bytes asked of the control stream at once.
 const READ_CHUNK: usize = 64 * 1024;
 /// `drain` requests waiting for an answer, at most (more are answered together).
@@ -118,6 +120,10 @@ impl Outbox {
                 }
                 if st.buf.len() < OUTBOX_BYTES {
                     let was_empty = st.buf.is_empty();
+                    if st.buf.capacity() == 0 {
+                        // Room for a burst at once; an idle connection holds none.
+                        st.buf.reserve(OUTBOX_START);
+                    }
                     if let Err(e) = encode(&mut st.buf) {
                         warn!(error = %e, "could not encode a frame");
                         return true;
@@ -147,7 +153,7 @@ impl Outbox {
             {
                 let mut st = self.lock();
                 if !st.buf.is_empty() {
-                    let out = std::mem::replace(&mut st.buf, Vec::with_capacity(16 * 1024));
+                    let out = std::mem::take(&mut st.buf);
                     drop(st);
                     self.drained.notify_waiters();
                     return Some(out);

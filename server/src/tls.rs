@@ -263,6 +263,10 @@ pub struct TransportLimits {
     /// milliseconds, and QUIC then retransmits and backs off; the kernel caps the value
     /// at `net.core.rmem_max` / `wmem_max` (the relay logs what it got).
     pub udp_buffer_bytes: usize,
+    /// Ack-eliciting packets the relay asks a device to receive before it must send an
+    /// ACK (QUIC ACK frequency; ACKs still go out within the max ACK delay). Fewer
+    /// ACK-only packets under load; 1 is QUIC's usual every-other-packet.
+    pub ack_eliciting_threshold: u32,
 }
 
 impl Default for TransportLimits {
@@ -276,6 +280,7 @@ impl Default for TransportLimits {
             idle_timeout_secs: 60,
             keep_alive_secs: 0,
             udp_buffer_bytes: 4 * 1024 * 1024,
+            ack_eliciting_threshold: 8,
         }
     }
 }
@@ -317,6 +322,10 @@ pub fn quinn_configs(
         .keep_alive_interval(
             (limits.keep_alive_secs > 0).then(|| Duration::from_secs(limits.keep_alive_secs)),
         );
+
+    let mut ack_frequency = quinn::AckFrequencyConfig::default();
+    ack_frequency.ack_eliciting_threshold(limits.ack_eliciting_threshold.max(1).into());
+    transport.ack_frequency_config(Some(ack_frequency));
 
     let mut server = quinn::ServerConfig::new(Arc::new(crypto), Arc::new(secrets.token_key()));
     server.transport_config(Arc::new(transport));
