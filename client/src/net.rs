@@ -221,7 +221,9 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-type PendingMap = Arc<Mutex<HashMap<u64, oneshot::Sender<FrameBody>>>>;
+/// Waiters of requests by id; `None` once the reader has stopped (the connection is
+/// gone), so a new request fails at once instead of waiting for its timeout.
+type PendingMap = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<FrameBody>>>>>;
 
 /// The shared side of the writer task: the [`OutBuffer`] callers encode frames into, and
 /// the two wake-ups around it.
@@ -341,7 +343,7 @@ impl RelayConnection {
             .map_err(|e| NetError::Connection(e.to_string()))?;
         let out = Arc::new(Outbox::new());
         tokio::spawn(write_loop(send, out.clone()));
-        let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
+        let pending: PendingMap = Arc::new(Mutex::new(Some(HashMap::new())));
         let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE);
         tokio::spawn(read_loop(recv, pending.clone(), push_tx));
         Ok(Self {
@@ -390,6 +392,9 @@ impl RelayConnection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let mut p = self.pending.lock().map_err(|_| NetError::Busy)?;
+        let Some(p) = p.as_mut() else {
+            return Err(NetError::Connection(self.close_reason()));
+        };
         if p.len() >= MAX_OUTSTANDING {
             return Err(NetError::Busy);
         }
@@ -399,7 +404,9 @@ impl RelayConnection {
 
     fn unregister(&self, id: u64) {
         if let Ok(mut p) = self.pending.lock() {
-            p.remove(&id);
+            if let Some(p) = p.as_mut() {
+                p.remove(&id);
+            }
         }
     }
 
@@ -905,7 +912,10 @@ async fn write_loop(mut send: quinn::SendStream, out: Arc<Outbox>) {
 /// push queue (waiting while it is full). False when the connection's owner is gone.
 async fn dispatch(frame: Frame, pending: &PendingMap, pushes: &mpsc::Sender<FrameBody>) -> bool {
     let waiter = if frame.id != 0 {
-        pending.lock().ok().and_then(|mut p| p.remove(&frame.id))
+        pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.as_mut().and_then(|p| p.remove(&frame.id)))
     } else {
         None
     };
@@ -979,9 +989,9 @@ async fn read_loop(
             break;
         }
     }
-    // Wake every waiter: the connection is gone.
+    // Wake every waiter, and refuse new requests: the connection is gone.
     if let Ok(mut p) = pending.lock() {
-        p.clear();
+        *p = None;
     }
 }
 

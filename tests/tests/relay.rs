@@ -805,3 +805,33 @@ async fn bundle_fetches_per_target_are_rate_limited() {
         other => panic!("expected a rate limit, got {other:?}"),
     }
 }
+
+/// Once the relay is gone, a new request fails at once with a connection error instead
+/// of waiting for its 30 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_after_the_relay_went_away_fails_at_once() {
+    let relay = memory_relay(|_| {}).await;
+    let conn = relay.connect().await;
+    assert!(matches!(
+        conn.request(FrameBody::Ping).await,
+        Ok(FrameBody::Pong)
+    ));
+    let _dir = relay.stop().await;
+    // The reader notices the close.
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        while conn.next_push().await.is_some() {}
+    })
+    .await;
+    assert!(gone.is_ok(), "the connection's reader did not stop");
+    let started = std::time::Instant::now();
+    let r = conn.request(FrameBody::Ping).await;
+    assert!(
+        matches!(r, Err(NetError::Connection(_))),
+        "expected a connection error, got {r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
