@@ -25,7 +25,7 @@
 //!   (docs/PROTOCOL.md §19.5).
 
 use rand::rngs::OsRng;
-use sealpost_protocol::content::{ApprovalSubject, Content, NoticeText};
+use sealpost_protocol::content::{ApprovalSubject, Content, NoticeText, RecoveryCode};
 use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::trust::{
     verify_quorum, Approval, ApprovalBundle, ApprovalRequest, DeviceAction, EntryAuthorization,
@@ -165,7 +165,7 @@ fn operation_fits(op: Operation, subject: &ApprovalSubject) -> bool {
     match subject {
         ApprovalSubject::RosterChange { .. } => op == Operation::RosterChange,
         ApprovalSubject::Notice { header, .. } => header.required_operations().contains(&op),
-        ApprovalSubject::DeviceLog { entry } => matches!(
+        ApprovalSubject::DeviceLog { entry, .. } => matches!(
             (op, &entry.action),
             (Operation::AccountRecovery, DeviceAction::Recover { .. })
                 | (Operation::Unfreeze, DeviceAction::Unfreeze)
@@ -235,7 +235,7 @@ pub fn describe_subject(subject: &ApprovalSubject) -> String {
                 header.category, header.sender.account, header.sent_ms
             )
         }
-        ApprovalSubject::DeviceLog { entry } => {
+        ApprovalSubject::DeviceLog { entry, .. } => {
             let what = match &entry.action {
                 DeviceAction::Recover { identity } => format!(
                     "RECOVER the account: revoke every device and add device {} (fingerprint {})",
@@ -565,7 +565,10 @@ impl Client {
         let body = log.next_body(now_ms(), DeviceAction::Unfreeze, reason);
         self.initiate(
             Operation::Unfreeze,
-            ApprovalSubject::DeviceLog { entry: body },
+            ApprovalSubject::DeviceLog {
+                entry: body,
+                link: None,
+            },
             None,
         )
         .await
@@ -593,7 +596,7 @@ impl Client {
         typed_code: &str,
         max_wait: std::time::Duration,
     ) -> Result<ApprovalView, ClientError> {
-        let (offer, signature) = self
+        let (offer, signature, nonce) = self
             .await_signed_offer(link_id, typed_code, max_wait)
             .await?;
         if !matches!(offer.body.action, DeviceAction::Recover { .. }) {
@@ -604,6 +607,12 @@ impl Client {
                 Operation::AccountRecovery,
                 ApprovalSubject::DeviceLog {
                     entry: offer.body.clone(),
+                    // Every approver computes the code from these and checks it with the
+                    // account holder on a call of their own.
+                    link: Some(RecoveryCode {
+                        challenge: offer.challenge,
+                        nonce,
+                    }),
                 },
                 Some(signature),
             )
@@ -613,8 +622,22 @@ impl Client {
     }
 
     /// Approve an incoming request (id in hex): checked again, signed, sent to the
-    /// initiator's account.
+    /// initiator's account. A recovery is approved only with its code:
+    /// [`Client::approve_with_code`].
     pub async fn approve(&mut self, request_id: &str) -> Result<ApprovalView, ClientError> {
+        self.approve_with_code(request_id, None).await
+    }
+
+    /// Approve an incoming request (id in hex). For an account recovery, `code` is the
+    /// code the account holder read from their new device on a call this approver placed
+    /// to the number on file: it must match the code computed from the request, so that a
+    /// person who deceived the initiator (a face swap, a hijacked call) still has to
+    /// deceive every approver separately. Ignored for other operations.
+    pub async fn approve_with_code(
+        &mut self,
+        request_id: &str,
+        code: Option<&str>,
+    ) -> Result<ApprovalView, ClientError> {
         let id = parse_request_id(request_id)?;
         if self
             .record_index(&id, ApprovalDirection::Outgoing)
@@ -672,10 +695,29 @@ impl Client {
                 head.version()
             )));
         }
+        if let ApprovalSubject::DeviceLog { entry, link } = &record.subject {
+            if matches!(entry.action, DeviceAction::Recover { .. }) {
+                let expected = link.as_ref().and_then(|l| l.code(entry)).ok_or_else(|| {
+                    ClientError::Invalid(
+                        "the recovery request carries no link code to check; reject it".into(),
+                    )
+                })?;
+                let Some(typed) = code else {
+                    return Err(ClientError::NotAllowed(
+                        "a recovery is approved only with the code the account holder reads \
+                         from their new device, on a call you placed to the number on file"
+                            .into(),
+                    ));
+                };
+                if !expected.matches(typed) {
+                    return Err(ClientError::CodeMismatch);
+                }
+            }
+        }
         // A device-log entry must still extend the account's verified log.
         // (Staff not assigned to the account may not read its log; the initiator and the
         // relay verify the entry against it again before it is appended.)
-        if let ApprovalSubject::DeviceLog { entry } = &record.subject {
+        if let ApprovalSubject::DeviceLog { entry, .. } = &record.subject {
             match self.load_log(&entry.account).await {
                 Ok((log, set, events)) => {
                     self.events.extend(events);
@@ -870,7 +912,16 @@ impl Client {
                     return Err("the notice names another roster version".into());
                 }
             }
-            ApprovalSubject::DeviceLog { .. } => {}
+            ApprovalSubject::DeviceLog { entry, link } => {
+                let recover = matches!(entry.action, DeviceAction::Recover { .. });
+                if recover != link.is_some() {
+                    return Err(if recover {
+                        "a recovery request must carry its link code inputs".into()
+                    } else {
+                        "only a recovery request carries link code inputs".into()
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -1023,7 +1074,7 @@ impl Client {
                     .await
                     .map(|v| vec![(i, format!("roster version {v} published"))])
             }
-            ApprovalSubject::DeviceLog { entry } => {
+            ApprovalSubject::DeviceLog { entry, .. } => {
                 let subject_signature = record
                     .subject_signature
                     .as_deref()

@@ -391,6 +391,10 @@ pub enum ApprovalsCommand {
         /// Do not ask for confirmation (scripts).
         #[arg(long)]
         yes: bool,
+        /// For an account recovery: the 6-digit code the account holder reads from their
+        /// new device, on a call YOU place to the number on file (asked for if omitted).
+        #[arg(long, value_name = "DIGITS")]
+        code: Option<String>,
     },
     /// Reject a request (the initiator is told, with your reason).
     Reject {

@@ -20,7 +20,8 @@ use sealpost_protocol::envelope::{Envelope, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId, IdentityKeyPair, PublicIdentity};
 use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
 use sealpost_protocol::trust::{
-    DeviceAction, DeviceLog, EntryBody, LinkChallenge, LogEntry, SignedNotice, SignedRoster,
+    DeviceAction, DeviceLog, EntryBody, LinkChallenge, LinkCommitment, LinkNonce, LogEntry,
+    SignedNotice, SignedRoster,
 };
 use sealpost_protocol::wire::{
     self, auth_signature_message, enroll_signature_message, link_signature_message, BoundedString,
@@ -540,12 +541,14 @@ impl RelayConnection {
         &self,
         identity: &IdentityKeyPair,
         account: &AccountId,
+        commitment: LinkCommitment,
     ) -> Result<([u8; 16], u64), NetError> {
         let signature = identity.sign(&link_signature_message(&self.exporter, account));
         match self
             .request(FrameBody::LinkStart {
                 account: account.clone(),
                 identity: identity.public().clone(),
+                commitment,
                 signature,
             })
             .await?
@@ -574,10 +577,20 @@ impl RelayConnection {
         }
     }
 
-    /// The new device's signature over the offered entry body.
-    pub async fn link_sign(&self, link_id: [u8; 16], signature: [u8; 64]) -> Result<(), NetError> {
-        self.expect_done(FrameBody::LinkSign { link_id, signature })
-            .await
+    /// The new device's signature over the offered entry body, with the reveal of its
+    /// nonce.
+    pub async fn link_sign(
+        &self,
+        link_id: [u8; 16],
+        signature: [u8; 64],
+        nonce: LinkNonce,
+    ) -> Result<(), NetError> {
+        self.expect_done(FrameBody::LinkSign {
+            link_id,
+            signature,
+            nonce,
+        })
+        .await
     }
 
     /// Pending link and recovery requests for `account`.

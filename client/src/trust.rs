@@ -28,7 +28,8 @@ use sealpost_protocol::envelope::EnvelopeKind;
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::trust::{
     DeviceAction, DeviceLog, DeviceSet, Digest, EntryAuthorization, EntryBody, LinkChallenge,
-    LinkCode, LogEntry, LogHead, RosterChain, RosterHead, SendDecision, SignedRoster, TrustError,
+    LinkCode, LinkCommitment, LinkNonce, LogEntry, LogHead, RosterChain, RosterHead, SendDecision,
+    SignedRoster, TrustError,
 };
 use sealpost_protocol::wire::{ErrorCode, Role};
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,11 @@ pub struct LinkOfferRecord {
     pub identity: PublicIdentity,
     /// The challenge this device chose after it received that identity.
     pub challenge: LinkChallenge,
+    /// The new device's commitment to its nonce, as received with the identity before the
+    /// challenge was chosen (the revealed nonce must open it). None in offers saved by an
+    /// older version: those are offered again.
+    #[serde(default)]
+    pub commitment: Option<LinkCommitment>,
     /// The entry body offered (an add, or a recovery offered by staff).
     pub body: EntryBody,
     /// When the offer was made.
@@ -199,6 +205,8 @@ pub(crate) struct NewDeviceLink {
     expires_ms: u64,
     /// The hash of the body this device signed, and the challenge it came with.
     signed: Option<(Digest, LinkChallenge)>,
+    /// The nonce committed to in `link_start`; revealed once, with the first signature.
+    nonce: LinkNonce,
     /// When `link_start` was answered (the poll schedule runs from it).
     started: tokio::time::Instant,
     /// The next `link_poll` is not sent before this (kept across `link_progress` calls,
@@ -822,6 +830,10 @@ impl Client {
         subject_signature: Option<[u8; 64]>,
     ) -> Result<AccountDevices, ClientError> {
         let me = self.me()?;
+        // Cooling-off windows come from the roster: decide (and verify what the relay
+        // will verify) under the relay's newest version, not a cached older one, or a
+        // freeze could leave out a device the relay counts as on probation.
+        self.refresh_roster(true).await?;
         let (mut log, set, events) = self.load_log(&me).await?;
         self.events.extend(events);
         self.require_settled(&set)?;
@@ -892,7 +904,9 @@ impl Client {
         relay.org()?;
         let conn = RelayConnection::connect(&relay.address()?).await?;
         crate::client::check_relay_org(&conn, &relay).await?;
-        let (link_id, expires_ms) = conn.link_start(&self.identity, account).await?;
+        let nonce = LinkNonce::generate(&mut OsRng);
+        let commitment = LinkCommitment::compute(account, self.identity.public(), &nonce);
+        let (link_id, expires_ms) = conn.link_start(&self.identity, account, commitment).await?;
         let started = tokio::time::Instant::now();
         self.new_link = Some(NewDeviceLink {
             conn,
@@ -901,6 +915,7 @@ impl Client {
             link_id,
             expires_ms,
             signed: None,
+            nonce,
             started,
             next_poll: started,
         });
@@ -984,6 +999,16 @@ impl Client {
                     .as_ref()
                     .is_some_and(|(h, c)| *h == hash && *c == challenge);
                 if !same {
+                    if link.signed.is_some() {
+                        // The nonce is out: a code under a new challenge could have been
+                        // picked knowing it. Only a new request (a new nonce) is safe.
+                        self.new_link = None;
+                        return Err(ClientError::NotAllowed(
+                            "the offer changed after this device had shown its code; this \
+                             request is abandoned: start linking again"
+                                .into(),
+                        ));
+                    }
                     let me = self.identity.public();
                     let action = match &body.action {
                         DeviceAction::Add { identity } if identity == me => "add",
@@ -1004,9 +1029,11 @@ impl Client {
                         ));
                     }
                     let signature = body.sign(&self.identity);
-                    link.conn.link_sign(link.link_id, signature).await?;
+                    link.conn
+                        .link_sign(link.link_id, signature, link.nonce)
+                        .await?;
                     link.signed = Some((hash, challenge));
-                    let code = LinkCode::compute(&link.account, me, &challenge);
+                    let code = LinkCode::compute(&link.account, me, &challenge, &link.nonce);
                     return Ok(LinkProgress::Offered {
                         code: code.digits().to_owned(),
                         action: action.into(),
@@ -1121,6 +1148,7 @@ impl Client {
             account: account.clone(),
             identity: link.identity.clone(),
             challenge,
+            commitment: Some(link.commitment),
             body,
             created_ms: now,
         });
@@ -1153,7 +1181,7 @@ impl Client {
         typed_code: &str,
         max_wait: Duration,
     ) -> Result<DeviceView, ClientError> {
-        let (offer, signature) = self
+        let (offer, signature, _) = self
             .await_signed_offer(link_id, typed_code, max_wait)
             .await?;
         if !matches!(offer.body.action, DeviceAction::Add { .. }) {
@@ -1162,6 +1190,7 @@ impl Client {
             ));
         }
         let me = self.me()?;
+        self.refresh_roster(true).await?;
         if offer.account != me {
             return Err(ClientError::Invalid(format!(
                 "the offer is for {}, not this account",
@@ -1214,14 +1243,15 @@ impl Client {
         let _ = self.save();
     }
 
-    /// Check the typed code against an offer of this device, then wait for the new
-    /// device's signature over exactly the offered body.
+    /// Wait for the new device's signature over exactly the offered body and the nonce
+    /// it reveals with it, check that the nonce opens the commitment seen before the
+    /// challenge was picked, then check the typed code (which covers the nonce).
     pub(crate) async fn await_signed_offer(
         &mut self,
         link_id: &str,
         typed_code: &str,
         max_wait: Duration,
-    ) -> Result<(LinkOfferRecord, [u8; 64]), ClientError> {
+    ) -> Result<(LinkOfferRecord, [u8; 64], LinkNonce), ClientError> {
         let id = parse_link_id(link_id)?;
         let offer = self
             .link_offers
@@ -1231,11 +1261,14 @@ impl Client {
             .ok_or_else(|| {
                 ClientError::NotFound(format!("no offer of this device for link {link_id}"))
             })?;
-        let code = LinkCode::compute(&offer.account, &offer.identity, &offer.challenge);
-        if !code.matches(typed_code) {
+        let Some(commitment) = offer.commitment else {
             self.drop_offer(&offer.link_id);
-            return Err(ClientError::CodeMismatch);
-        }
+            return Err(ClientError::Invalid(
+                "this offer was saved by an older version without the new device's \
+                 commitment; offer again"
+                    .into(),
+            ));
+        };
         let deadline = tokio::time::Instant::now() + max_wait.min(MAX_LINK_WAIT);
         loop {
             let links = self.conn()?.list_links(&offer.account).await?;
@@ -1243,18 +1276,40 @@ impl Client {
                 self.drop_offer(&offer.link_id);
                 return Err(ClientError::NotFound(format!("link {link_id} lapsed")));
             };
-            if link.identity != offer.identity {
+            if link.identity != offer.identity || link.commitment != commitment {
                 self.drop_offer(&offer.link_id);
                 return Err(ClientError::NotAllowed(
-                    "the link's identity changed since the offer".into(),
+                    "the link's identity or commitment changed since the offer".into(),
                 ));
             }
-            if let (Some(sig), Some(body), Some(ch)) =
-                (link.subject_signature, &link.body, &link.challenge)
-            {
+            if let (Some(sig), Some(nonce), Some(body), Some(ch)) = (
+                link.subject_signature,
+                link.nonce,
+                &link.body,
+                &link.challenge,
+            ) {
                 if *body == offer.body && *ch == offer.challenge {
+                    // The code is checked only now: it covers the nonce, revealed after
+                    // the challenge this device picked, and opening the commitment it
+                    // saw before picking it.
+                    if !commitment.opens(&offer.account, &offer.identity, &nonce) {
+                        self.drop_offer(&offer.link_id);
+                        return Err(ClientError::NotAllowed(
+                            "the new device's nonce does not open its commitment".into(),
+                        ));
+                    }
+                    let code = LinkCode::compute(
+                        &offer.account,
+                        &offer.identity,
+                        &offer.challenge,
+                        &nonce,
+                    );
+                    if !code.matches(typed_code) {
+                        self.drop_offer(&offer.link_id);
+                        return Err(ClientError::CodeMismatch);
+                    }
                     if offer.body.is_signed_by(&offer.identity, &sig) {
-                        return Ok((offer, sig));
+                        return Ok((offer, sig, nonce));
                     }
                     return Err(ClientError::NotAllowed(
                         "the new device's signature does not verify".into(),

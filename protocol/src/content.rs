@@ -11,7 +11,10 @@ use crate::codec::{self, bytes_array};
 use crate::envelope::{EnvelopeKind, MessageId, MAX_PLAINTEXT_LEN};
 use crate::error::{DecodeError, EncodeError};
 use crate::identity::AccountId;
-use crate::trust::{Approval, ApprovalBundle, EntryBody, NoticeHeader, Roster, SignedNotice};
+use crate::trust::{
+    Approval, ApprovalBundle, DeviceAction, EntryBody, LinkChallenge, LinkCode, LinkNonce,
+    NoticeHeader, Roster, SignedNotice,
+};
 use crate::wire::{BoundedString, BoundedVec};
 
 /// Longest chat text, bytes of UTF-8.
@@ -151,7 +154,39 @@ pub enum ApprovalSubject {
     DeviceLog {
         /// The entry body.
         entry: EntryBody,
+        /// For a recovery: the challenge and the revealed nonce the recovered device's
+        /// link code was computed from, so that every approver can compute the code and
+        /// check it with the account holder on a call of their own (null for an unfreeze).
+        link: Option<RecoveryCode>,
     },
+}
+
+/// What a recovered device's [`LinkCode`] is computed from, besides the account and the
+/// identity the entry names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryCode {
+    /// The challenge the initiating staff device picked.
+    pub challenge: LinkChallenge,
+    /// The nonce the new device revealed (it opened the commitment it started with; the
+    /// initiator checked that).
+    pub nonce: LinkNonce,
+}
+
+impl RecoveryCode {
+    /// The code the recovered device shows, for a recovery `entry` (None for any other
+    /// action).
+    pub fn code(&self, entry: &EntryBody) -> Option<LinkCode> {
+        match &entry.action {
+            DeviceAction::Recover { identity } => Some(LinkCode::compute(
+                &entry.account,
+                identity,
+                &self.challenge,
+                &self.nonce,
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl ApprovalSubject {
@@ -160,7 +195,7 @@ impl ApprovalSubject {
         match self {
             ApprovalSubject::RosterChange { roster } => roster.hash().0,
             ApprovalSubject::Notice { header, .. } => header.digest().0,
-            ApprovalSubject::DeviceLog { entry } => entry.hash().0,
+            ApprovalSubject::DeviceLog { entry, .. } => entry.hash().0,
         }
     }
 }

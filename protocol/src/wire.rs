@@ -13,7 +13,9 @@ use crate::envelope::{Envelope, MessageId};
 use crate::error::{DecodeError, EncodeError};
 use crate::identity::{AccountId, DeviceId, PublicIdentity, MAX_DEVICES_PER_ACCOUNT};
 use crate::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
-use crate::trust::{EntryBody, LinkChallenge, LogEntry, SignedNotice, SignedRoster};
+use crate::trust::{
+    EntryBody, LinkChallenge, LinkCommitment, LinkNonce, LogEntry, SignedNotice, SignedRoster,
+};
 use crate::PROTOCOL_VERSION;
 
 /// Largest frame payload (after the 4-byte length prefix).
@@ -77,6 +79,8 @@ pub struct PendingLink {
     pub account: AccountId,
     /// The new device's identity.
     pub identity: PublicIdentity,
+    /// The new device's commitment to its linking nonce (sent with `link_start`).
+    pub commitment: LinkCommitment,
     /// When it was made, ms since the Unix epoch.
     pub created_ms: u64,
     /// The challenge offered, if an offer was made.
@@ -86,6 +90,8 @@ pub struct PendingLink {
     /// The new device's signature over the offered body.
     #[serde(with = "crate::codec::opt_bytes_array")]
     pub subject_signature: Option<[u8; 64]>,
+    /// The nonce the new device revealed with its signature (it opens `commitment`).
+    pub nonce: Option<LinkNonce>,
 }
 
 /// A `Vec` whose length is checked against `N` when decoded.
@@ -296,6 +302,9 @@ pub enum FrameBody {
         account: AccountId,
         /// The new device's identity.
         identity: PublicIdentity,
+        /// Its commitment to a fresh nonce it reveals in `link_sign`
+        /// ([`LinkCommitment`]).
+        commitment: LinkCommitment,
         /// Signature over [`link_signature_message`]: `LINK_SIGNATURE_LABEL || exporter ||
         /// u16 len || account`, proving the new device holds the key on this connection.
         #[serde(with = "bytes_array")]
@@ -313,7 +322,8 @@ pub enum FrameBody {
     /// fingerprint is never taken from the relay).
     GetOrg,
     /// The new device's signature over the offered entry (`"Sealpost_DeviceLogSign_v1" ||
-    /// entry_hash`); answered with `done`.
+    /// entry_hash`) and the reveal of its nonce; answered with `done`. Sent only after the
+    /// new device has received the challenge.
     LinkSign {
         /// The link.
         #[serde(with = "bytes_array")]
@@ -321,6 +331,8 @@ pub enum FrameBody {
         /// The signature.
         #[serde(with = "bytes_array")]
         signature: [u8; 64],
+        /// The nonce its `link_start` commitment was made to.
+        nonce: LinkNonce,
     },
     /// Begin authentication as `device`.
     AuthStart {

@@ -22,8 +22,8 @@ use sealpost_protocol::pickle::{self, PickleKind};
 use sealpost_protocol::prekeys::{prekey_signature_message, PreKeyKind};
 use sealpost_protocol::trust::{
     content_hash, ApprovalPolicy, DeviceAction, DeviceLog, EntryAuthorization, EntryBody,
-    LinkChallenge, LogEntry, NoticeAudience, NoticeCategory, NoticeHeader, Quorum, Roster,
-    SignerRef, StaffMember, StaffRole,
+    LinkChallenge, LinkCode, LinkCommitment, LinkNonce, LogEntry, NoticeAudience, NoticeCategory,
+    NoticeHeader, Quorum, Roster, SignerRef, StaffMember, StaffRole,
 };
 use sealpost_protocol::wire::{
     auth_signature_message, decode_frame, encode_frame, enroll_signature_message, BoundedString,
@@ -461,10 +461,12 @@ fn trust_frame_examples() {
         link_id: [0x22; 16],
         account: AccountId::new("bob").unwrap(),
         identity: alice(),
+        commitment: LinkCommitment([0x44; 32]),
         created_ms: 1_700_000_000_000,
         challenge: None,
         body: None,
         subject_signature,
+        nonce: subject_signature.map(|_| LinkNonce([0x66; 32])),
     };
     for l in [link(None), link(Some([0x33; 64]))] {
         let body = FrameBody::Links {
@@ -1084,10 +1086,12 @@ fn trust_object_encodings() {
         link_id: [0x22; 16],
         account: account.clone(),
         identity: alice(),
+        commitment: LinkCommitment([0x44; 32]),
         created_ms: 1_700_000_000_000,
         challenge: Some(LinkChallenge([0x55; 16])),
         body: None,
         subject_signature: None,
+        nonce: None,
     };
     let Value::Map(mut link_map) = serde_cbor::value::to_value(&link).unwrap() else {
         panic!("a pending link is a map")
@@ -1104,6 +1108,36 @@ fn trust_object_encodings() {
     link_map.remove(&text("subject_signature"));
     let without = serde_cbor::to_vec(&Value::Map(link_map)).unwrap();
     assert!(serde_cbor::from_slice::<PendingLink>(&without).is_err());
+
+    // The link commitment and code recomputed from §19.4: SHA-256 over the label, the
+    // account (u16 length prefix), the identity's 64 bytes, then challenge and nonce.
+    let nonce = LinkNonce([0x66; 32]);
+    let challenge = LinkChallenge([0x55; 16]);
+    let mut commit_input = b"Sealpost_LinkCommit_v1".to_vec();
+    commit_input.extend_from_slice(&(account.as_str().len() as u16).to_be_bytes());
+    commit_input.extend_from_slice(account.as_str().as_bytes());
+    commit_input.extend_from_slice(&alice().to_bytes());
+    commit_input.extend_from_slice(&nonce.0);
+    let commitment = LinkCommitment::compute(&account, &alice(), &nonce);
+    assert_eq!(
+        commitment.0.as_slice(),
+        Sha256::digest(&commit_input).as_slice()
+    );
+    assert!(commitment.opens(&account, &alice(), &nonce));
+    let mut code_input = b"Sealpost_LinkCode_v2".to_vec();
+    code_input.extend_from_slice(&(account.as_str().len() as u16).to_be_bytes());
+    code_input.extend_from_slice(account.as_str().as_bytes());
+    code_input.extend_from_slice(&alice().to_bytes());
+    code_input.extend_from_slice(&challenge.0);
+    code_input.extend_from_slice(&nonce.0);
+    let h = Sha256::digest(&code_input);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h[..8]);
+    let expected = format!("{:06}", u64::from_be_bytes(first) % 1_000_000);
+    assert_eq!(
+        LinkCode::compute(&account, &alice(), &challenge, &nonce).digits(),
+        expected
+    );
 
     // A notice header with fixed fields, and its digest recomputed from §19.8.
     let content = NoticeText {

@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
-use sealpost_protocol::trust::{DeviceAction, EntryBody, LinkChallenge};
+use sealpost_protocol::trust::{DeviceAction, EntryBody, LinkChallenge, LinkCommitment, LinkNonce};
 use sealpost_protocol::wire::{PendingLink, MAX_PENDING_LINKS};
 
 /// Default lifetime of a link request nobody has offered on (`limits.link_lifetime_secs`).
@@ -73,6 +73,16 @@ pub enum LinkError {
     /// The new device's signature does not verify over the offered entry.
     #[error("the signature does not verify for the link's device over the offered entry")]
     BadSignature,
+    /// The revealed nonce does not open the commitment made in `link_start`.
+    #[error("the nonce does not open the commitment this link request was started with")]
+    BadNonce,
+    /// The new device already revealed its nonce for the current offer: a new offer would
+    /// be picked knowing it, so it is refused; the new device starts a new request.
+    #[error(
+        "the new device has already signed the offered entry and revealed its nonce; a new \
+         offer needs a new link request from the new device"
+    )]
+    AlreadySigned,
 }
 
 /// One link request.
@@ -168,6 +178,7 @@ impl LinkRegistry {
         link_id: [u8; 16],
         account: AccountId,
         identity: PublicIdentity,
+        commitment: LinkCommitment,
         now_ms: u64,
     ) -> Result<Started, LinkError> {
         self.sweep(now_ms);
@@ -209,10 +220,12 @@ impl LinkRegistry {
                 link_id,
                 account,
                 identity,
+                commitment,
                 created_ms: now_ms,
                 challenge: None,
                 body: None,
                 subject_signature: None,
+                nonce: None,
             },
             offered_by: None,
             completed: false,
@@ -261,6 +274,9 @@ impl LinkRegistry {
         if subject != &link.wire.identity || body.account != link.wire.account {
             return Err(LinkError::WrongBody);
         }
+        if link.wire.nonce.is_some() {
+            return Err(LinkError::AlreadySigned);
+        }
         link.wire.challenge = Some(challenge);
         link.wire.body = Some(body);
         link.wire.subject_signature = None;
@@ -271,11 +287,13 @@ impl LinkRegistry {
         Ok(())
     }
 
-    /// Record the new device's signature over the offered body, after checking it.
+    /// Record the new device's signature over the offered body and the nonce it reveals,
+    /// after checking both.
     pub fn sign(
         &mut self,
         link_id: &[u8; 16],
         signature: [u8; 64],
+        nonce: LinkNonce,
         now_ms: u64,
     ) -> Result<(), LinkError> {
         let link = self
@@ -292,7 +310,18 @@ impl LinkRegistry {
         if !body.is_signed_by(&link.wire.identity, &signature) {
             return Err(LinkError::BadSignature);
         }
+        if !link
+            .wire
+            .commitment
+            .opens(&link.wire.account, &link.wire.identity, &nonce)
+        {
+            return Err(LinkError::BadNonce);
+        }
+        if link.wire.nonce.is_some_and(|n| n != nonce) {
+            return Err(LinkError::BadNonce);
+        }
         link.wire.subject_signature = Some(signature);
+        link.wire.nonce = Some(nonce);
         Ok(())
     }
 
@@ -353,6 +382,12 @@ mod tests {
 
     const T0: u64 = 1_704_067_200_000;
     const LIFE: u64 = DEFAULT_LINK_LIFETIME_MS;
+    const NONCE: LinkNonce = LinkNonce([9; 32]);
+
+    /// A commitment no nonce opens (for tests that never reach `sign`).
+    fn cm() -> LinkCommitment {
+        LinkCommitment([0; 32])
+    }
 
     fn acct(s: &str) -> AccountId {
         AccountId::new(s).unwrap()
@@ -377,35 +412,56 @@ mod tests {
         let mut r = LinkRegistry::new(100, LIFE);
         let a = acct("alice");
         let new = key(1);
+        let commitment = LinkCommitment::compute(&a, new.public(), &NONCE);
         let started = r
-            .start([1; 16], a.clone(), new.public().clone(), T0)
+            .start([1; 16], a.clone(), new.public().clone(), commitment, T0)
             .unwrap();
         assert_eq!(started.expires_ms, T0 + LIFE);
         assert_eq!(started.replaced, None);
-        assert_eq!(r.sign(&[1; 16], [0; 64], T0), Err(LinkError::NotOffered));
+        assert_eq!(
+            r.sign(&[1; 16], [0; 64], NONCE, T0),
+            Err(LinkError::NotOffered)
+        );
         let body = add_body(&a, new.public());
         let challenge = LinkChallenge([7; 16]);
         r.offer(&[1; 16], challenge, body.clone(), key(2).device_id(), T0)
             .unwrap();
+        // A new offer before the nonce is revealed replaces the first.
+        r.offer(&[1; 16], challenge, body.clone(), key(2).device_id(), T0)
+            .unwrap();
         // A signature by another key, or over another body, is refused.
         assert_eq!(
-            r.sign(&[1; 16], body.sign(&key(3)), T0),
+            r.sign(&[1; 16], body.sign(&key(3)), NONCE, T0),
             Err(LinkError::BadSignature)
         );
         let mut other = body.clone();
         other.timestamp_ms += 1;
         assert_eq!(
-            r.sign(&[1; 16], other.sign(&new), T0),
+            r.sign(&[1; 16], other.sign(&new), NONCE, T0),
             Err(LinkError::BadSignature)
         );
-        r.sign(&[1; 16], body.sign(&new), T0).unwrap();
+        // A nonce that does not open the commitment is refused.
+        assert_eq!(
+            r.sign(&[1; 16], body.sign(&new), LinkNonce([8; 32]), T0),
+            Err(LinkError::BadNonce)
+        );
+        assert!(r.list(&a, T0)[0].nonce.is_none());
+        r.sign(&[1; 16], body.sign(&new), NONCE, T0).unwrap();
         let listed = r.list(&a, T0);
         assert_eq!(listed.len(), 1);
         assert!(listed[0].subject_signature.is_some());
-        // A new offer clears the signature.
-        r.offer(&[1; 16], challenge, body.clone(), key(2).device_id(), T0)
-            .unwrap();
-        assert!(r.list(&a, T0)[0].subject_signature.is_none());
+        assert_eq!(listed[0].nonce, Some(NONCE));
+        // Once the nonce is out, no new offer: it could be picked knowing the nonce.
+        assert_eq!(
+            r.offer(
+                &[1; 16],
+                LinkChallenge([8; 16]),
+                body.clone(),
+                key(2).device_id(),
+                T0
+            ),
+            Err(LinkError::AlreadySigned)
+        );
         assert_eq!(r.complete(&a, new.public()), 1);
         assert!(r.list(&a, T0).is_empty());
         assert!(r.get(&[1; 16], T0).unwrap().completed);
@@ -420,7 +476,7 @@ mod tests {
         let mut r = LinkRegistry::new(2, LIFE);
         let a = acct("alice");
         let new = key(1);
-        r.start([1; 16], a.clone(), new.public().clone(), T0)
+        r.start([1; 16], a.clone(), new.public().clone(), cm(), T0)
             .unwrap();
         let body = add_body(&a, new.public());
         r.offer(
@@ -433,15 +489,18 @@ mod tests {
         .unwrap();
         // Another identity does not replace it; a full registry still takes the
         // replacement (it frees the old slot).
-        r.start([2; 16], a.clone(), key(3).public().clone(), T0)
+        r.start([2; 16], a.clone(), key(3).public().clone(), cm(), T0)
             .unwrap();
         let again = r
-            .start([3; 16], a.clone(), new.public().clone(), T0 + 5)
+            .start([3; 16], a.clone(), new.public().clone(), cm(), T0 + 5)
             .unwrap();
         assert_eq!(again.replaced, Some([1; 16]));
         assert_eq!(again.expires_ms, T0 + 5 + LIFE);
         assert_eq!(r.get(&[1; 16], T0 + 5).err(), Some(LinkError::NotFound));
-        assert_eq!(r.sign(&[1; 16], [0; 64], T0 + 5), Err(LinkError::NotFound));
+        assert_eq!(
+            r.sign(&[1; 16], [0; 64], NONCE, T0 + 5),
+            Err(LinkError::NotFound)
+        );
         let fresh = r.get(&[3; 16], T0 + 5).unwrap();
         assert!(fresh.wire.body.is_none() && fresh.offered_by.is_none());
         assert_eq!(r.len(), 2);
@@ -450,16 +509,17 @@ mod tests {
         // registry evicts its oldest request without an offer to hold it.
         r.complete(&a, new.public());
         let s = r
-            .start([4; 16], a.clone(), new.public().clone(), T0 + 6)
+            .start([4; 16], a.clone(), new.public().clone(), cm(), T0 + 6)
             .unwrap();
         assert_eq!(s.replaced, None);
         assert_eq!(s.evicted, vec![[2; 16]]);
         assert!(r.get(&[3; 16], T0 + 6).unwrap().completed);
         // The same identity for another account is a request of its own.
         let mut big = LinkRegistry::new(10, LIFE);
-        big.start([1; 16], a, new.public().clone(), T0).unwrap();
+        big.start([1; 16], a, new.public().clone(), cm(), T0)
+            .unwrap();
         let other = big
-            .start([2; 16], acct("bob"), new.public().clone(), T0)
+            .start([2; 16], acct("bob"), new.public().clone(), cm(), T0)
             .unwrap();
         assert_eq!(other.replaced, None);
         assert_eq!(big.len(), 2);
@@ -470,7 +530,7 @@ mod tests {
         let mut r = LinkRegistry::new(100, LIFE);
         let a = acct("alice");
         let new = key(1);
-        r.start([1; 16], a.clone(), new.public().clone(), T0)
+        r.start([1; 16], a.clone(), new.public().clone(), cm(), T0)
             .unwrap();
         let by = key(2).device_id();
         let c = LinkChallenge([0; 16]);
@@ -502,6 +562,7 @@ mod tests {
                 [i; 16],
                 a.clone(),
                 key(u64::from(i)).public().clone(),
+                cm(),
                 T0 + u64::from(i),
             )
             .unwrap();
@@ -519,12 +580,12 @@ mod tests {
         // A flood does not refuse the next request: it evicts the oldest one nobody
         // offered on (request 1), then the next oldest, and so on.
         let s = r
-            .start([50; 16], a.clone(), key(50).public().clone(), T0 + 20)
+            .start([50; 16], a.clone(), key(50).public().clone(), cm(), T0 + 20)
             .unwrap();
         assert_eq!(s.evicted, vec![[1; 16]]);
         assert_eq!(r.get(&[1; 16], T0 + 20).err(), Some(LinkError::NotFound));
         let s = r
-            .start([51; 16], a.clone(), key(51).public().clone(), T0 + 21)
+            .start([51; 16], a.clone(), key(51).public().clone(), cm(), T0 + 21)
             .unwrap();
         assert_eq!(s.evicted, vec![[2; 16]]);
         assert!(
@@ -534,7 +595,7 @@ mod tests {
         assert_eq!(r.list(&a, T0 + 21).len(), MAX_PENDING_LINKS);
         // The same identity starting again replaces its request without evicting.
         let again = r
-            .start([52; 16], a.clone(), key(51).public().clone(), T0 + 22)
+            .start([52; 16], a.clone(), key(51).public().clone(), cm(), T0 + 22)
             .unwrap();
         assert_eq!(again.replaced, Some([51; 16]));
         assert!(again.evicted.is_empty());
@@ -552,7 +613,7 @@ mod tests {
             .unwrap();
         }
         assert_eq!(
-            r.start([60; 16], a.clone(), key(60).public().clone(), T0 + 24),
+            r.start([60; 16], a.clone(), key(60).public().clone(), cm(), T0 + 24),
             Err(LinkError::AccountFull {
                 max: MAX_PENDING_LINKS
             })
@@ -565,7 +626,7 @@ mod tests {
             Err(LinkError::NotFound),
             "only for its own account"
         );
-        r.start([60; 16], a.clone(), key(60).public().clone(), T0 + 26)
+        r.start([60; 16], a.clone(), key(60).public().clone(), cm(), T0 + 26)
             .unwrap();
     }
 
@@ -573,11 +634,11 @@ mod tests {
     fn a_full_registry_evicts_the_oldest_request_without_an_offer() {
         let mut r = LinkRegistry::new(3, LIFE);
         let (a, b) = (acct("alice"), acct("bob"));
-        r.start([1; 16], a.clone(), key(1).public().clone(), T0)
+        r.start([1; 16], a.clone(), key(1).public().clone(), cm(), T0)
             .unwrap();
-        r.start([2; 16], b.clone(), key(2).public().clone(), T0 + 1)
+        r.start([2; 16], b.clone(), key(2).public().clone(), cm(), T0 + 1)
             .unwrap();
-        r.start([3; 16], b.clone(), key(3).public().clone(), T0 + 2)
+        r.start([3; 16], b.clone(), key(3).public().clone(), cm(), T0 + 2)
             .unwrap();
         r.offer(
             &[1; 16],
@@ -588,14 +649,20 @@ mod tests {
         )
         .unwrap();
         let s = r
-            .start([4; 16], acct("carol"), key(4).public().clone(), T0 + 4)
+            .start(
+                [4; 16],
+                acct("carol"),
+                key(4).public().clone(),
+                cm(),
+                T0 + 4,
+            )
             .unwrap();
         assert_eq!(s.evicted, vec![[2; 16]], "alice's offered request is kept");
         assert_eq!(r.len(), 3);
         // A completed request goes before an open one.
         r.complete(&a, key(1).public());
         let s = r
-            .start([5; 16], acct("dave"), key(5).public().clone(), T0 + 5)
+            .start([5; 16], acct("dave"), key(5).public().clone(), cm(), T0 + 5)
             .unwrap();
         assert_eq!(s.evicted, vec![[1; 16]]);
     }
@@ -606,10 +673,10 @@ mod tests {
         let mut r = LinkRegistry::new(10, life);
         let a = acct("alice");
         let s = r
-            .start([1; 16], a.clone(), key(1).public().clone(), T0)
+            .start([1; 16], a.clone(), key(1).public().clone(), cm(), T0)
             .unwrap();
         assert_eq!(s.expires_ms, T0 + life);
-        r.start([2; 16], a.clone(), key(2).public().clone(), T0)
+        r.start([2; 16], a.clone(), key(2).public().clone(), cm(), T0)
             .unwrap();
         r.offer(
             &[2; 16],

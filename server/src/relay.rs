@@ -370,12 +370,18 @@ impl<S: Store> Relay<S> {
             FrameBody::LinkStart {
                 account,
                 identity,
+                commitment,
                 signature,
-            } => self.link_start(ctx, id, account, identity, signature).await,
-            FrameBody::LinkPoll { link_id } => self.link_poll(ctx, id, link_id),
-            FrameBody::LinkSign { link_id, signature } => {
-                self.link_sign(ctx, id, link_id, signature)
+            } => {
+                self.link_start(ctx, id, account, identity, commitment, signature)
+                    .await
             }
+            FrameBody::LinkPoll { link_id } => self.link_poll(ctx, id, link_id),
+            FrameBody::LinkSign {
+                link_id,
+                signature,
+                nonce,
+            } => self.link_sign(ctx, id, link_id, signature, nonce),
             FrameBody::GetOrg => reply(
                 id,
                 FrameBody::Org {

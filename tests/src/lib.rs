@@ -61,6 +61,27 @@ pub async fn memory_relay_with_org(
 }
 
 /// Milliseconds since the Unix epoch.
+/// The nonce the raw-connection tests link with (a real client picks a random one).
+pub const LINK_NONCE: sealpost_protocol::trust::LinkNonce =
+    sealpost_protocol::trust::LinkNonce([0x5a; 32]);
+
+/// The commitment to [`LINK_NONCE`] for `identity` joining `account`.
+pub fn link_commitment(
+    account: &AccountId,
+    identity: &IdentityKeyPair,
+) -> sealpost_protocol::trust::LinkCommitment {
+    sealpost_protocol::trust::LinkCommitment::compute(account, identity.public(), &LINK_NONCE)
+}
+
+/// The code a device linking with [`LINK_NONCE`] shows.
+pub fn link_code(
+    account: &AccountId,
+    identity: &sealpost_protocol::PublicIdentity,
+    challenge: &sealpost_protocol::trust::LinkChallenge,
+) -> sealpost_protocol::trust::LinkCode {
+    sealpost_protocol::trust::LinkCode::compute(account, identity, challenge, &LINK_NONCE)
+}
+
 pub fn now_ms() -> u64 {
     sealpost_server::relay::unix_ms()
 }

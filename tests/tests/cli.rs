@@ -1580,13 +1580,54 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
     let req = &recovered.events("approval_requested")[0];
     assert_eq!(req["operation"], "account_recovery");
     let recovery_id = req["request_id"].as_str().unwrap().to_owned();
+    // Every approver checks the code with alice on a call of their own: without the
+    // code, or with another one, nothing is approved.
+    let shown = offered["code"].as_str().unwrap().to_owned();
+    let without = bob.run(&["approvals", "approve", &recovery_id, "--yes"]);
+    assert_ne!(without.code, 0, "{}", without.stdout);
+    assert!(
+        without.stderr.contains("--code") || without.stdout.contains("--code"),
+        "{}{}",
+        without.stdout,
+        without.stderr
+    );
+    let wrong = if shown == "000000" {
+        "000001"
+    } else {
+        "000000"
+    };
+    let mismatch = bob.run(&[
+        "approvals",
+        "approve",
+        &recovery_id,
+        "--yes",
+        "--code",
+        wrong,
+    ]);
+    assert_ne!(mismatch.code, 0, "{}", mismatch.stdout);
+    let still = ops.run(&["approvals", "list"]).ok("collect 0");
+    assert!(still.events("operation_completed").is_empty());
     // One approval is not enough.
-    bob.run(&["approvals", "approve", &recovery_id, "--yes"])
-        .ok("approve 1");
+    bob.run(&[
+        "approvals",
+        "approve",
+        &recovery_id,
+        "--yes",
+        "--code",
+        &shown,
+    ])
+    .ok("approve 1");
     let partial = ops.run(&["approvals", "list"]).ok("collect 1");
     assert!(partial.events("operation_completed").is_empty());
     carol
-        .run(&["approvals", "approve", &recovery_id, "--yes"])
+        .run(&[
+            "approvals",
+            "approve",
+            &recovery_id,
+            "--yes",
+            "--code",
+            &shown,
+        ])
         .ok("approve 2");
     let done = ops.run(&["approvals", "list"]).ok("collect 2");
     assert_eq!(

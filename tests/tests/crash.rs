@@ -20,6 +20,7 @@ use sealpost_server::admin;
 use sealpost_server::store::sqlite::SqliteStore;
 use sealpost_server::store::MailboxStore;
 use sealpost_tests::process::{write_config, write_config_with, RelayProcess};
+use sealpost_tests::{link_commitment, LINK_NONCE};
 use tokio::sync::watch;
 
 const KILLS: usize = 5;
@@ -356,7 +357,10 @@ async fn an_acknowledged_device_log_append_survives_sigkill() {
     ce.authenticate(&existing).await.unwrap();
     let new = IdentityKeyPair::generate(&mut rng);
     let cn = RelayConnection::connect(&relay.address()).await.unwrap();
-    let (link_id, _) = cn.link_start(&new, &account).await.unwrap();
+    let (link_id, _) = cn
+        .link_start(&new, &account, link_commitment(&account, &new))
+        .await
+        .unwrap();
     let log = ce.get_device_log(&account).await.unwrap();
     let body = log.next_body(
         now_ms(),
@@ -368,7 +372,9 @@ async fn an_acknowledged_device_log_append_survives_sigkill() {
     ce.link_offer(link_id, LinkChallenge::generate(&mut rng), body.clone())
         .await
         .unwrap();
-    cn.link_sign(link_id, body.sign(&new)).await.unwrap();
+    cn.link_sign(link_id, body.sign(&new), LINK_NONCE)
+        .await
+        .unwrap();
     ce.append_device_log(LogEntry::signed_by_device(body, &existing, Some(&new)))
         .await
         .unwrap();

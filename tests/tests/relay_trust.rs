@@ -15,7 +15,7 @@ use sealpost_protocol::envelope::{Envelope, EnvelopeKind, RoutingHeader};
 use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::trust::{
     Approval, ApprovalBundle, ApprovalPolicy, ApprovalRequest, DeviceAction, EntryAuthorization,
-    LinkChallenge, LinkCode, LogEntry, NoticeAudience, NoticeCategory, NoticeHeader, Operation,
+    LinkChallenge, LogEntry, NoticeAudience, NoticeCategory, NoticeHeader, Operation,
     OrgFingerprint, OrgRoot, Roster, SignedNotice, SignedRoster, SignerRef, StaffMember, StaffRole,
 };
 use sealpost_protocol::wire::{ErrorCode, FrameBody, Role};
@@ -255,7 +255,10 @@ async fn link_device<S: Store>(
     let keys = IdentityKeyPair::generate(&mut rng);
     let account = existing.account.clone();
     let n = relay.connect().await;
-    let (link_id, _) = n.link_start(&keys, &account).await.unwrap();
+    let (link_id, _) = n
+        .link_start(&keys, &account, link_commitment(&account, &keys))
+        .await
+        .unwrap();
     let log = existing.conn.get_device_log(&account).await.unwrap();
     let challenge = LinkChallenge::generate(&mut rng);
     let body = log.next_body(
@@ -272,7 +275,9 @@ async fn link_device<S: Store>(
         .unwrap();
     let state = n.link_poll(link_id).await.unwrap();
     assert_eq!(state.body.as_ref(), Some(&body));
-    n.link_sign(link_id, body.sign(&keys)).await.unwrap();
+    n.link_sign(link_id, body.sign(&keys), LINK_NONCE)
+        .await
+        .unwrap();
     let links = existing.conn.list_links(&account).await.unwrap();
     let subject_signature = links
         .iter()
@@ -435,7 +440,10 @@ async fn the_full_link_flow_adds_a_device_that_then_authenticates() {
     // Not registered yet: it cannot authenticate.
     assert_eq!(refused(n.authenticate(&new).await), ErrorCode::AuthFailed);
     let n = relay.connect().await;
-    let (link_id, expires_ms) = n.link_start(&new, &alice).await.unwrap();
+    let (link_id, expires_ms) = n
+        .link_start(&new, &alice, link_commitment(&alice, &new))
+        .await
+        .unwrap();
     // Linking is interactive: a request nobody offers on lapses after an hour.
     assert!(expires_ms > now_ms() + HOUR - 60_000 && expires_ms <= now_ms() + HOUR);
     let pending = existing.conn.list_links(&alice).await.unwrap();
@@ -481,25 +489,62 @@ async fn the_full_link_flow_adds_a_device_that_then_authenticates() {
     let state = n.link_poll(link_id).await.unwrap();
     assert_eq!(state.challenge, Some(challenge));
     assert_eq!(state.body.as_ref(), Some(&body));
-    let shown = LinkCode::compute(&alice, new.public(), &challenge);
+    let shown = link_code(&alice, new.public(), &challenge);
 
     // A signature by another key, or over another body, is refused.
     let impostor = IdentityKeyPair::generate(&mut rng);
     assert_eq!(
-        refused(n.link_sign(link_id, body.sign(&impostor)).await),
+        refused(n.link_sign(link_id, body.sign(&impostor), LINK_NONCE).await),
         ErrorCode::Forbidden
     );
     let mut other_body = body.clone();
     other_body.timestamp_ms += 1;
     assert_eq!(
-        refused(n.link_sign(link_id, other_body.sign(&new)).await),
+        refused(
+            n.link_sign(link_id, other_body.sign(&new), LINK_NONCE)
+                .await
+        ),
         ErrorCode::Forbidden
     );
-    n.link_sign(link_id, body.sign(&new)).await.unwrap();
+    // A nonce that does not open the commitment made in link_start is refused.
+    assert_eq!(
+        refused(
+            n.link_sign(
+                link_id,
+                body.sign(&new),
+                sealpost_protocol::trust::LinkNonce([1; 32])
+            )
+            .await
+        ),
+        ErrorCode::Forbidden
+    );
+    assert!(existing.conn.list_links(&alice).await.unwrap()[0]
+        .nonce
+        .is_none());
+    n.link_sign(link_id, body.sign(&new), LINK_NONCE)
+        .await
+        .unwrap();
+    // Once the nonce is revealed, no new offer can be made on this request (a challenge
+    // picked knowing the nonce could be ground to match another code).
+    assert_eq!(
+        refused(
+            existing
+                .conn
+                .link_offer(
+                    link_id,
+                    sealpost_protocol::trust::LinkChallenge([3; 16]),
+                    body.clone()
+                )
+                .await
+        ),
+        ErrorCode::Conflict
+    );
 
     let links = existing.conn.list_links(&alice).await.unwrap();
+    assert_eq!(links[0].nonce, Some(LINK_NONCE));
+    assert_eq!(links[0].challenge, Some(challenge));
     let subject_signature = links[0].subject_signature.unwrap();
-    let typed = LinkCode::compute(&alice, &links[0].identity, &challenge);
+    let typed = link_code(&alice, &links[0].identity, &challenge);
     assert!(typed.matches(shown.digits()));
 
     // Forged appends: without the new device's signature, or signed by a device that is
@@ -600,7 +645,10 @@ async fn a_new_link_start_replaces_the_devices_earlier_pending_request() {
     let mut rng = StdRng::seed_from_u64(31);
     let new = IdentityKeyPair::generate(&mut rng);
     let first = relay.connect().await;
-    let (old_id, _) = first.link_start(&new, &alice).await.unwrap();
+    let (old_id, _) = first
+        .link_start(&new, &alice, link_commitment(&alice, &new))
+        .await
+        .unwrap();
     let log = existing.conn.get_device_log(&alice).await.unwrap();
     let body = log.next_body(
         now_ms(),
@@ -618,13 +666,16 @@ async fn a_new_link_start_replaces_the_devices_earlier_pending_request() {
     // The device starts again (say its first process died) on a new connection: the
     // earlier request is replaced, not refused as a duplicate.
     let second = relay.connect().await;
-    let (new_id, expires_ms) = second.link_start(&new, &alice).await.unwrap();
+    let (new_id, expires_ms) = second
+        .link_start(&new, &alice, link_commitment(&alice, &new))
+        .await
+        .unwrap();
     assert_ne!(new_id, old_id);
     assert!(expires_ms > now_ms() + HOUR - 60_000);
     assert_eq!(refused(first.link_poll(old_id).await), ErrorCode::NotFound);
     assert_eq!(refused(second.link_poll(old_id).await), ErrorCode::NotFound);
     assert_eq!(
-        refused(second.link_sign(old_id, body.sign(&new)).await),
+        refused(second.link_sign(old_id, body.sign(&new), LINK_NONCE).await),
         ErrorCode::NotFound
     );
     assert_eq!(
@@ -651,7 +702,10 @@ async fn a_new_link_start_replaces_the_devices_earlier_pending_request() {
         .link_offer(new_id, challenge, body.clone())
         .await
         .unwrap();
-    second.link_sign(new_id, body.sign(&new)).await.unwrap();
+    second
+        .link_sign(new_id, body.sign(&new), LINK_NONCE)
+        .await
+        .unwrap();
     let entry = LogEntry::signed_by_device(body, &existing.identity, Some(&new));
     existing.conn.append_device_log(entry).await.unwrap();
     assert!(second.link_poll(new_id).await.unwrap().completed);
@@ -660,10 +714,17 @@ async fn a_new_link_start_replaces_the_devices_earlier_pending_request() {
     // the account is a request of its own.
     let other = IdentityKeyPair::generate(&mut rng);
     let third = relay.connect().await;
-    let (other_id, _) = third.link_start(&other, &alice).await.unwrap();
+    let (other_id, _) = third
+        .link_start(&other, &alice, link_commitment(&alice, &other))
+        .await
+        .unwrap();
     let fourth = relay.connect().await;
     let (another_id, _) = fourth
-        .link_start(&IdentityKeyPair::generate(&mut rng), &alice)
+        .link_start(
+            &IdentityKeyPair::generate(&mut rng),
+            &alice,
+            link_commitment(&alice, &IdentityKeyPair::generate(&mut rng)),
+        )
         .await
         .unwrap();
     assert_ne!(other_id, another_id);
@@ -753,7 +814,10 @@ async fn a_link_flood_cannot_lock_an_account_out() {
     // Alice's real new device asks first, and her phone offers on it.
     let laptop = IdentityKeyPair::generate(&mut rng);
     let lc = relay.connect().await;
-    let (laptop_link, _) = lc.link_start(&laptop, &alice).await.unwrap();
+    let (laptop_link, _) = lc
+        .link_start(&laptop, &alice, link_commitment(&alice, &laptop))
+        .await
+        .unwrap();
     let log = existing.conn.get_device_log(&alice).await.unwrap();
     let body = log.next_body(
         now_ms(),
@@ -773,7 +837,11 @@ async fn a_link_flood_cannot_lock_an_account_out() {
     for _ in 0..2 * sealpost_protocol::wire::MAX_PENDING_LINKS {
         let c = relay.connect().await;
         let (id, _) = c
-            .link_start(&IdentityKeyPair::generate(&mut rng), &alice)
+            .link_start(
+                &IdentityKeyPair::generate(&mut rng),
+                &alice,
+                link_commitment(&alice, &IdentityKeyPair::generate(&mut rng)),
+            )
             .await
             .unwrap();
         flood.push((c, id));
@@ -803,7 +871,9 @@ async fn a_link_flood_cannot_lock_an_account_out() {
         sealpost_protocol::wire::MAX_PENDING_LINKS - 1
     );
     // The real link completes despite the flood.
-    lc.link_sign(laptop_link, body.sign(&laptop)).await.unwrap();
+    lc.link_sign(laptop_link, body.sign(&laptop), LINK_NONCE)
+        .await
+        .unwrap();
     let entry = LogEntry::signed_by_device(body, &existing.identity, Some(&laptop));
     existing.conn.append_device_log(entry).await.unwrap();
     assert!(lc.link_poll(laptop_link).await.unwrap().completed);
@@ -814,7 +884,11 @@ async fn a_link_flood_cannot_lock_an_account_out() {
     for _ in 0..4 {
         let c = relay.connect().await;
         let (id, _) = c
-            .link_start(&IdentityKeyPair::generate(&mut rng), &bob)
+            .link_start(
+                &IdentityKeyPair::generate(&mut rng),
+                &bob,
+                link_commitment(&bob, &IdentityKeyPair::generate(&mut rng)),
+            )
             .await
             .unwrap();
         bob_links.push((c, id));
@@ -843,8 +917,12 @@ async fn a_link_flood_cannot_lock_an_account_out() {
     }
     let c = relay.connect().await;
     let (code, message) = refusal(
-        c.link_start(&IdentityKeyPair::generate(&mut rng), &bob)
-            .await,
+        c.link_start(
+            &IdentityKeyPair::generate(&mut rng),
+            &bob,
+            link_commitment(&bob, &IdentityKeyPair::generate(&mut rng)),
+        )
+        .await,
     );
     assert_eq!(code, ErrorCode::QuotaExceeded);
     assert!(message.contains("offer"), "{message}");
@@ -861,6 +939,7 @@ async fn a_link_flood_cannot_lock_an_account_out() {
             c.request(FrameBody::LinkStart {
                 account: alice.clone(),
                 identity: keys.public().clone(),
+                commitment: link_commitment(&alice, &keys),
                 signature,
             })
             .await
@@ -891,10 +970,20 @@ async fn link_requests_without_an_offer_lapse_after_the_configured_lifetime() {
     let idle_keys = IdentityKeyPair::generate(&mut rng);
     let offered_keys = IdentityKeyPair::generate(&mut rng);
     let c1 = relay.connect().await;
-    let (idle, expires_ms) = c1.link_start(&idle_keys, &alice).await.unwrap();
+    let (idle, expires_ms) = c1
+        .link_start(&idle_keys, &alice, link_commitment(&alice, &idle_keys))
+        .await
+        .unwrap();
     assert!(expires_ms <= now_ms() + 1_000);
     let c2 = relay.connect().await;
-    let (offered, _) = c2.link_start(&offered_keys, &alice).await.unwrap();
+    let (offered, _) = c2
+        .link_start(
+            &offered_keys,
+            &alice,
+            link_commitment(&alice, &offered_keys),
+        )
+        .await
+        .unwrap();
     let log = existing.conn.get_device_log(&alice).await.unwrap();
     let body = log.next_body(
         now_ms(),

@@ -117,6 +117,7 @@ pub async fn org(ctx: &Ctx, command: OrgCommand) -> Result<(), CliError> {
                     ApprovalsCommand::Approve {
                         id: request_id,
                         yes,
+                        code: None,
                     },
                 )
                 .await
@@ -1089,8 +1090,8 @@ pub async fn approvals(ctx: &Ctx, command: ApprovalsCommand) -> Result<(), CliEr
     match command {
         ApprovalsCommand::List { all } => approvals_list(ctx, all).await,
         ApprovalsCommand::Show { id } => approvals_show(ctx, &id).await,
-        ApprovalsCommand::Approve { id, yes } => {
-            approvals_decide(ctx, &id, Decision::Approve { yes }).await
+        ApprovalsCommand::Approve { id, yes, code } => {
+            approvals_decide(ctx, &id, Decision::Approve { yes, code }).await
         }
         ApprovalsCommand::Reject { id, reason } => {
             approvals_decide(ctx, &id, Decision::Reject { reason }).await
@@ -1323,7 +1324,7 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
                 Err(e) => println!("  | (the text does not decode: {e}; do not approve)"),
             }
         }
-        Some(ApprovalSubject::DeviceLog { entry }) => {
+        Some(ApprovalSubject::DeviceLog { entry, link }) => {
             println!("  a DEVICE-LOG ENTRY of account {}", entry.account);
             match &entry.action {
                 DeviceAction::Recover { identity } => {
@@ -1335,6 +1336,14 @@ fn print_request(ctx: &Ctx, client: &Client, v: &ApprovalView) -> Result<(), Cli
                     println!(
                         "  | fingerprint of the new device: {}",
                         identity.fingerprint()
+                    );
+                    println!(
+                        "  | check:    {}",
+                        if link.is_some() {
+                            "approving asks for the code the account holder reads from the new device"
+                        } else {
+                            "NO LINK CODE IN THIS REQUEST: it cannot be checked; reject it"
+                        }
                     );
                 }
                 DeviceAction::Unfreeze => {
@@ -1387,7 +1396,7 @@ async fn approvals_show(ctx: &Ctx, wanted: &str) -> Result<(), CliError> {
 }
 
 enum Decision {
-    Approve { yes: bool },
+    Approve { yes: bool, code: Option<String> },
     Reject { reason: String },
 }
 
@@ -1411,8 +1420,25 @@ async fn approvals_decide(ctx: &Ctx, wanted: &str, decision: Decision) -> Result
             ))));
         }
         match &decision {
-            Decision::Approve { yes } => {
+            Decision::Approve { yes, code } => {
                 print_request(ctx, &client, &view)?;
+                let recovery = view.operation == Operation::AccountRecovery.name();
+                let code = match (recovery, code) {
+                    (false, _) => None,
+                    (true, Some(c)) => Some(c.clone()),
+                    (true, None) if *yes => {
+                        return Err(Flow::Cli(CliError::usage(
+                            "a recovery is approved only with --code: the 6-digit code the account holder reads from their new device, on a call you place to the number on file",
+                        )))
+                    }
+                    (true, None) => {
+                        ctx.out.say("\nThis RECOVERY replaces every device of the account. Check it yourself, whoever");
+                        ctx.out.say("initiated it: call the account holder on the number on file (place the call");
+                        ctx.out.say("yourself; do not use a number or a call offered to you) and ask them to read");
+                        ctx.out.say("the 6-digit code their new device shows.");
+                        Some(read_code(ctx.out, "the account holder reads to you")?)
+                    }
+                };
                 if !*yes {
                     let answer = read_line(
                         "\nApprove exactly this? Type 'yes' to sign your approval: ",
@@ -1424,7 +1450,7 @@ async fn approvals_decide(ctx: &Ctx, wanted: &str, decision: Decision) -> Result
                         )));
                     }
                 }
-                Ok(client.approve(&id).await?)
+                Ok(client.approve_with_code(&id, code.as_deref()).await?)
             }
             Decision::Reject { reason } => Ok(client.reject_approval(&id, reason).await?),
         }

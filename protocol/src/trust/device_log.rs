@@ -46,8 +46,8 @@ use super::approval::{verify_quorum, ApprovalBundle, QuorumProof};
 use super::error::{Digest, TrustError};
 use super::roster::{Operation, RosterChain};
 use super::{
-    Canon, DEFAULT_COOLING_OFF_MS, LINK_CODE_LABEL, LOG_ENTRY_LABEL, LOG_SIGN_LABEL,
-    MAX_CLOCK_SKEW_MS, MAX_DEVICE_LOG_LEN, MAX_LOG_ENTRIES, MAX_LOG_REASON_LEN,
+    Canon, DEFAULT_COOLING_OFF_MS, LINK_CODE_LABEL, LINK_COMMIT_LABEL, LOG_ENTRY_LABEL,
+    LOG_SIGN_LABEL, MAX_CLOCK_SKEW_MS, MAX_DEVICE_LOG_LEN, MAX_LOG_ENTRIES, MAX_LOG_REASON_LEN,
 };
 
 /// What an entry does.
@@ -802,7 +802,7 @@ fn check_quorum(
 }
 
 /// A random challenge the existing device picks after it has received the new device's
-/// identity (see [`LinkCode`]).
+/// identity and [`LinkCommitment`] (see [`LinkCode`]).
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct LinkChallenge(#[serde(with = "bytes_array")] pub [u8; 16]);
@@ -822,29 +822,90 @@ impl fmt::Debug for LinkChallenge {
     }
 }
 
+/// The new device's random nonce: committed to in `link_start` (as a
+/// [`LinkCommitment`]) and revealed in `link_sign`, only after the new device has
+/// received the existing device's [`LinkChallenge`].
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LinkNonce(#[serde(with = "bytes_array")] pub [u8; 32]);
+
+impl LinkNonce {
+    /// A fresh nonce.
+    pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        let mut c = [0u8; 32];
+        rng.fill_bytes(&mut c);
+        Self(c)
+    }
+}
+
+impl fmt::Debug for LinkNonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LinkNonce({})", hex::encode(self.0))
+    }
+}
+
+/// `SHA-256("Sealpost_LinkCommit_v1" || u16 len || account || identity (64) || nonce
+/// (32))`: what the new device sends with its identity, binding it to a nonce it reveals
+/// later.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LinkCommitment(#[serde(with = "bytes_array")] pub [u8; 32]);
+
+impl LinkCommitment {
+    /// The commitment of `identity` joining `account` to `nonce`.
+    pub fn compute(account: &AccountId, identity: &PublicIdentity, nonce: &LinkNonce) -> Self {
+        let mut c = Canon::new(LINK_COMMIT_LABEL);
+        c.account(account).raw(&identity.to_bytes()).raw(&nonce.0);
+        Self(crypto::sha256(&[&c.into_bytes()]))
+    }
+
+    /// Whether `nonce` opens this commitment for `identity` joining `account`.
+    pub fn opens(&self, account: &AccountId, identity: &PublicIdentity, nonce: &LinkNonce) -> bool {
+        Self::compute(account, identity, nonce) == *self
+    }
+}
+
+impl fmt::Debug for LinkCommitment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LinkCommitment({})", hex::encode(self.0))
+    }
+}
+
 /// The six-digit code both screens show when a device is linked:
-/// `u64_be(SHA-256("Sealpost_LinkCode_v1" || u16 len || account || identity (64) ||
-/// challenge (16))[0..8]) mod 10^6`, zero-padded.
+/// `u64_be(SHA-256("Sealpost_LinkCode_v2" || u16 len || account || identity (64) ||
+/// challenge (16) || nonce (32))[0..8]) mod 10^6`, zero-padded.
 ///
-/// Order matters: (1) the new device sends its identity; (2) the existing device, having
-/// received it, picks a [`LinkChallenge`] and sends it back; (3) both show the code; (4)
-/// the user confirms they match and the existing device signs the add. Because the
-/// challenge is fixed only after the identity, an attacker who substitutes its own
-/// identity gets one 1-in-10^6 guess per attempt rather than an offline search.
+/// A commit-then-reveal exchange, so that nobody in the middle (the relay included) can
+/// search for inputs that make two different identities show the same code:
+/// 1. the new device picks a [`LinkNonce`] and sends its identity with the
+///    [`LinkCommitment`] to it (`link_start`);
+/// 2. the existing device, having received both, picks a fresh [`LinkChallenge`] and
+///    offers the entry (`link_offer`);
+/// 3. the new device, having received the challenge, reveals its nonce with its signature
+///    over the entry (`link_sign`) and shows the code;
+/// 4. the existing device checks that the nonce opens the commitment it saw in step 2,
+///    computes the code, and the user confirms both codes match.
+///
+/// Whoever substitutes an identity must commit to its nonce before the honest challenge
+/// is picked, and must pick the challenge it hands the new device before that device's
+/// nonce is revealed: each side's code is then fixed by a value the attacker did not
+/// choose, and it wins with probability 10^-6 per attempt (the relay bounds attempts).
 #[derive(Clone, PartialEq, Eq)]
 pub struct LinkCode(String);
 
 impl LinkCode {
-    /// The code for `identity` joining `account` under `challenge`.
+    /// The code for `identity` joining `account` under `challenge` and `nonce`.
     pub fn compute(
         account: &AccountId,
         identity: &PublicIdentity,
         challenge: &LinkChallenge,
+        nonce: &LinkNonce,
     ) -> Self {
         let mut c = Canon::new(LINK_CODE_LABEL);
         c.account(account)
             .raw(&identity.to_bytes())
-            .raw(&challenge.0);
+            .raw(&challenge.0)
+            .raw(&nonce.0);
         let h = crypto::sha256(&[&c.into_bytes()]);
         let mut first = [0u8; 8];
         first.copy_from_slice(&h[..8]);
@@ -1563,33 +1624,46 @@ mod tests {
     }
 
     #[test]
-    fn link_codes_match_on_both_screens_and_depend_on_the_challenge() {
+    fn link_codes_match_on_both_screens_and_depend_on_every_input() {
         let mut org = Org::new(49);
         let account = acct("client.zoe");
         let new = IdentityKeyPair::generate(&mut org.rng);
         let challenge = LinkChallenge::generate(&mut org.rng);
-        let on_new = LinkCode::compute(&account, new.public(), &challenge);
-        let on_existing = LinkCode::compute(&account, new.public(), &challenge);
+        let nonce = LinkNonce::generate(&mut org.rng);
+        let on_new = LinkCode::compute(&account, new.public(), &challenge, &nonce);
+        let on_existing = LinkCode::compute(&account, new.public(), &challenge, &nonce);
         assert_eq!(on_new, on_existing);
         assert_eq!(on_new.digits().len(), 6);
         assert!(on_new.digits().bytes().all(|b| b.is_ascii_digit()));
         assert!(on_new.matches(&on_new.to_string()));
+        assert!(!on_new.matches("12345"));
         assert_eq!(on_new.to_string().len(), 7);
         let substituted = IdentityKeyPair::generate(&mut org.rng);
         let other_challenge = LinkChallenge::generate(&mut org.rng);
+        let other_nonce = LinkNonce::generate(&mut org.rng);
         // Different inputs give different codes here (1 in 10^6 chance of a collision
         // for random inputs; these seeded ones do not collide).
-        assert_ne!(
-            LinkCode::compute(&account, substituted.public(), &challenge),
-            on_new
-        );
-        assert_ne!(
-            LinkCode::compute(&account, new.public(), &other_challenge),
-            on_new
-        );
-        assert_ne!(
-            LinkCode::compute(&acct("client.other"), new.public(), &challenge),
-            on_new
-        );
+        for other in [
+            LinkCode::compute(&account, substituted.public(), &challenge, &nonce),
+            LinkCode::compute(&account, new.public(), &other_challenge, &nonce),
+            LinkCode::compute(&account, new.public(), &challenge, &other_nonce),
+            LinkCode::compute(&acct("client.other"), new.public(), &challenge, &nonce),
+        ] {
+            assert_ne!(other, on_new);
+        }
+    }
+
+    #[test]
+    fn a_link_commitment_opens_only_with_its_own_nonce_identity_and_account() {
+        let mut org = Org::new(50);
+        let account = acct("client.zoe");
+        let new = IdentityKeyPair::generate(&mut org.rng);
+        let nonce = LinkNonce::generate(&mut org.rng);
+        let commitment = LinkCommitment::compute(&account, new.public(), &nonce);
+        assert!(commitment.opens(&account, new.public(), &nonce));
+        let other = IdentityKeyPair::generate(&mut org.rng);
+        assert!(!commitment.opens(&account, other.public(), &nonce));
+        assert!(!commitment.opens(&acct("client.other"), new.public(), &nonce));
+        assert!(!commitment.opens(&account, new.public(), &LinkNonce::generate(&mut org.rng)));
     }
 }

@@ -124,10 +124,13 @@
 //! time before `e`). See [`device_log`] for all rules.
 //!
 //! Linking a device shows a [`LinkCode`]: 6 digits from
-//! `SHA-256("Sealpost_LinkCode_v1" || u16 len || account || identity (64) || challenge (16))`.
-//! The challenge is chosen by the existing device *after* it has received the new
-//! device's identity, so an attacker who substitutes an identity cannot grind keys until
-//! the code matches (a code from the identity alone would fall to 10^6 key generations).
+//! `SHA-256("Sealpost_LinkCode_v2" || u16 len || account || identity (64) || challenge (16)
+//! || nonce (32))`, by a commit-then-reveal exchange: the new device sends its identity
+//! with `SHA-256("Sealpost_LinkCommit_v1" || u16 len || account || identity (64) || nonce
+//! (32))`; the existing device picks the challenge only after it has received both; the
+//! new device reveals the nonce only after it has received the challenge. Nobody in the
+//! middle (the relay included) can then search for a substituted identity, challenge or
+//! nonce that makes both screens show the same code: each attempt is a 1-in-10^6 guess.
 //!
 //! ### Notices
 //!
@@ -157,7 +160,8 @@
 //! | `Sealpost_Approval_v1` | approval signature |
 //! | `Sealpost_DeviceLogEntry_v1` | log entry hash input |
 //! | `Sealpost_DeviceLogSign_v1` | log entry signatures |
-//! | `Sealpost_LinkCode_v1` | device-linking code |
+//! | `Sealpost_LinkCode_v2` | device-linking code |
+//! | `Sealpost_LinkCommit_v1` | new device's commitment to its linking nonce |
 //! | `Sealpost_NoticeContent_v1` | notice content hash |
 //! | `Sealpost_Notice_v1` | notice digest input |
 //! | `Sealpost_NoticeSign_v1` | notice sender signature |
@@ -192,7 +196,7 @@ pub use approval::{
 };
 pub use device_log::{
     DeviceAction, DeviceLog, DeviceSet, DeviceState, EntryAuthorization, EntryBody, LinkChallenge,
-    LinkCode, LogEntry, LogHead, SendDecision,
+    LinkCode, LinkCommitment, LinkNonce, LogEntry, LogHead, SendDecision,
 };
 pub use error::{Digest, TrustError};
 pub use notice::{
@@ -248,7 +252,8 @@ pub(crate) const APPROVAL_INITIATE_LABEL: &[u8] = b"Sealpost_ApprovalInitiate_v1
 pub(crate) const APPROVAL_SIGN_LABEL: &[u8] = b"Sealpost_Approval_v1";
 pub(crate) const LOG_ENTRY_LABEL: &[u8] = b"Sealpost_DeviceLogEntry_v1";
 pub(crate) const LOG_SIGN_LABEL: &[u8] = b"Sealpost_DeviceLogSign_v1";
-pub(crate) const LINK_CODE_LABEL: &[u8] = b"Sealpost_LinkCode_v1";
+pub(crate) const LINK_CODE_LABEL: &[u8] = b"Sealpost_LinkCode_v2";
+pub(crate) const LINK_COMMIT_LABEL: &[u8] = b"Sealpost_LinkCommit_v1";
 pub(crate) const NOTICE_CONTENT_LABEL: &[u8] = b"Sealpost_NoticeContent_v1";
 pub(crate) const NOTICE_LABEL: &[u8] = b"Sealpost_Notice_v1";
 pub(crate) const NOTICE_SIGN_LABEL: &[u8] = b"Sealpost_NoticeSign_v1";

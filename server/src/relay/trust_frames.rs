@@ -11,8 +11,8 @@ use std::sync::Arc;
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind};
 use sealpost_protocol::identity::{AccountId, PublicIdentity};
 use sealpost_protocol::trust::{
-    DeviceAction, DeviceLog, EntryAuthorization, EntryBody, LinkChallenge, LogEntry,
-    NoticeAudience, SignedNotice, SignedRoster, MAX_SIGNED_ROSTER_LEN,
+    DeviceAction, DeviceLog, EntryAuthorization, EntryBody, LinkChallenge, LinkCommitment,
+    LinkNonce, LogEntry, NoticeAudience, SignedNotice, SignedRoster, MAX_SIGNED_ROSTER_LEN,
 };
 use sealpost_protocol::wire::{
     link_signature_message, BoundedVec, ErrorCode, FrameBody, LogLength, Role,
@@ -42,8 +42,12 @@ fn link_refusal(id: u64, e: &LinkError) -> Handled {
     let code = match e {
         LinkError::NotFound => ErrorCode::NotFound,
         LinkError::AccountFull { .. } | LinkError::RegistryFull { .. } => ErrorCode::QuotaExceeded,
-        LinkError::Completed | LinkError::NotOffered => ErrorCode::Conflict,
-        LinkError::WrongBody | LinkError::BadSignature => ErrorCode::Forbidden,
+        LinkError::Completed | LinkError::NotOffered | LinkError::AlreadySigned => {
+            ErrorCode::Conflict
+        }
+        LinkError::WrongBody | LinkError::BadSignature | LinkError::BadNonce => {
+            ErrorCode::Forbidden
+        }
     };
     refuse(id, code, &e.to_string())
 }
@@ -162,6 +166,7 @@ impl<S: Store> Relay<S> {
         id: u64,
         account: AccountId,
         identity: PublicIdentity,
+        commitment: LinkCommitment,
         signature: [u8; 64],
     ) -> Handled {
         if ctx.authenticated().is_some() {
@@ -199,7 +204,7 @@ impl<S: Store> Relay<S> {
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut link_id);
         let now = unix_ms();
         let started = self.with_links(|l| {
-            let r = l.start(link_id, account.clone(), identity, now);
+            let r = l.start(link_id, account.clone(), identity, commitment, now);
             (r, l.len())
         });
         metrics::gauge!(m::PENDING_LINKS).set(started.1 as f64);
@@ -257,15 +262,16 @@ impl<S: Store> Relay<S> {
         id: u64,
         link_id: [u8; 16],
         signature: [u8; 64],
+        nonce: LinkNonce,
     ) -> Handled {
         if let Err(l) = self.link_request_allowed(ctx.remote.ip()) {
             return limited(id, "link_requests_per_ip", l);
         }
         let now = unix_ms();
-        match self.with_links(|l| l.sign(&link_id, signature, now)) {
+        match self.with_links(|l| l.sign(&link_id, signature, nonce, now)) {
             Ok(()) => reply(id, FrameBody::Done),
             Err(e) => {
-                if e == LinkError::BadSignature {
+                if matches!(e, LinkError::BadSignature | LinkError::BadNonce) {
                     self.trust_refused("link");
                 }
                 link_refusal(id, &e)
