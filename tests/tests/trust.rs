@@ -621,6 +621,26 @@ async fn recovery_needs_the_quorum_and_the_code() {
             .await,
         Err(ClientError::CodeMismatch)
     ));
+    // The new device revealed its nonce with that code: the request cannot be offered on
+    // again (a challenge picked knowing the nonce could be ground to match another
+    // identity's code). The new device starts a new request.
+    assert!(matches!(
+        staff[0]
+            .offer_recovery(
+                &alice_id,
+                &ticket.link_id,
+                "passport checked on video + callback",
+            )
+            .await,
+        Err(ClientError::Net(NetError::Refused {
+            code: ErrorCode::Conflict,
+            ..
+        }))
+    ));
+    let ticket = new
+        .link_start(org::relay_info(&relay, Some(&o)), &alice_id)
+        .await
+        .unwrap();
     staff[0]
         .offer_recovery(
             &alice_id,
@@ -646,14 +666,29 @@ async fn recovery_needs_the_quorum_and_the_code() {
         .unwrap()
         .summary
         .contains("RECOVER"));
-    comp.approve(&req.request_id).await.unwrap();
+    // Each approver checks the code with the account holder themselves: no approval
+    // without it, or with another code.
+    assert!(matches!(
+        comp.approve(&req.request_id).await,
+        Err(ClientError::NotAllowed(_))
+    ));
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert!(matches!(
+        comp.approve_with_code(&req.request_id, Some(wrong)).await,
+        Err(ClientError::CodeMismatch)
+    ));
+    comp.approve_with_code(&req.request_id, Some(&code))
+        .await
+        .unwrap();
     let ev = pump(&mut [ops], 1).await;
     assert!(!completed(&ev[0]), "one approval is not enough to recover");
     assert!(matches!(
         new.link_progress(Duration::from_millis(500)).await.unwrap(),
         LinkProgress::Waiting
     ));
-    sec.approve(&req.request_id).await.unwrap();
+    sec.approve_with_code(&req.request_id, Some(&code))
+        .await
+        .unwrap();
     let ev = pump(&mut [ops], 1).await;
     assert!(completed(&ev[0]), "{:?}", ev[0]);
     match new.link_progress(Duration::from_secs(10)).await.unwrap() {
