@@ -609,10 +609,10 @@ impl Client {
                     entry: offer.body.clone(),
                     // Every approver computes the code from these and checks it with the
                     // account holder on a call of their own.
-                    link: Some(RecoveryCode {
+                    link: Some(Box::new(RecoveryCode {
                         challenge: offer.challenge,
                         nonce,
-                    }),
+                    })),
                 },
                 Some(signature),
             )

@@ -157,7 +157,7 @@ pub enum ApprovalSubject {
         /// For a recovery: the challenge and the revealed nonce the recovered device's
         /// link code was computed from, so that every approver can compute the code and
         /// check it with the account holder on a call of their own (null for an unfreeze).
-        link: Option<RecoveryCode>,
+        link: Option<Box<RecoveryCode>>,
     },
 }
 
