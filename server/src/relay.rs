@@ -185,8 +185,9 @@ pub struct Handled {
     pub reply: Option<Frame>,
     /// The connection just authenticated: subscribe it and start delivery.
     pub authenticated: Option<Authenticated>,
-    /// The device acknowledged this envelope (frees a delivery-window slot).
-    pub acked: Option<MessageId>,
+    /// Acknowledgements of envelopes delivered on this connection that the store has
+    /// answered (whatever it answered): that many delivery-window slots are free again.
+    pub released: usize,
     /// The device asked to drain its mailbox; answer `mailbox_empty` with this id.
     pub drain: Option<u64>,
 }
@@ -563,7 +564,7 @@ impl<S: Store> Relay<S> {
                 },
             )),
             authenticated: Some(me),
-            acked: None,
+            released: 0,
             drain: None,
         }
     }
@@ -872,25 +873,31 @@ impl<S: Store> Relay<S> {
         }
     }
 
-    /// Delete an envelope its recipient `device` acknowledged (delivered to it as `seq`).
-    pub async fn commit_ack(
+    /// Delete the envelopes its recipient `device` acknowledged by `message_id`,
+    /// delivered to it on this connection as `seqs` (every copy of the id it was handed
+    /// there). Each of them gives its delivery-window slot back whatever the store
+    /// answers: `false` (expired meanwhile, a repeat that was never stored, already
+    /// acknowledged) or an error (the envelope stays pending and comes again on the next
+    /// connection) must not shrink the window for good.
+    pub async fn commit_acks(
         &self,
         device: DeviceId,
         id: u64,
         message_id: MessageId,
-        seq: u64,
+        seqs: Vec<u64>,
     ) -> Handled {
-        match self.store.ack(&device, &message_id, seq).await {
-            Ok(true) => {
-                metrics::counter!(m::ENVELOPES_ACKED).increment(1);
-                Handled {
-                    acked: Some(message_id),
-                    ..Handled::default()
-                }
+        let mut out = Handled {
+            released: seqs.len(),
+            ..Handled::default()
+        };
+        for seq in seqs {
+            match self.store.ack(&device, &message_id, seq).await {
+                Ok(true) => metrics::counter!(m::ENVELOPES_ACKED).increment(1),
+                Ok(false) => {}
+                Err(e) => out.reply = store_failure(id, &e).reply,
             }
-            Ok(false) => Handled::default(),
-            Err(e) => store_failure(id, &e),
         }
+        out
     }
 
     /// Count a refusal by a trust rule (metric label `reason`).

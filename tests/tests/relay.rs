@@ -9,6 +9,7 @@ use sealpost_client::net::NetError;
 use sealpost_protocol::envelope::EnvelopeKind;
 use sealpost_protocol::wire::{self, ErrorCode, Frame, FrameBody, Role};
 use sealpost_protocol::{accept, IdentityKeyPair};
+use sealpost_server::store::MailboxStore;
 use sealpost_tests::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -834,4 +835,106 @@ async fn a_request_after_the_relay_went_away_fails_at_once() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Send `n` envelopes from `a` to `b` and check that `b` gets each, then that a `drain`
+/// reports the mailbox empty once it acknowledged them.
+async fn delivery_still_flows(a: &mut TestDevice, s: &mut sealpost_protocol::Session, b: &TestDevice, n: usize) {
+    for i in 0..n {
+        let env = a.seal(s, b.id(), &format!("after {i}"));
+        let id = env.header.message_id;
+        a.conn.send_envelope(env).await.unwrap();
+        let got = b
+            .next_envelope(WAIT)
+            .await
+            .expect("delivery stalled: the window lost slots");
+        assert_eq!(got.header.message_id, id);
+        b.conn.ack(id).await.unwrap();
+    }
+    assert_eq!(
+        b.conn.request(FrameBody::Drain).await.unwrap(),
+        FrameBody::MailboxEmpty
+    );
+}
+
+/// An acknowledgement the store answers "not pending" (the envelope expired between its
+/// delivery and its ack) still gives the delivery-window slot back: many more such acks
+/// than the window holds leave delivery flowing.
+#[tokio::test]
+async fn acks_of_expired_envelopes_give_their_window_slot_back() {
+    const WINDOW: usize = 4;
+    let relay = memory_relay(|c| c.limits.delivery_window = WINDOW).await;
+    let client = relay.account("ivy", Role::Client).await;
+    let advisor = relay.account("jon", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 50).await;
+    let b = relay.device(&advisor, 51).await;
+    let mut s = a.session_with(&b).await;
+    for i in 0..WINDOW * 3 {
+        let env = a.seal(&mut s, b.id(), &format!("expires {i}"));
+        let id = env.header.message_id;
+        a.conn.send_envelope(env).await.unwrap();
+        assert_eq!(b.next_envelope(WAIT).await.unwrap().header.message_id, id);
+        // Expired (and swept) before the recipient acknowledges it.
+        assert_eq!(relay.relay.store.expire(u64::MAX).await.unwrap(), 1);
+        b.conn.ack(id).await.unwrap();
+        // The ack was handled before the ping's answer.
+        assert_eq!(
+            b.conn.request(FrameBody::Ping).await.unwrap(),
+            FrameBody::Pong
+        );
+    }
+    delivery_still_flows(&mut a, &mut s, &b, WINDOW * 2).await;
+}
+
+/// The same message id delivered twice on one connection (a repeat of an envelope on
+/// disk, pushed again under a new number before it is recognised; or a resend with
+/// another timestamp, which is a new envelope) takes two window slots, and the
+/// acknowledgement gives both back: delivery keeps flowing and nothing stays pending.
+#[tokio::test]
+async fn the_same_message_id_delivered_twice_gives_both_slots_back() {
+    const WINDOW: usize = 4;
+    let relay = sqlite_relay_in(tempfile::tempdir().unwrap(), |c| {
+        c.limits.delivery_window = WINDOW
+    })
+    .await;
+    let client = relay.account("kim", Role::Client).await;
+    let advisor = relay.account("lee", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 52).await;
+    let b = relay.device(&advisor, 53).await;
+    let mut s = a.session_with(&b).await;
+    for i in 0..WINDOW * 3 {
+        let env = a.seal(&mut s, b.id(), &format!("twice {i}"));
+        let id = env.header.message_id;
+        // `accepted` comes once it is on disk (not acknowledged yet).
+        a.conn.send_envelope(env.clone()).await.unwrap();
+        let mut again = env;
+        if i % 2 == 1 {
+            // Another timestamp: stored again as a new envelope.
+            again.header.timestamp_ms += 1;
+        }
+        a.conn.send_envelope(again).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                b.next_envelope(WAIT)
+                    .await
+                    .expect("both copies delivered")
+                    .header
+                    .message_id,
+                id
+            );
+        }
+        // The client processes the first copy and drops the second by its id,
+        // acknowledging it again (PROTOCOL.md §18.3).
+        b.conn.ack(id).await.unwrap();
+        b.conn.ack(id).await.unwrap();
+        assert_eq!(
+            b.conn.request(FrameBody::Ping).await.unwrap(),
+            FrameBody::Pong
+        );
+    }
+    delivery_still_flows(&mut a, &mut s, &b, WINDOW * 2).await;
+    let stats = relay.relay.store.queue_stats().await.unwrap();
+    assert_eq!(stats.count, 0, "every copy was acknowledged");
 }
