@@ -192,11 +192,99 @@ impl Hub {
         }
     }
 
+    /// Bytes queued in `device`'s push queue ([`Push::queued_bytes`]); 0 if offline.
+    pub fn queued_bytes(&self, device: &DeviceId) -> usize {
+        let map = match self.devices.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.get(device)
+            .map_or(0, |r| r.queued.load(Ordering::Acquire))
+    }
+
     /// Devices online.
     pub fn online(&self) -> usize {
         match self.devices.lock() {
             Ok(m) => m.len(),
             Err(p) => p.into_inner().len(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use sealpost_protocol::envelope::{EnvelopeKind, RoutingHeader};
+
+    fn envelope(to: DeviceId, len: usize) -> Arc<Envelope> {
+        let header = RoutingHeader::new(
+            DeviceId([9; 16]),
+            to,
+            EnvelopeKind::Chat,
+            0,
+            &mut rand::rngs::OsRng,
+        );
+        Arc::new(Envelope {
+            header,
+            body: vec![0; len],
+        })
+    }
+
+    #[test]
+    fn the_push_queue_is_bounded_by_bytes_and_a_dropped_push_marks_it_lagging() {
+        let hub = Hub::new();
+        let d = DeviceId([1; 16]);
+        let mut sub = hub.register(d);
+        let len = 64 * 1024;
+        for seq in 1..=100 {
+            assert!(hub.push(
+                &d,
+                Push::Envelope {
+                    seq,
+                    envelope: envelope(d, len),
+                }
+            ));
+        }
+        let queued = hub.queued_bytes(&d);
+        assert!(queued <= MAX_PUSH_QUEUE_BYTES, "{queued}");
+        assert!(sub.lagged.load(Ordering::Acquire), "drops are reported");
+        let mut taken = 0;
+        while let Ok(p) = sub.rx.try_recv() {
+            sub.queued.fetch_sub(p.queued_bytes(), Ordering::AcqRel);
+            taken += 1;
+        }
+        assert_eq!(taken, MAX_PUSH_QUEUE_BYTES / (len + PUSH_OVERHEAD_BYTES));
+        assert_eq!(hub.queued_bytes(&d), 0);
+        // An empty queue takes a push again.
+        assert!(hub.push(
+            &d,
+            Push::Envelope {
+                seq: 101,
+                envelope: envelope(d, len),
+            }
+        ));
+        assert!(sub.rx.try_recv().is_ok());
+    }
+
+    #[tokio::test]
+    async fn replacing_a_connection_is_not_lost_when_its_push_queue_is_full() {
+        let hub = Hub::new();
+        let d = DeviceId([2; 16]);
+        let old = hub.register(d);
+        for seq in 1..=(PUSH_QUEUE as u64 + 10) {
+            hub.push(
+                &d,
+                Push::Envelope {
+                    seq,
+                    envelope: envelope(d, 1),
+                },
+            );
+        }
+        let _new = hub.register(d);
+        tokio::time::timeout(std::time::Duration::from_secs(5), old.replaced.notified())
+            .await
+            .expect("the old connection is told it was replaced");
     }
 }

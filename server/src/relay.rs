@@ -205,6 +205,9 @@ fn refuse(id: u64, code: ErrorCode, message: &str) -> Handled {
 
 fn limited(id: u64, which: &'static str, l: Limited) -> Handled {
     metrics::counter!(m::RATE_LIMITED, "limit" => which).increment(1);
+    if l == Limited::TooManyKeys {
+        metrics::counter!(m::RATE_LIMIT_KEYS_FULL, "limit" => which).increment(1);
+    }
     let mut h = refuse(id, ErrorCode::RateLimited, &format!("rate limit: {which}"));
     if let Some(Frame {
         body: FrameBody::Error { retry_after_ms, .. },
@@ -323,24 +326,29 @@ impl<S: Store> Relay<S> {
     /// Whether this address may still try to authenticate or enrol.
     fn auth_allowed(&self, ip: IpAddr) -> Result<(), Limited> {
         let now = self.mono_ms();
-        self.with_limiters(|l| {
-            if l.auth_ip.would_allow(&ip, 1.0, now) {
-                Ok(())
-            } else {
-                Err(Limited::RetryAfter(1000))
-            }
-        })
+        // A new address is refused while the table is full: its failures could not be
+        // recorded.
+        self.with_limiters(|l| l.auth_ip.would_allow(&ip, 1.0, now))
     }
 
     fn auth_failed(&self, ip: IpAddr, device: Option<DeviceId>) {
         metrics::counter!(m::AUTH_FAILURES).increment(1);
         let now = self.mono_ms();
-        self.with_limiters(|l| {
-            let _ = l.auth_ip.check(&ip, 1.0, now);
-            if let Some(d) = device {
-                let _ = l.auth_device.check(&d, 1.0, now);
-            }
+        let (by_ip, by_device) = self.with_limiters(|l| {
+            let by_ip = l.auth_ip.check(&ip, 1.0, now);
+            let by_device = device.map(|d| l.auth_device.check(&d, 1.0, now));
+            (by_ip, by_device)
         });
+        // A failure a full table could not record: the key is refused anyway until the
+        // table has room (`would_allow` fails closed), and it is counted.
+        if by_ip == Err(Limited::TooManyKeys) {
+            metrics::counter!(m::RATE_LIMIT_KEYS_FULL, "limit" => "auth_failures_per_ip")
+                .increment(1);
+        }
+        if by_device == Some(Err(Limited::TooManyKeys)) {
+            metrics::counter!(m::RATE_LIMIT_KEYS_FULL, "limit" => "auth_failures_per_device")
+                .increment(1);
+        }
     }
 
     /// Handle one decoded frame.
@@ -483,8 +491,8 @@ impl<S: Store> Relay<S> {
             return limited(id, "auth_failures_per_ip", l);
         }
         let now = self.mono_ms();
-        if !self.with_limiters(|l| l.auth_device.would_allow(&device, 1.0, now)) {
-            return limited(id, "auth_failures_per_device", Limited::RetryAfter(10_000));
+        if let Err(l) = self.with_limiters(|l| l.auth_device.would_allow(&device, 1.0, now)) {
+            return limited(id, "auth_failures_per_device", l);
         }
         let mut nonce = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
