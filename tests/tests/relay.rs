@@ -839,7 +839,12 @@ async fn a_request_after_the_relay_went_away_fails_at_once() {
 
 /// Send `n` envelopes from `a` to `b` and check that `b` gets each, then that a `drain`
 /// reports the mailbox empty once it acknowledged them.
-async fn delivery_still_flows(a: &mut TestDevice, s: &mut sealpost_protocol::Session, b: &TestDevice, n: usize) {
+async fn delivery_still_flows(
+    a: &mut TestDevice,
+    s: &mut sealpost_protocol::Session,
+    b: &TestDevice,
+    n: usize,
+) {
     for i in 0..n {
         let env = a.seal(s, b.id(), &format!("after {i}"));
         let id = env.header.message_id;
@@ -1063,7 +1068,10 @@ async fn a_full_auth_failure_table_refuses_new_devices() {
     use sealpost_protocol::identity::DeviceId;
     // Two devices fill the table (each failure is recorded).
     for n in 1..=2u8 {
-        assert_eq!(refused(fail_once(DeviceId([n; 16])).await), ErrorCode::AuthFailed);
+        assert_eq!(
+            refused(fail_once(DeviceId([n; 16])).await),
+            ErrorCode::AuthFailed
+        );
     }
     // A third is refused before it can try.
     match fail_once(DeviceId([3; 16])).await {
@@ -1075,5 +1083,8 @@ async fn a_full_auth_failure_table_refuses_new_devices() {
         other => panic!("expected a rate limit, got {other:?}"),
     }
     // The tracked ones still have attempts left.
-    assert_eq!(refused(fail_once(DeviceId([1; 16])).await), ErrorCode::AuthFailed);
+    assert_eq!(
+        refused(fail_once(DeviceId([1; 16])).await),
+        ErrorCode::AuthFailed
+    );
 }

@@ -28,8 +28,11 @@
 //!   batch actually did, and writes them in the same transaction. A crash therefore
 //!   always leaves counters that match the rows.
 //! * **Staging** keeps, per mailbox, the counters as of the last commit plus what is in
-//!   flight, for the quota check and the next sequence number. A message id that is
-//!   staged or in flight is recognised as a duplicate at once. One that is only on disk
+//!   flight, for the quota check and the next sequence number. A repeat (same message
+//!   id and timestamp) of an envelope staged or in flight is recognised at once; a
+//!   same-id envelope with another timestamp is a new envelope, staged without an
+//!   entry of its own in the per-id state (its acknowledgement finds it by sequence
+//!   number). A repeat of one that is only on disk
 //!   is recognised by the writer: the sender is then told "duplicate" with the original
 //!   number, but the recipient has already been offered the copy (under a number that
 //!   is never stored) and drops it by message id, as every client must.
@@ -941,7 +944,9 @@ impl Mailboxes {
             let keep = MAX_CACHED_MAILBOXES * 3 / 4;
             let mut excess = inner.boxes.len() - keep;
             inner.boxes.retain(|_, mb| {
-                if excess > 0 && mb.idle() {
+                // A stale mailbox (after a failed batch) keeps the sequence numbers it
+                // handed out; reloaded from disk it would hand them out again.
+                if excess > 0 && mb.idle() && !mb.stale {
                     excess -= 1;
                     false
                 } else {
