@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use sealpost_protocol::{DecodeError, EncodeError};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tracing::{debug, warn};
 
-use crate::hub::{Push, Subscription};
+use crate::hub::{Push, Subscription, PUSH_OVERHEAD_BYTES};
 use crate::metrics as m;
 use crate::relay::{Authenticated, ConnCtx, Handled, Relay};
 use crate::store::Store;
@@ -39,6 +39,12 @@ const READ_CHUNK: usize = 64 * 1024;
 const MAX_PENDING_DRAINS: usize = 16;
 /// `send`/`ack` store operations one connection may have waiting for their commit.
 pub const MAX_IN_FLIGHT: usize = 128;
+/// Most pending envelopes the delivery pump reads from the store at once.
+const MAX_DELIVERY_BATCH: usize = 256;
+/// Most envelope bytes (body plus [`PUSH_OVERHEAD_BYTES`] each) of one batch read from
+/// the store that the delivery pump holds while it waits for room in the outbox (at
+/// least one envelope); the rest of the batch is read again.
+pub const MAX_DELIVERY_BATCH_BYTES: usize = 1 << 20;
 /// Application close codes.
 pub mod close {
     /// Normal close (relay shutting down).
@@ -330,9 +336,16 @@ pub async fn serve<S: Store>(
                     // Only what this connection delivered can be acknowledged on it (the
                     // store deletes by the number it was delivered under). Anything else
                     // is still pending and is delivered again, and acknowledged then.
-                    if let Some(seq) = delivery.as_ref().and_then(|d| d.seq_of(&message_id)) {
+                    // Every copy of the id delivered here is acknowledged at once (the
+                    // client drops the others by id anyway), and each gives its window
+                    // slot back whatever the store answers.
+                    let seqs = delivery
+                        .as_ref()
+                        .map(|d| d.take_acked(&message_id))
+                        .unwrap_or_default();
+                    if !seqs.is_empty() {
                         in_flight.push_back(Box::pin(
-                            relay_ref.commit_ack(me.device, frame.id, message_id, seq),
+                            relay_ref.commit_acks(me.device, frame.id, message_id, seqs),
                         ));
                     }
                 }
@@ -430,8 +443,8 @@ async fn apply<S: Store>(
             shutdown.clone(),
         ));
     }
-    if let (Some(id), Some(d)) = (handled.acked, delivery.as_ref()) {
-        d.acked(&id);
+    if let (n @ 1.., Some(d)) = (handled.released, delivery.as_ref()) {
+        d.release(n);
     }
     if let (Some(id), Some(d)) = (handled.drain, delivery.as_ref()) {
         // Bounded: a flood of drains beyond the queue is simply not answered twice.
@@ -458,11 +471,55 @@ async fn write_loop(mut send: quinn::SendStream, outbox: Arc<Outbox>) {
     let _ = send.finish();
 }
 
+/// Envelopes delivered on one connection and not yet acknowledged on it, each holding a
+/// delivery-window slot. Keyed by sequence number: the same message id can be delivered
+/// more than once (a repeat pushed under a new number before the store recognised it, or
+/// a resend with another timestamp, which is a new envelope), and each delivery holds its
+/// own slot.
+#[derive(Debug, Default)]
+struct Unacked {
+    by_seq: std::collections::BTreeMap<u64, MessageId>,
+    by_id: HashMap<MessageId, Vec<u64>>,
+}
+
+impl Unacked {
+    /// Record a delivery; false if `seq` is already in flight here (it holds a slot).
+    fn insert(&mut self, seq: u64, id: MessageId) -> bool {
+        if self.by_seq.insert(seq, id).is_some() {
+            return false;
+        }
+        self.by_id.entry(id).or_default().push(seq);
+        true
+    }
+
+    /// Every delivery of `id`, removed (their slots are given back once the store has
+    /// answered their acknowledgement).
+    fn take(&mut self, id: &MessageId) -> Vec<u64> {
+        let seqs = self.by_id.remove(id).unwrap_or_default();
+        for seq in &seqs {
+            self.by_seq.remove(seq);
+        }
+        seqs
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_seq.len()
+    }
+}
+
+fn lock_unacked(m: &Mutex<Unacked>) -> std::sync::MutexGuard<'_, Unacked> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
 /// The delivery pump of an authenticated connection.
 struct Delivery {
     me: Authenticated,
     conn: u64,
-    inflight: Arc<Mutex<HashMap<MessageId, u64>>>,
+    inflight: Arc<Mutex<Unacked>>,
     window: Arc<Semaphore>,
     task: tokio::task::JoinHandle<()>,
     end_rx: tokio::sync::oneshot::Receiver<End>,
@@ -480,7 +537,7 @@ impl Delivery {
         let conn = sub.conn;
         metrics::gauge!(m::DEVICES_AUTHENTICATED).set(relay.hub.online() as f64);
         let window = Arc::new(Semaphore::new(relay.config.limits.delivery_window));
-        let inflight = Arc::new(Mutex::new(HashMap::new()));
+        let inflight = Arc::new(Mutex::new(Unacked::default()));
         let (end_tx, end_rx) = tokio::sync::oneshot::channel();
         let (drain_tx, drain_rx) = mpsc::channel(MAX_PENDING_DRAINS);
         let task = tokio::spawn(pump(
@@ -505,22 +562,17 @@ impl Delivery {
         }
     }
 
-    /// The sequence number `id` was delivered under on this connection, if it was.
-    fn seq_of(&self, id: &MessageId) -> Option<u64> {
-        match self.inflight.lock() {
-            Ok(m) => m.get(id).copied(),
-            Err(p) => p.into_inner().get(id).copied(),
-        }
+    /// The sequence numbers `id` was delivered under on this connection and not yet
+    /// acknowledged, taken out of the in-flight set; each still holds its window slot
+    /// until [`Delivery::release`].
+    fn take_acked(&self, id: &MessageId) -> Vec<u64> {
+        lock_unacked(&self.inflight).take(id)
     }
 
-    fn acked(&self, id: &MessageId) {
-        let removed = match self.inflight.lock() {
-            Ok(mut m) => m.remove(id).is_some(),
-            Err(p) => p.into_inner().remove(id).is_some(),
-        };
-        if removed {
-            self.window.add_permits(1);
-        }
+    /// Give back `n` window slots (acknowledgements the store has answered, whatever it
+    /// answered).
+    fn release(&self, n: usize) {
+        self.window.add_permits(n);
     }
 
     async fn stop<S: Store>(self, relay: &Relay<S>) {
@@ -531,21 +583,43 @@ impl Delivery {
     }
 }
 
+/// How many envelopes at the start of `batch` fit in [`MAX_DELIVERY_BATCH_BYTES`]
+/// (at least one).
+fn within_bytes(batch: &[crate::store::Pending]) -> usize {
+    let mut bytes = 0usize;
+    let mut n = 0;
+    for p in batch {
+        bytes = bytes.saturating_add(p.envelope.body.len() + PUSH_OVERHEAD_BYTES);
+        if n > 0 && bytes > MAX_DELIVERY_BATCH_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Record a delivery (for the window and for its `ack`) and queue it. False once the
 /// connection is gone.
 async fn deliver(
     out: &Outbox,
-    inflight: &Mutex<HashMap<MessageId, u64>>,
+    window: &Semaphore,
+    inflight: &Mutex<Unacked>,
     seq: u64,
     envelope: &sealpost_protocol::Envelope,
 ) -> bool {
-    if let Ok(mut m) = inflight.lock() {
-        m.insert(envelope.header.message_id, seq);
+    if !lock_unacked(inflight).insert(seq, envelope.header.message_id) {
+        // Already delivered here under this number (and holding a slot): not again.
+        window.add_permits(1);
+        return true;
     }
     metrics::counter!(m::ENVELOPES_DELIVERED).increment(1);
     out.push(|b| wire::encode_deliver_into(envelope, b)).await
 }
 
+/// The delivery pump: ends the connection when the device is replaced by a newer
+/// connection or revoked. Both are [`Notify`]s rather than pushes, and are watched at
+/// every await of the pump (also while it waits for window room or for the outbox), so
+/// neither a full push queue nor a stalled peer can hold them up.
 #[allow(clippy::too_many_arguments)]
 async fn pump<S: Store>(
     relay: Arc<Relay<S>>,
@@ -553,17 +627,45 @@ async fn pump<S: Store>(
     sub: Subscription,
     out: Arc<Outbox>,
     window: Arc<Semaphore>,
-    inflight: Arc<Mutex<HashMap<MessageId, u64>>>,
-    mut shutdown: watch::Receiver<bool>,
+    inflight: Arc<Mutex<Unacked>>,
+    shutdown: watch::Receiver<bool>,
     end_tx: tokio::sync::oneshot::Sender<End>,
-    mut drain_rx: mpsc::Receiver<u64>,
+    drain_rx: mpsc::Receiver<u64>,
 ) {
     let Subscription {
-        mut rx,
+        rx,
+        queued,
         lagged,
         revoked,
+        replaced,
         ..
     } = sub;
+    let end = tokio::select! {
+        biased;
+        _ = revoked.notified() => Some(End::Revoked),
+        _ = replaced.notified() => Some(End::Replaced),
+        () = deliver_loop(
+            relay, me, rx, &queued, &lagged, out, window, inflight, shutdown, drain_rx,
+        ) => None,
+    };
+    if let Some(end) = end {
+        let _ = end_tx.send(end);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn deliver_loop<S: Store>(
+    relay: Arc<Relay<S>>,
+    me: Authenticated,
+    mut rx: mpsc::Receiver<Push>,
+    queued: &AtomicUsize,
+    lagged: &AtomicBool,
+    out: Arc<Outbox>,
+    window: Arc<Semaphore>,
+    inflight: Arc<Mutex<Unacked>>,
+    mut shutdown: watch::Receiver<bool>,
+    mut drain_rx: mpsc::Receiver<u64>,
+) {
     let mut last_seq = 0u64;
     let mut drains: Vec<u64> = Vec::new();
     // Start by catching up with everything pending (redelivery of unacknowledged ones).
@@ -577,17 +679,10 @@ async fn pump<S: Store>(
             let permit = tokio::select! {
                 p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 _ = shutdown.changed() => return,
-                _ = revoked.notified() => {
-                    let _ = end_tx.send(End::Revoked);
-                    return;
-                }
             };
             let room = window.available_permits() + 1;
-            let batch = match relay
-                .store
-                .pending(&me.device, last_seq, room.min(256))
-                .await
-            {
+            let asked = room.min(MAX_DELIVERY_BATCH);
+            let mut batch = match relay.store.pending(&me.device, last_seq, asked).await {
                 Ok(b) => b,
                 Err(e) => {
                     warn!(error = %e, "reading pending envelopes failed; retrying");
@@ -607,6 +702,10 @@ async fn pump<S: Store>(
                 continue;
             }
             let n = batch.len();
+            // Hold at most MAX_DELIVERY_BATCH_BYTES while the outbox may make us wait;
+            // the rest is read again.
+            batch.truncate(within_bytes(&batch));
+            let trimmed = batch.len() < n;
             permit.forget();
             for (i, p) in batch.into_iter().enumerate() {
                 if i > 0 {
@@ -616,11 +715,11 @@ async fn pump<S: Store>(
                     }
                 }
                 last_seq = p.seq;
-                if !deliver(&out, &inflight, p.seq, &p.envelope).await {
+                if !deliver(&out, &window, &inflight, p.seq, &p.envelope).await {
                     return;
                 }
             }
-            if n < room.min(256) {
+            if n < asked && !trimmed {
                 // Drained the store (as far as this read saw).
                 catching_up = false;
                 for id in drains.drain(..) {
@@ -643,11 +742,8 @@ async fn pump<S: Store>(
                 continue;
             }
             _ = shutdown.changed() => return,
-            _ = revoked.notified() => {
-                let _ = end_tx.send(End::Revoked);
-                return;
-            }
         };
+        queued.fetch_sub(push.queued_bytes(), Ordering::AcqRel);
         match push {
             Push::Envelope { seq, envelope } => {
                 if seq <= last_seq {
@@ -657,7 +753,7 @@ async fn pump<S: Store>(
                     if let Ok(p) = window.try_acquire() {
                         p.forget();
                         last_seq = seq;
-                        if !deliver(&out, &inflight, seq, &envelope).await {
+                        if !deliver(&out, &window, &inflight, seq, &envelope).await {
                             return;
                         }
                         continue;
@@ -677,10 +773,6 @@ async fn pump<S: Store>(
                 if !out.frame(&frame).await {
                     return;
                 }
-            }
-            Push::Replaced => {
-                let _ = end_tx.send(End::Replaced);
-                return;
             }
             Push::DeviceLogChanged {
                 account,
@@ -758,6 +850,51 @@ mod tests {
             wire::encode_frame(&ping(10)).unwrap()
         );
         assert!(outbox.take().await.is_none());
+    }
+
+    #[test]
+    fn unacked_deliveries_are_keyed_by_seq_and_an_ack_takes_every_copy() {
+        let mut u = Unacked::default();
+        let (x, y) = (MessageId([1; 16]), MessageId([2; 16]));
+        assert!(u.insert(5, x));
+        assert!(u.insert(6, y));
+        // The same id again under another number: a second delivery, a second slot.
+        assert!(u.insert(9, x));
+        // The same number again is not a new delivery.
+        assert!(!u.insert(9, x));
+        assert_eq!(u.len(), 3);
+        assert_eq!(u.take(&x), [5, 9]);
+        assert!(u.take(&x).is_empty(), "a repeated ack finds nothing");
+        assert_eq!(u.len(), 1);
+        assert_eq!(u.take(&y), [6]);
+        assert_eq!(u.len(), 0);
+    }
+
+    #[test]
+    fn a_delivery_batch_is_bounded_by_bytes_and_keeps_at_least_one() {
+        use sealpost_protocol::envelope::{EnvelopeKind, RoutingHeader};
+        let mut rng = rand::rngs::OsRng;
+        let header = RoutingHeader::new(
+            sealpost_protocol::identity::DeviceId([1; 16]),
+            sealpost_protocol::identity::DeviceId([2; 16]),
+            EnvelopeKind::Chat,
+            0,
+            &mut rng,
+        );
+        let pending = |len: usize| crate::store::Pending {
+            seq: 1,
+            envelope: sealpost_protocol::Envelope {
+                header: header.clone(),
+                body: vec![0; len],
+            },
+        };
+        let big = MAX_DELIVERY_BATCH_BYTES / 4;
+        let batch: Vec<_> = (0..10).map(|_| pending(big)).collect();
+        assert_eq!(within_bytes(&batch), 3);
+        let small: Vec<_> = (0..256).map(|_| pending(100)).collect();
+        assert_eq!(within_bytes(&small), 256);
+        assert_eq!(within_bytes(&[pending(2 * MAX_DELIVERY_BATCH_BYTES)]), 1);
+        assert_eq!(within_bytes(&[]), 0);
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Which devices are online, and how to reach their connection.
 //!
 //! Each authenticated device has at most one registration; a newer connection replaces
-//! an older one (which is told to close). Pushes go through a bounded channel; when it is
-//! full the push is dropped and the registration marked as lagging, so the connection
-//! reads what it missed from the store (nothing is lost: the store is the truth).
+//! an older one (which is told to close, through a [`Notify`] that a full push queue
+//! cannot lose). Pushes go through a channel bounded in count ([`PUSH_QUEUE`]) and in
+//! envelope bytes ([`MAX_PUSH_QUEUE_BYTES`]); a push that does not fit is dropped and
+//! the registration marked as lagging, so the connection reads what it missed from the
+//! store (nothing is lost: the store is the truth).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sealpost_protocol::envelope::Envelope;
@@ -17,6 +19,12 @@ use crate::store::PreKeyCounts;
 
 /// Pushes buffered per online device.
 pub const PUSH_QUEUE: usize = 1024;
+/// Envelope bytes (body plus [`PUSH_OVERHEAD_BYTES`] each) buffered per online device.
+/// A recipient that stops reading holds at most this much in its push queue; what does
+/// not fit is read from the store once it catches up.
+pub const MAX_PUSH_QUEUE_BYTES: usize = 1 << 20;
+/// What one queued envelope push counts beyond its body (header, `Arc`, channel slot).
+pub const PUSH_OVERHEAD_BYTES: usize = 256;
 
 /// Something for an online device.
 #[derive(Debug)]
@@ -30,8 +38,6 @@ pub enum Push {
     },
     /// Its one-time prekey stock is low.
     PreKeysLow(PreKeyCounts),
-    /// Another connection authenticated as this device; close this one.
-    Replaced,
     /// A device log this device follows grew (its own account's, or a client's the
     /// device's staff account is assigned to).
     DeviceLogChanged {
@@ -44,11 +50,23 @@ pub enum Push {
     },
 }
 
+impl Push {
+    /// The bytes this push counts against [`MAX_PUSH_QUEUE_BYTES`].
+    pub fn queued_bytes(&self) -> usize {
+        match self {
+            Self::Envelope { envelope, .. } => envelope.body.len() + PUSH_OVERHEAD_BYTES,
+            _ => 0,
+        }
+    }
+}
+
 struct Registration {
     conn: u64,
     tx: mpsc::Sender<Push>,
+    queued: Arc<AtomicUsize>,
     lagged: Arc<AtomicBool>,
     revoked: Arc<Notify>,
+    replaced: Arc<Notify>,
 }
 
 /// A registration handed to a connection.
@@ -57,11 +75,18 @@ pub struct Subscription {
     pub conn: u64,
     /// Pushes for it.
     pub rx: mpsc::Receiver<Push>,
+    /// Bytes of the pushes in `rx` ([`Push::queued_bytes`]): the receiver subtracts
+    /// what it takes out.
+    pub queued: Arc<AtomicUsize>,
     /// Set when a push was dropped; the connection must catch up from the store.
     pub lagged: Arc<AtomicBool>,
     /// Notified when the device is revoked: the connection must close. (Not a push, so
     /// that a full push queue cannot lose it.)
     pub revoked: Arc<Notify>,
+    /// Notified when another connection authenticated as the same device: this one
+    /// must close. (Not a push either: it matters most when this connection is stalled
+    /// and its push queue full.)
+    pub replaced: Arc<Notify>,
 }
 
 /// The registry of online devices.
@@ -81,26 +106,33 @@ impl Hub {
     pub fn register(&self, device: DeviceId) -> Subscription {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
         let lagged = Arc::new(AtomicBool::new(false));
         let revoked = Arc::new(Notify::new());
+        let replaced = Arc::new(Notify::new());
         let reg = Registration {
             conn,
             tx,
+            queued: queued.clone(),
             lagged: lagged.clone(),
             revoked: revoked.clone(),
+            replaced: replaced.clone(),
         };
         let old = match self.devices.lock() {
             Ok(mut map) => map.insert(device, reg),
             Err(poisoned) => poisoned.into_inner().insert(device, reg),
         };
         if let Some(old) = old {
-            let _ = old.tx.try_send(Push::Replaced);
+            // Stored as a permit if the old connection is not waiting right now.
+            old.replaced.notify_one();
         }
         Subscription {
             conn,
             rx,
+            queued,
             lagged,
             revoked,
+            replaced,
         }
     }
 
@@ -124,7 +156,19 @@ impl Hub {
         match map.get(device) {
             None => false,
             Some(reg) => {
-                if reg.tx.try_send(push).is_err() {
+                let bytes = push.queued_bytes();
+                // Room in the byte bound (an empty queue always takes one push).
+                let fits = reg
+                    .queued
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                        (q == 0 || q.saturating_add(bytes) <= MAX_PUSH_QUEUE_BYTES)
+                            .then_some(q.saturating_add(bytes))
+                    })
+                    .is_ok();
+                if !fits {
+                    reg.lagged.store(true, Ordering::Release);
+                } else if reg.tx.try_send(push).is_err() {
+                    reg.queued.fetch_sub(bytes, Ordering::AcqRel);
                     reg.lagged.store(true, Ordering::Release);
                 }
                 true
@@ -148,11 +192,99 @@ impl Hub {
         }
     }
 
+    /// Bytes queued in `device`'s push queue ([`Push::queued_bytes`]); 0 if offline.
+    pub fn queued_bytes(&self, device: &DeviceId) -> usize {
+        let map = match self.devices.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.get(device)
+            .map_or(0, |r| r.queued.load(Ordering::Acquire))
+    }
+
     /// Devices online.
     pub fn online(&self) -> usize {
         match self.devices.lock() {
             Ok(m) => m.len(),
             Err(p) => p.into_inner().len(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use sealpost_protocol::envelope::{EnvelopeKind, RoutingHeader};
+
+    fn envelope(to: DeviceId, len: usize) -> Arc<Envelope> {
+        let header = RoutingHeader::new(
+            DeviceId([9; 16]),
+            to,
+            EnvelopeKind::Chat,
+            0,
+            &mut rand::rngs::OsRng,
+        );
+        Arc::new(Envelope {
+            header,
+            body: vec![0; len],
+        })
+    }
+
+    #[test]
+    fn the_push_queue_is_bounded_by_bytes_and_a_dropped_push_marks_it_lagging() {
+        let hub = Hub::new();
+        let d = DeviceId([1; 16]);
+        let mut sub = hub.register(d);
+        let len = 64 * 1024;
+        for seq in 1..=100 {
+            assert!(hub.push(
+                &d,
+                Push::Envelope {
+                    seq,
+                    envelope: envelope(d, len),
+                }
+            ));
+        }
+        let queued = hub.queued_bytes(&d);
+        assert!(queued <= MAX_PUSH_QUEUE_BYTES, "{queued}");
+        assert!(sub.lagged.load(Ordering::Acquire), "drops are reported");
+        let mut taken = 0;
+        while let Ok(p) = sub.rx.try_recv() {
+            sub.queued.fetch_sub(p.queued_bytes(), Ordering::AcqRel);
+            taken += 1;
+        }
+        assert_eq!(taken, MAX_PUSH_QUEUE_BYTES / (len + PUSH_OVERHEAD_BYTES));
+        assert_eq!(hub.queued_bytes(&d), 0);
+        // An empty queue takes a push again.
+        assert!(hub.push(
+            &d,
+            Push::Envelope {
+                seq: 101,
+                envelope: envelope(d, len),
+            }
+        ));
+        assert!(sub.rx.try_recv().is_ok());
+    }
+
+    #[tokio::test]
+    async fn replacing_a_connection_is_not_lost_when_its_push_queue_is_full() {
+        let hub = Hub::new();
+        let d = DeviceId([2; 16]);
+        let old = hub.register(d);
+        for seq in 1..=(PUSH_QUEUE as u64 + 10) {
+            hub.push(
+                &d,
+                Push::Envelope {
+                    seq,
+                    envelope: envelope(d, 1),
+                },
+            );
+        }
+        let _new = hub.register(d);
+        tokio::time::timeout(std::time::Duration::from_secs(5), old.replaced.notified())
+            .await
+            .expect("the old connection is told it was replaced");
     }
 }

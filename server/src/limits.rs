@@ -84,12 +84,23 @@ impl Limited {
     }
 }
 
+/// How often, at most, a full key table is scanned for buckets that can be forgotten.
+pub const PRUNE_INTERVAL_MS: u64 = 1000;
+
 /// Token buckets per key, tracking at most `max_keys` keys.
+///
+/// When the table is full, a key it does not track is refused ([`Limited::TooManyKeys`],
+/// by [`KeyedLimiter::check`] and [`KeyedLimiter::would_allow`] alike): a limiter that
+/// cannot remember a key must not let it through unlimited. Forgetting idle keys (full
+/// buckets carry no information) takes a scan of the table, done at most once every
+/// [`PRUNE_INTERVAL_MS`], so a flood of new keys against a full table costs O(1) each.
 #[derive(Debug)]
 pub struct KeyedLimiter<K> {
     rate: Rate,
     max_keys: usize,
     buckets: HashMap<K, TokenBucket>,
+    /// When the full table was last scanned.
+    last_prune_ms: Option<u64>,
 }
 
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
@@ -99,16 +110,30 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
             rate,
             max_keys,
             buckets: HashMap::new(),
+            last_prune_ms: None,
         }
     }
 
-    /// Take `n` tokens for `key`.
-    pub fn check(&mut self, key: &K, n: f64, now_ms: u64) -> Result<(), Limited> {
-        if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
+    /// Whether `key` has (or can get) a bucket: tracked already, or room in the table,
+    /// possibly after forgetting idle keys (at most once per [`PRUNE_INTERVAL_MS`]).
+    fn room_for(&mut self, key: &K, now_ms: u64) -> bool {
+        if self.buckets.len() < self.max_keys || self.buckets.contains_key(key) {
+            return true;
+        }
+        let due = self
+            .last_prune_ms
+            .is_none_or(|t| now_ms >= t.saturating_add(PRUNE_INTERVAL_MS));
+        if due {
+            self.last_prune_ms = Some(now_ms);
             self.buckets.retain(|_, b| !b.is_full(now_ms));
-            if self.buckets.len() >= self.max_keys {
-                return Err(Limited::TooManyKeys);
-            }
+        }
+        self.buckets.len() < self.max_keys
+    }
+
+    /// Take `n` tokens for `key`. `TooManyKeys` if `key` is new and the table is full.
+    pub fn check(&mut self, key: &K, n: f64, now_ms: u64) -> Result<(), Limited> {
+        if !self.room_for(key, now_ms) {
+            return Err(Limited::TooManyKeys);
         }
         let rate = self.rate;
         self.buckets
@@ -118,14 +143,17 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
             .map_err(Limited::RetryAfter)
     }
 
-    /// Whether `key` could take `n` tokens now, without taking them.
-    pub fn would_allow(&mut self, key: &K, n: f64, now_ms: u64) -> bool {
-        match self.buckets.get_mut(key) {
-            None => true,
-            Some(b) => {
-                b.refill(now_ms);
-                b.tokens >= n
-            }
+    /// Whether `key` could take `n` tokens now, without taking them: the answer
+    /// [`KeyedLimiter::check`] would give. A new key is refused while the table is full
+    /// (fail closed).
+    pub fn would_allow(&mut self, key: &K, n: f64, now_ms: u64) -> Result<(), Limited> {
+        if let Some(b) = self.buckets.get(key) {
+            return b.clone().try_take(n, now_ms).map_err(Limited::RetryAfter);
+        }
+        if self.room_for(key, now_ms) {
+            Ok(())
+        } else {
+            Err(Limited::TooManyKeys)
         }
     }
 
@@ -151,6 +179,33 @@ mod tests {
         assert!(b.try_take(1.0, 0).is_ok());
         assert_eq!(b.try_take(1.0, 0), Err(100));
         assert!(b.try_take(1.0, 100).is_ok());
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_keys_in_would_allow_too_and_prunes_at_most_periodically() {
+        let mut l = KeyedLimiter::new(Rate::new(1.0, 1.0), 2);
+        assert!(l.check(&1, 1.0, 0).is_ok());
+        assert!(l.check(&2, 1.0, 0).is_ok());
+        // Full: a new key may neither take nor be told it could (fail closed)...
+        assert_eq!(l.would_allow(&3, 1.0, 0), Err(Limited::TooManyKeys));
+        assert_eq!(l.check(&3, 1.0, 0), Err(Limited::TooManyKeys));
+        // ...while tracked keys are answered by their bucket.
+        assert!(matches!(
+            l.would_allow(&1, 1.0, 0),
+            Err(Limited::RetryAfter(_))
+        ));
+        assert_eq!(l.would_allow(&1, 1.0, 1000), Ok(()));
+        // The table was scanned at 0; until PRUNE_INTERVAL_MS later it is not scanned
+        // again, even though the buckets are full (idle) again by 1000 - 1.
+        assert_eq!(
+            l.check(&3, 1.0, PRUNE_INTERVAL_MS - 1),
+            Err(Limited::TooManyKeys)
+        );
+        assert_eq!(l.len(), 2);
+        // Then the idle buckets are forgotten and the new key gets one.
+        assert_eq!(l.would_allow(&3, 1.0, PRUNE_INTERVAL_MS), Ok(()));
+        assert!(l.check(&3, 1.0, PRUNE_INTERVAL_MS).is_ok());
+        assert!(l.len() <= 2);
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub const BYTES_SENT: &str = "sealpost_bytes_sent_total";
 pub const AUTH_FAILURES: &str = "sealpost_auth_failures_total";
 /// Requests refused by a rate limit (counter, label `limit`).
 pub const RATE_LIMITED: &str = "sealpost_rate_limited_total";
+/// A rate limiter's key table was full for a key it does not track (counter, label
+/// `limit`): the request was refused, or an authentication failure could not be
+/// recorded (and its address or device is refused until the table has room).
+pub const RATE_LIMIT_KEYS_FULL: &str = "sealpost_rate_limit_keys_full_total";
 /// Frames that did not decode (counter).
 pub const BAD_FRAMES: &str = "sealpost_bad_frames_total";
 /// Attachment blob bytes received and stored (counter).
@@ -124,6 +128,10 @@ pub fn describe() {
     describe_counter!(BYTES_SENT, Unit::Bytes, "Frame bytes sent");
     describe_counter!(AUTH_FAILURES, "Failed authentications and enrolments");
     describe_counter!(RATE_LIMITED, "Requests refused by a rate limit");
+    describe_counter!(
+        RATE_LIMIT_KEYS_FULL,
+        "A rate limiter's key table was full for a new key (refused, or a failure not recorded)"
+    );
     describe_counter!(BAD_FRAMES, "Frames that failed to decode");
     describe_counter!(
         BLOB_BYTES_RECEIVED,

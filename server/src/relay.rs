@@ -185,8 +185,9 @@ pub struct Handled {
     pub reply: Option<Frame>,
     /// The connection just authenticated: subscribe it and start delivery.
     pub authenticated: Option<Authenticated>,
-    /// The device acknowledged this envelope (frees a delivery-window slot).
-    pub acked: Option<MessageId>,
+    /// Acknowledgements of envelopes delivered on this connection that the store has
+    /// answered (whatever it answered): that many delivery-window slots are free again.
+    pub released: usize,
     /// The device asked to drain its mailbox; answer `mailbox_empty` with this id.
     pub drain: Option<u64>,
 }
@@ -204,6 +205,9 @@ fn refuse(id: u64, code: ErrorCode, message: &str) -> Handled {
 
 fn limited(id: u64, which: &'static str, l: Limited) -> Handled {
     metrics::counter!(m::RATE_LIMITED, "limit" => which).increment(1);
+    if l == Limited::TooManyKeys {
+        metrics::counter!(m::RATE_LIMIT_KEYS_FULL, "limit" => which).increment(1);
+    }
     let mut h = refuse(id, ErrorCode::RateLimited, &format!("rate limit: {which}"));
     if let Some(Frame {
         body: FrameBody::Error { retry_after_ms, .. },
@@ -322,24 +326,29 @@ impl<S: Store> Relay<S> {
     /// Whether this address may still try to authenticate or enrol.
     fn auth_allowed(&self, ip: IpAddr) -> Result<(), Limited> {
         let now = self.mono_ms();
-        self.with_limiters(|l| {
-            if l.auth_ip.would_allow(&ip, 1.0, now) {
-                Ok(())
-            } else {
-                Err(Limited::RetryAfter(1000))
-            }
-        })
+        // A new address is refused while the table is full: its failures could not be
+        // recorded.
+        self.with_limiters(|l| l.auth_ip.would_allow(&ip, 1.0, now))
     }
 
     fn auth_failed(&self, ip: IpAddr, device: Option<DeviceId>) {
         metrics::counter!(m::AUTH_FAILURES).increment(1);
         let now = self.mono_ms();
-        self.with_limiters(|l| {
-            let _ = l.auth_ip.check(&ip, 1.0, now);
-            if let Some(d) = device {
-                let _ = l.auth_device.check(&d, 1.0, now);
-            }
+        let (by_ip, by_device) = self.with_limiters(|l| {
+            let by_ip = l.auth_ip.check(&ip, 1.0, now);
+            let by_device = device.map(|d| l.auth_device.check(&d, 1.0, now));
+            (by_ip, by_device)
         });
+        // A failure a full table could not record: the key is refused anyway until the
+        // table has room (`would_allow` fails closed), and it is counted.
+        if by_ip == Err(Limited::TooManyKeys) {
+            metrics::counter!(m::RATE_LIMIT_KEYS_FULL, "limit" => "auth_failures_per_ip")
+                .increment(1);
+        }
+        if by_device == Some(Err(Limited::TooManyKeys)) {
+            metrics::counter!(m::RATE_LIMIT_KEYS_FULL, "limit" => "auth_failures_per_device")
+                .increment(1);
+        }
     }
 
     /// Handle one decoded frame.
@@ -488,8 +497,8 @@ impl<S: Store> Relay<S> {
             return limited(id, "auth_failures_per_ip", l);
         }
         let now = self.mono_ms();
-        if !self.with_limiters(|l| l.auth_device.would_allow(&device, 1.0, now)) {
-            return limited(id, "auth_failures_per_device", Limited::RetryAfter(10_000));
+        if let Err(l) = self.with_limiters(|l| l.auth_device.would_allow(&device, 1.0, now)) {
+            return limited(id, "auth_failures_per_device", l);
         }
         let mut nonce = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
@@ -569,7 +578,7 @@ impl<S: Store> Relay<S> {
                 },
             )),
             authenticated: Some(me),
-            acked: None,
+            released: 0,
             drain: None,
         }
     }
@@ -878,25 +887,31 @@ impl<S: Store> Relay<S> {
         }
     }
 
-    /// Delete an envelope its recipient `device` acknowledged (delivered to it as `seq`).
-    pub async fn commit_ack(
+    /// Delete the envelopes its recipient `device` acknowledged by `message_id`,
+    /// delivered to it on this connection as `seqs` (every copy of the id it was handed
+    /// there). Each of them gives its delivery-window slot back whatever the store
+    /// answers: `false` (expired meanwhile, a repeat that was never stored, already
+    /// acknowledged) or an error (the envelope stays pending and comes again on the next
+    /// connection) must not shrink the window for good.
+    pub async fn commit_acks(
         &self,
         device: DeviceId,
         id: u64,
         message_id: MessageId,
-        seq: u64,
+        seqs: Vec<u64>,
     ) -> Handled {
-        match self.store.ack(&device, &message_id, seq).await {
-            Ok(true) => {
-                metrics::counter!(m::ENVELOPES_ACKED).increment(1);
-                Handled {
-                    acked: Some(message_id),
-                    ..Handled::default()
-                }
+        let mut out = Handled {
+            released: seqs.len(),
+            ..Handled::default()
+        };
+        for seq in seqs {
+            match self.store.ack(&device, &message_id, seq).await {
+                Ok(true) => metrics::counter!(m::ENVELOPES_ACKED).increment(1),
+                Ok(false) => {}
+                Err(e) => out.reply = store_failure(id, &e).reply,
             }
-            Ok(false) => Handled::default(),
-            Err(e) => store_failure(id, &e),
         }
+        out
     }
 
     /// Count a refusal by a trust rule (metric label `reason`).

@@ -1159,6 +1159,90 @@ async fn enqueue_idempotent<S: Store>(store: S) {
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }
 
+/// A repeat is recognised by (recipient, message id, sender timestamp): an envelope with
+/// the same message id and another timestamp is a new envelope, stored and numbered on
+/// its own (its recipient drops it by message id), and each copy is acknowledged on its
+/// own, whether the first was already committed or still in flight.
+async fn repeat_is_recognised_by_id_and_timestamp<S: Store>(store: S) {
+    let mut rng = rng(29);
+    let (alice, bob) = two_devices(&store, &mut rng).await;
+    let env = envelope(alice.id, bob.id, 100, &mut rng);
+    let id = env.header.message_id;
+    let at = |ts: u64| {
+        let mut e = env.clone();
+        e.header.timestamp_ms = ts;
+        e
+    };
+    // (A repeat of an envelope on disk may use up a number in the SQLite store, so
+    // only the order of the numbers of new envelopes is fixed, not their values.)
+    let new = |e: Enqueued| {
+        assert!(!e.duplicate, "{e:?}");
+        e.seq
+    };
+    let s1 = new(store.enqueue(&at(T0), T0 + HOUR, ROOMY).await.unwrap());
+    let repeat = |seq| Enqueued {
+        seq,
+        duplicate: true,
+    };
+    assert_eq!(
+        store.enqueue(&at(T0), T0 + HOUR, ROOMY).await.unwrap(),
+        repeat(s1)
+    );
+    // Another timestamp: a new envelope, although the first is stored.
+    let s2 = new(store.enqueue(&at(T0 + 1), T0 + HOUR, ROOMY).await.unwrap());
+    assert!(s2 > s1);
+    assert_eq!(
+        store.enqueue(&at(T0 + 1), T0 + HOUR, ROOMY).await.unwrap(),
+        repeat(s2)
+    );
+    // Two while the first of them is still in flight: two envelopes as well.
+    let (e2, e3) = (at(T0 + 2), at(T0 + 3));
+    let (x, y) = tokio::join!(
+        store.enqueue(&e2, T0 + HOUR, ROOMY),
+        store.enqueue(&e3, T0 + HOUR, ROOMY),
+    );
+    let (s3, s4) = (new(x.unwrap()), new(y.unwrap()));
+    assert!(s3 > s2 && s4 > s2 && s3 != s4);
+    let pending = store.pending(&bob.id, 0, 10).await.unwrap();
+    assert!(pending.iter().all(|p| p.envelope.header.message_id == id));
+    let stored: Vec<(u64, u64)> = pending
+        .iter()
+        .map(|p| (p.seq, p.envelope.header.timestamp_ms))
+        .collect();
+    let mut expected = vec![(s1, T0), (s2, T0 + 1), (s3, T0 + 2), (s4, T0 + 3)];
+    expected.sort_unstable();
+    assert_eq!(stored, expected);
+    assert_eq!(store.queue_stats().await.unwrap().count, 4);
+    // Each copy is acknowledged by its own number, once.
+    assert!(store.ack(&bob.id, &id, s1).await.unwrap());
+    assert!(!store.ack(&bob.id, &id, s1).await.unwrap());
+    let left: Vec<u64> = store
+        .pending(&bob.id, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.seq)
+        .collect();
+    assert_eq!(left.len(), 3);
+    assert!(!left.contains(&s1));
+    for seq in [s2, s3, s4] {
+        assert!(store.ack(&bob.id, &id, seq).await.unwrap(), "seq {seq}");
+    }
+    assert!(store.pending(&bob.id, 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.queue_stats().await.unwrap(), QueueStats::default());
+    // Late retries are recognised by their own timestamp; a new one is new again.
+    assert_eq!(
+        store.enqueue(&at(T0), T0 + HOUR, ROOMY).await.unwrap(),
+        repeat(s1)
+    );
+    assert_eq!(
+        store.enqueue(&at(T0 + 1), T0 + HOUR, ROOMY).await.unwrap(),
+        repeat(s2)
+    );
+    let s5 = new(store.enqueue(&at(T0 + 9), T0 + HOUR, ROOMY).await.unwrap());
+    assert!(s5 > s4 && s5 > s3);
+}
+
 async fn seq_contiguous_per_recipient<S: Store>(store: S) {
     let mut rng = rng(12);
     let (alice, bob) = two_devices(&store, &mut rng).await;
@@ -1972,6 +2056,7 @@ conformance!(
     prekeys_stock_cap,
     take_bundle_concurrent_hands_each_key_once,
     enqueue_idempotent,
+    repeat_is_recognised_by_id_and_timestamp,
     seq_contiguous_per_recipient,
     pending_order_after_seq_and_limit,
     ack_removes_once,

@@ -9,6 +9,7 @@ use sealpost_client::net::NetError;
 use sealpost_protocol::envelope::EnvelopeKind;
 use sealpost_protocol::wire::{self, ErrorCode, Frame, FrameBody, Role};
 use sealpost_protocol::{accept, IdentityKeyPair};
+use sealpost_server::store::MailboxStore;
 use sealpost_tests::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -833,5 +834,257 @@ async fn a_request_after_the_relay_went_away_fails_at_once() {
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// Send `n` envelopes from `a` to `b` and check that `b` gets each, then that a `drain`
+/// reports the mailbox empty once it acknowledged them.
+async fn delivery_still_flows(
+    a: &mut TestDevice,
+    s: &mut sealpost_protocol::Session,
+    b: &TestDevice,
+    n: usize,
+) {
+    for i in 0..n {
+        let env = a.seal(s, b.id(), &format!("after {i}"));
+        let id = env.header.message_id;
+        a.conn.send_envelope(env).await.unwrap();
+        let got = b
+            .next_envelope(WAIT)
+            .await
+            .expect("delivery stalled: the window lost slots");
+        assert_eq!(got.header.message_id, id);
+        b.conn.ack(id).await.unwrap();
+    }
+    assert_eq!(
+        b.conn.request(FrameBody::Drain).await.unwrap(),
+        FrameBody::MailboxEmpty
+    );
+}
+
+/// An acknowledgement the store answers "not pending" (the envelope expired between its
+/// delivery and its ack) still gives the delivery-window slot back: many more such acks
+/// than the window holds leave delivery flowing.
+#[tokio::test]
+async fn acks_of_expired_envelopes_give_their_window_slot_back() {
+    const WINDOW: usize = 4;
+    let relay = memory_relay(|c| c.limits.delivery_window = WINDOW).await;
+    let client = relay.account("ivy", Role::Client).await;
+    let advisor = relay.account("jon", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 50).await;
+    let b = relay.device(&advisor, 51).await;
+    let mut s = a.session_with(&b).await;
+    for i in 0..WINDOW * 3 {
+        let env = a.seal(&mut s, b.id(), &format!("expires {i}"));
+        let id = env.header.message_id;
+        a.conn.send_envelope(env).await.unwrap();
+        assert_eq!(b.next_envelope(WAIT).await.unwrap().header.message_id, id);
+        // Expired (and swept) before the recipient acknowledges it.
+        assert_eq!(relay.relay.store.expire(u64::MAX).await.unwrap(), 1);
+        b.conn.ack(id).await.unwrap();
+        // The ack was handled before the ping's answer.
+        assert_eq!(
+            b.conn.request(FrameBody::Ping).await.unwrap(),
+            FrameBody::Pong
+        );
+    }
+    delivery_still_flows(&mut a, &mut s, &b, WINDOW * 2).await;
+}
+
+/// The same message id delivered twice on one connection (a repeat of an envelope on
+/// disk, pushed again under a new number before it is recognised; or a resend with
+/// another timestamp, which is a new envelope) takes two window slots, and the
+/// acknowledgement gives both back: delivery keeps flowing and nothing stays pending.
+#[tokio::test]
+async fn the_same_message_id_delivered_twice_gives_both_slots_back() {
+    const WINDOW: usize = 4;
+    let relay = sqlite_relay_in(tempfile::tempdir().unwrap(), |c| {
+        c.limits.delivery_window = WINDOW
+    })
+    .await;
+    let client = relay.account("kim", Role::Client).await;
+    let advisor = relay.account("lee", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 52).await;
+    let b = relay.device(&advisor, 53).await;
+    let mut s = a.session_with(&b).await;
+    for i in 0..WINDOW * 3 {
+        let env = a.seal(&mut s, b.id(), &format!("twice {i}"));
+        let id = env.header.message_id;
+        // `accepted` comes once it is on disk (not acknowledged yet).
+        a.conn.send_envelope(env.clone()).await.unwrap();
+        let mut again = env;
+        if i % 2 == 1 {
+            // Another timestamp: stored again as a new envelope.
+            again.header.timestamp_ms += 1;
+        }
+        a.conn.send_envelope(again).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(
+                b.next_envelope(WAIT)
+                    .await
+                    .expect("both copies delivered")
+                    .header
+                    .message_id,
+                id
+            );
+        }
+        // The client processes the first copy and drops the second by its id,
+        // acknowledging it again (PROTOCOL.md §18.3).
+        b.conn.ack(id).await.unwrap();
+        b.conn.ack(id).await.unwrap();
+        assert_eq!(
+            b.conn.request(FrameBody::Ping).await.unwrap(),
+            FrameBody::Pong
+        );
+    }
+    delivery_still_flows(&mut a, &mut s, &b, WINDOW * 2).await;
+    let stats = relay.relay.store.queue_stats().await.unwrap();
+    assert_eq!(stats.count, 0, "every copy was acknowledged");
+}
+
+/// A connection that stopped reading (its window and its push queue are full) is still
+/// closed with the "replaced" code when the same device connects again, and the new
+/// connection gets what is pending.
+#[tokio::test]
+async fn a_stalled_connection_is_closed_when_its_device_connects_again() {
+    const WINDOW: usize = 4;
+    let relay = memory_relay(|c| c.limits.delivery_window = WINDOW).await;
+    let client = relay.account("max", Role::Client).await;
+    let advisor = relay.account("ned", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 54).await;
+    let d = relay.device(&advisor, 55).await;
+    let mut s = a.session_with(&d).await;
+    // More than the window and the relay's push queue hold: `d` never reads nor acks.
+    let n = sealpost_server::hub::PUSH_QUEUE + 100;
+    let envelopes: Vec<_> = (0..n)
+        .map(|i| a.seal(&mut s, d.id(), &format!("stalled {i}")))
+        .collect();
+    let first = envelopes[0].header.message_id;
+    let sends = envelopes.into_iter().map(|e| a.conn.send_envelope(e));
+    for r in futures_util::future::join_all(sends).await {
+        r.unwrap();
+    }
+    let again = relay.connect().await;
+    again.authenticate(&d.identity).await.unwrap();
+    let closed = tokio::time::timeout(WAIT, d.conn.quic().closed())
+        .await
+        .expect("the stalled connection was not closed");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(
+            c.error_code,
+            quinn::VarInt::from(sealpost_server::conn::close::REPLACED)
+        ),
+        other => panic!("expected the replaced close, got {other:?}"),
+    }
+    let got = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(FrameBody::Deliver { envelope }) = again.next_push().await {
+                return envelope;
+            }
+        }
+    })
+    .await
+    .expect("the new connection gets what is pending");
+    assert_eq!(got.header.message_id, first);
+}
+
+/// A recipient that stops reading while many large envelopes arrive holds at most
+/// `MAX_PUSH_QUEUE_BYTES` in its push queue (the rest is dropped there and read from
+/// the store later), and once it reads again it gets every envelope once, in order.
+#[tokio::test]
+async fn a_stalled_recipient_of_large_envelopes_gets_every_one_once_it_reads() {
+    use sealpost_server::hub::MAX_PUSH_QUEUE_BYTES;
+    const WINDOW: usize = 4;
+    let relay = memory_relay(|c| c.limits.delivery_window = WINDOW).await;
+    let client = relay.account("oli", Role::Client).await;
+    let advisor = relay.account("pam", Role::Advisor).await;
+    relay.assign(&client, &advisor).await;
+    let mut a = relay.device(&client, 56).await;
+    let b = relay.device(&advisor, 57).await;
+    let mut s = a.session_with(&b).await;
+    let text = "x".repeat(60 * 1024);
+    let n = 60; // about 3.6 MiB
+    let mut sent = Vec::new();
+    let mut most_queued = 0;
+    for _ in 0..n {
+        let env = a.seal(&mut s, b.id(), &text);
+        sent.push(env.header.message_id);
+        a.conn.send_envelope(env).await.unwrap();
+        most_queued = most_queued.max(relay.relay.hub.queued_bytes(&b.id()));
+    }
+    assert!(
+        most_queued <= MAX_PUSH_QUEUE_BYTES,
+        "{most_queued} bytes queued for one stalled device"
+    );
+    assert!(
+        most_queued > MAX_PUSH_QUEUE_BYTES / 2,
+        "the test did fill the push queue ({most_queued})"
+    );
+    let mut got = Vec::new();
+    while got.len() < n {
+        let env = b
+            .next_envelope(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("stalled after {} envelopes", got.len()));
+        b.conn.ack(env.header.message_id).await.unwrap();
+        got.push(env.header.message_id);
+    }
+    assert_eq!(got, sent, "every envelope once, in order");
+    assert_eq!(
+        b.conn.request(FrameBody::Drain).await.unwrap(),
+        FrameBody::MailboxEmpty
+    );
+    assert!(b.next_envelope(Duration::from_millis(300)).await.is_none());
+}
+
+/// When the auth-failure limiter's key table is full, a device it does not track is
+/// refused (its failures could not be recorded), instead of getting unlimited attempts.
+#[tokio::test]
+async fn a_full_auth_failure_table_refuses_new_devices() {
+    let relay = memory_relay(|c| {
+        c.limits.rate_limit_max_keys = 2;
+        c.limits.auth_failures_per_device = sealpost_server::limits::Rate::new(0.001, 5.0);
+    })
+    .await;
+    let mallory = IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    let fail_once = |device: sealpost_protocol::identity::DeviceId| {
+        let relay = &relay;
+        let mallory = &mallory;
+        async move {
+            let c = relay.connect().await;
+            let nonce = match c.request(FrameBody::AuthStart { device }).await {
+                Ok(FrameBody::AuthChallenge { nonce }) => nonce,
+                other => return other.map(|_| ()),
+            };
+            let sig = mallory.sign(&wire::auth_signature_message(c.exporter(), &nonce, &device));
+            c.request(FrameBody::AuthResponse { signature: sig })
+                .await
+                .map(|_| ())
+        }
+    };
+    use sealpost_protocol::identity::DeviceId;
+    // Two devices fill the table (each failure is recorded).
+    for n in 1..=2u8 {
+        assert_eq!(
+            refused(fail_once(DeviceId([n; 16])).await),
+            ErrorCode::AuthFailed
+        );
+    }
+    // A third is refused before it can try.
+    match fail_once(DeviceId([3; 16])).await {
+        Err(NetError::Refused {
+            code: ErrorCode::RateLimited,
+            retry_after_ms: Some(ms),
+            ..
+        }) => assert!(ms > 0),
+        other => panic!("expected a rate limit, got {other:?}"),
+    }
+    // The tracked ones still have attempts left.
+    assert_eq!(
+        refused(fail_once(DeviceId([1; 16])).await),
+        ErrorCode::AuthFailed
     );
 }

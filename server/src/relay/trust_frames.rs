@@ -742,8 +742,8 @@ impl<S: Store> Relay<S> {
     ) -> Handled {
         // Refuse a flood before checking signatures (charged once, by the envelope checks).
         let now = self.mono_ms();
-        if !self.with_limiters(|l| l.send.would_allow(&me.device, 1.0, now)) {
-            return limited(id, "send_rate", Limited::RetryAfter(1000));
+        if let Err(l) = self.with_limiters(|l| l.send.would_allow(&me.device, 1.0, now)) {
+            return limited(id, "send_rate", l);
         }
         if !is_staff(me.role) {
             self.trust_refused("notice");

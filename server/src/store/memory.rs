@@ -63,14 +63,24 @@ struct Stored {
     expires_ms: u64,
 }
 
+/// What recognises a repeat: the message id and the sender's timestamp, as the SQLite
+/// store keys them (a same-id envelope with another timestamp is a new envelope).
+type RepeatKey = (MessageId, u64);
+
+fn repeat_key(e: &Envelope) -> RepeatKey {
+    (e.header.message_id, e.header.timestamp_ms)
+}
+
 struct Mailbox {
     next_seq: u64,
     bytes: u64,
     by_seq: BTreeMap<u64, Stored>,
-    by_id: HashMap<MessageId, u64>,
-    /// Acknowledged message ids with their sequence number and expiry, so that a late
-    /// retry of an already delivered envelope is still recognised as a duplicate.
-    delivered: HashMap<MessageId, (u64, u64)>,
+    by_id: HashMap<RepeatKey, u64>,
+    /// Acknowledged envelopes with their sequence number and expiry, so that a late
+    /// retry of an already delivered envelope is still recognised as a duplicate. Swept
+    /// by `expire`; like everything here it lives in memory (this store is for tests and
+    /// for relays that need no durability).
+    delivered: HashMap<RepeatKey, (u64, u64)>,
 }
 
 impl Default for Mailbox {
@@ -544,7 +554,7 @@ impl MailboxStore for MemoryStore {
             .get_mut(&envelope.header.recipient)
             .ok_or(StoreError::NotFound("device"))?;
         let mb = &mut d.mailbox;
-        let id = envelope.header.message_id;
+        let id = repeat_key(&envelope);
         if let Some(seq) = mb.by_id.get(&id) {
             return Ok(Enqueued {
                 seq: *seq,
@@ -625,13 +635,18 @@ impl MailboxStore for MemoryStore {
             return Ok(false);
         };
         let mb = &mut d.mailbox;
-        if mb.by_id.get(message_id) != Some(&seq) {
+        if mb
+            .by_seq
+            .get(&seq)
+            .is_none_or(|s| s.envelope.header.message_id != *message_id)
+        {
             return Ok(false);
         }
-        mb.by_id.remove(message_id);
         if let Some(s) = mb.by_seq.remove(&seq) {
+            let key = repeat_key(&s.envelope);
+            mb.by_id.remove(&key);
             mb.bytes = mb.bytes.saturating_sub(body_len(&s.envelope));
-            mb.delivered.insert(*message_id, (seq, s.expires_ms));
+            mb.delivered.insert(key, (seq, s.expires_ms));
         }
         Ok(true)
     }
@@ -649,7 +664,7 @@ impl MailboxStore for MemoryStore {
                 .collect();
             for seq in expired {
                 if let Some(s) = mb.by_seq.remove(&seq) {
-                    mb.by_id.remove(&s.envelope.header.message_id);
+                    mb.by_id.remove(&repeat_key(&s.envelope));
                     mb.bytes = mb.bytes.saturating_sub(body_len(&s.envelope));
                     removed += 1;
                 }

@@ -11,8 +11,14 @@
 //! * `redeem_enrollment` is atomic: a code is used at most once, even under concurrency.
 //! * `take_bundle` hands each one-time prekey out at most once, even under concurrency,
 //!   and falls back to the last-resort KEM prekey when the one-time ones run out.
-//! * `enqueue` is idempotent per (recipient, message id): a repeat stores nothing and is
-//!   answered `duplicate = true` with the original sequence number. A repeat of an
+//! * `enqueue` is idempotent per (recipient, message id, sender timestamp): a repeat
+//!   (all three equal) stores nothing and is answered `duplicate = true` with the
+//!   original sequence number, also after the original was acknowledged (until its
+//!   expiry). An envelope with the same recipient and message id but another
+//!   `timestamp_ms` is **not** a repeat: it is a new envelope with its own sequence
+//!   number, acknowledged on its own (by that number), and its recipient drops it by
+//!   message id (docs/PROTOCOL.md §18.3). A sender gains nothing by this that fresh
+//!   message ids would not give it; quota and rate limits bound both. A repeat of an
 //!   envelope still in flight, or one refused by the quota, is recognised before it is
 //!   staged. The SQLite store recognises a repeat of an envelope already on disk only
 //!   when it writes its batch (reading the disk before every push would cost more than
@@ -151,7 +157,8 @@ pub struct Quota {
 pub struct Enqueued {
     /// The envelope's sequence number in its recipient's mailbox.
     pub seq: u64,
-    /// True if this (recipient, message id) was already stored; nothing changed.
+    /// True if this (recipient, message id, timestamp) was already stored; nothing
+    /// changed.
     pub duplicate: bool,
 }
 
@@ -278,7 +285,8 @@ pub trait PreKeyStore: Send + Sync + 'static {
 /// Store-and-forward mailboxes.
 pub trait MailboxStore: Send + Sync + 'static {
     /// Durably store an envelope for `envelope.header.recipient`, idempotent per
-    /// (recipient, message id), within `quota` (else `QuotaExceeded`, nothing stored).
+    /// (recipient, message id, timestamp) (see the module documentation), within
+    /// `quota` (else `QuotaExceeded`, nothing stored).
     ///
     /// Two moments matter, and the relay uses both:
     /// * **staged**: the envelope has its sequence number and is visible to

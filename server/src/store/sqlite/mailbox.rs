@@ -28,8 +28,11 @@
 //!   batch actually did, and writes them in the same transaction. A crash therefore
 //!   always leaves counters that match the rows.
 //! * **Staging** keeps, per mailbox, the counters as of the last commit plus what is in
-//!   flight, for the quota check and the next sequence number. A message id that is
-//!   staged or in flight is recognised as a duplicate at once. One that is only on disk
+//!   flight, for the quota check and the next sequence number. A repeat (same message
+//!   id and timestamp) of an envelope staged or in flight is recognised at once; a
+//!   same-id envelope with another timestamp is a new envelope, staged without an
+//!   entry of its own in the per-id state (its acknowledgement finds it by sequence
+//!   number). A repeat of one that is only on disk
 //!   is recognised by the writer: the sender is then told "duplicate" with the original
 //!   number, but the recipient has already been offered the copy (under a number that
 //!   is never stored) and drops it by message id, as every client must.
@@ -488,6 +491,9 @@ enum Phase {
 #[derive(Clone)]
 struct IdState {
     seq: u64,
+    /// The sender's timestamp of the staged envelope (with the message id, what
+    /// recognises a repeat); `None` for an acknowledgement of an envelope only on disk.
+    timestamp_ms: Option<u64>,
     size: u64,
     phase: Phase,
     /// Completes when what this id waits for is durable.
@@ -622,8 +628,16 @@ impl Mailboxes {
         let inner = &mut *g;
         let recipient = envelope.header.recipient;
         let message_id = envelope.header.message_id;
+        let timestamp_ms = envelope.header.timestamp_ms;
         let mb = mailbox(&mut inner.boxes, inner.reader.as_ref(), &recipient)?;
-        if let Some(st) = mb.ids.get(&message_id) {
+        // Another envelope with this id is in flight (another timestamp, or an
+        // acknowledgement of one on disk): this one is staged without an entry in `ids`,
+        // and the writer tells whether it is a repeat of what is on disk.
+        let untracked = mb
+            .ids
+            .get(&message_id)
+            .is_some_and(|st| st.timestamp_ms != Some(timestamp_ms));
+        if let Some(st) = mb.ids.get(&message_id).filter(|_| !untracked) {
             // In flight: a repeat, durable with the original.
             return Ok(Staged {
                 value: Enqueued {
@@ -677,15 +691,18 @@ impl Mailboxes {
         mb.in_flight.1 += size;
         let ticket = inner.first_ticket + inner.open.len() as u64;
         let slot = Slot::new();
-        mb.ids.insert(
-            message_id,
-            IdState {
-                seq,
-                size,
-                phase: Phase::Open { ticket },
-                slot: slot.clone(),
-            },
-        );
+        if !untracked {
+            mb.ids.insert(
+                message_id,
+                IdState {
+                    seq,
+                    timestamp_ms: Some(timestamp_ms),
+                    size,
+                    phase: Phase::Open { ticket },
+                    slot: slot.clone(),
+                },
+            );
+        }
         mb.staged.insert(seq, envelope.clone());
         inner.stats.staged += 1;
         let online = on_staged(seq);
@@ -739,6 +756,7 @@ impl Mailboxes {
                 *message_id,
                 IdState {
                     seq,
+                    timestamp_ms: None,
                     size: 0,
                     phase: Phase::Acking { generation: None },
                     slot: slot.clone(),
@@ -747,7 +765,8 @@ impl Mailboxes {
             return Ok(self.queue_ack(inner, device, message_id, seq, slot));
         };
         if st.seq != seq {
-            return Ok(not_pending);
+            // Another copy of the id (staged without an entry in `ids`, or on disk).
+            return Ok(self.ack_untracked(inner, device, message_id, seq));
         }
         match st.phase {
             Phase::Cancelled { .. } | Phase::Acking { .. } => Ok(not_pending),
@@ -782,6 +801,45 @@ impl Mailboxes {
                 Ok(self.queue_ack(inner, device, message_id, seq, slot))
             }
         }
+    }
+
+    /// Acknowledge `seq`, an envelope with an id whose entry in `ids` is about another
+    /// envelope: still open (not taken by the writer), it is cancelled as an envelope
+    /// with its own entry would be; otherwise the writer deletes it (or finds nothing).
+    fn ack_untracked(
+        &self,
+        inner: &mut Inner,
+        device: &DeviceId,
+        message_id: &MessageId,
+        seq: u64,
+    ) -> Staged<bool> {
+        let open = inner.open.iter_mut().flatten().find(|i| {
+            i.seq == seq
+                && !i.cancelled
+                && i.envelope.header.recipient == *device
+                && i.envelope.header.message_id == *message_id
+        });
+        if let Some(insert) = open {
+            insert.cancelled = true;
+            let size = insert.envelope.body.len() as u64;
+            let slot = insert.slot.clone();
+            if let Some(mb) = inner.boxes.get_mut(device) {
+                mb.staged.remove(&seq);
+                mb.in_flight.0 = mb.in_flight.0.saturating_sub(1);
+                mb.in_flight.1 = mb.in_flight.1.saturating_sub(size);
+            }
+            inner.stats.cancelled += 1;
+            let wake = inner.due_by(Instant::now() + BATCH_LINGER);
+            return Staged {
+                value: true,
+                durable: Some(slot),
+                wake,
+            };
+        }
+        if let Some(mb) = inner.boxes.get_mut(device) {
+            mb.staged.remove(&seq);
+        }
+        self.queue_ack(inner, device, message_id, seq, Slot::new())
     }
 
     fn queue_ack(
@@ -863,7 +921,9 @@ impl Mailboxes {
         for i in &inserts {
             if let Some(mb) = inner.boxes.get_mut(&i.envelope.header.recipient) {
                 if let Some(st) = mb.ids.get_mut(&i.envelope.header.message_id) {
-                    if matches!(st.phase, Phase::Open { .. } | Phase::Cancelled { .. }) {
+                    if st.seq == i.seq
+                        && matches!(st.phase, Phase::Open { .. } | Phase::Cancelled { .. })
+                    {
                         st.phase = Phase::Writing { generation };
                     }
                 }
@@ -872,7 +932,7 @@ impl Mailboxes {
         for a in &acks {
             if let Some(mb) = inner.boxes.get_mut(&a.recipient) {
                 if let Some(st) = mb.ids.get_mut(&a.message_id) {
-                    if st.phase == (Phase::Acking { generation: None }) {
+                    if st.seq == a.seq && st.phase == (Phase::Acking { generation: None }) {
                         st.phase = Phase::Acking {
                             generation: Some(generation),
                         };
@@ -884,7 +944,9 @@ impl Mailboxes {
             let keep = MAX_CACHED_MAILBOXES * 3 / 4;
             let mut excess = inner.boxes.len() - keep;
             inner.boxes.retain(|_, mb| {
-                if excess > 0 && mb.idle() {
+                // A stale mailbox (after a failed batch) keeps the sequence numbers it
+                // handed out; reloaded from disk it would hand them out again.
+                if excess > 0 && mb.idle() && !mb.stale {
                     excess -= 1;
                     false
                 } else {
@@ -928,7 +990,7 @@ impl Mailboxes {
             if mb
                 .ids
                 .get(&h.message_id)
-                .is_some_and(|s| s.phase == Phase::Writing { generation })
+                .is_some_and(|s| s.seq == i.seq && s.phase == Phase::Writing { generation })
             {
                 mb.ids.remove(&h.message_id);
             }
@@ -936,10 +998,11 @@ impl Mailboxes {
         for a in &batch.acks {
             if let Some(mb) = inner.boxes.get_mut(&a.recipient) {
                 if mb.ids.get(&a.message_id).is_some_and(|s| {
-                    s.phase
-                        == Phase::Acking {
-                            generation: Some(generation),
-                        }
+                    s.seq == a.seq
+                        && s.phase
+                            == Phase::Acking {
+                                generation: Some(generation),
+                            }
                 }) {
                     mb.ids.remove(&a.message_id);
                 }
