@@ -1385,3 +1385,107 @@ async fn enrolment_needs_the_organisation_fingerprint_and_a_device_can_pin_one_l
         Err(ClientError::NotAllowed(_))
     ));
 }
+
+/// A device-log entry written into the relay's storage behind the clients' backs (as a
+/// compromised relay or database would: an `add` of the attacker's key, claiming to be
+/// signed by alice's real device) is refused by her peers, which report it and encrypt
+/// nothing to the inserted key; the relay itself refuses to authenticate the account's
+/// devices while its stored log does not verify, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_device_log_entry_in_the_relay_storage_is_refused_and_reported() {
+    use sealpost_protocol::trust::{DeviceAction, EntryAuthorization, LogEntry};
+    use sealpost_server::store::{LogEffects, LoggedDevice, TrustStore};
+
+    let homes = tempfile::tempdir().unwrap();
+    let o = TestOrg::new();
+    let fp = o.fingerprint();
+    let relay = sqlite_relay_in(tempfile::tempdir().unwrap(), |c| {
+        c.org_fingerprint = Some(fp)
+    })
+    .await;
+    let alice_id = relay.account("alice", Role::Client).await;
+    let adv_id = relay.account("adv", Role::Advisor).await;
+    relay.assign(&alice_id, &adv_id).await;
+    let alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
+    // The advisor verifies alice's one-entry log (and pins its head) by writing to her.
+    let report = adv.send_text(&alice_id, "welcome").await.unwrap();
+    assert_eq!(report.devices, 1);
+
+    let dir = relay.stop().await;
+    let fake = IdentityKeyPair::generate(&mut OsRng);
+    {
+        let store = sealpost_server::store::sqlite::SqliteStore::open(&walk_for(
+            dir.path(),
+            "relay.sqlite3",
+        ))
+        .unwrap();
+        let log = store.device_log(&alice_id, 0, 16).await.unwrap();
+        assert_eq!(log.len(), 1);
+        let mut chain = sealpost_protocol::trust::DeviceLog::new(alice_id.clone());
+        for e in log {
+            chain.push(e).unwrap();
+        }
+        let body = chain.next_body(
+            org::now_ms(),
+            DeviceAction::Add {
+                identity: fake.public().clone(),
+            },
+            "linked by an existing device",
+        );
+        // The attacker holds no key of alice's: it can only claim her device signed.
+        let forged = LogEntry {
+            authorization: EntryAuthorization::Device {
+                device: alice.device_id(),
+                signature: body.sign(&fake),
+            },
+            subject_signature: Some(body.sign(&fake)),
+            body,
+        };
+        let effects = LogEffects {
+            register: Some(LoggedDevice {
+                identity: fake.public().clone(),
+                added_ms: org::now_ms(),
+            }),
+            revoke: Vec::new(),
+            frozen: false,
+        };
+        store
+            .append_device_log(&forged, &effects, org::now_ms())
+            .await
+            .unwrap();
+        assert_eq!(store.device_log_len(&alice_id).await.unwrap(), 2);
+    }
+    let relay = sqlite_relay_in(dir, |c| c.org_fingerprint = Some(fp)).await;
+    // The relay verifies the account's log before it authenticates any of its devices.
+    let conn = relay.connect().await;
+    let auth = conn.authenticate(&fake).await;
+    assert!(
+        matches!(
+            auth,
+            Err(NetError::Refused {
+                code: ErrorCode::Forbidden,
+                ref message,
+                ..
+            }) if message.contains("does not verify")
+        ),
+        "the device of the forged entry: {auth:?}"
+    );
+    // The advisor's client refuses the log: nothing is sent, and it says why.
+    adv.relay_override_for_tests(org::relay_info(&relay, Some(&o)));
+    adv.connect().await.unwrap();
+    let sent = adv.send_text(&alice_id, "your statement").await;
+    assert!(
+        matches!(sent, Err(ClientError::Trust(_))),
+        "sent to an account whose log does not verify: {sent:?}"
+    );
+    let events = adv.take_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::TrustRefused { subject, .. } if subject == alice_id.as_str()
+        )),
+        "{events:?}"
+    );
+    assert!(adv.account_devices(&alice_id).await.is_err());
+}
