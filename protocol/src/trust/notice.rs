@@ -4,7 +4,8 @@
 //!
 //! [`SignedNotice::verify`] refuses, in order: content that does not hash to the signed
 //! content hash; a notice dated later than `now_ms` plus [`MAX_CLOCK_SKEW_MS`]; a roster
-//! version not in the chain or already replaced when the notice was sent; a sender not
+//! version not in the chain or replaced before the notice was sent (its boundary,
+//! [`RosterChain::valid_until`], is earlier than `sent_ms`); a sender not
 //! listed as a staff device, or a bad sender signature; a notice addressed to another
 //! client; co-signatures that are not needed or given twice, whose initiator is not the
 //! sender, whose parameters are not exactly the notice digest, or that fail
