@@ -23,8 +23,8 @@
 //! * [`DeviceLog`]: an account's append-only, hash-chained log of device changes;
 //!   [`DeviceLog::verify`] yields the [`DeviceSet`] (active devices, probation, frozen).
 //! * [`SignedNotice`]: a staff notice signed by its sender's device, with quorum
-//!   co-signatures for high-risk kinds and notices to all clients; [`NoticeVerdict`] is
-//!   what a client shows, including a loud "NOT AUTHENTICATED".
+//!   co-signatures for high-risk kinds and notices to all clients or a segment;
+//!   [`NoticeVerdict`] is what a client shows, including a loud "NOT AUTHENTICATED".
 //!
 //! ## Encoding: hand-specified bytes for signing, CBOR for transport
 //!
@@ -142,8 +142,10 @@
 //! ```
 //!
 //! A notice of a high-risk category needs an [`Operation::HighRiskNotice`] bundle, a notice
-//! to all clients an [`Operation::NoticeToAllClients`] bundle (both, if both apply), each
-//! with `parameters = notice_digest` and the sender as initiator. See [`notice`].
+//! to all clients or to a segment an [`Operation::NoticeToAllClients`] bundle (both, if
+//! both apply), each with `parameters = notice_digest` and the sender as initiator. A
+//! segment is only a name (nothing signed lists its members, so no recipient can check
+//! that it belongs), hence the same quorum as all clients. See [`notice`].
 //!
 //! ## Labels
 //!
