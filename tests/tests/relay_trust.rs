@@ -2123,7 +2123,7 @@ async fn approvals_from_a_revoked_or_frozen_staff_device_do_not_count_at_the_rel
     let (mut org, relay, mut staff) = org_relay(75).await;
     let client = relay.account("client8", Role::Client).await;
     relay.assign(&client, &org.staff[0].account).await;
-    let mut phone = relay
+    let phone = relay
         .device_with(
             &client,
             IdentityKeyPair::generate(&mut StdRng::seed_from_u64(76)),
