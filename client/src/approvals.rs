@@ -1152,7 +1152,31 @@ impl Client {
                 let _ = self.save();
                 events
             }
-            Err(e) => self.fail(&[i], &request_id, &operation, e),
+            Err(e) => {
+                self.refresh_roster_after_conflict(&e).await;
+                self.fail(&[i], &request_id, &operation, e)
+            }
+        }
+    }
+
+    /// The relay refuses a new object (a notice, an entry carried by a quorum) signed under
+    /// another roster version than its head with `conflict` (docs/PROTOCOL.md §19.5): fetch
+    /// the roster at once, so that what is signed or proposed next names the new head.
+    pub(crate) async fn refresh_roster_after_conflict(&mut self, e: &ClientError) {
+        if let ClientError::Net(crate::net::NetError::Refused {
+            code: sealpost_protocol::wire::ErrorCode::Conflict,
+            message,
+            ..
+        }) = e
+        {
+            if message.contains("roster") {
+                if let Err(err) = self.refresh_roster(true).await {
+                    self.events.push(Event::TrustRefused {
+                        subject: "roster".into(),
+                        reason: err.to_string(),
+                    });
+                }
+            }
         }
     }
 

@@ -208,7 +208,14 @@ impl Client {
         let ops: Vec<Operation> = header.required_operations();
         if ops.is_empty() {
             let signed = SignedNotice::sign(header, &self.identity)?;
-            let (reports, failed) = self.deliver_to_audience(&signed, &content).await?;
+            let (reports, failed) = match self.deliver_to_audience(&signed, &content).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // The roster moved on between the refresh above and the send.
+                    self.refresh_roster_after_conflict(&e).await;
+                    return Err(e);
+                }
+            };
             return Ok(NoticeOutcome::Sent {
                 notice_id,
                 reports,
@@ -281,7 +288,12 @@ impl Client {
             match self.notice_fan_out(&r, signed, content).await {
                 Ok(rep) => reports.push(rep),
                 Err(e) if single => return Err(e),
-                Err(e) => failed.push((r, e.to_string())),
+                Err(e) => {
+                    if failed.is_empty() {
+                        self.refresh_roster_after_conflict(&e).await;
+                    }
+                    failed.push((r, e.to_string()))
+                }
             }
         }
         Ok((reports, failed))

@@ -2047,3 +2047,376 @@ async fn roster_forgery_rollback_and_forks_are_refused_and_the_chain_survives_re
         other => panic!("expected a trust error, got {other:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Roster changes while other operations are pending
+
+/// The roster chain the relay serves, verified from the pin as a client would.
+async fn served_chain(org: &Org, dev: &TestDevice) -> sealpost_protocol::trust::RosterChain {
+    let (links, _) = dev.conn.get_roster_after(0).await.unwrap();
+    sealpost_protocol::trust::RosterChain::verify(&org.fingerprint(), links, None, now_ms())
+        .unwrap()
+}
+
+/// A roster change is dated when it is proposed and published only once its quorum
+/// approves. Meanwhile an account is unfrozen under the old version: that entry must stay
+/// valid after the new version is published, or the account's append-only log would never
+/// verify again (its devices locked out at the relay, its peers refusing it). Once the new
+/// version is published, the relay refuses new objects under the old one with `conflict`.
+#[tokio::test]
+async fn an_unfreeze_approved_while_a_roster_change_was_pending_survives_its_publication() {
+    const MIN: u64 = 60 * 1000;
+    let (mut org, relay, mut staff) = org_relay(70).await;
+    let client = relay.account("client7", Role::Client).await;
+    relay.assign(&client, &org.staff[0].account).await;
+    let mut phone = relay
+        .device_with(
+            &client,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(71)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(71),
+        )
+        .await;
+
+    // Two hours ago staff proposed v2 (issued_ms = the proposal time).
+    let members: Vec<StaffMember> = org.staff.iter().map(Staff::member).collect();
+    let v2 = org
+        .v1
+        .roster
+        .next(now_ms() - 2 * HOUR, members, ApprovalPolicy::default())
+        .unwrap();
+    // 100 minutes ago the client froze its account ("this wasn't me"); 90 minutes ago
+    // staff unfroze it under v1, the head at the time.
+    let log = phone.conn.get_device_log(&client).await.unwrap();
+    let freeze = LogEntry::signed_by_device(
+        log.next_body(now_ms() - 100 * MIN, DeviceAction::Freeze, "this wasn't me"),
+        &phone.identity,
+        None,
+    );
+    phone.conn.append_device_log(freeze).await.unwrap();
+    let log = phone.conn.get_device_log(&client).await.unwrap();
+    let body = log.next_body(now_ms() - 90 * MIN, DeviceAction::Unfreeze, "checked");
+    let quorum = org.bundle(Operation::Unfreeze, body.hash().0.to_vec(), 1, 0, &[1, 2]);
+    staff[0]
+        .conn
+        .append_device_log(LogEntry::with_quorum(body, quorum, None))
+        .await
+        .unwrap();
+    // Now v2's approvals are complete (its request expires in two hours) and it is
+    // published.
+    let b2 = org.bundle_expiring(
+        Operation::RosterChange,
+        v2.hash().0.to_vec(),
+        1,
+        0,
+        &[1, 2],
+        now_ms() + 2 * HOUR,
+    );
+    staff[0]
+        .conn
+        .publish_roster(SignedRoster::with_quorum(v2, b2))
+        .await
+        .unwrap();
+    let chain = served_chain(&org, &staff[0]).await;
+    assert_eq!(chain.head().version(), 2);
+
+    // The account still works at the relay: its device authenticates on a new
+    // connection and may send sensitive kinds (unfrozen).
+    phone.reconnect(&relay).await;
+    let mut s = phone.session_with(&staff[0]).await;
+    let to = staff[0].id();
+    let env = seal_kind(&mut phone, &mut s, to, EnvelopeKind::Instruction, b"sell");
+    assert!(matches!(
+        send(&phone, env).await.unwrap(),
+        FrameBody::Accepted { .. }
+    ));
+    // And its peers still verify its log from the pinned root, now and much later.
+    let log = staff[0].conn.get_device_log(&client).await.unwrap();
+    let set = log.verify(Some(&chain), None, now_ms()).unwrap();
+    assert!(!set.frozen);
+    assert!(set.device(&phone.id()).is_some());
+    assert!(log.verify(Some(&chain), None, now_ms() + 60 * DAY).is_ok());
+
+    // From now on, new objects under v1 are refused with a conflict that says what to do.
+    let log = phone.conn.get_device_log(&client).await.unwrap();
+    let freeze = LogEntry::signed_by_device(
+        log.next_body(now_ms(), DeviceAction::Freeze, "again"),
+        &phone.identity,
+        None,
+    );
+    phone.conn.append_device_log(freeze).await.unwrap();
+    let log = phone.conn.get_device_log(&client).await.unwrap();
+    let body = log.next_body(now_ms(), DeviceAction::Unfreeze, "checked again");
+    let under_v1 = org.bundle(Operation::Unfreeze, body.hash().0.to_vec(), 1, 0, &[1, 2]);
+    let (code, message) = refusal(
+        staff[0]
+            .conn
+            .append_device_log(LogEntry::with_quorum(body.clone(), under_v1, None))
+            .await,
+    );
+    assert_eq!(code, ErrorCode::Conflict);
+    assert!(
+        message.contains("roster version 1")
+            && message.contains("current roster is version 2")
+            && message.contains("refresh the roster"),
+        "{message}"
+    );
+    let header = NoticeHeader::new(
+        NoticeCategory::General,
+        NoticeAudience::Client(client.clone()),
+        b"statement ready",
+        now_ms(),
+        org.staff[0].signer(),
+        1,
+        &mut org.rng,
+    );
+    let old_notice = SignedNotice::sign(header, &org.staff[0].keys).unwrap();
+    let sender = &mut staff[0];
+    let mut sp = sender.session_with(&phone).await;
+    let env = seal_kind(sender, &mut sp, phone.id(), EnvelopeKind::Notice, b"stmt");
+    let (code, message) = refusal(sender.conn.send_notice(env, old_notice).await);
+    assert_eq!(code, ErrorCode::Conflict);
+    assert!(message.contains("refresh the roster"), "{message}");
+    // Under v2 both go through.
+    let under_v2 = org.bundle(Operation::Unfreeze, body.hash().0.to_vec(), 2, 0, &[1, 2]);
+    staff[0]
+        .conn
+        .append_device_log(LogEntry::with_quorum(body, under_v2, None))
+        .await
+        .unwrap();
+    let header = NoticeHeader::new(
+        NoticeCategory::General,
+        NoticeAudience::Client(client.clone()),
+        b"statement ready",
+        now_ms(),
+        org.staff[0].signer(),
+        2,
+        &mut org.rng,
+    );
+    let notice = SignedNotice::sign(header, &org.staff[0].keys).unwrap();
+    let sender = &mut staff[0];
+    let env = seal_kind(sender, &mut sp, phone.id(), EnvelopeKind::Notice, b"stmt");
+    sender.conn.send_notice(env, notice).await.unwrap();
+    let log = staff[1].conn.get_device_log(&client).await.unwrap();
+    assert!(!log.verify(Some(&chain), None, now_ms()).unwrap().frozen);
+}
+
+// ---------------------------------------------------------------------------------------
+// Staff devices removed from their own accounts
+
+/// The roster is the authority on who may approve (clients check it alone), but the
+/// relay also refuses approvals from a staff device revoked in its own account's device
+/// log, or from a frozen staff account: defence in depth until the roster changes.
+#[tokio::test]
+async fn approvals_from_a_revoked_or_frozen_staff_device_do_not_count_at_the_relay() {
+    let (mut org, relay, mut staff) = org_relay(75).await;
+    let client = relay.account("client8", Role::Client).await;
+    relay.assign(&client, &org.staff[0].account).await;
+    let phone = relay
+        .device_with(
+            &client,
+            IdentityKeyPair::generate(&mut StdRng::seed_from_u64(76)),
+            now_ms() - 2 * DAY,
+            StdRng::seed_from_u64(76),
+        )
+        .await;
+    let log = phone.conn.get_device_log(&client).await.unwrap();
+    let freeze = LogEntry::signed_by_device(
+        log.next_body(now_ms(), DeviceAction::Freeze, "this wasn't me"),
+        &phone.identity,
+        None,
+    );
+    phone.conn.append_device_log(freeze).await.unwrap();
+    let sender = &mut staff[0];
+    let mut sp = sender.session_with(&phone).await;
+
+    // sec.bob's phone is stolen: he revokes it in his own account's log (the roster
+    // change that removes it has not been approved yet).
+    let bob = &staff[1];
+    let bob_account = org.staff[1].account.clone();
+    let log = bob.conn.get_device_log(&bob_account).await.unwrap();
+    let remove = LogEntry::signed_by_device(
+        log.next_body(
+            now_ms(),
+            DeviceAction::Remove { device: bob.id() },
+            "phone stolen",
+        ),
+        &bob.identity,
+        None,
+    );
+    bob.conn.append_device_log(remove).await.unwrap();
+
+    // An unfreeze approved by the stolen device and comp.carol: refused, nothing changes.
+    let log = phone.conn.get_device_log(&client).await.unwrap();
+    let body = log.next_body(now_ms(), DeviceAction::Unfreeze, "checked");
+    let with_bob = org.bundle(Operation::Unfreeze, body.hash().0.to_vec(), 1, 0, &[1, 2]);
+    let entry = LogEntry::with_quorum(body.clone(), with_bob.clone(), None);
+    let (code, message) = refusal(staff[0].conn.append_device_log(entry.clone()).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(
+        message.contains("unfreeze approver sec.bob")
+            && message.contains("revoked in its account's device log"),
+        "{message}"
+    );
+    assert!(
+        relay
+            .relay
+            .store
+            .account(&client)
+            .await
+            .unwrap()
+            .unwrap()
+            .frozen
+    );
+    // The roster still lists the device, so the protocol alone (what clients check)
+    // would count it: the roster must be changed to remove it (docs/SECURITY.md).
+    let chain = served_chain(&org, &staff[0]).await;
+    let mut offline = log.clone();
+    offline.push(entry).unwrap();
+    assert!(!offline.verify(Some(&chain), None, now_ms()).unwrap().frozen);
+
+    // A high-risk notice co-signed by the stolen device: refused as well.
+    let header = NoticeHeader::new(
+        NoticeCategory::PaymentInstruction,
+        NoticeAudience::Client(client.clone()),
+        b"pay to the new account",
+        now_ms(),
+        org.staff[0].signer(),
+        1,
+        &mut org.rng,
+    );
+    let mut notice = SignedNotice::sign(header, &org.staff[0].keys).unwrap();
+    notice
+        .add_cosignatures(org.bundle(
+            Operation::HighRiskNotice,
+            notice.header.digest().0.to_vec(),
+            1,
+            0,
+            &[1, 2],
+        ))
+        .unwrap();
+    let sender = &mut staff[0];
+    let env = seal_kind(sender, &mut sp, phone.id(), EnvelopeKind::Notice, b"pay");
+    let (code, message) = refusal(sender.conn.send_notice(env, notice).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("revoked"), "{message}");
+    assert!(phone
+        .next_envelope(Duration::from_millis(300))
+        .await
+        .is_none());
+
+    // comp.carol freezes her own account: her approvals stop counting too.
+    let carol = &staff[2];
+    let carol_account = org.staff[2].account.clone();
+    let log = carol.conn.get_device_log(&carol_account).await.unwrap();
+    let freeze = LogEntry::signed_by_device(
+        log.next_body(now_ms(), DeviceAction::Freeze, "this wasn't me"),
+        &carol.identity,
+        None,
+    );
+    carol.conn.append_device_log(freeze).await.unwrap();
+    let header = NoticeHeader::new(
+        NoticeCategory::General,
+        NoticeAudience::AllClients,
+        b"maintenance on Sunday",
+        now_ms(),
+        org.staff[0].signer(),
+        1,
+        &mut org.rng,
+    );
+    let mut all = SignedNotice::sign(header, &org.staff[0].keys).unwrap();
+    all.add_cosignatures(org.bundle(
+        Operation::NoticeToAllClients,
+        all.header.digest().0.to_vec(),
+        1,
+        0,
+        &[2],
+    ))
+    .unwrap();
+    let sender = &mut staff[0];
+    let env = seal_kind(sender, &mut sp, phone.id(), EnvelopeKind::Notice, b"maint");
+    let (code, message) = refusal(sender.conn.send_notice(env, all).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(
+        message.contains("comp.carol") && message.contains("frozen account"),
+        "{message}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Segment notices
+
+/// A segment is only a name: nothing signed lists its members. A segment notice therefore
+/// needs the all-clients quorum at the relay (and at every client), and like every notice
+/// reaches only clients assigned to its sender.
+#[tokio::test]
+async fn a_segment_notice_needs_the_all_clients_quorum() {
+    let (mut org, relay, mut staff) = org_relay(80).await;
+    let c1 = relay.account("client1", Role::Client).await;
+    let c2 = relay.account("client2", Role::Client).await;
+    relay.assign(&c1, &org.staff[0].account).await;
+    let d1 = relay.device(&c1, 81).await;
+    let d2 = relay.device(&c2, 82).await;
+    let segment = NoticeAudience::Segment(sealpost_protocol::wire::BoundedString::truncating(
+        "eu-retail",
+    ));
+    let header = NoticeHeader::new(
+        NoticeCategory::General,
+        segment,
+        b"new fee schedule",
+        now_ms(),
+        org.staff[0].signer(),
+        1,
+        &mut org.rng,
+    );
+    let alone = SignedNotice::sign(header, &org.staff[0].keys).unwrap();
+    let sender = &mut staff[0];
+    let mut s1 = sender.session_with(&d1).await;
+
+    // The sender cannot fetch the unassigned client's prekeys, so an envelope "for" it
+    // is one sealed for client1 with its recipient rewritten (the relay never opens it).
+    let for_d2 = |sender: &mut TestDevice, s1: &mut Session| {
+        let mut env = seal_kind(sender, s1, d1.id(), EnvelopeKind::Notice, b"fees");
+        env.header.recipient = d2.id();
+        env
+    };
+
+    // Signed by its sender alone: refused for the unassigned client and for the
+    // assigned one alike.
+    for unassigned in [true, false] {
+        let env = if unassigned {
+            for_d2(sender, &mut s1)
+        } else {
+            seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"fees")
+        };
+        let (code, message) = refusal(sender.conn.send_notice(env, alone.clone()).await);
+        assert_eq!(code, ErrorCode::Forbidden);
+        assert!(
+            message.contains("needs co-signatures for notice_to_all_clients"),
+            "{message}"
+        );
+    }
+    assert!(d1.next_envelope(Duration::from_millis(300)).await.is_none());
+    assert!(d2.next_envelope(Duration::from_millis(300)).await.is_none());
+
+    // Co-signed by compliance: delivered to the assigned client, still refused for a
+    // client not assigned to the sender.
+    let mut approved = alone.clone();
+    approved
+        .add_cosignatures(org.bundle(
+            Operation::NoticeToAllClients,
+            alone.header.digest().0.to_vec(),
+            1,
+            0,
+            &[2],
+        ))
+        .unwrap();
+    let env = for_d2(sender, &mut s1);
+    let (code, message) = refusal(sender.conn.send_notice(env, approved.clone()).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("not assigned"), "{message}");
+    assert!(d2.next_envelope(Duration::from_millis(300)).await.is_none());
+    let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"fees");
+    sender.conn.send_notice(env, approved).await.unwrap();
+    assert!(d1.next_envelope(WAIT).await.is_some());
+}

@@ -1489,3 +1489,74 @@ async fn a_forged_device_log_entry_in_the_relay_storage_is_refused_and_reported(
     );
     assert!(adv.account_devices(&alice_id).await.is_err());
 }
+
+/// A roster change is dated when it is proposed and published only when its quorum
+/// approves. An unfreeze approved under the old version in between must not break the
+/// account once the new version is out: its device still sends, and the account and staff
+/// still verify its log from the pinned root (before the fix, the unfreeze entry fell after
+/// the old version's replacement and the log never verified again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfreeze_approved_while_a_roster_change_is_pending_keeps_the_account_working() {
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
+    let alice_id = relay.account("alice", Role::Client).await;
+    let ops_id = staff[0].account().unwrap().clone();
+    relay.assign(&alice_id, &ops_id).await;
+    relay.assign(&alice_id, staff[2].account().unwrap()).await;
+    let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    org::settle().await;
+
+    // ops proposes roster version 2 (dated now, published once approved).
+    let head = staff[0].roster().await.unwrap().unwrap().head().clone();
+    let next = head
+        .next(org::now_ms(), head.staff().to_vec(), head.policy().clone())
+        .unwrap();
+    let change = staff[0].propose_roster(next).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Meanwhile alice freezes her account and staff unfreeze it under version 1.
+    assert!(phone.freeze_account("this wasn't me").await.unwrap().frozen);
+    let unfreeze = staff[0]
+        .propose_unfreeze(&alice_id, "verified by phone call")
+        .await
+        .unwrap();
+    let [ops, comp, sec] = &mut staff[..] else {
+        panic!("three staff")
+    };
+    let ev = pump(&mut [comp, sec], 1).await;
+    for e in &ev {
+        let got = requested(e);
+        assert!(
+            got.contains(&change.request_id) && got.contains(&unfreeze.request_id),
+            "{e:?}"
+        );
+    }
+    comp.approve(&unfreeze.request_id).await.unwrap();
+    sec.approve(&unfreeze.request_id).await.unwrap();
+    let ev = pump(&mut [ops], 1).await;
+    assert!(completed(&ev[0]), "{:?}", ev[0]);
+    assert!(!phone.devices().await.unwrap().frozen);
+    // Then version 2 is approved and published.
+    comp.approve(&change.request_id).await.unwrap();
+    sec.approve(&change.request_id).await.unwrap();
+    let ev = pump(&mut [ops], 1).await;
+    assert!(completed(&ev[0]), "{:?}", ev[0]);
+
+    // Everyone now holds version 2 and still verifies alice's log.
+    for c in [&mut *ops, &mut *comp, &mut *sec, &mut phone] {
+        assert_eq!(c.roster().await.unwrap().unwrap().head().version(), 2);
+    }
+    assert!(!phone.devices().await.unwrap().frozen);
+    for c in [&mut *ops, &mut *sec] {
+        let view = c.account_devices(&alice_id).await.unwrap();
+        assert!(!view.frozen);
+        assert_eq!(view.devices.len(), 1);
+    }
+    // Her device still authenticates and sends; ops reads it without a trust refusal.
+    phone.connect().await.unwrap();
+    phone.send_text(&ops_id, "thanks").await.unwrap();
+    let ev = ops.receive(true, QUIET).await.unwrap();
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::TrustRefused { .. })),
+        "{ev:?}"
+    );
+}

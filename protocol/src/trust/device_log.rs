@@ -14,7 +14,8 @@
 //! * [`DeviceAction::Recover`] and [`DeviceAction::Unfreeze`] are carried by a staff
 //!   quorum ([`Operation::AccountRecovery`], [`Operation::Unfreeze`]) whose parameters are
 //!   exactly the entry hash, checked under the roster version the request names, which must
-//!   be current at the entry's timestamp, with the approvals valid at that timestamp;
+//!   not have been replaced at the entry's timestamp ([`RosterChain::roster_for`]), with
+//!   the approvals valid at that timestamp;
 //! * an added or recovered device also signs the entry (proof that it holds the key);
 //! * no device is added twice, re-added after revocation, or added beyond
 //!   [`MAX_DEVICES_PER_ACCOUNT`] active devices; removals name an active device;
@@ -1335,6 +1336,85 @@ mod tests {
         assert!(matches!(
             c.log.verify(Some(&chain), None, now + 3),
             Err(TrustError::InvalidLogAction { seq: 4, .. })
+        ));
+    }
+
+    /// A roster change proposed before an unfreeze under the old version and published
+    /// after it does not invalidate the log: the unfreeze is dated before the old
+    /// version's boundary (the new version's approvals' expiry plus the clock skew).
+    #[test]
+    fn an_unfreeze_under_a_roster_replaced_later_keeps_verifying() {
+        use crate::trust::{ApprovalPolicy, RosterChain, SignedRoster, MAX_CLOCK_SKEW_MS};
+        let mut org = Org::new(49);
+        let mut c = client(&mut org);
+        let phone =
+            IdentityKeyPair::from_secrets(&c.phone.secret_bytes().0, &c.phone.secret_bytes().1);
+        let t = T0 + 2 * DAY;
+        let body = c.log.next_body(t, DeviceAction::Freeze, "this wasn't me");
+        c.log
+            .push(LogEntry::signed_by_device(body, &phone, None))
+            .unwrap();
+        // At t + 1 h staff propose v2 (valid for 6 hours).
+        let staff = org.staff.iter().map(|s| s.member()).collect();
+        let v2 = org
+            .v1
+            .roster
+            .next(t + HOUR, staff, ApprovalPolicy::default())
+            .unwrap();
+        let b2 = org.bundle(
+            Operation::RosterChange,
+            v2.hash().0.to_vec(),
+            1,
+            t + 7 * HOUR,
+            0,
+            &[(1, 0), (2, 0)],
+        );
+        let l2 = SignedRoster::with_quorum(v2, b2);
+        // At t + 90 min the unfreeze is approved under v1 and appended.
+        let at = t + 90 * 60 * 1000;
+        let body = c.log.next_body(at, DeviceAction::Unfreeze, "checked");
+        let ok = org.bundle(
+            Operation::Unfreeze,
+            body.hash().0.to_vec(),
+            1,
+            at + HOUR,
+            0,
+            &[(1, 0), (2, 0)],
+        );
+        c.log.push(LogEntry::with_quorum(body, ok, None)).unwrap();
+        assert!(!c.log.verify(Some(&org.chain()), None, at).unwrap().frozen);
+        // At t + 3 h v2 is published; the log still verifies under the longer chain,
+        // then and much later.
+        let fp = org.root.public().fingerprint();
+        let chain =
+            RosterChain::verify(&fp, vec![org.v1.clone(), l2.clone()], None, t + 3 * HOUR).unwrap();
+        assert!(
+            !c.log
+                .verify(Some(&chain), None, t + 3 * HOUR)
+                .unwrap()
+                .frozen
+        );
+        assert!(c.log.verify(Some(&chain), None, t + 60 * DAY).is_ok());
+
+        // An entry under v1 dated after v1's boundary is refused.
+        let late = t + 7 * HOUR + MAX_CLOCK_SKEW_MS + 1;
+        let mut log = c.log.clone();
+        let body = log.next_body(late, DeviceAction::Freeze, "again");
+        log.push(LogEntry::signed_by_device(body, &phone, None))
+            .unwrap();
+        let body = log.next_body(late, DeviceAction::Unfreeze, "checked");
+        let stale = org.bundle(
+            Operation::Unfreeze,
+            body.hash().0.to_vec(),
+            1,
+            late + HOUR,
+            0,
+            &[(1, 0), (2, 0)],
+        );
+        log.push(LogEntry::with_quorum(body, stale, None)).unwrap();
+        assert!(matches!(
+            log.verify(Some(&chain), None, late),
+            Err(TrustError::RosterSuperseded { version: 1, .. })
         ));
     }
 

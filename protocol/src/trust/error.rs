@@ -143,14 +143,15 @@ pub enum TrustError {
         /// The chain's head.
         head: u64,
     },
-    /// An object signed under roster `version` is dated after that roster was replaced.
-    #[error("signed under roster v{version} at {at_ms} ms, but v{version} was replaced at {replaced_ms} ms")]
+    /// An object signed under roster `version` is dated after that roster was replaced
+    /// (later than its boundary, [`crate::trust::RosterChain::valid_until`]).
+    #[error("signed under roster v{version} at {at_ms} ms, but v{version} was replaced (valid until {replaced_ms} ms)")]
     RosterSuperseded {
         /// The version named.
         version: u64,
         /// The object's time.
         at_ms: u64,
-        /// When the next version was issued.
+        /// The last time an object may be dated under that version.
         replaced_ms: u64,
     },
     /// An object is dated further in the future than the allowed clock skew.

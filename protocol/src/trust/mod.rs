@@ -23,8 +23,8 @@
 //! * [`DeviceLog`]: an account's append-only, hash-chained log of device changes;
 //!   [`DeviceLog::verify`] yields the [`DeviceSet`] (active devices, probation, frozen).
 //! * [`SignedNotice`]: a staff notice signed by its sender's device, with quorum
-//!   co-signatures for high-risk kinds and notices to all clients; [`NoticeVerdict`] is
-//!   what a client shows, including a loud "NOT AUTHENTICATED".
+//!   co-signatures for high-risk kinds and notices to all clients or a segment;
+//!   [`NoticeVerdict`] is what a client shows, including a loud "NOT AUTHENTICATED".
 //!
 //! ## Encoding: hand-specified bytes for signing, CBOR for transport
 //!
@@ -116,8 +116,8 @@
 //! holds the key. Recovery (all devices lost: revokes every active device and adds one) and
 //! unfreeze are carried by an [`ApprovalBundle`] for [`Operation::AccountRecovery`] /
 //! [`Operation::Unfreeze`] whose `parameters` are exactly the 32-byte entry hash, checked
-//! against the roster version it names, which must have been current at the entry's
-//! timestamp, with the approvals valid at that timestamp. A freeze also revokes every device
+//! against the roster version it names, whose boundary (see "Time" below) must not be
+//! earlier than the entry's timestamp, with the approvals valid at that timestamp. A freeze also revokes every device
 //! still on probation ("this wasn't me"). A device added at `t` is on probation while
 //! `t + cooling_off_ms > now`; a device recovered by a quorum whose request expires at
 //! `e` while `max(t, e) + cooling_off_ms > now` (the entry may have been appended at any
@@ -145,8 +145,10 @@
 //! ```
 //!
 //! A notice of a high-risk category needs an [`Operation::HighRiskNotice`] bundle, a notice
-//! to all clients an [`Operation::NoticeToAllClients`] bundle (both, if both apply), each
-//! with `parameters = notice_digest` and the sender as initiator. See [`notice`].
+//! to all clients or to a segment an [`Operation::NoticeToAllClients`] bundle (both, if
+//! both apply), each with `parameters = notice_digest` and the sender as initiator. A
+//! segment is only a name (nothing signed lists its members, so no recipient can check
+//! that it belongs), hence the same quorum as all clients. See [`notice`].
 //!
 //! ## Labels
 //!
@@ -173,13 +175,26 @@
 //! ## Time
 //!
 //! An object signed under roster version `v` and dated `t` (a log entry, a notice) is
-//! accepted only if `v` is in the chain and was not yet replaced at `t`
-//! ([`RosterChain::roster_for`]). Dates are chosen by the signers, so a staff member
-//! removed from the roster could still sign an object back-dated into the time they were
-//! listed; clients SHOULD treat a notice whose `sent_ms` is far older than its arrival with
-//! suspicion ([`VerifiedNotice::roster_superseded`] flags notices signed under a roster
-//! that has since been replaced). Objects dated more than [`MAX_CLOCK_SKEW_MS`] after
-//! `now_ms` are refused.
+//! accepted only if `v` is in the chain and `t` is not later than `v`'s **boundary**
+//! ([`RosterChain::roster_for`], [`RosterChain::valid_until`]): none for the head; for an
+//! older version, `max(issued_ms, expires_ms) + MAX_CLOCK_SKEW_MS`, where `issued_ms` is
+//! that of `v + 1` and `expires_ms` that of `v + 1`'s roster-change request. The boundary is not `v + 1`'s `issued_ms`: that is the time it
+//! was proposed, and it is published only once its quorum approved, up to its request's
+//! expiry; meanwhile the relay goes on accepting objects under `v`, dated at most
+//! [`MAX_CLOCK_SKEW_MS`] after they reach it. Every object a relay accepted under `v`
+//! is therefore dated at or before the boundary, and stays valid for ever: an account's
+//! device log is append-only, so an entry that stopped verifying would make the whole
+//! account unusable. Once `v + 1` is published the relay refuses new objects that name
+//! another version than its head (`conflict`: refresh the roster, sign or propose again).
+//!
+//! Dates are chosen by the signers, so a staff member removed from the roster could still
+//! sign an object back-dated to before `v`'s boundary (up to [`MAX_APPROVAL_VALIDITY_MS`]
+//! plus the skew after `v + 1` was proposed); a correct relay refuses it (it is not under
+//! the head), but a compromised relay could deliver it. Clients SHOULD treat a notice
+//! whose `sent_ms` is far older than its arrival with suspicion
+//! ([`VerifiedNotice::roster_superseded`] flags notices signed under a roster that has
+//! since been replaced). Objects dated more than [`MAX_CLOCK_SKEW_MS`] after `now_ms` are
+//! refused.
 
 pub mod approval;
 pub mod device_log;

@@ -4,7 +4,8 @@
 //!
 //! [`SignedNotice::verify`] refuses, in order: content that does not hash to the signed
 //! content hash; a notice dated later than `now_ms` plus [`MAX_CLOCK_SKEW_MS`]; a roster
-//! version not in the chain or already replaced when the notice was sent; a sender not
+//! version not in the chain or replaced before the notice was sent (its boundary,
+//! [`RosterChain::valid_until`], is earlier than `sent_ms`); a sender not
 //! listed as a staff device, or a bad sender signature; a notice addressed to another
 //! client; co-signatures that are not needed or given twice, whose initiator is not the
 //! sender, whose parameters are not exactly the notice digest, or that fail
@@ -75,7 +76,9 @@ pub enum NoticeRisk {
 pub enum NoticeAudience {
     /// One client. Code 1.
     Client(AccountId),
-    /// A named segment of clients. Code 2.
+    /// A named segment of clients. Code 2. There is no signed membership of segments, so
+    /// it needs the [`Operation::NoticeToAllClients`] quorum like a notice to all clients
+    /// ([`NoticeHeader::required_operations`]).
     Segment(BoundedString<MAX_SEGMENT_LEN>),
     /// All clients (needs an [`Operation::NoticeToAllClients`] quorum). Code 3.
     AllClients,
@@ -155,13 +158,22 @@ impl NoticeHeader {
     }
 
     /// The quorum operations this notice needs: [`Operation::HighRiskNotice`] for a
-    /// high-risk category, [`Operation::NoticeToAllClients`] for all clients (both if both).
+    /// high-risk category, [`Operation::NoticeToAllClients`] for all clients or a segment
+    /// (both if both).
+    ///
+    /// A segment is a name only: nothing signed says which clients belong to it, so no
+    /// client can check that it is one of them, and one signed segment notice could be
+    /// delivered to any number of clients. It is therefore a notice to many clients and
+    /// needs the same quorum as a notice to all of them.
     pub fn required_operations(&self) -> Vec<Operation> {
         let mut ops = Vec::with_capacity(2);
         if self.category.risk() == NoticeRisk::HighRisk {
             ops.push(Operation::HighRiskNotice);
         }
-        if self.audience == NoticeAudience::AllClients {
+        if matches!(
+            self.audience,
+            NoticeAudience::AllClients | NoticeAudience::Segment(_)
+        ) {
             ops.push(Operation::NoticeToAllClients);
         }
         ops
@@ -599,6 +611,40 @@ mod tests {
             NoticeAudience::Client(acct("client.zoe")),
         );
         assert_eq!(plain.check_arrival(u64::MAX), Ok(()));
+    }
+
+    /// A segment names no members anyone can check, so a segment notice needs the
+    /// all-clients quorum, whoever reads it.
+    #[test]
+    fn a_segment_notice_needs_the_all_clients_quorum() {
+        let mut org = Org::new(64);
+        let chain = org.chain();
+        let zoe = acct("client.zoe");
+        let segment = NoticeAudience::Segment(BoundedString::truncating("eu-retail"));
+        let mut n = notice(&mut org, NoticeCategory::General, segment.clone());
+        assert_eq!(
+            n.header.required_operations(),
+            vec![Operation::NoticeToAllClients]
+        );
+        for me in [None, Some(&zoe)] {
+            assert_eq!(
+                n.verify(&chain, CONTENT, me, T0 + HOUR).err(),
+                Some(TrustError::MissingCosignatures(
+                    Operation::NoticeToAllClients
+                ))
+            );
+        }
+        let b = cosign(&mut org, &n, Operation::NoticeToAllClients, &[(2, 0)]);
+        n.add_cosignatures(b).unwrap();
+        let v = n.verify(&chain, CONTENT, Some(&zoe), T0 + HOUR).unwrap();
+        assert_eq!(v.audience, segment);
+        assert_eq!(v.cosignatures[0].operation, Operation::NoticeToAllClients);
+        // High-risk to a segment: both quorums.
+        let high = notice(&mut org, NoticeCategory::PaymentInstruction, segment);
+        assert_eq!(
+            high.header.required_operations(),
+            vec![Operation::HighRiskNotice, Operation::NoticeToAllClients]
+        );
     }
 
     #[test]

@@ -765,19 +765,43 @@ impl RosterChain {
         &self.links
     }
 
-    /// Roster `version` for an object dated `at_ms`: it must be in the chain and not yet
-    /// replaced at `at_ms` (the next version's `issued_ms` is later than `at_ms`).
+    /// The last time, ms, at which an object may be dated under roster `version`: None
+    /// for the head (and unknown versions), which no version has replaced yet.
+    ///
+    /// Version `v + 1` carries a roster-change bundle under `v` whose request expires at
+    /// `e`; the boundary of `v` is `max(issued_ms of v + 1, e) + MAX_CLOCK_SKEW_MS`. Its
+    /// `issued_ms` alone would not do: `v + 1` is dated when it was proposed but published
+    /// only once its quorum approved, up to `e`, and until then the relay accepts objects
+    /// under `v` (dated at most [`MAX_CLOCK_SKEW_MS`] after they arrive). Every object the
+    /// relay accepted under `v` is therefore dated at or before the boundary, so a later
+    /// roster change never invalidates it (an account's append-only device log holding it
+    /// would otherwise stop verifying for good). Once `v + 1` is published the relay
+    /// refuses new objects under `v`.
+    pub fn valid_until(&self, version: u64) -> Option<u64> {
+        let next = self.get(version.checked_add(1)?)?;
+        let i = usize::try_from(version).ok()?;
+        let end = match self.links.get(i).map(|l| &l.authorization) {
+            Some(RosterAuthorization::Quorum(bundle)) => {
+                next.issued_ms.max(bundle.request.expires_ms)
+            }
+            _ => next.issued_ms,
+        };
+        Some(end.saturating_add(MAX_CLOCK_SKEW_MS))
+    }
+
+    /// Roster `version` for an object dated `at_ms`: it must be in the chain and `at_ms`
+    /// must not be later than the version's boundary ([`RosterChain::valid_until`]).
     pub fn roster_for(&self, version: u64, at_ms: u64) -> Result<&Roster, TrustError> {
         let roster = self.get(version).ok_or(TrustError::RosterVersionUnknown {
             version,
             head: self.head().version,
         })?;
-        if let Some(next) = self.get(version + 1) {
-            if at_ms >= next.issued_ms {
+        if let Some(until) = self.valid_until(version) {
+            if at_ms > until {
                 return Err(TrustError::RosterSuperseded {
                     version,
                     at_ms,
-                    replaced_ms: next.issued_ms,
+                    replaced_ms: until,
                 });
             }
         }
@@ -897,13 +921,20 @@ mod tests {
         assert_eq!(chain.links().len(), 2);
         let proof = chain.change_proof(2).unwrap();
         assert_eq!(proof.approvers.len(), 2);
-        // Version 1 is in force before v2 is issued, v2 after.
+        // Version 1's policy is in force before v2 is issued, v2's after.
         assert_eq!(chain.roster_at(T0).version(), 1);
         assert_eq!(chain.roster_at(T0 + HOUR).version(), 2);
+        // Objects under v1 stay valid until v2's approvals expire (T0 + 2 h), plus the
+        // clock skew: v2 could have been published as late as that.
+        let until = T0 + 2 * HOUR + MAX_CLOCK_SKEW_MS;
+        assert_eq!(chain.valid_until(1), Some(until));
+        assert_eq!(chain.valid_until(2), None);
         assert!(chain.roster_for(1, T0 + 1).is_ok());
+        assert!(chain.roster_for(1, T0 + HOUR).is_ok());
+        assert!(chain.roster_for(1, until).is_ok());
         assert!(matches!(
-            chain.roster_for(1, T0 + HOUR),
-            Err(TrustError::RosterSuperseded { version: 1, .. })
+            chain.roster_for(1, until + 1),
+            Err(TrustError::RosterSuperseded { version: 1, replaced_ms, .. }) if replaced_ms == until
         ));
         assert!(matches!(
             chain.roster_for(3, T0 + HOUR),
@@ -949,6 +980,53 @@ mod tests {
             RosterChain::verify(&fp(&org), vec![], None, T0).err(),
             Some(TrustError::EmptyChain)
         );
+    }
+
+    /// The scenario that used to brick accounts: v2 is proposed (and dated) at T0 + 1 h;
+    /// at T0 + 1.5 h an unfreeze is approved under v1 and appended; v2's quorum approves
+    /// and it is published at T0 + 3 h (its request expiring at T0 + 4 h). Everything
+    /// dated under v1 up to the last moment the relay could have accepted it (v2's
+    /// approvals' expiry plus the clock skew) stays valid for ever after, so an append-only
+    /// log holding the unfreeze keeps verifying; nothing later does.
+    #[test]
+    fn a_version_stays_valid_until_its_successor_could_have_been_published() {
+        let mut org = Org::new(39);
+        let v1 = org.v1.clone();
+        let proposed = T0 + HOUR;
+        let staff: Vec<StaffMember> = org.staff.iter().map(|s| s.member()).collect();
+        let roster = v1
+            .roster
+            .next(proposed, staff, ApprovalPolicy::default())
+            .unwrap();
+        let b = org.bundle(
+            Operation::RosterChange,
+            roster.hash().0.to_vec(),
+            1,
+            T0 + 4 * HOUR,
+            0,
+            &[(1, 0), (2, 0)],
+        );
+        let l2 = SignedRoster::with_quorum(roster, b);
+        assert_eq!(l2.check_arrival(T0 + 3 * HOUR), Ok(()));
+        let chain =
+            RosterChain::verify(&fp(&org), vec![v1, l2], None, T0 + 400 * 24 * HOUR).unwrap();
+        let until = T0 + 4 * HOUR + MAX_CLOCK_SKEW_MS;
+        assert_eq!(chain.valid_until(1), Some(until));
+        // Dated between the proposal and the publication: valid.
+        assert_eq!(
+            chain.roster_for(1, T0 + 90 * 60 * 1000).unwrap().version(),
+            1
+        );
+        assert!(chain.roster_for(1, proposed).is_ok());
+        assert!(chain.roster_for(1, until).is_ok());
+        // Later than v1 could have been accepted by a relay: superseded.
+        assert!(matches!(
+            chain.roster_for(1, until + 1),
+            Err(TrustError::RosterSuperseded { version: 1, .. })
+        ));
+        // The head is never superseded; an unknown version is refused.
+        assert!(chain.roster_for(2, u64::MAX).is_ok());
+        assert!(chain.roster_for(3, T0).is_err());
     }
 
     #[test]

@@ -11,8 +11,14 @@ use std::sync::Arc;
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind};
 use sealpost_protocol::identity::{AccountId, PublicIdentity};
 use sealpost_protocol::trust::{
+<<<<<<< HEAD
     DeviceAction, DeviceLog, EntryAuthorization, EntryBody, LinkChallenge, LinkCommitment,
     LinkNonce, LogEntry, NoticeAudience, SignedNotice, SignedRoster, MAX_SIGNED_ROSTER_LEN,
+=======
+    ApprovalBundle, DeviceAction, DeviceLog, EntryAuthorization, EntryBody, LinkChallenge,
+    LogEntry, NoticeAudience, RosterAuthorization, SignedNotice, SignedRoster,
+    MAX_SIGNED_ROSTER_LEN,
+>>>>>>> trustfix
 };
 use sealpost_protocol::wire::{
     link_signature_message, BoundedVec, ErrorCode, FrameBody, LogLength, Role,
@@ -52,7 +58,61 @@ fn link_refusal(id: u64, e: &LinkError) -> Handled {
     refuse(id, code, &e.to_string())
 }
 
+/// The refusal of a new object signed under roster `named` when the relay's head is
+/// `head` (docs/PROTOCOL.md §19.5, "Roster versions"): only the head is accepted for new
+/// objects, so that everything accepted under an older version is dated before that
+/// version's boundary (`RosterChain::valid_until`) and stays valid.
+fn roster_head_conflict(id: u64, what: &str, named: u64, head: u64) -> Handled {
+    refuse(
+        id,
+        ErrorCode::Conflict,
+        &format!(
+            "the {what} is signed under roster version {named}, but the current roster is \
+             version {head}: refresh the roster, then sign (or propose for approval) again"
+        ),
+    )
+}
+
 impl<S: Store> Relay<S> {
+    /// Defence in depth beyond the roster (the authority for clients, which a stolen
+    /// staff device is removed from by a roster change): refuse `bundle` if its initiator
+    /// or one of its approvers is a device this relay's records show revoked in its
+    /// account's device log, or belongs to an account frozen by its device log.
+    /// `Ok(Err(why))` is a refusal.
+    async fn check_signers_standing(
+        &self,
+        bundle: &ApprovalBundle,
+    ) -> Result<Result<(), String>, StoreError> {
+        let op = bundle.request.operation;
+        let signers = std::iter::once(("initiator", &bundle.request.initiator)).chain(
+            bundle
+                .approvals
+                .as_slice()
+                .iter()
+                .map(|a| ("approver", &a.approver)),
+        );
+        for (what, signer) in signers {
+            if let Some(d) = self.store.device(&signer.device).await? {
+                if d.revoked {
+                    return Ok(Err(format!(
+                        "the {op} {what} {signer} is a device revoked in its account's device \
+                         log, so its signature does not count at this relay (a lost or stolen \
+                         staff device must also be removed from the roster)"
+                    )));
+                }
+            }
+            if let Some(a) = self.store.account(&signer.account).await? {
+                if a.frozen {
+                    return Ok(Err(format!(
+                        "the {op} {what} {signer} belongs to a frozen account, so its \
+                         signature does not count at this relay until a quorum unfreezes it"
+                    )));
+                }
+            }
+        }
+        Ok(Ok(()))
+    }
+
     /// Verify and sweep at start: load the stored roster chain and verify it from the
     /// pinned fingerprint. Returns the newest version (0: none).
     pub async fn load_trust(&self) -> Result<u64, String> {
@@ -491,6 +551,32 @@ impl<S: Store> Relay<S> {
             self.trust_refused("log_entry");
             return refuse(id, ErrorCode::Forbidden, &why);
         }
+        if let EntryAuthorization::Quorum(bundle) = &entry.authorization {
+            // A new entry must be approved under the current roster (the verification
+            // below accepts an older version until its boundary, for entries already in
+            // logs).
+            if let Some(chain) = self.trust.chain() {
+                let head = chain.head().version();
+                let named = bundle.request.roster_version;
+                if named != head {
+                    self.trust_refused("log_entry");
+                    return roster_head_conflict(id, "entry's approval", named, head);
+                }
+            }
+            match self.check_signers_standing(bundle).await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    self.trust_refused("log_entry");
+                    debug!(account = %account, action, reason = %why, "device log entry refused");
+                    return refuse(
+                        id,
+                        ErrorCode::Forbidden,
+                        &format!("device log entry refused: {why}"),
+                    );
+                }
+                Err(e) => return store_failure(id, &e),
+            }
+        }
         let generation = self.trust.generation();
         let mut log = match self.load_log(&account).await {
             Ok(l) => l,
@@ -721,6 +807,17 @@ impl<S: Store> Relay<S> {
                 return refuse(id, ErrorCode::Forbidden, &format!("roster refused: {e}"));
             }
         };
+        if let RosterAuthorization::Quorum(bundle) = &roster.authorization {
+            match self.check_signers_standing(bundle).await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    self.trust_refused("roster");
+                    warn!(version, by = %me.device, reason = %why, "roster version refused");
+                    return refuse(id, ErrorCode::Forbidden, &format!("roster refused: {why}"));
+                }
+                Err(e) => return store_failure(id, &e),
+            }
+        }
         if let Err(e) = self.store.append_roster(&roster, now).await {
             return store_failure(id, &e);
         }
@@ -777,6 +874,11 @@ impl<S: Store> Relay<S> {
                 "the notice's sender must be the authenticated device",
             );
         }
+        let head = chain.head().version();
+        if h.roster_version != head {
+            self.trust_refused("notice");
+            return roster_head_conflict(id, "notice", h.roster_version, head);
+        }
         let arrival = unix_ms();
         let checked = notice
             .verify_header(&chain, None, arrival)
@@ -786,7 +888,21 @@ impl<S: Store> Relay<S> {
             debug!(by = %me.device, error = %e, "notice refused");
             return refuse(id, ErrorCode::Forbidden, &format!("notice refused: {e}"));
         }
+        for bundle in notice.cosignatures.as_slice() {
+            match self.check_signers_standing(bundle).await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    self.trust_refused("notice");
+                    debug!(by = %me.device, reason = %why, "notice refused");
+                    return refuse(id, ErrorCode::Forbidden, &format!("notice refused: {why}"));
+                }
+                Err(e) => return store_failure(id, &e),
+            }
+        }
         // The recipient must be in the audience (or be one of the sender's own devices).
+        // A segment has no membership the relay (or a client) could check: a segment
+        // notice needs the all-clients quorum (checked above), and like every notice it
+        // reaches only clients assigned to the sender (the routing policy, below).
         let recipient = match self.store.device(&envelope.header.recipient).await {
             Ok(Some(d)) if !d.revoked => d,
             Ok(_) => return refuse(id, ErrorCode::NotFound, "recipient device not found"),
