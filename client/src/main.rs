@@ -95,7 +95,7 @@ enum Command {
     Whoami,
     /// The accounts you can write to, with their verification status.
     Contacts,
-    /// Send a message (or, with --file, an attachment).
+    /// Send a message (or, with --file, an attachment; with --instruction, an instruction).
     Send {
         /// The account to write to.
         account: String,
@@ -103,8 +103,13 @@ enum Command {
         #[arg(required_unless_present = "file")]
         text: Option<String>,
         /// Send this file as an attachment (encrypted, streamed, at most 64 MiB).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "instruction")]
         file: Option<PathBuf>,
+        /// Send the text as an instruction of this kind, not as chat. Instructions are a
+        /// sensitive kind: refused from a device still on probation after it was added,
+        /// and from a frozen account.
+        #[arg(long, value_enum, value_name = "CATEGORY")]
+        instruction: Option<cli::InstructionArg>,
     },
     /// Fetch new messages, show them (notices apart) and send read receipts.
     Inbox {
