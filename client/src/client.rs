@@ -1080,11 +1080,16 @@ impl Client {
         .encode()
         .map_err(proto)?;
         let mut envelopes: Vec<Envelope> = Vec::new();
+        // How many of `envelopes` are recipient copies (they come first).
+        let mut recipient_copies = 0;
         let sender = self.device_id();
         for (devices, plaintext, k) in [
             (&targets, &plain, kind),
             (&own, &sync_plain, sealpost_protocol::EnvelopeKind::Sync),
         ] {
+            if k == sealpost_protocol::EnvelopeKind::Sync {
+                recipient_copies = envelopes.len();
+            }
             for d in devices.iter() {
                 let Some(peer) = self.sessions.get_mut(d) else {
                     continue;
@@ -1110,9 +1115,17 @@ impl Client {
         self.save()?;
         let conn = self.conn()?;
         let sends = envelopes.into_iter().map(|e| conn.send_envelope(e));
-        let results = futures_util::future::join_all(sends).await;
+        let mut results = futures_util::future::join_all(sends).await;
+        // Sent if at least one recipient copy was accepted (sync copies alone, to this
+        // account's own devices, do not make a message sent: a recipient copy the relay
+        // refuses, such as an instruction from a device on probation, is the error).
+        let own_results = results.split_off(recipient_copies.min(results.len()));
         let delivered = results.iter().filter(|r| r.is_ok()).count();
-        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        let first_error = results
+            .into_iter()
+            .chain(own_results)
+            .find_map(|r| r.err());
+        if let Some(e) = first_error {
             if delivered == 0 {
                 return Err(e.into());
             }
