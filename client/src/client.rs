@@ -1121,10 +1121,7 @@ impl Client {
         // refuses, such as an instruction from a device on probation, is the error).
         let own_results = results.split_off(recipient_copies.min(results.len()));
         let delivered = results.iter().filter(|r| r.is_ok()).count();
-        let first_error = results
-            .into_iter()
-            .chain(own_results)
-            .find_map(|r| r.err());
+        let first_error = results.into_iter().chain(own_results).find_map(|r| r.err());
         if let Some(e) = first_error {
             if delivered == 0 {
                 return Err(e.into());

@@ -159,8 +159,9 @@ enum Command {
         /// Recipients (repeat the option for several).
         #[arg(long, value_name = "ACCOUNT", num_args = 1.., required_unless_present = "all_clients", conflicts_with = "all_clients")]
         to: Vec<String>,
-        /// Every client account you can reach (needs the co-signers of the roster's
-        /// `notice_to_all_clients` quorum: the notice becomes a draft until they approve).
+        /// Every client account of the relay, assigned to you or not (needs the
+        /// co-signers of the roster's `notice_to_all_clients` quorum: the notice becomes a
+        /// draft until they approve).
         #[arg(long)]
         all_clients: bool,
         /// What the notice is about. High-risk categories (payment_instruction,

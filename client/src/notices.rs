@@ -44,7 +44,11 @@ fn rate_limited(e: &ClientError) -> Option<u64> {
             code: sealpost_protocol::wire::ErrorCode::RateLimited,
             retry_after_ms,
             ..
-        }) => Some(retry_after_ms.unwrap_or(1_000).clamp(50, MAX_RATE_LIMIT_WAIT_MS)),
+        }) => Some(
+            retry_after_ms
+                .unwrap_or(1_000)
+                .clamp(50, MAX_RATE_LIMIT_WAIT_MS),
+        ),
         _ => None,
     }
 }
@@ -295,7 +299,9 @@ impl Client {
                 loop {
                     if pages == MAX_CLIENT_PAGES {
                         failed.push((
-                            after.clone().unwrap_or_else(|| signed.header.sender.account.clone()),
+                            after
+                                .clone()
+                                .unwrap_or_else(|| signed.header.sender.account.clone()),
                             format!(
                                 "stopped after {MAX_CLIENT_PAGES} pages of clients: client \
                                  accounts after this one were not reached"

@@ -550,7 +550,10 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
     assert_eq!(instr.code, 6, "{}", instr.stderr);
     let err: Value = serde_json::from_str(instr.stderr.lines().last().unwrap()).unwrap();
     assert_eq!(err["kind"], "refused");
-    assert!(err["error"].as_str().unwrap().contains("probation"), "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("probation"),
+        "{err}"
+    );
     assert!(err["probation_until_ms"].as_u64().is_some(), "{err}");
     let human = alice.run_human(&[
         "send",

@@ -2028,7 +2028,10 @@ async fn list_clients_pages_every_client_for_staff_only_and_is_rate_limited() {
     assert!(!more);
     let mut all = first;
     all.extend(clients.into_inner());
-    assert_eq!(all, expected, "every client once, in order; no staff or advisor");
+    assert_eq!(
+        all, expected,
+        "every client once, in order; no staff or advisor"
+    );
     // An advisor device may list them too.
     assert!(matches!(
         adv_dev.conn.request(page(None)).await.unwrap(),
@@ -2055,5 +2058,8 @@ async fn list_clients_pages_every_client_for_staff_only_and_is_rate_limited() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(limited, "list_clients is rate limited like other directory requests");
+    assert!(
+        limited,
+        "list_clients is rate limited like other directory requests"
+    );
 }

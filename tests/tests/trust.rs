@@ -1405,7 +1405,11 @@ async fn a_notice_to_all_clients_reaches_clients_not_assigned_to_its_sender() {
         "{summary}"
     );
 
-    for (who, client) in [("alice", &mut alice), ("bob", &mut bob), ("carol", &mut carol)] {
+    for (who, client) in [
+        ("alice", &mut alice),
+        ("bob", &mut bob),
+        ("carol", &mut carol),
+    ] {
         let got = client.receive(true, QUIET).await.unwrap();
         let status = got
             .iter()
@@ -1444,7 +1448,13 @@ async fn a_notice_to_all_clients_reaches_clients_not_assigned_to_its_sender() {
     };
     assert_eq!(
         clients.into_inner(),
-        [alice_id.clone(), bob_id.clone(), carol_id.clone(), dana_id, erin_id]
+        [
+            alice_id.clone(),
+            bob_id.clone(),
+            carol_id.clone(),
+            dana_id,
+            erin_id
+        ]
     );
     assert!(!more);
     match client_dev

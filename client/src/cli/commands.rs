@@ -60,9 +60,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             file,
             instruction,
         } => match (file, instruction) {
-            (Some(path), _) => {
-                send_file(ctx, &account, &path, text.as_deref().unwrap_or("")).await
-            }
+            (Some(path), _) => send_file(ctx, &account, &path, text.as_deref().unwrap_or("")).await,
             (None, Some(category)) => {
                 send_instruction(ctx, &account, category, text.as_deref().unwrap_or("")).await
             }
@@ -586,7 +584,11 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
         .into_iter()
         .partition(|e| e.kind == EntryKind::Instruction);
     if ctx.out.json {
-        for e in texts.iter().chain(instructions.iter()).chain(notices.iter()) {
+        for e in texts
+            .iter()
+            .chain(instructions.iter())
+            .chain(notices.iter())
+        {
             let line = if all {
                 json!({"event": "history", "entry": to_json(e)?})
             } else {

@@ -359,9 +359,7 @@ pub fn format_entry(e: &HistoryEntry) -> String {
             } else {
                 format!("you -> {}", e.peer)
             };
-            let category = e
-                .instruction
-                .map_or("instruction", |c| c.name());
+            let category = e.instruction.map_or("instruction", |c| c.name());
             format!(
                 "[{when}] INSTRUCTION [{category}] {who}{status}\n      {}",
                 indent(&e.body)
