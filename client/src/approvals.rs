@@ -349,7 +349,7 @@ impl Client {
         content: Content,
         kind: sealpost_protocol::EnvelopeKind,
     ) -> Result<crate::client::SendReport, ClientError> {
-        self.fan_out_as(to, content, false, Some(kind)).await
+        self.fan_out_as(to, content, false, Some(kind), true).await
     }
 
     /// Every approval request this device holds, newest last.

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use rand::rngs::OsRng;
 use sealpost_protocol::attachment::AttachmentDescriptor;
-use sealpost_protocol::content::{Content, Message, ReceiptKind, MAX_RECEIPT_IDS, MAX_TEXT_LEN};
+use sealpost_protocol::content::{
+    Content, InstructionCategory, Message, ReceiptKind, MAX_RECEIPT_IDS, MAX_TEXT_LEN,
+};
 use sealpost_protocol::envelope::{Envelope, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{
     AccountId, DeviceId, IdentityKeyPair, PublicIdentity, SafetyNumber,
@@ -249,6 +251,9 @@ pub enum EntryKind {
     Text,
     /// Account notice.
     Notice,
+    /// A client's instruction (payment, withdrawal, transfer, standing-instruction
+    /// change): a sensitive kind, shown apart from chat.
+    Instruction,
 }
 
 /// A message in the local history.
@@ -283,6 +288,9 @@ pub struct HistoryEntry {
     /// is NOT AUTHENTICATED.
     #[serde(default)]
     pub notice: Option<crate::notices::NoticeStatus>,
+    /// For instructions: what kind of instruction it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<InstructionCategory>,
 }
 
 /// A file attached to a message, as shown to the user (no key material).
@@ -320,6 +328,13 @@ pub enum Event {
     },
     /// An account notice arrived.
     Notice {
+        /// The entry.
+        entry: HistoryEntry,
+    },
+    /// An instruction arrived (payment, withdrawal, transfer, standing-instruction
+    /// change), from a device past its cooling-off (one on probation is refused and
+    /// reported as [`Event::Rejected`]).
+    Instruction {
         /// The entry.
         entry: HistoryEntry,
     },
@@ -990,17 +1005,19 @@ impl Client {
         content: Content,
         record: bool,
     ) -> Result<SendReport, ClientError> {
-        self.fan_out_as(to, content, record, None).await
+        self.fan_out_as(to, content, record, None, true).await
     }
 
     /// [`Client::fan_out`], the recipient copies labelled `kind` instead of the kind the
-    /// content requires (only adversarial tests relabel).
+    /// content requires (only adversarial tests relabel). `check_local`: refuse here what
+    /// the relay would refuse (only adversarial tests skip it, to reach the relay).
     pub(crate) async fn fan_out_as(
         &mut self,
         to: &AccountId,
         content: Content,
         record: bool,
         relabel: Option<sealpost_protocol::EnvelopeKind>,
+        check_local: bool,
     ) -> Result<SendReport, ClientError> {
         let me = self.me()?;
         let mut events = self.refresh_devices(to, false).await?;
@@ -1009,8 +1026,10 @@ impl Client {
         }
         // The relay refuses sensitive kinds from a device on probation or a frozen
         // account; refuse them here first, with the reason.
-        self.check_may_send(relabel.unwrap_or_else(|| content.envelope_kind()))
-            .await?;
+        if check_local {
+            self.check_may_send(relabel.unwrap_or_else(|| content.envelope_kind()))
+                .await?;
+        }
         self.ensure_sessions(to).await?;
         if to != &me {
             self.ensure_sessions(&me).await?;
@@ -1061,11 +1080,16 @@ impl Client {
         .encode()
         .map_err(proto)?;
         let mut envelopes: Vec<Envelope> = Vec::new();
+        // How many of `envelopes` are recipient copies (they come first).
+        let mut recipient_copies = 0;
         let sender = self.device_id();
         for (devices, plaintext, k) in [
             (&targets, &plain, kind),
             (&own, &sync_plain, sealpost_protocol::EnvelopeKind::Sync),
         ] {
+            if k == sealpost_protocol::EnvelopeKind::Sync {
+                recipient_copies = envelopes.len();
+            }
             for d in devices.iter() {
                 let Some(peer) = self.sessions.get_mut(d) else {
                     continue;
@@ -1091,9 +1115,14 @@ impl Client {
         self.save()?;
         let conn = self.conn()?;
         let sends = envelopes.into_iter().map(|e| conn.send_envelope(e));
-        let results = futures_util::future::join_all(sends).await;
+        let mut results = futures_util::future::join_all(sends).await;
+        // Sent if at least one recipient copy was accepted (sync copies alone, to this
+        // account's own devices, do not make a message sent: a recipient copy the relay
+        // refuses, such as an instruction from a device on probation, is the error).
+        let own_results = results.split_off(recipient_copies.min(results.len()));
         let delivered = results.iter().filter(|r| r.is_ok()).count();
-        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        let first_error = results.into_iter().chain(own_results).find_map(|r| r.err());
+        if let Some(e) = first_error {
             if delivered == 0 {
                 return Err(e.into());
             }
@@ -1117,6 +1146,9 @@ impl Client {
     ) -> Option<HistoryEntry> {
         let (kind, title, body) = match content {
             Content::Text { body } => (EntryKind::Text, None, body.as_str().to_owned()),
+            Content::Instruction { body, .. } => {
+                (EntryKind::Instruction, None, body.as_str().to_owned())
+            }
             Content::Notice { content, .. } => {
                 // What the notice says; whether it is authentic is recorded beside it
                 // (`HistoryEntry::notice`) by the caller.
@@ -1160,6 +1192,10 @@ impl Client {
             Content::Attachment { descriptor, .. } => Some(AttachmentInfo::of(descriptor)),
             _ => None,
         };
+        let instruction = match content {
+            Content::Instruction { category, .. } => Some(*category),
+            _ => None,
+        };
         Some(HistoryEntry {
             id,
             direction,
@@ -1174,6 +1210,7 @@ impl Client {
             seen_locally: direction == Direction::Out,
             attachment,
             notice: None,
+            instruction,
         })
     }
 
@@ -1272,19 +1309,8 @@ impl Client {
         }
         let mut n = 0;
         for (peer, ids) in by_peer {
-            for chunk in ids.chunks(MAX_RECEIPT_IDS) {
-                n += chunk.len();
-                let ids = BoundedVec::new(chunk.to_vec()).map_err(proto)?;
-                self.fan_out(
-                    &peer,
-                    Content::Receipt {
-                        kind: ReceiptKind::Read,
-                        message_ids: ids,
-                    },
-                    false,
-                )
-                .await?;
-            }
+            n += ids.len();
+            self.send_receipts(&peer, ReceiptKind::Read, &ids).await?;
         }
         self.save()?;
         Ok(n)
@@ -1380,17 +1406,45 @@ impl Client {
     async fn flush_receipts(&mut self) -> Result<(), ClientError> {
         let pending = std::mem::take(&mut self.pending_receipts);
         for (peer, ids) in pending {
-            for chunk in ids.chunks(MAX_RECEIPT_IDS) {
-                let ids = BoundedVec::new(chunk.to_vec()).map_err(proto)?;
-                self.fan_out(
-                    &peer,
+            self.send_receipts(&peer, ReceiptKind::Delivered, &ids)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Send `kind` receipts for `ids` to `peer`, at most [`MAX_RECEIPT_IDS`] per receipt.
+    /// A peer this account may not write to (a staff member who sent a notice to all
+    /// clients without being assigned to this one) gets none: the relay refuses the
+    /// directory request or the send, and that is not an error of the receive.
+    async fn send_receipts(
+        &mut self,
+        peer: &AccountId,
+        kind: ReceiptKind,
+        ids: &[MessageId],
+    ) -> Result<(), ClientError> {
+        for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+            let ids = BoundedVec::new(chunk.to_vec()).map_err(proto)?;
+            let sent = self
+                .fan_out(
+                    peer,
                     Content::Receipt {
-                        kind: ReceiptKind::Delivered,
+                        kind,
                         message_ids: ids,
                     },
                     false,
                 )
-                .await?;
+                .await;
+            match sent {
+                Ok(_) => {}
+                Err(ClientError::Net(NetError::Refused {
+                    code: ErrorCode::Forbidden,
+                    message,
+                    ..
+                })) => {
+                    tracing::debug!(peer = %peer, reason = %message, "receipt not sent: not reachable");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -1476,7 +1530,15 @@ impl Client {
         // claims, and allowed to send this kind (cooling-off, freeze).
         let mut events = Vec::new();
         let content_kind = message.content.envelope_kind();
-        match self.check_sender(&message.from, sender, content_kind).await {
+        // A sync copy of sensitive content (an instruction) is judged by what it copies:
+        // a device on probation sends neither.
+        let rule_kind = match &message.content {
+            Content::Sync { content, .. } if content.envelope_kind().is_sensitive() => {
+                content.envelope_kind()
+            }
+            _ => content_kind,
+        };
+        match self.check_sender(&message.from, sender, rule_kind).await {
             Ok(evs) => events.extend(evs),
             Err(reason) => return self.reject(&envelope, reason).await,
         }
@@ -1519,7 +1581,7 @@ impl Client {
                     .await;
                 events.extend(evs);
             }
-            Content::Text { .. } | Content::Attachment { .. } => {
+            Content::Text { .. } | Content::Attachment { .. } | Content::Instruction { .. } => {
                 if let Content::Attachment { descriptor, .. } = &message.content {
                     self.attachments.insert(id, descriptor.clone());
                 }
@@ -1535,6 +1597,9 @@ impl Client {
                             entry: entry.clone(),
                         },
                         EntryKind::Notice => Event::Notice {
+                            entry: entry.clone(),
+                        },
+                        EntryKind::Instruction => Event::Instruction {
                             entry: entry.clone(),
                         },
                     });

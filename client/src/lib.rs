@@ -15,6 +15,8 @@
 //! * [`approvals`]: the staff multi-signature (roster changes, recovery, unfreeze,
 //!   co-signed notices), initiator and approver sides.
 //! * [`notices`]: signed notices, sent with `send_notice` and verified on receipt.
+//! * [`instructions`]: client instructions (payments, withdrawals, transfers, standing
+//!   instructions), a sensitive kind refused from devices on probation.
 //! * [`display`]: peer text made safe to show on a terminal (control characters escaped).
 //! * [`org`]: the organisation's offline tooling: the root key store (encrypted at rest)
 //!   and roster specification files.
@@ -25,6 +27,7 @@ pub mod approvals;
 pub mod attachments;
 pub mod client;
 pub mod display;
+pub mod instructions;
 pub mod net;
 pub mod notices;
 pub mod org;

@@ -95,7 +95,7 @@ enum Command {
     Whoami,
     /// The accounts you can write to, with their verification status.
     Contacts,
-    /// Send a message (or, with --file, an attachment).
+    /// Send a message (or, with --file, an attachment; with --instruction, an instruction).
     Send {
         /// The account to write to.
         account: String,
@@ -103,8 +103,13 @@ enum Command {
         #[arg(required_unless_present = "file")]
         text: Option<String>,
         /// Send this file as an attachment (encrypted, streamed, at most 64 MiB).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "instruction")]
         file: Option<PathBuf>,
+        /// Send the text as an instruction of this kind, not as chat. Instructions are a
+        /// sensitive kind: refused from a device still on probation after it was added,
+        /// and from a frozen account.
+        #[arg(long, value_enum, value_name = "CATEGORY")]
+        instruction: Option<cli::InstructionArg>,
     },
     /// Fetch new messages, show them (notices apart) and send read receipts.
     Inbox {
@@ -154,8 +159,9 @@ enum Command {
         /// Recipients (repeat the option for several).
         #[arg(long, value_name = "ACCOUNT", num_args = 1.., required_unless_present = "all_clients", conflicts_with = "all_clients")]
         to: Vec<String>,
-        /// Every client account you can reach (needs the co-signers of the roster's
-        /// `notice_to_all_clients` quorum: the notice becomes a draft until they approve).
+        /// Every client account of the relay, assigned to you or not (needs the
+        /// co-signers of the roster's `notice_to_all_clients` quorum: the notice becomes a
+        /// draft until they approve).
         #[arg(long)]
         all_clients: bool,
         /// What the notice is about. High-risk categories (payment_instruction,

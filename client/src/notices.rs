@@ -21,11 +21,37 @@ use sealpost_protocol::trust::{
     NoticeAudience, NoticeCategory, NoticeHeader, NoticeRisk, NoticeVerdict, Operation,
     SignedNotice, SignerRef,
 };
-use sealpost_protocol::wire::{BoundedString, Role};
+use sealpost_protocol::wire::{BoundedString, FrameBody, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::approvals::ApprovalView;
 use crate::client::{now_ms, Client, ClientError, Direction, Event, SendReport};
+use crate::net::NetError;
+
+/// Most `list_clients` pages one notice to all clients walks (each holds at most
+/// `MAX_CLIENTS_PER_FRAME` = 1024 accounts): the bound on its work. Clients beyond it
+/// are reported as not reached.
+pub const MAX_CLIENT_PAGES: usize = 1024;
+/// How often one recipient's fan-out is retried after the relay's rate limit.
+const RATE_LIMIT_RETRIES: u32 = 8;
+/// Longest wait before such a retry.
+const MAX_RATE_LIMIT_WAIT_MS: u64 = 10_000;
+
+/// The relay's retry delay, if `e` is a rate limit.
+fn rate_limited(e: &ClientError) -> Option<u64> {
+    match e {
+        ClientError::Net(NetError::Refused {
+            code: sealpost_protocol::wire::ErrorCode::RateLimited,
+            retry_after_ms,
+            ..
+        }) => Some(
+            retry_after_ms
+                .unwrap_or(1_000)
+                .clamp(50, MAX_RATE_LIMIT_WAIT_MS),
+        ),
+        _ => None,
+    }
+}
 
 /// Who a notice is for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -33,7 +59,8 @@ use crate::client::{now_ms, Client, ClientError, Direction, Event, SendReport};
 pub enum NoticeTarget {
     /// One client account.
     Client(AccountId),
-    /// Every client this staff account can reach (needs a co-signature quorum).
+    /// Every client account of the relay, assigned to this staff account or not (needs a
+    /// co-signature quorum).
     AllClients,
 }
 
@@ -265,38 +292,128 @@ impl Client {
         if let Some(chain) = self.trust.chain() {
             signed.verify(chain, content, None, now_ms())?;
         }
-        let recipients: Vec<AccountId> = match &signed.header.audience {
-            NoticeAudience::Client(a) => vec![a.clone()],
-            NoticeAudience::AllClients => self
-                .reachable()
-                .await?
-                .into_iter()
-                .filter(|(_, r)| *r == Role::Client)
-                .map(|(a, _)| a)
-                .collect(),
+        let mut reports = Vec::new();
+        let mut failed = Vec::new();
+        match &signed.header.audience {
+            NoticeAudience::Client(a) => match self.notice_fan_out(a, signed, content).await {
+                Ok(rep) => reports.push(rep),
+                Err(e) => {
+                    self.refresh_roster_after_conflict(&e).await;
+                    return Err(e);
+                }
+            },
+            NoticeAudience::AllClients => {
+                // Every client account, page by page (assigned to this account or not):
+                // one recipient's failure is reported, never the end of the fan-out.
+                let mut after: Option<AccountId> = None;
+                let mut pages = 0usize;
+                loop {
+                    if pages == MAX_CLIENT_PAGES {
+                        failed.push((
+                            after
+                                .clone()
+                                .unwrap_or_else(|| signed.header.sender.account.clone()),
+                            format!(
+                                "stopped after {MAX_CLIENT_PAGES} pages of clients: client \
+                                 accounts after this one were not reached"
+                            ),
+                        ));
+                        break;
+                    }
+                    pages += 1;
+                    let (page, more) = self.client_page(after.as_ref()).await?;
+                    for r in &page {
+                        match self.notice_fan_out_retrying(r, signed, content).await {
+                            Ok(rep) => reports.push(rep),
+                            Err(e) => {
+                                if failed.is_empty() {
+                                    self.refresh_roster_after_conflict(&e).await;
+                                }
+                                failed.push((r.clone(), e.to_string()))
+                            }
+                        }
+                    }
+                    match page.last() {
+                        Some(last) if more => after = Some(last.clone()),
+                        _ => break,
+                    }
+                }
+            }
             NoticeAudience::Segment(_) => {
                 return Err(ClientError::Invalid(
                     "segment notices are not supported by this client".into(),
                 ))
             }
-        };
-        let single =
-            recipients.len() == 1 && matches!(signed.header.audience, NoticeAudience::Client(_));
-        let mut reports = Vec::new();
-        let mut failed = Vec::new();
-        for r in recipients {
-            match self.notice_fan_out(&r, signed, content).await {
-                Ok(rep) => reports.push(rep),
-                Err(e) if single => return Err(e),
-                Err(e) => {
-                    if failed.is_empty() {
-                        self.refresh_roster_after_conflict(&e).await;
-                    }
-                    failed.push((r, e.to_string()))
-                }
-            }
         }
         Ok((reports, failed))
+    }
+
+    /// One page of the relay's client accounts after `after` (`list_clients`), checked:
+    /// ascending and all after `after`, so the walk cannot loop. A rate limit is waited
+    /// out.
+    async fn client_page(
+        &mut self,
+        after: Option<&AccountId>,
+    ) -> Result<(Vec<AccountId>, bool), ClientError> {
+        let mut tries = 0;
+        let answer = loop {
+            let asked = self
+                .conn()?
+                .request(FrameBody::ListClients {
+                    after: after.cloned(),
+                })
+                .await
+                .map_err(ClientError::from);
+            match asked {
+                Err(e) if tries < RATE_LIMIT_RETRIES => match rate_limited(&e) {
+                    Some(ms) => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
+                    None => return Err(e),
+                },
+                other => break other?,
+            }
+        };
+        let FrameBody::Clients { clients, more } = answer else {
+            return Err(ClientError::Protocol(
+                "unexpected answer to list_clients".into(),
+            ));
+        };
+        let clients = clients.into_inner();
+        let ordered = clients.windows(2).all(|w| w[0] < w[1])
+            && clients
+                .first()
+                .is_none_or(|first| after.is_none_or(|a| first > a));
+        if !ordered {
+            return Err(ClientError::Protocol(
+                "the relay's client list is not ascending after the cursor".into(),
+            ));
+        }
+        Ok((clients, more))
+    }
+
+    /// [`Client::notice_fan_out`], waiting out the relay's rate limits (a notice to all
+    /// clients fetches each one's device log and bundles, which are rate limited).
+    async fn notice_fan_out_retrying(
+        &mut self,
+        to: &AccountId,
+        signed: &SignedNotice,
+        content: &[u8],
+    ) -> Result<SendReport, ClientError> {
+        let mut tries = 0;
+        loop {
+            match self.notice_fan_out(to, signed, content).await {
+                Err(e) if tries < RATE_LIMIT_RETRIES => match rate_limited(&e) {
+                    Some(ms) => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
+                    None => return Err(e),
+                },
+                other => return other,
+            }
+        }
     }
 
     /// Seal the notice for every active device of `to` and hand each envelope to the

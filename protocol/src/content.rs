@@ -100,6 +100,16 @@ pub enum Content {
         /// Text shown with the file (may be empty).
         caption: BoundedString<MAX_TEXT_LEN>,
     },
+    /// A client's instruction to the firm (a payment, a withdrawal, a transfer, or a
+    /// change of its standing instructions such as a payout address): a sensitive kind,
+    /// sent under [`EnvelopeKind::Instruction`], so that neither the relay nor any
+    /// receiving client accepts it from a device on probation or a frozen account.
+    Instruction {
+        /// What kind of instruction it is.
+        category: InstructionCategory,
+        /// The instruction, in the client's words (amounts, accounts, dates).
+        body: BoundedString<MAX_TEXT_LEN>,
+    },
     /// A copy of a message this account sent, for the sender's other devices.
     Sync {
         /// The account the original went to.
@@ -107,6 +117,48 @@ pub enum Content {
         /// The original content (never itself a `sync`).
         content: Box<Content>,
     },
+}
+
+/// What a client's [`Content::Instruction`] asks for. Encoded as its snake_case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstructionCategory {
+    /// Pay an amount to a third party.
+    Payment,
+    /// Withdraw funds to the client's own external account.
+    Withdrawal,
+    /// Move funds or assets between the client's accounts or positions.
+    Transfer,
+    /// Change a standing instruction: a payout or withdrawal address, a recurring
+    /// payment, a beneficiary.
+    StandingInstructionChange,
+}
+
+impl InstructionCategory {
+    /// All categories.
+    pub const ALL: [InstructionCategory; 4] = [
+        Self::Payment,
+        Self::Withdrawal,
+        Self::Transfer,
+        Self::StandingInstructionChange,
+    ];
+
+    /// The name on the wire (`payment`, `withdrawal`, `transfer`,
+    /// `standing_instruction_change`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Payment => "payment",
+            Self::Withdrawal => "withdrawal",
+            Self::Transfer => "transfer",
+            Self::StandingInstructionChange => "standing_instruction_change",
+        }
+    }
+}
+
+impl std::fmt::Display for InstructionCategory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The content of a notice: what `content_hash` of its header covers, as `CBOR(NoticeText)`.
@@ -209,6 +261,7 @@ impl Content {
             Content::Receipt { .. } => "receipt",
             Content::Attachment { .. } => "attachment",
             Content::Sync { .. } => "sync",
+            Content::Instruction { .. } => "instruction",
             Content::ApprovalRequest { .. } => "approval_request",
             Content::ApprovalResponse { .. } => "approval_response",
         }
@@ -216,8 +269,8 @@ impl Content {
 
     /// The envelope kind this content must travel under (docs/PROTOCOL.md §18.2): the
     /// kind the relay sees and applies its rules to. A receiver refuses content that
-    /// arrives under any other kind. No content travels as `device_change` or
-    /// `instruction` in this version; an envelope of those kinds is always refused.
+    /// arrives under any other kind. No content travels as `device_change` in this
+    /// version; an envelope of that kind is always refused.
     pub fn envelope_kind(&self) -> EnvelopeKind {
         match self {
             Content::Text { .. } => EnvelopeKind::Chat,
@@ -225,6 +278,7 @@ impl Content {
             Content::Receipt { .. } => EnvelopeKind::Receipt,
             Content::Attachment { .. } => EnvelopeKind::Attachment,
             Content::Sync { .. } => EnvelopeKind::Sync,
+            Content::Instruction { .. } => EnvelopeKind::Instruction,
             Content::ApprovalRequest { .. } | Content::ApprovalResponse { .. } => {
                 EnvelopeKind::Approval
             }
@@ -294,5 +348,34 @@ mod tests {
             },
         };
         assert!(Message::decode(&nested.encode().unwrap()).is_err());
+    }
+
+    #[test]
+    fn an_instruction_travels_as_the_instruction_kind_and_round_trips() {
+        let a = AccountId::new("alice").unwrap();
+        for category in InstructionCategory::ALL {
+            let content = Content::Instruction {
+                category,
+                body: BoundedString::truncating("pay 10 EUR"),
+            };
+            assert_eq!(content.envelope_kind(), EnvelopeKind::Instruction);
+            assert!(content.envelope_kind().is_sensitive());
+            assert_eq!(content.name(), "instruction");
+            let m = Message {
+                from: a.clone(),
+                sent_ms: 5,
+                content,
+            };
+            assert_eq!(Message::decode(&m.encode().unwrap()).unwrap(), m);
+        }
+        // Its sync copy travels as a sync, wrapping the instruction.
+        let sync = Content::Sync {
+            to: a,
+            content: Box::new(Content::Instruction {
+                category: InstructionCategory::Withdrawal,
+                body: BoundedString::truncating("x"),
+            }),
+        };
+        assert_eq!(sync.envelope_kind(), EnvelopeKind::Sync);
     }
 }

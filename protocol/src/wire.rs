@@ -57,6 +57,8 @@ pub const ROSTER_FRAME_BUDGET: usize = 192 * 1024;
 pub const MAX_LOG_ENTRIES_PER_FRAME: usize = 32;
 /// Most accounts in one `log_heads` frame (ask again from the last one while `more`).
 pub const MAX_LOG_HEADS_PER_FRAME: usize = 1024;
+/// Most client accounts in one `clients` frame (ask again from the last one while `more`).
+pub const MAX_CLIENTS_PER_FRAME: usize = 1024;
 
 /// How long an account's device log is (`log_heads`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,6 +387,13 @@ pub enum FrameBody {
     /// The accounts this device's account may reach (assigned advisors and staff for a
     /// client; assigned clients for advisors and staff).
     ListContacts,
+    /// Every client account of the relay, assigned to this account or not, ascending by
+    /// account id, after `after` (null: from the first); answered with `clients`. Staff
+    /// and advisor devices only: a notice to all clients goes to every one of them.
+    ListClients {
+        /// The last account of the previous answer, or null.
+        after: Option<AccountId>,
+    },
     /// Send a staff notice: like `send`, with the notice's signed header (and its
     /// co-signatures) in the clear for the relay to check. The envelope's kind is `notice`.
     SendNotice {
@@ -599,6 +608,13 @@ pub enum FrameBody {
         /// Reachable accounts and their roles.
         contacts: BoundedVec<ContactInfo, MAX_CONTACTS>,
     },
+    /// Answer to `list_clients`.
+    Clients {
+        /// Client accounts, ascending by account id, all after the request's `after`.
+        clients: BoundedVec<AccountId, MAX_CLIENTS_PER_FRAME>,
+        /// More client accounts follow: ask again with `after` = the last account here.
+        more: bool,
+    },
     /// Answer to `blob_upload` once the whole blob is durably stored.
     BlobStored {
         /// The blob.
@@ -674,6 +690,8 @@ pub const FRAME_TYPES: &[&str] = &[
     "dismiss_link",
     "get_log_heads",
     "log_heads",
+    "list_clients",
+    "clients",
 ];
 
 impl FrameBody {

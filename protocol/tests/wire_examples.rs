@@ -15,7 +15,7 @@ use ed25519_dalek::Signer;
 use hmac::{Hmac, Mac};
 use ml_kem::kem::Decapsulate;
 use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
-use sealpost_protocol::content::{Content, Message, NoticeText, ReceiptKind};
+use sealpost_protocol::content::{Content, InstructionCategory, Message, NoticeText, ReceiptKind};
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{AccountId, PublicIdentity, SafetyNumber};
 use sealpost_protocol::pickle::{self, PickleKind};
@@ -359,6 +359,44 @@ fn drain_and_contacts_frames() {
 }
 
 #[test]
+fn list_clients_frames() {
+    // {"v":1,"id":13,"body":{"t":"list_clients","c":{"after":null}}}
+    assert_eq!(
+        frame_hex(13, FrameBody::ListClients { after: None }),
+        "00000027a36176016269640d64626f6479a261746c6c6973745f636c69656e7473\
+         6163a1656166746572f6"
+    );
+    // ... "after": "bob"
+    assert_eq!(
+        frame_hex(
+            13,
+            FrameBody::ListClients {
+                after: Some(AccountId::new("bob").unwrap())
+            }
+        ),
+        "0000002aa36176016269640d64626f6479a261746c6c6973745f636c69656e7473\
+         6163a165616674657263626f62"
+    );
+    // {"v":1,"id":13,"body":{"t":"clients","c":{"clients":["alice","bob"],"more":true}}}
+    let clients = BoundedVec::new(vec![
+        AccountId::new("alice").unwrap(),
+        AccountId::new("bob").unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(
+        frame_hex(
+            13,
+            FrameBody::Clients {
+                clients,
+                more: true
+            }
+        ),
+        "00000034a36176016269640d64626f6479a2617467636c69656e74736163a267636c\
+         69656e74738265616c69636563626f62646d6f7265f5"
+    );
+}
+
+#[test]
 fn trust_frame_examples() {
     // {"v":1,"id":3,"body":{"t":"get_roster","c":{"after_version":0}}}
     assert_eq!(
@@ -567,6 +605,36 @@ fn message_content_encodings() {
         )
     );
     assert_eq!(sync(hi()).envelope_kind(), EnvelopeKind::Sync);
+    // {"instruction": {"category": "withdrawal", "body": "10 EUR"}}, kind instruction (8).
+    let instruction = Content::Instruction {
+        category: InstructionCategory::Withdrawal,
+        body: BoundedString::truncating("10 EUR"),
+    };
+    assert_eq!(
+        plain(instruction.clone()),
+        format!(
+            "{prefix}a16b696e737472756374696f6ea26863617465676f72796a7769746864726177\
+             616c64626f647966313020455552"
+        )
+    );
+    assert_eq!(instruction.envelope_kind(), EnvelopeKind::Instruction);
+    for (category, name) in [
+        (InstructionCategory::Payment, "payment"),
+        (InstructionCategory::Withdrawal, "withdrawal"),
+        (InstructionCategory::Transfer, "transfer"),
+        (
+            InstructionCategory::StandingInstructionChange,
+            "standing_instruction_change",
+        ),
+    ] {
+        assert_eq!(category.name(), name);
+    }
+    // An unknown category is refused.
+    let unknown = format!(
+        "{prefix}a16b696e737472756374696f6ea26863617465676f7279646c6f616e64626f647961\
+         78"
+    );
+    assert!(Message::decode(&hex::decode(unknown).unwrap()).is_err());
     // A sync inside a sync, unknown keys and over-long text are refused.
     let nested = Message {
         from: alice.clone(),

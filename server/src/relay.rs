@@ -3,6 +3,7 @@
 //! storage traits, the pure policy and limit functions, and the hub. The trust frames of
 //! docs/PROTOCOL.md §19 (device logs, linking, roster, notices) are in `relay/trust_frames.rs`.
 
+mod directory;
 mod trust_frames;
 
 use std::collections::HashMap;
@@ -268,6 +269,7 @@ fn type_name(body: &FrameBody) -> &'static str {
         FrameBody::GetOrg => "get_org",
         FrameBody::DismissLink { .. } => "dismiss_link",
         FrameBody::GetLogHeads { .. } => "get_log_heads",
+        FrameBody::ListClients { .. } => "list_clients",
         FrameBody::BlobUpload { .. }
         | FrameBody::BlobDownload { .. }
         | FrameBody::BlobChunk { .. } => "blob",
@@ -604,6 +606,7 @@ impl<S: Store> Relay<S> {
                 | FrameBody::LinkOffer { .. }
                 | FrameBody::DismissLink { .. }
                 | FrameBody::GetLogHeads { .. }
+                | FrameBody::ListClients { .. }
         ) {
             let now = self.mono_ms();
             if let Err(l) = self.with_limiters(|l| l.control.check(&me.device, 1.0, now)) {
@@ -656,6 +659,7 @@ impl<S: Store> Relay<S> {
             } => self.link_offer(me, id, link_id, challenge, *body).await,
             FrameBody::DismissLink { link_id } => self.dismiss_link(me, id, link_id),
             FrameBody::GetLogHeads { after } => self.log_heads(me, id, after).await,
+            FrameBody::ListClients { after } => self.list_clients(me, id, after).await,
             FrameBody::BlobUpload { .. }
             | FrameBody::BlobDownload { .. }
             | FrameBody::BlobChunk { .. } => refuse(
@@ -761,16 +765,19 @@ impl<S: Store> Relay<S> {
                 "notices are sent with send_notice, which carries the signed notice header",
             ));
         }
-        self.prepare_envelope(ctx, me, id, envelope).await
+        self.prepare_envelope(ctx, me, id, envelope, false).await
     }
 
-    /// The checks `send` and `send_notice` share.
+    /// The checks `send` and `send_notice` share. `any_client`: the envelope carries a
+    /// notice to all clients whose quorum and audience the caller checked, so a client
+    /// recipient need not be assigned to the sender (`relay/directory.rs`).
     async fn prepare_envelope(
         &self,
         ctx: &mut ConnCtx,
         me: &Authenticated,
         id: u64,
         envelope: Envelope,
+        any_client: bool,
     ) -> Result<PreparedSend, Handled> {
         let started = Instant::now();
         if envelope.header.sender != me.device {
@@ -825,7 +832,9 @@ impl<S: Store> Relay<S> {
             Err(e) => return Err(store_failure(id, &e)),
         };
         if let Err(why) = &peer.allowed {
-            return Err(refuse(id, ErrorCode::Forbidden, why));
+            if !any_client {
+                return Err(refuse(id, ErrorCode::Forbidden, why));
+            }
         }
         let now = self.mono_ms();
         if let Err(l) = self.with_limiters(|l| l.send.check(&me.device, 1.0, now)) {
@@ -1001,24 +1010,6 @@ impl<S: Store> Relay<S> {
         }
     }
 
-    async fn authorize_account(
-        &self,
-        me: &Authenticated,
-        id: u64,
-        account: &AccountId,
-    ) -> Result<AccountRecord, Handled> {
-        let rec = match self.store.account(account).await {
-            Ok(Some(a)) => a,
-            Ok(None) => return Err(refuse(id, ErrorCode::NotFound, "account not found")),
-            Err(e) => return Err(store_failure(id, &e)),
-        };
-        match self.may_reach_account(me, &rec).await {
-            Ok(Ok(())) => Ok(rec),
-            Ok(Err(why)) => Err(refuse(id, ErrorCode::Forbidden, &why)),
-            Err(e) => Err(store_failure(id, &e)),
-        }
-    }
-
     async fn fetch_bundles(
         &self,
         _ctx: &mut ConnCtx,
@@ -1039,7 +1030,10 @@ impl<S: Store> Relay<S> {
         if let Err((which, l)) = check {
             return limited(id, which, l);
         }
-        if let Err(h) = self.authorize_account(me, id, &account).await {
+        if let Err(h) = self
+            .authorize_directory(me, id, &account, directory::DirectoryRead::Bundles)
+            .await
+        {
             return h;
         }
         let devices = match self.store.devices_of(&account).await {
@@ -1098,7 +1092,10 @@ impl<S: Store> Relay<S> {
         id: u64,
         account: AccountId,
     ) -> Handled {
-        if let Err(h) = self.authorize_account(me, id, &account).await {
+        if let Err(h) = self
+            .authorize_directory(me, id, &account, directory::DirectoryRead::Devices)
+            .await
+        {
             return h;
         }
         match self.store.devices_of(&account).await {

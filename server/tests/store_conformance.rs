@@ -460,6 +460,43 @@ async fn assignments<S: Store>(store: S) {
     assert_eq!(store.assignments_of(&c1).await.unwrap(), [ops]);
 }
 
+/// Every client account, paged by id after a cursor; other roles and assignments do not
+/// matter.
+async fn clients_paged_after_a_cursor<S: Store>(store: S) {
+    for (name, role) in [
+        ("c2", Role::Client),
+        ("adv", Role::Advisor),
+        ("c10", Role::Client),
+        ("ops", Role::Staff),
+        ("c1", Role::Client),
+        ("d", Role::Client),
+    ] {
+        store.create_account(&acct(name), role, T0).await.unwrap();
+    }
+    store.assign(&acct("c1"), &acct("ops")).await.unwrap();
+    let all = store.clients_after(None, 100).await.unwrap();
+    assert_eq!(all, [acct("c1"), acct("c10"), acct("c2"), acct("d")]);
+    assert_eq!(
+        store.clients_after(None, 2).await.unwrap(),
+        [acct("c1"), acct("c10")]
+    );
+    assert_eq!(
+        store.clients_after(Some(&acct("c10")), 2).await.unwrap(),
+        [acct("c2"), acct("d")]
+    );
+    // The cursor need not be an account, nor a client.
+    assert_eq!(
+        store.clients_after(Some(&acct("adv")), 1).await.unwrap(),
+        [acct("c1")]
+    );
+    assert!(store
+        .clients_after(Some(&acct("d")), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.clients_after(None, 0).await.unwrap().is_empty());
+}
+
 // ---------------------------------------------------------------------------------------
 // Prekeys
 
@@ -2051,6 +2088,7 @@ conformance!(
     enrollment_device_cap,
     devices_ordered_by_enrolment,
     assignments,
+    clients_paged_after_a_cursor,
     prekeys_upload_and_bundle,
     prekeys_conflict_changes_nothing,
     prekeys_stock_cap,

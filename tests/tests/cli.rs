@@ -538,6 +538,38 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
     assert_eq!(err["kind"], "refused");
     assert_eq!(err["exit_code"], 6);
 
+    // An instruction from alice's device, enrolled under a 24-hour cooling-off: refused
+    // by her own client before anything is sent (exit 6), saying why and until when.
+    let instr = alice.run(&[
+        "send",
+        "ann.advisor",
+        "Change my payout address to DE02 1203 0000 0000 2020 51",
+        "--instruction",
+        "standing_instruction_change",
+    ]);
+    assert_eq!(instr.code, 6, "{}", instr.stderr);
+    let err: Value = serde_json::from_str(instr.stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(err["kind"], "refused");
+    assert!(
+        err["error"].as_str().unwrap().contains("probation"),
+        "{err}"
+    );
+    assert!(err["probation_until_ms"].as_u64().is_some(), "{err}");
+    let human = alice.run_human(&[
+        "send",
+        "ann.advisor",
+        "Withdraw everything",
+        "--instruction",
+        "withdrawal",
+    ]);
+    assert_eq!(human.code, 6, "{}", human.stderr);
+    assert!(human.stderr.contains("on probation"), "{}", human.stderr);
+    let inbox = ann.run(&["inbox"]).ok("inbox after refused instructions");
+    assert!(inbox.events("instruction").is_empty(), "{}", inbox.stdout);
+    // An unknown category, or an instruction with a file, is a usage error.
+    let usage = alice.run_human(&["send", "ann.advisor", "x", "--instruction", "loan"]);
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+
     // Clients cannot send notices (exit 6).
     let notice = alice.run(&["notice", "--title", "t", "--body", "b", "--to", "carol"]);
     assert_eq!(notice.code, 6, "{}", notice.stderr);

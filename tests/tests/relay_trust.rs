@@ -1458,8 +1458,8 @@ async fn the_relay_refuses_bad_approvals_on_a_high_risk_notice() {
 
 /// A notice to all clients needs the roster's `notice_to_all_clients` quorum (one
 /// co-signer from operations or compliance besides the sender): refused without it or with
-/// a co-signer of the wrong role, and delivered to every client with it; a staff account
-/// is not in its audience.
+/// a co-signer of the wrong role, and delivered to every client with it, assigned to the
+/// sender or not (client3 is assigned to nobody); a staff account is not in its audience.
 #[tokio::test]
 async fn a_notice_to_all_clients_needs_its_quorum_and_reaches_every_client() {
     let (mut org, relay, mut staff) = org_relay(53).await;
@@ -1468,8 +1468,10 @@ async fn a_notice_to_all_clients_needs_its_quorum_and_reaches_every_client() {
     let ops = org.staff[0].account.clone();
     relay.assign(&c1, &ops).await;
     relay.assign(&c2, &ops).await;
+    let c3 = relay.account("client3", Role::Client).await;
     let d1 = relay.device(&c1, 531).await;
     let d2 = relay.device(&c2, 532).await;
+    let d3 = relay.device(&c3, 533).await;
     let header = NoticeHeader::new(
         NoticeCategory::General,
         NoticeAudience::AllClients,
@@ -1486,9 +1488,11 @@ async fn a_notice_to_all_clients_needs_its_quorum_and_reaches_every_client() {
     let bob = &rest[0];
     let mut s1 = sender.session_with(&d1).await;
     let mut s2 = sender.session_with(&d2).await;
+    // A roster staff device reads the bundles of a client not assigned to it.
+    let mut s3 = sender.session_with(&d3).await;
 
     // Signed by its sender alone: refused for every client.
-    for (s, to) in [(&mut s1, d1.id()), (&mut s2, d2.id())] {
+    for (s, to) in [(&mut s1, d1.id()), (&mut s2, d2.id()), (&mut s3, d3.id())] {
         let env = seal_kind(sender, s, to, EnvelopeKind::Notice, b"maint");
         let (code, message) = refusal(sender.conn.send_notice(env, notice.clone()).await);
         assert_eq!(code, ErrorCode::Forbidden);
@@ -1509,11 +1513,11 @@ async fn a_notice_to_all_clients_needs_its_quorum_and_reaches_every_client() {
     assert!(d1.next_envelope(Duration::from_millis(300)).await.is_none());
     assert!(d2.next_envelope(Duration::from_millis(300)).await.is_none());
 
-    // Co-signed by compliance: delivered to both clients.
+    // Co-signed by compliance: delivered to every client.
     let mut good = notice.clone();
     good.add_cosignatures(org.bundle(Operation::NoticeToAllClients, digest, 1, 0, &[2]))
         .unwrap();
-    for (s, to) in [(&mut s1, d1.id()), (&mut s2, d2.id())] {
+    for (s, to) in [(&mut s1, d1.id()), (&mut s2, d2.id()), (&mut s3, d3.id())] {
         let env = seal_kind(sender, s, to, EnvelopeKind::Notice, b"maint");
         sender.conn.send_notice(env, good.clone()).await.unwrap();
     }
@@ -1525,8 +1529,36 @@ async fn a_notice_to_all_clients_needs_its_quorum_and_reaches_every_client() {
         .next_envelope(WAIT)
         .await
         .expect("client2 gets the notice");
+    let got3 = d3
+        .next_envelope(WAIT)
+        .await
+        .expect("client3, not assigned to the sender, gets the notice");
     assert_eq!(got1.header.kind, EnvelopeKind::Notice);
     assert_eq!(got2.header.kind, EnvelopeKind::Notice);
+    assert_eq!(got3.header.kind, EnvelopeKind::Notice);
+    // Only the notice to all clients reaches an unassigned client: chat is refused, and
+    // so is a notice addressed to client3 alone.
+    let chat = seal_kind(sender, &mut s3, d3.id(), EnvelopeKind::Chat, b"hello");
+    let (code, message) = refusal(send(sender, chat).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("not assigned"), "{message}");
+    let single = SignedNotice::sign(
+        NoticeHeader::new(
+            NoticeCategory::General,
+            NoticeAudience::Client(c3.clone()),
+            b"hi",
+            now_ms(),
+            org.staff[0].signer(),
+            1,
+            &mut org.rng,
+        ),
+        &org.staff[0].keys,
+    )
+    .unwrap();
+    let env = seal_kind(sender, &mut s3, d3.id(), EnvelopeKind::Notice, b"hi");
+    let (code, message) = refusal(sender.conn.send_notice(env, single).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("not assigned"), "{message}");
     // "All clients" does not include another staff account's devices.
     let mut sb = sender.session_with(bob).await;
     let env = seal_kind(sender, &mut sb, bob.id(), EnvelopeKind::Notice, b"maint");
@@ -2419,4 +2451,77 @@ async fn a_segment_notice_needs_the_all_clients_quorum() {
     let env = seal_kind(sender, &mut s1, d1.id(), EnvelopeKind::Notice, b"fees");
     sender.conn.send_notice(env, approved).await.unwrap();
     assert!(d1.next_envelope(WAIT).await.is_some());
+}
+
+/// `list_clients`: every client account (assigned or not, no other role), ascending,
+/// `MAX_CLIENTS_PER_FRAME` per page with `more` while further ones follow; staff and
+/// advisor devices only; charged to the per-device control-request rate.
+#[tokio::test]
+async fn list_clients_pages_every_client_for_staff_only_and_is_rate_limited() {
+    use sealpost_protocol::wire::MAX_CLIENTS_PER_FRAME;
+    let relay = memory_relay(|c| {
+        c.limits.control_requests_per_device = sealpost_server::limits::Rate::new(0.01, 6.0);
+    })
+    .await;
+    let n = MAX_CLIENTS_PER_FRAME + 5;
+    let mut expected = Vec::with_capacity(n);
+    for i in 0..n {
+        expected.push(relay.account(&format!("c{i:05}"), Role::Client).await);
+    }
+    let ops = relay.account("ops", Role::Staff).await;
+    let adv = relay.account("adv", Role::Advisor).await;
+    let ops_dev = relay.device(&ops, 71).await;
+    let adv_dev = relay.device(&adv, 72).await;
+    let client_dev = relay.device(&expected[3], 73).await;
+
+    let page = |after: Option<AccountId>| FrameBody::ListClients { after };
+    let FrameBody::Clients { clients, more } = ops_dev.conn.request(page(None)).await.unwrap()
+    else {
+        panic!("not a clients frame")
+    };
+    assert!(more);
+    let first = clients.into_inner();
+    assert_eq!(first.len(), MAX_CLIENTS_PER_FRAME);
+    let last = first.last().cloned();
+    let FrameBody::Clients { clients, more } = ops_dev.conn.request(page(last)).await.unwrap()
+    else {
+        panic!("not a clients frame")
+    };
+    assert!(!more);
+    let mut all = first;
+    all.extend(clients.into_inner());
+    assert_eq!(
+        all, expected,
+        "every client once, in order; no staff or advisor"
+    );
+    // An advisor device may list them too.
+    assert!(matches!(
+        adv_dev.conn.request(page(None)).await.unwrap(),
+        FrameBody::Clients { .. }
+    ));
+    // A client device may not.
+    let (code, message) = refusal(client_dev.conn.request(page(None)).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("staff and advisor"), "{message}");
+    // The control-request rate: enrolment's upload and two pages took three of six.
+    let mut limited = false;
+    for _ in 0..4 {
+        match ops_dev.conn.request(page(None)).await {
+            Ok(FrameBody::Clients { .. }) => {}
+            Err(NetError::Refused {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: Some(ms),
+                ..
+            }) => {
+                assert!(ms > 0);
+                limited = true;
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        limited,
+        "list_clients is rate limited like other directory requests"
+    );
 }

@@ -1560,3 +1560,262 @@ async fn an_unfreeze_approved_while_a_roster_change_is_pending_keeps_the_account
         "{ev:?}"
     );
 }
+
+/// A notice to all clients reaches every client account, not only those assigned to its
+/// sender: the sender lists them all (`list_clients`, staff and advisor devices only),
+/// verifies each one's device log and seals for every device in it; the relay accepts it,
+/// with its quorum, for an unassigned client; that client verifies the sender and the
+/// co-signer (reading the staff member's device log without an assignment) and is not
+/// stopped by the delivery receipt it cannot send back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_to_all_clients_reaches_clients_not_assigned_to_its_sender() {
+    use sealpost_protocol::wire::FrameBody;
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
+    let ops_id = staff[0].account().unwrap().clone();
+    let alice_id = relay.account("alice", Role::Client).await;
+    relay.assign(&alice_id, &ops_id).await;
+    // Bob is assigned to nobody; carol only to an advisor.
+    let bob_id = relay.account("bob", Role::Client).await;
+    let carol_id = relay.account("carol", Role::Client).await;
+    let adv_id = relay.account("adv", Role::Advisor).await;
+    relay.assign(&carol_id, &adv_id).await;
+    let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    let mut bob = org::enrolled(&relay, &homes.path().join("bob"), &bob_id, Some(&o)).await;
+    let mut carol = org::enrolled(&relay, &homes.path().join("carol"), &carol_id, Some(&o)).await;
+    // A client account without any device: reported as not reached, the rest goes on.
+    let dana_id = relay.account("dana", Role::Client).await;
+
+    let outcome = staff[0]
+        .send_signed_notice(
+            NoticeCategory::General,
+            NoticeTarget::AllClients,
+            "Maintenance",
+            "Trading pauses on Sunday 02:00-03:00 UTC",
+        )
+        .await
+        .unwrap();
+    let NoticeOutcome::Draft { requests, .. } = outcome else {
+        panic!("a notice to all clients went out without its quorum: {outcome:?}")
+    };
+    let id = requests[0].request_id.clone();
+    let [ops, comp, _sec] = &mut staff[..] else {
+        panic!()
+    };
+    let ev = pump(&mut [comp], 1).await;
+    assert!(requested(&ev[0]).contains(&id));
+    comp.approve(&id).await.unwrap();
+    let ev = pump(&mut [ops], 1).await;
+    let summary = ev[0]
+        .iter()
+        .find_map(|e| match e {
+            Event::OperationCompleted { summary, .. } => Some(summary.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("not completed: {:?}", ev[0]));
+    assert!(
+        summary.contains("sent to 3 account(s); 1 failed"),
+        "{summary}"
+    );
+
+    for (who, client) in [
+        ("alice", &mut alice),
+        ("bob", &mut bob),
+        ("carol", &mut carol),
+    ] {
+        let got = client.receive(true, QUIET).await.unwrap();
+        let status = got
+            .iter()
+            .find_map(|e| match e {
+                Event::Notice { entry } if entry.title.as_deref() == Some("Maintenance") => {
+                    entry.notice.clone()
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{who} did not get the notice: {got:?}"));
+        assert!(status.authenticated, "{who}: {}", status.summary);
+        assert_eq!(status.signer.as_ref(), Some(&ops_id), "{who}");
+        assert_eq!(status.cosigners.len(), 1, "{who}: {:?}", status.cosigners);
+        assert!(
+            status.cosigners[0].starts_with(comp.account().unwrap().as_str()),
+            "{who}: {:?}",
+            status.cosigners
+        );
+        assert!(rejected(&got).is_empty(), "{who}: {got:?}");
+        // Reading it sends read receipts where it can; an unassigned sender is skipped.
+        client.mark_read().await.unwrap();
+    }
+
+    // The client list: staff and advisor devices only (fresh accounts for raw devices).
+    let erin_id = relay.account("erin", Role::Client).await;
+    let client_dev = relay.device(&erin_id, 9102).await;
+    let desk_id = relay.account("desk", Role::Staff).await;
+    let staff_dev = relay.device(&desk_id, 9101).await;
+    let listed = staff_dev
+        .conn
+        .request(FrameBody::ListClients { after: None })
+        .await
+        .unwrap();
+    let FrameBody::Clients { clients, more } = listed else {
+        panic!("{listed:?}")
+    };
+    assert_eq!(
+        clients.into_inner(),
+        [
+            alice_id.clone(),
+            bob_id.clone(),
+            carol_id.clone(),
+            dana_id,
+            erin_id
+        ]
+    );
+    assert!(!more);
+    match client_dev
+        .conn
+        .request(FrameBody::ListClients { after: None })
+        .await
+    {
+        Err(NetError::Refused {
+            code: ErrorCode::Forbidden,
+            message,
+            ..
+        }) => assert!(message.contains("staff and advisor"), "{message}"),
+        other => panic!("a client device listed the clients: {other:?}"),
+    }
+    // Chat still follows the assignments: ops cannot write to bob.
+    match staff[0].send_text(&bob_id, "hello").await {
+        Err(ClientError::Net(NetError::Refused {
+            code: ErrorCode::Forbidden,
+            ..
+        })) => {}
+        other => panic!("chat to an unassigned client was accepted: {other:?}"),
+    }
+}
+
+/// Instructions are a sensitive kind end to end: a device past its cooling-off sends one
+/// and the advisor sees it as an instruction, apart from chat; a device on probation is
+/// refused by its own client, by the relay (an instruction envelope sent past its client's
+/// check), and by every receiver (an instruction relabelled as chat, which the relay lets
+/// through: the advisor and the account's other device refuse it and report why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instructions_are_refused_from_a_device_on_probation_and_shown_apart_otherwise() {
+    use sealpost_client::client::EntryKind;
+    use sealpost_protocol::content::InstructionCategory;
+    use sealpost_protocol::EnvelopeKind;
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
+    let alice_id = relay.account("alice", Role::Client).await;
+    let adv_id = relay.account("adv", Role::Advisor).await;
+    relay.assign(&alice_id, &adv_id).await;
+    let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
+    org::settle().await;
+
+    // Past its cooling-off, the phone sends a withdrawal instruction.
+    let report = phone
+        .send_instruction(
+            &adv_id,
+            InstructionCategory::Withdrawal,
+            "Withdraw 10,000 EUR to my account ending 4411",
+        )
+        .await
+        .unwrap();
+    let got = adv.receive(true, QUIET).await.unwrap();
+    let entry = got
+        .iter()
+        .find_map(|e| match e {
+            Event::Instruction { entry } => Some(entry.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no instruction: {got:?}"));
+    assert_eq!(entry.id, report.message_id);
+    assert_eq!(entry.kind, EntryKind::Instruction);
+    assert_eq!(entry.instruction, Some(InstructionCategory::Withdrawal));
+    assert_eq!(entry.peer, alice_id);
+    assert_eq!(entry.body, "Withdraw 10,000 EUR to my account ending 4411");
+    assert!(
+        !got.iter().any(|e| matches!(e, Event::Message { .. })),
+        "an instruction is not chat: {got:?}"
+    );
+    let kept = adv
+        .history()
+        .find(|e| e.id == report.message_id)
+        .unwrap()
+        .clone();
+    assert_eq!(kept.kind, EntryKind::Instruction);
+
+    // A new device, on probation for an hour.
+    change_roster(&mut staff, 3_600_000).await;
+    let mut tablet = org::linked(&relay, &mut phone, &homes.path().join("tablet"), Some(&o)).await;
+    let t = tablet.devices().await.unwrap();
+    let until = t
+        .devices
+        .iter()
+        .find(|d| d.this_device && d.on_probation)
+        .expect("the tablet is on probation")
+        .probation_until_ms;
+    let _ = phone.receive(true, QUIET).await.unwrap();
+    let _ = adv.receive(true, QUIET).await.unwrap();
+
+    // Its own client refuses, before anything leaves the device.
+    match tablet
+        .send_instruction(
+            &adv_id,
+            InstructionCategory::StandingInstructionChange,
+            "Change my payout address to DE02 1203 0000 0000 2020 51",
+        )
+        .await
+    {
+        Err(ClientError::OnProbation { until_ms, refused }) => {
+            assert_eq!(until_ms, until);
+            assert!(refused.contains("Instruction"), "{refused}");
+        }
+        other => panic!("a device on probation sent an instruction: {other:?}"),
+    }
+    // Past its client's check, the relay refuses the instruction envelope.
+    match tablet
+        .send_instruction_unchecked_for_tests(
+            &adv_id,
+            InstructionCategory::StandingInstructionChange,
+            "Change my payout address to DE02 1203 0000 0000 2020 51",
+        )
+        .await
+    {
+        Err(ClientError::Net(NetError::Refused {
+            code: ErrorCode::Forbidden,
+            message,
+            ..
+        })) => assert!(message.contains("probation"), "{message}"),
+        other => panic!("the relay accepted an instruction from a device on probation: {other:?}"),
+    }
+    // Relabelled as chat, it passes the relay: the advisor and the phone (its sync copy)
+    // refuse it for the sender's probation, and report it.
+    tablet
+        .send_relabelled_for_tests(
+            &adv_id,
+            Content::Instruction {
+                category: InstructionCategory::StandingInstructionChange,
+                body: BoundedString::truncating("Change my payout address to DE02 1203"),
+            },
+            EnvelopeKind::Chat,
+        )
+        .await
+        .expect("the relay accepts a chat from a device on probation");
+    for (who, client) in [("advisor", &mut adv), ("phone", &mut phone)] {
+        let got = client.receive(true, QUIET).await.unwrap();
+        assert!(
+            rejected(&got)
+                .iter()
+                .any(|r| r.contains("on probation") && r.contains("Instruction")),
+            "{who}: {got:?}"
+        );
+        assert!(
+            !got.iter().any(|e| matches!(
+                e,
+                Event::Instruction { .. } | Event::Message { .. } | Event::Synced { .. }
+            )),
+            "{who} showed it: {got:?}"
+        );
+    }
+    assert!(!adv.history().any(|e| e.body.contains("DE02 1203")));
+}

@@ -58,9 +58,13 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             account,
             text,
             file,
-        } => match file {
-            Some(path) => send_file(ctx, &account, &path, text.as_deref().unwrap_or("")).await,
-            None => send(ctx, &account, text.as_deref().unwrap_or("")).await,
+            instruction,
+        } => match (file, instruction) {
+            (Some(path), _) => send_file(ctx, &account, &path, text.as_deref().unwrap_or("")).await,
+            (None, Some(category)) => {
+                send_instruction(ctx, &account, category, text.as_deref().unwrap_or("")).await
+            }
+            (None, None) => send(ctx, &account, text.as_deref().unwrap_or("")).await,
         },
         Command::Inbox { all, wait } => inbox(ctx, all, Duration::from_secs(wait)).await,
         Command::Listen {
@@ -374,6 +378,53 @@ async fn send(ctx: &Ctx, to: &str, text: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `send --instruction CATEGORY`: the text goes as an instruction (a sensitive kind).
+async fn send_instruction(
+    ctx: &Ctx,
+    to: &str,
+    category: super::InstructionArg,
+    text: &str,
+) -> Result<(), CliError> {
+    let to = account_arg(to)?;
+    let text = if text == "-" {
+        read_stdin_text()?
+    } else {
+        text.to_owned()
+    };
+    if text.trim().is_empty() {
+        return Err(CliError::usage("the instruction is empty"));
+    }
+    if text.len() > MAX_TEXT_LEN {
+        return Err(CliError::usage(format!(
+            "the instruction is {} bytes; at most {MAX_TEXT_LEN} fit",
+            text.len()
+        )));
+    }
+    let category = category.to_protocol();
+    let mut client = open_enrolled(ctx)?;
+    connect(ctx, &mut client).await?;
+    let at = relay_addr(&client);
+    let result = client.send_instruction(&to, category, &text).await;
+    finish(&mut client).await?;
+    let report = result.map_err(|e| CliError::from_client(e, Some(&at)))?;
+    let me = client.account().cloned();
+    if !ctx.out.json {
+        print_events(ctx.out, &report.events, me.as_ref())?;
+    }
+    let mut line = tagged("sent", &report)?;
+    if let Some(obj) = line.as_object_mut() {
+        obj.insert("instruction".into(), json!(category.name()));
+    }
+    ctx.out.json_line(line);
+    ctx.out.say(format!(
+        "Sent {} instruction to {to} ({} device{}).",
+        category.name(),
+        report.devices,
+        if report.devices == 1 { "" } else { "s" }
+    ));
+    Ok(())
+}
+
 async fn send_file(ctx: &Ctx, to: &str, path: &Path, caption: &str) -> Result<(), CliError> {
     let to = account_arg(to)?;
     let meta = std::fs::metadata(path)
@@ -508,7 +559,12 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
     // Device changes and receipts first (warnings loud), then the messages themselves.
     let others: Vec<Event> = events
         .into_iter()
-        .filter(|e| !matches!(e, Event::Message { .. } | Event::Notice { .. }))
+        .filter(|e| {
+            !matches!(
+                e,
+                Event::Message { .. } | Event::Notice { .. } | Event::Instruction { .. }
+            )
+        })
         .collect();
     print_events(ctx.out, &others, me.as_ref())?;
 
@@ -522,10 +578,17 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
     } else {
         unread.clone()
     };
-    let (texts, notices): (Vec<&HistoryEntry>, Vec<&HistoryEntry>) =
+    let (texts, rest): (Vec<&HistoryEntry>, Vec<&HistoryEntry>) =
         shown.iter().partition(|e| e.kind == EntryKind::Text);
+    let (instructions, notices): (Vec<&HistoryEntry>, Vec<&HistoryEntry>) = rest
+        .into_iter()
+        .partition(|e| e.kind == EntryKind::Instruction);
     if ctx.out.json {
-        for e in texts.iter().chain(notices.iter()) {
+        for e in texts
+            .iter()
+            .chain(instructions.iter())
+            .chain(notices.iter())
+        {
             let line = if all {
                 json!({"event": "history", "entry": to_json(e)?})
             } else {
@@ -536,13 +599,16 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
                     EntryKind::Notice => to_json(&Event::Notice {
                         entry: (*e).clone(),
                     })?,
+                    EntryKind::Instruction => to_json(&Event::Instruction {
+                        entry: (*e).clone(),
+                    })?,
                 }
             };
             ctx.out.json_line(line);
         }
     } else {
         let what = if all { "" } else { " new" };
-        if texts.is_empty() && notices.is_empty() {
+        if texts.is_empty() && notices.is_empty() && instructions.is_empty() {
             ctx.out.say(if all {
                 "No messages yet."
             } else {
@@ -555,8 +621,18 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
                 ctx.out.say(format!("  {}", format_entry(e)));
             }
         }
-        if !notices.is_empty() {
+        if !instructions.is_empty() {
             if !texts.is_empty() {
+                ctx.out.say("");
+            }
+            ctx.out
+                .say(format!("Instructions ({}{what})", instructions.len()));
+            for e in &instructions {
+                ctx.out.say(format!("  {}", format_entry(e)));
+            }
+        }
+        if !notices.is_empty() {
+            if !texts.is_empty() || !instructions.is_empty() {
                 ctx.out.say("");
             }
             ctx.out.say(format!("Notices ({}{what})", notices.len()));
@@ -570,10 +646,15 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
     let marked = marked.map_err(|e| CliError::from_client(e, Some(&at)))?;
     finished?;
     let new_texts = unread.iter().filter(|e| e.kind == EntryKind::Text).count();
+    let new_instructions = unread
+        .iter()
+        .filter(|e| e.kind == EntryKind::Instruction)
+        .count();
     ctx.out.json_line(json!({
         "event": "inbox",
         "new_messages": new_texts,
-        "new_notices": unread.len() - new_texts,
+        "new_instructions": new_instructions,
+        "new_notices": unread.len() - new_texts - new_instructions,
         "marked_read": marked,
     }));
     if marked > 0 {

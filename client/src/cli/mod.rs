@@ -18,6 +18,33 @@ use crate::{Command, GlobalArgs};
 use error::CliError;
 use output::Out;
 
+/// `--instruction` of `sealpost send`: what kind of instruction the text is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum InstructionArg {
+    /// Pay an amount to a third party.
+    Payment,
+    /// Withdraw funds to your own external account.
+    Withdrawal,
+    /// Move funds or assets between your accounts or positions.
+    Transfer,
+    /// Change a standing instruction (a payout address, a beneficiary, a recurring payment).
+    StandingInstructionChange,
+}
+
+impl InstructionArg {
+    /// The protocol's category.
+    pub fn to_protocol(self) -> sealpost_protocol::content::InstructionCategory {
+        use sealpost_protocol::content::InstructionCategory as C;
+        match self {
+            Self::Payment => C::Payment,
+            Self::Withdrawal => C::Withdrawal,
+            Self::Transfer => C::Transfer,
+            Self::StandingInstructionChange => C::StandingInstructionChange,
+        }
+    }
+}
+
 /// Everything a command needs besides its own arguments.
 pub struct Ctx {
     /// The profile directory.

@@ -62,7 +62,10 @@ impl Out {
             return Ok(());
         }
         match event {
-            Event::Message { entry } | Event::Notice { entry } | Event::Synced { entry } => {
+            Event::Message { entry }
+            | Event::Notice { entry }
+            | Event::Instruction { entry }
+            | Event::Synced { entry } => {
                 println!("{}", format_entry(entry));
             }
             Event::Receipt {
@@ -93,10 +96,19 @@ impl Out {
                 message_id,
                 reason,
             } => {
-                eprintln!(
-                    "note: dropped message {message_id} from device {device}: {}",
-                    display::line(reason)
-                );
+                if reason.contains("on probation") {
+                    // A sensitive kind (an instruction, an approval) from a device in its
+                    // cooling-off: possibly a device added behind the account's back.
+                    eprintln!(
+                        "WARNING: REFUSED message {message_id} from device {device}: {}",
+                        display::line(reason)
+                    );
+                } else {
+                    eprintln!(
+                        "note: dropped message {message_id} from device {device}: {}",
+                        display::line(reason)
+                    );
+                }
             }
             Event::PreKeysPublished {
                 one_time,
@@ -340,6 +352,18 @@ pub fn format_entry(e: &HistoryEntry) -> String {
         (EntryKind::Text, Direction::In) => format!("[{when}] {}: {}", e.peer, indent(&e.body)),
         (EntryKind::Text, Direction::Out) => {
             format!("[{when}] you -> {}: {}{status}", e.peer, indent(&e.body))
+        }
+        (EntryKind::Instruction, d) => {
+            let who = if d == Direction::In {
+                format!("from {}", e.peer)
+            } else {
+                format!("you -> {}", e.peer)
+            };
+            let category = e.instruction.map_or("instruction", |c| c.name());
+            format!(
+                "[{when}] INSTRUCTION [{category}] {who}{status}\n      {}",
+                indent(&e.body)
+            )
         }
         (EntryKind::Notice, d) => {
             let title = display::line(e.title.as_deref().unwrap_or(""));

@@ -11,14 +11,9 @@ use std::sync::Arc;
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind};
 use sealpost_protocol::identity::{AccountId, PublicIdentity};
 use sealpost_protocol::trust::{
-<<<<<<< HEAD
-    DeviceAction, DeviceLog, EntryAuthorization, EntryBody, LinkChallenge, LinkCommitment,
-    LinkNonce, LogEntry, NoticeAudience, SignedNotice, SignedRoster, MAX_SIGNED_ROSTER_LEN,
-=======
     ApprovalBundle, DeviceAction, DeviceLog, EntryAuthorization, EntryBody, LinkChallenge,
-    LogEntry, NoticeAudience, RosterAuthorization, SignedNotice, SignedRoster,
-    MAX_SIGNED_ROSTER_LEN,
->>>>>>> trustfix
+    LinkCommitment, LinkNonce, LogEntry, NoticeAudience, RosterAuthorization, SignedNotice,
+    SignedRoster, MAX_SIGNED_ROSTER_LEN,
 };
 use sealpost_protocol::wire::{
     link_signature_message, BoundedVec, ErrorCode, FrameBody, LogLength, Role,
@@ -485,8 +480,12 @@ impl<S: Store> Relay<S> {
         from_seq: u64,
     ) -> Handled {
         if account != me.account && !is_staff(me.role) {
-            // Clients read the logs of the accounts they may reach (their advisors).
-            if let Err(h) = self.authorize_account(me, id, &account).await {
+            // Clients read the logs of the accounts they may reach (their advisors), and
+            // those of the roster's staff, who sign notices (`relay/directory.rs`).
+            if let Err(h) = self
+                .authorize_directory(me, id, &account, super::directory::DirectoryRead::Devices)
+                .await
+            {
                 return h;
             }
         } else {
@@ -930,7 +929,11 @@ impl<S: Store> Relay<S> {
                 "the recipient is not in the notice's audience",
             );
         }
-        match self.prepare_envelope(ctx, me, id, envelope).await {
+        let any_client = matches!(h.audience, NoticeAudience::AllClients);
+        match self
+            .prepare_envelope(ctx, me, id, envelope, any_client)
+            .await
+        {
             Ok(p) => {
                 let h = self.commit_send(p).await;
                 if matches!(

@@ -316,6 +316,24 @@ impl AccountStore for MemoryStore {
         }
         Ok(out.into_iter().collect())
     }
+
+    async fn clients_after(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        let g = self.lock()?;
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(a.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(g.accounts
+            .range((from, std::ops::Bound::Unbounded))
+            .filter(|(_, r)| r.role == Role::Client)
+            .take(limit)
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
 }
 
 impl TrustStore for MemoryStore {

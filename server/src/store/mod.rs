@@ -254,6 +254,13 @@ pub trait AccountStore: Send + Sync + 'static {
         &self,
         account: &AccountId,
     ) -> impl Future<Output = Result<Vec<AccountId>, StoreError>> + Send;
+    /// Client accounts with an id after `after` (all when `None`), ascending by id (byte
+    /// order), at most `limit` of them.
+    fn clients_after(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AccountId>, StoreError>> + Send;
 }
 
 /// The prekey directory.

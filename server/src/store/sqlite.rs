@@ -1294,6 +1294,30 @@ impl AccountStore for SqliteStore {
         })
         .await
     }
+
+    async fn clients_after(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        // Account ids are non-empty, so "" sorts before every one of them.
+        let after = after.map_or_else(String::new, |a| a.as_str().to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT id FROM accounts WHERE role = 'client' AND id > ?1
+                     ORDER BY id LIMIT ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![after, limit], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.into_iter().map(parse_account).collect()
+        })
+        .await
+    }
 }
 
 // ---------------------------------------------------------------------------------------
