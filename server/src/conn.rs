@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 use crate::hub::{Push, Subscription, PUSH_OVERHEAD_BYTES};
 use crate::metrics as m;
-use crate::relay::{Authenticated, ConnCtx, Handled, Relay};
+use crate::relay::{Authenticated, ConnCtx, DeliveredSeqs, Handled, Relay};
 use crate::store::Store;
 
 /// Encoded bytes queued for the peer after which producers wait for the writer.
@@ -339,11 +339,7 @@ pub async fn serve<S: Store>(
                     // Every copy of the id delivered here is acknowledged at once (the
                     // client drops the others by id anyway), and each gives its window
                     // slot back whatever the store answers.
-                    let seqs = delivery
-                        .as_ref()
-                        .map(|d| d.take_acked(&message_id))
-                        .unwrap_or_default();
-                    if !seqs.is_empty() {
+                    if let Some(seqs) = delivery.as_ref().and_then(|d| d.take_acked(&message_id)) {
                         in_flight.push_back(Box::pin(
                             relay_ref.commit_acks(me.device, frame.id, message_id, seqs),
                         ));
@@ -478,33 +474,45 @@ async fn write_loop(mut send: quinn::SendStream, outbox: Arc<Outbox>) {
 /// own slot.
 #[derive(Debug, Default)]
 struct Unacked {
-    by_seq: std::collections::BTreeMap<u64, MessageId>,
-    by_id: HashMap<MessageId, Vec<u64>>,
+    /// The (first) delivery of each id: the common case, one number, no allocation.
+    first: HashMap<MessageId, u64>,
+    /// Further deliveries of an id already in `first` (rare: repeats and resends).
+    more: HashMap<MessageId, Vec<u64>>,
+    len: usize,
 }
 
 impl Unacked {
     /// Record a delivery; false if `seq` is already in flight here (it holds a slot).
     fn insert(&mut self, seq: u64, id: MessageId) -> bool {
-        if self.by_seq.insert(seq, id).is_some() {
-            return false;
+        match self.first.get(&id) {
+            None => {
+                self.first.insert(id, seq);
+            }
+            Some(&s) if s == seq => return false,
+            Some(_) => {
+                let more = self.more.entry(id).or_default();
+                if more.contains(&seq) {
+                    return false;
+                }
+                more.push(seq);
+            }
         }
-        self.by_id.entry(id).or_default().push(seq);
+        self.len += 1;
         true
     }
 
     /// Every delivery of `id`, removed (their slots are given back once the store has
-    /// answered their acknowledgement).
-    fn take(&mut self, id: &MessageId) -> Vec<u64> {
-        let seqs = self.by_id.remove(id).unwrap_or_default();
-        for seq in &seqs {
-            self.by_seq.remove(seq);
-        }
-        seqs
+    /// answered their acknowledgement); None if there is none.
+    fn take(&mut self, id: &MessageId) -> Option<DeliveredSeqs> {
+        let first = self.first.remove(id)?;
+        let more = self.more.remove(id).unwrap_or_default();
+        self.len -= 1 + more.len();
+        Some(DeliveredSeqs { first, more })
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.by_seq.len()
+        self.len
     }
 }
 
@@ -565,7 +573,7 @@ impl Delivery {
     /// The sequence numbers `id` was delivered under on this connection and not yet
     /// acknowledged, taken out of the in-flight set; each still holds its window slot
     /// until [`Delivery::release`].
-    fn take_acked(&self, id: &MessageId) -> Vec<u64> {
+    fn take_acked(&self, id: &MessageId) -> Option<DeliveredSeqs> {
         lock_unacked(&self.inflight).take(id)
     }
 
@@ -863,10 +871,10 @@ mod tests {
         // The same number again is not a new delivery.
         assert!(!u.insert(9, x));
         assert_eq!(u.len(), 3);
-        assert_eq!(u.take(&x), [5, 9]);
-        assert!(u.take(&x).is_empty(), "a repeated ack finds nothing");
+        assert_eq!(u.take(&x).unwrap().iter().collect::<Vec<_>>(), [5, 9]);
+        assert!(u.take(&x).is_none(), "a repeated ack finds nothing");
         assert_eq!(u.len(), 1);
-        assert_eq!(u.take(&y), [6]);
+        assert_eq!(u.take(&y).unwrap().iter().collect::<Vec<_>>(), [6]);
         assert_eq!(u.len(), 0);
     }
 

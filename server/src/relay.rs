@@ -179,6 +179,33 @@ pub struct PreparedSend {
     started: Instant,
 }
 
+/// The sequence numbers one message id was delivered under on a connection and not yet
+/// acknowledged there: almost always one, without an allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveredSeqs {
+    /// The first delivery.
+    pub first: u64,
+    /// Any further deliveries of the same id (repeats, resends).
+    pub more: Vec<u64>,
+}
+
+impl DeliveredSeqs {
+    /// How many.
+    pub fn len(&self) -> usize {
+        1 + self.more.len()
+    }
+
+    /// Never empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// All of them, the first first.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        std::iter::once(self.first).chain(self.more.iter().copied())
+    }
+}
+
 /// What the shell must do after a frame.
 #[derive(Debug, Default)]
 pub struct Handled {
@@ -907,13 +934,13 @@ impl<S: Store> Relay<S> {
         device: DeviceId,
         id: u64,
         message_id: MessageId,
-        seqs: Vec<u64>,
+        seqs: DeliveredSeqs,
     ) -> Handled {
         let mut out = Handled {
             released: seqs.len(),
             ..Handled::default()
         };
-        for seq in seqs {
+        for seq in seqs.iter() {
             match self.store.ack(&device, &message_id, seq).await {
                 Ok(true) => metrics::counter!(m::ENVELOPES_ACKED).increment(1),
                 Ok(false) => {}
