@@ -371,6 +371,10 @@ pub enum Event {
         message_id: MessageId,
         /// Why.
         reason: String,
+        /// A sensitive kind (an instruction, an approval, a device change) refused because
+        /// of its sender (on probation, frozen, not in the account's log): possibly a
+        /// device added behind the account's back, to be shown loudly.
+        alarm: bool,
     },
     /// Fresh prekeys were published.
     PreKeysPublished {
@@ -1465,6 +1469,15 @@ impl Client {
         envelope: &Envelope,
         reason: String,
     ) -> Result<Vec<Event>, ClientError> {
+        self.reject_as(envelope, reason, false).await
+    }
+
+    async fn reject_as(
+        &mut self,
+        envelope: &Envelope,
+        reason: String,
+        alarm: bool,
+    ) -> Result<Vec<Event>, ClientError> {
         let id = envelope.header.message_id;
         self.remember(id);
         self.pending_acks.push(id);
@@ -1472,6 +1485,7 @@ impl Client {
             device: envelope.header.sender,
             message_id: id,
             reason,
+            alarm,
         }])
     }
 
@@ -1540,7 +1554,10 @@ impl Client {
         };
         match self.check_sender(&message.from, sender, rule_kind).await {
             Ok(evs) => events.extend(evs),
-            Err(reason) => return self.reject(&envelope, reason).await,
+            Err(reason) => {
+                let alarm = rule_kind.is_sensitive();
+                return self.reject_as(&envelope, reason, alarm).await;
+            }
         }
         // The header's kind is what the relay enforced its rules on (probation, frozen
         // accounts, `send_notice` for notices): content must travel under exactly the kind

@@ -473,46 +473,29 @@ async fn write_loop(mut send: quinn::SendStream, outbox: Arc<Outbox>) {
 /// a resend with another timestamp, which is a new envelope), and each delivery holds its
 /// own slot.
 #[derive(Debug, Default)]
-struct Unacked {
-    /// The (first) delivery of each id: the common case, one number, no allocation.
-    first: HashMap<MessageId, u64>,
-    /// Further deliveries of an id already in `first` (rare: repeats and resends).
-    more: HashMap<MessageId, Vec<u64>>,
-    len: usize,
-}
+struct Unacked(HashMap<MessageId, DeliveredSeqs>);
 
 impl Unacked {
     /// Record a delivery; false if `seq` is already in flight here (it holds a slot).
     fn insert(&mut self, seq: u64, id: MessageId) -> bool {
-        match self.first.get(&id) {
-            None => {
-                self.first.insert(id, seq);
+        match self.0.entry(id) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(DeliveredSeqs::new(seq));
+                true
             }
-            Some(&s) if s == seq => return false,
-            Some(_) => {
-                let more = self.more.entry(id).or_default();
-                if more.contains(&seq) {
-                    return false;
-                }
-                more.push(seq);
-            }
+            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().add(seq),
         }
-        self.len += 1;
-        true
     }
 
     /// Every delivery of `id`, removed (their slots are given back once the store has
     /// answered their acknowledgement); None if there is none.
     fn take(&mut self, id: &MessageId) -> Option<DeliveredSeqs> {
-        let first = self.first.remove(id)?;
-        let more = self.more.remove(id).unwrap_or_default();
-        self.len -= 1 + more.len();
-        Some(DeliveredSeqs { first, more })
+        self.0.remove(id)
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.len
+        self.0.values().map(DeliveredSeqs::count).sum()
     }
 }
 

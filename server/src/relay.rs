@@ -184,20 +184,32 @@ pub struct PreparedSend {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeliveredSeqs {
     /// The first delivery.
-    pub first: u64,
+    first: u64,
     /// Any further deliveries of the same id (repeats, resends).
-    pub more: Vec<u64>,
+    more: Vec<u64>,
 }
 
 impl DeliveredSeqs {
-    /// How many.
-    pub fn len(&self) -> usize {
-        1 + self.more.len()
+    /// One delivery (no allocation).
+    pub fn new(first: u64) -> Self {
+        Self {
+            first,
+            more: Vec::new(),
+        }
     }
 
-    /// Never empty.
-    pub fn is_empty(&self) -> bool {
-        false
+    /// Add a further delivery; false if `seq` is already among them.
+    pub fn add(&mut self, seq: u64) -> bool {
+        if self.first == seq || self.more.contains(&seq) {
+            return false;
+        }
+        self.more.push(seq);
+        true
+    }
+
+    /// How many (at least one).
+    pub fn count(&self) -> usize {
+        1 + self.more.len()
     }
 
     /// All of them, the first first.
@@ -937,7 +949,7 @@ impl<S: Store> Relay<S> {
         seqs: DeliveredSeqs,
     ) -> Handled {
         let mut out = Handled {
-            released: seqs.len(),
+            released: seqs.count(),
             ..Handled::default()
         };
         for seq in seqs.iter() {

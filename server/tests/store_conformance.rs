@@ -2684,3 +2684,68 @@ async fn sqlite_bad_data_is_a_backend_error() {
     assert!(store.device(&bob.id).await.unwrap().is_some());
     assert_eq!(store.queue_stats().await.unwrap().count, 1);
 }
+
+/// On SQLite, a copy of a message id staged under another timestamp while the first copy
+/// is still open (it has no per-id entry of its own) is found through its ticket when it
+/// is acknowledged before its batch is written: cancelled like the first, never written,
+/// and nothing of either is left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_untracked_copy_acknowledged_before_commit_is_cancelled() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let store = Arc::new(SqliteStore::open(&db_path(dir.path())).unwrap());
+    let mut rng = rng(43);
+    let (alice, bob) = two_devices(&*store, &mut rng).await;
+    // The acknowledgements race the writer's batch (held for an online recipient): a
+    // bounded number of attempts, until one has both copies cancelled.
+    let mut both_cancelled = false;
+    for _ in 0..10 {
+        let env = envelope(alice.id, bob.id, 300, &mut rng);
+        let id = env.header.message_id;
+        let mut later = env.clone();
+        later.header.timestamp_ms += 1;
+        let before = store.write_stats();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let stage = |e: Envelope| {
+            let (store, tx) = (Arc::clone(&store), tx.clone());
+            tokio::spawn(async move {
+                store
+                    .enqueue_with(
+                        Arc::new(e),
+                        T0 + HOUR,
+                        ROOMY,
+                        Box::new(move |seq| {
+                            let _ = tx.send(seq);
+                            true
+                        }),
+                    )
+                    .await
+            })
+        };
+        let first = stage(env);
+        let s1 = rx.recv().await.unwrap();
+        let second = stage(later);
+        let s2 = rx.recv().await.unwrap();
+        assert_ne!(s1, s2, "another timestamp is another envelope");
+        let (a1, a2) = tokio::join!(store.ack(&bob.id, &id, s1), store.ack(&bob.id, &id, s2));
+        assert!(a1.unwrap() && a2.unwrap());
+        for staged in [first, second] {
+            assert!(!staged.await.unwrap().unwrap().duplicate);
+        }
+        assert!(store.pending(&bob.id, 0, 10).await.unwrap().is_empty());
+        assert_eq!(store.queue_stats().await.unwrap(), QueueStats::default());
+        if store.write_stats().cancelled - before.cancelled == 2 {
+            both_cancelled = true;
+            break;
+        }
+    }
+    assert!(
+        both_cancelled,
+        "in ten attempts the acknowledgements never both arrived while the batch was open"
+    );
+    drop(store);
+    let conn = rusqlite::Connection::open(db_path(dir.path())).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT COUNT(*) FROM envelopes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0, "no copy acknowledged before its batch was written");
+}

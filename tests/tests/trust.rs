@@ -811,6 +811,21 @@ fn rejected(events: &[Event]) -> Vec<String> {
         .collect()
 }
 
+/// The reasons of refusals raised as alarms (a sensitive kind refused for its sender).
+fn alarmed(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Rejected {
+                reason,
+                alarm: true,
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The envelope kind in the routing header is what the relay applies its rules to
 /// (probation, frozen accounts, `send_notice` for notices); the content must travel under
 /// exactly the kind it requires. A probation device's approval relabelled as chat passes
@@ -851,7 +866,7 @@ async fn content_under_another_envelope_kind_is_refused_and_reported() {
         .await
         .expect("the relay accepts a chat from a device on probation");
     let got = phone.receive(true, QUIET).await.unwrap();
-    let reasons = rejected(&got);
+    let reasons = alarmed(&got);
     assert!(
         reasons
             .iter()
@@ -1804,7 +1819,7 @@ async fn instructions_are_refused_from_a_device_on_probation_and_shown_apart_oth
     for (who, client) in [("advisor", &mut adv), ("phone", &mut phone)] {
         let got = client.receive(true, QUIET).await.unwrap();
         assert!(
-            rejected(&got)
+            alarmed(&got)
                 .iter()
                 .any(|r| r.contains("on probation") && r.contains("Instruction")),
             "{who}: {got:?}"

@@ -338,22 +338,29 @@ fn read_stdin_text() -> Result<String, CliError> {
     Ok(buf.trim_end_matches('\n').to_owned())
 }
 
-async fn send(ctx: &Ctx, to: &str, text: &str) -> Result<(), CliError> {
-    let to = account_arg(to)?;
+/// The text argument of `send` (`-`: standard input), refused when empty or longer than
+/// [`MAX_TEXT_LEN`]; `what` names it in the error.
+fn text_arg(text: &str, what: &str) -> Result<String, CliError> {
     let text = if text == "-" {
         read_stdin_text()?
     } else {
         text.to_owned()
     };
     if text.trim().is_empty() {
-        return Err(CliError::usage("the message is empty"));
+        return Err(CliError::usage(format!("the {what} is empty")));
     }
     if text.len() > MAX_TEXT_LEN {
         return Err(CliError::usage(format!(
-            "the message is {} bytes; at most {MAX_TEXT_LEN} fit",
+            "the {what} is {} bytes; at most {MAX_TEXT_LEN} fit",
             text.len()
         )));
     }
+    Ok(text)
+}
+
+async fn send(ctx: &Ctx, to: &str, text: &str) -> Result<(), CliError> {
+    let to = account_arg(to)?;
+    let text = text_arg(text, "message")?;
     let mut client = open_enrolled(ctx)?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
@@ -386,20 +393,7 @@ async fn send_instruction(
     text: &str,
 ) -> Result<(), CliError> {
     let to = account_arg(to)?;
-    let text = if text == "-" {
-        read_stdin_text()?
-    } else {
-        text.to_owned()
-    };
-    if text.trim().is_empty() {
-        return Err(CliError::usage("the instruction is empty"));
-    }
-    if text.len() > MAX_TEXT_LEN {
-        return Err(CliError::usage(format!(
-            "the instruction is {} bytes; at most {MAX_TEXT_LEN} fit",
-            text.len()
-        )));
-    }
+    let text = text_arg(text, "instruction")?;
     let category = category.to_protocol();
     let mut client = open_enrolled(ctx)?;
     connect(ctx, &mut client).await?;

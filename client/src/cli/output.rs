@@ -95,10 +95,11 @@ impl Out {
                 device,
                 message_id,
                 reason,
+                alarm,
             } => {
-                if reason.contains("on probation") {
-                    // A sensitive kind (an instruction, an approval) from a device in its
-                    // cooling-off: possibly a device added behind the account's back.
+                if *alarm {
+                    // A sensitive kind (an instruction, an approval) refused for its
+                    // sender: possibly a device added behind the account's back.
                     eprintln!(
                         "WARNING: REFUSED message {message_id} from device {device}: {}",
                         display::line(reason)

@@ -9,13 +9,13 @@
 //! else: no allocation, no channel, no copy. Per batch (everything encoded while the
 //! writer was busy) it costs one wake of the writer at most and one `write_chunk`.
 
-use sealpost_protocol::codec;
-use sealpost_protocol::wire::{Frame, FRAME_PREFIX_LEN, MAX_FRAME_LEN};
+use sealpost_protocol::wire::{encode_frame_into, Frame};
 use sealpost_protocol::EncodeError;
 
 /// Bytes of encoded frames a connection holds for its writer task before callers wait.
 /// A caller is let in while the buffer holds less than this, so it can reach this plus one
-/// frame (at most [`FRAME_PREFIX_LEN`] + [`MAX_FRAME_LEN`], or one `send_raw` payload).
+/// frame (at most [`FRAME_PREFIX_LEN`](sealpost_protocol::wire::FRAME_PREFIX_LEN) +
+/// [`MAX_FRAME_LEN`](sealpost_protocol::wire::MAX_FRAME_LEN), or one `send_raw` payload).
 pub const OUTBOX_BYTES: usize = 1024 * 1024;
 
 /// Smallest capacity a fresh batch buffer gets.
@@ -150,36 +150,11 @@ impl OutBuffer {
     }
 }
 
-/// [`sealpost_protocol::wire::encode_frame`], appending to `out` instead of allocating:
-/// the same bytes (a test checks it). On an error `out` is left as it was.
-pub(super) fn encode_frame_into(frame: &Frame, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    let start = out.len();
-    out.extend_from_slice(&[0u8; FRAME_PREFIX_LEN]);
-    if let Err(e) = codec::encode_into("frame", frame, out) {
-        out.truncate(start);
-        return Err(e);
-    }
-    let len = out.len() - start - FRAME_PREFIX_LEN;
-    let prefix = match u32::try_from(len) {
-        Ok(p) if len <= MAX_FRAME_LEN => p,
-        _ => {
-            out.truncate(start);
-            return Err(EncodeError::TooLarge {
-                what: "frame",
-                got: len,
-                max: MAX_FRAME_LEN,
-            });
-        }
-    };
-    out[start..start + FRAME_PREFIX_LEN].copy_from_slice(&prefix.to_be_bytes());
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use sealpost_protocol::envelope::MessageId;
-    use sealpost_protocol::wire::{self, FrameBody, FrameReader};
+    use sealpost_protocol::wire::{self, FrameBody, FrameReader, FRAME_PREFIX_LEN, MAX_FRAME_LEN};
 
     fn ack(n: u8) -> Frame {
         Frame::new(

@@ -239,7 +239,14 @@ impl Batch {
             }
             out.push(Found::Written);
             if i.cancelled {
-                insert_tombstone(c, h.timestamp_ms as i64, h, i.seq, int(i.expires_ms))?;
+                insert_tombstone(
+                    c,
+                    h.timestamp_ms as i64,
+                    &h.recipient,
+                    &h.message_id,
+                    i.seq,
+                    int(i.expires_ms),
+                )?;
                 continue;
             }
             let size = i.envelope.body.len() as u64;
@@ -269,40 +276,26 @@ impl Batch {
             n.bytes += size;
         }
         for a in &self.acks {
-            let row: Option<(i64, i64, i64, u16, String)> = c
+            let row: Option<(i64, i64, i64)> = c
                 .prepare_cached(
                     "DELETE FROM envelopes WHERE recipient = ?1 AND seq = ?2 AND message_id = ?3
-                     RETURNING size, expires_ms, timestamp_ms, version, sender",
+                     RETURNING size, expires_ms, timestamp_ms",
                 )
                 .and_then(|mut s| {
                     s.query_row(
                         params![dev(&a.recipient), int(a.seq), msg(&a.message_id)],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()
                 })
                 .map_err(backend)?;
-            let Some((size, expires, timestamp_ms, _, _)) = row else {
+            let Some((size, expires, timestamp_ms)) = row else {
                 out.push(Found::Acked(false));
                 continue;
             };
             out.push(Found::Acked(true));
             let size = uint(size, "size")?;
-            c.prepare_cached(
-                "INSERT INTO delivered (timestamp_ms, recipient, message_id, seq, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (timestamp_ms, recipient, message_id) DO NOTHING",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    timestamp_ms,
-                    dev(&a.recipient),
-                    msg(&a.message_id),
-                    int(a.seq),
-                    expires
-                ])
-            })
-            .map_err(backend)?;
+            insert_tombstone(c, timestamp_ms, &a.recipient, &a.message_id, a.seq, expires)?;
             let n = counters.get(c, &a.recipient)?;
             n.count = n.count.saturating_sub(1);
             n.bytes = n.bytes.saturating_sub(size);
@@ -430,7 +423,8 @@ fn load_counters(c: &Connection, device: &DeviceId) -> Result<Option<Counters>, 
 fn insert_tombstone(
     c: &Connection,
     timestamp_ms: i64,
-    h: &RoutingHeader,
+    recipient: &DeviceId,
+    message_id: &MessageId,
     seq: u64,
     expires_ms: i64,
 ) -> Result<(), StoreError> {
@@ -443,8 +437,8 @@ fn insert_tombstone(
         s.execute(params![
             // Stored bit for bit (the sender's clock), as in `envelopes`.
             timestamp_ms,
-            dev(&h.recipient),
-            msg(&h.message_id),
+            dev(recipient),
+            msg(message_id),
             int(seq),
             expires_ms
         ])
@@ -510,8 +504,9 @@ struct MailboxState {
     in_flight: (u64, u64),
     /// Set after a failed commit: reload before use.
     stale: bool,
-    /// Staged, not acknowledged, not yet committed: what `pending` adds to the database.
-    staged: BTreeMap<u64, Arc<Envelope>>,
+    /// Staged, not acknowledged, not yet committed: what `pending` adds to the database,
+    /// by sequence number, with the writer ticket of its insert.
+    staged: BTreeMap<u64, (u64, Arc<Envelope>)>,
     /// Every message id with work staged or being written.
     ids: HashMap<MessageId, IdState>,
 }
@@ -633,11 +628,9 @@ impl Mailboxes {
         // Another envelope with this id is in flight (another timestamp, or an
         // acknowledgement of one on disk): this one is staged without an entry in `ids`,
         // and the writer tells whether it is a repeat of what is on disk.
-        let untracked = mb
-            .ids
-            .get(&message_id)
-            .is_some_and(|st| st.timestamp_ms != Some(timestamp_ms));
-        if let Some(st) = mb.ids.get(&message_id).filter(|_| !untracked) {
+        let tracked = mb.ids.get(&message_id);
+        let untracked = tracked.is_some_and(|st| st.timestamp_ms != Some(timestamp_ms));
+        if let Some(st) = tracked.filter(|_| !untracked) {
             // In flight: a repeat, durable with the original.
             return Ok(Staged {
                 value: Enqueued {
@@ -703,7 +696,7 @@ impl Mailboxes {
                 },
             );
         }
-        mb.staged.insert(seq, envelope.clone());
+        mb.staged.insert(seq, (ticket, envelope.clone()));
         inner.stats.staged += 1;
         let online = on_staged(seq);
         // Held for an online recipient's acknowledgement; otherwise it shares the next
@@ -813,7 +806,14 @@ impl Mailboxes {
         message_id: &MessageId,
         seq: u64,
     ) -> Staged<bool> {
-        let open = inner.open.iter_mut().flatten().find(|i| {
+        // Found through its ticket, not by a scan of everything open: this runs under
+        // the lock every send and ack takes, for as many copies as a sender makes.
+        let ticket = inner
+            .boxes
+            .get(device)
+            .and_then(|mb| mb.staged.get(&seq))
+            .map(|(ticket, _)| *ticket);
+        let open = ticket.and_then(|t| inner.open_mut(t)).filter(|i| {
             i.seq == seq
                 && !i.cancelled
                 && i.envelope.header.recipient == *device
@@ -867,18 +867,25 @@ impl Mailboxes {
     /// Staged envelopes of `device` after `after_seq` (at most `limit`), to merge with
     /// what the database holds. Read this before the database (module documentation).
     pub(super) fn staged(&self, device: &DeviceId, after_seq: u64, limit: usize) -> Vec<Pending> {
-        let Ok(g) = self.inner.lock() else {
-            return Vec::new();
+        // Only the `Arc`s under the lock; the bodies are copied after it is released.
+        let shared: Vec<(u64, Arc<Envelope>)> = {
+            let Ok(g) = self.inner.lock() else {
+                return Vec::new();
+            };
+            let Some(mb) = g.boxes.get(device) else {
+                return Vec::new();
+            };
+            mb.staged
+                .range(after_seq.saturating_add(1)..)
+                .take(limit)
+                .map(|(seq, (_, e))| (*seq, e.clone()))
+                .collect()
         };
-        let Some(mb) = g.boxes.get(device) else {
-            return Vec::new();
-        };
-        mb.staged
-            .range(after_seq.saturating_add(1)..)
-            .take(limit)
+        shared
+            .into_iter()
             .map(|(seq, e)| Pending {
-                seq: *seq,
-                envelope: Envelope::clone(e),
+                seq,
+                envelope: Envelope::clone(&e),
             })
             .collect()
     }
