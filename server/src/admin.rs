@@ -10,7 +10,7 @@ use crate::relay::{enrollment_code_hash, unix_ms};
 use crate::store::{AccountRecord, AccountStore, DeviceRecord, StoreError};
 
 /// Alphabet of enrolment codes: Crockford base32 (no I, L, O, U), easy to read aloud.
-const CODE_ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+pub const CODE_ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /// Characters in a code (20 x 5 bits = 100 bits of entropy).
 pub const CODE_CHARS: usize = 20;
 /// Default lifetime of an enrolment code.
@@ -149,5 +149,32 @@ mod tests {
         assert!(a
             .split('-')
             .all(|g| g.len() == 5 && g.bytes().all(|c| CODE_ALPHABET.contains(&c))));
+    }
+
+    #[test]
+    fn typed_codes_are_read_as_crockford_decoders_read_them() {
+        use crate::relay::{enrollment_code_hash, normalize_enrollment_code};
+        let issued = "7K2QM-9XH4T-P3WZR-B8N6D";
+        let h = enrollment_code_hash(issued);
+        for typed in [
+            "7K2QM9XH4TP3WZRB8N6D",
+            "7k2qm9xh4tp3wzrb8n6d",
+            " 7K2QM-9XH4T P3WZR-B8N6D ",
+            "7K-2QM9XH4TP3WZR-B8N6D",
+        ] {
+            assert_eq!(enrollment_code_hash(typed), h, "{typed}");
+        }
+        // I and L read as 1, O as 0.
+        assert_eq!(
+            normalize_enrollment_code("1OA2B-3C4D5-E6F7G-H8J9K"),
+            normalize_enrollment_code("I0A2B3C4D5E6F7GH8J9K")
+        );
+        assert_eq!(
+            normalize_enrollment_code("lOA2B3C4D5E6F7GH8J9K"),
+            "10A2B-3C4D5-E6F7G-H8J9K"
+        );
+        // Wrong length or a character outside the alphabet: hashed as typed, matches nothing.
+        assert_ne!(enrollment_code_hash("7K2QM9XH4TP3WZRB8N6"), h);
+        assert_ne!(enrollment_code_hash("7K2QM9XH4TP3WZRB8N6U"), h);
     }
 }

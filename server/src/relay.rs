@@ -32,7 +32,9 @@ use crate::trust::{refusal_label, refusal_message, AccountTrust, SenderTrust, Tr
 
 /// Domain label under which enrolment codes are hashed for storage.
 pub const ENROLLMENT_CODE_LABEL: &[u8] = b"Sealpost_EnrollCode_v1";
-/// How long a per-connection policy answer is trusted, milliseconds.
+/// How long a per-connection policy answer (assignment, role) is trusted, milliseconds.
+/// A recipient's revoked state is never taken from this cache once a revocation happened
+/// after the answer was cached ([`Relay::revocation_epoch`]).
 const POLICY_CACHE_MS: u64 = 30_000;
 /// Most entries in a connection's policy cache.
 const POLICY_CACHE_MAX: usize = 4096;
@@ -45,14 +47,49 @@ pub fn unix_ms() -> u64 {
 }
 
 /// Hash of an enrolment code as stored.
+///
+/// Codes are issued as 20 Crockford base32 characters in groups of five
+/// (`7K2QM-9XH4T-P3WZR-B8N6D`, [`crate::admin::generate_code`]) and stored as the hash of
+/// that grouped form. What a person types is read the way Crockford decoders read it
+/// (docs/PROTOCOL.md §12.2): hyphens and whitespace ignored, letters case-insensitive, `I`
+/// and `L` read as `1`, `O` as `0`. Input that is then 20 characters of the alphabet is
+/// hashed in the grouped form, so `7k2qm9xh4tp3wzrb8n6d` redeems `7K2QM-9XH4T-P3WZR-B8N6D`;
+/// anything else is hashed as typed (upper-cased, whitespace removed) and matches no code.
 pub fn enrollment_code_hash(code: &str) -> [u8; 32] {
-    let normalized: String = code
-        .trim()
+    let normalized = normalize_enrollment_code(code);
+    sealpost_protocol::crypto::sha256(&[ENROLLMENT_CODE_LABEL, normalized.as_bytes()])
+}
+
+/// The grouped, upper-case form of a typed enrolment code (see [`enrollment_code_hash`]).
+pub fn normalize_enrollment_code(code: &str) -> String {
+    let typed: String = code
         .chars()
         .filter(|c| !c.is_whitespace())
         .map(|c| c.to_ascii_uppercase())
         .collect();
-    sealpost_protocol::crypto::sha256(&[ENROLLMENT_CODE_LABEL, normalized.as_bytes()])
+    let symbols: Option<Vec<char>> = typed
+        .chars()
+        .filter(|c| *c != '-')
+        .map(|c| match c {
+            'I' | 'L' => Some('1'),
+            'O' => Some('0'),
+            c if c.is_ascii() && crate::admin::CODE_ALPHABET.contains(&(c as u8)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    match symbols {
+        Some(s) if s.len() == crate::admin::CODE_CHARS => {
+            let mut out = String::with_capacity(s.len() + s.len() / 5);
+            for (i, c) in s.into_iter().enumerate() {
+                if i > 0 && i % 5 == 0 {
+                    out.push('-');
+                }
+                out.push(c);
+            }
+            out
+        }
+        _ => typed,
+    }
 }
 
 struct Limiters {
@@ -80,6 +117,9 @@ pub struct Relay<S: Store> {
     links: Mutex<LinkRegistry>,
     limiters: Mutex<Limiters>,
     started: Instant,
+    /// Bumped after every device-log append that revokes a device, once it is durable:
+    /// per-connection caches of recipients read before it are stale.
+    revocations: std::sync::atomic::AtomicU64,
 }
 
 /// An authenticated device on a connection.
@@ -114,6 +154,8 @@ struct PeerInfo {
     allowed: Result<(), String>,
     revoked: bool,
     expires_ms: u64,
+    /// [`Relay::revocation_epoch`] when this was read: a later revocation invalidates it.
+    epoch: u64,
 }
 
 /// Per-connection state the handlers need.
@@ -343,7 +385,21 @@ impl<S: Store> Relay<S> {
             config,
             limiters: Mutex::new(limiters),
             started: Instant::now(),
+            revocations: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many revoking device-log appends this relay has made durable (see
+    /// [`Relay::revoked_devices`]); a cached recipient read at an older epoch is read again.
+    pub fn revocation_epoch(&self) -> u64 {
+        self.revocations.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Record that a durable device-log append revoked devices (called after the store
+    /// committed it, before the relay answers).
+    pub(crate) fn revoked_devices(&self) {
+        self.revocations
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Use `blobs` for attachment blobs (instead of the in-memory store `new` sets up).
@@ -747,8 +803,9 @@ impl<S: Store> Relay<S> {
         device: &DeviceId,
     ) -> Result<Option<PeerInfo>, StoreError> {
         let now = self.mono_ms();
+        let epoch = self.revocation_epoch();
         if let Some(p) = ctx.peers.get(device) {
-            if p.expires_ms > now {
+            if p.expires_ms > now && p.epoch == epoch {
                 return Ok(Some(p.clone()));
             }
         }
@@ -763,6 +820,7 @@ impl<S: Store> Relay<S> {
             allowed,
             revoked: rec.revoked,
             expires_ms: now + POLICY_CACHE_MS,
+            epoch,
         };
         if ctx.peers.len() >= POLICY_CACHE_MAX {
             ctx.peers.retain(|_, p| p.expires_ms > now);

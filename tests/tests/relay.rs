@@ -290,6 +290,30 @@ async fn enrolment_codes_work_once() {
 }
 
 #[tokio::test]
+async fn enrolment_codes_are_read_without_dashes_and_in_lower_case() {
+    // docs/PROTOCOL.md §12.2: the relay reads a typed code as Crockford decoders do.
+    let relay = memory_relay(|_| {}).await;
+    let acct = relay.account("heidi2", Role::Client).await;
+    let code = relay.code(&acct).await;
+    assert_eq!(code.len(), 23, "issued grouped: {code}");
+    let typed: String = code
+        .chars()
+        .filter(|c| *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let c = relay.connect().await;
+    let first = IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    c.enroll(&first, &acct, &typed).await.unwrap();
+    // Used once, in whichever form.
+    let c2 = relay.connect().await;
+    let second = IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    assert_eq!(
+        refused(c2.enroll(&second, &acct, &code).await),
+        ErrorCode::EnrollmentRefused
+    );
+}
+
+#[tokio::test]
 async fn a_device_cannot_send_as_another() {
     let relay = memory_relay(|_| {}).await;
     let client = relay.account("judy", Role::Client).await;
@@ -1087,4 +1111,116 @@ async fn a_full_auth_failure_table_refuses_new_devices() {
         refused(fail_once(DeviceId([1; 16])).await),
         ErrorCode::AuthFailed
     );
+}
+
+/// The exporter master secrets rustls logs (label `EXPORTER_SECRET`).
+#[derive(Debug, Default)]
+struct ExporterSecrets(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl rustls::KeyLog for ExporterSecrets {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        if label == "EXPORTER_SECRET" {
+            self.0.lock().unwrap().push(secret.to_vec());
+        }
+    }
+    fn will_log(&self, label: &str) -> bool {
+        label == "EXPORTER_SECRET"
+    }
+}
+
+/// RFC 8446 §7.1 HKDF-Expand-Label, with SHA-384 (a 48-byte secret) or SHA-256.
+fn hkdf_expand_label(secret: &[u8], label: &[u8], context: &[u8], len: usize) -> Vec<u8> {
+    let mut info = Vec::new();
+    info.extend_from_slice(&(len as u16).to_be_bytes());
+    info.push((6 + label.len()) as u8);
+    info.extend_from_slice(b"tls13 ");
+    info.extend_from_slice(label);
+    info.push(context.len() as u8);
+    info.extend_from_slice(context);
+    let mut out = vec![0u8; len];
+    if secret.len() == 48 {
+        hkdf::Hkdf::<sha2::Sha384>::from_prk(secret)
+            .unwrap()
+            .expand(&info, &mut out)
+            .unwrap();
+    } else {
+        hkdf::Hkdf::<sha2::Sha256>::from_prk(secret)
+            .unwrap()
+            .expand(&info, &mut out)
+            .unwrap();
+    }
+    out
+}
+
+/// docs/PROTOCOL.md §12: the exporter from the exporter master secret, for implementers
+/// without an exporter API (SHA-384 suites have a 48-byte secret, SHA-256 ones 32).
+fn documented_exporter(exporter_master_secret: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let empty = if exporter_master_secret.len() == 48 {
+        sha2::Sha384::digest(b"").to_vec()
+    } else {
+        sha2::Sha256::digest(b"").to_vec()
+    };
+    let secret = hkdf_expand_label(
+        exporter_master_secret,
+        sealpost_protocol::wire::TLS_EXPORTER_LABEL,
+        &empty,
+        exporter_master_secret.len(),
+    );
+    hkdf_expand_label(&secret, b"exporter", &empty, 32)
+}
+
+#[test]
+fn the_documented_exporter_examples_hold() {
+    let sha256_secret: Vec<u8> = (0u8..32).collect();
+    assert_eq!(
+        hex::encode(documented_exporter(&sha256_secret)),
+        "3261471e56cb800c7202e16e559ffc28b4225037c0196a3e106452f20baf7562"
+    );
+    let sha384_secret: Vec<u8> = (0u8..48).collect();
+    assert_eq!(
+        hex::encode(documented_exporter(&sha384_secret)),
+        "ad0251cbc6f1671f752c7feb374df51f5af247c9a266d063116ec7e16f0c91f1"
+    );
+}
+
+#[tokio::test]
+async fn the_documented_exporter_formula_matches_the_connection() {
+    use rustls_pki_types::pem::PemObject;
+    let relay = memory_relay(|_| {}).await;
+    let ca = rustls_pki_types::CertificateDer::from_pem_file(relay.dir.path().join("certs/ca.pem"))
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![sealpost_protocol::wire::ALPN.to_vec()];
+    let secrets = std::sync::Arc::new(ExporterSecrets::default());
+    tls.key_log = secrets.clone();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint
+        .connect(relay.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let mut live = [0u8; 32];
+    conn.export_keying_material(&mut live, sealpost_protocol::wire::TLS_EXPORTER_LABEL, b"")
+        .unwrap();
+    let logged = secrets.0.lock().unwrap().clone();
+    assert_eq!(logged.len(), 1, "one exporter secret per connection");
+    assert!(
+        [32, 48].contains(&logged[0].len()),
+        "a TLS 1.3 suite's secret: {} bytes",
+        logged[0].len()
+    );
+    let computed = documented_exporter(&logged[0]);
+    assert_eq!(hex::encode(computed), hex::encode(live));
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
 }

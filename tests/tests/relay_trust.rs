@@ -1010,7 +1010,7 @@ async fn link_requests_without_an_offer_lapse_after_the_configured_lifetime() {
 
 #[tokio::test]
 async fn probation_freeze_and_quorum_unfreeze() {
-    let (mut org, relay, staff) = org_relay(30).await;
+    let (mut org, relay, mut staff) = org_relay(30).await;
     let client = relay.account("client1", Role::Client).await;
     relay.assign(&client, &org.staff[3].account).await;
     let mut existing = relay
@@ -1022,6 +1022,27 @@ async fn probation_freeze_and_quorum_unfreeze() {
         )
         .await;
     let mut newer = link_device(&relay, &existing, 32).await;
+    // The assigned advisor reaches the new device, so its connection holds the recipient in
+    // its policy cache. Two envelopes sealed now; the second is sent after the freeze.
+    let mut to_newer = staff[3].session_with(&newer).await;
+    let before_freeze = seal_kind(
+        &mut staff[3],
+        &mut to_newer,
+        newer.id(),
+        EnvelopeKind::Chat,
+        b"welcome",
+    );
+    let after_freeze = seal_kind(
+        &mut staff[3],
+        &mut to_newer,
+        newer.id(),
+        EnvelopeKind::Chat,
+        b"still there?",
+    );
+    assert!(matches!(
+        send(&staff[3], before_freeze).await.unwrap(),
+        FrameBody::Accepted { .. }
+    ));
     // The account's other device and its assigned advisor are told at once.
     assert_eq!(
         next_log_change(&existing.conn).await,
@@ -1074,6 +1095,12 @@ async fn probation_freeze_and_quorum_unfreeze() {
     existing.conn.append_device_log(freeze).await.unwrap();
     // The probation device is revoked: its connection is closed, it cannot come back.
     assert!(closed_by_relay(&newer.conn).await, "connection closed");
+    // No cached answer outlives the revocation: the advisor's connection, which reached the
+    // device seconds ago, is refused at once (the policy cache holds answers for 30 s).
+    assert_eq!(
+        refusal(send(&staff[3], after_freeze).await).0,
+        ErrorCode::NotFound
+    );
     let c = relay.connect().await;
     assert_eq!(
         refused(c.authenticate(&newer.identity).await),

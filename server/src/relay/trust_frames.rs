@@ -638,6 +638,9 @@ impl<S: Store> Relay<S> {
             };
         }
         self.trust.install(snapshot, generation);
+        if !set.revoked.is_empty() {
+            self.revoked_devices();
+        }
         metrics::counter!(m::DEVICE_LOG_APPENDS, "action" => action).increment(1);
         // Close the connections of devices this entry revoked.
         for revoked in &set.revoked {
