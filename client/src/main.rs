@@ -34,7 +34,7 @@ Environment:
 #[derive(Parser)]
 #[command(
     name = "sealpost",
-    version,
+    version = env!("SEALPOST_VERSION"),
     about = "Sealpost: end-to-end encrypted messages between a firm and its clients",
     after_long_help = EXIT_CODES
 )]

@@ -13,10 +13,13 @@
 //!   send rules use, and the pending device-link registry (docs/PROTOCOL.md §19).
 //! * [`tls`]: certificates, the development CA, QUIC configuration.
 //! * [`admin`]: operator actions (accounts, enrolment codes, assignments).
+//! * [`metrics`], [`health`]: Prometheus metrics and the operator's HTTP endpoint
+//!   (`/metrics`, `/healthz`, `/readyz`).
 
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod health;
 pub mod hub;
 pub mod limits;
 pub mod links;
@@ -75,6 +78,12 @@ pub struct Server<S: Store> {
     relay: Arc<Relay<S>>,
     endpoint: quinn::Endpoint,
     ca_fingerprint: [u8; 32],
+    /// The operator's HTTP listener and the metrics it renders, if configured.
+    http: Option<(
+        std::net::TcpListener,
+        metrics_exporter_prometheus::PrometheusHandle,
+    )>,
+    lifecycle: Arc<health::Lifecycle>,
 }
 
 impl<S: Store> Server<S> {
@@ -110,10 +119,19 @@ impl<S: Store> Server<S> {
         })?;
         let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime)
             .map_err(|e| ServerError::Bind(config.listen, e))?;
-        if let Some(addr) = config.metrics_listen {
-            metrics::install(addr).map_err(ServerError::Metrics)?;
-            metrics::describe();
-        }
+        let http = match config.metrics_listen {
+            Some(addr) => {
+                let handle = metrics::install().map_err(ServerError::Metrics)?;
+                metrics::describe();
+                let listener =
+                    std::net::TcpListener::bind(addr).map_err(|e| ServerError::Bind(addr, e))?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|e| ServerError::Bind(addr, e))?;
+                Some((listener, handle))
+            }
+            None => None,
+        };
         let blob_limits = store::blob::BlobLimits::from_limits(&config.limits);
         let blobs: Arc<dyn store::blob::BlobStore> = match config.backend {
             config::Backend::Sqlite => Arc::new(
@@ -126,6 +144,8 @@ impl<S: Store> Server<S> {
             relay: Arc::new(Relay::new(store, config).with_blobs(blobs)),
             endpoint,
             ca_fingerprint,
+            http,
+            lifecycle: Arc::new(health::Lifecycle::default()),
         })
     }
 
@@ -137,6 +157,12 @@ impl<S: Store> Server<S> {
     /// SHA-256 of the CA certificate that clients pin.
     pub fn ca_fingerprint(&self) -> [u8; 32] {
         self.ca_fingerprint
+    }
+
+    /// Where the operator's HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) listens, if
+    /// configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The relay state (for tests and admin actions in-process).
@@ -151,11 +177,38 @@ impl<S: Store> Server<S> {
     /// organisation fingerprint; a chain that does not verify stops the relay here.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
-            relay, endpoint, ..
+            relay,
+            endpoint,
+            http,
+            lifecycle,
+            ..
         } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // The HTTP endpoint outlives the connections: `/readyz` answers 503 while they drain.
+        let (http_stop_tx, http_stop_rx) = watch::channel(false);
+        let http_task = match http {
+            Some((listener, handle)) => {
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .map_err(|e| ServerError::Metrics(e.to_string()))?;
+                let probe_relay = relay.clone();
+                let store: health::StoreProbe = Arc::new(move || {
+                    let relay = probe_relay.clone();
+                    Box::pin(async move { relay.probe_store().await })
+                });
+                let health = health::Health {
+                    metrics: handle,
+                    lifecycle: lifecycle.clone(),
+                    store,
+                };
+                Some(tokio::spawn(health::serve(listener, health, http_stop_rx)))
+            }
+            None => None,
+        };
         let version = match relay.load_trust().await {
             Ok(v) => v,
             Err(e) => {
+                lifecycle.set(health::Phase::Stopping);
+                let _ = http_stop_tx.send(true);
                 endpoint.close(conn::close::SHUTDOWN.into(), b"relay failed to start");
                 return Err(ServerError::Trust(e));
             }
@@ -168,11 +221,11 @@ impl<S: Store> Server<S> {
                 "no organisation configured: no roster, no notices, no quorum-carried log entries"
             ),
         }
-        let (stop_tx, stop_rx) = watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
         let sweeper = tokio::spawn(sweep(relay.clone(), stop_rx.clone()));
         tokio::pin!(shutdown);
+        lifecycle.set(health::Phase::Serving);
         info!(addr = ?endpoint.local_addr().ok(), "relay listening");
         loop {
             let incoming = tokio::select! {
@@ -213,6 +266,7 @@ impl<S: Store> Server<S> {
                 ::metrics::gauge!(metrics::CONNECTIONS_ACTIVE).decrement(1.0);
             });
         }
+        lifecycle.set(health::Phase::Stopping);
         info!(
             connections = active.load(Ordering::Relaxed),
             "shutting down: no new connections"
@@ -229,7 +283,12 @@ impl<S: Store> Server<S> {
         endpoint.close(conn::close::SHUTDOWN.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         sweeper.abort();
-        relay.store.flush().await?;
+        let flushed = relay.store.flush().await;
+        let _ = http_stop_tx.send(true);
+        if let Some(t) = http_task {
+            let _ = t.await;
+        }
+        flushed?;
         info!("relay stopped; storage flushed");
         Ok(())
     }

@@ -25,7 +25,7 @@ const DB_FILE: &str = "relay.sqlite3";
 #[derive(Parser)]
 #[command(
     name = "sealpost-relay",
-    version,
+    version = env!("SEALPOST_VERSION"),
     about = "Sealpost relay: QUIC store-and-forward for sealed envelopes"
 )]
 struct Cli {
@@ -252,8 +252,8 @@ fn announce<S: sealpost_server::store::Store>(
         Backend::Sqlite => eprintln!("data: {}", config.data_dir.join(DB_FILE).display()),
         Backend::Memory => eprintln!("data: in memory (nothing survives a restart)"),
     }
-    if let Some(m) = config.metrics_listen {
-        eprintln!("metrics: http://{m}/metrics");
+    if let Some(m) = server.metrics_addr() {
+        eprintln!("metrics: http://{m}/metrics (health: /healthz, readiness: /readyz)");
     }
     Ok(())
 }

@@ -1,8 +1,6 @@
 //! Prometheus metrics. Names are constants so dashboards and tests agree with the code.
 //! Values never include keys, envelope bodies or anything a peer sent beyond counts.
 
-use std::net::SocketAddr;
-
 /// Connections accepted (counter).
 pub const CONNECTIONS: &str = "sealpost_connections_total";
 /// Connections refused or sent to Retry (counter, label `reason`).
@@ -80,27 +78,54 @@ pub const STORE_ACKED_BEFORE_WRITE: &str = "sealpost_store_acked_before_write_to
 /// (histogram).
 pub const STORE_COMMIT_SECONDS: &str = "sealpost_store_commit_seconds";
 
-/// Install the global Prometheus recorder with an HTTP listener on `addr` (serving
-/// `/metrics`). Must run inside a tokio runtime. A second call in the same process
-/// (tests) leaves the first recorder in place.
-pub fn install(addr: SocketAddr) -> Result<(), String> {
+/// Build information (gauge, always 1; labels `version` and `commit`).
+pub const BUILD_INFO: &str = "sealpost_build_info";
+
+/// The Prometheus handle of this process (one global recorder per process).
+static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// Install the global Prometheus recorder (once per process; later calls, as in tests that
+/// start several relays, reuse it) and return its handle, which renders the exposition.
+/// The HTTP endpoint that serves it is [`crate::health::serve`].
+pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
     let buckets = [
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
     ];
-    let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&buckets)
-        .map_err(|e| e.to_string())?;
-    match builder.install() {
-        Ok(()) => Ok(()),
-        Err(metrics_exporter_prometheus::BuildError::FailedToSetGlobalRecorder(_)) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        .map_err(|e| e.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    match metrics::set_global_recorder(recorder) {
+        Ok(()) => {
+            let _ = HANDLE.set(handle.clone());
+            metrics_process::Collector::default().describe();
+            Ok(HANDLE.get().cloned().unwrap_or(handle))
+        }
+        // Another recorder was installed first (a test harness): render what this one
+        // records, which is nothing, rather than fail.
+        Err(_) => Ok(HANDLE.get_or_init(|| handle).clone()),
     }
+}
+
+/// The exposition: process metrics collected now, then every recorded metric.
+pub fn render(handle: &metrics_exporter_prometheus::PrometheusHandle) -> String {
+    metrics_process::Collector::default().collect();
+    handle.render()
 }
 
 /// Describe every metric (help text in the exposition).
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        BUILD_INFO,
+        "Build of this relay (always 1; labels version and commit)"
+    );
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("SEALPOST_COMMIT")).set(1.0);
     describe_counter!(CONNECTIONS, "QUIC connections accepted");
     describe_counter!(
         CONNECTIONS_REFUSED,

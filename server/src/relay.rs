@@ -389,6 +389,17 @@ impl<S: Store> Relay<S> {
         }
     }
 
+    /// The readiness probe's read: the store answers a lookup (whatever the answer; only
+    /// that the store answers matters).
+    pub async fn probe_store(&self) -> Result<(), String> {
+        let probe = AccountId::new("readyz-probe").map_err(|e| e.to_string())?;
+        self.store
+            .account(&probe)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// How many revoking device-log appends this relay has made durable (see
     /// [`Relay::revoked_devices`]); a cached recipient read at an older epoch is read again.
     pub fn revocation_epoch(&self) -> u64 {

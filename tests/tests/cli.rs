@@ -1676,3 +1676,30 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
     assert!(devices["devices"][0]["on_probation"] == true);
     assert!(!devices["revoked"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn both_binaries_print_their_version_with_the_commit() {
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    for bin in [CLI, RELAY] {
+        let out = Command::new(bin).arg("--version").output().unwrap();
+        assert!(out.status.success(), "{bin} --version");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            text.contains(&format!("{} (commit ", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
+        // Built from this checkout: the commit is the one checked out (or `unknown` where
+        // the build had no git).
+        match &head {
+            Some(h) if !text.contains("commit unknown") => {
+                assert!(text.contains(h.as_str()), "{text} vs HEAD {h}")
+            }
+            _ => assert!(text.contains("commit "), "{text}"),
+        }
+    }
+}

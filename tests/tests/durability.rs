@@ -146,6 +146,34 @@ async fn metrics_are_served_and_sigterm_shuts_down_cleanly() {
         !body.contains(&hex::encode(id.public().signing_bytes())),
         "no key material in metrics"
     );
+    // Process metrics and the build (version and commit) are in the exposition.
+    assert!(body.contains("process_resident_memory_bytes"), "{body}");
+    assert!(body.contains("process_cpu_seconds_total"), "{body}");
+    let build = body
+        .lines()
+        .find(|l| l.starts_with("sealpost_build_info{"))
+        .unwrap_or_else(|| panic!("no sealpost_build_info in:\n{body}"));
+    assert!(build.contains("commit=\""), "{build}");
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
+    assert!(build.ends_with(" 1"), "{build}");
+    // Liveness and readiness on the same listener; other paths are not the metrics.
+    let get = |path: &'static str| async move {
+        tokio::task::spawn_blocking(move || http_get(metrics, path))
+            .await
+            .unwrap()
+    };
+    let healthz = get("/healthz").await;
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    assert!(healthz.ends_with("ok\n"), "{healthz}");
+    let readyz = get("/readyz").await;
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+    assert!(readyz.ends_with("ready\n"), "{readyz}");
+    let other = get("/").await;
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+    assert!(!other.contains("sealpost_connections_total"), "{other}");
 
     drop(conn);
     drop(bad);
