@@ -180,6 +180,10 @@ pub struct Config {
     /// `publish_roster`, `send_notice` and quorum-carried log entries (docs/OPERATIONS.md).
     #[serde(with = "org_fp", skip_serializing_if = "Option::is_none")]
     pub org_fingerprint: Option<OrgFingerprint>,
+    /// What the relay logs: a `tracing` filter such as `info` or
+    /// `info,sealpost_server::conn=debug` (`RUST_LOG`, when set, takes precedence).
+    /// Re-read on SIGHUP.
+    pub log_level: String,
 }
 
 impl Default for Config {
@@ -193,6 +197,7 @@ impl Default for Config {
             transport: TransportLimits::default(),
             limits: Limits::default(),
             org_fingerprint: None,
+            log_level: "info".into(),
         }
     }
 }
@@ -222,6 +227,52 @@ impl Config {
     /// Check values that would make the relay unsafe or unusable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
+        for (name, rate) in [
+            ("send_rate", l.send_rate),
+            ("auth_failures_per_ip", l.auth_failures_per_ip),
+            ("auth_failures_per_device", l.auth_failures_per_device),
+            ("bundle_fetch_per_device", l.bundle_fetch_per_device),
+            ("bundle_fetch_per_pair", l.bundle_fetch_per_pair),
+            ("control_requests_per_device", l.control_requests_per_device),
+            ("link_requests_per_ip", l.link_requests_per_ip),
+        ] {
+            let sensible = rate.per_second.is_finite()
+                && rate.per_second > 0.0
+                && rate.burst.is_finite()
+                && rate.burst >= 1.0;
+            if !sensible {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{name} needs per_second > 0 and burst >= 1 (finite numbers), got \
+                     per_second = {}, burst = {}",
+                    rate.per_second, rate.burst
+                )));
+            }
+        }
+        for (name, secs) in [
+            ("envelope_ttl_secs", l.envelope_ttl_secs),
+            ("auth_timeout_secs", l.auth_timeout_secs),
+            ("stream_open_timeout_secs", l.stream_open_timeout_secs),
+            ("max_log_entry_age_secs", l.max_log_entry_age_secs),
+        ] {
+            if secs == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "limits.{name} must be positive"
+                )));
+            }
+        }
+        if l.mailbox_max_count == 0 || l.mailbox_max_bytes == 0 || l.rate_limit_max_keys == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.mailbox_max_count, limits.mailbox_max_bytes and limits.rate_limit_max_keys \
+                 must be positive"
+                    .into(),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "log_level {:?} is not a tracing filter (e.g. \"info\" or \"info,sealpost_server=debug\")",
+                self.log_level
+            )));
+        }
         if l.max_envelope_bytes == 0
             || l.max_envelope_bytes > sealpost_protocol::envelope::MAX_BODY_LEN
         {
@@ -342,6 +393,36 @@ mod metrics_addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonsensical_values_are_refused_at_start_with_the_setting_named() {
+        assert!(Config::default().validate().is_ok());
+        assert!(Config::for_tests(std::path::Path::new("/tmp"))
+            .validate()
+            .is_ok());
+        for (toml_text, named) in [
+            ("[limits]\nenvelope_ttl_secs = 0\n", "envelope_ttl_secs"),
+            ("[limits]\nauth_timeout_secs = 0\n", "auth_timeout_secs"),
+            (
+                "[limits]\nsend_rate = { per_second = -5.0, burst = 10.0 }\n",
+                "send_rate",
+            ),
+            (
+                "[limits]\ncontrol_requests_per_device = { per_second = 1.0, burst = 0.0 }\n",
+                "control_requests_per_device",
+            ),
+            (
+                "[limits]\nlink_requests_per_ip = { per_second = nan, burst = 3.0 }\n",
+                "link_requests_per_ip",
+            ),
+            ("[limits]\nmailbox_max_count = 0\n", "mailbox_max_count"),
+            ("log_level = \"info,=[\"\n", "log_level"),
+        ] {
+            let c: Config = toml::from_str(toml_text).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(named), "{toml_text}: {err}");
+        }
+    }
 
     #[test]
     fn metrics_can_be_switched_off_in_toml_and_defaults_round_trip() {

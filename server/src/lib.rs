@@ -71,6 +71,9 @@ pub enum ServerError {
     /// The stored trust state does not verify from the configuration.
     #[error("trust: {0}")]
     Trust(String),
+    /// A reload (SIGHUP) was refused; the running configuration is unchanged.
+    #[error("reload refused: {0}")]
+    Reload(String),
 }
 
 /// A bound relay, ready to run.
@@ -90,23 +93,7 @@ impl<S: Store> Server<S> {
     /// Load or generate TLS material, bind the UDP socket and prepare the relay.
     pub fn bind(config: Config, store: S) -> Result<Self, ServerError> {
         config.validate()?;
-        let identity = match (&config.tls.cert, &config.tls.key) {
-            (Some(cert), Some(key)) => tls::load_pem(cert, key, config.tls.ca.as_deref())?,
-            _ => {
-                let (id, created) =
-                    tls::load_or_generate_dev(&config.tls.dev_dir, &config.tls.dev_names)?;
-                let fp = hex::encode(id.ca_fingerprint);
-                tls::write_atomic(
-                    &config.tls.dev_dir.join(tls::CA_FINGERPRINT_FILE),
-                    format!("{fp}\n").as_bytes(),
-                    false,
-                )?;
-                if created {
-                    info!(dir = %config.tls.dev_dir.display(), "generated a development CA and server certificate");
-                }
-                id
-            }
-        };
+        let identity = load_identity(&config)?;
         let ca_fingerprint = identity.ca_fingerprint;
         let secrets =
             tls::RelaySecrets::load_or_create(&config.data_dir.join(tls::RELAY_SECRETS_FILE))?;
@@ -163,6 +150,14 @@ impl<S: Store> Server<S> {
     /// configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// A handle that replaces the TLS certificate of the running relay.
+    pub fn tls_reloader(&self) -> TlsReloader {
+        TlsReloader {
+            endpoint: self.endpoint.clone(),
+            ca_fingerprint: self.ca_fingerprint,
+        }
     }
 
     /// The relay state (for tests and admin actions in-process).
@@ -290,6 +285,60 @@ impl<S: Store> Server<S> {
         }
         flushed?;
         info!("relay stopped; storage flushed");
+        Ok(())
+    }
+}
+
+/// The relay's TLS identity from the configuration: the production PEM files, or the
+/// development CA in `tls.dev_dir` (generated on first use).
+fn load_identity(config: &Config) -> Result<tls::ServerIdentity, ServerError> {
+    let identity = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => tls::load_pem(cert, key, config.tls.ca.as_deref())?,
+        _ => {
+            let (id, created) =
+                tls::load_or_generate_dev(&config.tls.dev_dir, &config.tls.dev_names)?;
+            let fp = hex::encode(id.ca_fingerprint);
+            tls::write_atomic(
+                &config.tls.dev_dir.join(tls::CA_FINGERPRINT_FILE),
+                format!("{fp}\n").as_bytes(),
+                false,
+            )?;
+            if created {
+                info!(dir = %config.tls.dev_dir.display(), "generated a development CA and server certificate");
+            }
+            id
+        }
+    };
+    Ok(identity)
+}
+
+/// Replaces the certificate a running relay presents (SIGHUP in `sealpost-relay`): new
+/// connections get the new certificate, open ones keep theirs.
+#[derive(Clone)]
+pub struct TlsReloader {
+    endpoint: quinn::Endpoint,
+    ca_fingerprint: [u8; 32],
+}
+
+impl TlsReloader {
+    /// Load the certificate and key named by `config` again and use them for new
+    /// connections. Refused (and nothing changes) if they do not load or chain to another
+    /// CA than the one clients pinned: a CA change needs every client's new pin, so it is
+    /// a deliberate restart, never a reload.
+    pub fn reload(&self, config: &Config) -> Result<(), ServerError> {
+        let identity = load_identity(config)?;
+        if identity.ca_fingerprint != self.ca_fingerprint {
+            return Err(ServerError::Reload(format!(
+                "the reloaded certificate chains to CA {}, not to the pinned CA {}: restart the \
+                 relay to change CA",
+                hex::encode(identity.ca_fingerprint),
+                hex::encode(self.ca_fingerprint)
+            )));
+        }
+        let secrets =
+            tls::RelaySecrets::load_or_create(&config.data_dir.join(tls::RELAY_SECRETS_FILE))?;
+        let (_, server_config) = tls::quinn_configs(identity, &secrets, &config.transport)?;
+        self.endpoint.set_server_config(Some(server_config));
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use sealpost_server::{admin, tls, Server};
 /// Database file name inside the data directory.
 const DB_FILE: &str = "relay.sqlite3";
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(
     name = "sealpost-relay",
     version = env!("SEALPOST_VERSION"),
@@ -54,13 +54,13 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// Run the relay (the default).
     Run,
@@ -93,7 +93,7 @@ impl From<RoleArg> for Role {
     }
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone)]
 enum AdminCommand {
     /// Create an account.
     CreateAccount {
@@ -167,16 +167,42 @@ fn load_config(cli: &Cli) -> Result<Config> {
     Ok(config)
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// Replaces the log filter of the running process (SIGHUP).
+type LogReload =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter: `RUST_LOG` when set, else the configuration's `log_level`.
+fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// Logs go to stderr: text (colours only on a terminal) or JSON lines (nothing else is
+/// printed then: the start-up banner is a log event too).
+fn init_tracing(format: LogFormat, level: &str) -> LogReload {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(level));
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
     }
+    handle
 }
 
 async fn shutdown_signal() {
@@ -211,31 +237,135 @@ fn open_store(config: &Config) -> Result<SqliteStore> {
     Ok(SqliteStore::open(&config.data_dir.join(DB_FILE))?)
 }
 
-async fn run(config: Config) -> Result<()> {
+/// Lock file in the data directory: one relay per data directory.
+const LOCK_FILE: &str = "relay.lock";
+
+/// Take the data directory for this process: a second relay on the same directory would
+/// write the same database and hand out the same sequence numbers. The lock is released
+/// when the process exits, however it exits (the kernel drops it).
+fn lock_data_dir(config: &Config) -> Result<std::fs::File> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let path = config.data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another sealpost-relay is already running on the data directory {} (it holds {}); \
+             stop it first, or give this one its own --data-dir",
+            config.data_dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+async fn run(cli: Cli, config: Config, logs: LogReload) -> Result<()> {
     let fp_path = config.tls.dev_dir.join(tls::CA_FINGERPRINT_FILE);
     match config.backend {
         Backend::Sqlite => {
+            let _lock = lock_data_dir(&config)?;
             let store = open_store(&config)?;
             let server = Server::bind(config.clone(), store)?;
-            announce(&server, &config, &fp_path)?;
-            server.run(shutdown_signal()).await?;
+            announce(&server, &config, &fp_path, cli.log_format)?;
+            let reloads = tokio::spawn(reload_on_sighup(cli, server.tls_reloader(), logs));
+            let result = server.run(shutdown_signal()).await;
+            reloads.abort();
+            result?;
         }
         Backend::Memory => {
             let server = Server::bind(config.clone(), MemoryStore::new())?;
-            announce(&server, &config, &fp_path)?;
-            server.run(shutdown_signal()).await?;
+            announce(&server, &config, &fp_path, cli.log_format)?;
+            let reloads = tokio::spawn(reload_on_sighup(cli, server.tls_reloader(), logs));
+            let result = server.run(shutdown_signal()).await;
+            reloads.abort();
+            result?;
         }
     }
     Ok(())
+}
+
+/// SIGHUP: read the configuration again (file, environment, flags) and apply what can
+/// change while the relay runs: the log filter (`log_level`, unless `RUST_LOG` is set) and
+/// the TLS certificate and key (same CA). Everything else (addresses, storage, limits, the
+/// organisation) needs a restart; a reload that changes it says so in the log. A
+/// configuration that does not load or validate is refused and the running one kept.
+async fn reload_on_sighup(cli: Cli, tls: sealpost_server::TlsReloader, logs: LogReload) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be handled; reloads need a restart");
+            return;
+        };
+        let mut running = load_config(&cli).ok();
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            let config = match load_config(&cli) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "reload refused: the configuration does not load; the running one is kept");
+                    continue;
+                }
+            };
+            match logs.reload(log_filter(&config.log_level)) {
+                Ok(()) => tracing::info!(log_level = %config.log_level, "log filter reloaded"),
+                Err(e) => tracing::error!(error = %e, "log filter not reloaded"),
+            }
+            match tls.reload(&config) {
+                Ok(()) => tracing::info!("TLS certificate reloaded (new connections use it)"),
+                Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded"),
+            }
+            if let Some(old) = &running {
+                let mut a = old.clone();
+                let mut b = config.clone();
+                a.log_level.clear();
+                b.log_level.clear();
+                a.tls = Default::default();
+                b.tls = Default::default();
+                if toml::to_string(&a).ok() != toml::to_string(&b).ok() {
+                    tracing::warn!("settings other than log_level and the TLS files changed: they take effect only after a restart");
+                }
+            }
+            running = Some(config);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (cli, tls, logs);
+    }
 }
 
 fn announce<S: sealpost_server::store::Store>(
     server: &Server<S>,
     config: &Config,
     fp_path: &std::path::Path,
+    format: LogFormat,
 ) -> Result<()> {
     let addr = server.local_addr()?;
     let fp = hex::encode(server.ca_fingerprint());
+    if format == LogFormat::Json {
+        // Only JSON on stderr: the banner is one log event with its values as fields.
+        tracing::info!(
+            listen = %addr,
+            ca_fingerprint = %fp,
+            org_fingerprint = config.org_fingerprint.map(|o| o.to_hex()).unwrap_or_default(),
+            data = %match config.backend {
+                Backend::Sqlite => config.data_dir.join(DB_FILE).display().to_string(),
+                Backend::Memory => "memory".to_owned(),
+            },
+            metrics = server.metrics_addr().map(|m| m.to_string()).unwrap_or_default(),
+            "sealpost-relay listening"
+        );
+        return Ok(());
+    }
     eprintln!("sealpost-relay listening on {addr} (QUIC, ALPN sealpost/1)");
     eprintln!("CA fingerprint (clients pin this): {fp}");
     if config.tls.cert.is_none() {
@@ -370,13 +500,17 @@ fn unreachable_in_admin() -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
-    let config = load_config(&cli)?;
+    let config = load_config(&cli);
+    let logs = init_tracing(
+        cli.log_format,
+        config.as_ref().map_or("info", |c| c.log_level.as_str()),
+    );
+    let config = config?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.command {
-        None | Some(Command::Run) => runtime.block_on(run(config)),
+        None | Some(Command::Run) => runtime.block_on(run(cli.clone(), config, logs)),
         Some(Command::Config) => {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())

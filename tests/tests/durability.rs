@@ -191,3 +191,177 @@ async fn metrics_are_served_and_sigterm_shuts_down_cleanly() {
     assert!(log.contains("shutdown signal received"), "{log}");
     assert!(log.contains("storage flushed"), "{log}");
 }
+
+/// Wait (bounded) until `relay`'s log contains `needle`.
+fn wait_for_log(relay: &RelayProcess, needle: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if relay.log_text().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_per_data_directory_and_sighup_reloads_without_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), None);
+    let relay = RelayProcess::start(Path::new(BIN), &config, &[]);
+
+    // A second relay on the same data directory is refused, and says why.
+    let second = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("another sealpost-relay is already running on the data directory"),
+        "{err}"
+    );
+
+    // SIGHUP reloads the log filter and the certificate; the relay keeps serving.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap().replace(
+            "backend = \"sqlite\"\n",
+            "backend = \"sqlite\"\nlog_level = \"info,sealpost_server=debug\"\n",
+        ),
+    )
+    .unwrap();
+    let hup = |pid: u32| {
+        assert!(std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success())
+    };
+    hup(relay.pid());
+    assert!(
+        wait_for_log(&relay, "TLS certificate reloaded"),
+        "{}",
+        relay.log_text()
+    );
+    assert!(wait_for_log(&relay, "log filter reloaded"));
+    let conn = sealpost_client::net::RelayConnection::connect(&relay.address())
+        .await
+        .unwrap();
+    assert!(conn.get_org().await.is_ok(), "still serving after SIGHUP");
+    // RUST_LOG=info is set for the test relay, so it still wins over log_level.
+    // A setting that needs a restart is reported as such.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("[limits]\n", "[limits]\nmax_bad_frames = 3\n"),
+    )
+    .unwrap();
+    hup(relay.pid());
+    assert!(
+        wait_for_log(&relay, "take effect only after a restart"),
+        "{}",
+        relay.log_text()
+    );
+    // A configuration that does not validate is refused; the relay goes on.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("[limits]\n", "[limits]\nenvelope_ttl_secs = 0\n"),
+    )
+    .unwrap();
+    hup(relay.pid());
+    assert!(
+        wait_for_log(&relay, "reload refused"),
+        "{}",
+        relay.log_text()
+    );
+    assert!(conn.get_org().await.is_ok(), "still serving");
+    drop(conn);
+    let log = relay.log.clone();
+    let code = tokio::task::spawn_blocking(move || relay.terminate(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{}", log.lock().unwrap());
+    // The lock went with the process: the directory can be used again.
+    let config = write_config(dir.path(), None);
+    let again = RelayProcess::start(Path::new(BIN), &config, &[]);
+    drop(again);
+}
+
+#[test]
+fn json_logs_are_only_json_and_text_logs_have_no_colour_off_a_terminal() {
+    use std::io::BufRead;
+    for format in ["json", "text"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), None);
+        let mut child = std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .arg("--log-format")
+            .arg(format)
+            .env("RUST_LOG", "debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(l) => {
+                    let done = l.contains("relay listening");
+                    lines.push(l);
+                    if done {
+                        break;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            lines.iter().any(|l| l.contains("relay listening")),
+            "{format}: {lines:?}"
+        );
+        for l in &lines {
+            assert!(!l.contains('\u{1b}'), "{format}: colour code in {l:?}");
+            if format == "json" {
+                let v: serde_json::Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
+                assert!(v.get("level").is_some(), "{l}");
+            }
+        }
+        if format == "json" {
+            let banner = lines
+                .iter()
+                .find(|l| l.contains("sealpost-relay listening"))
+                .unwrap_or_else(|| panic!("{lines:?}"));
+            let v: serde_json::Value = serde_json::from_str(banner).unwrap();
+            assert_eq!(
+                v["fields"]["ca_fingerprint"].as_str().map(str::len),
+                Some(64),
+                "{banner}"
+            );
+        }
+    }
+}
