@@ -12,11 +12,13 @@
 //! * [`trust`], [`links`]: the verified roster chain, the per-account device sets the
 //!   send rules use, and the pending device-link registry (docs/PROTOCOL.md §19).
 //! * [`tls`]: certificates, the development CA, QUIC configuration.
-//! * [`admin`]: operator actions (accounts, enrolment codes, assignments).
+//! * [`admin`]: operator actions (accounts, enrolment codes, assignments);
+//!   [`backup`]: online backup and offline restore of the data directory.
 //! * [`metrics`], [`health`]: Prometheus metrics and the operator's HTTP endpoint
 //!   (`/metrics`, `/healthz`, `/readyz`).
 
 pub mod admin;
+pub mod backup;
 pub mod config;
 pub mod conn;
 pub mod health;

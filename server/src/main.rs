@@ -134,6 +134,21 @@ enum AdminCommand {
     },
     /// Print the CA fingerprint clients must pin.
     CaFingerprint,
+    /// Back up the database and attachment blobs into a new directory, while the relay
+    /// runs (a consistent snapshot; see docs/OPERATIONS.md "Storage and backups").
+    Backup {
+        /// Where to write the backup (must not exist, or be empty).
+        dir: PathBuf,
+    },
+    /// Restore a backup into the data directory. The relay must be stopped (this takes
+    /// the data directory's lock); the backup is checked against its manifest first.
+    Restore {
+        /// The backup directory (`admin backup` wrote it).
+        dir: PathBuf,
+        /// Overwrite the database the data directory already holds.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -388,7 +403,65 @@ fn announce<S: sealpost_server::store::Store>(
     Ok(())
 }
 
+fn backup_command(config: &Config, action: AdminCommand, json: bool) -> Result<()> {
+    if config.backend != Backend::Sqlite {
+        bail!("backups are of the SQLite backend's data directory; this relay is configured in memory");
+    }
+    let (verb, manifest) = match action {
+        AdminCommand::Backup { dir } => {
+            let m = sealpost_server::backup::backup(
+                &config.data_dir,
+                &dir,
+                env!("SEALPOST_VERSION"),
+                sealpost_server::relay::unix_ms(),
+            )?;
+            ("backup", (m, dir))
+        }
+        AdminCommand::Restore { dir, replace } => {
+            // No relay may run on the directory while it is replaced.
+            let _lock = lock_data_dir(config)?;
+            let m = sealpost_server::backup::restore(&dir, &config.data_dir, replace)?;
+            ("restore", (m, dir))
+        }
+        _ => bail!("internal: not a backup command"),
+    };
+    let (m, dir) = manifest;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": verb, "dir": dir.display().to_string(), "data_dir": config.data_dir.display().to_string(), "manifest": m})
+        );
+    } else if verb == "backup" {
+        println!(
+            "backed up {} ({} bytes, schema {}, sha256 {}) and {} attachment blobs into {}",
+            config.data_dir.join(DB_FILE).display(),
+            m.database_bytes,
+            m.schema_version,
+            m.database_sha256,
+            m.blobs,
+            dir.display()
+        );
+    } else {
+        println!(
+            "restored the backup taken at {} (schema {}, {} blobs) into {}; start the relay to use it",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(m.created_ms)
+            ),
+            m.schema_version,
+            m.blobs,
+            config.data_dir.display()
+        );
+    }
+    Ok(())
+}
+
 async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Result<()> {
+    if matches!(
+        action,
+        AdminCommand::Backup { .. } | AdminCommand::Restore { .. }
+    ) {
+        return backup_command(config, action, json);
+    }
     let store = open_store(config)?;
     let account = |s: &str| AccountId::new(s).with_context(|| format!("invalid account id {s:?}"));
     match action {
@@ -488,7 +561,9 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
                 }
             }
         }
-        AdminCommand::CaFingerprint => unreachable_in_admin()?,
+        AdminCommand::CaFingerprint
+        | AdminCommand::Backup { .. }
+        | AdminCommand::Restore { .. } => unreachable_in_admin()?,
     }
     store.flush().await.ok();
     Ok(())

@@ -1,0 +1,199 @@
+//! Online backup of a running relay and a restore into a fresh data directory: accounts,
+//! devices and an envelope pending at backup time come back; what happened after the
+//! backup does not; a running relay's directory and an altered backup are refused.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use sealpost_client::net::RelayConnection;
+use sealpost_protocol::envelope::{EnvelopeKind, RoutingHeader};
+use sealpost_protocol::identity::AccountId;
+use sealpost_protocol::wire::{FrameBody, Role};
+use sealpost_protocol::{IdentityKeyPair, PreKeySecrets};
+use sealpost_server::admin;
+use sealpost_server::store::sqlite::SqliteStore;
+use sealpost_server::store::MailboxStore;
+use sealpost_tests::process::{write_config, RelayProcess};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sealpost-relay-under-test");
+
+/// `sealpost-relay --config CONFIG admin ARGS...`: (success, stdout + stderr).
+fn admin_cmd(config: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("admin")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_backup_restores_into_a_fresh_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), None);
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let client = AccountId::new("backup-client").unwrap();
+    let advisor = AccountId::new("backup-advisor").unwrap();
+    let (code_a, code_b) = {
+        let store = SqliteStore::open(&dir.path().join("data").join("relay.sqlite3")).unwrap();
+        admin::create_account(&store, &client, Role::Client)
+            .await
+            .unwrap();
+        admin::create_account(&store, &advisor, Role::Advisor)
+            .await
+            .unwrap();
+        admin::assign(&store, &client, &advisor).await.unwrap();
+        let a = admin::issue_code(&store, &client, 3600).await.unwrap().code;
+        let b = admin::issue_code(&store, &advisor, 3600)
+            .await
+            .unwrap()
+            .code;
+        store.flush().await.unwrap();
+        (a, b)
+    };
+    let relay = RelayProcess::start(Path::new(BIN), &config, &[]);
+    let mut rng = StdRng::seed_from_u64(9);
+    let alice = IdentityKeyPair::generate(&mut rng);
+    let bob = IdentityKeyPair::generate(&mut rng);
+    let ca = RelayConnection::connect(&relay.address()).await.unwrap();
+    ca.enroll(&alice, &client, &code_a).await.unwrap();
+    ca.authenticate(&alice).await.unwrap();
+    let cb = RelayConnection::connect(&relay.address()).await.unwrap();
+    cb.enroll(&bob, &advisor, &code_b).await.unwrap();
+    cb.authenticate(&bob).await.unwrap();
+    let mut bob_prekeys = PreKeySecrets::new();
+    let spk = bob_prekeys.rotate_signed(&bob, &mut rng);
+    let kem = bob_prekeys.rotate_kem_last_resort(&bob, &mut rng);
+    cb.upload_prekeys(Some(spk), vec![], vec![], Some(kem))
+        .await
+        .unwrap();
+    cb.close();
+    // One envelope pending for bob when the backup is taken.
+    let bundle = ca
+        .fetch_bundles(&advisor)
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    let mut session = sealpost_protocol::initiate(&alice, &bundle, &mut rng).unwrap();
+    let header = RoutingHeader::new(
+        alice.device_id(),
+        bob.device_id(),
+        EnvelopeKind::Chat,
+        1_700_000_000_000,
+        &mut rng,
+    );
+    let before = session
+        .seal(header, b"sent before the backup", &mut rng)
+        .unwrap();
+    let before_id = ca.send_envelope(before).await.unwrap();
+
+    // The backup, while the relay runs and keeps accepting.
+    let backup = dir.path().join("backup-1");
+    let (ok, out) = admin_cmd(&config, &["--json", "backup", backup.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let event: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(event["event"], "backup");
+    assert!(event["manifest"]["database_bytes"].as_u64().unwrap() > 0);
+    assert!(backup.join("BACKUP.json").exists());
+    // A second backup into the same (now non-empty) directory is refused.
+    let (ok, out) = admin_cmd(&config, &["backup", backup.to_str().unwrap()]);
+    assert!(!ok && out.contains("not empty"), "{out}");
+    // After the backup: another account, and a second envelope.
+    let (ok, out) = admin_cmd(
+        &config,
+        &["create-account", "after-backup", "--role", "client"],
+    );
+    assert!(ok, "{out}");
+    let header = RoutingHeader::new(
+        alice.device_id(),
+        bob.device_id(),
+        EnvelopeKind::Chat,
+        1_700_000_000_001,
+        &mut rng,
+    );
+    let after = session
+        .seal(header, b"sent after the backup", &mut rng)
+        .unwrap();
+    let after_id = ca.send_envelope(after).await.unwrap();
+    ca.close();
+    let log = relay.log.clone();
+    let code = tokio::task::spawn_blocking(move || relay.terminate(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{}", log.lock().unwrap());
+
+    // Restore into a fresh data directory (same certificates, so the CA pin holds).
+    let dir2 = tempfile::tempdir().unwrap();
+    let config2 = write_config(dir2.path(), None);
+    std::fs::write(
+        &config2,
+        std::fs::read_to_string(&config2).unwrap().replace(
+            &dir2.path().join("certs").display().to_string(),
+            &dir.path().join("certs").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (ok, out) = admin_cmd(&config2, &["restore", backup.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("restored the backup"), "{out}");
+    let relay2 = RelayProcess::start(Path::new(BIN), &config2, &[]);
+    // Restoring over a running relay is refused by its lock.
+    let (ok, out) = admin_cmd(
+        &config2,
+        &["restore", "--replace", backup.to_str().unwrap()],
+    );
+    assert!(!ok && out.contains("already running"), "{out}");
+    // What the backup held is there: the accounts, both devices, the pending envelope;
+    // what came after is not.
+    let (ok, accounts) = admin_cmd(&config2, &["accounts"]);
+    assert!(ok, "{accounts}");
+    assert!(accounts.contains("backup-client") && accounts.contains("backup-advisor"));
+    assert!(!accounts.contains("after-backup"), "{accounts}");
+    let cb = RelayConnection::connect(&relay2.address()).await.unwrap();
+    cb.authenticate(&bob).await.unwrap();
+    cb.request(FrameBody::Drain).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(push)) = tokio::time::timeout(Duration::from_secs(3), cb.next_push()).await {
+        match push {
+            FrameBody::Deliver { envelope } => got.push(envelope.header.message_id),
+            FrameBody::MailboxEmpty => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        got,
+        vec![before_id],
+        "only the envelope pending at backup time"
+    );
+    assert_ne!(before_id, after_id);
+    drop(cb);
+    drop(relay2);
+
+    // An altered backup is refused before anything is written.
+    let db = backup.join("relay.sqlite3");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&db, bytes).unwrap();
+    let dir3 = tempfile::tempdir().unwrap();
+    let config3 = write_config(dir3.path(), None);
+    let (ok, out) = admin_cmd(&config3, &["restore", backup.to_str().unwrap()]);
+    assert!(!ok && out.contains("does not match its manifest"), "{out}");
+    assert!(!dir3.path().join("data").join("relay.sqlite3").exists());
+}
