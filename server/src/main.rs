@@ -471,7 +471,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"account": id.as_str(), "role": Role::from(role)})
+                    serde_json::json!({"event": "account_created", "account": id.as_str(), "role": Role::from(role)})
                 );
             } else {
                 println!("created account {id}");
@@ -488,7 +488,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"account": a.as_str(), "code": issued.code, "expires_ms": issued.expires_ms, "ca_fingerprint": fp, "org_fingerprint": org})
+                    serde_json::json!({"event": "enrolment_code", "account": a.as_str(), "code": issued.code, "expires_ms": issued.expires_ms, "ca_fingerprint": fp, "org_fingerprint": org})
                 );
             } else {
                 println!("enrolment code for {a}: {}", issued.code);
@@ -510,7 +510,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"assigned": {"client": client, "staff": staff}})
+                    serde_json::json!({"event": "assigned", "client": client, "staff": staff})
                 );
             } else {
                 println!("assigned {client} to {staff}");
@@ -519,7 +519,10 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
         AdminCommand::Unassign { client, staff } => {
             let existed = admin::unassign(&store, &account(&client)?, &account(&staff)?).await?;
             if json {
-                println!("{}", serde_json::json!({"unassigned": existed}));
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "unassigned", "client": client, "staff": staff, "existed": existed})
+                );
             } else if existed {
                 println!("unassigned {client} from {staff}");
             } else {
@@ -531,7 +534,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({"account": a.id.as_str(), "role": a.role, "created_ms": a.created_ms, "frozen": a.frozen})
+                        serde_json::json!({"event": "account", "account": a.id.as_str(), "role": a.role, "created_ms": a.created_ms, "frozen": a.frozen})
                     );
                 } else {
                     println!(
@@ -549,7 +552,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({"device": d.id.to_hex(), "fingerprint": fp, "enrolled_ms": d.enrolled_ms, "revoked": d.revoked})
+                        serde_json::json!({"event": "device", "device": d.id.to_hex(), "fingerprint": fp, "enrolled_ms": d.enrolled_ms, "revoked": d.revoked})
                     );
                 } else {
                     println!(

@@ -1,6 +1,7 @@
-//! Online backup of a running relay and a restore into a fresh data directory: accounts,
-//! devices and an envelope pending at backup time come back; what happened after the
-//! backup does not; a running relay's directory and an altered backup are refused.
+//! `sealpost-relay admin`: every `--json` line names its `event`; online backup of a
+//! running relay and a restore into a fresh data directory (accounts, devices and an
+//! envelope pending at backup time come back; what happened after the backup does not; a
+//! running relay's directory and an altered backup are refused).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
@@ -196,4 +197,36 @@ async fn an_online_backup_restores_into_a_fresh_directory() {
     let (ok, out) = admin_cmd(&config3, &["restore", backup.to_str().unwrap()]);
     assert!(!ok && out.contains("does not match its manifest"), "{out}");
     assert!(!dir3.path().join("data").join("relay.sqlite3").exists());
+}
+
+#[test]
+fn every_admin_json_line_names_its_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), None);
+    let mut expect = vec![
+        (
+            vec!["create-account", "ann.advisor", "--role", "advisor"],
+            "account_created",
+        ),
+        (
+            vec!["create-account", "alice", "--role", "client"],
+            "account_created",
+        ),
+        (vec!["assign", "alice", "ann.advisor"], "assigned"),
+        (vec!["issue-code", "alice"], "enrolment_code"),
+        (vec!["accounts"], "account"),
+        (vec!["devices", "alice"], "device"),
+        (vec!["unassign", "alice", "ann.advisor"], "unassigned"),
+    ];
+    for (args, event) in expect.drain(..) {
+        let mut full = vec!["--json"];
+        full.extend(args.iter().copied());
+        let (ok, out) = admin_cmd(&config, &full);
+        assert!(ok, "{args:?}: {out}");
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line}"));
+            assert_eq!(v["event"], event, "{args:?}: {line}");
+        }
+    }
 }
