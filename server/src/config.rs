@@ -214,9 +214,53 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// The file or an environment variable does not fit the settings (unknown key,
+    /// wrong type); the message names the key and where it came from.
+    #[error("configuration: {0}")]
+    Layer(String),
 }
 
+/// Prefix of the environment variables that set configuration keys; nested keys are
+/// joined with `__`: `SEALPOST_RELAY_LIMITS__AUTH_TIMEOUT_SECS=60`,
+/// `SEALPOST_RELAY_LIMITS__SEND_RATE__PER_SECOND=50`, `SEALPOST_RELAY_TLS__CERT=/etc/...`.
+pub const ENV_PREFIX: &str = "SEALPOST_RELAY_";
+
+/// Variables with [`ENV_PREFIX`] that are command-line options of the binary, not keys of
+/// the configuration (lower-cased, without the prefix).
+const ENV_NOT_KEYS: &[&str] = &[
+    "config",
+    "metrics",
+    "memory",
+    "log_format",
+    "org_fingerprint",
+];
+
 impl Config {
+    /// The configuration in layers: the built-in defaults, then the TOML file (if any),
+    /// then every `SEALPOST_RELAY_*` environment variable naming a key ([`ENV_PREFIX`];
+    /// `data_dir`, `listen` and `log_level` at the top, nested keys with `__`). Unknown
+    /// keys, in the file or the environment, are refused. Not validated: call
+    /// [`Config::validate`].
+    pub fn layered(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        use figment::providers::{Env, Format, Serialized, Toml};
+        let mut figment = figment::Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            // Read it ourselves so that a missing file is an error, not an empty layer.
+            let text =
+                std::fs::read_to_string(path).map_err(|e| ConfigError::Io(path.to_owned(), e))?;
+            toml::from_str::<toml::Value>(&text)
+                .map_err(|e| ConfigError::Parse(path.to_owned(), e))?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        let env = Env::prefixed(ENV_PREFIX)
+            .split("__")
+            .filter(|key| !ENV_NOT_KEYS.contains(&key.as_str().to_ascii_lowercase().as_str()));
+        figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Layer(e.to_string()))
+    }
+
     /// Read a TOML file over the defaults.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text =

@@ -152,10 +152,7 @@ enum AdminCommand {
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
-    let mut config = match &cli.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
+    let mut config = Config::layered(cli.config.as_deref())?;
     if let Some(d) = &cli.data_dir {
         config.data_dir = d.clone();
     }

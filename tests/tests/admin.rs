@@ -230,3 +230,53 @@ fn every_admin_json_line_names_its_event() {
         }
     }
 }
+
+#[test]
+fn nested_settings_come_from_the_environment_and_unknown_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), None);
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&config).arg("config");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&[
+        ("SEALPOST_RELAY_LIMITS__AUTH_TIMEOUT_SECS", "77"),
+        (
+            "SEALPOST_RELAY_LIMITS__CONTROL_REQUESTS_PER_DEVICE__PER_SECOND",
+            "3.5",
+        ),
+        ("SEALPOST_RELAY_LOG_LEVEL", "warn"),
+        ("SEALPOST_RELAY_METRICS", "off"),
+    ]);
+    assert!(ok, "{err}");
+    let effective: sealpost_server::config::Config = toml::from_str(&out).unwrap();
+    // The environment wins over the file and the defaults, key by key.
+    assert_eq!(effective.limits.auth_timeout_secs, 77);
+    assert_eq!(effective.limits.control_requests_per_device.per_second, 3.5);
+    assert_eq!(
+        effective.limits.control_requests_per_device.burst,
+        sealpost_server::config::Limits::default()
+            .control_requests_per_device
+            .burst
+    );
+    assert_eq!(effective.log_level, "warn");
+    assert_eq!(effective.metrics_listen, None);
+    // From the file, untouched.
+    assert_eq!(effective.limits.send_rate.per_second, 100000.0);
+    let (ok, _, err) = run(&[("SEALPOST_RELAY_LIMITS__NO_SUCH_SETTING", "1")]);
+    assert!(!ok && err.contains("no_such_setting"), "{err}");
+    let (ok, _, err) = run(&[("SEALPOST_RELAY_LIMITS__AUTH_TIMEOUT_SECS", "soon")]);
+    assert!(!ok && err.contains("AUTH_TIMEOUT_SECS"), "{err}");
+    // And what does not validate is refused with the setting named.
+    let (ok, _, err) = run(&[("SEALPOST_RELAY_LIMITS__ENVELOPE_TTL_SECS", "0")]);
+    assert!(!ok && err.contains("envelope_ttl_secs"), "{err}");
+}
