@@ -223,7 +223,10 @@ impl<S: Store> Server<S> {
         let sweeper = tokio::spawn(sweep(relay.clone(), stop_rx.clone()));
         tokio::pin!(shutdown);
         lifecycle.set(health::Phase::Serving);
-        info!(addr = ?endpoint.local_addr().ok(), "relay listening");
+        match endpoint.local_addr() {
+            Ok(addr) => info!(addr = %addr, "relay listening"),
+            Err(e) => warn!(error = %e, "relay listening (address unknown)"),
+        }
         loop {
             let incoming = tokio::select! {
                 _ = &mut shutdown => break,
