@@ -7,7 +7,7 @@ use sealpost_protocol::identity::AccountId;
 use sealpost_protocol::wire::Role;
 
 use crate::relay::{enrollment_code_hash, unix_ms};
-use crate::store::{AccountRecord, AccountStore, DeviceRecord, StoreError};
+use crate::store::{AccountRecord, AccountStore, CodeRecord, DeviceRecord, Store, StoreError};
 
 /// Alphabet of enrolment codes: Crockford base32 (no I, L, O, U), easy to read aloud.
 pub const CODE_ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
@@ -133,6 +133,150 @@ pub async fn devices<S: AccountStore>(
     account: &AccountId,
 ) -> Result<Vec<DeviceRecord>, AdminError> {
     Ok(store.devices_of(account).await?)
+}
+
+/// Disable (`true`) or re-enable an account: a disabled account's devices cannot
+/// authenticate, and a running relay closes their connections within
+/// [`crate::DISABLED_CHECK_INTERVAL`]. Returns whether that changed it.
+pub async fn set_disabled<S: AccountStore>(
+    store: &S,
+    account: &AccountId,
+    disabled: bool,
+) -> Result<bool, AdminError> {
+    Ok(store.set_account_disabled(account, disabled).await?)
+}
+
+/// Enrolment codes (of `account`, or all): ids, expiry and whether used; never the code.
+pub async fn codes<S: AccountStore>(
+    store: &S,
+    account: Option<&AccountId>,
+) -> Result<Vec<CodeRecord>, AdminError> {
+    Ok(store.enrollment_codes(account).await?)
+}
+
+/// Revoke `account`'s unused codes whose id starts with `id` (all its unused codes when
+/// `None`). An id must be at least 4 hex digits, so that a typo does not revoke a
+/// different code by accident. Returns how many were revoked.
+pub async fn revoke_codes<S: AccountStore>(
+    store: &S,
+    account: &AccountId,
+    id: Option<&str>,
+) -> Result<u64, AdminError> {
+    if let Some(id) = id {
+        if id.len() < 4 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(AdminError::Invalid(format!(
+                "a code id is 4 to {} hex digits, as `admin codes` lists it",
+                crate::store::CODE_ID_HEX
+            )));
+        }
+    }
+    if store.account(account).await?.is_none() {
+        return Err(AdminError::Store(StoreError::NotFound("account")));
+    }
+    Ok(store.revoke_enrollment_codes(account, id).await?)
+}
+
+/// Every assignment (client, staff), or those of `account`, ordered.
+pub async fn assignments<S: AccountStore>(
+    store: &S,
+    account: Option<&AccountId>,
+) -> Result<Vec<(AccountId, AccountId)>, AdminError> {
+    let mut out = Vec::new();
+    let accounts = match account {
+        Some(a) => vec![store
+            .account(a)
+            .await?
+            .ok_or(StoreError::NotFound("account"))?],
+        None => store.list_accounts().await?,
+    };
+    for a in accounts {
+        for other in store.assignments_of(&a.id).await? {
+            let pair = if a.role == Role::Client {
+                (a.id.clone(), other)
+            } else {
+                (other, a.id.clone())
+            };
+            if account.is_some() || a.role == Role::Client {
+                out.push(pair);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// A summary of what the relay holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    /// Accounts by role: client, advisor, staff.
+    pub clients: u64,
+    /// Advisor accounts.
+    pub advisors: u64,
+    /// Staff accounts.
+    pub staff: u64,
+    /// Accounts frozen by their device log.
+    pub frozen: u64,
+    /// Accounts disabled by the operator.
+    pub disabled: u64,
+    /// Devices that can authenticate.
+    pub active_devices: u64,
+    /// Devices revoked by their account's log.
+    pub revoked_devices: u64,
+    /// Enrolment codes not used and not expired.
+    pub open_codes: u64,
+    /// Client-staff assignments.
+    pub assignments: u64,
+    /// Envelopes waiting for their recipient.
+    pub pending_envelopes: u64,
+    /// Their body bytes.
+    pub pending_bytes: u64,
+    /// The newest roster version stored (0: none).
+    pub roster_version: u64,
+}
+
+/// Count what the relay holds (reads every account: for operators, not for a hot path).
+pub async fn status<S: Store>(store: &S, now_ms: u64) -> Result<Status, AdminError> {
+    let mut st = Status::default();
+    for a in store.list_accounts().await? {
+        match a.role {
+            Role::Client => st.clients += 1,
+            Role::Advisor => st.advisors += 1,
+            Role::Staff => st.staff += 1,
+        }
+        st.frozen += u64::from(a.frozen);
+        st.disabled += u64::from(a.disabled);
+        for d in store.devices_of(&a.id).await? {
+            if d.revoked {
+                st.revoked_devices += 1;
+            } else {
+                st.active_devices += 1;
+            }
+        }
+        if a.role == Role::Client {
+            st.assignments += store.assignments_of(&a.id).await?.len() as u64;
+        }
+    }
+    st.open_codes = store
+        .enrollment_codes(None)
+        .await?
+        .iter()
+        .filter(|c| !c.used && c.expires_ms > now_ms)
+        .count() as u64;
+    let q = store.queue_stats().await?;
+    st.pending_envelopes = q.count;
+    st.pending_bytes = q.bytes;
+    let mut after = 0;
+    loop {
+        let batch = store.rosters_after(after, 64).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.roster.version();
+        if batch.len() < 64 {
+            break;
+        }
+    }
+    st.roster_version = after;
+    Ok(st)
 }
 
 #[cfg(test)]

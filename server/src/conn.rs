@@ -414,7 +414,7 @@ pub async fn serve<S: Store>(
     } else if ended == Some(End::Revoked) {
         conn.close(
             close::REVOKED.into(),
-            b"device revoked by its account's device log",
+            b"device revoked by its account's device log, or its account disabled",
         );
     } else if *shutdown.borrow() {
         conn.close(close::SHUTDOWN.into(), b"relay shutting down");

@@ -51,6 +51,9 @@ use store::Store;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often expired envelopes are swept and queue gauges refreshed.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the relay looks for accounts the operator disabled (from another process,
+/// `sealpost-relay admin disable`) and closes their devices' connections.
+pub const DISABLED_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Starting the relay failed.
 #[derive(Debug, thiserror::Error)]
@@ -377,9 +380,16 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSoc
 
 async fn sweep<S: Store>(relay: Arc<Relay<S>>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    let mut disabled_tick = tokio::time::interval(DISABLED_CHECK_INTERVAL);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = disabled_tick.tick() => {
+                if let Err(e) = relay.close_disabled().await {
+                    warn!(error = %e, "checking for disabled accounts failed");
+                }
+                continue;
+            }
             _ = stop.changed() => return,
         }
         match relay.store.expire(relay::unix_ms()).await {

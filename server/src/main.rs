@@ -134,6 +134,37 @@ enum AdminCommand {
     },
     /// Print the CA fingerprint clients must pin.
     CaFingerprint,
+    /// List enrolment codes (ids, expiry, used or not; never the codes themselves).
+    Codes {
+        /// Only this account's.
+        account: Option<String>,
+    },
+    /// Revoke an account's unused enrolment codes: the one with this id, or all of them.
+    RevokeCode {
+        /// The account.
+        account: String,
+        /// The code's id as `admin codes` lists it (at least 4 hex digits); all unused
+        /// codes of the account when omitted.
+        id: Option<String>,
+    },
+    /// Disable an account: its devices cannot authenticate, and a running relay closes
+    /// their connections within 5 s. Its messages, log and assignments stay.
+    Disable {
+        /// The account.
+        account: String,
+    },
+    /// Re-enable a disabled account.
+    Enable {
+        /// The account.
+        account: String,
+    },
+    /// List assignments (client, advisor or staff), all or one account's.
+    Assignments {
+        /// Only this account's.
+        account: Option<String>,
+    },
+    /// A summary: accounts, devices, open codes, assignments, pending envelopes, roster.
+    Status,
     /// Back up the database and attachment blobs into a new directory, while the relay
     /// runs (a consistent snapshot; see docs/OPERATIONS.md "Storage and backups").
     Backup {
@@ -558,6 +589,110 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
                         fp,
                         if d.revoked { " (revoked)" } else { "" }
                     );
+                }
+            }
+        }
+        AdminCommand::Codes { account: a } => {
+            let a = a.as_deref().map(account).transpose()?;
+            let now = sealpost_server::relay::unix_ms();
+            for c in admin::codes(&store, a.as_ref()).await? {
+                let state = if c.used {
+                    "used"
+                } else if c.expires_ms <= now {
+                    "expired"
+                } else {
+                    "open"
+                };
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "enrolment_code_record", "account": c.account.as_str(), "id": c.id, "expires_ms": c.expires_ms, "state": state})
+                    );
+                } else {
+                    println!(
+                        "{:<32} {}  {:<7} expires {}",
+                        c.account.as_str(),
+                        c.id,
+                        state,
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + Duration::from_millis(c.expires_ms)
+                        )
+                    );
+                }
+            }
+        }
+        AdminCommand::RevokeCode { account: a, id } => {
+            let acc = account(&a)?;
+            let n = admin::revoke_codes(&store, &acc, id.as_deref()).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "codes_revoked", "account": a, "revoked": n})
+                );
+            } else if n == 0 {
+                bail!(
+                    "{a} has no unused code{}",
+                    id.map(|i| format!(" with id {i}")).unwrap_or_default()
+                );
+            } else {
+                println!("revoked {n} unused enrolment code(s) of {a}");
+            }
+        }
+        AdminCommand::Disable { account: ref a } | AdminCommand::Enable { account: ref a } => {
+            let disable = matches!(action, AdminCommand::Disable { .. });
+            let changed = admin::set_disabled(&store, &account(a)?, disable).await?;
+            let word = if disable { "disabled" } else { "enabled" };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": if disable { "account_disabled" } else { "account_enabled" }, "account": a, "changed": changed})
+                );
+            } else if changed {
+                println!("{word} {a}");
+            } else {
+                println!("{a} was already {word}");
+            }
+        }
+        AdminCommand::Assignments { account: a } => {
+            let a = a.as_deref().map(account).transpose()?;
+            for (client, staff) in admin::assignments(&store, a.as_ref()).await? {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"event": "assignment", "client": client.as_str(), "staff": staff.as_str()})
+                    );
+                } else {
+                    println!("{:<32} -> {}", client.as_str(), staff.as_str());
+                }
+            }
+        }
+        AdminCommand::Status => {
+            let st = admin::status(&store, sealpost_server::relay::unix_ms()).await?;
+            if json {
+                let mut v = serde_json::to_value(&st)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("event".into(), "status".into());
+                }
+                println!("{v}");
+            } else {
+                println!(
+                    "accounts: {} clients, {} advisors, {} staff ({} frozen, {} disabled)",
+                    st.clients, st.advisors, st.staff, st.frozen, st.disabled
+                );
+                println!(
+                    "devices: {} active, {} revoked",
+                    st.active_devices, st.revoked_devices
+                );
+                println!("open enrolment codes: {}", st.open_codes);
+                println!("assignments: {}", st.assignments);
+                println!(
+                    "pending envelopes: {} ({} bytes)",
+                    st.pending_envelopes, st.pending_bytes
+                );
+                if st.roster_version == 0 {
+                    println!("roster: none");
+                } else {
+                    println!("roster: version {}", st.roster_version);
                 }
             }
         }

@@ -389,6 +389,22 @@ impl<S: Store> Relay<S> {
         }
     }
 
+    /// Close the open connections of every device of an account the operator disabled
+    /// (`sealpost-relay admin disable`, which may run in another process: the sweep calls
+    /// this every 30 s; authentication is refused at once). Returns how many were online.
+    pub async fn close_disabled(&self) -> Result<usize, crate::store::StoreError> {
+        let mut closed = 0;
+        for account in self.store.disabled_accounts().await? {
+            for d in self.store.devices_of(&account).await? {
+                if self.hub.revoke(&d.id) {
+                    info!(account = %account, device = %d.id, "connection closed: the account is disabled");
+                    closed += 1;
+                }
+            }
+        }
+        Ok(closed)
+    }
+
     /// The readiness probe's read: the store answers a lookup (whatever the answer; only
     /// that the store answers matters).
     pub async fn probe_store(&self) -> Result<(), String> {
@@ -653,6 +669,14 @@ impl<S: Store> Relay<S> {
             Ok(None) => return refuse(id, ErrorCode::AuthFailed, "authentication failed"),
             Err(e) => return store_failure(id, &e),
         };
+        if account.disabled {
+            info!(device = %device, account = %account.id, "authentication refused: the account is disabled");
+            return refuse(
+                id,
+                ErrorCode::AuthFailed,
+                "authentication refused: this account is disabled by the relay's operator",
+            );
+        }
         // Only a device its account's verified device log lists as active may
         // authenticate (a device written into storage behind the log's back may not).
         let snapshot = match self.account_trust(&account.id).await {

@@ -2054,6 +2054,106 @@ async fn trust_roster_versions_append_only<S: Store>(store: S) {
     assert!(store.rosters_after(3, 16).await.unwrap().is_empty());
 }
 
+async fn operator_disable_and_enrolment_codes<S: Store>(store: S) {
+    let mut rng = rng(77);
+    let alice = acct("alice");
+    let bob = acct("bob");
+    for a in [&alice, &bob] {
+        store.create_account(a, Role::Client, T0).await.unwrap();
+    }
+    // Disable and enable: reported when it changes, visible in the record.
+    assert!(!store.account(&alice).await.unwrap().unwrap().disabled);
+    assert!(store.set_account_disabled(&alice, true).await.unwrap());
+    assert!(!store.set_account_disabled(&alice, true).await.unwrap());
+    assert!(store.account(&alice).await.unwrap().unwrap().disabled);
+    assert!(store
+        .list_accounts()
+        .await
+        .unwrap()
+        .iter()
+        .any(|a| a.id == alice && a.disabled));
+    assert_eq!(
+        store.disabled_accounts().await.unwrap(),
+        vec![alice.clone()]
+    );
+    assert!(store.set_account_disabled(&alice, false).await.unwrap());
+    assert!(!store.account(&alice).await.unwrap().unwrap().disabled);
+    assert!(store.disabled_accounts().await.unwrap().is_empty());
+    let err = store
+        .set_account_disabled(&acct("nobody"), true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound("account")), "{err:?}");
+
+    // Codes: listed by id (a prefix of the hash), never the code; revoked when unused.
+    let (c1, c2, c3) = (
+        random_code(&mut rng),
+        random_code(&mut rng),
+        random_code(&mut rng),
+    );
+    store
+        .add_enrollment_code(&alice, c1, T0 + HOUR)
+        .await
+        .unwrap();
+    store
+        .add_enrollment_code(&alice, c2, T0 + HOUR)
+        .await
+        .unwrap();
+    store
+        .add_enrollment_code(&bob, c3, T0 + HOUR)
+        .await
+        .unwrap();
+    let all = store.enrollment_codes(None).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|c| c.id.len() == 12 && !c.used));
+    let of_alice = store.enrollment_codes(Some(&alice)).await.unwrap();
+    let mut expected = vec![
+        hex::encode(c1)[..12].to_owned(),
+        hex::encode(c2)[..12].to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(
+        of_alice.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    // bob's code is redeemed: it stays, and is not revoked.
+    let dev = IdentityKeyPair::generate(&mut rng);
+    store
+        .redeem_enrollment(&bob, c3, dev.public(), T0 + 5)
+        .await
+        .unwrap();
+    assert_eq!(store.revoke_enrollment_codes(&bob, None).await.unwrap(), 0);
+    assert!(store.enrollment_codes(Some(&bob)).await.unwrap()[0].used);
+    // One of alice's by its id (upper case accepted), then the rest.
+    let one = hex::encode(c1)[..12].to_ascii_uppercase();
+    assert_eq!(
+        store
+            .revoke_enrollment_codes(&alice, Some(&one))
+            .await
+            .unwrap(),
+        1
+    );
+    let err = store
+        .redeem_enrollment(
+            &alice,
+            c1,
+            IdentityKeyPair::generate(&mut rng).public(),
+            T0 + 6,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::EnrollmentRefused), "{err:?}");
+    assert_eq!(
+        store.revoke_enrollment_codes(&alice, None).await.unwrap(),
+        1
+    );
+    assert!(store
+        .enrollment_codes(Some(&alice))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory_store {
@@ -2108,6 +2208,7 @@ conformance!(
     trust_device_log_append_with_effects,
     trust_concurrent_appends_one_wins,
     trust_roster_versions_append_only,
+    operator_disable_and_enrolment_codes,
 );
 
 // ---------------------------------------------------------------------------------------

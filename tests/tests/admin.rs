@@ -280,3 +280,124 @@ fn nested_settings_come_from_the_environment_and_unknown_ones_are_refused() {
     let (ok, _, err) = run(&[("SEALPOST_RELAY_LIMITS__ENVELOPE_TTL_SECS", "0")]);
     assert!(!ok && err.contains("envelope_ttl_secs"), "{err}");
 }
+
+/// One JSON line of `admin --json ARGS`.
+fn admin_json(config: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let (ok, out) = admin_cmd(config, &full);
+    assert!(ok, "{args:?}: {out}");
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_and_revoke_codes_disable_accounts_and_see_a_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), None);
+    for (a, role) in [
+        ("ann.advisor", "advisor"),
+        ("alice", "client"),
+        ("bob", "client"),
+    ] {
+        admin_json(&config, &["create-account", a, "--role", role]);
+    }
+    admin_json(&config, &["assign", "alice", "ann.advisor"]);
+    admin_json(&config, &["assign", "bob", "ann.advisor"]);
+    let first = admin_json(&config, &["issue-code", "alice"])[0]["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = admin_json(&config, &["issue-code", "alice"])[0]["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob_code = admin_json(&config, &["issue-code", "bob"])[0]["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listed = admin_json(&config, &["codes", "alice"]);
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|c| c["state"] == "open"
+        && c["event"] == "enrolment_code_record"
+        && c["id"].as_str().unwrap().len() == 12));
+    // The listing never shows a code.
+    let (_, text) = admin_cmd(&config, &["codes"]);
+    assert!(!text.contains(&first) && !text.contains(&second), "{text}");
+    // Revoke the first code by its id: the id is the start of the stored hash.
+    let hash = hex::encode(sealpost_server::relay::enrollment_code_hash(&first));
+    let revoked = admin_json(&config, &["revoke-code", "alice", &hash[..8]]);
+    assert_eq!(revoked[0]["revoked"], 1);
+    let (ok, out) = admin_cmd(&config, &["revoke-code", "alice", "zz"]);
+    assert!(!ok && out.contains("hex digits"), "{out}");
+    assert_eq!(
+        admin_json(&config, &["assignments"])
+            .iter()
+            .map(|a| (
+                a["client"].as_str().unwrap().to_owned(),
+                a["staff"].as_str().unwrap().to_owned()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            ("alice".to_owned(), "ann.advisor".to_owned()),
+            ("bob".to_owned(), "ann.advisor".to_owned())
+        ]
+    );
+    assert_eq!(admin_json(&config, &["assignments", "bob"]).len(), 1);
+
+    let relay = RelayProcess::start(Path::new(BIN), &config, &[]);
+    let mut rng = StdRng::seed_from_u64(21);
+    let alice_id = IdentityKeyPair::generate(&mut rng);
+    let c = RelayConnection::connect(&relay.address()).await.unwrap();
+    let refused = c
+        .enroll(&alice_id, &AccountId::new("alice").unwrap(), &first)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused}").contains("enrolment code is unknown"),
+        "the revoked code no longer enrols: {refused}"
+    );
+    c.enroll(&alice_id, &AccountId::new("alice").unwrap(), &second)
+        .await
+        .unwrap();
+    let bob_id = IdentityKeyPair::generate(&mut rng);
+    let b = RelayConnection::connect(&relay.address()).await.unwrap();
+    b.enroll(&bob_id, &AccountId::new("bob").unwrap(), &bob_code)
+        .await
+        .unwrap();
+    b.authenticate(&bob_id).await.unwrap();
+
+    let status = &admin_json(&config, &["status"])[0];
+    assert_eq!(status["event"], "status");
+    assert_eq!(status["clients"], 2);
+    assert_eq!(status["advisors"], 1);
+    assert_eq!(status["active_devices"], 2);
+    assert_eq!(status["open_codes"], 0);
+    assert_eq!(status["assignments"], 2);
+
+    // Disabled from this (other) process: bob's open connection is closed by the relay
+    // within its check interval, and bob cannot authenticate again until re-enabled.
+    let d = admin_json(&config, &["disable", "bob"]);
+    assert_eq!(
+        (d[0]["event"].as_str(), d[0]["changed"].as_bool()),
+        (Some("account_disabled"), Some(true))
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        while b.request(FrameBody::Ping).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "bob's connection was not closed");
+    let b2 = RelayConnection::connect(&relay.address()).await.unwrap();
+    let err = b2.authenticate(&bob_id).await.unwrap_err();
+    assert!(format!("{err}").contains("disabled"), "{err}");
+    assert_eq!(admin_json(&config, &["status"])[0]["disabled"], 1);
+    admin_json(&config, &["enable", "bob"]);
+    let b3 = RelayConnection::connect(&relay.address()).await.unwrap();
+    b3.authenticate(&bob_id).await.unwrap();
+    // Alice was never touched.
+    c.authenticate(&alice_id).await.unwrap();
+}

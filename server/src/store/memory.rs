@@ -15,10 +15,10 @@ use sealpost_protocol::trust::{LogEntry, SignedRoster};
 use sealpost_protocol::wire::Role;
 
 use super::{
-    AccountRecord, AccountStore, DeviceRecord, Enqueued, LogEffects, MailboxStore, OnStaged,
-    Pending, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, TrustStore,
-    MAX_DEVICES_PER_ACCOUNT, MAX_STORED_LOG_ENTRIES, MAX_STORED_ONE_TIME_PREKEYS,
-    MAX_STORED_ROSTER_VERSIONS,
+    AccountRecord, AccountStore, CodeRecord, DeviceRecord, Enqueued, LogEffects, MailboxStore,
+    OnStaged, Pending, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError,
+    TrustStore, CODE_ID_HEX, MAX_DEVICES_PER_ACCOUNT, MAX_STORED_LOG_ENTRIES,
+    MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
 };
 
 /// An enrolment code (only its hash is known).
@@ -218,6 +218,7 @@ impl AccountStore for MemoryStore {
                 role,
                 created_ms: now_ms,
                 frozen: false,
+                disabled: false,
             },
         );
         Ok(())
@@ -333,6 +334,72 @@ impl AccountStore for MemoryStore {
             .take(limit)
             .map(|(id, _)| id.clone())
             .collect())
+    }
+
+    async fn set_account_disabled(
+        &self,
+        id: &AccountId,
+        disabled: bool,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        let a = g
+            .accounts
+            .get_mut(id)
+            .ok_or(StoreError::NotFound("account"))?;
+        let changed = a.disabled != disabled;
+        a.disabled = disabled;
+        Ok(changed)
+    }
+
+    async fn disabled_accounts(&self) -> Result<Vec<AccountId>, StoreError> {
+        let g = self.lock()?;
+        let mut out: Vec<AccountId> = g
+            .accounts
+            .values()
+            .filter(|a| a.disabled)
+            .map(|a| a.id.clone())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn enrollment_codes(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<CodeRecord>, StoreError> {
+        let g = self.lock()?;
+        let mut out: Vec<CodeRecord> = g
+            .codes
+            .iter()
+            .filter(|(_, c)| account.is_none_or(|a| &c.account == a))
+            .map(|(h, c)| CodeRecord {
+                account: c.account.clone(),
+                id: hex::encode(h)[..CODE_ID_HEX].to_owned(),
+                expires_ms: c.expires_ms,
+                used: c.used,
+            })
+            .collect();
+        out.sort_by(|a, b| (a.account.as_str(), &a.id).cmp(&(b.account.as_str(), &b.id)));
+        Ok(out)
+    }
+
+    async fn revoke_enrollment_codes(
+        &self,
+        account: &AccountId,
+        id_prefix: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let mut g = self.lock()?;
+        let before = g.codes.len();
+        let prefix = id_prefix.map(str::to_ascii_lowercase);
+        g.codes.retain(|h, c| {
+            let matches = &c.account == account
+                && !c.used
+                && prefix
+                    .as_deref()
+                    .is_none_or(|p| hex::encode(h).starts_with(p));
+            !matches
+        });
+        Ok((before - g.codes.len()) as u64)
     }
 }
 

@@ -104,7 +104,28 @@ pub struct AccountRecord {
     /// Set and cleared by the account's device log (freeze, unfreeze): a frozen account
     /// may not send sensitive kinds of envelope.
     pub frozen: bool,
+    /// Set and cleared by the operator (`sealpost-relay admin disable`/`enable`): a
+    /// disabled account's devices cannot authenticate and their connections are closed.
+    /// Nothing else changes (its mailboxes, log and assignments stay).
+    pub disabled: bool,
 }
+
+/// An enrolment code as the operator sees it (never the code itself: only its hash is
+/// stored).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeRecord {
+    /// The account it enrols a first device into.
+    pub account: AccountId,
+    /// The first 6 bytes of the stored hash, hex: names the code for `admin revoke-code`.
+    pub id: String,
+    /// Expiry, ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// Redeemed.
+    pub used: bool,
+}
+
+/// Hex digits of a code hash that name it ([`CodeRecord::id`]).
+pub const CODE_ID_HEX: usize = 12;
 
 /// An enrolled device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -261,6 +282,27 @@ pub trait AccountStore: Send + Sync + 'static {
         after: Option<&AccountId>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<AccountId>, StoreError>> + Send;
+    /// Disable or re-enable an account; true if that changed it. `NotFound("account")`.
+    fn set_account_disabled(
+        &self,
+        id: &AccountId,
+        disabled: bool,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// The accounts the operator disabled, ordered by id.
+    fn disabled_accounts(&self) -> impl Future<Output = Result<Vec<AccountId>, StoreError>> + Send;
+    /// Enrolment codes (of `account`, or all), ordered by account then id.
+    fn enrollment_codes(
+        &self,
+        account: Option<&AccountId>,
+    ) -> impl Future<Output = Result<Vec<CodeRecord>, StoreError>> + Send;
+    /// Delete the unused codes of `account` whose [`CodeRecord::id`] starts with
+    /// `id_prefix` (every unused code of the account when `None`); returns how many.
+    /// Redeemed codes stay (they are the record of the account's enrolment).
+    fn revoke_enrollment_codes(
+        &self,
+        account: &AccountId,
+        id_prefix: Option<&str>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 /// The prekey directory.

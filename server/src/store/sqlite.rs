@@ -52,9 +52,9 @@ use mailbox::{Batch, Mailboxes, WriterCounters};
 pub use mailbox::{MailboxStats, MAX_CACHED_MAILBOXES, MAX_EXPIRED_PER_PASS, MAX_STAGED_BYTES};
 
 use super::{
-    AccountRecord, AccountStore, DeviceRecord, Enqueued, LogEffects, MailboxStore, OnStaged,
-    Pending, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError, TrustStore,
-    MAX_DEVICES_PER_ACCOUNT, MAX_LOG_ENTRY_BYTES, MAX_STORED_LOG_ENTRIES,
+    AccountRecord, AccountStore, CodeRecord, DeviceRecord, Enqueued, LogEffects, MailboxStore,
+    OnStaged, Pending, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError,
+    TrustStore, CODE_ID_HEX, MAX_DEVICES_PER_ACCOUNT, MAX_LOG_ENTRY_BYTES, MAX_STORED_LOG_ENTRIES,
     MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
 };
 
@@ -231,6 +231,10 @@ INSERT INTO delivered_v3 SELECT 0, recipient, message_id, seq, expires_ms FROM d
 DROP TABLE delivered;
 ALTER TABLE delivered_v3 RENAME TO delivered;
 CREATE INDEX delivered_expiry ON delivered (expires_ms);
+"#,
+    // Version 5: accounts the operator disabled (`sealpost-relay admin disable`).
+    r#"
+ALTER TABLE accounts ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
@@ -967,21 +971,22 @@ fn boxed<const N: usize>(v: &[u8], what: &str) -> Result<Box<[u8; N]>, StoreErro
 // ---------------------------------------------------------------------------------------
 // Accounts
 
-type AccountRow = (String, String, i64, bool);
+type AccountRow = (String, String, i64, bool, bool);
 
 fn account_from_row(
-    (id, role, created_ms, frozen): AccountRow,
+    (id, role, created_ms, frozen, disabled): AccountRow,
 ) -> Result<AccountRecord, StoreError> {
     Ok(AccountRecord {
         id: parse_account(id)?,
         role: parse_role(&role)?,
         created_ms: uint(created_ms, "creation time")?,
         frozen,
+        disabled,
     })
 }
 
 fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRow> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
 type DeviceRow = (String, String, Vec<u8>, Vec<u8>, i64, bool);
@@ -1176,11 +1181,13 @@ impl AccountStore for SqliteStore {
     async fn account(&self, id: &AccountId) -> Result<Option<AccountRecord>, StoreError> {
         let id = id.clone();
         self.read(move |c| {
-            c.prepare_cached("SELECT id, role, created_ms, frozen FROM accounts WHERE id = ?1")
-                .and_then(|mut s| s.query_row(params![id.as_str()], account_row).optional())
-                .map_err(backend)?
-                .map(account_from_row)
-                .transpose()
+            c.prepare_cached(
+                "SELECT id, role, created_ms, frozen, disabled FROM accounts WHERE id = ?1",
+            )
+            .and_then(|mut s| s.query_row(params![id.as_str()], account_row).optional())
+            .map_err(backend)?
+            .map(account_from_row)
+            .transpose()
         })
         .await
     }
@@ -1188,7 +1195,9 @@ impl AccountStore for SqliteStore {
     async fn list_accounts(&self) -> Result<Vec<AccountRecord>, StoreError> {
         self.read(|c| {
             let rows = c
-                .prepare_cached("SELECT id, role, created_ms, frozen FROM accounts ORDER BY id")
+                .prepare_cached(
+                    "SELECT id, role, created_ms, frozen, disabled FROM accounts ORDER BY id",
+                )
                 .and_then(|mut s| {
                     s.query_map([], account_row)?
                         .collect::<rusqlite::Result<Vec<_>>>()
@@ -1315,6 +1324,114 @@ impl AccountStore for SqliteStore {
                 })
                 .map_err(backend)?;
             rows.into_iter().map(parse_account).collect()
+        })
+        .await
+    }
+
+    async fn set_account_disabled(
+        &self,
+        id: &AccountId,
+        disabled: bool,
+    ) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.write(move |c| {
+            let before: Option<bool> = c
+                .prepare_cached("SELECT disabled FROM accounts WHERE id = ?1")
+                .and_then(|mut s| s.query_row(params![id.as_str()], |r| r.get(0)).optional())
+                .map_err(backend)?;
+            let Some(before) = before else {
+                return Err(StoreError::NotFound("account"));
+            };
+            c.prepare_cached("UPDATE accounts SET disabled = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id.as_str(), disabled]))
+                .map_err(backend)?;
+            Ok(before != disabled)
+        })
+        .await
+    }
+
+    async fn disabled_accounts(&self) -> Result<Vec<AccountId>, StoreError> {
+        self.read(|c| {
+            let rows = c
+                .prepare_cached("SELECT id FROM accounts WHERE disabled = 1 ORDER BY id")
+                .and_then(|mut s| {
+                    s.query_map([], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.into_iter().map(parse_account).collect()
+        })
+        .await
+    }
+
+    async fn enrollment_codes(
+        &self,
+        account: Option<&AccountId>,
+    ) -> Result<Vec<CodeRecord>, StoreError> {
+        let account = account.map(|a| a.as_str().to_owned());
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT account, code_hash, expires_ms, used_ms IS NOT NULL FROM enrollment_codes
+                     WHERE ?1 IS NULL OR account = ?1 ORDER BY account, code_hash",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![account], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, bool>(3)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|(account, hash, expires, used)| {
+                    let hex = hex::encode(&hash);
+                    Ok(CodeRecord {
+                        account: parse_account(account)?,
+                        id: hex.get(..CODE_ID_HEX).unwrap_or(&hex).to_owned(),
+                        expires_ms: uint(expires, "code expiry")?,
+                        used,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn revoke_enrollment_codes(
+        &self,
+        account: &AccountId,
+        id_prefix: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let account = account.clone();
+        let prefix = id_prefix.map(str::to_ascii_lowercase);
+        self.write(move |c| {
+            let hashes: Vec<Vec<u8>> = c
+                .prepare_cached(
+                    "SELECT code_hash FROM enrollment_codes WHERE account = ?1 AND used_ms IS NULL",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![account.as_str()], |r| r.get::<_, Vec<u8>>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            let mut n = 0u64;
+            for h in hashes {
+                if prefix
+                    .as_deref()
+                    .is_none_or(|p| hex::encode(&h).starts_with(p))
+                {
+                    n += c
+                        .prepare_cached("DELETE FROM enrollment_codes WHERE code_hash = ?1")
+                        .and_then(|mut s| s.execute(params![h]))
+                        .map_err(backend)? as u64;
+                }
+            }
+            Ok(n)
         })
         .await
     }
