@@ -17,13 +17,14 @@ Exit codes:
   0  ok
   1  generic failure
   2  usage error (bad arguments, no passphrase available)
-  3  wrong passphrase, or the profile is in use by another sealpost process
+  3  wrong passphrase
   4  no profile here, or this device is not enrolled yet
   5  the relay could not be reached (the address tried is printed)
   6  refused by the relay (routing policy, quota, rate limit, enrolment code)
   7  verification mismatch: safety number, or the code of a device link
   8  a trust check failed: a roster, device log, approval or notice did not verify
      (the relay may be misbehaving; nothing was trusted)
+  9  the profile is in use by another sealpost process (for example `listen`)
 
 Environment:
   SEALPOST_HOME            the profile directory (default: $HOME/.sealpost)
@@ -412,7 +413,34 @@ pub enum ApprovalsCommand {
     },
 }
 
+/// A reader that went away (`sealpost --json approvals list | head -1`) ends the command
+/// quietly, as it does for other Unix tools: Rust's `println!` panics on a closed pipe
+/// (SIGPIPE is ignored in Rust programs), so that one panic exits 0 without a message;
+/// any other panic is reported as usual. Whatever the command had made durable stays so
+/// (state is saved before anything is acknowledged or printed as done).
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.starts_with("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    quiet_on_closed_stdout();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout as usual; a usage error under `--json` is a JSON
+        // error line like every other error (exit 2).
+        Err(e) => return cli::usage_error(&e, std::env::args_os().any(|a| a == "--json")),
+    };
     cli::run(cli.global, cli.command)
 }

@@ -1703,3 +1703,108 @@ fn both_binaries_print_their_version_with_the_commit() {
         }
     }
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly_usage_errors_are_json_and_a_busy_profile_has_its_own_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let org = dir.path().join("org");
+    let ok = Command::new(CLI)
+        .args(["org", "init", "--dir"])
+        .arg(&org)
+        .env(
+            "SEALPOST_ORG_PASSPHRASE",
+            "correct horse battery staple for tests",
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The reader is gone before anything is written (`sealpost ... | head -0`).
+    let mut child = Command::new(CLI)
+        .args(["org", "fingerprint", "--dir"])
+        .arg(&org)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "no panic on a closed pipe: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A usage error under --json is one JSON line, exit 2.
+    let out = Command::new(CLI)
+        .args(["--json", "send"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let line = String::from_utf8_lossy(&out.stderr);
+    let v: Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["event"], "error");
+    assert_eq!(v["kind"], "usage");
+    assert!(v["error"].as_str().unwrap().contains("<ACCOUNT>"), "{v}");
+    // Without --json, clap's own text.
+    let out = Command::new(CLI)
+        .args(["send"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error:"));
+
+    // A profile held by another process: exit 9 (not 3, the wrong passphrase's code).
+    let home = dir.path().join("alice");
+    let init = Command::new(CLI)
+        .arg("init")
+        .env("SEALPOST_HOME", &home)
+        .env(
+            "SEALPOST_PASSPHRASE",
+            "correct horse battery staple for tests",
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    // The profile's lock file (client/src/state.rs), held as `sealpost listen` holds it.
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(home.join("lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let out = Command::new(CLI)
+        .args(["--json", "whoami"])
+        .env("SEALPOST_HOME", &home)
+        .env(
+            "SEALPOST_PASSPHRASE",
+            "correct horse battery staple for tests",
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stderr).trim()).unwrap();
+    assert_eq!(v["kind"], "profile_busy");
+}

@@ -28,6 +28,8 @@ pub enum Exit {
     Mismatch = 7,
     /// 8: a roster, device log, approval or notice failed verification.
     Trust = 8,
+    /// 9: the profile (or the organisation store) is in use by another sealpost process.
+    Busy = 9,
 }
 
 impl Exit {
@@ -42,6 +44,7 @@ impl Exit {
             Exit::Refused => "refused",
             Exit::Mismatch => "verification_mismatch",
             Exit::Trust => "trust_check_failed",
+            Exit::Busy => "profile_busy",
         }
     }
 }
@@ -189,7 +192,7 @@ impl CliError {
             OrgError::WrongPassphrase => Self::new(Exit::Passphrase, "wrong passphrase for the organisation store")
                 .hint("check SEALPOST_ORG_PASSPHRASE, or type the passphrase chosen at `sealpost org init`"),
             OrgError::Locked(dir) => Self::new(
-                Exit::Passphrase,
+                Exit::Busy,
                 format!("the organisation store in {} is in use by another process", dir.display()),
             ),
             e @ OrgError::WeakPassphrase => Self::usage(e.to_string()),
@@ -206,7 +209,7 @@ impl CliError {
             StateError::WrongPassphrase => Self::new(Exit::Passphrase, "wrong passphrase")
                 .hint("check SEALPOST_PASSPHRASE, or type the passphrase you chose at `sealpost init`"),
             StateError::Locked(dir) => Self::new(
-                Exit::Passphrase,
+                Exit::Busy,
                 format!("the profile in {} is in use by another sealpost process", dir.display()),
             )
             .hint("stop the other process (for example a running `sealpost listen`) and try again"),

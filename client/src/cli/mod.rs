@@ -15,7 +15,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::{Command, GlobalArgs};
-use error::CliError;
+use error::{CliError, Exit};
 use output::Out;
 
 /// `--instruction` of `sealpost send`: what kind of instruction the text is.
@@ -84,6 +84,46 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
             ExitCode::from(e.exit as u8)
         }
     }
+}
+
+/// A command line clap could not parse (or `--help`/`--version`): printed as clap prints it,
+/// except that under `--json` an error is one JSON line on stderr with the kind `usage`.
+pub fn usage_error(e: &clap::Error, json: bool) -> ExitCode {
+    use clap::error::ErrorKind;
+    let informational = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if informational || !json {
+        let _ = e.print();
+        return if informational && e.kind() != ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(Exit::Usage as u8)
+        };
+    }
+    let rendered = e.render().to_string();
+    // The error without the usage and help lines, on one line.
+    let message = rendered
+        .split("\n\nUsage:")
+        .next()
+        .unwrap_or("usage error")
+        .trim_start_matches("error: ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let v = json!({
+        "event": "error",
+        "error": message,
+        "hint": "run `sealpost --help` or `sealpost COMMAND --help`",
+        "kind": Exit::Usage.kind(),
+        "exit_code": Exit::Usage as u8,
+        "usage": rendered,
+    });
+    eprintln!("{v}");
+    ExitCode::from(Exit::Usage as u8)
 }
 
 fn report(out: Out, e: &CliError) {
