@@ -31,7 +31,10 @@
 use std::collections::HashMap;
 
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
-use sealpost_protocol::trust::{DeviceAction, EntryBody, LinkChallenge, LinkCommitment, LinkNonce};
+use sealpost_protocol::trust::{
+    DeviceAction, EntryAuthorization, EntryBody, LinkChallenge, LinkCommitment, LinkNonce,
+    LogEntry,
+};
 use sealpost_protocol::wire::{PendingLink, MAX_PENDING_LINKS};
 
 /// Default lifetime of a link request nobody has offered on (`limits.link_lifetime_secs`).
@@ -76,6 +79,16 @@ pub enum LinkError {
     /// The revealed nonce does not open the commitment made in `link_start`.
     #[error("the nonce does not open the commitment this link request was started with")]
     BadNonce,
+    /// The authorised entry is not the recovery offered on this link, carried by a
+    /// quorum and signed by the new device.
+    #[error(
+        "the authorised entry must be the recovery offered on this link, carried by a staff \
+         quorum and signed by the new device"
+    )]
+    NotTheOffer,
+    /// Nothing authorised yet: a recovery is completed only once its quorum approved it.
+    #[error("no staff quorum has authorised this recovery yet")]
+    NotAuthorized,
     /// The new device already revealed its nonce for the current offer: a new offer would
     /// be picked knowing it, so it is refused; the new device starts a new request.
     #[error(
@@ -94,6 +107,9 @@ pub struct Link {
     pub offered_by: Option<DeviceId>,
     /// The entry was appended.
     pub completed: bool,
+    /// A recovery's whole entry, authorised by its quorum (`link_authorize`): appended
+    /// when the new device completes it (`link_complete`).
+    pub authorized: Option<LogEntry>,
     /// When it lapses.
     pub expires_ms: u64,
 }
@@ -229,6 +245,7 @@ impl LinkRegistry {
             },
             offered_by: None,
             completed: false,
+            authorized: None,
             expires_ms,
         };
         self.links.insert(link_id, link);
@@ -323,6 +340,55 @@ impl LinkRegistry {
         link.wire.subject_signature = Some(signature);
         link.wire.nonce = Some(nonce);
         Ok(())
+    }
+
+    /// Record the quorum-carried entry that recovers the link's device (its offered
+    /// `recover` body, signed by the new device), to be appended when the new device
+    /// completes it. The caller has checked who authorises and that the entry verifies.
+    pub fn authorize(
+        &mut self,
+        link_id: &[u8; 16],
+        entry: LogEntry,
+        now_ms: u64,
+    ) -> Result<(), LinkError> {
+        let link = self
+            .links
+            .get_mut(link_id)
+            .filter(|l| l.expires_ms > now_ms)
+            .ok_or(LinkError::NotFound)?;
+        if link.completed {
+            return Err(LinkError::Completed);
+        }
+        let matches = link.wire.body.as_ref() == Some(&entry.body)
+            && matches!(entry.body.action, DeviceAction::Recover { .. })
+            && matches!(entry.authorization, EntryAuthorization::Quorum(_))
+            && link.wire.subject_signature.is_some()
+            && entry.subject_signature == link.wire.subject_signature;
+        if !matches {
+            return Err(LinkError::NotTheOffer);
+        }
+        link.authorized = Some(entry);
+        Ok(())
+    }
+
+    /// The entry authorised for the link, and the identity that must complete it.
+    pub fn authorized(
+        &self,
+        link_id: &[u8; 16],
+        now_ms: u64,
+    ) -> Result<(LogEntry, PublicIdentity), LinkError> {
+        let link = self.get(link_id, now_ms)?;
+        if link.completed {
+            return Err(LinkError::Completed);
+        }
+        let entry = link.authorized.clone().ok_or(LinkError::NotAuthorized)?;
+        Ok((entry, link.wire.identity.clone()))
+    }
+
+    /// Whether a connection waiting on `link_id` may keep waiting: `None` once the link
+    /// is gone (lapsed, dismissed, replaced, evicted), else whether it completed.
+    pub fn waiting(&self, link_id: &[u8; 16], now_ms: u64) -> Option<bool> {
+        self.get(link_id, now_ms).ok().map(|l| l.completed)
     }
 
     /// Dismiss an open request of `account` (a device of the account decided it is not

@@ -272,7 +272,7 @@ fn whoami(ctx: &Ctx) -> Result<(), CliError> {
 }
 
 async fn contacts(ctx: &Ctx) -> Result<(), CliError> {
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let reachable = client
@@ -361,7 +361,7 @@ fn text_arg(text: &str, what: &str) -> Result<String, CliError> {
 async fn send(ctx: &Ctx, to: &str, text: &str) -> Result<(), CliError> {
     let to = account_arg(to)?;
     let text = text_arg(text, "message")?;
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let result = client.send_text(&to, &text).await;
@@ -395,7 +395,7 @@ async fn send_instruction(
     let to = account_arg(to)?;
     let text = text_arg(text, "instruction")?;
     let category = category.to_protocol();
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let result = client.send_instruction(&to, category, &text).await;
@@ -434,7 +434,7 @@ async fn send_file(ctx: &Ctx, to: &str, path: &Path, caption: &str) -> Result<()
             sealpost_protocol::attachment::MAX_ATTACHMENT_LEN
         )));
     }
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let bar = super::progress_bar(ctx.out, format!("sending {}", path.display()), meta.len());
@@ -478,7 +478,7 @@ async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(),
         CliError::usage("the message id must be 32 hex digits (see `sealpost inbox --all --json`)")
     })?;
     let id = sealpost_protocol::MessageId(id);
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     let info = client.attachment(&id).ok_or_else(|| {
         CliError::failure(format!(
             "message {message_id} has no attachment on this device"
@@ -538,7 +538,7 @@ async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(),
 }
 
 async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let me = client.account().cloned();
@@ -712,7 +712,9 @@ async fn pause(
 }
 
 async fn listen(ctx: &Ctx, for_time: Option<Duration>, mark_read: bool) -> Result<(), CliError> {
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
+    // Runs until stopped; each connection attempt is bounded by --timeout below.
+    ctx.budget.unbounded();
     let mut stop = stop_signal();
     let deadline = for_time.map(|d| Instant::now() + d);
     let at = relay_addr(&client);
@@ -828,7 +830,7 @@ async fn verify(ctx: &Ctx, account: &str, confirm: Option<&str>) -> Result<(), C
             ));
         }
     }
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     if let Some(digits) = confirm {
@@ -877,7 +879,7 @@ async fn verify(ctx: &Ctx, account: &str, confirm: Option<&str>) -> Result<(), C
 }
 
 async fn devices(ctx: &Ctx) -> Result<(), CliError> {
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let list = client.own_devices().await;
@@ -916,7 +918,7 @@ async fn notice(
     if title.trim().is_empty() || body.trim().is_empty() {
         return Err(CliError::usage("a notice needs a --title and a --body"));
     }
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     if client.role() == Some(Role::Client) {
         return Err(CliError::new(
             Exit::Refused,
