@@ -987,20 +987,37 @@ impl Client {
             ));
         }
         relay.org()?;
-        if let Some(link) = &self.new_link {
-            let r = &link.record;
-            if &r.account == account && r.relay.addr == relay.addr {
-                return Ok(LinkTicket {
-                    link_id: hex::encode(&r.link_id),
-                    account: account.clone(),
-                    fingerprint: self.identity.public().fingerprint().to_string(),
-                    expires_ms: r.expires_ms,
-                    resumed: true,
-                });
-            }
-        }
         let conn = RelayConnection::connect(&relay.address()?).await?;
         crate::client::check_relay_org(&conn, &relay).await?;
+        if let Some(link) = self.new_link.as_mut() {
+            let same = &link.record.account == account && link.record.relay.addr == relay.addr;
+            if same {
+                // Resume the earlier request while the relay still holds it (waiting,
+                // offered, authorised or completed: `link_progress` goes on from there).
+                match conn.link_poll(link.record.id()).await {
+                    Ok(_) => {
+                        let r = &link.record;
+                        let ticket = LinkTicket {
+                            link_id: hex::encode(&r.link_id),
+                            account: account.clone(),
+                            fingerprint: self.identity.public().fingerprint().to_string(),
+                            expires_ms: r.expires_ms,
+                            resumed: true,
+                        };
+                        link.conn = Some(conn);
+                        link.next_poll = tokio::time::Instant::now();
+                        return Ok(ticket);
+                    }
+                    // Gone: a new request below (if it was completed meanwhile, the relay
+                    // answers that this device is registered, and it authenticates).
+                    Err(NetError::Refused {
+                        code: ErrorCode::NotFound,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         let nonce = LinkNonce::generate(&mut OsRng);
         let commitment = LinkCommitment::compute(account, self.identity.public(), &nonce);
         let (link_id, expires_ms, registered) =
@@ -1044,6 +1061,25 @@ impl Client {
             expires_ms,
             resumed: registered,
         })
+    }
+
+    /// [`Client::link_start`], forgetting any earlier request of this profile first: a new
+    /// request (a new nonce) replaces it at the relay. For a new device whose code was
+    /// refused (typed wrong) on the existing device or by staff: that request cannot be
+    /// offered on again.
+    pub async fn link_restart(
+        &mut self,
+        relay: RelayInfo,
+        account: &AccountId,
+    ) -> Result<LinkTicket, ClientError> {
+        if self.account.is_some() {
+            return Err(ClientError::Invalid(
+                "this device is already enrolled".into(),
+            ));
+        }
+        self.new_link = None;
+        self.save()?;
+        self.link_start(relay, account).await
     }
 
     /// The link request this (new) device has pending, if any: the account it asks to

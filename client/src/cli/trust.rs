@@ -525,6 +525,7 @@ pub async fn device(ctx: &Ctx, command: DeviceCommand) -> Result<(), CliError> {
             org,
             server_name,
             wait,
+            restart,
         } => {
             let relay = RelayInfo {
                 addr: parse_relay(&relay)?.to_string(),
@@ -537,6 +538,7 @@ pub async fn device(ctx: &Ctx, command: DeviceCommand) -> Result<(), CliError> {
                 relay,
                 &account_arg(&account)?,
                 Duration::from_secs(wait),
+                restart,
             )
             .await
         }
@@ -594,6 +596,7 @@ async fn device_link(
     relay: RelayInfo,
     account: &AccountId,
     wait: Duration,
+    restart: bool,
 ) -> Result<(), CliError> {
     let mut client = open_profile(ctx)?;
     if let Some(existing) = client.account() {
@@ -604,7 +607,13 @@ async fn device_link(
         .hint("run `sealpost device link` on the NEW device (a fresh `sealpost init` profile)"));
     }
     let at = relay.addr.clone();
-    let attempt = tokio::time::timeout(ctx.timeout, client.link_start(relay, account));
+    let attempt = tokio::time::timeout(ctx.timeout, async {
+        if restart {
+            client.link_restart(relay, account).await
+        } else {
+            client.link_start(relay, account).await
+        }
+    });
     let ticket = match with_spinner(ctx.out, format!("asking {at} to link"), attempt).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return Err(CliError::from_client(e, Some(&at))),
