@@ -1676,3 +1676,95 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
     assert!(devices["devices"][0]["on_probation"] == true);
     assert!(!devices["revoked"].as_array().unwrap().is_empty());
 }
+
+/// `--timeout` is one deadline for the whole command's waiting on the relay: with
+/// `--timeout 5`, a relay that stops answering (SIGSTOP) right after the command
+/// authenticated, in the middle of its requests, ends `inbox` and `send` within 6 s
+/// (from the start of the process) with exit 5.
+#[test]
+fn cli_commands_end_within_their_timeout_when_the_relay_stops_answering_mid_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, relay) = start_relay(dir.path());
+    for (id, role) in [("ann.advisor", "advisor"), ("alice", "client")] {
+        admin(&config, &["create-account", id, "--role", role]);
+    }
+    admin(&config, &["assign", "alice", "ann.advisor"]);
+    let users = tempfile::tempdir().unwrap();
+    let ann = Device::new(users.path(), "ann");
+    let alice = Device::new(users.path(), "alice");
+    ann.enrol(&config, &relay, "ann.advisor");
+    alice.enrol(&config, &relay, "alice");
+    // Mail waiting for alice, so that `inbox` has work to do after it authenticated.
+    for i in 0..8 {
+        ann.run(&["send", "alice", &format!("message {i}")])
+            .ok("send");
+    }
+    let authentications = |relay: &RelayProcess| {
+        relay
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("device authenticated") && l.contains("alice"))
+            .count()
+    };
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(relay.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    for args in [&["inbox"][..], &["send", "ann.advisor", "are you there?"][..]] {
+        // The command may, rarely, finish before the relay is stopped: then try again.
+        let mut stopped_mid_request = false;
+        for _attempt in 0..3 {
+            let before = authentications(&relay);
+            let mut all = vec!["--json", "--timeout", "5"];
+            all.extend_from_slice(args);
+            let mut cmd = alice.command(&all, &alice.passphrase);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let started = Instant::now();
+            let mut child = cmd.spawn().unwrap();
+            while authentications(&relay) == before {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "{args:?} never authenticated"
+                );
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            signal("-STOP");
+            let code = wait_exit(&mut child, Duration::from_secs(30));
+            let elapsed = started.elapsed();
+            signal("-CONT");
+            let ran = output_of(child);
+            if code == 0 {
+                continue;
+            }
+            assert_eq!(
+                code, 5,
+                "{args:?} exits 5 when the relay stops answering:\n{}",
+                ran.stderr
+            );
+            let err: Value = serde_json::from_str(ran.stderr.lines().last().unwrap()).unwrap();
+            assert_eq!(err["kind"], "relay_unreachable", "{}", ran.stderr);
+            assert!(
+                elapsed < Duration::from_secs(6),
+                "{args:?} with --timeout 5 took {elapsed:?}"
+            );
+            stopped_mid_request = true;
+            break;
+        }
+        assert!(
+            stopped_mid_request,
+            "{args:?} always finished before the relay was stopped"
+        );
+        // The relay answers again: the command works.
+        alice.run(args).ok("after the relay came back");
+    }
+}
