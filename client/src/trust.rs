@@ -1311,6 +1311,7 @@ impl Client {
         let Some(conn) = link.conn.as_ref() else {
             return Ok(None);
         };
+        let mut refusal = None;
         match conn.link_complete(&self.identity, link.record.id()).await {
             Ok(()) => {}
             Err(e) if transient(&e) => {
@@ -1329,10 +1330,13 @@ impl Client {
             }
             // Completed already (an earlier run's `link_complete` whose answer was lost,
             // or the relay restarted after appending it): authenticate.
+            // (Or refused as a conflict: the log moved on, the roster changed. Then
+            // authenticating fails and the relay's reason is reported.)
             Err(NetError::Refused {
-                code: ErrorCode::Conflict | ErrorCode::NotFound,
+                code: code @ (ErrorCode::Conflict | ErrorCode::NotFound),
+                message,
                 ..
-            }) => {}
+            }) => refusal = Some(format!("{code:?}: {message}")),
             Err(NetError::Refused { code, message, .. }) => {
                 // The relay refused the append (the approvals expired, the account's log
                 // moved on): nothing changed, the account's old devices still work.
@@ -1357,11 +1361,11 @@ impl Client {
                 ..
             })) => {
                 self.drop_new_link();
-                Err(ClientError::NotFound(
-                    "the recovery request is gone (it lapsed, was dismissed, or the relay \
-                     restarted) and this device was not added; start again"
-                        .into(),
-                ))
+                Err(ClientError::NotFound(format!(
+                    "the recovery could not be completed ({}) and this device was not added; \
+                     the account's other devices were not revoked: start again",
+                    refusal.as_deref().unwrap_or("refused")
+                )))
             }
             Err(e) => Err(e),
         }

@@ -440,6 +440,8 @@ async fn send_file(ctx: &Ctx, to: &str, path: &Path, caption: &str) -> Result<()
     let bar = super::progress_bar(ctx.out, format!("sending {}", path.display()), meta.len());
     let result = client
         .send_file(&to, path, caption, |done, _total| {
+            // Bytes moving is the relay answering: the budget counts from the last move.
+            ctx.budget.progress();
             if let Some(b) = &bar {
                 b.set_position(done);
             }
@@ -510,6 +512,7 @@ async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(),
     );
     let result = client
         .download_attachment(&id, &dest, |done, _| {
+            ctx.budget.progress();
             if let Some(b) = &bar {
                 b.set_position(done);
             }

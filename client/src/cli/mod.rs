@@ -96,6 +96,12 @@ impl RelayBudget {
         });
     }
 
+    /// Data moved (an attachment's bytes): the relay is answering, so a long transfer is
+    /// not cut off; the budget counts from now (never earlier than it was).
+    pub fn progress(&self) {
+        self.waiting_for_person(Duration::ZERO);
+    }
+
     /// No deadline any more (`listen`, which runs until stopped and bounds each
     /// connection attempt by `--timeout` itself).
     pub fn unbounded(&self) {
