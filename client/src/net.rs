@@ -25,9 +25,8 @@ use sealpost_protocol::trust::{
 };
 use sealpost_protocol::wire::{
     self, auth_signature_message, enroll_signature_message, link_complete_signature_message,
-    link_signature_message, BoundedString,
-    BoundedVec, DeviceInfo, ErrorCode, Frame, FrameBody, FrameReader, PendingLink, Role, ALPN,
-    TLS_EXPORTER_LABEL,
+    link_signature_message, BoundedString, BoundedVec, DeviceInfo, ErrorCode, Frame, FrameBody,
+    FrameReader, PendingLink, Role, ALPN, TLS_EXPORTER_LABEL,
 };
 use sealpost_protocol::DecodeError;
 use tokio::sync::{mpsc, oneshot, Notify};

@@ -288,7 +288,10 @@ impl NewDeviceLink {
 
 /// A failure that a new attempt may cure: the connection, not the relay's verdict.
 fn transient(e: &NetError) -> bool {
-    !matches!(e, NetError::Refused { .. } | NetError::Address(_) | NetError::Tls(_))
+    !matches!(
+        e,
+        NetError::Refused { .. } | NetError::Address(_) | NetError::Tls(_)
+    )
 }
 
 /// `ms` (since the Unix epoch) as a UTC time to the second, for messages.

@@ -32,8 +32,7 @@ use std::collections::HashMap;
 
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::trust::{
-    DeviceAction, EntryAuthorization, EntryBody, LinkChallenge, LinkCommitment, LinkNonce,
-    LogEntry,
+    DeviceAction, EntryAuthorization, EntryBody, LinkChallenge, LinkCommitment, LinkNonce, LogEntry,
 };
 use sealpost_protocol::wire::{PendingLink, MAX_PENDING_LINKS};
 

@@ -1715,7 +1715,10 @@ fn cli_commands_end_within_their_timeout_when_the_relay_stops_answering_mid_requ
             .success();
         assert!(ok, "kill {sig}");
     };
-    for args in [&["inbox"][..], &["send", "ann.advisor", "are you there?"][..]] {
+    for args in [
+        &["inbox"][..],
+        &["send", "ann.advisor", "are you there?"][..],
+    ] {
         // The command may, rarely, finish before the relay is stopped: then try again.
         let mut stopped_mid_request = false;
         for _attempt in 0..3 {

@@ -323,7 +323,9 @@ async fn a_recovery_approved_five_minutes_after_it_was_requested_never_leaves_th
     // device waits all along (longer than the relay's authentication timeout many
     // times); half-way, the old device sends a message as usual.
     wait_for_person(&mut new, Duration::from_secs(150)).await;
-    old.send_text(&ops_id, "still using my old phone").await.unwrap();
+    old.send_text(&ops_id, "still using my old phone")
+        .await
+        .unwrap();
     let got = receive_until(ops, 5, |e| !texts(e).is_empty()).await;
     assert_eq!(texts(&got), vec!["still using my old phone"]);
     wait_for_person(&mut new, Duration::from_secs(150)).await;
@@ -337,7 +339,9 @@ async fn a_recovery_approved_five_minutes_after_it_was_requested_never_leaves_th
     assert!(completed(&ev), "{ev:?}");
     // The quorum is reached and handed over, but the new device has not completed it:
     // the old device is still the account's device and works.
-    old.send_text(&ops_id, "the new phone is off").await.unwrap();
+    old.send_text(&ops_id, "the new phone is off")
+        .await
+        .unwrap();
     let got = receive_until(ops, 5, |e| !texts(e).is_empty()).await;
     assert_eq!(texts(&got), vec!["the new phone is off"]);
     let devices = old.devices().await.unwrap();

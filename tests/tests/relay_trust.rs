@@ -1845,11 +1845,7 @@ async fn recovery_needs_the_quorum_at_the_relay_and_cools_off_from_the_approvals
         refused(staff[0].conn.link_authorize(link_id, other).await),
         ErrorCode::Forbidden
     );
-    staff[0]
-        .conn
-        .link_authorize(link_id, entry)
-        .await
-        .unwrap();
+    staff[0].conn.link_authorize(link_id, entry).await.unwrap();
     // Authorised, not appended: the old device is still the account's device.
     assert_eq!(relay.relay.store.device_log_len(&client).await.unwrap(), 1);
     let c = relay.connect().await;
@@ -1862,7 +1858,13 @@ async fn recovery_needs_the_quorum_at_the_relay_and_cools_off_from_the_approvals
     // Only the recovered device completes it, on its own connection.
     let other_keys = IdentityKeyPair::generate(&mut StdRng::seed_from_u64(39));
     assert_eq!(
-        refused(relay.connect().await.link_complete(&other_keys, link_id).await),
+        refused(
+            relay
+                .connect()
+                .await
+                .link_complete(&other_keys, link_id)
+                .await
+        ),
         ErrorCode::AuthFailed
     );
     n.link_complete(&new_keys, link_id).await.unwrap();

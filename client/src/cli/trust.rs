@@ -731,8 +731,9 @@ fn show_link_code(ctx: &Ctx, link_id: &str, code: &str, action: &str) {
             "    Read this code to the staff member recovering your account:  {code}"
         ));
     } else {
-        ctx.out
-            .say(format!("    Type this code on the existing device:  {code}"));
+        ctx.out.say(format!(
+            "    Type this code on the existing device:  {code}"
+        ));
     }
     ctx.out.say("");
     ctx.out.note("waiting for the confirmation...");

@@ -16,9 +16,9 @@ use sealpost_protocol::trust::{
     SignedRoster, MAX_SIGNED_ROSTER_LEN,
 };
 use sealpost_protocol::wire::{
-    link_complete_signature_message, link_signature_message, BoundedVec, ErrorCode, FrameBody, LogLength, Role,
-    MAX_LOG_ENTRIES_PER_FRAME, MAX_LOG_HEADS_PER_FRAME, MAX_ROSTER_LINKS_PER_FRAME,
-    ROSTER_FRAME_BUDGET,
+    link_complete_signature_message, link_signature_message, BoundedVec, ErrorCode, FrameBody,
+    LogLength, Role, MAX_LOG_ENTRIES_PER_FRAME, MAX_LOG_HEADS_PER_FRAME,
+    MAX_ROSTER_LINKS_PER_FRAME, ROSTER_FRAME_BUDGET,
 };
 use tracing::{debug, info, warn};
 
@@ -348,7 +348,8 @@ impl<S: Store> Relay<S> {
         }
         let now = unix_ms();
         let account = match self.with_links(|l| {
-            l.get(&link_id, now).map(|k| (k.wire.account.clone(), k.completed))
+            l.get(&link_id, now)
+                .map(|k| (k.wire.account.clone(), k.completed))
         }) {
             Ok((_, true)) => return link_refusal(id, &LinkError::Completed),
             Ok((a, false)) => a,
