@@ -976,9 +976,11 @@ impl Client {
     /// reports `Completed`.
     ///
     /// A request this profile started earlier for the same account and relay is resumed
-    /// rather than replaced (its offer and code stay valid, and a confirmation given
-    /// while this device was offline is picked up); a relay that already registered this
-    /// identity (the link was confirmed meanwhile) is answered by authenticating.
+    /// when it was completed meanwhile (a confirmation given while this device was
+    /// offline) or is a recovery this device signed (approvals may be under way, or done:
+    /// this device completes it); otherwise a new request replaces it. A relay that
+    /// already registered this identity (the request was completed and then forgotten)
+    /// is answered by authenticating.
     pub async fn link_start(
         &mut self,
         relay: RelayInfo,
@@ -995,10 +997,18 @@ impl Client {
         if let Some(link) = self.new_link.as_mut() {
             let same = &link.record.account == account && link.record.relay.addr == relay.addr;
             if same {
-                // Resume the earlier request while the relay still holds it (waiting,
-                // offered, authorised or completed: `link_progress` goes on from there).
+                // Resume the earlier request if it was completed meanwhile (the device
+                // only has to authenticate), or is a recovery this device signed (its
+                // approvals may be under way, or done: it completes it). Any other request
+                // is replaced by a new one below (after a refused code that is the only
+                // way on; the existing device offers again).
+                let recovering = link
+                    .record
+                    .signed
+                    .as_ref()
+                    .is_some_and(|o| o.action == "recover");
                 match conn.link_poll(link.record.id()).await {
-                    Ok(_) => {
+                    Ok(state) if state.completed || state.ready || recovering => {
                         let r = &link.record;
                         let ticket = LinkTicket {
                             link_id: hex::encode(&r.link_id),
@@ -1011,6 +1021,7 @@ impl Client {
                         link.next_poll = tokio::time::Instant::now();
                         return Ok(ticket);
                     }
+                    Ok(_) => {}
                     // Gone: a new request below (if it was completed meanwhile, the relay
                     // answers that this device is registered, and it authenticates).
                     Err(NetError::Refused {
@@ -1220,6 +1231,7 @@ impl Client {
                     // the account's device, durably, before the relay appends the entry
                     // that revokes the old ones.
                     link.record.completing = true;
+                    link.next_poll = tokio::time::Instant::now();
                     self.save()?;
                     continue;
                 }

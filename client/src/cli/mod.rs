@@ -293,7 +293,12 @@ pub async fn open_enrolled(ctx: &Ctx) -> Result<Client, CliError> {
             .pending_link()
             .map(|(a, at)| (a.clone(), at.to_owned()))
         {
-            match client.link_progress(ctx.timeout).await {
+            // One look at the request (a poll, and completing it if it is ready), not a
+            // wait: `device link` is the command that waits.
+            match client
+                .link_progress(ctx.timeout.min(Duration::from_secs(2)))
+                .await
+            {
                 Ok(sealpost_client::trust::LinkProgress::Completed { .. }) => {
                     for e in client.take_events() {
                         ctx.out.event(&e, Some(&account))?;
