@@ -1177,6 +1177,46 @@ fn cli_organisation_roster_cosigned_notice_and_device_linking() {
     assert_eq!(devices["frozen"], false);
     let who = tablet.run(&["whoami"]).ok("whoami tablet");
     assert_eq!(who.events("whoami")[0]["account"], "alice");
+
+    // A new device whose process ends (lid closed) right after it showed its code, and
+    // is confirmed while it is away: `device link` again finishes joining (it is not
+    // refused as "already registered").
+    let desk = Device::new(users.path(), "alice-desk");
+    desk.run(&["init"]).ok("init desk");
+    let mut link = desk.command(&link_args, &desk.passphrase);
+    link.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut link = link.spawn().unwrap();
+    let rx = line_reader(&mut link);
+    let mut seen = Vec::new();
+    let link_id = wait_for_event(&rx, "link_started", &mut seen)["link_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut confirm = spawn(
+        &alice,
+        &["--json", "device", "confirm", "--link", &link_id],
+        true,
+    );
+    let code = wait_for_event(&rx, "link_code", &mut seen)["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _ = link.kill();
+    let _ = link.wait();
+    {
+        use std::io::Write;
+        let mut stdin = confirm.stdin.take().unwrap();
+        writeln!(stdin, "{code}").unwrap();
+    }
+    output_of(confirm).ok("device confirm (new device away)");
+    let again = run_bounded(desk.command(&link_args, &desk.passphrase), STEP)
+        .ok("device link again");
+    assert_eq!(again.events("link_started")[0]["resumed"], true);
+    assert_eq!(again.events("linked").len(), 1, "{}", again.stdout);
+    let who = desk.run(&["whoami"]).ok("whoami desk");
+    assert_eq!(who.events("whoami")[0]["account"], "alice");
 }
 
 /// Spawn `args` on `dev` (JSON lines on stdout), with `stdin` piped if asked.
