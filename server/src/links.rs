@@ -733,6 +733,82 @@ mod tests {
     }
 
     #[test]
+    fn a_recovery_is_authorised_only_as_offered_and_signed_then_completed_by_its_device() {
+        use sealpost_protocol::trust::{ApprovalBundle, ApprovalRequest, Operation, SignerRef};
+        let mut r = LinkRegistry::new(10, LIFE);
+        let a = acct("alice");
+        let new = key(1);
+        let commitment = LinkCommitment::compute(&a, new.public(), &NONCE);
+        r.start([1; 16], a.clone(), new.public().clone(), commitment, T0)
+            .unwrap();
+        assert_eq!(r.waiting(&[1; 16], T0), Some(false));
+        assert_eq!(r.waiting(&[9; 16], T0), None);
+        let body = DeviceLog::new(a.clone()).next_body(
+            T0,
+            DeviceAction::Recover {
+                identity: new.public().clone(),
+            },
+            "lost phone",
+        );
+        let staff = key(2);
+        let request = ApprovalRequest::new(
+            Operation::AccountRecovery,
+            body.hash().0.to_vec(),
+            1,
+            T0 + LIFE,
+            SignerRef::new(acct("ops"), staff.device_id()),
+            &mut StdRng::seed_from_u64(3),
+        )
+        .unwrap();
+        let bundle = ApprovalBundle::initiate(request, &staff).unwrap();
+        let entry = LogEntry::with_quorum(body.clone(), bundle.clone(), Some(&new));
+        // Nothing offered, then offered but not signed by the new device: refused.
+        assert_eq!(
+            r.authorize(&[1; 16], entry.clone(), T0),
+            Err(LinkError::NotTheOffer)
+        );
+        r.offer(
+            &[1; 16],
+            LinkChallenge([7; 16]),
+            body.clone(),
+            staff.device_id(),
+            T0,
+        )
+        .unwrap();
+        assert_eq!(
+            r.authorize(&[1; 16], entry.clone(), T0),
+            Err(LinkError::NotTheOffer)
+        );
+        r.sign(&[1; 16], body.sign(&new), NONCE, T0).unwrap();
+        assert_eq!(
+            r.authorized(&[1; 16], T0).err(),
+            Some(LinkError::NotAuthorized)
+        );
+        // Without the new device's signature, or for another body: refused.
+        let unsigned = LogEntry::with_quorum(body.clone(), bundle.clone(), None);
+        assert_eq!(
+            r.authorize(&[1; 16], unsigned, T0),
+            Err(LinkError::NotTheOffer)
+        );
+        let mut other = entry.clone();
+        other.body.timestamp_ms += 1;
+        assert_eq!(
+            r.authorize(&[1; 16], other, T0),
+            Err(LinkError::NotTheOffer)
+        );
+        r.authorize(&[1; 16], entry.clone(), T0).unwrap();
+        let (kept, identity) = r.authorized(&[1; 16], T0).unwrap();
+        assert_eq!(kept, entry);
+        assert_eq!(&identity, new.public());
+        // Appended (the relay marks it completed): nothing more to complete; a waiting
+        // connection gets its last period to authenticate.
+        assert_eq!(r.complete(&a, new.public()), 1);
+        assert_eq!(r.waiting(&[1; 16], T0), Some(true));
+        assert_eq!(r.authorized(&[1; 16], T0).err(), Some(LinkError::Completed));
+        assert_eq!(r.waiting(&[1; 16], T0 + OFFERED_LINK_LIFETIME_MS + 1), None);
+    }
+
+    #[test]
     fn requests_lapse_after_the_lifetime_unless_offered() {
         let life = 60_000;
         let mut r = LinkRegistry::new(10, life);

@@ -1211,8 +1211,8 @@ fn cli_organisation_roster_cosigned_notice_and_device_linking() {
         writeln!(stdin, "{code}").unwrap();
     }
     output_of(confirm).ok("device confirm (new device away)");
-    let again = run_bounded(desk.command(&link_args, &desk.passphrase), STEP)
-        .ok("device link again");
+    let again =
+        run_bounded(desk.command(&link_args, &desk.passphrase), STEP).ok("device link again");
     assert_eq!(again.events("link_started")[0]["resumed"], true);
     assert_eq!(again.events("linked").len(), 1, "{}", again.stdout);
     let who = desk.run(&["whoami"]).ok("whoami desk");
