@@ -192,6 +192,7 @@ async fn enroll(
         .hint("use another --home for another account"));
     }
     let at = addr.to_string();
+    ctx.budget.set_relay(&at);
     let info = RelayInfo {
         addr: at.clone(),
         server_name,

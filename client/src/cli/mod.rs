@@ -66,6 +66,8 @@ pub struct Ctx {
 /// inside it, so each round-trip stays bounded.
 pub struct RelayBudget {
     timeout: Duration,
+    /// The relay's address, once known (for the message).
+    relay: std::sync::Mutex<Option<String>>,
     /// `None`: unbounded (a command that runs until stopped).
     deadline: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
 }
@@ -73,9 +75,31 @@ pub struct RelayBudget {
 impl RelayBudget {
     fn new(timeout: Duration) -> Self {
         let (deadline, _) = tokio::sync::watch::channel(None);
-        let b = Self { timeout, deadline };
+        let b = Self {
+            timeout,
+            relay: std::sync::Mutex::new(None),
+            deadline,
+        };
         b.restart();
         b
+    }
+
+    /// The relay the command talks to (named when the budget runs out).
+    pub fn set_relay(&self, addr: &str) {
+        if let Ok(mut r) = self.relay.lock() {
+            *r = Some(addr.to_owned());
+        }
+    }
+
+    /// The error when the budget ran out.
+    fn expired_error(&self) -> CliError {
+        let detail = format!("no answer within --timeout {} s", self.timeout.as_secs());
+        let relay = self.relay.lock().ok().and_then(|r| r.clone());
+        match relay {
+            Some(addr) => CliError::unreachable(&addr, detail),
+            None => CliError::new(error::Exit::Unreachable, format!("the relay gave {detail}")),
+        }
+        .hint("check that the relay is running and reachable, or give a longer --timeout; nothing the relay had not confirmed was lost: run the command again")
     }
 
     /// The budget starts again now (after a passphrase prompt: typing is not waiting on
@@ -153,14 +177,7 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
                     tokio::select! {
                         biased;
                         r = commands::dispatch(&ctx, command) => r,
-                        () = ctx.budget.expired() => Err(CliError::new(
-                            error::Exit::Unreachable,
-                            format!(
-                                "the relay did not answer within --timeout {} s",
-                                timeout.as_secs()
-                            ),
-                        )
-                        .hint("check that the relay is running and reachable, or give a longer --timeout; nothing that was not confirmed by the relay was lost: run the command again")),
+                        () = ctx.budget.expired() => Err(ctx.budget.expired_error()),
                     }
                 }),
                 Err(e) => Err(CliError::failure(format!("cannot start the runtime: {e}"))),
@@ -280,7 +297,13 @@ pub fn open_profile(ctx: &Ctx) -> Result<Client, CliError> {
     }
     let pass = passphrase(false)?;
     ctx.budget.restart();
-    Client::open(&ctx.home, &pass).map_err(|e| CliError::from_client(e, None))
+    let client = Client::open(&ctx.home, &pass).map_err(|e| CliError::from_client(e, None))?;
+    if let Some(r) = client.relay() {
+        ctx.budget.set_relay(&r.addr);
+    } else if let Some((_, at)) = client.pending_link() {
+        ctx.budget.set_relay(at);
+    }
+    Ok(client)
 }
 
 /// Open the profile and require an enrolled device. A profile whose link request (a

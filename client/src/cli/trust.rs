@@ -607,6 +607,7 @@ async fn device_link(
         .hint("run `sealpost device link` on the NEW device (a fresh `sealpost init` profile)"));
     }
     let at = relay.addr.clone();
+    ctx.budget.set_relay(&at);
     let attempt = tokio::time::timeout(ctx.timeout, async {
         if restart {
             client.link_restart(relay, account).await
