@@ -1037,13 +1037,13 @@ impl Client {
         let (link_id, expires_ms, registered) =
             match conn.link_start(&self.identity, account, commitment).await {
                 Ok((id, exp)) => (id, exp, false),
-                // Registered already: an earlier request of this identity was completed
-                // while this device was away (or its profile lost the request).
+                // `link_start` answers `conflict` only for an identity registered already
+                // (§19.2): an earlier request of this identity was completed while this
+                // device was away (or its profile lost the request). Authenticating tells.
                 Err(NetError::Refused {
                     code: ErrorCode::Conflict,
-                    message,
                     ..
-                }) if message.contains("already registered") => ([0; 16], 0, true),
+                }) => ([0; 16], 0, true),
                 Err(e) => return Err(e.into()),
             };
         let started = tokio::time::Instant::now();
