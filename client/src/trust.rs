@@ -1129,7 +1129,21 @@ impl Client {
                 .as_mut()
                 .ok_or_else(|| ClientError::Invalid("no link in progress".into()))?;
             if link.registered {
-                return self.finish_link().await;
+                return match self.finish_link().await {
+                    Err(ClientError::Net(NetError::Refused {
+                        code: ErrorCode::AuthFailed,
+                        ..
+                    })) => {
+                        self.drop_new_link();
+                        Err(ClientError::NotAllowed(
+                            "the relay knows this device's identity but it cannot \
+                             authenticate: it was revoked; link a new profile (`sealpost init` \
+                             in another directory)"
+                                .into(),
+                        ))
+                    }
+                    other => other,
+                };
             }
             // Once this device has signed an offer the relay keeps the request longer
             // (a recovery waits for its approvals): the relay says when it is gone.
