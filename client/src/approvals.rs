@@ -1084,6 +1084,19 @@ impl Client {
                     authorization: EntryAuthorization::Quorum(record.bundle.clone()),
                     subject_signature,
                 };
+                if matches!(entry.action, DeviceAction::Recover { .. }) {
+                    // A recovery revokes the account's other devices: the relay appends it
+                    // only when the recovered device completes it (docs/PROTOCOL.md §19.5,
+                    // "Completing a recovery"), so the account is never left without a
+                    // device that can use it. Hand it over on the link it was offered on.
+                    return match self.authorize_recovery(log_entry).await {
+                        Ok(summary) => self.completed(&[i], summary),
+                        Err(e) => {
+                            self.refresh_roster_after_conflict(&e).await;
+                            self.fail(&[i], &request_id, &operation, e)
+                        }
+                    };
+                }
                 match self.conn() {
                     Ok(conn) => match conn.append_device_log(log_entry).await {
                         Ok(()) => {
@@ -1141,15 +1154,8 @@ impl Client {
             Ok(list) => {
                 let mut events = Vec::new();
                 for (j, summary) in list {
-                    self.approvals[j].status = ApprovalStatus::Completed;
-                    self.approvals[j].detail = summary.clone();
-                    events.push(Event::OperationCompleted {
-                        request_id: hex::encode(self.approvals[j].request_id()),
-                        operation: self.approvals[j].bundle.request.operation.name().to_owned(),
-                        summary,
-                    });
+                    events.extend(self.completed(&[j], summary));
                 }
-                let _ = self.save();
                 events
             }
             Err(e) => {
@@ -1157,6 +1163,46 @@ impl Client {
                 self.fail(&[i], &request_id, &operation, e)
             }
         }
+    }
+
+    /// The recovery entry `entry` (its quorum reached) is handed to the relay on the link
+    /// request it was offered on, for the recovered device to complete.
+    async fn authorize_recovery(&mut self, entry: LogEntry) -> Result<String, ClientError> {
+        let account = entry.body.account.clone();
+        let links = self.conn()?.list_links(&account).await?;
+        let link = links
+            .into_iter()
+            .find(|l| l.body.as_ref() == Some(&entry.body))
+            .ok_or_else(|| {
+                ClientError::NotFound(format!(
+                    "the link request the recovery of {account} was offered on (it lapsed, was \
+                     dismissed, or the relay restarted); the account's devices are unchanged"
+                ))
+            })?;
+        self.conn()?.link_authorize(link.link_id, entry).await?;
+        Ok(format!(
+            "recovery of {account} approved and handed to the new device: it completes when \
+             that device is online (the old devices keep working until then)"
+        ))
+    }
+
+    /// Mark records completed with `summary`, save, and report it.
+    fn completed(&mut self, records: &[usize], summary: String) -> Vec<Event> {
+        let mut events = Vec::new();
+        for j in records.iter().copied() {
+            let Some(r) = self.approvals.get_mut(j) else {
+                continue;
+            };
+            r.status = ApprovalStatus::Completed;
+            r.detail = summary.clone();
+            events.push(Event::OperationCompleted {
+                request_id: hex::encode(r.request_id()),
+                operation: r.bundle.request.operation.name().to_owned(),
+                summary: summary.clone(),
+            });
+        }
+        let _ = self.save();
+        events
     }
 
     /// The relay refuses a new object (a notice, an entry carried by a quorum) signed under

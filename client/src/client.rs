@@ -529,6 +529,9 @@ struct StateFile {
     /// Link offers this device made and has not completed.
     #[serde(default)]
     link_offers: Vec<crate::trust::LinkOfferRecord>,
+    /// The link request this (new) device started and has not completed.
+    #[serde(default)]
+    new_link: Option<crate::trust::NewLinkRecord>,
 }
 
 pub(crate) struct PeerSession {
@@ -597,6 +600,7 @@ impl Client {
             log_heads: Vec::new(),
             approvals: Vec::new(),
             link_offers: Vec::new(),
+            new_link: None,
         };
         let profile = Profile::create(home, passphrase, &placeholder, &mut rng)?;
         let client = Self {
@@ -677,7 +681,7 @@ impl Client {
             trust: crate::trust::TrustCache::restore(file.roster, file.roster_head, file.log_heads),
             approvals: file.approvals,
             link_offers: file.link_offers,
-            new_link: None,
+            new_link: file.new_link.map(crate::trust::NewDeviceLink::restored),
             events: Vec::new(),
             approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
             profile,
@@ -722,6 +726,7 @@ impl Client {
             log_heads: self.trust.head_records(),
             approvals: self.approvals.clone(),
             link_offers: self.link_offers.clone(),
+            new_link: self.new_link.as_ref().map(|l| l.record.clone()),
         };
         Ok(self.profile.save(&file, &mut rng)?)
     }

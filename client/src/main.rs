@@ -287,9 +287,17 @@ pub enum DeviceCommand {
         /// The name on the relay's certificate.
         #[arg(long, default_value = "localhost", value_name = "NAME")]
         server_name: String,
-        /// Give up after this many seconds.
+        /// How long to wait for the confirmation (a person on the existing device, or a
+        /// recovery's approvers), in seconds. The request outlives it: running `device
+        /// link` again (or any command) resumes it, and finishes joining if it was
+        /// confirmed meanwhile.
         #[arg(long, default_value_t = 600, value_name = "SECONDS")]
         wait: u64,
+        /// Start a new request instead of resuming this device's earlier one (needed
+        /// after the code was refused as typed wrong: that request cannot be offered on
+        /// again).
+        #[arg(long)]
+        restart: bool,
     },
     /// On an EXISTING device: review a pending link request (the new device's
     /// fingerprint), then type the code the new device shows to add it.

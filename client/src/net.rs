@@ -24,9 +24,9 @@ use sealpost_protocol::trust::{
     SignedNotice, SignedRoster,
 };
 use sealpost_protocol::wire::{
-    self, auth_signature_message, enroll_signature_message, link_signature_message, BoundedString,
-    BoundedVec, DeviceInfo, ErrorCode, Frame, FrameBody, FrameReader, PendingLink, Role, ALPN,
-    TLS_EXPORTER_LABEL,
+    self, auth_signature_message, enroll_signature_message, link_complete_signature_message,
+    link_signature_message, BoundedString, BoundedVec, DeviceInfo, ErrorCode, Frame, FrameBody,
+    FrameReader, PendingLink, Role, ALPN, TLS_EXPORTER_LABEL,
 };
 use sealpost_protocol::DecodeError;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -568,10 +568,12 @@ impl RelayConnection {
                 challenge,
                 body,
                 completed,
+                ready,
             } => Ok(LinkStatus {
                 challenge,
                 body: body.map(|b| *b),
                 completed,
+                ready,
             }),
             other => Err(NetError::Unexpected(format!("{other:?}"))),
         }
@@ -589,6 +591,28 @@ impl RelayConnection {
             link_id,
             signature,
             nonce,
+        })
+        .await
+    }
+
+    /// The recovered device completes its recovery (before authentication): the relay
+    /// appends the entry the staff quorum authorised; the device can authenticate next.
+    pub async fn link_complete(
+        &self,
+        identity: &IdentityKeyPair,
+        link_id: [u8; 16],
+    ) -> Result<(), NetError> {
+        let signature = identity.sign(&link_complete_signature_message(&self.exporter, &link_id));
+        self.expect_done(FrameBody::LinkComplete { link_id, signature })
+            .await
+    }
+
+    /// Staff: hand the relay the recovery entry its quorum approved, for the new device
+    /// to complete.
+    pub async fn link_authorize(&self, link_id: [u8; 16], entry: LogEntry) -> Result<(), NetError> {
+        self.expect_done(FrameBody::LinkAuthorize {
+            link_id,
+            entry: Box::new(entry),
         })
         .await
     }
@@ -1017,6 +1041,9 @@ pub struct LinkStatus {
     pub body: Option<EntryBody>,
     /// The entry was appended: the device can authenticate.
     pub completed: bool,
+    /// A recovery's quorum authorised the entry: the device completes it
+    /// ([`RelayConnection::link_complete`]).
+    pub ready: bool,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

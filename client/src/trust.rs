@@ -66,6 +66,10 @@ pub const LINK_POLL_SLOW_INTERVAL: Duration = Duration::from_secs(3);
 pub const MAX_LINK_RETRY_PAUSE: Duration = Duration::from_secs(60);
 /// Longest a single wait for the other device may be asked to last.
 pub const MAX_LINK_WAIT: Duration = Duration::from_secs(15 * 60);
+/// First pause before a linking device reconnects after losing its connection.
+pub const LINK_RECONNECT_DELAY: Duration = Duration::from_millis(500);
+/// Longest pause between a linking device's reconnection attempts.
+pub const MAX_LINK_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 /// Device logs fetched again after a reconnect because they moved while this device was
 /// offline, at most (the others are verified when next used).
 pub const MAX_LOG_CATCH_UP: usize = 512;
@@ -196,22 +200,98 @@ impl TrustCache {
     }
 }
 
+/// The offer this (new) device signed, as persisted.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SignedOfferRecord {
+    /// The hash of the body signed.
+    #[serde(with = "serde_bytes")]
+    pub hash: Vec<u8>,
+    /// The challenge it came with.
+    pub challenge: LinkChallenge,
+    /// `add` or `recover`.
+    pub action: String,
+}
+
+/// A link this (new) device started and has not completed, kept in its profile so that a
+/// later run (`sealpost device link` again, or any command) finishes it: a confirmation
+/// given while this device was offline is learnt when it comes back (docs/PROTOCOL.md
+/// §19.4, "Waiting at human speed"). Holds the link nonce (secret until revealed): it
+/// lives only in the encrypted profile and has no `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct NewLinkRecord {
+    /// The relay (pinned as at enrolment).
+    pub relay: RelayInfo,
+    /// The account this device asked to join.
+    pub account: AccountId,
+    /// The link id.
+    #[serde(with = "serde_bytes")]
+    pub link_id: Vec<u8>,
+    /// When the request lapses unless offered on.
+    pub expires_ms: u64,
+    /// The nonce committed to in `link_start`; revealed once, with the first signature.
+    pub nonce: LinkNonce,
+    /// The offer this device signed, if any.
+    #[serde(default)]
+    pub signed: Option<SignedOfferRecord>,
+    /// A recovery: its quorum authorised the entry and this device is completing it
+    /// (stored before `link_complete` is sent, so that a crash or a lost connection after
+    /// the relay appended the entry still ends with this device in the account).
+    #[serde(default)]
+    pub completing: bool,
+}
+
+impl NewLinkRecord {
+    fn id(&self) -> [u8; 16] {
+        <[u8; 16]>::try_from(self.link_id.as_slice()).unwrap_or_default()
+    }
+}
+
 /// A link this (new) device started and has not completed.
 pub(crate) struct NewDeviceLink {
-    conn: RelayConnection,
-    relay: RelayInfo,
-    account: AccountId,
-    link_id: [u8; 16],
-    expires_ms: u64,
-    /// The hash of the body this device signed, and the challenge it came with.
-    signed: Option<(Digest, LinkChallenge)>,
-    /// The nonce committed to in `link_start`; revealed once, with the first signature.
-    nonce: LinkNonce,
-    /// When `link_start` was answered (the poll schedule runs from it).
+    pub(crate) record: NewLinkRecord,
+    /// The connection, while one is open (reconnected as needed).
+    conn: Option<RelayConnection>,
+    /// The relay refused `link_start` because this identity is already registered: the
+    /// link was confirmed while this device was away; it only has to authenticate.
+    registered: bool,
+    /// When polling started in this run (the poll schedule runs from it).
     started: tokio::time::Instant,
-    /// The next `link_poll` is not sent before this (kept across `link_progress` calls,
-    /// so a caller that calls it in a loop cannot poll faster).
+    /// The next `link_poll` (or reconnection) is not attempted before this (kept across
+    /// `link_progress` calls, so a caller that calls it in a loop cannot poll faster).
     next_poll: tokio::time::Instant,
+    /// The pause before the next reconnection attempt (doubles up to
+    /// [`MAX_LINK_RECONNECT_DELAY`]).
+    reconnect_delay: Duration,
+}
+
+impl NewDeviceLink {
+    /// A link restored from the profile: polled on the slow schedule, connected on demand.
+    pub(crate) fn restored(record: NewLinkRecord) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            record,
+            conn: None,
+            registered: false,
+            started: now.checked_sub(LINK_POLL_FAST_FOR).unwrap_or(now),
+            next_poll: now,
+            reconnect_delay: LINK_RECONNECT_DELAY,
+        }
+    }
+
+    /// The connection was lost (or never made): try again after the backoff.
+    fn lost(&mut self) {
+        self.conn = None;
+        self.next_poll = tokio::time::Instant::now() + self.reconnect_delay;
+        self.reconnect_delay = (self.reconnect_delay * 2).min(MAX_LINK_RECONNECT_DELAY);
+    }
+}
+
+/// A failure that a new attempt may cure: the connection, not the relay's verdict.
+fn transient(e: &NetError) -> bool {
+    !matches!(
+        e,
+        NetError::Refused { .. } | NetError::Address(_) | NetError::Tls(_)
+    )
 }
 
 /// `ms` (since the Unix epoch) as a UTC time to the second, for messages.
@@ -245,6 +325,9 @@ pub struct LinkTicket {
     pub fingerprint: String,
     /// When the request lapses (ms since the Unix epoch).
     pub expires_ms: u64,
+    /// The request was started by an earlier run of this profile and is resumed (or the
+    /// relay already registered this device: it only has to authenticate).
+    pub resumed: bool,
 }
 
 /// Where a link stands on the new device.
@@ -891,6 +974,13 @@ impl Client {
     /// Ask to join `account` at `relay` as a new device (pins `relay`'s organisation
     /// fingerprint, as enrolment does). Then call [`Client::link_progress`] until it
     /// reports `Completed`.
+    ///
+    /// A request this profile started earlier for the same account and relay is resumed
+    /// when it was completed meanwhile (a confirmation given while this device was
+    /// offline) or is a recovery this device signed (approvals may be under way, or done:
+    /// this device completes it); otherwise a new request replaces it. A relay that
+    /// already registered this identity (the request was completed and then forgotten)
+    /// is answered by authenticating.
     pub async fn link_start(
         &mut self,
         relay: RelayInfo,
@@ -904,36 +994,133 @@ impl Client {
         relay.org()?;
         let conn = RelayConnection::connect(&relay.address()?).await?;
         crate::client::check_relay_org(&conn, &relay).await?;
+        if let Some(link) = self.new_link.as_mut() {
+            let same = &link.record.account == account && link.record.relay.addr == relay.addr;
+            if same {
+                // Resume the earlier request if it was completed meanwhile (the device
+                // only has to authenticate), or is a recovery this device signed (its
+                // approvals may be under way, or done: it completes it). Any other request
+                // is replaced by a new one below (after a refused code that is the only
+                // way on; the existing device offers again).
+                let recovering = link
+                    .record
+                    .signed
+                    .as_ref()
+                    .is_some_and(|o| o.action == "recover");
+                match conn.link_poll(link.record.id()).await {
+                    Ok(state) if state.completed || state.ready || recovering => {
+                        let r = &link.record;
+                        let ticket = LinkTicket {
+                            link_id: hex::encode(&r.link_id),
+                            account: account.clone(),
+                            fingerprint: self.identity.public().fingerprint().to_string(),
+                            expires_ms: r.expires_ms,
+                            resumed: true,
+                        };
+                        link.conn = Some(conn);
+                        link.next_poll = tokio::time::Instant::now();
+                        return Ok(ticket);
+                    }
+                    Ok(_) => {}
+                    // Gone: a new request below (if it was completed meanwhile, the relay
+                    // answers that this device is registered, and it authenticates).
+                    Err(NetError::Refused {
+                        code: ErrorCode::NotFound,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         let nonce = LinkNonce::generate(&mut OsRng);
         let commitment = LinkCommitment::compute(account, self.identity.public(), &nonce);
-        let (link_id, expires_ms) = conn.link_start(&self.identity, account, commitment).await?;
+        let (link_id, expires_ms, registered) =
+            match conn.link_start(&self.identity, account, commitment).await {
+                Ok((id, exp)) => (id, exp, false),
+                // `link_start` answers `conflict` only for an identity registered already
+                // (§19.2): an earlier request of this identity was completed while this
+                // device was away (or its profile lost the request). Authenticating tells.
+                Err(NetError::Refused {
+                    code: ErrorCode::Conflict,
+                    ..
+                }) => ([0; 16], 0, true),
+                Err(e) => return Err(e.into()),
+            };
         let started = tokio::time::Instant::now();
-        self.new_link = Some(NewDeviceLink {
-            conn,
+        let record = NewLinkRecord {
             relay,
             account: account.clone(),
-            link_id,
+            link_id: link_id.to_vec(),
             expires_ms,
-            signed: None,
             nonce,
+            signed: None,
+            completing: false,
+        };
+        self.new_link = Some(NewDeviceLink {
+            record,
+            conn: Some(conn),
+            registered,
             started,
             next_poll: started,
+            reconnect_delay: LINK_RECONNECT_DELAY,
         });
+        if !registered {
+            // Durable before anything is shown: a later run resumes this request.
+            self.save()?;
+        }
         Ok(LinkTicket {
             link_id: hex::encode(link_id),
             account: account.clone(),
             fingerprint: self.identity.public().fingerprint().to_string(),
             expires_ms,
+            resumed: registered,
         })
     }
 
+    /// [`Client::link_start`], forgetting any earlier request of this profile first: a new
+    /// request (a new nonce) replaces it at the relay. For a new device whose code was
+    /// refused (typed wrong) on the existing device or by staff: that request cannot be
+    /// offered on again.
+    pub async fn link_restart(
+        &mut self,
+        relay: RelayInfo,
+        account: &AccountId,
+    ) -> Result<LinkTicket, ClientError> {
+        if self.account.is_some() {
+            return Err(ClientError::Invalid(
+                "this device is already enrolled".into(),
+            ));
+        }
+        self.new_link = None;
+        self.save()?;
+        self.link_start(relay, account).await
+    }
+
+    /// The link request this (new) device has pending, if any: the account it asks to
+    /// join and the relay's address.
+    pub fn pending_link(&self) -> Option<(&AccountId, &str)> {
+        self.new_link
+            .as_ref()
+            .map(|l| (&l.record.account, l.record.relay.addr.as_str()))
+    }
+
+    /// Forget the pending link (after it failed for good), durably.
+    fn drop_new_link(&mut self) {
+        self.new_link = None;
+        let _ = self.save();
+    }
+
     /// Wait (at most `max_wait`, itself at most [`MAX_LINK_WAIT`]) for the link started
-    /// with [`Client::link_start`] to move on: a new offer (checked and signed here; show
-    /// the code), or completion (this device then authenticates and publishes prekeys).
+    /// with [`Client::link_start`] (in this run or an earlier one) to move on: a new offer
+    /// (checked and signed here; show the code), or completion (this device then
+    /// authenticates and publishes prekeys). A recovery its quorum authorised is
+    /// completed here (`link_complete`), after this device durably recorded it.
     ///
     /// Polls the relay on the schedule of [`link_poll_delay`], across calls; a
     /// `rate_limited` answer is waited out (its `retry_after_ms`, at most
-    /// [`MAX_LINK_RETRY_PAUSE`]) and polling goes on.
+    /// [`MAX_LINK_RETRY_PAUSE`]) and polling goes on. A lost connection or a relay that
+    /// does not answer is retried (reconnecting after [`LINK_RECONNECT_DELAY`], doubling
+    /// up to [`MAX_LINK_RECONNECT_DELAY`]) for as long as the request lives.
     pub async fn link_progress(&mut self, max_wait: Duration) -> Result<LinkProgress, ClientError> {
         let deadline = tokio::time::Instant::now() + max_wait.min(MAX_LINK_WAIT);
         loop {
@@ -941,10 +1128,27 @@ impl Client {
                 .new_link
                 .as_mut()
                 .ok_or_else(|| ClientError::Invalid("no link in progress".into()))?;
+            if link.registered {
+                return match self.finish_link().await {
+                    Err(ClientError::Net(NetError::Refused {
+                        code: ErrorCode::AuthFailed,
+                        ..
+                    })) => {
+                        self.drop_new_link();
+                        Err(ClientError::NotAllowed(
+                            "the relay knows this device's identity but it cannot \
+                             authenticate: it was revoked; link a new profile (`sealpost init` \
+                             in another directory)"
+                                .into(),
+                        ))
+                    }
+                    other => other,
+                };
+            }
             // Once this device has signed an offer the relay keeps the request longer
             // (a recovery waits for its approvals): the relay says when it is gone.
-            if link.signed.is_none() && now_ms() > link.expires_ms {
-                self.new_link = None;
+            if link.record.signed.is_none() && now_ms() > link.record.expires_ms {
+                self.drop_new_link();
                 return Err(ClientError::Timeout("the link request lapsed"));
             }
             if link.next_poll > deadline {
@@ -952,11 +1156,41 @@ impl Client {
                 return Ok(LinkProgress::Waiting);
             }
             tokio::time::sleep_until(link.next_poll).await;
-            let polled = link.conn.link_poll(link.link_id).await;
+            if link.conn.is_none() {
+                match link.record.relay.address() {
+                    Ok(addr) => match RelayConnection::connect(&addr).await {
+                        Ok(c) => {
+                            link.conn = Some(c);
+                            link.reconnect_delay = LINK_RECONNECT_DELAY;
+                        }
+                        Err(e) if transient(&e) => {
+                            link.lost();
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
+            if link.record.completing {
+                match self.complete_recovery().await? {
+                    Some(done) => return Ok(done),
+                    None => continue,
+                }
+            }
+            let link_id = link.record.id();
+            let Some(conn) = link.conn.as_ref() else {
+                continue;
+            };
+            let polled = conn.link_poll(link_id).await;
             let now = tokio::time::Instant::now();
             link.next_poll = now + link_poll_delay(now.duration_since(link.started));
             let status = match polled {
                 Ok(status) => status,
+                Err(e) if transient(&e) => {
+                    link.lost();
+                    continue;
+                }
                 Err(NetError::Refused {
                     code: ErrorCode::RateLimited,
                     retry_after_ms,
@@ -974,13 +1208,20 @@ impl Client {
                     // Lapsed, dismissed by a device of the account, replaced, or the relay
                     // restarted (links live in its memory). If the entry this device signed
                     // was appended meanwhile, it can authenticate all the same.
-                    let signed = link.signed.is_some();
+                    let signed = link.record.signed.is_some();
                     if signed {
-                        if let Ok(done) = self.finish_link().await {
-                            return Ok(done);
+                        match self.finish_link().await {
+                            Ok(done) => return Ok(done),
+                            Err(ClientError::Net(e)) if transient(&e) => {
+                                if let Some(l) = self.new_link.as_mut() {
+                                    l.lost();
+                                }
+                                continue;
+                            }
+                            Err(_) => {}
                         }
                     }
-                    self.new_link = None;
+                    self.drop_new_link();
                     return Err(ClientError::NotFound(
                         "the link request lapsed or was dismissed by a device of the account, \
                          and this device was not added; start again"
@@ -995,14 +1236,24 @@ impl Client {
             if let (Some(challenge), Some(body)) = (status.challenge, status.body) {
                 let hash = body.hash();
                 let same = link
+                    .record
                     .signed
                     .as_ref()
-                    .is_some_and(|(h, c)| *h == hash && *c == challenge);
+                    .is_some_and(|s| s.hash == hash.0 && s.challenge == challenge);
+                if same && status.ready {
+                    // The recovery's quorum approved: record that this device is becoming
+                    // the account's device, durably, before the relay appends the entry
+                    // that revokes the old ones.
+                    link.record.completing = true;
+                    link.next_poll = tokio::time::Instant::now();
+                    self.save()?;
+                    continue;
+                }
                 if !same {
-                    if link.signed.is_some() {
+                    if link.record.signed.is_some() {
                         // The nonce is out: a code under a new challenge could have been
                         // picked knowing it. Only a new request (a new nonce) is safe.
-                        self.new_link = None;
+                        self.drop_new_link();
                         return Err(ClientError::NotAllowed(
                             "the offer changed after this device had shown its code; this \
                              request is abandoned: start linking again"
@@ -1021,7 +1272,10 @@ impl Client {
                             )))
                         }
                     };
-                    if body.account != link.account || body.seq == 0 || body.previous.is_none() {
+                    if body.account != link.record.account
+                        || body.seq == 0
+                        || body.previous.is_none()
+                    {
                         return Err(ClientError::NotAllowed(
                             "the offered entry is not for this account's existing log; \
                              refusing to sign it"
@@ -1029,11 +1283,32 @@ impl Client {
                         ));
                     }
                     let signature = body.sign(&self.identity);
-                    link.conn
-                        .link_sign(link.link_id, signature, link.nonce)
-                        .await?;
-                    link.signed = Some((hash, challenge));
-                    let code = LinkCode::compute(&link.account, me, &challenge, &link.nonce);
+                    let nonce = link.record.nonce;
+                    // Recorded before the nonce leaves: a later run never reveals it for
+                    // another offer.
+                    link.record.signed = Some(SignedOfferRecord {
+                        hash: hash.0.to_vec(),
+                        challenge,
+                        action: action.into(),
+                    });
+                    self.save()?;
+                    let Some(link) = self.new_link.as_mut() else {
+                        continue;
+                    };
+                    let Some(conn) = link.conn.as_ref() else {
+                        continue;
+                    };
+                    match conn.link_sign(link_id, signature, nonce).await {
+                        Ok(()) => {}
+                        Err(e) if transient(&e) => {
+                            // Signed again (same body, same nonce) after reconnecting.
+                            link.record.signed = None;
+                            link.lost();
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    let code = LinkCode::compute(&link.record.account, me, &challenge, &nonce);
                     return Ok(LinkProgress::Offered {
                         code: code.digits().to_owned(),
                         action: action.into(),
@@ -1043,22 +1318,120 @@ impl Client {
         }
     }
 
+    /// The code this device showed for the offer it signed (a later run shows it again).
+    pub fn link_code(&self) -> Option<(String, String)> {
+        let link = self.new_link.as_ref()?;
+        let s = link.record.signed.as_ref()?;
+        let code = LinkCode::compute(
+            &link.record.account,
+            self.identity.public(),
+            &s.challenge,
+            &link.record.nonce,
+        );
+        Some((code.digits().to_owned(), s.action.clone()))
+    }
+
+    /// Complete an authorised recovery (`link_complete`), then authenticate. `None`: a
+    /// transient failure, retried on the next poll.
+    async fn complete_recovery(&mut self) -> Result<Option<LinkProgress>, ClientError> {
+        let Some(link) = self.new_link.as_mut() else {
+            return Err(ClientError::Invalid("no link in progress".into()));
+        };
+        let Some(conn) = link.conn.as_ref() else {
+            return Ok(None);
+        };
+        let mut refusal = None;
+        match conn.link_complete(&self.identity, link.record.id()).await {
+            Ok(()) => {}
+            Err(e) if transient(&e) => {
+                link.lost();
+                return Ok(None);
+            }
+            Err(NetError::Refused {
+                code: ErrorCode::RateLimited,
+                retry_after_ms,
+                ..
+            }) => {
+                let asked = Duration::from_millis(retry_after_ms.unwrap_or(0));
+                link.next_poll = tokio::time::Instant::now()
+                    + asked.clamp(LINK_POLL_SLOW_INTERVAL, MAX_LINK_RETRY_PAUSE);
+                return Ok(None);
+            }
+            // Completed already (an earlier run's `link_complete` whose answer was lost,
+            // or the relay restarted after appending it): authenticate.
+            // (Or refused as a conflict: the log moved on, the roster changed. Then
+            // authenticating fails and the relay's reason is reported.)
+            Err(NetError::Refused {
+                code: code @ (ErrorCode::Conflict | ErrorCode::NotFound),
+                message,
+                ..
+            }) => refusal = Some(format!("{code:?}: {message}")),
+            Err(NetError::Refused { code, message, .. }) => {
+                // The relay refused the append (the approvals expired, the account's log
+                // moved on): nothing changed, the account's old devices still work.
+                self.drop_new_link();
+                return Err(ClientError::NotAllowed(format!(
+                    "the recovery could not be completed ({code:?}: {message}); the account's \
+                     other devices were not revoked: ask staff to start the recovery again"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match self.finish_link().await {
+            Ok(done) => Ok(Some(done)),
+            Err(ClientError::Net(e)) if transient(&e) => {
+                if let Some(l) = self.new_link.as_mut() {
+                    l.lost();
+                }
+                Ok(None)
+            }
+            Err(ClientError::Net(NetError::Refused {
+                code: ErrorCode::AuthFailed,
+                ..
+            })) => {
+                self.drop_new_link();
+                Err(ClientError::NotFound(format!(
+                    "the recovery could not be completed ({}) and this device was not added; \
+                     the account's other devices were not revoked: start again",
+                    refusal.as_deref().unwrap_or("refused")
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Authenticate as a device of the link's account (its entry was appended) and
+    /// become that device. The pending link stays (for a later run) on any failure.
     async fn finish_link(&mut self) -> Result<LinkProgress, ClientError> {
         let link = self
             .new_link
-            .take()
+            .as_mut()
             .ok_or_else(|| ClientError::Invalid("no link in progress".into()))?;
-        let (account, role) = link.conn.authenticate(&self.identity).await?;
-        if account != link.account {
+        let conn = match link.conn.take() {
+            Some(c) => c,
+            None => RelayConnection::connect(&link.record.relay.address()?).await?,
+        };
+        let (account, role) = match conn.authenticate(&self.identity).await {
+            Ok(v) => v,
+            Err(e) => {
+                // `authenticate` is one attempt per connection; a new one is made next time.
+                link.registered = false;
+                return Err(e.into());
+            }
+        };
+        if account != link.record.account {
             return Err(ClientError::Protocol(format!(
                 "linked into {account}, not {}",
-                link.account
+                link.record.account
             )));
         }
-        self.relay = Some(link.relay);
+        let Some(link) = self.new_link.take() else {
+            return Err(ClientError::Invalid("no link in progress".into()));
+        };
+        self.relay = Some(link.record.relay);
         self.account = Some(account);
         self.role = Some(role);
-        self.conn = Some(link.conn);
+        self.conn = Some(conn);
         self.save()?;
         self.maintain_prekeys().await?;
         self.after_join().await?;

@@ -46,6 +46,8 @@ pub const AUTH_SIGNATURE_LABEL: &[u8] = b"Sealpost_Auth_v1";
 pub const ENROLL_SIGNATURE_LABEL: &[u8] = b"Sealpost_Enroll_v1";
 /// Signature label of `link_start`.
 pub const LINK_SIGNATURE_LABEL: &[u8] = b"Sealpost_Link_v1";
+/// Signature label of `link_complete`.
+pub const LINK_COMPLETE_SIGNATURE_LABEL: &[u8] = b"Sealpost_LinkComplete_v1";
 /// Most pending link requests per account.
 pub const MAX_PENDING_LINKS: usize = 4;
 /// Most roster versions in one `roster` frame.
@@ -336,6 +338,21 @@ pub enum FrameBody {
         /// The nonce its `link_start` commitment was made to.
         nonce: LinkNonce,
     },
+    /// The recovered device completes its recovery: the relay appends the entry a staff
+    /// quorum authorised for this link (`link_authorize`) and the device can authenticate
+    /// at once. Allowed before authentication; answered with `done`. The new device sends
+    /// it only once it has durably recorded that it is becoming the account's device, so
+    /// that the entry revoking the account's old devices is appended only when the new one
+    /// can use the account (docs/PROTOCOL.md §19.5, "Completing a recovery").
+    LinkComplete {
+        /// The link.
+        #[serde(with = "bytes_array")]
+        link_id: [u8; 16],
+        /// Signature by the link's identity over [`link_complete_signature_message`]:
+        /// `LINK_COMPLETE_SIGNATURE_LABEL || exporter || link_id`.
+        #[serde(with = "bytes_array")]
+        signature: [u8; 64],
+    },
     /// Begin authentication as `device`.
     AuthStart {
         /// The device.
@@ -457,6 +474,17 @@ pub enum FrameBody {
         /// The entry body (an add or a recover of the link's identity).
         body: Box<EntryBody>,
     },
+    /// The staff device that initiated a recovery hands the relay the entry its quorum
+    /// approved (the offered `recover` body, the approvals, the new device's signature),
+    /// to be appended when the new device completes it (`link_complete`); answered with
+    /// `done`. A recovery is never appended with `append_device_log`.
+    LinkAuthorize {
+        /// The link.
+        #[serde(with = "bytes_array")]
+        link_id: [u8; 16],
+        /// The whole entry, as it will be appended.
+        entry: Box<LogEntry>,
+    },
     // ----- attachment streams (each on its own bidirectional stream, authenticated
     // connection only; see docs/PROTOCOL.md) -----
     /// First frame of an upload stream: the blob that follows in `blob_chunk` frames.
@@ -553,6 +581,10 @@ pub enum FrameBody {
         body: Option<Box<EntryBody>>,
         /// The entry was appended: the new device can authenticate now.
         completed: bool,
+        /// A recovery's quorum authorised the entry (`link_authorize`): the new device
+        /// completes it with `link_complete`. Absent (false) in frames of older relays.
+        #[serde(default)]
+        ready: bool,
     },
     /// Answer to `list_links`.
     Links {
@@ -692,6 +724,8 @@ pub const FRAME_TYPES: &[&str] = &[
     "log_heads",
     "list_clients",
     "clients",
+    "link_complete",
+    "link_authorize",
 ];
 
 impl FrameBody {
@@ -953,6 +987,16 @@ pub fn link_signature_message(exporter: &[u8; 32], account: &AccountId) -> Vec<u
     m.extend_from_slice(exporter);
     m.extend_from_slice(&(account.as_str().len() as u16).to_be_bytes());
     m.extend_from_slice(account.as_str().as_bytes());
+    m
+}
+
+/// The bytes a recovered device signs to complete its recovery on a connection
+/// (`link_complete`): `LINK_COMPLETE_SIGNATURE_LABEL || exporter || link_id`.
+pub fn link_complete_signature_message(exporter: &[u8; 32], link_id: &[u8; 16]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(LINK_COMPLETE_SIGNATURE_LABEL.len() + 32 + 16);
+    m.extend_from_slice(LINK_COMPLETE_SIGNATURE_LABEL);
+    m.extend_from_slice(exporter);
+    m.extend_from_slice(link_id);
     m
 }
 

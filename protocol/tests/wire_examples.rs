@@ -455,6 +455,40 @@ fn trust_frame_examples() {
         "00000039a36176016269640b64626f6479a261746c6469736d6973735f6c696e\
          6b6163a1676c696e6b5f69645022222222222222222222222222222222"
     );
+    // {"v":1,"id":14,"body":{"t":"link_complete","c":{"link_id":h'22' x 16,
+    //   "signature":h'44' x 64}}}
+    assert_eq!(
+        frame_hex(
+            14,
+            FrameBody::LinkComplete {
+                link_id: [0x22; 16],
+                signature: [0x44; 64],
+            }
+        ),
+        format!(
+            "00000086a36176016269640e64626f6479a261746d6c696e6b5f636f6d706c6574\
+             656163a2676c696e6b5f6964502222222222222222222222222222222269736967\
+             6e617475726558 40{}",
+            "44".repeat(64)
+        )
+        .replace(' ', "")
+    );
+    // {"v":1,"id":15,"body":{"t":"link_state","c":{"challenge":null,"body":null,
+    //   "completed":false,"ready":true}}}
+    assert_eq!(
+        frame_hex(
+            15,
+            FrameBody::LinkState {
+                challenge: None,
+                body: None,
+                completed: false,
+                ready: true,
+            }
+        ),
+        "00000041a36176016269640f64626f6479a261746a6c696e6b5f7374617465616\
+         3a4696368616c6c656e6765f664626f6479f669636f6d706c65746564f4657265\
+         616479f5"
+    );
     // {"v":1,"id":12,"body":{"t":"get_log_heads","c":{"after":null}}}, then after "bob"
     assert_eq!(
         frame_hex(12, FrameBody::GetLogHeads { after: None }),

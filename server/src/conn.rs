@@ -272,6 +272,7 @@ pub async fn serve<S: Store>(
     let mut bad_frames = 0u32;
     let auth_deadline = tokio::time::sleep(Duration::from_secs(limits.auth_timeout_secs));
     tokio::pin!(auth_deadline);
+    let mut link_grace_used = false;
     let mut delivery: Option<Delivery> = None;
     let mut ended: Option<End> = None;
     let relay_ref: &Relay<S> = &relay;
@@ -369,8 +370,25 @@ pub async fn serve<S: Store>(
                 }
             }
             _ = &mut auth_deadline, if ctx.authenticated().is_none() => {
-                conn.close(close::TIMEOUT.into(), b"not authenticated in time");
-                break;
+                // A connection waiting on an open link request (a new device waiting for
+                // its confirmation or for a recovery's quorum) is not closed: the request
+                // bounds the wait (its lifetime), and the idle timeout, the connection
+                // limits and the per-address link limits still apply. Once the request
+                // completed, the device gets one more period to authenticate.
+                let waiting = ctx.waiting_link.as_ref().and_then(|l| relay.link_waiting(l));
+                match waiting {
+                    Some(completed) if !(completed && link_grace_used) => {
+                        link_grace_used = completed;
+                        auth_deadline.as_mut().reset(
+                            tokio::time::Instant::now()
+                                + Duration::from_secs(limits.auth_timeout_secs),
+                        );
+                    }
+                    _ => {
+                        conn.close(close::TIMEOUT.into(), b"not authenticated in time");
+                        break;
+                    }
+                }
             }
             end = async {
                 match &mut delivery {

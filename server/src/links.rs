@@ -31,7 +31,9 @@
 use std::collections::HashMap;
 
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
-use sealpost_protocol::trust::{DeviceAction, EntryBody, LinkChallenge, LinkCommitment, LinkNonce};
+use sealpost_protocol::trust::{
+    DeviceAction, EntryAuthorization, EntryBody, LinkChallenge, LinkCommitment, LinkNonce, LogEntry,
+};
 use sealpost_protocol::wire::{PendingLink, MAX_PENDING_LINKS};
 
 /// Default lifetime of a link request nobody has offered on (`limits.link_lifetime_secs`).
@@ -76,6 +78,16 @@ pub enum LinkError {
     /// The revealed nonce does not open the commitment made in `link_start`.
     #[error("the nonce does not open the commitment this link request was started with")]
     BadNonce,
+    /// The authorised entry is not the recovery offered on this link, carried by a
+    /// quorum and signed by the new device.
+    #[error(
+        "the authorised entry must be the recovery offered on this link, carried by a staff \
+         quorum and signed by the new device"
+    )]
+    NotTheOffer,
+    /// Nothing authorised yet: a recovery is completed only once its quorum approved it.
+    #[error("no staff quorum has authorised this recovery yet")]
+    NotAuthorized,
     /// The new device already revealed its nonce for the current offer: a new offer would
     /// be picked knowing it, so it is refused; the new device starts a new request.
     #[error(
@@ -94,6 +106,9 @@ pub struct Link {
     pub offered_by: Option<DeviceId>,
     /// The entry was appended.
     pub completed: bool,
+    /// A recovery's whole entry, authorised by its quorum (`link_authorize`): appended
+    /// when the new device completes it (`link_complete`).
+    pub authorized: Option<LogEntry>,
     /// When it lapses.
     pub expires_ms: u64,
 }
@@ -229,6 +244,7 @@ impl LinkRegistry {
             },
             offered_by: None,
             completed: false,
+            authorized: None,
             expires_ms,
         };
         self.links.insert(link_id, link);
@@ -323,6 +339,55 @@ impl LinkRegistry {
         link.wire.subject_signature = Some(signature);
         link.wire.nonce = Some(nonce);
         Ok(())
+    }
+
+    /// Record the quorum-carried entry that recovers the link's device (its offered
+    /// `recover` body, signed by the new device), to be appended when the new device
+    /// completes it. The caller has checked who authorises and that the entry verifies.
+    pub fn authorize(
+        &mut self,
+        link_id: &[u8; 16],
+        entry: LogEntry,
+        now_ms: u64,
+    ) -> Result<(), LinkError> {
+        let link = self
+            .links
+            .get_mut(link_id)
+            .filter(|l| l.expires_ms > now_ms)
+            .ok_or(LinkError::NotFound)?;
+        if link.completed {
+            return Err(LinkError::Completed);
+        }
+        let matches = link.wire.body.as_ref() == Some(&entry.body)
+            && matches!(entry.body.action, DeviceAction::Recover { .. })
+            && matches!(entry.authorization, EntryAuthorization::Quorum(_))
+            && link.wire.subject_signature.is_some()
+            && entry.subject_signature == link.wire.subject_signature;
+        if !matches {
+            return Err(LinkError::NotTheOffer);
+        }
+        link.authorized = Some(entry);
+        Ok(())
+    }
+
+    /// The entry authorised for the link, and the identity that must complete it.
+    pub fn authorized(
+        &self,
+        link_id: &[u8; 16],
+        now_ms: u64,
+    ) -> Result<(LogEntry, PublicIdentity), LinkError> {
+        let link = self.get(link_id, now_ms)?;
+        if link.completed {
+            return Err(LinkError::Completed);
+        }
+        let entry = link.authorized.clone().ok_or(LinkError::NotAuthorized)?;
+        Ok((entry, link.wire.identity.clone()))
+    }
+
+    /// Whether a connection waiting on `link_id` may keep waiting: `None` once the link
+    /// is gone (lapsed, dismissed, replaced, evicted), else whether it completed.
+    pub fn waiting(&self, link_id: &[u8; 16], now_ms: u64) -> Option<bool> {
+        self.get(link_id, now_ms).ok().map(|l| l.completed)
     }
 
     /// Dismiss an open request of `account` (a device of the account decided it is not
@@ -665,6 +730,82 @@ mod tests {
             .start([5; 16], acct("dave"), key(5).public().clone(), cm(), T0 + 5)
             .unwrap();
         assert_eq!(s.evicted, vec![[1; 16]]);
+    }
+
+    #[test]
+    fn a_recovery_is_authorised_only_as_offered_and_signed_then_completed_by_its_device() {
+        use sealpost_protocol::trust::{ApprovalBundle, ApprovalRequest, Operation, SignerRef};
+        let mut r = LinkRegistry::new(10, LIFE);
+        let a = acct("alice");
+        let new = key(1);
+        let commitment = LinkCommitment::compute(&a, new.public(), &NONCE);
+        r.start([1; 16], a.clone(), new.public().clone(), commitment, T0)
+            .unwrap();
+        assert_eq!(r.waiting(&[1; 16], T0), Some(false));
+        assert_eq!(r.waiting(&[9; 16], T0), None);
+        let body = DeviceLog::new(a.clone()).next_body(
+            T0,
+            DeviceAction::Recover {
+                identity: new.public().clone(),
+            },
+            "lost phone",
+        );
+        let staff = key(2);
+        let request = ApprovalRequest::new(
+            Operation::AccountRecovery,
+            body.hash().0.to_vec(),
+            1,
+            T0 + LIFE,
+            SignerRef::new(acct("ops"), staff.device_id()),
+            &mut StdRng::seed_from_u64(3),
+        )
+        .unwrap();
+        let bundle = ApprovalBundle::initiate(request, &staff).unwrap();
+        let entry = LogEntry::with_quorum(body.clone(), bundle.clone(), Some(&new));
+        // Nothing offered, then offered but not signed by the new device: refused.
+        assert_eq!(
+            r.authorize(&[1; 16], entry.clone(), T0),
+            Err(LinkError::NotTheOffer)
+        );
+        r.offer(
+            &[1; 16],
+            LinkChallenge([7; 16]),
+            body.clone(),
+            staff.device_id(),
+            T0,
+        )
+        .unwrap();
+        assert_eq!(
+            r.authorize(&[1; 16], entry.clone(), T0),
+            Err(LinkError::NotTheOffer)
+        );
+        r.sign(&[1; 16], body.sign(&new), NONCE, T0).unwrap();
+        assert_eq!(
+            r.authorized(&[1; 16], T0).err(),
+            Some(LinkError::NotAuthorized)
+        );
+        // Without the new device's signature, or for another body: refused.
+        let unsigned = LogEntry::with_quorum(body.clone(), bundle.clone(), None);
+        assert_eq!(
+            r.authorize(&[1; 16], unsigned, T0),
+            Err(LinkError::NotTheOffer)
+        );
+        let mut other = entry.clone();
+        other.body.timestamp_ms += 1;
+        assert_eq!(
+            r.authorize(&[1; 16], other, T0),
+            Err(LinkError::NotTheOffer)
+        );
+        r.authorize(&[1; 16], entry.clone(), T0).unwrap();
+        let (kept, identity) = r.authorized(&[1; 16], T0).unwrap();
+        assert_eq!(kept, entry);
+        assert_eq!(&identity, new.public());
+        // Appended (the relay marks it completed): nothing more to complete; a waiting
+        // connection gets its last period to authenticate.
+        assert_eq!(r.complete(&a, new.public()), 1);
+        assert_eq!(r.waiting(&[1; 16], T0), Some(true));
+        assert_eq!(r.authorized(&[1; 16], T0).err(), Some(LinkError::Completed));
+        assert_eq!(r.waiting(&[1; 16], T0 + OFFERED_LINK_LIFETIME_MS + 1), None);
     }
 
     #[test]

@@ -169,6 +169,10 @@ pub struct ConnCtx {
     peers: HashMap<DeviceId, PeerInfo>,
     /// The authenticated device's view of its account's verified device set.
     sender: Option<SenderTrust>,
+    /// The link request this (unauthenticated) connection waits on (`link_start`, or a
+    /// `link_poll` answered): while it is open the authentication timeout does not close
+    /// the connection (conn.rs; docs/PROTOCOL.md §19.4).
+    pub waiting_link: Option<[u8; 16]>,
 }
 
 impl ConnCtx {
@@ -180,6 +184,7 @@ impl ConnCtx {
             auth: AuthState::Fresh,
             peers: HashMap::new(),
             sender: None,
+            waiting_link: None,
         }
     }
 
@@ -340,6 +345,8 @@ fn type_name(body: &FrameBody) -> &'static str {
         FrameBody::LinkStart { .. } => "link_start",
         FrameBody::LinkPoll { .. } => "link_poll",
         FrameBody::LinkSign { .. } => "link_sign",
+        FrameBody::LinkComplete { .. } => "link_complete",
+        FrameBody::LinkAuthorize { .. } => "link_authorize",
         FrameBody::SendNotice { .. } => "send_notice",
         FrameBody::GetRoster { .. } => "get_roster",
         FrameBody::PublishRoster { .. } => "publish_roster",
@@ -515,6 +522,9 @@ impl<S: Store> Relay<S> {
                 signature,
                 nonce,
             } => self.link_sign(ctx, id, link_id, signature, nonce),
+            FrameBody::LinkComplete { link_id, signature } => {
+                self.link_complete(ctx, id, link_id, signature).await
+            }
             FrameBody::GetOrg => reply(
                 id,
                 FrameBody::Org {
@@ -734,6 +744,7 @@ impl<S: Store> Relay<S> {
                 | FrameBody::AppendDeviceLog { .. }
                 | FrameBody::ListLinks { .. }
                 | FrameBody::LinkOffer { .. }
+                | FrameBody::LinkAuthorize { .. }
                 | FrameBody::DismissLink { .. }
                 | FrameBody::GetLogHeads { .. }
                 | FrameBody::ListClients { .. }
@@ -787,6 +798,9 @@ impl<S: Store> Relay<S> {
                 challenge,
                 body,
             } => self.link_offer(me, id, link_id, challenge, *body).await,
+            FrameBody::LinkAuthorize { link_id, entry } => {
+                self.link_authorize(me, id, link_id, *entry).await
+            }
             FrameBody::DismissLink { link_id } => self.dismiss_link(me, id, link_id),
             FrameBody::GetLogHeads { after } => self.log_heads(me, id, after).await,
             FrameBody::ListClients { after } => self.list_clients(me, id, after).await,

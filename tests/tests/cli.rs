@@ -1177,6 +1177,46 @@ fn cli_organisation_roster_cosigned_notice_and_device_linking() {
     assert_eq!(devices["frozen"], false);
     let who = tablet.run(&["whoami"]).ok("whoami tablet");
     assert_eq!(who.events("whoami")[0]["account"], "alice");
+
+    // A new device whose process ends (lid closed) right after it showed its code, and
+    // is confirmed while it is away: `device link` again finishes joining (it is not
+    // refused as "already registered").
+    let desk = Device::new(users.path(), "alice-desk");
+    desk.run(&["init"]).ok("init desk");
+    let mut link = desk.command(&link_args, &desk.passphrase);
+    link.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut link = link.spawn().unwrap();
+    let rx = line_reader(&mut link);
+    let mut seen = Vec::new();
+    let link_id = wait_for_event(&rx, "link_started", &mut seen)["link_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut confirm = spawn(
+        &alice,
+        &["--json", "device", "confirm", "--link", &link_id],
+        true,
+    );
+    let code = wait_for_event(&rx, "link_code", &mut seen)["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _ = link.kill();
+    let _ = link.wait();
+    {
+        use std::io::Write;
+        let mut stdin = confirm.stdin.take().unwrap();
+        writeln!(stdin, "{code}").unwrap();
+    }
+    output_of(confirm).ok("device confirm (new device away)");
+    let again =
+        run_bounded(desk.command(&link_args, &desk.passphrase), STEP).ok("device link again");
+    assert_eq!(again.events("link_started")[0]["resumed"], true);
+    assert_eq!(again.events("linked").len(), 1, "{}", again.stdout);
+    let who = desk.run(&["whoami"]).ok("whoami desk");
+    assert_eq!(who.events("whoami")[0]["account"], "alice");
 }
 
 /// Spawn `args` on `dev` (JSON lines on stdout), with `stdin` piped if asked.
@@ -1807,4 +1847,99 @@ fn a_closed_stdout_ends_quietly_usage_errors_are_json_and_a_busy_profile_has_its
     );
     let v: Value = serde_json::from_str(String::from_utf8_lossy(&out.stderr).trim()).unwrap();
     assert_eq!(v["kind"], "profile_busy");
+}
+
+/// `--timeout` is one deadline for the whole command's waiting on the relay: with
+/// `--timeout 5`, a relay that stops answering (SIGSTOP) right after the command
+/// authenticated, in the middle of its requests, ends `inbox` and `send` within 6 s
+/// (from the start of the process) with exit 5.
+#[test]
+fn cli_commands_end_within_their_timeout_when_the_relay_stops_answering_mid_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, relay) = start_relay(dir.path());
+    for (id, role) in [("ann.advisor", "advisor"), ("alice", "client")] {
+        admin(&config, &["create-account", id, "--role", role]);
+    }
+    admin(&config, &["assign", "alice", "ann.advisor"]);
+    let users = tempfile::tempdir().unwrap();
+    let ann = Device::new(users.path(), "ann");
+    let alice = Device::new(users.path(), "alice");
+    ann.enrol(&config, &relay, "ann.advisor");
+    alice.enrol(&config, &relay, "alice");
+    // Mail waiting for alice, so that `inbox` has work to do after it authenticated.
+    for i in 0..8 {
+        ann.run(&["send", "alice", &format!("message {i}")])
+            .ok("send");
+    }
+    let authentications = |relay: &RelayProcess| {
+        relay
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("device authenticated") && l.contains("alice"))
+            .count()
+    };
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(relay.pid().to_string())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    for args in [
+        &["inbox"][..],
+        &["send", "ann.advisor", "are you there?"][..],
+    ] {
+        // The command may, rarely, finish before the relay is stopped: then try again.
+        let mut stopped_mid_request = false;
+        for _attempt in 0..3 {
+            let before = authentications(&relay);
+            let mut all = vec!["--json", "--timeout", "5"];
+            all.extend_from_slice(args);
+            let mut cmd = alice.command(&all, &alice.passphrase);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let started = Instant::now();
+            let mut child = cmd.spawn().unwrap();
+            while authentications(&relay) == before {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "{args:?} never authenticated"
+                );
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            signal("-STOP");
+            let code = wait_exit(&mut child, Duration::from_secs(30));
+            let elapsed = started.elapsed();
+            signal("-CONT");
+            let ran = output_of(child);
+            if code == 0 {
+                continue;
+            }
+            assert_eq!(
+                code, 5,
+                "{args:?} exits 5 when the relay stops answering:\n{}",
+                ran.stderr
+            );
+            let err: Value = serde_json::from_str(ran.stderr.lines().last().unwrap()).unwrap();
+            assert_eq!(err["kind"], "relay_unreachable", "{}", ran.stderr);
+            assert!(
+                elapsed < Duration::from_secs(6),
+                "{args:?} with --timeout 5 took {elapsed:?}"
+            );
+            stopped_mid_request = true;
+            break;
+        }
+        assert!(
+            stopped_mid_request,
+            "{args:?} always finished before the relay was stopped"
+        );
+        // The relay answers again: the command works.
+        alice.run(args).ok("after the relay came back");
+    }
 }

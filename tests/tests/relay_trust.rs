@@ -18,7 +18,7 @@ use sealpost_protocol::trust::{
     LinkChallenge, LogEntry, NoticeAudience, NoticeCategory, NoticeHeader, Operation,
     OrgFingerprint, OrgRoot, Roster, SignedNotice, SignedRoster, SignerRef, StaffMember, StaffRole,
 };
-use sealpost_protocol::wire::{ErrorCode, FrameBody, Role};
+use sealpost_protocol::wire::{BoundedString, ErrorCode, FrameBody, Role};
 use sealpost_protocol::{IdentityKeyPair, PreKeySecrets, Session};
 use sealpost_server::store::{AccountStore, Store, TrustStore};
 use sealpost_tests::*;
@@ -1779,12 +1779,14 @@ async fn authenticated<S: Store>(
     }
 }
 
-/// Recovery at the relay: refused with no approvals, with one approval of the two the
-/// roster needs, and with approvals that expired before it arrived; accepted with the
-/// quorum. The recovered device's cooling-off runs from the approvals' expiry, not from
-/// the entry's date (which the initiator chose two days earlier), so the relay refuses
-/// its sensitive kinds for a full cooling-off after the last moment the entry could have
-/// been appended.
+/// Recovery at the relay: handed over on the link it was offered on (`link_authorize`),
+/// refused with no approvals, with one approval of the two the roster needs, and with
+/// approvals that expired before it arrived; never appended with `append_device_log`;
+/// appended only when the recovered device completes it (`link_complete`), so the old
+/// devices stay until then. The recovered device's cooling-off runs from the approvals'
+/// expiry, not from the entry's date (which the initiator chose two days earlier), so the
+/// relay refuses its sensitive kinds for a full cooling-off after the last moment the
+/// entry could have been appended.
 #[tokio::test]
 async fn recovery_needs_the_quorum_at_the_relay_and_cools_off_from_the_approvals_expiry() {
     let (mut org, relay, staff) = org_relay(35).await;
@@ -1809,11 +1811,25 @@ async fn recovery_needs_the_quorum_at_the_relay_and_cools_off_from_the_approvals
         },
         "lost phone, passport checked",
     );
+    let n = relay.connect().await;
+    let (link_id, _) = n
+        .link_start(&new_keys, &client, link_commitment(&client, &new_keys))
+        .await
+        .unwrap();
+    let challenge = LinkChallenge([3; 16]);
+    staff[0]
+        .conn
+        .link_offer(link_id, challenge, body.clone())
+        .await
+        .unwrap();
+    n.link_sign(link_id, body.sign(&new_keys), LINK_NONCE)
+        .await
+        .unwrap();
     let params = body.hash().0.to_vec();
     for (approvers, got) in [(&[][..], 0), (&[1][..], 1)] {
         let b = org.bundle(Operation::AccountRecovery, params.clone(), 1, 0, approvers);
         let entry = LogEntry::with_quorum(body.clone(), b, Some(&new_keys));
-        let (code, message) = refusal(staff[0].conn.append_device_log(entry).await);
+        let (code, message) = refusal(staff[0].conn.link_authorize(link_id, entry).await);
         assert_eq!(code, ErrorCode::Forbidden);
         assert!(
             message.contains(&format!("account_recovery needs 2 approvals, got {got}")),
@@ -1829,28 +1845,57 @@ async fn recovery_needs_the_quorum_at_the_relay_and_cools_off_from_the_approvals
         now_ms() - HOUR,
     );
     let entry = LogEntry::with_quorum(body.clone(), expired, Some(&new_keys));
-    let (code, message) = refusal(staff[0].conn.append_device_log(entry).await);
+    let (code, message) = refusal(staff[0].conn.link_authorize(link_id, entry).await);
     assert_eq!(code, ErrorCode::Forbidden);
     assert!(
         message.contains("account_recovery approvals expired"),
         "{message}"
     );
-    // Nothing changed: the new identity cannot authenticate, the log holds one entry.
+    // Nothing authorised, nothing to complete.
+    assert_eq!(
+        refused(n.link_complete(&new_keys, link_id).await),
+        ErrorCode::Conflict
+    );
+
+    // The quorum, valid for another hour. Appending it directly is refused: a recovery
+    // revokes every other device, so only the recovered device completes it.
+    let expires = now_ms() + HOUR;
+    let b = org.bundle_expiring(Operation::AccountRecovery, params, 1, 0, &[1, 2], expires);
+    let entry = LogEntry::with_quorum(body, b, Some(&new_keys));
+    let (code, message) = refusal(staff[0].conn.append_device_log(entry.clone()).await);
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(message.contains("link_authorize"), "{message}");
+    // Only staff authorise; another entry than the one offered is refused.
+    let mut other = entry.clone();
+    other.body.reason = BoundedString::truncating("something else");
+    assert_eq!(
+        refused(staff[0].conn.link_authorize(link_id, other).await),
+        ErrorCode::Forbidden
+    );
+    staff[0].conn.link_authorize(link_id, entry).await.unwrap();
+    // Authorised, not appended: the old device is still the account's device.
+    assert_eq!(relay.relay.store.device_log_len(&client).await.unwrap(), 1);
     let c = relay.connect().await;
     assert_eq!(
         refused(c.authenticate(&new_keys).await),
         ErrorCode::AuthFailed
     );
-    assert_eq!(relay.relay.store.device_log_len(&client).await.unwrap(), 1);
-
-    // The quorum, valid for another hour: accepted; the old device is revoked.
-    let expires = now_ms() + HOUR;
-    let b = org.bundle_expiring(Operation::AccountRecovery, params, 1, 0, &[1, 2], expires);
-    staff[0]
-        .conn
-        .append_device_log(LogEntry::with_quorum(body, b, Some(&new_keys)))
-        .await
-        .unwrap();
+    let state = n.link_poll(link_id).await.unwrap();
+    assert!(state.ready && !state.completed);
+    // Only the recovered device completes it, on its own connection.
+    let other_keys = IdentityKeyPair::generate(&mut StdRng::seed_from_u64(39));
+    assert_eq!(
+        refused(
+            relay
+                .connect()
+                .await
+                .link_complete(&other_keys, link_id)
+                .await
+        ),
+        ErrorCode::AuthFailed
+    );
+    n.link_complete(&new_keys, link_id).await.unwrap();
+    assert_eq!(relay.relay.store.device_log_len(&client).await.unwrap(), 2);
     let c = relay.connect().await;
     assert_eq!(
         refused(

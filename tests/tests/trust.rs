@@ -637,8 +637,9 @@ async fn recovery_needs_the_quorum_and_the_code() {
             ..
         }))
     ));
+    // (Resuming would pick up the refused request again: a new one is started.)
     let ticket = new
-        .link_start(org::relay_info(&relay, Some(&o)), &alice_id)
+        .link_restart(org::relay_info(&relay, Some(&o)), &alice_id)
         .await
         .unwrap();
     staff[0]

@@ -192,6 +192,7 @@ async fn enroll(
         .hint("use another --home for another account"));
     }
     let at = addr.to_string();
+    ctx.budget.set_relay(&at);
     let info = RelayInfo {
         addr: at.clone(),
         server_name,
@@ -272,7 +273,7 @@ fn whoami(ctx: &Ctx) -> Result<(), CliError> {
 }
 
 async fn contacts(ctx: &Ctx) -> Result<(), CliError> {
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let reachable = client
@@ -361,7 +362,7 @@ fn text_arg(text: &str, what: &str) -> Result<String, CliError> {
 async fn send(ctx: &Ctx, to: &str, text: &str) -> Result<(), CliError> {
     let to = account_arg(to)?;
     let text = text_arg(text, "message")?;
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let result = client.send_text(&to, &text).await;
@@ -395,7 +396,7 @@ async fn send_instruction(
     let to = account_arg(to)?;
     let text = text_arg(text, "instruction")?;
     let category = category.to_protocol();
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let result = client.send_instruction(&to, category, &text).await;
@@ -434,12 +435,14 @@ async fn send_file(ctx: &Ctx, to: &str, path: &Path, caption: &str) -> Result<()
             sealpost_protocol::attachment::MAX_ATTACHMENT_LEN
         )));
     }
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let bar = super::progress_bar(ctx.out, format!("sending {}", path.display()), meta.len());
     let result = client
         .send_file(&to, path, caption, |done, _total| {
+            // Bytes moving is the relay answering: the budget counts from the last move.
+            ctx.budget.progress();
             if let Some(b) = &bar {
                 b.set_position(done);
             }
@@ -478,7 +481,7 @@ async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(),
         CliError::usage("the message id must be 32 hex digits (see `sealpost inbox --all --json`)")
     })?;
     let id = sealpost_protocol::MessageId(id);
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     let info = client.attachment(&id).ok_or_else(|| {
         CliError::failure(format!(
             "message {message_id} has no attachment on this device"
@@ -510,6 +513,7 @@ async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(),
     );
     let result = client
         .download_attachment(&id, &dest, |done, _| {
+            ctx.budget.progress();
             if let Some(b) = &bar {
                 b.set_position(done);
             }
@@ -538,7 +542,7 @@ async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(),
 }
 
 async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let me = client.account().cloned();
@@ -712,7 +716,9 @@ async fn pause(
 }
 
 async fn listen(ctx: &Ctx, for_time: Option<Duration>, mark_read: bool) -> Result<(), CliError> {
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
+    // Runs until stopped; each connection attempt is bounded by --timeout below.
+    ctx.budget.unbounded();
     let mut stop = stop_signal();
     let deadline = for_time.map(|d| Instant::now() + d);
     let at = relay_addr(&client);
@@ -828,7 +834,7 @@ async fn verify(ctx: &Ctx, account: &str, confirm: Option<&str>) -> Result<(), C
             ));
         }
     }
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     if let Some(digits) = confirm {
@@ -877,7 +883,7 @@ async fn verify(ctx: &Ctx, account: &str, confirm: Option<&str>) -> Result<(), C
 }
 
 async fn devices(ctx: &Ctx) -> Result<(), CliError> {
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let list = client.own_devices().await;
@@ -916,7 +922,7 @@ async fn notice(
     if title.trim().is_empty() || body.trim().is_empty() {
         return Err(CliError::usage("a notice needs a --title and a --body"));
     }
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     if client.role() == Some(Role::Client) {
         return Err(CliError::new(
             Exit::Refused,

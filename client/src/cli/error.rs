@@ -161,7 +161,7 @@ impl CliError {
                 Exit::Mismatch,
                 "the code does NOT match the one the new device shows; the offer was withdrawn",
             )
-            .hint("if you did not start this link yourself, run `sealpost device freeze`"),
+            .hint("if you did not start this link yourself, run `sealpost device freeze`; otherwise start again on the new device with `sealpost device link --restart ...`"),
             ClientError::Timeout(what) => Self::failure(format!("timed out waiting for {what}"))
                 .hint("try again, with a longer --wait if the command has one"),
             ClientError::NotFound(m) => Self::failure(format!("not found: {m}")),

@@ -51,8 +51,108 @@ pub struct Ctx {
     pub home: PathBuf,
     /// Output mode.
     pub out: Out,
-    /// How long to wait for the relay when connecting.
+    /// `--timeout`: the whole command's budget for waiting on the relay.
     pub timeout: Duration,
+    /// The deadline that budget sets ([`RelayBudget`]).
+    pub budget: RelayBudget,
+}
+
+/// `--timeout` as one deadline for a whole command's waiting on the relay: connecting,
+/// reconnecting, retries and every request. [`run`] races the command against it and
+/// ends it with exit 5 ([`error::Exit::Unreachable`]) when it passes. Waiting for a
+/// person (a new device's confirmation, a code, a recovery's approvals, `listen`) is not
+/// waiting on the relay: those flows move the deadline to the end of the slice they wait
+/// for ([`RelayBudget::waiting_for_person`]), plus `--timeout` for the relay round-trips
+/// inside it, so each round-trip stays bounded.
+pub struct RelayBudget {
+    timeout: Duration,
+    /// The relay's address, once known (for the message).
+    relay: std::sync::Mutex<Option<String>>,
+    /// `None`: unbounded (a command that runs until stopped).
+    deadline: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+}
+
+impl RelayBudget {
+    fn new(timeout: Duration) -> Self {
+        let (deadline, _) = tokio::sync::watch::channel(None);
+        let b = Self {
+            timeout,
+            relay: std::sync::Mutex::new(None),
+            deadline,
+        };
+        b.restart();
+        b
+    }
+
+    /// The relay the command talks to (named when the budget runs out).
+    pub fn set_relay(&self, addr: &str) {
+        if let Ok(mut r) = self.relay.lock() {
+            *r = Some(addr.to_owned());
+        }
+    }
+
+    /// The error when the budget ran out.
+    fn expired_error(&self) -> CliError {
+        let detail = format!("no answer within --timeout {} s", self.timeout.as_secs());
+        let relay = self.relay.lock().ok().and_then(|r| r.clone());
+        match relay {
+            Some(addr) => CliError::unreachable(&addr, detail),
+            None => CliError::new(error::Exit::Unreachable, format!("the relay gave {detail}")),
+        }
+        .hint("check that the relay is running and reachable, or give a longer --timeout; nothing the relay had not confirmed was lost: run the command again")
+    }
+
+    /// The budget starts again now (after a passphrase prompt: typing is not waiting on
+    /// the relay).
+    pub fn restart(&self) {
+        let at = tokio::time::Instant::now() + self.timeout;
+        self.deadline.send_replace(Some(at));
+    }
+
+    /// The command waits up to `slice` for a person: the deadline moves to the end of the
+    /// slice plus `--timeout` (never earlier than it was).
+    pub fn waiting_for_person(&self, slice: Duration) {
+        let at = tokio::time::Instant::now() + slice + self.timeout;
+        self.deadline.send_modify(|d| {
+            if d.is_some_and(|d| d < at) {
+                *d = Some(at);
+            }
+        });
+    }
+
+    /// Data moved (an attachment's bytes): the relay is answering, so a long transfer is
+    /// not cut off; the budget counts from now (never earlier than it was).
+    pub fn progress(&self) {
+        self.waiting_for_person(Duration::ZERO);
+    }
+
+    /// No deadline any more (`listen`, which runs until stopped and bounds each
+    /// connection attempt by `--timeout` itself).
+    pub fn unbounded(&self) {
+        self.deadline.send_replace(None);
+    }
+
+    /// Resolves when the deadline passes.
+    async fn expired(&self) {
+        let mut rx = self.deadline.subscribe();
+        loop {
+            let current = *rx.borrow_and_update();
+            match current {
+                Some(at) if tokio::time::Instant::now() >= at => return,
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        changed = rx.changed() => if changed.is_err() { return },
+                    }
+                }
+                None => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Run a parsed command line; returns the process exit code.
@@ -61,17 +161,25 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
     let out = Out { json: global.json };
     let result = match home_dir(global.home) {
         Ok(home) => {
-            let ctx = Ctx {
-                home,
-                out,
-                timeout: Duration::from_secs(global.timeout.max(1)),
-            };
+            let timeout = Duration::from_secs(global.timeout.max(1));
             match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(commands::dispatch(&ctx, command)),
+                Ok(rt) => rt.block_on(async {
+                    let ctx = Ctx {
+                        home,
+                        out,
+                        timeout,
+                        budget: RelayBudget::new(timeout),
+                    };
+                    tokio::select! {
+                        biased;
+                        r = commands::dispatch(&ctx, command) => r,
+                        () = ctx.budget.expired() => Err(ctx.budget.expired_error()),
+                    }
+                }),
                 Err(e) => Err(CliError::failure(format!("cannot start the runtime: {e}"))),
             }
         }
@@ -228,12 +336,65 @@ pub fn open_profile(ctx: &Ctx) -> Result<Client, CliError> {
         ));
     }
     let pass = passphrase(false)?;
-    Client::open(&ctx.home, &pass).map_err(|e| CliError::from_client(e, None))
+    ctx.budget.restart();
+    let client = Client::open(&ctx.home, &pass).map_err(|e| CliError::from_client(e, None))?;
+    if let Some(r) = client.relay() {
+        ctx.budget.set_relay(&r.addr);
+    } else if let Some((_, at)) = client.pending_link() {
+        ctx.budget.set_relay(at);
+    }
+    Ok(client)
 }
 
-/// Open the profile and require an enrolled device.
-pub fn open_enrolled(ctx: &Ctx) -> Result<Client, CliError> {
-    let client = open_profile(ctx)?;
+/// Open the profile and require an enrolled device. A profile whose link request (a
+/// new device waiting to join an account, `device link`) was confirmed or recovered while
+/// it was offline finishes joining here first.
+pub async fn open_enrolled(ctx: &Ctx) -> Result<Client, CliError> {
+    let mut client = open_profile(ctx)?;
+    if client.account().is_none() {
+        if let Some((account, at)) = client
+            .pending_link()
+            .map(|(a, at)| (a.clone(), at.to_owned()))
+        {
+            // One look at the request (a poll, and completing it if it is ready), not a
+            // wait: `device link` is the command that waits.
+            match client
+                .link_progress(ctx.timeout.min(Duration::from_secs(2)))
+                .await
+            {
+                Ok(sealpost_client::trust::LinkProgress::Completed { .. }) => {
+                    for e in client.take_events() {
+                        ctx.out.event(&e, Some(&account))?;
+                    }
+                    ctx.out.json_line(json!({
+                        "event": "linked",
+                        "account": account.as_str(),
+                        "device": client.device_id().to_hex(),
+                        "relay": at,
+                    }));
+                    ctx.out.note(format!(
+                        "this device's request to join {account} was completed while it was away: it is now a device of {account}"
+                    ));
+                }
+                Ok(sealpost_client::trust::LinkProgress::Offered { code, .. }) => {
+                    client.disconnect();
+                    return Err(CliError::not_enrolled().hint(format!(
+                        "this device asked to join {account} and waits for the confirmation: the code to give is {code}; `sealpost device link --account {account} ...` waits for it"
+                    )));
+                }
+                Ok(sealpost_client::trust::LinkProgress::Waiting) => {
+                    client.disconnect();
+                    return Err(CliError::not_enrolled().hint(format!(
+                        "this device asked to join {account} and waits for the confirmation: run `sealpost device link --account {account} ...` again to see where it stands"
+                    )));
+                }
+                Err(e) => {
+                    client.disconnect();
+                    return Err(CliError::from_client(e, Some(&at)));
+                }
+            }
+        }
+    }
     if client.account().is_none() || client.relay().is_none() {
         return Err(CliError::not_enrolled());
     }

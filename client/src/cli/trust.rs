@@ -324,7 +324,7 @@ impl From<CliError> for Flow {
 
 /// Open the enrolled profile and connect; returns the client and the relay address.
 async fn begin(ctx: &Ctx) -> Result<(Client, String), CliError> {
-    let mut client = open_enrolled(ctx)?;
+    let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     Ok((client, at))
@@ -525,6 +525,7 @@ pub async fn device(ctx: &Ctx, command: DeviceCommand) -> Result<(), CliError> {
             org,
             server_name,
             wait,
+            restart,
         } => {
             let relay = RelayInfo {
                 addr: parse_relay(&relay)?.to_string(),
@@ -537,6 +538,7 @@ pub async fn device(ctx: &Ctx, command: DeviceCommand) -> Result<(), CliError> {
                 relay,
                 &account_arg(&account)?,
                 Duration::from_secs(wait),
+                restart,
             )
             .await
         }
@@ -594,6 +596,7 @@ async fn device_link(
     relay: RelayInfo,
     account: &AccountId,
     wait: Duration,
+    restart: bool,
 ) -> Result<(), CliError> {
     let mut client = open_profile(ctx)?;
     if let Some(existing) = client.account() {
@@ -604,7 +607,14 @@ async fn device_link(
         .hint("run `sealpost device link` on the NEW device (a fresh `sealpost init` profile)"));
     }
     let at = relay.addr.clone();
-    let attempt = tokio::time::timeout(ctx.timeout, client.link_start(relay, account));
+    ctx.budget.set_relay(&at);
+    let attempt = tokio::time::timeout(ctx.timeout, async {
+        if restart {
+            client.link_restart(relay, account).await
+        } else {
+            client.link_start(relay, account).await
+        }
+    });
     let ticket = match with_spinner(ctx.out, format!("asking {at} to link"), attempt).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return Err(CliError::from_client(e, Some(&at))),
@@ -616,11 +626,17 @@ async fn device_link(
         }
     };
     ctx.out.json_line(to_json_tagged("link_started", &ticket)?);
-    ctx.out.say(format!(
-        "Asked to join {account} as a new device (request {}, lapses {}).",
-        ticket.link_id,
-        time(ticket.expires_ms)
-    ));
+    if ticket.resumed {
+        ctx.out.say(format!(
+            "Resuming this device's request to join {account} (started earlier)."
+        ));
+    } else {
+        ctx.out.say(format!(
+            "Asked to join {account} as a new device (request {}, lapses {}).",
+            ticket.link_id,
+            time(ticket.expires_ms)
+        ));
+    }
     ctx.out.say(format!(
         "  this device's fingerprint: {}",
         ticket.fingerprint
@@ -632,6 +648,11 @@ async fn device_link(
         .say("It shows this device's fingerprint: check that it matches the one above.");
     let deadline = Instant::now() + wait;
     let mut shown: Option<String> = None;
+    if let Some((code, action)) = client.link_code() {
+        // Signed in an earlier run: show the same code again.
+        show_link_code(ctx, &ticket.link_id, &code, &action);
+        shown = Some(code);
+    }
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -640,33 +661,17 @@ async fn device_link(
                 "no existing device of {account} confirmed this device within {} s",
                 wait.as_secs()
             ))
-            .hint("run `sealpost device link` again (with a longer --wait) and confirm it on an existing device"));
+            .hint("the request stays open (this profile keeps it): run `sealpost device link` again later, or any command, and this device finishes joining once an existing device has confirmed it"));
         }
-        match client
-            .link_progress(left.min(Duration::from_secs(20)))
-            .await
-        {
+        // Waiting for a person; each relay round-trip inside stays bounded by --timeout
+        // (the library reconnects as needed while the request lives).
+        let slice = left.min(Duration::from_secs(20));
+        ctx.budget.waiting_for_person(slice);
+        match client.link_progress(slice).await {
             Ok(LinkProgress::Waiting) => {}
             Ok(LinkProgress::Offered { code, action }) => {
                 if shown.as_deref() != Some(code.as_str()) {
-                    ctx.out.json_line(json!({
-                        "event": "link_code",
-                        "link_id": ticket.link_id,
-                        "code": code,
-                        "action": action,
-                    }));
-                    ctx.out.say("");
-                    if action == "recover" {
-                        ctx.out.say(format!(
-                            "    Read this code to the staff member recovering your account:  {code}"
-                        ));
-                    } else {
-                        ctx.out.say(format!(
-                            "    Type this code on the existing device:  {code}"
-                        ));
-                    }
-                    ctx.out.say("");
-                    ctx.out.note("waiting for the confirmation...");
+                    show_link_code(ctx, &ticket.link_id, &code, &action);
                     shown = Some(code);
                 }
             }
@@ -712,6 +717,27 @@ async fn device_link(
             }
         }
     }
+}
+
+fn show_link_code(ctx: &Ctx, link_id: &str, code: &str, action: &str) {
+    ctx.out.json_line(json!({
+        "event": "link_code",
+        "link_id": link_id,
+        "code": code,
+        "action": action,
+    }));
+    ctx.out.say("");
+    if action == "recover" {
+        ctx.out.say(format!(
+            "    Read this code to the staff member recovering your account:  {code}"
+        ));
+    } else {
+        ctx.out.say(format!(
+            "    Type this code on the existing device:  {code}"
+        ));
+    }
+    ctx.out.say("");
+    ctx.out.note("waiting for the confirmation...");
 }
 
 /// Pick the pending link: `--link` (a unique prefix is enough), or the only one.
@@ -886,9 +912,14 @@ async fn device_confirm(
                 let offered = client.offer_link(&link.link_id).await?;
                 ctx.out.json_line(to_json_tagged("link_offered", &offered)?);
                 ctx.out.note("Offered: the new device now shows a 6-digit code.");
-                read_code(ctx.out, "the new device shows")?
+                // Typing the code is waiting for a person, not for the relay.
+                ctx.budget.unbounded();
+                let typed = read_code(ctx.out, "the new device shows")?;
+                ctx.budget.restart();
+                typed
             }
         };
+        ctx.budget.waiting_for_person(wait);
         Ok(client.confirm_link(&link.link_id, &typed, wait).await?)
     }
     .await;
@@ -1056,9 +1087,14 @@ async fn device_recover(
                 ctx.out.json_line(to_json_tagged("link_offered", &offered)?);
                 ctx.out.say(format!("Offered a recovery of {account} to this device. Its screen now shows a 6-digit code:"));
                 ctx.out.say("ask the client to read it to you, on a call YOU placed to the number on file.");
-                read_code(ctx.out, "the client reads to you")?
+                // Typing the code is waiting for a person, not for the relay.
+                ctx.budget.unbounded();
+                let typed = read_code(ctx.out, "the client reads to you")?;
+                ctx.budget.restart();
+                typed
             }
         };
+        ctx.budget.waiting_for_person(wait);
         Ok(client.start_recovery(&link.link_id, &typed, wait).await?)
     }
     .await;

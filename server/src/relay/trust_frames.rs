@@ -16,9 +16,9 @@ use sealpost_protocol::trust::{
     SignedRoster, MAX_SIGNED_ROSTER_LEN,
 };
 use sealpost_protocol::wire::{
-    link_signature_message, BoundedVec, ErrorCode, FrameBody, LogLength, Role,
-    MAX_LOG_ENTRIES_PER_FRAME, MAX_LOG_HEADS_PER_FRAME, MAX_ROSTER_LINKS_PER_FRAME,
-    ROSTER_FRAME_BUDGET,
+    link_complete_signature_message, link_signature_message, BoundedVec, ErrorCode, FrameBody,
+    LogLength, Role, MAX_LOG_ENTRIES_PER_FRAME, MAX_LOG_HEADS_PER_FRAME,
+    MAX_ROSTER_LINKS_PER_FRAME, ROSTER_FRAME_BUDGET,
 };
 use tracing::{debug, info, warn};
 
@@ -43,12 +43,14 @@ fn link_refusal(id: u64, e: &LinkError) -> Handled {
     let code = match e {
         LinkError::NotFound => ErrorCode::NotFound,
         LinkError::AccountFull { .. } | LinkError::RegistryFull { .. } => ErrorCode::QuotaExceeded,
-        LinkError::Completed | LinkError::NotOffered | LinkError::AlreadySigned => {
-            ErrorCode::Conflict
-        }
-        LinkError::WrongBody | LinkError::BadSignature | LinkError::BadNonce => {
-            ErrorCode::Forbidden
-        }
+        LinkError::Completed
+        | LinkError::NotOffered
+        | LinkError::AlreadySigned
+        | LinkError::NotAuthorized => ErrorCode::Conflict,
+        LinkError::WrongBody
+        | LinkError::BadSignature
+        | LinkError::BadNonce
+        | LinkError::NotTheOffer => ErrorCode::Forbidden,
     };
     refuse(id, code, &e.to_string())
 }
@@ -269,6 +271,9 @@ impl<S: Store> Relay<S> {
                 replaced,
                 evicted,
             }) => {
+                // The connection now waits on this request: the authentication timeout
+                // no longer closes it while the request is open (conn.rs).
+                ctx.waiting_link = Some(link_id);
                 if !evicted.is_empty() {
                     metrics::counter!(m::LINKS_EVICTED).increment(evicted.len() as u64);
                     info!(
@@ -303,12 +308,105 @@ impl<S: Store> Relay<S> {
                 challenge: link.wire.challenge,
                 body: link.wire.body.clone().map(Box::new),
                 completed: link.completed,
+                ready: link.authorized.is_some(),
             })
         });
         match state {
-            Ok(body) => reply(id, body),
+            Ok(body) => {
+                // A device that reconnected to go on waiting (its link id is a 128-bit
+                // secret it got from `link_started`) waits on this connection now.
+                ctx.waiting_link = Some(link_id);
+                reply(id, body)
+            }
             Err(e) => link_refusal(id, &e),
         }
+    }
+
+    /// Whether a connection waiting on `link_id` may go on waiting unauthenticated:
+    /// `None` once the request is gone, else whether it completed (conn.rs).
+    pub(crate) fn link_waiting(&self, link_id: &[u8; 16]) -> Option<bool> {
+        let now = unix_ms();
+        self.with_links(|l| l.waiting(link_id, now))
+    }
+
+    /// The staff device that initiated a recovery hands over the entry its quorum
+    /// approved. Checked now exactly as an append would be (without storing it), and
+    /// kept on the link until the new device completes it (`link_complete`).
+    pub(super) async fn link_authorize(
+        &self,
+        me: &Authenticated,
+        id: u64,
+        link_id: [u8; 16],
+        entry: LogEntry,
+    ) -> Handled {
+        if !is_staff(me.role) {
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "only staff and advisor devices may authorise a recovery",
+            );
+        }
+        let now = unix_ms();
+        let account = match self.with_links(|l| {
+            l.get(&link_id, now)
+                .map(|k| (k.wire.account.clone(), k.completed))
+        }) {
+            Ok((_, true)) => return link_refusal(id, &LinkError::Completed),
+            Ok((a, false)) => a,
+            Err(e) => return link_refusal(id, &e),
+        };
+        if entry.body.account != account {
+            return link_refusal(id, &LinkError::NotTheOffer);
+        }
+        // Everything an append checks, now: the initiator learns at once if the entry
+        // would be refused.
+        let checked = self.append_entry(me.device, id, entry.clone(), true).await;
+        if !matches!(
+            checked.reply.as_ref().map(|f| &f.body),
+            Some(FrameBody::Done)
+        ) {
+            return checked;
+        }
+        match self.with_links(|l| l.authorize(&link_id, entry, now)) {
+            Ok(()) => {
+                info!(account = %account, by = %me.device, "recovery authorised, waiting for the new device");
+                reply(id, FrameBody::Done)
+            }
+            Err(e) => link_refusal(id, &e),
+        }
+    }
+
+    /// The recovered device completes its recovery: the authorised entry is appended
+    /// (checked again, as any append) and the device can authenticate on this connection.
+    pub(super) async fn link_complete(
+        &self,
+        ctx: &mut ConnCtx,
+        id: u64,
+        link_id: [u8; 16],
+        signature: [u8; 64],
+    ) -> Handled {
+        if ctx.authenticated().is_some() {
+            return refuse(id, ErrorCode::UnexpectedFrame, "already authenticated");
+        }
+        if let Err(l) = self.link_request_allowed(ctx.remote.ip()) {
+            return limited(id, "link_requests_per_ip", l);
+        }
+        let now = unix_ms();
+        let (entry, identity) = match self.with_links(|l| l.authorized(&link_id, now)) {
+            Ok(v) => v,
+            Err(e) => return link_refusal(id, &e),
+        };
+        let msg = link_complete_signature_message(&ctx.exporter, &link_id);
+        if identity.verify(&msg, &signature).is_err() {
+            self.auth_failed(ctx.remote.ip(), None);
+            return refuse(
+                id,
+                ErrorCode::AuthFailed,
+                "link_complete signature does not verify for the link's device on this connection",
+            );
+        }
+        self.append_entry(identity.device_id(), id, entry, false)
+            .await
     }
 
     pub(super) fn link_sign(
@@ -538,6 +636,31 @@ impl<S: Store> Relay<S> {
         id: u64,
         entry: LogEntry,
     ) -> Handled {
+        if matches!(entry.body.action, DeviceAction::Recover { .. }) {
+            // A recovery revokes every other device of the account: it is appended only
+            // when the recovered device completes it (`link_complete`), so that the
+            // account is never left without a device that can use it (§19.5).
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "a recovery is not appended with append_device_log: hand the approved entry \
+                 to the relay with link_authorize; the recovered device completes it",
+            );
+        }
+        self.append_entry(me.device, id, entry, false).await
+    }
+
+    /// Check `entry` as an append to its account's log (freshness, roster head, signers
+    /// in good standing, extension of the stored log, verification) and, unless
+    /// `dry_run`, store it with its effects, close the connections of the devices it
+    /// revoked and push `device_log_changed`. `by` is the device carrying it (for logs).
+    async fn append_entry(
+        &self,
+        by: sealpost_protocol::identity::DeviceId,
+        id: u64,
+        entry: LogEntry,
+        dry_run: bool,
+    ) -> Handled {
         let account = entry.body.account.clone();
         let action = entry.body.action.name();
         let role = match self.store.account(&account).await {
@@ -621,6 +744,9 @@ impl<S: Store> Relay<S> {
             revoke: set.revoked.clone(),
             frozen: set.frozen,
         };
+        if dry_run {
+            return reply(id, FrameBody::Done);
+        }
         let before = self.trust.cached(&account);
         if let Err(e) = self.store.append_device_log(&entry, &effects, now).await {
             return match e {
@@ -661,7 +787,7 @@ impl<S: Store> Relay<S> {
             account = %account,
             seq = entry.body.seq,
             action,
-            by = %me.device,
+            by = %by,
             frozen = set.frozen,
             "device log entry appended"
         );
