@@ -818,6 +818,18 @@ impl Client {
         self.contacts.values()
     }
 
+    /// Messages kept until their sender can be checked against a verified device log
+    /// (checked again on every receive; at most [`MAX_HELD`]).
+    pub fn held(&self) -> &[HeldMessage] {
+        &self.held
+    }
+
+    /// Peer accounts with which the relay showed this device different device logs (a
+    /// split view): sensitive kinds are refused across these pairs until the views agree.
+    pub fn split_views(&self) -> Vec<SplitRecord> {
+        self.splits.records()
+    }
+
     /// The local history, oldest first.
     pub fn history(&self) -> impl Iterator<Item = &HistoryEntry> {
         self.history.iter()
@@ -895,6 +907,13 @@ impl Client {
                 Ok(conn) => match conn.authenticate(&self.identity).await {
                     Ok((_, role)) => {
                         self.role = Some(role);
+                        // What was processed on an earlier connection and not yet
+                        // acknowledged is made durable now; the relay delivers it again on
+                        // this connection and it is acknowledged then, as a duplicate.
+                        if !self.pending_acks.is_empty() {
+                            self.save()?;
+                            self.pending_acks.clear();
+                        }
                         self.conn = Some(conn);
                         // A new connection may reach a different (or restored) relay:
                         // verify every device set again before it is used.
