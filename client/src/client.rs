@@ -1499,18 +1499,25 @@ impl Client {
         // A message held during this pass may be checkable now (its sender's log was
         // verified for a later message).
         events.extend(self.recheck_held().await?);
-        self.flush_receipts().await?;
+        self.flush_receipts().await;
         events.extend(self.take_events());
         Ok(events)
     }
 
-    async fn flush_receipts(&mut self) -> Result<(), ClientError> {
+    /// Send the delivery receipts queued by this receive pass. Best effort: what was
+    /// received is already saved and acknowledged, so a receipt the relay refuses (rate
+    /// limited, connection lost) does not turn the pass into an error that would hide
+    /// the messages it showed; it is logged and not sent.
+    async fn flush_receipts(&mut self) {
         let pending = std::mem::take(&mut self.pending_receipts);
         for (peer, ids) in pending {
-            self.send_receipts(&peer, ReceiptKind::Delivered, &ids)
-                .await?;
+            if let Err(e) = self
+                .send_receipts(&peer, ReceiptKind::Delivered, &ids)
+                .await
+            {
+                tracing::warn!(peer = %peer, error = %e, "delivery receipts not sent");
+            }
         }
-        Ok(())
     }
 
     /// Send `kind` receipts for `ids` to `peer`, at most [`MAX_RECEIPT_IDS`] per receipt.
