@@ -1699,7 +1699,10 @@ impl Client {
     ) -> (Judgement, Vec<Event>) {
         let mut events = Vec::new();
         let Some(me) = self.account.clone() else {
-            return (Judgement::Hold("this device is not enrolled".into()), events);
+            return (
+                Judgement::Hold("this device is not enrolled".into()),
+                events,
+            );
         };
         let from = message.from.clone();
         // Content that can never be accepted needs no log.
@@ -1780,9 +1783,8 @@ impl Client {
                 self.splits.clear(from);
                 None
             }
-            ViewCheck::Consistent | ViewCheck::Unclaimed | ViewCheck::Behind(_) => views
-                .filter(|v| v.split)
-                .map(|_| {
+            ViewCheck::Consistent | ViewCheck::Unclaimed | ViewCheck::Behind(_) => {
+                views.filter(|v| v.split).map(|_| {
                     (
                         format!(
                             "a device of {from} reports that the relay showed it other device \
@@ -1790,7 +1792,8 @@ impl Client {
                         ),
                         true,
                     )
-                }),
+                })
+            }
         };
         if let Some((reason, reported_by_peer)) = split {
             let new = self.splits.record(SplitRecord {
@@ -1906,7 +1909,13 @@ impl Client {
                         {
                             self.sessions.remove(&sender);
                         }
-                        self.report_untrusted(&h.message.from, sender, None, "message", &mut events);
+                        self.report_untrusted(
+                            &h.message.from,
+                            sender,
+                            None,
+                            "message",
+                            &mut events,
+                        );
                     }
                     events.push(Event::Rejected {
                         device: sender,

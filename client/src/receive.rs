@@ -372,11 +372,7 @@ pub fn head_view(h: &LogHead) -> HeadView {
 }
 
 /// The views a device of `me` puts in a message to `to` (for a sync copy, `to` = `me`).
-pub fn views_for(
-    my_head: Option<&LogHead>,
-    their_head: Option<&LogHead>,
-    split: bool,
-) -> LogViews {
+pub fn views_for(my_head: Option<&LogHead>, their_head: Option<&LogHead>, split: bool) -> LogViews {
     LogViews {
         sender: my_head.map(head_view),
         recipient: their_head.map(head_view),
@@ -767,11 +763,29 @@ mod tests {
         // the (absent) roster: judge at a time far after it.
         let late = 10_000_000_000;
         assert_eq!(
-            judge(&me, dev, EnvelopeKind::Instruction, &instr, Some(&set), false, late),
+            judge(
+                &me,
+                dev,
+                EnvelopeKind::Instruction,
+                &instr,
+                Some(&set),
+                false,
+                late
+            ),
             Judgement::Show
         );
-        let j = judge(&me, dev, EnvelopeKind::Instruction, &instr, Some(&set), true, late);
-        assert!(matches!(j, Judgement::Refuse { alarm: true, ref reason, .. } if reason.contains("split view")));
+        let j = judge(
+            &me,
+            dev,
+            EnvelopeKind::Instruction,
+            &instr,
+            Some(&set),
+            true,
+            late,
+        );
+        assert!(
+            matches!(j, Judgement::Refuse { alarm: true, ref reason, .. } if reason.contains("split view"))
+        );
         let chat = Message {
             content: text("hi"),
             ..instr.clone()
@@ -801,9 +815,8 @@ mod tests {
             seq,
             hash: Digest([x; 32]),
         };
-        let v = |s: Option<LogHead>, r: Option<LogHead>| {
-            Some(views_for(s.as_ref(), r.as_ref(), false))
-        };
+        let v =
+            |s: Option<LogHead>, r: Option<LogHead>| Some(views_for(s.as_ref(), r.as_ref(), false));
         assert_eq!(
             compare_views(&a, &b, None, Some(&h(0, 1)), Some(&h(0, 2)), false),
             ViewCheck::Unclaimed
@@ -835,7 +848,14 @@ mod tests {
         // The sender is ahead: refresh first; still ahead after the refresh: split.
         let ahead = v(Some(h(1, 1)), Some(h(0, 2)));
         assert_eq!(
-            compare_views(&a, &b, ahead.as_ref(), Some(&h(0, 1)), Some(&h(0, 2)), false),
+            compare_views(
+                &a,
+                &b,
+                ahead.as_ref(),
+                Some(&h(0, 1)),
+                Some(&h(0, 2)),
+                false
+            ),
             ViewCheck::Behind(vec![a.clone()])
         );
         assert!(matches!(

@@ -65,7 +65,9 @@ async fn setup(n: usize, limits: &str) -> Setup {
     let mut senders = Vec::new();
     for i in 0..n {
         let a = AccountId::new(&format!("sender{i}")).unwrap();
-        admin::create_account(&store, &a, Role::Client).await.unwrap();
+        admin::create_account(&store, &a, Role::Client)
+            .await
+            .unwrap();
         admin::assign(&store, &a, &receiver).await.unwrap();
         let code = admin::issue_code(&store, &a, 3600).await.unwrap().code;
         senders.push((a, code));
@@ -103,9 +105,11 @@ struct Outcome {
     held_seen: usize,
 }
 
-/// `cycles` kill cycles: each starts the relay, lets the active senders send two
-/// messages each while the receiver (reopened from disk) connects and drains, and
-/// SIGKILLs the relay (dropping the receiver mid-way) at a random moment. Sender `i`
+/// `cycles` kill cycles: in each, the relay starts, the active senders send two messages
+/// each while the receiver (reopened from disk) connects and drains, and the relay is
+/// SIGKILLed at a random moment; shortly after, the senders and the receiver are stopped
+/// wherever they are (a dead relay is otherwise noticed only at the QUIC idle timeout),
+/// and the receiver's next cycle reopens its profile from disk. Sender `i`
 /// sends its first message in cycle `i * cycles / senders`, so first messages (new
 /// sessions) meet the kills too. Then the relay runs undisturbed until the receiver's
 /// history holds every accepted message; each must be there exactly once.
@@ -140,32 +144,39 @@ async fn kill_cycles(limits: &str, cycles: usize, seed: u64) -> Outcome {
         // The kill lands anywhere from before the receiver authenticates to after it
         // drained; both sides stop shortly after it (a dead relay is otherwise only
         // noticed at the QUIC idle timeout).
-        let delay = Duration::from_millis(rng.gen_range(5..900));
+        let delay = Duration::from_millis(rng.gen_range(100..2500));
         let kill_at = tokio::time::Instant::now() + delay;
         let stop_at = kill_at + Duration::from_millis(300);
-        let send_task = tokio::spawn(async move {
-            let mut ok = Vec::new();
-            let _ = tokio::time::timeout_at(stop_at, async {
-                for (i, c) in batch.iter_mut().enumerate().take(active) {
-                    c.relay_override_for_tests(ri.clone());
-                    if c.connect().await.is_err() {
-                        continue;
+        // Every sender on its own task, all at once.
+        let send_tasks: Vec<_> = batch
+            .drain(..)
+            .enumerate()
+            .map(|(i, mut c)| {
+                let to = to.clone();
+                let ri = ri.clone();
+                tokio::spawn(async move {
+                    let mut ok = Vec::new();
+                    if i < active {
+                        let _ = tokio::time::timeout_at(stop_at, async {
+                            c.relay_override_for_tests(ri);
+                            if c.connect().await.is_err() {
+                                return;
+                            }
+                            for k in 0..2 {
+                                let text = format!("cycle {cycle} sender {i} message {k}");
+                                match c.send_text(&to, &text).await {
+                                    Ok(report) => ok.push(report.message_id),
+                                    Err(_) => break,
+                                }
+                            }
+                        })
+                        .await;
                     }
-                    for k in 0..2 {
-                        let text = format!("cycle {cycle} sender {i} message {k}");
-                        match c.send_text(&to, &text).await {
-                            Ok(report) => ok.push(report.message_id),
-                            Err(_) => break,
-                        }
-                    }
-                }
+                    c.disconnect();
+                    (c, ok)
+                })
             })
-            .await;
-            for c in batch.iter_mut() {
-                c.disconnect();
-            }
-            (batch, ok)
-        });
+            .collect();
         let home = rx_home.clone();
         let ri = relay_info.clone();
         let receive_task = tokio::spawn(async move {
@@ -182,9 +193,11 @@ async fn kill_cycles(limits: &str, cycles: usize, seed: u64) -> Outcome {
         });
         tokio::time::sleep_until(kill_at).await;
         relay.kill();
-        let (back, ok) = send_task.await.unwrap();
-        senders = back;
-        accepted.extend(ok);
+        for t in send_tasks {
+            let (c, ok) = t.await.unwrap();
+            senders.push(c);
+            accepted.extend(ok);
+        }
         held_seen += receive_task.await.unwrap();
     }
     eprintln!(
@@ -252,7 +265,7 @@ async fn kill_cycles(limits: &str, cycles: usize, seed: u64) -> Outcome {
 async fn relay_killed_while_draining_loses_no_accepted_message() {
     let out = kill_cycles("", 50, 7).await;
     assert!(
-        out.accepted.len() >= 100,
+        out.accepted.len() >= 60,
         "enough messages got through to mean something: {}",
         out.accepted.len()
     );
@@ -264,7 +277,7 @@ async fn relay_killed_while_draining_loses_no_accepted_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_sender_checks_lose_no_accepted_message() {
     let out = kill_cycles(
-        "control_requests_per_device = { per_second = 1.0, burst = 9.0 }\n",
+        "control_requests_per_device = { per_second = 0.5, burst = 8.0 }\n",
         50,
         11,
     )
@@ -295,10 +308,10 @@ async fn a_first_message_held_by_a_transient_failure_is_shown_with_the_later_one
     let adv_id = relay.account("adv", Role::Advisor).await;
     let cli_id = relay.account("cli", Role::Client).await;
     relay.assign(&cli_id, &adv_id).await;
-    let mut adv = sealpost_tests::org::enrolled(&relay, &homes.path().join("adv"), &adv_id, None)
-        .await;
-    let mut cli = sealpost_tests::org::enrolled(&relay, &homes.path().join("cli"), &cli_id, None)
-        .await;
+    let mut adv =
+        sealpost_tests::org::enrolled(&relay, &homes.path().join("adv"), &adv_id, None).await;
+    let mut cli =
+        sealpost_tests::org::enrolled(&relay, &homes.path().join("cli"), &cli_id, None).await;
     let first = cli.send_text(&adv_id, "first contact").await.unwrap();
     // The advisor spends its control budget: its next device-log fetch is refused.
     let mut refused = false;
@@ -314,12 +327,14 @@ async fn a_first_message_held_by_a_transient_failure_is_shown_with_the_later_one
         .await
         .unwrap();
     assert!(
-        got.iter()
-            .any(|e| matches!(e, Event::Held { message_id, .. } if *message_id == first.message_id)),
+        got.iter().any(
+            |e| matches!(e, Event::Held { message_id, .. } if *message_id == first.message_id)
+        ),
         "the first message is held while its sender cannot be checked: {got:?}"
     );
     assert!(
-        !got.iter().any(|e| matches!(e, Event::Rejected { .. } | Event::Message { .. })),
+        !got.iter()
+            .any(|e| matches!(e, Event::Rejected { .. } | Event::Message { .. })),
         "{got:?}"
     );
     assert_eq!(adv.held().len(), 1);
@@ -351,7 +366,13 @@ async fn a_first_message_held_by_a_transient_failure_is_shown_with_the_later_one
         match adv.connect().await {
             Ok(()) => {
                 let got = adv.receive(false, Duration::from_secs(2)).await;
-                eprintln!("receive: {got:?} held: {:?}", adv.held().iter().map(|h| h.reason.clone()).collect::<Vec<_>>());
+                eprintln!(
+                    "receive: {got:?} held: {:?}",
+                    adv.held()
+                        .iter()
+                        .map(|h| h.reason.clone())
+                        .collect::<Vec<_>>()
+                );
                 adv.disconnect();
             }
             Err(e) => eprintln!("connect: {e}"),

@@ -165,7 +165,9 @@ impl Out {
                 eprintln!("WARNING: SPLIT VIEW with {account}: the relay showed you and {account} DIFFERENT device logs.");
                 eprintln!("WARNING:   {}", display::line(reason));
                 if *reported_by_peer {
-                    eprintln!("WARNING:   ({account}'s device detected it and said so in its message.)");
+                    eprintln!(
+                        "WARNING:   ({account}'s device detected it and said so in its message.)"
+                    );
                 }
                 eprintln!("WARNING:   A device may have been slipped into one side's view. Approvals, instructions and");
                 eprintln!("WARNING:   device changes between you and {account} are refused until the views agree.");
