@@ -605,6 +605,10 @@ pub struct Client {
     pub(crate) held: Vec<crate::receive::HeldMessage>,
     /// Peer accounts with a split view.
     pub(crate) splits: crate::receive::Splits,
+    /// Accounts whose sender check failed during this receive pass: further messages
+    /// from them are held at once rather than spending more requests on a relay that just
+    /// refused (cleared at the start of each pass).
+    pub(crate) unverifiable: std::collections::HashSet<AccountId>,
     pub(crate) attachments: BTreeMap<MessageId, AttachmentDescriptor>,
     pub(crate) conn: Option<RelayConnection>,
     pub(crate) pending_receipts: BTreeMap<AccountId, Vec<MessageId>>,
@@ -671,6 +675,7 @@ impl Client {
             seen: crate::receive::SeenIds::default(),
             held: Vec::new(),
             splits: crate::receive::Splits::default(),
+            unverifiable: std::collections::HashSet::new(),
             attachments: BTreeMap::new(),
             conn: None,
             pending_receipts: BTreeMap::new(),
@@ -729,6 +734,7 @@ impl Client {
             seen: crate::receive::SeenIds::restore(file.seen_by_device, file.seen),
             held: file.held,
             splits: crate::receive::Splits::restore(file.splits),
+            unverifiable: std::collections::HashSet::new(),
             attachments: file.attachments.into_iter().collect(),
             conn: None,
             pending_receipts: BTreeMap::new(),
@@ -1423,6 +1429,7 @@ impl Client {
         let deadline = tokio::time::Instant::now() + max_wait;
         // Messages held because their sender could not be checked: the relay may answer
         // now.
+        self.unverifiable.clear();
         let mut events = self.recheck_held().await?;
         let mut drain = if until_empty {
             Some(self.conn()?.start_request(FrameBody::Drain).await?)
@@ -1499,6 +1506,7 @@ impl Client {
         // A message held during this pass may be checkable now (its sender's log was
         // verified for a later message).
         events.extend(self.recheck_held().await?);
+        self.unverifiable.clear();
         self.flush_receipts().await;
         events.extend(self.take_events());
         Ok(events)
@@ -1710,9 +1718,22 @@ impl Client {
         if let Judgement::Refuse { .. } = pre {
             return (pre, events);
         }
+        if self.unverifiable.contains(&from) {
+            return (
+                Judgement::Hold(format!(
+                    "the device log of {from} could not be verified in this pass"
+                )),
+                events,
+            );
+        }
         match self.check_sender(&from, sender).await {
             Ok(evs) => events.extend(evs),
-            Err(reason) => return (Judgement::Hold(reason), events),
+            Err(reason) => {
+                if self.unverifiable.len() < crate::receive::MAX_HELD {
+                    self.unverifiable.insert(from);
+                }
+                return (Judgement::Hold(reason), events);
+            }
         }
         // Only a device the verified log lists may speak for the views of its account.
         let listed = self

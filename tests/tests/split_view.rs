@@ -33,12 +33,19 @@ fn splits(events: &[Event]) -> Vec<(String, bool)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_view_warns_both_users_and_refuses_sensitive_kinds_across_the_pair() {
     let homes = tempfile::tempdir().unwrap();
-    let relay = memory_relay(|_| {}).await;
+    // An organisation whose roster has a short cooling-off, so that the advisor's first
+    // device may change its log (and alice's may send instructions) after a moment.
+    let o = org::TestOrg::new();
+    let fp = o.fingerprint();
+    let relay = memory_relay(|c| c.org_fingerprint = Some(fp)).await;
+    let _staff = org::staff(&relay, homes.path(), &o, "").await;
     let alice_id = relay.account("alice", Role::Client).await;
     let adv_id = relay.account("adv", Role::Advisor).await;
     relay.assign(&alice_id, &adv_id).await;
-    let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, None).await;
-    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, None).await;
+    let mut alice =
+        org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
+    org::settle().await;
 
     // A first exchange: each side verifies (and pins) the other's one-entry log, and
     // the views agree.
@@ -65,7 +72,8 @@ async fn a_split_view_warns_both_users_and_refuses_sensitive_kinds_across_the_pa
     assert!(!seen[0].1, "alice's own comparison found it");
     assert!(seen[0].0.contains("entry 1"), "{seen:?}");
     assert!(
-        got.iter().any(|e| matches!(e, Event::Message { entry } if entry.body == "your statement")),
+        got.iter()
+            .any(|e| matches!(e, Event::Message { entry } if entry.body == "your statement")),
         "chat still flows: {got:?}"
     );
     assert_eq!(alice.split_views().len(), 1);
@@ -112,7 +120,10 @@ async fn a_split_view_warns_both_users_and_refuses_sensitive_kinds_across_the_pa
 
     // The relay serves the real log again: the next exchange finds the views agreeing,
     // and both sides clear the split.
-    relay.relay.store.restore_device_log_for_tests(&adv_id, hidden);
+    relay
+        .relay
+        .store
+        .restore_device_log_for_tests(&adv_id, hidden);
     adv.send_text(&alice_id, "all good").await.unwrap();
     alice.receive(true, QUIET).await.unwrap();
     assert!(alice.split_views().is_empty(), "{:?}", alice.split_views());
