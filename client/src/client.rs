@@ -1713,11 +1713,6 @@ impl Client {
             );
         };
         let from = message.from.clone();
-        // Content that can never be accepted needs no log.
-        let pre = crate::receive::judge(&me, sender, header_kind, message, None, false, now_ms());
-        if let Judgement::Refuse { .. } = pre {
-            return (pre, events);
-        }
         if self.unverifiable.contains(&from) {
             return (
                 Judgement::Hold(format!(

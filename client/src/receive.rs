@@ -306,8 +306,37 @@ pub fn judge(
     let account = &message.from;
     let content_kind = message.content.envelope_kind();
     let kind = rule_kind(&message.content);
-    if matches!(message.content, Content::Sync { .. }) && account != me {
-        return refuse("sync copy from another account".into(), false);
+    let Some(set) = sender_set else {
+        return Judgement::Hold(format!(
+            "the device log of {account} could not be verified yet"
+        ));
+    };
+    // First the sender: active in the verified log and allowed to send this kind
+    // (judged by the content, so a relabelled sensitive kind from a device on probation
+    // is refused for its sender, loudly).
+    let reason = match set.may_send_at(&sender, kind, now_ms) {
+        SendDecision::Allowed => None,
+        SendDecision::NotActive => {
+            return Judgement::Refuse {
+                reason: format!(
+                    "device {sender} is not an active device of {account} in its verified \
+                     device log"
+                ),
+                alarm: kind.is_sensitive(),
+                not_active: true,
+            }
+        }
+        SendDecision::OnProbation { until_ms } => Some(format!(
+            "device {sender} of {account} is on probation until {} and may not send {kind:?} \
+             messages",
+            crate::trust::utc(until_ms)
+        )),
+        SendDecision::Frozen => Some(format!(
+            "{account} is frozen: {kind:?} messages from it are refused"
+        )),
+    };
+    if let Some(reason) = reason {
+        return refuse(reason, kind.is_sensitive());
     }
     // The header's kind is what the relay enforced its rules on (probation, frozen
     // accounts, `send_notice`): content must travel under exactly the kind it requires
@@ -322,45 +351,19 @@ pub fn judge(
             false,
         );
     }
-    let Some(set) = sender_set else {
-        return Judgement::Hold(format!(
-            "the device log of {account} could not be verified yet"
-        ));
-    };
-    let reason = match set.may_send_at(&sender, kind, now_ms) {
-        SendDecision::Allowed => {
-            if split && kind.is_sensitive() {
-                return refuse(
-                    format!(
-                        "the relay showed this device and {account} different device logs \
-                         (a split view): {kind:?} messages across this pair are refused until \
-                         the views agree"
-                    ),
-                    true,
-                );
-            }
-            return Judgement::Show;
-        }
-        SendDecision::NotActive => {
-            return Judgement::Refuse {
-                reason: format!(
-                    "device {sender} is not an active device of {account} in its verified \
-                     device log"
-                ),
-                alarm: kind.is_sensitive(),
-                not_active: true,
-            }
-        }
-        SendDecision::OnProbation { until_ms } => format!(
-            "device {sender} of {account} is on probation until {} and may not send {kind:?} \
-             messages",
-            crate::trust::utc(until_ms)
-        ),
-        SendDecision::Frozen => {
-            format!("{account} is frozen: {kind:?} messages from it are refused")
-        }
-    };
-    refuse(reason, kind.is_sensitive())
+    if matches!(message.content, Content::Sync { .. }) && account != me {
+        return refuse("sync copy from another account".into(), false);
+    }
+    if split && kind.is_sensitive() {
+        return refuse(
+            format!(
+                "the relay showed this device and {account} different device logs (a split \
+                 view): {kind:?} messages across this pair are refused until the views agree"
+            ),
+            true,
+        );
+    }
+    Judgement::Show
 }
 
 /// A log head as carried in a message.
@@ -623,8 +626,8 @@ mod tests {
             5,
         );
         assert!(matches!(verdict, Judgement::Hold(_)), "{verdict:?}");
-        // Not committed (the hold store is full, or the shell chose not to hold): the
-        // redelivery opens exactly as the first delivery did.
+        // Not committed (the hold store is full): the redelivery opens exactly as the
+        // first delivery did.
         drop(a);
         let a = authentic(open(&e1, &bob.keys(), &bob.seen));
         let set = alice.log();
@@ -757,11 +760,19 @@ mod tests {
                 ..
             }
         ));
-        let j = judge(&me, dev, EnvelopeKind::Chat, &instr, Some(&set), false, 5);
-        assert!(matches!(j, Judgement::Refuse { ref reason, .. } if reason.contains("relabelled")));
-        // The set says alice's device is past probation? Entry dated 1000, probation from
-        // the (absent) roster: judge at a time far after it.
+        // Past the cooling-off (no roster: the default), a relabelled kind is refused for
+        // its label.
         let late = 10_000_000_000;
+        let j = judge(
+            &me,
+            dev,
+            EnvelopeKind::Chat,
+            &instr,
+            Some(&set),
+            false,
+            late,
+        );
+        assert!(matches!(j, Judgement::Refuse { ref reason, .. } if reason.contains("relabelled")));
         assert_eq!(
             judge(
                 &me,

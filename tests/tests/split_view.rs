@@ -42,8 +42,7 @@ async fn a_split_view_warns_both_users_and_refuses_sensitive_kinds_across_the_pa
     let alice_id = relay.account("alice", Role::Client).await;
     let adv_id = relay.account("adv", Role::Advisor).await;
     relay.assign(&alice_id, &adv_id).await;
-    let mut alice =
-        org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
     let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
     org::settle().await;
 
