@@ -138,7 +138,7 @@ async fn kill_cycles(limits: &str, cycles: usize, seed: u64) -> Outcome {
         let active = (0..n_senders)
             .filter(|i| cycle >= i * cycles / n_senders)
             .count();
-        let mut batch: Vec<Client> = senders.drain(..).collect();
+        let mut batch: Vec<Client> = std::mem::take(&mut senders);
         let to = receiver.clone();
         let ri = relay_info.clone();
         // The kill lands anywhere from before the receiver authenticates to after it
