@@ -609,6 +609,8 @@ pub struct Client {
     /// from them are held at once rather than spending more requests on a relay that just
     /// refused (cleared at the start of each pass).
     pub(crate) unverifiable: std::collections::HashSet<AccountId>,
+    /// Messages held at most ([`MAX_HELD`]; lowered only by tests).
+    pub(crate) max_held: usize,
     pub(crate) attachments: BTreeMap<MessageId, AttachmentDescriptor>,
     pub(crate) conn: Option<RelayConnection>,
     pub(crate) pending_receipts: BTreeMap<AccountId, Vec<MessageId>>,
@@ -676,6 +678,7 @@ impl Client {
             held: Vec::new(),
             splits: crate::receive::Splits::default(),
             unverifiable: std::collections::HashSet::new(),
+            max_held: MAX_HELD,
             attachments: BTreeMap::new(),
             conn: None,
             pending_receipts: BTreeMap::new(),
@@ -735,6 +738,7 @@ impl Client {
             held: file.held,
             splits: crate::receive::Splits::restore(file.splits),
             unverifiable: std::collections::HashSet::new(),
+            max_held: MAX_HELD,
             attachments: file.attachments.into_iter().collect(),
             conn: None,
             pending_receipts: BTreeMap::new(),
@@ -828,6 +832,13 @@ impl Client {
     /// (checked again on every receive; at most [`MAX_HELD`]).
     pub fn held(&self) -> &[HeldMessage] {
         &self.held
+    }
+
+    /// For tests: hold at most `n` messages (at most [`MAX_HELD`]), so that the path of
+    /// a full hold store (nothing committed, nothing acknowledged) can be reached.
+    #[doc(hidden)]
+    pub fn set_max_held_for_tests(&mut self, n: usize) {
+        self.max_held = n.min(MAX_HELD);
     }
 
     /// Peer accounts with which the relay showed this device different device logs (a
@@ -1643,12 +1654,12 @@ impl Client {
                 self.pending_acks.push(id);
             }
             Judgement::Hold(reason) => {
-                if self.held.len() >= MAX_HELD {
+                if self.held.len() >= self.max_held {
                     // Nothing committed, no acknowledgement: the relay keeps it.
                     events.push(Event::HoldFull {
                         device,
                         message_id: id,
-                        max: MAX_HELD,
+                        max: self.max_held,
                     });
                     return Ok(events);
                 }

@@ -396,3 +396,85 @@ async fn a_first_message_held_by_a_transient_failure_is_shown_with_the_later_one
         .count();
     assert_eq!(n, 3, "each shown exactly once");
 }
+
+/// When the hold store is full, a message that needs holding is neither committed nor
+/// acknowledged: the relay keeps it and delivers it again on the next connection, and the
+/// redelivery (a new session's initial message, whose base key and prekeys were left
+/// untouched) opens and is shown then, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_hold_store_leaves_messages_unacknowledged_at_the_relay() {
+    use sealpost_server::limits::Rate;
+    let homes = tempfile::tempdir().unwrap();
+    let relay = memory_relay(|c| {
+        c.limits.control_requests_per_device = Rate::new(1.0, 12.0);
+    })
+    .await;
+    let adv_id = relay.account("adv", Role::Advisor).await;
+    let cli_id = relay.account("cli", Role::Client).await;
+    relay.assign(&cli_id, &adv_id).await;
+    let mut adv =
+        sealpost_tests::org::enrolled(&relay, &homes.path().join("adv"), &adv_id, None).await;
+    let mut cli =
+        sealpost_tests::org::enrolled(&relay, &homes.path().join("cli"), &cli_id, None).await;
+    let mut ids = Vec::new();
+    for text in ["one", "two", "three"] {
+        ids.push(cli.send_text(&adv_id, text).await.unwrap().message_id);
+    }
+    adv.set_max_held_for_tests(1);
+    let mut refused = false;
+    for _ in 0..40 {
+        if adv.own_devices().await.is_err() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the limit never refused a request");
+    let got = adv
+        .receive(false, Duration::from_millis(300))
+        .await
+        .unwrap();
+    let held: Vec<MessageId> = got
+        .iter()
+        .filter_map(|e| match e {
+            Event::Held { message_id, .. } => Some(*message_id),
+            _ => None,
+        })
+        .collect();
+    let full: Vec<MessageId> = got
+        .iter()
+        .filter_map(|e| match e {
+            Event::HoldFull { message_id, .. } => Some(*message_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(held, vec![ids[0]], "{got:?}");
+    assert_eq!(full, vec![ids[1], ids[2]], "{got:?}");
+    assert_eq!(adv.held().len(), 1);
+    // The relay still has the two it was not told to delete.
+    adv.disconnect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let incoming = |c: &Client| -> Vec<MessageId> {
+        c.history()
+            .filter(|e| e.direction == Direction::In)
+            .map(|e| e.id)
+            .collect()
+    };
+    while incoming(&adv).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "shown so far: {:?}, held: {:?}",
+            incoming(&adv),
+            adv.held()
+        );
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        if adv.connect().await.is_ok() {
+            let _ = adv.receive(true, Duration::from_secs(2)).await;
+            adv.disconnect();
+        }
+    }
+    let mut shown = incoming(&adv);
+    shown.sort();
+    ids.sort();
+    assert_eq!(shown, ids, "each shown exactly once");
+    assert!(adv.held().is_empty());
+}
