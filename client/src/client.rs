@@ -45,6 +45,10 @@ pub const SIGNED_PREKEY_ROTATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Messages kept in the local history.
 pub const MAX_HISTORY: usize = 10_000;
 pub use crate::receive::{MAX_HELD, MAX_SEEN_IDS};
+/// After a sender check failed for a transient reason, that account is not checked again
+/// for this long: its messages are held at once (a listening device receives every half
+/// second and would otherwise spend its request budget on a relay that just refused).
+pub const SENDER_RECHECK_MS: u64 = 2_000;
 /// A contact's device list is refreshed from the relay when older than this.
 pub const DEVICE_LIST_TTL_MS: u64 = 30_000;
 /// Received envelopes processed before the state is saved and they are acknowledged,
@@ -605,10 +609,10 @@ pub struct Client {
     pub(crate) held: Vec<crate::receive::HeldMessage>,
     /// Peer accounts with a split view.
     pub(crate) splits: crate::receive::Splits,
-    /// Accounts whose sender check failed during this receive pass: further messages
-    /// from them are held at once rather than spending more requests on a relay that just
-    /// refused (cleared at the start of each pass).
-    pub(crate) unverifiable: std::collections::HashSet<AccountId>,
+    /// Accounts whose sender check failed, with the time (ms since the Unix epoch) until
+    /// which messages from them are held at once rather than spending more requests on a
+    /// relay that just refused ([`SENDER_RECHECK_MS`]; cleared on a new connection).
+    pub(crate) unverifiable: HashMap<AccountId, u64>,
     /// Messages held at most ([`MAX_HELD`]; lowered only by tests).
     pub(crate) max_held: usize,
     pub(crate) attachments: BTreeMap<MessageId, AttachmentDescriptor>,
@@ -677,7 +681,7 @@ impl Client {
             seen: crate::receive::SeenIds::default(),
             held: Vec::new(),
             splits: crate::receive::Splits::default(),
-            unverifiable: std::collections::HashSet::new(),
+            unverifiable: HashMap::new(),
             max_held: MAX_HELD,
             attachments: BTreeMap::new(),
             conn: None,
@@ -737,7 +741,7 @@ impl Client {
             seen: crate::receive::SeenIds::restore(file.seen_by_device, file.seen),
             held: file.held,
             splits: crate::receive::Splits::restore(file.splits),
-            unverifiable: std::collections::HashSet::new(),
+            unverifiable: HashMap::new(),
             max_held: MAX_HELD,
             attachments: file.attachments.into_iter().collect(),
             conn: None,
@@ -931,6 +935,8 @@ impl Client {
                             self.save()?;
                             self.pending_acks.clear();
                         }
+                        // A new connection may answer what the last one refused.
+                        self.unverifiable.clear();
                         self.conn = Some(conn);
                         // A new connection may reach a different (or restored) relay:
                         // verify every device set again before it is used.
@@ -1440,7 +1446,6 @@ impl Client {
         let deadline = tokio::time::Instant::now() + max_wait;
         // Messages held because their sender could not be checked: the relay may answer
         // now.
-        self.unverifiable.clear();
         let mut events = self.recheck_held().await?;
         let mut drain = if until_empty {
             Some(self.conn()?.start_request(FrameBody::Drain).await?)
@@ -1517,7 +1522,6 @@ impl Client {
         // A message held during this pass may be checkable now (its sender's log was
         // verified for a later message).
         events.extend(self.recheck_held().await?);
-        self.unverifiable.clear();
         self.flush_receipts().await;
         events.extend(self.take_events());
         Ok(events)
@@ -1724,19 +1728,30 @@ impl Client {
             );
         };
         let from = message.from.clone();
-        if self.unverifiable.contains(&from) {
+        let now = now_ms();
+        if self
+            .unverifiable
+            .get(&from)
+            .is_some_and(|until| now < *until)
+        {
             return (
                 Judgement::Hold(format!(
-                    "the device log of {from} could not be verified in this pass"
+                    "the device log of {from} could not be verified a moment ago; checked \
+                     again shortly"
                 )),
                 events,
             );
         }
         match self.check_sender(&from, sender).await {
-            Ok(evs) => events.extend(evs),
+            Ok(evs) => {
+                self.unverifiable.remove(&from);
+                events.extend(evs);
+            }
             Err(reason) => {
-                if self.unverifiable.len() < crate::receive::MAX_HELD {
-                    self.unverifiable.insert(from);
+                self.unverifiable.retain(|_, until| now < *until);
+                if self.unverifiable.len() < MAX_HELD {
+                    self.unverifiable
+                        .insert(from, now.saturating_add(SENDER_RECHECK_MS));
                 }
                 return (Judgement::Hold(reason), events);
             }
