@@ -12,14 +12,14 @@
 //!   verified device log, never from the relay's directory alone ([`crate::trust`]);
 //!   approvals and signed notices are in [`crate::approvals`] and [`crate::notices`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::time::Duration;
 
 use rand::rngs::OsRng;
 use sealpost_protocol::attachment::AttachmentDescriptor;
 use sealpost_protocol::content::{
-    Content, InstructionCategory, Message, ReceiptKind, MAX_RECEIPT_IDS, MAX_TEXT_LEN,
+    Content, InstructionCategory, LogViews, Message, ReceiptKind, MAX_RECEIPT_IDS, MAX_TEXT_LEN,
 };
 use sealpost_protocol::envelope::{Envelope, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{
@@ -27,10 +27,13 @@ use sealpost_protocol::identity::{
 };
 use sealpost_protocol::trust::{OrgFingerprint, RosterHead, SignedRoster, TrustError};
 use sealpost_protocol::wire::{BoundedString, BoundedVec, ErrorCode, FrameBody, Role};
-use sealpost_protocol::{PreKeySecrets, Session};
+use sealpost_protocol::{EnvelopeKind, PreKeySecrets, Session};
 use serde::{Deserialize, Serialize};
 
 use crate::net::{NetError, RelayAddress, RelayConnection};
+use crate::receive::{
+    compare_views, HeldMessage, Judgement, Keys, Opened, SplitRecord, Staged, ViewCheck,
+};
 use crate::state::{Profile, StateError};
 
 /// One-time X25519 prekeys the client keeps published.
@@ -41,8 +44,11 @@ pub const TARGET_KEM_PREKEYS: u32 = 40;
 pub const SIGNED_PREKEY_ROTATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Messages kept in the local history.
 pub const MAX_HISTORY: usize = 10_000;
-/// Message ids remembered for deduplication.
-pub const MAX_SEEN_IDS: usize = 100_000;
+pub use crate::receive::{MAX_HELD, MAX_SEEN_IDS};
+/// After a sender check failed for a transient reason, that account is not checked again
+/// for this long: its messages are held at once (a listening device receives every half
+/// second and would otherwise spend its request budget on a relay that just refused).
+pub const SENDER_RECHECK_MS: u64 = 2_000;
 /// A contact's device list is refreshed from the relay when older than this.
 pub const DEVICE_LIST_TTL_MS: u64 = 30_000;
 /// Received envelopes processed before the state is saved and they are acknowledged,
@@ -376,6 +382,44 @@ pub enum Event {
         /// device added behind the account's back, to be shown loudly.
         alarm: bool,
     },
+    /// A message decrypted, but its sender could not be checked against a verified
+    /// device log now (the relay did not answer, refused for a while, or the connection
+    /// dropped). It is kept in the encrypted profile, not shown, and checked again on
+    /// the next receive; it is shown (or refused) then.
+    Held {
+        /// Its sender device.
+        device: DeviceId,
+        /// Its message id.
+        message_id: MessageId,
+        /// The account it claims.
+        from: AccountId,
+        /// Why the check could not be made.
+        reason: String,
+    },
+    /// A message needed to be held, but [`MAX_HELD`] messages are held already: nothing
+    /// was committed and it was not acknowledged, so the relay keeps it and delivers it
+    /// again.
+    HoldFull {
+        /// Its sender device.
+        device: DeviceId,
+        /// Its message id.
+        message_id: MessageId,
+        /// The bound.
+        max: usize,
+    },
+    /// The relay showed this device and `account` different device logs (of this account
+    /// or of `account`): a split view, possibly a device slipped into one side's view.
+    /// Sensitive kinds (approvals, instructions, device changes) are refused across the
+    /// pair until the views agree. Shown loudly.
+    SplitView {
+        /// The peer account.
+        account: AccountId,
+        /// What differed.
+        reason: String,
+        /// The peer's device detected it and said so in its message (this device's own
+        /// comparison found no contradiction on its own).
+        reported_by_peer: bool,
+    },
     /// Fresh prekeys were published.
     PreKeysPublished {
         /// One-time X25519 prekeys now at the relay.
@@ -510,7 +554,19 @@ struct StateFile {
     sessions: Vec<SessionRecord>,
     contacts: Vec<Contact>,
     history: Vec<HistoryEntry>,
+    /// Message ids remembered by versions that did not key them by device (read, never
+    /// grown).
+    #[serde(default)]
     seen: Vec<MessageId>,
+    /// Message ids of authenticated envelopes, per sending device.
+    #[serde(default)]
+    seen_by_device: Vec<(DeviceId, MessageId)>,
+    /// Messages held until their sender can be checked (§18.3).
+    #[serde(default)]
+    held: Vec<crate::receive::HeldMessage>,
+    /// Peer accounts with a split view (§18.7).
+    #[serde(default)]
+    splits: Vec<crate::receive::SplitRecord>,
     /// Descriptors (with keys) of attachments in the history, by message id.
     #[serde(default)]
     attachments: Vec<(MessageId, AttachmentDescriptor)>,
@@ -551,8 +607,17 @@ pub struct Client {
     pub(crate) sessions: HashMap<DeviceId, PeerSession>,
     pub(crate) contacts: BTreeMap<AccountId, Contact>,
     pub(crate) history: VecDeque<HistoryEntry>,
-    pub(crate) seen: VecDeque<MessageId>,
-    pub(crate) seen_set: HashSet<MessageId>,
+    pub(crate) seen: crate::receive::SeenIds,
+    /// Messages held until their sender can be checked.
+    pub(crate) held: Vec<crate::receive::HeldMessage>,
+    /// Peer accounts with a split view.
+    pub(crate) splits: crate::receive::Splits,
+    /// Accounts whose sender check failed, with the time (ms since the Unix epoch) until
+    /// which messages from them are held at once rather than spending more requests on a
+    /// relay that just refused ([`SENDER_RECHECK_MS`]; cleared on a new connection).
+    pub(crate) unverifiable: HashMap<AccountId, u64>,
+    /// Messages held at most ([`MAX_HELD`]; lowered only by tests).
+    pub(crate) max_held: usize,
     pub(crate) attachments: BTreeMap<MessageId, AttachmentDescriptor>,
     pub(crate) conn: Option<RelayConnection>,
     pub(crate) pending_receipts: BTreeMap<AccountId, Vec<MessageId>>,
@@ -594,6 +659,9 @@ impl Client {
             contacts: Vec::new(),
             history: Vec::new(),
             seen: Vec::new(),
+            seen_by_device: Vec::new(),
+            held: Vec::new(),
+            splits: Vec::new(),
             attachments: Vec::new(),
             roster: Vec::new(),
             roster_head: None,
@@ -614,8 +682,11 @@ impl Client {
             sessions: HashMap::new(),
             contacts: BTreeMap::new(),
             history: VecDeque::new(),
-            seen: VecDeque::new(),
-            seen_set: HashSet::new(),
+            seen: crate::receive::SeenIds::default(),
+            held: Vec::new(),
+            splits: crate::receive::Splits::default(),
+            unverifiable: HashMap::new(),
+            max_held: MAX_HELD,
             attachments: BTreeMap::new(),
             conn: None,
             pending_receipts: BTreeMap::new(),
@@ -649,7 +720,6 @@ impl Client {
                 },
             );
         }
-        let seen_set = file.seen.iter().copied().collect();
         Ok(Self {
             identity,
             prekeys,
@@ -672,8 +742,11 @@ impl Client {
                 })
                 .collect(),
             history: file.history.into_iter().collect(),
-            seen: file.seen.into_iter().collect(),
-            seen_set,
+            seen: crate::receive::SeenIds::restore(file.seen_by_device, file.seen),
+            held: file.held,
+            splits: crate::receive::Splits::restore(file.splits),
+            unverifiable: HashMap::new(),
+            max_held: MAX_HELD,
             attachments: file.attachments.into_iter().collect(),
             conn: None,
             pending_receipts: BTreeMap::new(),
@@ -715,7 +788,10 @@ impl Client {
             sessions,
             contacts: self.contacts.values().cloned().collect(),
             history: self.history.iter().cloned().collect(),
-            seen: self.seen.iter().copied().collect(),
+            seen: self.seen.legacy(),
+            seen_by_device: self.seen.pairs(),
+            held: self.held.clone(),
+            splits: self.splits.records(),
             attachments: self
                 .attachments
                 .iter()
@@ -759,6 +835,25 @@ impl Client {
     /// Known contacts.
     pub fn contacts(&self) -> impl Iterator<Item = &Contact> {
         self.contacts.values()
+    }
+
+    /// Messages kept until their sender can be checked against a verified device log
+    /// (checked again on every receive; at most [`MAX_HELD`]).
+    pub fn held(&self) -> &[HeldMessage] {
+        &self.held
+    }
+
+    /// For tests: hold at most `n` messages (at most [`MAX_HELD`]), so that the path of
+    /// a full hold store (nothing committed, nothing acknowledged) can be reached.
+    #[doc(hidden)]
+    pub fn set_max_held_for_tests(&mut self, n: usize) {
+        self.max_held = n.min(MAX_HELD);
+    }
+
+    /// Peer accounts with which the relay showed this device different device logs (a
+    /// split view): sensitive kinds are refused across these pairs until the views agree.
+    pub fn split_views(&self) -> Vec<SplitRecord> {
+        self.splits.records()
     }
 
     /// The local history, oldest first.
@@ -838,6 +933,15 @@ impl Client {
                 Ok(conn) => match conn.authenticate(&self.identity).await {
                     Ok((_, role)) => {
                         self.role = Some(role);
+                        // What was processed on an earlier connection and not yet
+                        // acknowledged is made durable now; the relay delivers it again on
+                        // this connection and it is acknowledged then, as a duplicate.
+                        if !self.pending_acks.is_empty() {
+                            self.save()?;
+                            self.pending_acks.clear();
+                        }
+                        // A new connection may answer what the last one refused.
+                        self.unverifiable.clear();
                         self.conn = Some(conn);
                         // A new connection may reach a different (or restored) relay:
                         // verify every device set again before it is used.
@@ -1036,8 +1140,17 @@ impl Client {
         // The relay refuses sensitive kinds from a device on probation or a frozen
         // account; refuse them here first, with the reason.
         if check_local {
-            self.check_may_send(relabel.unwrap_or_else(|| content.envelope_kind()))
-                .await?;
+            let kind = relabel.unwrap_or_else(|| content.envelope_kind());
+            self.check_may_send(kind).await?;
+            if kind.is_sensitive() {
+                if let Some(split) = self.splits.get(to) {
+                    return Err(ClientError::NotAllowed(format!(
+                        "the relay showed this device and {to} different device logs (a split \
+                         view: {}); {kind:?} messages to {to} are refused until the views agree",
+                        split.reason
+                    )));
+                }
+            }
         }
         self.ensure_sessions(to).await?;
         if to != &me {
@@ -1075,6 +1188,7 @@ impl Client {
             from: me.clone(),
             sent_ms,
             content: content.clone(),
+            views: Some(self.views_for(to)),
         }
         .encode()
         .map_err(proto)?;
@@ -1085,6 +1199,7 @@ impl Client {
                 to: to.clone(),
                 content: Box::new(content.clone()),
             },
+            views: Some(self.views_for(&me)),
         }
         .encode()
         .map_err(proto)?;
@@ -1334,7 +1449,9 @@ impl Client {
         max_wait: Duration,
     ) -> Result<Vec<Event>, ClientError> {
         let deadline = tokio::time::Instant::now() + max_wait;
-        let mut events = Vec::new();
+        // Messages held because their sender could not be checked: the relay may answer
+        // now.
+        let mut events = self.recheck_held().await?;
         let mut drain = if until_empty {
             Some(self.conn()?.start_request(FrameBody::Drain).await?)
         } else {
@@ -1407,18 +1524,28 @@ impl Client {
             }
         }
         self.commit_received().await?;
-        self.flush_receipts().await?;
+        // A message held during this pass may be checkable now (its sender's log was
+        // verified for a later message).
+        events.extend(self.recheck_held().await?);
+        self.flush_receipts().await;
         events.extend(self.take_events());
         Ok(events)
     }
 
-    async fn flush_receipts(&mut self) -> Result<(), ClientError> {
+    /// Send the delivery receipts queued by this receive pass. Best effort: what was
+    /// received is already saved and acknowledged, so a receipt the relay refuses (rate
+    /// limited, connection lost) does not turn the pass into an error that would hide
+    /// the messages it showed; it is logged and not sent.
+    async fn flush_receipts(&mut self) {
         let pending = std::mem::take(&mut self.pending_receipts);
         for (peer, ids) in pending {
-            self.send_receipts(&peer, ReceiptKind::Delivered, &ids)
-                .await?;
+            if let Err(e) = self
+                .send_receipts(&peer, ReceiptKind::Delivered, &ids)
+                .await
+            {
+                tracing::warn!(peer = %peer, error = %e, "delivery receipts not sent");
+            }
         }
-        Ok(())
     }
 
     /// Send `kind` receipts for `ids` to `peer`, at most [`MAX_RECEIPT_IDS`] per receipt.
@@ -1459,143 +1586,402 @@ impl Client {
         Ok(())
     }
 
-    fn remember(&mut self, id: MessageId) {
-        if self.seen.len() >= MAX_SEEN_IDS {
-            if let Some(old) = self.seen.pop_front() {
-                self.seen_set.remove(&old);
+    /// The views this device puts in a message to `to` (docs/PROTOCOL.md §18.7): its
+    /// verified heads of its own account's log and of `to`'s, and whether it records a
+    /// split view with `to`.
+    pub(crate) fn views_for(&self, to: &AccountId) -> LogViews {
+        let mine = self.account.as_ref().and_then(|m| self.trust.head(m));
+        crate::receive::views_for(mine, self.trust.head(to), self.splits.contains(to))
+    }
+
+    /// Commit the session state a decryption produced: the advanced session, or the new
+    /// session together with the prekeys (and base key) it used.
+    fn commit_staged(&mut self, sender: DeviceId, account: &AccountId, staged: Staged) {
+        let session = match staged {
+            Staged::Advanced(s) => s,
+            Staged::Created(s, used) => {
+                self.prekeys.consume(used);
+                s
             }
-        }
-        self.seen.push_back(id);
-        self.seen_set.insert(id);
+        };
+        self.sessions.insert(
+            sender,
+            PeerSession {
+                account: account.clone(),
+                session,
+            },
+        );
     }
 
-    async fn reject(
-        &mut self,
-        envelope: &Envelope,
-        reason: String,
-    ) -> Result<Vec<Event>, ClientError> {
-        self.reject_as(envelope, reason, false).await
-    }
-
-    async fn reject_as(
-        &mut self,
-        envelope: &Envelope,
-        reason: String,
-        alarm: bool,
-    ) -> Result<Vec<Event>, ClientError> {
-        let id = envelope.header.message_id;
-        self.remember(id);
-        self.pending_acks.push(id);
-        Ok(vec![Event::Rejected {
-            device: envelope.header.sender,
-            message_id: id,
-            reason,
-            alarm,
-        }])
-    }
-
+    /// One delivered envelope (docs/PROTOCOL.md §18.3): the core decides
+    /// ([`crate::receive`]), this shell fetches what the decision needs, commits exactly
+    /// what the verdict says and queues the acknowledgement, sent after the next save.
     async fn handle_envelope(&mut self, envelope: Envelope) -> Result<Vec<Event>, ClientError> {
         let id = envelope.header.message_id;
-        if self.seen_set.contains(&id) {
-            // Redelivery of something already processed: show nothing. Acknowledge it again
-            // only if its processing is already saved; otherwise the next save does.
-            if !self.pending_acks.contains(&id) {
-                self.conn()?.ack(id).await?;
-            }
-            return Ok(Vec::new());
-        }
-        let sender = envelope.header.sender;
-        let base_key = match envelope.session_base_key() {
-            Ok(b) => b,
-            Err(e) => {
-                return self
-                    .reject(&envelope, format!("undecodable body: {e}"))
-                    .await
-            }
+        let device = envelope.header.sender;
+        let keys = Keys {
+            identity: &self.identity,
+            prekeys: &self.prekeys,
+            sessions: &self.sessions,
         };
-        // Decrypt: existing session, or a new one from an initial message.
-        let existing_matches = match (&base_key, self.sessions.get(&sender)) {
-            (Some(bk), Some(p)) => p.session.base_key() == bk,
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        let (plaintext, new_session) = if existing_matches {
-            let Some(p) = self.sessions.get_mut(&sender) else {
-                return Ok(Vec::new());
-            };
-            match p.session.open(&envelope) {
-                Ok(pt) => (pt, None),
-                Err(e) => return self.reject(&envelope, format!("cannot decrypt: {e}")).await,
-            }
-        } else if base_key.is_some() {
-            match sealpost_protocol::accept(&self.identity, &mut self.prekeys, &envelope) {
-                Ok((s, pt)) => (pt, Some(s)),
-                Err(e) => {
-                    return self
-                        .reject(&envelope, format!("cannot start session: {e}"))
-                        .await
+        let a = match crate::receive::open(&envelope, &keys, &self.seen) {
+            Opened::Duplicate => {
+                // Already processed: acknowledge again only if that is saved already;
+                // otherwise the next save does.
+                if !self.pending_acks.contains(&id) {
+                    self.conn()?.ack(id).await?;
                 }
+                return Ok(Vec::new());
             }
-        } else {
-            return self
-                .reject(&envelope, "no session with this device".into())
-                .await;
+            Opened::Refused(reason) => {
+                // Did not authenticate: final, and nothing is remembered.
+                self.pending_acks.push(id);
+                return Ok(vec![Event::Rejected {
+                    device,
+                    message_id: id,
+                    reason,
+                    alarm: false,
+                }]);
+            }
+            Opened::Authentic(a) => *a,
         };
-        let message = match Message::decode(&plaintext) {
-            Ok(m) => m,
-            Err(e) => return self.reject(&envelope, format!("bad content: {e}")).await,
+        let (judgement, mut events) = self.decide(a.sender, a.header_kind, &a.message).await;
+        let judgement = match judgement {
+            Judgement::Show => match self.prepare(&a.message).await {
+                Ok(()) => Judgement::Show,
+                Err(reason) => Judgement::Hold(reason),
+            },
+            other => other,
         };
-        // The sending device must be active in the verified device log of the account it
-        // claims, and allowed to send this kind (cooling-off, freeze).
+        let from = a.message.from.clone();
+        match judgement {
+            Judgement::Show => {
+                self.commit_staged(a.sender, &from, a.staged);
+                self.seen.insert(a.sender, a.id);
+                let evs = self.show(id, a.sender, a.message).await;
+                events.extend(evs);
+                self.pending_acks.push(id);
+            }
+            Judgement::Hold(reason) => {
+                if self.held.len() >= self.max_held {
+                    // Nothing committed, no acknowledgement: the relay keeps it.
+                    events.push(Event::HoldFull {
+                        device,
+                        message_id: id,
+                        max: self.max_held,
+                    });
+                    return Ok(events);
+                }
+                self.commit_staged(a.sender, &from, a.staged);
+                self.seen.insert(a.sender, a.id);
+                self.held.push(HeldMessage {
+                    id,
+                    sender: a.sender,
+                    header_kind: a.header_kind as u16,
+                    message: a.message,
+                    held_ms: now_ms(),
+                    reason: reason.clone(),
+                });
+                events.push(Event::Held {
+                    device,
+                    message_id: id,
+                    from,
+                    reason,
+                });
+                self.pending_acks.push(id);
+            }
+            Judgement::Refuse {
+                reason,
+                alarm,
+                not_active,
+            } => {
+                // The ratchet advance of an existing session is kept (the message was
+                // authentic); a new session is discarded without consuming its prekeys.
+                if let Staged::Advanced(_) = &a.staged {
+                    self.commit_staged(a.sender, &from, a.staged);
+                }
+                if not_active {
+                    self.report_untrusted(&from, device, None, "message", &mut events);
+                }
+                self.seen.insert(a.sender, a.id);
+                self.pending_acks.push(id);
+                events.push(Event::Rejected {
+                    device,
+                    message_id: id,
+                    reason,
+                    alarm,
+                });
+            }
+        }
+        Ok(events)
+    }
+
+    /// Get what the core needs to judge an authentic message (the sender account's
+    /// verified device set, fresh heads where the views differ) and judge it. A failure
+    /// to get them is a hold, never a verdict.
+    async fn decide(
+        &mut self,
+        sender: DeviceId,
+        header_kind: EnvelopeKind,
+        message: &Message,
+    ) -> (Judgement, Vec<Event>) {
         let mut events = Vec::new();
-        let content_kind = message.content.envelope_kind();
-        // A sync copy of sensitive content (an instruction) is judged by what it copies:
-        // a device on probation sends neither.
-        let rule_kind = match &message.content {
-            Content::Sync { content, .. } if content.envelope_kind().is_sensitive() => {
-                content.envelope_kind()
-            }
-            _ => content_kind,
+        let Some(me) = self.account.clone() else {
+            return (
+                Judgement::Hold("this device is not enrolled".into()),
+                events,
+            );
         };
-        match self.check_sender(&message.from, sender, rule_kind).await {
-            Ok(evs) => events.extend(evs),
-            Err(reason) => {
-                let alarm = rule_kind.is_sensitive();
-                return self.reject_as(&envelope, reason, alarm).await;
-            }
-        }
-        // The header's kind is what the relay enforced its rules on (probation, frozen
-        // accounts, `send_notice` for notices): content must travel under exactly the kind
-        // it requires (docs/PROTOCOL.md §18.2), or a sender could relabel it to slip past
-        // those rules. Reported, never shown.
-        if envelope.header.kind != content_kind {
-            return self
-                .reject(
-                    &envelope,
-                    format!(
-                        "the envelope is labelled {:?}, but its content ({}) must travel as \
-                         {content_kind:?}: relabelled, possibly to avoid the relay's checks",
-                        envelope.header.kind,
-                        message.content.name()
-                    ),
-                )
-                .await;
-        }
-        let me = self.me()?;
-        if matches!(message.content, Content::Sync { .. }) && message.from != me {
-            return self
-                .reject(&envelope, "sync copy from another account".into())
-                .await;
-        }
-        if let Some(s) = new_session {
-            self.sessions.insert(
-                sender,
-                PeerSession {
-                    account: message.from.clone(),
-                    session: s,
-                },
+        let from = message.from.clone();
+        let now = now_ms();
+        if self
+            .unverifiable
+            .get(&from)
+            .is_some_and(|until| now < *until)
+        {
+            return (
+                Judgement::Hold(format!(
+                    "the device log of {from} could not be verified a moment ago; checked \
+                     again shortly"
+                )),
+                events,
             );
         }
+        match self.check_sender(&from, sender).await {
+            Ok(evs) => {
+                self.unverifiable.remove(&from);
+                events.extend(evs);
+            }
+            Err(reason) => {
+                self.unverifiable.retain(|_, until| now < *until);
+                if self.unverifiable.len() < MAX_HELD {
+                    self.unverifiable
+                        .insert(from, now.saturating_add(SENDER_RECHECK_MS));
+                }
+                return (Judgement::Hold(reason), events);
+            }
+        }
+        // Only a device the verified log lists may speak for the views of its account.
+        let listed = self
+            .trust
+            .set(&from)
+            .is_some_and(|s| s.device(&sender).is_some());
+        if listed {
+            if let Err(reason) = self.check_views(&from, &me, message, &mut events).await {
+                return (Judgement::Hold(reason), events);
+            }
+        }
+        let judgement = crate::receive::judge(
+            &me,
+            sender,
+            header_kind,
+            message,
+            self.trust.set(&from),
+            self.splits.contains(&from),
+            now_ms(),
+        );
+        (judgement, events)
+    }
+
+    /// Compare the views a message from `from` carries with this device's (§18.7),
+    /// refreshing a log the sender claims to be ahead on first; record (and report) a
+    /// split view, or clear it when both views agree. `Err`: a refresh needed to decide
+    /// failed (the message waits).
+    async fn check_views(
+        &mut self,
+        from: &AccountId,
+        me: &AccountId,
+        message: &Message,
+        events: &mut Vec<Event>,
+    ) -> Result<(), String> {
+        let views = message.views.as_ref();
+        let mut check = compare_views(
+            from,
+            me,
+            views,
+            self.trust.head(from),
+            self.trust.head(me),
+            false,
+        );
+        if let ViewCheck::Behind(accounts) = &check {
+            for account in accounts.clone() {
+                match self.refresh_devices(&account, true).await {
+                    Ok(evs) => events.extend(evs),
+                    Err(e) => {
+                        return Err(format!(
+                            "cannot fetch the device log of {account} to compare it with the \
+                             sender's view: {e}"
+                        ))
+                    }
+                }
+            }
+            check = compare_views(
+                from,
+                me,
+                views,
+                self.trust.head(from),
+                self.trust.head(me),
+                true,
+            );
+        }
+        let split = match check {
+            ViewCheck::Split(reason) => Some((reason, false)),
+            ViewCheck::Agree => {
+                self.splits.clear(from);
+                None
+            }
+            ViewCheck::Consistent | ViewCheck::Unclaimed | ViewCheck::Behind(_) => {
+                views.filter(|v| v.split).map(|_| {
+                    (
+                        format!(
+                            "a device of {from} reports that the relay showed it other device \
+                             logs than it showed this device"
+                        ),
+                        true,
+                    )
+                })
+            }
+        };
+        if let Some((reason, reported_by_peer)) = split {
+            let new = self.splits.record(SplitRecord {
+                account: from.clone(),
+                detected_ms: now_ms(),
+                reason: reason.clone(),
+            });
+            if new {
+                events.push(Event::SplitView {
+                    account: from.clone(),
+                    reason,
+                    reported_by_peer,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Before committing a message to be shown: fetch what showing it verifies against
+    /// (the roster a notice or an approval request names), so that no fetch (and no save)
+    /// happens between the commit and the history entry. `Err`: it could not be fetched
+    /// for a transient reason (the message waits).
+    async fn prepare(&mut self, message: &Message) -> Result<(), String> {
+        let needed = match &message.content {
+            Content::Notice { notice, .. } => notice.header.roster_version,
+            Content::ApprovalRequest { bundle, .. } => bundle.request.roster_version,
+            _ => return Ok(()),
+        };
+        let pinned = self.relay.as_ref().and_then(|r| r.org().ok()).flatten();
+        let stale = self
+            .trust
+            .chain()
+            .is_none_or(|c| c.head().version() < needed);
+        if pinned.is_none() || !stale {
+            return Ok(());
+        }
+        match self.refresh_roster(true).await {
+            Err(e @ (ClientError::Net(_) | ClientError::NotConnected)) => {
+                Err(format!("the roster could not be fetched: {e}"))
+            }
+            // Verification failures are the notice's or request's verdict.
+            _ => Ok(()),
+        }
+    }
+
+    /// Check the held messages again (the relay may answer now): show, refuse or keep
+    /// each. They were acknowledged when held; each stays in `held` until it is shown or
+    /// refused, so a save in between never loses one.
+    pub(crate) async fn recheck_held(&mut self) -> Result<Vec<Event>, ClientError> {
+        let mut events = Vec::new();
+        if self.held.is_empty() || self.conn.is_none() {
+            return Ok(events);
+        }
+        let keys: Vec<(DeviceId, MessageId)> = self.held.iter().map(|h| (h.sender, h.id)).collect();
+        let mut changed = false;
+        for (sender, id) in keys {
+            let Some(h) = self
+                .held
+                .iter()
+                .find(|h| h.sender == sender && h.id == id)
+                .cloned()
+            else {
+                continue;
+            };
+            let judgement = match EnvelopeKind::try_from(h.header_kind) {
+                Ok(kind) => {
+                    let (j, evs) = self.decide(sender, kind, &h.message).await;
+                    events.extend(evs);
+                    match j {
+                        Judgement::Show => match self.prepare(&h.message).await {
+                            Ok(()) => Judgement::Show,
+                            Err(reason) => Judgement::Hold(reason),
+                        },
+                        other => other,
+                    }
+                }
+                Err(e) => Judgement::Refuse {
+                    reason: format!("held with an unknown kind: {e}"),
+                    alarm: false,
+                    not_active: false,
+                },
+            };
+            match judgement {
+                Judgement::Hold(reason) => {
+                    if let Some(k) = self
+                        .held
+                        .iter_mut()
+                        .find(|k| k.sender == sender && k.id == id)
+                    {
+                        k.reason = reason;
+                    }
+                }
+                Judgement::Show => {
+                    changed = true;
+                    self.held.retain(|k| !(k.sender == sender && k.id == id));
+                    let evs = self.show(id, sender, h.message).await;
+                    events.extend(evs);
+                }
+                Judgement::Refuse {
+                    reason,
+                    alarm,
+                    not_active,
+                } => {
+                    changed = true;
+                    self.held.retain(|k| !(k.sender == sender && k.id == id));
+                    if not_active {
+                        // Its session was committed when it was held: nothing from a
+                        // device the log does not list is kept.
+                        if self
+                            .sessions
+                            .get(&sender)
+                            .is_some_and(|p| p.account == h.message.from)
+                        {
+                            self.sessions.remove(&sender);
+                        }
+                        self.report_untrusted(
+                            &h.message.from,
+                            sender,
+                            None,
+                            "message",
+                            &mut events,
+                        );
+                    }
+                    events.push(Event::Rejected {
+                        device: sender,
+                        message_id: id,
+                        reason,
+                        alarm,
+                    });
+                }
+            }
+        }
+        if changed {
+            self.save()?;
+        }
+        Ok(events)
+    }
+
+    /// Act on a message judged to be shown, once its state is committed.
+    async fn show(&mut self, id: MessageId, sender: DeviceId, message: Message) -> Vec<Event> {
+        let mut events = Vec::new();
         match message.content {
             Content::Notice { notice, content } => {
                 let evs = self
@@ -1688,9 +2074,7 @@ impl Client {
                 });
             }
         }
-        self.remember(id);
-        self.pending_acks.push(id);
-        Ok(events)
+        events
     }
 
     /// Save what was received, then acknowledge it to the relay: an envelope is deleted

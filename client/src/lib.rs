@@ -17,6 +17,8 @@
 //! * [`notices`]: signed notices, sent with `send_notice` and verified on receipt.
 //! * [`instructions`]: client instructions (payments, withdrawals, transfers, standing
 //!   instructions), a sensitive kind refused from devices on probation.
+//! * [`receive`]: the receive core with no I/O: deduplicate, decrypt on a working copy,
+//!   compare log views, judge show / hold / refuse; the client commits what it says.
 //! * [`display`]: peer text made safe to show on a terminal (control characters escaped).
 //! * [`org`]: the organisation's offline tooling: the root key store (encrypted at rest)
 //!   and roster specification files.
@@ -31,6 +33,7 @@ pub mod instructions;
 pub mod net;
 pub mod notices;
 pub mod org;
+pub mod receive;
 pub mod state;
 pub mod trust;
 

@@ -496,6 +496,7 @@ impl Client {
                 notice: Box::new(signed.clone()),
                 content: content.to_vec(),
             },
+            views: Some(self.views_for(to)),
         }
         .encode()
         .map_err(|e| ClientError::Protocol(e.to_string()))?;

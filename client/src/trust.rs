@@ -187,6 +187,11 @@ impl TrustCache {
         self.chain.as_ref()
     }
 
+    /// The head of `account`'s log this device verified last.
+    pub(crate) fn head(&self, account: &AccountId) -> Option<&LogHead> {
+        self.heads.get(account)
+    }
+
     pub(crate) fn set(&self, account: &AccountId) -> Option<&DeviceSet> {
         self.sets.get(account).map(|(s, _)| s)
     }
@@ -295,7 +300,7 @@ fn transient(e: &NetError) -> bool {
 }
 
 /// `ms` (since the Unix epoch) as a UTC time to the second, for messages.
-fn utc(ms: u64) -> String {
+pub(crate) fn utc(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(t)
         .to_string()
@@ -735,7 +740,7 @@ impl Client {
         Ok((log, set, events))
     }
 
-    fn report_untrusted(
+    pub(crate) fn report_untrusted(
         &mut self,
         account: &AccountId,
         device: DeviceId,
@@ -810,15 +815,17 @@ impl Client {
         }
     }
 
-    /// Check a received message's sender: `device` must be active in `account`'s verified
-    /// log and allowed to send `kind`. `Err` is the reason to drop the message.
+    /// Before a received message from `device` of `account` is judged
+    /// ([`crate::receive::judge`]): make sure this device holds a fresh verified device
+    /// set of `account`, fetched again when it has none, when it lapsed, or when it does
+    /// not list `device`. `Err` is why no verified set could be had now (the relay did not
+    /// answer, refused for a while, the connection dropped, or the log did not verify):
+    /// the message waits and is checked again; it is never refused for that.
     pub(crate) async fn check_sender(
         &mut self,
         account: &AccountId,
         device: DeviceId,
-        kind: EnvelopeKind,
     ) -> Result<Vec<Event>, String> {
-        let mut events = Vec::new();
         let (present, fresh) = match self.trust.sets.get(account) {
             Some((set, t)) => (
                 set.device(&device).is_some(),
@@ -826,41 +833,12 @@ impl Client {
             ),
             None => (false, false),
         };
-        if !present || !fresh {
-            match self.refresh_devices(account, true).await {
-                Ok(evs) => events.extend(evs),
-                Err(e) => {
-                    self.events.extend(events);
-                    return Err(format!("cannot verify the device log of {account}: {e}"));
-                }
-            }
+        if present && fresh {
+            return Ok(Vec::new());
         }
-        let decision = self
-            .trust
-            .set(account)
-            .map_or(SendDecision::NotActive, |s| {
-                s.may_send_at(&device, kind, now_ms())
-            });
-        let reason = match decision {
-            SendDecision::Allowed => return Ok(events),
-            SendDecision::NotActive => {
-                self.report_untrusted(account, device, None, "message", &mut events);
-                format!(
-                    "device {device} is not an active device of {account} in its verified \
-                     device log"
-                )
-            }
-            SendDecision::OnProbation { until_ms } => format!(
-                "device {device} of {account} is on probation until {} and may not send \
-                 {kind:?} messages",
-                utc(until_ms)
-            ),
-            SendDecision::Frozen => {
-                format!("{account} is frozen: {kind:?} messages from it are refused")
-            }
-        };
-        self.events.extend(events);
-        Err(reason)
+        self.refresh_devices(account, true)
+            .await
+            .map_err(|e| format!("cannot verify the device log of {account}: {e}"))
     }
 
     fn devices_view(&self, account: &AccountId, set: &DeviceSet) -> AccountDevices {

@@ -35,6 +35,40 @@ pub struct Message {
     pub sent_ms: u64,
     /// The content.
     pub content: Content,
+    /// The sender's view of the device logs of both accounts of the exchange, for
+    /// split-view detection (docs/PROTOCOL.md §18.7). Absent in messages from senders
+    /// that predate it (tolerated: nothing is compared then); encoded only when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<LogViews>,
+}
+
+/// The head of an account's device log as the sender last verified it: the last entry's
+/// sequence number and hash (`DeviceLog::head`, docs/PROTOCOL.md §19.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadView {
+    /// The last entry's sequence number.
+    pub seq: u64,
+    /// Its hash.
+    #[serde(with = "bytes_array")]
+    pub hash: [u8; 32],
+}
+
+/// What a message says about the device logs the relay showed its sender
+/// (docs/PROTOCOL.md §18.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogViews {
+    /// The head of the sending account's own log, as the sending device verified it;
+    /// `None` if it verified none.
+    pub sender: Option<HeadView>,
+    /// The head of the recipient account's log (for a `sync`, the sending account's own),
+    /// as the sending device verified it; `None` if it verified none.
+    pub recipient: Option<HeadView>,
+    /// The sending device records a split view with the recipient account: the relay
+    /// showed the two sides different logs. The recipient warns its user too and refuses
+    /// sensitive kinds across the pair until the views agree.
+    pub split: bool,
 }
 
 /// Which receipt.
@@ -331,6 +365,7 @@ mod tests {
         let m = Message {
             from: a.clone(),
             sent_ms: 5,
+            views: None,
             content: Content::Sync {
                 to: a.clone(),
                 content: Box::new(Content::Text {
@@ -342,6 +377,7 @@ mod tests {
         let nested = Message {
             from: a.clone(),
             sent_ms: 5,
+            views: None,
             content: Content::Sync {
                 to: a.clone(),
                 content: Box::new(m.content.clone()),
@@ -365,6 +401,7 @@ mod tests {
                 from: a.clone(),
                 sent_ms: 5,
                 content,
+                views: None,
             };
             assert_eq!(Message::decode(&m.encode().unwrap()).unwrap(), m);
         }
@@ -377,5 +414,32 @@ mod tests {
             }),
         };
         assert_eq!(sync.envelope_kind(), EnvelopeKind::Sync);
+    }
+
+    #[test]
+    fn views_round_trip_and_their_absence_is_tolerated() {
+        let a = AccountId::new("alice").unwrap();
+        let mut m = Message {
+            from: a,
+            sent_ms: 5,
+            content: Content::Text {
+                body: BoundedString::truncating("hi"),
+            },
+            views: None,
+        };
+        let without = m.encode().unwrap();
+        assert_eq!(without[0], 0xa3, "no views: a map of three, as before");
+        m.views = Some(LogViews {
+            sender: Some(HeadView {
+                seq: 1,
+                hash: [7; 32],
+            }),
+            recipient: None,
+            split: true,
+        });
+        let with = m.encode().unwrap();
+        assert_eq!(with[0], 0xa4);
+        assert_eq!(Message::decode(&with).unwrap(), m);
+        assert_eq!(Message::decode(&without).unwrap().views, None);
     }
 }

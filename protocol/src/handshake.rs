@@ -135,6 +135,37 @@ pub fn accept(
     prekeys: &mut PreKeySecrets,
     envelope: &Envelope,
 ) -> Result<(Session, Zeroizing<Vec<u8>>), SetupError> {
+    let (session, plaintext, used) = accept_staged(local, prekeys, envelope)?;
+    prekeys.consume(used);
+    Ok((session, plaintext))
+}
+
+/// What an accepted initial message used: the one-time prekeys to erase and the base key
+/// to remember, applied with [`PreKeySecrets::consume`] when (and only when) the session it
+/// created is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreKeyUse {
+    pub(crate) one_time: Option<u32>,
+    pub(crate) kem: u32,
+    pub(crate) base_key: [u8; 32],
+}
+
+impl PreKeyUse {
+    /// The base key of the session it created.
+    pub fn base_key(&self) -> &[u8; 32] {
+        &self.base_key
+    }
+}
+
+/// [`accept`] without touching `prekeys`: the session, the first plaintext, and what to
+/// consume if the session is kept (docs/PROTOCOL.md §18.3: a base key counts as seen only
+/// together with the session it created, so a receiver that cannot decide yet whether to
+/// keep the message leaves its prekeys as they were and can accept the redelivery).
+pub fn accept_staged(
+    local: &IdentityKeyPair,
+    prekeys: &PreKeySecrets,
+    envelope: &Envelope,
+) -> Result<(Session, Zeroizing<Vec<u8>>, PreKeyUse), SetupError> {
     envelope.validate()?;
     if envelope.header.recipient != local.device_id() {
         return Err(SetupError::WrongRecipient {
@@ -209,6 +240,10 @@ pub fn accept(
     );
     let plaintext = session.decrypt(&envelope.header.ad_bytes(), p.message.clone())?;
     session.set_prekey_setup(p.setup_digest());
-    prekeys.consume(p.one_time_prekey_id, p.kem_prekey_id, p.base_key);
-    Ok((session, plaintext))
+    let used = PreKeyUse {
+        one_time: p.one_time_prekey_id,
+        kem: p.kem_prekey_id,
+        base_key: p.base_key,
+    };
+    Ok((session, plaintext, used))
 }

@@ -39,7 +39,7 @@ pub const PROTOCOL_VERSION: u16 = 1;
 
 pub use envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
 pub use error::{DecodeError, DecryptError, EncodeError, EncryptError, PickleError, SetupError};
-pub use handshake::{accept, initiate};
+pub use handshake::{accept, accept_staged, initiate, PreKeyUse};
 pub use identity::{AccountId, DeviceId, IdentityKeyPair, PublicIdentity, SafetyNumber};
 pub use pickle::PickleKey;
 pub use prekeys::{PreKeyBundle, PreKeySecrets};

@@ -416,16 +416,20 @@ impl PreKeySecrets {
         self.seen_base_keys.iter().any(|k| k == base_key)
     }
 
-    /// Erase the one-time prekeys an accepted session used and remember its base key.
-    pub(crate) fn consume(&mut self, one_time: Option<u32>, kem: u32, base_key: [u8; 32]) {
+    /// Erase the one-time prekeys an accepted session used and remember its base key
+    /// (call it when that session is kept; see [`crate::handshake::accept_staged`]).
+    pub fn consume(&mut self, used: crate::handshake::PreKeyUse) {
+        if self.seen_base_key(&used.base_key) {
+            return;
+        }
         if self.seen_base_keys.len() >= MAX_SEEN_BASE_KEYS {
             self.seen_base_keys.pop_front();
         }
-        self.seen_base_keys.push_back(base_key);
-        if let Some(id) = one_time {
+        self.seen_base_keys.push_back(used.base_key);
+        if let Some(id) = used.one_time {
             self.one_time.remove(&id);
         }
-        self.kem_one_time.remove(&kem);
+        self.kem_one_time.remove(&used.kem);
     }
 }
 

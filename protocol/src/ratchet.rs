@@ -227,6 +227,37 @@ impl Session {
         self.prekey_setup = Some(digest);
     }
 
+    /// A working copy of this session to try a decryption on (docs/PROTOCOL.md §18.3):
+    /// the receiver opens an envelope with the copy and replaces the session with it only
+    /// once the message is kept (shown, held or definitively refused), so that a check
+    /// that fails for a transient reason leaves the stored session able to open the
+    /// redelivery. The copy holds the same secrets and is zeroized on drop like the
+    /// original; it is never persisted unless it replaces the original.
+    pub fn working_copy(&self) -> Session {
+        Session {
+            local_device: self.local_device,
+            initiator: self.initiator,
+            local_identity: self.local_identity.clone(),
+            remote_identity: self.remote_identity.clone(),
+            session_ad: self.session_ad,
+            base_key: self.base_key,
+            root_key: self.root_key.clone(),
+            dh_self: self.dh_self.clone(),
+            dh_self_public: self.dh_self_public,
+            dh_remote: self.dh_remote,
+            send_chain: self.send_chain.clone(),
+            send_ratchet_pending: self.send_ratchet_pending,
+            recv_chain: self.recv_chain.clone(),
+            previous_send_len: self.previous_send_len,
+            skipped: self.skipped.clone(),
+            skipped_order: self.skipped_order.clone(),
+            previous_remote: self.previous_remote.clone(),
+            current_dropped: self.current_dropped,
+            pending_prekey: self.pending_prekey.clone(),
+            prekey_setup: self.prekey_setup,
+        }
+    }
+
     /// This device.
     pub fn local_device(&self) -> DeviceId {
         self.local_device

@@ -15,7 +15,9 @@ use ed25519_dalek::Signer;
 use hmac::{Hmac, Mac};
 use ml_kem::kem::Decapsulate;
 use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
-use sealpost_protocol::content::{Content, InstructionCategory, Message, NoticeText, ReceiptKind};
+use sealpost_protocol::content::{
+    Content, HeadView, InstructionCategory, LogViews, Message, NoticeText, ReceiptKind,
+};
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{AccountId, PublicIdentity, SafetyNumber};
 use sealpost_protocol::pickle::{self, PickleKind};
@@ -585,6 +587,7 @@ fn message_content_encodings() {
             from: alice.clone(),
             sent_ms: 1_700_000_000_000,
             content,
+            views: None,
         };
         let bytes = m.encode().unwrap();
         assert_eq!(Message::decode(&bytes).unwrap(), m);
@@ -674,10 +677,46 @@ fn message_content_encodings() {
         from: alice.clone(),
         sent_ms: 0,
         content: sync(sync(hi())),
+        views: None,
     };
     assert!(Message::decode(&nested.encode().unwrap()).is_err());
     let extra = format!("{prefix}a16474657874a264626f647962686961780a");
     assert!(Message::decode(&hex::decode(extra).unwrap()).is_err());
+
+    // The sender's views of the device logs (§18.7): a fourth key, "views", after the
+    // content; absent (map of three, as above) from senders that predate it.
+    let with_views = Message {
+        from: alice.clone(),
+        sent_ms: 1_700_000_000_000,
+        content: hi(),
+        views: Some(LogViews {
+            sender: Some(HeadView {
+                seq: 1,
+                hash: [0xaa; 32],
+            }),
+            recipient: None,
+            split: true,
+        }),
+    };
+    let bytes = with_views.encode().unwrap();
+    let expected = format!(
+        "a4{}a16474657874a164626f6479626869\
+         657669657773a3\
+         6673656e646572a263736571016468617368\
+         5820{}\
+         69726563697069656e74f6\
+         6573706c6974f5",
+        &prefix[2..],
+        "aa".repeat(32)
+    );
+    assert_eq!(hex::encode(&bytes), expected);
+    assert_eq!(Message::decode(&bytes).unwrap(), with_views);
+    // Unknown keys inside the views are refused like anywhere else in a Message.
+    let bad = format!(
+        "{}617801",
+        expected.replacen("657669657773a3", "657669657773a4", 1)
+    );
+    assert!(Message::decode(&hex::decode(bad).unwrap()).is_err());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -447,6 +447,7 @@ async fn a_device_claiming_another_account_is_rejected() {
     let forged = Message {
         from: boss_id.clone(),
         sent_ms: 1,
+        views: None,
         content: Content::Text {
             body: BoundedString::truncating("New deposit address: ..."),
         },

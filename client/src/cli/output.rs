@@ -157,6 +157,42 @@ impl Out {
                     );
                 }
             }
+            Event::SplitView {
+                account,
+                reason,
+                reported_by_peer,
+            } => {
+                eprintln!("WARNING: SPLIT VIEW with {account}: the relay showed you and {account} DIFFERENT device logs.");
+                eprintln!("WARNING:   {}", display::line(reason));
+                if *reported_by_peer {
+                    eprintln!(
+                        "WARNING:   ({account}'s device detected it and said so in its message.)"
+                    );
+                }
+                eprintln!("WARNING:   A device may have been slipped into one side's view. Approvals, instructions and");
+                eprintln!("WARNING:   device changes between you and {account} are refused until the views agree.");
+                eprintln!("WARNING:   Check your devices (`sealpost device list`) and call {account} or your firm through another channel.");
+            }
+            Event::Held {
+                device,
+                message_id,
+                from,
+                reason,
+            } => {
+                eprintln!(
+                    "note: message {message_id} from {from} (device {device}) is kept until its sender can be checked: {}",
+                    display::line(reason)
+                );
+            }
+            Event::HoldFull {
+                device,
+                message_id,
+                max,
+            } => {
+                eprintln!(
+                    "note: message {message_id} from device {device} stays at the relay: {max} messages already wait for their sender to be checked"
+                );
+            }
             Event::FreezeChanged { account, frozen } => {
                 if *frozen {
                     eprintln!("WARNING: account {account} is FROZEN: its devices on probation were revoked; staff must unfreeze it.");

@@ -189,6 +189,29 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// For tests that play a compromised relay (a split view): cut `account`'s stored
+    /// device log to its first `len` entries and return the rest, so that the relay
+    /// serves the shorter log from then on. Nothing else (device registrations, freeze
+    /// state) is changed.
+    #[doc(hidden)]
+    pub fn cut_device_log_for_tests(&self, account: &AccountId, len: usize) -> Vec<LogEntry> {
+        match self.lock() {
+            Ok(mut g) => match g.logs.get_mut(account) {
+                Some(l) if l.len() > len => l.split_off(len),
+                _ => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// For tests: put back entries returned by [`MemoryStore::cut_device_log_for_tests`].
+    #[doc(hidden)]
+    pub fn restore_device_log_for_tests(&self, account: &AccountId, entries: Vec<LogEntry>) {
+        if let Ok(mut g) = self.lock() {
+            g.logs.entry(account.clone()).or_default().extend(entries);
+        }
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
         self.inner
             .lock()

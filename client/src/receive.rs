@@ -1,0 +1,889 @@
+//! The receive core: what to do with a delivered envelope, decided with no I/O
+//! (docs/PROTOCOL.md §18.3).
+//!
+//! The shell ([`crate::client::Client`]) fetches device logs, persists and acknowledges;
+//! the decisions are the plain functions here, called with the verified state the
+//! device holds, so that tests drive every outcome (transient failures included) without
+//! a relay:
+//!
+//! 1. [`open`]: deduplicate by (sending device, message id) and decrypt on a *working
+//!    copy* of the session (or a staged new session whose prekey use is not applied). The
+//!    answer is [`Opened::Duplicate`], [`Opened::Refused`] (did not authenticate: final,
+//!    nothing remembered) or [`Opened::Authentic`] (decrypted, nothing committed yet).
+//! 2. [`compare_views`]: the sender's view of both device logs against the heads this
+//!    device verified ([`ViewCheck`]): agree, behind (refresh first), or a split view.
+//! 3. [`judge`]: with the sender account's verified device set if the device has one,
+//!    [`Judgement::Show`], [`Judgement::Hold`] (no verified set could be had now: keep the
+//!    message and check again later) or [`Judgement::Refuse`] (checked against a verified
+//!    set, or content that can never be accepted).
+//!
+//! The shell then commits exactly what the verdict says: Show and Hold commit the staged
+//! session (and the prekeys a new one used) together with the seen id and the message
+//! (shown in the history, or held in the encrypted profile); Refuse commits the ratchet
+//! advance of an existing session and the seen id, and discards a staged new session
+//! without consuming its prekeys or base key. Only after the state is saved is the
+//! delivery acknowledged. A held message that does not fit ([`MAX_HELD`]) commits
+//! nothing and is not acknowledged: the relay keeps it and delivers it again.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use sealpost_protocol::content::{Content, HeadView, LogViews, Message};
+use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId};
+use sealpost_protocol::identity::{AccountId, DeviceId, IdentityKeyPair};
+use sealpost_protocol::trust::{DeviceSet, Digest, LogHead, SendDecision};
+use sealpost_protocol::{PreKeySecrets, PreKeyUse, Session};
+use serde::{Deserialize, Serialize};
+
+use crate::client::PeerSession;
+
+/// Messages held (decrypted, awaiting a sender check that failed for a transient reason)
+/// at most. When full, a message needing a hold is neither committed nor acknowledged
+/// ([`crate::client::Event::HoldFull`]).
+pub const MAX_HELD: usize = 256;
+/// (Sending device, message id) pairs remembered for deduplication, at most.
+pub const MAX_SEEN_IDS: usize = 100_000;
+/// Peer accounts whose split-view state is remembered, at most (the oldest record is
+/// forgotten first).
+pub const MAX_SPLIT_PEERS: usize = 4096;
+
+/// Message ids of authenticated envelopes, per sending device, bounded.
+#[derive(Default)]
+pub(crate) struct SeenIds {
+    order: VecDeque<(DeviceId, MessageId)>,
+    set: HashSet<(DeviceId, MessageId)>,
+    /// Ids remembered by profiles written before ids were kept per device: a duplicate
+    /// whatever the device (never grows).
+    legacy: HashSet<MessageId>,
+}
+
+impl SeenIds {
+    pub(crate) fn restore(pairs: Vec<(DeviceId, MessageId)>, legacy: Vec<MessageId>) -> Self {
+        let mut s = Self {
+            legacy: legacy.into_iter().collect(),
+            ..Self::default()
+        };
+        for (d, m) in pairs {
+            s.insert(d, m);
+        }
+        s
+    }
+
+    pub(crate) fn contains(&self, device: DeviceId, id: MessageId) -> bool {
+        self.set.contains(&(device, id)) || self.legacy.contains(&id)
+    }
+
+    pub(crate) fn insert(&mut self, device: DeviceId, id: MessageId) {
+        if !self.set.insert((device, id)) {
+            return;
+        }
+        self.order.push_back((device, id));
+        while self.order.len() > MAX_SEEN_IDS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    pub(crate) fn pairs(&self) -> Vec<(DeviceId, MessageId)> {
+        self.order.iter().copied().collect()
+    }
+
+    pub(crate) fn legacy(&self) -> Vec<MessageId> {
+        self.legacy.iter().copied().collect()
+    }
+}
+
+/// A message decrypted and committed (its ratchet advance saved with it) whose sender
+/// could not be checked against a verified device log yet. Persisted in the profile,
+/// which is encrypted at rest as a whole.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeldMessage {
+    /// The message id.
+    pub id: MessageId,
+    /// The sending device.
+    pub sender: DeviceId,
+    /// The routing header's kind, as a number (§7.1).
+    pub header_kind: u16,
+    /// The decrypted message.
+    pub message: Message,
+    /// When it was first held (ms since the Unix epoch).
+    pub held_ms: u64,
+    /// Why the check could not be made.
+    pub reason: String,
+}
+
+/// The relay showed this device and a peer account different device logs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SplitRecord {
+    /// The peer account.
+    pub account: AccountId,
+    /// When it was detected (ms since the Unix epoch).
+    pub detected_ms: u64,
+    /// What differed.
+    pub reason: String,
+}
+
+/// Split-view records by peer account, bounded.
+#[derive(Default)]
+pub(crate) struct Splits {
+    by_account: BTreeMap<AccountId, SplitRecord>,
+}
+
+impl Splits {
+    pub(crate) fn restore(records: Vec<SplitRecord>) -> Self {
+        let mut s = Self::default();
+        for r in records {
+            s.record(r);
+        }
+        s
+    }
+
+    pub(crate) fn records(&self) -> Vec<SplitRecord> {
+        self.by_account.values().cloned().collect()
+    }
+
+    pub(crate) fn get(&self, account: &AccountId) -> Option<&SplitRecord> {
+        self.by_account.get(account)
+    }
+
+    pub(crate) fn contains(&self, account: &AccountId) -> bool {
+        self.by_account.contains_key(account)
+    }
+
+    /// Record a split; true if it is new for this account.
+    pub(crate) fn record(&mut self, r: SplitRecord) -> bool {
+        if self.by_account.contains_key(&r.account) {
+            return false;
+        }
+        if self.by_account.len() >= MAX_SPLIT_PEERS {
+            let oldest = self
+                .by_account
+                .values()
+                .min_by_key(|r| r.detected_ms)
+                .map(|r| r.account.clone());
+            if let Some(a) = oldest {
+                self.by_account.remove(&a);
+            }
+        }
+        self.by_account.insert(r.account.clone(), r);
+        true
+    }
+
+    /// Forget the split with `account`; true if there was one.
+    pub(crate) fn clear(&mut self, account: &AccountId) -> bool {
+        self.by_account.remove(account).is_some()
+    }
+}
+
+/// The key material [`open`] reads (never writes).
+pub(crate) struct Keys<'a> {
+    pub(crate) identity: &'a IdentityKeyPair,
+    pub(crate) prekeys: &'a PreKeySecrets,
+    pub(crate) sessions: &'a HashMap<DeviceId, PeerSession>,
+}
+
+/// The session state a decryption produced, applied only if the message is kept.
+pub(crate) enum Staged {
+    /// The existing session with the sending device, advanced.
+    Advanced(Session),
+    /// A new session from an initial message, and the prekeys it used.
+    Created(Session, PreKeyUse),
+}
+
+/// An envelope that decrypted and decoded.
+pub(crate) struct Authentic {
+    pub(crate) id: MessageId,
+    pub(crate) sender: DeviceId,
+    pub(crate) header_kind: EnvelopeKind,
+    pub(crate) message: Message,
+    pub(crate) staged: Staged,
+}
+
+/// What [`open`] found.
+pub(crate) enum Opened {
+    /// Already processed (this device, this id): acknowledge again, show nothing.
+    Duplicate,
+    /// Did not authenticate or decode: final. Nothing is remembered (a later genuine
+    /// envelope with this id is still accepted).
+    Refused(String),
+    /// Decrypted; nothing committed yet.
+    Authentic(Box<Authentic>),
+}
+
+/// Deduplicate and decrypt `envelope` without changing any state.
+pub(crate) fn open(envelope: &Envelope, keys: &Keys<'_>, seen: &SeenIds) -> Opened {
+    let id = envelope.header.message_id;
+    let sender = envelope.header.sender;
+    if seen.contains(sender, id) {
+        return Opened::Duplicate;
+    }
+    let base_key = match envelope.session_base_key() {
+        Ok(b) => b,
+        Err(e) => return Opened::Refused(format!("undecodable body: {e}")),
+    };
+    let existing = keys.sessions.get(&sender).filter(|p| match &base_key {
+        Some(bk) => p.session.base_key() == bk,
+        None => true,
+    });
+    let (plaintext, staged) = if let Some(p) = existing {
+        let mut copy = p.session.working_copy();
+        match copy.open(envelope) {
+            Ok(pt) => (pt, Staged::Advanced(copy)),
+            Err(e) => return Opened::Refused(format!("cannot decrypt: {e}")),
+        }
+    } else if base_key.is_some() {
+        match sealpost_protocol::accept_staged(keys.identity, keys.prekeys, envelope) {
+            Ok((s, pt, used)) => (pt, Staged::Created(s, used)),
+            Err(e) => return Opened::Refused(format!("cannot start session: {e}")),
+        }
+    } else {
+        return Opened::Refused("no session with this device".into());
+    };
+    let message = match Message::decode(&plaintext) {
+        Ok(m) => m,
+        Err(e) => return Opened::Refused(format!("bad content: {e}")),
+    };
+    Opened::Authentic(Box::new(Authentic {
+        id,
+        sender,
+        header_kind: envelope.header.kind,
+        message,
+        staged,
+    }))
+}
+
+/// The kind the sender rules apply to: the content's, and for a `sync` copy of sensitive
+/// content, the kind of what it copies (a device on probation sends neither).
+pub fn rule_kind(content: &Content) -> EnvelopeKind {
+    match content {
+        Content::Sync { content, .. } if content.envelope_kind().is_sensitive() => {
+            content.envelope_kind()
+        }
+        _ => content.envelope_kind(),
+    }
+}
+
+/// A verdict on an authenticated message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// Show it.
+    Show,
+    /// No verified device set of the sender's account could be had now: keep it and
+    /// check again when the relay answers.
+    Hold(String),
+    /// Refuse it: checked against a verified set, or content never acceptable.
+    Refuse {
+        /// Why.
+        reason: String,
+        /// A sensitive kind refused because of its sender or a split view: shown loudly.
+        alarm: bool,
+        /// The sending device is not active in the verified log (reported as untrusted).
+        not_active: bool,
+    },
+}
+
+fn refuse(reason: String, alarm: bool) -> Judgement {
+    Judgement::Refuse {
+        reason,
+        alarm,
+        not_active: false,
+    }
+}
+
+/// Judge an authenticated message from `sender` (a device claiming `message.from`),
+/// received under `header_kind` by a device of `me`. `sender_set` is the verified device
+/// set of `message.from` if one could be had (fresh), `split` whether this device
+/// records a split view with `message.from`, `now_ms` the time probation is judged at.
+pub fn judge(
+    me: &AccountId,
+    sender: DeviceId,
+    header_kind: EnvelopeKind,
+    message: &Message,
+    sender_set: Option<&DeviceSet>,
+    split: bool,
+    now_ms: u64,
+) -> Judgement {
+    let account = &message.from;
+    let content_kind = message.content.envelope_kind();
+    let kind = rule_kind(&message.content);
+    let Some(set) = sender_set else {
+        return Judgement::Hold(format!(
+            "the device log of {account} could not be verified yet"
+        ));
+    };
+    // First the sender: active in the verified log and allowed to send this kind
+    // (judged by the content, so a relabelled sensitive kind from a device on probation
+    // is refused for its sender, loudly).
+    let reason = match set.may_send_at(&sender, kind, now_ms) {
+        SendDecision::Allowed => None,
+        SendDecision::NotActive => {
+            return Judgement::Refuse {
+                reason: format!(
+                    "device {sender} is not an active device of {account} in its verified \
+                     device log"
+                ),
+                alarm: kind.is_sensitive(),
+                not_active: true,
+            }
+        }
+        SendDecision::OnProbation { until_ms } => Some(format!(
+            "device {sender} of {account} is on probation until {} and may not send {kind:?} \
+             messages",
+            crate::trust::utc(until_ms)
+        )),
+        SendDecision::Frozen => Some(format!(
+            "{account} is frozen: {kind:?} messages from it are refused"
+        )),
+    };
+    if let Some(reason) = reason {
+        return refuse(reason, kind.is_sensitive());
+    }
+    // The header's kind is what the relay enforced its rules on (probation, frozen
+    // accounts, `send_notice`): content must travel under exactly the kind it requires
+    // (§18.2), or a sender could relabel it to slip past those rules.
+    if header_kind != content_kind {
+        return refuse(
+            format!(
+                "the envelope is labelled {header_kind:?}, but its content ({}) must travel \
+                 as {content_kind:?}: relabelled, possibly to avoid the relay's checks",
+                message.content.name()
+            ),
+            false,
+        );
+    }
+    if matches!(message.content, Content::Sync { .. }) && account != me {
+        return refuse("sync copy from another account".into(), false);
+    }
+    if split && kind.is_sensitive() {
+        return refuse(
+            format!(
+                "the relay showed this device and {account} different device logs (a split \
+                 view): {kind:?} messages across this pair are refused until the views agree"
+            ),
+            true,
+        );
+    }
+    Judgement::Show
+}
+
+/// A log head as carried in a message.
+pub fn head_view(h: &LogHead) -> HeadView {
+    HeadView {
+        seq: h.seq,
+        hash: h.hash.0,
+    }
+}
+
+/// The views a device of `me` puts in a message to `to` (for a sync copy, `to` = `me`).
+pub fn views_for(my_head: Option<&LogHead>, their_head: Option<&LogHead>, split: bool) -> LogViews {
+    LogViews {
+        sender: my_head.map(head_view),
+        recipient: their_head.map(head_view),
+        split,
+    }
+}
+
+/// How a message's views compare with the heads this device verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ViewCheck {
+    /// The message carries no views (an older sender): nothing to compare.
+    Unclaimed,
+    /// Both heads are exactly the ones this device holds.
+    Agree,
+    /// Nothing contradicts (a side is older: it may not have refreshed yet).
+    Consistent,
+    /// The sender claims a head newer than this device holds for these accounts:
+    /// refresh them and compare again before concluding anything.
+    Behind(Vec<AccountId>),
+    /// A split view: the relay showed the two sides different logs.
+    Split(String),
+}
+
+fn compare_one(
+    account: &AccountId,
+    claimed: Option<&HeadView>,
+    held: Option<&LogHead>,
+    refreshed: bool,
+) -> Result<bool, Result<AccountId, String>> {
+    let Some(c) = claimed else {
+        // The sender verified none; only a log this device never saw agrees with that.
+        return Ok(held.is_none());
+    };
+    let Some(h) = held else {
+        return Err(if refreshed {
+            Err(format!(
+                "the sender saw the device log of {account} up to entry {}, and the relay \
+                 serves this device none",
+                c.seq
+            ))
+        } else {
+            Ok(account.clone())
+        });
+    };
+    if c.seq == h.seq {
+        if c.hash == h.hash.0 {
+            return Ok(true);
+        }
+        return Err(Err(format!(
+            "entry {} of the device log of {account} is {} for the sender and {} for this \
+             device",
+            c.seq,
+            Digest(c.hash).to_hex(),
+            h.hash.to_hex()
+        )));
+    }
+    if c.seq > h.seq {
+        return Err(if refreshed {
+            Err(format!(
+                "the sender saw the device log of {account} up to entry {}, and the relay \
+                 serves this device only up to entry {}",
+                c.seq, h.seq
+            ))
+        } else {
+            Ok(account.clone())
+        });
+    }
+    Ok(false)
+}
+
+/// Compare the views in a message from `from` to a device of `me` with the heads this
+/// device verified (`from_head`, `my_head`). `refreshed`: both logs were fetched again
+/// just now, so a head the sender claims beyond them cannot be reached (a split view).
+pub fn compare_views(
+    from: &AccountId,
+    me: &AccountId,
+    views: Option<&LogViews>,
+    from_head: Option<&LogHead>,
+    my_head: Option<&LogHead>,
+    refreshed: bool,
+) -> ViewCheck {
+    let Some(v) = views else {
+        return ViewCheck::Unclaimed;
+    };
+    let mut behind = Vec::new();
+    let mut agree = true;
+    for (account, claimed, held) in [
+        (from, v.sender.as_ref(), from_head),
+        (me, v.recipient.as_ref(), my_head),
+    ] {
+        match compare_one(account, claimed, held, refreshed) {
+            Ok(same) => agree &= same,
+            Err(Ok(a)) => {
+                agree = false;
+                if !behind.contains(&a) {
+                    behind.push(a);
+                }
+            }
+            Err(Err(reason)) => return ViewCheck::Split(reason),
+        }
+    }
+    if !behind.is_empty() {
+        return ViewCheck::Behind(behind);
+    }
+    if agree {
+        ViewCheck::Agree
+    } else {
+        ViewCheck::Consistent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::OsRng;
+    use sealpost_protocol::content::{Content, InstructionCategory};
+    use sealpost_protocol::envelope::RoutingHeader;
+    use sealpost_protocol::trust::{DeviceAction, DeviceLog, LogEntry};
+    use sealpost_protocol::wire::BoundedString;
+
+    fn acct(s: &str) -> AccountId {
+        AccountId::new(s).unwrap()
+    }
+
+    struct Party {
+        account: AccountId,
+        identity: IdentityKeyPair,
+        prekeys: PreKeySecrets,
+        sessions: HashMap<DeviceId, PeerSession>,
+        seen: SeenIds,
+    }
+
+    impl Party {
+        fn new(name: &str) -> Self {
+            let identity = IdentityKeyPair::generate(&mut OsRng);
+            let mut prekeys = PreKeySecrets::new();
+            prekeys.rotate_signed(&identity, &mut OsRng);
+            prekeys.rotate_kem_last_resort(&identity, &mut OsRng);
+            prekeys.generate_one_time(&identity, 4, &mut OsRng);
+            prekeys.generate_kem_one_time(&identity, 4, &mut OsRng);
+            Self {
+                account: acct(name),
+                identity,
+                prekeys,
+                sessions: HashMap::new(),
+                seen: SeenIds::default(),
+            }
+        }
+
+        fn keys(&self) -> Keys<'_> {
+            Keys {
+                identity: &self.identity,
+                prekeys: &self.prekeys,
+                sessions: &self.sessions,
+            }
+        }
+
+        /// What the shell does for Show and Hold.
+        fn commit(&mut self, a: Authentic) {
+            self.seen.insert(a.sender, a.id);
+            let s = match a.staged {
+                Staged::Advanced(s) => s,
+                Staged::Created(s, used) => {
+                    self.prekeys.consume(used);
+                    s
+                }
+            };
+            self.sessions.insert(
+                a.sender,
+                PeerSession {
+                    account: a.message.from.clone(),
+                    session: s,
+                },
+            );
+        }
+
+        fn log(&self) -> DeviceSet {
+            let mut log = DeviceLog::new(self.account.clone());
+            let body = log.next_body(
+                1_000,
+                DeviceAction::Add {
+                    identity: self.identity.public().clone(),
+                },
+                "enrolment",
+            );
+            log.push(LogEntry::genesis(body, &self.identity)).unwrap();
+            log.verify(None, None, 10_000_000).unwrap()
+        }
+    }
+
+    fn seal(from: &Party, session: &mut Session, to: &Party, content: Content) -> Envelope {
+        let kind = content.envelope_kind();
+        let m = Message {
+            from: from.account.clone(),
+            sent_ms: 1,
+            content,
+            views: None,
+        };
+        let header = RoutingHeader::new(
+            from.identity.device_id(),
+            to.identity.device_id(),
+            kind,
+            1,
+            &mut OsRng,
+        );
+        session
+            .seal(header, &m.encode().unwrap(), &mut OsRng)
+            .unwrap()
+    }
+
+    fn text(s: &str) -> Content {
+        Content::Text {
+            body: BoundedString::truncating(s),
+        }
+    }
+
+    fn first_session(from: &Party, to: &mut Party) -> Session {
+        let bundle = to.prekeys.bundle_for_test(&to.identity, true).unwrap();
+        sealpost_protocol::initiate(&from.identity, &bundle, &mut OsRng).unwrap()
+    }
+
+    fn authentic(o: Opened) -> Authentic {
+        match o {
+            Opened::Authentic(a) => *a,
+            Opened::Duplicate => panic!("duplicate"),
+            Opened::Refused(r) => panic!("refused: {r}"),
+        }
+    }
+
+    /// A first message whose sender check cannot be made (no verified set: the relay did
+    /// not answer) changes nothing when not committed, so its redelivery opens again and
+    /// is shown; and so are the sender's later messages.
+    #[test]
+    fn a_transient_failure_changes_nothing_and_the_redelivery_is_shown() {
+        let alice = Party::new("alice");
+        let mut bob = Party::new("bob");
+        let mut s = first_session(&alice, &mut bob);
+        let e1 = seal(&alice, &mut s, &bob, text("one"));
+        let e2 = seal(&alice, &mut s, &bob, text("two"));
+        let a = authentic(open(&e1, &bob.keys(), &bob.seen));
+        let verdict = judge(
+            &bob.account,
+            a.sender,
+            a.header_kind,
+            &a.message,
+            None,
+            false,
+            5,
+        );
+        assert!(matches!(verdict, Judgement::Hold(_)), "{verdict:?}");
+        // Not committed (the hold store is full): the redelivery opens exactly as the
+        // first delivery did.
+        drop(a);
+        let a = authentic(open(&e1, &bob.keys(), &bob.seen));
+        let set = alice.log();
+        let verdict = judge(
+            &bob.account,
+            a.sender,
+            a.header_kind,
+            &a.message,
+            Some(&set),
+            false,
+            5,
+        );
+        assert_eq!(verdict, Judgement::Show);
+        bob.commit(a);
+        // The base key is now remembered with its session: the second initial message
+        // goes to that session.
+        let b = authentic(open(&e2, &bob.keys(), &bob.seen));
+        assert!(matches!(b.staged, Staged::Advanced(_)));
+        bob.commit(b);
+        assert!(matches!(
+            open(&e2, &bob.keys(), &bob.seen),
+            Opened::Duplicate
+        ));
+    }
+
+    /// A held message commits its ratchet advance: a later message of the same session
+    /// still opens, and the held one is not opened again (its id is seen).
+    #[test]
+    fn a_held_message_is_committed_and_later_ones_open() {
+        let alice = Party::new("alice");
+        let mut bob = Party::new("bob");
+        let mut s = first_session(&alice, &mut bob);
+        let e1 = seal(&alice, &mut s, &bob, text("one"));
+        let e2 = seal(&alice, &mut s, &bob, text("two"));
+        let a = authentic(open(&e1, &bob.keys(), &bob.seen));
+        bob.commit(a);
+        assert!(matches!(
+            open(&e1, &bob.keys(), &bob.seen),
+            Opened::Duplicate
+        ));
+        let b = authentic(open(&e2, &bob.keys(), &bob.seen));
+        assert_eq!(
+            judge(
+                &bob.account,
+                b.sender,
+                b.header_kind,
+                &b.message,
+                Some(&alice.log()),
+                false,
+                5
+            ),
+            Judgement::Show
+        );
+    }
+
+    /// An envelope that fails to decrypt is refused and remembers nothing: the genuine
+    /// envelope with the same id is still accepted.
+    #[test]
+    fn an_undecryptable_envelope_does_not_burn_its_message_id() {
+        let alice = Party::new("alice");
+        let mut bob = Party::new("bob");
+        let mut s = first_session(&alice, &mut bob);
+        let genuine = seal(&alice, &mut s, &bob, text("real"));
+        let mut forged = genuine.clone();
+        let last = forged.body.len() - 1;
+        forged.body[last] ^= 1;
+        match open(&forged, &bob.keys(), &bob.seen) {
+            Opened::Refused(_) => {}
+            _ => panic!("a forged body must not open"),
+        }
+        let a = authentic(open(&genuine, &bob.keys(), &bob.seen));
+        bob.commit(a);
+    }
+
+    /// Seen ids are per sending device: the same id from another device is not a
+    /// duplicate.
+    #[test]
+    fn seen_ids_are_per_device_and_bounded() {
+        let mut seen = SeenIds::default();
+        let d1 = DeviceId([1; 16]);
+        let d2 = DeviceId([2; 16]);
+        let m = MessageId([9; 16]);
+        seen.insert(d1, m);
+        assert!(seen.contains(d1, m));
+        assert!(!seen.contains(d2, m));
+        for i in 0..(MAX_SEEN_IDS as u32 + 10) {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            seen.insert(d2, MessageId(b));
+        }
+        assert_eq!(seen.pairs().len(), MAX_SEEN_IDS);
+        assert!(!seen.contains(d1, m), "the oldest id was forgotten");
+        let legacy = SeenIds::restore(Vec::new(), vec![m]);
+        assert!(legacy.contains(d2, m));
+    }
+
+    /// Against a verified set: a device the log does not list is refused (an alarm for a
+    /// sensitive kind), a relabelled kind and a sync from another account are refused,
+    /// and a split view refuses sensitive kinds only.
+    #[test]
+    fn refusals_are_made_against_a_verified_set_and_split_views_refuse_sensitive_kinds() {
+        let alice = Party::new("alice");
+        let mallory = Party::new("mallory");
+        let me = acct("bob");
+        let set = alice.log();
+        let instr = Message {
+            from: alice.account.clone(),
+            sent_ms: 1,
+            content: Content::Instruction {
+                category: InstructionCategory::Payment,
+                body: BoundedString::truncating("pay"),
+            },
+            views: None,
+        };
+        let dev = alice.identity.device_id();
+        let j = judge(
+            &me,
+            mallory.identity.device_id(),
+            EnvelopeKind::Instruction,
+            &instr,
+            Some(&set),
+            false,
+            5,
+        );
+        assert!(matches!(
+            j,
+            Judgement::Refuse {
+                alarm: true,
+                not_active: true,
+                ..
+            }
+        ));
+        // Past the cooling-off (no roster: the default), a relabelled kind is refused for
+        // its label.
+        let late = 10_000_000_000;
+        let j = judge(
+            &me,
+            dev,
+            EnvelopeKind::Chat,
+            &instr,
+            Some(&set),
+            false,
+            late,
+        );
+        assert!(matches!(j, Judgement::Refuse { ref reason, .. } if reason.contains("relabelled")));
+        assert_eq!(
+            judge(
+                &me,
+                dev,
+                EnvelopeKind::Instruction,
+                &instr,
+                Some(&set),
+                false,
+                late
+            ),
+            Judgement::Show
+        );
+        let j = judge(
+            &me,
+            dev,
+            EnvelopeKind::Instruction,
+            &instr,
+            Some(&set),
+            true,
+            late,
+        );
+        assert!(
+            matches!(j, Judgement::Refuse { alarm: true, ref reason, .. } if reason.contains("split view"))
+        );
+        let chat = Message {
+            content: text("hi"),
+            ..instr.clone()
+        };
+        assert_eq!(
+            judge(&me, dev, EnvelopeKind::Chat, &chat, Some(&set), true, late),
+            Judgement::Show
+        );
+        let sync = Message {
+            content: Content::Sync {
+                to: me.clone(),
+                content: Box::new(text("x")),
+            },
+            ..instr
+        };
+        assert!(matches!(
+            judge(&me, dev, EnvelopeKind::Sync, &sync, Some(&set), false, late),
+            Judgement::Refuse { .. }
+        ));
+    }
+
+    #[test]
+    fn views_agree_lag_or_split() {
+        let a = acct("alice");
+        let b = acct("bob");
+        let h = |seq: u64, x: u8| LogHead {
+            seq,
+            hash: Digest([x; 32]),
+        };
+        let v =
+            |s: Option<LogHead>, r: Option<LogHead>| Some(views_for(s.as_ref(), r.as_ref(), false));
+        assert_eq!(
+            compare_views(&a, &b, None, Some(&h(0, 1)), Some(&h(0, 2)), false),
+            ViewCheck::Unclaimed
+        );
+        assert_eq!(
+            compare_views(
+                &a,
+                &b,
+                v(Some(h(0, 1)), Some(h(0, 2))).as_ref(),
+                Some(&h(0, 1)),
+                Some(&h(0, 2)),
+                false
+            ),
+            ViewCheck::Agree
+        );
+        // The sender is behind on this device's log: no alarm (it may not have
+        // refreshed).
+        assert_eq!(
+            compare_views(
+                &a,
+                &b,
+                v(Some(h(0, 1)), Some(h(0, 2))).as_ref(),
+                Some(&h(0, 1)),
+                Some(&h(1, 3)),
+                false
+            ),
+            ViewCheck::Consistent
+        );
+        // The sender is ahead: refresh first; still ahead after the refresh: split.
+        let ahead = v(Some(h(1, 1)), Some(h(0, 2)));
+        assert_eq!(
+            compare_views(
+                &a,
+                &b,
+                ahead.as_ref(),
+                Some(&h(0, 1)),
+                Some(&h(0, 2)),
+                false
+            ),
+            ViewCheck::Behind(vec![a.clone()])
+        );
+        assert!(matches!(
+            compare_views(&a, &b, ahead.as_ref(), Some(&h(0, 1)), Some(&h(0, 2)), true),
+            ViewCheck::Split(_)
+        ));
+        // Another hash at the same entry: split at once.
+        assert!(matches!(
+            compare_views(
+                &a,
+                &b,
+                v(Some(h(0, 1)), Some(h(0, 9))).as_ref(),
+                Some(&h(0, 1)),
+                Some(&h(0, 2)),
+                false
+            ),
+            ViewCheck::Split(_)
+        ));
+    }
+}
