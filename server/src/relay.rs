@@ -3,6 +3,7 @@
 //! storage traits, the pure policy and limit functions, and the hub. The trust frames of
 //! docs/PROTOCOL.md §19 (device logs, linking, roster, notices) are in `relay/trust_frames.rs`.
 
+mod attest_frames;
 mod directory;
 mod trust_frames;
 
@@ -78,6 +79,7 @@ pub struct Relay<S: Store> {
     /// The roster chain and the verified device sets (`trust.rs`).
     pub trust: TrustState,
     links: Mutex<LinkRegistry>,
+    attest: Mutex<attest_frames::AttestRegistry>,
     limiters: Mutex<Limiters>,
     started: Instant,
 }
@@ -309,6 +311,13 @@ fn type_name(body: &FrameBody) -> &'static str {
         FrameBody::DismissLink { .. } => "dismiss_link",
         FrameBody::GetLogHeads { .. } => "get_log_heads",
         FrameBody::ListClients { .. } => "list_clients",
+        FrameBody::AttestStart { .. }
+        | FrameBody::AttestPoll
+        | FrameBody::AttestReveal { .. }
+        | FrameBody::ListUnattested { .. }
+        | FrameBody::AttestChallenge { .. }
+        | FrameBody::AttestSubmit { .. }
+        | FrameBody::AttestDismiss { .. } => "attest",
         FrameBody::BlobUpload { .. }
         | FrameBody::BlobDownload { .. }
         | FrameBody::BlobChunk { .. } => "blob",
@@ -331,6 +340,7 @@ impl<S: Store> Relay<S> {
         };
         Self {
             trust: TrustState::new(config.org_fingerprint, l.trust_cache_accounts),
+            attest: Mutex::new(attest_frames::AttestRegistry::default()),
             links: Mutex::new(LinkRegistry::new(
                 l.max_pending_links,
                 l.link_lifetime_secs.saturating_mul(1000),
@@ -646,6 +656,13 @@ impl<S: Store> Relay<S> {
                 | FrameBody::DismissLink { .. }
                 | FrameBody::GetLogHeads { .. }
                 | FrameBody::ListClients { .. }
+                | FrameBody::AttestStart { .. }
+                | FrameBody::AttestPoll
+                | FrameBody::AttestReveal { .. }
+                | FrameBody::ListUnattested { .. }
+                | FrameBody::AttestChallenge { .. }
+                | FrameBody::AttestSubmit { .. }
+                | FrameBody::AttestDismiss { .. }
         ) {
             let now = self.mono_ms();
             if let Err(l) = self.with_limiters(|l| l.control.check(&me.device, 1.0, now)) {
@@ -699,6 +716,17 @@ impl<S: Store> Relay<S> {
             FrameBody::DismissLink { link_id } => self.dismiss_link(me, id, link_id),
             FrameBody::GetLogHeads { after } => self.log_heads(me, id, after).await,
             FrameBody::ListClients { after } => self.list_clients(me, id, after).await,
+            FrameBody::AttestStart { commitment } => self.attest_start(me, id, commitment).await,
+            FrameBody::AttestPoll => self.attest_poll(me, id).await,
+            FrameBody::AttestReveal { nonce } => self.attest_reveal(me, id, nonce).await,
+            FrameBody::ListUnattested { after } => self.list_unattested(me, id, after).await,
+            FrameBody::AttestChallenge { account, challenge } => {
+                self.attest_challenge(me, id, account, challenge)
+            }
+            FrameBody::AttestSubmit { attestation } => {
+                self.attest_submit(me, id, *attestation).await
+            }
+            FrameBody::AttestDismiss { account } => self.attest_dismiss(me, id, account),
             FrameBody::BlobUpload { .. }
             | FrameBody::BlobDownload { .. }
             | FrameBody::BlobChunk { .. } => refuse(
@@ -967,16 +995,24 @@ impl<S: Store> Relay<S> {
         metrics::counter!(m::TRUST_REFUSALS, "reason" => reason).increment(1);
     }
 
-    /// Every entry of `account`'s device log, as stored.
-    async fn load_log(&self, account: &AccountId) -> Result<DeviceLog, StoreError> {
+    /// Every entry of `account`'s device log, as stored, with the times this relay
+    /// appended them.
+    async fn load_log(&self, account: &AccountId) -> Result<(DeviceLog, Vec<u64>), StoreError> {
         let entries = self.store.device_log(account, 0, MAX_LOG_ENTRIES).await?;
+        let appended = self
+            .store
+            .device_log_appended(account, 0, MAX_LOG_ENTRIES)
+            .await?;
         let entries = BoundedVec::new(entries).map_err(|e| {
             StoreError::Backend(format!("device log of {account} exceeds its bound: {e}"))
         })?;
-        Ok(DeviceLog {
-            account: account.clone(),
-            entries,
-        })
+        Ok((
+            DeviceLog {
+                account: account.clone(),
+                entries,
+            },
+            appended,
+        ))
     }
 
     /// `account`'s verified device set: cached, or loaded and verified once.
@@ -985,8 +1021,8 @@ impl<S: Store> Relay<S> {
             return Ok(t);
         }
         let generation = self.trust.generation();
-        let log = self.load_log(account).await.map_err(TrustFailure::Store)?;
-        match self.trust.verify_log(&log, unix_ms()) {
+        let (log, appended) = self.load_log(account).await.map_err(TrustFailure::Store)?;
+        match self.trust.verify_log(&log, &appended, unix_ms()) {
             Ok((_, snapshot)) => Ok(self.trust.install(snapshot, generation)),
             Err(e) => {
                 warn!(account = %account, error = %e, "a stored device log does not verify");

@@ -197,6 +197,7 @@
 //! refused.
 
 pub mod approval;
+pub mod attestation;
 pub mod device_log;
 pub mod error;
 pub mod notice;
@@ -209,6 +210,7 @@ mod testutil;
 pub use approval::{
     verify_quorum, Approval, ApprovalBundle, ApprovalRequest, Parameters, QuorumProof, SignerRef,
 };
+pub use attestation::{first_contact, ClientAttestation, EntryTimes, Standing};
 pub use device_log::{
     DeviceAction, DeviceLog, DeviceSet, DeviceState, EntryAuthorization, EntryBody, LinkChallenge,
     LinkCode, LinkCommitment, LinkNonce, LogEntry, LogHead, SendDecision,
@@ -220,7 +222,7 @@ pub use notice::{
 };
 pub use org::{OrgFingerprint, OrgRoot, OrgRootPublic};
 pub use roster::{
-    ApprovalPolicy, Operation, Quorum, RoleSet, Roster, RosterAuthorization, RosterChain,
+    ApprovalPolicy, Operation, DEFAULT_ATTESTATION_ROLES, Quorum, RoleSet, Roster, RosterAuthorization, RosterChain,
     RosterHead, SignedRoster, StaffMember, StaffRole,
 };
 
@@ -257,8 +259,11 @@ pub const MAX_SEGMENT_LEN: usize = 64;
 /// Largest CBOR signed notice (without its content, which travels beside it).
 pub const MAX_SIGNED_NOTICE_LEN: usize = 64 * 1024;
 
-/// Format number written into roster bytes.
+/// Format number written into roster bytes (a policy without `client_attestation`).
 pub(crate) const ROSTER_FORMAT: u16 = 1;
+/// Format number of roster bytes whose policy names the attesting roles (the role mask
+/// follows the sensitive kinds).
+pub(crate) const ROSTER_FORMAT_ATTESTATION: u16 = 2;
 pub(crate) const ORG_FINGERPRINT_LABEL: &[u8] = b"Sealpost_OrgRoot_Fingerprint_v1";
 pub(crate) const ROSTER_HASH_LABEL: &[u8] = b"Sealpost_Roster_v1";
 pub(crate) const ROSTER_ROOT_LABEL: &[u8] = b"Sealpost_Roster_Root_v1";
@@ -272,6 +277,8 @@ pub(crate) const LINK_COMMIT_LABEL: &[u8] = b"Sealpost_LinkCommit_v1";
 pub(crate) const NOTICE_CONTENT_LABEL: &[u8] = b"Sealpost_NoticeContent_v1";
 pub(crate) const NOTICE_LABEL: &[u8] = b"Sealpost_Notice_v1";
 pub(crate) const NOTICE_SIGN_LABEL: &[u8] = b"Sealpost_NoticeSign_v1";
+pub(crate) const ATTESTATION_LABEL: &[u8] = b"Sealpost_Attestation_v1";
+pub(crate) const ATTESTATION_SIGN_LABEL: &[u8] = b"Sealpost_AttestationSign_v1";
 
 /// An empty bounded list (an empty list is within every bound).
 pub(crate) fn empty_list<T, const N: usize>() -> crate::wire::BoundedVec<T, N> {
