@@ -529,6 +529,9 @@ struct StateFile {
     /// Link offers this device made and has not completed.
     #[serde(default)]
     link_offers: Vec<crate::trust::LinkOfferRecord>,
+    /// The firm's verification of this account (client) or of clients (staff).
+    #[serde(default)]
+    attest: crate::attest::AttestRecords,
 }
 
 pub(crate) struct PeerSession {
@@ -561,6 +564,8 @@ pub struct Client {
     pub(crate) approvals: Vec<crate::approvals::ApprovalRecord>,
     /// Link offers made by this device.
     pub(crate) link_offers: Vec<crate::trust::LinkOfferRecord>,
+    /// The firm's verification of this account (client) or of clients (staff).
+    pub(crate) attest: crate::attest::AttestRecords,
     /// A link this (new) device started and has not completed.
     pub(crate) new_link: Option<crate::trust::NewDeviceLink>,
     /// Events raised by internal checks, handed out with the next result that carries
@@ -597,6 +602,7 @@ impl Client {
             log_heads: Vec::new(),
             approvals: Vec::new(),
             link_offers: Vec::new(),
+            attest: Default::default(),
         };
         let profile = Profile::create(home, passphrase, &placeholder, &mut rng)?;
         let client = Self {
@@ -619,6 +625,7 @@ impl Client {
             trust: crate::trust::TrustCache::default(),
             approvals: Vec::new(),
             link_offers: Vec::new(),
+            attest: Default::default(),
             new_link: None,
             events: Vec::new(),
             approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
@@ -677,6 +684,7 @@ impl Client {
             trust: crate::trust::TrustCache::restore(file.roster, file.roster_head, file.log_heads),
             approvals: file.approvals,
             link_offers: file.link_offers,
+            attest: file.attest,
             new_link: None,
             events: Vec::new(),
             approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
@@ -722,6 +730,7 @@ impl Client {
             log_heads: self.trust.head_records(),
             approvals: self.approvals.clone(),
             link_offers: self.link_offers.clone(),
+            attest: self.attest.clone(),
         };
         Ok(self.profile.save(&file, &mut rng)?)
     }

@@ -24,6 +24,7 @@
 //! The `sealpost` CLI (`src/main.rs`) is a thin shell over [`client::Client`].
 
 pub mod approvals;
+pub mod attest;
 pub mod attachments;
 pub mod client;
 pub mod display;
@@ -34,6 +35,7 @@ pub mod org;
 pub mod state;
 pub mod trust;
 
+pub use attest::{AttestStatus, UnattestedView};
 pub use approvals::{ApprovalDirection, ApprovalStatus, ApprovalView};
 pub use client::{Client, ClientError, Event, SendReport};
 pub use notices::{NoticeOutcome, NoticeStatus, NoticeTarget};
