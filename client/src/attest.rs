@@ -364,7 +364,7 @@ impl Client {
         account: &AccountId,
     ) -> Result<(Digest, PublicIdentity), ClientError> {
         self.refresh_roster(false).await?;
-        let served = self.conn()?.get_device_log(account).await?;
+        let served = self.conn()?.get_served_log(account).await?;
         served
             .log
             .verify(self.cached_roster(), None, now_ms())

@@ -744,7 +744,13 @@ impl RelayConnection {
     }
 
     /// An account's whole device log (pages until `total`).
-    pub async fn get_device_log(&self, account: &AccountId) -> Result<ServedLog, NetError> {
+    pub async fn get_device_log(&self, account: &AccountId) -> Result<DeviceLog, NetError> {
+        Ok(self.get_served_log(account).await?.log)
+    }
+
+    /// An account's whole device log with the relay's append times and the firm's
+    /// attestation of its first device, if any (`get_device_log`, paged).
+    pub async fn get_served_log(&self, account: &AccountId) -> Result<ServedLog, NetError> {
         let mut log = DeviceLog::new(account.clone());
         let mut appended_ms: Vec<u64> = Vec::new();
         let mut attestation = None;

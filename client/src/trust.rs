@@ -532,7 +532,7 @@ impl Client {
             log,
             appended_ms,
             attestation,
-        } = self.conn()?.get_device_log(account).await?;
+        } = self.conn()?.get_served_log(account).await?;
         let held = self.trust.heads.get(account).copied();
         let now = now_ms();
         // Entries beyond the head this device had pinned are seen now for the first time
@@ -554,20 +554,24 @@ impl Client {
             attested_ms: attestation.as_ref().map(|a| a.attested_ms),
         };
         let pinned = self.pinned_org()?;
-        let mut verified = self.verify_served(&log, held.as_ref(), &times, pinned, now);
+        let own = self.account.as_ref() == Some(account);
+        if pinned && !own && self.trust.chain().is_none() {
+            // The first-contact rule needs the roster: it may have been published since.
+            self.refresh_roster(true).await?;
+        }
+        let mut verified = log.verify_timed(self.trust.chain(), held.as_ref(), now, &times);
         if matches!(
             verified,
             Err(TrustError::RosterVersionUnknown { .. } | TrustError::NoRoster)
         ) {
             self.refresh_roster(true).await?;
-            verified = self.verify_served(&log, held.as_ref(), &times, pinned, now);
+            verified = log.verify_timed(self.trust.chain(), held.as_ref(), now, &times);
         }
         // The first-contact rule (docs/PROTOCOL.md §19.10): with an organisation pinned,
         // another account's log is trusted only if the roster lists its devices or the
         // firm attested its first device. This device's own account is judged for what
         // it may do (`check_may_send`), not refused.
         let me = self.device_id();
-        let own = self.account.as_ref() == Some(account);
         let verified = verified.and_then(|set| {
             let standing = match (pinned, self.trust.chain()) {
                 (false, _) => return Ok(set),
@@ -766,20 +770,6 @@ impl Client {
         self.relay.is_some() && !self.pinned_org().unwrap_or(false)
     }
 
-    fn verify_served(
-        &self,
-        log: &DeviceLog,
-        held: Option<&LogHead>,
-        times: &EntryTimes,
-        pinned: bool,
-        now: u64,
-    ) -> Result<DeviceSet, TrustError> {
-        if pinned && self.trust.chain().is_none() {
-            return Err(TrustError::NoRoster);
-        }
-        log.verify_timed(self.trust.chain(), held, now, times)
-    }
-
     /// Bring `account`'s verified device set up to date (cached for [`LOG_TTL_MS`] unless
     /// `force`); report changes.
     pub(crate) async fn refresh_devices(
@@ -818,8 +808,10 @@ impl Client {
     pub(crate) async fn check_may_send(&mut self, kind: EnvelopeKind) -> Result<(), ClientError> {
         let me = self.me()?;
         let set = self.verified_set(&me, false).await?;
-        if let Some(Err(e)) = &self.trust.own_standing {
-            return Err(ClientError::Trust(e.clone()));
+        match &self.trust.own_standing {
+            // Before the organisation publishes a roster nobody can be judged yet.
+            Some(Err(TrustError::NoRoster)) | Some(Ok(_)) | None => {}
+            Some(Err(e)) => return Err(ClientError::Trust(e.clone())),
         }
         match set.may_send_at(&self.device_id(), kind, now_ms()) {
             SendDecision::Allowed => Ok(()),

@@ -176,3 +176,26 @@ pub async fn staff<S: Store>(
 pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(QUICK_COOLING_OFF_MS + 300)).await;
 }
+
+/// The firm's verification of `client`'s account, through the real flow: the client asks
+/// (`attestation_status`, as `sealpost whoami` does), `staff` (a role the roster policy
+/// allows to attest: operations or advisor by default) picks the challenge, the client
+/// reveals its nonce and shows the code, `staff` types it and signs the attestation.
+pub async fn attest(staff: &mut Client, client: &mut Client) {
+    use sealpost_client::AttestStatus;
+    let account = client.account().unwrap().clone();
+    match client.attestation_status().await.unwrap() {
+        AttestStatus::Waiting { code: None } => {}
+        other => panic!("expected to wait for verification, got {other:?}"),
+    }
+    staff.attest_begin(&account).await.unwrap();
+    let code = match client.attestation_status().await.unwrap() {
+        AttestStatus::Waiting { code: Some(code) } => code,
+        other => panic!("expected a code to read, got {other:?}"),
+    };
+    staff.attest_confirm(&account, &code).await.unwrap();
+    match client.attestation_status().await.unwrap() {
+        AttestStatus::Attested { .. } => {}
+        other => panic!("expected attested, got {other:?}"),
+    }
+}
