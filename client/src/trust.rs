@@ -808,10 +808,11 @@ impl Client {
     pub(crate) async fn check_may_send(&mut self, kind: EnvelopeKind) -> Result<(), ClientError> {
         let me = self.me()?;
         let set = self.verified_set(&me, false).await?;
-        match &self.trust.own_standing {
-            // Before the organisation publishes a roster nobody can be judged yet.
-            Some(Err(TrustError::NoRoster)) | Some(Ok(_)) | None => {}
-            Some(Err(e)) => return Err(ClientError::Trust(e.clone())),
+        // A client waiting for the firm's verification: its peers would refuse what it
+        // sends. (Other failures of the rule, a staff account whose log lists a device the
+        // roster does not, are for its peers to refuse; its own devices still talk.)
+        if let Some(Err(e @ TrustError::NotAttested { .. })) = &self.trust.own_standing {
+            return Err(ClientError::Trust(e.clone()));
         }
         match set.may_send_at(&self.device_id(), kind, now_ms()) {
             SendDecision::Allowed => Ok(()),

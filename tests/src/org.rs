@@ -145,6 +145,21 @@ pub async fn staff<S: Store>(
     org: &TestOrg,
     prefix: &str,
 ) -> Vec<Client> {
+    staff_with_advisors(relay, homes, org, prefix, &[]).await.0
+}
+
+/// As [`staff`], and the advisor accounts `advisors` (created by the caller with
+/// [`Role::Advisor`](sealpost_protocol::wire::Role::Advisor)) each enrol one device that
+/// roster version 1 lists with the advisor role: with an organisation pinned, peers trust
+/// an advisor's devices only if the roster lists them. Returns `([ops, comp, sec],
+/// advisors)`.
+pub async fn staff_with_advisors<S: Store>(
+    relay: &TestRelay<S>,
+    homes: &Path,
+    org: &TestOrg,
+    prefix: &str,
+    advisors: &[&AccountId],
+) -> (Vec<Client>, Vec<Client>) {
     use sealpost_protocol::wire::Role;
     let mut out = Vec::new();
     for name in ["ops", "comp", "sec"] {
@@ -159,17 +174,22 @@ pub async fn staff<S: Store>(
             .await,
         );
     }
-    let v1 = org.genesis(
-        &[
-            (&out[0], StaffRole::Operations),
-            (&out[1], StaffRole::Compliance),
-            (&out[2], StaffRole::Security),
-        ],
-        quick_policy(QUICK_COOLING_OFF_MS),
-    );
+    let mut advs = Vec::new();
+    for a in advisors {
+        advs.push(enrolled(relay, &homes.join(a.as_str()), a, Some(org)).await);
+    }
+    let mut members = vec![
+        (&out[0], StaffRole::Operations),
+        (&out[1], StaffRole::Compliance),
+        (&out[2], StaffRole::Security),
+    ];
+    for a in &advs {
+        members.push((a, StaffRole::Advisor));
+    }
+    let v1 = org.genesis(&members, quick_policy(QUICK_COOLING_OFF_MS));
     out[0].publish_signed_roster(v1).await.unwrap();
     settle().await;
-    out
+    (out, advs)
 }
 
 /// Wait out [`QUICK_COOLING_OFF_MS`].
