@@ -362,9 +362,28 @@ async fn a_device_dated_in_the_past_is_still_on_probation() {
     let dated = org::now_ms() - day - 3_600_000;
     let before = org::now_ms();
     let identity = sealpost_protocol::IdentityKeyPair::generate(&mut rand::rngs::OsRng);
-    let mut device = relay
-        .device_with(&dana, identity, dated, rand::rngs::StdRng::seed_from_u64(5))
-        .await;
+    // Enrolled now, through the relay, with a genesis entry dated in the past.
+    let conn = relay.connect().await;
+    let code = relay.code(&dana).await;
+    conn.enroll_with_genesis(&identity, &dana, &code, genesis_entry(&dana, &identity, dated))
+        .await
+        .unwrap();
+    conn.authenticate(&identity).await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut prekeys = sealpost_protocol::PreKeySecrets::new();
+    let spk = prekeys.rotate_signed(&identity, &mut rng);
+    let otk = prekeys.generate_one_time(&identity, 4, &mut rng);
+    let last = prekeys.rotate_kem_last_resort(&identity, &mut rng);
+    conn.upload_prekeys(Some(spk), otk, Vec::new(), Some(last))
+        .await
+        .unwrap();
+    let mut device = TestDevice {
+        account: dana.clone(),
+        identity,
+        prekeys,
+        conn,
+        rng,
+    };
     let mut advisor = org::enrolled(&relay, &homes.path().join("adv"), &adv, None).await;
 
     // The peer: on probation until at least the append time plus the cooling-off.
