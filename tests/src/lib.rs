@@ -190,7 +190,6 @@ impl<S: Store> TestRelay<S> {
         genesis_ms: u64,
         mut rng: StdRng,
     ) -> TestDevice {
-        use sealpost_server::store::TrustStore;
         let code = self.code(account).await;
         let genesis = genesis_entry(account, &identity, genesis_ms);
         self.relay
