@@ -185,6 +185,26 @@ impl Device {
     }
 }
 
+/// The firm's verification of `client` (account `account`) by `staff`, through the CLI:
+/// the client asks (`attest status`), the staff member starts (`attest begin`), the
+/// client's next `attest status` shows the code it reads aloud, the staff member types it
+/// (`attest confirm`); the client is then verified.
+fn attest(staff: &Device, client: &Device, account: &str) {
+    let asked = client.run(&["attest", "status"]).ok("attest status");
+    assert_eq!(asked.events("attestation")[0]["state"], "waiting", "{}", asked.stdout);
+    staff.run(&["attest", "begin", account]).ok("attest begin");
+    let shown = client.run(&["attest", "status"]).ok("attest status");
+    let code = shown.events("attestation")[0]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code: {}", shown.stdout))
+        .to_owned();
+    staff
+        .run(&["attest", "confirm", account, "--code", &code])
+        .ok("attest confirm");
+    let done = client.run(&["attest", "status"]).ok("attest status");
+    assert_eq!(done.events("attestation")[0]["state"], "attested", "{}", done.stdout);
+}
+
 fn start_relay(dir: &Path) -> (PathBuf, RelayProcess) {
     let config = write_config(dir, None);
     let relay = RelayProcess::start(Path::new(RELAY), &config, &[]);
@@ -324,6 +344,8 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
     org.sign_genesis(&spec_path, &v1).ok("sign-genesis");
     ops.run(&["org", "roster", "publish", &v1.display().to_string()])
         .ok("roster publish");
+    attest(&ops, &alice, "alice");
+    attest(&ops, &carol, "carol");
 
     // whoami: account, role, device and fingerprint.
     let who = alice.run(&["whoami"]).ok("whoami");
@@ -927,6 +949,7 @@ fn cli_organisation_roster_cosigned_notice_and_device_linking() {
         .run(&["org", "roster", "publish", &v1.display().to_string()])
         .ok("publish");
     assert_eq!(published.events("roster_published")[0]["version"], 1);
+    attest(&ops, &alice, "alice");
     // Any device (here the client) verifies it from its pinned fingerprint.
     let shown = alice.run(&["org", "roster", "show"]).ok("roster show");
     let shown = &shown.events("roster")[0];
@@ -1358,6 +1381,7 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
     org.sign_genesis(&spec_path, &v1).ok("sign-genesis");
     ops.run(&["org", "roster", "publish", &v1.display().to_string()])
         .ok("publish");
+    attest(&ops, &alice, "alice");
 
     // `org pin` on the early device: another fingerprint is refused (exit 8), the firm's
     // is pinned and the roster verifies from it; it never changes again (exit 6).
