@@ -1073,6 +1073,76 @@ mod tests {
     }
 
     #[test]
+    fn cooling_off_runs_from_times_the_signer_does_not_choose() {
+        let mut org = Org::new(43);
+        let chain = org.chain();
+        let mut c = client(&mut org);
+        let phone =
+            IdentityKeyPair::from_secrets(&c.phone.secret_bytes().0, &c.phone.secret_bytes().1);
+        let laptop = IdentityKeyPair::generate(&mut org.rng);
+        // Dated just after the phone's cooling-off, appended (by the relay's record) a
+        // week later.
+        add(&mut c, &phone, &laptop, T0 + DAY + 1);
+        let appended = T0 + 7 * DAY;
+        let now = appended + HOUR;
+        let signed_only = c.log.verify(Some(&chain), None, now).unwrap();
+        assert!(!signed_only.device(&laptop.device_id()).unwrap().on_probation);
+        let times = EntryTimes {
+            appended_ms: vec![T0, appended],
+            ..EntryTimes::default()
+        };
+        let set = c.log.verify_timed(Some(&chain), None, now, &times).unwrap();
+        let l = set.device(&laptop.device_id()).unwrap();
+        assert!(l.on_probation);
+        assert_eq!(l.probation_until_ms, appended + DAY);
+        assert_eq!(l.added_ms, T0 + DAY + 1);
+        // A device that first saw the entry later still counts from then; the first
+        // device's probation runs from no earlier than its attestation.
+        let times = EntryTimes {
+            appended_ms: vec![T0, appended],
+            first_seen_ms: [(1, appended + 2 * HOUR)].into_iter().collect(),
+            attested_ms: Some(T0 + 3 * DAY),
+        };
+        let set = c
+            .log
+            .verify_timed(Some(&chain), None, appended + 2 * HOUR, &times)
+            .unwrap();
+        assert_eq!(
+            set.device(&laptop.device_id()).unwrap().probation_until_ms,
+            appended + 2 * HOUR + DAY
+        );
+        assert_eq!(
+            set.device(&phone.device_id()).unwrap().probation_until_ms,
+            T0 + 4 * DAY
+        );
+        // A relay time in the future is refused.
+        let times = EntryTimes {
+            appended_ms: vec![T0, now + HOUR],
+            ..EntryTimes::default()
+        };
+        assert!(matches!(
+            c.log.verify_timed(Some(&chain), None, now, &times),
+            Err(TrustError::AppendedInTheFuture { seq: 1, .. })
+        ));
+        // The signer must have finished its cooling-off at the entry's effective time:
+        // an entry the phone signs while still on probation by the relay's time is
+        // refused, whatever date it carries.
+        let mut d = client(&mut org);
+        let phone2 =
+            IdentityKeyPair::from_secrets(&d.phone.secret_bytes().0, &d.phone.secret_bytes().1);
+        let tablet = IdentityKeyPair::generate(&mut org.rng);
+        add(&mut d, &phone2, &tablet, T0 + DAY + 1);
+        let times = EntryTimes {
+            appended_ms: vec![T0 + DAY, T0 + DAY + 2],
+            ..EntryTimes::default()
+        };
+        assert!(matches!(
+            d.log.verify_timed(Some(&chain), None, T0 + 3 * DAY, &times),
+            Err(TrustError::SignerOnProbation { seq: 1, .. })
+        ));
+    }
+
+    #[test]
     fn a_device_on_probation_cannot_send_sensitive_kinds() {
         let mut org = Org::new(41);
         let chain = org.chain();
