@@ -140,10 +140,15 @@ impl Client {
             // The roster does not list this staff account: a roster change must.
             return Err(ClientError::Trust(TrustError::NotAttested { account: me }));
         }
-        let Some(DeviceAction::Add { identity }) =
-            log.entries.as_slice().first().map(|e| e.body.action.clone())
+        let Some(DeviceAction::Add { identity }) = log
+            .entries
+            .as_slice()
+            .first()
+            .map(|e| e.body.action.clone())
         else {
-            return Err(ClientError::Invalid("this account has no device log".into()));
+            return Err(ClientError::Invalid(
+                "this account has no device log".into(),
+            ));
         };
         let mut state = self.conn()?.attest_poll().await?;
         let live = self

@@ -24,8 +24,8 @@
 //! The `sealpost` CLI (`src/main.rs`) is a thin shell over [`client::Client`].
 
 pub mod approvals;
-pub mod attest;
 pub mod attachments;
+pub mod attest;
 pub mod client;
 pub mod display;
 pub mod instructions;
@@ -35,8 +35,8 @@ pub mod org;
 pub mod state;
 pub mod trust;
 
-pub use attest::{AttestStatus, UnattestedView};
 pub use approvals::{ApprovalDirection, ApprovalStatus, ApprovalView};
+pub use attest::{AttestStatus, UnattestedView};
 pub use client::{Client, ClientError, Event, SendReport};
 pub use notices::{NoticeOutcome, NoticeStatus, NoticeTarget};
 pub use trust::{AccountDevices, DeviceView, LinkProgress, LinkTicket, PendingLinkView};

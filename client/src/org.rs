@@ -760,9 +760,8 @@ impl fmt::Display for RosterChange {
                 to.join(", ")
             ),
             Self::AttestationRolesChanged { from, to } => {
-                let names = |r: &[StaffRole]| {
-                    r.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ")
-                };
+                let names =
+                    |r: &[StaffRole]| r.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ");
                 write!(
                     f,
                     "~ policy client attestation by: [{}] -> [{}]",

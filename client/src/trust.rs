@@ -28,9 +28,8 @@ use sealpost_protocol::envelope::EnvelopeKind;
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::trust::{
     first_contact, DeviceAction, DeviceLog, DeviceSet, Digest, EntryAuthorization, EntryBody,
-    EntryTimes, LinkChallenge, Standing, MAX_COOLING_OFF_MS,
-    LinkCode, LinkCommitment, LinkNonce, LogEntry, LogHead, RosterChain, RosterHead, SendDecision,
-    SignedRoster, TrustError,
+    EntryTimes, LinkChallenge, LinkCode, LinkCommitment, LinkNonce, LogEntry, LogHead, RosterChain,
+    RosterHead, SendDecision, SignedRoster, Standing, TrustError, MAX_COOLING_OFF_MS,
 };
 use sealpost_protocol::wire::{ErrorCode, Role};
 use serde::{Deserialize, Serialize};
@@ -537,7 +536,12 @@ impl Client {
         let now = now_ms();
         // Entries beyond the head this device had pinned are seen now for the first time
         // (unless seen before): probation runs from no earlier than this, in its eyes.
-        let mut first_seen = self.trust.first_seen.get(account).cloned().unwrap_or_default();
+        let mut first_seen = self
+            .trust
+            .first_seen
+            .get(account)
+            .cloned()
+            .unwrap_or_default();
         if let Some(h) = held {
             let len = log.entries.as_slice().len() as u64;
             for seq in h.seq.saturating_add(1)..len {
@@ -576,9 +580,7 @@ impl Client {
             let standing = match (pinned, self.trust.chain()) {
                 (false, _) => return Ok(set),
                 (true, None) => Err(TrustError::NoRoster),
-                (true, Some(chain)) => {
-                    first_contact(&log, &set, chain, attestation.as_ref(), now)
-                }
+                (true, Some(chain)) => first_contact(&log, &set, chain, attestation.as_ref(), now),
             };
             if own {
                 self.trust.own_standing = Some(standing);

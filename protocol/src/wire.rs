@@ -14,7 +14,8 @@ use crate::error::{DecodeError, EncodeError};
 use crate::identity::{AccountId, DeviceId, PublicIdentity, MAX_DEVICES_PER_ACCOUNT};
 use crate::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
 use crate::trust::{
-    ClientAttestation, EntryBody, LinkChallenge, LinkCommitment, LinkNonce, LogEntry, SignedNotice, SignedRoster,
+    ClientAttestation, EntryBody, LinkChallenge, LinkCommitment, LinkNonce, LogEntry, SignedNotice,
+    SignedRoster,
 };
 use crate::PROTOCOL_VERSION;
 

@@ -1301,7 +1301,10 @@ fn attestation_examples() {
     assert_eq!(ClientAttestation::from_cbor(&bytes).unwrap(), a);
 
     // {"v":1,"id":7,"body":{"t":"attest_poll"}}
-    assert_eq!(frame_hex(7, FrameBody::AttestPoll), "0000001ca36176016269640764626f6479a161746b6174746573745f706f6c6c");
+    assert_eq!(
+        frame_hex(7, FrameBody::AttestPoll),
+        "0000001ca36176016269640764626f6479a161746b6174746573745f706f6c6c"
+    );
     // {"v":1,"id":8,"body":{"t":"attest_start","c":{"commitment":h'11…11'}}}
     assert_eq!(
         frame_hex(
@@ -1345,6 +1348,12 @@ fn attestation_examples() {
         attestation: None,
     };
     let h = frame_hex(11, log.clone());
-    assert!(h.ends_with("65746f74616c016b617070656e6465645f6d73811b0000018bcfe568fa"), "{h}");
-    assert_eq!(decode_frame(&hex::decode(&h).unwrap()[4..]).unwrap().body, log);
+    assert!(
+        h.ends_with("65746f74616c016b617070656e6465645f6d73811b0000018bcfe568fa"),
+        "{h}"
+    );
+    assert_eq!(
+        decode_frame(&hex::decode(&h).unwrap()[4..]).unwrap().body,
+        log
+    );
 }

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use sealpost_protocol::envelope::EnvelopeKind;
 use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::trust::{
-    DeviceLog, DeviceSet, EntryTimes, OrgFingerprint, RosterChain, SendDecision, SignedRoster, TrustError,
+    DeviceLog, DeviceSet, EntryTimes, OrgFingerprint, RosterChain, SendDecision, SignedRoster,
+    TrustError,
 };
 
 /// What the send rules need about one account, from its verified device log.

@@ -2109,7 +2109,10 @@ async fn trust_append_times_and_attestations<S: Store>(store: S) {
         vec![alice.clone(), bob.clone()]
     );
     assert_eq!(
-        store.unattested_clients_after(Some(&alice), 10).await.unwrap(),
+        store
+            .unattested_clients_after(Some(&alice), 10)
+            .await
+            .unwrap(),
         vec![bob.clone()]
     );
     assert_eq!(
@@ -2118,12 +2121,26 @@ async fn trust_append_times_and_attestations<S: Store>(store: S) {
     );
     let staff_keys = IdentityKeyPair::generate(&mut rng);
     let genesis_hash = log.entries.as_slice()[0].body.hash();
-    let a = ClientAttestation::sign(alice.clone(), genesis_hash, T0 + 100, 1, ops.clone(), &staff_keys);
+    let a = ClientAttestation::sign(
+        alice.clone(),
+        genesis_hash,
+        T0 + 100,
+        1,
+        ops.clone(),
+        &staff_keys,
+    );
     assert!(store.attestation(&alice).await.unwrap().is_none());
     store.put_attestation(&a, T0 + 101).await.unwrap();
     assert_eq!(store.attestation(&alice).await.unwrap(), Some(a.clone()));
     // Only one per account: the first stays.
-    let other = ClientAttestation::sign(alice.clone(), Digest([9; 32]), T0 + 200, 1, ops.clone(), &staff_keys);
+    let other = ClientAttestation::sign(
+        alice.clone(),
+        Digest([9; 32]),
+        T0 + 200,
+        1,
+        ops.clone(),
+        &staff_keys,
+    );
     assert!(matches!(
         store.put_attestation(&other, T0 + 201).await,
         Err(StoreError::Conflict("attestation"))

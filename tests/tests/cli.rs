@@ -191,7 +191,12 @@ impl Device {
 /// (`attest confirm`); the client is then verified.
 fn attest(staff: &Device, client: &Device, account: &str) {
     let asked = client.run(&["attest", "status"]).ok("attest status");
-    assert_eq!(asked.events("attestation")[0]["state"], "waiting", "{}", asked.stdout);
+    assert_eq!(
+        asked.events("attestation")[0]["state"],
+        "waiting",
+        "{}",
+        asked.stdout
+    );
     staff.run(&["attest", "begin", account]).ok("attest begin");
     let shown = client.run(&["attest", "status"]).ok("attest status");
     let code = shown.events("attestation")[0]["code"]
@@ -202,7 +207,12 @@ fn attest(staff: &Device, client: &Device, account: &str) {
         .run(&["attest", "confirm", account, "--code", &code])
         .ok("attest confirm");
     let done = client.run(&["attest", "status"]).ok("attest status");
-    assert_eq!(done.events("attestation")[0]["state"], "attested", "{}", done.stdout);
+    assert_eq!(
+        done.events("attestation")[0]["state"],
+        "attested",
+        "{}",
+        done.stdout
+    );
 }
 
 fn start_relay(dir: &Path) -> (PathBuf, RelayProcess) {

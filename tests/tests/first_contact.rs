@@ -225,8 +225,20 @@ async fn fabricated_first_devices_of_an_advisor_and_a_staff_member_are_refused()
     assert!(f.ops.attest_begin(&adv3).await.is_err());
 
     // What the relay's devices send is not accepted as from those accounts.
-    forge_to(&mut fake_adv2, &alice, &adv2, "please wire the funds to ...").await;
-    forge_to(&mut fake_ops2, &alice, &ops2, "security check: confirm your code").await;
+    forge_to(
+        &mut fake_adv2,
+        &alice,
+        &adv2,
+        "please wire the funds to ...",
+    )
+    .await;
+    forge_to(
+        &mut fake_ops2,
+        &alice,
+        &ops2,
+        "security check: confirm your code",
+    )
+    .await;
     let got = alice.receive(true, QUIET).await.unwrap();
     assert!(texts(&got).is_empty(), "{got:?}");
     assert!(
@@ -365,9 +377,14 @@ async fn a_device_dated_in_the_past_is_still_on_probation() {
     // Enrolled now, through the relay, with a genesis entry dated in the past.
     let conn = relay.connect().await;
     let code = relay.code(&dana).await;
-    conn.enroll_with_genesis(&identity, &dana, &code, genesis_entry(&dana, &identity, dated))
-        .await
-        .unwrap();
+    conn.enroll_with_genesis(
+        &identity,
+        &dana,
+        &code,
+        genesis_entry(&dana, &identity, dated),
+    )
+    .await
+    .unwrap();
     conn.authenticate(&identity).await.unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let mut prekeys = sealpost_protocol::PreKeySecrets::new();
@@ -388,18 +405,17 @@ async fn a_device_dated_in_the_past_is_still_on_probation() {
 
     // The peer: on probation until at least the append time plus the cooling-off.
     let view = advisor.account_devices(&dana).await.unwrap();
-    let d = view.devices.iter().find(|d| d.device == device.id()).unwrap();
+    let d = view
+        .devices
+        .iter()
+        .find(|d| d.device == device.id())
+        .unwrap();
     assert!(d.on_probation, "{d:?}");
     assert!(d.probation_until_ms >= before + day, "{d:?}");
     assert_eq!(d.added_ms, dated);
 
     // The relay: an instruction from it is refused (probation), a chat goes through.
-    let bundle = device
-        .conn
-        .fetch_bundles(&adv)
-        .await
-        .unwrap()
-        .remove(0);
+    let bundle = device.conn.fetch_bundles(&adv).await.unwrap().remove(0);
     let mut session =
         sealpost_protocol::initiate(&device.identity, &bundle, &mut device.rng).unwrap();
     let header = RoutingHeader::new(
@@ -409,7 +425,9 @@ async fn a_device_dated_in_the_past_is_still_on_probation() {
         org::now_ms(),
         &mut device.rng,
     );
-    let env = session.seal(header, b"irrelevant", &mut device.rng).unwrap();
+    let env = session
+        .seal(header, b"irrelevant", &mut device.rng)
+        .unwrap();
     match device.conn.send_envelope(env).await {
         Err(sealpost_client::net::NetError::Refused {
             code: ErrorCode::Forbidden,

@@ -344,7 +344,9 @@ async fn the_roster_changes_only_with_the_quorum_and_bad_approvals_are_refused()
     assert!(ops.approval(&id).unwrap().approvals.is_empty());
     // The roster does not list ops2: until a roster change does, ops's peers refuse its
     // log (the first-contact rule), so it goes again.
-    ops.revoke_device(&ops2.device_id(), "test device").await.unwrap();
+    ops.revoke_device(&ops2.device_id(), "test device")
+        .await
+        .unwrap();
     // For other content: comp signs a request that differs in one field.
     let mut other = request.clone();
     other.expires_ms -= 1;

@@ -1549,7 +1549,8 @@ pub async fn attest(ctx: &Ctx, command: AttestCommand) -> Result<(), CliError> {
             let r = client.attest_begin(&account).await;
             finish(&mut client).await?;
             r.map_err(|e| CliError::from_client(e, Some(&at)))?;
-            ctx.out.json_line(json!({"event": "attest_started", "account": account.as_str()}));
+            ctx.out
+                .json_line(json!({"event": "attest_started", "account": account.as_str()}));
             ctx.out.say(format!(
                 "Verification of {account} started. Call them on a number you already know; they run `sealpost whoami` and read you a 6-digit code. Then: sealpost attest confirm {account} --code DIGITS"
             ));

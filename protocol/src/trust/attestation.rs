@@ -318,7 +318,10 @@ mod tests {
             })
         );
         // Round trip.
-        assert_eq!(ClientAttestation::from_cbor(&a.to_cbor().unwrap()).unwrap(), a);
+        assert_eq!(
+            ClientAttestation::from_cbor(&a.to_cbor().unwrap()).unwrap(),
+            a
+        );
         // For another account's genesis, or another genesis: refused.
         let (other, _) = client_log(&mut org, "client.zoe");
         let other_set = other.verify(Some(&chain), None, now).unwrap();
@@ -335,16 +338,28 @@ mod tests {
         ));
         // Signed by a key the roster does not list for the attester.
         let stranger = IdentityKeyPair::generate(&mut org.rng);
-        let forged =
-            ClientAttestation::sign(acct("client.zoe"), genesis, T0 + 10, 1, ops_account, &stranger);
+        let forged = ClientAttestation::sign(
+            acct("client.zoe"),
+            genesis,
+            T0 + 10,
+            1,
+            ops_account,
+            &stranger,
+        );
         assert!(matches!(
             first_contact(&log, &set, &chain, Some(&forged), now),
             Err(TrustError::AttesterNotEligible { .. })
         ));
         // A role the default policy does not name (security).
         let (sec_account, sec_key) = org.staff_member(StaffRole::Security);
-        let wrong_role =
-            ClientAttestation::sign(acct("client.zoe"), genesis, T0 + 10, 1, sec_account, &sec_key);
+        let wrong_role = ClientAttestation::sign(
+            acct("client.zoe"),
+            genesis,
+            T0 + 10,
+            1,
+            sec_account,
+            &sec_key,
+        );
         assert!(matches!(
             first_contact(&log, &set, &chain, Some(&wrong_role), now),
             Err(TrustError::AttesterNotEligible { .. })
@@ -395,7 +410,7 @@ mod tests {
 
     #[test]
     fn the_policy_names_who_attests_and_old_rosters_keep_their_hash() {
-        let mut org = Org::new(72);
+        let org = Org::new(72);
         let chain = org.chain();
         let v1 = chain.head().clone();
         assert!(v1.policy().client_attestation.is_none());
@@ -413,7 +428,10 @@ mod tests {
         let r = Roster::new(1, None, v1.issued_ms(), staff.clone(), policy).unwrap();
         let bytes = r.canonical_bytes();
         assert_eq!(&bytes[18..20], &[0, 2]);
-        assert_eq!(bytes.last(), Some(&RoleSet::of(&[StaffRole::Security]).mask()));
+        assert_eq!(
+            bytes.last(),
+            Some(&RoleSet::of(&[StaffRole::Security]).mask())
+        );
         assert_ne!(r.hash(), v1.hash());
         // A policy naming a role nobody listed has is refused.
         let no_advisor: Vec<StaffMember> = staff

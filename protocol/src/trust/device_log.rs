@@ -1086,7 +1086,12 @@ mod tests {
         let appended = T0 + 7 * DAY;
         let now = appended + HOUR;
         let signed_only = c.log.verify(Some(&chain), None, now).unwrap();
-        assert!(!signed_only.device(&laptop.device_id()).unwrap().on_probation);
+        assert!(
+            !signed_only
+                .device(&laptop.device_id())
+                .unwrap()
+                .on_probation
+        );
         let times = EntryTimes {
             appended_ms: vec![T0, appended],
             ..EntryTimes::default()

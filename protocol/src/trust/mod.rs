@@ -222,8 +222,8 @@ pub use notice::{
 };
 pub use org::{OrgFingerprint, OrgRoot, OrgRootPublic};
 pub use roster::{
-    ApprovalPolicy, Operation, DEFAULT_ATTESTATION_ROLES, Quorum, RoleSet, Roster, RosterAuthorization, RosterChain,
-    RosterHead, SignedRoster, StaffMember, StaffRole,
+    ApprovalPolicy, Operation, Quorum, RoleSet, Roster, RosterAuthorization, RosterChain,
+    RosterHead, SignedRoster, StaffMember, StaffRole, DEFAULT_ATTESTATION_ROLES,
 };
 
 /// Default cooling-off window of a new device: 24 hours.

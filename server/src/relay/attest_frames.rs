@@ -61,17 +61,18 @@ impl<S: Store> Relay<S> {
         }
     }
 
-    /// Refuses unless this relay has an organisation (attestations chain to its root).
-    fn require_org(&self, id: u64) -> Result<(), Handled> {
+    /// The refusal when this relay has no organisation roster (attestations chain to
+    /// its root), if so.
+    fn without_org(&self, id: u64) -> Option<Handled> {
         if self.trust.pinned().is_none() || self.trust.chain().is_none() {
-            return Err(refuse(
+            return Some(refuse(
                 id,
                 ErrorCode::Forbidden,
                 "this relay has no organisation roster: there is nothing to attest with \
                  (clients keep trust on first use)",
             ));
         }
-        Ok(())
+        None
     }
 
     async fn attest_state(&self, id: u64, account: &AccountId) -> Handled {
@@ -81,10 +82,9 @@ impl<S: Store> Relay<S> {
         };
         let now = unix_ms();
         let (commitment, challenge, revealed) = self.with_attest(|r| {
-            r.get(account, now)
-                .map_or((None, None, false), |q| {
-                    (Some(q.commitment), q.challenge, q.nonce.is_some())
-                })
+            r.get(account, now).map_or((None, None, false), |q| {
+                (Some(q.commitment), q.challenge, q.nonce.is_some())
+            })
         });
         reply(
             id,
@@ -111,7 +111,7 @@ impl<S: Store> Relay<S> {
                 "only client accounts are attested (staff are listed in the roster)",
             );
         }
-        if let Err(h) = self.require_org(id) {
+        if let Some(h) = self.without_org(id) {
             return h;
         }
         match self.store.attestation(&me.account).await {
@@ -121,8 +121,7 @@ impl<S: Store> Relay<S> {
         }
         let now = unix_ms();
         let stored = self.with_attest(|r| {
-            if r.pending.len() >= MAX_PENDING_ATTESTATIONS && !r.pending.contains_key(&me.account)
-            {
+            if r.pending.len() >= MAX_PENDING_ATTESTATIONS && !r.pending.contains_key(&me.account) {
                 r.pending
                     .retain(|_, q| q.created_ms.saturating_add(ATTEST_REQUEST_TTL_MS) > now);
                 if r.pending.len() >= MAX_PENDING_ATTESTATIONS {
@@ -288,7 +287,12 @@ impl<S: Store> Relay<S> {
     }
 
     /// `attest_dismiss` (staff): end a pending request.
-    pub(super) fn attest_dismiss(&self, me: &Authenticated, id: u64, account: AccountId) -> Handled {
+    pub(super) fn attest_dismiss(
+        &self,
+        me: &Authenticated,
+        id: u64,
+        account: AccountId,
+    ) -> Handled {
         if !is_staff(me.role) {
             return refuse(id, ErrorCode::Forbidden, "staff and advisor devices only");
         }
@@ -312,14 +316,13 @@ impl<S: Store> Relay<S> {
         if !is_staff(me.role) {
             return refuse(id, ErrorCode::Forbidden, "staff and advisor devices only");
         }
-        if let Err(h) = self.require_org(id) {
+        if let Some(h) = self.without_org(id) {
             return h;
         }
         let Some(chain) = self.trust.chain() else {
             return refuse(id, ErrorCode::Forbidden, "no roster");
         };
-        if attestation.attester.account != me.account || attestation.attester.device != me.device
-        {
+        if attestation.attester.account != me.account || attestation.attester.device != me.device {
             return refuse(
                 id,
                 ErrorCode::Forbidden,

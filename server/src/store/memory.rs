@@ -376,7 +376,13 @@ impl TrustStore for MemoryStore {
         let skip = usize::try_from(from_seq).unwrap_or(usize::MAX);
         Ok(g.logs
             .get(account)
-            .map(|l| l.iter().skip(skip).take(limit).map(|(e, _)| e.clone()).collect())
+            .map(|l| {
+                l.iter()
+                    .skip(skip)
+                    .take(limit)
+                    .map(|(e, _)| e.clone())
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

@@ -1627,9 +1627,8 @@ impl TrustStore for SqliteStore {
                 })
                 .map_err(backend)?;
             row.map(|b| {
-                ClientAttestation::from_cbor(&b).map_err(|e| {
-                    StoreError::Backend(format!("bad attestation in database: {e}"))
-                })
+                ClientAttestation::from_cbor(&b)
+                    .map_err(|e| StoreError::Backend(format!("bad attestation in database: {e}")))
             })
             .transpose()
         })
