@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::prekeys::PreKeyKind;
-use sealpost_protocol::trust::{DeviceLog, SendDecision, MAX_LOG_ENTRIES};
+use sealpost_protocol::trust::{DeviceLog, EntryTimes, SendDecision, MAX_LOG_ENTRIES};
 use sealpost_protocol::wire::{
     auth_signature_message, enroll_signature_message, BoundedVec, DeviceInfo, ErrorCode, Frame,
     FrameBody, Role,
@@ -995,14 +995,25 @@ impl<S: Store> Relay<S> {
         metrics::counter!(m::TRUST_REFUSALS, "reason" => reason).increment(1);
     }
 
-    /// Every entry of `account`'s device log, as stored, with the times this relay
-    /// appended them.
-    async fn load_log(&self, account: &AccountId) -> Result<(DeviceLog, Vec<u64>), StoreError> {
+    /// Every entry of `account`'s device log, as stored, with the times that bound when
+    /// each took effect: this relay's append times and, for a client's first device, the
+    /// date of the firm's attestation (docs/PROTOCOL.md §19.3, "Effective time").
+    async fn load_log(&self, account: &AccountId) -> Result<(DeviceLog, EntryTimes), StoreError> {
         let entries = self.store.device_log(account, 0, MAX_LOG_ENTRIES).await?;
-        let appended = self
+        let appended_ms = self
             .store
             .device_log_appended(account, 0, MAX_LOG_ENTRIES)
             .await?;
+        let attested_ms = self
+            .store
+            .attestation(account)
+            .await?
+            .map(|a| a.attested_ms);
+        let appended = EntryTimes {
+            appended_ms,
+            attested_ms,
+            ..EntryTimes::default()
+        };
         let entries = BoundedVec::new(entries).map_err(|e| {
             StoreError::Backend(format!("device log of {account} exceeds its bound: {e}"))
         })?;

@@ -274,22 +274,18 @@ impl TrustState {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Verify `log` under the current chain and compute its snapshot. `appended_ms` are
-    /// this relay's own append times of the entries (by sequence number): cooling-off runs
-    /// from them, never from the earlier dates a signer may have chosen
-    /// ([`DeviceLog::verify_timed`]).
+    /// Verify `log` under the current chain and compute its snapshot. `times` holds this
+    /// relay's own append times of the entries (by sequence number) and the date of the
+    /// firm's attestation of a client's first device: cooling-off runs from them, never
+    /// from the earlier dates a signer may have chosen ([`DeviceLog::verify_timed`]).
     pub fn verify_log(
         &self,
         log: &DeviceLog,
-        appended_ms: &[u64],
+        times: &EntryTimes,
         now_ms: u64,
     ) -> Result<(DeviceSet, Arc<AccountTrust>), TrustError> {
         let chain = self.chain();
-        let times = EntryTimes {
-            appended_ms: appended_ms.to_vec(),
-            ..EntryTimes::default()
-        };
-        let set = log.verify_timed(chain.as_deref(), None, now_ms, &times)?;
+        let set = log.verify_timed(chain.as_deref(), None, now_ms, times)?;
         let len = log.entries.as_slice().len() as u64;
         let snapshot = Arc::new(AccountTrust::from_set(&set, len));
         Ok((set, snapshot))
@@ -319,6 +315,14 @@ impl TrustState {
         }
         cache.insert(snapshot.account.clone(), snapshot.clone());
         snapshot
+    }
+
+    /// Drop `account`'s snapshot (marked stale): the next use verifies its log again
+    /// (after the firm's attestation, which bounds its first device's probation).
+    pub fn forget(&self, account: &AccountId) {
+        if let Some(t) = self.lock_cache().remove(account) {
+            t.mark_stale();
+        }
     }
 
     /// Accounts cached (for tests and metrics).
@@ -385,7 +389,7 @@ mod tests {
         let (log, keys) = log_with(2, 2);
         let state = TrustState::new(None, 16);
         let now = T0 + DEFAULT_COOLING_OFF_MS + 10;
-        let (_, snap) = state.verify_log(&log, &[], now).unwrap();
+        let (_, snap) = state.verify_log(&log, &EntryTimes::default(), now).unwrap();
         let old = keys[0].device_id();
         let new = keys[1].device_id();
         assert_eq!(
@@ -432,8 +436,12 @@ mod tests {
         let state = TrustState::new(None, 16);
         let now = T0 + 2 * DEFAULT_COOLING_OFF_MS;
         let g = state.generation();
-        let (_, short) = state.verify_log(&log1, &[], now).unwrap();
-        let (_, long) = state.verify_log(&log2, &[], now).unwrap();
+        let (_, short) = state
+            .verify_log(&log1, &EntryTimes::default(), now)
+            .unwrap();
+        let (_, long) = state
+            .verify_log(&log2, &EntryTimes::default(), now)
+            .unwrap();
         let cached = state.install(long.clone(), g);
         assert!(Arc::ptr_eq(&cached, &long));
         // A late loader with a shorter log does not replace the newer snapshot.
@@ -467,7 +475,7 @@ mod tests {
                 "",
             );
             log.push(LogEntry::genesis(body, &k)).unwrap();
-            let (_, s) = state.verify_log(&log, &[], now).unwrap();
+            let (_, s) = state.verify_log(&log, &EntryTimes::default(), now).unwrap();
             snaps.push(state.install(s, state.generation()));
             assert!(state.cached_accounts() <= 2);
         }

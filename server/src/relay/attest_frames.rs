@@ -393,6 +393,8 @@ impl<S: Store> Relay<S> {
             Err(e) => return store_failure(id, &e),
         }
         self.with_attest(|r| r.pending.remove(&account));
+        // Its first device's probation now runs from no earlier than the attestation.
+        self.trust.forget(&account);
         info!(account = %account, by = %me.device, "client attested");
         reply(id, FrameBody::Done)
     }

@@ -208,7 +208,14 @@ impl<S: Store> Relay<S> {
         log.push(genesis.clone()).map_err(|e| e.to_string())?;
         let (_, snapshot) = self
             .trust
-            .verify_log(&log, &[now], now)
+            .verify_log(
+                &log,
+                &sealpost_protocol::trust::EntryTimes {
+                    appended_ms: vec![now],
+                    ..Default::default()
+                },
+                now,
+            )
             .map_err(|e| format!("genesis entry refused: {e}"))?;
         Ok(snapshot)
     }
@@ -605,7 +612,7 @@ impl<S: Store> Relay<S> {
         };
         // The entry's cooling-off runs from now, when this relay appends it, whatever
         // date its signer chose.
-        appended.push(now);
+        appended.appended_ms.push(now);
         let len = log.entries.as_slice().len() as u64;
         if entry.body.seq != len {
             return refuse(
