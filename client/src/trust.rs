@@ -809,12 +809,19 @@ impl Client {
     /// while the firm has not attested this (client) account: its peers would refuse it.
     pub(crate) async fn check_may_send(&mut self, kind: EnvelopeKind) -> Result<(), ClientError> {
         let me = self.me()?;
-        let set = self.verified_set(&me, false).await?;
+        let mut set = self.verified_set(&me, false).await?;
         // A client waiting for the firm's verification: its peers would refuse what it
         // sends. (Other failures of the rule, a staff account whose log lists a device the
         // roster does not, are for its peers to refuse; its own devices still talk.)
-        if let Some(Err(e @ TrustError::NotAttested { .. })) = &self.trust.own_standing {
-            return Err(ClientError::Trust(e.clone()));
+        if matches!(
+            self.trust.own_standing,
+            Some(Err(TrustError::NotAttested { .. }))
+        ) {
+            // Attested since the cached verdict? Ask the relay again before refusing.
+            set = self.verified_set(&me, true).await?;
+            if let Some(Err(e @ TrustError::NotAttested { .. })) = &self.trust.own_standing {
+                return Err(ClientError::Trust(e.clone()));
+            }
         }
         match set.may_send_at(&self.device_id(), kind, now_ms()) {
             SendDecision::Allowed => Ok(()),

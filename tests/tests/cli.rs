@@ -759,6 +759,23 @@ fn cli_attachment_of_several_mib_arrives_intact_and_a_tampered_blob_is_refused()
     let client = Device::new(dir.path(), "cy");
     advisor.enrol(&config, &relay, "bo.advisor");
     client.enrol(&config, &relay, "cy");
+    // Without an organisation, every command that shows a contact says how far it is
+    // trusted; with --json the contact line carries it.
+    for args in [
+        &["contacts"][..],
+        &["send", "bo.advisor", "hello"],
+        &["inbox", "--wait", "1"],
+    ] {
+        let ran = client.run_human(args).ok("human command");
+        assert!(
+            ran.stdout
+                .contains("trust on first use: no organisation pinned"),
+            "{args:?}: {}",
+            ran.stdout
+        );
+    }
+    let listed = client.run(&["contacts"]).ok("contacts");
+    assert_eq!(listed.events("contact")[0]["trust_on_first_use"], true);
 
     // A 3 MiB "statement" with a marker inside, deterministic content.
     let marker = b"ATTACHMENT-PLAINTEXT-MARKER-91ac";
