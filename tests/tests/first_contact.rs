@@ -436,5 +436,36 @@ async fn a_device_dated_in_the_past_is_still_on_probation() {
         }) => assert!(message.contains("probation"), "{message}"),
         other => panic!("an instruction from a device on probation: {other:?}"),
     }
-    let _ = advisor.receive(true, Duration::from_secs(1)).await;
+    // The peer: the same instruction relabelled as chat gets past the relay, and the
+    // advisor refuses it for the device's probation (not shown, reported).
+    let message = Message {
+        from: dana.clone(),
+        sent_ms: org::now_ms(),
+        content: Content::Instruction {
+            category: sealpost_protocol::content::InstructionCategory::Withdrawal,
+            body: BoundedString::truncating("send everything to ..."),
+        },
+    };
+    let header = RoutingHeader::new(
+        device.id(),
+        advisor.device_id(),
+        EnvelopeKind::Chat,
+        org::now_ms(),
+        &mut device.rng,
+    );
+    let env = session
+        .seal(header, &message.encode().unwrap(), &mut device.rng)
+        .unwrap();
+    device.conn.send_envelope(env).await.unwrap();
+    let got = advisor.receive(true, QUIET).await.unwrap();
+    assert!(
+        !got.iter()
+            .any(|e| matches!(e, Event::Message { .. } | Event::Instruction { .. })),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|e| matches!(e, Event::Rejected { reason, .. } if reason.contains("probation"))),
+        "{got:?}"
+    );
 }
