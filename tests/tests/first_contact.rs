@@ -43,7 +43,8 @@ struct Firm {
     org: TestOrg,
     ops: Client,
     adv: Client,
-    _others: Vec<Client>,
+    /// `[comp, sec]`.
+    others: Vec<Client>,
 }
 
 async fn firm(homes: &Path, extra: &[(&str, Role, StaffRole, &Client)]) -> Firm {
@@ -104,7 +105,7 @@ async fn firm(homes: &Path, extra: &[(&str, Role, StaffRole, &Client)]) -> Firm 
         org: o,
         ops,
         adv,
-        _others: people,
+        others: people,
     }
 }
 
@@ -468,4 +469,42 @@ async fn a_device_dated_in_the_past_is_still_on_probation() {
             .any(|e| matches!(e, Event::Rejected { reason, .. } if reason.contains("probation"))),
         "{got:?}"
     );
+}
+
+/// Only a role the roster policy names may attest (advisor and operations by default): a
+/// compliance officer's attestation, code and all, is refused by the relay, and the client
+/// stays unattested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attestation_by_a_role_the_policy_does_not_name_is_refused() {
+    use sealpost_client::net::NetError;
+    let homes = tempfile::tempdir().unwrap();
+    let mut f = firm(homes.path(), &[]).await;
+    let erin_id = f.relay.account("erin", Role::Client).await;
+    let adv_id = f.adv.account().unwrap().clone();
+    f.relay.assign(&erin_id, &adv_id).await;
+    let mut erin =
+        org::enrolled(&f.relay, &homes.path().join("erin"), &erin_id, Some(&f.org)).await;
+    assert_eq!(
+        erin.attestation_status().await.unwrap(),
+        AttestStatus::Waiting { code: None }
+    );
+    let comp = &mut f.others[0];
+    comp.attest_begin(&erin_id).await.unwrap();
+    let code = match erin.attestation_status().await.unwrap() {
+        AttestStatus::Waiting { code: Some(c) } => c,
+        other => panic!("{other:?}"),
+    };
+    match comp.attest_confirm(&erin_id, &code).await {
+        Err(ClientError::Net(NetError::Refused {
+            code: ErrorCode::Forbidden,
+            message,
+            ..
+        })) => assert!(message.contains("role"), "{message}"),
+        other => panic!("a compliance attestation was accepted: {other:?}"),
+    }
+    assert!(matches!(
+        erin.attestation_status().await.unwrap(),
+        AttestStatus::Waiting { .. }
+    ));
+    assert!(refused_by_trust(&f.adv.send_text(&erin_id, "hello").await));
 }
