@@ -10,7 +10,8 @@
 //!   no later entry may use that authorisation;
 //! * [`DeviceAction::Add`], [`DeviceAction::Remove`] and [`DeviceAction::Freeze`] are
 //!   signed by an active device of the account whose cooling-off ended at or before the
-//!   entry's timestamp; nothing else authorises them;
+//!   entry's effective time (its timestamp, or later: [`DeviceLog::verify_timed`]);
+//!   nothing else authorises them;
 //! * [`DeviceAction::Recover`] and [`DeviceAction::Unfreeze`] are carried by a staff
 //!   quorum ([`Operation::AccountRecovery`], [`Operation::Unfreeze`]) whose parameters are
 //!   exactly the entry hash, checked under the roster version the request names, which must
@@ -22,7 +23,9 @@
 //! * while the account is frozen, nothing is added except by recovery; a freeze revokes
 //!   every device still on probation; unfreeze applies only to a frozen account.
 //!
-//! A device added at `t` is on probation until `t + cooling_off_ms`, with the cooling-off
+//! A device added at `t` is on probation until `t + cooling_off_ms` (`t` being the entry's
+//! effective time when the verifier has the relay's append times,
+//! [`DeviceLog::verify_timed`]), with the cooling-off
 //! window of the roster in force at `t` ([`RosterChain::roster_at`]), so a later policy
 //! change never rewrites history. A device recovered by a staff quorum is on probation
 //! until `max(t, expires_ms) + cooling_off_ms`, `expires_ms` being the approval request's
