@@ -552,17 +552,33 @@ impl Client {
         while first_seen.len() > MAX_FIRST_SEEN {
             first_seen.pop_first();
         }
-        let times = EntryTimes {
-            appended_ms,
-            first_seen_ms: first_seen.clone(),
-            attested_ms: attestation.as_ref().map(|a| a.attested_ms),
-        };
         let pinned = self.pinned_org()?;
         let own = self.account.as_ref() == Some(account);
         if pinned && !own && self.trust.chain().is_none() {
             // The first-contact rule needs the roster: it may have been published since.
             self.refresh_roster(true).await?;
         }
+        // The attestation's date bounds the first device's probation only if it is valid
+        // for this log (checked again by the first-contact rule below).
+        let attested_ms = match (
+            self.trust.chain(),
+            attestation.as_ref(),
+            log.entries.as_slice().first(),
+        ) {
+            (Some(chain), Some(a), Some(genesis))
+                if pinned
+                    && chain.head().member(account).is_none()
+                    && a.verify(chain, account, &genesis.body.hash(), now).is_ok() =>
+            {
+                Some(a.attested_ms)
+            }
+            _ => None,
+        };
+        let times = EntryTimes {
+            appended_ms,
+            first_seen_ms: first_seen.clone(),
+            attested_ms,
+        };
         let mut verified = log.verify_timed(self.trust.chain(), held.as_ref(), now, &times);
         if matches!(
             verified,
