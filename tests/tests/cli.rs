@@ -355,6 +355,33 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
     ops.run(&["org", "roster", "publish", &v1.display().to_string()])
         .ok("roster publish");
     attest(&ops, &alice, "alice");
+    // A wrong code: exit 7, carol stays unverified (ops cannot write to her: exit 8), the
+    // request ends; the real flow then succeeds.
+    carol.run(&["attest", "status"]).ok("attest status");
+    ops.run(&["attest", "begin", "carol"]).ok("attest begin");
+    let shown = carol.run(&["attest", "status"]).ok("attest status");
+    let code = shown.events("attestation")[0]["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let digits: String = code.chars().filter(char::is_ascii_digit).collect();
+    let wrong = format!("{:06}", (digits.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let refused = ops.run(&["attest", "confirm", "carol", "--code", &wrong]);
+    assert_eq!(refused.code, 7, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("NOT verified"),
+        "{}",
+        refused.stderr
+    );
+    let blocked = ops.run(&["send", "carol", "hello"]);
+    assert_eq!(blocked.code, 8, "{}", blocked.stderr);
+    assert!(
+        blocked
+            .stderr
+            .contains("waiting for the firm's verification"),
+        "{}",
+        blocked.stderr
+    );
     attest(&ops, &carol, "carol");
 
     // whoami: account, role, device and fingerprint.
