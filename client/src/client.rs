@@ -588,6 +588,9 @@ struct StateFile {
     /// The link request this (new) device started and has not completed.
     #[serde(default)]
     new_link: Option<crate::trust::NewLinkRecord>,
+    /// The firm's verification of this account (client) or of clients (staff).
+    #[serde(default)]
+    attest: crate::attest::AttestRecords,
 }
 
 pub(crate) struct PeerSession {
@@ -629,6 +632,8 @@ pub struct Client {
     pub(crate) approvals: Vec<crate::approvals::ApprovalRecord>,
     /// Link offers made by this device.
     pub(crate) link_offers: Vec<crate::trust::LinkOfferRecord>,
+    /// The firm's verification of this account (client) or of clients (staff).
+    pub(crate) attest: crate::attest::AttestRecords,
     /// A link this (new) device started and has not completed.
     pub(crate) new_link: Option<crate::trust::NewDeviceLink>,
     /// Events raised by internal checks, handed out with the next result that carries
@@ -669,6 +674,7 @@ impl Client {
             approvals: Vec::new(),
             link_offers: Vec::new(),
             new_link: None,
+            attest: Default::default(),
         };
         let profile = Profile::create(home, passphrase, &placeholder, &mut rng)?;
         let client = Self {
@@ -694,6 +700,7 @@ impl Client {
             trust: crate::trust::TrustCache::default(),
             approvals: Vec::new(),
             link_offers: Vec::new(),
+            attest: Default::default(),
             new_link: None,
             events: Vec::new(),
             approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
@@ -755,6 +762,7 @@ impl Client {
             approvals: file.approvals,
             link_offers: file.link_offers,
             new_link: file.new_link.map(crate::trust::NewDeviceLink::restored),
+            attest: file.attest,
             events: Vec::new(),
             approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
             profile,
@@ -803,6 +811,7 @@ impl Client {
             approvals: self.approvals.clone(),
             link_offers: self.link_offers.clone(),
             new_link: self.new_link.as_ref().map(|l| l.record.clone()),
+            attest: self.attest.clone(),
         };
         Ok(self.profile.save(&file, &mut rng)?)
     }

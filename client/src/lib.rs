@@ -27,6 +27,7 @@
 
 pub mod approvals;
 pub mod attachments;
+pub mod attest;
 pub mod client;
 pub mod display;
 pub mod instructions;
@@ -38,6 +39,7 @@ pub mod state;
 pub mod trust;
 
 pub use approvals::{ApprovalDirection, ApprovalStatus, ApprovalView};
+pub use attest::{AttestStatus, UnattestedView};
 pub use client::{Client, ClientError, Event, SendReport};
 pub use notices::{NoticeOutcome, NoticeStatus, NoticeTarget};
 pub use trust::{AccountDevices, DeviceView, LinkProgress, LinkTicket, PendingLinkView};

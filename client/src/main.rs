@@ -187,6 +187,40 @@ enum Command {
         #[command(subcommand)]
         command: ApprovalsCommand,
     },
+    /// The firm's verification of a client's first device (with an organisation):
+    /// clients see where theirs stands and the code to read aloud; staff list whom they
+    /// still have to verify, start a verification and type the code the client reads.
+    Attest {
+        #[command(subcommand)]
+        command: AttestCommand,
+    },
+}
+
+/// `sealpost attest ...`
+#[derive(Subcommand)]
+pub enum AttestCommand {
+    /// Client: is this account verified by the firm? While it waits, asks for the
+    /// verification and, once a staff member has started it, shows the code to read aloud
+    /// when they call (`whoami` shows the same).
+    Status,
+    /// Staff: client accounts still waiting for the firm's verification.
+    List,
+    /// Staff: start verifying ACCOUNT (picks the challenge its code depends on). Then call
+    /// the client: they run `sealpost whoami` and read you the code.
+    Begin {
+        /// The client account.
+        account: String,
+    },
+    /// Staff: type the code the client read to you on your call. If it matches, this
+    /// device signs the attestation and peers trust the account from then on; if not,
+    /// the request ends and the client asks again.
+    Confirm {
+        /// The client account.
+        account: String,
+        /// The 6 digits the client read.
+        #[arg(long, value_name = "DIGITS")]
+        code: String,
+    },
 }
 
 /// `sealpost org ...`

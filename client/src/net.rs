@@ -44,6 +44,32 @@ pub const MAX_OUTSTANDING: usize = 4096;
 /// How long a request waits for its answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// An account's device log as the relay served it, with what the relay recorded beside
+/// it (both unverified until checked: the times by [`DeviceLog::verify_timed`], the
+/// attestation by [`sealpost_protocol::trust::first_contact`]).
+#[derive(Clone, Debug)]
+pub struct ServedLog {
+    /// The entries.
+    pub log: DeviceLog,
+    /// When the relay says it appended each entry (0: unknown).
+    pub appended_ms: Vec<u64>,
+    /// The firm's attestation of the account's first device, if the relay holds one.
+    pub attestation: Option<sealpost_protocol::trust::ClientAttestation>,
+}
+
+/// Where an account's verification by the firm stands, as the relay says (`attest_state`).
+#[derive(Clone, Debug)]
+pub struct AttestState {
+    /// The pending request's commitment (None: no request).
+    pub commitment: Option<sealpost_protocol::trust::LinkCommitment>,
+    /// The staff member's challenge, once picked.
+    pub challenge: Option<sealpost_protocol::trust::LinkChallenge>,
+    /// The nonce was revealed for this request.
+    pub revealed: bool,
+    /// The relay holds an attestation of the account.
+    pub attested: bool,
+}
+
 /// A connection-level failure.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -743,7 +769,15 @@ impl RelayConnection {
 
     /// An account's whole device log (pages until `total`).
     pub async fn get_device_log(&self, account: &AccountId) -> Result<DeviceLog, NetError> {
+        Ok(self.get_served_log(account).await?.log)
+    }
+
+    /// An account's whole device log with the relay's append times and the firm's
+    /// attestation of its first device, if any (`get_device_log`, paged).
+    pub async fn get_served_log(&self, account: &AccountId) -> Result<ServedLog, NetError> {
         let mut log = DeviceLog::new(account.clone());
+        let mut appended_ms: Vec<u64> = Vec::new();
+        let mut attestation = None;
         let mut from_seq = 0u64;
         // Each page holds at least one entry, so this ends after at most MAX_LOG_ENTRIES
         // pages.
@@ -759,27 +793,43 @@ impl RelayConnection {
                     account: got,
                     entries,
                     total,
+                    appended_ms: times,
+                    attestation: att,
                 } => {
                     if &got != account {
                         return Err(NetError::Unexpected(
                             "device log for another account".to_owned(),
                         ));
                     }
+                    if from_seq == 0 {
+                        attestation = att.map(|a| *a);
+                    }
                     let entries = entries.into_inner();
+                    let mut times = times.into_inner();
+                    // Times are per entry of this page (none from an older relay).
+                    times.resize(entries.len(), 0);
+                    let done = |log: DeviceLog, appended_ms: Vec<u64>, attestation| {
+                        Ok(ServedLog {
+                            log,
+                            appended_ms,
+                            attestation,
+                        })
+                    };
                     if entries.is_empty() {
                         return if from_seq >= total {
-                            Ok(log)
+                            done(log, appended_ms, attestation)
                         } else {
                             Err(NetError::Unexpected("device log page is empty".to_owned()))
                         };
                     }
+                    appended_ms.extend(times);
                     for e in entries {
                         from_seq += 1;
                         log.push(e)
                             .map_err(|e| NetError::Unexpected(e.to_string()))?;
                     }
                     if from_seq >= total {
-                        return Ok(log);
+                        return done(log, appended_ms, attestation);
                     }
                 }
                 other => return Err(NetError::Unexpected(format!("{other:?}"))),
@@ -814,6 +864,99 @@ impl RelayConnection {
             FrameBody::Accepted { message_id } => Ok(message_id),
             other => Err(NetError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// Client: ask the firm to verify this account, committing to a nonce
+    /// (`attest_start`).
+    pub async fn attest_start(
+        &self,
+        commitment: sealpost_protocol::trust::LinkCommitment,
+    ) -> Result<AttestState, NetError> {
+        self.attest_state(FrameBody::AttestStart { commitment })
+            .await
+    }
+
+    /// Client: where this account's verification stands (`attest_poll`).
+    pub async fn attest_poll(&self) -> Result<AttestState, NetError> {
+        self.attest_state(FrameBody::AttestPoll).await
+    }
+
+    /// Client: reveal the nonce, after the challenge (`attest_reveal`).
+    pub async fn attest_reveal(
+        &self,
+        nonce: sealpost_protocol::trust::LinkNonce,
+    ) -> Result<AttestState, NetError> {
+        self.attest_state(FrameBody::AttestReveal { nonce }).await
+    }
+
+    async fn attest_state(&self, body: FrameBody) -> Result<AttestState, NetError> {
+        match self.request(body).await? {
+            FrameBody::AttestState {
+                commitment,
+                challenge,
+                revealed,
+                attested,
+            } => Ok(AttestState {
+                commitment,
+                challenge,
+                revealed,
+                attested,
+            }),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Staff: every client account awaiting verification (`list_unattested`, paged; at
+    /// most 64 pages).
+    pub async fn list_unattested(&self) -> Result<Vec<wire::PendingAttestation>, NetError> {
+        let mut out: Vec<wire::PendingAttestation> = Vec::new();
+        for _ in 0..64 {
+            let after = out.last().map(|p| p.account.clone());
+            match self.request(FrameBody::ListUnattested { after }).await? {
+                FrameBody::Unattested { clients, more } => {
+                    let clients = clients.into_inner();
+                    let progressed = !clients.is_empty();
+                    out.extend(clients);
+                    if !more || !progressed {
+                        return Ok(out);
+                    }
+                }
+                other => return Err(NetError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Staff: the challenge for `account`'s request (`attest_challenge`).
+    pub async fn attest_challenge(
+        &self,
+        account: &AccountId,
+        challenge: sealpost_protocol::trust::LinkChallenge,
+    ) -> Result<(), NetError> {
+        self.expect_done(FrameBody::AttestChallenge {
+            account: account.clone(),
+            challenge,
+        })
+        .await
+    }
+
+    /// Staff: submit a signed attestation (`attest_submit`).
+    pub async fn attest_submit(
+        &self,
+        attestation: sealpost_protocol::trust::ClientAttestation,
+    ) -> Result<(), NetError> {
+        self.expect_done(FrameBody::AttestSubmit {
+            attestation: Box::new(attestation),
+        })
+        .await
+    }
+
+    /// Staff: end `account`'s pending request (`attest_dismiss`).
+    pub async fn attest_dismiss(&self, account: &AccountId) -> Result<(), NetError> {
+        self.expect_done(FrameBody::AttestDismiss {
+            account: account.clone(),
+        })
+        .await
     }
 
     async fn expect_done(&self, body: FrameBody) -> Result<(), NetError> {

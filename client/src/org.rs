@@ -401,6 +401,10 @@ struct PolicySpec {
     notice_to_all_clients: Option<QuorumSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     high_risk_notice: Option<QuorumSpec>,
+    /// Roles that may attest a client's first device (absent: advisor and operations,
+    /// written as roster format 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_attestation: Option<Vec<StaffRole>>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -524,6 +528,7 @@ impl RosterSpec {
                 roster_change: Some(q(&p.roster_change)),
                 notice_to_all_clients: Some(q(&p.notice_to_all_clients)),
                 high_risk_notice: Some(q(&p.high_risk_notice)),
+                client_attestation: p.client_attestation.map(|r| r.roles()),
             },
             staff: self
                 .staff
@@ -571,6 +576,9 @@ fn toml_message(e: &toml::de::Error) -> String {
 
 fn policy_from_spec(p: PolicySpec) -> Result<ApprovalPolicy, String> {
     let mut policy = ApprovalPolicy::default();
+    if let Some(roles) = &p.client_attestation {
+        policy.client_attestation = Some(sealpost_protocol::trust::RoleSet::of(roles));
+    }
     if let Some(c) = p.cooling_off {
         let d = humantime::parse_duration(c.trim()).map_err(|e| {
             format!("policy.cooling_off {c:?}: {e} (write it as \"24h\", \"90m\", \"2days\")")
@@ -699,6 +707,13 @@ pub enum RosterChange {
         /// New kinds.
         to: Vec<String>,
     },
+    /// The roles that may attest a client's first device change.
+    AttestationRolesChanged {
+        /// Old roles.
+        from: Vec<StaffRole>,
+        /// New roles.
+        to: Vec<StaffRole>,
+    },
 }
 
 impl fmt::Display for RosterChange {
@@ -744,6 +759,16 @@ impl fmt::Display for RosterChange {
                 from.join(", "),
                 to.join(", ")
             ),
+            Self::AttestationRolesChanged { from, to } => {
+                let names =
+                    |r: &[StaffRole]| r.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ");
+                write!(
+                    f,
+                    "~ policy client attestation by: [{}] -> [{}]",
+                    names(from),
+                    names(to)
+                )
+            }
         }
     }
 }
@@ -825,6 +850,12 @@ pub fn roster_diff(old: &Roster, new: &Roster) -> Vec<RosterChange> {
         out.push(RosterChange::SensitiveKindsChanged {
             from: names(&op.sensitive_kinds),
             to: names(&np.sensitive_kinds),
+        });
+    }
+    if op.attestation_roles() != np.attestation_roles() {
+        out.push(RosterChange::AttestationRolesChanged {
+            from: op.attestation_roles().roles(),
+            to: np.attestation_roles().roles(),
         });
     }
     out

@@ -27,15 +27,15 @@ use rand::rngs::OsRng;
 use sealpost_protocol::envelope::EnvelopeKind;
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::trust::{
-    DeviceAction, DeviceLog, DeviceSet, Digest, EntryAuthorization, EntryBody, LinkChallenge,
-    LinkCode, LinkCommitment, LinkNonce, LogEntry, LogHead, RosterChain, RosterHead, SendDecision,
-    SignedRoster, TrustError,
+    first_contact, DeviceAction, DeviceLog, DeviceSet, Digest, EntryAuthorization, EntryBody,
+    EntryTimes, LinkChallenge, LinkCode, LinkCommitment, LinkNonce, LogEntry, LogHead, RosterChain,
+    RosterHead, SendDecision, SignedRoster, Standing, TrustError, MAX_COOLING_OFF_MS,
 };
 use sealpost_protocol::wire::{ErrorCode, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::client::{now_ms, Client, ClientError, Contact, Event, KnownDevice, RelayInfo};
-use crate::net::{NetError, RelayConnection};
+use crate::net::{NetError, RelayConnection, ServedLog};
 
 /// A verified device set is reused for this long before the log is fetched again.
 pub const LOG_TTL_MS: u64 = 30_000;
@@ -90,7 +90,16 @@ pub struct LogHeadRecord {
     /// reported when this changes).
     #[serde(default)]
     pub frozen: bool,
+    /// When this device first saw entries it learnt beyond a head it had pinned:
+    /// `(seq, ms)`, kept while they could still lengthen a cooling-off (at most
+    /// [`MAX_FIRST_SEEN`] per account). Probation runs from no earlier than these in this
+    /// device's eyes (docs/PROTOCOL.md §19.3, "Effective time").
+    #[serde(default)]
+    pub first_seen: Vec<(u64, u64)>,
 }
+
+/// First-seen times kept per account.
+pub const MAX_FIRST_SEEN: usize = 64;
 
 /// What this device offered to a linking device, kept until it is confirmed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,6 +133,11 @@ pub(crate) struct TrustCache {
     pub(crate) roster_head: Option<RosterHead>,
     roster_checked_ms: u64,
     heads: BTreeMap<AccountId, LogHead>,
+    /// When this device first saw entries beyond a head it had pinned, by account.
+    first_seen: BTreeMap<AccountId, BTreeMap<u64, u64>>,
+    /// How this device's own account stands with the firm (None: not known yet, or no
+    /// organisation), from its last verified log.
+    pub(crate) own_standing: Option<Result<Standing, TrustError>>,
     /// Accounts whose verified log (at the head in `heads`) left them frozen, persisted
     /// beside the heads, so that a freeze is reported once and not on every run.
     frozen: BTreeSet<AccountId>,
@@ -141,6 +155,11 @@ impl TrustCache {
             .iter()
             .filter(|r| r.frozen)
             .map(|r| r.account.clone())
+            .collect();
+        let first_seen = heads
+            .iter()
+            .filter(|r| !r.first_seen.is_empty())
+            .map(|r| (r.account.clone(), r.first_seen.iter().copied().collect()))
             .collect();
         let heads = heads
             .into_iter()
@@ -160,6 +179,7 @@ impl TrustCache {
             roster_head: head,
             heads,
             frozen,
+            first_seen,
             ..Self::default()
         }
     }
@@ -179,6 +199,11 @@ impl TrustCache {
                 seq: h.seq,
                 hash: h.hash.0.to_vec(),
                 frozen: self.frozen.contains(a),
+                first_seen: self
+                    .first_seen
+                    .get(a)
+                    .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+                    .unwrap_or_default(),
             })
             .collect()
     }
@@ -590,17 +615,84 @@ impl Client {
         account: &AccountId,
     ) -> Result<(DeviceLog, DeviceSet, Vec<Event>), ClientError> {
         self.refresh_roster(false).await?;
-        let log = self.conn()?.get_device_log(account).await?;
+        let ServedLog {
+            log,
+            appended_ms,
+            attestation,
+        } = self.conn()?.get_served_log(account).await?;
         let held = self.trust.heads.get(account).copied();
         let now = now_ms();
-        let mut verified = log.verify(self.trust.chain(), held.as_ref(), now);
+        // Entries beyond the head this device had pinned are seen now for the first time
+        // (unless seen before): probation runs from no earlier than this, in its eyes.
+        let mut first_seen = self
+            .trust
+            .first_seen
+            .get(account)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(h) = held {
+            let len = log.entries.as_slice().len() as u64;
+            for seq in h.seq.saturating_add(1)..len {
+                first_seen.entry(seq).or_insert(now);
+            }
+        }
+        first_seen.retain(|_, t| t.saturating_add(MAX_COOLING_OFF_MS) > now);
+        while first_seen.len() > MAX_FIRST_SEEN {
+            first_seen.pop_first();
+        }
+        let pinned = self.pinned_org()?;
+        let own = self.account.as_ref() == Some(account);
+        if pinned && !own && self.trust.chain().is_none() {
+            // The first-contact rule needs the roster: it may have been published since.
+            self.refresh_roster(true).await?;
+        }
+        // The attestation's date bounds the first device's probation only if it is valid
+        // for this log (checked again by the first-contact rule below).
+        let attested_ms = match (
+            self.trust.chain(),
+            attestation.as_ref(),
+            log.entries.as_slice().first(),
+        ) {
+            (Some(chain), Some(a), Some(genesis))
+                if pinned
+                    && chain.head().member(account).is_none()
+                    && a.verify(chain, account, &genesis.body.hash(), now).is_ok() =>
+            {
+                Some(a.attested_ms)
+            }
+            _ => None,
+        };
+        let times = EntryTimes {
+            appended_ms,
+            first_seen_ms: first_seen.clone(),
+            attested_ms,
+        };
+        let mut verified = log.verify_timed(self.trust.chain(), held.as_ref(), now, &times);
         if matches!(
             verified,
             Err(TrustError::RosterVersionUnknown { .. } | TrustError::NoRoster)
         ) {
             self.refresh_roster(true).await?;
-            verified = log.verify(self.trust.chain(), held.as_ref(), now);
+            verified = log.verify_timed(self.trust.chain(), held.as_ref(), now, &times);
         }
+        // The first-contact rule (docs/PROTOCOL.md §19.10): with an organisation pinned,
+        // another account's log is trusted only if the roster lists its devices or the
+        // firm attested its first device. This device's own account is judged for what
+        // it may do (`check_may_send`), not refused.
+        let me = self.device_id();
+        let verified = verified.and_then(|set| {
+            let standing = match (pinned, self.trust.chain()) {
+                (false, _) => return Ok(set),
+                (true, None) => Err(TrustError::NoRoster),
+                (true, Some(chain)) => first_contact(&log, &set, chain, attestation.as_ref(), now),
+            };
+            if own {
+                self.trust.own_standing = Some(standing);
+                Ok(set)
+            } else {
+                standing.map(|_| set)
+            }
+        });
         let set = match verified {
             Ok(set) => set,
             Err(e) => {
@@ -625,6 +717,11 @@ impl Client {
                 }
             }
             self.trust.heads.insert(account.clone(), head);
+            if first_seen.is_empty() {
+                self.trust.first_seen.remove(account);
+            } else {
+                self.trust.first_seen.insert(account.clone(), first_seen);
+            }
         }
         if set.frozen {
             self.trust.frozen.insert(account.clone());
@@ -632,7 +729,6 @@ impl Client {
             self.trust.frozen.remove(account);
         }
         // Update the contact's devices from the verified set.
-        let me = self.device_id();
         // Devices this device itself signed into the log (it confirmed their link): no
         // warning about those. Every other add is reported.
         let added_by_me: HashSet<DeviceId> = log
@@ -763,6 +859,23 @@ impl Client {
         });
     }
 
+    /// Whether this device pins an organisation (the first-contact rule applies).
+    pub(crate) fn pinned_org(&self) -> Result<bool, ClientError> {
+        Ok(self
+            .relay
+            .as_ref()
+            .map(RelayInfo::org)
+            .transpose()?
+            .flatten()
+            .is_some())
+    }
+
+    /// Whether this device trusts on first use: enrolled with a relay without an
+    /// organisation, so a contact's first device is taken as the relay serves it.
+    pub fn trust_on_first_use(&self) -> bool {
+        self.relay.is_some() && !self.pinned_org().unwrap_or(false)
+    }
+
     /// Bring `account`'s verified device set up to date (cached for [`LOG_TTL_MS`] unless
     /// `force`); report changes.
     pub(crate) async fn refresh_devices(
@@ -796,10 +909,24 @@ impl Client {
     }
 
     /// Whether this device may send `kind` now (its own verified log): refuses what the
-    /// relay would refuse, with the reason.
+    /// relay would refuse, with the reason, and, with an organisation pinned, everything
+    /// while the firm has not attested this (client) account: its peers would refuse it.
     pub(crate) async fn check_may_send(&mut self, kind: EnvelopeKind) -> Result<(), ClientError> {
         let me = self.me()?;
-        let set = self.verified_set(&me, false).await?;
+        let mut set = self.verified_set(&me, false).await?;
+        // A client waiting for the firm's verification: its peers would refuse what it
+        // sends. (Other failures of the rule, a staff account whose log lists a device the
+        // roster does not, are for its peers to refuse; its own devices still talk.)
+        if matches!(
+            self.trust.own_standing,
+            Some(Err(TrustError::NotAttested { .. }))
+        ) {
+            // Attested since the cached verdict? Ask the relay again before refusing.
+            set = self.verified_set(&me, true).await?;
+            if let Some(Err(e @ TrustError::NotAttested { .. })) = &self.trust.own_standing {
+                return Err(ClientError::Trust(e.clone()));
+            }
+        }
         match set.may_send_at(&self.device_id(), kind, now_ms()) {
             SendDecision::Allowed => Ok(()),
             SendDecision::NotActive => Err(ClientError::NotAllowed(

@@ -14,7 +14,8 @@ use crate::error::{DecodeError, EncodeError};
 use crate::identity::{AccountId, DeviceId, PublicIdentity, MAX_DEVICES_PER_ACCOUNT};
 use crate::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
 use crate::trust::{
-    EntryBody, LinkChallenge, LinkCommitment, LinkNonce, LogEntry, SignedNotice, SignedRoster,
+    ClientAttestation, EntryBody, LinkChallenge, LinkCommitment, LinkNonce, LogEntry, SignedNotice,
+    SignedRoster,
 };
 use crate::PROTOCOL_VERSION;
 
@@ -61,6 +62,24 @@ pub const MAX_LOG_ENTRIES_PER_FRAME: usize = 32;
 pub const MAX_LOG_HEADS_PER_FRAME: usize = 1024;
 /// Most client accounts in one `clients` frame (ask again from the last one while `more`).
 pub const MAX_CLIENTS_PER_FRAME: usize = 1024;
+/// Most client accounts in one `unattested` frame (ask again from the last one while
+/// `more`).
+pub const MAX_UNATTESTED_PER_FRAME: usize = 64;
+
+/// A client account whose first device the firm has not attested yet, as staff see it
+/// (`unattested`), with where its verification stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingAttestation {
+    /// The client account.
+    pub account: AccountId,
+    /// The client's commitment to its nonce (`attest_start`), if it asked to be verified.
+    pub commitment: Option<LinkCommitment>,
+    /// The challenge a staff device picked (`attest_challenge`), if any yet.
+    pub challenge: Option<LinkChallenge>,
+    /// The client's nonce, once revealed (`attest_reveal`, only after the challenge).
+    pub nonce: Option<LinkNonce>,
+}
 
 /// How long an account's device log is (`log_heads`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -485,6 +504,48 @@ pub enum FrameBody {
         /// The whole entry, as it will be appended.
         entry: Box<LogEntry>,
     },
+    // ----- the firm's attestation of a client's first device (docs/PROTOCOL.md §19.10) -----
+    /// A client device asks the firm to verify its account: its commitment to a fresh
+    /// nonce (replacing any earlier request of the account); answered with `attest_state`.
+    AttestStart {
+        /// `LinkCommitment` of (account, the genesis entry's identity, nonce).
+        commitment: LinkCommitment,
+    },
+    /// A client device asks where its account's verification stands; answered with
+    /// `attest_state`.
+    AttestPoll,
+    /// A client device reveals its nonce, only after it received the staff member's
+    /// challenge (in `attest_state`); answered with `attest_state`.
+    AttestReveal {
+        /// The nonce the request's commitment binds.
+        nonce: LinkNonce,
+    },
+    /// Staff: client accounts with a device log and no attestation, after `after` (null:
+    /// from the first), ascending; answered with `unattested`.
+    ListUnattested {
+        /// The last account of the previous answer, or null.
+        after: Option<AccountId>,
+    },
+    /// Staff: the challenge for a client's pending request (picked after its commitment
+    /// was received); answered with `done`.
+    AttestChallenge {
+        /// The client account.
+        account: AccountId,
+        /// A fresh challenge.
+        challenge: LinkChallenge,
+    },
+    /// Staff: the signed attestation, once the code the client read out matched;
+    /// answered with `done`.
+    AttestSubmit {
+        /// The attestation.
+        attestation: Box<ClientAttestation>,
+    },
+    /// Staff: end a client's pending request (the code read out did not match, say); the
+    /// client starts again with a fresh nonce. Answered with `done`.
+    AttestDismiss {
+        /// The client account.
+        account: AccountId,
+    },
     // ----- attachment streams (each on its own bidirectional stream, authenticated
     // connection only; see docs/PROTOCOL.md) -----
     /// First frame of an upload stream: the blob that follows in `blob_chunk` frames.
@@ -607,6 +668,15 @@ pub enum FrameBody {
         entries: BoundedVec<LogEntry, MAX_LOG_ENTRIES_PER_FRAME>,
         /// How many entries the log holds in all.
         total: u64,
+        /// When the relay appended each entry of `entries` (ms since the Unix epoch), in
+        /// the same order; absent from relays that do not record it (cooling-off then
+        /// runs from the signed dates alone).
+        #[serde(default, skip_serializing_if = "bounded_is_empty")]
+        appended_ms: BoundedVec<u64, MAX_LOG_ENTRIES_PER_FRAME>,
+        /// The firm's attestation of the account's first device, if the relay holds one
+        /// (in the answer whose `entries` start at entry 0).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attestation: Option<Box<ClientAttestation>>,
     },
     /// Answer to `get_org`.
     Org {
@@ -639,6 +709,25 @@ pub enum FrameBody {
     Contacts {
         /// Reachable accounts and their roles.
         contacts: BoundedVec<ContactInfo, MAX_CONTACTS>,
+    },
+    /// Answer to `attest_start`, `attest_poll` and `attest_reveal`: the account's
+    /// pending verification request, if any.
+    AttestState {
+        /// The commitment of the pending request (null: none; send `attest_start`).
+        commitment: Option<LinkCommitment>,
+        /// The staff member's challenge, once picked.
+        challenge: Option<LinkChallenge>,
+        /// The nonce was revealed for this request (it must never be used again).
+        revealed: bool,
+        /// The relay holds an attestation of the account.
+        attested: bool,
+    },
+    /// Answer to `list_unattested`.
+    Unattested {
+        /// Client accounts awaiting verification, ascending by account.
+        clients: BoundedVec<PendingAttestation, MAX_UNATTESTED_PER_FRAME>,
+        /// More follow: ask again with `after` = the last account here.
+        more: bool,
     },
     /// Answer to `list_clients`.
     Clients {
@@ -726,7 +815,20 @@ pub const FRAME_TYPES: &[&str] = &[
     "clients",
     "link_complete",
     "link_authorize",
+    "attest_start",
+    "attest_poll",
+    "attest_reveal",
+    "list_unattested",
+    "attest_challenge",
+    "attest_submit",
+    "attest_dismiss",
+    "attest_state",
+    "unattested",
 ];
+
+fn bounded_is_empty<T, const N: usize>(v: &BoundedVec<T, N>) -> bool {
+    v.as_slice().is_empty()
+}
 
 impl FrameBody {
     /// An error frame body.

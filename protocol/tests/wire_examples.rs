@@ -1331,3 +1331,102 @@ fn trust_object_encodings() {
         "3c0e9bba4bdd0c0722bb2433c53cf9577aeb367aca0b410d03dee85a29b112db"
     );
 }
+
+/// docs/PROTOCOL.md §19.10: the firm's attestation of a client's first device, its digest
+/// and signature, the attestation frames and a `device_log` answer with append times.
+#[test]
+fn attestation_examples() {
+    use sealpost_protocol::trust::{ClientAttestation, Digest as TrustDigest};
+    let (keys, seed) = alice_keys();
+    // Staff member `alice` (Alice's device) attests client `carol`, whose genesis entry
+    // hash is that of the §19.9 example.
+    let genesis = h32("cbcf0a70a641c3472522d2b39f7ea3aaf6c3f789aa2ca30445ba5b30b5c8efd1");
+    let a = ClientAttestation::sign(
+        AccountId::new("carol").unwrap(),
+        TrustDigest(genesis),
+        1_700_000_000_000,
+        1,
+        AccountId::new("alice").unwrap(),
+        &keys,
+    );
+    let mut input = b"Sealpost_Attestation_v1".to_vec();
+    input.extend_from_slice(&[0, 5]);
+    input.extend_from_slice(b"carol");
+    input.extend_from_slice(&genesis);
+    input.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
+    input.extend_from_slice(&1u64.to_be_bytes());
+    input.extend_from_slice(&[0, 5]);
+    input.extend_from_slice(b"alice");
+    input.extend_from_slice(&alice().device_id().0);
+    assert_eq!(input.len(), 101);
+    let digest = a.digest();
+    assert_eq!(digest.0[..], Sha256::digest(&input)[..]);
+    assert_eq!(
+        digest.to_hex(),
+        "8457a4dea074a29c345ac88e6ae9dd10bf3252586138b11d36c1fdc03c35e9a0"
+    );
+    let mut signed = b"Sealpost_AttestationSign_v1".to_vec();
+    signed.extend_from_slice(&digest.0);
+    let expected = ed25519_dalek::SigningKey::from_bytes(&seed).sign(&signed);
+    assert_eq!(a.signature, expected.to_bytes());
+    let bytes = serde_cbor::to_vec(&a).unwrap();
+    assert_eq!(hex::encode(&bytes), "a6676163636f756e74656361726f6c6767656e657369735820cbcf0a70a641c3472522d2b39f7ea3aaf6c3f789aa2ca30445ba5b30b5c8efd16b61747465737465645f6d731b0000018bcfe568006e726f737465725f76657273696f6e01686174746573746572a2676163636f756e7465616c69636566646576696365505ee7bc12fdcb42f50ea49d0c7ed634ce697369676e61747572655840910d8b835f2bbc5a49bd80f5836e3ffb7dfd40407864ee82c423a5b92ac4b4418393ba67d94f1d85a8d55ae0fdbe83df596762dc9892ed98957aa75fe0f84600");
+    assert_eq!(ClientAttestation::from_cbor(&bytes).unwrap(), a);
+
+    // {"v":1,"id":7,"body":{"t":"attest_poll"}}
+    assert_eq!(
+        frame_hex(7, FrameBody::AttestPoll),
+        "0000001ca36176016269640764626f6479a161746b6174746573745f706f6c6c"
+    );
+    // {"v":1,"id":8,"body":{"t":"attest_start","c":{"commitment":h'11…11'}}}
+    assert_eq!(
+        frame_hex(
+            8,
+            FrameBody::AttestStart {
+                commitment: LinkCommitment([0x11; 32])
+            }
+        ),
+        "0000004da36176016269640864626f6479a261746c6174746573745f73746172746163a16a636f6d6d69746d656e7458201111111111111111111111111111111111111111111111111111111111111111"
+    );
+    // {"v":1,"id":9,"body":{"t":"attest_state","c":{"commitment":h'11…11',
+    //  "challenge":h'22…22',"revealed":false,"attested":false}}}
+    assert_eq!(
+        frame_hex(
+            9,
+            FrameBody::AttestState {
+                commitment: Some(LinkCommitment([0x11; 32])),
+                challenge: Some(LinkChallenge([0x22; 16])),
+                revealed: false,
+                attested: false,
+            }
+        ),
+        "0000007ca36176016269640964626f6479a261746c6174746573745f73746174656163a46a636f6d6d69746d656e7458201111111111111111111111111111111111111111111111111111111111111111696368616c6c656e676550222222222222222222222222222222226872657665616c6564f4686174746573746564f4"
+    );
+    // A `device_log` answer with the relay's append time of its one entry: the entry is
+    // the §19.9 genesis entry; `attestation` absent.
+    let body = EntryBody {
+        account: AccountId::new("alice").unwrap(),
+        seq: 0,
+        previous: None,
+        timestamp_ms: 1_700_000_000_000,
+        action: DeviceAction::Add { identity: alice() },
+        reason: BoundedString::truncating("enrolment"),
+    };
+    let entry = LogEntry::genesis(body, &keys);
+    let log = FrameBody::DeviceLog {
+        account: AccountId::new("alice").unwrap(),
+        entries: BoundedVec::new(vec![entry]).unwrap(),
+        total: 1,
+        appended_ms: BoundedVec::new(vec![1_700_000_000_250]).unwrap(),
+        attestation: None,
+    };
+    let h = frame_hex(11, log.clone());
+    assert!(
+        h.ends_with("65746f74616c016b617070656e6465645f6d73811b0000018bcfe568fa"),
+        "{h}"
+    );
+    assert_eq!(
+        decode_frame(&hex::decode(&h).unwrap()[4..]).unwrap().body,
+        log
+    );
+}

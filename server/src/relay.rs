@@ -3,6 +3,7 @@
 //! storage traits, the pure policy and limit functions, and the hub. The trust frames of
 //! docs/PROTOCOL.md §19 (device logs, linking, roster, notices) are in `relay/trust_frames.rs`.
 
+mod attest_frames;
 mod directory;
 mod trust_frames;
 
@@ -14,7 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::prekeys::PreKeyKind;
-use sealpost_protocol::trust::{DeviceLog, SendDecision, MAX_LOG_ENTRIES};
+use sealpost_protocol::trust::{DeviceLog, EntryTimes, SendDecision, MAX_LOG_ENTRIES};
 use sealpost_protocol::wire::{
     auth_signature_message, enroll_signature_message, BoundedVec, DeviceInfo, ErrorCode, Frame,
     FrameBody, Role,
@@ -115,6 +116,7 @@ pub struct Relay<S: Store> {
     /// The roster chain and the verified device sets (`trust.rs`).
     pub trust: TrustState,
     links: Mutex<LinkRegistry>,
+    attest: Mutex<attest_frames::AttestRegistry>,
     limiters: Mutex<Limiters>,
     started: Instant,
     /// Bumped after every device-log append that revokes a device, once it is durable:
@@ -358,6 +360,13 @@ fn type_name(body: &FrameBody) -> &'static str {
         FrameBody::DismissLink { .. } => "dismiss_link",
         FrameBody::GetLogHeads { .. } => "get_log_heads",
         FrameBody::ListClients { .. } => "list_clients",
+        FrameBody::AttestStart { .. }
+        | FrameBody::AttestPoll
+        | FrameBody::AttestReveal { .. }
+        | FrameBody::ListUnattested { .. }
+        | FrameBody::AttestChallenge { .. }
+        | FrameBody::AttestSubmit { .. }
+        | FrameBody::AttestDismiss { .. } => "attest",
         FrameBody::BlobUpload { .. }
         | FrameBody::BlobDownload { .. }
         | FrameBody::BlobChunk { .. } => "blob",
@@ -380,6 +389,7 @@ impl<S: Store> Relay<S> {
         };
         Self {
             trust: TrustState::new(config.org_fingerprint, l.trust_cache_accounts),
+            attest: Mutex::new(attest_frames::AttestRegistry::default()),
             links: Mutex::new(LinkRegistry::new(
                 l.max_pending_links,
                 l.link_lifetime_secs.saturating_mul(1000),
@@ -748,6 +758,13 @@ impl<S: Store> Relay<S> {
                 | FrameBody::DismissLink { .. }
                 | FrameBody::GetLogHeads { .. }
                 | FrameBody::ListClients { .. }
+                | FrameBody::AttestStart { .. }
+                | FrameBody::AttestPoll
+                | FrameBody::AttestReveal { .. }
+                | FrameBody::ListUnattested { .. }
+                | FrameBody::AttestChallenge { .. }
+                | FrameBody::AttestSubmit { .. }
+                | FrameBody::AttestDismiss { .. }
         ) {
             let now = self.mono_ms();
             if let Err(l) = self.with_limiters(|l| l.control.check(&me.device, 1.0, now)) {
@@ -804,6 +821,17 @@ impl<S: Store> Relay<S> {
             FrameBody::DismissLink { link_id } => self.dismiss_link(me, id, link_id),
             FrameBody::GetLogHeads { after } => self.log_heads(me, id, after).await,
             FrameBody::ListClients { after } => self.list_clients(me, id, after).await,
+            FrameBody::AttestStart { commitment } => self.attest_start(me, id, commitment).await,
+            FrameBody::AttestPoll => self.attest_poll(me, id).await,
+            FrameBody::AttestReveal { nonce } => self.attest_reveal(me, id, nonce).await,
+            FrameBody::ListUnattested { after } => self.list_unattested(me, id, after).await,
+            FrameBody::AttestChallenge { account, challenge } => {
+                self.attest_challenge(me, id, account, challenge)
+            }
+            FrameBody::AttestSubmit { attestation } => {
+                self.attest_submit(me, id, *attestation).await
+            }
+            FrameBody::AttestDismiss { account } => self.attest_dismiss(me, id, account),
             FrameBody::BlobUpload { .. }
             | FrameBody::BlobDownload { .. }
             | FrameBody::BlobChunk { .. } => refuse(
@@ -1074,16 +1102,35 @@ impl<S: Store> Relay<S> {
         metrics::counter!(m::TRUST_REFUSALS, "reason" => reason).increment(1);
     }
 
-    /// Every entry of `account`'s device log, as stored.
-    async fn load_log(&self, account: &AccountId) -> Result<DeviceLog, StoreError> {
+    /// Every entry of `account`'s device log, as stored, with the times that bound when
+    /// each took effect: this relay's append times and, for a client's first device, the
+    /// date of the firm's attestation (docs/PROTOCOL.md §19.3, "Effective time").
+    async fn load_log(&self, account: &AccountId) -> Result<(DeviceLog, EntryTimes), StoreError> {
         let entries = self.store.device_log(account, 0, MAX_LOG_ENTRIES).await?;
+        let appended_ms = self
+            .store
+            .device_log_appended(account, 0, MAX_LOG_ENTRIES)
+            .await?;
+        let attested_ms = self
+            .store
+            .attestation(account)
+            .await?
+            .map(|a| a.attested_ms);
+        let appended = EntryTimes {
+            appended_ms,
+            attested_ms,
+            ..EntryTimes::default()
+        };
         let entries = BoundedVec::new(entries).map_err(|e| {
             StoreError::Backend(format!("device log of {account} exceeds its bound: {e}"))
         })?;
-        Ok(DeviceLog {
-            account: account.clone(),
-            entries,
-        })
+        Ok((
+            DeviceLog {
+                account: account.clone(),
+                entries,
+            },
+            appended,
+        ))
     }
 
     /// `account`'s verified device set: cached, or loaded and verified once.
@@ -1092,8 +1139,8 @@ impl<S: Store> Relay<S> {
             return Ok(t);
         }
         let generation = self.trust.generation();
-        let log = self.load_log(account).await.map_err(TrustFailure::Store)?;
-        match self.trust.verify_log(&log, unix_ms()) {
+        let (log, appended) = self.load_log(account).await.map_err(TrustFailure::Store)?;
+        match self.trust.verify_log(&log, &appended, unix_ms()) {
             Ok((_, snapshot)) => Ok(self.trust.install(snapshot, generation)),
             Err(e) => {
                 warn!(account = %account, error = %e, "a stored device log does not verify");

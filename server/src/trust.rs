@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use sealpost_protocol::envelope::EnvelopeKind;
 use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::trust::{
-    DeviceLog, DeviceSet, OrgFingerprint, RosterChain, SendDecision, SignedRoster, TrustError,
+    DeviceLog, DeviceSet, EntryTimes, OrgFingerprint, RosterChain, SendDecision, SignedRoster,
+    TrustError,
 };
 
 /// What the send rules need about one account, from its verified device log.
@@ -273,14 +274,18 @@ impl TrustState {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Verify `log` under the current chain and compute its snapshot.
+    /// Verify `log` under the current chain and compute its snapshot. `times` holds this
+    /// relay's own append times of the entries (by sequence number) and the date of the
+    /// firm's attestation of a client's first device: cooling-off runs from them, never
+    /// from the earlier dates a signer may have chosen ([`DeviceLog::verify_timed`]).
     pub fn verify_log(
         &self,
         log: &DeviceLog,
+        times: &EntryTimes,
         now_ms: u64,
     ) -> Result<(DeviceSet, Arc<AccountTrust>), TrustError> {
         let chain = self.chain();
-        let set = log.verify(chain.as_deref(), None, now_ms)?;
+        let set = log.verify_timed(chain.as_deref(), None, now_ms, times)?;
         let len = log.entries.as_slice().len() as u64;
         let snapshot = Arc::new(AccountTrust::from_set(&set, len));
         Ok((set, snapshot))
@@ -310,6 +315,14 @@ impl TrustState {
         }
         cache.insert(snapshot.account.clone(), snapshot.clone());
         snapshot
+    }
+
+    /// Drop `account`'s snapshot (marked stale): the next use verifies its log again
+    /// (after the firm's attestation, which bounds its first device's probation).
+    pub fn forget(&self, account: &AccountId) {
+        if let Some(t) = self.lock_cache().remove(account) {
+            t.mark_stale();
+        }
     }
 
     /// Accounts cached (for tests and metrics).
@@ -376,7 +389,7 @@ mod tests {
         let (log, keys) = log_with(2, 2);
         let state = TrustState::new(None, 16);
         let now = T0 + DEFAULT_COOLING_OFF_MS + 10;
-        let (_, snap) = state.verify_log(&log, now).unwrap();
+        let (_, snap) = state.verify_log(&log, &EntryTimes::default(), now).unwrap();
         let old = keys[0].device_id();
         let new = keys[1].device_id();
         assert_eq!(
@@ -423,8 +436,12 @@ mod tests {
         let state = TrustState::new(None, 16);
         let now = T0 + 2 * DEFAULT_COOLING_OFF_MS;
         let g = state.generation();
-        let (_, short) = state.verify_log(&log1, now).unwrap();
-        let (_, long) = state.verify_log(&log2, now).unwrap();
+        let (_, short) = state
+            .verify_log(&log1, &EntryTimes::default(), now)
+            .unwrap();
+        let (_, long) = state
+            .verify_log(&log2, &EntryTimes::default(), now)
+            .unwrap();
         let cached = state.install(long.clone(), g);
         assert!(Arc::ptr_eq(&cached, &long));
         // A late loader with a shorter log does not replace the newer snapshot.
@@ -458,7 +475,7 @@ mod tests {
                 "",
             );
             log.push(LogEntry::genesis(body, &k)).unwrap();
-            let (_, s) = state.verify_log(&log, now).unwrap();
+            let (_, s) = state.verify_log(&log, &EntryTimes::default(), now).unwrap();
             snaps.push(state.install(s, state.generation()));
             assert!(state.cached_accounts() <= 2);
         }

@@ -2154,6 +2154,109 @@ async fn operator_disable_and_enrolment_codes<S: Store>(store: S) {
         .is_empty());
 }
 
+/// Append times are recorded with each entry and served beside it; attestations are
+/// stored once per client account, survive, and take the account off the unattested list.
+async fn trust_append_times_and_attestations<S: Store>(store: S) {
+    use sealpost_protocol::trust::{ClientAttestation, Digest};
+    let mut rng = rng(260);
+    let alice = acct("alice");
+    let bob = acct("bob");
+    let carl = acct("carl");
+    let ops = acct("ops");
+    for (a, role) in [
+        (&alice, Role::Client),
+        (&bob, Role::Client),
+        (&carl, Role::Client),
+        (&ops, Role::Staff),
+    ] {
+        store.create_account(a, role, T0).await.unwrap();
+    }
+    let (keys, mut log) = first_device(&store, &alice, &mut rng).await;
+    let (_, _) = first_device(&store, &bob, &mut rng).await;
+    let (_, _) = first_device(&store, &ops, &mut rng).await;
+    // carl has no device log: not listed.
+    let laptop = IdentityKeyPair::generate(&mut rng);
+    let add = next_entry(
+        &log,
+        DeviceAction::Add {
+            identity: laptop.public().clone(),
+        },
+        &keys,
+        Some(&laptop),
+        T0 + 5,
+    );
+    store
+        .append_device_log(&add, &LogEffects::default(), T0 + 77)
+        .await
+        .unwrap();
+    log.push(add).unwrap();
+    assert_eq!(
+        store.device_log_appended(&alice, 0, 10).await.unwrap(),
+        vec![T0, T0 + 77]
+    );
+    assert_eq!(
+        store.device_log_appended(&alice, 1, 10).await.unwrap(),
+        vec![T0 + 77]
+    );
+    assert!(store
+        .device_log_appended(&carl, 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert_eq!(
+        store.unattested_clients_after(None, 10).await.unwrap(),
+        vec![alice.clone(), bob.clone()]
+    );
+    assert_eq!(
+        store
+            .unattested_clients_after(Some(&alice), 10)
+            .await
+            .unwrap(),
+        vec![bob.clone()]
+    );
+    assert_eq!(
+        store.unattested_clients_after(None, 1).await.unwrap(),
+        vec![alice.clone()]
+    );
+    let staff_keys = IdentityKeyPair::generate(&mut rng);
+    let genesis_hash = log.entries.as_slice()[0].body.hash();
+    let a = ClientAttestation::sign(
+        alice.clone(),
+        genesis_hash,
+        T0 + 100,
+        1,
+        ops.clone(),
+        &staff_keys,
+    );
+    assert!(store.attestation(&alice).await.unwrap().is_none());
+    store.put_attestation(&a, T0 + 101).await.unwrap();
+    assert_eq!(store.attestation(&alice).await.unwrap(), Some(a.clone()));
+    // Only one per account: the first stays.
+    let other = ClientAttestation::sign(
+        alice.clone(),
+        Digest([9; 32]),
+        T0 + 200,
+        1,
+        ops.clone(),
+        &staff_keys,
+    );
+    assert!(matches!(
+        store.put_attestation(&other, T0 + 201).await,
+        Err(StoreError::Conflict("attestation"))
+    ));
+    assert_eq!(store.attestation(&alice).await.unwrap(), Some(a));
+    let nobody = ClientAttestation::sign(acct("nobody"), genesis_hash, T0, 1, ops, &staff_keys);
+    assert!(matches!(
+        store.put_attestation(&nobody, T0).await,
+        Err(StoreError::NotFound("account"))
+    ));
+    assert_eq!(
+        store.unattested_clients_after(None, 10).await.unwrap(),
+        vec![bob]
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory_store {
@@ -2209,6 +2312,7 @@ conformance!(
     trust_concurrent_appends_one_wins,
     trust_roster_versions_append_only,
     operator_disable_and_enrolment_codes,
+    trust_append_times_and_attestations,
 );
 
 // ---------------------------------------------------------------------------------------

@@ -177,10 +177,12 @@ impl<S: Store> TestRelay<S> {
         self.device_with(account, identity, now_ms(), rng).await
     }
 
-    /// Enrol `identity` as the first device of `account` with its genesis entry dated
-    /// `genesis_ms` (a date far enough back puts it past its cooling-off; the relay must
-    /// allow entries that old, `limits.max_log_entry_age_secs`), authenticate it and
-    /// publish prekeys.
+    /// An account whose first device, `identity`, enrolled at `genesis_ms`: history
+    /// written into the relay's store as the relay wrote it then (the genesis entry dated
+    /// and appended at `genesis_ms`, so a date far enough back puts the device past its
+    /// cooling-off, which runs from the relay's append time). Then it authenticates and
+    /// publishes prekeys. (A device that enrols now with a back-dated genesis entry goes
+    /// through `enroll_with_genesis` and is on probation from now.)
     pub async fn device_with(
         &self,
         account: &AccountId,
@@ -188,12 +190,20 @@ impl<S: Store> TestRelay<S> {
         genesis_ms: u64,
         mut rng: StdRng,
     ) -> TestDevice {
-        let conn = self.connect().await;
         let code = self.code(account).await;
         let genesis = genesis_entry(account, &identity, genesis_ms);
-        conn.enroll_with_genesis(&identity, account, &code, genesis)
+        self.relay
+            .store
+            .enroll_first_device(
+                account,
+                sealpost_server::relay::enrollment_code_hash(&code),
+                identity.public(),
+                &genesis,
+                genesis_ms,
+            )
             .await
             .unwrap();
+        let conn = self.connect().await;
         conn.authenticate(&identity).await.unwrap();
         let mut prekeys = PreKeySecrets::new();
         let spk = prekeys.rotate_signed(&identity, &mut rng);

@@ -145,6 +145,21 @@ pub async fn staff<S: Store>(
     org: &TestOrg,
     prefix: &str,
 ) -> Vec<Client> {
+    staff_with_advisors(relay, homes, org, prefix, &[]).await.0
+}
+
+/// As [`staff`], and the advisor accounts `advisors` (created by the caller with
+/// [`Role::Advisor`](sealpost_protocol::wire::Role::Advisor)) each enrol one device that
+/// roster version 1 lists with the advisor role: with an organisation pinned, peers trust
+/// an advisor's devices only if the roster lists them. Returns `([ops, comp, sec],
+/// advisors)`.
+pub async fn staff_with_advisors<S: Store>(
+    relay: &TestRelay<S>,
+    homes: &Path,
+    org: &TestOrg,
+    prefix: &str,
+    advisors: &[&AccountId],
+) -> (Vec<Client>, Vec<Client>) {
     use sealpost_protocol::wire::Role;
     let mut out = Vec::new();
     for name in ["ops", "comp", "sec"] {
@@ -159,20 +174,48 @@ pub async fn staff<S: Store>(
             .await,
         );
     }
-    let v1 = org.genesis(
-        &[
-            (&out[0], StaffRole::Operations),
-            (&out[1], StaffRole::Compliance),
-            (&out[2], StaffRole::Security),
-        ],
-        quick_policy(QUICK_COOLING_OFF_MS),
-    );
+    let mut advs = Vec::new();
+    for a in advisors {
+        advs.push(enrolled(relay, &homes.join(a.as_str()), a, Some(org)).await);
+    }
+    let mut members = vec![
+        (&out[0], StaffRole::Operations),
+        (&out[1], StaffRole::Compliance),
+        (&out[2], StaffRole::Security),
+    ];
+    for a in &advs {
+        members.push((a, StaffRole::Advisor));
+    }
+    let v1 = org.genesis(&members, quick_policy(QUICK_COOLING_OFF_MS));
     out[0].publish_signed_roster(v1).await.unwrap();
     settle().await;
-    out
+    (out, advs)
 }
 
 /// Wait out [`QUICK_COOLING_OFF_MS`].
 pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(QUICK_COOLING_OFF_MS + 300)).await;
+}
+
+/// The firm's verification of `client`'s account, through the real flow: the client asks
+/// (`attestation_status`, as `sealpost whoami` does), `staff` (a role the roster policy
+/// allows to attest: operations or advisor by default) picks the challenge, the client
+/// reveals its nonce and shows the code, `staff` types it and signs the attestation.
+pub async fn attest(staff: &mut Client, client: &mut Client) {
+    use sealpost_client::AttestStatus;
+    let account = client.account().unwrap().clone();
+    match client.attestation_status().await.unwrap() {
+        AttestStatus::Waiting { code: None } => {}
+        other => panic!("expected to wait for verification, got {other:?}"),
+    }
+    staff.attest_begin(&account).await.unwrap();
+    let code = match client.attestation_status().await.unwrap() {
+        AttestStatus::Waiting { code: Some(code) } => code,
+        other => panic!("expected a code to read, got {other:?}"),
+    };
+    staff.attest_confirm(&account, &code).await.unwrap();
+    match client.attestation_status().await.unwrap() {
+        AttestStatus::Attested { .. } => {}
+        other => panic!("expected attested, got {other:?}"),
+    }
 }

@@ -185,6 +185,36 @@ impl Device {
     }
 }
 
+/// The firm's verification of `client` (account `account`) by `staff`, through the CLI:
+/// the client asks (`attest status`), the staff member starts (`attest begin`), the
+/// client's next `attest status` shows the code it reads aloud, the staff member types it
+/// (`attest confirm`); the client is then verified.
+fn attest(staff: &Device, client: &Device, account: &str) {
+    let asked = client.run(&["attest", "status"]).ok("attest status");
+    assert_eq!(
+        asked.events("attestation")[0]["state"],
+        "waiting",
+        "{}",
+        asked.stdout
+    );
+    staff.run(&["attest", "begin", account]).ok("attest begin");
+    let shown = client.run(&["attest", "status"]).ok("attest status");
+    let code = shown.events("attestation")[0]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code: {}", shown.stdout))
+        .to_owned();
+    staff
+        .run(&["attest", "confirm", account, "--code", &code])
+        .ok("attest confirm");
+    let done = client.run(&["attest", "status"]).ok("attest status");
+    assert_eq!(
+        done.events("attestation")[0]["state"],
+        "attested",
+        "{}",
+        done.stdout
+    );
+}
+
 fn start_relay(dir: &Path) -> (PathBuf, RelayProcess) {
     let config = write_config(dir, None);
     let relay = RelayProcess::start(Path::new(RELAY), &config, &[]);
@@ -324,6 +354,35 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
     org.sign_genesis(&spec_path, &v1).ok("sign-genesis");
     ops.run(&["org", "roster", "publish", &v1.display().to_string()])
         .ok("roster publish");
+    attest(&ops, &alice, "alice");
+    // A wrong code: exit 7, carol stays unverified (ops cannot write to her: exit 8), the
+    // request ends; the real flow then succeeds.
+    carol.run(&["attest", "status"]).ok("attest status");
+    ops.run(&["attest", "begin", "carol"]).ok("attest begin");
+    let shown = carol.run(&["attest", "status"]).ok("attest status");
+    let code = shown.events("attestation")[0]["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let digits: String = code.chars().filter(char::is_ascii_digit).collect();
+    let wrong = format!("{:06}", (digits.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let refused = ops.run(&["attest", "confirm", "carol", "--code", &wrong]);
+    assert_eq!(refused.code, 7, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("NOT verified"),
+        "{}",
+        refused.stderr
+    );
+    let blocked = ops.run(&["send", "carol", "hello"]);
+    assert_eq!(blocked.code, 8, "{}", blocked.stderr);
+    assert!(
+        blocked
+            .stderr
+            .contains("waiting for the firm's verification"),
+        "{}",
+        blocked.stderr
+    );
+    attest(&ops, &carol, "carol");
 
     // whoami: account, role, device and fingerprint.
     let who = alice.run(&["whoami"]).ok("whoami");
@@ -727,6 +786,23 @@ fn cli_attachment_of_several_mib_arrives_intact_and_a_tampered_blob_is_refused()
     let client = Device::new(dir.path(), "cy");
     advisor.enrol(&config, &relay, "bo.advisor");
     client.enrol(&config, &relay, "cy");
+    // Without an organisation, every command that shows a contact says how far it is
+    // trusted; with --json the contact line carries it.
+    for args in [
+        &["contacts"][..],
+        &["send", "bo.advisor", "hello"],
+        &["inbox", "--wait", "1"],
+    ] {
+        let ran = client.run_human(args).ok("human command");
+        assert!(
+            ran.stdout
+                .contains("trust on first use: no organisation pinned"),
+            "{args:?}: {}",
+            ran.stdout
+        );
+    }
+    let listed = client.run(&["contacts"]).ok("contacts");
+    assert_eq!(listed.events("contact")[0]["trust_on_first_use"], true);
 
     // A 3 MiB "statement" with a marker inside, deterministic content.
     let marker = b"ATTACHMENT-PLAINTEXT-MARKER-91ac";
@@ -927,6 +1003,7 @@ fn cli_organisation_roster_cosigned_notice_and_device_linking() {
         .run(&["org", "roster", "publish", &v1.display().to_string()])
         .ok("publish");
     assert_eq!(published.events("roster_published")[0]["version"], 1);
+    attest(&ops, &alice, "alice");
     // Any device (here the client) verifies it from its pinned fingerprint.
     let shown = alice.run(&["org", "roster", "show"]).ok("roster show");
     let shown = &shown.events("roster")[0];
@@ -1398,6 +1475,7 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
     org.sign_genesis(&spec_path, &v1).ok("sign-genesis");
     ops.run(&["org", "roster", "publish", &v1.display().to_string()])
         .ok("publish");
+    attest(&ops, &alice, "alice");
 
     // `org pin` on the early device: another fingerprint is refused (exit 8), the firm's
     // is pinned and the roster verifies from it; it never changes again (exit 6).

@@ -27,21 +27,30 @@ fn relay_info<S: Store>(relay: &TestRelay<S>) -> RelayInfo {
     }
 }
 
-/// A relay pinned to a fresh organisation whose roster (three staff accounts, `prefix`ed)
-/// has a short cooling-off, so a first device can link a second one during the test.
+/// A relay pinned to a fresh organisation whose roster (three staff accounts, `prefix`ed,
+/// and the advisor accounts `advisors`, each with one enrolled device) has a short
+/// cooling-off, so a first device can link a second one during the test. Returns the
+/// staff (`[ops, comp, sec]`) and the advisors' clients.
 async fn org_relay(
     homes: &Path,
     prefix: &str,
+    advisors: &[&str],
 ) -> (
     TestRelay<sealpost_server::store::memory::MemoryStore>,
     org::TestOrg,
+    Vec<Client>,
     Vec<Client>,
 ) {
     let o = org::TestOrg::new();
     let fp = o.fingerprint();
     let relay = memory_relay(|c| c.org_fingerprint = Some(fp)).await;
-    let staff = org::staff(&relay, homes, &o, prefix).await;
-    (relay, o, staff)
+    let mut ids = Vec::new();
+    for a in advisors {
+        ids.push(relay.account(a, Role::Advisor).await);
+    }
+    let refs: Vec<&AccountId> = ids.iter().collect();
+    let (staff, advs) = org::staff_with_advisors(&relay, homes, &o, prefix, &refs).await;
+    (relay, o, staff, advs)
 }
 
 async fn enrolled<S: Store>(relay: &TestRelay<S>, home: &Path, account: &AccountId) -> Client {
@@ -119,16 +128,17 @@ async fn client_and_advisor_converse_online_and_offline_with_receipts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_device_sees_both_sides() {
     let homes = tempfile::tempdir().unwrap();
-    let (relay, o, _staff) = org_relay(homes.path(), "s.").await;
+    let (relay, o, mut staff, mut advs) = org_relay(homes.path(), "s.", &["dan"]).await;
     let carol_id = relay.account("carol", Role::Client).await;
-    let dan_id = relay.account("dan", Role::Advisor).await;
+    let mut dan = advs.remove(0);
+    let dan_id = dan.account().unwrap().clone();
     relay.assign(&carol_id, &dan_id).await;
     let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &carol_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut phone).await;
     org::settle().await;
     // A second device joins through the link flow (an enrolment code only creates the
     // first device of an account).
     let mut laptop = org::linked(&relay, &mut phone, &homes.path().join("laptop"), Some(&o)).await;
-    let mut dan = org::enrolled(&relay, &homes.path().join("dan"), &dan_id, Some(&o)).await;
 
     let out = phone.send_text(&dan_id, "from my phone").await.unwrap();
     assert_eq!(out.own_devices, 1, "a sync copy went to the laptop");
@@ -203,17 +213,16 @@ async fn a_linking_device_waits_out_the_relays_link_rate_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staff_notices_reach_one_several_and_all_clients() {
     let homes = tempfile::tempdir().unwrap();
-    let (relay, o, staff_members) = org_relay(homes.path(), "").await;
+    let (relay, o, staff_members, _) = org_relay(homes.path(), "", &[]).await;
     let mut staff = staff_members.into_iter().next().unwrap();
     let ops = staff.account().unwrap().clone();
     let mut clients = Vec::new();
     for name in ["c1", "c2", "c3"] {
         let id = relay.account(name, Role::Client).await;
         relay.assign(&id, &ops).await;
-        clients.push((
-            id.clone(),
-            org::enrolled(&relay, &homes.path().join(name), &id, Some(&o)).await,
-        ));
+        let mut c = org::enrolled(&relay, &homes.path().join(name), &id, Some(&o)).await;
+        org::attest(&mut staff, &mut c).await;
+        clients.push((id.clone(), c));
     }
     // One.
     staff
@@ -277,12 +286,15 @@ async fn staff_notices_reach_one_several_and_all_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_device_of_a_verified_contact_is_reported_and_unverifies_it() {
     let homes = tempfile::tempdir().unwrap();
-    let (relay, o, _staff) = org_relay(homes.path(), "s.").await;
-    let erin_id = relay.account("erin", Role::Client).await;
-    let fay_id = relay.account("fay", Role::Advisor).await;
-    relay.assign(&erin_id, &fay_id).await;
-    let mut erin = org::enrolled(&relay, &homes.path().join("erin"), &erin_id, Some(&o)).await;
+    // Erin is the advisor (the roster lists her device); fay, the client whose account
+    // gains a device, was verified by the firm.
+    let (relay, o, mut staff, mut advs) = org_relay(homes.path(), "s.", &["erin"]).await;
+    let mut erin = advs.remove(0);
+    let erin_id = erin.account().unwrap().clone();
+    let fay_id = relay.account("fay", Role::Client).await;
+    relay.assign(&fay_id, &erin_id).await;
     let mut fay = org::enrolled(&relay, &homes.path().join("fay"), &fay_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut fay).await;
     erin.send_text(&fay_id, "hi").await.unwrap();
     let _ = fay.receive(true, QUIET).await.unwrap();
     let sn_erin = erin.mark_verified(&fay_id).await.unwrap();
@@ -316,12 +328,14 @@ async fn a_new_device_of_a_verified_contact_is_reported_and_unverifies_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_change_is_reported_as_an_event_when_sending() {
     let homes = tempfile::tempdir().unwrap();
-    let (relay, o, _staff) = org_relay(homes.path(), "s.").await;
-    let gil_id = relay.account("gil", Role::Client).await;
-    let hal_id = relay.account("hal", Role::Advisor).await;
-    relay.assign(&gil_id, &hal_id).await;
-    let mut gil = org::enrolled(&relay, &homes.path().join("gil"), &gil_id, Some(&o)).await;
+    // Gil is the advisor; hal, the client whose account gains a device, was verified.
+    let (relay, o, mut staff, mut advs) = org_relay(homes.path(), "s.", &["gil"]).await;
+    let mut gil = advs.remove(0);
+    let gil_id = gil.account().unwrap().clone();
+    let hal_id = relay.account("hal", Role::Client).await;
+    relay.assign(&hal_id, &gil_id).await;
     let mut hal = org::enrolled(&relay, &homes.path().join("hal"), &hal_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut hal).await;
     gil.send_text(&hal_id, "first").await.unwrap();
     gil.mark_verified(&hal_id).await.unwrap();
     org::settle().await;

@@ -318,11 +318,15 @@ async fn an_acknowledged_device_log_append_survives_sigkill() {
 
     const DAY: u64 = 24 * 60 * 60 * 1000;
     let dir = tempfile::tempdir().unwrap();
-    // Devices enrolled "two days ago" are past their cooling-off and may link others.
+    // A device enrolled "two days ago" (the relay's records say so: its cooling-off runs
+    // from the relay's append time) is past its cooling-off and may link others.
     let config = write_config_with(dir.path(), None, "max_log_entry_age_secs = 2592000\n");
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     let account = AccountId::new("kill-client").unwrap();
-    let code = {
+    let mut rng = StdRng::seed_from_u64(77);
+    let existing = IdentityKeyPair::generate(&mut rng);
+    {
+        use sealpost_server::store::TrustStore;
         let store = SqliteStore::open(&dir.path().join("data").join("relay.sqlite3")).unwrap();
         admin::create_account(&store, &account, Role::Client)
             .await
@@ -331,10 +335,19 @@ async fn an_acknowledged_device_log_append_survives_sigkill() {
             .await
             .unwrap()
             .code;
+        let then = now_ms() - 2 * DAY;
+        store
+            .enroll_first_device(
+                &account,
+                sealpost_server::relay::enrollment_code_hash(&c),
+                existing.public(),
+                &genesis_entry(&account, &existing, then),
+                then,
+            )
+            .await
+            .unwrap();
         store.flush().await.unwrap();
-        c
-    };
-    let mut rng = StdRng::seed_from_u64(77);
+    }
     let org = OrgRoot::generate(&mut rng).public().fingerprint().to_hex();
     let env = [("SEALPOST_RELAY_ORG_FINGERPRINT", org.as_str())];
     let relay = RelayProcess::start(Path::new(BIN), &config, &env);
@@ -344,16 +357,7 @@ async fn an_acknowledged_device_log_append_survives_sigkill() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let existing = IdentityKeyPair::generate(&mut rng);
     let ce = RelayConnection::connect(&relay.address()).await.unwrap();
-    ce.enroll_with_genesis(
-        &existing,
-        &account,
-        &code,
-        genesis_entry(&account, &existing, now_ms() - 2 * DAY),
-    )
-    .await
-    .unwrap();
     ce.authenticate(&existing).await.unwrap();
     let new = IdentityKeyPair::generate(&mut rng);
     let cn = RelayConnection::connect(&relay.address()).await.unwrap();

@@ -28,7 +28,7 @@ struct Pair {
     alice: Client,
     adv: Client,
     /// The advisor's log entry the relay hides.
-    hidden: Vec<sealpost_protocol::trust::LogEntry>,
+    hidden: Vec<(sealpost_protocol::trust::LogEntry, u64)>,
 }
 
 /// An organisation (short cooling-off), a client and her advisor who exchanged a first

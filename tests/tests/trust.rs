@@ -73,6 +73,24 @@ async fn org_memory_relay(
     (relay, o, staff)
 }
 
+/// As [`org_memory_relay`], with an advisor account `adv` whose one device roster version 1
+/// lists (peers trust an advisor's devices only if the roster lists them).
+async fn org_memory_relay_adv(
+    homes: &Path,
+) -> (
+    TestRelay<sealpost_server::store::memory::MemoryStore>,
+    TestOrg,
+    Vec<Client>,
+    Client,
+) {
+    let o = TestOrg::new();
+    let fp = o.fingerprint();
+    let relay = memory_relay(|c| c.org_fingerprint = Some(fp)).await;
+    let adv_id = relay.account("adv", Role::Advisor).await;
+    let (staff, mut advs) = org::staff_with_advisors(&relay, homes, &o, "", &[&adv_id]).await;
+    (relay, o, staff, advs.remove(0))
+}
+
 /// Change the roster through the quorum: ops proposes version n+1 with `cooling_off_ms`,
 /// comp and sec approve. Returns the new version.
 async fn change_roster(staff: &mut [Client], cooling_off_ms: u64) -> u64 {
@@ -111,8 +129,11 @@ async fn a_device_written_into_the_relay_storage_is_refused_and_reported() {
     let alice_id = relay.account("alice", Role::Client).await;
     let adv_id = relay.account("adv", Role::Advisor).await;
     relay.assign(&alice_id, &adv_id).await;
+    let (mut staff, mut advs) =
+        org::staff_with_advisors(&relay, homes.path(), &o, "", &[&adv_id]).await;
+    let mut adv = advs.remove(0);
     let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
-    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut alice).await;
     adv.send_text(&alice_id, "welcome").await.unwrap();
     assert_eq!(alice.receive(true, QUIET).await.unwrap().len(), 1);
 
@@ -204,6 +225,7 @@ async fn a_high_risk_notice_goes_out_only_with_the_quorum_and_shows_its_cosigner
     let alice_id = relay.account("alice", Role::Client).await;
     relay.assign(&alice_id, staff[0].account().unwrap()).await;
     let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut alice).await;
 
     // One staff member alone: a draft, nothing reaches the client.
     let outcome = staff[0]
@@ -267,6 +289,7 @@ async fn the_roster_changes_only_with_the_quorum_and_bad_approvals_are_refused()
     let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
     let alice_id = relay.account("alice", Role::Client).await;
     let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut alice).await;
     let head = staff[0].roster().await.unwrap().unwrap().head().clone();
     let next = head
         .next(
@@ -319,6 +342,11 @@ async fn the_roster_changes_only_with_the_quorum_and_bad_approvals_are_refused()
         ev[0]
     );
     assert!(ops.approval(&id).unwrap().approvals.is_empty());
+    // The roster does not list ops2: until a roster change does, ops's peers refuse its
+    // log (the first-contact rule), so it goes again.
+    ops.revoke_device(&ops2.device_id(), "test device")
+        .await
+        .unwrap();
     // For other content: comp signs a request that differs in one field.
     let mut other = request.clone();
     other.expires_ms -= 1;
@@ -459,6 +487,7 @@ async fn device_and_freeze_events_are_told_once_and_not_for_ones_own_add() {
     relay.assign(&alice_id, staff[0].account().unwrap()).await;
     let phone_home = homes.path().join("phone");
     let mut phone = org::enrolled(&relay, &phone_home, &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut phone).await;
     org::settle().await;
     let _ = phone.take_events();
 
@@ -508,13 +537,13 @@ async fn device_and_freeze_events_are_told_once_and_not_for_ones_own_add() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probation_freeze_and_unfreeze_with_the_quorum() {
     let homes = tempfile::tempdir().unwrap();
-    let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
+    let (relay, o, mut staff, mut adv) = org_memory_relay_adv(homes.path()).await;
     let alice_id = relay.account("alice", Role::Client).await;
     relay.assign(&alice_id, staff[0].account().unwrap()).await;
-    let adv_id = relay.account("adv", Role::Advisor).await;
+    let adv_id = adv.account().unwrap().clone();
     relay.assign(&alice_id, &adv_id).await;
     let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
-    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut phone).await;
     org::settle().await;
     // The advisor and the staff member know alice's devices (they verified her log).
     assert_eq!(
@@ -535,9 +564,13 @@ async fn probation_freeze_and_unfreeze_with_the_quorum() {
             events.iter().any(|e| matches!(
                 e,
                 Event::DeviceAdded { account, device, probation_until_ms, .. }
+                    // In a peer's eyes probation runs from no earlier than when it
+                    // first saw the entry (it had pinned alice's log before): a little
+                    // later than the relay's append time the tablet counts from.
                     if account == &alice_id
                         && *device == tablet.device_id()
-                        && *probation_until_ms == t.probation_until_ms
+                        && *probation_until_ms >= t.probation_until_ms
+                        && *probation_until_ms <= t.probation_until_ms + 60_000
             )),
             "{who}: {events:?}"
         );
@@ -587,7 +620,8 @@ async fn recovery_needs_the_quorum_and_the_code() {
     let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
     let alice_id = relay.account("alice", Role::Client).await;
     relay.assign(&alice_id, staff[0].account().unwrap()).await;
-    let old = org::enrolled(&relay, &homes.path().join("old"), &alice_id, Some(&o)).await;
+    let mut old = org::enrolled(&relay, &homes.path().join("old"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut old).await;
     let old_device = old.device_id();
     drop(old); // lost
 
@@ -713,6 +747,7 @@ async fn a_roster_rollback_is_refused_by_the_client() {
     let mut staff = org::staff(&relay, homes.path(), &o, "").await;
     let alice_id = relay.account("alice", Role::Client).await;
     let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut alice).await;
     change_roster(&mut staff, 60_000).await;
     assert_eq!(alice.roster().await.unwrap().unwrap().head().version(), 2);
     drop(staff);
@@ -843,6 +878,7 @@ async fn content_under_another_envelope_kind_is_refused_and_reported() {
     let alice_id = relay.account("alice", Role::Client).await;
     relay.assign(&alice_id, staff[0].account().unwrap()).await;
     let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut phone).await;
     org::settle().await;
     change_roster(&mut staff, 3_600_000).await;
     let mut tablet = org::linked(&relay, &mut phone, &homes.path().join("tablet"), Some(&o)).await;
@@ -945,6 +981,7 @@ async fn rejections_cannot_crowd_out_approvals() {
     let alice_id = relay.account("alice", Role::Client).await;
     relay.assign(&alice_id, staff[0].account().unwrap()).await;
     let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut alice).await;
     org::settle().await;
     let ops_id = staff[0].account().unwrap().clone();
     // A notice to all clients: one co-signer from operations or compliance (comp).
@@ -1146,13 +1183,13 @@ async fn one_initiator_cannot_fill_an_approvers_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_offline_during_a_device_change_are_told_when_they_reconnect() {
     let homes = tempfile::tempdir().unwrap();
-    let (relay, o, _staff) = org_memory_relay(homes.path()).await;
+    let (relay, o, mut staff, mut adv) = org_memory_relay_adv(homes.path()).await;
     let alice_id = relay.account("alice", Role::Client).await;
-    let adv_id = relay.account("adv", Role::Advisor).await;
+    let adv_id = adv.account().unwrap().clone();
     relay.assign(&alice_id, &adv_id).await;
     let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut phone).await;
     let adv_home = homes.path().join("adv");
-    let mut adv = org::enrolled(&relay, &adv_home, &adv_id, Some(&o)).await;
     org::settle().await;
     let tablet_home = homes.path().join("tablet");
     let mut tablet = org::linked(&relay, &mut phone, &tablet_home, Some(&o)).await;
@@ -1210,6 +1247,7 @@ async fn a_notice_injected_past_the_relay_is_shown_not_authenticated() {
     let alice_id = relay.account("alice", Role::Client).await;
     relay.assign(&alice_id, staff[0].account().unwrap()).await;
     let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut alice).await;
     org::settle().await;
     let (ops, rest) = staff.split_at_mut(1);
     let comp = &rest[0];
@@ -1277,9 +1315,10 @@ async fn a_notice_injected_past_the_relay_is_shown_not_authenticated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_device_removes_it_from_the_account() {
     let homes = tempfile::tempdir().unwrap();
-    let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
+    let (relay, o, mut staff, mut adv) = org_memory_relay_adv(homes.path()).await;
     let alice_id = relay.account("alice", Role::Client).await;
     let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut phone).await;
     org::settle().await;
     // New devices wait an hour from now on, so the tablet is certainly still on probation
     // below however slowly this machine runs.
@@ -1321,9 +1360,8 @@ async fn revoke_device_removes_it_from_the_account() {
         "{err:?}"
     );
     // A message to alice now goes to the phone only.
-    let adv_id = relay.account("adv", Role::Advisor).await;
+    let adv_id = adv.account().unwrap().clone();
     relay.assign(&alice_id, &adv_id).await;
-    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
     let report = adv.send_text(&alice_id, "statement").await.unwrap();
     assert_eq!(report.devices, 1);
 }
@@ -1422,8 +1460,11 @@ async fn a_forged_device_log_entry_in_the_relay_storage_is_refused_and_reported(
     let alice_id = relay.account("alice", Role::Client).await;
     let adv_id = relay.account("adv", Role::Advisor).await;
     relay.assign(&alice_id, &adv_id).await;
-    let alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
-    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
+    let (mut staff, mut advs) =
+        org::staff_with_advisors(&relay, homes.path(), &o, "", &[&adv_id]).await;
+    let mut adv = advs.remove(0);
+    let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut alice).await;
     // The advisor verifies alice's one-entry log (and pins its head) by writing to her.
     let report = adv.send_text(&alice_id, "welcome").await.unwrap();
     assert_eq!(report.devices, 1);
@@ -1520,6 +1561,7 @@ async fn an_unfreeze_approved_while_a_roster_change_is_pending_keeps_the_account
     relay.assign(&alice_id, &ops_id).await;
     relay.assign(&alice_id, staff[2].account().unwrap()).await;
     let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut phone).await;
     org::settle().await;
 
     // ops proposes roster version 2 (dated now, published once approved).
@@ -1597,8 +1639,11 @@ async fn a_notice_to_all_clients_reaches_clients_not_assigned_to_its_sender() {
     let adv_id = relay.account("adv", Role::Advisor).await;
     relay.assign(&carol_id, &adv_id).await;
     let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut alice).await;
     let mut bob = org::enrolled(&relay, &homes.path().join("bob"), &bob_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut bob).await;
     let mut carol = org::enrolled(&relay, &homes.path().join("carol"), &carol_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut carol).await;
     // A client account without any device: reported as not reached, the rest goes on.
     let dana_id = relay.account("dana", Role::Client).await;
 
@@ -1719,12 +1764,12 @@ async fn instructions_are_refused_from_a_device_on_probation_and_shown_apart_oth
     use sealpost_protocol::content::InstructionCategory;
     use sealpost_protocol::EnvelopeKind;
     let homes = tempfile::tempdir().unwrap();
-    let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
+    let (relay, o, mut staff, mut adv) = org_memory_relay_adv(homes.path()).await;
     let alice_id = relay.account("alice", Role::Client).await;
-    let adv_id = relay.account("adv", Role::Advisor).await;
+    let adv_id = adv.account().unwrap().clone();
     relay.assign(&alice_id, &adv_id).await;
     let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
-    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut phone).await;
     org::settle().await;
 
     // Past its cooling-off, the phone sends a withdrawal instruction.

@@ -52,7 +52,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             )
             .await
         }
-        Command::Whoami => whoami(ctx),
+        Command::Whoami => whoami(ctx).await,
         Command::Contacts => contacts(ctx).await,
         Command::Send {
             account,
@@ -84,6 +84,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Org { command } => super::trust::org(ctx, command).await,
         Command::Device { command } => super::trust::device(ctx, command).await,
         Command::Approvals { command } => super::trust::approvals(ctx, command).await,
+        Command::Attest { command } => super::trust::attest(ctx, command).await,
     }
 }
 
@@ -234,8 +235,31 @@ async fn enroll(
     Ok(())
 }
 
-fn whoami(ctx: &Ctx) -> Result<(), CliError> {
-    let client = open_profile(ctx)?;
+/// The line every command that shows a contact prints when no organisation is pinned.
+pub const TOFU_NOTE: &str = "trust on first use: no organisation pinned (a contact's first devices are taken as the relay serves them; compare safety numbers with `sealpost verify`)";
+
+/// Say [`TOFU_NOTE`] if `client` trusts on first use.
+pub fn say_tofu(ctx: &Ctx, client: &Client) {
+    if client.trust_on_first_use() {
+        ctx.out.say(TOFU_NOTE);
+    }
+}
+
+async fn whoami(ctx: &Ctx) -> Result<(), CliError> {
+    let mut client = open_profile(ctx)?;
+    // With an organisation pinned, where the firm's verification of this account stands
+    // (best effort: the rest is local and shown even if the relay cannot be reached).
+    let attestation = if client.account().is_some() && client.relay().is_some() {
+        match super::trust::attest_status_line(ctx, &mut client).await {
+            Ok(v) => Some(v),
+            Err(e) => Some((
+                json!({"state": "unknown", "error": e.message}),
+                format!("verification: unknown ({})", e.message),
+            )),
+        }
+    } else {
+        None
+    };
     let fp = client.identity().fingerprint().to_string();
     let identity = sealpost_client::org::identity_hex(client.identity());
     let relay = client.relay().map(|r| json!({"addr": r.addr, "server_name": r.server_name, "ca_fingerprint": r.ca_fingerprint, "org_fingerprint": r.org_fingerprint}));
@@ -249,6 +273,7 @@ fn whoami(ctx: &Ctx) -> Result<(), CliError> {
         "fingerprint": fp,
         "identity": identity,
         "relay": relay,
+        "attestation": attestation.as_ref().map(|(j, _)| j.clone()),
     }));
     match client.account() {
         Some(a) => ctx
@@ -269,6 +294,9 @@ fn whoami(ctx: &Ctx) -> Result<(), CliError> {
         }
     }
     ctx.out.say(format!("profile:     {}", ctx.home.display()));
+    if let Some((_, line)) = attestation {
+        ctx.out.say(line);
+    }
     Ok(())
 }
 
@@ -283,6 +311,8 @@ async fn contacts(ctx: &Ctx) -> Result<(), CliError> {
     finish(&mut client).await?;
     let reachable: BTreeSet<AccountId> = reachable.into_iter().map(|(a, _)| a).collect();
     let me = client.account().cloned();
+    say_tofu(ctx, &client);
+    let tofu = client.trust_on_first_use();
     let list: Vec<_> = client
         .contacts()
         .filter(|c| Some(&c.account) != me.as_ref())
@@ -306,6 +336,7 @@ async fn contacts(ctx: &Ctx) -> Result<(), CliError> {
             "reachable": reach,
             "verified": verified,
             "devices": c.devices.len(),
+            "trust_on_first_use": tofu,
         }));
         let mut status = if verified {
             "verified".to_owned()
@@ -365,6 +396,7 @@ async fn send(ctx: &Ctx, to: &str, text: &str) -> Result<(), CliError> {
     let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
+    say_tofu(ctx, &client);
     let result = client.send_text(&to, &text).await;
     finish(&mut client).await?;
     let report = result.map_err(|e| CliError::from_client(e, Some(&at)))?;
@@ -546,6 +578,7 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     let me = client.account().cloned();
+    say_tofu(ctx, &client);
     let received = client.receive(true, wait).await;
     let events = match received {
         Ok(ev) => ev,

@@ -146,6 +146,10 @@ impl CliError {
                 "nothing was saved; if this repeats, the file may have been altered at the relay",
             ),
             ClientError::Net(n) => Self::from_net(n, at),
+            ClientError::Trust(t @ sealpost_protocol::trust::TrustError::NotAttested { .. }) => {
+                Self::new(Exit::Trust, format!("trust check failed: {t}"))
+                    .hint("the firm verifies each client's first device by a phone call before anyone may write to or read from it: a client runs `sealpost whoami` to ask and, once called, to see the code to read; staff run `sealpost attest list`")
+            }
             ClientError::Trust(t) => Self::new(Exit::Trust, format!("trust check failed: {t}"))
                 .hint("nothing was trusted or changed; if this repeats, the relay may be misbehaving: tell your firm's security team"),
             ClientError::NoRoster(m) => Self::failure(format!("no organisation roster: {m}"))

@@ -30,7 +30,7 @@ use super::output::{tagged as to_json_tagged, time};
 use super::{
     connect, finish, open_enrolled, open_profile, passphrase_from, relay_addr, with_spinner, Ctx,
 };
-use crate::{ApprovalsCommand, DeviceCommand, OrgCommand, RosterCommand};
+use crate::{ApprovalsCommand, AttestCommand, DeviceCommand, OrgCommand, RosterCommand};
 
 /// The organisation passphrase variable.
 const ORG_PASSPHRASE: &str = "SEALPOST_ORG_PASSPHRASE";
@@ -1503,4 +1503,122 @@ async fn approvals_decide(ctx: &Ctx, wanted: &str, decision: Decision) -> Result
         view.request_id, view.operation, view.initiator
     ));
     Ok(())
+}
+
+// ---- attest (the firm's verification of a client's first device) ----
+
+/// Where this account's verification stands, as a JSON value and a line of text; moves a
+/// waiting client's request on ([`Client::attestation_status`]). Connects and finishes.
+pub async fn attest_status_line(
+    ctx: &Ctx,
+    client: &mut Client,
+) -> Result<(serde_json::Value, String), CliError> {
+    use sealpost_client::AttestStatus;
+    if client.trust_on_first_use() {
+        return Ok((
+            json!({"state": "trust_on_first_use"}),
+            format!("verification: {}", super::commands::TOFU_NOTE),
+        ));
+    }
+    connect(ctx, client).await?;
+    let at = relay_addr(client);
+    let status = client.attestation_status().await;
+    finish(client).await?;
+    let status = status.map_err(|e| CliError::from_client(e, Some(&at)))?;
+    let line = match &status {
+        AttestStatus::TrustOnFirstUse => format!("verification: {}", super::commands::TOFU_NOTE),
+        AttestStatus::Roster => "verification: listed in the organisation's roster".to_owned(),
+        AttestStatus::Attested { attested_ms } => format!(
+            "verification: verified by the firm on {}",
+            time(*attested_ms)
+        ),
+        AttestStatus::Waiting { code: None } => "verification: WAITING for the firm's verification. Until a staff member has verified you, your advisor and staff cannot write to you nor read what you send. They will call you; run `sealpost whoami` again then to see the code to read them.".to_owned(),
+        AttestStatus::Waiting { code: Some(code) } => format!(
+            "verification: WAITING for the firm's verification. Read this code to the staff member who called you: {code}"
+        ),
+    };
+    Ok((to_json_tagged("attestation", &status)?, line))
+}
+
+/// `sealpost attest ...`
+pub async fn attest(ctx: &Ctx, command: AttestCommand) -> Result<(), CliError> {
+    match command {
+        AttestCommand::Status => {
+            let mut client = open_enrolled(ctx).await?;
+            let (json, line) = attest_status_line(ctx, &mut client).await?;
+            ctx.out.json_line(json);
+            ctx.out.say(line);
+            Ok(())
+        }
+        AttestCommand::List => {
+            let mut client = open_enrolled(ctx).await?;
+            connect(ctx, &mut client).await?;
+            let at = relay_addr(&client);
+            let list = client.unattested().await;
+            finish(&mut client).await?;
+            let list = list.map_err(|e| CliError::from_client(e, Some(&at)))?;
+            if list.is_empty() {
+                ctx.out.say("No client is waiting for verification.");
+            }
+            for v in &list {
+                ctx.out.json_line(to_json_tagged("unattested", v)?);
+                let state = if v.code_ready && v.challenged_by_me {
+                    "code ready: `sealpost attest confirm ACCOUNT --code DIGITS` with the code they read you"
+                } else if v.challenged_by_me {
+                    "started by you: call them; they run `sealpost whoami` and read you the code"
+                } else if v.challenged {
+                    "being verified by another staff device"
+                } else if v.requested {
+                    "asked to be verified: `sealpost attest begin ACCOUNT`, then call them"
+                } else {
+                    "has not asked yet (they run `sealpost whoami`)"
+                };
+                ctx.out.say(format!("{:<32} {state}", v.account.as_str()));
+            }
+            Ok(())
+        }
+        AttestCommand::Begin { account } => {
+            let account = account_arg(&account)?;
+            let mut client = open_enrolled(ctx).await?;
+            connect(ctx, &mut client).await?;
+            let at = relay_addr(&client);
+            let r = client.attest_begin(&account).await;
+            finish(&mut client).await?;
+            r.map_err(|e| CliError::from_client(e, Some(&at)))?;
+            ctx.out
+                .json_line(json!({"event": "attest_started", "account": account.as_str()}));
+            ctx.out.say(format!(
+                "Verification of {account} started. Call them on a number you already know; they run `sealpost whoami` and read you a 6-digit code. Then: sealpost attest confirm {account} --code DIGITS"
+            ));
+            Ok(())
+        }
+        AttestCommand::Confirm { account, code } => {
+            let account = account_arg(&account)?;
+            let code = check_code(&code)?;
+            let mut client = open_enrolled(ctx).await?;
+            connect(ctx, &mut client).await?;
+            let at = relay_addr(&client);
+            let r = client.attest_confirm(&account, code).await;
+            finish(&mut client).await?;
+            let a = r.map_err(|e| match e {
+                ClientError::CodeMismatch => CliError::new(
+                    super::error::Exit::Mismatch,
+                    format!("the code does not match: {account} is NOT verified"),
+                )
+                .hint(format!("the request was ended: the client runs `sealpost whoami` to ask again, then `sealpost attest begin {account}` and call them again; if the codes keep differing, someone may be in the middle")),
+                e => CliError::from_client(e, Some(&at)),
+            })?;
+            ctx.out.json_line(json!({
+                "event": "attested",
+                "account": account.as_str(),
+                "attested_ms": a.attested_ms,
+                "roster_version": a.roster_version,
+            }));
+            ctx.out.say(format!(
+                "{account} is verified: its first device is attested by this device (roster version {}).",
+                a.roster_version
+            ));
+            Ok(())
+        }
+    }
 }

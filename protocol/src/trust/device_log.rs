@@ -10,7 +10,8 @@
 //!   no later entry may use that authorisation;
 //! * [`DeviceAction::Add`], [`DeviceAction::Remove`] and [`DeviceAction::Freeze`] are
 //!   signed by an active device of the account whose cooling-off ended at or before the
-//!   entry's timestamp; nothing else authorises them;
+//!   entry's effective time (its timestamp, or later: [`DeviceLog::verify_timed`]);
+//!   nothing else authorises them;
 //! * [`DeviceAction::Recover`] and [`DeviceAction::Unfreeze`] are carried by a staff
 //!   quorum ([`Operation::AccountRecovery`], [`Operation::Unfreeze`]) whose parameters are
 //!   exactly the entry hash, checked under the roster version the request names, which must
@@ -22,7 +23,9 @@
 //! * while the account is frozen, nothing is added except by recovery; a freeze revokes
 //!   every device still on probation; unfreeze applies only to a frozen account.
 //!
-//! A device added at `t` is on probation until `t + cooling_off_ms`, with the cooling-off
+//! A device added at `t` is on probation until `t + cooling_off_ms` (`t` being the entry's
+//! effective time when the verifier has the relay's append times,
+//! [`DeviceLog::verify_timed`]), with the cooling-off
 //! window of the roster in force at `t` ([`RosterChain::roster_at`]), so a later policy
 //! change never rewrites history. A device recovered by a staff quorum is on probation
 //! until `max(t, expires_ms) + cooling_off_ms`, `expires_ms` being the approval request's
@@ -44,6 +47,7 @@ use crate::identity::{
 use crate::wire::{BoundedString, BoundedVec};
 
 use super::approval::{verify_quorum, ApprovalBundle, QuorumProof};
+use super::attestation::EntryTimes;
 use super::error::{Digest, TrustError};
 use super::roster::{Operation, RosterChain};
 use super::{
@@ -422,7 +426,10 @@ impl DeviceSet {
 struct Active {
     identity: PublicIdentity,
     added_ms: u64,
+    /// End of the cooling-off for the log's rules (from the entry's effective time).
     probation_until_ms: u64,
+    /// End of the cooling-off in this device's view (never earlier).
+    view_until_ms: u64,
 }
 
 impl DeviceLog {
@@ -480,17 +487,44 @@ impl DeviceLog {
 
     /// Verify every entry (rules in the module documentation) and compute the device
     /// set at `now_ms`. `held` is the head this client verified before, if any: a log that
-    /// ends before it, or differs at it, is refused (rollback, fork).
+    /// ends before it, or differs at it, is refused (rollback, fork). Cooling-off runs
+    /// from the signed dates only: see [`DeviceLog::verify_timed`].
     pub fn verify(
         &self,
         chain: Option<&RosterChain>,
         held: Option<&LogHead>,
         now_ms: u64,
     ) -> Result<DeviceSet, TrustError> {
+        self.verify_timed(chain, held, now_ms, &EntryTimes::default())
+    }
+
+    /// [`DeviceLog::verify`], with cooling-off counted from times the signers do not
+    /// choose (docs/PROTOCOL.md §19.3, "Effective time").
+    ///
+    /// Each entry `k` takes effect, for the log's rules, at
+    /// `e(k) = max(timestamp(k), e(k - 1), appended_ms[k])`: never before the relay
+    /// recorded it, nor before the entry it extends. A device it adds (or recovers)
+    /// starts its cooling-off at `e(k)` (a recovery at `max(e(k), expires_ms)`), a signer
+    /// must have finished its cooling-off at `e(k)`, and a freeze revokes the devices
+    /// still on probation at `e(k)`: every verifier holding the same relay times reaches
+    /// the same verdict (the relay computes it from its own times). In this device's own
+    /// eyes ([`DeviceState::probation_until_ms`]) probation also runs from no earlier
+    /// than `first_seen_ms[k]` and, for the first device, than `attested_ms`; these
+    /// only lengthen a probation and never make a log invalid. Relay times later than
+    /// `now_ms` plus [`MAX_CLOCK_SKEW_MS`] are refused.
+    pub fn verify_timed(
+        &self,
+        chain: Option<&RosterChain>,
+        held: Option<&LogHead>,
+        now_ms: u64,
+        times: &EntryTimes,
+    ) -> Result<DeviceSet, TrustError> {
         let mut active: BTreeMap<DeviceId, Active> = BTreeMap::new();
         let mut revoked: BTreeSet<DeviceId> = BTreeSet::new();
         let mut frozen = false;
-        let mut prev: Option<(Digest, u64)> = None;
+        // (hash, signed date, effective time for the rules, effective time in this
+        // device's view) of the previous entry.
+        let mut prev: Option<(Digest, u64, u64, u64)> = None;
         let mut hashes: Vec<Digest> = Vec::with_capacity(self.entries.as_slice().len());
 
         for (i, entry) in self.entries.as_slice().iter().enumerate() {
@@ -509,7 +543,7 @@ impl DeviceLog {
                     got: b.seq,
                 });
             }
-            let expected_prev = prev.map(|(h, _)| h);
+            let expected_prev = prev.map(|(h, ..)| h);
             if b.previous.map(Digest) != expected_prev {
                 return Err(TrustError::LogPrevHashMismatch {
                     seq,
@@ -517,7 +551,7 @@ impl DeviceLog {
                     got: b.previous.map(Digest),
                 });
             }
-            if let Some((_, previous_ms)) = prev {
+            if let Some((_, previous_ms, ..)) = prev {
                 if b.timestamp_ms < previous_ms {
                     return Err(TrustError::LogTimeRegression {
                         seq,
@@ -536,6 +570,22 @@ impl DeviceLog {
             let hash = b.hash();
             let message = sign_message(&hash);
             let ts = b.timestamp_ms;
+            let appended = times.appended_ms.get(i).copied().unwrap_or(0);
+            if appended > now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+                return Err(TrustError::AppendedInTheFuture {
+                    seq,
+                    got_ms: appended,
+                    now_ms,
+                });
+            }
+            // The entry's effective time for the rules, and in this device's view.
+            let (prev_rule, prev_view) = prev.map_or((0, 0), |(_, _, r, v)| (r, v));
+            let at = ts.max(prev_rule).max(appended);
+            let mut seen = times.first_seen_ms.get(&seq).copied().unwrap_or(0);
+            if seq == 0 {
+                seen = seen.max(times.attested_ms.unwrap_or(0));
+            }
+            let view_at = at.max(prev_view).max(seen);
             let cooling_off = chain.map_or(DEFAULT_COOLING_OFF_MS, |c| {
                 c.roster_at(ts).policy().cooling_off_ms
             });
@@ -578,7 +628,8 @@ impl DeviceLog {
                         &revoked,
                         identity,
                         ts,
-                        ts.saturating_add(cooling_off),
+                        (at, view_at),
+                        cooling_off,
                         seq,
                     )?;
                 }
@@ -601,7 +652,7 @@ impl DeviceLog {
                             signer: device.to_string(),
                         }
                     })?;
-                    if signer.probation_until_ms > ts {
+                    if signer.probation_until_ms > at {
                         return Err(TrustError::SignerOnProbation {
                             seq,
                             device: *device,
@@ -618,7 +669,8 @@ impl DeviceLog {
                                 &revoked,
                                 identity,
                                 ts,
-                                ts.saturating_add(cooling_off),
+                                (at, view_at),
+                                cooling_off,
                                 seq,
                             )?;
                         }
@@ -634,7 +686,7 @@ impl DeviceLog {
                         DeviceAction::Freeze => {
                             let on_probation: Vec<DeviceId> = active
                                 .iter()
-                                .filter(|(_, a)| a.probation_until_ms > ts)
+                                .filter(|(_, a)| a.probation_until_ms > at)
                                 .map(|(id, _)| *id)
                                 .collect();
                             for id in on_probation {
@@ -673,8 +725,16 @@ impl DeviceLog {
                             // The quorum could have been used until its expiry: the
                             // cooling-off runs from the latest moment the entry could
                             // have been appended, not from its signer-chosen date.
-                            let until = entry.probation_start().saturating_add(cooling_off);
-                            add_device(&mut active, &revoked, identity, ts, until, seq)?;
+                            let expires = entry.probation_start();
+                            add_device(
+                                &mut active,
+                                &revoked,
+                                identity,
+                                ts,
+                                (at.max(expires), view_at.max(expires)),
+                                cooling_off,
+                                seq,
+                            )?;
                         }
                         _ => {
                             if !frozen {
@@ -689,7 +749,7 @@ impl DeviceLog {
                 }
             }
             hashes.push(hash);
-            prev = Some((hash, ts));
+            prev = Some((hash, ts, at, view_at));
         }
 
         if let Some(held) = held {
@@ -715,7 +775,7 @@ impl DeviceLog {
 
         Ok(DeviceSet {
             account: self.account.clone(),
-            head: prev.map(|(hash, _)| LogHead {
+            head: prev.map(|(hash, ..)| LogHead {
                 seq: hashes.len().saturating_sub(1) as u64,
                 hash,
             }),
@@ -723,10 +783,10 @@ impl DeviceLog {
             devices: active
                 .into_values()
                 .map(|a| DeviceState {
-                    on_probation: a.probation_until_ms > now_ms,
+                    on_probation: a.view_until_ms > now_ms,
                     identity: a.identity,
                     added_ms: a.added_ms,
-                    probation_until_ms: a.probation_until_ms,
+                    probation_until_ms: a.view_until_ms,
                 })
                 .collect(),
             revoked: revoked.into_iter().collect(),
@@ -746,7 +806,8 @@ fn add_device(
     revoked: &BTreeSet<DeviceId>,
     identity: &PublicIdentity,
     ts: u64,
-    probation_until_ms: u64,
+    (start, view_start): (u64, u64),
+    cooling_off: u64,
     seq: u64,
 ) -> Result<(), TrustError> {
     let id = identity.device_id();
@@ -774,7 +835,8 @@ fn add_device(
         Active {
             identity: identity.clone(),
             added_ms: ts,
-            probation_until_ms,
+            probation_until_ms: start.saturating_add(cooling_off),
+            view_until_ms: view_start.max(start).saturating_add(cooling_off),
         },
     );
     Ok(())
@@ -1011,6 +1073,81 @@ mod tests {
         let later = c.log.verify(Some(&chain), None, T0 + 2 * DAY + 1).unwrap();
         assert!(later.devices.iter().all(|d| !d.on_probation));
         assert_eq!(set.head, c.log.head());
+    }
+
+    #[test]
+    fn cooling_off_runs_from_times_the_signer_does_not_choose() {
+        let mut org = Org::new(43);
+        let chain = org.chain();
+        let mut c = client(&mut org);
+        let phone =
+            IdentityKeyPair::from_secrets(&c.phone.secret_bytes().0, &c.phone.secret_bytes().1);
+        let laptop = IdentityKeyPair::generate(&mut org.rng);
+        // Dated just after the phone's cooling-off, appended (by the relay's record) a
+        // week later.
+        add(&mut c, &phone, &laptop, T0 + DAY + 1);
+        let appended = T0 + 7 * DAY;
+        let now = appended + HOUR;
+        let signed_only = c.log.verify(Some(&chain), None, now).unwrap();
+        assert!(
+            !signed_only
+                .device(&laptop.device_id())
+                .unwrap()
+                .on_probation
+        );
+        let times = EntryTimes {
+            appended_ms: vec![T0, appended],
+            ..EntryTimes::default()
+        };
+        let set = c.log.verify_timed(Some(&chain), None, now, &times).unwrap();
+        let l = set.device(&laptop.device_id()).unwrap();
+        assert!(l.on_probation);
+        assert_eq!(l.probation_until_ms, appended + DAY);
+        assert_eq!(l.added_ms, T0 + DAY + 1);
+        // A device that first saw the entry later still counts from then; the first
+        // device's probation runs from no earlier than its attestation.
+        let times = EntryTimes {
+            appended_ms: vec![T0, appended],
+            first_seen_ms: [(1, appended + 2 * HOUR)].into_iter().collect(),
+            attested_ms: Some(T0 + 3 * DAY),
+        };
+        let set = c
+            .log
+            .verify_timed(Some(&chain), None, appended + 2 * HOUR, &times)
+            .unwrap();
+        assert_eq!(
+            set.device(&laptop.device_id()).unwrap().probation_until_ms,
+            appended + 2 * HOUR + DAY
+        );
+        assert_eq!(
+            set.device(&phone.device_id()).unwrap().probation_until_ms,
+            T0 + 4 * DAY
+        );
+        // A relay time in the future is refused.
+        let times = EntryTimes {
+            appended_ms: vec![T0, now + HOUR],
+            ..EntryTimes::default()
+        };
+        assert!(matches!(
+            c.log.verify_timed(Some(&chain), None, now, &times),
+            Err(TrustError::AppendedInTheFuture { seq: 1, .. })
+        ));
+        // The signer must have finished its cooling-off at the entry's effective time:
+        // an entry the phone signs while still on probation by the relay's time is
+        // refused, whatever date it carries.
+        let mut d = client(&mut org);
+        let phone2 =
+            IdentityKeyPair::from_secrets(&d.phone.secret_bytes().0, &d.phone.secret_bytes().1);
+        let tablet = IdentityKeyPair::generate(&mut org.rng);
+        add(&mut d, &phone2, &tablet, T0 + DAY + 1);
+        let times = EntryTimes {
+            appended_ms: vec![T0 + DAY, T0 + DAY + 2],
+            ..EntryTimes::default()
+        };
+        assert!(matches!(
+            d.log.verify_timed(Some(&chain), None, T0 + 3 * DAY, &times),
+            Err(TrustError::SignerOnProbation { seq: 1, .. })
+        ));
     }
 
     #[test]

@@ -390,6 +390,51 @@ pub enum TrustError {
     },
 
     // ----- notices -----
+    /// A client account with an organisation pinned, whose first device no valid
+    /// attestation of the firm vouches for.
+    #[error(
+        "{account} is waiting for the firm's verification: no staff member has attested its \
+         first device (an organisation is pinned, so no device is trusted on first sight)"
+    )]
+    NotAttested {
+        /// The account.
+        account: AccountId,
+    },
+    /// An attestation for another account or another genesis entry.
+    #[error("the attestation does not name {account}'s genesis entry")]
+    AttestationMismatch {
+        /// The account.
+        account: AccountId,
+    },
+    /// The attester may not attest clients.
+    #[error("attestation by {attester} refused: {reason}")]
+    AttesterNotEligible {
+        /// The attesting account.
+        attester: AccountId,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A staff account's log lists a device its roster entry does not.
+    #[error(
+        "{account} is in the roster, but its device log lists device {device}, which the \
+         roster does not: refused (a relay may be serving a fabricated log)"
+    )]
+    DeviceNotInRoster {
+        /// The account.
+        account: AccountId,
+        /// The unlisted device.
+        device: DeviceId,
+    },
+    /// A relay-recorded time later than the verifier's clock allows.
+    #[error("the relay says entry {seq} was appended at {got_ms} ms, after now ({now_ms} ms)")]
+    AppendedInTheFuture {
+        /// The entry.
+        seq: u64,
+        /// The time served.
+        got_ms: u64,
+        /// The verifier's clock.
+        now_ms: u64,
+    },
     /// The notice content does not hash to the signed content hash.
     #[error("notice content does not match its signed hash")]
     NoticeContentMismatch,

@@ -22,6 +22,9 @@
 //!   [`verify_quorum`] checks one and returns a [`QuorumProof`] naming who counted.
 //! * [`DeviceLog`]: an account's append-only, hash-chained log of device changes;
 //!   [`DeviceLog::verify`] yields the [`DeviceSet`] (active devices, probation, frozen).
+//! * [`ClientAttestation`]: the firm's attestation of a client account's first device;
+//!   [`first_contact`] is the rule a device applies before it trusts another account's
+//!   log with an organisation pinned (the roster for staff, an attestation for clients).
 //! * [`SignedNotice`]: a staff notice signed by its sender's device, with quorum
 //!   co-signatures for high-risk kinds and notices to all clients or a segment;
 //!   [`NoticeVerdict`] is what a client shows, including a loud "NOT AUTHENTICATED".
@@ -52,8 +55,12 @@
 //!        || for each device, ascending by device id: ed25519 (32) || x25519 (32)
 //!   || for each operation code 1..=5: u8 code || u8 threshold || u8 role_mask
 //!   || u64 cooling_off_ms || u8 kind_count || for each sensitive kind, ascending: u16 code
+//!   || u8 attestation_role_mask     (format 2 only)
 //! roster_hash = SHA-256(roster_bytes)
 //! ```
+//!
+//! `format` is 1 when the policy's `client_attestation` is absent (rosters written before
+//! it existed keep their hash) and 2 when present (its role mask is appended).
 //!
 //! Role codes: advisor 1, operations 2, compliance 3, security 4; `role_mask` has bit
 //! `code - 1` set per accepted role. Operation codes: account recovery 1, unfreeze 2,
@@ -167,6 +174,8 @@
 //! | `Sealpost_NoticeContent_v1` | notice content hash |
 //! | `Sealpost_Notice_v1` | notice digest input |
 //! | `Sealpost_NoticeSign_v1` | notice sender signature |
+//! | `Sealpost_Attestation_v1` | client attestation digest input ([`attestation`]) |
+//! | `Sealpost_AttestationSign_v1` | attester's signature ([`attestation`]) |
 //!
 //! Every signature in this module has its own label, distinct from the existing ones
 //! (`Sealpost_Auth_v1`, `Sealpost_Enroll_v1`, `Sealpost_PreKey_v1`), so a signature made
@@ -197,6 +206,7 @@
 //! refused.
 
 pub mod approval;
+pub mod attestation;
 pub mod device_log;
 pub mod error;
 pub mod notice;
@@ -209,6 +219,7 @@ mod testutil;
 pub use approval::{
     verify_quorum, Approval, ApprovalBundle, ApprovalRequest, Parameters, QuorumProof, SignerRef,
 };
+pub use attestation::{first_contact, ClientAttestation, EntryTimes, Standing};
 pub use device_log::{
     DeviceAction, DeviceLog, DeviceSet, DeviceState, EntryAuthorization, EntryBody, LinkChallenge,
     LinkCode, LinkCommitment, LinkNonce, LogEntry, LogHead, SendDecision,
@@ -221,7 +232,7 @@ pub use notice::{
 pub use org::{OrgFingerprint, OrgRoot, OrgRootPublic};
 pub use roster::{
     ApprovalPolicy, Operation, Quorum, RoleSet, Roster, RosterAuthorization, RosterChain,
-    RosterHead, SignedRoster, StaffMember, StaffRole,
+    RosterHead, SignedRoster, StaffMember, StaffRole, DEFAULT_ATTESTATION_ROLES,
 };
 
 /// Default cooling-off window of a new device: 24 hours.
@@ -257,8 +268,11 @@ pub const MAX_SEGMENT_LEN: usize = 64;
 /// Largest CBOR signed notice (without its content, which travels beside it).
 pub const MAX_SIGNED_NOTICE_LEN: usize = 64 * 1024;
 
-/// Format number written into roster bytes.
+/// Format number written into roster bytes (a policy without `client_attestation`).
 pub(crate) const ROSTER_FORMAT: u16 = 1;
+/// Format number of roster bytes whose policy names the attesting roles (the role mask
+/// follows the sensitive kinds).
+pub(crate) const ROSTER_FORMAT_ATTESTATION: u16 = 2;
 pub(crate) const ORG_FINGERPRINT_LABEL: &[u8] = b"Sealpost_OrgRoot_Fingerprint_v1";
 pub(crate) const ROSTER_HASH_LABEL: &[u8] = b"Sealpost_Roster_v1";
 pub(crate) const ROSTER_ROOT_LABEL: &[u8] = b"Sealpost_Roster_Root_v1";
@@ -272,6 +286,8 @@ pub(crate) const LINK_COMMIT_LABEL: &[u8] = b"Sealpost_LinkCommit_v1";
 pub(crate) const NOTICE_CONTENT_LABEL: &[u8] = b"Sealpost_NoticeContent_v1";
 pub(crate) const NOTICE_LABEL: &[u8] = b"Sealpost_Notice_v1";
 pub(crate) const NOTICE_SIGN_LABEL: &[u8] = b"Sealpost_NoticeSign_v1";
+pub(crate) const ATTESTATION_LABEL: &[u8] = b"Sealpost_Attestation_v1";
+pub(crate) const ATTESTATION_SIGN_LABEL: &[u8] = b"Sealpost_AttestationSign_v1";
 
 /// An empty bounded list (an empty list is within every bound).
 pub(crate) fn empty_list<T, const N: usize>() -> crate::wire::BoundedVec<T, N> {

@@ -17,7 +17,7 @@ use super::org::{root_message, OrgFingerprint, OrgRootPublic};
 use super::{
     Canon, DEFAULT_COOLING_OFF_MS, MAX_CLOCK_SKEW_MS, MAX_COOLING_OFF_MS, MAX_QUORUM_THRESHOLD,
     MAX_ROSTER_CHAIN_LEN, MAX_ROSTER_STAFF, MAX_SIGNED_ROSTER_LEN, MAX_STAFF_DEVICES,
-    ROSTER_FORMAT, ROSTER_HASH_LABEL,
+    ROSTER_FORMAT, ROSTER_FORMAT_ATTESTATION, ROSTER_HASH_LABEL,
 };
 
 /// A staff member's role. Codes (in signed bytes): advisor 1, operations 2, compliance 3,
@@ -214,7 +214,18 @@ pub struct ApprovalPolicy {
     pub cooling_off_ms: u64,
     /// Envelope kinds refused from a device on probation; kept sorted by code, deduplicated.
     pub sensitive_kinds: Vec<EnvelopeKind>,
+    /// Roles whose members may attest a client account's first device (docs/PROTOCOL.md
+    /// §19.10). `None` (absent in CBOR; rosters of format 1, written before this field
+    /// existed) means [`DEFAULT_ATTESTATION_ROLES`]. When present the roster's canonical
+    /// bytes are of format 2 and end with its role mask; absent, they are exactly the
+    /// format-1 bytes, so every roster signed before keeps its hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_attestation: Option<RoleSet>,
 }
+
+/// Who may attest a client's first device when the policy does not say: advisors and
+/// operations staff (the people who onboard clients and place calls to them).
+pub const DEFAULT_ATTESTATION_ROLES: [StaffRole; 2] = [StaffRole::Advisor, StaffRole::Operations];
 
 impl Default for ApprovalPolicy {
     /// Two approvals for recovery, unfreeze, roster changes and high-risk notices; one
@@ -233,6 +244,7 @@ impl Default for ApprovalPolicy {
                 .into_iter()
                 .filter(|k| k.is_sensitive())
                 .collect(),
+            client_attestation: None,
         }
     }
 }
@@ -247,6 +259,13 @@ impl ApprovalPolicy {
             Operation::NoticeToAllClients => &self.notice_to_all_clients,
             Operation::HighRiskNotice => &self.high_risk_notice,
         }
+    }
+
+    /// The roles whose members may attest a client's first device
+    /// ([`ApprovalPolicy::client_attestation`], or [`DEFAULT_ATTESTATION_ROLES`]).
+    pub fn attestation_roles(&self) -> RoleSet {
+        self.client_attestation
+            .unwrap_or_else(|| RoleSet::of(&DEFAULT_ATTESTATION_ROLES))
     }
 
     /// Whether a device on probation may not send `kind`.
@@ -384,6 +403,18 @@ impl Roster {
         }
         policy.sensitive_kinds.sort_by_key(|k| k.code());
         policy.sensitive_kinds.dedup();
+        if let Some(roles) = policy.client_attestation {
+            if roles.is_empty() {
+                return Err(TrustError::InvalidRoster(
+                    "client attestation accepts no role",
+                ));
+            }
+            if !staff.iter().any(|m| roles.contains(m.role)) {
+                return Err(TrustError::InvalidRoster(
+                    "no listed staff member may attest clients",
+                ));
+            }
+        }
         for op in Operation::ALL {
             let q = policy.quorum(op);
             if q.threshold == 0 || q.threshold > MAX_QUORUM_THRESHOLD {
@@ -470,7 +501,12 @@ impl Roster {
     /// The canonical bytes (see the module documentation of [`crate::trust`]).
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut c = Canon::new(ROSTER_HASH_LABEL);
-        c.u16(ROSTER_FORMAT).u64(self.version);
+        let format = if self.policy.client_attestation.is_some() {
+            ROSTER_FORMAT_ATTESTATION
+        } else {
+            ROSTER_FORMAT
+        };
+        c.u16(format).u64(self.version);
         match &self.previous {
             None => c.u8(0),
             Some(h) => c.u8(1).raw(&h.0),
@@ -492,6 +528,9 @@ impl Roster {
             .u8(len8(self.policy.sensitive_kinds.len()));
         for k in &self.policy.sensitive_kinds {
             c.u16(k.code());
+        }
+        if let Some(roles) = self.policy.client_attestation {
+            c.u8(roles.mask());
         }
         c.into_bytes()
     }

@@ -90,6 +90,13 @@ impl Org {
         .unwrap()
     }
 
+    /// The first staff member with `role`: its account and a copy of its device 0.
+    pub fn staff_member(&self, role: StaffRole) -> (AccountId, IdentityKeyPair) {
+        let s = self.staff.iter().find(|s| s.role == role).unwrap();
+        let (ed, x) = s.devices[0].secret_bytes();
+        (s.account.clone(), IdentityKeyPair::from_secrets(&ed, &x))
+    }
+
     /// A bundle initiated by `staff[initiator]` (device 0) and approved by each
     /// `(staff, device)` in `approvers`.
     pub fn bundle(

@@ -210,7 +210,14 @@ impl<S: Store> Relay<S> {
         log.push(genesis.clone()).map_err(|e| e.to_string())?;
         let (_, snapshot) = self
             .trust
-            .verify_log(&log, now)
+            .verify_log(
+                &log,
+                &sealpost_protocol::trust::EntryTimes {
+                    appended_ms: vec![now],
+                    ..Default::default()
+                },
+                now,
+            )
             .map_err(|e| format!("genesis entry refused: {e}"))?;
         Ok(snapshot)
     }
@@ -605,28 +612,50 @@ impl<S: Store> Relay<S> {
             Ok(e) => e,
             Err(e) => return store_failure(id, &e),
         };
+        let times = match self
+            .store
+            .device_log_appended(&account, from_seq, MAX_LOG_ENTRIES_PER_FRAME)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => return store_failure(id, &e),
+        };
+        // The attestation travels with the page holding entry 0 (what it attests).
+        let attestation = if from_seq == 0 && !entries.is_empty() {
+            match self.store.attestation(&account).await {
+                Ok(a) => a.map(Box::new),
+                Err(e) => return store_failure(id, &e),
+            }
+        } else {
+            None
+        };
         let mut out = Vec::with_capacity(entries.len());
-        let mut bytes = 0usize;
-        for e in entries {
+        let mut out_times = Vec::with_capacity(entries.len());
+        let mut bytes = 2048usize;
+        for (e, t) in entries.into_iter().zip(times) {
             let len = sealpost_protocol::codec::encode("device log entry", &e, MAX_LOG_ENTRY_BYTES)
                 .map(|b| b.len())
-                .unwrap_or(MAX_LOG_ENTRY_BYTES);
+                .unwrap_or(MAX_LOG_ENTRY_BYTES)
+                + 9;
             if !out.is_empty() && bytes + len > LOG_FRAME_BUDGET {
                 break;
             }
             bytes += len;
             out.push(e);
+            out_times.push(t);
         }
-        match BoundedVec::new(out) {
-            Ok(entries) => reply(
+        match (BoundedVec::new(out), BoundedVec::new(out_times)) {
+            (Ok(entries), Ok(appended_ms)) => reply(
                 id,
                 FrameBody::DeviceLog {
                     account,
                     entries,
                     total,
+                    appended_ms,
+                    attestation,
                 },
             ),
-            Err(_) => refuse(id, ErrorCode::Internal, "too many log entries"),
+            _ => refuse(id, ErrorCode::Internal, "too many log entries"),
         }
     }
 
@@ -700,10 +729,13 @@ impl<S: Store> Relay<S> {
             }
         }
         let generation = self.trust.generation();
-        let mut log = match self.load_log(&account).await {
+        let (mut log, mut appended) = match self.load_log(&account).await {
             Ok(l) => l,
             Err(e) => return store_failure(id, &e),
         };
+        // The entry's cooling-off runs from now, when this relay appends it, whatever
+        // date its signer chose.
+        appended.appended_ms.push(now);
         let len = log.entries.as_slice().len() as u64;
         if entry.body.seq != len {
             return refuse(
@@ -718,7 +750,7 @@ impl<S: Store> Relay<S> {
         if let Err(e) = log.push(entry.clone()) {
             return refuse(id, ErrorCode::QuotaExceeded, &e.to_string());
         }
-        let (set, snapshot) = match self.trust.verify_log(&log, now) {
+        let (set, snapshot) = match self.trust.verify_log(&log, &appended, now) {
             Ok(v) => v,
             Err(e) => {
                 self.trust_refused("log_entry");

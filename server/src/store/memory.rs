@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sealpost_protocol::envelope::{Envelope, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
-use sealpost_protocol::trust::{LogEntry, SignedRoster};
+use sealpost_protocol::trust::{ClientAttestation, LogEntry, SignedRoster};
 use sealpost_protocol::wire::Role;
 
 use super::{
@@ -105,8 +105,10 @@ struct Inner {
     assignments: BTreeSet<(AccountId, AccountId)>,
     /// Roster versions 1, 2, ...
     rosters: Vec<SignedRoster>,
-    /// Device logs by account.
-    logs: HashMap<AccountId, Vec<LogEntry>>,
+    /// Device logs by account, each entry with the time it was appended.
+    logs: HashMap<AccountId, Vec<(LogEntry, u64)>>,
+    /// Attestations of client accounts' first devices.
+    attestations: HashMap<AccountId, ClientAttestation>,
 }
 
 impl Inner {
@@ -191,10 +193,15 @@ impl MemoryStore {
 
     /// For tests that play a compromised relay (a split view): cut `account`'s stored
     /// device log to its first `len` entries and return the rest, so that the relay
-    /// serves the shorter log from then on. Nothing else (device registrations, freeze
+    /// serves the shorter log from then on (entries come with their append times).
+    /// Nothing else (device registrations, freeze
     /// state) is changed.
     #[doc(hidden)]
-    pub fn cut_device_log_for_tests(&self, account: &AccountId, len: usize) -> Vec<LogEntry> {
+    pub fn cut_device_log_for_tests(
+        &self,
+        account: &AccountId,
+        len: usize,
+    ) -> Vec<(LogEntry, u64)> {
         match self.lock() {
             Ok(mut g) => match g.logs.get_mut(account) {
                 Some(l) if l.len() > len => l.split_off(len),
@@ -206,7 +213,7 @@ impl MemoryStore {
 
     /// For tests: put back entries returned by [`MemoryStore::cut_device_log_for_tests`].
     #[doc(hidden)]
-    pub fn restore_device_log_for_tests(&self, account: &AccountId, entries: Vec<LogEntry>) {
+    pub fn restore_device_log_for_tests(&self, account: &AccountId, entries: Vec<(LogEntry, u64)>) {
         if let Ok(mut g) = self.lock() {
             g.logs.entry(account.clone()).or_default().extend(entries);
         }
@@ -464,7 +471,27 @@ impl TrustStore for MemoryStore {
         let skip = usize::try_from(from_seq).unwrap_or(usize::MAX);
         Ok(g.logs
             .get(account)
-            .map(|l| l.iter().skip(skip).take(limit).cloned().collect())
+            .map(|l| {
+                l.iter()
+                    .skip(skip)
+                    .take(limit)
+                    .map(|(e, _)| e.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn device_log_appended(
+        &self,
+        account: &AccountId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let g = self.lock()?;
+        let skip = usize::try_from(from_seq).unwrap_or(usize::MAX);
+        Ok(g.logs
+            .get(account)
+            .map(|l| l.iter().skip(skip).take(limit).map(|(_, t)| *t).collect())
             .unwrap_or_default())
     }
 
@@ -476,7 +503,7 @@ impl TrustStore for MemoryStore {
         &self,
         entry: &LogEntry,
         effects: &LogEffects,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut g = self.lock()?;
         let inner = &mut *g;
@@ -523,7 +550,7 @@ impl TrustStore for MemoryStore {
             .logs
             .entry(account.clone())
             .or_default()
-            .push(entry.clone());
+            .push((entry.clone(), now_ms));
         Ok(())
     }
 
@@ -540,8 +567,55 @@ impl TrustStore for MemoryStore {
             return Err(StoreError::EnrollmentRefused);
         }
         let record = g.redeem(account, code_hash, identity, now_ms)?;
-        g.logs.insert(account.clone(), vec![genesis.clone()]);
+        g.logs
+            .insert(account.clone(), vec![(genesis.clone(), now_ms)]);
         Ok(record)
+    }
+
+    async fn put_attestation(
+        &self,
+        attestation: &ClientAttestation,
+        _now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        if !g.accounts.contains_key(&attestation.account) {
+            return Err(StoreError::NotFound("account"));
+        }
+        if g.attestations.contains_key(&attestation.account) {
+            return Err(StoreError::Conflict("attestation"));
+        }
+        g.attestations
+            .insert(attestation.account.clone(), attestation.clone());
+        Ok(())
+    }
+
+    async fn attestation(
+        &self,
+        account: &AccountId,
+    ) -> Result<Option<ClientAttestation>, StoreError> {
+        Ok(self.lock()?.attestations.get(account).cloned())
+    }
+
+    async fn unattested_clients_after(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        let g = self.lock()?;
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(a.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(g.accounts
+            .range((from, std::ops::Bound::Unbounded))
+            .filter(|(id, r)| {
+                r.role == Role::Client
+                    && g.logs.get(*id).is_some_and(|l| !l.is_empty())
+                    && !g.attestations.contains_key(*id)
+            })
+            .take(limit)
+            .map(|(id, _)| id.clone())
+            .collect())
     }
 }
 

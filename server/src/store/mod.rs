@@ -50,7 +50,9 @@ use std::sync::Arc;
 use sealpost_protocol::envelope::{Envelope, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
-use sealpost_protocol::trust::{LogEntry, SignedRoster, MAX_LOG_ENTRIES, MAX_ROSTER_CHAIN_LEN};
+use sealpost_protocol::trust::{
+    ClientAttestation, LogEntry, SignedRoster, MAX_LOG_ENTRIES, MAX_ROSTER_CHAIN_LEN,
+};
 use sealpost_protocol::wire::{Role, MAX_FRAME_LEN};
 
 /// Most devices per account.
@@ -443,6 +445,16 @@ pub trait TrustStore: Send + Sync + 'static {
         from_seq: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LogEntry>, StoreError>> + Send;
+    /// When the relay appended each entry of `account`'s device log with `seq >=
+    /// from_seq` (the `now_ms` given to [`TrustStore::append_device_log`] or
+    /// [`TrustStore::enroll_first_device`]), in order, at most `limit`: one per entry
+    /// [`TrustStore::device_log`] returns for the same arguments.
+    fn device_log_appended(
+        &self,
+        account: &AccountId,
+        from_seq: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
     /// How many entries `account`'s device log holds.
     fn device_log_len(
         &self,
@@ -471,6 +483,27 @@ pub trait TrustStore: Send + Sync + 'static {
         genesis: &LogEntry,
         now_ms: u64,
     ) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
+    /// Store the firm's attestation of `attestation.account`'s first device (verified by
+    /// the relay). `NotFound("account")` if the account does not exist;
+    /// `Conflict("attestation")` if the account already has one (the first stays: an
+    /// account has one genesis entry). Durable when it resolves.
+    fn put_attestation(
+        &self,
+        attestation: &ClientAttestation,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The attestation of `account`'s first device, if any.
+    fn attestation(
+        &self,
+        account: &AccountId,
+    ) -> impl Future<Output = Result<Option<ClientAttestation>, StoreError>> + Send;
+    /// Client accounts with an id after `after` (all when `None`) that have a device log
+    /// (at least one entry) and no attestation, ascending by id, at most `limit`.
+    fn unattested_clients_after(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AccountId>, StoreError>> + Send;
 }
 
 /// Everything the relay needs from storage.

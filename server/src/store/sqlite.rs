@@ -44,7 +44,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
-use sealpost_protocol::trust::{LogEntry, SignedRoster};
+use sealpost_protocol::trust::{ClientAttestation, LogEntry, SignedRoster};
 use sealpost_protocol::wire::Role;
 use tokio::sync::{oneshot, Semaphore};
 
@@ -231,6 +231,15 @@ INSERT INTO delivered_v3 SELECT 0, recipient, message_id, seq, expires_ms FROM d
 DROP TABLE delivered;
 ALTER TABLE delivered_v3 RENAME TO delivered;
 CREATE INDEX delivered_expiry ON delivered (expires_ms);
+"#,
+    // Version 4: the firm's attestations of client accounts' first devices (issue 9),
+    // stored as the CBOR the relay verified.
+    r#"
+CREATE TABLE attestations (
+    account      TEXT PRIMARY KEY REFERENCES accounts (id),
+    attestation  BLOB NOT NULL,
+    stored_ms    INTEGER NOT NULL
+);
 "#,
     // Version 5: accounts the operator disabled (`sealpost-relay admin disable`).
     r#"
@@ -1656,9 +1665,118 @@ impl TrustStore for SqliteStore {
         .await
     }
 
+    async fn device_log_appended(
+        &self,
+        account: &AccountId,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let account = account.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT stored_ms FROM device_log WHERE account = ?1 AND seq >= ?2
+                     ORDER BY seq LIMIT ?3",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![account.as_str(), int(from_seq), limit], |r| {
+                        r.get::<_, i64>(0)
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|t| uint(t, "device log append time"))
+                .collect()
+        })
+        .await
+    }
+
     async fn device_log_len(&self, account: &AccountId) -> Result<u64, StoreError> {
         let account = account.clone();
         self.read(move |c| log_len(c, &account)).await
+    }
+
+    async fn put_attestation(
+        &self,
+        attestation: &ClientAttestation,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let bytes = attestation
+            .to_cbor()
+            .map_err(|e| StoreError::Backend(format!("encoding an attestation: {e}")))?;
+        let account = attestation.account.clone();
+        self.write(move |c| {
+            let exists: bool = c
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM accounts WHERE id = ?1)")
+                .and_then(|mut s| s.query_row(params![account.as_str()], |r| r.get(0)))
+                .map_err(backend)?;
+            if !exists {
+                return Err(StoreError::NotFound("account"));
+            }
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO attestations (account, attestation, stored_ms)
+                     VALUES (?1, ?2, ?3) ON CONFLICT (account) DO NOTHING",
+                )
+                .and_then(|mut s| s.execute(params![account.as_str(), bytes, int(now_ms)]))
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict("attestation"));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn attestation(
+        &self,
+        account: &AccountId,
+    ) -> Result<Option<ClientAttestation>, StoreError> {
+        let account = account.clone();
+        self.read(move |c| {
+            let row: Option<Vec<u8>> = c
+                .prepare_cached("SELECT attestation FROM attestations WHERE account = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![account.as_str()], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(backend)?;
+            row.map(|b| {
+                ClientAttestation::from_cbor(&b)
+                    .map_err(|e| StoreError::Backend(format!("bad attestation in database: {e}")))
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn unattested_clients_after(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<AccountId>, StoreError> {
+        // Account ids are non-empty, so "" sorts before every one of them.
+        let after = after.map_or_else(String::new, |a| a.as_str().to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT a.id FROM accounts a
+                     WHERE a.role = 'client' AND a.id > ?1
+                       AND EXISTS (SELECT 1 FROM device_log l WHERE l.account = a.id)
+                       AND NOT EXISTS (SELECT 1 FROM attestations t WHERE t.account = a.id)
+                     ORDER BY a.id LIMIT ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![after, limit], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.into_iter().map(parse_account).collect()
+        })
+        .await
     }
 
     async fn append_device_log(
