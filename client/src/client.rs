@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::{NetError, RelayAddress, RelayConnection};
 use crate::receive::{
-    compare_views, HeldMessage, Judgement, Keys, Opened, SplitRecord, Staged, ViewCheck,
+    compare_views, HeldMessage, Judgement, Keys, Opened, PeerSession, SplitRecord, Staged,
+    ViewCheck,
 };
 use crate::state::{Profile, StateError};
 
@@ -591,11 +592,6 @@ struct StateFile {
     /// The firm's verification of this account (client) or of clients (staff).
     #[serde(default)]
     attest: crate::attest::AttestRecords,
-}
-
-pub(crate) struct PeerSession {
-    pub(crate) account: AccountId,
-    pub(crate) session: Session,
 }
 
 /// A device's client.

@@ -34,7 +34,11 @@ use sealpost_protocol::trust::{DeviceSet, Digest, LogHead, SendDecision};
 use sealpost_protocol::{PreKeySecrets, PreKeyUse, Session};
 use serde::{Deserialize, Serialize};
 
-use crate::client::PeerSession;
+/// The pairwise session with one peer device, and the account it belongs to.
+pub(crate) struct PeerSession {
+    pub(crate) account: AccountId,
+    pub(crate) session: Session,
+}
 
 /// Messages held (decrypted, awaiting a sender check that failed for a transient reason)
 /// at most. When full, a message needing a hold is neither committed nor acknowledged
@@ -329,7 +333,7 @@ pub fn judge(
         SendDecision::OnProbation { until_ms } => Some(format!(
             "device {sender} of {account} is on probation until {} and may not send {kind:?} \
              messages",
-            crate::trust::utc(until_ms)
+            crate::display::utc(until_ms)
         )),
         SendDecision::Frozen => Some(format!(
             "{account} is frozen: {kind:?} messages from it are refused"

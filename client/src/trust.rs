@@ -325,13 +325,7 @@ fn transient(e: &NetError) -> bool {
 }
 
 /// `ms` (since the Unix epoch) as a UTC time to the second, for messages.
-pub(crate) fn utc(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .replace('T', " ")
-        .replace('Z', " UTC")
-}
+pub(crate) use crate::display::utc;
 
 /// How long a linking device waits after a `link_poll` sent `since_start` after its
 /// `link_start`: [`LINK_POLL_INTERVAL`] during the first [`LINK_POLL_FAST_FOR`], then

@@ -138,6 +138,7 @@ async fn a_link_confirmed_two_minutes_after_it_was_started_completes() {
     let alice_id = relay.account("alice", Role::Client).await;
     relay.assign(&alice_id, &ops_id).await;
     let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut phone).await;
     org::settle().await;
 
     let mut laptop = Client::init(&homes.path().join("laptop"), PASS).unwrap();
@@ -184,6 +185,7 @@ async fn a_link_confirmed_while_the_new_device_was_offline_completes_when_it_com
     let alice_id = relay.account("alice", Role::Client).await;
     relay.assign(&alice_id, &ops_id).await;
     let mut phone = org::enrolled(&relay, &homes.path().join("phone"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut phone).await;
     org::settle().await;
 
     let home = homes.path().join("laptop");
@@ -275,6 +277,7 @@ async fn a_recovery_approved_five_minutes_after_it_was_requested_never_leaves_th
     // Alice still has her old phone (she reports it as being stolen, say); she gets a
     // new one and asks the firm to recover her account onto it.
     let mut old = org::enrolled(&relay, &homes.path().join("old"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut old).await;
     let old_device = old.device_id();
 
     let home = homes.path().join("new");

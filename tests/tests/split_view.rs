@@ -40,12 +40,16 @@ async fn split_pair() -> Pair {
     let o = org::TestOrg::new();
     let fp = o.fingerprint();
     let relay = memory_relay(|c| c.org_fingerprint = Some(fp)).await;
-    let _staff = org::staff(&relay, homes.path(), &o, "").await;
     let alice_id = relay.account("alice", Role::Client).await;
     let adv_id = relay.account("adv", Role::Advisor).await;
     relay.assign(&alice_id, &adv_id).await;
+    // With an organisation, the advisor's device is listed in the roster and the client's
+    // first device is attested by the firm (first contact, PROTOCOL.md §19.10).
+    let (mut staff, mut advs) =
+        org::staff_with_advisors(&relay, homes.path(), &o, "", &[&adv_id]).await;
+    let mut adv = advs.remove(0);
     let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
-    let mut adv = org::enrolled(&relay, &homes.path().join("adv"), &adv_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut alice).await;
     org::settle().await;
     adv.send_text(&alice_id, "hello").await.unwrap();
     let got = alice.receive(true, QUIET).await.unwrap();
