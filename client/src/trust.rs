@@ -324,9 +324,6 @@ fn transient(e: &NetError) -> bool {
     )
 }
 
-/// `ms` (since the Unix epoch) as a UTC time to the second, for messages.
-pub(crate) use crate::display::utc;
-
 /// How long a linking device waits after a `link_poll` sent `since_start` after its
 /// `link_start`: [`LINK_POLL_INTERVAL`] during the first [`LINK_POLL_FAST_FOR`], then
 /// [`LINK_POLL_SLOW_INTERVAL`].
