@@ -539,6 +539,9 @@ struct SessionRecord {
     account: AccountId,
     #[serde(with = "serde_bytes")]
     pickle: Vec<u8>,
+    /// Replaced sessions still opened with (newest first), pickled like `pickle`.
+    #[serde(default)]
+    previous: Vec<serde_bytes::ByteBuf>,
 }
 
 /// Everything that is persisted (encrypted as a whole by [`Profile`]).
@@ -715,13 +718,16 @@ impl Client {
         let mut sessions = HashMap::new();
         for r in &file.sessions {
             let session = Session::from_pickle(&r.pickle, key).map_err(StateError::from)?;
-            sessions.insert(
-                r.device,
-                PeerSession {
-                    account: r.account.clone(),
-                    session,
-                },
-            );
+            let mut peer = PeerSession::new(r.account.clone(), session);
+            for p in r
+                .previous
+                .iter()
+                .take(crate::receive::MAX_PREVIOUS_SESSIONS)
+            {
+                peer.previous
+                    .push(Session::from_pickle(p, key).map_err(StateError::from)?);
+            }
+            sessions.insert(r.device, peer);
         }
         Ok(Self {
             identity,
@@ -774,6 +780,12 @@ impl Client {
                 device: *device,
                 account: p.account.clone(),
                 pickle: p.session.pickle(key, &mut rng).map_err(StateError::from)?,
+                previous: p
+                    .previous
+                    .iter()
+                    .map(|s| s.pickle(key, &mut rng).map(serde_bytes::ByteBuf::from))
+                    .collect::<Result<_, _>>()
+                    .map_err(StateError::from)?,
             });
         }
         let file = StateFile {
@@ -1104,13 +1116,8 @@ impl Client {
             // The directory lists this identity for the account (device ids derive from keys).
             let session =
                 sealpost_protocol::initiate(&self.identity, &b, &mut rng).map_err(proto)?;
-            self.sessions.insert(
-                id,
-                PeerSession {
-                    account: account.clone(),
-                    session,
-                },
-            );
+            self.sessions
+                .insert(id, PeerSession::new(account.clone(), session));
         }
         Ok(())
     }
@@ -1602,19 +1609,12 @@ impl Client {
     /// Commit the session state a decryption produced: the advanced session, or the new
     /// session together with the prekeys (and base key) it used.
     fn commit_staged(&mut self, sender: DeviceId, account: &AccountId, staged: Staged) {
-        let session = match staged {
-            Staged::Advanced(s) => s,
-            Staged::Created(s, used) => {
-                self.prekeys.consume(used);
-                s
-            }
-        };
-        self.sessions.insert(
+        crate::receive::commit_session(
+            &mut self.sessions,
+            &mut self.prekeys,
             sender,
-            PeerSession {
-                account: account.clone(),
-                session,
-            },
+            account,
+            staged,
         );
     }
 
@@ -1702,7 +1702,7 @@ impl Client {
             } => {
                 // The ratchet advance of an existing session is kept (the message was
                 // authentic); a new session is discarded without consuming its prekeys.
-                if let Staged::Advanced(_) = &a.staged {
+                if let Staged::Advanced(..) = &a.staged {
                     self.commit_staged(a.sender, &from, a.staged);
                 }
                 if not_active {

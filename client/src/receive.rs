@@ -34,10 +34,94 @@ use sealpost_protocol::trust::{DeviceSet, Digest, LogHead, SendDecision};
 use sealpost_protocol::{PreKeySecrets, PreKeyUse, Session};
 use serde::{Deserialize, Serialize};
 
-/// The pairwise session with one peer device, and the account it belongs to.
+/// How many replaced sessions a device keeps per peer device, besides the current one
+/// (docs/PROTOCOL.md §18.3): messages sealed under a session the receiver has since
+/// replaced (two devices that wrote to each other first at the same moment, say) are still
+/// in flight, and are opened with it.
+pub const MAX_PREVIOUS_SESSIONS: usize = 4;
+
+/// The pairwise session with one peer device, the account it belongs to, and the
+/// sessions it replaced.
 pub(crate) struct PeerSession {
     pub(crate) account: AccountId,
+    /// The session this device seals with.
     pub(crate) session: Session,
+    /// Replaced sessions, newest first (at most [`MAX_PREVIOUS_SESSIONS`]); only opened
+    /// with, never sealed with.
+    pub(crate) previous: Vec<Session>,
+}
+
+impl PeerSession {
+    pub(crate) fn new(account: AccountId, session: Session) -> Self {
+        Self {
+            account,
+            session,
+            previous: Vec::new(),
+        }
+    }
+
+    /// The session a message was opened with (advanced), or a new one, becomes the
+    /// current session: the peer is using it. The current one, if replaced, becomes the
+    /// newest previous session; the oldest beyond the bound is dropped.
+    fn install(&mut self, session: Session, slot: Option<Slot>) {
+        let replaced = match slot {
+            Some(Slot::Current) => {
+                self.session = session;
+                return;
+            }
+            Some(Slot::Previous(i)) if i < self.previous.len() => {
+                self.previous.remove(i);
+                std::mem::replace(&mut self.session, session)
+            }
+            _ => std::mem::replace(&mut self.session, session),
+        };
+        self.previous.insert(0, replaced);
+        self.previous.truncate(MAX_PREVIOUS_SESSIONS);
+    }
+
+    /// The sessions to open with, current first.
+    fn slots(&self) -> impl Iterator<Item = (Slot, &Session)> {
+        std::iter::once((Slot::Current, &self.session)).chain(
+            self.previous
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (Slot::Previous(i), s)),
+        )
+    }
+}
+
+/// Which of a peer's sessions opened a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// The current one.
+    Current,
+    /// A replaced one (index into [`PeerSession::previous`]).
+    Previous(usize),
+}
+
+/// Commit what opening a message staged (the message is shown, held, or refused against a
+/// verified log after an existing session advanced): the session becomes `sender`'s
+/// current one, and a new session's one-time prekeys are erased.
+pub(crate) fn commit_session(
+    sessions: &mut HashMap<DeviceId, PeerSession>,
+    prekeys: &mut PreKeySecrets,
+    sender: DeviceId,
+    account: &AccountId,
+    staged: Staged,
+) {
+    let (session, slot) = match staged {
+        Staged::Advanced(session, slot) => (session, Some(slot)),
+        Staged::Created(session, used) => {
+            prekeys.consume(used);
+            (session, None)
+        }
+    };
+    match sessions.get_mut(&sender) {
+        Some(p) if p.account == *account => p.install(session, slot),
+        _ => {
+            sessions.insert(sender, PeerSession::new(account.clone(), session));
+        }
+    }
 }
 
 /// Messages held (decrypted, awaiting a sender check that failed for a transient reason)
@@ -188,8 +272,8 @@ pub(crate) struct Keys<'a> {
 
 /// The session state a decryption produced, applied only if the message is kept.
 pub(crate) enum Staged {
-    /// The existing session with the sending device, advanced.
-    Advanced(Session),
+    /// A session with the sending device (the current one or a replaced one), advanced.
+    Advanced(Session, Slot),
     /// A new session from an initial message, and the prekeys it used.
     Created(Session, PreKeyUse),
 }
@@ -225,23 +309,49 @@ pub(crate) fn open(envelope: &Envelope, keys: &Keys<'_>, seen: &SeenIds) -> Open
         Ok(b) => b,
         Err(e) => return Opened::Refused(format!("undecodable body: {e}")),
     };
-    let existing = keys.sessions.get(&sender).filter(|p| match &base_key {
-        Some(bk) => p.session.base_key() == bk,
-        None => true,
-    });
-    let (plaintext, staged) = if let Some(p) = existing {
-        let mut copy = p.session.working_copy();
-        match copy.open(envelope) {
-            Ok(pt) => (pt, Staged::Advanced(copy)),
-            Err(e) => return Opened::Refused(format!("cannot decrypt: {e}")),
+    let peer = keys.sessions.get(&sender);
+    let (plaintext, staged) = match &base_key {
+        // An initial message: the session it set up, if this device has it (current or
+        // replaced), else a new one.
+        Some(bk) => match peer.and_then(|p| p.slots().find(|(_, s)| s.base_key() == bk)) {
+            Some((slot, s)) => {
+                let mut copy = s.working_copy();
+                match copy.open(envelope) {
+                    Ok(pt) => (pt, Staged::Advanced(copy, slot)),
+                    Err(e) => return Opened::Refused(format!("cannot decrypt: {e}")),
+                }
+            }
+            None => match sealpost_protocol::accept_staged(keys.identity, keys.prekeys, envelope) {
+                Ok((s, pt, used)) => (pt, Staged::Created(s, used)),
+                Err(e) => return Opened::Refused(format!("cannot start session: {e}")),
+            },
+        },
+        // An ordinary message: the current session, then the replaced ones, newest first
+        // (each tried on a copy, so a failed attempt changes nothing).
+        None => {
+            let Some(p) = peer else {
+                return Opened::Refused("no session with this device".into());
+            };
+            let mut first_error = None;
+            let mut opened = None;
+            for (slot, s) in p.slots() {
+                let mut copy = s.working_copy();
+                match copy.open(envelope) {
+                    Ok(pt) => {
+                        opened = Some((pt, Staged::Advanced(copy, slot)));
+                        break;
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            match (opened, first_error) {
+                (Some(o), _) => o,
+                (None, Some(e)) => return Opened::Refused(format!("cannot decrypt: {e}")),
+                (None, None) => return Opened::Refused("no session with this device".into()),
+            }
         }
-    } else if base_key.is_some() {
-        match sealpost_protocol::accept_staged(keys.identity, keys.prekeys, envelope) {
-            Ok((s, pt, used)) => (pt, Staged::Created(s, used)),
-            Err(e) => return Opened::Refused(format!("cannot start session: {e}")),
-        }
-    } else {
-        return Opened::Refused("no session with this device".into());
     };
     let message = match Message::decode(&plaintext) {
         Ok(m) => m,
@@ -540,19 +650,12 @@ mod tests {
         /// What the shell does for Show and Hold.
         fn commit(&mut self, a: Authentic) {
             self.seen.insert(a.sender, a.id);
-            let s = match a.staged {
-                Staged::Advanced(s) => s,
-                Staged::Created(s, used) => {
-                    self.prekeys.consume(used);
-                    s
-                }
-            };
-            self.sessions.insert(
+            commit_session(
+                &mut self.sessions,
+                &mut self.prekeys,
                 a.sender,
-                PeerSession {
-                    account: a.message.from.clone(),
-                    session: s,
-                },
+                &a.message.from,
+                a.staged,
             );
         }
 
@@ -649,7 +752,7 @@ mod tests {
         // The base key is now remembered with its session: the second initial message
         // goes to that session.
         let b = authentic(open(&e2, &bob.keys(), &bob.seen));
-        assert!(matches!(b.staged, Staged::Advanced(_)));
+        assert!(matches!(b.staged, Staged::Advanced(_, Slot::Current)));
         bob.commit(b);
         assert!(matches!(
             open(&e2, &bob.keys(), &bob.seen),

@@ -479,3 +479,73 @@ async fn a_full_hold_store_leaves_messages_unacknowledged_at_the_relay() {
     assert_eq!(shown, ids, "each shown exactly once");
     assert!(adv.held().is_empty());
 }
+
+/// Two devices that write to each other for the first time at the same moment each start
+/// a session; each then receives the other's first message and replaces its own session.
+/// Messages sealed under the replaced sessions are still in flight: they are opened with
+/// the previous session the device keeps (docs/PROTOCOL.md §18.3), never refused, and the
+/// conversation goes on in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossed_first_messages_lose_nothing_on_either_side() {
+    const QUIET: Duration = Duration::from_millis(800);
+    let homes = tempfile::tempdir().unwrap();
+    let relay = memory_relay(|_| {}).await;
+    let adv_id = relay.account("adv", Role::Advisor).await;
+    let cli_id = relay.account("cli", Role::Client).await;
+    relay.assign(&cli_id, &adv_id).await;
+    let mut adv =
+        sealpost_tests::org::enrolled(&relay, &homes.path().join("adv"), &adv_id, None).await;
+    let mut cli =
+        sealpost_tests::org::enrolled(&relay, &homes.path().join("cli"), &cli_id, None).await;
+    let texts = |events: &[Event]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message { entry } => Some(entry.body.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let rejected = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Rejected { .. }))
+            .count()
+    };
+    // Both start a session before either has received anything.
+    cli.send_text(&adv_id, "c1").await.unwrap();
+    adv.send_text(&cli_id, "a1").await.unwrap();
+    let got = adv.receive(false, QUIET).await.unwrap();
+    assert_eq!(texts(&got), ["c1"], "{got:?}");
+    let got = cli.receive(false, QUIET).await.unwrap();
+    assert_eq!(texts(&got), ["a1"], "{got:?}");
+    // Each now answers; each answer is sealed under a session the other replaced, and
+    // both are in flight at once. Then a few rounds more.
+    let mut shown_adv = Vec::new();
+    let mut shown_cli = Vec::new();
+    for round in 2..6 {
+        adv.send_text(&cli_id, &format!("a{round}")).await.unwrap();
+        cli.send_text(&adv_id, &format!("c{round}")).await.unwrap();
+        let got = adv.receive(false, QUIET).await.unwrap();
+        assert_eq!(rejected(&got), 0, "round {round}: {got:?}");
+        shown_adv.extend(texts(&got));
+        let got = cli.receive(false, QUIET).await.unwrap();
+        assert_eq!(rejected(&got), 0, "round {round}: {got:?}");
+        shown_cli.extend(texts(&got));
+    }
+    assert_eq!(shown_adv, ["c2", "c3", "c4", "c5"]);
+    assert_eq!(shown_cli, ["a2", "a3", "a4", "a5"]);
+    // And after a restart of both (the previous sessions are persisted).
+    drop(adv);
+    drop(cli);
+    let mut adv = Client::open(&homes.path().join("adv"), sealpost_tests::org::PASS).unwrap();
+    let mut cli = Client::open(&homes.path().join("cli"), sealpost_tests::org::PASS).unwrap();
+    adv.connect().await.unwrap();
+    cli.connect().await.unwrap();
+    adv.send_text(&cli_id, "a6").await.unwrap();
+    cli.send_text(&adv_id, "c6").await.unwrap();
+    let got = adv.receive(false, QUIET).await.unwrap();
+    assert_eq!(texts(&got), ["c6"], "{got:?}");
+    let got = cli.receive(false, QUIET).await.unwrap();
+    assert_eq!(texts(&got), ["a6"], "{got:?}");
+}
