@@ -121,7 +121,8 @@ enum Command {
         #[arg(long, default_value_t = 10, value_name = "SECONDS")]
         wait: u64,
     },
-    /// Stay connected and print events as they arrive (Ctrl-C to stop).
+    /// Stay connected and print events as they arrive (Ctrl-C to stop). Meanwhile other
+    /// `sealpost` commands on this profile run through it (see --no-socket).
     Listen {
         /// Stop after this many seconds.
         #[arg(long = "for", value_name = "SECONDS")]
@@ -129,6 +130,11 @@ enum Command {
         /// Send read receipts for the messages printed.
         #[arg(long)]
         mark_read: bool,
+        /// Do not serve other `sealpost` commands on this profile while running (they
+        /// then fail with exit 9 until it stops). By default they are forwarded to it over
+        /// a socket only your OS user can reach (`$SEALPOST_HOME/agent/sock`).
+        #[arg(long)]
+        no_socket: bool,
     },
     /// Show the safety number with an account, or confirm it with --confirm.
     Verify {
