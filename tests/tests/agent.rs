@@ -171,7 +171,15 @@ impl Device {
         let fp = issued["ca_fingerprint"].as_str().unwrap();
         let addr = relay.addr.to_string();
         self.run(&[
-            "enroll", "--relay", &addr, "--ca", fp, "--account", account, "--code", code,
+            "enroll",
+            "--relay",
+            &addr,
+            "--ca",
+            fp,
+            "--account",
+            account,
+            "--code",
+            code,
         ])
         .ok("enroll");
     }
@@ -237,7 +245,10 @@ fn stop(mut child: Child, rx: &mpsc::Receiver<String>, seen: &mut Vec<String>) {
             assert_eq!(s.code(), Some(0));
             break;
         }
-        assert!(Instant::now() < deadline, "listen did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "listen did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -303,15 +314,29 @@ fn agent_forwarded_commands_behave_as_direct_ones_while_listen_runs() {
     let contacts = alice.run(&["contacts"]).ok("forwarded contacts");
     assert_eq!(contacts.lines(), contacts_direct.lines());
     let approvals = alice.run(&["approvals", "list"]);
-    assert_eq!(approvals.code, approvals_direct.code, "{}", approvals.stderr);
+    assert_eq!(
+        approvals.code, approvals_direct.code,
+        "{}",
+        approvals.stderr
+    );
     assert_eq!(approvals.stdout, approvals_direct.stdout);
     assert_eq!(approvals.stderr, approvals_direct.stderr);
     let devices = alice.run(&["device", "list"]).ok("forwarded device list");
     assert_eq!(devices.lines(), devices_direct.lines());
     // Human output too, line for line.
     let human = alice.run_human(&["whoami"]).ok("forwarded human whoami");
-    assert!(human.stdout.contains("account:     alice (client)"), "{}", human.stdout);
-    assert!(human.stdout.contains(&format!("profile:     {}", alice.home.display())), "{}", human.stdout);
+    assert!(
+        human.stdout.contains("account:     alice (client)"),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human
+            .stdout
+            .contains(&format!("profile:     {}", alice.home.display())),
+        "{}",
+        human.stdout
+    );
 
     // Wrong usage: the same exit code and error as direct.
     let empty = alice.run(&["send", "ann.advisor", " "]);
@@ -332,7 +357,14 @@ fn agent_forwarded_commands_behave_as_direct_ones_while_listen_runs() {
     run_bounded(piped, Some("typed into stdin\n"), STEP).ok("forwarded send -");
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("report.txt"), b"quarterly numbers").unwrap();
-    let mut with_file = alice.command(&["--json", "send", "ann.advisor", "--file", "report.txt", "the report"]);
+    let mut with_file = alice.command(&[
+        "--json",
+        "send",
+        "ann.advisor",
+        "--file",
+        "report.txt",
+        "the report",
+    ]);
     with_file.current_dir(work.path());
     let sent_file = run_bounded(with_file, None, STEP).ok("forwarded send --file");
     assert_eq!(sent_file.events("sent").len(), 1, "{}", sent_file.stdout);
@@ -342,8 +374,14 @@ fn agent_forwarded_commands_behave_as_direct_ones_while_listen_runs() {
         .iter()
         .map(|m| m["entry"]["body"].as_str().unwrap_or("").to_owned())
         .collect();
-    assert!(bodies.contains(&"hello from alice".to_owned()), "{bodies:?}");
-    assert!(bodies.contains(&"typed into stdin".to_owned()), "{bodies:?}");
+    assert!(
+        bodies.contains(&"hello from alice".to_owned()),
+        "{bodies:?}"
+    );
+    assert!(
+        bodies.contains(&"typed into stdin".to_owned()),
+        "{bodies:?}"
+    );
     assert!(
         got.stdout.contains("report.txt"),
         "the attachment did not arrive: {}",
@@ -352,7 +390,8 @@ fn agent_forwarded_commands_behave_as_direct_ones_while_listen_runs() {
 
     // A message to alice while listen runs: listen prints it once, `inbox` shows it
     // once (new), and not again.
-    ann.run(&["send", "alice", "while you listen"]).ok("ann send");
+    ann.run(&["send", "alice", "while you listen"])
+        .ok("ann send");
     let m = wait_for_event(&rx, "message", &mut seen);
     assert_eq!(m["entry"]["body"], "while you listen");
     let inbox = alice.run(&["inbox"]).ok("forwarded inbox");
@@ -368,9 +407,21 @@ fn agent_forwarded_commands_behave_as_direct_ones_while_listen_runs() {
     // Commands that need the profile to itself: exit 9, saying what to do.
     let init = alice.run_human(&["init"]);
     assert_eq!(init.code, 9, "{}", init.stderr);
-    assert!(init.stderr.contains("stop `sealpost listen` first"), "{}", init.stderr);
+    assert!(
+        init.stderr.contains("stop `sealpost listen` first"),
+        "{}",
+        init.stderr
+    );
     let enroll = alice.run(&[
-        "enroll", "--relay", "127.0.0.1:1", "--ca", &"0".repeat(64), "--account", "alice", "--code", "X",
+        "enroll",
+        "--relay",
+        "127.0.0.1:1",
+        "--ca",
+        &"0".repeat(64),
+        "--account",
+        "alice",
+        "--code",
+        "X",
     ]);
     assert_eq!(enroll.code, 9, "{}", enroll.stderr);
     let err: Value = serde_json::from_str(enroll.stderr.trim()).unwrap();
@@ -410,7 +461,10 @@ fn agent_socket_left_by_a_killed_listener_breaks_nothing() {
     wait_for_event(&rx, "connected", &mut seen);
     child.kill().unwrap(); // SIGKILL: no clean-up.
     child.wait().unwrap();
-    assert!(alice.socket().exists(), "the stale socket is the point of this test");
+    assert!(
+        alice.socket().exists(),
+        "the stale socket is the point of this test"
+    );
 
     // The next command finds nobody behind the socket and runs directly.
     let sent = alice
@@ -418,7 +472,11 @@ fn agent_socket_left_by_a_killed_listener_breaks_nothing() {
         .ok("send with a stale socket");
     assert_eq!(sent.events("sent").len(), 1);
     let init = alice.run(&["init"]);
-    assert_ne!(init.code, 9, "a stale socket is not a listener: {}", init.stderr);
+    assert_ne!(
+        init.code, 9,
+        "a stale socket is not a listener: {}",
+        init.stderr
+    );
 
     // The next listen replaces the stale socket and serves again.
     let (child, rx) = alice.listen();
@@ -442,11 +500,18 @@ fn agent_socket_left_by_a_killed_listener_breaks_nothing() {
     let cut = alice.run(&["--timeout", "3", "inbox"]);
     signal("CONT");
     assert_eq!(cut.code, 5, "{}", cut.stderr);
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     let err: Value = serde_json::from_str(cut.stderr.trim().lines().last().unwrap()).unwrap();
     assert_eq!(err["kind"], "relay_unreachable");
-    ann.run(&["send", "alice", "after the stall"]).ok("ann send");
-    let got = alice.run(&["inbox"]).ok("forwarded inbox after a cut-off one");
+    ann.run(&["send", "alice", "after the stall"])
+        .ok("ann send");
+    let got = alice
+        .run(&["inbox"])
+        .ok("forwarded inbox after a cut-off one");
     let after_stall = got
         .events("message")
         .iter()

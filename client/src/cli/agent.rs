@@ -336,10 +336,7 @@ pub fn forward(home: &Path) -> Option<ExitCode> {
                 }
                 FromAgent::ReadInput { max, line } => {
                     let data = read_stdin(max.min(MAX_INPUT), line);
-                    framed
-                        .send(encode(&ToAgent::Input { data })?)
-                        .await
-                        .ok()?;
+                    framed.send(encode(&ToAgent::Input { data })?).await.ok()?;
                 }
                 FromAgent::Exit { code } => return Some(ExitCode::from(code)),
                 FromAgent::Pong { .. } => return Some(lost_listener()),
@@ -446,9 +443,10 @@ pub fn read_input(max: u64, line: bool) -> Option<Result<Option<String>, CliErro
             // the point (one command at a time); bounded.
             match input.recv_timeout(INPUT_WAIT) {
                 Ok(data) => Ok(data),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(CliError::failure(
-                    format!("nothing typed within {} s", INPUT_WAIT.as_secs()),
-                )
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(CliError::failure(format!(
+                    "nothing typed within {} s",
+                    INPUT_WAIT.as_secs()
+                ))
                 .hint("run the command again")),
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
             }
@@ -459,7 +457,7 @@ pub fn read_input(max: u64, line: bool) -> Option<Result<Option<String>, CliErro
 /// The profile as a command holds it: opened by the command itself, or lent by the
 /// listener that serves the forwarded command (and handed back when dropped).
 pub enum Lease {
-    Own(Client),
+    Own(Box<Client>),
     Lent(OwnedMutexGuard<Client>),
 }
 
@@ -467,7 +465,7 @@ impl Lease {
     /// The client, when the command opened it itself.
     pub fn into_owned(self) -> Option<Client> {
         match self {
-            Lease::Own(c) => Some(c),
+            Lease::Own(c) => Some(*c),
             Lease::Lent(_) => None,
         }
     }
@@ -527,8 +525,9 @@ impl Agent {
         let uid = rustix::process::geteuid().as_raw();
         let dir = home.join(AGENT_DIR);
         let fail = |what: &str, e: std::io::Error| {
-            CliError::failure(format!("{what} {}: {e}", dir.display()))
-                .hint("or run `sealpost listen --no-socket` (other commands then wait until it stops)")
+            CliError::failure(format!("{what} {}: {e}", dir.display())).hint(
+                "or run `sealpost listen --no-socket` (other commands then wait until it stops)",
+            )
         };
         match std::fs::symlink_metadata(&dir) {
             Ok(m) => {
@@ -742,7 +741,10 @@ pub async fn serve(
         stdin_terminal,
     };
     let (code, cut_off) = FORWARDED
-        .scope(forwarded, run_forwarded(argv, &cwd, home, shared, stop, &out))
+        .scope(
+            forwarded,
+            run_forwarded(argv, &cwd, home, shared, stop, &out),
+        )
         .await;
     let _ = out.send(FromAgent::Exit { code });
     cut_off
@@ -756,8 +758,7 @@ async fn run_forwarded(
     stop: &mut watch::Receiver<bool>,
     out: &mpsc::UnboundedSender<FromAgent>,
 ) -> (u8, bool) {
-    let cli = match crate::Cli::try_parse_from(std::iter::once("sealpost".to_owned()).chain(argv))
-    {
+    let cli = match crate::Cli::try_parse_from(std::iter::once("sealpost".to_owned()).chain(argv)) {
         Ok(c) => c,
         Err(e) => {
             // The thin client parsed the same line; only a different version parses it

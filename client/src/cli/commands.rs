@@ -797,9 +797,7 @@ async fn listen(
     // Runs until stopped; each connection attempt is bounded by --timeout below.
     ctx.budget.unbounded();
     // Lent to forwarded commands, one at a time, between slices of listening.
-    let mut client = Arc::new(tokio::sync::Mutex::new(client))
-        .lock_owned()
-        .await;
+    let mut client = Arc::new(tokio::sync::Mutex::new(client)).lock_owned().await;
     let mut agent = if no_socket {
         None
     } else {
@@ -843,8 +841,9 @@ async fn listen(
                     client.disconnect();
                     connected = false;
                     ctx.out.json_line(json!({"event": "disconnected", "relay": at, "error": "the connection closed"}));
-                    ctx.out
-                        .note(format!("connection to {at} lost (the connection closed); reconnecting"));
+                    ctx.out.note(format!(
+                        "connection to {at} lost (the connection closed); reconnecting"
+                    ));
                 }
                 _ => {}
             }
@@ -905,9 +904,8 @@ async fn listen(
                     if client.is_connected() {
                         connected = true;
                         backoff = Duration::from_secs(1);
-                        ctx.out.json_line(
-                            json!({"event": "connected", "relay": at, "account": who}),
-                        );
+                        ctx.out
+                            .json_line(json!({"event": "connected", "relay": at, "account": who}));
                         ctx.out.note(format!("Reconnected to {at}."));
                         ever_connected = true;
                     }

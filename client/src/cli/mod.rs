@@ -357,9 +357,10 @@ fn no_passphrase(var: &str) -> CliError {
 /// command forwarded to `sealpost listen`, borrow the listener's open profile.
 pub fn open_profile(ctx: &Ctx) -> Result<agent::Lease, CliError> {
     if let Some(shared) = &ctx.lent {
-        let client = shared.clone().try_lock_owned().map_err(|_| {
-            CliError::new(Exit::Busy, "the listener's profile is already in use")
-        })?;
+        let client = shared
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| CliError::new(Exit::Busy, "the listener's profile is already in use"))?;
         if let Some(r) = client.relay() {
             ctx.budget.set_relay(&r.addr);
         }
@@ -379,7 +380,7 @@ pub fn open_profile(ctx: &Ctx) -> Result<agent::Lease, CliError> {
     } else if let Some((_, at)) = client.pending_link() {
         ctx.budget.set_relay(at);
     }
-    Ok(agent::Lease::Own(client))
+    Ok(agent::Lease::Own(Box::new(client)))
 }
 
 /// Open the profile and require an enrolled device. A profile whose link request (a
