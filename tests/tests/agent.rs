@@ -186,8 +186,14 @@ impl Device {
 
     /// `listen --json` in the background, with its stdout lines on a channel.
     fn listen(&self) -> (Child, mpsc::Receiver<String>) {
+        self.listen_with(&[])
+    }
+
+    fn listen_with(&self, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+        let mut args = vec!["--json", "listen", "--for", "300"];
+        args.extend_from_slice(extra);
         let mut child = self
-            .command(&["--json", "listen", "--for", "300"])
+            .command(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -520,6 +526,15 @@ fn agent_socket_left_by_a_killed_listener_breaks_nothing() {
     // Either the listener printed it first (then `inbox` shows it as new) or `inbox`
     // fetched it: shown once in any case.
     assert_eq!(after_stall, 1, "{}", got.stdout);
+    stop(child, &rx, &mut seen);
+
+    // `listen --no-socket` serves nothing: the profile is busy (exit 9) until it stops.
+    let (child, rx) = alice.listen_with(&["--no-socket"]);
+    let mut seen = Vec::new();
+    wait_for_event(&rx, "connected", &mut seen);
+    assert!(!alice.socket().exists());
+    let busy = alice.run(&["whoami"]);
+    assert_eq!(busy.code, 9, "{}", busy.stderr);
     stop(child, &rx, &mut seen);
     drop(relay);
 }
