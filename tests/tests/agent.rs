@@ -170,7 +170,7 @@ impl Device {
         let code = issued["code"].as_str().unwrap();
         let fp = issued["ca_fingerprint"].as_str().unwrap();
         let addr = relay.addr.to_string();
-        self.run(&[
+        let mut args = vec![
             "enroll",
             "--relay",
             &addr,
@@ -180,8 +180,11 @@ impl Device {
             account,
             "--code",
             code,
-        ])
-        .ok("enroll");
+        ];
+        if let Some(org) = issued["org_fingerprint"].as_str() {
+            args.extend_from_slice(&["--org", org]);
+        }
+        self.run(&args).ok("enroll");
     }
 
     /// `listen --json` in the background, with its stdout lines on a channel.
@@ -535,6 +538,151 @@ fn agent_socket_left_by_a_killed_listener_breaks_nothing() {
     assert!(!alice.socket().exists());
     let busy = alice.run(&["whoami"]);
     assert_eq!(busy.code, 9, "{}", busy.stderr);
+    stop(child, &rx, &mut seen);
+    drop(relay);
+}
+
+/// The approvals, forwarded: a staff member keeps `listen` running and lists, shows and
+/// approves a roster change through it, typing `yes` at the prompt of the forwarded
+/// `approvals approve` (the listener asks the command's terminal, not its own).
+#[test]
+fn agent_serves_approvals_with_the_prompt_on_the_command_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let org_dir = dir.path().join("org");
+    let org_cmd = |args: &[&str]| {
+        let mut cmd = Command::new(CLI);
+        cmd.arg("--json")
+            .args(args)
+            .env("SEALPOST_ORG_PASSPHRASE", "organisation root passphrase")
+            .env_remove("SEALPOST_PASSPHRASE")
+            .env_remove("RUST_LOG");
+        run_bounded(cmd, None, STEP)
+    };
+    let org_dir_s = org_dir.display().to_string();
+    let init = org_cmd(&["org", "init", "--dir", &org_dir_s]).ok("org init");
+    let org_fp = init.events("org_initialized")[0]["org_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let config = write_config(dir.path(), None);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("org_fingerprint = \"{org_fp}\"\n{text}")).unwrap();
+    let relay = RelayProcess::start(Path::new(RELAY), &config, &[]);
+    for id in ["ops.alice", "comp.bob", "sec.carol"] {
+        admin(&config, &["create-account", id, "--role", "staff"]);
+    }
+    let users = tempfile::tempdir().unwrap();
+    let ops = Device::new(users.path(), "ops");
+    let bob = Device::new(users.path(), "bob");
+    let carol = Device::new(users.path(), "carol");
+    for (d, a) in [
+        (&ops, "ops.alice"),
+        (&bob, "comp.bob"),
+        (&carol, "sec.carol"),
+    ] {
+        d.enrol(&config, &relay, a);
+    }
+    let identity = |d: &Device| {
+        d.run(&["whoami"]).ok("whoami").events("whoami")[0]["identity"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let identities = [identity(&ops), identity(&bob), identity(&carol)];
+    let spec = |cooling: &str| {
+        let mut s = format!("[policy]\ncooling_off = \"{cooling}\"\n");
+        for ((account, role), id) in [
+            ("ops.alice", "operations"),
+            ("comp.bob", "compliance"),
+            ("sec.carol", "security"),
+        ]
+        .iter()
+        .zip(&identities)
+        {
+            s.push_str(&format!(
+                "\n[[staff]]\naccount = \"{account}\"\nrole = \"{role}\"\ndevices = [\"{id}\"]\n"
+            ));
+        }
+        s
+    };
+    let spec_path = dir.path().join("roster.toml");
+    std::fs::write(&spec_path, spec("2s")).unwrap();
+    let v1 = dir.path().join("roster-v1.cbor");
+    org_cmd(&[
+        "org",
+        "roster",
+        "sign-genesis",
+        "--dir",
+        &org_dir_s,
+        "--roster",
+        &spec_path.display().to_string(),
+        "--out",
+        &v1.display().to_string(),
+    ])
+    .ok("sign-genesis");
+    ops.run(&["org", "roster", "publish", &v1.display().to_string()])
+        .ok("publish");
+    std::thread::sleep(Duration::from_millis(2500));
+
+    // comp.bob keeps listen running.
+    let (child, rx) = bob.listen();
+    let mut seen = Vec::new();
+    wait_for_event(&rx, "connected", &mut seen);
+
+    std::fs::write(&spec_path, spec("60s")).unwrap();
+    let proposed = ops
+        .run(&[
+            "org",
+            "roster",
+            "propose",
+            "--roster",
+            &spec_path.display().to_string(),
+        ])
+        .ok("roster propose");
+    let rid = proposed.events("roster_proposed")[0]["request"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Forwarded (no passphrase in the environment): list, show, approve.
+    let forwarded = |args: &[&str], input: Option<&str>| {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let mut cmd = bob.command(&all);
+        cmd.env_remove("SEALPOST_PASSPHRASE");
+        run_bounded(cmd, input, STEP)
+    };
+    let listed = forwarded(&["approvals", "list"], None).ok("forwarded approvals list");
+    let listed = listed.events("approval");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["request_id"], rid.as_str());
+    assert_eq!(listed[0]["status"], "pending");
+    let shown = forwarded(&["approvals", "show", &rid[..8]], None).ok("forwarded approvals show");
+    assert_eq!(shown.events("approval")[0]["request_id"], rid.as_str());
+    // Not "yes": nothing approved, as directly.
+    let declined = forwarded(&["approvals", "approve", &rid], Some("no\n"));
+    assert_ne!(declined.code, 0, "{}", declined.stdout);
+    assert!(
+        declined.events("approved").is_empty(),
+        "{}",
+        declined.stdout
+    );
+    // "yes" typed on the command's standard input.
+    let approved =
+        forwarded(&["approvals", "approve", &rid], Some("yes\n")).ok("forwarded approvals approve");
+    assert_eq!(approved.events("approved")[0]["request_id"], rid.as_str());
+    carol
+        .run(&["approvals", "approve", &rid, "--yes"])
+        .ok("carol approves");
+    let collected = ops.run(&["approvals", "list", "--all"]).ok("collect");
+    assert_eq!(
+        collected.events("operation_completed").len(),
+        1,
+        "{}",
+        collected.stdout
+    );
+    let roster = forwarded(&["org", "roster", "show"], None).ok("forwarded roster show");
+    assert_eq!(roster.events("roster")[0]["version"], 2);
     stop(child, &rx, &mut seen);
     drop(relay);
 }
