@@ -24,7 +24,9 @@ Exit codes:
   7  verification mismatch: safety number, or the code of a device link
   8  a trust check failed: a roster, device log, approval or notice did not verify
      (the relay may be misbehaving; nothing was trusted)
-  9  the profile is in use by another sealpost process (for example `listen`)
+  9  the profile is busy: a command that needs it to itself (init, enroll, device link,
+     org pin, listen) while `sealpost listen` runs on it, or another process holds it
+     (while `listen` runs, the other commands run through it)
 
 Environment:
   SEALPOST_HOME            the profile directory (default: $HOME/.sealpost)

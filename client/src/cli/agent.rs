@@ -678,6 +678,9 @@ async fn connection(mut framed: Framed<UnixStream, LengthDelimitedCodec>, jobs: 
             return;
         }
     };
+    // Unbounded: the command prints from synchronous code and must not block or lose a
+    // line; what one command prints is bounded by the profile's own bounds (history,
+    // contacts, requests), and this task writes it out as it comes.
     let (out, mut out_rx) = mpsc::unbounded_channel();
     let (input_tx, input) = std::sync::mpsc::sync_channel(1);
     let job = Job {
