@@ -711,6 +711,30 @@ impl Client {
     /// Open the profile in `home`.
     pub fn open(home: &Path, passphrase: &str) -> Result<Self, ClientError> {
         let (profile, file): (Profile, StateFile) = Profile::open(home, passphrase)?;
+        Self::restore(profile, file)
+    }
+
+    /// Forget everything held in memory and read the profile again from disk (keeping its
+    /// lock; no passphrase needed), disconnected. For a long-running process whose work
+    /// was interrupted half-way (`sealpost listen` after a forwarded command was cut off):
+    /// only what was saved counts, as if the process had restarted; the relay delivers
+    /// again whatever was not acknowledged, and nothing is acknowledged before it is saved.
+    pub fn reload(&mut self) -> Result<(), ClientError> {
+        self.disconnect();
+        let (profile, file): (Profile, StateFile) = self.profile.reload()?;
+        *self = Self::restore(profile, file)?;
+        Ok(())
+    }
+
+    /// Whether a relay connection is open (it may still turn out to be closed at the next
+    /// request).
+    pub fn is_connected(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.quic().close_reason().is_none())
+    }
+
+    fn restore(profile: Profile, file: StateFile) -> Result<Self, ClientError> {
         let key = profile.key();
         let identity =
             IdentityKeyPair::from_pickle(&file.identity, key).map_err(StateError::from)?;

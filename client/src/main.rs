@@ -24,7 +24,9 @@ Exit codes:
   7  verification mismatch: safety number, or the code of a device link
   8  a trust check failed: a roster, device log, approval or notice did not verify
      (the relay may be misbehaving; nothing was trusted)
-  9  the profile is in use by another sealpost process (for example `listen`)
+  9  the profile is busy: a command that needs it to itself (init, enroll, device link,
+     org pin, listen) while `sealpost listen` runs on it, or another process holds it
+     (while `listen` runs, the other commands run through it)
 
 Environment:
   SEALPOST_HOME            the profile directory (default: $HOME/.sealpost)
@@ -121,7 +123,8 @@ enum Command {
         #[arg(long, default_value_t = 10, value_name = "SECONDS")]
         wait: u64,
     },
-    /// Stay connected and print events as they arrive (Ctrl-C to stop).
+    /// Stay connected and print events as they arrive (Ctrl-C to stop). Meanwhile other
+    /// `sealpost` commands on this profile run through it (see --no-socket).
     Listen {
         /// Stop after this many seconds.
         #[arg(long = "for", value_name = "SECONDS")]
@@ -129,6 +132,11 @@ enum Command {
         /// Send read receipts for the messages printed.
         #[arg(long)]
         mark_read: bool,
+        /// Do not serve other `sealpost` commands on this profile while running (they
+        /// then fail with exit 9 until it stops). By default they are forwarded to it over
+        /// a socket only your OS user can reach (`$SEALPOST_HOME/agent/sock`).
+        #[arg(long)]
+        no_socket: bool,
     },
     /// Show the safety number with an account, or confirm it with --confirm.
     Verify {

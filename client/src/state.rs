@@ -251,6 +251,25 @@ impl Profile {
     }
 
     /// The key nested pickles (identity, prekeys, sessions) are sealed under.
+    /// Read the state again from disk with this profile's key (no passphrase, no Argon2):
+    /// a second handle on the same profile, sharing this one's lock (the same open lock
+    /// file, so the lock is held until both are dropped).
+    pub fn reload<T: DeserializeOwned>(&self) -> Result<(Self, T), StateError> {
+        let lock_path = self.dir.join(LOCK_FILE);
+        let lock = self._lock.try_clone().map_err(io(&lock_path))?;
+        let state_path = self.dir.join(STATE_FILE);
+        let sealed = fs::read(&state_path).map_err(io(&state_path))?;
+        let state: T = pickle::open(PickleKind::Application, &sealed, &self.key)?;
+        Ok((
+            Self {
+                dir: self.dir.clone(),
+                key: self.key.duplicate(),
+                _lock: lock,
+            },
+            state,
+        ))
+    }
+
     pub fn key(&self) -> &PickleKey {
         &self.key
     }

@@ -54,6 +54,14 @@ impl PickleKey {
         key
     }
 
+    /// A second copy of this key (for a second handle on the same open profile), copied
+    /// from heap to heap so no stray copy is left on the stack.
+    pub fn duplicate(&self) -> Self {
+        let mut k = Box::new([0u8; 32]);
+        k.copy_from_slice(&self.0[..]);
+        Self(k)
+    }
+
     /// A fresh random key.
     pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
         let mut k = Box::new([0u8; 32]);

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sealpost_client::client::{Direction, EntryKind, HistoryEntry, RelayInfo};
@@ -14,9 +15,10 @@ use sealpost_protocol::content::MAX_TEXT_LEN;
 use sealpost_protocol::identity::AccountId;
 use sealpost_protocol::wire::Role;
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedMutexGuard};
 use tokio::time::Instant;
 
+use super::agent::{Agent, Job};
 use super::error::{CliError, Exit};
 use super::output::{format_entry, tagged, to_json, Out};
 use super::{
@@ -70,7 +72,8 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Listen {
             for_secs,
             mark_read,
-        } => listen(ctx, for_secs.map(Duration::from_secs), mark_read).await,
+            no_socket,
+        } => listen(ctx, for_secs.map(Duration::from_secs), mark_read, no_socket).await,
         Command::Verify { account, confirm } => verify(ctx, &account, confirm.as_deref()).await,
         Command::Devices => devices(ctx).await,
         Command::Download { message_id, out } => download(ctx, &message_id, out.as_deref()).await,
@@ -362,6 +365,10 @@ async fn contacts(ctx: &Ctx) -> Result<(), CliError> {
 }
 
 fn read_stdin_text() -> Result<String, CliError> {
+    // Forwarded to `sealpost listen`: the standard input of the command.
+    if let Some(typed) = super::agent::read_input(MAX_TEXT_LEN as u64 + 1, false) {
+        return Ok(typed?.unwrap_or_default().trim_end_matches('\n').to_owned());
+    }
     let mut buf = String::new();
     std::io::stdin()
         .take(MAX_TEXT_LEN as u64 + 1)
@@ -732,26 +739,70 @@ enum Stop {
     Time,
 }
 
-/// Sleep for `d`, unless a stop request or the deadline comes first.
+/// How a pause of `listen` ended.
+enum Paused {
+    Stop(Stop),
+    /// A forwarded command arrived.
+    Job(Job),
+    Elapsed,
+}
+
+/// Sleep until `until`, unless a stop request, the deadline or a forwarded command comes
+/// first.
 async fn pause(
-    d: Duration,
+    until: Instant,
     stop: &mut watch::Receiver<bool>,
     deadline: Option<Instant>,
-) -> Option<Stop> {
-    let until = Instant::now() + d;
+    agent: &mut Option<Agent>,
+) -> Paused {
     let end = deadline.map_or(until, |dl| dl.min(until));
     tokio::select! {
-        _ = stop.wait_for(|s| *s) => Some(Stop::Signal),
+        _ = stop.wait_for(|s| *s) => Paused::Stop(Stop::Signal),
+        job = async { match agent { Some(a) => a.next_job().await, None => std::future::pending().await } } => Paused::Job(job),
         _ = tokio::time::sleep_until(end) => {
-            if deadline.is_some_and(|dl| Instant::now() >= dl) { Some(Stop::Time) } else { None }
+            if deadline.is_some_and(|dl| Instant::now() >= dl) { Paused::Stop(Stop::Time) } else { Paused::Elapsed }
         }
     }
 }
 
-async fn listen(ctx: &Ctx, for_time: Option<Duration>, mark_read: bool) -> Result<(), CliError> {
-    let mut client = open_enrolled(ctx).await?;
+/// Run a forwarded command against `listen`'s client: lent to it, and read again from
+/// disk if the command was cut off half-way ([`super::agent::serve`]).
+async fn serve_job(
+    client: OwnedMutexGuard<Client>,
+    job: Job,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<OwnedMutexGuard<Client>, CliError> {
+    let shared = OwnedMutexGuard::mutex(&client).clone();
+    drop(client);
+    let cut_off = super::agent::serve(job, &shared, stop).await;
+    let mut client = shared.lock_owned().await;
+    if cut_off {
+        client
+            .reload()
+            .map_err(|e| CliError::from_client(e, None))?;
+    }
+    Ok(client)
+}
+
+async fn listen(
+    ctx: &Ctx,
+    for_time: Option<Duration>,
+    mark_read: bool,
+    no_socket: bool,
+) -> Result<(), CliError> {
+    let client = open_enrolled(ctx)
+        .await?
+        .into_owned()
+        .ok_or_else(|| CliError::failure("`listen` cannot run inside `listen`"))?;
     // Runs until stopped; each connection attempt is bounded by --timeout below.
     ctx.budget.unbounded();
+    // Lent to forwarded commands, one at a time, between slices of listening.
+    let mut client = Arc::new(tokio::sync::Mutex::new(client)).lock_owned().await;
+    let mut agent = if no_socket {
+        None
+    } else {
+        Some(Agent::start(&ctx.home)?)
+    };
     let mut stop = stop_signal();
     let deadline = for_time.map(|d| Instant::now() + d);
     let at = relay_addr(&client);
@@ -760,12 +811,43 @@ async fn listen(ctx: &Ctx, for_time: Option<Duration>, mark_read: bool) -> Resul
     let mut connected = false;
     let mut ever_connected = false;
     let mut backoff = Duration::from_secs(1);
-    let reason = loop {
+    if let Some(a) = &agent {
+        ctx.out.note(format!(
+            "Other sealpost commands on this profile run through this listener while it runs ({}).",
+            a.path().display()
+        ));
+    }
+    let reason = 'listening: loop {
         if *stop.borrow() {
             break Stop::Signal;
         }
         if deadline.is_some_and(|dl| Instant::now() >= dl) {
             break Stop::Time;
+        }
+        // A forwarded command, between two slices of listening.
+        if let Some(job) = agent.as_mut().and_then(Agent::try_job) {
+            client = serve_job(client, job, &mut stop).await?;
+            match (connected, client.is_connected()) {
+                // The command found the relay that this loop was waiting for.
+                (false, true) => {
+                    connected = true;
+                    backoff = Duration::from_secs(1);
+                    ctx.out
+                        .json_line(json!({"event": "connected", "relay": at, "account": who}));
+                    ctx.out.note(format!("Reconnected to {at}."));
+                    ever_connected = true;
+                }
+                (true, false) => {
+                    client.disconnect();
+                    connected = false;
+                    ctx.out.json_line(json!({"event": "disconnected", "relay": at, "error": "the connection closed"}));
+                    ctx.out.note(format!(
+                        "connection to {at} lost (the connection closed); reconnecting"
+                    ));
+                }
+                _ => {}
+            }
+            continue;
         }
         if !connected {
             let attempt = tokio::time::timeout(ctx.timeout, client.connect());
@@ -805,10 +887,28 @@ async fn listen(ctx: &Ctx, for_time: Option<Duration>, mark_read: bool) -> Resul
                         "relay at {at} unreachable ({why}); retrying in {} s",
                         backoff.as_secs()
                     ));
-                    if let Some(s) = pause(backoff, &mut stop, deadline).await {
-                        break s;
-                    }
+                    let until = Instant::now() + backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    loop {
+                        match pause(until, &mut stop, deadline, &mut agent).await {
+                            Paused::Stop(s) => break 'listening s,
+                            Paused::Job(job) => {
+                                client = serve_job(client, job, &mut stop).await?;
+                                if client.is_connected() {
+                                    break;
+                                }
+                            }
+                            Paused::Elapsed => break,
+                        }
+                    }
+                    if client.is_connected() {
+                        connected = true;
+                        backoff = Duration::from_secs(1);
+                        ctx.out
+                            .json_line(json!({"event": "connected", "relay": at, "account": who}));
+                        ctx.out.note(format!("Reconnected to {at}."));
+                        ever_connected = true;
+                    }
                 }
             }
             continue;
@@ -847,6 +947,7 @@ async fn listen(ctx: &Ctx, for_time: Option<Duration>, mark_read: bool) -> Resul
             }
         }
     };
+    drop(agent);
     finish(&mut client).await?;
     let why = match reason {
         Stop::Signal => "signal",

@@ -1,5 +1,8 @@
 //! The `sealpost` CLI: argument handling lives in `main.rs`, the commands here.
 
+// First: its `println!`-family macros are used by everything below.
+#[macro_use]
+pub mod agent;
 pub mod commands;
 pub mod error;
 pub mod output;
@@ -8,6 +11,7 @@ pub mod trust;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sealpost_client::Client;
@@ -55,6 +59,9 @@ pub struct Ctx {
     pub timeout: Duration,
     /// The deadline that budget sets ([`RelayBudget`]).
     pub budget: RelayBudget,
+    /// The open profile of the `sealpost listen` that serves this command when it was
+    /// forwarded ([`agent`]); `None`: the command opens the profile itself.
+    pub lent: Option<Arc<tokio::sync::Mutex<Client>>>,
 }
 
 /// `--timeout` as one deadline for a whole command's waiting on the relay: connecting,
@@ -160,7 +167,25 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
     init_tracing(global.verbose);
     let out = Out { json: global.json };
     let result = match home_dir(global.home) {
+        // While `sealpost listen` runs on the profile, commands go to it ([`agent`]).
+        Ok(home) => match agent::route(&command) {
+            agent::Route::Forward => match agent::forward(&home) {
+                Some(code) => return code,
+                None => Ok(home),
+            },
+            agent::Route::Exclusive => agent::refuse_if_listening(&home, &command).map(|()| home),
+            agent::Route::Local => Ok(home),
+        },
+        Err(e) => Err(e),
+    };
+    let result = match result {
         Ok(home) => {
+            // `listen` serves commands typed elsewhere (and changes into their
+            // directory for them): its own paths must not depend on its directory.
+            let home = match &command {
+                Command::Listen { .. } => std::path::absolute(&home).unwrap_or(home),
+                _ => home,
+            };
             let timeout = Duration::from_secs(global.timeout.max(1));
             match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -173,6 +198,7 @@ pub fn run(global: GlobalArgs, command: Command) -> ExitCode {
                         out,
                         timeout,
                         budget: RelayBudget::new(timeout),
+                        lent: None,
                     };
                     tokio::select! {
                         biased;
@@ -327,8 +353,19 @@ fn no_passphrase(var: &str) -> CliError {
     .hint(format!("set {var}, or run the command in a terminal"))
 }
 
-/// Open the profile (asking for the passphrase), without requiring enrolment.
-pub fn open_profile(ctx: &Ctx) -> Result<Client, CliError> {
+/// Open the profile (asking for the passphrase), without requiring enrolment; or, for a
+/// command forwarded to `sealpost listen`, borrow the listener's open profile.
+pub fn open_profile(ctx: &Ctx) -> Result<agent::Lease, CliError> {
+    if let Some(shared) = &ctx.lent {
+        let client = shared
+            .clone()
+            .try_lock_owned()
+            .map_err(|_| CliError::new(Exit::Busy, "the listener's profile is already in use"))?;
+        if let Some(r) = client.relay() {
+            ctx.budget.set_relay(&r.addr);
+        }
+        return Ok(agent::Lease::Lent(client));
+    }
     if !ctx.home.exists() {
         return Err(CliError::from_client(
             sealpost_client::state::StateError::NoProfile(ctx.home.clone()).into(),
@@ -343,13 +380,13 @@ pub fn open_profile(ctx: &Ctx) -> Result<Client, CliError> {
     } else if let Some((_, at)) = client.pending_link() {
         ctx.budget.set_relay(at);
     }
-    Ok(client)
+    Ok(agent::Lease::Own(Box::new(client)))
 }
 
 /// Open the profile and require an enrolled device. A profile whose link request (a
 /// new device waiting to join an account, `device link`) was confirmed or recovered while
 /// it was offline finishes joining here first.
-pub async fn open_enrolled(ctx: &Ctx) -> Result<Client, CliError> {
+pub async fn open_enrolled(ctx: &Ctx) -> Result<agent::Lease, CliError> {
     let mut client = open_profile(ctx)?;
     if client.account().is_none() {
         if let Some((account, at)) = client
@@ -411,7 +448,7 @@ pub fn relay_addr(client: &Client) -> String {
 
 /// A spinner on stderr while `fut` runs, in human mode on a terminal only.
 pub async fn with_spinner<F: std::future::Future>(out: Out, message: String, fut: F) -> F::Output {
-    if out.json || !std::io::stderr().is_terminal() {
+    if out.json || agent::forwarded() || !std::io::stderr().is_terminal() {
         return fut.await;
     }
     let pb =
@@ -428,7 +465,7 @@ pub async fn with_spinner<F: std::future::Future>(out: Out, message: String, fut
 
 /// A byte progress bar on stderr (human mode on a terminal); `None` otherwise.
 pub fn progress_bar(out: Out, message: String, total: u64) -> Option<indicatif::ProgressBar> {
-    if out.json || !std::io::stderr().is_terminal() {
+    if out.json || agent::forwarded() || !std::io::stderr().is_terminal() {
         return None;
     }
     let pb = indicatif::ProgressBar::with_draw_target(
@@ -446,6 +483,10 @@ pub fn progress_bar(out: Out, message: String, total: u64) -> Option<indicatif::
 
 /// Connect and authenticate, bounded by the `--timeout`.
 pub async fn connect(ctx: &Ctx, client: &mut Client) -> Result<(), CliError> {
+    // A forwarded command uses the listener's connection.
+    if agent::forwarded() && client.is_connected() {
+        return Ok(());
+    }
     let addr = relay_addr(client);
     let attempt = tokio::time::timeout(ctx.timeout, client.connect());
     match with_spinner(ctx.out, format!("connecting to {addr}"), attempt).await {
@@ -463,6 +504,10 @@ pub async fn connect(ctx: &Ctx, client: &mut Client) -> Result<(), CliError> {
 
 /// Disconnect politely, give the close a moment to leave, and save.
 pub async fn finish(client: &mut Client) -> Result<(), CliError> {
+    // A forwarded command leaves the listener's connection open, for the listener.
+    if agent::forwarded() {
+        return client.persist().map_err(|e| CliError::from_client(e, None));
+    }
     client.disconnect();
     // Let the QUIC close frame go out before the runtime stops, so the relay does not
     // keep the connection until its idle timeout.

@@ -323,7 +323,7 @@ impl From<CliError> for Flow {
 }
 
 /// Open the enrolled profile and connect; returns the client and the relay address.
-async fn begin(ctx: &Ctx) -> Result<(Client, String), CliError> {
+async fn begin(ctx: &Ctx) -> Result<(super::agent::Lease, String), CliError> {
     let mut client = open_enrolled(ctx).await?;
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
@@ -838,11 +838,17 @@ fn read_line(prompt: &str, out: super::output::Out) -> Result<Option<String>, Cl
         eprint!("{prompt}");
     }
     let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .take(1024)
-        .read_line(&mut line)
-        .map_err(|e| CliError::failure(format!("reading standard input: {e}")))?;
+    match super::agent::read_input(1024, true) {
+        // Forwarded to `sealpost listen`: typed on the terminal of the command.
+        Some(typed) => line = typed?.unwrap_or_default(),
+        None => {
+            std::io::stdin()
+                .lock()
+                .take(1024)
+                .read_line(&mut line)
+                .map_err(|e| CliError::failure(format!("reading standard input: {e}")))?;
+        }
+    }
     let line = line.trim().to_owned();
     Ok((!line.is_empty()).then_some(line))
 }
