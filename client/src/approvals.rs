@@ -85,6 +85,34 @@ pub enum ApprovalStatus {
     Failed,
     /// It expired before it settled.
     Expired,
+    /// Outgoing: the initiator withdrew it (`sealpost approvals cancel`); answers that
+    /// arrive later are ignored.
+    Cancelled,
+}
+
+impl ApprovalStatus {
+    /// The name people and `--json` see (`quorum_reached`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::QuorumReached => "quorum_reached",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Still waiting for something (answers, or carrying out the operation).
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::QuorumReached)
+    }
+}
+
+fn sent_default() -> bool {
+    true
 }
 
 /// An answer to an outgoing request.
@@ -122,6 +150,10 @@ pub struct ApprovalRecord {
     /// Outgoing recoveries: the new device's signature over the entry.
     #[serde(default, with = "serde_bytes")]
     pub subject_signature: Option<Vec<u8>>,
+    /// Outgoing: the request reached at least one approver (false when every copy was
+    /// refused: `sealpost approvals retry` sends it again).
+    #[serde(default = "sent_default")]
+    pub sent: bool,
 }
 
 /// A request as shown to the user: everything that is signed, in full.
@@ -274,7 +306,11 @@ impl ApprovalRecord {
             expires_ms: r.expires_ms,
             digest: r.digest().to_hex(),
             parameters: hex::encode(r.parameters.as_slice()),
-            status: self.status,
+            status: if self.status.is_open() && r.expires_ms < now_ms() {
+                ApprovalStatus::Expired
+            } else {
+                self.status
+            },
             detail: self.detail.clone(),
             approvals: self
                 .bundle
@@ -461,10 +497,24 @@ impl Client {
             detail: String::new(),
             responses: Vec::new(),
             subject_signature: subject_signature.map(|s| s.to_vec()),
+            sent: false,
         };
         let view = record.view(Some(&head));
         self.approvals.push(record);
         self.save()?;
+        let i = self.approvals.len() - 1;
+        self.send_request(i, &head).await?;
+        Ok(view)
+    }
+
+    /// Send outgoing request `i` to every staff member of `head` who may approve it. A
+    /// request no approver received is marked failed (with the reason) rather than left
+    /// pending; `sealpost approvals retry` sends it again.
+    async fn send_request(&mut self, i: usize, head: &Roster) -> Result<(), ClientError> {
+        let me = self.me()?;
+        let record = self.approvals[i].clone();
+        let (bundle, subject) = (record.bundle, record.subject);
+        let op = bundle.request.operation;
         let quorum = *head.policy().quorum(op);
         let approvers: Vec<AccountId> = head
             .staff()
@@ -487,12 +537,183 @@ impl Client {
                 Err(e) => last_err = Some(e),
             }
         }
-        if sent == 0 {
-            if let Some(e) = last_err {
-                return Err(e);
+        let outcome = match (sent, last_err) {
+            (0, Some(e)) => {
+                self.approvals[i].status = ApprovalStatus::Failed;
+                self.approvals[i].detail = format!("the request reached no approver: {e}");
+                Err(e)
+            }
+            _ => {
+                self.approvals[i].sent = true;
+                Ok(())
+            }
+        };
+        self.save()?;
+        outcome
+    }
+
+    /// Withdraw an outgoing request (id in hex): answers that arrive later are ignored and
+    /// the operation is never carried out. The approvers' devices keep showing it until
+    /// it expires; an approval they send changes nothing. All requests of the same notice
+    /// are withdrawn together.
+    pub fn cancel_approval(&mut self, request_id: &str) -> Result<ApprovalView, ClientError> {
+        let id = parse_request_id(request_id)?;
+        let Some(i) = self.record_index(&id, ApprovalDirection::Outgoing) else {
+            return Err(match self.record_index(&id, ApprovalDirection::Incoming) {
+                Some(_) => ClientError::NotAllowed(
+                    "only the initiator cancels a request; reject it instead                      (`sealpost approvals reject`)"
+                        .into(),
+                ),
+                None => ClientError::NotFound(format!("approval request {request_id}")),
+            });
+        };
+        match self.approvals[i].status {
+            ApprovalStatus::Pending | ApprovalStatus::QuorumReached | ApprovalStatus::Failed => {}
+            other => {
+                return Err(ClientError::Invalid(format!(
+                    "this request is {} already",
+                    other.name()
+                )))
             }
         }
-        Ok(view)
+        for j in self.notice_group(i) {
+            let r = &mut self.approvals[j];
+            if matches!(
+                r.status,
+                ApprovalStatus::Pending | ApprovalStatus::QuorumReached | ApprovalStatus::Failed
+            ) {
+                r.status = ApprovalStatus::Cancelled;
+                r.detail = "cancelled by the initiator".into();
+            }
+        }
+        self.save()?;
+        Ok(self.approvals[i].view(self.roster_for_view(&self.approvals[i])))
+    }
+
+    /// Try a failed outgoing request again (id in hex): one that reached no approver is
+    /// sent again; one whose quorum is in (its operation refused, say while this device
+    /// was on probation) is carried out again; otherwise it waits for answers again. Its
+    /// approvals must be unexpired and its roster version still the head.
+    pub async fn retry_approval(&mut self, request_id: &str) -> Result<Vec<Event>, ClientError> {
+        let id = parse_request_id(request_id)?;
+        let i = self
+            .record_index(&id, ApprovalDirection::Outgoing)
+            .ok_or_else(|| {
+                ClientError::NotFound(format!("outgoing approval request {request_id}"))
+            })?;
+        let record = self.approvals[i].clone();
+        if !matches!(
+            record.status,
+            ApprovalStatus::Failed | ApprovalStatus::QuorumReached
+        ) {
+            return Err(ClientError::Invalid(format!(
+                "only a failed request is tried again; this one is {}",
+                record.status.name()
+            )));
+        }
+        let req = &record.bundle.request;
+        if req.expires_ms <= now_ms() {
+            self.approvals[i].status = ApprovalStatus::Expired;
+            self.save()?;
+            return Err(ClientError::Trust(TrustError::Expired {
+                expires_ms: req.expires_ms,
+                now_ms: now_ms(),
+            }));
+        }
+        let head = self.staff_head().await?;
+        if head.version() != req.roster_version {
+            return Err(ClientError::Invalid(format!(
+                "the roster changed since this request was made (version {} then, {} now): \
+                 start the request again",
+                req.roster_version,
+                head.version()
+            )));
+        }
+        if !record.sent {
+            self.approvals[i].status = ApprovalStatus::Pending;
+            self.approvals[i].detail.clear();
+            self.send_request(i, &head).await?;
+            return Ok(Vec::new());
+        }
+        if verify_quorum(&head, &record.bundle, now_ms()).is_ok() {
+            for j in self.notice_group(i) {
+                if self.approvals[j].status == ApprovalStatus::Failed {
+                    self.approvals[j].status = ApprovalStatus::QuorumReached;
+                }
+            }
+            self.approvals[i].status = ApprovalStatus::QuorumReached;
+            let events = self.carry_out(i).await;
+            self.save()?;
+            return Ok(events);
+        }
+        self.approvals[i].status = ApprovalStatus::Pending;
+        self.approvals[i].detail.clear();
+        self.save()?;
+        Ok(Vec::new())
+    }
+
+    /// Carry out, again, outgoing operations whose quorum is in and whose carrying out
+    /// failed for a transient reason (run at the end of every receive pass). Stops at the
+    /// first transient failure; marks the expired ones.
+    pub(crate) async fn retry_approved(&mut self) -> Vec<Event> {
+        let now = now_ms();
+        let mut events = Vec::new();
+        let mut changed = false;
+        for i in 0..self.approvals.len() {
+            let r = &self.approvals[i];
+            if r.direction != ApprovalDirection::Outgoing
+                || r.status != ApprovalStatus::QuorumReached
+            {
+                continue;
+            }
+            if r.bundle.request.expires_ms <= now {
+                self.approvals[i].status = ApprovalStatus::Expired;
+                changed = true;
+                continue;
+            }
+            // A notice waits until every request of it has its quorum.
+            if self
+                .notice_group(i)
+                .iter()
+                .any(|j| self.approvals[*j].status != ApprovalStatus::QuorumReached)
+            {
+                continue;
+            }
+            let evs = self.carry_out(i).await;
+            let stop = evs.iter().any(|e| {
+                matches!(
+                    e,
+                    Event::OperationFailed {
+                        will_retry: true,
+                        ..
+                    }
+                )
+            });
+            events.extend(evs);
+            if stop {
+                break;
+            }
+        }
+        if changed {
+            let _ = self.save();
+        }
+        events
+    }
+
+    /// The outgoing requests of the same notice as request `i` (for other subjects: `i`).
+    fn notice_group(&self, i: usize) -> Vec<usize> {
+        let ApprovalSubject::Notice { header, .. } = &self.approvals[i].subject else {
+            return vec![i];
+        };
+        self.approvals
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.direction == ApprovalDirection::Outgoing
+                    && matches!(&r.subject, ApprovalSubject::Notice { header: h, .. } if h.notice_id == header.notice_id)
+            })
+            .map(|(j, _)| j)
+            .collect()
     }
 
     /// Propose `next` as the next roster version (it must follow the head: version + 1,
@@ -655,8 +876,8 @@ impl Client {
         let record = self.approvals[i].clone();
         if record.status != ApprovalStatus::Pending {
             return Err(ClientError::Invalid(format!(
-                "this request is {:?}",
-                record.status
+                "this request is {}",
+                record.status.name()
             )));
         }
         let req = record.bundle.request.clone();
@@ -768,8 +989,8 @@ impl Client {
             .ok_or_else(|| ClientError::NotFound(format!("approval request {request_id}")))?;
         if self.approvals[i].status != ApprovalStatus::Pending {
             return Err(ClientError::Invalid(format!(
-                "this request is {:?}",
-                self.approvals[i].status
+                "this request is {}",
+                self.approvals[i].status.name()
             )));
         }
         let initiator = self.approvals[i].bundle.request.initiator.account.clone();
@@ -843,6 +1064,7 @@ impl Client {
             detail: String::new(),
             responses: Vec::new(),
             subject_signature: None,
+            sent: true,
         };
         let view = record.view(self.roster_for_view(&record));
         self.approvals.push(record);
@@ -947,8 +1169,8 @@ impl Client {
         };
         if !matches!(self.approvals[i].status, ApprovalStatus::Pending) {
             return refused(format!(
-                "the request is already {:?}",
-                self.approvals[i].status
+                "the request is {} already",
+                self.approvals[i].status.name()
             ));
         }
         // Only someone who could approve may answer at all (approve or reject): a staff
@@ -1008,6 +1230,42 @@ impl Client {
                 ));
             }
             self.approvals[i].responses.push(response);
+            // Once too few possible approvers are left to reach the quorum, the request is
+            // rejected: it can never be carried out.
+            let record = &self.approvals[i];
+            let approved: Vec<&AccountId> = record
+                .bundle
+                .approvals
+                .as_slice()
+                .iter()
+                .map(|a| &a.approver.account)
+                .collect();
+            let rejected: Vec<&AccountId> = record
+                .responses
+                .iter()
+                .filter(|r| !r.approved)
+                .map(|r| &r.approver)
+                .collect();
+            let undecided = roster
+                .staff()
+                .iter()
+                .filter(|m| {
+                    m.account != req.initiator.account
+                        && quorum.roles.contains(m.role)
+                        && !approved.contains(&&m.account)
+                        && !rejected.contains(&&m.account)
+                })
+                .count();
+            if approved.len() + undecided < usize::from(quorum.threshold) {
+                let names: Vec<String> = rejected.iter().map(|a| a.to_string()).collect();
+                self.approvals[i].status = ApprovalStatus::Rejected;
+                self.approvals[i].detail = format!(
+                    "rejected by {}: the quorum of {} can no longer be reached",
+                    names.join(", "),
+                    quorum.threshold
+                );
+            }
+            let _ = self.save();
             return vec![Event::ApprovalAnswered {
                 request_id: hex::encode(request_id),
                 approver: from.clone(),
@@ -1233,10 +1491,18 @@ impl Client {
         operation: &str,
         e: ClientError,
     ) -> Vec<Event> {
+        // A transient failure (relay unreachable, timeout, rate limit) is no verdict: the
+        // quorum stays in and the operation is tried again on the next receive pass.
+        let will_retry = e.is_transient();
         for j in records {
             if let Some(r) = self.approvals.get_mut(*j) {
-                r.status = ApprovalStatus::Failed;
-                r.detail = e.to_string();
+                if will_retry {
+                    r.status = ApprovalStatus::QuorumReached;
+                    r.detail = format!("not carried out yet, will retry: {e}");
+                } else {
+                    r.status = ApprovalStatus::Failed;
+                    r.detail = e.to_string();
+                }
             }
         }
         let _ = self.save();
@@ -1244,6 +1510,7 @@ impl Client {
             request_id: request_id.to_owned(),
             operation: operation.to_owned(),
             reason: e.to_string(),
+            will_retry,
         }]
     }
 }

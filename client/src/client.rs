@@ -147,6 +147,26 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// A failure that says nothing about the operation itself: the relay could not be
+    /// reached, did not answer in time, was busy or rate limited, or lost its store for a
+    /// moment. The same request may succeed later; it is never a verdict.
+    pub fn is_transient(&self) -> bool {
+        use sealpost_protocol::wire::ErrorCode;
+        match self {
+            Self::NotConnected | Self::Timeout(_) => true,
+            Self::Net(e) => match e {
+                NetError::Connection(_) | NetError::Timeout(_) | NetError::Busy => true,
+                NetError::Refused { code, .. } => {
+                    matches!(code, ErrorCode::RateLimited | ErrorCode::Internal)
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 fn proto<E: std::fmt::Display>(e: E) -> ClientError {
     ClientError::Protocol(e.to_string())
 }
@@ -515,6 +535,10 @@ pub enum Event {
         operation: String,
         /// Why.
         reason: String,
+        /// The failure was transient (relay unreachable, timeout, rate limit): the
+        /// operation is tried again on the next receive pass while its approvals last.
+        /// Otherwise the request is failed; `sealpost approvals retry` tries again.
+        will_retry: bool,
     },
 }
 
@@ -1564,6 +1588,9 @@ impl Client {
         // verified for a later message).
         events.extend(self.recheck_held().await?);
         self.flush_receipts().await;
+        // Operations whose quorum is in but whose carrying out failed for a transient
+        // reason: the relay may answer now.
+        events.extend(self.retry_approved().await);
         events.extend(self.take_events());
         Ok(events)
     }

@@ -461,6 +461,18 @@ pub enum ApprovalsCommand {
         #[arg(long, default_value = "", value_name = "TEXT")]
         reason: String,
     },
+    /// Withdraw one of your own requests: it is never carried out, and answers that still
+    /// arrive change nothing.
+    Cancel {
+        /// The request id (32 hex digits, or a unique prefix).
+        id: String,
+    },
+    /// Try one of your failed requests again: send it again if it reached no approver, or
+    /// carry out its operation again if its quorum is in (approvals must be unexpired).
+    Retry {
+        /// The request id (32 hex digits, or a unique prefix).
+        id: String,
+    },
 }
 
 /// A reader that went away (`sealpost --json approvals list | head -1`) ends the command

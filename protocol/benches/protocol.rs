@@ -490,6 +490,62 @@ fn paired_checks() {
         },
     );
 
+    // The split-view heads every message carries since issue 9 (`Message.views`, PROTOCOL.md
+    // §18.7): a 1 KiB text message encoded, sealed, opened and decoded, with both heads
+    // (the worst case) against the same message without them (what main sent before).
+    {
+        use sealpost_protocol::content::{Content, HeadView, LogViews, Message};
+        use sealpost_protocol::identity::AccountId;
+        use sealpost_protocol::wire::BoundedString;
+        let text: String = (0..1024u32)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let head = HeadView {
+            seq: 3,
+            hash: [0x5a; 32],
+        };
+        let message = |views: Option<LogViews>| Message {
+            from: AccountId::new("client.alice").unwrap(),
+            sent_ms: TIMESTAMP_MS,
+            content: Content::Text {
+                body: BoundedString::truncating(&text),
+            },
+            views,
+        };
+        let with = message(Some(LogViews {
+            sender: Some(head),
+            recipient: Some(head),
+            split: false,
+        }));
+        let without = message(None);
+        println!(
+            "message views: encoded {} bytes with both heads, {} without",
+            with.encode().unwrap().len(),
+            without.encode().unwrap().len()
+        );
+        let (alice_v, bob_v, mut av, mut bv) = established(&mut r);
+        let mut rv = rng(25);
+        let round = |m: &Message,
+                     (from, to): (&IdentityKeyPair, &IdentityKeyPair),
+                     a: &mut Session,
+                     b: &mut Session,
+                     r: &mut StdRng| {
+            per_iter(200, || {
+                let bytes = m.encode().unwrap();
+                let env = a.seal(header(from, to, r), &bytes, r).unwrap();
+                black_box(Message::decode(&b.open(&env).unwrap()).unwrap());
+            })
+        };
+        let (alice_w, bob_w, mut av2, mut bv2) = established(&mut r);
+        let mut rv2 = rng(26);
+        paired(
+            "message_1k_content: with views vs without",
+            60,
+            || round(&with, (&alice_v, &bob_v), &mut av, &mut bv, &mut rv),
+            || round(&without, (&alice_w, &bob_w), &mut av2, &mut bv2, &mut rv2),
+        );
+    }
+
     // Olm, established as in the `olm` group.
     let oa_acc = Account::new();
     let mut ob_acc = Account::new();

@@ -899,13 +899,19 @@ impl<S: Store> Relay<S> {
             expires_ms: now + POLICY_CACHE_MS,
             epoch,
         };
-        if ctx.peers.len() >= POLICY_CACHE_MAX {
-            ctx.peers.retain(|_, p| p.expires_ms > now);
+        // Only what is allowed is cached: an assignment the operator adds (another
+        // process, `sealpost-relay admin assign`) takes effect at the next send, not
+        // after the cache entry lapses. (One removed still lets a connection that used it
+        // reach the account for up to POLICY_CACHE_MS.)
+        if info.allowed.is_ok() {
             if ctx.peers.len() >= POLICY_CACHE_MAX {
-                ctx.peers.clear();
+                ctx.peers.retain(|_, p| p.expires_ms > now);
+                if ctx.peers.len() >= POLICY_CACHE_MAX {
+                    ctx.peers.clear();
+                }
             }
+            ctx.peers.insert(*device, info.clone());
         }
-        ctx.peers.insert(*device, info.clone());
         Ok(Some(info))
     }
 

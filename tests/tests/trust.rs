@@ -1880,3 +1880,186 @@ async fn instructions_are_refused_from_a_device_on_probation_and_shown_apart_oth
     }
     assert!(!adv.history().any(|e| e.body.contains("DE02 1203")));
 }
+
+/// Requests do not pile up: a rejection that leaves too few possible approvers rejects
+/// the request; the initiator can cancel one (later approvals change nothing); an
+/// operation the relay refuses after its quorum (a notice to a client not assigned to the
+/// sender) fails, and is carried out by `retry` once the cause is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_are_rejected_cancelled_and_retried_instead_of_piling_up() {
+    let homes = tempfile::tempdir().unwrap();
+    let (relay, o, mut staff) = org_memory_relay(homes.path()).await;
+    let head = staff[0].roster().await.unwrap().unwrap().head().clone();
+    let next = || {
+        head.next(
+            org::now_ms(),
+            head.staff().to_vec(),
+            org::quick_policy(org::QUICK_COOLING_OFF_MS),
+        )
+        .unwrap()
+    };
+    // Roster change: threshold 2 of compliance and security, i.e. both comp and sec.
+    let rejected = staff[0].propose_roster(next()).await.unwrap();
+    {
+        let [ops, comp, _sec] = &mut staff[..] else {
+            panic!()
+        };
+        pump(&mut [comp], 1).await;
+        comp.reject_approval(&rejected.request_id, "not this week")
+            .await
+            .unwrap();
+        pump(&mut [ops], 1).await;
+        let v = ops.approval(&rejected.request_id).unwrap();
+        assert_eq!(v.status, ApprovalStatus::Rejected, "{v:?}");
+        assert!(v.detail.contains("rejected by comp"), "{}", v.detail);
+    }
+    // Cancelled: both approve afterwards, nothing is published.
+    let cancelled = staff[0].propose_roster(next()).await.unwrap();
+    let v = staff[0].cancel_approval(&cancelled.request_id).unwrap();
+    assert_eq!(v.status, ApprovalStatus::Cancelled);
+    {
+        let [ops, comp, sec] = &mut staff[..] else {
+            panic!()
+        };
+        pump(&mut [comp, sec], 1).await;
+        comp.approve(&cancelled.request_id).await.unwrap();
+        sec.approve(&cancelled.request_id).await.unwrap();
+        let ev = pump(&mut [ops], 1).await;
+        assert!(!completed(&ev[0]), "{:?}", ev[0]);
+        assert_eq!(
+            ops.approval(&cancelled.request_id).unwrap().status,
+            ApprovalStatus::Cancelled
+        );
+        assert_eq!(ops.roster().await.unwrap().unwrap().head().version(), 1);
+        // A request that is not ours cannot be cancelled by an approver.
+        let err = comp.cancel_approval(&cancelled.request_id).unwrap_err();
+        assert!(matches!(err, ClientError::NotAllowed(_)), "{err:?}");
+    }
+    // A co-signed notice to a client not assigned to the sender: approved, refused by
+    // the relay, failed (not pending); assigned, then retried: delivered.
+    let alice_id = relay.account("alice", Role::Client).await;
+    let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&o)).await;
+    org::attest(&mut staff[0], &mut alice).await;
+    let outcome = staff[0]
+        .send_signed_notice(
+            NoticeCategory::DepositInstruction,
+            NoticeTarget::Client(alice_id.clone()),
+            "New deposit address",
+            "From 1 December, deposit to IBAN CH93 0076 2011 6238 5295 7.",
+        )
+        .await
+        .unwrap();
+    let NoticeOutcome::Draft { requests, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let [ops, comp, sec] = &mut staff[..] else {
+        panic!()
+    };
+    pump(&mut [comp, sec], 1).await;
+    for r in &requests {
+        for approver in [&mut *comp, &mut *sec] {
+            if approver.approval(&r.request_id).is_some() {
+                approver.approve(&r.request_id).await.unwrap();
+            }
+        }
+    }
+    let ev = pump(&mut [ops], 1).await;
+    let failed: Vec<&Event> = ev[0]
+        .iter()
+        .filter(|e| matches!(e, Event::OperationFailed { .. }))
+        .collect();
+    assert!(
+        matches!(
+            failed.as_slice(),
+            [Event::OperationFailed {
+                will_retry: false,
+                ..
+            }]
+        ),
+        "{:?}",
+        ev[0]
+    );
+    let id = &requests[0].request_id;
+    assert_eq!(ops.approval(id).unwrap().status, ApprovalStatus::Failed);
+    relay.assign(&alice_id, ops.account().unwrap()).await;
+    let events = ops.retry_approval(id).await.unwrap();
+    assert!(completed(&events), "{events:?}");
+    assert_eq!(ops.approval(id).unwrap().status, ApprovalStatus::Completed);
+    let got = alice.receive(true, Duration::from_secs(2)).await.unwrap();
+    assert!(
+        got.iter().any(|e| matches!(e, Event::Notice { .. })),
+        "{got:?}"
+    );
+    // Nothing left open on the initiator's side.
+    assert!(
+        ops.approvals().iter().all(|v| !v.status.is_open()),
+        "{:?}",
+        ops.approvals()
+    );
+}
+
+/// A request the relay refuses to carry to any approver (the initiator's device is still
+/// in its cooling-off, as every just-enrolled staff device is) is failed, not left
+/// pending for ever; once the cooling-off has passed, `retry` sends it and it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_during_the_cooling_off_is_failed_and_sent_again_by_retry() {
+    use sealpost_protocol::trust::StaffRole;
+    const COOLING_OFF_MS: u64 = 25_000;
+    let homes = tempfile::tempdir().unwrap();
+    let o = TestOrg::new();
+    let fp = o.fingerprint();
+    let relay = memory_relay(|c| c.org_fingerprint = Some(fp)).await;
+    let mut staff = Vec::new();
+    for name in ["ops", "comp", "sec"] {
+        let id = relay.account(name, Role::Staff).await;
+        staff.push(org::enrolled(&relay, &homes.path().join(name), &id, Some(&o)).await);
+    }
+    let members = [
+        (&staff[0], StaffRole::Operations),
+        (&staff[1], StaffRole::Compliance),
+        (&staff[2], StaffRole::Security),
+    ];
+    let v1 = o.genesis(&members, org::quick_policy(COOLING_OFF_MS));
+    staff[0].publish_signed_roster(v1).await.unwrap();
+    let enrolled_at = std::time::Instant::now();
+    let head = staff[0].roster().await.unwrap().unwrap().head().clone();
+    let next = head
+        .next(
+            org::now_ms(),
+            head.staff().to_vec(),
+            org::quick_policy(org::QUICK_COOLING_OFF_MS),
+        )
+        .unwrap();
+    let err = staff[0].propose_roster(next).await.unwrap_err();
+    assert!(err.to_string().contains("probation"), "{err}");
+    let views = staff[0].approvals();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].status, ApprovalStatus::Failed, "{views:?}");
+    assert!(
+        views[0].detail.contains("reached no approver"),
+        "{}",
+        views[0].detail
+    );
+    let id = views[0].request_id.clone();
+    // A retry during the cooling-off fails the same way, and says why.
+    let err = staff[0].retry_approval(&id).await.unwrap_err();
+    assert!(err.to_string().contains("probation"), "{err}");
+    // People are slow: the cooling-off passes.
+    let left = Duration::from_millis(COOLING_OFF_MS + 1_000).saturating_sub(enrolled_at.elapsed());
+    tokio::time::sleep(left).await;
+    staff[0].retry_approval(&id).await.unwrap();
+    assert_eq!(
+        staff[0].approval(&id).unwrap().status,
+        ApprovalStatus::Pending
+    );
+    let [ops, comp, sec] = &mut staff[..] else {
+        panic!()
+    };
+    let ev = pump(&mut [comp, sec], 1).await;
+    assert!(requested(&ev[0]).contains(&id), "{:?}", ev[0]);
+    comp.approve(&id).await.unwrap();
+    sec.approve(&id).await.unwrap();
+    let ev = pump(&mut [ops], 1).await;
+    assert!(completed(&ev[0]), "{:?}", ev[0]);
+    assert_eq!(ops.roster().await.unwrap().unwrap().head().version(), 2);
+}

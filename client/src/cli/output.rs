@@ -259,10 +259,25 @@ impl Out {
                 request_id,
                 operation,
                 reason,
+                will_retry: true,
+            } => {
+                eprintln!(
+                    "note: request {request_id} ({operation}) reached its quorum; carrying it out failed for now ({}): it is tried again on the next `sealpost approvals list` (or by `listen`) while its approvals last",
+                    display::line(reason)
+                );
+            }
+            Event::OperationFailed {
+                request_id,
+                operation,
+                reason,
+                will_retry: false,
             } => {
                 eprintln!(
                     "WARNING: request {request_id} ({operation}) reached its quorum but could not be carried out: {}",
                     display::line(reason)
+                );
+                eprintln!(
+                    "hint: once the cause is fixed, `sealpost approvals retry {request_id}` tries again (or `approvals cancel` withdraws it)"
                 );
             }
         }

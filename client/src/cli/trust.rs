@@ -1138,7 +1138,69 @@ pub async fn approvals(ctx: &Ctx, command: ApprovalsCommand) -> Result<(), CliEr
         ApprovalsCommand::Reject { id, reason } => {
             approvals_decide(ctx, &id, Decision::Reject { reason }).await
         }
+        ApprovalsCommand::Cancel { id } => approvals_cancel(ctx, &id).await,
+        ApprovalsCommand::Retry { id } => approvals_retry(ctx, &id).await,
     }
+}
+
+/// Withdraw one of this device's own requests.
+async fn approvals_cancel(ctx: &Ctx, wanted: &str) -> Result<(), CliError> {
+    let mut client = open_enrolled(ctx).await?;
+    let id = resolve_request(&client, wanted)?;
+    let view = client
+        .cancel_approval(&id)
+        .map_err(|e| CliError::from_client(e, None))?;
+    ctx.out.json_line(to_json_tagged("cancelled", &view)?);
+    ctx.out.say(format!(
+        "Cancelled request {} ({}): answers that still arrive change nothing. The approvers' devices show it until it expires ({}).",
+        view.request_id,
+        view.operation,
+        time(view.expires_ms)
+    ));
+    Ok(())
+}
+
+/// Try one of this device's failed requests again.
+async fn approvals_retry(ctx: &Ctx, wanted: &str) -> Result<(), CliError> {
+    let (mut client, at) = begin(ctx).await?;
+    let result: Result<ApprovalView, Flow> = async {
+        fetch(ctx, &mut client).await?;
+        let id = resolve_request(&client, wanted)?;
+        let events = client.retry_approval(&id).await?;
+        let me = client.account().cloned();
+        for e in &events {
+            ctx.out.event(e, me.as_ref())?;
+        }
+        client
+            .approval(&id)
+            .ok_or_else(|| Flow::Cli(CliError::failure(format!("no approval request {id}"))))
+    }
+    .await;
+    let view = end(ctx, &mut client, &at, result).await?;
+    ctx.out.json_line(to_json_tagged("retried", &view)?);
+    let state = match view.status {
+        ApprovalStatus::Completed => "carried out".to_owned(),
+        ApprovalStatus::Pending => "sent again; waiting for approvals".to_owned(),
+        other => status_name(other).to_owned(),
+    };
+    ctx.out.say(format!(
+        "Request {} ({}): {state}{}",
+        view.request_id,
+        view.operation,
+        if view.detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", display::line(&view.detail))
+        }
+    ));
+    if view.status == ApprovalStatus::Failed {
+        return Err(CliError::failure(format!(
+            "request {} failed again: {}",
+            view.request_id,
+            display::line(&view.detail)
+        )));
+    }
+    Ok(())
 }
 
 fn is_open(v: &ApprovalView) -> bool {
@@ -1185,7 +1247,14 @@ async fn approvals_list(ctx: &Ctx, all: bool) -> Result<(), CliError> {
             ApprovalDirection::Incoming => "to you",
             ApprovalDirection::Outgoing => "yours",
         };
+        let rejections = v.responses.iter().filter(|r| !r.approved).count();
         let status = match v.direction {
+            ApprovalDirection::Outgoing if rejections > 0 => format!(
+                "{} ({}/{}, {rejections} rejected)",
+                status_name(v.status),
+                v.approvals.len(),
+                v.threshold
+            ),
             ApprovalDirection::Outgoing => format!(
                 "{} ({}/{})",
                 status_name(v.status),
@@ -1223,6 +1292,7 @@ fn status_name(s: ApprovalStatus) -> &'static str {
         ApprovalStatus::Completed => "completed",
         ApprovalStatus::Failed => "FAILED",
         ApprovalStatus::Expired => "expired",
+        ApprovalStatus::Cancelled => "cancelled",
     }
 }
 
