@@ -22,8 +22,9 @@ Exit codes:
   5  the relay could not be reached (the address tried is printed)
   6  refused by the relay (routing policy, quota, rate limit, enrolment code)
   7  verification mismatch: safety number, or the code of a device link
-  8  a trust check failed: a roster, device log, approval or notice did not verify
-     (the relay may be misbehaving; nothing was trusted)
+  8  a trust check failed: the relay's certificate does not match the pinned CA, or a
+     roster, device log, approval or notice did not verify (the relay may be
+     misbehaving, or is not your firm's; nothing was trusted)
   9  the profile is in use by another sealpost process (for example `listen`)
 
 Environment:

@@ -320,7 +320,10 @@ impl NewDeviceLink {
 fn transient(e: &NetError) -> bool {
     !matches!(
         e,
-        NetError::Refused { .. } | NetError::Address(_) | NetError::Tls(_)
+        NetError::Refused { .. }
+            | NetError::Address(_)
+            | NetError::Tls(_)
+            | NetError::UntrustedRelay(_)
     )
 }
 

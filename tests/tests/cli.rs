@@ -2021,3 +2021,60 @@ fn cli_commands_end_within_their_timeout_when_the_relay_stops_answering_mid_requ
         alice.run(args).ok("after the relay came back");
     }
 }
+
+/// A CA pin that does not match the relay's certificate is a trust failure (exit 8), not
+/// "is the relay running?" (exit 5): the relay answered, but with a certificate this
+/// device does not trust. Nothing was sent: the code still works with the right pin.
+#[test]
+fn a_ca_pin_that_does_not_match_the_relay_is_a_trust_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, relay) = start_relay(dir.path());
+    admin(&config, &["create-account", "alice", "--role", "client"]);
+    let users = tempfile::tempdir().unwrap();
+    let alice = Device::new(users.path(), "alice");
+    alice.run(&["init"]).ok("init");
+    let issued = admin(&config, &["issue-code", "alice"]);
+    let code = issued["code"].as_str().unwrap();
+    let right = issued["ca_fingerprint"].as_str().unwrap();
+    let mut wrong = hex::decode(right).unwrap();
+    wrong[0] ^= 0x01;
+    let wrong = hex::encode(wrong);
+    let addr = relay.addr.to_string();
+    let enrol = |ca: &str, human: bool| {
+        let args = [
+            "enroll",
+            "--relay",
+            &addr,
+            "--ca",
+            ca,
+            "--account",
+            "alice",
+            "--code",
+            code,
+        ];
+        if human {
+            alice.run_human(&args)
+        } else {
+            alice.run(&args)
+        }
+    };
+    let ran = enrol(&wrong, false);
+    assert_eq!(ran.code, 8, "{}\n{}", ran.stdout, ran.stderr);
+    let v: Value = serde_json::from_str(ran.stderr.trim()).unwrap();
+    assert_eq!(v["kind"], "trust_check_failed", "{v}");
+    let said = format!("{} {}", v["error"], v["hint"]);
+    assert!(said.contains("pinned CA"), "{said}");
+    assert!(!said.contains("relay is running"), "{said}");
+    let ran = enrol(&wrong, true);
+    assert_eq!(ran.code, 8, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("does not match the pinned CA fingerprint"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stderr.contains("running"), "{}", ran.stderr);
+    // The relay is up and the code unspent: the right pin enrols.
+    let ran = enrol(right, false).ok("enroll with the right CA");
+    assert_eq!(ran.events("enrolled")[0]["account"], "alice");
+}

@@ -788,7 +788,10 @@ async fn listen(ctx: &Ctx, for_time: Option<Duration>, mark_read: bool) -> Resul
                     }
                     ever_connected = true;
                 }
-                Ok(Err(ClientError::Net(e @ sealpost_client::net::NetError::Refused { .. }))) => {
+                Ok(Err(ClientError::Net(
+                    e @ (sealpost_client::net::NetError::Refused { .. }
+                    | sealpost_client::net::NetError::UntrustedRelay(_)),
+                ))) => {
                     return Err(CliError::from_client(ClientError::Net(e), Some(&at)));
                 }
                 Ok(Err(e @ ClientError::State(_))) => {

@@ -26,7 +26,8 @@ pub enum Exit {
     Refused = 6,
     /// 7: the safety numbers, or a device-link code, do not match.
     Mismatch = 7,
-    /// 8: a roster, device log, approval or notice failed verification.
+    /// 8: the relay's certificate does not match the pinned CA, or a roster, device log,
+    /// approval or notice failed verification.
     Trust = 8,
     /// 9: the profile (or the organisation store) is in use by another sealpost process.
     Busy = 9,
@@ -234,6 +235,13 @@ impl CliError {
             NetError::Connection(d) => Self::unreachable(at, d),
             NetError::Timeout(d) => Self::unreachable(at, format!("no answer within {d:?}")),
             NetError::Tls(d) => Self::unreachable(at, format!("TLS: {d}")),
+            NetError::UntrustedRelay(why) => Self::new(
+                Exit::Trust,
+                format!(
+                    "the relay at {at} answered, but its certificate does not match the pinned CA fingerprint ({why}); nothing was sent"
+                ),
+            )
+            .hint("check the CA fingerprint (--ca) with your firm out of band; if it is right, whoever answers at this address is not your firm's relay: tell your firm's security team"),
             NetError::Refused {
                 code,
                 message,
