@@ -131,18 +131,17 @@ pub enum ClientError {
         relay: String,
     },
     /// The relay is configured with another organisation than the one this device pins
-    /// (or was given to pin).
+    /// (or was given to pin). The relay's fingerprint is deliberately not kept nor shown:
+    /// printing it would invite copying it over the one the firm gave out of band.
     #[error(
-        "the relay at {relay} is configured with organisation {announced}, not {pinned} \
-         which this device trusts"
+        "the relay at {relay} belongs to a different organisation than the one pinned \
+         ({pinned}): nothing was sent"
     )]
     OrgMismatch {
         /// The relay's address.
         relay: String,
         /// The fingerprint this device pins or was given (hex).
         pinned: String,
-        /// The one the relay is configured with (hex), or `none`.
-        announced: String,
     },
 }
 
@@ -2241,7 +2240,6 @@ pub(crate) async fn check_relay_org(
         (Some(g), Some(a)) if g != a => Err(ClientError::OrgMismatch {
             relay: relay.addr.clone(),
             pinned: g.to_hex(),
-            announced: a.to_hex(),
         }),
         _ => Ok(()),
     }

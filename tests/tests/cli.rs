@@ -1439,6 +1439,36 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
         "{}",
         refused.stderr
     );
+    // With another organisation than the relay's: a trust failure (exit 8) that names the
+    // pinned fingerprint only (the relay's would invite copying it) and says to check it
+    // with the firm out of band; the code is not used.
+    let other_org = "cd".repeat(32);
+    let mismatch = alice.run_human(&[
+        "enroll",
+        "--relay",
+        &addr,
+        "--ca",
+        &ca,
+        "--account",
+        "alice",
+        "--code",
+        code,
+        "--org",
+        &other_org,
+    ]);
+    assert_eq!(mismatch.code, 8, "{}", mismatch.stderr);
+    assert!(
+        mismatch.stderr.contains("different organisation")
+            && mismatch.stderr.contains(&other_org)
+            && mismatch.stderr.contains("out of band"),
+        "{}",
+        mismatch.stderr
+    );
+    assert!(
+        !mismatch.stderr.contains(&org_fp),
+        "the relay's fingerprint is not printed: {}",
+        mismatch.stderr
+    );
     alice
         .run(&[
             "enroll",
@@ -1678,6 +1708,40 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
         .as_str()
         .unwrap()
         .to_owned();
+    // Alice did not start it: `device confirm` tells her to dismiss it (as README says),
+    // not to freeze; a wrong code adds nothing and says so.
+    let mut confirm = spawn(&alice, &["device", "confirm", "--link", &sid], true);
+    let shown = wait_for_event(&srx, "link_code", &mut seen)["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    {
+        use std::io::Write;
+        let mut stdin = confirm.stdin.take().unwrap();
+        let wrong = if shown == "000000" {
+            "000001"
+        } else {
+            "000000"
+        };
+        writeln!(stdin, "{wrong}").unwrap();
+    }
+    let refused = output_of(confirm);
+    assert_eq!(refused.code, 7, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        refused
+            .stdout
+            .contains(&format!("sealpost device dismiss --link {sid}")),
+        "{}",
+        refused.stdout
+    );
+    assert!(
+        refused.stderr.contains("no device was added")
+            && refused.stderr.contains("sealpost device dismiss"),
+        "{}",
+        refused.stderr
+    );
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(!said.contains("freeze"), "{said}");
     let dismissed = alice
         .run(&["device", "dismiss", "--all"])
         .ok("device dismiss");
@@ -1754,7 +1818,17 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
         "--code",
         wrong,
     ]);
-    assert_ne!(mismatch.code, 0, "{}", mismatch.stdout);
+    assert_eq!(mismatch.code, 7, "{}", mismatch.stdout);
+    let e: Value = serde_json::from_str(mismatch.stderr.trim()).unwrap();
+    let said = format!("{} {}", e["error"], e["hint"]);
+    assert!(
+        said.contains("nothing was approved") && said.contains("call the account holder back"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("withdrawn") && !said.contains("freeze"),
+        "{said}"
+    );
     let still = ops.run(&["approvals", "list"]).ok("collect 0");
     assert!(still.events("operation_completed").is_empty());
     // One approval is not enough.

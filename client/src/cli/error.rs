@@ -164,9 +164,9 @@ impl CliError {
             }
             ClientError::CodeMismatch => Self::new(
                 Exit::Mismatch,
-                "the code does NOT match the one the new device shows; the offer was withdrawn",
+                "the code does NOT match the one the new device shows: no device was added",
             )
-            .hint("if you did not start this link yourself, run `sealpost device freeze`; otherwise start again on the new device with `sealpost device link --restart ...`"),
+            .hint("if you did not start this request yourself, dismiss it with `sealpost device dismiss --link ID` and tell your firm (someone knows your account id); otherwise start again on the new device with `sealpost device link --restart ...` and confirm its new code"),
             ClientError::Timeout(what) => Self::failure(format!("timed out waiting for {what}"))
                 .hint("try again, with a longer --wait if the command has one"),
             ClientError::NotFound(m) => Self::failure(format!("not found: {m}")),
@@ -175,8 +175,9 @@ impl CliError {
                  other than this relay, and run the command again with --org FINGERPRINT",
             ),
             e @ ClientError::OrgMismatch { .. } => Self::new(Exit::Trust, e.to_string()).hint(
-                "nothing was sent; check the fingerprint with your firm out of band: a relay \
-                 configured with another organisation may be an impostor",
+                "check the organisation fingerprint with your firm out of band (a phone call to a \
+                 number you already know, not one this relay gave you); if yours is right, this \
+                 relay may be an impostor: do not use the fingerprint it announces",
             ),
         }
     }

@@ -908,7 +908,8 @@ async fn device_confirm(
             }
             None => {
                 ctx.out.say("Check that this fingerprint is the one the new device prints. If you did not start");
-                ctx.out.say("this yourself, do not confirm: press Enter, then run `sealpost device freeze`.");
+                ctx.out.say(format!("this yourself, do not confirm: press Enter, then run `sealpost device dismiss --link {}`", link.link_id));
+                ctx.out.say("and tell your firm (someone knows your account id).");
                 let offered = client.offer_link(&link.link_id).await?;
                 ctx.out.json_line(to_json_tagged("link_offered", &offered)?);
                 ctx.out.note("Offered: the new device now shows a 6-digit code.");
@@ -1095,7 +1096,16 @@ async fn device_recover(
             }
         };
         ctx.budget.waiting_for_person(wait);
-        Ok(client.start_recovery(&link.link_id, &typed, wait).await?)
+        match client.start_recovery(&link.link_id, &typed, wait).await {
+            Err(ClientError::CodeMismatch) => Err(Flow::Cli(
+                CliError::new(
+                    super::error::Exit::Mismatch,
+                    format!("the code does NOT match the one the client's new device shows: no recovery of {account} was started"),
+                )
+                .hint(format!("call the client back on the number on file (place the call yourself); their new device runs `sealpost device link --restart ...` for a new code, then run `sealpost device recover --account {account}` again")),
+            )),
+            r => Ok(r?),
+        }
     }
     .await;
     let view = end(ctx, &mut client, &at, result).await?;
@@ -1431,6 +1441,16 @@ async fn approvals_show(ctx: &Ctx, wanted: &str) -> Result<(), CliError> {
     print_request(ctx, &client, &view)
 }
 
+/// An approver typed a recovery code that does not match: nothing was signed, the request
+/// still waits (neither an offer withdrawn nor a reason to freeze anything).
+fn recovery_code_mismatch(id: &impl std::fmt::Display) -> CliError {
+    CliError::new(
+        super::error::Exit::Mismatch,
+        "the code does NOT match the one the account holder's new device shows: nothing was approved",
+    )
+    .hint(format!("the request still waits: call the account holder back on the number on file (place the call yourself) and run `sealpost approvals approve {id}` again with the code they read; if the codes keep differing, reject it: someone else may have started this recovery"))
+}
+
 enum Decision {
     Approve { yes: bool, code: Option<String> },
     Reject { reason: String },
@@ -1486,7 +1506,10 @@ async fn approvals_decide(ctx: &Ctx, wanted: &str, decision: Decision) -> Result
                         )));
                     }
                 }
-                Ok(client.approve_with_code(&id, code.as_deref()).await?)
+                match client.approve_with_code(&id, code.as_deref()).await {
+                    Err(ClientError::CodeMismatch) => Err(Flow::Cli(recovery_code_mismatch(&id))),
+                    r => Ok(r?),
+                }
             }
             Decision::Reject { reason } => Ok(client.reject_approval(&id, reason).await?),
         }
