@@ -937,10 +937,11 @@ impl Client {
             )),
             SendDecision::OnProbation { until_ms } => Err(ClientError::OnProbation {
                 until_ms,
-                refused: format!("send {kind:?} messages"),
+                refused: format!("send {} messages", kind.name()),
             }),
             SendDecision::Frozen => Err(ClientError::NotAllowed(format!(
-                "the account is frozen; {kind:?} messages are refused until staff unfreeze it"
+                "the account is frozen; {} messages are refused until staff unfreeze it",
+                kind.name()
             ))),
         }
     }

@@ -1637,12 +1637,35 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
     let relay_args = ["--relay", &addr, "--ca", &ca, "--org", &org_fp];
     let tablet = Device::new(users.path(), "tablet");
     let tablet_id = link_through_cli(&tablet, &alice, "alice", &relay_args);
+    // The tablet writes to ops while it is valid; ops reads it only after the revoke.
+    tablet
+        .run(&["send", "ops.alice", "sent from the tablet"])
+        .ok("send from the tablet");
     let revoked = alice
         .run(&["device", "revoke", &tablet_id[..8], "--reason", "sold it"])
         .ok("device revoke");
     assert_eq!(
         revoked.events("device_revoked")[0]["device"],
         tablet_id.as_str()
+    );
+    // Queued at the relay before the revoke: shown, with a note, and no alarm about an
+    // untrusted device or a compromised relay (PROTOCOL.md §18.3).
+    let read = ops.run_human(&["inbox"]).ok("inbox after the revoke");
+    assert!(
+        read.stdout.contains("sent from the tablet"),
+        "{}",
+        read.stdout
+    );
+    assert!(
+        read.stdout
+            .contains("sent by a device of alice that has since been revoked"),
+        "{}",
+        read.stdout
+    );
+    assert!(
+        !read.stderr.contains("UNTRUSTED") && !read.stderr.contains("compromised"),
+        "{}",
+        read.stderr
     );
     let gone = tablet.run(&["inbox", "--wait", "2"]);
     assert_ne!(

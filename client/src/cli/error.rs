@@ -296,19 +296,19 @@ mod tests {
         let e = CliError::from_client(
             ClientError::OnProbation {
                 until_ms: until,
-                refused: "send Approval messages".into(),
+                refused: "send approval messages".into(),
             },
             None,
         );
         assert_eq!(e.exit, Exit::Refused);
         assert!(!e.message.contains(&until.to_string()), "{}", e.message);
         assert!(
-            e.message.contains("send Approval messages"),
+            e.message.contains("send approval messages"),
             "{}",
             e.message
         );
         assert_eq!(e.details["probation_until_ms"], until);
-        let e = CliError::on_probation(until, "send Approval messages", now);
+        let e = CliError::on_probation(until, "send approval messages", now);
         assert!(e.message.contains("about 1h 1m more"), "{}", e.message);
         assert!(
             e.message.contains("(until 2027-01-15 09:00:30 UTC)"),
