@@ -207,8 +207,13 @@ pub fn describe_subject(subject: &ApprovalSubject) -> String {
                 ));
             }
             s.push_str(&format!(
-                "\n  cooling-off: {} ms; sensitive kinds: {:?}",
-                p.cooling_off_ms, p.sensitive_kinds
+                "\n  cooling-off: {} ms; sensitive kinds: {}",
+                p.cooling_off_ms,
+                p.sensitive_kinds
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
             s
         }
@@ -231,8 +236,10 @@ pub fn describe_subject(subject: &ApprovalSubject) -> String {
                 Err(e) => format!("(content does not decode: {e})"),
             };
             format!(
-                "notice [{:?}] to {audience}, from {}, sent {} ms\n{text}",
-                header.category, header.sender.account, header.sent_ms
+                "notice [{}] to {audience}, from {}, sent {} ms\n{text}",
+                crate::display::name(&header.category),
+                header.sender.account,
+                header.sent_ms
             )
         }
         ApprovalSubject::DeviceLog { entry, .. } => {
@@ -655,8 +662,8 @@ impl Client {
         let record = self.approvals[i].clone();
         if record.status != ApprovalStatus::Pending {
             return Err(ClientError::Invalid(format!(
-                "this request is {:?}",
-                record.status
+                "this request is {}",
+                crate::display::name(&record.status)
             )));
         }
         let req = record.bundle.request.clone();
@@ -768,8 +775,8 @@ impl Client {
             .ok_or_else(|| ClientError::NotFound(format!("approval request {request_id}")))?;
         if self.approvals[i].status != ApprovalStatus::Pending {
             return Err(ClientError::Invalid(format!(
-                "this request is {:?}",
-                self.approvals[i].status
+                "this request is {}",
+                crate::display::name(&self.approvals[i].status)
             )));
         }
         let initiator = self.approvals[i].bundle.request.initiator.account.clone();
@@ -947,8 +954,8 @@ impl Client {
         };
         if !matches!(self.approvals[i].status, ApprovalStatus::Pending) {
             return refused(format!(
-                "the request is already {:?}",
-                self.approvals[i].status
+                "the request is already {}",
+                crate::display::name(&self.approvals[i].status)
             ));
         }
         // Only someone who could approve may answer at all (approve or reject): a staff

@@ -139,7 +139,7 @@ enum Command {
         #[arg(long, value_name = "DIGITS")]
         confirm: Option<String>,
     },
-    /// This account's devices, with fingerprints.
+    /// This account's devices, from its verified device log (the same as `device list`).
     Devices,
     /// Download the file attached to a message (see `inbox --all` for message ids),
     /// verifying it; the file appears only if every check passes.

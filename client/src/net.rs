@@ -88,7 +88,7 @@ pub enum NetError {
     #[error("connection: {0}")]
     Connection(String),
     /// The relay refused the request.
-    #[error("relay refused ({code:?}): {message}")]
+    #[error("relay refused ({}): {message}", crate::display::name(.code))]
     Refused {
         /// Why.
         code: ErrorCode,

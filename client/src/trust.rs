@@ -1474,14 +1474,15 @@ impl Client {
                 code: code @ (ErrorCode::Conflict | ErrorCode::NotFound),
                 message,
                 ..
-            }) => refusal = Some(format!("{code:?}: {message}")),
+            }) => refusal = Some(format!("{}: {message}", crate::display::name(&code))),
             Err(NetError::Refused { code, message, .. }) => {
                 // The relay refused the append (the approvals expired, the account's log
                 // moved on): nothing changed, the account's old devices still work.
                 self.drop_new_link();
                 return Err(ClientError::NotAllowed(format!(
-                    "the recovery could not be completed ({code:?}: {message}); the account's \
-                     other devices were not revoked: ask staff to start the recovery again"
+                    "the recovery could not be completed ({}: {message}); the account's \
+                     other devices were not revoked: ask staff to start the recovery again",
+                    crate::display::name(&code)
                 )));
             }
             Err(e) => return Err(e.into()),

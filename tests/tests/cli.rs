@@ -562,12 +562,20 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
         .unwrap();
     assert_eq!(ann_contact["verified"], true);
 
-    // devices: this account's one device, marked as this one.
+    // devices: this account's one device, marked as this one; `devices` and `device list`
+    // print the same single `devices` line (README "JSON output").
     let devices = alice.run(&["devices"]).ok("devices");
-    let devices = devices.events("device");
-    assert_eq!(devices.len(), 1);
-    assert_eq!(devices[0]["this_device"], true);
-    assert_eq!(devices[0]["device"], who["device"]);
+    let listed = alice.run(&["device", "list"]).ok("device list");
+    assert_eq!(devices.lines(), listed.lines());
+    assert_eq!(devices.lines().len(), 1, "{}", devices.stdout);
+    let d = &devices.events("devices")[0];
+    assert_eq!(d["account"], "alice");
+    assert_eq!(d["frozen"], false);
+    let list = d["devices"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["this_device"], true);
+    assert_eq!(list[0]["device"], who["device"]);
+    assert_eq!(list[0]["fingerprint"], who["fingerprint"]);
 
     // Wrong passphrase: exit 3, said plainly.
     let wrong_pass = run_bounded(alice.command(&["whoami"], "not the passphrase"), STEP);
@@ -1608,6 +1616,13 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
         shown.stdout
     );
     assert!(!shown.stdout.contains('\u{1b}'));
+    // Names as the protocol spells them, never Rust's enum names.
+    assert!(
+        shown.stdout.contains("notice [payment_instruction]"),
+        "{}",
+        shown.stdout
+    );
+    assert!(!shown.stdout.contains("PaymentInstruction"), "{}", shown.stdout);
 
     // A notice whose title and body carry escapes is shown escaped in the inbox.
     ops.run(&[

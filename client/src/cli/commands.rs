@@ -72,7 +72,8 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             mark_read,
         } => listen(ctx, for_secs.map(Duration::from_secs), mark_read).await,
         Command::Verify { account, confirm } => verify(ctx, &account, confirm.as_deref()).await,
-        Command::Devices => devices(ctx).await,
+        // The same command as `device list`: one output, one JSON shape.
+        Command::Devices => super::trust::device_list(ctx, None).await,
         Command::Download { message_id, out } => download(ctx, &message_id, out.as_deref()).await,
         Command::Notice {
             title,
@@ -915,31 +916,6 @@ async fn verify(ctx: &Ctx, account: &str, confirm: Option<&str>) -> Result<(), C
             println!("    sealpost verify {account} --confirm \"DIGITS THEY READ\"");
         }
     }
-    Ok(())
-}
-
-async fn devices(ctx: &Ctx) -> Result<(), CliError> {
-    let mut client = open_enrolled(ctx).await?;
-    connect(ctx, &mut client).await?;
-    let at = relay_addr(&client);
-    let list = client.own_devices().await;
-    finish(&mut client).await?;
-    let list = list.map_err(|e| CliError::from_client(e, Some(&at)))?;
-    let me = client.device_id();
-    if let Some(a) = client.account() {
-        ctx.out.say(format!("Devices of {a}:"));
-    }
-    for identity in list {
-        let this = identity.device_id() == me;
-        let fp = identity.fingerprint().to_string();
-        ctx.out.json_line(json!({"event": "device", "device": identity.device_id().to_hex(), "fingerprint": fp, "this_device": this}));
-        ctx.out.say(format!(
-            "  {} {}  {fp}",
-            if this { "*" } else { " " },
-            identity.device_id()
-        ));
-    }
-    ctx.out.say("(* = this device)");
     Ok(())
 }
 

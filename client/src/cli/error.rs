@@ -234,7 +234,10 @@ impl CliError {
     fn from_net(n: NetError, at: &str) -> Self {
         match n {
             NetError::Connection(d) => Self::unreachable(at, d),
-            NetError::Timeout(d) => Self::unreachable(at, format!("no answer within {d:?}")),
+            NetError::Timeout(d) => Self::unreachable(
+                at,
+                format!("no answer within {}", humantime::format_duration(d)),
+            ),
             NetError::Tls(d) => Self::unreachable(at, format!("TLS: {d}")),
             NetError::UntrustedRelay(why) => Self::new(
                 Exit::Trust,

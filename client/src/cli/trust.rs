@@ -974,7 +974,9 @@ fn print_devices(ctx: &Ctx, d: &AccountDevices) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn device_list(ctx: &Ctx, account: Option<&AccountId>) -> Result<(), CliError> {
+/// `sealpost device list` (and `sealpost devices`): an account's devices from its verified
+/// log, as one `devices` JSON line.
+pub async fn device_list(ctx: &Ctx, account: Option<&AccountId>) -> Result<(), CliError> {
     let (mut client, at) = begin(ctx).await?;
     let result = match account {
         Some(a) => client.account_devices(a).await,
