@@ -377,6 +377,10 @@ pub enum DeviceCommand {
         /// Why (kept in the device log).
         #[arg(long, default_value = "", value_name = "TEXT")]
         reason: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal,
+        /// e.g. in scripts).
+        #[arg(long)]
+        yes: bool,
     },
     /// "This wasn't me": freeze this account. Devices still on probation are revoked at
     /// once; staff must unfreeze the account (a quorum).
@@ -384,6 +388,10 @@ pub enum DeviceCommand {
         /// Why (kept in the device log).
         #[arg(long, default_value = "this wasn't me", value_name = "TEXT")]
         reason: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal,
+        /// e.g. in scripts).
+        #[arg(long)]
+        yes: bool,
     },
     /// Staff: recover an account whose devices are all lost, after an out-of-band check.
     /// The client's new device runs `device link`; this offers it a recovery, asks for

@@ -1313,6 +1313,41 @@ fn spawn(dev: &Device, args: &[&str], stdin: bool) -> Child {
     cmd.spawn().unwrap()
 }
 
+/// Run the CLI as `dev` on a pseudo-terminal (util-linux `script`), typing `input`; the
+/// terminal's output (stdout and stderr together, with CR LF line ends) is `stdout`.
+fn on_terminal(dev: &Device, args: &[&str], input: &str) -> Ran {
+    let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+    let line = std::iter::once(CLI)
+        .chain(args.iter().copied())
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env("SEALPOST_HOME", &dev.home)
+        .env("SEALPOST_PASSPHRASE", &dev.passphrase)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .expect("util-linux `script` runs the CLI on a terminal");
+    let mut stdin = child.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        stdin.write_all(input.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    // Standard input stays open until the command ends (`script` ends the session at its EOF).
+    let code = wait_exit(&mut child, STEP);
+    drop(stdin);
+    let mut ran = output_of(child);
+    ran.code = code;
+    ran.stdout = ran.stdout.replace("\r\n", "\n");
+    ran
+}
+
 /// Wait (bounded) for `child` to exit; its exit code (-1 if killed).
 fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
     let deadline = Instant::now() + limit;
@@ -1618,11 +1653,15 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
     assert!(!shown.stdout.contains('\u{1b}'));
     // Names as the protocol spells them, never Rust's enum names.
     assert!(
-        shown.stdout.contains("notice [payment_instruction]"),
+        shown.stdout.contains("category: payment_instruction"),
         "{}",
         shown.stdout
     );
-    assert!(!shown.stdout.contains("PaymentInstruction"), "{}", shown.stdout);
+    assert!(
+        !shown.stdout.contains("PaymentInstruction"),
+        "{}",
+        shown.stdout
+    );
 
     // A notice whose title and body carry escapes is shown escaped in the inbox.
     ops.run(&[
@@ -1657,7 +1696,14 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
         .run(&["send", "ops.alice", "sent from the tablet"])
         .ok("send from the tablet");
     let revoked = alice
-        .run(&["device", "revoke", &tablet_id[..8], "--reason", "sold it"])
+        .run(&[
+            "device",
+            "revoke",
+            &tablet_id[..8],
+            "--reason",
+            "sold it",
+            "--yes",
+        ])
         .ok("device revoke");
     assert_eq!(
         revoked.events("device_revoked")[0]["device"],
@@ -1691,10 +1737,35 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
     // A laptop on probation is revoked by a freeze; the quorum unfreezes the account.
     let laptop = Device::new(users.path(), "laptop");
     let laptop_id = link_through_cli(&laptop, &alice, "alice", &relay_args);
-    let frozen = alice
-        .run(&["device", "freeze", "--reason", "this wasn't me"])
-        .ok("device freeze");
-    let frozen = &frozen.events("frozen")[0];
+    // On a terminal, `device freeze` asks: anything but "yes" freezes nothing (exit 1);
+    // "yes" freezes.
+    let declined = on_terminal(&alice, &["device", "freeze"], "no\n");
+    assert_eq!(declined.code, 1, "{}", declined.stdout);
+    assert!(
+        declined.stdout.contains("Type 'yes' to freeze the account"),
+        "{}",
+        declined.stdout
+    );
+    assert!(
+        declined.stdout.contains("not frozen"),
+        "{}",
+        declined.stdout
+    );
+    let list = alice.run(&["device", "list"]).ok("device list");
+    assert_eq!(list.events("devices")[0]["frozen"], false);
+    let frozen = on_terminal(
+        &alice,
+        &["--json", "device", "freeze", "--reason", "this wasn't me"],
+        "yes\n",
+    );
+    assert_eq!(frozen.code, 0, "{}", frozen.stdout);
+    let frozen: Value = frozen
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .find(|v| v["event"] == "frozen")
+        .unwrap_or_else(|| panic!("no frozen event: {}", frozen.stdout));
+    let frozen = &frozen;
     assert!(
         frozen["revoked"]
             .as_array()
@@ -2189,4 +2260,31 @@ fn a_ca_pin_that_does_not_match_the_relay_is_a_trust_failure() {
     // The relay is up and the code unspent: the right pin enrols.
     let ran = enrol(right, false).ok("enroll with the right CA");
     assert_eq!(ran.events("enrolled")[0]["account"], "alice");
+}
+
+/// `device revoke` and `device freeze` cannot be undone by the user: without a terminal
+/// they refuse to run unless `--yes` is given (exit 2, naming `--yes`), before anything
+/// is opened or sent; on a terminal they ask (`cli_trust_commands_...`).
+#[test]
+fn device_revoke_and_freeze_need_a_terminal_or_yes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::new(dir.path(), "nobody");
+    for args in [
+        vec!["device", "freeze"],
+        vec!["device", "revoke", "abcd1234"],
+    ] {
+        let ran = dev.run_human(&args);
+        assert_eq!(ran.code, 2, "{args:?}: {}", ran.stderr);
+        assert!(ran.stderr.contains("not a terminal"), "{}", ran.stderr);
+        assert!(ran.stderr.contains("--yes"), "{}", ran.stderr);
+        let ran = dev.run(&args);
+        assert_eq!(ran.code, 2, "{args:?}: {}", ran.stderr);
+        let v: Value = serde_json::from_str(ran.stderr.trim()).unwrap();
+        assert_eq!(v["kind"], "usage");
+        // With --yes the command goes on: here to the missing profile (exit 4).
+        let mut with_yes = args.clone();
+        with_yes.push("--yes");
+        let ran = dev.run_human(&with_yes);
+        assert_eq!(ran.code, 4, "{with_yes:?}: {}", ran.stderr);
+    }
 }

@@ -551,8 +551,12 @@ pub async fn device(ctx: &Ctx, command: DeviceCommand) -> Result<(), CliError> {
             let account = account.as_deref().map(account_arg).transpose()?;
             device_list(ctx, account.as_ref()).await
         }
-        DeviceCommand::Revoke { device, reason } => device_revoke(ctx, &device, &reason).await,
-        DeviceCommand::Freeze { reason } => device_freeze(ctx, &reason).await,
+        DeviceCommand::Revoke {
+            device,
+            reason,
+            yes,
+        } => device_revoke(ctx, &device, &reason, yes).await,
+        DeviceCommand::Freeze { reason, yes } => device_freeze(ctx, &reason, yes).await,
         DeviceCommand::Recover {
             account,
             link,
@@ -847,6 +851,54 @@ fn read_line(prompt: &str, out: super::output::Out) -> Result<Option<String>, Cl
     Ok((!line.is_empty()).then_some(line))
 }
 
+/// Ask the person at the terminal to type `yes` to `question`; true if they did. The
+/// approval of a request (`approvals approve`) and the device commands that cannot be
+/// undone by the user (`device revoke`, `device freeze`) ask this way.
+fn typed_yes(question: &str, action: &str, out: super::output::Out) -> Result<bool, CliError> {
+    let answer = read_line(&format!("\n{question} Type 'yes' to {action}: "), out)?;
+    Ok(answer.is_some_and(|a| a.eq_ignore_ascii_case("yes")))
+}
+
+/// Before an irreversible device command (`command`, e.g. `device freeze`): without
+/// `--yes`, it needs a person at a terminal; without one it is a usage error (exit 2)
+/// that names `--yes`, checked before anything is sent.
+fn needs_terminal_or_yes(command: &str, yes: bool) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    if yes || std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "`sealpost {command}` asks for confirmation, and standard input is not a terminal"
+    ))
+    .hint(format!(
+        "run it in a terminal, or pass --yes to {command} without asking (scripts)"
+    )))
+}
+
+/// Ask (unless `yes`) before an irreversible device command; `Err` when not confirmed.
+fn confirm_device_command(
+    ctx: &Ctx,
+    yes: bool,
+    question: &str,
+    action: &str,
+    refused: &str,
+) -> Result<(), CliError> {
+    if yes {
+        return Ok(());
+    }
+    // Typing is waiting for a person, not for the relay.
+    ctx.budget.unbounded();
+    let confirmed = typed_yes(question, action, ctx.out)?;
+    ctx.budget.restart();
+    if confirmed {
+        Ok(())
+    } else {
+        Err(CliError::failure(format!(
+            "{refused}: you did not type 'yes'"
+        )))
+    }
+}
+
 /// Read the code from standard input (one line; spaces ignored).
 fn read_code(out: super::output::Out, from: &str) -> Result<String, CliError> {
     let line = read_line(
@@ -987,13 +1039,14 @@ pub async fn device_list(ctx: &Ctx, account: Option<&AccountId>) -> Result<(), C
     print_devices(ctx, &devices)
 }
 
-async fn device_revoke(ctx: &Ctx, wanted: &str, reason: &str) -> Result<(), CliError> {
+async fn device_revoke(ctx: &Ctx, wanted: &str, reason: &str, yes: bool) -> Result<(), CliError> {
     let wanted = wanted.trim().to_ascii_lowercase();
     if wanted.len() < 4 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(CliError::usage(
             "give the device id (32 hex digits, or at least its first 4) from `sealpost device list`",
         ));
     }
+    needs_terminal_or_yes("device revoke", yes)?;
     let (mut client, at) = begin(ctx).await?;
     let result: Result<_, Flow> = async {
         let list = client.devices().await?;
@@ -1017,6 +1070,19 @@ async fn device_revoke(ctx: &Ctx, wanted: &str, reason: &str) -> Result<(), CliE
                 ))))
             }
         };
+        if let Some(v) = list.devices.iter().find(|v| v.device == device) {
+            ctx.out.say(format!(
+                "Revoke device {} ({}) of {}{}? It is removed from the account for good: its",
+                v.device,
+                v.fingerprint,
+                list.account,
+                if v.this_device { ", THIS device" } else { "" }
+            ));
+            ctx.out.say(
+                "connections are closed and it cannot be added back (link a new device instead).",
+            );
+        }
+        confirm_device_command(ctx, yes, "Revoke it?", "revoke it", "not revoked")?;
         let after = client.revoke_device(&device, reason).await?;
         Ok((device, after))
     }
@@ -1030,9 +1096,22 @@ async fn device_revoke(ctx: &Ctx, wanted: &str, reason: &str) -> Result<(), CliE
     print_devices(ctx, &after)
 }
 
-async fn device_freeze(ctx: &Ctx, reason: &str) -> Result<(), CliError> {
+async fn device_freeze(ctx: &Ctx, reason: &str, yes: bool) -> Result<(), CliError> {
+    needs_terminal_or_yes("device freeze", yes)?;
     let (mut client, at) = begin(ctx).await?;
-    let result = client.freeze_account(reason).await.map_err(Flow::from);
+    let result = async {
+        if !yes {
+            let me = client
+                .account()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            ctx.out.say(format!("Freeze account {me}? Every device of it still on probation is revoked at once, and"));
+            ctx.out.say("approvals, instructions and new devices are refused until a staff quorum unfreezes it.");
+            confirm_device_command(ctx, yes, "Freeze it?", "freeze the account", "not frozen")?;
+        }
+        Ok::<_, Flow>(client.freeze_account(reason).await?)
+    }
+    .await;
     let after = end(ctx, &mut client, &at, result).await?;
     ctx.out.json_line(json!({
         "event": "frozen",
@@ -1498,11 +1577,7 @@ async fn approvals_decide(ctx: &Ctx, wanted: &str, decision: Decision) -> Result
                     }
                 };
                 if !*yes {
-                    let answer = read_line(
-                        "\nApprove exactly this? Type 'yes' to sign your approval: ",
-                        ctx.out,
-                    )?;
-                    if !answer.is_some_and(|a| a.eq_ignore_ascii_case("yes")) {
+                    if !typed_yes("Approve exactly this?", "sign your approval", ctx.out)? {
                         return Err(Flow::Cli(CliError::failure(
                             "not approved: you did not type 'yes'",
                         )));
