@@ -188,6 +188,20 @@ enum Command {
         #[command(subcommand)]
         command: ApprovalsCommand,
     },
+    /// Print a shell completion script, e.g. `sealpost completions bash >
+    /// ~/.local/share/bash-completion/completions/sealpost`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to standard output, e.g. `sealpost man | man -l -`;
+    /// with --out, write one page per command (sealpost.1, sealpost-send.1, ...) into DIR.
+    Man {
+        /// The directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// The firm's verification of a client's first device (with an organisation):
     /// clients see where theirs stands and the code to read aloud; staff list whom they
     /// still have to verify, start a verification and type the code the client reads.
@@ -493,5 +507,17 @@ fn main() -> std::process::ExitCode {
         // error line like every other error (exit 2).
         Err(e) => return cli::usage_error(&e, std::env::args_os().any(|a| a == "--json")),
     };
-    cli::run(cli.global, cli.command)
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "sealpost", &mut script);
+            cli::print_generated(&script, cli.global.json)
+        }
+        Command::Man { out } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            cli::man_pages(cmd, out.as_deref(), cli.global.json)
+        }
+        command => cli::run(cli.global, command),
+    }
 }

@@ -2288,3 +2288,103 @@ fn device_revoke_and_freeze_need_a_terminal_or_yes() {
         assert_eq!(ran.code, 4, "{with_yes:?}: {}", ran.stderr);
     }
 }
+
+/// Shell completions and man pages, for both binaries: the bash script names the commands
+/// and, sourced in bash, completes them; the other shells' scripts are produced; the man
+/// page is roff (`.TH`) listing the commands; `man --out DIR` writes one page per command.
+#[test]
+fn completions_and_man_pages_for_both_binaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |bin: &str, args: &[&str]| {
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        run_bounded(cmd, STEP).ok(&format!("{bin} {args:?}"))
+    };
+    let bash_ok = Command::new("bash")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    for (bin, name, commands, (word, expected)) in [
+        (
+            CLI,
+            "sealpost",
+            &["send", "inbox", "device", "approvals", "completions", "man"][..],
+            ("dev", "devices device"),
+        ),
+        (
+            RELAY,
+            "sealpost-relay",
+            &["run", "config", "admin", "completions", "man"][..],
+            ("adm", "admin"),
+        ),
+    ] {
+        let bash = run(bin, &["completions", "bash"]).stdout;
+        assert!(
+            bash.contains(&format!("complete -F _{}", name.replace('-', "__")))
+                || bash.contains(&format!("-F _{} {name}", name.replace('-', "__"))),
+            "{name}: {bash}"
+        );
+        for c in commands {
+            assert!(bash.contains(c), "{name} bash completion lacks {c}");
+        }
+        for shell in ["zsh", "fish", "elvish", "powershell"] {
+            let script = run(bin, &["completions", shell]).stdout;
+            assert!(script.contains(name), "{name} {shell}: {script}");
+            assert!(script.contains("completions"), "{name} {shell}");
+        }
+        if bash_ok {
+            let file = dir.path().join(format!("{name}.bash"));
+            std::fs::write(&file, &bash).unwrap();
+            let check = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+            assert!(
+                check.status.success(),
+                "bash -n: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+            // Sourced, it completes the first word.
+            let f = name.replace('-', "__");
+            let script = format!(
+                "source '{}' && COMP_WORDS=({name} {word}) && COMP_CWORD=1 && _{f} {name} {word} {name} && echo \"${{COMPREPLY[@]}}\"",
+                file.display()
+            );
+            let done = Command::new("bash")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert!(
+                done.status.success(),
+                "{}",
+                String::from_utf8_lossy(&done.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&done.stdout).trim(), expected);
+        }
+        let page = run(bin, &["man"]).stdout;
+        assert!(page.contains(&format!(".TH {name} 1")), "{page}");
+        assert!(page.contains(".SH SUBCOMMANDS"), "{page}");
+        for c in commands {
+            assert!(
+                page.contains(&format!("{}\\-{c}(1)", name.replace('-', "\\-"))),
+                "{name} man page lacks {c}"
+            );
+        }
+        let out = dir.path().join(format!("man-{name}"));
+        run(bin, &["man", "--out", &out.display().to_string()]);
+        for c in commands {
+            let file = out.join(format!("{name}-{c}.1"));
+            let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file:?}: {e}"));
+            assert!(text.contains(".TH"), "{file:?}");
+        }
+        assert!(out.join(format!("{name}.1")).exists());
+    }
+    // Deeper pages too.
+    assert!(dir
+        .path()
+        .join("man-sealpost/sealpost-device-freeze.1")
+        .exists());
+    assert!(dir
+        .path()
+        .join("man-sealpost-relay/sealpost-relay-admin-issue-code.1")
+        .exists());
+}
