@@ -1576,12 +1576,10 @@ async fn approvals_decide(ctx: &Ctx, wanted: &str, decision: Decision) -> Result
                         Some(read_code(ctx.out, "the account holder reads to you")?)
                     }
                 };
-                if !*yes {
-                    if !typed_yes("Approve exactly this?", "sign your approval", ctx.out)? {
-                        return Err(Flow::Cli(CliError::failure(
-                            "not approved: you did not type 'yes'",
-                        )));
-                    }
+                if !*yes && !typed_yes("Approve exactly this?", "sign your approval", ctx.out)? {
+                    return Err(Flow::Cli(CliError::failure(
+                        "not approved: you did not type 'yes'",
+                    )));
                 }
                 match client.approve_with_code(&id, code.as_deref()).await {
                     Err(ClientError::CodeMismatch) => Err(Flow::Cli(recovery_code_mismatch(&id))),
