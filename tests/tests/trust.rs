@@ -1093,7 +1093,7 @@ async fn rejections_cannot_crowd_out_approvals() {
     assert_eq!(view.detail, "the text is not approved by compliance");
     assert!(matches!(
         comp.approve(&second).await,
-        Err(ClientError::Invalid(m)) if m.contains("Rejected")
+        Err(ClientError::Invalid(m)) if m.contains("this request is rejected")
     ));
     assert!(matches!(
         comp.reject_approval(&second, "again").await,
