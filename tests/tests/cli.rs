@@ -1845,7 +1845,9 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
     );
     assert!(
         refused.stderr.contains("no device was added")
-            && refused.stderr.contains("sealpost device dismiss"),
+            && refused
+                .stderr
+                .contains(&format!("sealpost device dismiss --link {sid}")),
         "{}",
         refused.stderr
     );

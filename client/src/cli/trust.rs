@@ -973,7 +973,16 @@ async fn device_confirm(
             }
         };
         ctx.budget.waiting_for_person(wait);
-        Ok(client.confirm_link(&link.link_id, &typed, wait).await?)
+        match client.confirm_link(&link.link_id, &typed, wait).await {
+            Err(ClientError::CodeMismatch) => Err(Flow::Cli(
+                CliError::new(
+                    super::error::Exit::Mismatch,
+                    "the code does NOT match the one the new device shows: no device was added",
+                )
+                .hint(format!("if you did not start this request yourself, dismiss it with `sealpost device dismiss --link {}` and tell your firm (someone knows your account id); otherwise start again on the new device with `sealpost device link --restart ...` and confirm its new code", link.link_id)),
+            )),
+            r => Ok(r?),
+        }
     }
     .await;
     let added = end(ctx, &mut client, &at, result).await?;
