@@ -1552,8 +1552,18 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
 
     // `org pin` on the early device: another fingerprint is refused (exit 8), the firm's
     // is pinned and the roster verifies from it; it never changes again (exit 6).
-    let wrong = early.run(&["org", "pin", &"ab".repeat(32)]);
+    let wrong = early.run_human(&["org", "pin", &"ab".repeat(32)]);
     assert_eq!(wrong.code, 8, "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains(&"ab".repeat(32)) && wrong.stderr.contains("out of band"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(
+        !wrong.stderr.contains(&org_fp),
+        "the relay's organisation is not printed: {}",
+        wrong.stderr
+    );
     let pinned = early.run(&["org", "pin", &org_fp]).ok("org pin");
     let pinned = &pinned.events("org_pinned")[0];
     assert_eq!(pinned["org_fingerprint"], org_fp.as_str());

@@ -44,7 +44,12 @@ impl fmt::Debug for Digest {
 pub enum TrustError {
     // ----- organisation root and roster -----
     /// Version 1 of the roster is signed by a root whose fingerprint is not the pinned one.
-    #[error("roster v1 is signed by organisation root {got}, the pinned root is {expected}")]
+    /// The message names the pinned fingerprint only: printing the other one would invite
+    /// copying it over the one the firm gave out of band.
+    #[error(
+        "roster v1 is signed by another organisation root than the pinned one ({expected}): \
+         check the organisation fingerprint with your firm out of band"
+    )]
     RootMismatch {
         /// The pinned fingerprint (hex).
         expected: String,
