@@ -239,8 +239,13 @@ pub fn describe_subject(subject: &ApprovalSubject) -> String {
                 ));
             }
             s.push_str(&format!(
-                "\n  cooling-off: {} ms; sensitive kinds: {:?}",
-                p.cooling_off_ms, p.sensitive_kinds
+                "\n  cooling-off: {} ms; sensitive kinds: {}",
+                p.cooling_off_ms,
+                p.sensitive_kinds
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
             s
         }
@@ -263,8 +268,10 @@ pub fn describe_subject(subject: &ApprovalSubject) -> String {
                 Err(e) => format!("(content does not decode: {e})"),
             };
             format!(
-                "notice [{:?}] to {audience}, from {}, sent {} ms\n{text}",
-                header.category, header.sender.account, header.sent_ms
+                "notice [{}] to {audience}, from {}, sent {} ms\n{text}",
+                crate::display::name(&header.category),
+                header.sender.account,
+                header.sent_ms
             )
         }
         ApprovalSubject::DeviceLog { entry, .. } => {

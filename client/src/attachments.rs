@@ -38,7 +38,7 @@ pub enum AttachmentError {
     #[error(transparent)]
     Integrity(#[from] attachment::AttachmentError),
     /// The relay refused the transfer.
-    #[error("relay refused ({code:?}): {message}")]
+    #[error("relay refused ({}): {message}", crate::display::name(.code))]
     Refused {
         /// Why.
         code: ErrorCode,

@@ -106,7 +106,7 @@ pub enum ClientError {
     OnProbation {
         /// End of its cooling-off window (ms since the Unix epoch).
         until_ms: u64,
-        /// What it may not do, e.g. `send Approval messages`.
+        /// What it may not do, e.g. `send approval messages`.
         refused: String,
     },
     /// The code typed does not match the one the new device shows. The offer is
@@ -132,18 +132,17 @@ pub enum ClientError {
         relay: String,
     },
     /// The relay is configured with another organisation than the one this device pins
-    /// (or was given to pin).
+    /// (or was given to pin). The relay's fingerprint is deliberately not kept nor shown:
+    /// printing it would invite copying it over the one the firm gave out of band.
     #[error(
-        "the relay at {relay} is configured with organisation {announced}, not {pinned} \
-         which this device trusts"
+        "the relay at {relay} belongs to a different organisation than the one pinned \
+         ({pinned}): nothing was sent"
     )]
     OrgMismatch {
         /// The relay's address.
         relay: String,
         /// The fingerprint this device pins or was given (hex).
         pinned: String,
-        /// The one the relay is configured with (hex), or `none`.
-        announced: String,
     },
 }
 
@@ -318,6 +317,10 @@ pub struct HistoryEntry {
     /// For instructions: what kind of instruction it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instruction: Option<InstructionCategory>,
+    /// For received messages: the sending device has been revoked since, at this time
+    /// (ms since the Unix epoch); the message says it was sent before (§18.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_revoked_ms: Option<u64>,
 }
 
 /// A file attached to a message, as shown to the user (no key material).
@@ -1206,8 +1209,9 @@ impl Client {
                 if let Some(split) = self.splits.get(to) {
                     return Err(ClientError::NotAllowed(format!(
                         "the relay showed this device and {to} different device logs (a split \
-                         view: {}); {kind:?} messages to {to} are refused until the views agree",
-                        split.reason
+                         view: {}); {} messages to {to} are refused until the views agree",
+                        split.reason,
+                        kind.name()
                     )));
                 }
             }
@@ -1395,6 +1399,7 @@ impl Client {
             attachment,
             notice: None,
             instruction,
+            sender_revoked_ms: None,
         })
     }
 
@@ -1711,10 +1716,14 @@ impl Client {
         };
         let from = a.message.from.clone();
         match judgement {
-            Judgement::Show => {
+            Judgement::Show | Judgement::ShowFromRevoked { .. } => {
+                let revoked = match judgement {
+                    Judgement::ShowFromRevoked { revoked_ms } => Some(revoked_ms),
+                    _ => None,
+                };
                 self.commit_staged(a.sender, &from, a.staged);
                 self.seen.insert(a.sender, a.id);
-                let evs = self.show(id, a.sender, a.message).await;
+                let evs = self.show(id, a.sender, a.message, revoked).await;
                 events.extend(evs);
                 self.pending_acks.push(id);
             }
@@ -1989,10 +1998,14 @@ impl Client {
                         k.reason = reason;
                     }
                 }
-                Judgement::Show => {
+                Judgement::Show | Judgement::ShowFromRevoked { .. } => {
+                    let revoked = match judgement {
+                        Judgement::ShowFromRevoked { revoked_ms } => Some(revoked_ms),
+                        _ => None,
+                    };
                     changed = true;
                     self.held.retain(|k| !(k.sender == sender && k.id == id));
-                    let evs = self.show(id, sender, h.message).await;
+                    let evs = self.show(id, sender, h.message, revoked).await;
                     events.extend(evs);
                 }
                 Judgement::Refuse {
@@ -2036,7 +2049,13 @@ impl Client {
     }
 
     /// Act on a message judged to be shown, once its state is committed.
-    async fn show(&mut self, id: MessageId, sender: DeviceId, message: Message) -> Vec<Event> {
+    async fn show(
+        &mut self,
+        id: MessageId,
+        sender: DeviceId,
+        message: Message,
+        revoked: Option<u64>,
+    ) -> Vec<Event> {
         let mut events = Vec::new();
         match message.content {
             Content::Notice { notice, content } => {
@@ -2049,13 +2068,14 @@ impl Client {
                 if let Content::Attachment { descriptor, .. } = &message.content {
                     self.attachments.insert(id, descriptor.clone());
                 }
-                if let Some(entry) = Self::entry_for(
+                if let Some(mut entry) = Self::entry_for(
                     id,
                     Direction::In,
                     &message.from,
                     &message.content,
                     message.sent_ms,
                 ) {
+                    entry.sender_revoked_ms = revoked;
                     events.push(match entry.kind {
                         EntryKind::Text => Event::Message {
                             entry: entry.clone(),
@@ -2078,9 +2098,10 @@ impl Client {
                 if let Content::Attachment { descriptor, .. } = content.as_ref() {
                     self.attachments.insert(id, descriptor.clone());
                 }
-                if let Some(entry) =
+                if let Some(mut entry) =
                     Self::entry_for(id, Direction::Out, &to, &content, message.sent_ms)
                 {
+                    entry.sender_revoked_ms = revoked;
                     events.push(Event::Synced {
                         entry: entry.clone(),
                     });
@@ -2288,7 +2309,6 @@ pub(crate) async fn check_relay_org(
         (Some(g), Some(a)) if g != a => Err(ClientError::OrgMismatch {
             relay: relay.addr.clone(),
             pinned: g.to_hex(),
-            announced: a.to_hex(),
         }),
         _ => Ok(()),
     }

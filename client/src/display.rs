@@ -9,6 +9,17 @@
 //! (a-z, 0-9, `.`, `_`, `-` only). JSON output is escaped by its encoder and needs none of
 //! this.
 
+/// The name a value serializes to (the snake_case names of the protocol's and the
+/// library's enums: `quorum_reached`, `payment_instruction`, `rate_limited`), for text
+/// shown to people: never Rust's `Debug` form.
+pub fn name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "unknown".to_owned(),
+    }
+}
+
 /// Whether `c` could change how the surrounding text is displayed: C0 and C1 control
 /// characters (escape sequences, carriage return, backspace, ...), DEL, the Unicode
 /// bidirectional marks, embeddings, overrides and isolates, and the line and paragraph

@@ -22,8 +22,9 @@ Exit codes:
   5  the relay could not be reached (the address tried is printed)
   6  refused by the relay (routing policy, quota, rate limit, enrolment code)
   7  verification mismatch: safety number, or the code of a device link
-  8  a trust check failed: a roster, device log, approval or notice did not verify
-     (the relay may be misbehaving; nothing was trusted)
+  8  a trust check failed: the relay's certificate does not match the pinned CA, or a
+     roster, device log, approval or notice did not verify (the relay may be
+     misbehaving, or is not your firm's; nothing was trusted)
   9  the profile is busy: a command that needs it to itself (init, enroll, device link,
      org pin, listen) while `sealpost listen` runs on it, or another process holds it
      (while `listen` runs, the other commands run through it)
@@ -146,7 +147,7 @@ enum Command {
         #[arg(long, value_name = "DIGITS")]
         confirm: Option<String>,
     },
-    /// This account's devices, with fingerprints.
+    /// This account's devices, from its verified device log (the same as `device list`).
     Devices,
     /// Download the file attached to a message (see `inbox --all` for message ids),
     /// verifying it; the file appears only if every check passes.
@@ -194,6 +195,20 @@ enum Command {
     Approvals {
         #[command(subcommand)]
         command: ApprovalsCommand,
+    },
+    /// Print a shell completion script, e.g. `sealpost completions bash >
+    /// ~/.local/share/bash-completion/completions/sealpost`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to standard output, e.g. `sealpost man | man -l -`;
+    /// with --out, write one page per command (sealpost.1, sealpost-send.1, ...) into DIR.
+    Man {
+        /// The directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// The firm's verification of a client's first device (with an organisation):
     /// clients see where theirs stands and the code to read aloud; staff list whom they
@@ -384,6 +399,10 @@ pub enum DeviceCommand {
         /// Why (kept in the device log).
         #[arg(long, default_value = "", value_name = "TEXT")]
         reason: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal,
+        /// e.g. in scripts).
+        #[arg(long)]
+        yes: bool,
     },
     /// "This wasn't me": freeze this account. Devices still on probation are revoked at
     /// once; staff must unfreeze the account (a quorum).
@@ -391,6 +410,10 @@ pub enum DeviceCommand {
         /// Why (kept in the device log).
         #[arg(long, default_value = "this wasn't me", value_name = "TEXT")]
         reason: String,
+        /// Do not ask for confirmation (needed when standard input is not a terminal,
+        /// e.g. in scripts).
+        #[arg(long)]
+        yes: bool,
     },
     /// Staff: recover an account whose devices are all lost, after an out-of-band check.
     /// The client's new device runs `device link`; this offers it a recovery, asks for
@@ -504,5 +527,17 @@ fn main() -> std::process::ExitCode {
         // error line like every other error (exit 2).
         Err(e) => return cli::usage_error(&e, std::env::args_os().any(|a| a == "--json")),
     };
-    cli::run(cli.global, cli.command)
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "sealpost", &mut script);
+            cli::print_generated(&script, cli.global.json)
+        }
+        Command::Man { out } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            cli::man_pages(cmd, out.as_deref(), cli.global.json)
+        }
+        command => cli::run(cli.global, command),
+    }
 }

@@ -79,11 +79,16 @@ pub enum NetError {
     /// TLS configuration failed.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The relay's certificate did not verify against the pinned CA fingerprint (or not
+    /// for the server name): whoever answered is not the relay this device trusts. A
+    /// verdict, not a transient failure: trying again does not help.
+    #[error("the relay's certificate does not match the pinned CA: {0}")]
+    UntrustedRelay(String),
     /// The QUIC connection could not be established or was lost.
     #[error("connection: {0}")]
     Connection(String),
     /// The relay refused the request.
-    #[error("relay refused ({code:?}): {message}")]
+    #[error("relay refused ({}): {message}", crate::display::name(.code))]
     Refused {
         /// Why.
         code: ErrorCode,
@@ -121,10 +126,13 @@ pub struct RelayAddress {
 struct PinnedCa {
     fingerprint: [u8; 32],
     provider: Arc<CryptoProvider>,
+    /// Why the relay's certificate was refused, once it was: the handshake's error
+    /// (quinn's) does not say on which side TLS failed, this does.
+    refused: Arc<Mutex<Option<String>>>,
 }
 
-impl ServerCertVerifier for PinnedCa {
-    fn verify_server_cert(
+impl PinnedCa {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
@@ -149,6 +157,28 @@ impl ServerCertVerifier for PinnedCa {
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let r = self.check(end_entity, intermediates, server_name, ocsp_response, now);
+        if let Err(e) = &r {
+            if let Ok(mut refused) = self.refused.lock() {
+                *refused = Some(match e {
+                    rustls::Error::General(m) => m.clone(),
+                    other => other.to_string(),
+                });
+            }
+        }
+        r
     }
 
     fn verify_tls12_signature(
@@ -183,6 +213,15 @@ impl ServerCertVerifier for PinnedCa {
 
 /// A QUIC client configuration that pins `ca_fingerprint`.
 pub fn client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, NetError> {
+    pinned_client_config(ca_fingerprint, Arc::new(Mutex::new(None)))
+}
+
+/// [`client_config`], whose verifier writes into `refused` why it refused the relay's
+/// certificate.
+fn pinned_client_config(
+    ca_fingerprint: [u8; 32],
+    refused: Arc<Mutex<Option<String>>>,
+) -> Result<quinn::ClientConfig, NetError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -191,6 +230,7 @@ pub fn client_config(ca_fingerprint: [u8; 32]) -> Result<quinn::ClientConfig, Ne
         .with_custom_certificate_verifier(Arc::new(PinnedCa {
             fingerprint: ca_fingerprint,
             provider,
+            refused,
         }))
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -354,13 +394,18 @@ impl RelayConnection {
         endpoint: &quinn::Endpoint,
         relay: &RelayAddress,
     ) -> Result<Self, NetError> {
-        let config = client_config(relay.ca_fingerprint)?;
+        let refused = Arc::new(Mutex::new(None));
+        let config = pinned_client_config(relay.ca_fingerprint, refused.clone())?;
         let connecting = endpoint
             .connect_with(config, relay.addr, &relay.server_name)
             .map_err(|e| NetError::Address(e.to_string()))?;
-        let conn = connecting
-            .await
-            .map_err(|e| NetError::Connection(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| {
+            // Our verifier refused the certificate: a trust verdict, not "unreachable".
+            match refused.lock().ok().and_then(|mut r| r.take()) {
+                Some(why) => NetError::UntrustedRelay(why),
+                None => NetError::Connection(e.to_string()),
+            }
+        })?;
         let mut exporter = [0u8; 32];
         conn.export_keying_material(&mut exporter, TLS_EXPORTER_LABEL, b"")
             .map_err(|_| NetError::Tls("keying material export failed".into()))?;

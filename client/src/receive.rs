@@ -382,6 +382,13 @@ pub fn rule_kind(content: &Content) -> EnvelopeKind {
 pub enum Judgement {
     /// Show it.
     Show,
+    /// Show it with a note: its sending device has been revoked since (at `revoked_ms`,
+    /// the revoking entry's effective time), and the message says it was sent before
+    /// that. Only for chat, receipts, attachments and sync copies of them (§18.3).
+    ShowFromRevoked {
+        /// When the device was revoked (ms since the Unix epoch).
+        revoked_ms: u64,
+    },
     /// No verified device set of the sender's account could be had now: keep it and
     /// check again when the relay answers.
     Hold(String),
@@ -428,25 +435,62 @@ pub fn judge(
     // First the sender: active in the verified log and allowed to send this kind
     // (judged by the content, so a relabelled sensitive kind from a device on probation
     // is refused for its sender, loudly).
+    let mut revoked_note = None;
     let reason = match set.may_send_at(&sender, kind, now_ms) {
         SendDecision::Allowed => None,
-        SendDecision::NotActive => {
-            return Judgement::Refuse {
-                reason: format!(
-                    "device {sender} is not an active device of {account} in its verified \
-                     device log"
-                ),
-                alarm: kind.is_sensitive(),
-                not_active: true,
+        // A device the verified log lists as revoked, whose message says it was sent
+        // before the revocation took effect (a device's clock may run ahead by up to
+        // MAX_CLOCK_SKEW_MS): a message queued at the relay while the device was still
+        // valid. The relay stops a revoked device at once, so this is the expected case
+        // and no sign of a compromised relay. The sender chose `sent_ms`, so it proves
+        // nothing on its own: a thief holding the device's key and a relay that let it in
+        // after the revocation could backdate one. Hence: shown with a note, never an
+        // alarm; a sensitive kind is never acted on (refused, loudly, without claiming the
+        // relay is compromised); a message dated after the revocation stays refused as
+        // from an untrusted device.
+        SendDecision::NotActive => match set.revoked_ms(&sender) {
+            Some(revoked_ms)
+                if message.sent_ms
+                    <= revoked_ms.saturating_add(sealpost_protocol::trust::MAX_CLOCK_SKEW_MS) =>
+            {
+                if kind.is_sensitive()
+                    || set.sensitive_kinds.contains(&kind)
+                    || kind == EnvelopeKind::Notice
+                {
+                    return refuse(
+                        format!(
+                            "device {sender} of {account} was revoked on {}; a {} message it \
+                             sent before that is not acted on: confirm it with {account} \
+                             through another device or channel",
+                            crate::display::utc(revoked_ms),
+                            kind.name()
+                        ),
+                        true,
+                    );
+                }
+                revoked_note = Some(revoked_ms);
+                None
             }
-        }
+            _ => {
+                return Judgement::Refuse {
+                    reason: format!(
+                        "device {sender} is not an active device of {account} in its verified \
+                     device log"
+                    ),
+                    alarm: kind.is_sensitive(),
+                    not_active: true,
+                }
+            }
+        },
         SendDecision::OnProbation { until_ms } => Some(format!(
-            "device {sender} of {account} is on probation until {} and may not send {kind:?} \
+            "device {sender} of {account} is on probation until {} and may not send {} \
              messages",
-            crate::display::utc(until_ms)
+            crate::display::utc(until_ms),
+            kind.name()
         )),
         SendDecision::Frozen => Some(format!(
-            "{account} is frozen: {kind:?} messages from it are refused"
+            "{account} is frozen: {} messages from it are refused",
+            kind.name()
         )),
     };
     if let Some(reason) = reason {
@@ -458,9 +502,11 @@ pub fn judge(
     if header_kind != content_kind {
         return refuse(
             format!(
-                "the envelope is labelled {header_kind:?}, but its content ({}) must travel \
-                 as {content_kind:?}: relabelled, possibly to avoid the relay's checks",
-                message.content.name()
+                "the envelope is labelled {}, but its content ({}) must travel as {}: \
+                 relabelled, possibly to avoid the relay's checks",
+                header_kind.name(),
+                message.content.name(),
+                content_kind.name()
             ),
             false,
         );
@@ -472,12 +518,16 @@ pub fn judge(
         return refuse(
             format!(
                 "the relay showed this device and {account} different device logs (a split \
-                 view): {kind:?} messages across this pair are refused until the views agree"
+                 view): {} messages across this pair are refused until the views agree",
+                kind.name()
             ),
             true,
         );
     }
-    Judgement::Show
+    match revoked_note {
+        Some(revoked_ms) => Judgement::ShowFromRevoked { revoked_ms },
+        None => Judgement::Show,
+    }
 }
 
 /// A log head as carried in a message.
@@ -788,6 +838,125 @@ mod tests {
             ),
             Judgement::Show
         );
+    }
+
+    /// A message from a device revoked since (§18.3): dated before the revocation took
+    /// effect (the relay's append time of the removal, here later than its signed date),
+    /// chat is shown with a note and a sensitive kind is refused without calling the
+    /// device untrusted; dated after it (beyond the clock-skew allowance), it is refused
+    /// as from a device the log does not list.
+    #[test]
+    fn a_message_from_a_device_revoked_since_is_shown_with_a_note_unless_dated_after() {
+        use sealpost_protocol::trust::{EntryTimes, DEFAULT_COOLING_OFF_MS, MAX_CLOCK_SKEW_MS};
+        let alice = Party::new("alice");
+        let tablet = IdentityKeyPair::generate(&mut OsRng);
+        let day = DEFAULT_COOLING_OFF_MS;
+        let mut log = DeviceLog::new(alice.account.clone());
+        let body = log.next_body(
+            1_000,
+            DeviceAction::Add {
+                identity: alice.identity.public().clone(),
+            },
+            "enrolment",
+        );
+        log.push(LogEntry::genesis(body, &alice.identity)).unwrap();
+        let body = log.next_body(
+            1_000 + day,
+            DeviceAction::Add {
+                identity: tablet.public().clone(),
+            },
+            "tablet",
+        );
+        log.push(LogEntry::signed_by_device(
+            body,
+            &alice.identity,
+            Some(&tablet),
+        ))
+        .unwrap();
+        let signed = 1_000 + 3 * day;
+        let body = log.next_body(
+            signed,
+            DeviceAction::Remove {
+                device: tablet.device_id(),
+            },
+            "lost",
+        );
+        log.push(LogEntry::signed_by_device(body, &alice.identity, None))
+            .unwrap();
+        // The relay appended the removal an hour after its signed date.
+        let appended = signed + 3_600_000;
+        let times = EntryTimes {
+            appended_ms: vec![1_000, 1_000 + day, appended],
+            ..EntryTimes::default()
+        };
+        let now = appended + day;
+        let set = log.verify_timed(None, None, now, &times).unwrap();
+        assert_eq!(set.revoked_ms(&tablet.device_id()), Some(appended));
+        let me = acct("bob");
+        let message = |sent_ms: u64, content: Content| Message {
+            from: alice.account.clone(),
+            sent_ms,
+            content,
+            views: None,
+        };
+        let verdict = |m: &Message| {
+            judge(
+                &me,
+                tablet.device_id(),
+                m.content.envelope_kind(),
+                m,
+                Some(&set),
+                false,
+                now,
+            )
+        };
+        // Queued while it was valid: shown, with the revocation time as a note.
+        for sent in [signed - 60_000, appended - 1, appended + MAX_CLOCK_SKEW_MS] {
+            assert_eq!(
+                verdict(&message(sent, text("from the tablet"))),
+                Judgement::ShowFromRevoked {
+                    revoked_ms: appended
+                }
+            );
+        }
+        // An instruction is never acted on, but the device is not called untrusted.
+        let instruction = Content::Instruction {
+            category: InstructionCategory::Payment,
+            body: BoundedString::truncating("pay"),
+        };
+        match verdict(&message(signed - 60_000, instruction)) {
+            Judgement::Refuse {
+                reason,
+                alarm: true,
+                not_active: false,
+            } => assert!(reason.contains("revoked on"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Dated after the revocation: refused as from a device the log does not list.
+        match verdict(&message(appended + MAX_CLOCK_SKEW_MS + 1, text("late"))) {
+            Judgement::Refuse {
+                not_active: true, ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        // A device never listed: refused as before, whatever its date.
+        let stranger = IdentityKeyPair::generate(&mut OsRng);
+        let m = message(1_000, text("hi"));
+        assert!(matches!(
+            judge(
+                &me,
+                stranger.device_id(),
+                m.content.envelope_kind(),
+                &m,
+                Some(&set),
+                false,
+                now
+            ),
+            Judgement::Refuse {
+                not_active: true,
+                ..
+            }
+        ));
     }
 
     /// An envelope that fails to decrypt is refused and remembers nothing: the genuine

@@ -320,7 +320,10 @@ impl NewDeviceLink {
 fn transient(e: &NetError) -> bool {
     !matches!(
         e,
-        NetError::Refused { .. } | NetError::Address(_) | NetError::Tls(_)
+        NetError::Refused { .. }
+            | NetError::Address(_)
+            | NetError::Tls(_)
+            | NetError::UntrustedRelay(_)
     )
 }
 
@@ -925,10 +928,11 @@ impl Client {
             )),
             SendDecision::OnProbation { until_ms } => Err(ClientError::OnProbation {
                 until_ms,
-                refused: format!("send {kind:?} messages"),
+                refused: format!("send {} messages", kind.name()),
             }),
             SendDecision::Frozen => Err(ClientError::NotAllowed(format!(
-                "the account is frozen; {kind:?} messages are refused until staff unfreeze it"
+                "the account is frozen; {} messages are refused until staff unfreeze it",
+                kind.name()
             ))),
         }
     }
@@ -1461,14 +1465,15 @@ impl Client {
                 code: code @ (ErrorCode::Conflict | ErrorCode::NotFound),
                 message,
                 ..
-            }) => refusal = Some(format!("{code:?}: {message}")),
+            }) => refusal = Some(format!("{}: {message}", crate::display::name(&code))),
             Err(NetError::Refused { code, message, .. }) => {
                 // The relay refused the append (the approvals expired, the account's log
                 // moved on): nothing changed, the account's old devices still work.
                 self.drop_new_link();
                 return Err(ClientError::NotAllowed(format!(
-                    "the recovery could not be completed ({code:?}: {message}); the account's \
-                     other devices were not revoked: ask staff to start the recovery again"
+                    "the recovery could not be completed ({}: {message}); the account's \
+                     other devices were not revoked: ask staff to start the recovery again",
+                    crate::display::name(&code)
                 )));
             }
             Err(e) => return Err(e.into()),

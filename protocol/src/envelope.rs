@@ -94,6 +94,21 @@ impl EnvelopeKind {
         self as u16
     }
 
+    /// The kind's name for people and JSON (`chat`, `device_change`, ...), never Rust's
+    /// enum name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Receipt => "receipt",
+            Self::Notice => "notice",
+            Self::Attachment => "attachment",
+            Self::Sync => "sync",
+            Self::Approval => "approval",
+            Self::DeviceChange => "device_change",
+            Self::Instruction => "instruction",
+        }
+    }
+
     /// Kinds a device on probation may not send.
     pub fn is_sensitive(self) -> bool {
         matches!(

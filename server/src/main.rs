@@ -66,6 +66,20 @@ enum Command {
     Run,
     /// Print the effective configuration as TOML.
     Config,
+    /// Print a shell completion script, e.g. `sealpost-relay completions bash >
+    /// ~/.local/share/bash-completion/completions/sealpost-relay`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to standard output, e.g. `sealpost-relay man | man -l
+    /// -`; with --out, write one page per command into DIR.
+    Man {
+        /// The directory to write the pages into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Operator actions on the relay's database.
     Admin {
         #[command(subcommand)]
@@ -708,8 +722,53 @@ fn unreachable_in_admin() -> Result<()> {
     bail!("internal: handled before opening the store")
 }
 
+/// `completions` and `man`: printed (or written) without a configuration or data
+/// directory. A reader that went away (`| head`) ends quietly.
+fn generate_docs(command: &Command) -> Result<bool> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let text = match command {
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "sealpost-relay", &mut script);
+            script
+        }
+        Command::Man { out: Some(dir) } => {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), dir))
+                .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+            eprintln!(
+                "Wrote the manual pages into {} (read one with `man -l {}/sealpost-relay.1`).",
+                dir.display(),
+                dir.display()
+            );
+            return Ok(true);
+        }
+        Command::Man { out: None } => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command().disable_help_subcommand(true))
+                .render(&mut page)
+                .context("cannot render the manual page")?;
+            page
+        }
+        _ => return Ok(false),
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&text).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to standard output")
+        }
+        _ => Ok(true),
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(command) = &cli.command {
+        if generate_docs(command)? {
+            return Ok(());
+        }
+    }
     let config = load_config(&cli);
     let logs = init_tracing(
         cli.log_format,
@@ -742,5 +801,6 @@ fn main() -> Result<()> {
         Some(Command::Admin { action, json }) => {
             runtime.block_on(admin_command(&config, action, json))
         }
+        Some(Command::Completions { .. } | Command::Man { .. }) => Ok(()),
     }
 }

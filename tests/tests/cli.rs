@@ -562,12 +562,20 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
         .unwrap();
     assert_eq!(ann_contact["verified"], true);
 
-    // devices: this account's one device, marked as this one.
+    // devices: this account's one device, marked as this one; `devices` and `device list`
+    // print the same single `devices` line (README "JSON output").
     let devices = alice.run(&["devices"]).ok("devices");
-    let devices = devices.events("device");
-    assert_eq!(devices.len(), 1);
-    assert_eq!(devices[0]["this_device"], true);
-    assert_eq!(devices[0]["device"], who["device"]);
+    let listed = alice.run(&["device", "list"]).ok("device list");
+    assert_eq!(devices.lines(), listed.lines());
+    assert_eq!(devices.lines().len(), 1, "{}", devices.stdout);
+    let d = &devices.events("devices")[0];
+    assert_eq!(d["account"], "alice");
+    assert_eq!(d["frozen"], false);
+    let list = d["devices"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["this_device"], true);
+    assert_eq!(list[0]["device"], who["device"]);
+    assert_eq!(list[0]["fingerprint"], who["fingerprint"]);
 
     // Wrong passphrase: exit 3, said plainly.
     let wrong_pass = run_bounded(alice.command(&["whoami"], "not the passphrase"), STEP);
@@ -1305,6 +1313,41 @@ fn spawn(dev: &Device, args: &[&str], stdin: bool) -> Child {
     cmd.spawn().unwrap()
 }
 
+/// Run the CLI as `dev` on a pseudo-terminal (util-linux `script`), typing `input`; the
+/// terminal's output (stdout and stderr together, with CR LF line ends) is `stdout`.
+fn on_terminal(dev: &Device, args: &[&str], input: &str) -> Ran {
+    let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+    let line = std::iter::once(CLI)
+        .chain(args.iter().copied())
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env("SEALPOST_HOME", &dev.home)
+        .env("SEALPOST_PASSPHRASE", &dev.passphrase)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .expect("util-linux `script` runs the CLI on a terminal");
+    let mut stdin = child.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        stdin.write_all(input.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    // Standard input stays open until the command ends (`script` ends the session at its EOF).
+    let code = wait_exit(&mut child, STEP);
+    drop(stdin);
+    let mut ran = output_of(child);
+    ran.code = code;
+    ran.stdout = ran.stdout.replace("\r\n", "\n");
+    ran
+}
+
 /// Wait (bounded) for `child` to exit; its exit code (-1 if killed).
 fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
     let deadline = Instant::now() + limit;
@@ -1439,6 +1482,36 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
         "{}",
         refused.stderr
     );
+    // With another organisation than the relay's: a trust failure (exit 8) that names the
+    // pinned fingerprint only (the relay's would invite copying it) and says to check it
+    // with the firm out of band; the code is not used.
+    let other_org = "cd".repeat(32);
+    let mismatch = alice.run_human(&[
+        "enroll",
+        "--relay",
+        &addr,
+        "--ca",
+        &ca,
+        "--account",
+        "alice",
+        "--code",
+        code,
+        "--org",
+        &other_org,
+    ]);
+    assert_eq!(mismatch.code, 8, "{}", mismatch.stderr);
+    assert!(
+        mismatch.stderr.contains("different organisation")
+            && mismatch.stderr.contains(&other_org)
+            && mismatch.stderr.contains("out of band"),
+        "{}",
+        mismatch.stderr
+    );
+    assert!(
+        !mismatch.stderr.contains(&org_fp),
+        "the relay's fingerprint is not printed: {}",
+        mismatch.stderr
+    );
     alice
         .run(&[
             "enroll",
@@ -1479,8 +1552,18 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
 
     // `org pin` on the early device: another fingerprint is refused (exit 8), the firm's
     // is pinned and the roster verifies from it; it never changes again (exit 6).
-    let wrong = early.run(&["org", "pin", &"ab".repeat(32)]);
+    let wrong = early.run_human(&["org", "pin", &"ab".repeat(32)]);
     assert_eq!(wrong.code, 8, "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains(&"ab".repeat(32)) && wrong.stderr.contains("out of band"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(
+        !wrong.stderr.contains(&org_fp),
+        "the relay's organisation is not printed: {}",
+        wrong.stderr
+    );
     let pinned = early.run(&["org", "pin", &org_fp]).ok("org pin");
     let pinned = &pinned.events("org_pinned")[0];
     assert_eq!(pinned["org_fingerprint"], org_fp.as_str());
@@ -1578,6 +1661,17 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
         shown.stdout
     );
     assert!(!shown.stdout.contains('\u{1b}'));
+    // Names as the protocol spells them, never Rust's enum names.
+    assert!(
+        shown.stdout.contains("category: payment_instruction"),
+        "{}",
+        shown.stdout
+    );
+    assert!(
+        !shown.stdout.contains("PaymentInstruction"),
+        "{}",
+        shown.stdout
+    );
 
     // A notice whose title and body carry escapes is shown escaped in the inbox.
     ops.run(&[
@@ -1607,12 +1701,42 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
     let relay_args = ["--relay", &addr, "--ca", &ca, "--org", &org_fp];
     let tablet = Device::new(users.path(), "tablet");
     let tablet_id = link_through_cli(&tablet, &alice, "alice", &relay_args);
+    // The tablet writes to ops while it is valid; ops reads it only after the revoke.
+    tablet
+        .run(&["send", "ops.alice", "sent from the tablet"])
+        .ok("send from the tablet");
     let revoked = alice
-        .run(&["device", "revoke", &tablet_id[..8], "--reason", "sold it"])
+        .run(&[
+            "device",
+            "revoke",
+            &tablet_id[..8],
+            "--reason",
+            "sold it",
+            "--yes",
+        ])
         .ok("device revoke");
     assert_eq!(
         revoked.events("device_revoked")[0]["device"],
         tablet_id.as_str()
+    );
+    // Queued at the relay before the revoke: shown, with a note, and no alarm about an
+    // untrusted device or a compromised relay (PROTOCOL.md §18.3).
+    let read = ops.run_human(&["inbox"]).ok("inbox after the revoke");
+    assert!(
+        read.stdout.contains("sent from the tablet"),
+        "{}",
+        read.stdout
+    );
+    assert!(
+        read.stdout
+            .contains("sent by a device of alice that has since been revoked"),
+        "{}",
+        read.stdout
+    );
+    assert!(
+        !read.stderr.contains("UNTRUSTED") && !read.stderr.contains("compromised"),
+        "{}",
+        read.stderr
     );
     let gone = tablet.run(&["inbox", "--wait", "2"]);
     assert_ne!(
@@ -1623,10 +1747,35 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
     // A laptop on probation is revoked by a freeze; the quorum unfreezes the account.
     let laptop = Device::new(users.path(), "laptop");
     let laptop_id = link_through_cli(&laptop, &alice, "alice", &relay_args);
-    let frozen = alice
-        .run(&["device", "freeze", "--reason", "this wasn't me"])
-        .ok("device freeze");
-    let frozen = &frozen.events("frozen")[0];
+    // On a terminal, `device freeze` asks: anything but "yes" freezes nothing (exit 1);
+    // "yes" freezes.
+    let declined = on_terminal(&alice, &["device", "freeze"], "no\n");
+    assert_eq!(declined.code, 1, "{}", declined.stdout);
+    assert!(
+        declined.stdout.contains("Type 'yes' to freeze the account"),
+        "{}",
+        declined.stdout
+    );
+    assert!(
+        declined.stdout.contains("not frozen"),
+        "{}",
+        declined.stdout
+    );
+    let list = alice.run(&["device", "list"]).ok("device list");
+    assert_eq!(list.events("devices")[0]["frozen"], false);
+    let frozen = on_terminal(
+        &alice,
+        &["--json", "device", "freeze", "--reason", "this wasn't me"],
+        "yes\n",
+    );
+    assert_eq!(frozen.code, 0, "{}", frozen.stdout);
+    let frozen: Value = frozen
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .find(|v| v["event"] == "frozen")
+        .unwrap_or_else(|| panic!("no frozen event: {}", frozen.stdout));
+    let frozen = &frozen;
     assert!(
         frozen["revoked"]
             .as_array()
@@ -1678,6 +1827,42 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
         .as_str()
         .unwrap()
         .to_owned();
+    // Alice did not start it: `device confirm` tells her to dismiss it (as README says),
+    // not to freeze; a wrong code adds nothing and says so.
+    let mut confirm = spawn(&alice, &["device", "confirm", "--link", &sid], true);
+    let shown = wait_for_event(&srx, "link_code", &mut seen)["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    {
+        use std::io::Write;
+        let mut stdin = confirm.stdin.take().unwrap();
+        let wrong = if shown == "000000" {
+            "000001"
+        } else {
+            "000000"
+        };
+        writeln!(stdin, "{wrong}").unwrap();
+    }
+    let refused = output_of(confirm);
+    assert_eq!(refused.code, 7, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        refused
+            .stdout
+            .contains(&format!("sealpost device dismiss --link {sid}")),
+        "{}",
+        refused.stdout
+    );
+    assert!(
+        refused.stderr.contains("no device was added")
+            && refused
+                .stderr
+                .contains(&format!("sealpost device dismiss --link {sid}")),
+        "{}",
+        refused.stderr
+    );
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(!said.contains("freeze"), "{said}");
     let dismissed = alice
         .run(&["device", "dismiss", "--all"])
         .ok("device dismiss");
@@ -1754,7 +1939,17 @@ fn cli_trust_commands_roster_change_devices_recovery_rejection_and_safe_output()
         "--code",
         wrong,
     ]);
-    assert_ne!(mismatch.code, 0, "{}", mismatch.stdout);
+    assert_eq!(mismatch.code, 7, "{}", mismatch.stdout);
+    let e: Value = serde_json::from_str(mismatch.stderr.trim()).unwrap();
+    let said = format!("{} {}", e["error"], e["hint"]);
+    assert!(
+        said.contains("nothing was approved") && said.contains("call the account holder back"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("withdrawn") && !said.contains("freeze"),
+        "{said}"
+    );
     let still = ops.run(&["approvals", "list"]).ok("collect 0");
     assert!(still.events("operation_completed").is_empty());
     // One approval is not enough.
@@ -2020,4 +2215,188 @@ fn cli_commands_end_within_their_timeout_when_the_relay_stops_answering_mid_requ
         // The relay answers again: the command works.
         alice.run(args).ok("after the relay came back");
     }
+}
+
+/// A CA pin that does not match the relay's certificate is a trust failure (exit 8), not
+/// "is the relay running?" (exit 5): the relay answered, but with a certificate this
+/// device does not trust. Nothing was sent: the code still works with the right pin.
+#[test]
+fn a_ca_pin_that_does_not_match_the_relay_is_a_trust_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, relay) = start_relay(dir.path());
+    admin(&config, &["create-account", "alice", "--role", "client"]);
+    let users = tempfile::tempdir().unwrap();
+    let alice = Device::new(users.path(), "alice");
+    alice.run(&["init"]).ok("init");
+    let issued = admin(&config, &["issue-code", "alice"]);
+    let code = issued["code"].as_str().unwrap();
+    let right = issued["ca_fingerprint"].as_str().unwrap();
+    let mut wrong = hex::decode(right).unwrap();
+    wrong[0] ^= 0x01;
+    let wrong = hex::encode(wrong);
+    let addr = relay.addr.to_string();
+    let enrol = |ca: &str, human: bool| {
+        let args = [
+            "enroll",
+            "--relay",
+            &addr,
+            "--ca",
+            ca,
+            "--account",
+            "alice",
+            "--code",
+            code,
+        ];
+        if human {
+            alice.run_human(&args)
+        } else {
+            alice.run(&args)
+        }
+    };
+    let ran = enrol(&wrong, false);
+    assert_eq!(ran.code, 8, "{}\n{}", ran.stdout, ran.stderr);
+    let v: Value = serde_json::from_str(ran.stderr.trim()).unwrap();
+    assert_eq!(v["kind"], "trust_check_failed", "{v}");
+    let said = format!("{} {}", v["error"], v["hint"]);
+    assert!(said.contains("pinned CA"), "{said}");
+    assert!(!said.contains("relay is running"), "{said}");
+    let ran = enrol(&wrong, true);
+    assert_eq!(ran.code, 8, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("does not match the pinned CA fingerprint"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stderr.contains("running"), "{}", ran.stderr);
+    // The relay is up and the code unspent: the right pin enrols.
+    let ran = enrol(right, false).ok("enroll with the right CA");
+    assert_eq!(ran.events("enrolled")[0]["account"], "alice");
+}
+
+/// `device revoke` and `device freeze` cannot be undone by the user: without a terminal
+/// they refuse to run unless `--yes` is given (exit 2, naming `--yes`), before anything
+/// is opened or sent; on a terminal they ask (`cli_trust_commands_...`).
+#[test]
+fn device_revoke_and_freeze_need_a_terminal_or_yes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::new(dir.path(), "nobody");
+    for args in [
+        vec!["device", "freeze"],
+        vec!["device", "revoke", "abcd1234"],
+    ] {
+        let ran = dev.run_human(&args);
+        assert_eq!(ran.code, 2, "{args:?}: {}", ran.stderr);
+        assert!(ran.stderr.contains("not a terminal"), "{}", ran.stderr);
+        assert!(ran.stderr.contains("--yes"), "{}", ran.stderr);
+        let ran = dev.run(&args);
+        assert_eq!(ran.code, 2, "{args:?}: {}", ran.stderr);
+        let v: Value = serde_json::from_str(ran.stderr.trim()).unwrap();
+        assert_eq!(v["kind"], "usage");
+        // With --yes the command goes on: here to the missing profile (exit 4).
+        let mut with_yes = args.clone();
+        with_yes.push("--yes");
+        let ran = dev.run_human(&with_yes);
+        assert_eq!(ran.code, 4, "{with_yes:?}: {}", ran.stderr);
+    }
+}
+
+/// Shell completions and man pages, for both binaries: the bash script names the commands
+/// and, sourced in bash, completes them; the other shells' scripts are produced; the man
+/// page is roff (`.TH`) listing the commands; `man --out DIR` writes one page per command.
+#[test]
+fn completions_and_man_pages_for_both_binaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |bin: &str, args: &[&str]| {
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        run_bounded(cmd, STEP).ok(&format!("{bin} {args:?}"))
+    };
+    let bash_ok = Command::new("bash")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    for (bin, name, commands, (word, expected)) in [
+        (
+            CLI,
+            "sealpost",
+            &["send", "inbox", "device", "approvals", "completions", "man"][..],
+            ("dev", "devices device"),
+        ),
+        (
+            RELAY,
+            "sealpost-relay",
+            &["run", "config", "admin", "completions", "man"][..],
+            ("adm", "admin"),
+        ),
+    ] {
+        let bash = run(bin, &["completions", "bash"]).stdout;
+        assert!(
+            bash.contains(&format!("complete -F _{}", name.replace('-', "__")))
+                || bash.contains(&format!("-F _{} {name}", name.replace('-', "__"))),
+            "{name}: {bash}"
+        );
+        for c in commands {
+            assert!(bash.contains(c), "{name} bash completion lacks {c}");
+        }
+        for shell in ["zsh", "fish", "elvish", "powershell"] {
+            let script = run(bin, &["completions", shell]).stdout;
+            assert!(script.contains(name), "{name} {shell}: {script}");
+            assert!(script.contains("completions"), "{name} {shell}");
+        }
+        if bash_ok {
+            let file = dir.path().join(format!("{name}.bash"));
+            std::fs::write(&file, &bash).unwrap();
+            let check = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+            assert!(
+                check.status.success(),
+                "bash -n: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+            // Sourced, it completes the first word.
+            let f = name.replace('-', "__");
+            let script = format!(
+                "source '{}' && COMP_WORDS=({name} {word}) && COMP_CWORD=1 && _{f} {name} {word} {name} && echo \"${{COMPREPLY[@]}}\"",
+                file.display()
+            );
+            let done = Command::new("bash")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert!(
+                done.status.success(),
+                "{}",
+                String::from_utf8_lossy(&done.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&done.stdout).trim(), expected);
+        }
+        let page = run(bin, &["man"]).stdout;
+        assert!(page.contains(&format!(".TH {name} 1")), "{page}");
+        assert!(page.contains(".SH SUBCOMMANDS"), "{page}");
+        for c in commands {
+            assert!(
+                page.contains(&format!("{}\\-{c}(1)", name.replace('-', "\\-"))),
+                "{name} man page lacks {c}"
+            );
+        }
+        let out = dir.path().join(format!("man-{name}"));
+        run(bin, &["man", "--out", &out.display().to_string()]);
+        for c in commands {
+            let file = out.join(format!("{name}-{c}.1"));
+            let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file:?}: {e}"));
+            assert!(text.contains(".TH"), "{file:?}");
+        }
+        assert!(out.join(format!("{name}.1")).exists());
+    }
+    // Deeper pages too.
+    assert!(dir
+        .path()
+        .join("man-sealpost/sealpost-device-freeze.1")
+        .exists());
+    assert!(dir
+        .path()
+        .join("man-sealpost-relay/sealpost-relay-admin-issue-code.1")
+        .exists());
 }

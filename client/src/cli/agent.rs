@@ -422,7 +422,6 @@ pub fn forwarded() -> bool {
 
 /// Whether the standard input of the person running the command is a terminal (for a
 /// confirmation asked only on a terminal): the thin client's when forwarded.
-#[allow(dead_code)]
 pub fn stdin_is_terminal() -> bool {
     FORWARDED
         .try_with(|f| f.stdin_terminal)

@@ -75,7 +75,8 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             no_socket,
         } => listen(ctx, for_secs.map(Duration::from_secs), mark_read, no_socket).await,
         Command::Verify { account, confirm } => verify(ctx, &account, confirm.as_deref()).await,
-        Command::Devices => devices(ctx).await,
+        // The same command as `device list`: one output, one JSON shape.
+        Command::Devices => super::trust::device_list(ctx, None).await,
         Command::Download { message_id, out } => download(ctx, &message_id, out.as_deref()).await,
         Command::Notice {
             title,
@@ -88,6 +89,10 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Device { command } => super::trust::device(ctx, command).await,
         Command::Approvals { command } => super::trust::approvals(ctx, command).await,
         Command::Attest { command } => super::trust::attest(ctx, command).await,
+        // Handled in main.rs before any profile is opened.
+        Command::Completions { .. } | Command::Man { .. } => Err(CliError::usage(
+            "completions and man pages are printed without a profile",
+        )),
     }
 }
 
@@ -870,7 +875,10 @@ async fn listen(
                     }
                     ever_connected = true;
                 }
-                Ok(Err(ClientError::Net(e @ sealpost_client::net::NetError::Refused { .. }))) => {
+                Ok(Err(ClientError::Net(
+                    e @ (sealpost_client::net::NetError::Refused { .. }
+                    | sealpost_client::net::NetError::UntrustedRelay(_)),
+                ))) => {
                     return Err(CliError::from_client(ClientError::Net(e), Some(&at)));
                 }
                 Ok(Err(e @ ClientError::State(_))) => {
@@ -1013,31 +1021,6 @@ async fn verify(ctx: &Ctx, account: &str, confirm: Option<&str>) -> Result<(), C
             println!("    sealpost verify {account} --confirm \"DIGITS THEY READ\"");
         }
     }
-    Ok(())
-}
-
-async fn devices(ctx: &Ctx) -> Result<(), CliError> {
-    let mut client = open_enrolled(ctx).await?;
-    connect(ctx, &mut client).await?;
-    let at = relay_addr(&client);
-    let list = client.own_devices().await;
-    finish(&mut client).await?;
-    let list = list.map_err(|e| CliError::from_client(e, Some(&at)))?;
-    let me = client.device_id();
-    if let Some(a) = client.account() {
-        ctx.out.say(format!("Devices of {a}:"));
-    }
-    for identity in list {
-        let this = identity.device_id() == me;
-        let fp = identity.fingerprint().to_string();
-        ctx.out.json_line(json!({"event": "device", "device": identity.device_id().to_hex(), "fingerprint": fp, "this_device": this}));
-        ctx.out.say(format!(
-            "  {} {}  {fp}",
-            if this { "*" } else { " " },
-            identity.device_id()
-        ));
-    }
-    ctx.out.say("(* = this device)");
     Ok(())
 }
 

@@ -26,7 +26,8 @@ pub enum Exit {
     Refused = 6,
     /// 7: the safety numbers, or a device-link code, do not match.
     Mismatch = 7,
-    /// 8: a roster, device log, approval or notice failed verification.
+    /// 8: the relay's certificate does not match the pinned CA, or a roster, device log,
+    /// approval or notice failed verification.
     Trust = 8,
     /// 9: the profile (or the organisation store) is in use by another sealpost process.
     Busy = 9,
@@ -163,9 +164,9 @@ impl CliError {
             }
             ClientError::CodeMismatch => Self::new(
                 Exit::Mismatch,
-                "the code does NOT match the one the new device shows; the offer was withdrawn",
+                "the code does NOT match the one the new device shows: no device was added",
             )
-            .hint("if you did not start this link yourself, run `sealpost device freeze`; otherwise start again on the new device with `sealpost device link --restart ...`"),
+            .hint("if you did not start this request yourself, dismiss it with `sealpost device dismiss --link ID` and tell your firm (someone knows your account id); otherwise start again on the new device with `sealpost device link --restart ...` and confirm its new code"),
             ClientError::Timeout(what) => Self::failure(format!("timed out waiting for {what}"))
                 .hint("try again, with a longer --wait if the command has one"),
             ClientError::NotFound(m) => Self::failure(format!("not found: {m}")),
@@ -174,8 +175,9 @@ impl CliError {
                  other than this relay, and run the command again with --org FINGERPRINT",
             ),
             e @ ClientError::OrgMismatch { .. } => Self::new(Exit::Trust, e.to_string()).hint(
-                "nothing was sent; check the fingerprint with your firm out of band: a relay \
-                 configured with another organisation may be an impostor",
+                "check the organisation fingerprint with your firm out of band (a phone call to a \
+                 number you already know, not one this relay gave you); if yours is right, this \
+                 relay may be an impostor: do not use the fingerprint it announces",
             ),
         }
     }
@@ -232,8 +234,18 @@ impl CliError {
     fn from_net(n: NetError, at: &str) -> Self {
         match n {
             NetError::Connection(d) => Self::unreachable(at, d),
-            NetError::Timeout(d) => Self::unreachable(at, format!("no answer within {d:?}")),
+            NetError::Timeout(d) => Self::unreachable(
+                at,
+                format!("no answer within {}", humantime::format_duration(d)),
+            ),
             NetError::Tls(d) => Self::unreachable(at, format!("TLS: {d}")),
+            NetError::UntrustedRelay(why) => Self::new(
+                Exit::Trust,
+                format!(
+                    "the relay at {at} answered, but its certificate does not match the pinned CA fingerprint ({why}); nothing was sent"
+                ),
+            )
+            .hint("check the CA fingerprint (--ca) with your firm out of band; if it is right, whoever answers at this address is not your firm's relay: tell your firm's security team"),
             NetError::Refused {
                 code,
                 message,
@@ -287,19 +299,19 @@ mod tests {
         let e = CliError::from_client(
             ClientError::OnProbation {
                 until_ms: until,
-                refused: "send Approval messages".into(),
+                refused: "send approval messages".into(),
             },
             None,
         );
         assert_eq!(e.exit, Exit::Refused);
         assert!(!e.message.contains(&until.to_string()), "{}", e.message);
         assert!(
-            e.message.contains("send Approval messages"),
+            e.message.contains("send approval messages"),
             "{}",
             e.message
         );
         assert_eq!(e.details["probation_until_ms"], until);
-        let e = CliError::on_probation(until, "send Approval messages", now);
+        let e = CliError::on_probation(until, "send approval messages", now);
         assert!(e.message.contains("about 1h 1m more"), "{}", e.message);
         assert!(
             e.message.contains("(until 2027-01-15 09:00:30 UTC)"),

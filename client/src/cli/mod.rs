@@ -260,6 +260,63 @@ pub fn usage_error(e: &clap::Error, json: bool) -> ExitCode {
     ExitCode::from(Exit::Usage as u8)
 }
 
+/// Write generated text (a completion script, a man page) to standard output; a reader
+/// that went away ends quietly, as elsewhere.
+pub fn print_generated(bytes: &[u8], json: bool) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            let e = CliError::failure(format!("cannot write to standard output: {e}"));
+            report(Out { json }, &e);
+            ExitCode::from(e.exit as u8)
+        }
+    }
+}
+
+/// `sealpost man`: the top page (which lists the commands) to standard output, or with
+/// `out` one page per command written into that directory.
+pub fn man_pages(cmd: clap::Command, out: Option<&Path>, json: bool) -> ExitCode {
+    let result = match out {
+        None => {
+            let mut page = Vec::new();
+            // As `generate_to` does for the pages it writes: no `help` pseudo-command.
+            let cmd = cmd.disable_help_subcommand(true);
+            match clap_mangen::Man::new(cmd).render(&mut page) {
+                Ok(()) => return print_generated(&page, json),
+                Err(e) => Err(CliError::failure(format!(
+                    "cannot render the manual page: {e}"
+                ))),
+            }
+        }
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(cmd, dir))
+            .map_err(|e| {
+                CliError::failure(format!(
+                    "cannot write the manual pages into {}: {e}",
+                    dir.display()
+                ))
+            }),
+    };
+    let out_mode = Out { json };
+    match result {
+        Ok(()) => {
+            let dir = out.map(|d| d.display().to_string()).unwrap_or_default();
+            out_mode.json_line(json!({"event": "man_pages_written", "dir": dir}));
+            out_mode.note(format!(
+                "Wrote the manual pages into {dir} (read one with `man -l {dir}/sealpost.1`)."
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(out_mode, &e);
+            ExitCode::from(e.exit as u8)
+        }
+    }
+}
+
 fn report(out: Out, e: &CliError) {
     if out.json {
         let mut v = json!({

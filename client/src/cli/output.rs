@@ -388,6 +388,18 @@ fn indent(text: &str) -> String {
 
 /// One history entry as text.
 pub fn format_entry(e: &HistoryEntry) -> String {
+    let line = format_entry_line(e);
+    match e.sender_revoked_ms {
+        Some(ms) => format!(
+            "{line}\n      (note: sent by a device of {} that has since been revoked, on {}; it says it sent this before)",
+            if e.direction == Direction::Out { "yours".to_owned() } else { e.peer.to_string() },
+            time(ms)
+        ),
+        None => line,
+    }
+}
+
+fn format_entry_line(e: &HistoryEntry) -> String {
     let when = time(e.sent_ms);
     let status = if e.direction == Direction::Out {
         if e.read {

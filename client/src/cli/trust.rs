@@ -551,8 +551,12 @@ pub async fn device(ctx: &Ctx, command: DeviceCommand) -> Result<(), CliError> {
             let account = account.as_deref().map(account_arg).transpose()?;
             device_list(ctx, account.as_ref()).await
         }
-        DeviceCommand::Revoke { device, reason } => device_revoke(ctx, &device, &reason).await,
-        DeviceCommand::Freeze { reason } => device_freeze(ctx, &reason).await,
+        DeviceCommand::Revoke {
+            device,
+            reason,
+            yes,
+        } => device_revoke(ctx, &device, &reason, yes).await,
+        DeviceCommand::Freeze { reason, yes } => device_freeze(ctx, &reason, yes).await,
         DeviceCommand::Recover {
             account,
             link,
@@ -853,6 +857,53 @@ fn read_line(prompt: &str, out: super::output::Out) -> Result<Option<String>, Cl
     Ok((!line.is_empty()).then_some(line))
 }
 
+/// Ask the person at the terminal to type `yes` to `question`; true if they did. The
+/// approval of a request (`approvals approve`) and the device commands that cannot be
+/// undone by the user (`device revoke`, `device freeze`) ask this way.
+fn typed_yes(question: &str, action: &str, out: super::output::Out) -> Result<bool, CliError> {
+    let answer = read_line(&format!("\n{question} Type 'yes' to {action}: "), out)?;
+    Ok(answer.is_some_and(|a| a.eq_ignore_ascii_case("yes")))
+}
+
+/// Before an irreversible device command (`command`, e.g. `device freeze`): without
+/// `--yes`, it needs a person at a terminal; without one it is a usage error (exit 2)
+/// that names `--yes`, checked before anything is sent.
+fn needs_terminal_or_yes(command: &str, yes: bool) -> Result<(), CliError> {
+    if yes || super::agent::stdin_is_terminal() {
+        return Ok(());
+    }
+    Err(CliError::usage(format!(
+        "`sealpost {command}` asks for confirmation, and standard input is not a terminal"
+    ))
+    .hint(format!(
+        "run it in a terminal, or pass --yes to {command} without asking (scripts)"
+    )))
+}
+
+/// Ask (unless `yes`) before an irreversible device command; `Err` when not confirmed.
+fn confirm_device_command(
+    ctx: &Ctx,
+    yes: bool,
+    question: &str,
+    action: &str,
+    refused: &str,
+) -> Result<(), CliError> {
+    if yes {
+        return Ok(());
+    }
+    // Typing is waiting for a person, not for the relay.
+    ctx.budget.unbounded();
+    let confirmed = typed_yes(question, action, ctx.out)?;
+    ctx.budget.restart();
+    if confirmed {
+        Ok(())
+    } else {
+        Err(CliError::failure(format!(
+            "{refused}: you did not type 'yes'"
+        )))
+    }
+}
+
 /// Read the code from standard input (one line; spaces ignored).
 fn read_code(out: super::output::Out, from: &str) -> Result<String, CliError> {
     let line = read_line(
@@ -914,7 +965,8 @@ async fn device_confirm(
             }
             None => {
                 ctx.out.say("Check that this fingerprint is the one the new device prints. If you did not start");
-                ctx.out.say("this yourself, do not confirm: press Enter, then run `sealpost device freeze`.");
+                ctx.out.say(format!("this yourself, do not confirm: press Enter, then run `sealpost device dismiss --link {}`", link.link_id));
+                ctx.out.say("and tell your firm (someone knows your account id).");
                 let offered = client.offer_link(&link.link_id).await?;
                 ctx.out.json_line(to_json_tagged("link_offered", &offered)?);
                 ctx.out.note("Offered: the new device now shows a 6-digit code.");
@@ -926,7 +978,16 @@ async fn device_confirm(
             }
         };
         ctx.budget.waiting_for_person(wait);
-        Ok(client.confirm_link(&link.link_id, &typed, wait).await?)
+        match client.confirm_link(&link.link_id, &typed, wait).await {
+            Err(ClientError::CodeMismatch) => Err(Flow::Cli(
+                CliError::new(
+                    super::error::Exit::Mismatch,
+                    "the code does NOT match the one the new device shows: no device was added",
+                )
+                .hint(format!("if you did not start this request yourself, dismiss it with `sealpost device dismiss --link {}` and tell your firm (someone knows your account id); otherwise start again on the new device with `sealpost device link --restart ...` and confirm its new code", link.link_id)),
+            )),
+            r => Ok(r?),
+        }
     }
     .await;
     let added = end(ctx, &mut client, &at, result).await?;
@@ -979,7 +1040,9 @@ fn print_devices(ctx: &Ctx, d: &AccountDevices) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn device_list(ctx: &Ctx, account: Option<&AccountId>) -> Result<(), CliError> {
+/// `sealpost device list` (and `sealpost devices`): an account's devices from its verified
+/// log, as one `devices` JSON line.
+pub async fn device_list(ctx: &Ctx, account: Option<&AccountId>) -> Result<(), CliError> {
     let (mut client, at) = begin(ctx).await?;
     let result = match account {
         Some(a) => client.account_devices(a).await,
@@ -990,13 +1053,14 @@ async fn device_list(ctx: &Ctx, account: Option<&AccountId>) -> Result<(), CliEr
     print_devices(ctx, &devices)
 }
 
-async fn device_revoke(ctx: &Ctx, wanted: &str, reason: &str) -> Result<(), CliError> {
+async fn device_revoke(ctx: &Ctx, wanted: &str, reason: &str, yes: bool) -> Result<(), CliError> {
     let wanted = wanted.trim().to_ascii_lowercase();
     if wanted.len() < 4 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(CliError::usage(
             "give the device id (32 hex digits, or at least its first 4) from `sealpost device list`",
         ));
     }
+    needs_terminal_or_yes("device revoke", yes)?;
     let (mut client, at) = begin(ctx).await?;
     let result: Result<_, Flow> = async {
         let list = client.devices().await?;
@@ -1020,6 +1084,19 @@ async fn device_revoke(ctx: &Ctx, wanted: &str, reason: &str) -> Result<(), CliE
                 ))))
             }
         };
+        if let Some(v) = list.devices.iter().find(|v| v.device == device) {
+            ctx.out.say(format!(
+                "Revoke device {} ({}) of {}{}? It is removed from the account for good: its",
+                v.device,
+                v.fingerprint,
+                list.account,
+                if v.this_device { ", THIS device" } else { "" }
+            ));
+            ctx.out.say(
+                "connections are closed and it cannot be added back (link a new device instead).",
+            );
+        }
+        confirm_device_command(ctx, yes, "Revoke it?", "revoke it", "not revoked")?;
         let after = client.revoke_device(&device, reason).await?;
         Ok((device, after))
     }
@@ -1033,9 +1110,22 @@ async fn device_revoke(ctx: &Ctx, wanted: &str, reason: &str) -> Result<(), CliE
     print_devices(ctx, &after)
 }
 
-async fn device_freeze(ctx: &Ctx, reason: &str) -> Result<(), CliError> {
+async fn device_freeze(ctx: &Ctx, reason: &str, yes: bool) -> Result<(), CliError> {
+    needs_terminal_or_yes("device freeze", yes)?;
     let (mut client, at) = begin(ctx).await?;
-    let result = client.freeze_account(reason).await.map_err(Flow::from);
+    let result = async {
+        if !yes {
+            let me = client
+                .account()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            ctx.out.say(format!("Freeze account {me}? Every device of it still on probation is revoked at once, and"));
+            ctx.out.say("approvals, instructions and new devices are refused until a staff quorum unfreezes it.");
+            confirm_device_command(ctx, yes, "Freeze it?", "freeze the account", "not frozen")?;
+        }
+        Ok::<_, Flow>(client.freeze_account(reason).await?)
+    }
+    .await;
     let after = end(ctx, &mut client, &at, result).await?;
     ctx.out.json_line(json!({
         "event": "frozen",
@@ -1101,7 +1191,16 @@ async fn device_recover(
             }
         };
         ctx.budget.waiting_for_person(wait);
-        Ok(client.start_recovery(&link.link_id, &typed, wait).await?)
+        match client.start_recovery(&link.link_id, &typed, wait).await {
+            Err(ClientError::CodeMismatch) => Err(Flow::Cli(
+                CliError::new(
+                    super::error::Exit::Mismatch,
+                    format!("the code does NOT match the one the client's new device shows: no recovery of {account} was started"),
+                )
+                .hint(format!("call the client back on the number on file (place the call yourself); their new device runs `sealpost device link --restart ...` for a new code, then run `sealpost device recover --account {account}` again")),
+            )),
+            r => Ok(r?),
+        }
     }
     .await;
     let view = end(ctx, &mut client, &at, result).await?;
@@ -1507,6 +1606,16 @@ async fn approvals_show(ctx: &Ctx, wanted: &str) -> Result<(), CliError> {
     print_request(ctx, &client, &view)
 }
 
+/// An approver typed a recovery code that does not match: nothing was signed, the request
+/// still waits (neither an offer withdrawn nor a reason to freeze anything).
+fn recovery_code_mismatch(id: &impl std::fmt::Display) -> CliError {
+    CliError::new(
+        super::error::Exit::Mismatch,
+        "the code does NOT match the one the account holder's new device shows: nothing was approved",
+    )
+    .hint(format!("the request still waits: call the account holder back on the number on file (place the call yourself) and run `sealpost approvals approve {id}` again with the code they read; if the codes keep differing, reject it: someone else may have started this recovery"))
+}
+
 enum Decision {
     Approve { yes: bool, code: Option<String> },
     Reject { reason: String },
@@ -1551,18 +1660,15 @@ async fn approvals_decide(ctx: &Ctx, wanted: &str, decision: Decision) -> Result
                         Some(read_code(ctx.out, "the account holder reads to you")?)
                     }
                 };
-                if !*yes {
-                    let answer = read_line(
-                        "\nApprove exactly this? Type 'yes' to sign your approval: ",
-                        ctx.out,
-                    )?;
-                    if !answer.is_some_and(|a| a.eq_ignore_ascii_case("yes")) {
-                        return Err(Flow::Cli(CliError::failure(
-                            "not approved: you did not type 'yes'",
-                        )));
-                    }
+                if !*yes && !typed_yes("Approve exactly this?", "sign your approval", ctx.out)? {
+                    return Err(Flow::Cli(CliError::failure(
+                        "not approved: you did not type 'yes'",
+                    )));
                 }
-                Ok(client.approve_with_code(&id, code.as_deref()).await?)
+                match client.approve_with_code(&id, code.as_deref()).await {
+                    Err(ClientError::CodeMismatch) => Err(Flow::Cli(recovery_code_mismatch(&id))),
+                    r => Ok(r?),
+                }
             }
             Decision::Reject { reason } => Ok(client.reject_approval(&id, reason).await?),
         }

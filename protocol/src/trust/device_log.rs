@@ -366,6 +366,10 @@ pub struct DeviceSet {
     pub devices: Vec<DeviceState>,
     /// Revoked devices, by device id.
     pub revoked: Vec<DeviceId>,
+    /// When each revoked device was revoked: the effective time of the entry that revoked
+    /// it (a removal, a freeze, a recovery), for the log's rules: never before the
+    /// relay recorded the entry (§19.3, "Effective time").
+    pub revoked_at: BTreeMap<DeviceId, u64>,
     /// Envelope kinds refused from a device on probation or a frozen account (from the
     /// roster chain's head).
     pub sensitive_kinds: Vec<EnvelopeKind>,
@@ -382,6 +386,11 @@ impl DeviceSet {
     /// Whether `device` was revoked.
     pub fn is_revoked(&self, device: &DeviceId) -> bool {
         self.revoked.contains(device)
+    }
+
+    /// When `device` was revoked (the revoking entry's effective time), if it was.
+    pub fn revoked_ms(&self, device: &DeviceId) -> Option<u64> {
+        self.revoked_at.get(device).copied()
     }
 
     /// The identities to encrypt to.
@@ -521,6 +530,7 @@ impl DeviceLog {
     ) -> Result<DeviceSet, TrustError> {
         let mut active: BTreeMap<DeviceId, Active> = BTreeMap::new();
         let mut revoked: BTreeSet<DeviceId> = BTreeSet::new();
+        let mut revoked_at: BTreeMap<DeviceId, u64> = BTreeMap::new();
         let mut frozen = false;
         // (hash, signed date, effective time for the rules, effective time in this
         // device's view) of the previous entry.
@@ -682,6 +692,7 @@ impl DeviceLog {
                                 });
                             }
                             revoked.insert(*target);
+                            revoked_at.insert(*target, at);
                         }
                         DeviceAction::Freeze => {
                             let on_probation: Vec<DeviceId> = active
@@ -692,6 +703,7 @@ impl DeviceLog {
                             for id in on_probation {
                                 active.remove(&id);
                                 revoked.insert(id);
+                                revoked_at.insert(id, at);
                             }
                             frozen = true;
                         }
@@ -721,6 +733,7 @@ impl DeviceLog {
                             for id in old {
                                 active.remove(&id);
                                 revoked.insert(id);
+                                revoked_at.insert(id, at);
                             }
                             // The quorum could have been used until its expiry: the
                             // cooling-off runs from the latest moment the entry could
@@ -790,6 +803,7 @@ impl DeviceLog {
                 })
                 .collect(),
             revoked: revoked.into_iter().collect(),
+            revoked_at,
             sensitive_kinds: match chain {
                 Some(c) => c.head().policy().sensitive_kinds.clone(),
                 None => EnvelopeKind::ALL

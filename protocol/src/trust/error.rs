@@ -21,6 +21,11 @@ impl Digest {
     }
 }
 
+/// A hash that may be absent (the first entry names none), for messages.
+fn hash_or_none(d: &Option<Digest>) -> String {
+    d.as_ref().map_or("none".to_owned(), Digest::to_hex)
+}
+
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
@@ -39,7 +44,12 @@ impl fmt::Debug for Digest {
 pub enum TrustError {
     // ----- organisation root and roster -----
     /// Version 1 of the roster is signed by a root whose fingerprint is not the pinned one.
-    #[error("roster v1 is signed by organisation root {got}, the pinned root is {expected}")]
+    /// The message names the pinned fingerprint only: printing the other one would invite
+    /// copying it over the one the firm gave out of band.
+    #[error(
+        "roster v1 is signed by another organisation root than the pinned one ({expected}): \
+         check the organisation fingerprint with your firm out of band"
+    )]
     RootMismatch {
         /// The pinned fingerprint (hex).
         expected: String,
@@ -309,7 +319,11 @@ pub enum TrustError {
         got: u64,
     },
     /// A log entry's previous hash does not match the entry before it.
-    #[error("log entry {seq} names previous hash {got:?}, expected {expected:?}")]
+    #[error(
+        "log entry {seq} names previous hash {}, expected {}",
+        hash_or_none(.got),
+        hash_or_none(.expected)
+    )]
     LogPrevHashMismatch {
         /// Entry sequence number.
         seq: u64,
@@ -371,7 +385,10 @@ pub enum TrustError {
         seq: u64,
     },
     /// The offered log is shorter than the one this client already verified.
-    #[error("device log rollback: held up to entry {held}, offered up to {got:?}")]
+    #[error(
+        "device log rollback: held up to entry {held}, offered {}",
+        .got.map_or("an empty log".to_owned(), |g| format!("up to entry {g}"))
+    )]
     LogRollback {
         /// The sequence number held.
         held: u64,
@@ -471,4 +488,39 @@ pub enum TrustError {
     /// Encoding failed.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Messages say "none" and "entry N", never Rust's `Some(..)`/`None`/`Digest(..)`.
+    #[test]
+    fn messages_carry_no_debug_text() {
+        let e = TrustError::LogPrevHashMismatch {
+            seq: 0,
+            expected: None,
+            got: Some(Digest([0xab; 32])),
+        };
+        let text = e.to_string();
+        assert!(text.contains(&"ab".repeat(32)), "{text}");
+        assert!(text.ends_with("expected none"), "{text}");
+        assert!(
+            !text.contains("Some(") && !text.contains("Digest("),
+            "{text}"
+        );
+        let e = TrustError::LogRollback {
+            held: 3,
+            got: Some(1),
+        };
+        assert_eq!(
+            e.to_string(),
+            "device log rollback: held up to entry 3, offered up to entry 1"
+        );
+        let e = TrustError::LogRollback { held: 3, got: None };
+        assert_eq!(
+            e.to_string(),
+            "device log rollback: held up to entry 3, offered an empty log"
+        );
+    }
 }
