@@ -33,6 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -426,10 +427,19 @@ struct Background {
     out: Output,
 }
 
+/// SIGKILL to `child` and everything it started (its own process group), then reap it.
+fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Background {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
 }
 
@@ -627,7 +637,9 @@ impl Walk {
 
     fn bash(&self, script: &str) -> Command {
         let mut c = Command::new("bash");
-        c.arg("-c")
+        // Its own process group, so that a timeout or an early end kills what it started.
+        c.process_group(0)
+            .arg("-c")
             .arg(script)
             .current_dir(&self.cwd)
             .env_clear()
@@ -789,8 +801,7 @@ impl Walk {
                 input = None;
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 panic!(
                     "README line {line}: `{text}` did not finish within {STEP:?} (still to type: {to_type:?})\nstdout:\n{}\nstderr:\n{}",
                     out.lock().unwrap(),
