@@ -936,6 +936,25 @@ fn the_readme_walkthrough_works_as_written() {
     for block in &blocks {
         match block.lang.as_str() {
             "sh" => {
+                // An annotation that matches none of its block's commands is stale.
+                for d in &block.directives {
+                    let pattern = match d {
+                        Directive::Background { pattern, .. }
+                        | Directive::Restart { pattern, .. }
+                        | Directive::Stdin { pattern, .. } => pattern,
+                        Directive::File(_) | Directive::Append(_) => panic!(
+                            "README line {}: `file`/`append` belong on a ```toml block",
+                            block.line
+                        ),
+                    };
+                    assert!(
+                        commands(block)
+                            .iter()
+                            .any(|(_, c)| strip_comment(c).contains(pattern.as_str())),
+                        "README line {}: the annotation {d:?} matches no command of its block",
+                        block.line
+                    );
+                }
                 for (line, cmd) in commands(block) {
                     if let Some((_, why)) = SKIPPED.iter().find(|(s, _)| *s == cmd) {
                         walk.log(&format!("line {line}: skipped `{cmd}`: {why}"));
