@@ -249,6 +249,14 @@ impl Client {
                 failed,
             });
         }
+        // A draft to one client: check now that the client can be written to (its device
+        // log verifies, and with an organisation the firm has verified its first device),
+        // rather than after the co-signers have approved it.
+        if let NoticeAudience::Client(to) = &header.audience {
+            let to = to.clone();
+            let events = self.refresh_devices(&to, false).await?;
+            self.events.extend(events);
+        }
         let mut requests = Vec::with_capacity(ops.len());
         for op in ops {
             requests.push(

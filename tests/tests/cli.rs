@@ -382,6 +382,26 @@ fn cli_end_to_end_messages_receipts_notices_verification_and_exit_codes() {
         "{}",
         blocked.stderr
     );
+    // A co-signed notice to her is refused the same way, up front: not drafted, so no
+    // co-signer is asked to approve what could never be delivered.
+    let draft = ops.run(&[
+        "notice",
+        "--to",
+        "carol",
+        "--category",
+        "deposit_instruction",
+        "--title",
+        "New deposit address",
+        "--body",
+        "IBAN CH93 0076 2011 6238 5295 7",
+    ]);
+    assert_eq!(draft.code, 8, "{}\n{}", draft.stdout, draft.stderr);
+    assert!(
+        draft.stderr.contains("waiting for the firm's verification"),
+        "{}",
+        draft.stderr
+    );
+    assert!(draft.events("notice_draft").is_empty(), "{}", draft.stdout);
     attest(&ops, &carol, "carol");
 
     // whoami: account, role, device and fingerprint.
