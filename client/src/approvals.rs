@@ -575,7 +575,10 @@ impl Client {
             });
         };
         match self.approvals[i].status {
-            ApprovalStatus::Pending | ApprovalStatus::QuorumReached | ApprovalStatus::Failed => {}
+            ApprovalStatus::Pending
+            | ApprovalStatus::QuorumReached
+            | ApprovalStatus::Failed
+            | ApprovalStatus::Rejected => {}
             other => {
                 return Err(ClientError::Invalid(format!(
                     "this request is {} already",
@@ -587,7 +590,10 @@ impl Client {
             let r = &mut self.approvals[j];
             if matches!(
                 r.status,
-                ApprovalStatus::Pending | ApprovalStatus::QuorumReached | ApprovalStatus::Failed
+                ApprovalStatus::Pending
+                    | ApprovalStatus::QuorumReached
+                    | ApprovalStatus::Failed
+                    | ApprovalStatus::Rejected
             ) {
                 r.status = ApprovalStatus::Cancelled;
                 r.detail = "cancelled by the initiator".into();
@@ -1174,7 +1180,12 @@ impl Client {
         let Some(i) = self.record_index(&request_id, ApprovalDirection::Outgoing) else {
             return refused("no outgoing request with this id on this device".into());
         };
-        if !matches!(self.approvals[i].status, ApprovalStatus::Pending) {
+        // A request rejected by too many approvers still takes answers while it lasts: an
+        // approver may change their mind (and one rogue rejection never blocks it).
+        if !matches!(
+            self.approvals[i].status,
+            ApprovalStatus::Pending | ApprovalStatus::Rejected
+        ) {
             return refused(format!(
                 "the request is {} already",
                 self.approvals[i].status.name()
@@ -1313,7 +1324,15 @@ impl Client {
             Err(e) => return refused(e.to_string()),
         };
         self.approvals[i].bundle = bundle;
+        // An approval from an account that had rejected replaces its rejection.
+        self.approvals[i]
+            .responses
+            .retain(|r| r.approved || r.approver != *from);
         self.approvals[i].responses.push(response);
+        if self.approvals[i].status == ApprovalStatus::Rejected {
+            self.approvals[i].status = ApprovalStatus::Pending;
+            self.approvals[i].detail.clear();
+        }
         let mut events = vec![Event::ApprovalAnswered {
             request_id: hex::encode(request_id),
             approver: from.clone(),

@@ -61,8 +61,8 @@ pub struct GlobalArgs {
     /// Log to stderr (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// Seconds to wait for the relay before giving up on a connection.
-    #[arg(long, global = true, default_value_t = 15, value_name = "SECONDS")]
+    /// How long to wait for the relay before giving up (seconds, or e.g. `30s`, `2m`).
+    #[arg(long, global = true, default_value_t = 15, value_name = "DURATION", value_parser = parse_seconds)]
     timeout: u64,
 }
 
@@ -120,15 +120,15 @@ enum Command {
         /// Show the whole local history, with delivery and read status of what you sent.
         #[arg(long)]
         all: bool,
-        /// Seconds to wait for the relay to hand over the mailbox.
-        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+        /// How long to wait for the relay to hand over the mailbox (seconds, or e.g. `30s`).
+        #[arg(long, default_value_t = 10, value_name = "DURATION", value_parser = parse_seconds)]
         wait: u64,
     },
     /// Stay connected and print events as they arrive (Ctrl-C to stop). Meanwhile other
     /// `sealpost` commands on this profile run through it (see --no-socket).
     Listen {
         /// Stop after this many seconds.
-        #[arg(long = "for", value_name = "SECONDS")]
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_seconds)]
         for_secs: Option<u64>,
         /// Send read receipts for the messages printed.
         #[arg(long)]
@@ -348,7 +348,7 @@ pub enum DeviceCommand {
         /// recovery's approvers), in seconds. The request outlives it: running `device
         /// link` again (or any command) resumes it, and finishes joining if it was
         /// confirmed meanwhile.
-        #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+        #[arg(long, default_value_t = 600, value_name = "DURATION", value_parser = parse_seconds)]
         wait: u64,
         /// Start a new request instead of resuming this device's earlier one (needed
         /// after the code was refused as typed wrong: that request cannot be offered on
@@ -367,8 +367,8 @@ pub enum DeviceCommand {
         /// shown, the offer made, and the code read from standard input.
         #[arg(long, value_name = "DIGITS")]
         code: Option<String>,
-        /// Seconds to wait for the new device to show its code.
-        #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+        /// How long to wait for the new device to show its code (seconds, or e.g. `2m`).
+        #[arg(long, default_value_t = 120, value_name = "DURATION", value_parser = parse_seconds)]
         wait: u64,
     },
     /// Dismiss pending link requests to your account that you did not make (`device
@@ -434,8 +434,8 @@ pub enum DeviceCommand {
         /// Why (kept in the device log).
         #[arg(long, default_value = "account recovery", value_name = "TEXT")]
         reason: String,
-        /// Seconds to wait for the new device to sign the offer.
-        #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+        /// How long to wait for the new device to sign the offer (seconds, or e.g. `2m`).
+        #[arg(long, default_value_t = 120, value_name = "DURATION", value_parser = parse_seconds)]
         wait: u64,
     },
     /// Staff: ask the roster's quorum to unfreeze an account.
@@ -517,6 +517,19 @@ fn quiet_on_closed_stdout() {
         }
         default(info);
     }));
+}
+
+/// A duration option: whole seconds (`15`) or a humantime duration (`15s`, `2m`, `1h 30m`),
+/// as durations are written everywhere else (the relay's configuration, `--ttl`, the
+/// roster's `cooling_off`).
+fn parse_seconds(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(n);
+    }
+    humantime::parse_duration(t)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 15, 15s or 2m"))
 }
 
 fn main() -> std::process::ExitCode {

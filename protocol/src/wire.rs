@@ -248,6 +248,27 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// The code as written on the wire (`rate_limited`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BadFrame => "bad_frame",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::Unauthenticated => "unauthenticated",
+            Self::AuthFailed => "auth_failed",
+            Self::EnrollmentRefused => "enrollment_refused",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::Conflict => "conflict",
+            Self::UnexpectedFrame => "unexpected_frame",
+            Self::Internal => "internal",
+        }
+    }
+}
+
 /// A device as listed by the relay.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1113,4 +1134,33 @@ pub fn enroll_signature_message(exporter: &[u8; 32], account: &AccountId, code: 
     m.extend_from_slice(&(code.len() as u16).to_be_bytes());
     m.extend_from_slice(code.as_bytes());
     m
+}
+
+#[cfg(test)]
+mod error_code_tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn names_are_the_wire_names() {
+        use ErrorCode::*;
+        for code in [
+            BadFrame,
+            UnsupportedVersion,
+            Unauthenticated,
+            AuthFailed,
+            EnrollmentRefused,
+            Forbidden,
+            NotFound,
+            QuotaExceeded,
+            TooLarge,
+            RateLimited,
+            Conflict,
+            UnexpectedFrame,
+            Internal,
+        ] {
+            let bytes = serde_cbor::to_vec(&code).unwrap();
+            let wire: String = serde_cbor::from_slice(&bytes).unwrap();
+            assert_eq!(code.name(), wire);
+        }
+    }
 }

@@ -65,7 +65,14 @@ pub struct Limits {
     pub mailbox_max_count: u64,
     /// Most pending body bytes per recipient device.
     pub mailbox_max_bytes: u64,
-    /// How long an undelivered envelope is kept, seconds (default 30 days).
+    /// How long an undelivered envelope is kept (default 30 days). Like every duration in
+    /// the configuration: a string such as `"30d"`, `"90s"` or `"1h 30m"` (humantime), or
+    /// a number of seconds; the key's older name with `_secs` is still read.
+    #[serde(
+        rename = "envelope_ttl",
+        alias = "envelope_ttl_secs",
+        with = "crate::config::duration_secs"
+    )]
     pub envelope_ttl_secs: u64,
     /// Envelopes a device may send.
     pub send_rate: Rate,
@@ -88,15 +95,30 @@ pub struct Limits {
     pub delivery_window: usize,
     /// Undecodable frames tolerated on one connection before it is closed.
     pub max_bad_frames: u32,
-    /// Seconds a new connection has to open its control stream.
+    /// How long a new connection has to open its control stream.
+    #[serde(
+        rename = "stream_open_timeout",
+        alias = "stream_open_timeout_secs",
+        with = "crate::config::duration_secs"
+    )]
     pub stream_open_timeout_secs: u64,
-    /// Seconds a connection has to authenticate.
+    /// How long a connection has to authenticate.
+    #[serde(
+        rename = "auth_timeout",
+        alias = "auth_timeout_secs",
+        with = "crate::config::duration_secs"
+    )]
     pub auth_timeout_secs: u64,
     /// Most attachment bytes stored (and reserved by uploads in progress) on this relay.
     pub blob_max_total_bytes: u64,
     /// Attachment transfer streams open at once on one connection.
     pub blob_transfers_per_connection: usize,
-    /// Seconds an attachment transfer may go without progress before it is reset.
+    /// How long an attachment transfer may go without progress before it is reset.
+    #[serde(
+        rename = "blob_idle_timeout",
+        alias = "blob_idle_timeout_secs",
+        with = "crate::config::duration_secs"
+    )]
     pub blob_idle_timeout_secs: u64,
     /// Requests before authentication that concern device linking (`link_start`,
     /// `link_poll`, `link_sign`), per remote IP address. The reference client's poll
@@ -109,15 +131,25 @@ pub struct Limits {
     /// request that no device of its account (or, for a recovery, no staff device) has
     /// offered on.
     pub max_pending_links: usize,
-    /// Seconds a link request lives while nobody has offered on it (linking is
+    /// How long a link request lives while nobody has offered on it (linking is
     /// interactive); once offered it lives 24 hours from the offer, so a recovery can wait
-    /// for its approvals. At most 86400.
+    /// for its approvals. At most 24 hours.
+    #[serde(
+        rename = "link_lifetime",
+        alias = "link_lifetime_secs",
+        with = "crate::config::duration_secs"
+    )]
     pub link_lifetime_secs: u64,
     /// Oldest a device-signed log entry (or an enrolment's genesis entry) may be when it
-    /// reaches the relay, seconds. Entries are dated by their signers and a device's
+    /// reaches the relay. Entries are dated by their signers and a device's
     /// cooling-off runs from that date, so this bounds how much of the cooling-off a
     /// back-dated entry can skip. Quorum-carried entries (recovery, unfreeze) are bounded
     /// by the expiry of their approvals instead.
+    #[serde(
+        rename = "max_log_entry_age",
+        alias = "max_log_entry_age_secs",
+        with = "crate::config::duration_secs"
+    )]
     pub max_log_entry_age_secs: u64,
     /// Accounts whose verified device set the relay keeps in memory for the send rules.
     pub trust_cache_accounts: usize,
@@ -293,14 +325,14 @@ impl Config {
             }
         }
         for (name, secs) in [
-            ("envelope_ttl_secs", l.envelope_ttl_secs),
-            ("auth_timeout_secs", l.auth_timeout_secs),
-            ("stream_open_timeout_secs", l.stream_open_timeout_secs),
-            ("max_log_entry_age_secs", l.max_log_entry_age_secs),
+            ("envelope_ttl", l.envelope_ttl_secs),
+            ("auth_timeout", l.auth_timeout_secs),
+            ("stream_open_timeout", l.stream_open_timeout_secs),
+            ("max_log_entry_age", l.max_log_entry_age_secs),
         ] {
             if secs == 0 {
                 return Err(ConfigError::Invalid(format!(
-                    "limits.{name} must be positive"
+                    "limits.{name} must be at least one second"
                 )));
             }
         }
@@ -337,7 +369,7 @@ impl Config {
         }
         if l.blob_transfers_per_connection == 0 || l.blob_idle_timeout_secs == 0 {
             return Err(ConfigError::Invalid(
-                "limits.blob_transfers_per_connection and limits.blob_idle_timeout_secs must be positive"
+                "limits.blob_transfers_per_connection and limits.blob_idle_timeout must be positive"
                     .into(),
             ));
         }
@@ -348,7 +380,7 @@ impl Config {
         }
         if l.link_lifetime_secs == 0 || l.link_lifetime_secs > 86_400 {
             return Err(ConfigError::Invalid(
-                "limits.link_lifetime_secs must be 1..=86400".into(),
+                "limits.link_lifetime must be 1s..=24h".into(),
             ));
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
@@ -384,6 +416,43 @@ pub fn parse_org_fingerprint(text: &str) -> Result<OrgFingerprint, ConfigError> 
                 .into(),
         )
     })
+}
+
+/// Durations in the configuration: written as humantime strings (`"30d"`, `"90s"`,
+/// `"1h 30m"`), read from such a string or from a whole number of seconds (the form of
+/// earlier versions, whose keys ended in `_secs`). Kept as whole seconds.
+pub(crate) mod duration_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(Duration::from_secs(*secs)).to_string())
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Seconds(u64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Written::deserialize(d)? {
+            Written::Seconds(n) => Ok(n),
+            Written::Text(t) => match t.trim().parse::<u64>() {
+                // An environment variable arrives as text.
+                Ok(n) => Ok(n),
+                Err(_) => humantime::parse_duration(t.trim())
+                    .map(|d| d.as_secs())
+                    .map_err(|e| {
+                        serde::de::Error::custom(format!(
+                            "{t:?} is not a duration ({e}); write e.g. \"30d\", \"90s\" or \"1h 30m\""
+                        ))
+                    }),
+            },
+        }
+    }
 }
 
 /// `org_fingerprint` in TOML: 64 hex digits.
@@ -445,8 +514,10 @@ mod tests {
             .validate()
             .is_ok());
         for (toml_text, named) in [
-            ("[limits]\nenvelope_ttl_secs = 0\n", "envelope_ttl_secs"),
-            ("[limits]\nauth_timeout_secs = 0\n", "auth_timeout_secs"),
+            ("[limits]\nenvelope_ttl_secs = 0\n", "envelope_ttl"),
+            ("[limits]\nenvelope_ttl = \"0s\"\n", "envelope_ttl"),
+            ("[limits]\nenvelope_ttl = \"fortnight\"\n", "envelope_ttl"),
+            ("[limits]\nauth_timeout_secs = 0\n", "auth_timeout"),
             (
                 "[limits]\nsend_rate = { per_second = -5.0, burst = 10.0 }\n",
                 "send_rate",

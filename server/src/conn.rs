@@ -22,12 +22,85 @@ use sealpost_protocol::wire::{
 };
 use sealpost_protocol::{DecodeError, EncodeError};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::hub::{Push, Subscription, PUSH_OVERHEAD_BYTES};
 use crate::metrics as m;
 use crate::relay::{Authenticated, ConnCtx, DeliveredSeqs, Handled, Relay};
 use crate::store::Store;
+
+/// Refusals logged (at info) per connection; the rest are counted and summed up in one
+/// line when the connection ends (a peer cannot flood the log).
+pub const MAX_LOGGED_REFUSALS: u32 = 20;
+
+/// The refusals of one connection, for the log: what was refused, why, and to whom (never
+/// message content: the relay has none, and the reasons are its own words).
+struct RefusalLog {
+    remote: std::net::SocketAddr,
+    who: Option<(
+        sealpost_protocol::identity::AccountId,
+        sealpost_protocol::identity::DeviceId,
+    )>,
+    logged: u32,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn new(remote: std::net::SocketAddr) -> Self {
+        Self {
+            remote,
+            who: None,
+            logged: 0,
+            unlogged: 0,
+        }
+    }
+
+    fn note(&mut self, reply: &Frame) {
+        let FrameBody::Error { code, message, .. } = &reply.body else {
+            return;
+        };
+        if self.logged >= MAX_LOGGED_REFUSALS {
+            self.unlogged += 1;
+            return;
+        }
+        self.logged += 1;
+        let code = code.name();
+        match &self.who {
+            Some((account, device)) => info!(
+                remote = %self.remote,
+                account = %account,
+                device = %device,
+                request = reply.id,
+                code,
+                reason = message.as_str(),
+                "request refused"
+            ),
+            None => info!(
+                remote = %self.remote,
+                request = reply.id,
+                code,
+                reason = message.as_str(),
+                "request refused (unauthenticated)"
+            ),
+        }
+    }
+
+    fn closed(&self, reason: &str) {
+        info!(remote = %self.remote, reason, "connection closed by the relay");
+    }
+}
+
+impl Drop for RefusalLog {
+    fn drop(&mut self) {
+        if self.unlogged > 0 {
+            info!(
+                remote = %self.remote,
+                not_logged = self.unlogged,
+                "further refusals on this connection were not logged"
+            );
+        }
+    }
+}
 
 /// Encoded bytes queued for the peer after which producers wait for the writer.
 pub const OUTBOX_BYTES: usize = 1 << 20;
@@ -252,6 +325,7 @@ pub async fn serve<S: Store>(
         Ok(Ok(s)) => s,
         Ok(Err(_)) => return,
         Err(_) => {
+            info!(remote = %remote, reason = "control stream not opened in time", "connection closed by the relay");
             conn.close(close::TIMEOUT.into(), b"control stream not opened in time");
             return;
         }
@@ -269,6 +343,7 @@ pub async fn serve<S: Store>(
     let mut reader = FrameReader::new();
     let mut input: Option<(Bytes, usize)> = None;
     let mut ctx = ConnCtx::new(remote, exporter);
+    let mut refusals = RefusalLog::new(remote);
     let mut bad_frames = 0u32;
     let auth_deadline = tokio::time::sleep(Duration::from_secs(limits.auth_timeout_secs));
     tokio::pin!(auth_deadline);
@@ -295,6 +370,7 @@ pub async fn serve<S: Store>(
                         ))
                         .await;
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    refusals.closed("bad frame length");
                     conn.close(close::PROTOCOL.into(), b"bad frame length");
                     break 'conn;
                 }
@@ -308,6 +384,7 @@ pub async fn serve<S: Store>(
                     }
                     if bad_frames >= limits.max_bad_frames {
                         tokio::time::sleep(Duration::from_millis(50)).await;
+                        refusals.closed("too many bad frames");
                         conn.close(close::PROTOCOL.into(), b"too many bad frames");
                         break 'conn;
                     }
@@ -325,8 +402,16 @@ pub async fn serve<S: Store>(
                             in_flight.push_back(Box::pin(relay_ref.commit_send(prepared)));
                         }
                         Err(refused) => {
-                            if !apply(refused, &relay, &mut delivery, &auth_tx, &outbox, &shutdown)
-                                .await
+                            if !apply(
+                                refused,
+                                &relay,
+                                &mut delivery,
+                                &auth_tx,
+                                &outbox,
+                                &shutdown,
+                                &mut refusals,
+                            )
+                            .await
                             {
                                 break 'conn;
                             }
@@ -349,12 +434,32 @@ pub async fn serve<S: Store>(
                 (body, _) => {
                     // Control frames wait for everything before them.
                     while let Some(done) = in_flight.next().await {
-                        if !apply(done, &relay, &mut delivery, &auth_tx, &outbox, &shutdown).await {
+                        if !apply(
+                            done,
+                            &relay,
+                            &mut delivery,
+                            &auth_tx,
+                            &outbox,
+                            &shutdown,
+                            &mut refusals,
+                        )
+                        .await
+                        {
                             break 'conn;
                         }
                     }
                     let handled = relay.handle(&mut ctx, Frame { body, ..frame }).await;
-                    if !apply(handled, &relay, &mut delivery, &auth_tx, &outbox, &shutdown).await {
+                    if !apply(
+                        handled,
+                        &relay,
+                        &mut delivery,
+                        &auth_tx,
+                        &outbox,
+                        &shutdown,
+                        &mut refusals,
+                    )
+                    .await
+                    {
                         break 'conn;
                     }
                 }
@@ -365,7 +470,7 @@ pub async fn serve<S: Store>(
             biased;
             _ = shutdown.changed() => break,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                if !apply(done, &relay, &mut delivery, &auth_tx, &outbox, &shutdown).await {
+                if !apply(done, &relay, &mut delivery, &auth_tx, &outbox, &shutdown, &mut refusals).await {
                     break;
                 }
             }
@@ -385,6 +490,7 @@ pub async fn serve<S: Store>(
                         );
                     }
                     _ => {
+                        refusals.closed("not authenticated in time");
                         conn.close(close::TIMEOUT.into(), b"not authenticated in time");
                         break;
                     }
@@ -416,7 +522,17 @@ pub async fn serve<S: Store>(
     // Let committed work answer (bounded by the connection's lifetime anyway).
     while let Ok(Some(done)) = tokio::time::timeout(Duration::from_secs(2), in_flight.next()).await
     {
-        if !apply(done, &relay, &mut delivery, &auth_tx, &outbox, &shutdown).await {
+        if !apply(
+            done,
+            &relay,
+            &mut delivery,
+            &auth_tx,
+            &outbox,
+            &shutdown,
+            &mut refusals,
+        )
+        .await
+        {
             break;
         }
     }
@@ -447,8 +563,10 @@ async fn apply<S: Store>(
     auth_tx: &watch::Sender<Option<Authenticated>>,
     outbox: &Arc<Outbox>,
     shutdown: &watch::Receiver<bool>,
+    refusals: &mut RefusalLog,
 ) -> bool {
     if let Some(me) = handled.authenticated {
+        refusals.who = Some((me.account.clone(), me.device));
         auth_tx.send_replace(Some(me.clone()));
         *delivery = Some(Delivery::start(
             relay.clone(),
@@ -465,6 +583,7 @@ async fn apply<S: Store>(
         let _ = d.drain_tx.try_send(id);
     }
     if let Some(reply) = handled.reply {
+        refusals.note(&reply);
         if !outbox.frame(&reply).await {
             return false;
         }

@@ -254,9 +254,19 @@ pub struct TransportLimits {
     pub receive_window: u32,
     /// Per-connection send window, bytes.
     pub send_window: u64,
-    /// Idle timeout, seconds.
+    /// Idle timeout (a duration, as everywhere in the configuration).
+    #[serde(
+        rename = "idle_timeout",
+        alias = "idle_timeout_secs",
+        with = "crate::config::duration_secs"
+    )]
     pub idle_timeout_secs: u64,
-    /// Keep-alive interval the relay sends, seconds (0 = none; clients keep alive).
+    /// Keep-alive interval the relay sends (`"0s"` = none; clients keep alive).
+    #[serde(
+        rename = "keep_alive",
+        alias = "keep_alive_secs",
+        with = "crate::config::duration_secs"
+    )]
     pub keep_alive_secs: u64,
     /// Receive and send buffer of the UDP socket, bytes. The kernel's default (about
     /// 200 KiB on Linux) drops datagrams as soon as a burst outruns the relay for a few

@@ -766,8 +766,19 @@ impl Walk {
             "{text}\n__sp_rc=$?\npwd > \"$__SP_STATE.pwd\" && env -0 > \"$__SP_STATE.env\"\nexit $__sp_rc\n"
         );
         let _ = std::fs::remove_file(self.state.with_extension("pwd"));
-        let mut child = self
-            .bash(&script)
+        // `device revoke` and `device freeze` ask only a person at a terminal (scripts
+        // pass `--yes`): what the reader types reaches them through a pseudo-terminal
+        // (util-linux `script`), which merges their stdout and stderr.
+        let tty =
+            stdin.is_some() && (text.contains("device revoke") || text.contains("device freeze"));
+        let mut command = if tty {
+            let mut c = self.bash("exec script -qefc 'bash -c \"$__SP_SCRIPT\"' /dev/null");
+            c.env("__SP_SCRIPT", &script);
+            c
+        } else {
+            self.bash(&script)
+        };
+        let mut child = command
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -797,7 +808,7 @@ impl Walk {
                     let _ = w.flush();
                     to_type.pop();
                 }
-            } else {
+            } else if !tty {
                 input = None;
             }
             if Instant::now() > deadline {
@@ -821,13 +832,20 @@ impl Walk {
                 .filter_map(|kv| {
                     let kv = String::from_utf8_lossy(kv);
                     let (k, v) = kv.split_once('=')?;
-                    (!matches!(k, "_" | "SHLVL" | "PWD" | "OLDPWD" | "__SP_STATE"))
-                        .then(|| (k.to_string(), v.to_string()))
+                    (!matches!(
+                        k,
+                        "_" | "SHLVL" | "PWD" | "OLDPWD" | "__SP_STATE" | "__SP_SCRIPT"
+                    ))
+                    .then(|| (k.to_string(), v.to_string()))
                 })
                 .collect();
         }
-        let stdout = out.lock().unwrap().clone();
-        let stderr = err.lock().unwrap().clone();
+        let mut stdout = out.lock().unwrap().clone();
+        let mut stderr = err.lock().unwrap().clone();
+        if tty {
+            stdout = stdout.replace('\r', "");
+            stderr = format!("{stderr}{stdout}");
+        }
         Ran {
             code: status.code().unwrap_or(-1),
             stdout,

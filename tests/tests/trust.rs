@@ -1058,7 +1058,10 @@ async fn rejections_cannot_crowd_out_approvals() {
         .collect();
     assert_eq!(answered.len(), 1, "{answered:?}");
     assert_eq!(ops.approval(&id).unwrap().responses.len(), 1);
-    // The same co-signer then approves: it counts, and the notice goes out.
+    // comp is the only possible co-signer: its rejection leaves the quorum unreachable.
+    assert_eq!(ops.approval(&id).unwrap().status, ApprovalStatus::Rejected);
+    // The same co-signer then approves (it changed its mind): it counts, and the notice
+    // goes out.
     comp.approve(&id).await.unwrap();
     let ev = pump(&mut [ops], 1).await;
     assert!(completed(&ev[0]), "{:?}", ev[0]);
@@ -1109,7 +1112,8 @@ async fn rejections_cannot_crowd_out_approvals() {
         ev[0]
     );
     let mine = ops.approval(&second).unwrap();
-    assert_eq!(mine.status, ApprovalStatus::Pending);
+    assert_eq!(mine.status, ApprovalStatus::Rejected);
+    assert!(mine.detail.contains("rejected by comp"), "{}", mine.detail);
     assert!(mine.approvals.is_empty());
     assert!(mine
         .responses
