@@ -535,8 +535,11 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
             } else {
                 println!("enrolment code for {a}: {}", issued.code);
                 println!(
-                    "valid for {}; it works once and is shown only now.",
-                    humantime::format_duration(ttl)
+                    "valid for {} (until {}); it works once and is shown only now.",
+                    humantime::format_duration(ttl),
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_millis(issued.expires_ms)
+                    )
                 );
                 if !fp.is_empty() {
                     println!("CA fingerprint: {fp}");

@@ -143,10 +143,13 @@ pub fn refusal_message(decision: SendDecision, kind: EnvelopeKind) -> Option<Str
             Some("the sending device is not an active device in its account's device log".into())
         }
         SendDecision::OnProbation { until_ms } => Some(format!(
-            "a device on probation may not send {kind:?} envelopes (cooling-off ends at {until_ms} ms)"
+            "a device on probation may not send {} envelopes (its cooling-off ends at {}, {until_ms} ms since the Unix epoch)",
+            kind.name(),
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(until_ms))
         )),
         SendDecision::Frozen => Some(format!(
-            "the account is frozen: it may not send {kind:?} envelopes until a staff quorum unfreezes it"
+            "the account is frozen: it may not send {} envelopes until a staff quorum unfreezes it",
+            kind.name()
         )),
     }
 }
