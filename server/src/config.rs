@@ -280,12 +280,41 @@ impl Config {
             // Read it ourselves so that a missing file is an error, not an empty layer.
             let text =
                 std::fs::read_to_string(path).map_err(|e| ConfigError::Io(path.to_owned(), e))?;
-            toml::from_str::<toml::Value>(&text)
+            let mut table = toml::from_str::<toml::Table>(&text)
                 .map_err(|e| ConfigError::Parse(path.to_owned(), e))?;
+            // Duration keys of earlier versions (`auth_timeout_secs = 30`) are read under
+            // their names of now, so that the defaults layer does not hold both.
+            for (section, old, new) in RENAMED_DURATIONS {
+                if let Some(toml::Value::Table(t)) = table.get_mut(section) {
+                    if let Some(v) = t.remove(old) {
+                        if t.contains_key(new) {
+                            return Err(ConfigError::Layer(format!(
+                                "{}: {section}.{old} and {section}.{new} are the same setting; \
+                                 keep {new}",
+                                path.display()
+                            )));
+                        }
+                        t.insert(new.to_owned(), v);
+                    }
+                }
+            }
+            let text = toml::to_string(&table)
+                .map_err(|e| ConfigError::Layer(format!("{}: {e}", path.display())))?;
             figment = figment.merge(Toml::string(&text));
         }
         let env = Env::prefixed(ENV_PREFIX)
             .split("__")
+            .map(|key| {
+                for (section, old, new) in RENAMED_DURATIONS {
+                    if key
+                        .as_str()
+                        .eq_ignore_ascii_case(&format!("{section}.{old}"))
+                    {
+                        return format!("{section}.{new}").into();
+                    }
+                }
+                key.into()
+            })
             .filter(|key| !ENV_NOT_KEYS.contains(&key.as_str().to_ascii_lowercase().as_str()));
         figment
             .merge(env)
@@ -417,6 +446,19 @@ pub fn parse_org_fingerprint(text: &str) -> Result<OrgFingerprint, ConfigError> 
         )
     })
 }
+
+/// Duration settings renamed when durations came to be written as strings: (section,
+/// name before, name now). The names before are still read.
+const RENAMED_DURATIONS: [(&str, &str, &str); 8] = [
+    ("limits", "envelope_ttl_secs", "envelope_ttl"),
+    ("limits", "stream_open_timeout_secs", "stream_open_timeout"),
+    ("limits", "auth_timeout_secs", "auth_timeout"),
+    ("limits", "blob_idle_timeout_secs", "blob_idle_timeout"),
+    ("limits", "link_lifetime_secs", "link_lifetime"),
+    ("limits", "max_log_entry_age_secs", "max_log_entry_age"),
+    ("transport", "idle_timeout_secs", "idle_timeout"),
+    ("transport", "keep_alive_secs", "keep_alive"),
+];
 
 /// Durations in the configuration: written as humantime strings (`"30d"`, `"90s"`,
 /// `"1h 30m"`), read from such a string or from a whole number of seconds (the form of

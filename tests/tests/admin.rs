@@ -249,7 +249,10 @@ fn nested_settings_come_from_the_environment_and_unknown_ones_are_refused() {
         )
     };
     let (ok, out, err) = run(&[
+        // A duration under its name of earlier versions, in seconds; and one written
+        // as durations are now.
         ("SEALPOST_RELAY_LIMITS__AUTH_TIMEOUT_SECS", "77"),
+        ("SEALPOST_RELAY_LIMITS__ENVELOPE_TTL", "2d"),
         (
             "SEALPOST_RELAY_LIMITS__CONTROL_REQUESTS_PER_DEVICE__PER_SECOND",
             "3.5",
@@ -261,6 +264,8 @@ fn nested_settings_come_from_the_environment_and_unknown_ones_are_refused() {
     let effective: sealpost_server::config::Config = toml::from_str(&out).unwrap();
     // The environment wins over the file and the defaults, key by key.
     assert_eq!(effective.limits.auth_timeout_secs, 77);
+    assert_eq!(effective.limits.envelope_ttl_secs, 2 * 24 * 3600);
+    assert!(out.contains("auth_timeout = \"1m 17s\""), "{out}");
     assert_eq!(effective.limits.control_requests_per_device.per_second, 3.5);
     assert_eq!(
         effective.limits.control_requests_per_device.burst,
@@ -275,10 +280,13 @@ fn nested_settings_come_from_the_environment_and_unknown_ones_are_refused() {
     let (ok, _, err) = run(&[("SEALPOST_RELAY_LIMITS__NO_SUCH_SETTING", "1")]);
     assert!(!ok && err.contains("no_such_setting"), "{err}");
     let (ok, _, err) = run(&[("SEALPOST_RELAY_LIMITS__AUTH_TIMEOUT_SECS", "soon")]);
-    assert!(!ok && err.contains("AUTH_TIMEOUT_SECS"), "{err}");
+    assert!(
+        !ok && err.contains("AUTH_TIMEOUT") && err.contains("not a duration"),
+        "{err}"
+    );
     // And what does not validate is refused with the setting named.
     let (ok, _, err) = run(&[("SEALPOST_RELAY_LIMITS__ENVELOPE_TTL_SECS", "0")]);
-    assert!(!ok && err.contains("envelope_ttl_secs"), "{err}");
+    assert!(!ok && err.contains("envelope_ttl"), "{err}");
 }
 
 /// One JSON line of `admin --json ARGS`.
@@ -400,4 +408,41 @@ async fn operators_list_and_revoke_codes_disable_accounts_and_see_a_status() {
     b3.authenticate(&bob_id).await.unwrap();
     // Alice was never touched.
     c.authenticate(&alice_id).await.unwrap();
+}
+
+/// Refusals reach the operator's log at the default level, with their reason and who was
+/// refused, and a peer cannot flood the log: past `MAX_LOGGED_REFUSALS` on one connection
+/// they are counted in one line when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_logged_with_their_reason_and_bounded_per_connection() {
+    use sealpost_server::conn::MAX_LOGGED_REFUSALS;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), None);
+    let relay = RelayProcess::start(Path::new(BIN), &config, &[]);
+    let c = RelayConnection::connect(&relay.address()).await.unwrap();
+    let extra = 7;
+    for _ in 0..MAX_LOGGED_REFUSALS + extra {
+        let err = c.request(FrameBody::ListContacts).await.unwrap_err();
+        assert!(format!("{err}").contains("unauthenticated"), "{err}");
+    }
+    drop(c);
+    let wanted = format!("not_logged={extra}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !relay.log_text().contains(&wanted) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = relay.log_text();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .collect();
+    assert_eq!(refused.len(), MAX_LOGGED_REFUSALS as usize, "{log}");
+    assert!(
+        refused
+            .iter()
+            .all(|l| l.contains("code=\"unauthenticated\"") || l.contains("code=unauthenticated")),
+        "{refused:?}"
+    );
+    assert!(refused[0].contains(" INFO "), "{}", refused[0]);
+    assert!(log.contains(&wanted), "{log}");
 }
