@@ -1302,11 +1302,20 @@ async fn approvals_retry(ctx: &Ctx, wanted: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Shown by `approvals list` without `--all`: what still waits for someone, including
+/// your own requests that failed or were rejected (retry or cancel them) while they last.
 fn is_open(v: &ApprovalView) -> bool {
-    matches!(
-        v.status,
-        ApprovalStatus::Pending | ApprovalStatus::QuorumReached
-    ) && v.expires_ms > now_ms()
+    let waiting = match v.direction {
+        ApprovalDirection::Outgoing => matches!(
+            v.status,
+            ApprovalStatus::Pending
+                | ApprovalStatus::QuorumReached
+                | ApprovalStatus::Failed
+                | ApprovalStatus::Rejected
+        ),
+        ApprovalDirection::Incoming => v.status == ApprovalStatus::Pending,
+    };
+    waiting && v.expires_ms > now_ms()
 }
 
 async fn approvals_list(ctx: &Ctx, all: bool) -> Result<(), CliError> {
@@ -1370,6 +1379,18 @@ async fn approvals_list(ctx: &Ctx, all: bool) -> Result<(), CliError> {
             v.initiator.as_str(),
             status,
             time(v.expires_ms)
+        ));
+    }
+    let stuck = views
+        .iter()
+        .filter(|v| {
+            v.direction == ApprovalDirection::Outgoing
+                && matches!(v.status, ApprovalStatus::Failed | ApprovalStatus::Rejected)
+        })
+        .count();
+    if stuck > 0 {
+        ctx.out.say(format!(
+            "{stuck} of your requests failed or were rejected: `sealpost approvals show ID` says why; `approvals retry ID` tries a failed one again, `approvals cancel ID` withdraws one."
         ));
     }
     if waiting > 0 {
