@@ -30,6 +30,7 @@ use sealpost_protocol::wire::{BoundedString, BoundedVec, ErrorCode, FrameBody, R
 use sealpost_protocol::{EnvelopeKind, PreKeySecrets, Session};
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::Backoff;
 use crate::net::{NetError, RelayAddress, RelayConnection};
 use crate::receive::{
     compare_views, HeldMessage, Judgement, Keys, Opened, PeerSession, SplitRecord, Staged,
@@ -980,19 +981,19 @@ impl Client {
         std::mem::take(&mut self.events)
     }
 
-    /// Connect and authenticate, retrying with exponential backoff (bounded).
+    /// Connect and authenticate: up to [`MAX_CONNECT_ATTEMPTS`] attempts, separated by
+    /// pauses of [`Backoff::connect`] (exponential with jitter, 200 ms to 5 s).
     pub async fn connect(&mut self) -> Result<(), ClientError> {
         let relay = self
             .relay
             .clone()
             .ok_or(ClientError::NotEnrolled)?
             .address()?;
-        let mut delay = Duration::from_millis(200);
+        let mut pauses = Backoff::connect();
         let mut last = None;
         for attempt in 0..MAX_CONNECT_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(pauses.next_pause()).await;
             }
             match RelayConnection::connect(&relay).await {
                 Ok(conn) => match conn.authenticate(&self.identity).await {

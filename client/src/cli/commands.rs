@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sealpost_client::backoff::Backoff;
 use sealpost_client::client::{Direction, EntryKind, HistoryEntry, RelayInfo};
 use sealpost_client::notices::{NoticeOutcome, NoticeTarget};
 use sealpost_client::{Client, ClientError, Event};
@@ -26,8 +27,6 @@ use super::{
 };
 use crate::Command;
 
-/// Longest pause between reconnection attempts in `listen`.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often `listen` checks for a stop request while connected.
 const LISTEN_SLICE: Duration = Duration::from_millis(500);
 
@@ -810,7 +809,8 @@ async fn listen(
     let who = me.as_ref().map(AccountId::to_string).unwrap_or_default();
     let mut connected = false;
     let mut ever_connected = false;
-    let mut backoff = Duration::from_secs(1);
+    // Pauses between reconnection attempts: exponential with jitter, 500 ms to 30 s.
+    let mut backoff = Backoff::reconnect();
     if let Some(a) = &agent {
         ctx.out.note(format!(
             "Other sealpost commands on this profile run through this listener while it runs ({}).",
@@ -831,7 +831,7 @@ async fn listen(
                 // The command found the relay that this loop was waiting for.
                 (false, true) => {
                     connected = true;
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     ctx.out
                         .json_line(json!({"event": "connected", "relay": at, "account": who}));
                     ctx.out.note(format!("Reconnected to {at}."));
@@ -859,7 +859,7 @@ async fn listen(
             match result {
                 Ok(Ok(())) => {
                     connected = true;
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     ctx.out
                         .json_line(json!({"event": "connected", "relay": at, "account": who}));
                     if ever_connected {
@@ -882,13 +882,13 @@ async fn listen(
                         Ok(Err(e)) => CliError::from_client(e, Some(&at)).message,
                         _ => format!("no answer within {} s", ctx.timeout.as_secs()),
                     };
-                    ctx.out.json_line(json!({"event": "reconnecting", "relay": at, "error": why, "retry_in_ms": backoff.as_millis() as u64}));
+                    let wait = backoff.next_pause();
+                    ctx.out.json_line(json!({"event": "reconnecting", "relay": at, "error": why, "retry_in_ms": wait.as_millis() as u64}));
                     ctx.out.note(format!(
-                        "relay at {at} unreachable ({why}); retrying in {} s",
-                        backoff.as_secs()
+                        "relay at {at} unreachable ({why}); retrying in {:.1} s",
+                        wait.as_secs_f64()
                     ));
-                    let until = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let until = Instant::now() + wait;
                     loop {
                         match pause(until, &mut stop, deadline, &mut agent).await {
                             Paused::Stop(s) => break 'listening s,
@@ -903,7 +903,7 @@ async fn listen(
                     }
                     if client.is_connected() {
                         connected = true;
-                        backoff = Duration::from_secs(1);
+                        backoff.reset();
                         ctx.out
                             .json_line(json!({"event": "connected", "relay": at, "account": who}));
                         ctx.out.note(format!("Reconnected to {at}."));
