@@ -34,7 +34,8 @@ use sealpost_protocol::trust::{
 use sealpost_protocol::wire::BoundedString;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{now_ms, Client, ClientError, Event};
+use crate::client::{Client, ClientError, Event};
+use crate::clock::now_ms;
 use crate::trust::PendingLinkView;
 
 /// How long an approval request stays valid (the protocol allows at most 7 days).

@@ -31,6 +31,7 @@ use sealpost_protocol::{EnvelopeKind, PreKeySecrets, Session};
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
+use crate::clock::now_ms;
 use crate::net::{NetError, RelayAddress, RelayConnection};
 use crate::receive::{
     compare_views, HeldMessage, Judgement, Keys, Opened, PeerSession, SplitRecord, Staged,
@@ -170,12 +171,6 @@ impl ClientError {
 
 fn proto<E: std::fmt::Display>(e: E) -> ClientError {
     ClientError::Protocol(e.to_string())
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Where the relay is, as stored in the profile.

@@ -523,7 +523,7 @@ impl RelayConnection {
         code: &str,
     ) -> Result<(DeviceId, Role), NetError> {
         let body = DeviceLog::new(account.clone()).next_body(
-            wall_clock_ms(),
+            crate::clock::now_ms(),
             DeviceAction::Add {
                 identity: identity.public().clone(),
             },
@@ -1187,14 +1187,6 @@ pub struct LinkStatus {
     /// A recovery's quorum authorised the entry: the device completes it
     /// ([`RelayConnection::link_complete`]).
     pub ready: bool,
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Check a device list against what the caller expects (helper for callers that pin

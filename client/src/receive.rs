@@ -443,7 +443,7 @@ pub fn judge(
         SendDecision::OnProbation { until_ms } => Some(format!(
             "device {sender} of {account} is on probation until {} and may not send {kind:?} \
              messages",
-            crate::display::utc(until_ms)
+            crate::clock::utc(until_ms)
         )),
         SendDecision::Frozen => Some(format!(
             "{account} is frozen: {kind:?} messages from it are refused"

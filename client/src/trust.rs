@@ -37,7 +37,8 @@ use serde::{Deserialize, Serialize};
 use crate::backoff::Backoff;
 #[cfg(doc)]
 use crate::backoff::{MAX_RECONNECT_DELAY, RECONNECT_DELAY};
-use crate::client::{now_ms, Client, ClientError, Contact, Event, KnownDevice, RelayInfo};
+use crate::client::{Client, ClientError, Contact, Event, KnownDevice, RelayInfo};
+use crate::clock::now_ms;
 use crate::net::{NetError, RelayConnection, ServedLog};
 
 /// A verified device set is reused for this long before the log is fetched again.

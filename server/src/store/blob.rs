@@ -21,7 +21,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
+
+// The relay's one reading of the wall clock.
+use crate::relay::unix_ms as now_ms;
 
 use sealpost_protocol::wire::MAX_BLOB_LEN;
 
@@ -146,12 +149,6 @@ pub trait BlobWriter: Send {
 pub trait BlobReader: Send {
     /// Read up to `buf.len()` bytes; 0 at the end.
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, BlobError>;
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Bookkeeping shared by both implementations: bytes in use, ids being uploaded.
