@@ -22,6 +22,7 @@ use sealpost_protocol::content::{
     Content, InstructionCategory, LogViews, Message, ReceiptKind, MAX_RECEIPT_IDS, MAX_TEXT_LEN,
 };
 use sealpost_protocol::envelope::{Envelope, MessageId, RoutingHeader};
+use sealpost_protocol::hexid::Hex32;
 use sealpost_protocol::identity::{
     AccountId, DeviceId, IdentityKeyPair, PublicIdentity, SafetyNumber,
 };
@@ -195,13 +196,14 @@ impl RelayInfo {
             .addr
             .parse()
             .map_err(|_| ClientError::Invalid(format!("bad relay address {}", self.addr)))?;
-        let mut ca = [0u8; 32];
-        hex::decode_to_slice(&self.ca_fingerprint, &mut ca)
-            .map_err(|_| ClientError::Invalid("the CA fingerprint must be 64 hex digits".into()))?;
+        let ca: Hex32 = self
+            .ca_fingerprint
+            .parse()
+            .map_err(|e| ClientError::Invalid(format!("bad CA fingerprint in the profile: {e}")))?;
         Ok(RelayAddress {
             addr,
             server_name: self.server_name.clone(),
-            ca_fingerprint: ca,
+            ca_fingerprint: ca.into_bytes(),
         })
     }
 
@@ -219,14 +221,9 @@ impl RelayInfo {
     pub fn org(&self) -> Result<Option<OrgFingerprint>, ClientError> {
         match &self.org_fingerprint {
             None => Ok(None),
-            Some(hex) => {
-                let compact: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
-                OrgFingerprint::from_hex(&compact).map(Some).map_err(|_| {
-                    ClientError::Invalid(
-                        "the organisation fingerprint must be 64 hex digits".into(),
-                    )
-                })
-            }
+            Some(hex) => OrgFingerprint::from_hex(hex).map(Some).map_err(|_| {
+                ClientError::Invalid("the organisation fingerprint must be 64 hex digits".into())
+            }),
         }
     }
 }

@@ -425,10 +425,11 @@ pub struct AccountDevices {
 }
 
 pub(crate) fn parse_link_id(hex_id: &str) -> Result<[u8; 16], ClientError> {
-    let mut id = [0u8; 16];
-    hex::decode_to_slice(hex_id.trim(), &mut id)
-        .map_err(|_| ClientError::Invalid("a link id is 32 hex digits".into()))?;
-    Ok(id)
+    hex_id
+        .trim()
+        .parse::<sealpost_protocol::hexid::Hex16>()
+        .map(|h| h.into_bytes())
+        .map_err(|e| ClientError::Invalid(format!("bad link id: {e}")))
 }
 
 fn device_view(d: &sealpost_protocol::trust::DeviceState, me: DeviceId) -> DeviceView {

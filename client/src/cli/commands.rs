@@ -13,6 +13,7 @@ use sealpost_client::client::{Direction, EntryKind, HistoryEntry, RelayInfo};
 use sealpost_client::notices::{NoticeOutcome, NoticeTarget};
 use sealpost_client::{Client, ClientError, Event};
 use sealpost_protocol::content::MAX_TEXT_LEN;
+use sealpost_protocol::hexid::Hex32;
 use sealpost_protocol::identity::AccountId;
 use sealpost_protocol::wire::Role;
 use serde_json::json;
@@ -148,29 +149,23 @@ pub fn parse_relay(relay: &str) -> Result<SocketAddr, CliError> {
 
 /// `--org`: the organisation fingerprint, 64 hex digits (spaces and colons ignored).
 pub fn parse_org(org: &str) -> Result<String, CliError> {
-    let hex: String = org
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(CliError::usage("--org must be the organisation fingerprint: 64 hex digits")
-            .hint("`sealpost-relay admin issue-code` prints it beside the CA fingerprint; the firm gets it from `sealpost org init`"));
+    match Hex32::parse_grouped(org) {
+        Ok(fp) => Ok(fp.to_hex()),
+        Err(e) => Err(CliError::usage(format!("--org must be the organisation fingerprint: 64 hex digits ({e})"))
+            .hint("`sealpost-relay admin issue-code` prints it beside the CA fingerprint; the firm gets it from `sealpost org init`")),
     }
-    Ok(hex)
 }
 
 pub fn parse_ca(ca: &str) -> Result<String, CliError> {
-    let hex: String = ca
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(CliError::usage("--ca must be the relay's CA fingerprint: 64 hex digits")
-            .hint("the operator gets it with `sealpost-relay admin ca-fingerprint` or `admin issue-code`"));
+    match Hex32::parse_grouped(ca) {
+        Ok(fp) => Ok(fp.to_hex()),
+        Err(e) => Err(CliError::usage(format!(
+            "--ca must be the relay's CA fingerprint: 64 hex digits ({e})"
+        ))
+        .hint(
+            "the operator gets it with `sealpost-relay admin ca-fingerprint` or `admin issue-code`",
+        )),
     }
-    Ok(hex)
 }
 
 async fn enroll(
@@ -514,11 +509,11 @@ async fn send_file(ctx: &Ctx, to: &str, path: &Path, caption: &str) -> Result<()
 }
 
 async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(), CliError> {
-    let mut id = [0u8; 16];
-    hex::decode_to_slice(message_id.trim(), &mut id).map_err(|_| {
-        CliError::usage("the message id must be 32 hex digits (see `sealpost inbox --all --json`)")
+    let id = sealpost_protocol::MessageId::from_hex(message_id.trim()).map_err(|e| {
+        CliError::usage(format!(
+            "the message id must be 32 hex digits ({e}; see `sealpost inbox --all --json`)"
+        ))
     })?;
-    let id = sealpost_protocol::MessageId(id);
     let mut client = open_enrolled(ctx).await?;
     let info = client.attachment(&id).ok_or_else(|| {
         CliError::failure(format!(

@@ -26,6 +26,7 @@ use std::time::{Duration, UNIX_EPOCH};
 // The relay's one reading of the wall clock.
 use crate::relay::unix_ms as now_ms;
 
+use sealpost_protocol::hexid::Hex16;
 use sealpost_protocol::wire::MAX_BLOB_LEN;
 
 use super::StoreError;
@@ -238,11 +239,7 @@ impl FsBlobStore {
 }
 
 fn parse_name(name: &str) -> Option<BlobId> {
-    if name.len() != 32 {
-        return None;
-    }
-    let bytes = hex::decode(name).ok()?;
-    bytes.try_into().ok()
+    name.parse::<Hex16>().ok().map(Hex16::into_bytes)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BlobError> {
