@@ -26,6 +26,7 @@
 
 use rand::rngs::OsRng;
 use sealpost_protocol::content::{ApprovalSubject, Content, NoticeText, RecoveryCode};
+use sealpost_protocol::hexid::Hex16;
 use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::trust::{
     verify_quorum, Approval, ApprovalBundle, ApprovalRequest, DeviceAction, EntryAuthorization,
@@ -34,7 +35,8 @@ use sealpost_protocol::trust::{
 use sealpost_protocol::wire::BoundedString;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{now_ms, Client, ClientError, Event};
+use crate::client::{Client, ClientError, Event};
+use crate::clock::now_ms;
 use crate::trust::PendingLinkView;
 
 /// How long an approval request stays valid (the protocol allows at most 7 days).
@@ -337,10 +339,11 @@ impl ApprovalRecord {
 }
 
 fn parse_request_id(hex_id: &str) -> Result<[u8; 16], ClientError> {
-    let mut id = [0u8; 16];
-    hex::decode_to_slice(hex_id.trim(), &mut id)
-        .map_err(|_| ClientError::Invalid("a request id is 32 hex digits".into()))?;
-    Ok(id)
+    hex_id
+        .trim()
+        .parse::<Hex16>()
+        .map(Hex16::into_bytes)
+        .map_err(|e| ClientError::Invalid(format!("bad request id: {e}")))
 }
 
 impl Client {

@@ -28,7 +28,8 @@ use sealpost_protocol::trust::{
 use sealpost_protocol::wire::Role;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{now_ms, Client, ClientError};
+use crate::client::{Client, ClientError};
+use crate::clock::now_ms;
 
 /// Verification requests a staff device keeps open at once.
 pub const MAX_ATTEST_OFFERS: usize = 64;

@@ -22,6 +22,7 @@ use sealpost_protocol::content::{
     Content, InstructionCategory, LogViews, Message, ReceiptKind, MAX_RECEIPT_IDS, MAX_TEXT_LEN,
 };
 use sealpost_protocol::envelope::{Envelope, MessageId, RoutingHeader};
+use sealpost_protocol::hexid::Hex32;
 use sealpost_protocol::identity::{
     AccountId, DeviceId, IdentityKeyPair, PublicIdentity, SafetyNumber,
 };
@@ -30,6 +31,8 @@ use sealpost_protocol::wire::{BoundedString, BoundedVec, ErrorCode, FrameBody, R
 use sealpost_protocol::{EnvelopeKind, PreKeySecrets, Session};
 use serde::{Deserialize, Serialize};
 
+use crate::backoff::Backoff;
+use crate::clock::now_ms;
 use crate::net::{NetError, RelayAddress, RelayConnection};
 use crate::receive::{
     compare_views, HeldMessage, Judgement, Keys, Opened, PeerSession, SplitRecord, Staged,
@@ -170,12 +173,6 @@ fn proto<E: std::fmt::Display>(e: E) -> ClientError {
     ClientError::Protocol(e.to_string())
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Where the relay is, as stored in the profile.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RelayInfo {
@@ -198,13 +195,14 @@ impl RelayInfo {
             .addr
             .parse()
             .map_err(|_| ClientError::Invalid(format!("bad relay address {}", self.addr)))?;
-        let mut ca = [0u8; 32];
-        hex::decode_to_slice(&self.ca_fingerprint, &mut ca)
-            .map_err(|_| ClientError::Invalid("the CA fingerprint must be 64 hex digits".into()))?;
+        let ca: Hex32 = self
+            .ca_fingerprint
+            .parse()
+            .map_err(|e| ClientError::Invalid(format!("bad CA fingerprint in the profile: {e}")))?;
         Ok(RelayAddress {
             addr,
             server_name: self.server_name.clone(),
-            ca_fingerprint: ca,
+            ca_fingerprint: ca.into_bytes(),
         })
     }
 
@@ -222,14 +220,9 @@ impl RelayInfo {
     pub fn org(&self) -> Result<Option<OrgFingerprint>, ClientError> {
         match &self.org_fingerprint {
             None => Ok(None),
-            Some(hex) => {
-                let compact: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
-                OrgFingerprint::from_hex(&compact).map(Some).map_err(|_| {
-                    ClientError::Invalid(
-                        "the organisation fingerprint must be 64 hex digits".into(),
-                    )
-                })
-            }
+            Some(hex) => OrgFingerprint::from_hex(hex).map(Some).map_err(|_| {
+                ClientError::Invalid("the organisation fingerprint must be 64 hex digits".into())
+            }),
         }
     }
 }
@@ -983,19 +976,19 @@ impl Client {
         std::mem::take(&mut self.events)
     }
 
-    /// Connect and authenticate, retrying with exponential backoff (bounded).
+    /// Connect and authenticate: up to [`MAX_CONNECT_ATTEMPTS`] attempts, separated by
+    /// pauses of [`Backoff::connect`] (exponential with jitter, 200 ms to 5 s).
     pub async fn connect(&mut self) -> Result<(), ClientError> {
         let relay = self
             .relay
             .clone()
             .ok_or(ClientError::NotEnrolled)?
             .address()?;
-        let mut delay = Duration::from_millis(200);
+        let mut pauses = Backoff::connect();
         let mut last = None;
         for attempt in 0..MAX_CONNECT_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(pauses.next_pause()).await;
             }
             match RelayConnection::connect(&relay).await {
                 Ok(conn) => match conn.authenticate(&self.identity).await {

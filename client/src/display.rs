@@ -62,15 +62,6 @@ pub fn text(s: &str) -> String {
     escape(s, true)
 }
 
-/// A time for people: `2026-12-07 13:40:05 UTC`.
-pub(crate) fn utc(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .replace('T', " ")
-        .replace('Z', " UTC")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,8 @@
 //!   instructions), a sensitive kind refused from devices on probation.
 //! * [`receive`]: the receive core with no I/O: deduplicate, decrypt on a working copy,
 //!   compare log views, judge show / hold / refuse; the client commits what it says.
+//! * [`backoff`]: pauses between reconnection attempts (exponential, with jitter).
+//! * [`clock`]: the wall clock, read in one place, and instants written for people.
 //! * [`display`]: peer text made safe to show on a terminal (control characters escaped).
 //! * [`org`]: the organisation's offline tooling: the root key store (encrypted at rest)
 //!   and roster specification files.
@@ -28,7 +30,9 @@
 pub mod approvals;
 pub mod attachments;
 pub mod attest;
+pub mod backoff;
 pub mod client;
+pub mod clock;
 pub mod display;
 pub mod instructions;
 pub mod net;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -26,10 +27,11 @@ use sealpost_protocol::trust::{
 use sealpost_protocol::wire::{
     self, auth_signature_message, enroll_signature_message, link_complete_signature_message,
     link_signature_message, BoundedString, BoundedVec, DeviceInfo, ErrorCode, Frame, FrameBody,
-    FrameReader, PendingLink, Role, ALPN, TLS_EXPORTER_LABEL,
+    PendingLink, Role, ALPN, TLS_EXPORTER_LABEL,
 };
 use sealpost_protocol::DecodeError;
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 mod outbox;
 pub use outbox::OUTBOX_BYTES;
@@ -368,7 +370,7 @@ fn closed() -> NetError {
 /// Two tasks serve it. The writer takes whatever frames callers encoded into the shared
 /// outbox (at most [`OUTBOX_BYTES`] before callers wait) and hands them to QUIC as one
 /// chunk, without copying. The reader takes chunks as QUIC has them, cuts them into
-/// frames with [`FrameReader`], and routes each answer to its request by id and every
+/// frames with `tokio_util`'s length-delimited codec, and routes each answer to its request by id and every
 /// other frame to the push queue (at most [`PUSH_QUEUE`]).
 pub struct RelayConnection {
     conn: quinn::Connection,
@@ -568,7 +570,7 @@ impl RelayConnection {
         code: &str,
     ) -> Result<(DeviceId, Role), NetError> {
         let body = DeviceLog::new(account.clone()).next_body(
-            wall_clock_ms(),
+            crate::clock::now_ms(),
             DeviceAction::Add {
                 identity: identity.public().clone(),
             },
@@ -1158,35 +1160,41 @@ async fn dispatch(frame: Frame, pending: &PendingMap, pushes: &mpsc::Sender<Fram
 #[derive(Debug, PartialEq, Eq)]
 struct Unframeable;
 
-/// Cut the frames that `chunk` completes out of it, appending them to `frames`; a partial
-/// frame at its end stays in `reader` for the next chunk. A frame that does not decode is
-/// skipped (as before: the relay's answers are typed, one bad frame does not end the
-/// connection); a bad length prefix ends the stream.
+/// The control stream's framing, PROTOCOL.md §10: a `u32` big-endian length
+/// ([`wire::FRAME_PREFIX_LEN`] bytes) then that many bytes of CBOR, at most
+/// [`wire::MAX_FRAME_LEN`] (checked on the prefix, before the payload is buffered). The
+/// protocol crate's I/O-free `FrameReader` cuts the same layout; `tokio_util`'s codec does
+/// it here, over the bytes as QUIC hands them over.
+fn frame_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(wire::FRAME_PREFIX_LEN)
+        .big_endian()
+        .max_frame_length(wire::MAX_FRAME_LEN)
+        .new_codec()
+}
+
+/// Cut the whole frames buffered in `buf` out of it, appending them to `frames`; a
+/// partial frame at its end stays in `buf` for the next chunk. A frame that does not
+/// decode is skipped (the relay's answers are typed, one bad frame does not end the
+/// connection); a bad length prefix (over the bound, or zero: [`wire::frame_len`]) ends
+/// the stream.
 fn cut_frames(
-    reader: &mut FrameReader,
-    mut chunk: &[u8],
+    codec: &mut LengthDelimitedCodec,
+    buf: &mut BytesMut,
     frames: &mut Vec<Frame>,
 ) -> Result<(), Unframeable> {
-    while !chunk.is_empty() {
-        // The reader takes at most the rest of the current frame: never 0 once the
-        // frames it completed were taken, unless the prefix is bad.
-        let taken = match reader.push(chunk) {
-            Ok(n) if n > 0 => n,
-            _ => return Err(Unframeable),
-        };
-        chunk = &chunk[taken..];
-        loop {
-            match reader.next_frame() {
-                Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => break,
-                // A bad length prefix stops the reader where it is.
-                Err(_) if reader.wanted().is_err() => return Err(Unframeable),
-                // A frame that does not decode was consumed: skip it.
-                Err(_) => {}
+    loop {
+        match codec.decode(buf) {
+            Ok(None) => return Ok(()),
+            Ok(Some(payload)) if payload.is_empty() => return Err(Unframeable),
+            Ok(Some(payload)) => {
+                if let Ok(frame) = wire::decode_frame(&payload) {
+                    frames.push(frame);
+                }
             }
+            Err(_) => return Err(Unframeable),
         }
     }
-    Ok(())
 }
 
 async fn read_loop(
@@ -1194,16 +1202,19 @@ async fn read_loop(
     pending: PendingMap,
     pushes: mpsc::Sender<FrameBody>,
 ) {
-    let mut reader = FrameReader::new();
+    let mut codec = frame_codec();
+    // Holds at most the partial frame left by the last chunk, then the next chunk.
+    let mut buf = BytesMut::new();
     let mut frames = Vec::new();
     loop {
-        // Cancel-safe and zero-copy: the bytes as QUIC received them. A chunk may hold
-        // many frames or part of one.
+        // Cancel-safe: the bytes as QUIC received them. A chunk may hold many frames or
+        // part of one.
         let chunk = match recv.read_chunk(usize::MAX, true).await {
             Ok(Some(chunk)) => chunk.bytes,
             Ok(None) | Err(_) => break,
         };
-        let framed = cut_frames(&mut reader, &chunk, &mut frames);
+        buf.extend_from_slice(&chunk);
+        let framed = cut_frames(&mut codec, &mut buf, &mut frames);
         let mut owner_gone = false;
         for frame in frames.drain(..) {
             if !owner_gone && !dispatch(frame, &pending, &pushes).await {
@@ -1232,14 +1243,6 @@ pub struct LinkStatus {
     /// A recovery's quorum authorised the entry: the device completes it
     /// ([`RelayConnection::link_complete`]).
     pub ready: bool,
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Check a device list against what the caller expects (helper for callers that pin
@@ -1280,10 +1283,12 @@ mod tests {
     }
 
     fn cut_in_chunks(bytes: &[u8], chunk_len: usize) -> Result<Vec<Frame>, Unframeable> {
-        let mut reader = FrameReader::new();
+        let mut codec = frame_codec();
+        let mut buf = BytesMut::new();
         let mut out = Vec::new();
         for chunk in bytes.chunks(chunk_len) {
-            cut_frames(&mut reader, chunk, &mut out)?;
+            buf.extend_from_slice(chunk);
+            cut_frames(&mut codec, &mut buf, &mut out)?;
         }
         Ok(out)
     }
@@ -1325,10 +1330,18 @@ mod tests {
             let mut bytes = stream(&want);
             bytes.extend_from_slice(&bad.to_be_bytes());
             bytes.extend(stream(&want));
-            let mut reader = FrameReader::new();
             let mut out = Vec::new();
-            assert_eq!(cut_frames(&mut reader, &bytes, &mut out), Err(Unframeable));
+            assert_eq!(
+                cut_frames(
+                    &mut frame_codec(),
+                    &mut BytesMut::from(&bytes[..]),
+                    &mut out
+                ),
+                Err(Unframeable)
+            );
             assert_eq!(out, want);
+            // The protocol's own reader refuses the same prefix.
+            assert!(wire::frame_len(bad.to_be_bytes()).is_err());
         }
     }
 

@@ -25,7 +25,8 @@ use sealpost_protocol::wire::{BoundedString, FrameBody, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::approvals::ApprovalView;
-use crate::client::{now_ms, Client, ClientError, Direction, Event, SendReport};
+use crate::client::{Client, ClientError, Direction, Event, SendReport};
+use crate::clock::now_ms;
 use crate::net::NetError;
 
 /// Most `list_clients` pages one notice to all clients walks (each holds at most

@@ -49,6 +49,7 @@ use std::time::Duration;
 
 use rand_core::{CryptoRng, RngCore};
 use sealpost_protocol::envelope::EnvelopeKind;
+use sealpost_protocol::hexid::{HexBytes, HexError};
 use sealpost_protocol::identity::{AccountId, PublicIdentity};
 use sealpost_protocol::trust::{
     ApprovalPolicy, OrgFingerprint, OrgRoot, Quorum, Roster, SignedRoster, StaffMember, StaffRole,
@@ -313,20 +314,21 @@ pub fn identity_hex(identity: &PublicIdentity) -> String {
 
 /// Parse [`identity_hex`]'s form; spaces and colons are ignored.
 pub fn parse_identity_hex(text: &str) -> Result<PublicIdentity, String> {
-    let compact: String = text
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ':')
-        .collect();
-    let mut bytes = [0u8; 64];
-    if compact.len() != 128 {
-        return Err(format!(
-            "a device identity is 128 hex digits (ed25519 || x25519, as `sealpost whoami --json` prints it), got {} characters",
-            compact.len()
-        ));
-    }
-    hex::decode_to_slice(&compact, &mut bytes).map_err(|_| {
-        "a device identity is 128 hex digits; this has a non-hex character".to_owned()
-    })?;
+    let bytes = match HexBytes::<64>::parse_grouped(text) {
+        Ok(b) => b.into_bytes(),
+        Err(HexError::Length { got, .. }) => {
+            return Err(format!(
+                "a device identity is 128 hex digits (ed25519 || x25519, as `sealpost whoami --json` prints it), got {got} characters"
+            ))
+        }
+        Err(HexError::NotHex {
+            position, found, ..
+        }) => {
+            return Err(format!(
+                "a device identity is 128 hex digits; this has a non-hex character ({found:?} at {position})"
+            ))
+        }
+    };
     let mut ed = [0u8; 32];
     let mut x = [0u8; 32];
     ed.copy_from_slice(&bytes[..32]);

@@ -462,7 +462,7 @@ pub fn judge(
                             "device {sender} of {account} was revoked on {}; a {} message it \
                              sent before that is not acted on: confirm it with {account} \
                              through another device or channel",
-                            crate::display::utc(revoked_ms),
+                            crate::clock::utc(revoked_ms),
                             kind.name()
                         ),
                         true,
@@ -485,7 +485,7 @@ pub fn judge(
         SendDecision::OnProbation { until_ms } => Some(format!(
             "device {sender} of {account} is on probation until {} and may not send {} \
              messages",
-            crate::display::utc(until_ms),
+            crate::clock::utc(until_ms),
             kind.name()
         )),
         SendDecision::Frozen => Some(format!(

@@ -34,7 +34,11 @@ use sealpost_protocol::trust::{
 use sealpost_protocol::wire::{ErrorCode, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{now_ms, Client, ClientError, Contact, Event, KnownDevice, RelayInfo};
+use crate::backoff::Backoff;
+#[cfg(doc)]
+use crate::backoff::{MAX_RECONNECT_DELAY, RECONNECT_DELAY};
+use crate::client::{Client, ClientError, Contact, Event, KnownDevice, RelayInfo};
+use crate::clock::now_ms;
 use crate::net::{NetError, RelayConnection, ServedLog};
 
 /// A verified device set is reused for this long before the log is fetched again.
@@ -66,10 +70,6 @@ pub const LINK_POLL_SLOW_INTERVAL: Duration = Duration::from_secs(3);
 pub const MAX_LINK_RETRY_PAUSE: Duration = Duration::from_secs(60);
 /// Longest a single wait for the other device may be asked to last.
 pub const MAX_LINK_WAIT: Duration = Duration::from_secs(15 * 60);
-/// First pause before a linking device reconnects after losing its connection.
-pub const LINK_RECONNECT_DELAY: Duration = Duration::from_millis(500);
-/// Longest pause between a linking device's reconnection attempts.
-pub const MAX_LINK_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 /// Device logs fetched again after a reconnect because they moved while this device was
 /// offline, at most (the others are verified when next used).
 pub const MAX_LOG_CATCH_UP: usize = 512;
@@ -289,9 +289,9 @@ pub(crate) struct NewDeviceLink {
     /// The next `link_poll` (or reconnection) is not attempted before this (kept across
     /// `link_progress` calls, so a caller that calls it in a loop cannot poll faster).
     next_poll: tokio::time::Instant,
-    /// The pause before the next reconnection attempt (doubles up to
-    /// [`MAX_LINK_RECONNECT_DELAY`]).
-    reconnect_delay: Duration,
+    /// The pauses between reconnection attempts ([`Backoff::reconnect`]: exponential
+    /// with jitter, [`RECONNECT_DELAY`] to [`MAX_RECONNECT_DELAY`]).
+    reconnect: Backoff,
 }
 
 impl NewDeviceLink {
@@ -304,15 +304,14 @@ impl NewDeviceLink {
             registered: false,
             started: now.checked_sub(LINK_POLL_FAST_FOR).unwrap_or(now),
             next_poll: now,
-            reconnect_delay: LINK_RECONNECT_DELAY,
+            reconnect: Backoff::reconnect(),
         }
     }
 
     /// The connection was lost (or never made): try again after the backoff.
     fn lost(&mut self) {
         self.conn = None;
-        self.next_poll = tokio::time::Instant::now() + self.reconnect_delay;
-        self.reconnect_delay = (self.reconnect_delay * 2).min(MAX_LINK_RECONNECT_DELAY);
+        self.next_poll = tokio::time::Instant::now() + self.reconnect.next_pause();
     }
 }
 
@@ -429,10 +428,11 @@ pub struct AccountDevices {
 }
 
 pub(crate) fn parse_link_id(hex_id: &str) -> Result<[u8; 16], ClientError> {
-    let mut id = [0u8; 16];
-    hex::decode_to_slice(hex_id.trim(), &mut id)
-        .map_err(|_| ClientError::Invalid("a link id is 32 hex digits".into()))?;
-    Ok(id)
+    hex_id
+        .trim()
+        .parse::<sealpost_protocol::hexid::Hex16>()
+        .map(|h| h.into_bytes())
+        .map_err(|e| ClientError::Invalid(format!("bad link id: {e}")))
 }
 
 fn device_view(d: &sealpost_protocol::trust::DeviceState, me: DeviceId) -> DeviceView {
@@ -1162,7 +1162,7 @@ impl Client {
             registered,
             started,
             next_poll: started,
-            reconnect_delay: LINK_RECONNECT_DELAY,
+            reconnect: Backoff::reconnect(),
         });
         if !registered {
             // Durable before anything is shown: a later run resumes this request.
@@ -1219,8 +1219,9 @@ impl Client {
     /// Polls the relay on the schedule of [`link_poll_delay`], across calls; a
     /// `rate_limited` answer is waited out (its `retry_after_ms`, at most
     /// [`MAX_LINK_RETRY_PAUSE`]) and polling goes on. A lost connection or a relay that
-    /// does not answer is retried (reconnecting after [`LINK_RECONNECT_DELAY`], doubling
-    /// up to [`MAX_LINK_RECONNECT_DELAY`]) for as long as the request lives.
+    /// does not answer is retried (reconnecting after a pause of [`Backoff::reconnect`]:
+    /// from [`RECONNECT_DELAY`] growing up to [`MAX_RECONNECT_DELAY`], with jitter) for as
+    /// long as the request lives.
     pub async fn link_progress(&mut self, max_wait: Duration) -> Result<LinkProgress, ClientError> {
         let deadline = tokio::time::Instant::now() + max_wait.min(MAX_LINK_WAIT);
         loop {
@@ -1261,7 +1262,7 @@ impl Client {
                     Ok(addr) => match RelayConnection::connect(&addr).await {
                         Ok(c) => {
                             link.conn = Some(c);
-                            link.reconnect_delay = LINK_RECONNECT_DELAY;
+                            link.reconnect.reset();
                         }
                         Err(e) if transient(&e) => {
                             link.lost();

@@ -39,6 +39,11 @@ impl MessageId {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// Parse 32 hex digits ([`crate::hexid::HexBytes`]).
+    pub fn from_hex(s: &str) -> Result<Self, crate::hexid::HexError> {
+        s.parse::<crate::hexid::Hex16>().map(|h| Self(h.0))
+    }
 }
 
 impl std::fmt::Display for MessageId {

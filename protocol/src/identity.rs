@@ -221,12 +221,11 @@ impl DeviceId {
 
     /// Parse 32 hex digits.
     pub fn from_hex(s: &str) -> Result<Self, DecodeError> {
-        let mut bytes = [0u8; 16];
-        hex::decode_to_slice(s, &mut bytes).map_err(|_| DecodeError::InvalidField {
+        let id: crate::hexid::Hex16 = s.parse().map_err(|_| DecodeError::InvalidField {
             field: "device id",
             reason: "must be 32 hex digits",
         })?;
-        Ok(Self(bytes))
+        Ok(Self(id.0))
     }
 }
 

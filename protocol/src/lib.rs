@@ -13,6 +13,7 @@
 //! * [`wire`]: the versioned CBOR frames between a device and the relay.
 //! * [`pickle`]: encrypted state at rest.
 //! * [`attachment`]: chunked STREAM encryption of attachments (files stored as relay blobs).
+//! * [`hexid`]: ids and fingerprints written as hex, one parser.
 //! * [`crypto`]: typed wrappers over the primitives; [`codec`]: the one CBOR module.
 //!
 //! The full specification is `docs/PROTOCOL.md` in the repository.
@@ -26,6 +27,7 @@ pub mod crypto;
 pub mod envelope;
 pub mod error;
 pub mod handshake;
+pub mod hexid;
 pub mod identity;
 pub mod padding;
 pub mod pickle;

@@ -14,14 +14,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use sealpost_protocol::envelope::MessageId;
 use sealpost_protocol::wire::{
-    self, BoundedString, ErrorCode, Frame, FrameBody, FrameReader, TLS_EXPORTER_LABEL,
+    self, BoundedString, ErrorCode, Frame, FrameBody, TLS_EXPORTER_LABEL,
 };
 use sealpost_protocol::{DecodeError, EncodeError};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 use tracing::{debug, info, warn};
 
 use crate::hub::{Push, Subscription, PUSH_OVERHEAD_BYTES};
@@ -263,29 +264,52 @@ enum Incoming {
     Fatal(DecodeError),
 }
 
-/// The next frame from what was read: whole frames already buffered in `reader` first,
-/// then bytes of `input` (dropped once consumed). `None` when more must be read.
-fn next_incoming(reader: &mut FrameReader, input: &mut Option<(Bytes, usize)>) -> Option<Incoming> {
-    loop {
-        if let Err(e) = reader.wanted() {
-            *input = None;
-            return Some(Incoming::Fatal(e));
+/// The control stream's framing, PROTOCOL.md §10: a `u32` big-endian length
+/// ([`wire::FRAME_PREFIX_LEN`] bytes) then that many bytes of CBOR, at most
+/// [`wire::MAX_FRAME_LEN`] (checked on the prefix, before the payload is buffered). The
+/// protocol crate's I/O-free `FrameReader` cuts the same layout; `tokio_util`'s codec does
+/// it here, over the chunks read from QUIC.
+fn frame_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(wire::FRAME_PREFIX_LEN)
+        .big_endian()
+        .max_frame_length(wire::MAX_FRAME_LEN)
+        .new_codec()
+}
+
+/// Why a length prefix was refused, in the protocol's words ([`wire::frame_len`]).
+fn refused_prefix(prefix: [u8; wire::FRAME_PREFIX_LEN]) -> DecodeError {
+    wire::frame_len(prefix)
+        .err()
+        .unwrap_or(DecodeError::TooLarge {
+            what: "frame",
+            got: u32::from_be_bytes(prefix) as usize,
+            max: wire::MAX_FRAME_LEN,
+        })
+}
+
+/// The next frame of what was read into `buf` (consumed from its front). `None` when
+/// more must be read: `buf` then holds at most part of one frame.
+fn next_incoming(codec: &mut LengthDelimitedCodec, buf: &mut BytesMut) -> Option<Incoming> {
+    match codec.decode(buf) {
+        Ok(None) => None,
+        // A zero length: the codec cuts an empty frame, the protocol refuses it.
+        Ok(Some(payload)) if payload.is_empty() => {
+            buf.clear();
+            Some(Incoming::Fatal(refused_prefix([0; wire::FRAME_PREFIX_LEN])))
         }
-        match reader.next_frame() {
-            Ok(Some(f)) => return Some(Incoming::Frame(Box::new(f))),
-            Err(e) => return Some(Incoming::Bad(e)),
-            Ok(None) => {}
-        }
-        let (bytes, offset) = input.as_mut()?;
-        match reader.push(&bytes[*offset..]) {
-            Ok(n) => *offset += n,
-            Err(e) => {
-                *input = None;
-                return Some(Incoming::Fatal(e));
+        Ok(Some(payload)) => Some(match wire::decode_frame(&payload) {
+            Ok(f) => Incoming::Frame(Box::new(f)),
+            Err(e) => Incoming::Bad(e),
+        }),
+        // Over the bound: the codec leaves the refused prefix at the front of `buf`.
+        Err(_) => {
+            let mut prefix = [0xff; wire::FRAME_PREFIX_LEN];
+            if let Some(p) = buf.get(..wire::FRAME_PREFIX_LEN) {
+                prefix.copy_from_slice(p);
             }
-        }
-        if *offset >= bytes.len() {
-            *input = None;
+            buf.clear();
+            Some(Incoming::Fatal(refused_prefix(prefix)))
         }
     }
 }
@@ -340,8 +364,11 @@ pub async fn serve<S: Store>(
 
     let outbox = Arc::new(Outbox::new());
     let writer = tokio::spawn(write_loop(send, outbox.clone()));
-    let mut reader = FrameReader::new();
-    let mut input: Option<(Bytes, usize)> = None;
+    let mut codec = frame_codec();
+    // What was read and not yet cut into frames: part of one frame and the last chunk.
+    let mut buf = BytesMut::new();
+    // No whole frame is left in `buf`: the next chunk may be read.
+    let mut need_more = true;
     let mut ctx = ConnCtx::new(remote, exporter);
     let mut refusals = RefusalLog::new(remote);
     let mut bad_frames = 0u32;
@@ -356,7 +383,8 @@ pub async fn serve<S: Store>(
     'conn: loop {
         // Handle what was already read, while there is room for store operations.
         while in_flight.len() < MAX_IN_FLIGHT {
-            let Some(incoming) = next_incoming(&mut reader, &mut input) else {
+            let Some(incoming) = next_incoming(&mut codec, &mut buf) else {
+                need_more = true;
                 break;
             };
             let frame = match incoming {
@@ -465,7 +493,7 @@ pub async fn serve<S: Store>(
                 }
             }
         }
-        let can_read = input.is_none() && in_flight.len() < MAX_IN_FLIGHT;
+        let can_read = need_more && in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
             biased;
             _ = shutdown.changed() => break,
@@ -511,7 +539,8 @@ pub async fn serve<S: Store>(
             chunk = recv.read_chunk(READ_CHUNK, true), if can_read => match chunk {
                 Ok(Some(c)) => {
                     metrics::counter!(m::BYTES_RECEIVED).increment(c.bytes.len() as u64);
-                    input = Some((c.bytes, 0));
+                    buf.extend_from_slice(&c.bytes);
+                    need_more = false;
                 }
                 // The peer finished or reset the stream, or the connection is gone.
                 Ok(None) | Err(_) => break,
@@ -939,11 +968,11 @@ mod tests {
         for id in 1..=3 {
             assert!(outbox.frame(&ping(id)).await);
         }
-        let mut reader = FrameReader::new();
+        let mut codec = frame_codec();
         let taken = outbox.take().await.unwrap();
-        let mut input = Some((Bytes::from(taken), 0));
+        let mut buf = BytesMut::from(&taken[..]);
         let mut ids = Vec::new();
-        while let Some(Incoming::Frame(f)) = next_incoming(&mut reader, &mut input) {
+        while let Some(Incoming::Frame(f)) = next_incoming(&mut codec, &mut buf) {
             ids.push(f.id);
         }
         assert_eq!(ids, [1, 2, 3]);
@@ -1034,37 +1063,53 @@ mod tests {
         }
         // Every way of cutting the stream in two chunks yields the same frames.
         for cut in 0..=bytes.len() {
-            let mut reader = FrameReader::new();
+            let mut codec = frame_codec();
+            let mut buf = BytesMut::new();
             let mut got = Vec::new();
             for part in [&bytes[..cut], &bytes[cut..]] {
-                let mut input = Some((Bytes::copy_from_slice(part), 0));
-                while let Some(i) = next_incoming(&mut reader, &mut input) {
+                buf.extend_from_slice(part);
+                while let Some(i) = next_incoming(&mut codec, &mut buf) {
                     match i {
                         Incoming::Frame(f) => got.push(f.id),
                         _ => panic!("bad frame at cut {cut}"),
                     }
                 }
-                assert!(input.is_none());
             }
+            assert!(buf.is_empty());
             assert_eq!(got, [1, 2, 3, 4, 5], "cut at {cut}");
         }
-        // A bad length is fatal; an undecodable frame of a valid length is not.
-        let mut reader = FrameReader::new();
-        let mut input = Some((Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0]), 0));
-        assert!(matches!(
-            next_incoming(&mut reader, &mut input),
-            Some(Incoming::Fatal(_))
-        ));
-        let mut reader = FrameReader::new();
+        // A bad length (over the bound, or zero) is fatal, with the protocol's error, as
+        // soon as its prefix is in; an undecodable frame of a valid length is not.
+        for (prefix, want) in [
+            (
+                [0xff, 0xff, 0xff, 0xff],
+                wire::frame_len([0xff, 0xff, 0xff, 0xff]).unwrap_err(),
+            ),
+            (
+                (wire::MAX_FRAME_LEN as u32 + 1).to_be_bytes(),
+                wire::frame_len((wire::MAX_FRAME_LEN as u32 + 1).to_be_bytes()).unwrap_err(),
+            ),
+            ([0, 0, 0, 0], wire::frame_len([0; 4]).unwrap_err()),
+        ] {
+            let mut buf = BytesMut::from(&prefix[..]);
+            match next_incoming(&mut frame_codec(), &mut buf) {
+                Some(Incoming::Fatal(e)) => assert_eq!(e.to_string(), want.to_string()),
+                _ => panic!("{prefix:?} not fatal"),
+            }
+        }
+        // The largest length is accepted (the frame is awaited, nothing is fatal yet).
+        let mut buf = BytesMut::from(&(wire::MAX_FRAME_LEN as u32).to_be_bytes()[..]);
+        assert!(next_incoming(&mut frame_codec(), &mut buf).is_none());
+        let mut codec = frame_codec();
         let mut garbage = vec![0, 0, 0, 3, 0xff, 0xff, 0xff];
         garbage.extend_from_slice(&wire::encode_frame(&ping(7)).unwrap());
-        let mut input = Some((Bytes::from(garbage), 0));
+        let mut buf = BytesMut::from(&garbage[..]);
         assert!(matches!(
-            next_incoming(&mut reader, &mut input),
+            next_incoming(&mut codec, &mut buf),
             Some(Incoming::Bad(_))
         ));
         assert!(matches!(
-            next_incoming(&mut reader, &mut input),
+            next_incoming(&mut codec, &mut buf),
             Some(Incoming::Frame(f)) if f.id == 7
         ));
     }

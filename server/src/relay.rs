@@ -40,11 +40,12 @@ const POLICY_CACHE_MS: u64 = 30_000;
 /// Most entries in a connection's policy cache.
 const POLICY_CACHE_MAX: usize = 4096;
 
-/// Milliseconds since the Unix epoch (wall clock, for stored timestamps and expiry).
+/// Milliseconds since the Unix epoch (wall clock, for stored timestamps and expiry); the
+/// relay's one reading of it (the protocol crate's functions take the time as an argument).
 pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Hash of an enrolment code as stored.

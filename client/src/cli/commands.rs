@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sealpost_client::backoff::Backoff;
 use sealpost_client::client::{Direction, EntryKind, HistoryEntry, RelayInfo};
 use sealpost_client::notices::{NoticeOutcome, NoticeTarget};
 use sealpost_client::{Client, ClientError, Event};
 use sealpost_protocol::content::MAX_TEXT_LEN;
+use sealpost_protocol::hexid::Hex32;
 use sealpost_protocol::identity::AccountId;
 use sealpost_protocol::wire::Role;
 use serde_json::json;
@@ -26,8 +28,6 @@ use super::{
 };
 use crate::Command;
 
-/// Longest pause between reconnection attempts in `listen`.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often `listen` checks for a stop request while connected.
 const LISTEN_SLICE: Duration = Duration::from_millis(500);
 
@@ -154,29 +154,23 @@ pub fn parse_relay(relay: &str) -> Result<SocketAddr, CliError> {
 
 /// `--org`: the organisation fingerprint, 64 hex digits (spaces and colons ignored).
 pub fn parse_org(org: &str) -> Result<String, CliError> {
-    let hex: String = org
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(CliError::usage("--org must be the organisation fingerprint: 64 hex digits")
-            .hint("`sealpost-relay admin issue-code` prints it beside the CA fingerprint; the firm gets it from `sealpost org init`"));
+    match Hex32::parse_grouped(org) {
+        Ok(fp) => Ok(fp.to_hex()),
+        Err(e) => Err(CliError::usage(format!("--org must be the organisation fingerprint: 64 hex digits ({e})"))
+            .hint("`sealpost-relay admin issue-code` prints it beside the CA fingerprint; the firm gets it from `sealpost org init`")),
     }
-    Ok(hex)
 }
 
 pub fn parse_ca(ca: &str) -> Result<String, CliError> {
-    let hex: String = ca
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(CliError::usage("--ca must be the relay's CA fingerprint: 64 hex digits")
-            .hint("the operator gets it with `sealpost-relay admin ca-fingerprint` or `admin issue-code`"));
+    match Hex32::parse_grouped(ca) {
+        Ok(fp) => Ok(fp.to_hex()),
+        Err(e) => Err(CliError::usage(format!(
+            "--ca must be the relay's CA fingerprint: 64 hex digits ({e})"
+        ))
+        .hint(
+            "the operator gets it with `sealpost-relay admin ca-fingerprint` or `admin issue-code`",
+        )),
     }
-    Ok(hex)
 }
 
 async fn enroll(
@@ -520,11 +514,11 @@ async fn send_file(ctx: &Ctx, to: &str, path: &Path, caption: &str) -> Result<()
 }
 
 async fn download(ctx: &Ctx, message_id: &str, out: Option<&Path>) -> Result<(), CliError> {
-    let mut id = [0u8; 16];
-    hex::decode_to_slice(message_id.trim(), &mut id).map_err(|_| {
-        CliError::usage("the message id must be 32 hex digits (see `sealpost inbox --all --json`)")
+    let id = sealpost_protocol::MessageId::from_hex(message_id.trim()).map_err(|e| {
+        CliError::usage(format!(
+            "the message id must be 32 hex digits ({e}; see `sealpost inbox --all --json`)"
+        ))
     })?;
-    let id = sealpost_protocol::MessageId(id);
     let mut client = open_enrolled(ctx).await?;
     let info = client.attachment(&id).ok_or_else(|| {
         CliError::failure(format!(
@@ -815,7 +809,8 @@ async fn listen(
     let who = me.as_ref().map(AccountId::to_string).unwrap_or_default();
     let mut connected = false;
     let mut ever_connected = false;
-    let mut backoff = Duration::from_secs(1);
+    // Pauses between reconnection attempts: exponential with jitter, 500 ms to 30 s.
+    let mut backoff = Backoff::reconnect();
     if let Some(a) = &agent {
         ctx.out.note(format!(
             "Other sealpost commands on this profile run through this listener while it runs ({}).",
@@ -836,7 +831,7 @@ async fn listen(
                 // The command found the relay that this loop was waiting for.
                 (false, true) => {
                     connected = true;
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     ctx.out
                         .json_line(json!({"event": "connected", "relay": at, "account": who}));
                     ctx.out.note(format!("Reconnected to {at}."));
@@ -864,7 +859,7 @@ async fn listen(
             match result {
                 Ok(Ok(())) => {
                     connected = true;
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     ctx.out
                         .json_line(json!({"event": "connected", "relay": at, "account": who}));
                     if ever_connected {
@@ -890,13 +885,13 @@ async fn listen(
                         Ok(Err(e)) => CliError::from_client(e, Some(&at)).message,
                         _ => format!("no answer within {} s", ctx.timeout.as_secs()),
                     };
-                    ctx.out.json_line(json!({"event": "reconnecting", "relay": at, "error": why, "retry_in_ms": backoff.as_millis() as u64}));
+                    let wait = backoff.next_pause();
+                    ctx.out.json_line(json!({"event": "reconnecting", "relay": at, "error": why, "retry_in_ms": wait.as_millis() as u64}));
                     ctx.out.note(format!(
-                        "relay at {at} unreachable ({why}); retrying in {} s",
-                        backoff.as_secs()
+                        "relay at {at} unreachable ({why}); retrying in {:.1} s",
+                        wait.as_secs_f64()
                     ));
-                    let until = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let until = Instant::now() + wait;
                     loop {
                         match pause(until, &mut stop, deadline, &mut agent).await {
                             Paused::Stop(s) => break 'listening s,
@@ -911,7 +906,7 @@ async fn listen(
                     }
                     if client.is_connected() {
                         connected = true;
-                        backoff = Duration::from_secs(1);
+                        backoff.reset();
                         ctx.out
                             .json_line(json!({"event": "connected", "relay": at, "account": who}));
                         ctx.out.note(format!("Reconnected to {at}."));

@@ -157,10 +157,7 @@ impl CliError {
                 .hint("the firm publishes roster version 1 with `sealpost org roster publish`; devices must be enrolled with `--org`"),
             ClientError::NotAllowed(m) => Self::new(Exit::Refused, format!("not allowed: {m}")),
             ClientError::OnProbation { until_ms, refused } => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                Self::on_probation(until_ms, &refused, now)
+                Self::on_probation(until_ms, &refused, sealpost_client::clock::now_ms())
             }
             ClientError::CodeMismatch => Self::new(
                 Exit::Mismatch,

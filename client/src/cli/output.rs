@@ -5,8 +5,6 @@
 //! results use their own (`whoami`, `sent`, `contact`, ...). Byte identifiers (message
 //! and device ids) are printed as lower-case hex.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use sealpost_client::client::{Direction, EntryKind, HistoryEntry};
 use sealpost_client::display;
 use sealpost_client::Event;
@@ -371,11 +369,7 @@ fn hexify(v: &mut Value) {
 
 /// `2025-01-31 12:00:00 UTC`.
 pub fn time(ms: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .replace('T', " ")
-        .replace('Z', " UTC")
+    sealpost_client::clock::utc(ms)
 }
 
 /// Peer text over several lines, control characters escaped, continuation lines indented.

@@ -6,10 +6,11 @@
 
 use std::io::{BufRead, Read};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sealpost_client::approvals::{ApprovalDirection, ApprovalStatus, ApprovalView};
 use sealpost_client::client::RelayInfo;
+use sealpost_client::clock::now_ms;
 use sealpost_client::display;
 use sealpost_client::net::NetError;
 use sealpost_client::org::{self, OrgStore, RosterSpec};
@@ -62,13 +63,6 @@ impl Category {
             Self::SecurityChange => NoticeCategory::SecurityChange,
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// `org pin`: pin the organisation on a device enrolled before its relay had one.

@@ -156,15 +156,14 @@ impl OrgFingerprint {
         hex::encode(self.0)
     }
 
-    /// Parse 64 hex digits; spaces (as in the grouped display form) are ignored.
+    /// Parse 64 hex digits; whitespace and `:` (as in the grouped display form) are
+    /// ignored ([`crate::hexid::HexBytes::parse_grouped`]).
     pub fn from_hex(s: &str) -> Result<Self, DecodeError> {
-        let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(compact, &mut out).map_err(|_| DecodeError::InvalidField {
+        let fp = crate::hexid::Hex32::parse_grouped(s).map_err(|_| DecodeError::InvalidField {
             field: "organisation fingerprint",
             reason: "must be 64 hex digits",
         })?;
-        Ok(Self(out))
+        Ok(Self(fp.0))
     }
 }
 

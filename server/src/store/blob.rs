@@ -21,8 +21,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
+// The relay's one reading of the wall clock.
+use crate::relay::unix_ms as now_ms;
+
+use sealpost_protocol::hexid::Hex16;
 use sealpost_protocol::wire::MAX_BLOB_LEN;
 
 use super::StoreError;
@@ -148,12 +152,6 @@ pub trait BlobReader: Send {
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, BlobError>;
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Bookkeeping shared by both implementations: bytes in use, ids being uploaded.
 #[derive(Default)]
 struct Ledger {
@@ -241,11 +239,7 @@ impl FsBlobStore {
 }
 
 fn parse_name(name: &str) -> Option<BlobId> {
-    if name.len() != 32 {
-        return None;
-    }
-    let bytes = hex::decode(name).ok()?;
-    bytes.try_into().ok()
+    name.parse::<Hex16>().ok().map(Hex16::into_bytes)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BlobError> {

@@ -933,10 +933,8 @@ fn msg(id: &MessageId) -> String {
 }
 
 fn parse_message_id(s: &str) -> Result<MessageId, StoreError> {
-    let mut bytes = [0u8; 16];
-    hex::decode_to_slice(s, &mut bytes)
-        .map_err(|_| StoreError::Backend(format!("bad message id {s:?} in database")))?;
-    Ok(MessageId(bytes))
+    MessageId::from_hex(s)
+        .map_err(|e| StoreError::Backend(format!("bad message id {s:?} in database: {e}")))
 }
 
 fn parse_account(s: String) -> Result<AccountId, StoreError> {
