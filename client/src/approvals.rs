@@ -1407,16 +1407,7 @@ impl Client {
             }
             ApprovalSubject::Notice { header, content } => {
                 // Sent once every request of this notice has its quorum.
-                let group: Vec<usize> = self
-                    .approvals
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| {
-                        r.direction == ApprovalDirection::Outgoing
-                            && matches!(&r.subject, ApprovalSubject::Notice { header: h, .. } if h.notice_id == header.notice_id)
-                    })
-                    .map(|(j, _)| j)
-                    .collect();
+                let group = self.notice_group(i);
                 if group
                     .iter()
                     .any(|j| self.approvals[*j].status != ApprovalStatus::QuorumReached)

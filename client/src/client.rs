@@ -154,16 +154,9 @@ impl ClientError {
     /// reached, did not answer in time, was busy or rate limited, or lost its store for a
     /// moment. The same request may succeed later; it is never a verdict.
     pub fn is_transient(&self) -> bool {
-        use sealpost_protocol::wire::ErrorCode;
         match self {
             Self::NotConnected | Self::Timeout(_) => true,
-            Self::Net(e) => match e {
-                NetError::Connection(_) | NetError::Timeout(_) | NetError::Busy => true,
-                NetError::Refused { code, .. } => {
-                    matches!(code, ErrorCode::RateLimited | ErrorCode::Internal)
-                }
-                _ => false,
-            },
+            Self::Net(e) => e.is_transient(),
             _ => false,
         }
     }

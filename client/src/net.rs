@@ -113,6 +113,23 @@ pub enum NetError {
     Busy,
 }
 
+impl NetError {
+    /// A failure a new attempt may cure, never a verdict: the connection (lost, timed
+    /// out, busy, garbled), or a refusal that says "later" (`rate_limited`, `internal`).
+    /// A refusal for what was asked, an unusable address or TLS setup, and a relay that
+    /// is not the pinned one are final.
+    pub fn is_transient(&self) -> bool {
+        use sealpost_protocol::wire::ErrorCode;
+        match self {
+            Self::Refused { code, .. } => {
+                matches!(code, ErrorCode::RateLimited | ErrorCode::Internal)
+            }
+            Self::Address(_) | Self::Tls(_) | Self::UntrustedRelay(_) => false,
+            _ => true,
+        }
+    }
+}
+
 /// Where the relay is and how to trust it.
 #[derive(Clone, Debug)]
 pub struct RelayAddress {

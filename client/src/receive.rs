@@ -762,6 +762,39 @@ mod tests {
         }
     }
 
+    /// A peer that starts session after session (each prekey message sets up a new one)
+    /// costs the receiver at most MAX_PREVIOUS_SESSIONS replaced sessions: messages still
+    /// in flight under the newest replaced ones open, the oldest beyond the bound is gone.
+    #[test]
+    fn replaced_sessions_are_kept_up_to_their_bound() {
+        let alice = Party::new("alice");
+        let mut bob = Party::new("bob");
+        let mut sessions = Vec::new();
+        for i in 0..MAX_PREVIOUS_SESSIONS + 2 {
+            let bundle = bob.prekeys.bundle_for_test(&bob.identity, false).unwrap();
+            let mut s = sealpost_protocol::initiate(&alice.identity, &bundle, &mut OsRng).unwrap();
+            let env = seal(&alice, &mut s, &bob, text(&format!("first {i}")));
+            let a = authentic(open(&env, &bob.keys(), &bob.seen));
+            assert!(matches!(a.staged, Staged::Created(..)));
+            bob.commit(a);
+            sessions.push(s);
+        }
+        let peer = &bob.sessions[&alice.identity.device_id()];
+        assert_eq!(peer.previous.len(), MAX_PREVIOUS_SESSIONS);
+        // In flight under every replaced session still kept: opened.
+        for (i, s) in sessions.iter_mut().enumerate().skip(1) {
+            let env = seal(&alice, s, &bob, text(&format!("late {i}")));
+            let a = authentic(open(&env, &bob.keys(), &bob.seen));
+            assert!(matches!(a.staged, Staged::Advanced(..)), "session {i}");
+        }
+        // Under the oldest, dropped beyond the bound: refused (never a new session).
+        let env = seal(&alice, &mut sessions[0], &bob, text("too late"));
+        assert!(
+            matches!(open(&env, &bob.keys(), &bob.seen), Opened::Refused(_)),
+            "the oldest replaced session is not kept"
+        );
+    }
+
     /// A first message whose sender check cannot be made (no verified set: the relay did
     /// not answer) changes nothing when not committed, so its redelivery opens again and
     /// is shown; and so are the sender's later messages.

@@ -315,17 +315,6 @@ impl NewDeviceLink {
     }
 }
 
-/// A failure that a new attempt may cure: the connection, not the relay's verdict.
-fn transient(e: &NetError) -> bool {
-    !matches!(
-        e,
-        NetError::Refused { .. }
-            | NetError::Address(_)
-            | NetError::Tls(_)
-            | NetError::UntrustedRelay(_)
-    )
-}
-
 /// How long a linking device waits after a `link_poll` sent `since_start` after its
 /// `link_start`: [`LINK_POLL_INTERVAL`] during the first [`LINK_POLL_FAST_FOR`], then
 /// [`LINK_POLL_SLOW_INTERVAL`].
@@ -1264,7 +1253,7 @@ impl Client {
                             link.conn = Some(c);
                             link.reconnect.reset();
                         }
-                        Err(e) if transient(&e) => {
+                        Err(e) if e.is_transient() => {
                             link.lost();
                             continue;
                         }
@@ -1288,7 +1277,7 @@ impl Client {
             link.next_poll = now + link_poll_delay(now.duration_since(link.started));
             let status = match polled {
                 Ok(status) => status,
-                Err(e) if transient(&e) => {
+                Err(e) if e.is_transient() => {
                     link.lost();
                     continue;
                 }
@@ -1313,7 +1302,7 @@ impl Client {
                     if signed {
                         match self.finish_link().await {
                             Ok(done) => return Ok(done),
-                            Err(ClientError::Net(e)) if transient(&e) => {
+                            Err(ClientError::Net(e)) if e.is_transient() => {
                                 if let Some(l) = self.new_link.as_mut() {
                                     l.lost();
                                 }
@@ -1401,7 +1390,7 @@ impl Client {
                     };
                     match conn.link_sign(link_id, signature, nonce).await {
                         Ok(()) => {}
-                        Err(e) if transient(&e) => {
+                        Err(e) if e.is_transient() => {
                             // Signed again (same body, same nonce) after reconnecting.
                             link.record.signed = None;
                             link.lost();
@@ -1444,7 +1433,7 @@ impl Client {
         let mut refusal = None;
         match conn.link_complete(&self.identity, link.record.id()).await {
             Ok(()) => {}
-            Err(e) if transient(&e) => {
+            Err(e) if e.is_transient() => {
                 link.lost();
                 return Ok(None);
             }
@@ -1481,7 +1470,7 @@ impl Client {
         }
         match self.finish_link().await {
             Ok(done) => Ok(Some(done)),
-            Err(ClientError::Net(e)) if transient(&e) => {
+            Err(ClientError::Net(e)) if e.is_transient() => {
                 if let Some(l) = self.new_link.as_mut() {
                     l.lost();
                 }

@@ -1113,11 +1113,12 @@ impl<S: Store> Relay<S> {
     /// each took effect: this relay's append times and, for a client's first device, the
     /// date of the firm's attestation (docs/PROTOCOL.md §19.3, "Effective time").
     async fn load_log(&self, account: &AccountId) -> Result<(DeviceLog, EntryTimes), StoreError> {
-        let entries = self.store.device_log(account, 0, MAX_LOG_ENTRIES).await?;
-        let appended_ms = self
+        let (entries, appended_ms): (Vec<_>, Vec<_>) = self
             .store
-            .device_log_appended(account, 0, MAX_LOG_ENTRIES)
-            .await?;
+            .device_log_timed(account, 0, MAX_LOG_ENTRIES)
+            .await?
+            .into_iter()
+            .unzip();
         let attested_ms = self
             .store
             .attestation(account)

@@ -2190,16 +2190,31 @@ async fn trust_append_times_and_attestations<S: Store>(store: S) {
         .await
         .unwrap();
     log.push(add).unwrap();
+    let timed = |from: u64| {
+        let store = &store;
+        let alice = alice.clone();
+        async move { store.device_log_timed(&alice, from, 10).await.unwrap() }
+    };
+    // Each entry with its append time, in one read: the same entries as device_log.
+    let all = timed(0).await;
     assert_eq!(
-        store.device_log_appended(&alice, 0, 10).await.unwrap(),
+        all.iter().map(|(_, t)| *t).collect::<Vec<_>>(),
         vec![T0, T0 + 77]
     );
     assert_eq!(
-        store.device_log_appended(&alice, 1, 10).await.unwrap(),
+        all.into_iter().map(|(e, _)| e).collect::<Vec<_>>(),
+        store.device_log(&alice, 0, 10).await.unwrap()
+    );
+    assert_eq!(
+        timed(1)
+            .await
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect::<Vec<_>>(),
         vec![T0 + 77]
     );
     assert!(store
-        .device_log_appended(&carl, 0, 10)
+        .device_log_timed(&carl, 0, 10)
         .await
         .unwrap()
         .is_empty());

@@ -606,18 +606,10 @@ impl<S: Store> Relay<S> {
         };
         let entries = match self
             .store
-            .device_log(&account, from_seq, MAX_LOG_ENTRIES_PER_FRAME)
+            .device_log_timed(&account, from_seq, MAX_LOG_ENTRIES_PER_FRAME)
             .await
         {
             Ok(e) => e,
-            Err(e) => return store_failure(id, &e),
-        };
-        let times = match self
-            .store
-            .device_log_appended(&account, from_seq, MAX_LOG_ENTRIES_PER_FRAME)
-            .await
-        {
-            Ok(t) => t,
             Err(e) => return store_failure(id, &e),
         };
         // The attestation travels with the page holding entry 0 (what it attests).
@@ -632,7 +624,7 @@ impl<S: Store> Relay<S> {
         let mut out = Vec::with_capacity(entries.len());
         let mut out_times = Vec::with_capacity(entries.len());
         let mut bytes = 2048usize;
-        for (e, t) in entries.into_iter().zip(times) {
+        for (e, t) in entries {
             let len = sealpost_protocol::codec::encode("device log entry", &e, MAX_LOG_ENTRY_BYTES)
                 .map(|b| b.len())
                 .unwrap_or(MAX_LOG_ENTRY_BYTES)

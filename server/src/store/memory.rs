@@ -481,17 +481,17 @@ impl TrustStore for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn device_log_appended(
+    async fn device_log_timed(
         &self,
         account: &AccountId,
         from_seq: u64,
         limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<(LogEntry, u64)>, StoreError> {
         let g = self.lock()?;
         let skip = usize::try_from(from_seq).unwrap_or(usize::MAX);
         Ok(g.logs
             .get(account)
-            .map(|l| l.iter().skip(skip).take(limit).map(|(_, t)| *t).collect())
+            .map(|l| l.iter().skip(skip).take(limit).cloned().collect())
             .unwrap_or_default())
     }
 

@@ -445,16 +445,16 @@ pub trait TrustStore: Send + Sync + 'static {
         from_seq: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LogEntry>, StoreError>> + Send;
-    /// When the relay appended each entry of `account`'s device log with `seq >=
-    /// from_seq` (the `now_ms` given to [`TrustStore::append_device_log`] or
-    /// [`TrustStore::enroll_first_device`]), in order, at most `limit`: one per entry
-    /// [`TrustStore::device_log`] returns for the same arguments.
-    fn device_log_appended(
+    /// As [`TrustStore::device_log`], each entry with when the relay appended it (the
+    /// `now_ms` given to [`TrustStore::append_device_log`] or
+    /// [`TrustStore::enroll_first_device`]), read together so that entries and times
+    /// always match.
+    fn device_log_timed(
         &self,
         account: &AccountId,
         from_seq: u64,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<u64>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(LogEntry, u64)>, StoreError>> + Send;
     /// How many entries `account`'s device log holds.
     fn device_log_len(
         &self,

@@ -1663,29 +1663,29 @@ impl TrustStore for SqliteStore {
         .await
     }
 
-    async fn device_log_appended(
+    async fn device_log_timed(
         &self,
         account: &AccountId,
         from_seq: u64,
         limit: usize,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<(LogEntry, u64)>, StoreError> {
         let account = account.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
             let rows = c
                 .prepare_cached(
-                    "SELECT stored_ms FROM device_log WHERE account = ?1 AND seq >= ?2
+                    "SELECT entry, stored_ms FROM device_log WHERE account = ?1 AND seq >= ?2
                      ORDER BY seq LIMIT ?3",
                 )
                 .and_then(|mut s| {
                     s.query_map(params![account.as_str(), int(from_seq), limit], |r| {
-                        r.get::<_, i64>(0)
+                        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
                 })
                 .map_err(backend)?;
-            rows.into_iter()
-                .map(|t| uint(t, "device log append time"))
+            rows.iter()
+                .map(|(b, t)| Ok((decode_entry(b)?, uint(*t, "device log append time")?)))
                 .collect()
         })
         .await
