@@ -51,6 +51,7 @@ use rand_core::{CryptoRng, RngCore};
 use sealpost_protocol::envelope::EnvelopeKind;
 use sealpost_protocol::hexid::{HexBytes, HexError};
 use sealpost_protocol::identity::{AccountId, PublicIdentity};
+use sealpost_protocol::tlog::{KeyName, NoteKey, TransparencyPolicy};
 use sealpost_protocol::trust::{
     ApprovalPolicy, OrgFingerprint, OrgRoot, Quorum, Roster, SignedRoster, StaffMember, StaffRole,
     TrustError, MAX_SIGNED_ROSTER_LEN,
@@ -407,6 +408,31 @@ struct PolicySpec {
     /// written as roster format 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     client_attestation: Option<Vec<StaffRole>>,
+    /// The relay's transparency-log key(s), as `sealpost-relay audit key` prints them
+    /// (`<name>+<key id>+<base64 key>`): one string or a list. Absent (with no witness):
+    /// no transparency policy, the roster keeps format 1 or 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_key: Option<OneOrMany>,
+    /// Witnesses whose cosignatures count ([[policy.witness]] name, key: 64 hex digits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    witness: Vec<WitnessSpec>,
+    /// Distinct witness cosignatures a checkpoint needs for clients (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    witness_threshold: Option<u8>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct WitnessSpec {
+    name: String,
+    key: String,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -531,6 +557,24 @@ impl RosterSpec {
                 notice_to_all_clients: Some(q(&p.notice_to_all_clients)),
                 high_risk_notice: Some(q(&p.high_risk_notice)),
                 client_attestation: p.client_attestation.map(|r| r.roles()),
+                log_key: p
+                    .transparency
+                    .as_ref()
+                    .map(|t| OneOrMany::Many(t.log_keys.iter().map(|k| k.to_vkey()).collect())),
+                witness: p
+                    .transparency
+                    .as_ref()
+                    .map(|t| {
+                        t.witnesses
+                            .iter()
+                            .map(|w| WitnessSpec {
+                                name: w.name().as_str().to_owned(),
+                                key: hex::encode(w.public()),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                witness_threshold: p.transparency.as_ref().map(|t| t.witness_threshold),
             },
             staff: self
                 .staff
@@ -576,11 +620,55 @@ fn toml_message(e: &toml::de::Error) -> String {
         .join(" | ")
 }
 
+/// The roster's transparency policy from `log_key`, `[[policy.witness]]` and
+/// `witness_threshold`; none when no log key is given.
+fn transparency_from_spec(
+    log_key: Option<OneOrMany>,
+    witness: Vec<WitnessSpec>,
+    threshold: Option<u8>,
+) -> Result<Option<TransparencyPolicy>, String> {
+    let keys = match log_key {
+        None => {
+            if !witness.is_empty() || threshold.is_some() {
+                return Err(
+                    "policy.witness and policy.witness_threshold need policy.log_key (the relay's log key, from `sealpost-relay audit key`)"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        }
+        Some(OneOrMany::One(k)) => vec![k],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    let mut log_keys = Vec::with_capacity(keys.len());
+    for k in keys {
+        log_keys.push(NoteKey::from_vkey(&k).map_err(|e| {
+            format!("policy.log_key {k:?}: {e} (copy it from `sealpost-relay audit key`)")
+        })?);
+    }
+    let mut witnesses = Vec::with_capacity(witness.len());
+    for (i, w) in witness.into_iter().enumerate() {
+        let which = format!("policy.witness {} ({:?})", i + 1, w.name);
+        let name = KeyName::new(&w.name).map_err(|e| format!("{which}: {e}"))?;
+        let key = hex::decode(w.key.trim())
+            .map_err(|_| format!("{which}: key is not hex (64 hex digits)"))?;
+        witnesses.push(NoteKey::new(name, &key).map_err(|e| format!("{which}: key: {e}"))?);
+    }
+    let mut t = TransparencyPolicy {
+        log_keys,
+        witnesses,
+        witness_threshold: threshold.unwrap_or(0),
+    };
+    t.normalize().map_err(|e| format!("policy: {e}"))?;
+    Ok(Some(t))
+}
+
 fn policy_from_spec(p: PolicySpec) -> Result<ApprovalPolicy, String> {
     let mut policy = ApprovalPolicy::default();
     if let Some(roles) = &p.client_attestation {
         policy.client_attestation = Some(sealpost_protocol::trust::RoleSet::of(roles));
     }
+    policy.transparency = transparency_from_spec(p.log_key, p.witness, p.witness_threshold)?;
     if let Some(c) = p.cooling_off {
         let d = humantime::parse_duration(c.trim()).map_err(|e| {
             format!("policy.cooling_off {c:?}: {e} (write it as \"24h\", \"90m\", \"2days\")")
@@ -963,6 +1051,59 @@ devices = ["{}"]
         // The secret key bytes are nowhere in the files in the clear.
         let sealed = std::fs::read(org.join("state.sealed")).unwrap();
         assert!(sealed.len() > 64);
+    }
+
+    #[test]
+    fn spec_takes_the_log_key_witnesses_and_threshold() {
+        use sealpost_protocol::tlog::{KeyName, LogSigner, WitnessSigner};
+        let mut rng = StdRng::seed_from_u64(9);
+        let ids = make_ids(4, 2);
+        let log = LogSigner::generate(KeyName::new("relay.example/log").unwrap(), &mut rng);
+        let w = WitnessSigner::generate(KeyName::new("witness.example/w1").unwrap(), &mut rng);
+        let base = spec_text(&ids);
+        // Scalar policy keys under [policy], the witness table before the staff.
+        let text = base
+            .replacen(
+                "[policy]\n",
+                &format!(
+                    "[policy]\nlog_key = \"{}\"\nwitness_threshold = 1\n",
+                    log.public().to_vkey()
+                ),
+                1,
+            )
+            .replacen(
+                "[[staff]]",
+                &format!(
+                    "[[policy.witness]]\nname = \"witness.example/w1\"\nkey = \"{}\"\n\n[[staff]]",
+                    hex::encode(w.public().public())
+                ),
+                1,
+            );
+        let spec = RosterSpec::parse(&text, "t.toml").unwrap();
+        let t = spec.policy.transparency.clone().unwrap();
+        assert_eq!(t.log_keys, vec![log.public().clone()]);
+        assert_eq!(t.witnesses, vec![w.public().clone()]);
+        assert_eq!(t.witness_threshold, 1);
+        let roster = spec.genesis(NOW).unwrap();
+        assert!(roster
+            .canonical_bytes()
+            .starts_with(b"Sealpost_Roster_v1\x00\x03"));
+        let again = RosterSpec::parse(&spec.to_toml().unwrap(), "rendered").unwrap();
+        assert_eq!(again, spec);
+        // Without a log key the roster is unchanged (format 1).
+        let plain = RosterSpec::parse(&base, "t.toml").unwrap();
+        assert!(plain.policy.transparency.is_none());
+        // A threshold above the witnesses, a bad key, or witnesses without a log key fail.
+        let too_many = text.replacen("witness_threshold = 1", "witness_threshold = 2", 1);
+        assert!(spec_err(&too_many).contains("threshold"));
+        let bad_key = text.replacen("relay.example/log+", "relay.example/other+", 1);
+        assert!(spec_err(&bad_key).contains("log_key"));
+        let no_log = text.replacen(
+            &format!("log_key = \"{}\"\n", log.public().to_vkey()),
+            "",
+            1,
+        );
+        assert!(spec_err(&no_log).contains("need policy.log_key"));
     }
 
     #[test]

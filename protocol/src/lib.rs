@@ -13,6 +13,7 @@
 //! * [`wire`]: the versioned CBOR frames between a device and the relay.
 //! * [`pickle`]: encrypted state at rest.
 //! * [`attachment`]: chunked STREAM encryption of attachments (files stored as relay blobs).
+//! * [`tlog`]: the transparency log (RFC 9162 Merkle tree, signed checkpoints, leaves).
 //! * [`hexid`]: ids and fingerprints written as hex, one parser.
 //! * [`crypto`]: typed wrappers over the primitives; [`codec`]: the one CBOR module.
 //!
@@ -33,6 +34,7 @@ pub mod padding;
 pub mod pickle;
 pub mod prekeys;
 pub mod ratchet;
+pub mod tlog;
 pub mod trust;
 pub mod wire;
 

@@ -13,6 +13,10 @@ use crate::envelope::{Envelope, MessageId};
 use crate::error::{DecodeError, EncodeError};
 use crate::identity::{AccountId, DeviceId, PublicIdentity, MAX_DEVICES_PER_ACCOUNT};
 use crate::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use crate::tlog::{
+    LeafBytes, ProofHash, MAX_LEAVES_PER_FRAME, MAX_NOTE_LEN, MAX_PROOF_HASHES,
+    MAX_SIGNATURE_LINE_LEN,
+};
 use crate::trust::{
     ClientAttestation, EntryBody, LinkChallenge, LinkCommitment, LinkNonce, LogEntry, SignedNotice,
     SignedRoster,
@@ -567,6 +571,59 @@ pub enum FrameBody {
         /// The client account.
         account: AccountId,
     },
+    // ----- the transparency log (docs/PROTOCOL.md §21), authenticated -----
+    /// The latest signed checkpoint (the relay signs a new one first if the log grew);
+    /// answered with `checkpoint`.
+    GetCheckpoint,
+    /// Prove that an account's device log had `length` entries ending in `head`: answered
+    /// with `log_proof` (the leaf recording it, its inclusion proof in the latest
+    /// checkpoint, and the consistency proof from `old_size`, 0 for none).
+    ProveLogHead {
+        /// The account.
+        account: AccountId,
+        /// Entries in its log.
+        length: u64,
+        /// The last entry's hash.
+        #[serde(with = "bytes_array")]
+        head: [u8; 32],
+        /// The size of the last checkpoint the device accepted (0: none).
+        old_size: u64,
+    },
+    /// Prove that roster `version` with `hash` was published; answered with `log_proof`.
+    ProveRoster {
+        /// The version.
+        version: u64,
+        /// Its hash.
+        #[serde(with = "bytes_array")]
+        hash: [u8; 32],
+        /// The size of the last checkpoint the device accepted (0: none).
+        old_size: u64,
+    },
+    /// Leaves from `start`, at most `count` (and at most [`MAX_LEAVES_PER_FRAME`]);
+    /// answered with `log_leaves`. For witnesses and auditors.
+    GetLogLeaves {
+        /// First leaf index.
+        start: u64,
+        /// How many wanted.
+        count: u16,
+    },
+    /// A consistency proof between two tree sizes (`old_size <= new_size <=` the latest
+    /// checkpoint's size); answered with `consistency`.
+    GetConsistency {
+        /// The older size.
+        old_size: u64,
+        /// The newer size.
+        new_size: u64,
+    },
+    /// A witness's cosignature of the stored checkpoint of size `size`: one signed-note
+    /// signature line (`— <name> <base64(key id || u64 time || signature)>`). The relay
+    /// checks it against the roster's witness keys and stores it; answered with `done`.
+    SubmitCosignature {
+        /// The checkpoint's tree size.
+        size: u64,
+        /// The signature line.
+        line: BoundedString<MAX_SIGNATURE_LINE_LEN>,
+    },
     // ----- attachment streams (each on its own bidirectional stream, authenticated
     // connection only; see docs/PROTOCOL.md) -----
     /// First frame of an upload stream: the blob that follows in `blob_chunk` frames.
@@ -769,6 +826,44 @@ pub enum FrameBody {
         /// Total ciphertext length.
         size: u64,
     },
+    /// Answer to `get_checkpoint`: the signed note text, with every stored cosignature.
+    Checkpoint {
+        /// The note (`tlog-checkpoint` text, blank line, signature lines).
+        note: BoundedString<MAX_NOTE_LEN>,
+    },
+    /// Answer to `prove_log_head` and `prove_roster`.
+    LogProof {
+        /// The checkpoint the proofs are against (signed note text).
+        checkpoint: BoundedString<MAX_NOTE_LEN>,
+        /// The leaf's index.
+        index: u64,
+        /// The leaf bytes (a CBOR `LogLeaf`).
+        leaf: LeafBytes,
+        /// Inclusion proof of the leaf in the checkpoint's tree.
+        inclusion: BoundedVec<ProofHash, MAX_PROOF_HASHES>,
+        /// Consistency proof from the asked `old_size` to the checkpoint's size (empty
+        /// when `old_size` is 0 or equal).
+        consistency: BoundedVec<ProofHash, MAX_PROOF_HASHES>,
+    },
+    /// Answer to `get_log_leaves`: consecutive leaves from `start`.
+    LogLeaves {
+        /// Index of the first leaf.
+        start: u64,
+        /// The leaves (at most [`MAX_LEAVES_PER_FRAME`] and about
+        /// [`crate::tlog::LEAVES_FRAME_BUDGET`] bytes).
+        leaves: BoundedVec<LeafBytes, MAX_LEAVES_PER_FRAME>,
+        /// Leaves in the log in all.
+        size: u64,
+    },
+    /// Answer to `get_consistency`.
+    Consistency {
+        /// The older size.
+        old_size: u64,
+        /// The newer size.
+        new_size: u64,
+        /// The proof.
+        proof: BoundedVec<ProofHash, MAX_PROOF_HASHES>,
+    },
     /// A request was refused.
     Error {
         /// Why.
@@ -845,6 +940,16 @@ pub const FRAME_TYPES: &[&str] = &[
     "attest_dismiss",
     "attest_state",
     "unattested",
+    "get_checkpoint",
+    "prove_log_head",
+    "prove_roster",
+    "get_log_leaves",
+    "get_consistency",
+    "submit_cosignature",
+    "checkpoint",
+    "log_proof",
+    "log_leaves",
+    "consistency",
 ];
 
 fn bounded_is_empty<T, const N: usize>(v: &BoundedVec<T, N>) -> bool {

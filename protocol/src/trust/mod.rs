@@ -56,11 +56,16 @@
 //!   || for each operation code 1..=5: u8 code || u8 threshold || u8 role_mask
 //!   || u64 cooling_off_ms || u8 kind_count || for each sensitive kind, ascending: u16 code
 //!   || u8 attestation_role_mask     (format 2 only)
+//!   || u8 attestation_role_mask (0: absent) || transparency   (format 3 only)
+//! transparency = u8 log_key_count || for each: u16 len || name || ed25519 (32)
+//!   || u8 witness_count || for each: u16 len || name || ed25519 (32)
+//!   || u8 witness_threshold         (keys and witnesses sorted by name, then key)
 //! roster_hash = SHA-256(roster_bytes)
 //! ```
 //!
-//! `format` is 1 when the policy's `client_attestation` is absent (rosters written before
-//! it existed keep their hash) and 2 when present (its role mask is appended).
+//! `format` is 1 when the policy's `client_attestation` and `transparency` are absent
+//! (rosters written before they existed keep their hash), 2 when only `client_attestation`
+//! is present (its role mask is appended) and 3 when `transparency` is present.
 //!
 //! Role codes: advisor 1, operations 2, compliance 3, security 4; `role_mask` has bit
 //! `code - 1` set per accepted role. Operation codes: account recovery 1, unfreeze 2,
@@ -273,6 +278,9 @@ pub(crate) const ROSTER_FORMAT: u16 = 1;
 /// Format number of roster bytes whose policy names the attesting roles (the role mask
 /// follows the sensitive kinds).
 pub(crate) const ROSTER_FORMAT_ATTESTATION: u16 = 2;
+/// Format number of roster bytes whose policy lists the transparency log's keys and
+/// witnesses (the attestation role mask, 0 when absent, then the transparency policy).
+pub(crate) const ROSTER_FORMAT_TRANSPARENCY: u16 = 3;
 pub(crate) const ORG_FINGERPRINT_LABEL: &[u8] = b"Sealpost_OrgRoot_Fingerprint_v1";
 pub(crate) const ROSTER_HASH_LABEL: &[u8] = b"Sealpost_Roster_v1";
 pub(crate) const ROSTER_ROOT_LABEL: &[u8] = b"Sealpost_Roster_Root_v1";

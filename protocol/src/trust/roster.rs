@@ -17,8 +17,9 @@ use super::org::{root_message, OrgFingerprint, OrgRootPublic};
 use super::{
     Canon, DEFAULT_COOLING_OFF_MS, MAX_CLOCK_SKEW_MS, MAX_COOLING_OFF_MS, MAX_QUORUM_THRESHOLD,
     MAX_ROSTER_CHAIN_LEN, MAX_ROSTER_STAFF, MAX_SIGNED_ROSTER_LEN, MAX_STAFF_DEVICES,
-    ROSTER_FORMAT, ROSTER_FORMAT_ATTESTATION, ROSTER_HASH_LABEL,
+    ROSTER_FORMAT, ROSTER_FORMAT_ATTESTATION, ROSTER_FORMAT_TRANSPARENCY, ROSTER_HASH_LABEL,
 };
+use crate::tlog::{TlogError, TransparencyPolicy};
 
 /// A staff member's role. Codes (in signed bytes): advisor 1, operations 2, compliance 3,
 /// security 4; CBOR: the snake_case name.
@@ -221,6 +222,12 @@ pub struct ApprovalPolicy {
     /// format-1 bytes, so every roster signed before keeps its hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_attestation: Option<RoleSet>,
+    /// The transparency log's keys, its witnesses and the cosignatures a checkpoint needs
+    /// (docs/PROTOCOL.md §21). `None` (absent in CBOR) keeps the format-1 or format-2
+    /// bytes; present, the canonical bytes are of format 3: the attestation role mask (0
+    /// when absent) and then the policy's bytes follow the sensitive kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparency: Option<TransparencyPolicy>,
 }
 
 /// Who may attest a client's first device when the policy does not say: advisors and
@@ -245,6 +252,7 @@ impl Default for ApprovalPolicy {
                 .filter(|k| k.is_sensitive())
                 .collect(),
             client_attestation: None,
+            transparency: None,
         }
     }
 }
@@ -415,6 +423,12 @@ impl Roster {
                 ));
             }
         }
+        if let Some(t) = policy.transparency.as_mut() {
+            t.normalize().map_err(|e| match e {
+                TlogError::BadPolicy(why) => TrustError::InvalidRoster(why),
+                _ => TrustError::InvalidRoster("invalid transparency policy"),
+            })?;
+        }
         for op in Operation::ALL {
             let q = policy.quorum(op);
             if q.threshold == 0 || q.threshold > MAX_QUORUM_THRESHOLD {
@@ -501,7 +515,9 @@ impl Roster {
     /// The canonical bytes (see the module documentation of [`crate::trust`]).
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut c = Canon::new(ROSTER_HASH_LABEL);
-        let format = if self.policy.client_attestation.is_some() {
+        let format = if self.policy.transparency.is_some() {
+            ROSTER_FORMAT_TRANSPARENCY
+        } else if self.policy.client_attestation.is_some() {
             ROSTER_FORMAT_ATTESTATION
         } else {
             ROSTER_FORMAT
@@ -529,7 +545,20 @@ impl Roster {
         for k in &self.policy.sensitive_kinds {
             c.u16(k.code());
         }
-        if let Some(roles) = self.policy.client_attestation {
+        if let Some(t) = &self.policy.transparency {
+            // Format 3: the mask is always written, 0 meaning absent (a present set is
+            // never empty).
+            c.u8(self.policy.client_attestation.map_or(0, |r| r.mask()));
+            c.u8(len8(t.log_keys.len()));
+            for k in &t.log_keys {
+                c.var(k.name().as_str().as_bytes()).raw(k.public());
+            }
+            c.u8(len8(t.witnesses.len()));
+            for w in &t.witnesses {
+                c.var(w.name().as_str().as_bytes()).raw(w.public());
+            }
+            c.u8(t.witness_threshold);
+        } else if let Some(roles) = self.policy.client_attestation {
             c.u8(roles.mask());
         }
         c.into_bytes()
@@ -1367,5 +1396,55 @@ mod tests {
             RosterChain::verify(&fp(&org), vec![v1, back], None, T0),
             Err(TrustError::RosterTimeRegression { .. })
         ));
+    }
+
+    #[test]
+    fn a_transparency_policy_is_format_3_and_old_rosters_keep_their_hash() {
+        use crate::tlog::{KeyName, LogSigner, WitnessSigner};
+        let mut org = Org::new(39);
+        let members: Vec<StaffMember> = org.staff.iter().map(|s| s.member()).collect();
+        let plain = Roster::new(1, None, T0, members.clone(), ApprovalPolicy::default()).unwrap();
+        let log = LogSigner::generate(KeyName::new("relay.example/log").unwrap(), &mut org.rng);
+        let w1 = WitnessSigner::generate(KeyName::new("w.example/1").unwrap(), &mut org.rng);
+        let w2 = WitnessSigner::generate(KeyName::new("w.example/2").unwrap(), &mut org.rng);
+        let policy = ApprovalPolicy {
+            transparency: Some(TransparencyPolicy {
+                log_keys: vec![log.public().clone()],
+                witnesses: vec![w2.public().clone(), w1.public().clone()],
+                witness_threshold: 2,
+            }),
+            ..ApprovalPolicy::default()
+        };
+        let with = Roster::new(1, None, T0, members.clone(), policy.clone()).unwrap();
+        // The plain roster is exactly format 1 (its bytes did not change).
+        assert!(plain
+            .canonical_bytes()
+            .starts_with(b"Sealpost_Roster_v1\x00\x01"));
+        assert!(with
+            .canonical_bytes()
+            .starts_with(b"Sealpost_Roster_v1\x00\x03"));
+        assert_ne!(plain.hash(), with.hash());
+        // Format 3 appends: attestation mask 0, one log key, two witnesses sorted, threshold.
+        let tail_len = 1 + 1 + (2 + 17 + 32) + 1 + 2 * (2 + 11 + 32) + 1;
+        let plain_len = plain.canonical_bytes().len();
+        assert_eq!(with.canonical_bytes().len(), plain_len + tail_len);
+        let t = with.policy().transparency.as_ref().unwrap();
+        assert_eq!(t.witnesses[0].name().as_str(), "w.example/1");
+        assert!(with.canonical_bytes().ends_with(&[2]));
+        // CBOR round trip keeps the hash; another threshold changes it.
+        let signed = org.root.sign_genesis(with.clone()).unwrap();
+        let back = SignedRoster::from_cbor(&signed.to_cbor().unwrap()).unwrap();
+        assert_eq!(back.roster.hash(), with.hash());
+        let mut lower = policy.clone();
+        lower.transparency.as_mut().unwrap().witness_threshold = 1;
+        let other = Roster::new(1, None, T0, members.clone(), lower).unwrap();
+        assert_ne!(other.hash(), with.hash());
+        // A threshold the witnesses cannot reach, or no log key, is refused.
+        let mut bad = policy.clone();
+        bad.transparency.as_mut().unwrap().witness_threshold = 3;
+        assert!(Roster::new(1, None, T0, members.clone(), bad).is_err());
+        let mut bad = policy;
+        bad.transparency.as_mut().unwrap().log_keys.clear();
+        assert!(Roster::new(1, None, T0, members, bad).is_err());
     }
 }
