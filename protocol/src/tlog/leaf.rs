@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, bytes_array};
 use crate::error::{DecodeError, EncodeError};
 use crate::identity::{AccountId, DeviceId};
+use crate::trust::{
+    ClientAttestation, DeviceAction, EntryAuthorization, LogEntry, RosterAuthorization,
+    SignedRoster,
+};
 use crate::wire::{BoundedString, BoundedVec, Role};
 
 /// Largest leaf, bytes.
@@ -212,6 +216,78 @@ impl LogLeaf {
             });
         }
         Ok(leaf)
+    }
+
+    /// The leaf recording that `entry` was appended to its account's device log (entry
+    /// `seq` makes the log `seq + 1` entries long). The actor is who authorised it: the
+    /// signing device, the added device for a genesis entry, the initiator of a quorum.
+    pub fn device_log_head(entry: &LogEntry, time_ms: u64) -> Self {
+        let account = entry.body.account.clone();
+        let actor = match &entry.authorization {
+            EntryAuthorization::Genesis => match &entry.body.action {
+                DeviceAction::Add { identity } | DeviceAction::Recover { identity } => {
+                    Actor::Device {
+                        account: account.clone(),
+                        device: identity.device_id(),
+                    }
+                }
+                _ => Actor::Account(account.clone()),
+            },
+            EntryAuthorization::Device { device, .. } => Actor::Device {
+                account: account.clone(),
+                device: *device,
+            },
+            EntryAuthorization::Quorum(bundle) => Actor::Device {
+                account: bundle.request.initiator.account.clone(),
+                device: bundle.request.initiator.device,
+            },
+        };
+        Self::new(
+            time_ms,
+            actor,
+            LeafEvent::DeviceLogHead {
+                account,
+                length: entry.body.seq.saturating_add(1),
+                head: entry.body.hash().0,
+                action: LoggedAction::of(&entry.body.action),
+            },
+        )
+    }
+
+    /// The leaf recording a client attestation (actor: the attesting staff device).
+    pub fn attestation(a: &ClientAttestation, device: DeviceId, time_ms: u64) -> Self {
+        Self::new(
+            time_ms,
+            Actor::Device {
+                account: a.attester.account.clone(),
+                device: a.attester.device,
+            },
+            LeafEvent::Attestation {
+                account: a.account.clone(),
+                device,
+                hash: a.digest().0,
+            },
+        )
+    }
+
+    /// The leaf recording a roster version (actor: the roster change's initiator, or the
+    /// operator for version 1, which the organisation root signed offline).
+    pub fn roster(r: &SignedRoster, time_ms: u64) -> Self {
+        let actor = match &r.authorization {
+            RosterAuthorization::Root { .. } => Actor::Operator,
+            RosterAuthorization::Quorum(b) => Actor::Device {
+                account: b.request.initiator.account.clone(),
+                device: b.request.initiator.device,
+            },
+        };
+        Self::new(
+            time_ms,
+            actor,
+            LeafEvent::Roster {
+                version: r.roster.version(),
+                hash: r.roster.hash().0,
+            },
+        )
     }
 
     /// An admin command leaf; arguments beyond the bounds are cut (with the last one

@@ -11,11 +11,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sealpost_protocol::envelope::{Envelope, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use sealpost_protocol::tlog::LogLeaf;
 use sealpost_protocol::trust::{ClientAttestation, LogEntry, SignedRoster};
 use sealpost_protocol::wire::Role;
 
+use super::tlog::{check_room, encode_leaf, TlogStore, MAX_LEAVES_PER_READ};
 use super::{
-    AccountRecord, AccountStore, CodeRecord, DeviceRecord, Enqueued, LogEffects, MailboxStore,
+    enrollment_leaves, genesis_device, AccountRecord, AccountStore, CodeRecord, DeviceRecord, Enqueued, LogEffects, MailboxStore,
     OnStaged, Pending, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError,
     TrustStore, CODE_ID_HEX, MAX_DEVICES_PER_ACCOUNT, MAX_STORED_LOG_ENTRIES,
     MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
@@ -109,6 +111,10 @@ struct Inner {
     logs: HashMap<AccountId, Vec<(LogEntry, u64)>>,
     /// Attestations of client accounts' first devices.
     attestations: HashMap<AccountId, ClientAttestation>,
+    /// Transparency-log leaves, in order.
+    leaves: Vec<Vec<u8>>,
+    /// Signed checkpoints by tree size.
+    checkpoints: BTreeMap<u64, String>,
 }
 
 impl Inner {
@@ -434,7 +440,7 @@ impl AccountStore for MemoryStore {
 }
 
 impl TrustStore for MemoryStore {
-    async fn append_roster(&self, link: &SignedRoster, _now_ms: u64) -> Result<(), StoreError> {
+    async fn append_roster(&self, link: &SignedRoster, now_ms: u64) -> Result<(), StoreError> {
         let mut g = self.lock()?;
         let have = g.rosters.len() as u64;
         if link.roster.version() != have + 1 {
@@ -447,7 +453,10 @@ impl TrustStore for MemoryStore {
                 max: MAX_STORED_ROSTER_VERSIONS,
             });
         }
+        let leaf = encode_leaf(&LogLeaf::roster(link, now_ms))?;
+        check_room(g.leaves.len() as u64)?;
         g.rosters.push(link.clone());
+        g.leaves.push(leaf);
         Ok(())
     }
 
@@ -522,6 +531,8 @@ impl TrustStore for MemoryStore {
                 max: MAX_STORED_LOG_ENTRIES,
             });
         }
+        let leaf = encode_leaf(&LogLeaf::device_log_head(entry, now_ms))?;
+        check_room(inner.leaves.len() as u64)?;
         // Check everything before the first change.
         let mut register = None;
         if let Some(new) = &effects.register {
@@ -551,6 +562,7 @@ impl TrustStore for MemoryStore {
             .entry(account.clone())
             .or_default()
             .push((entry.clone(), now_ms));
+        inner.leaves.push(leaf);
         Ok(())
     }
 
@@ -562,20 +574,23 @@ impl TrustStore for MemoryStore {
         genesis: &LogEntry,
         now_ms: u64,
     ) -> Result<DeviceRecord, StoreError> {
+        let leaves = enrollment_leaves(account, identity, genesis, now_ms)?;
         let mut g = self.lock()?;
         if g.logs.get(account).is_some_and(|l| !l.is_empty()) {
             return Err(StoreError::EnrollmentRefused);
         }
+        check_room(g.leaves.len() as u64 + 1)?;
         let record = g.redeem(account, code_hash, identity, now_ms)?;
         g.logs
             .insert(account.clone(), vec![(genesis.clone(), now_ms)]);
+        g.leaves.extend(leaves);
         Ok(record)
     }
 
     async fn put_attestation(
         &self,
         attestation: &ClientAttestation,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut g = self.lock()?;
         if !g.accounts.contains_key(&attestation.account) {
@@ -584,6 +599,15 @@ impl TrustStore for MemoryStore {
         if g.attestations.contains_key(&attestation.account) {
             return Err(StoreError::Conflict("attestation"));
         }
+        let device = g
+            .logs
+            .get(&attestation.account)
+            .and_then(|l| l.first())
+            .and_then(|(e, _)| genesis_device(e))
+            .ok_or(StoreError::NotFound("device log"))?;
+        let leaf = encode_leaf(&LogLeaf::attestation(attestation, device, now_ms))?;
+        check_room(g.leaves.len() as u64)?;
+        g.leaves.push(leaf);
         g.attestations
             .insert(attestation.account.clone(), attestation.clone());
         Ok(())
@@ -869,5 +893,65 @@ impl MailboxStore for MemoryStore {
     async fn flush(&self) -> Result<(), StoreError> {
         // Nothing to make durable; still report a poisoned lock.
         self.lock().map(|_| ())
+    }
+}
+
+impl TlogStore for MemoryStore {
+    async fn append_leaf(&self, leaf: &[u8], _now_ms: u64) -> Result<u64, StoreError> {
+        let mut g = self.lock()?;
+        let index = g.leaves.len() as u64;
+        check_room(index)?;
+        g.leaves.push(leaf.to_vec());
+        Ok(index)
+    }
+
+    async fn leaves(&self, start: u64, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let g = self.lock()?;
+        let skip = usize::try_from(start).unwrap_or(usize::MAX);
+        Ok(g.leaves
+            .iter()
+            .skip(skip)
+            .take(limit.min(MAX_LEAVES_PER_READ))
+            .cloned()
+            .collect())
+    }
+
+    async fn leaf_count(&self) -> Result<u64, StoreError> {
+        Ok(self.lock()?.leaves.len() as u64)
+    }
+
+    async fn put_checkpoint(&self, size: u64, note: &str, _now_ms: u64) -> Result<(), StoreError> {
+        self.lock()?.checkpoints.insert(size, note.to_owned());
+        Ok(())
+    }
+
+    async fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+        Ok(self.lock()?.checkpoints.get(&size).cloned())
+    }
+
+    async fn checkpoints_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let g = self.lock()?;
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(a),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(g.checkpoints
+            .range((from, std::ops::Bound::Unbounded))
+            .take(limit)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect())
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(self
+            .lock()?
+            .checkpoints
+            .iter()
+            .next_back()
+            .map(|(k, v)| (*k, v.clone())))
     }
 }

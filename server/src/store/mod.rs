@@ -34,6 +34,8 @@
 //!   acknowledgement takes effect for `pending` at once; both are durable when their
 //!   futures resolve.
 //! * An envelope stays until acknowledged by its recipient or expired.
+//! * Every trust change ([`TrustStore`] appends and attestations) appends its
+//!   transparency-log leaf in the same transaction ([`tlog`]).
 //! * Trust records ([`TrustStore`]) only ever grow: roster versions are appended one
 //!   version at a time and device-log entries one sequence number at a time, each
 //!   atomically with its effects on the device table; nothing is rewritten. The store
@@ -43,6 +45,7 @@
 pub mod blob;
 pub mod memory;
 pub mod sqlite;
+pub mod tlog;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -506,6 +509,39 @@ pub trait TrustStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<AccountId>, StoreError>> + Send;
 }
 
+/// The device a genesis entry adds.
+pub(crate) fn genesis_device(entry: &LogEntry) -> Option<DeviceId> {
+    match &entry.body.action {
+        sealpost_protocol::trust::DeviceAction::Add { identity }
+        | sealpost_protocol::trust::DeviceAction::Recover { identity } => {
+            Some(identity.device_id())
+        }
+        _ => None,
+    }
+}
+
+/// The leaves an enrolment appends: the code redeemed, then the genesis entry's head.
+pub(crate) fn enrollment_leaves(
+    account: &AccountId,
+    identity: &PublicIdentity,
+    genesis: &LogEntry,
+    now_ms: u64,
+) -> Result<[Vec<u8>; 2], StoreError> {
+    use sealpost_protocol::tlog::{Actor, LeafEvent, LogLeaf};
+    let redeemed = LogLeaf::new(
+        now_ms,
+        Actor::Account(account.clone()),
+        LeafEvent::EnrollmentRedeemed {
+            account: account.clone(),
+            device: identity.device_id(),
+        },
+    );
+    Ok([
+        tlog::encode_leaf(&redeemed)?,
+        tlog::encode_leaf(&LogLeaf::device_log_head(genesis, now_ms))?,
+    ])
+}
+
 /// Everything the relay needs from storage.
-pub trait Store: AccountStore + PreKeyStore + MailboxStore + TrustStore {}
-impl<T: AccountStore + PreKeyStore + MailboxStore + TrustStore> Store for T {}
+pub trait Store: AccountStore + PreKeyStore + MailboxStore + TrustStore + tlog::TlogStore {}
+impl<T: AccountStore + PreKeyStore + MailboxStore + TrustStore + tlog::TlogStore> Store for T {}

@@ -44,6 +44,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
 use sealpost_protocol::prekeys::{KemPreKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use sealpost_protocol::tlog::LogLeaf;
 use sealpost_protocol::trust::{ClientAttestation, LogEntry, SignedRoster};
 use sealpost_protocol::wire::Role;
 use tokio::sync::{oneshot, Semaphore};
@@ -51,8 +52,9 @@ use tokio::sync::{oneshot, Semaphore};
 use mailbox::{Batch, Mailboxes, WriterCounters};
 pub use mailbox::{MailboxStats, MAX_CACHED_MAILBOXES, MAX_EXPIRED_PER_PASS, MAX_STAGED_BYTES};
 
+use super::tlog::{check_room, encode_leaf, TlogStore, MAX_LEAVES_PER_READ};
 use super::{
-    AccountRecord, AccountStore, CodeRecord, DeviceRecord, Enqueued, LogEffects, MailboxStore,
+    enrollment_leaves, genesis_device, AccountRecord, AccountStore, CodeRecord, DeviceRecord, Enqueued, LogEffects, MailboxStore,
     OnStaged, Pending, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError,
     TrustStore, CODE_ID_HEX, MAX_DEVICES_PER_ACCOUNT, MAX_LOG_ENTRY_BYTES, MAX_STORED_LOG_ENTRIES,
     MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
@@ -244,6 +246,26 @@ CREATE TABLE attestations (
     // Version 5: accounts the operator disabled (`sealpost-relay admin disable`).
     r#"
 ALTER TABLE accounts ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+"#,
+    // Version 6: the transparency log (issue 10). Leaves are append-only (the triggers
+    // refuse changes; `sealpost-relay audit verify` detects them anyway); checkpoints are
+    // the signed note texts, replaced when a witness cosignature is added.
+    r#"
+CREATE TABLE tlog_leaves (
+    idx        INTEGER PRIMARY KEY,
+    leaf       BLOB NOT NULL,
+    stored_ms  INTEGER NOT NULL
+);
+CREATE TRIGGER tlog_leaves_no_update BEFORE UPDATE ON tlog_leaves
+BEGIN SELECT RAISE(ABORT, 'the transparency log is append-only'); END;
+CREATE TRIGGER tlog_leaves_no_delete BEFORE DELETE ON tlog_leaves
+BEGIN SELECT RAISE(ABORT, 'the transparency log is append-only'); END;
+
+CREATE TABLE tlog_checkpoints (
+    size       INTEGER PRIMARY KEY,
+    note       TEXT NOT NULL,
+    stored_ms  INTEGER NOT NULL
+);
 "#,
 ];
 
@@ -1487,10 +1509,29 @@ fn insert_log_row(
     Ok(())
 }
 
+/// Append a transparency-log leaf in the caller's transaction; returns its index.
+fn op_append_leaf(c: &Connection, leaf: &[u8], now_ms: u64) -> Result<u64, StoreError> {
+    let have = leaf_count(c)?;
+    check_room(have)?;
+    c.prepare_cached("INSERT INTO tlog_leaves (idx, leaf, stored_ms) VALUES (?1, ?2, ?3)")
+        .and_then(|mut s| s.execute(params![int(have), leaf, int(now_ms)]))
+        .map_err(backend)?;
+    Ok(have)
+}
+
+fn leaf_count(c: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = c
+        .prepare_cached("SELECT COALESCE(MAX(idx) + 1, 0) FROM tlog_leaves")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(backend)?;
+    uint(n, "leaf index")
+}
+
 fn op_append_roster(
     c: &Connection,
     version: u64,
     bytes: &[u8],
+    leaf: &[u8],
     now_ms: u64,
 ) -> Result<(), StoreError> {
     let have: i64 = c
@@ -1513,6 +1554,7 @@ fn op_append_roster(
     )
     .and_then(|mut s| s.execute(params![int(version), bytes, int(now_ms)]))
     .map_err(backend)?;
+    op_append_leaf(c, leaf, now_ms)?;
     Ok(())
 }
 
@@ -1520,6 +1562,7 @@ fn op_append_log(
     c: &Connection,
     entry: &LogEntry,
     bytes: &[u8],
+    leaf: &[u8],
     effects: &LogEffects,
     now_ms: u64,
 ) -> Result<(), StoreError> {
@@ -1580,7 +1623,9 @@ fn op_append_log(
     c.prepare_cached("UPDATE accounts SET frozen = ?2 WHERE id = ?1")
         .and_then(|mut s| s.execute(params![account.as_str(), effects.frozen]))
         .map_err(backend)?;
-    insert_log_row(c, entry, bytes, now_ms)
+    insert_log_row(c, entry, bytes, now_ms)?;
+    op_append_leaf(c, leaf, now_ms)?;
+    Ok(())
 }
 
 fn op_enroll_first(
@@ -1590,6 +1635,7 @@ fn op_enroll_first(
     identity: &PublicIdentity,
     genesis: &LogEntry,
     bytes: &[u8],
+    leaves: &[Vec<u8>],
     now_ms: u64,
 ) -> Result<DeviceRecord, StoreError> {
     if log_len(c, account)? > 0 {
@@ -1597,6 +1643,9 @@ fn op_enroll_first(
     }
     let record = op_redeem(c, account, code_hash, identity, now_ms)?;
     insert_log_row(c, genesis, bytes, now_ms)?;
+    for leaf in leaves {
+        op_append_leaf(c, leaf, now_ms)?;
+    }
     Ok(record)
 }
 
@@ -1606,7 +1655,8 @@ impl TrustStore for SqliteStore {
         let bytes = link
             .to_cbor()
             .map_err(|e| StoreError::Backend(format!("encoding a roster: {e}")))?;
-        self.write(move |c| op_append_roster(c, version, &bytes, now_ms))
+        let leaf = encode_leaf(&LogLeaf::roster(link, now_ms))?;
+        self.write(move |c| op_append_roster(c, version, &bytes, &leaf, now_ms))
             .await
     }
 
@@ -1705,6 +1755,7 @@ impl TrustStore for SqliteStore {
             .to_cbor()
             .map_err(|e| StoreError::Backend(format!("encoding an attestation: {e}")))?;
         let account = attestation.account.clone();
+        let attestation = attestation.clone();
         self.write(move |c| {
             let exists: bool = c
                 .prepare_cached("SELECT EXISTS (SELECT 1 FROM accounts WHERE id = ?1)")
@@ -1723,6 +1774,17 @@ impl TrustStore for SqliteStore {
             if n == 0 {
                 return Err(StoreError::Conflict("attestation"));
             }
+            let first: Option<Vec<u8>> = c
+                .prepare_cached("SELECT entry FROM device_log WHERE account = ?1 AND seq = 0")
+                .and_then(|mut s| s.query_row(params![account.as_str()], |r| r.get(0)).optional())
+                .map_err(backend)?;
+            let device = match first {
+                Some(b) => genesis_device(&decode_entry(&b)?),
+                None => None,
+            }
+            .ok_or(StoreError::NotFound("device log"))?;
+            let leaf = encode_leaf(&LogLeaf::attestation(&attestation, device, now_ms))?;
+            op_append_leaf(c, &leaf, now_ms)?;
             Ok(())
         })
         .await
@@ -1784,8 +1846,9 @@ impl TrustStore for SqliteStore {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let bytes = encode_entry(entry)?;
+        let leaf = encode_leaf(&LogLeaf::device_log_head(entry, now_ms))?;
         let (entry, effects) = (entry.clone(), effects.clone());
-        self.write(move |c| op_append_log(c, &entry, &bytes, &effects, now_ms))
+        self.write(move |c| op_append_log(c, &entry, &bytes, &leaf, &effects, now_ms))
             .await
     }
 
@@ -1798,9 +1861,99 @@ impl TrustStore for SqliteStore {
         now_ms: u64,
     ) -> Result<DeviceRecord, StoreError> {
         let bytes = encode_entry(genesis)?;
+        let leaves = enrollment_leaves(account, identity, genesis, now_ms)?;
         let (account, identity, genesis) = (account.clone(), identity.clone(), genesis.clone());
         self.write(move |c| {
-            op_enroll_first(c, &account, &code_hash, &identity, &genesis, &bytes, now_ms)
+            op_enroll_first(
+                c, &account, &code_hash, &identity, &genesis, &bytes, &leaves, now_ms,
+            )
+        })
+        .await
+    }
+}
+
+impl TlogStore for SqliteStore {
+    async fn append_leaf(&self, leaf: &[u8], now_ms: u64) -> Result<u64, StoreError> {
+        let leaf = leaf.to_vec();
+        self.write(move |c| op_append_leaf(c, &leaf, now_ms)).await
+    }
+
+    async fn leaves(&self, start: u64, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let limit = i64::try_from(limit.min(MAX_LEAVES_PER_READ)).unwrap_or(0);
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT leaf FROM tlog_leaves WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![int(start), limit], |r| r.get::<_, Vec<u8>>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn leaf_count(&self) -> Result<u64, StoreError> {
+        self.read(leaf_count).await
+    }
+
+    async fn put_checkpoint(&self, size: u64, note: &str, now_ms: u64) -> Result<(), StoreError> {
+        let note = note.to_owned();
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO tlog_checkpoints (size, note, stored_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+            )
+            .and_then(|mut s| s.execute(params![int(size), note, int(now_ms)]))
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT note FROM tlog_checkpoints WHERE size = ?1")
+                .and_then(|mut s| s.query_row(params![int(size)], |r| r.get(0)).optional())
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn checkpoints_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = after.map_or(-1, int);
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT size, note FROM tlog_checkpoints WHERE size > ?1 ORDER BY size LIMIT ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![after, limit], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|(n, note)| Ok((uint(n, "checkpoint size")?, note)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.read(move |c| {
+            let row: Option<(i64, String)> = c
+                .prepare_cached("SELECT size, note FROM tlog_checkpoints ORDER BY size DESC LIMIT 1")
+                .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .map_err(backend)?;
+            row.map(|(n, note)| Ok((uint(n, "checkpoint size")?, note)))
+                .transpose()
         })
         .await
     }
