@@ -596,6 +596,9 @@ struct StateFile {
     /// The verified head of every account's device log seen.
     #[serde(default)]
     log_heads: Vec<crate::trust::LogHeadRecord>,
+    /// The transparency-log checkpoint accepted last (signed note text, §21.6).
+    #[serde(default)]
+    tlog_checkpoint: Option<String>,
     /// Approval requests, incoming and outgoing.
     #[serde(default)]
     approvals: Vec<crate::approvals::ApprovalRecord>,
@@ -683,6 +686,7 @@ impl Client {
             roster: Vec::new(),
             roster_head: None,
             log_heads: Vec::new(),
+            tlog_checkpoint: None,
             approvals: Vec::new(),
             link_offers: Vec::new(),
             new_link: None,
@@ -797,7 +801,12 @@ impl Client {
             conn: None,
             pending_receipts: BTreeMap::new(),
             pending_acks: Vec::new(),
-            trust: crate::trust::TrustCache::restore(file.roster, file.roster_head, file.log_heads),
+            trust: crate::trust::TrustCache::restore(
+                file.roster,
+                file.roster_head,
+                file.log_heads,
+                file.tlog_checkpoint.as_deref(),
+            ),
             approvals: file.approvals,
             link_offers: file.link_offers,
             new_link: file.new_link.map(crate::trust::NewDeviceLink::restored),
@@ -853,6 +862,7 @@ impl Client {
             roster: self.trust.roster_links(),
             roster_head: self.trust.roster_head,
             log_heads: self.trust.head_records(),
+            tlog_checkpoint: self.trust.checkpoint.as_ref().map(|c| c.to_text()),
             approvals: self.approvals.clone(),
             link_offers: self.link_offers.clone(),
             new_link: self.new_link.as_ref().map(|l| l.record.clone()),
@@ -1645,7 +1655,12 @@ impl Client {
     /// split view with `to`.
     pub(crate) fn views_for(&self, to: &AccountId) -> LogViews {
         let mine = self.account.as_ref().and_then(|m| self.trust.head(m));
-        crate::receive::views_for(mine, self.trust.head(to), self.splits.contains(to))
+        crate::receive::views_for(
+            mine,
+            self.trust.head(to),
+            self.splits.contains(to),
+            crate::transparency::view_of(self.trust.checkpoint.as_ref().map(|c| &c.checkpoint)),
+        )
     }
 
     /// Commit the session state a decryption produced: the advanced session, or the new
@@ -1892,6 +1907,15 @@ impl Client {
                     )
                 })
             }
+        };
+        // The transparency log (§21.7): the sender's checkpoint must be consistent with
+        // this device's.
+        let split = match split {
+            Some(s) => Some(s),
+            None => self
+                .compare_checkpoint(views.and_then(|v| v.checkpoint.as_ref()))
+                .await?
+                .map(|reason| (reason, false)),
         };
         if let Some((reason, reported_by_peer)) = split {
             let new = self.splits.record(SplitRecord {

@@ -19,6 +19,8 @@
 //!   instructions), a sensitive kind refused from devices on probation.
 //! * [`receive`]: the receive core with no I/O: deduplicate, decrypt on a working copy,
 //!   compare log views, judge show / hold / refuse; the client commits what it says.
+//! * [`transparency`]: the device's checks of the transparency log (proofs, checkpoints in
+//!   messages), decisions only.
 //! * [`backoff`]: pauses between reconnection attempts (exponential, with jitter).
 //! * [`clock`]: the wall clock, read in one place, and instants written for people.
 //! * [`display`]: peer text made safe to show on a terminal (control characters escaped).
@@ -35,11 +37,13 @@ pub mod client;
 pub mod clock;
 pub mod display;
 pub mod instructions;
+pub mod logcheck;
 pub mod net;
 pub mod notices;
 pub mod org;
 pub mod receive;
 pub mod state;
+pub mod transparency;
 pub mod trust;
 
 pub use approvals::{ApprovalDirection, ApprovalStatus, ApprovalView};

@@ -735,6 +735,118 @@ impl RelayConnection {
         }
     }
 
+    /// Ask the relay to prove a device-log head or a roster version in the transparency
+    /// log (`prove_log_head` / `prove_roster`, docs/PROTOCOL.md §21.5) against its latest
+    /// checkpoint, with a consistency proof from `old_size`.
+    pub async fn prove(
+        &self,
+        claim: &crate::transparency::Claim,
+        old_size: u64,
+    ) -> Result<LogProofAnswer, NetError> {
+        use crate::transparency::Claim;
+        let body = match claim {
+            Claim::LogHead {
+                account,
+                length,
+                head,
+            } => FrameBody::ProveLogHead {
+                account: account.clone(),
+                length: *length,
+                head: *head,
+                old_size,
+            },
+            Claim::Roster { version, hash } => FrameBody::ProveRoster {
+                version: *version,
+                hash: *hash,
+                old_size,
+            },
+        };
+        match self.request(body).await? {
+            FrameBody::LogProof {
+                checkpoint,
+                index,
+                leaf,
+                inclusion,
+                consistency,
+            } => Ok(LogProofAnswer {
+                checkpoint: checkpoint.as_str().to_owned(),
+                index,
+                leaf: leaf.as_slice().to_vec(),
+                inclusion: sealpost_protocol::tlog::proof_hashes(inclusion.as_slice()),
+                consistency: sealpost_protocol::tlog::proof_hashes(consistency.as_slice()),
+            }),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// The relay's latest checkpoint note (`get_checkpoint`).
+    pub async fn checkpoint(&self) -> Result<String, NetError> {
+        match self.request(FrameBody::GetCheckpoint).await? {
+            FrameBody::Checkpoint { note } => Ok(note.as_str().to_owned()),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// A consistency proof between two tree sizes (`get_consistency`).
+    pub async fn consistency(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<Vec<sealpost_protocol::tlog::Hash>, NetError> {
+        match self
+            .request(FrameBody::GetConsistency { old_size, new_size })
+            .await?
+        {
+            FrameBody::Consistency {
+                old_size: o,
+                new_size: n,
+                proof,
+            } if o == old_size && n == new_size => {
+                Ok(sealpost_protocol::tlog::proof_hashes(proof.as_slice()))
+            }
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Leaves from `start` (`get_log_leaves`, one page): the leaves and the log's size.
+    pub async fn log_leaves(
+        &self,
+        start: u64,
+        count: u16,
+    ) -> Result<(Vec<Vec<u8>>, u64), NetError> {
+        match self
+            .request(FrameBody::GetLogLeaves { start, count })
+            .await?
+        {
+            FrameBody::LogLeaves {
+                start: s,
+                leaves,
+                size,
+            } if s == start => Ok((
+                leaves
+                    .into_inner()
+                    .into_iter()
+                    .map(|l| l.as_slice().to_vec())
+                    .collect(),
+                size,
+            )),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Hand the relay a witness cosignature of its checkpoint of `size` leaves.
+    pub async fn submit_cosignature(&self, size: u64, line: &str) -> Result<(), NetError> {
+        let line = BoundedString::try_from(line.to_owned())
+            .map_err(|e| NetError::Unexpected(format!("cosignature line: {e}")))?;
+        match self
+            .request(FrameBody::SubmitCosignature { size, line })
+            .await?
+        {
+            FrameBody::Done => Ok(()),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// The lengths of the device logs this device is told about (`get_log_heads`, every
     /// page), ascending by account.
     pub async fn log_heads(&self) -> Result<Vec<wire::LogLength>, NetError> {
@@ -1266,6 +1378,34 @@ pub struct LinkStatus {
 /// identities): the identities of `devices`.
 pub fn identities(devices: &[DeviceInfo]) -> Vec<PublicIdentity> {
     devices.iter().map(|d| d.identity.clone()).collect()
+}
+
+/// A `log_proof` answer (docs/PROTOCOL.md §21.5), owned.
+#[derive(Clone, Debug)]
+pub struct LogProofAnswer {
+    /// The checkpoint note text.
+    pub checkpoint: String,
+    /// The leaf's index.
+    pub index: u64,
+    /// The leaf bytes.
+    pub leaf: Vec<u8>,
+    /// Inclusion proof.
+    pub inclusion: Vec<sealpost_protocol::tlog::Hash>,
+    /// Consistency proof from the asked size.
+    pub consistency: Vec<sealpost_protocol::tlog::Hash>,
+}
+
+impl LogProofAnswer {
+    /// Borrowed, for [`crate::transparency::check_leaf_proof`].
+    pub fn as_answer(&self) -> crate::transparency::ProofAnswer<'_> {
+        crate::transparency::ProofAnswer {
+            checkpoint: &self.checkpoint,
+            index: self.index,
+            leaf: &self.leaf,
+            inclusion: &self.inclusion,
+            consistency: &self.consistency,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use sealpost_protocol::content::{Content, HeadView, LogViews, Message};
+use sealpost_protocol::content::{CheckpointView, Content, HeadView, LogViews, Message};
 use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId};
 use sealpost_protocol::identity::{AccountId, DeviceId, IdentityKeyPair};
 use sealpost_protocol::trust::{DeviceSet, Digest, LogHead, SendDecision};
@@ -539,11 +539,17 @@ pub fn head_view(h: &LogHead) -> HeadView {
 }
 
 /// The views a device of `me` puts in a message to `to` (for a sync copy, `to` = `me`).
-pub fn views_for(my_head: Option<&LogHead>, their_head: Option<&LogHead>, split: bool) -> LogViews {
+pub fn views_for(
+    my_head: Option<&LogHead>,
+    their_head: Option<&LogHead>,
+    split: bool,
+    checkpoint: Option<CheckpointView>,
+) -> LogViews {
     LogViews {
         sender: my_head.map(head_view),
         recipient: their_head.map(head_view),
         split,
+        checkpoint,
     }
 }
 
@@ -1135,8 +1141,9 @@ mod tests {
             seq,
             hash: Digest([x; 32]),
         };
-        let v =
-            |s: Option<LogHead>, r: Option<LogHead>| Some(views_for(s.as_ref(), r.as_ref(), false));
+        let v = |s: Option<LogHead>, r: Option<LogHead>| {
+            Some(views_for(s.as_ref(), r.as_ref(), false, None))
+        };
         assert_eq!(
             compare_views(&a, &b, None, Some(&h(0, 1)), Some(&h(0, 2)), false),
             ViewCheck::Unclaimed

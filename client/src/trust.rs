@@ -26,12 +26,15 @@ use std::time::Duration;
 use rand::rngs::OsRng;
 use sealpost_protocol::envelope::EnvelopeKind;
 use sealpost_protocol::identity::{AccountId, DeviceId, PublicIdentity};
+use sealpost_protocol::tlog::SignedCheckpoint;
 use sealpost_protocol::trust::{
     first_contact, DeviceAction, DeviceLog, DeviceSet, Digest, EntryAuthorization, EntryBody,
     EntryTimes, LinkChallenge, LinkCode, LinkCommitment, LinkNonce, LogEntry, LogHead, RosterChain,
     RosterHead, SendDecision, SignedRoster, Standing, TrustError, MAX_COOLING_OFF_MS,
 };
 use sealpost_protocol::wire::{ErrorCode, Role};
+
+use crate::transparency::Claim;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
@@ -143,6 +146,9 @@ pub(crate) struct TrustCache {
     frozen: BTreeSet<AccountId>,
     sets: HashMap<AccountId, (DeviceSet, u64)>,
     reported: HashSet<(AccountId, DeviceId)>,
+    /// The transparency-log checkpoint this device accepted last (persisted as its note):
+    /// every later proof must extend it (docs/PROTOCOL.md §21.6).
+    pub(crate) checkpoint: Option<SignedCheckpoint>,
 }
 
 impl TrustCache {
@@ -150,7 +156,11 @@ impl TrustCache {
         links: Vec<SignedRoster>,
         head: Option<RosterHead>,
         heads: Vec<LogHeadRecord>,
+        checkpoint: Option<&str>,
     ) -> Self {
+        // The profile is encrypted and authenticated: a note that no longer parses means a
+        // format this build does not know; the next proof starts from none.
+        let checkpoint = checkpoint.and_then(|n| SignedCheckpoint::parse(n.as_bytes()).ok());
         let frozen = heads
             .iter()
             .filter(|r| r.frozen)
@@ -180,6 +190,7 @@ impl TrustCache {
             heads,
             frozen,
             first_seen,
+            checkpoint,
             ..Self::default()
         }
     }
@@ -490,6 +501,17 @@ impl Client {
         match RosterChain::verify(&pinned, links, held.as_ref(), now) {
             Ok(chain) => {
                 let head = chain.head_ref();
+                // A roster version this device accepts for the first time must be in the
+                // transparency log its own policy names (§21.6).
+                if held.is_none_or(|h| h.version < head.version) {
+                    if let Some(policy) = chain.head().policy().transparency.clone() {
+                        let claim = Claim::Roster {
+                            version: head.version,
+                            hash: chain.head().hash().0,
+                        };
+                        self.prove_in_log(&policy, claim).await?;
+                    }
+                }
                 if held.is_none_or(|h| h.version < head.version) {
                     self.events.push(Event::RosterUpdated {
                         version: head.version,
@@ -687,6 +709,22 @@ impl Client {
                 return Err(ClientError::Trust(e));
             }
         };
+        // A head this device has not accepted before must be in the transparency log
+        // (§21.6), when the roster names one: the log proves that every device is shown
+        // the same head, and a relay that cannot prove it is refused.
+        if let (Some(head), Some(policy)) = (set.head, self.transparency_policy()) {
+            if held.is_none_or(|h| h.seq != head.seq || h.hash != head.hash) {
+                let claim = Claim::LogHead {
+                    account: account.clone(),
+                    length: head.seq.saturating_add(1),
+                    head: head.hash.0,
+                };
+                if let Err(e) = self.prove_in_log(&policy, claim).await {
+                    self.trust.forget_set(account);
+                    return Err(e);
+                }
+            }
+        }
         let mut events = Vec::new();
         // What this client last saw, persisted: a freeze is reported when it changes, not
         // on every run while the account stays frozen.

@@ -522,6 +522,7 @@ fn paired_checks() {
             sender: Some(head),
             recipient: Some(head),
             split: false,
+            checkpoint: None,
         }));
         let without = message(None);
         println!(

@@ -69,6 +69,24 @@ pub struct LogViews {
     /// showed the two sides different logs. The recipient warns its user too and refuses
     /// sensitive kinds across the pair until the views agree.
     pub split: bool,
+    /// The transparency-log checkpoint the sending device last accepted
+    /// (docs/PROTOCOL.md §21.7): the recipient compares it with its own. Absent when the
+    /// sender holds none (no log configured in the roster, or a sender that predates
+    /// it); encoded only when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointView>,
+}
+
+/// A transparency-log checkpoint as carried in a message: its tree size and root hash
+/// (the signed note stays with the device that verified it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointView {
+    /// Leaves in the log.
+    pub size: u64,
+    /// The RFC 9162 root hash of those leaves.
+    #[serde(with = "bytes_array")]
+    pub root: [u8; 32],
 }
 
 /// Which receipt.
@@ -436,6 +454,7 @@ mod tests {
             }),
             recipient: None,
             split: true,
+            checkpoint: None,
         });
         let with = m.encode().unwrap();
         assert_eq!(with[0], 0xa4);

@@ -696,6 +696,7 @@ fn message_content_encodings() {
             }),
             recipient: None,
             split: true,
+            checkpoint: None,
         }),
     };
     let bytes = with_views.encode().unwrap();

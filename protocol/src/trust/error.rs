@@ -478,6 +478,12 @@ pub enum TrustError {
     #[error("notice carries unexpected co-signatures for {0}")]
     UnexpectedCosignatures(Operation),
 
+    /// The transparency log does not prove what the relay served, or showed this device
+    /// another log than before (docs/PROTOCOL.md §21.6); the message says what did not
+    /// match.
+    #[error("{0}")]
+    Transparency(String),
+
     // ----- plumbing -----
     /// A primitive refused an input.
     #[error(transparent)]

@@ -17,10 +17,10 @@ use sealpost_protocol::wire::Role;
 
 use super::tlog::{check_room, encode_leaf, TlogStore, MAX_LEAVES_PER_READ};
 use super::{
-    enrollment_leaves, genesis_device, AccountRecord, AccountStore, CodeRecord, DeviceRecord, Enqueued, LogEffects, MailboxStore,
-    OnStaged, Pending, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError,
-    TrustStore, CODE_ID_HEX, MAX_DEVICES_PER_ACCOUNT, MAX_STORED_LOG_ENTRIES,
-    MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
+    enrollment_leaves, genesis_device, AccountRecord, AccountStore, CodeRecord, DeviceRecord,
+    Enqueued, LogEffects, MailboxStore, OnStaged, Pending, PreKeyCounts, PreKeyStore, PreKeyUpload,
+    QueueStats, Quota, StoreError, TrustStore, CODE_ID_HEX, MAX_DEVICES_PER_ACCOUNT,
+    MAX_STORED_LOG_ENTRIES, MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
 };
 
 /// An enrolment code (only its hash is known).
