@@ -599,6 +599,9 @@ struct StateFile {
     /// The transparency-log checkpoint accepted last (signed note text, §21.6).
     #[serde(default)]
     tlog_checkpoint: Option<String>,
+    /// This device's witness key, if it is a witness of the transparency log (§21.8).
+    #[serde(default)]
+    witness: Option<crate::witness::WitnessKeyRecord>,
     /// Approval requests, incoming and outgoing.
     #[serde(default)]
     approvals: Vec<crate::approvals::ApprovalRecord>,
@@ -656,6 +659,8 @@ pub struct Client {
     pub(crate) events: Vec<Event>,
     /// Validity of approval requests this device initiates.
     pub(crate) approval_validity_ms: u64,
+    /// This device's witness key (§21.8), if any.
+    pub(crate) witness: Option<crate::witness::WitnessKeyRecord>,
 }
 
 impl Client {
@@ -687,6 +692,7 @@ impl Client {
             roster_head: None,
             log_heads: Vec::new(),
             tlog_checkpoint: None,
+            witness: None,
             approvals: Vec::new(),
             link_offers: Vec::new(),
             new_link: None,
@@ -720,6 +726,7 @@ impl Client {
             new_link: None,
             events: Vec::new(),
             approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
+            witness: None,
         };
         client.save()?;
         Ok(client)
@@ -813,6 +820,7 @@ impl Client {
             attest: file.attest,
             events: Vec::new(),
             approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
+            witness: file.witness,
             profile,
         })
     }
@@ -863,6 +871,7 @@ impl Client {
             roster_head: self.trust.roster_head,
             log_heads: self.trust.head_records(),
             tlog_checkpoint: self.trust.checkpoint.as_ref().map(|c| c.to_text()),
+            witness: self.witness.clone(),
             approvals: self.approvals.clone(),
             link_offers: self.link_offers.clone(),
             new_link: self.new_link.as_ref().map(|l| l.record.clone()),

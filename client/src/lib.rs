@@ -21,6 +21,7 @@
 //!   compare log views, judge show / hold / refuse; the client commits what it says.
 //! * [`transparency`]: the device's checks of the transparency log (proofs, checkpoints in
 //!   messages), decisions only.
+//! * [`witness`]: `sealpost audit follow`: follow, verify and cosign the transparency log.
 //! * [`backoff`]: pauses between reconnection attempts (exponential, with jitter).
 //! * [`clock`]: the wall clock, read in one place, and instants written for people.
 //! * [`display`]: peer text made safe to show on a terminal (control characters escaped).
@@ -45,6 +46,7 @@ pub mod receive;
 pub mod state;
 pub mod transparency;
 pub mod trust;
+pub mod witness;
 
 pub use approvals::{ApprovalDirection, ApprovalStatus, ApprovalView};
 pub use attest::{AttestStatus, UnattestedView};

@@ -217,6 +217,42 @@ enum Command {
         #[command(subcommand)]
         command: AttestCommand,
     },
+    /// The transparency log's witness (security staff): create the witness key the roster
+    /// lists, then follow the relay's log, verify every leaf and checkpoint from the
+    /// pinned organisation, and cosign what verified.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// `sealpost audit ...`
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Create this device's witness key with --name (once), or show it. Its name and key
+    /// go into the roster's `[[policy.witness]]` through a roster change.
+    WitnessKey {
+        /// The witness's name, e.g. witness.security.example (letters, digits, `.`, `-`,
+        /// `/`, `_`).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Follow the relay's transparency log: download every leaf, check each checkpoint
+    /// is the root of exactly those leaves and extends the last one cosigned, check
+    /// roster and device-log leaves against what verifies from the pinned organisation,
+    /// and cosign. Stops with exit 8, naming the first leaf or checkpoint at fault, when
+    /// the log does not verify.
+    Follow {
+        /// One pass, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between passes.
+        #[arg(long, default_value_t = 5, value_name = "DURATION", value_parser = parse_seconds)]
+        interval: u64,
+        /// Stop after this long.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_seconds)]
+        for_secs: Option<u64>,
+    },
 }
 
 /// `sealpost attest ...`

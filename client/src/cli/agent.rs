@@ -52,7 +52,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use super::error::{CliError, Exit};
 use super::output::Out;
 use super::{Ctx, RelayBudget};
-use crate::{Command, DeviceCommand, OrgCommand, RosterCommand};
+use crate::{AuditCommand, Command, DeviceCommand, OrgCommand, RosterCommand};
 
 /// `println!` for the CLI: to the forwarded command's client while one is served.
 macro_rules! println {
@@ -175,6 +175,9 @@ pub enum Route {
 pub fn route(command: &Command) -> Route {
     match command {
         Command::Init | Command::Enroll { .. } | Command::Listen { .. } => Route::Exclusive,
+        Command::Audit {
+            command: AuditCommand::Follow { .. },
+        } => Route::Exclusive,
         Command::Device {
             command: DeviceCommand::Link { .. },
         } => Route::Exclusive,
@@ -196,6 +199,9 @@ fn name(command: &Command) -> &'static str {
         Command::Init => "init",
         Command::Enroll { .. } => "enroll",
         Command::Listen { .. } => "listen",
+        Command::Audit {
+            command: AuditCommand::Follow { .. },
+        } => "audit follow",
         Command::Device {
             command: DeviceCommand::Link { .. },
         } => "device link",

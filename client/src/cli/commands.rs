@@ -89,6 +89,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Device { command } => super::trust::device(ctx, command).await,
         Command::Approvals { command } => super::trust::approvals(ctx, command).await,
         Command::Attest { command } => super::trust::attest(ctx, command).await,
+        Command::Audit { command } => super::audit::audit(ctx, command).await,
         // Handled in main.rs before any profile is opened.
         Command::Completions { .. } | Command::Man { .. } => Err(CliError::usage(
             "completions and man pages are printed without a profile",

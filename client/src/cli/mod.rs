@@ -3,6 +3,7 @@
 // First: its `println!`-family macros are used by everything below.
 #[macro_use]
 pub mod agent;
+pub mod audit;
 pub mod commands;
 pub mod error;
 pub mod output;
