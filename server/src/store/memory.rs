@@ -17,10 +17,10 @@ use sealpost_protocol::wire::Role;
 
 use super::tlog::{check_room, encode_leaf, TlogStore, MAX_LEAVES_PER_READ};
 use super::{
-    enrollment_leaves, genesis_device, AccountRecord, AccountStore, CodeRecord, DeviceRecord, Enqueued, LogEffects, MailboxStore,
-    OnStaged, Pending, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError,
-    TrustStore, CODE_ID_HEX, MAX_DEVICES_PER_ACCOUNT, MAX_STORED_LOG_ENTRIES,
-    MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
+    enrollment_leaves, genesis_device, AccountRecord, AccountStore, CodeRecord, DeviceRecord,
+    Enqueued, LogEffects, MailboxStore, OnStaged, Pending, PreKeyCounts, PreKeyStore, PreKeyUpload,
+    QueueStats, Quota, StoreError, TrustStore, CODE_ID_HEX, MAX_DEVICES_PER_ACCOUNT,
+    MAX_STORED_LOG_ENTRIES, MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
 };
 
 /// An enrolment code (only its hash is known).
@@ -905,14 +905,15 @@ impl TlogStore for MemoryStore {
         Ok(index)
     }
 
-    async fn leaves(&self, start: u64, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    async fn leaves(&self, start: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let g = self.lock()?;
         let skip = usize::try_from(start).unwrap_or(usize::MAX);
         Ok(g.leaves
             .iter()
+            .enumerate()
             .skip(skip)
             .take(limit.min(MAX_LEAVES_PER_READ))
-            .cloned()
+            .map(|(i, l)| (i as u64, l.clone()))
             .collect())
     }
 

@@ -54,10 +54,11 @@ pub use mailbox::{MailboxStats, MAX_CACHED_MAILBOXES, MAX_EXPIRED_PER_PASS, MAX_
 
 use super::tlog::{check_room, encode_leaf, TlogStore, MAX_LEAVES_PER_READ};
 use super::{
-    enrollment_leaves, genesis_device, AccountRecord, AccountStore, CodeRecord, DeviceRecord, Enqueued, LogEffects, MailboxStore,
-    OnStaged, Pending, PreKeyCounts, PreKeyStore, PreKeyUpload, QueueStats, Quota, StoreError,
-    TrustStore, CODE_ID_HEX, MAX_DEVICES_PER_ACCOUNT, MAX_LOG_ENTRY_BYTES, MAX_STORED_LOG_ENTRIES,
-    MAX_STORED_ONE_TIME_PREKEYS, MAX_STORED_ROSTER_VERSIONS,
+    enrollment_leaves, genesis_device, AccountRecord, AccountStore, CodeRecord, DeviceRecord,
+    Enqueued, LogEffects, MailboxStore, OnStaged, Pending, PreKeyCounts, PreKeyStore, PreKeyUpload,
+    QueueStats, Quota, StoreError, TrustStore, CODE_ID_HEX, MAX_DEVICES_PER_ACCOUNT,
+    MAX_LOG_ENTRY_BYTES, MAX_STORED_LOG_ENTRIES, MAX_STORED_ONE_TIME_PREKEYS,
+    MAX_STORED_ROSTER_VERSIONS,
 };
 
 /// Most operations committed in one transaction. Under load the writer takes whatever
@@ -1776,7 +1777,10 @@ impl TrustStore for SqliteStore {
             }
             let first: Option<Vec<u8>> = c
                 .prepare_cached("SELECT entry FROM device_log WHERE account = ?1 AND seq = 0")
-                .and_then(|mut s| s.query_row(params![account.as_str()], |r| r.get(0)).optional())
+                .and_then(|mut s| {
+                    s.query_row(params![account.as_str()], |r| r.get(0))
+                        .optional()
+                })
                 .map_err(backend)?;
             let device = match first {
                 Some(b) => genesis_device(&decode_entry(&b)?),
@@ -1878,17 +1882,23 @@ impl TlogStore for SqliteStore {
         self.write(move |c| op_append_leaf(c, &leaf, now_ms)).await
     }
 
-    async fn leaves(&self, start: u64, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    async fn leaves(&self, start: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let limit = i64::try_from(limit.min(MAX_LEAVES_PER_READ)).unwrap_or(0);
         self.read(move |c| {
-            c.prepare_cached(
-                "SELECT leaf FROM tlog_leaves WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![int(start), limit], |r| r.get::<_, Vec<u8>>(0))?
+            let rows = c
+                .prepare_cached(
+                    "SELECT idx, leaf FROM tlog_leaves WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![int(start), limit], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })?
                     .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(backend)
+                })
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|(i, l)| Ok((uint(i, "leaf index")?, l)))
+                .collect()
         })
         .await
     }
@@ -1949,7 +1959,9 @@ impl TlogStore for SqliteStore {
     async fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
         self.read(move |c| {
             let row: Option<(i64, String)> = c
-                .prepare_cached("SELECT size, note FROM tlog_checkpoints ORDER BY size DESC LIMIT 1")
+                .prepare_cached(
+                    "SELECT size, note FROM tlog_checkpoints ORDER BY size DESC LIMIT 1",
+                )
                 .and_then(|mut s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
                 .map_err(backend)?;
             row.map(|(n, note)| Ok((uint(n, "checkpoint size")?, note)))
