@@ -216,6 +216,11 @@ pub struct Config {
     /// `info,sealpost_server::conn=debug` (`RUST_LOG`, when set, takes precedence).
     /// Re-read on SIGHUP.
     pub log_level: String,
+    /// The transparency log's origin: the first line of its checkpoints and the name of
+    /// its signing key (a schema-less URL such as `relay.example.com/log`). The key is
+    /// `log-key.bin` in the data directory; `sealpost-relay audit key` prints it for the
+    /// roster's `log_key`.
+    pub log_origin: String,
 }
 
 impl Default for Config {
@@ -230,6 +235,7 @@ impl Default for Config {
             limits: Limits::default(),
             org_fingerprint: None,
             log_level: "info".into(),
+            log_origin: crate::tlog::DEFAULT_LOG_ORIGIN.into(),
         }
     }
 }

@@ -18,6 +18,7 @@
 //!   (`/metrics`, `/healthz`, `/readyz`).
 
 pub mod admin;
+pub mod audit;
 pub mod backup;
 pub mod config;
 pub mod conn;
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod policy;
 pub mod relay;
 pub mod store;
+pub mod tlog;
 pub mod tls;
 pub mod transfer;
 pub mod trust;
@@ -132,8 +134,14 @@ impl<S: Store> Server<S> {
             ),
             config::Backend::Memory => Arc::new(store::blob::MemoryBlobStore::new(blob_limits)),
         };
+        let log_key = tlog::load_or_create_key(&config.data_dir, &config.log_origin)
+            .map_err(|e| ServerError::Trust(e.to_string()))?;
         Ok(Self {
-            relay: Arc::new(Relay::new(store, config).with_blobs(blobs)),
+            relay: Arc::new(
+                Relay::new(store, config)
+                    .with_blobs(blobs)
+                    .with_log_signer(log_key),
+            ),
             endpoint,
             ca_fingerprint,
             http,
@@ -220,6 +228,25 @@ impl<S: Store> Server<S> {
             None => info!(
                 "no organisation configured: no roster, no notices, no quorum-carried log entries"
             ),
+        }
+        // The transparency log: rebuild the tree from the store and record the
+        // configuration. A log that does not load (the database was altered) is reported
+        // loudly; messaging goes on and the log frames answer with an error.
+        match relay.tlog.sync(&relay.store).await {
+            Ok(size) => {
+                info!(log_key = %relay.tlog.public().to_vkey(), leaves = size, "transparency log loaded");
+                let digest = tlog::config_digest(&relay.config);
+                if let Err(e) = relay
+                    .tlog
+                    .record_config(&relay.store, digest, relay::unix_ms())
+                    .await
+                {
+                    warn!(error = %e, "the configuration could not be recorded in the transparency log");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the transparency log does not load: run `sealpost-relay audit verify`")
+            }
         }
         let active = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();

@@ -80,6 +80,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// The transparency log: the log key, an offline verification, an export.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+        /// Print results as JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Operator actions on the relay's database.
     Admin {
         #[command(subcommand)]
@@ -87,6 +95,23 @@ enum Command {
         /// Print results as JSON, one object per line.
         #[arg(long, global = true)]
         json: bool,
+    },
+}
+
+#[derive(Clone, Subcommand)]
+enum AuditCommand {
+    /// Print the log's public key as the roster's `log_key` wants it
+    /// (`<origin>+<key id>+<base64 key>`; created at first use, in the data directory).
+    Key,
+    /// Recompute the whole transparency log from the database and check it against the
+    /// device logs, rosters, attestations and signed checkpoints stored beside it; names
+    /// the first entry that does not verify and exits non-zero.
+    Verify,
+    /// Write the log for an external auditor as JSON lines (docs/OPERATIONS.md).
+    Export {
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 
@@ -332,7 +357,12 @@ async fn run(cli: Cli, config: Config, logs: LogReload) -> Result<()> {
             let store = open_store(&config)?;
             let server = Server::bind(config.clone(), store)?;
             announce(&server, &config, &fp_path, cli.log_format)?;
-            let reloads = tokio::spawn(reload_on_sighup(cli, server.tls_reloader(), logs));
+            let reloads = tokio::spawn(reload_on_sighup(
+                cli,
+                server.tls_reloader(),
+                logs,
+                server.relay(),
+            ));
             let result = server.run(shutdown_signal()).await;
             reloads.abort();
             result?;
@@ -340,7 +370,12 @@ async fn run(cli: Cli, config: Config, logs: LogReload) -> Result<()> {
         Backend::Memory => {
             let server = Server::bind(config.clone(), MemoryStore::new())?;
             announce(&server, &config, &fp_path, cli.log_format)?;
-            let reloads = tokio::spawn(reload_on_sighup(cli, server.tls_reloader(), logs));
+            let reloads = tokio::spawn(reload_on_sighup(
+                cli,
+                server.tls_reloader(),
+                logs,
+                server.relay(),
+            ));
             let result = server.run(shutdown_signal()).await;
             reloads.abort();
             result?;
@@ -354,7 +389,12 @@ async fn run(cli: Cli, config: Config, logs: LogReload) -> Result<()> {
 /// the TLS certificate and key (same CA). Everything else (addresses, storage, limits, the
 /// organisation) needs a restart; a reload that changes it says so in the log. A
 /// configuration that does not load or validate is refused and the running one kept.
-async fn reload_on_sighup(cli: Cli, tls: sealpost_server::TlsReloader, logs: LogReload) {
+async fn reload_on_sighup<S: sealpost_server::store::Store>(
+    cli: Cli,
+    tls: sealpost_server::TlsReloader,
+    logs: LogReload,
+    relay: std::sync::Arc<sealpost_server::relay::Relay<S>>,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -391,12 +431,21 @@ async fn reload_on_sighup(cli: Cli, tls: sealpost_server::TlsReloader, logs: Log
                     tracing::warn!("settings other than log_level and the TLS files changed: they take effect only after a restart");
                 }
             }
+            // Record the configuration now in force in the transparency log.
+            let digest = sealpost_server::tlog::config_digest(&config);
+            if let Err(e) = relay
+                .tlog
+                .record_config(&relay.store, digest, sealpost_server::relay::unix_ms())
+                .await
+            {
+                tracing::error!(error = %e, "the reloaded configuration could not be recorded in the transparency log");
+            }
             running = Some(config);
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (cli, tls, logs);
+        let _ = (cli, tls, logs, relay);
     }
 }
 
@@ -419,6 +468,7 @@ fn announce<S: sealpost_server::store::Store>(
                 Backend::Memory => "memory".to_owned(),
             },
             metrics = server.metrics_addr().map(|m| m.to_string()).unwrap_or_default(),
+            log_key = %server.relay().tlog.public().to_vkey(),
             "sealpost-relay listening"
         );
         return Ok(());
@@ -442,6 +492,10 @@ fn announce<S: sealpost_server::store::Store>(
     if let Some(m) = server.metrics_addr() {
         eprintln!("metrics: http://{m}/metrics (health: /healthz, readiness: /readyz)");
     }
+    eprintln!(
+        "transparency log key (the roster's log_key): {}",
+        server.relay().tlog.public().to_vkey()
+    );
     Ok(())
 }
 
@@ -506,10 +560,65 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
     }
     let store = open_store(config)?;
     let account = |s: &str| AccountId::new(s).with_context(|| format!("invalid account id {s:?}"));
+    let (command, args) = describe_admin(&action);
+    let result = admin_action(config, &store, action, json, account).await;
+    // Every admin command that ran against the database is recorded, after it ran (its
+    // outcome is not: a failed command changed nothing).
+    if result.is_ok() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        admin::record_command(&store, command, &args).await?;
+    }
+    store.flush().await.ok();
+    result
+}
+
+/// An admin command's name and arguments for the transparency log (never a secret).
+fn describe_admin(action: &AdminCommand) -> (&'static str, Vec<String>) {
+    let opt = |o: &Option<String>| o.iter().cloned().collect::<Vec<_>>();
+    match action {
+        AdminCommand::CreateAccount { id, role } => (
+            "create-account",
+            vec![
+                id.clone(),
+                format!("{:?}", Role::from(*role)).to_lowercase(),
+            ],
+        ),
+        AdminCommand::IssueCode { account, ttl } => {
+            ("issue-code", vec![account.clone(), ttl.to_string()])
+        }
+        AdminCommand::Assign { client, staff } => ("assign", vec![client.clone(), staff.clone()]),
+        AdminCommand::Unassign { client, staff } => {
+            ("unassign", vec![client.clone(), staff.clone()])
+        }
+        AdminCommand::Accounts => ("accounts", vec![]),
+        AdminCommand::Devices { account } => ("devices", vec![account.clone()]),
+        AdminCommand::CaFingerprint => ("ca-fingerprint", vec![]),
+        AdminCommand::Codes { account } => ("codes", opt(account)),
+        AdminCommand::RevokeCode { account, id } => {
+            let mut v = vec![account.clone()];
+            v.extend(opt(id));
+            ("revoke-code", v)
+        }
+        AdminCommand::Disable { account } => ("disable", vec![account.clone()]),
+        AdminCommand::Enable { account } => ("enable", vec![account.clone()]),
+        AdminCommand::Assignments { account } => ("assignments", opt(account)),
+        AdminCommand::Status => ("status", vec![]),
+        AdminCommand::Backup { dir } => ("backup", vec![dir.display().to_string()]),
+        AdminCommand::Restore { dir, .. } => ("restore", vec![dir.display().to_string()]),
+    }
+}
+
+async fn admin_action(
+    config: &Config,
+    store: &SqliteStore,
+    action: AdminCommand,
+    json: bool,
+    account: impl Fn(&str) -> Result<AccountId>,
+) -> Result<()> {
     match action {
         AdminCommand::CreateAccount { id, role } => {
             let id = account(&id)?;
-            admin::create_account(&store, &id, role.into()).await?;
+            admin::create_account(store, &id, role.into()).await?;
             if json {
                 println!(
                     "{}",
@@ -522,7 +631,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
         AdminCommand::IssueCode { account: a, ttl } => {
             let a = account(&a)?;
             let ttl: Duration = ttl.into();
-            let issued = admin::issue_code(&store, &a, ttl.as_secs()).await?;
+            let issued = admin::issue_code(store, &a, ttl.as_secs()).await?;
             let fp = std::fs::read_to_string(config.tls.dev_dir.join(tls::CA_FINGERPRINT_FILE))
                 .unwrap_or_default();
             let fp = fp.trim();
@@ -551,7 +660,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
             }
         }
         AdminCommand::Assign { client, staff } => {
-            admin::assign(&store, &account(&client)?, &account(&staff)?).await?;
+            admin::assign(store, &account(&client)?, &account(&staff)?).await?;
             if json {
                 println!(
                     "{}",
@@ -562,7 +671,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
             }
         }
         AdminCommand::Unassign { client, staff } => {
-            let existed = admin::unassign(&store, &account(&client)?, &account(&staff)?).await?;
+            let existed = admin::unassign(store, &account(&client)?, &account(&staff)?).await?;
             if json {
                 println!(
                     "{}",
@@ -575,7 +684,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
             }
         }
         AdminCommand::Accounts => {
-            for a in admin::accounts(&store).await? {
+            for a in admin::accounts(store).await? {
                 if json {
                     println!(
                         "{}",
@@ -592,7 +701,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
             }
         }
         AdminCommand::Devices { account: a } => {
-            for d in admin::devices(&store, &account(&a)?).await? {
+            for d in admin::devices(store, &account(&a)?).await? {
                 let fp = d.identity.fingerprint().to_string();
                 if json {
                     println!(
@@ -612,7 +721,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
         AdminCommand::Codes { account: a } => {
             let a = a.as_deref().map(account).transpose()?;
             let now = sealpost_server::relay::unix_ms();
-            for c in admin::codes(&store, a.as_ref()).await? {
+            for c in admin::codes(store, a.as_ref()).await? {
                 let state = if c.used {
                     "used"
                 } else if c.expires_ms <= now {
@@ -640,7 +749,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
         }
         AdminCommand::RevokeCode { account: a, id } => {
             let acc = account(&a)?;
-            let n = admin::revoke_codes(&store, &acc, id.as_deref()).await?;
+            let n = admin::revoke_codes(store, &acc, id.as_deref()).await?;
             if json {
                 println!(
                     "{}",
@@ -657,7 +766,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
         }
         AdminCommand::Disable { account: ref a } | AdminCommand::Enable { account: ref a } => {
             let disable = matches!(action, AdminCommand::Disable { .. });
-            let changed = admin::set_disabled(&store, &account(a)?, disable).await?;
+            let changed = admin::set_disabled(store, &account(a)?, disable).await?;
             let word = if disable { "disabled" } else { "enabled" };
             if json {
                 println!(
@@ -672,7 +781,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
         }
         AdminCommand::Assignments { account: a } => {
             let a = a.as_deref().map(account).transpose()?;
-            for (client, staff) in admin::assignments(&store, a.as_ref()).await? {
+            for (client, staff) in admin::assignments(store, a.as_ref()).await? {
                 if json {
                     println!(
                         "{}",
@@ -684,7 +793,7 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
             }
         }
         AdminCommand::Status => {
-            let st = admin::status(&store, sealpost_server::relay::unix_ms()).await?;
+            let st = admin::status(store, sealpost_server::relay::unix_ms()).await?;
             if json {
                 let mut v = serde_json::to_value(&st)?;
                 if let Some(o) = v.as_object_mut() {
@@ -717,7 +826,69 @@ async fn admin_command(config: &Config, action: AdminCommand, json: bool) -> Res
         | AdminCommand::Backup { .. }
         | AdminCommand::Restore { .. } => unreachable_in_admin()?,
     }
-    store.flush().await.ok();
+    Ok(())
+}
+
+async fn audit_command(config: &Config, action: AuditCommand, json: bool) -> Result<()> {
+    use sealpost_server::tlog::load_or_create_key;
+    let key = load_or_create_key(&config.data_dir, &config.log_origin)?;
+    match action {
+        AuditCommand::Key => {
+            let vkey = key.public().to_vkey();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "log_key", "origin": config.log_origin, "log_key": vkey, "public_key_hex": hex::encode(key.public().public())})
+                );
+            } else {
+                println!("{vkey}");
+            }
+        }
+        AuditCommand::Verify => {
+            let store = open_store(config)?;
+            let report = sealpost_server::audit::verify(&store, Some(key.public())).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} leaves, root {}, {} signed checkpoints checked",
+                    report.leaves, report.root, report.checkpoints
+                );
+                for f in &report.findings {
+                    println!("  {}", f.what);
+                }
+            }
+            if let Some(first) = report.findings.first() {
+                bail!("the transparency log does not verify: {}", first.what);
+            }
+            if !json {
+                println!("the transparency log verifies");
+            }
+        }
+        AuditCommand::Export { out } => {
+            let store = open_store(config)?;
+            let file = std::fs::File::create(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let n = sealpost_server::audit::export(&store, &mut w).await?;
+            std::io::Write::flush(&mut w)?;
+            w.into_inner()
+                .map_err(|e| e.into_error())?
+                .sync_all()
+                .with_context(|| format!("writing {}", out.display()))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "exported", "leaves": n, "out": out.display().to_string()})
+                );
+            } else {
+                println!(
+                    "exported {n} leaves and the latest checkpoint to {}",
+                    out.display()
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -786,6 +957,12 @@ fn main() -> Result<()> {
         Some(Command::Config) => {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
+        }
+        Some(Command::Audit { action, json }) => {
+            if config.backend != Backend::Sqlite {
+                bail!("the audit commands read the SQLite database; this relay is configured in memory");
+            }
+            runtime.block_on(audit_command(&config, action, json))
         }
         Some(Command::Admin {
             action: AdminCommand::CaFingerprint,

@@ -5,6 +5,7 @@
 
 mod attest_frames;
 mod directory;
+mod tlog_frames;
 mod trust_frames;
 
 use std::collections::HashMap;
@@ -116,6 +117,8 @@ pub struct Relay<S: Store> {
     pub blobs: Arc<dyn crate::store::blob::BlobStore>,
     /// The roster chain and the verified device sets (`trust.rs`).
     pub trust: TrustState,
+    /// The transparency log (`tlog.rs`).
+    pub tlog: crate::tlog::Tlog,
     links: Mutex<LinkRegistry>,
     attest: Mutex<attest_frames::AttestRegistry>,
     limiters: Mutex<Limiters>,
@@ -368,6 +371,12 @@ fn type_name(body: &FrameBody) -> &'static str {
         | FrameBody::AttestChallenge { .. }
         | FrameBody::AttestSubmit { .. }
         | FrameBody::AttestDismiss { .. } => "attest",
+        FrameBody::GetCheckpoint
+        | FrameBody::ProveLogHead { .. }
+        | FrameBody::ProveRoster { .. }
+        | FrameBody::GetLogLeaves { .. }
+        | FrameBody::GetConsistency { .. }
+        | FrameBody::SubmitCosignature { .. } => "tlog",
         FrameBody::BlobUpload { .. }
         | FrameBody::BlobDownload { .. }
         | FrameBody::BlobChunk { .. } => "blob",
@@ -376,6 +385,12 @@ fn type_name(body: &FrameBody) -> &'static str {
 }
 
 impl<S: Store> Relay<S> {
+    /// Sign the transparency log with `signer` (the key of the data directory).
+    pub fn with_log_signer(mut self, signer: sealpost_protocol::tlog::LogSigner) -> Self {
+        self.tlog = crate::tlog::Tlog::new(signer);
+        self
+    }
+
     /// Build the relay state.
     pub fn new(store: S, config: Config) -> Self {
         let l = &config.limits;
@@ -388,7 +403,19 @@ impl<S: Store> Relay<S> {
             control: KeyedLimiter::new(l.control_requests_per_device, l.rate_limit_max_keys),
             link_ip: KeyedLimiter::new(l.link_requests_per_ip, l.rate_limit_max_keys),
         };
+        // A relay built in-process without its data directory signs with a fresh key;
+        // `Server::bind` replaces it with the one in the data directory.
+        let log_name = sealpost_protocol::tlog::KeyName::new(&config.log_origin)
+            .or_else(|_| sealpost_protocol::tlog::KeyName::new(crate::tlog::DEFAULT_LOG_ORIGIN));
+        let tlog = match log_name {
+            Ok(name) => crate::tlog::Tlog::new(sealpost_protocol::tlog::LogSigner::generate(
+                name,
+                &mut rand::rngs::OsRng,
+            )),
+            Err(_) => unreachable!("the default origin is a valid key name"),
+        };
         Self {
+            tlog,
             trust: TrustState::new(config.org_fingerprint, l.trust_cache_accounts),
             attest: Mutex::new(attest_frames::AttestRegistry::default()),
             links: Mutex::new(LinkRegistry::new(
@@ -766,6 +793,12 @@ impl<S: Store> Relay<S> {
                 | FrameBody::AttestChallenge { .. }
                 | FrameBody::AttestSubmit { .. }
                 | FrameBody::AttestDismiss { .. }
+                | FrameBody::GetCheckpoint
+                | FrameBody::ProveLogHead { .. }
+                | FrameBody::ProveRoster { .. }
+                | FrameBody::GetLogLeaves { .. }
+                | FrameBody::GetConsistency { .. }
+                | FrameBody::SubmitCosignature { .. }
         ) {
             let now = self.mono_ms();
             if let Err(l) = self.with_limiters(|l| l.control.check(&me.device, 1.0, now)) {
@@ -833,6 +866,30 @@ impl<S: Store> Relay<S> {
                 self.attest_submit(me, id, *attestation).await
             }
             FrameBody::AttestDismiss { account } => self.attest_dismiss(me, id, account),
+            FrameBody::GetCheckpoint => self.get_checkpoint(id).await,
+            FrameBody::ProveLogHead {
+                account,
+                length,
+                head,
+                old_size,
+            } => {
+                self.prove_log_head(id, account, length, head, old_size)
+                    .await
+            }
+            FrameBody::ProveRoster {
+                version,
+                hash,
+                old_size,
+            } => self.prove_roster(id, version, hash, old_size).await,
+            FrameBody::GetLogLeaves { start, count } => {
+                self.get_log_leaves(me, id, start, count).await
+            }
+            FrameBody::GetConsistency { old_size, new_size } => {
+                self.get_consistency(id, old_size, new_size).await
+            }
+            FrameBody::SubmitCosignature { size, line } => {
+                self.submit_cosignature(me, id, size, line.as_str()).await
+            }
             FrameBody::BlobUpload { .. }
             | FrameBody::BlobDownload { .. }
             | FrameBody::BlobChunk { .. } => refuse(

@@ -905,14 +905,15 @@ impl TlogStore for MemoryStore {
         Ok(index)
     }
 
-    async fn leaves(&self, start: u64, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    async fn leaves(&self, start: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let g = self.lock()?;
         let skip = usize::try_from(start).unwrap_or(usize::MAX);
         Ok(g.leaves
             .iter()
+            .enumerate()
             .skip(skip)
             .take(limit.min(MAX_LEAVES_PER_READ))
-            .cloned()
+            .map(|(i, l)| (i as u64, l.clone()))
             .collect())
     }
 

@@ -1882,15 +1882,23 @@ impl TlogStore for SqliteStore {
         self.write(move |c| op_append_leaf(c, &leaf, now_ms)).await
     }
 
-    async fn leaves(&self, start: u64, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    async fn leaves(&self, start: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let limit = i64::try_from(limit.min(MAX_LEAVES_PER_READ)).unwrap_or(0);
         self.read(move |c| {
-            c.prepare_cached("SELECT leaf FROM tlog_leaves WHERE idx >= ?1 ORDER BY idx LIMIT ?2")
+            let rows = c
+                .prepare_cached(
+                    "SELECT idx, leaf FROM tlog_leaves WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+                )
                 .and_then(|mut s| {
-                    s.query_map(params![int(start), limit], |r| r.get::<_, Vec<u8>>(0))?
-                        .collect::<rusqlite::Result<Vec<_>>>()
+                    s.query_map(params![int(start), limit], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
                 })
-                .map_err(backend)
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|(i, l)| Ok((uint(i, "leaf index")?, l)))
+                .collect()
         })
         .await
     }

@@ -33,13 +33,14 @@ pub trait TlogStore: Send + Sync + 'static {
         leaf: &[u8],
         now_ms: u64,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
-    /// Leaves from index `start`, in order, at most `limit` (and
-    /// [`MAX_LEAVES_PER_READ`]).
+    /// Leaves with an index at or after `start`, in order, at most `limit` (and
+    /// [`MAX_LEAVES_PER_READ`]), each with its stored index (a row deleted from the
+    /// database shows as a gap, which the relay and `audit verify` report).
     fn leaves(
         &self,
         start: u64,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<Vec<u8>>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(u64, Vec<u8>)>, StoreError>> + Send;
     /// Number of leaves.
     fn leaf_count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Store the signed checkpoint of tree size `size` (its note text), replacing the one
