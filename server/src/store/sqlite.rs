@@ -1637,7 +1637,6 @@ fn op_enroll_first(
     identity: &PublicIdentity,
     genesis: &LogEntry,
     bytes: &[u8],
-    leaves: &[LogLeaf],
     now_ms: u64,
 ) -> Result<DeviceRecord, StoreError> {
     if log_len(c, account)? > 0 {
@@ -1645,8 +1644,8 @@ fn op_enroll_first(
     }
     let record = op_redeem(c, account, code_hash, identity, now_ms)?;
     insert_log_row(c, genesis, bytes, now_ms)?;
-    for leaf in leaves {
-        op_append_leaf(c, leaf, now_ms)?;
+    for leaf in enrollment_leaves(account, identity, genesis, now_ms) {
+        op_append_leaf(c, &leaf, now_ms)?;
     }
     Ok(record)
 }
@@ -1866,12 +1865,9 @@ impl TrustStore for SqliteStore {
         now_ms: u64,
     ) -> Result<DeviceRecord, StoreError> {
         let bytes = encode_entry(genesis)?;
-        let leaves = enrollment_leaves(account, identity, genesis, now_ms);
         let (account, identity, genesis) = (account.clone(), identity.clone(), genesis.clone());
         self.write(move |c| {
-            op_enroll_first(
-                c, &account, &code_hash, &identity, &genesis, &bytes, &leaves, now_ms,
-            )
+            op_enroll_first(c, &account, &code_hash, &identity, &genesis, &bytes, now_ms)
         })
         .await
     }
