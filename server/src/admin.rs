@@ -9,14 +9,15 @@ use sealpost_protocol::wire::Role;
 use sealpost_protocol::tlog::{Actor, LeafEvent, LogLeaf};
 
 use crate::relay::{enrollment_code_hash, unix_ms};
-use crate::store::tlog::{encode_leaf, TlogStore};
+use crate::store::tlog::TlogStore;
 use crate::store::{AccountRecord, AccountStore, CodeRecord, DeviceRecord, Store, StoreError};
 
 /// Record an operator action in the transparency log, after the action succeeded.
 async fn record<S: TlogStore>(store: &S, event: LeafEvent) -> Result<(), AdminError> {
     let now = unix_ms();
-    let leaf = encode_leaf(&LogLeaf::new(now, Actor::Operator, event))?;
-    store.append_leaf(&leaf, now).await?;
+    store
+        .append_leaf(&LogLeaf::new(now, Actor::Operator, event), now)
+        .await?;
     Ok(())
 }
 
@@ -28,8 +29,9 @@ pub async fn record_command<S: TlogStore>(
     args: &[&str],
 ) -> Result<(), AdminError> {
     let now = unix_ms();
-    let leaf = encode_leaf(&LogLeaf::admin_command(now, command, args))?;
-    store.append_leaf(&leaf, now).await?;
+    store
+        .append_leaf(&LogLeaf::admin_command(now, command, args), now)
+        .await?;
     Ok(())
 }
 

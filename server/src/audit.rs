@@ -94,6 +94,15 @@ pub async fn verify<S: Store>(store: &S, log_key: Option<&NoteKey>) -> Result<Re
                     continue;
                 }
             };
+            if leaf.index != index {
+                report.find(
+                    Some(index),
+                    format!(
+                        "leaf {index} was written as leaf {}: moved or reordered",
+                        leaf.index
+                    ),
+                );
+            }
             match leaf.event {
                 LeafEvent::DeviceLogHead {
                     account,

@@ -171,8 +171,7 @@ impl Tlog {
         leaf: &LogLeaf,
         now_ms: u64,
     ) -> Result<u64, LogError> {
-        let bytes = crate::store::tlog::encode_leaf(leaf)?;
-        let index = store.append_leaf(&bytes, now_ms).await?;
+        let index = store.append_leaf(leaf, now_ms).await?;
         self.sync(store).await?;
         Ok(index)
     }
@@ -196,9 +195,7 @@ impl Tlog {
             sealpost_protocol::tlog::Actor::Operator,
             LeafEvent::ConfigChanged { digest },
         );
-        store
-            .append_leaf(&crate::store::tlog::encode_leaf(&leaf)?, now_ms)
-            .await?;
+        store.append_leaf(&leaf, now_ms).await?;
         sync_locked(&mut st, store).await?;
         Ok(true)
     }
@@ -393,6 +390,9 @@ async fn sync_locked<S: TlogStore>(st: &mut TreeState, store: &S) -> Result<u64,
                 return Err(LogError::Missing { index });
             }
             let decoded = LogLeaf::from_bytes(leaf).map_err(|_| LogError::BadLeaf { index })?;
+            if decoded.index != index {
+                return Err(LogError::BadLeaf { index });
+            }
             if let Some(key) = leaf_key(&decoded) {
                 st.index.entry(key).or_insert(index);
             }

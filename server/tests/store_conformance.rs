@@ -2276,7 +2276,6 @@ async fn trust_append_times_and_attestations<S: Store>(store: S) {
 /// appends none; other leaves and checkpoints are stored as given.
 async fn tlog_leaves_ride_with_trust_changes<S: Store>(store: S) {
     use sealpost_protocol::tlog::{LeafEvent, LogLeaf, LoggedAction};
-    use sealpost_server::store::tlog::TlogStore;
     let mut rng = rng(210);
     let alice = acct("alice");
     store
@@ -2291,12 +2290,23 @@ async fn tlog_leaves_ride_with_trust_changes<S: Store>(store: S) {
     assert_eq!(leaves[0].0, 0);
     assert_eq!(leaves[1].0, 1);
     let l0 = LogLeaf::from_bytes(&leaves[0].1).unwrap();
-    assert!(matches!(l0.event, LeafEvent::EnrollmentRedeemed { ref account, device } if account == &alice && device == first.device_id()));
+    assert!(
+        matches!(l0.event, LeafEvent::EnrollmentRedeemed { ref account, device } if account == &alice && device == first.device_id())
+    );
     let l1 = LogLeaf::from_bytes(&leaves[1].1).unwrap();
-    let LeafEvent::DeviceLogHead { account, length, head, action } = l1.event else {
+    let LeafEvent::DeviceLogHead {
+        account,
+        length,
+        head,
+        action,
+    } = l1.event
+    else {
         panic!("{l1:?}")
     };
-    assert_eq!((account, length, action), (alice.clone(), 1, LoggedAction::Add));
+    assert_eq!(
+        (account, length, action),
+        (alice.clone(), 1, LoggedAction::Add)
+    );
     assert_eq!(head, log.entries.as_slice()[0].body.hash().0);
     // A device-log append records the new head; a refused append records nothing.
     let freeze = next_entry(&log, DeviceAction::Freeze, &first, None, T0 + 10);
@@ -2315,18 +2325,22 @@ async fn tlog_leaves_ride_with_trust_changes<S: Store>(store: S) {
         .is_err());
     assert_eq!(store.leaf_count().await.unwrap(), 3);
     let l2 = LogLeaf::from_bytes(&store.leaves(2, 10).await.unwrap()[0].1).unwrap();
-    assert_eq!(l2, LogLeaf::device_log_head(&freeze, T0 + 11));
+    assert_eq!(l2, LogLeaf::device_log_head(&freeze, T0 + 11).with_index(2));
     // Roster versions: one leaf each, none for a refused one.
     let v = rosters(2, &mut rng);
     store.append_roster(&v[0], T0).await.unwrap();
     assert!(store.append_roster(&v[0], T0).await.is_err());
     assert_eq!(store.leaf_count().await.unwrap(), 4);
     let l3 = LogLeaf::from_bytes(&store.leaves(3, 1).await.unwrap()[0].1).unwrap();
-    assert_eq!(l3, LogLeaf::roster(&v[0], T0));
-    // Other leaves, read back in ranges.
-    let idx = store.append_leaf(b"opaque", T0).await.unwrap();
+    assert_eq!(l3, LogLeaf::roster(&v[0], T0).with_index(3));
+    // Other leaves, read back in ranges, each holding its index.
+    let cmd = LogLeaf::admin_command(T0, "status", &[]);
+    let idx = store.append_leaf(&cmd, T0).await.unwrap();
     assert_eq!(idx, 4);
-    assert_eq!(store.leaves(4, 10).await.unwrap(), vec![(4, b"opaque".to_vec())]);
+    assert_eq!(
+        store.leaves(4, 10).await.unwrap(),
+        vec![(4, cmd.with_index(4).to_bytes().unwrap())]
+    );
     assert_eq!(store.leaves(1, 2).await.unwrap().len(), 2);
     assert!(store.leaves(9, 2).await.unwrap().is_empty());
     // Checkpoints: stored, replaced, listed in order.
@@ -2334,7 +2348,10 @@ async fn tlog_leaves_ride_with_trust_changes<S: Store>(store: S) {
     store.put_checkpoint(2, "two", T0).await.unwrap();
     store.put_checkpoint(5, "five", T0).await.unwrap();
     store.put_checkpoint(2, "two cosigned", T0).await.unwrap();
-    assert_eq!(store.checkpoint(2).await.unwrap().as_deref(), Some("two cosigned"));
+    assert_eq!(
+        store.checkpoint(2).await.unwrap().as_deref(),
+        Some("two cosigned")
+    );
     assert_eq!(store.checkpoint(3).await.unwrap(), None);
     assert_eq!(
         store.latest_checkpoint().await.unwrap(),
@@ -2408,13 +2425,16 @@ conformance!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_tlog_leaves_are_append_only_and_durable() {
+    use sealpost_protocol::tlog::LogLeaf;
     use sealpost_server::store::tlog::TlogStore;
     let dir = tempfile::TempDir::new().unwrap();
     let path = dir.path().join("relay.sqlite3");
+    let a = LogLeaf::admin_command(T0, "a", &[]);
+    let b = LogLeaf::admin_command(T0, "b", &[]);
     {
         let store = SqliteStore::open(&path).unwrap();
-        store.append_leaf(b"a", T0).await.unwrap();
-        store.append_leaf(b"b", T0).await.unwrap();
+        store.append_leaf(&a, T0).await.unwrap();
+        store.append_leaf(&b, T0).await.unwrap();
         store.flush().await.unwrap();
     }
     let c = rusqlite::Connection::open(&path).unwrap();
@@ -2426,7 +2446,10 @@ async fn sqlite_tlog_leaves_are_append_only_and_durable() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(
         store.leaves(0, 10).await.unwrap(),
-        vec![(0, b"a".to_vec()), (1, b"b".to_vec())]
+        vec![
+            (0, a.to_bytes().unwrap()),
+            (1, b.with_index(1).to_bytes().unwrap())
+        ]
     );
     assert_eq!(store.leaf_count().await.unwrap(), 2);
 }

@@ -181,6 +181,9 @@ pub enum LeafEvent {
 pub struct LogLeaf {
     /// [`LEAF_VERSION`].
     pub v: u8,
+    /// The leaf's own index in the log, set by the store as it appends it: a leaf moved
+    /// to another position no longer matches its index, so `audit verify` names it.
+    pub index: u64,
     /// When the relay recorded it, ms since the Unix epoch.
     pub time_ms: u64,
     /// Who did it.
@@ -194,10 +197,17 @@ impl LogLeaf {
     pub fn new(time_ms: u64, actor: Actor, event: LeafEvent) -> Self {
         Self {
             v: LEAF_VERSION,
+            index: 0,
             time_ms,
             actor,
             event,
         }
+    }
+
+    /// This leaf at `index` (what the store does as it appends it).
+    pub fn with_index(mut self, index: u64) -> Self {
+        self.index = index;
+        self
     }
 
     /// The leaf bytes (CBOR), at most [`MAX_LEAF_LEN`].

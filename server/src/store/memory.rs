@@ -453,7 +453,7 @@ impl TrustStore for MemoryStore {
                 max: MAX_STORED_ROSTER_VERSIONS,
             });
         }
-        let leaf = encode_leaf(&LogLeaf::roster(link, now_ms))?;
+        let leaf = encode_leaf(&LogLeaf::roster(link, now_ms), g.leaves.len() as u64)?;
         check_room(g.leaves.len() as u64)?;
         g.rosters.push(link.clone());
         g.leaves.push(leaf);
@@ -531,7 +531,10 @@ impl TrustStore for MemoryStore {
                 max: MAX_STORED_LOG_ENTRIES,
             });
         }
-        let leaf = encode_leaf(&LogLeaf::device_log_head(entry, now_ms))?;
+        let leaf = encode_leaf(
+            &LogLeaf::device_log_head(entry, now_ms),
+            inner.leaves.len() as u64,
+        )?;
         check_room(inner.leaves.len() as u64)?;
         // Check everything before the first change.
         let mut register = None;
@@ -574,12 +577,17 @@ impl TrustStore for MemoryStore {
         genesis: &LogEntry,
         now_ms: u64,
     ) -> Result<DeviceRecord, StoreError> {
-        let leaves = enrollment_leaves(account, identity, genesis, now_ms)?;
+        let leaves = enrollment_leaves(account, identity, genesis, now_ms);
         let mut g = self.lock()?;
         if g.logs.get(account).is_some_and(|l| !l.is_empty()) {
             return Err(StoreError::EnrollmentRefused);
         }
         check_room(g.leaves.len() as u64 + 1)?;
+        let at = g.leaves.len() as u64;
+        let leaves = [
+            encode_leaf(&leaves[0], at)?,
+            encode_leaf(&leaves[1], at + 1)?,
+        ];
         let record = g.redeem(account, code_hash, identity, now_ms)?;
         g.logs
             .insert(account.clone(), vec![(genesis.clone(), now_ms)]);
@@ -605,7 +613,10 @@ impl TrustStore for MemoryStore {
             .and_then(|l| l.first())
             .and_then(|(e, _)| genesis_device(e))
             .ok_or(StoreError::NotFound("device log"))?;
-        let leaf = encode_leaf(&LogLeaf::attestation(attestation, device, now_ms))?;
+        let leaf = encode_leaf(
+            &LogLeaf::attestation(attestation, device, now_ms),
+            g.leaves.len() as u64,
+        )?;
         check_room(g.leaves.len() as u64)?;
         g.leaves.push(leaf);
         g.attestations
@@ -897,11 +908,12 @@ impl MailboxStore for MemoryStore {
 }
 
 impl TlogStore for MemoryStore {
-    async fn append_leaf(&self, leaf: &[u8], _now_ms: u64) -> Result<u64, StoreError> {
+    async fn append_leaf(&self, leaf: &LogLeaf, _now_ms: u64) -> Result<u64, StoreError> {
         let mut g = self.lock()?;
         let index = g.leaves.len() as u64;
         check_room(index)?;
-        g.leaves.push(leaf.to_vec());
+        let bytes = encode_leaf(leaf, index)?;
+        g.leaves.push(bytes);
         Ok(index)
     }
 

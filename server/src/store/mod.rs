@@ -526,7 +526,7 @@ pub(crate) fn enrollment_leaves(
     identity: &PublicIdentity,
     genesis: &LogEntry,
     now_ms: u64,
-) -> Result<[Vec<u8>; 2], StoreError> {
+) -> [sealpost_protocol::tlog::LogLeaf; 2] {
     use sealpost_protocol::tlog::{Actor, LeafEvent, LogLeaf};
     let redeemed = LogLeaf::new(
         now_ms,
@@ -536,10 +536,7 @@ pub(crate) fn enrollment_leaves(
             device: identity.device_id(),
         },
     );
-    Ok([
-        tlog::encode_leaf(&redeemed)?,
-        tlog::encode_leaf(&LogLeaf::device_log_head(genesis, now_ms))?,
-    ])
+    [redeemed, LogLeaf::device_log_head(genesis, now_ms)]
 }
 
 /// Everything the relay needs from storage.

@@ -1511,9 +1511,10 @@ fn insert_log_row(
 }
 
 /// Append a transparency-log leaf in the caller's transaction; returns its index.
-fn op_append_leaf(c: &Connection, leaf: &[u8], now_ms: u64) -> Result<u64, StoreError> {
+fn op_append_leaf(c: &Connection, leaf: &LogLeaf, now_ms: u64) -> Result<u64, StoreError> {
     let have = leaf_count(c)?;
     check_room(have)?;
+    let leaf = encode_leaf(leaf, have)?;
     c.prepare_cached("INSERT INTO tlog_leaves (idx, leaf, stored_ms) VALUES (?1, ?2, ?3)")
         .and_then(|mut s| s.execute(params![int(have), leaf, int(now_ms)]))
         .map_err(backend)?;
@@ -1532,7 +1533,7 @@ fn op_append_roster(
     c: &Connection,
     version: u64,
     bytes: &[u8],
-    leaf: &[u8],
+    leaf: &LogLeaf,
     now_ms: u64,
 ) -> Result<(), StoreError> {
     let have: i64 = c
@@ -1563,7 +1564,7 @@ fn op_append_log(
     c: &Connection,
     entry: &LogEntry,
     bytes: &[u8],
-    leaf: &[u8],
+    leaf: &LogLeaf,
     effects: &LogEffects,
     now_ms: u64,
 ) -> Result<(), StoreError> {
@@ -1636,7 +1637,6 @@ fn op_enroll_first(
     identity: &PublicIdentity,
     genesis: &LogEntry,
     bytes: &[u8],
-    leaves: &[Vec<u8>],
     now_ms: u64,
 ) -> Result<DeviceRecord, StoreError> {
     if log_len(c, account)? > 0 {
@@ -1644,8 +1644,8 @@ fn op_enroll_first(
     }
     let record = op_redeem(c, account, code_hash, identity, now_ms)?;
     insert_log_row(c, genesis, bytes, now_ms)?;
-    for leaf in leaves {
-        op_append_leaf(c, leaf, now_ms)?;
+    for leaf in enrollment_leaves(account, identity, genesis, now_ms) {
+        op_append_leaf(c, &leaf, now_ms)?;
     }
     Ok(record)
 }
@@ -1656,7 +1656,7 @@ impl TrustStore for SqliteStore {
         let bytes = link
             .to_cbor()
             .map_err(|e| StoreError::Backend(format!("encoding a roster: {e}")))?;
-        let leaf = encode_leaf(&LogLeaf::roster(link, now_ms))?;
+        let leaf = LogLeaf::roster(link, now_ms);
         self.write(move |c| op_append_roster(c, version, &bytes, &leaf, now_ms))
             .await
     }
@@ -1787,7 +1787,7 @@ impl TrustStore for SqliteStore {
                 None => None,
             }
             .ok_or(StoreError::NotFound("device log"))?;
-            let leaf = encode_leaf(&LogLeaf::attestation(&attestation, device, now_ms))?;
+            let leaf = LogLeaf::attestation(&attestation, device, now_ms);
             op_append_leaf(c, &leaf, now_ms)?;
             Ok(())
         })
@@ -1850,7 +1850,7 @@ impl TrustStore for SqliteStore {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let bytes = encode_entry(entry)?;
-        let leaf = encode_leaf(&LogLeaf::device_log_head(entry, now_ms))?;
+        let leaf = LogLeaf::device_log_head(entry, now_ms);
         let (entry, effects) = (entry.clone(), effects.clone());
         self.write(move |c| op_append_log(c, &entry, &bytes, &leaf, &effects, now_ms))
             .await
@@ -1865,20 +1865,17 @@ impl TrustStore for SqliteStore {
         now_ms: u64,
     ) -> Result<DeviceRecord, StoreError> {
         let bytes = encode_entry(genesis)?;
-        let leaves = enrollment_leaves(account, identity, genesis, now_ms)?;
         let (account, identity, genesis) = (account.clone(), identity.clone(), genesis.clone());
         self.write(move |c| {
-            op_enroll_first(
-                c, &account, &code_hash, &identity, &genesis, &bytes, &leaves, now_ms,
-            )
+            op_enroll_first(c, &account, &code_hash, &identity, &genesis, &bytes, now_ms)
         })
         .await
     }
 }
 
 impl TlogStore for SqliteStore {
-    async fn append_leaf(&self, leaf: &[u8], now_ms: u64) -> Result<u64, StoreError> {
-        let leaf = leaf.to_vec();
+    async fn append_leaf(&self, leaf: &LogLeaf, now_ms: u64) -> Result<u64, StoreError> {
+        let leaf = leaf.clone();
         self.write(move |c| op_append_leaf(c, &leaf, now_ms)).await
     }
 

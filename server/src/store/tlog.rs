@@ -26,11 +26,12 @@ pub const MAX_LEAVES_PER_READ: usize = 4096;
 
 /// The transparency log's storage.
 pub trait TlogStore: Send + Sync + 'static {
-    /// Append `leaf` (encoded [`LogLeaf`] bytes) and return its index. Durable when it
-    /// resolves. `QuotaExceeded` past [`MAX_LOG_LEAVES`].
+    /// Append `leaf` at the next index (written into it, see [`LogLeaf::index`]) and
+    /// return the index. Durable when it resolves. `QuotaExceeded` past
+    /// [`MAX_LOG_LEAVES`].
     fn append_leaf(
         &self,
-        leaf: &[u8],
+        leaf: &LogLeaf,
         now_ms: u64,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Leaves with an index at or after `start`, in order, at most `limit` (and
@@ -68,9 +69,11 @@ pub trait TlogStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(u64, String)>, StoreError>> + Send;
 }
 
-/// Encode a leaf for storage (a leaf the relay builds always fits its bound).
-pub(crate) fn encode_leaf(leaf: &LogLeaf) -> Result<Vec<u8>, StoreError> {
-    leaf.to_bytes()
+/// Encode a leaf for storage at `index` (a leaf the relay builds always fits its bound).
+pub(crate) fn encode_leaf(leaf: &LogLeaf, index: u64) -> Result<Vec<u8>, StoreError> {
+    leaf.clone()
+        .with_index(index)
+        .to_bytes()
         .map_err(|e| StoreError::Backend(format!("encoding a log leaf: {e}")))
 }
 
