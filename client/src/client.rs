@@ -1899,14 +1899,20 @@ impl Client {
                 true,
             );
         }
+        // Then the transparency log (§21.7): the sender's checkpoint must be consistent
+        // with this device's. A split is cleared only when both agree.
         let split = match check {
             ViewCheck::Split(reason) => Some((reason, false)),
-            ViewCheck::Agree => {
-                self.splits.clear(from);
-                None
-            }
-            ViewCheck::Consistent | ViewCheck::Unclaimed | ViewCheck::Behind(_) => {
-                views.filter(|v| v.split).map(|_| {
+            check => match self
+                .compare_checkpoint(views.and_then(|v| v.checkpoint.as_ref()))
+                .await?
+            {
+                Some(reason) => Some((reason, false)),
+                None if check == ViewCheck::Agree => {
+                    self.splits.clear(from);
+                    None
+                }
+                None => views.filter(|v| v.split).map(|_| {
                     (
                         format!(
                             "a device of {from} reports that the relay showed it other device \
@@ -1914,17 +1920,8 @@ impl Client {
                         ),
                         true,
                     )
-                })
-            }
-        };
-        // The transparency log (§21.7): the sender's checkpoint must be consistent with
-        // this device's.
-        let split = match split {
-            Some(s) => Some(s),
-            None => self
-                .compare_checkpoint(views.and_then(|v| v.checkpoint.as_ref()))
-                .await?
-                .map(|reason| (reason, false)),
+                }),
+            },
         };
         if let Some((reason, reported_by_peer)) = split {
             let new = self.splits.record(SplitRecord {

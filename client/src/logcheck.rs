@@ -24,10 +24,30 @@ impl Client {
     /// The transparency policy of the verified roster head: the log keys, witnesses and
     /// cosignature threshold. `None`: no organisation, or its roster names no log (then
     /// nothing is checked against a log, and `whoami` says so).
+    ///
+    /// A device that is itself one of the listed witnesses does not wait for witness
+    /// cosignatures: it verifies the whole log itself (`sealpost audit follow`), and the
+    /// checkpoints it accepts are the ones it cosigns.
     pub fn transparency_policy(&self) -> Option<TransparencyPolicy> {
-        self.trust
+        let policy = self
+            .trust
             .chain()
-            .and_then(|c| c.head().policy().transparency.clone())
+            .and_then(|c| c.head().policy().transparency.clone())?;
+        Some(self.as_checked_here(policy))
+    }
+
+    /// `policy` as this device applies it: a listed witness does not wait for witnesses.
+    pub(crate) fn as_checked_here(&self, mut policy: TransparencyPolicy) -> TransparencyPolicy {
+        if let Ok(Some((name, key))) = self.witness_key() {
+            if policy
+                .witnesses
+                .iter()
+                .any(|w| w.name().as_str() == name && hex::encode(w.public()) == key)
+            {
+                policy.witness_threshold = 0;
+            }
+        }
+        policy
     }
 
     /// The size of the transparency-log checkpoint this device accepted last (0: none).
@@ -133,6 +153,26 @@ impl Client {
         }
         self.trust.checkpoint = Some(signed);
         Ok(None)
+    }
+
+    /// Check now that the relay's latest checkpoint extends the one this device holds
+    /// (`sealpost audit check`); returns the size of the checkpoint held afterwards. A log
+    /// that does not extend it is a trust failure (exit 8), reported.
+    pub async fn check_transparency(&mut self) -> Result<u64, ClientError> {
+        self.refresh_roster(true).await?;
+        let policy = self.transparency_policy().ok_or_else(|| {
+            ClientError::NoRoster("the roster names no transparency log (policy.log_key)".into())
+        })?;
+        match self.refresh_checkpoint(&policy).await {
+            Ok(None) => {
+                self.save()?;
+                Ok(self.checkpoint_size())
+            }
+            Ok(Some(reason)) => Err(self.transparency_refused(reason)),
+            Err(e) => Err(ClientError::Protocol(format!(
+                "the transparency log could not be checked now: {e}"
+            ))),
+        }
     }
 
     /// Compare the sender's checkpoint in a message with this device's (§21.7): `Ok(None)`

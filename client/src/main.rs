@@ -237,6 +237,10 @@ pub enum AuditCommand {
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
     },
+    /// Check now that the relay's transparency log extends the checkpoint this device
+    /// holds (devices also check whenever they accept a device-log head or a roster
+    /// version, and compare checkpoints in every message). Exit 8 if it does not.
+    Check,
     /// Follow the relay's transparency log: download every leaf, check each checkpoint
     /// is the root of exactly those leaves and extends the last one cosigned, check
     /// roster and device-log leaves against what verifies from the pinned organisation,

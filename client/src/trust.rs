@@ -505,6 +505,7 @@ impl Client {
                 // transparency log its own policy names (§21.6).
                 if held.is_none_or(|h| h.version < head.version) {
                     if let Some(policy) = chain.head().policy().transparency.clone() {
+                        let policy = self.as_checked_here(policy);
                         let claim = Claim::Roster {
                             version: head.version,
                             hash: chain.head().hash().0,

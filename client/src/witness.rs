@@ -206,6 +206,13 @@ impl Client {
                         "leaf {index} of the transparency log does not decode: {e}"
                     ))
                 })?;
+                if leaf.index != index {
+                    return Err(refused(format!(
+                        "leaf {index} of the transparency log says it is leaf {}: leaves were \
+                         moved or reordered",
+                        leaf.index
+                    )));
+                }
                 run.tree.push(leaf_hash(&bytes));
                 leaves.push((index, leaf));
             }

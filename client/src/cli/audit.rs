@@ -43,6 +43,20 @@ pub async fn audit(ctx: &Ctx, command: AuditCommand) -> Result<(), CliError> {
             }
             Ok(())
         }
+        AuditCommand::Check => {
+            let mut client = open_enrolled(ctx).await?;
+            connect(ctx, &mut client).await?;
+            let at = relay_addr(&client);
+            let r = client.check_transparency().await;
+            finish(&mut client).await?;
+            let size = r.map_err(|e| CliError::from_client(e, Some(&at)))?;
+            ctx.out
+                .json_line(json!({"event": "transparency_checked", "size": size}));
+            ctx.out.say(format!(
+                "The relay's transparency log extends the checkpoint this device holds ({size} leaves)."
+            ));
+            Ok(())
+        }
         AuditCommand::Follow {
             once,
             interval,
