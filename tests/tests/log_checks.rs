@@ -234,7 +234,52 @@ async fn devices_hold_proven_checkpoints_and_the_witness_cosigns_them() {
     assert!(carl.checkpoint_size() > before);
     let p = witnessed(&mut reports, carl.checkpoint_size()).await;
     assert!(p.size >= carl.checkpoint_size());
+    // The same from the command line, as security staff run it: the witness as a process
+    // (one pass; it has cosigned everything already) and a client's on-demand check.
+    _stop.send(true).unwrap();
+    drop(_task.await.unwrap());
+    drop(w.alice);
+    let (code, out, err) = cli(
+        &w.homes.path().join("sec"),
+        &["--json", "audit", "follow", "--once"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let pass: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(pass["event"], "witness_pass", "{out}");
+    assert!(pass["size"].as_u64().unwrap() >= p.size, "{out}");
+    let (code, out, err) = cli(&w.homes.path().join("alice"), &["--json", "audit", "check"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"transparency_checked\""), "{out}");
     drop(w.comp);
+}
+
+const CLI: &str = env!("CARGO_BIN_EXE_sealpost-under-test");
+
+/// Run the CLI on the profile in `home`: (exit code, stdout, stderr).
+async fn cli(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let home = home.to_owned();
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(CLI)
+                .args(&args)
+                .env("SEALPOST_HOME", &home)
+                .env("SEALPOST_PASSPHRASE", org::PASS)
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap()
+        }),
+    )
+    .await
+    .expect("the CLI ran too long")
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Rewrite leaf `index` of the stopped relay's log (its time moved by a second: the leaf
