@@ -409,7 +409,7 @@ mod tests {
         assert!(LogLeaf::from_bytes(&bytes).is_err());
     }
 
-    /// The worked example of docs/PROTOCOL.md §21.2: these exact bytes and hash.
+    /// The worked example of docs/PROTOCOL.md §20.2: these exact bytes and hash.
     #[test]
     fn the_documented_example_leaf() {
         let leaf = LogLeaf::new(

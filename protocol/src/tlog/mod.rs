@@ -11,7 +11,7 @@
 //!
 //! The roster lists the log key(s), the witness keys and how many witness cosignatures a
 //! checkpoint needs before a client accepts it ([`TransparencyPolicy`]), so everything is
-//! chained to the organisation root. The specification is `docs/PROTOCOL.md` §21.
+//! chained to the organisation root. The specification is `docs/PROTOCOL.md` §20.
 
 pub mod leaf;
 pub mod merkle;
@@ -389,7 +389,7 @@ mod tests {
         assert!(crate::codec::decode::<LeafBytes>("t", &cbor, 1 << 20).is_err());
     }
 
-    /// The frame examples of docs/PROTOCOL.md §21.6, byte for byte.
+    /// The frame examples of docs/PROTOCOL.md §20.6, byte for byte.
     #[test]
     fn the_documented_frame_examples() {
         let account = AccountId::new("alice").unwrap_or_else(|_| unreachable!());

@@ -1,4 +1,4 @@
-//! The transparency-log frames (docs/PROTOCOL.md §21): the latest checkpoint, proofs of
+//! The transparency-log frames (docs/PROTOCOL.md §20): the latest checkpoint, proofs of
 //! device-log heads and roster versions, leaves for witnesses and auditors, consistency
 //! proofs, and witness cosignatures. The decisions live in `crate::tlog`; this is the
 //! shell that turns them into frames.
