@@ -567,7 +567,10 @@ async fn a_roster_listed_witness_cosigns_and_the_relay_serves_its_cosignature() 
     // The witness: the checkpoint, signed by the roster's log key, and the leaves, whose
     // tree has exactly the checkpoint's root.
     let signed = checkpoint(sec).await;
-    let cp = signed.verify_log(std::slice::from_ref(&log_key)).unwrap().clone();
+    let cp = signed
+        .verify_log(std::slice::from_ref(&log_key))
+        .unwrap()
+        .clone();
     let mut tree = MerkleTree::new();
     while tree.size() < cp.size {
         let answer = sec
@@ -577,7 +580,12 @@ async fn a_roster_listed_witness_cosigns_and_the_relay_serves_its_cosignature() 
             })
             .await
             .unwrap();
-        let FrameBody::LogLeaves { start, leaves, size } = answer else {
+        let FrameBody::LogLeaves {
+            start,
+            leaves,
+            size,
+        } = answer
+        else {
             panic!("{answer:?}")
         };
         assert_eq!(start, tree.size());
@@ -592,7 +600,11 @@ async fn a_roster_listed_witness_cosigns_and_the_relay_serves_its_cosignature() 
     assert_eq!(tree.root_at(cp.size).unwrap(), cp.root);
     // Not enough cosignatures yet for clients.
     assert!(signed
-        .verify(std::slice::from_ref(&log_key), &[witness.public().clone()], 1)
+        .verify(
+            std::slice::from_ref(&log_key),
+            &[witness.public().clone()],
+            1
+        )
         .is_err());
 
     // A cosignature by a key the roster does not list (same name) is refused.
@@ -605,7 +617,13 @@ async fn a_roster_listed_witness_cosigns_and_the_relay_serves_its_cosignature() 
         .await
         .unwrap_err();
     assert!(
-        matches!(err, NetError::Refused { code: ErrorCode::BadFrame, .. }),
+        matches!(
+            err,
+            NetError::Refused {
+                code: ErrorCode::BadFrame,
+                ..
+            }
+        ),
         "{err:?}"
     );
     // The listed witness's is stored and served.
@@ -620,7 +638,11 @@ async fn a_roster_listed_witness_cosigns_and_the_relay_serves_its_cosignature() 
     assert_eq!(answer, FrameBody::Done);
     let served = checkpoint(&staff[0].conn).await;
     let verified = served
-        .verify(std::slice::from_ref(&log_key), &[witness.public().clone()], 1)
+        .verify(
+            std::slice::from_ref(&log_key),
+            &[witness.public().clone()],
+            1,
+        )
         .unwrap();
     assert_eq!(verified, &cp);
 

@@ -21,7 +21,10 @@ fn log_failure(id: u64, e: &LogError) -> Handled {
             &format!("the log holds no leaf for {what}"),
         ),
         LogError::Tlog(t) => refuse(id, ErrorCode::BadFrame, &t.to_string()),
-        LogError::BadLeaf { .. } | LogError::Missing { .. } | LogError::Key { .. } => {
+        LogError::BadLeaf { .. }
+        | LogError::Missing { .. }
+        | LogError::Conflict { .. }
+        | LogError::Key { .. } => {
             warn!(error = %e, "transparency log failure");
             refuse(id, ErrorCode::Internal, "transparency log unavailable")
         }
