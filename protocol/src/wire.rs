@@ -571,7 +571,7 @@ pub enum FrameBody {
         /// The client account.
         account: AccountId,
     },
-    // ----- the transparency log (docs/PROTOCOL.md §21), authenticated -----
+    // ----- the transparency log (docs/PROTOCOL.md §20), authenticated -----
     /// The latest signed checkpoint (the relay signs a new one first if the log grew);
     /// answered with `checkpoint`.
     GetCheckpoint,

@@ -51,6 +51,13 @@ pub enum LogError {
         /// Its index.
         index: u64,
     },
+    /// A stored checkpoint of this size has another root than the tree (the database was
+    /// altered: run `audit verify`).
+    #[error("the stored checkpoint of size {size} has another root than the log")]
+    Conflict {
+        /// Its size.
+        size: u64,
+    },
     /// The log key file is unusable.
     #[error("{path}: {reason}")]
     Key {
@@ -232,6 +239,15 @@ impl Tlog {
                 }
             }
             _ => {
+                // Never replace a stored checkpoint of this size that has another root:
+                // it is evidence (the database was altered; `audit verify` says where).
+                if let Some(note) = store.checkpoint(size).await? {
+                    let same = SignedCheckpoint::parse(note.as_bytes())
+                        .is_ok_and(|c| c.checkpoint.root == st.tree.root());
+                    if !same {
+                        return Err(LogError::Conflict { size });
+                    }
+                }
                 let signed = self.signer.sign(size, st.tree.root());
                 store
                     .put_checkpoint(size, &signed.to_text(), now_ms)
@@ -401,5 +417,82 @@ async fn sync_locked<S: TlogStore>(st: &mut TreeState, store: &S) -> Result<u64,
             }
             st.tree.push(sealpost_protocol::tlog::leaf_hash(leaf));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use sealpost_protocol::tlog::{Actor, WitnessSigner};
+
+    fn signer() -> LogSigner {
+        LogSigner::generate(KeyName::new("t/log").unwrap(), &mut rand::rngs::OsRng)
+    }
+
+    #[tokio::test]
+    async fn checkpoints_are_signed_lazily_and_never_replaced_by_another_root() {
+        let store = MemoryStore::new();
+        let log = Tlog::new(signer());
+        for i in 0..3 {
+            let leaf = LogLeaf::admin_command(i, "status", &[]);
+            assert_eq!(log.append(&store, &leaf, i).await.unwrap(), i);
+        }
+        let a = log.checkpoint(&store, 10).await.unwrap();
+        assert_eq!(a.checkpoint.size, 3);
+        // Asked again without growth: the same checkpoint, nothing new stored.
+        let b = log.checkpoint(&store, 11).await.unwrap();
+        assert_eq!(a, b);
+        assert_eq!(store.checkpoints_after(None, 10).await.unwrap().len(), 1);
+        // A fresh relay over a store whose stored checkpoint of the current size has
+        // another root refuses to sign over it.
+        store
+            .put_checkpoint(3, &signer().sign(3, [9; 32]).to_text(), 12)
+            .await
+            .unwrap();
+        let fresh = Tlog::new(signer());
+        assert!(matches!(
+            fresh.checkpoint(&store, 13).await,
+            Err(LogError::Conflict { size: 3 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_configuration_is_recorded_when_it_changes() {
+        let store = MemoryStore::new();
+        let log = Tlog::new(signer());
+        assert!(log.record_config(&store, [1; 32], 1).await.unwrap());
+        assert!(!log.record_config(&store, [1; 32], 2).await.unwrap());
+        // A restarted relay knows the last digest from the leaves.
+        let again = Tlog::new(signer());
+        assert!(!again.record_config(&store, [1; 32], 3).await.unwrap());
+        assert!(again.record_config(&store, [2; 32], 4).await.unwrap());
+        assert_eq!(store.leaf_count().await.unwrap(), 2);
+        let leaves = store.leaves(0, 10).await.unwrap();
+        let last = LogLeaf::from_bytes(&leaves[1].1).unwrap();
+        assert_eq!(last.actor, Actor::Operator);
+        assert_eq!(last.event, LeafEvent::ConfigChanged { digest: [2; 32] });
+    }
+
+    #[test]
+    fn a_cosignature_must_come_from_a_listed_witness() {
+        let log = signer();
+        let cp = log.sign(5, [3; 32]);
+        let w = WitnessSigner::generate(KeyName::new("w/1").unwrap(), &mut rand::rngs::OsRng);
+        let policy = TransparencyPolicy {
+            log_keys: vec![log.public().clone()],
+            witnesses: vec![w.public().clone()],
+            witness_threshold: 1,
+        };
+        let line = w.cosign(&cp.checkpoint, 100).line();
+        assert!(check_cosignature(&cp, Some(&policy), &line).is_ok());
+        assert!(check_cosignature(&cp, None, &line).is_err());
+        // Over another checkpoint, or two lines, or garbage: refused.
+        let other = log.sign(6, [3; 32]);
+        assert!(check_cosignature(&other, Some(&policy), &line).is_err());
+        let two = format!("{line}{line}");
+        assert!(check_cosignature(&cp, Some(&policy), &two).is_err());
+        assert!(check_cosignature(&cp, Some(&policy), "hello").is_err());
     }
 }

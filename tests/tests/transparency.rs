@@ -512,3 +512,176 @@ async fn audit_verify_names_an_edited_deleted_or_swapped_leaf() {
     let cp = SignedCheckpoint::parse(note.as_bytes()).unwrap();
     cp.verify_log(std::slice::from_ref(&key)).unwrap();
 }
+
+/// A witness listed in the roster follows the log as a staff device, recomputes the tree
+/// from the leaves, cosigns the checkpoint; the relay stores the cosignature and serves it,
+/// and refuses one by a key the roster does not list. The roster version itself is proven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roster_listed_witness_cosigns_and_the_relay_serves_its_cosignature() {
+    use sealpost_protocol::tlog::{KeyName, MerkleTree, TransparencyPolicy, WitnessSigner};
+    use sealpost_protocol::trust::{ApprovalPolicy, OrgRoot, Roster, StaffMember, StaffRole};
+
+    let root = OrgRoot::generate(&mut rand::rngs::OsRng);
+    let relay = sealpost_tests::memory_relay_with_org(root.public().fingerprint(), |_| {}).await;
+    let log_key = relay.relay.tlog.public().clone();
+    let mut staff = Vec::new();
+    let mut members = Vec::new();
+    for (i, (name, role)) in [
+        ("w-ops", StaffRole::Operations),
+        ("w-comp", StaffRole::Compliance),
+        ("w-sec", StaffRole::Security),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let account = relay.account(name, Role::Staff).await;
+        let dev = relay.device(&account, 40 + i as u64).await;
+        members.push(StaffMember {
+            account,
+            role,
+            devices: vec![dev.identity.public().clone()],
+        });
+        staff.push(dev);
+    }
+    let witness = WitnessSigner::generate(
+        KeyName::new("witness.example/w1").unwrap(),
+        &mut rand::rngs::OsRng,
+    );
+    let stranger = WitnessSigner::generate(
+        KeyName::new("witness.example/w1").unwrap(),
+        &mut rand::rngs::OsRng,
+    );
+    let policy = ApprovalPolicy {
+        transparency: Some(TransparencyPolicy {
+            log_keys: vec![log_key.clone()],
+            witnesses: vec![witness.public().clone()],
+            witness_threshold: 1,
+        }),
+        ..ApprovalPolicy::default()
+    };
+    let roster = Roster::new(1, None, now_ms() - 1000, members, policy).unwrap();
+    let v1 = root.sign_genesis(roster.clone()).unwrap();
+    staff[0].conn.publish_roster(v1).await.unwrap();
+    let sec = &staff[2].conn;
+
+    // The witness: the checkpoint, signed by the roster's log key, and the leaves, whose
+    // tree has exactly the checkpoint's root.
+    let signed = checkpoint(sec).await;
+    let cp = signed
+        .verify_log(std::slice::from_ref(&log_key))
+        .unwrap()
+        .clone();
+    let mut tree = MerkleTree::new();
+    while tree.size() < cp.size {
+        let answer = sec
+            .request(FrameBody::GetLogLeaves {
+                start: tree.size(),
+                count: 2,
+            })
+            .await
+            .unwrap();
+        let FrameBody::LogLeaves {
+            start,
+            leaves,
+            size,
+        } = answer
+        else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(start, tree.size());
+        assert!(size >= cp.size);
+        assert!(!leaves.as_slice().is_empty());
+        for l in leaves.as_slice() {
+            let leaf = LogLeaf::from_bytes(l.as_slice()).unwrap();
+            assert_eq!(leaf.index, tree.size());
+            tree.push(sealpost_protocol::tlog::leaf_hash(l.as_slice()));
+        }
+    }
+    assert_eq!(tree.root_at(cp.size).unwrap(), cp.root);
+    // Not enough cosignatures yet for clients.
+    assert!(signed
+        .verify(
+            std::slice::from_ref(&log_key),
+            &[witness.public().clone()],
+            1
+        )
+        .is_err());
+
+    // A cosignature by a key the roster does not list (same name) is refused.
+    let bad = stranger.cosign(&cp, now_ms() / 1000);
+    let err = sec
+        .request(FrameBody::SubmitCosignature {
+            size: cp.size,
+            line: sealpost_protocol::wire::BoundedString::truncating(&bad.line()),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetError::Refused {
+                code: ErrorCode::BadFrame,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // The listed witness's is stored and served.
+    let good = witness.cosign(&cp, now_ms() / 1000);
+    let answer = sec
+        .request(FrameBody::SubmitCosignature {
+            size: cp.size,
+            line: sealpost_protocol::wire::BoundedString::truncating(&good.line()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer, FrameBody::Done);
+    let served = checkpoint(&staff[0].conn).await;
+    let verified = served
+        .verify(
+            std::slice::from_ref(&log_key),
+            &[witness.public().clone()],
+            1,
+        )
+        .unwrap();
+    assert_eq!(verified, &cp);
+
+    // The roster version is in the log.
+    let answer = sec
+        .request(FrameBody::ProveRoster {
+            version: 1,
+            hash: roster.hash().0,
+            old_size: 0,
+        })
+        .await
+        .unwrap();
+    let FrameBody::LogProof {
+        index,
+        leaf,
+        inclusion,
+        ..
+    } = answer
+    else {
+        panic!("{answer:?}")
+    };
+    let inclusion = proof_hashes(inclusion.as_slice());
+    let leaf = verify_proof(
+        &LeafProof {
+            leaf: leaf.as_slice(),
+            index,
+            inclusion: &inclusion,
+            consistency: &[],
+        },
+        &cp,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        leaf.event,
+        LeafEvent::Roster {
+            version: 1,
+            hash: roster.hash().0
+        }
+    );
+    assert_eq!(leaf.actor, sealpost_protocol::tlog::Actor::Operator);
+}

@@ -408,4 +408,27 @@ mod tests {
         let bytes = v2.to_bytes().unwrap_or_default();
         assert!(LogLeaf::from_bytes(&bytes).is_err());
     }
+
+    /// The worked example of docs/PROTOCOL.md §20.2: these exact bytes and hash.
+    #[test]
+    fn the_documented_example_leaf() {
+        let leaf = LogLeaf::new(
+            1_765_000_000_000,
+            Actor::Operator,
+            LeafEvent::AccountCreated {
+                account: account("alice"),
+                role: Role::Client,
+            },
+        )
+        .with_index(3);
+        let bytes = leaf.to_bytes().unwrap_or_default();
+        let hash = crate::tlog::leaf_hash(&bytes);
+        println!("leaf {}\nhash {}", hex::encode(&bytes), hex::encode(hash));
+        assert_eq!(hex::encode(&bytes), EXAMPLE_LEAF_HEX);
+        assert_eq!(hex::encode(hash), EXAMPLE_LEAF_HASH);
+    }
+
+    const EXAMPLE_LEAF_HEX: &str = "a561760165696e646578036774696d655f6d731b0000019af232b200656163746f72686f70657261746f72656576656e74a16f6163636f756e745f63726561746564a2676163636f756e7465616c69636564726f6c6566636c69656e74";
+    const EXAMPLE_LEAF_HASH: &str =
+        "3dda1f68148c974451de54839b9eb6aaf1a6f741ef48069cf01c7bfbd29dd3a5";
 }

@@ -11,7 +11,7 @@
 //!
 //! The roster lists the log key(s), the witness keys and how many witness cosignatures a
 //! checkpoint needs before a client accepts it ([`TransparencyPolicy`]), so everything is
-//! chained to the organisation root. The specification is `docs/PROTOCOL.md` §21.
+//! chained to the organisation root. The specification is `docs/PROTOCOL.md` §20.
 
 pub mod leaf;
 pub mod merkle;
@@ -388,4 +388,49 @@ mod tests {
         let cbor = crate::codec::encode("t", &big, 1 << 20).unwrap_or_default();
         assert!(crate::codec::decode::<LeafBytes>("t", &cbor, 1 << 20).is_err());
     }
+
+    /// The frame examples of docs/PROTOCOL.md §20.6, byte for byte.
+    #[test]
+    fn the_documented_frame_examples() {
+        let account = AccountId::new("alice").unwrap_or_else(|_| unreachable!());
+        let cases = [
+            (FrameBody::GetCheckpoint, EXAMPLE_GET_CHECKPOINT),
+            (
+                FrameBody::ProveLogHead {
+                    account,
+                    length: 2,
+                    head: [0xab; 32],
+                    old_size: 5,
+                },
+                EXAMPLE_PROVE_LOG_HEAD,
+            ),
+            (
+                FrameBody::GetLogLeaves {
+                    start: 0,
+                    count: 100,
+                },
+                EXAMPLE_GET_LOG_LEAVES,
+            ),
+        ];
+        let got: Vec<(String, &str)> = cases
+            .into_iter()
+            .map(|(body, want)| {
+                let bytes = encode_frame(&Frame::new(7, body)).unwrap_or_default();
+                let payload = bytes
+                    .get(crate::wire::FRAME_PREFIX_LEN..)
+                    .unwrap_or_default();
+                println!("{}", hex::encode(payload));
+                (hex::encode(payload), want)
+            })
+            .collect();
+        for (got, want) in got {
+            assert_eq!(got, want);
+        }
+    }
+
+    const EXAMPLE_GET_CHECKPOINT: &str =
+        "a36176016269640764626f6479a161746e6765745f636865636b706f696e74";
+    const EXAMPLE_PROVE_LOG_HEAD: &str = "a36176016269640764626f6479a261746e70726f76655f6c6f675f686561646163a4676163636f756e7465616c696365666c656e6774680264686561645820abababababababababababababababababababababababababababababababab686f6c645f73697a6505";
+    const EXAMPLE_GET_LOG_LEAVES: &str =
+        "a36176016269640764626f6479a261746e6765745f6c6f675f6c65617665736163a26573746172740065636f756e741864";
 }

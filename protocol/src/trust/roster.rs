@@ -223,7 +223,7 @@ pub struct ApprovalPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_attestation: Option<RoleSet>,
     /// The transparency log's keys, its witnesses and the cosignatures a checkpoint needs
-    /// (docs/PROTOCOL.md §21). `None` (absent in CBOR) keeps the format-1 or format-2
+    /// (docs/PROTOCOL.md §20). `None` (absent in CBOR) keeps the format-1 or format-2
     /// bytes; present, the canonical bytes are of format 3: the attestation role mask (0
     /// when absent) and then the policy's bytes follow the sensitive kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]

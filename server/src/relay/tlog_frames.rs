@@ -1,4 +1,4 @@
-//! The transparency-log frames (docs/PROTOCOL.md §21): the latest checkpoint, proofs of
+//! The transparency-log frames (docs/PROTOCOL.md §20): the latest checkpoint, proofs of
 //! device-log heads and roster versions, leaves for witnesses and auditors, consistency
 //! proofs, and witness cosignatures. The decisions live in `crate::tlog`; this is the
 //! shell that turns them into frames.
@@ -21,7 +21,10 @@ fn log_failure(id: u64, e: &LogError) -> Handled {
             &format!("the log holds no leaf for {what}"),
         ),
         LogError::Tlog(t) => refuse(id, ErrorCode::BadFrame, &t.to_string()),
-        LogError::BadLeaf { .. } | LogError::Missing { .. } | LogError::Key { .. } => {
+        LogError::BadLeaf { .. }
+        | LogError::Missing { .. }
+        | LogError::Conflict { .. }
+        | LogError::Key { .. } => {
             warn!(error = %e, "transparency log failure");
             refuse(id, ErrorCode::Internal, "transparency log unavailable")
         }
