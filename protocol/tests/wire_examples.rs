@@ -718,6 +718,22 @@ fn message_content_encodings() {
         expected.replacen("657669657773a3", "657669657773a4", 1)
     );
     assert!(Message::decode(&hex::decode(bad).unwrap()).is_err());
+    // The transparency-log checkpoint the sender holds (§20.9): a fourth key of LogViews.
+    let mut with_checkpoint = with_views.clone();
+    if let Some(v) = with_checkpoint.views.as_mut() {
+        v.checkpoint = Some(sealpost_protocol::content::CheckpointView {
+            size: 5,
+            root: [0xbb; 32],
+        });
+    }
+    let bytes = with_checkpoint.encode().unwrap();
+    let expected_cp = format!(
+        "{}6a636865636b706f696e74a26473697a650564726f6f745820{}",
+        expected.replacen("657669657773a3", "657669657773a4", 1),
+        "bb".repeat(32)
+    );
+    assert_eq!(hex::encode(&bytes), expected_cp);
+    assert_eq!(Message::decode(&bytes).unwrap(), with_checkpoint);
 }
 
 // ---------------------------------------------------------------------------------------
