@@ -337,6 +337,12 @@ impl Config {
 
     /// Check values that would make the relay unsafe or unusable.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = sealpost_protocol::tlog::KeyName::new(&self.log_origin) {
+            return Err(ConfigError::Invalid(format!(
+                "log_origin {:?}: {e} (write a schema-less URL such as \"relay.example.com/log\")",
+                self.log_origin
+            )));
+        }
         let l = &self.limits;
         for (name, rate) in [
             ("send_rate", l.send_rate),
@@ -580,6 +586,8 @@ mod tests {
             ),
             ("[limits]\nmailbox_max_count = 0\n", "mailbox_max_count"),
             ("log_level = \"info,=[\"\n", "log_level"),
+            ("log_origin = \"my relay\"\n", "log_origin"),
+            ("log_origin = \"\"\n", "log_origin"),
         ] {
             // Refused when read (not a duration) or when checked (zero).
             let err = match toml::from_str::<Config>(toml_text) {
