@@ -551,6 +551,26 @@ fn paired_checks() {
             || round(&with, (&alice_v, &bob_v), &mut av, &mut bv, &mut rv),
             || round(&without, (&alice_w, &bob_w), &mut av2, &mut bv2, &mut rv2),
         );
+        // The transparency-log checkpoint in the views since issue 10 (§20.9): the same
+        // message with both heads and a checkpoint, against both heads only.
+        let mut with_cp = with.clone();
+        if let Some(v) = with_cp.views.as_mut() {
+            v.checkpoint = Some(sealpost_protocol::content::CheckpointView {
+                size: 1 << 20,
+                root: [0x3c; 32],
+            });
+        }
+        println!(
+            "message views: encoded {} bytes with both heads and a checkpoint, {} without it",
+            with_cp.encode().unwrap().len(),
+            with.encode().unwrap().len()
+        );
+        paired(
+            "message_1k_content: checkpoint vs heads only",
+            60,
+            || round(&with_cp, (&alice_v, &bob_v), &mut av, &mut bv, &mut rv),
+            || round(&with, (&alice_w, &bob_w), &mut av2, &mut bv2, &mut rv2),
+        );
     }
 
     // Olm, established as in the `olm` group.
