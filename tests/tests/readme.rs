@@ -21,7 +21,7 @@
 //! - `<!-- readme-test: file NAME -->` / `append NAME` on a ```toml block: the reader saves
 //!   (or appends) the block, placeholders filled in, as NAME in the current directory.
 //!
-//! Placeholders (`<CA>`, `<ORG>`, `<request id>`, `<X's code>`, `<X's identity>`,
+//! Placeholders (`<CA>`, `<ORG>`, `<LOG>`, `<request id>`, `<X's code>`, `<X's identity>`,
 //! `<link code>`) are filled from what earlier commands printed, and so are the README's
 //! literal examples of values that differ on every run (the safety number after
 //! `verify --confirm`, the attestation code after `attest confirm --code`, the device id
@@ -349,6 +349,17 @@ fn capture(output: &str, caps: &mut BTreeMap<String, String>) {
                     caps.insert("ORG".into(), v);
                 }
             }
+        }
+        // `sealpost-relay audit key`: the log key as a signed-note verifier key,
+        // `<origin>+<8 hex>+<base64>`.
+        let parts: Vec<&str> = t.split('+').collect();
+        if toks.len() == 1
+            && parts.len() >= 3
+            && is_hex(parts[1], 8)
+            && !parts[0].is_empty()
+            && t.len() > 60
+        {
+            caps.insert("LOG".into(), t.to_string());
         }
         if let Some(rest) = t.strip_prefix("enrolment code for ") {
             if let Some((who, code)) = rest.split_once(": ") {
