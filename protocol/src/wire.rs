@@ -576,8 +576,10 @@ pub enum FrameBody {
     /// answered with `checkpoint`.
     GetCheckpoint,
     /// Prove that an account's device log had `length` entries ending in `head`: answered
-    /// with `log_proof` (the leaf recording it, its inclusion proof in the latest
-    /// checkpoint, and the consistency proof from `old_size`, 0 for none).
+    /// with `log_proof` (the leaf recording it, its inclusion proof in a checkpoint: the
+    /// newest one the roster's witnesses cosigned that holds the leaf and is not older
+    /// than `old_size`, else the latest; and the consistency proof from `old_size`, 0 for
+    /// none).
     ProveLogHead {
         /// The account.
         account: AccountId,

@@ -120,6 +120,11 @@ struct TreeState {
     index: HashMap<LeafKey, u64>,
     /// The latest checkpoint signed (or read back from the store).
     latest: Option<SignedCheckpoint>,
+    /// The newest checkpoint whose cosignatures met the roster's `witness_threshold` when
+    /// the last of them arrived (none since start): proofs are given against it when it
+    /// holds the leaf, so that devices need not wait for the witnesses to cosign the very
+    /// latest checkpoint.
+    witnessed: Option<SignedCheckpoint>,
     /// The configuration digest the last `config_changed` leaf recorded.
     config: Option<[u8; 32]>,
 }
@@ -154,6 +159,7 @@ impl Tlog {
                 tree: MerkleTree::new(),
                 index: HashMap::new(),
                 latest: None,
+                witnessed: None,
                 config: None,
             }),
         }
@@ -296,12 +302,24 @@ impl Tlog {
         now_ms: u64,
     ) -> Result<Proof, LogError> {
         let mut st = self.state.lock().await;
-        let checkpoint = self.checkpoint_locked(&mut st, store, now_ms).await?;
+        let latest = self.checkpoint_locked(&mut st, store, now_ms).await?;
         let Some(&index) = st.index.get(&key) else {
             return Err(LogError::NotLogged(match key {
                 LeafKey::Head(a, n, _) => format!("device log head {a} at length {n}"),
                 LeafKey::Roster(v, _) => format!("roster version {v}"),
             }));
+        };
+        // The newest witnessed checkpoint if it holds the leaf and extends the device's
+        // (a device that requires cosignatures accepts it at once), else the latest.
+        let checkpoint = match &st.witnessed {
+            Some(w)
+                if w.checkpoint.size > index
+                    && w.checkpoint.size >= old_size
+                    && st.tree.root_at(w.checkpoint.size).ok() == Some(w.checkpoint.root) =>
+            {
+                w.clone()
+            }
+            _ => latest,
         };
         let size = checkpoint.checkpoint.size;
         let inclusion = st.tree.inclusion_proof(index, size)?;
@@ -352,6 +370,19 @@ impl Tlog {
         store
             .put_checkpoint(size, &signed.to_text(), now_ms)
             .await?;
+        if let Some(p) = policy {
+            let enough = signed
+                .verify_cosignatures(&p.witnesses)
+                .is_ok_and(|v| v.len() >= usize::from(p.witness_threshold));
+            if enough
+                && st
+                    .witnessed
+                    .as_ref()
+                    .is_none_or(|w| w.checkpoint.size <= size)
+            {
+                st.witnessed = Some(signed.clone());
+            }
+        }
         if st
             .latest
             .as_ref()
@@ -473,6 +504,61 @@ mod tests {
         let last = LogLeaf::from_bytes(&leaves[1].1).unwrap();
         assert_eq!(last.actor, Actor::Operator);
         assert_eq!(last.event, LeafEvent::ConfigChanged { digest: [2; 32] });
+    }
+
+    #[tokio::test]
+    async fn proofs_use_the_newest_witnessed_checkpoint_that_holds_the_leaf() {
+        use sealpost_protocol::tlog::LoggedAction;
+        let store = MemoryStore::new();
+        let log = Tlog::new(signer());
+        let w = WitnessSigner::generate(KeyName::new("w/1").unwrap(), &mut rand::rngs::OsRng);
+        let policy = TransparencyPolicy {
+            log_keys: vec![log.public().clone()],
+            witnesses: vec![w.public().clone()],
+            witness_threshold: 1,
+        };
+        let alice = AccountId::new("alice").unwrap();
+        let head = |n: u64| {
+            LogLeaf::new(
+                n,
+                Actor::Relay,
+                LeafEvent::DeviceLogHead {
+                    account: alice.clone(),
+                    length: n,
+                    head: [n as u8; 32],
+                    action: LoggedAction::Add,
+                },
+            )
+        };
+        log.append(&store, &head(1), 1).await.unwrap();
+        log.append(&store, &head(2), 2).await.unwrap();
+        // The witness cosigns the checkpoint of 2 leaves; then the log grows.
+        let cp2 = log.checkpoint(&store, 3).await.unwrap();
+        let line = w.cosign(&cp2.checkpoint, 1_700_000_000).line();
+        log.add_cosignature(&store, Some(&policy), 2, &line, 4)
+            .await
+            .unwrap();
+        log.append(&store, &head(3), 5).await.unwrap();
+        // A leaf the witnessed checkpoint holds: proven against it (cosigned).
+        let p = log
+            .prove_head(&store, &alice, 2, [2; 32], 0, 6)
+            .await
+            .unwrap();
+        assert_eq!(p.checkpoint.checkpoint.size, 2);
+        p.checkpoint
+            .verify(&policy.log_keys, &policy.witnesses, 1)
+            .unwrap();
+        // A newer leaf, or a device that already holds a larger checkpoint: the latest.
+        let p = log
+            .prove_head(&store, &alice, 3, [3; 32], 0, 7)
+            .await
+            .unwrap();
+        assert_eq!(p.checkpoint.checkpoint.size, 3);
+        let p = log
+            .prove_head(&store, &alice, 1, [1; 32], 3, 8)
+            .await
+            .unwrap();
+        assert_eq!(p.checkpoint.checkpoint.size, 3);
     }
 
     #[test]
