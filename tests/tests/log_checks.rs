@@ -248,6 +248,15 @@ async fn devices_hold_proven_checkpoints_and_the_witness_cosigns_them() {
     let pass: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(pass["event"], "witness_pass", "{out}");
     assert!(pass["size"].as_u64().unwrap() >= p.size, "{out}");
+    let (code, out, err) = cli(&w.homes.path().join("alice"), &["--json", "whoami"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let who: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(who["transparency"]["configured"], true, "{out}");
+    assert_eq!(who["transparency"]["witness_threshold"], 1, "{out}");
+    assert!(
+        who["transparency"]["checkpoint_size"].as_u64().unwrap() > 0,
+        "{out}"
+    );
     let (code, out, err) = cli(&w.homes.path().join("alice"), &["--json", "audit", "check"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("\"transparency_checked\""), "{out}");

@@ -266,6 +266,23 @@ async fn whoami(ctx: &Ctx) -> Result<(), CliError> {
     let fp = client.identity().fingerprint().to_string();
     let identity = sealpost_client::org::identity_hex(client.identity());
     let relay = client.relay().map(|r| json!({"addr": r.addr, "server_name": r.server_name, "ca_fingerprint": r.ca_fingerprint, "org_fingerprint": r.org_fingerprint}));
+    // The transparency log, as of the roster this device verified last (local).
+    let (transparency, transparency_line) = match client.transparency_policy() {
+        None => (
+            json!({"configured": false}),
+            "transparency: the roster names no transparency log".to_owned(),
+        ),
+        Some(p) => {
+            let held = client.checkpoint_size();
+            (
+                json!({"configured": true, "checkpoint_size": held, "witness_threshold": p.witness_threshold}),
+                format!(
+                    "transparency: checked in the relay's log (checkpoint of {held} leaves held; {} witness cosignature(s) required)",
+                    p.witness_threshold
+                ),
+            )
+        }
+    };
     ctx.out.json_line(json!({
         "event": "whoami",
         "home": ctx.home.display().to_string(),
@@ -277,6 +294,7 @@ async fn whoami(ctx: &Ctx) -> Result<(), CliError> {
         "identity": identity,
         "relay": relay,
         "attestation": attestation.as_ref().map(|(j, _)| j.clone()),
+        "transparency": transparency,
     }));
     match client.account() {
         Some(a) => ctx
@@ -299,6 +317,13 @@ async fn whoami(ctx: &Ctx) -> Result<(), CliError> {
     ctx.out.say(format!("profile:     {}", ctx.home.display()));
     if let Some((_, line)) = attestation {
         ctx.out.say(line);
+    }
+    if client
+        .relay()
+        .and_then(|r| r.org_fingerprint.as_ref())
+        .is_some()
+    {
+        ctx.out.say(transparency_line);
     }
     Ok(())
 }
