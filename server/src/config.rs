@@ -216,6 +216,9 @@ pub struct Config {
     /// `info,sealpost_server::conn=debug` (`RUST_LOG`, when set, takes precedence).
     /// Re-read on SIGHUP.
     pub log_level: String,
+    /// Security events: the rules, their retention, the SIEM export
+    /// (docs/OPERATIONS.md, "Security events").
+    pub security: crate::security::SecurityConfig,
 }
 
 impl Default for Config {
@@ -230,6 +233,7 @@ impl Default for Config {
             limits: Limits::default(),
             org_fingerprint: None,
             log_level: "info".into(),
+            security: crate::security::SecurityConfig::default(),
         }
     }
 }
@@ -412,6 +416,7 @@ impl Config {
                 "limits.link_lifetime must be 1s..=24h".into(),
             ));
         }
+        self.security.check().map_err(ConfigError::Invalid)?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key must be set together".into(),

@@ -14,6 +14,8 @@
 //! * [`tls`]: certificates, the development CA, QUIC configuration.
 //! * [`admin`]: operator actions (accounts, enrolment codes, assignments);
 //!   [`backup`]: online backup and offline restore of the data directory.
+//! * [`security`]: the security rules, the events they raise, the live feed and the SIEM
+//!   export.
 //! * [`metrics`], [`health`]: Prometheus metrics and the operator's HTTP endpoint
 //!   (`/metrics`, `/healthz`, `/readyz`).
 
@@ -28,6 +30,7 @@ pub mod links;
 pub mod metrics;
 pub mod policy;
 pub mod relay;
+pub mod security;
 pub mod store;
 pub mod tls;
 pub mod transfer;
@@ -132,8 +135,20 @@ impl<S: Store> Server<S> {
             ),
             config::Backend::Memory => Arc::new(store::blob::MemoryBlobStore::new(blob_limits)),
         };
+        let events: Arc<dyn store::events::EventStore> = match config.backend {
+            config::Backend::Sqlite => Arc::new(store::events::SqliteEventStore::open(
+                &config.data_dir.join(store::events::EVENTS_DB_FILE),
+            )?),
+            config::Backend::Memory => Arc::new(store::events::MemoryEventStore::new(
+                usize::try_from(config.security.max_events).unwrap_or(usize::MAX),
+            )),
+        };
         Ok(Self {
-            relay: Arc::new(Relay::new(store, config).with_blobs(blobs)),
+            relay: Arc::new(
+                Relay::new(store, config)
+                    .with_blobs(blobs)
+                    .with_events(events),
+            ),
             endpoint,
             ca_fingerprint,
             http,
@@ -224,6 +239,10 @@ impl<S: Store> Server<S> {
         let active = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
         let sweeper = tokio::spawn(sweep(relay.clone(), stop_rx.clone()));
+        let security_writer = tokio::spawn(security::write_loop(
+            relay.security.clone(),
+            stop_rx.clone(),
+        ));
         tokio::pin!(shutdown);
         lifecycle.set(health::Phase::Serving);
         match endpoint.local_addr() {
@@ -286,6 +305,8 @@ impl<S: Store> Server<S> {
         endpoint.close(conn::close::SHUTDOWN.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         sweeper.abort();
+        // The events raised until now are stored and exported before the relay stops.
+        let _ = tokio::time::timeout(Duration::from_secs(5), security_writer).await;
         let flushed = relay.store.flush().await;
         let _ = http_stop_tx.send(true);
         if let Some(t) = http_task {

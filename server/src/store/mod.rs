@@ -41,6 +41,7 @@
 //!   pinned fingerprint when it starts).
 
 pub mod blob;
+pub mod events;
 pub mod memory;
 pub mod sqlite;
 
