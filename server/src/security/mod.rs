@@ -50,10 +50,11 @@ const WRITE_BATCH: usize = 256;
 /// How often the writer prunes the store to its retention.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The rules' settings, one table per rule (`[security.rules.<name>]`). A key left out
-/// keeps its default (docs/OPERATIONS.md lists them).
+/// The rules' settings, one table per rule (`[security.rules.<name>]`). A rule or a key
+/// left out keeps its default (docs/OPERATIONS.md lists them); an unknown rule or key is
+/// refused.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "std::collections::BTreeMap<String, PartialRule>")]
 #[allow(missing_docs)]
 pub struct RulesConfig {
     pub auth_failures_account: RuleSettings,
@@ -89,6 +90,75 @@ impl Default for RulesConfig {
             account_unfrozen: d(Rule::AccountUnfrozen),
             notice_to_all_clients: d(Rule::NoticeToAllClients),
         }
+    }
+}
+
+/// Whole seconds, written as a duration (`"5m"`) or a number.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(transparent)]
+pub struct Secs(#[serde(with = "crate::config::duration_secs")] pub u64);
+
+/// A rule's table as written: every key optional.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialRule {
+    enabled: Option<bool>,
+    threshold: Option<u32>,
+    window: Option<Secs>,
+    severity: Option<sealpost_protocol::wire::SecuritySeverity>,
+    /// `"none"` switches a default measure off.
+    measure: Option<MeasureSetting>,
+}
+
+/// A measure, or `"none"`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasureSetting {
+    /// No measure.
+    None,
+    /// [`Measure::HoldSensitive`].
+    HoldSensitive,
+    /// [`Measure::RequireFreshLinkCode`].
+    RequireFreshLinkCode,
+}
+
+impl TryFrom<std::collections::BTreeMap<String, PartialRule>> for RulesConfig {
+    type Error = String;
+    fn try_from(tables: std::collections::BTreeMap<String, PartialRule>) -> Result<Self, String> {
+        let mut out = RulesConfig::default();
+        for (name, p) in tables {
+            let rule = Rule::ALL
+                .into_iter()
+                .find(|r| r.name() == name)
+                .ok_or_else(|| {
+                    format!(
+                        "security.rules.{name}: no such rule (rules: {})",
+                        Rule::ALL.map(|r| r.name()).join(", ")
+                    )
+                })?;
+            let s = out.get_mut(rule);
+            if let Some(v) = p.enabled {
+                s.enabled = v;
+            }
+            if let Some(v) = p.threshold {
+                s.threshold = v;
+            }
+            if let Some(v) = p.window {
+                s.window = v.0;
+            }
+            if let Some(v) = p.severity {
+                s.severity = v;
+            }
+            match p.measure {
+                None => {}
+                Some(MeasureSetting::None) => s.measure = None,
+                Some(MeasureSetting::HoldSensitive) => s.measure = Some(Measure::HoldSensitive),
+                Some(MeasureSetting::RequireFreshLinkCode) => {
+                    s.measure = Some(Measure::RequireFreshLinkCode)
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -712,3 +712,237 @@ impl Engine {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    const WINDOW_SECS: u64 = 10;
+
+    fn acct(n: u64) -> AccountId {
+        AccountId::new(&format!("acct-{n}")).unwrap()
+    }
+
+    fn addr(n: u64) -> IpAddr {
+        IpAddr::from([10, 0, (n >> 8) as u8, n as u8])
+    }
+
+    /// An engine where every rule has `threshold` and a 10 s window.
+    fn engine(threshold: u32) -> Engine {
+        Engine::new(|r| RuleSettings {
+            threshold,
+            window: WINDOW_SECS,
+            ..RuleSettings::default_for(r)
+        })
+    }
+
+    /// The i-th observation of an attack that `rule` must catch (same key, distinct
+    /// values where the rule counts distinct ones).
+    fn attack(rule: Rule, i: u64) -> Observation {
+        let a = acct(1);
+        let d = DeviceId([1; 16]);
+        match rule {
+            Rule::AuthFailuresAccount => Observation::AuthFailed {
+                account: Some(a),
+                device: Some(d),
+                // Another address each time: only the account rule counts them together.
+                address: addr(100 + i),
+            },
+            Rule::AuthFailuresAddress => Observation::AuthFailed {
+                account: None,
+                device: None,
+                address: addr(1),
+            },
+            Rule::SensitiveDuringCoolingOff => Observation::SensitiveDuringCoolingOff {
+                account: a,
+                device: d,
+                kind: "payment_instruction",
+            },
+            Rule::DeviceCountJump => Observation::DeviceAdded {
+                account: a,
+                device: DeviceId([i as u8; 16]),
+                devices: 1 + i as usize,
+            },
+            Rule::RecoveryRequested => Observation::RecoveryRequested { account: a, by: d },
+            Rule::UnsolicitedLinkRequest => Observation::LinkRequest {
+                account: a,
+                device: DeviceId([i as u8; 16]),
+                address: addr(1),
+                solicited: false,
+            },
+            Rule::BundleFetchBurst => Observation::BundleFetch {
+                account: a,
+                device: d,
+                target: acct(1000 + i),
+            },
+            Rule::UnassignedContactAttempt => Observation::UnassignedContact {
+                account: a,
+                device: d,
+                target: acct(1000 + i),
+            },
+            Rule::RateLimited => Observation::RateLimited {
+                account: Some(a),
+                device: Some(d),
+                address: addr(1),
+            },
+            Rule::ApprovalBurst => Observation::ApprovalSigned {
+                approver: a,
+                device: d,
+                request: [i as u8; 32],
+            },
+            Rule::AccountFrozen => Observation::Frozen { account: a, by: d },
+            Rule::AccountUnfrozen => Observation::Unfrozen { account: a, by: d },
+            Rule::NoticeToAllClients => Observation::NoticeToAllClients {
+                account: a,
+                device: d,
+                notice: [7; 32],
+            },
+        }
+    }
+
+    fn fired(e: &mut Engine, now: u64, obs: &Observation, rule: Rule) -> usize {
+        e.observe(now, obs).iter().filter(|r| r.rule == rule).count()
+    }
+
+    #[test]
+    fn every_rule_fires_exactly_once_at_its_threshold_and_not_below() {
+        for rule in Rule::ALL {
+            // The notice rule counts one notice once, however many recipients.
+            let threshold = if rule == Rule::NoticeToAllClients { 1 } else { 3 };
+            let mut e = engine(threshold);
+            let mut events = Vec::new();
+            for i in 0..10u64 {
+                let raised = e.observe(1000 + i, &attack(rule, i));
+                for r in raised {
+                    events.push((i, r));
+                }
+            }
+            let mine: Vec<_> = events.iter().filter(|(_, r)| r.rule == rule).collect();
+            assert_eq!(mine.len(), 1, "{}: {events:?}", rule.name());
+            let (at, ev) = mine[0];
+            assert_eq!(*at, u64::from(threshold) - 1, "{} fired early or late", rule.name());
+            // The address rule's attack names no account (an unknown device).
+            let want = (rule != Rule::AuthFailuresAddress).then(|| acct(1));
+            assert_eq!(ev.account, want, "{}", rule.name());
+            assert_eq!(ev.severity, RuleSettings::default_for(rule).severity);
+            assert!(!ev.detail.is_empty());
+            // No other rule fired on these observations (the auth observation also
+            // feeds the address rule, with one address per try in the account attack).
+            assert!(
+                events.iter().all(|(_, r)| r.rule == rule),
+                "{}: {events:?}",
+                rule.name()
+            );
+        }
+    }
+
+    #[test]
+    fn windows_expire_and_a_key_fires_again_one_window_after_its_event() {
+        let rule = Rule::AuthFailuresAddress;
+        let mut e = engine(3);
+        let obs = attack(rule, 0);
+        let w = WINDOW_SECS * 1000;
+        assert_eq!(fired(&mut e, 0, &obs, rule), 0);
+        assert_eq!(fired(&mut e, 1, &obs, rule), 0);
+        // The first two have left the window: two more are still below the threshold.
+        assert_eq!(fired(&mut e, w + 1, &obs, rule), 0);
+        assert_eq!(fired(&mut e, w + 2, &obs, rule), 0);
+        assert_eq!(fired(&mut e, w + 3, &obs, rule), 1);
+        // Quiet for one window after the event, however long the burst goes on.
+        for t in 0..50 {
+            assert_eq!(fired(&mut e, w + 4 + t, &obs, rule), 0);
+        }
+        let later = 2 * w + 4;
+        assert_eq!(fired(&mut e, later, &obs, rule), 0);
+        assert_eq!(fired(&mut e, later + 1, &obs, rule), 0);
+        assert_eq!(fired(&mut e, later + 2, &obs, rule), 1);
+    }
+
+    #[test]
+    fn distinct_rules_do_not_count_the_same_target_twice() {
+        let mut e = engine(3);
+        let same = Observation::BundleFetch {
+            account: acct(1),
+            device: DeviceId([1; 16]),
+            target: acct(2),
+        };
+        for t in 0..100 {
+            assert_eq!(fired(&mut e, t, &same, Rule::BundleFetchBurst), 0);
+        }
+        let approval = attack(Rule::ApprovalBurst, 0);
+        for t in 0..100 {
+            assert_eq!(fired(&mut e, t, &approval, Rule::ApprovalBurst), 0);
+        }
+    }
+
+    #[test]
+    fn a_solicited_link_and_a_disabled_rule_raise_nothing() {
+        let mut e = engine(1);
+        let solicited = Observation::LinkRequest {
+            account: acct(1),
+            device: DeviceId([2; 16]),
+            address: addr(1),
+            solicited: true,
+        };
+        assert!(e.observe(0, &solicited).is_empty());
+        let mut off = Engine::new(|r| RuleSettings {
+            enabled: r != Rule::AccountFrozen,
+            ..RuleSettings::default_for(r)
+        });
+        assert!(off.observe(0, &attack(Rule::AccountFrozen, 0)).is_empty());
+        assert_eq!(off.tracked(Rule::AccountFrozen), 0);
+    }
+
+    #[test]
+    fn tracked_keys_are_bounded_and_the_least_recent_is_forgotten() {
+        let mut e = engine(2);
+        let n = MAX_TRACKED_KEYS as u64 + 500;
+        for i in 0..n {
+            let obs = Observation::AuthFailed {
+                account: None,
+                device: None,
+                address: IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+            };
+            assert!(e.observe(i, &obs).is_empty());
+        }
+        assert!(e.tracked(Rule::AuthFailuresAddress) <= MAX_TRACKED_KEYS);
+        // The newest key is still tracked: its second failure fires.
+        let last = n - 1;
+        let obs = Observation::AuthFailed {
+            account: None,
+            device: None,
+            address: IpAddr::from([10, (last >> 16) as u8, (last >> 8) as u8, last as u8]),
+        };
+        assert_eq!(fired(&mut e, n, &obs, Rule::AuthFailuresAddress), 1);
+        // The oldest was forgotten: its second failure counts as a first.
+        let first = Observation::AuthFailed {
+            account: None,
+            device: None,
+            address: IpAddr::from([10, 0, 0, 0]),
+        };
+        assert_eq!(fired(&mut e, n + 1, &first, Rule::AuthFailuresAddress), 0);
+    }
+
+    #[test]
+    fn settings_are_checked_and_names_are_stable() {
+        for rule in Rule::ALL {
+            assert!(RuleSettings::default_for(rule).check(rule).is_ok());
+            let zero = RuleSettings {
+                threshold: 0,
+                ..RuleSettings::default_for(rule)
+            };
+            assert!(zero.check(rule).unwrap_err().contains(rule.name()));
+            let no_window = RuleSettings {
+                window: 0,
+                ..RuleSettings::default_for(rule)
+            };
+            assert!(no_window.check(rule).is_err());
+            // The enum order is the engine's table order.
+            assert_eq!(Rule::ALL[rule as usize], rule);
+        }
+        let names: std::collections::BTreeSet<_> = Rule::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), Rule::ALL.len());
+    }
+}
