@@ -6,6 +6,7 @@ pub mod agent;
 pub mod commands;
 pub mod error;
 pub mod output;
+pub mod security;
 pub mod trust;
 
 use std::io::IsTerminal;
