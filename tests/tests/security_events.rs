@@ -96,8 +96,9 @@ async fn desk(tune: impl FnOnce(&mut sealpost_server::config::Config)) -> Desk {
 }
 
 impl Desk {
-    /// A client account `name` assigned to ops, its first device enrolled and attested,
-    /// past its cooling-off.
+    /// A client account `name` assigned to ops, its first device enrolled and attested
+    /// (on its cooling-off for `org::QUICK_COOLING_OFF_MS`: [`org::settle`] before it
+    /// links a device or freezes the account).
     async fn client(&mut self, name: &str) -> (AccountId, Client) {
         let id = self.relay.account(name, Role::Client).await;
         self.relay.assign(&id, self.ops.account().unwrap()).await;
@@ -109,7 +110,6 @@ impl Desk {
         )
         .await;
         org::attest(&mut self.ops, &mut c).await;
-        org::settle().await;
         (id, c)
     }
 
@@ -249,6 +249,7 @@ async fn a_new_device_sending_an_instruction_during_its_cooling_off() {
     })
     .await;
     let (alice, mut phone) = d.client("alice").await;
+    org::settle().await;
     let ops = d.ops.account().unwrap().clone();
     let mut tablet = org::linked(&d.relay, &mut phone, &d.home("tablet"), Some(&d.org)).await;
     // A device link, by a device of the account that was online: nothing yet.
@@ -279,6 +280,7 @@ async fn a_new_device_sending_an_instruction_during_its_cooling_off() {
 async fn devices_added_in_a_burst() {
     let mut d = desk(|c| rule_mut(c, Rule::DeviceCountJump).threshold = 2).await;
     let (alice, mut phone) = d.client("alice").await;
+    org::settle().await;
     let _tablet = org::linked(&d.relay, &mut phone, &d.home("tablet"), Some(&d.org)).await;
     d.expect_nothing("one added device (threshold 2)").await;
     let laptop = org::linked(&d.relay, &mut phone, &d.home("laptop"), Some(&d.org)).await;
@@ -460,6 +462,7 @@ async fn unfreeze(d: &mut Desk, account: &AccountId) {
 async fn an_account_frozen_then_unfrozen() {
     let mut d = desk(|_| {}).await;
     let (alice, mut phone) = d.client("alice").await;
+    org::settle().await;
     d.ops.account_devices(&alice).await.unwrap();
     assert!(phone.freeze_account("this wasn't me").await.unwrap().frozen);
     let e = d
@@ -490,6 +493,7 @@ async fn one_staff_member_approving_many_requests() {
     .await;
     let (alice, mut a) = d.client("alice").await;
     let (bob, mut b) = d.client("bob").await;
+    org::settle().await;
     for (id, c) in [(&alice, &mut a), (&bob, &mut b)] {
         d.ops.account_devices(id).await.unwrap();
         freeze_and_unfreeze(&mut d, id, c).await;
@@ -604,6 +608,7 @@ async fn a_normal_mixed_load_raises_nothing_and_no_file_holds_message_content() 
     let ops = d.ops.account().unwrap().clone();
     let (alice, mut phone) = d.client("alice").await;
     let (bob, mut bob_phone) = d.client("bob").await;
+    org::settle().await;
     // A device link, started while the account's phone is online and confirmed on it.
     phone.connect().await.unwrap();
     let mut tablet = org::linked(&d.relay, &mut phone, &d.home("tablet"), Some(&d.org)).await;
