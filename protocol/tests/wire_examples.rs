@@ -1447,7 +1447,12 @@ fn security_watch_frame_encodings() {
         address: None,
         detail: BoundedString::truncating("the account was frozen by its device log"),
     };
-    let push = frame_hex(0, FrameBody::SecurityEvent { event: event.clone() });
+    let push = frame_hex(
+        0,
+        FrameBody::SecurityEvent {
+            event: event.clone(),
+        },
+    );
     let answer = frame_hex(
         9,
         FrameBody::SecurityEvents {

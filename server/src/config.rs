@@ -587,7 +587,10 @@ mod tests {
                 "[security.rules.auth_failures_account]\nwindow = \"0s\"\n",
                 "auth_failures_account",
             ),
-            ("[security.rules.no_such_rule]\nthreshold = 1\n", "no_such_rule"),
+            (
+                "[security.rules.no_such_rule]\nthreshold = 1\n",
+                "no_such_rule",
+            ),
             ("[security]\nretention = \"0s\"\n", "retention"),
             ("[security]\nmax_events = 0\n", "max_events"),
         ] {

@@ -491,7 +491,10 @@ impl<S: Store> Relay<S> {
             match measure {
                 Measure::HoldSensitive => {
                     let until = now.saturating_add(
-                        self.security.config().hold_sensitive_for.saturating_mul(1000),
+                        self.security
+                            .config()
+                            .hold_sensitive_for
+                            .saturating_mul(1000),
                     );
                     self.security.hold(account, until);
                     info!(account = %account, rule = raised.rule.name(), until_ms = until, "measure: sensitive kinds held");
@@ -948,7 +951,10 @@ impl<S: Store> Relay<S> {
         }
         let start = self
             .security
-            .watch(since, sealpost_protocol::wire::MAX_SECURITY_EVENTS_PER_FRAME)
+            .watch(
+                since,
+                sealpost_protocol::wire::MAX_SECURITY_EVENTS_PER_FRAME,
+            )
             .await;
         let after = start.events.last().map_or(since, |e| e.id);
         let more = start.more;

@@ -164,7 +164,10 @@ fn default_severity(rule: Rule) -> SecuritySeverity {
     sealpost_server::security::RuleSettings::default_for(rule).severity
 }
 
-fn rule_mut(c: &mut sealpost_server::config::Config, rule: Rule) -> &mut sealpost_server::security::RuleSettings {
+fn rule_mut(
+    c: &mut sealpost_server::config::Config,
+    rule: Rule,
+) -> &mut sealpost_server::security::RuleSettings {
     c.security.rules.get_mut(rule)
 }
 
@@ -182,9 +185,7 @@ async fn bad_auth<S: sealpost_server::store::Store>(relay: &TestRelay<S>, device
         other => panic!("{other:?}"),
     }
     match conn
-        .request(FrameBody::AuthResponse {
-            signature: [7; 64],
-        })
+        .request(FrameBody::AuthResponse { signature: [7; 64] })
         .await
     {
         Err(sealpost_client::net::NetError::Refused {
@@ -305,7 +306,8 @@ async fn a_recovery_offered_by_staff() {
         .link_start(org::relay_info(&d.relay, Some(&d.org)), &alice)
         .await
         .unwrap();
-    d.expect_nothing("a link request (its rule is off here)").await;
+    d.expect_nothing("a link request (its rule is off here)")
+        .await;
     d.ops
         .offer_recovery(&alice, &ticket.link_id, "passport checked on video")
         .await
@@ -369,7 +371,8 @@ async fn bundle_fetches_of_many_accounts() {
             .fetch_bundles(&AccountId::new(&format!("guess-{i}")).unwrap())
             .await;
     }
-    d.expect_nothing("four distinct accounts (threshold 5)").await;
+    d.expect_nothing("four distinct accounts (threshold 5)")
+        .await;
     let _ = m
         .conn
         .fetch_bundles(&AccountId::new("guess-4").unwrap())
@@ -441,7 +444,13 @@ async fn requests_refused_by_a_rate_limit() {
 /// Freeze `account` from `device` and have ops propose, comp and sec approve its
 /// unfreeze (the relay appends it when the quorum is complete).
 async fn freeze_and_unfreeze(d: &mut Desk, account: &AccountId, device: &mut Client) {
-    assert!(device.freeze_account("this wasn't me").await.unwrap().frozen);
+    assert!(
+        device
+            .freeze_account("this wasn't me")
+            .await
+            .unwrap()
+            .frozen
+    );
     unfreeze(d, account).await;
 }
 
@@ -643,8 +652,14 @@ async fn a_normal_mixed_load_raises_nothing_and_no_file_holds_message_content() 
             .send_text(&ops, &format!("{canary} question {i}"))
             .await
             .unwrap();
-        tablet.send_text(&ops, &format!("{canary} more {i}")).await.unwrap();
-        bob_phone.send_text(&ops, &format!("{canary} bob {i}")).await.unwrap();
+        tablet
+            .send_text(&ops, &format!("{canary} more {i}"))
+            .await
+            .unwrap();
+        bob_phone
+            .send_text(&ops, &format!("{canary} bob {i}"))
+            .await
+            .unwrap();
     }
     d.ops.receive(true, QUIET).await.unwrap();
     for i in 0..10 {
@@ -667,12 +682,17 @@ async fn a_normal_mixed_load_raises_nothing_and_no_file_holds_message_content() 
     const N: usize = 2000;
     for chunk in 0..N / 100 {
         let envelopes: Vec<_> = (0..100)
-            .map(|i| a.seal(&mut session, c.id(), &format!("{canary} {}", chunk * 100 + i)))
+            .map(|i| {
+                a.seal(
+                    &mut session,
+                    c.id(),
+                    &format!("{canary} {}", chunk * 100 + i),
+                )
+            })
             .collect();
-        let sent = futures_util::future::join_all(
-            envelopes.into_iter().map(|e| a.conn.send_envelope(e)),
-        )
-        .await;
+        let sent =
+            futures_util::future::join_all(envelopes.into_iter().map(|e| a.conn.send_envelope(e)))
+                .await;
         assert!(sent.iter().all(Result::is_ok));
     }
     let mut got = 0;
@@ -714,9 +734,7 @@ async fn a_normal_mixed_load_raises_nothing_and_no_file_holds_message_content() 
     for p in &all {
         let bytes = std::fs::read(p).unwrap();
         assert!(
-            !bytes
-                .windows(canary.len())
-                .any(|w| w == canary.as_bytes()),
+            !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
             "{} holds the canary",
             p.display()
         );
@@ -725,8 +743,8 @@ async fn a_normal_mixed_load_raises_nothing_and_no_file_holds_message_content() 
 
 #[test]
 fn the_shipped_alert_rules_cover_every_rule_and_parse() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/prometheus/sealpost-alerts.yml");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/sealpost-alerts.yml");
     let text = std::fs::read_to_string(&path).unwrap();
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let groups = doc["groups"].as_sequence().expect("groups");
@@ -745,7 +763,10 @@ fn the_shipped_alert_rules_cover_every_rule_and_parse() {
     }
     assert!(exprs.contains("sealpost_security_events_total"));
     for severity in ["critical", "high", "medium"] {
-        assert!(exprs.contains(&format!("severity=\"{severity}\"")), "{severity}");
+        assert!(
+            exprs.contains(&format!("severity=\"{severity}\"")),
+            "{severity}"
+        );
     }
     assert!(exprs.contains("sealpost_security_events_dropped_total"));
     assert!(exprs.contains("sealpost_security_sink_errors_total"));

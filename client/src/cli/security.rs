@@ -45,8 +45,7 @@ pub fn event_json(e: &SecurityEventInfo) -> serde_json::Value {
 }
 
 fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-        .to_string()
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
 fn print(ctx: &Ctx, e: &SecurityEventInfo) {
@@ -231,7 +230,5 @@ async fn watch(ctx: &Ctx, since: u64, for_time: Option<Duration>) -> Result<(), 
     }
     client.disconnect();
     tokio::time::sleep(Duration::from_millis(30)).await;
-    client
-        .persist()
-        .map_err(|e| CliError::from_client(e, None))
+    client.persist().map_err(|e| CliError::from_client(e, None))
 }

@@ -283,10 +283,9 @@ pub type TrustHook = Arc<dyn Fn(&SecurityEventInfo) + Send + Sync>;
 /// "id", "time" (RFC 3339), "time_ms", "severity", "rule", "account", "device" (hex),
 /// "address", "detail"}`; absent fields are null.
 pub fn json_line(e: &SecurityEventInfo) -> String {
-    let time = humantime::format_rfc3339_millis(
-        std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms),
-    )
-    .to_string();
+    let time =
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(e.time_ms))
+            .to_string();
     serde_json::json!({
         "event": "security_event",
         "id": e.id,
@@ -406,7 +405,9 @@ impl Security {
                 rule: BoundedString::truncating(ev.rule.name()),
                 account: ev.account.clone(),
                 device: ev.device,
-                address: ev.address.map(|a| BoundedString::truncating(&a.to_string())),
+                address: ev
+                    .address
+                    .map(|a| BoundedString::truncating(&a.to_string())),
                 detail: BoundedString::truncating(&ev.detail),
             });
             metrics::counter!(m::SECURITY_EVENTS, "rule" => ev.rule.name(), "severity" => ev.severity.name())
@@ -527,7 +528,9 @@ impl Siem {
                     .create(true)
                     .append(true)
                     .open(&*path)
-                    .map_err(|e| warn!(path = %path.display(), error = %e, "cannot open the SIEM file"))
+                    .map_err(
+                        |e| warn!(path = %path.display(), error = %e, "cannot open the SIEM file"),
+                    )
                     .ok();
             }
             let written = match file.as_mut() {
@@ -630,4 +633,3 @@ pub async fn write_loop(security: Arc<Security>, mut stop: watch::Receiver<bool>
         }
     }
 }
-

@@ -388,7 +388,11 @@ impl RuleState {
             self.keys
                 .retain(|_, t| t.last.saturating_add(window_ms) > now || t.quiet_until > now);
             if self.keys.len() >= MAX_TRACKED_KEYS {
-                if let Some(oldest) = self.keys.iter().min_by_key(|(_, t)| t.last).map(|(k, _)| *k)
+                if let Some(oldest) = self
+                    .keys
+                    .iter()
+                    .min_by_key(|(_, t)| t.last)
+                    .map(|(k, _)| *k)
                 {
                     self.keys.remove(&oldest);
                 }
@@ -803,14 +807,21 @@ mod tests {
     }
 
     fn fired(e: &mut Engine, now: u64, obs: &Observation, rule: Rule) -> usize {
-        e.observe(now, obs).iter().filter(|r| r.rule == rule).count()
+        e.observe(now, obs)
+            .iter()
+            .filter(|r| r.rule == rule)
+            .count()
     }
 
     #[test]
     fn every_rule_fires_exactly_once_at_its_threshold_and_not_below() {
         for rule in Rule::ALL {
             // The notice rule counts one notice once, however many recipients.
-            let threshold = if rule == Rule::NoticeToAllClients { 1 } else { 3 };
+            let threshold = if rule == Rule::NoticeToAllClients {
+                1
+            } else {
+                3
+            };
             let mut e = engine(threshold);
             let mut events = Vec::new();
             for i in 0..10u64 {
@@ -822,7 +833,12 @@ mod tests {
             let mine: Vec<_> = events.iter().filter(|(_, r)| r.rule == rule).collect();
             assert_eq!(mine.len(), 1, "{}: {events:?}", rule.name());
             let (at, ev) = mine[0];
-            assert_eq!(*at, u64::from(threshold) - 1, "{} fired early or late", rule.name());
+            assert_eq!(
+                *at,
+                u64::from(threshold) - 1,
+                "{} fired early or late",
+                rule.name()
+            );
             // The address rule's attack names no account (an unknown device).
             let want = (rule != Rule::AuthFailuresAddress).then(|| acct(1));
             assert_eq!(ev.account, want, "{}", rule.name());

@@ -287,7 +287,10 @@ mod tests {
         // By age: everything before 3000 goes; by count: at most 5 stay, the newest.
         assert_eq!(store.prune(3000, 5).unwrap(), 5);
         let left = store.after(0, 100).unwrap();
-        assert_eq!(left.iter().map(|e| e.id).collect::<Vec<_>>(), [6, 7, 8, 9, 10]);
+        assert_eq!(
+            left.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [6, 7, 8, 9, 10]
+        );
         assert_eq!(store.prune(0, 100).unwrap(), 0);
     }
 
