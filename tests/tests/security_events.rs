@@ -776,3 +776,94 @@ fn the_shipped_alert_rules_cover_every_rule_and_parse() {
         cfg.rules.get(rule).check(rule).unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The command line
+
+const CLI: &str = env!("CARGO_BIN_EXE_sealpost-under-test");
+
+fn cli(home: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(CLI);
+    cmd.args(args)
+        .env("SEALPOST_HOME", home)
+        .env("SEALPOST_PASSPHRASE", org::PASS)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealpost_security_watch_prints_events_as_json_lines_and_refuses_others() {
+    use std::io::BufRead;
+    let d = desk(|c| rule_mut(c, Rule::AuthFailuresAddress).threshold = 1).await;
+    let (desk_home, comp_home) = (d.home("desk"), d.home("comp"));
+    // The profiles are the CLI's now.
+    let Desk {
+        relay, desk, comp, ..
+    } = d;
+    drop(desk);
+    drop(comp);
+    // Not the security desk: refused (exit 6), nothing printed on stdout.
+    let refused = tokio::task::spawn_blocking(move || {
+        cli(&comp_home, &["--json", "security", "watch", "--for", "5"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(6), "{refused:?}");
+    assert!(refused.stdout.is_empty(), "{refused:?}");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    let err: serde_json::Value = serde_json::from_str(err.trim()).unwrap();
+    assert_eq!(err["kind"], "refused", "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("role in the verified roster is security"),
+        "{err}"
+    );
+
+    let mut child = cli(&desk_home, &["--json", "security", "watch", "--for", "8"])
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |rx: &std::sync::mpsc::Receiver<String>, wait: Duration| -> serde_json::Value {
+        let line = rx.recv_timeout(wait).expect("no line from security watch");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+    let r = rx.clone();
+    let watching =
+        tokio::task::spawn_blocking(move || next(&r.lock().unwrap(), Duration::from_secs(20)))
+            .await
+            .unwrap();
+    assert_eq!(watching["event"], "watching", "{watching}");
+    bad_auth(&relay, DeviceId([0xab; 16])).await;
+    let r = rx.clone();
+    let event = tokio::task::spawn_blocking(move || next(&r.lock().unwrap(), SEEN_WITHIN))
+        .await
+        .unwrap();
+    assert_eq!(event["event"], "security_event", "{event}");
+    assert_eq!(event["rule"], "auth_failures_address", "{event}");
+    assert_eq!(event["severity"], "medium", "{event}");
+    assert_eq!(event["address"], "127.0.0.1", "{event}");
+    assert!(event["account"].is_null(), "{event}");
+    assert!(event["id"].as_u64().unwrap() >= 1);
+    // `--for` ends it cleanly.
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
