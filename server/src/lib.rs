@@ -239,9 +239,12 @@ impl<S: Store> Server<S> {
         let active = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
         let sweeper = tokio::spawn(sweep(relay.clone(), stop_rx.clone()));
+        // Stopped only once the connections are gone, so that what they raise while they
+        // drain is still written.
+        let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
         let security_writer = tokio::spawn(security::write_loop(
             relay.security.clone(),
-            stop_rx.clone(),
+            writer_stop_rx,
         ));
         tokio::pin!(shutdown);
         lifecycle.set(health::Phase::Serving);
@@ -306,6 +309,7 @@ impl<S: Store> Server<S> {
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         sweeper.abort();
         // The events raised until now are stored and exported before the relay stops.
+        let _ = writer_stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), security_writer).await;
         let flushed = relay.store.flush().await;
         let _ = http_stop_tx.send(true);
