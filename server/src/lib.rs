@@ -242,10 +242,8 @@ impl<S: Store> Server<S> {
         // Stopped only once the connections are gone, so that what they raise while they
         // drain is still written.
         let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
-        let security_writer = tokio::spawn(security::write_loop(
-            relay.security.clone(),
-            writer_stop_rx,
-        ));
+        let security_writer =
+            tokio::spawn(security::write_loop(relay.security.clone(), writer_stop_rx));
         tokio::pin!(shutdown);
         lifecycle.set(health::Phase::Serving);
         match endpoint.local_addr() {

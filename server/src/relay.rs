@@ -1123,7 +1123,7 @@ impl<S: Store> Relay<S> {
             return Err(refuse(id, ErrorCode::Forbidden, &why));
         }
         // A targeted measure (`hold_sensitive`): one atomic load unless an account is held.
-        if let Some(until) = self.security.held_until(&me.account, unix_ms()) {
+        if let Some(until) = self.security.held_until(&me.account, unix_ms) {
             if ctx.sender.as_ref().is_some_and(|s| s.is_sensitive(kind)) {
                 self.trust_refused("security_hold");
                 return Err(refuse(

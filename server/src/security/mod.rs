@@ -489,11 +489,13 @@ impl Security {
         self.any_hold.store(true, Ordering::Release);
     }
 
-    /// Until when `account`'s sensitive kinds are held, if they are at `now_ms`.
-    pub fn held_until(&self, account: &AccountId, now_ms: u64) -> Option<u64> {
+    /// Until when `account`'s sensitive kinds are held, if they are at `now_ms()` (read
+    /// only while some account is held: otherwise this is one atomic load).
+    pub fn held_until(&self, account: &AccountId, now_ms: impl FnOnce() -> u64) -> Option<u64> {
         if !self.any_hold.load(Ordering::Acquire) {
             return None;
         }
+        let now_ms = now_ms();
         let mut holds = lock(&self.holds);
         holds.retain(|_, u| *u > now_ms);
         if holds.is_empty() {
