@@ -635,3 +635,107 @@ pub async fn write_loop(security: Arc<Security>, mut stop: watch::Receiver<bool>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::store::events::MemoryEventStore;
+
+    fn security() -> Security {
+        let mut config = SecurityConfig::default();
+        config.rules.get_mut(Rule::AccountFrozen).threshold = 1;
+        Security::new(config, Arc::new(MemoryEventStore::new(100)))
+    }
+
+    fn frozen(n: u8) -> Observation {
+        Observation::Frozen {
+            account: AccountId::new(&format!("acct-{n}")).unwrap(),
+            by: sealpost_protocol::identity::DeviceId([n; 16]),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_get_increasing_ids_and_a_watch_sees_recent_ones_before_they_are_stored() {
+        let s = security();
+        let a = s.observe(1000, &frozen(1));
+        let b = s.observe(2000, &frozen(2));
+        assert_eq!((a[0].1.id, b[0].1.id), (1, 2));
+        assert!(concerns_trust(&a[0].1));
+        // Nothing stored yet (no writer ran): the recent events answer the watch.
+        let start = s.watch(0, 10).await;
+        assert_eq!(
+            start.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert!(!start.more);
+        let mut feed = start.feed;
+        s.observe(3000, &frozen(3));
+        assert_eq!(feed.recv().await.unwrap().id, 3);
+        // Stored ones come from the store; a since skips what the watcher has.
+        s.store
+            .append(&[(*a[0].1).clone(), (*b[0].1).clone()])
+            .unwrap();
+        let start = s.watch(1, 10).await;
+        assert_eq!(
+            start.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        let paged = s.watch(0, 1).await;
+        assert!(paged.more);
+        assert_eq!(paged.events.len(), 1);
+        // A restarted relay continues the ids after the stored ones.
+        let again = Security::new(SecurityConfig::default(), s.store.clone());
+        assert_eq!(again.observe(4000, &frozen(9))[0].1.id, 3);
+    }
+
+    #[test]
+    fn a_hold_lasts_until_it_ends_and_holds_are_bounded() {
+        let s = security();
+        let a = AccountId::new("alice").unwrap();
+        assert_eq!(
+            s.held_until(&a, || panic!("no hold: the clock is not read")),
+            None
+        );
+        s.hold(&a, 5000);
+        assert_eq!(s.held_until(&a, || 4999), Some(5000));
+        assert_eq!(s.held_until(&a, || 5000), None);
+        for i in 0..MAX_HELD_ACCOUNTS + 10 {
+            s.hold(
+                &AccountId::new(&format!("a{i}")).unwrap(),
+                10_000 + i as u64,
+            );
+        }
+        assert!(lock(&s.holds).len() <= MAX_HELD_ACCOUNTS);
+    }
+
+    #[test]
+    fn a_siem_line_is_one_json_object_with_hex_device_ids() {
+        let s = security();
+        let e = &s.observe(1_700_000_000_000, &frozen(0x11))[0].1;
+        let line = json_line(e);
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["event"], "security_event");
+        assert_eq!(v["rule"], "account_frozen");
+        assert_eq!(v["severity"], "high");
+        assert_eq!(v["account"], "acct-17");
+        assert_eq!(v["device"], "11".repeat(16));
+        assert_eq!(v["time"], "2023-11-14T22:13:20.000Z");
+        assert!(v["address"].is_null());
+    }
+
+    #[test]
+    fn a_disabled_engine_raises_nothing() {
+        let s = Security::new(
+            SecurityConfig {
+                enabled: false,
+                ..SecurityConfig::default()
+            },
+            Arc::new(MemoryEventStore::new(10)),
+        );
+        assert!(s.observe(0, &frozen(1)).is_empty());
+        assert_eq!(s.observed(), 0);
+    }
+}
