@@ -157,9 +157,9 @@ pub enum AuthState {
 
 #[derive(Clone)]
 struct PeerInfo {
-    /// The recipient's account.
-    account: AccountId,
-    allowed: Result<(), String>,
+    /// Why the policy refuses the recipient (with its account, for the security rules);
+    /// only answers that allow are cached, so a cached clone allocates nothing.
+    allowed: Result<(), (String, AccountId)>,
     revoked: bool,
     expires_ms: u64,
     /// [`Relay::revocation_epoch`] when this was read: a later revocation invalidates it.
@@ -1020,8 +1020,7 @@ impl<S: Store> Relay<S> {
         };
         let allowed = self.may_reach_account(me, &account).await?;
         let info = PeerInfo {
-            account: account.id.clone(),
-            allowed,
+            allowed: allowed.map_err(|why| (why, account.id.clone())),
             revoked: rec.revoked,
             expires_ms: now + POLICY_CACHE_MS,
             epoch,
@@ -1163,12 +1162,12 @@ impl<S: Store> Relay<S> {
             }
             Err(e) => return Err(store_failure(id, &e)),
         };
-        if let Err(why) = &peer.allowed {
+        if let Err((why, target)) = &peer.allowed {
             if !any_client {
                 self.observe(Observation::UnassignedContact {
                     account: me.account.clone(),
                     device: me.device,
-                    target: peer.account.clone(),
+                    target: target.clone(),
                 });
                 return Err(refuse(id, ErrorCode::Forbidden, why));
             }
