@@ -1510,6 +1510,34 @@ impl Client {
         Ok(n)
     }
 
+    /// Security desk (`sealpost security watch`): one page of the stored security events
+    /// after `since`, and whether more follow. Once a page says none follow, the relay
+    /// pushes each new event on this connection; take them with
+    /// [`Client::next_security_event`]. Refused unless this device is a device of staff
+    /// whose role in the verified roster is `security`.
+    pub async fn security_watch(
+        &mut self,
+        since: u64,
+    ) -> Result<(Vec<sealpost_protocol::wire::SecurityEventInfo>, bool), ClientError> {
+        Ok(self.conn()?.security_watch(since).await?)
+    }
+
+    /// The next security event the relay pushes after [`Client::security_watch`];
+    /// `None` when the connection is gone. Other pushes on this connection are left
+    /// to the relay's redelivery (a watching profile does not read its mailbox here).
+    pub async fn next_security_event(
+        &self,
+    ) -> Result<Option<sealpost_protocol::wire::SecurityEventInfo>, ClientError> {
+        let conn = self.conn()?;
+        loop {
+            match conn.next_push().await {
+                None => return Ok(None),
+                Some(FrameBody::SecurityEvent { event }) => return Ok(Some(event)),
+                Some(_) => continue,
+            }
+        }
+    }
+
     /// Process pushes from the relay. With `until_empty`, returns once the mailbox is
     /// drained (or after `max_wait`); otherwise returns after `max_wait` of listening.
     /// Delivery receipts for what arrived are sent before returning.

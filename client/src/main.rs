@@ -219,10 +219,16 @@ enum Command {
     },
     /// The transparency log's witness (security staff): create the witness key the roster
     /// lists, then follow the relay's log, verify every leaf and checkpoint from the
-    /// pinned organisation, and cosign what verified.
+    /// pinned organisation, and cosign what verified; or check the log once.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// The security desk (staff whose roster role is security): the relay's security
+    /// events.
+    Security {
+        #[command(subcommand)]
+        command: SecurityCommand,
     },
 }
 
@@ -254,6 +260,22 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 5, value_name = "DURATION", value_parser = parse_seconds)]
         interval: u64,
         /// Stop after this long.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_seconds)]
+        for_secs: Option<u64>,
+    },
+}
+
+/// `sealpost security ...`
+#[derive(Subcommand)]
+pub enum SecurityCommand {
+    /// Print the relay's security events as they are raised (metadata only: rule,
+    /// severity, account, device, address), after those it has stored; reconnects when
+    /// the connection drops and goes on from the last event seen. Ctrl-C to stop.
+    Watch {
+        /// Start after this event id (0: every stored event).
+        #[arg(long, default_value_t = 0, value_name = "ID")]
+        since: u64,
+        /// Stop after this long (seconds, or e.g. `30s`, `2m`).
         #[arg(long = "for", value_name = "DURATION", value_parser = parse_seconds)]
         for_secs: Option<u64>,
     },

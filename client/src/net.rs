@@ -558,6 +558,20 @@ impl RelayConnection {
         }
     }
 
+    /// Security desk: the stored security events after `since` and whether more follow;
+    /// when none follow, the relay pushes every new event on this connection from now on
+    /// (`security_event`). Refused (`forbidden`) unless this device belongs to a staff
+    /// member whose roster role is security.
+    pub async fn security_watch(
+        &self,
+        since: u64,
+    ) -> Result<(Vec<wire::SecurityEventInfo>, bool), NetError> {
+        match self.request(FrameBody::SecurityWatch { since }).await? {
+            FrameBody::SecurityEvents { events, more } => Ok((events.into_inner(), more)),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// The next push from the relay (a delivery, a prekey warning, or an error frame not
     /// tied to a request); `None` when the connection is gone.
     pub async fn next_push(&self) -> Option<FrameBody> {

@@ -70,6 +70,77 @@ pub const MAX_CLIENTS_PER_FRAME: usize = 1024;
 /// `more`).
 pub const MAX_UNATTESTED_PER_FRAME: usize = 64;
 
+/// Most security events in one `security_events` answer (ask again from the last id while
+/// `more`).
+pub const MAX_SECURITY_EVENTS_PER_FRAME: usize = 256;
+/// Longest rule name in a security event.
+pub const MAX_SECURITY_RULE_LEN: usize = 48;
+/// Longest detail text in a security event (metadata only, never message content).
+pub const MAX_SECURITY_DETAIL_LEN: usize = 256;
+/// Longest address text (`ip` or `ip:port`) in a security event.
+pub const MAX_SECURITY_ADDRESS_LEN: usize = 64;
+
+/// How serious a security event is. Encoded as a snake_case string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecuritySeverity {
+    /// Worth recording, nothing to do.
+    Info,
+    /// Look at it when convenient.
+    Low,
+    /// Look at it today.
+    Medium,
+    /// Look at it now.
+    High,
+    /// Act now.
+    Critical,
+}
+
+impl SecuritySeverity {
+    /// All severities, least serious first.
+    pub const ALL: [SecuritySeverity; 5] = [
+        Self::Info,
+        Self::Low,
+        Self::Medium,
+        Self::High,
+        Self::Critical,
+    ];
+
+    /// The name as written on the wire (`high`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// A security event as the relay reports it to the security desk (`security_events`,
+/// `security_event`): metadata only, never message content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityEventInfo {
+    /// The relay's id of the event, increasing.
+    pub id: u64,
+    /// When it was raised, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// How serious it is.
+    pub severity: SecuritySeverity,
+    /// The rule that raised it (`auth_failures_account`, ...).
+    pub rule: BoundedString<MAX_SECURITY_RULE_LEN>,
+    /// The account it concerns, if any.
+    pub account: Option<AccountId>,
+    /// The device it concerns, if any.
+    pub device: Option<DeviceId>,
+    /// The remote address it concerns, if any.
+    pub address: Option<BoundedString<MAX_SECURITY_ADDRESS_LEN>>,
+    /// What was seen, in the relay's words (counts, kinds, windows).
+    pub detail: BoundedString<MAX_SECURITY_DETAIL_LEN>,
+}
+
 /// A client account whose first device the firm has not attested yet, as staff see it
 /// (`unattested`), with where its verification stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,6 +396,28 @@ impl Frame {
     deny_unknown_fields
 )]
 pub enum FrameBody {
+    // ----- security desk (docs/PROTOCOL.md, "Security events") -----
+    /// Security staff: the stored security events after `since` (an event id; 0 for all
+    /// retained), answered with `security_events`; from then on the relay pushes each new
+    /// event as `security_event` on this connection. Only devices of a staff member whose
+    /// role in the verified roster is `security` may ask; anyone else gets `forbidden`.
+    SecurityWatch {
+        /// Events with a greater id are returned.
+        since: u64,
+    },
+    /// Answer to `security_watch`: stored events after `since`, ascending by id.
+    SecurityEvents {
+        /// The events.
+        events: BoundedVec<SecurityEventInfo, MAX_SECURITY_EVENTS_PER_FRAME>,
+        /// More stored events follow: the watch is not started; ask again with `since` =
+        /// the last id here.
+        more: bool,
+    },
+    /// Push (id 0) to a watching security device: a new security event.
+    SecurityEvent {
+        /// The event.
+        event: SecurityEventInfo,
+    },
     // ----- device -> relay, before authentication -----
     /// Register this device's identity with a one-time enrolment code.
     Enroll {
@@ -952,6 +1045,9 @@ pub const FRAME_TYPES: &[&str] = &[
     "log_proof",
     "log_leaves",
     "consistency",
+    "security_watch",
+    "security_events",
+    "security_event",
 ];
 
 fn bounded_is_empty<T, const N: usize>(v: &BoundedVec<T, N>) -> bool {

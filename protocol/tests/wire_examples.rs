@@ -1447,3 +1447,56 @@ fn attestation_examples() {
         log
     );
 }
+
+/// The security desk's frames (docs/PROTOCOL.md §20), byte for byte.
+#[test]
+fn security_watch_frame_encodings() {
+    use sealpost_protocol::identity::DeviceId;
+    use sealpost_protocol::wire::{SecurityEventInfo, SecuritySeverity};
+    let watch = frame_hex(9, FrameBody::SecurityWatch { since: 41 });
+    let event = SecurityEventInfo {
+        id: 42,
+        time_ms: 1_700_000_000_000,
+        severity: SecuritySeverity::High,
+        rule: BoundedString::truncating("account_frozen"),
+        account: Some(AccountId::new("alice").unwrap()),
+        device: Some(DeviceId([0x11; 16])),
+        address: None,
+        detail: BoundedString::truncating("the account was frozen by its device log"),
+    };
+    let push = frame_hex(
+        0,
+        FrameBody::SecurityEvent {
+            event: event.clone(),
+        },
+    );
+    let answer = frame_hex(
+        9,
+        FrameBody::SecurityEvents {
+            events: BoundedVec::new(vec![]).unwrap(),
+            more: false,
+        },
+    );
+    assert_eq!(
+        watch,
+        "0000002aa36176016269640964626f6479a261746e73656375726974795f77617463686163a16573696e63\
+         651829"
+    );
+    assert_eq!(
+        answer,
+        "00000031a36176016269640964626f6479a261746f73656375726974795f6576656e74736163a266657665\
+         6e747380646d6f7265f4"
+    );
+    assert_eq!(
+        push,
+        "000000c1a36176016269640064626f6479a261746e73656375726974795f6576656e746163a1656576656e\
+         74a8626964182a6774696d655f6d731b0000018bcfe5680068736576657269747964686967686472756c65\
+         6e6163636f756e745f66726f7a656e676163636f756e7465616c6963656664657669636550111111111111\
+         111111111111111111116761646472657373f66664657461696c7828746865206163636f756e7420776173\
+         2066726f7a656e2062792069747320646576696365206c6f67"
+    );
+    // Round trip, and a decoder refuses a detail over its bound.
+    let bytes = hex::decode(&push).unwrap();
+    let back = decode_frame(&bytes[4..]).unwrap();
+    assert_eq!(back.body, FrameBody::SecurityEvent { event });
+}

@@ -221,6 +221,9 @@ pub struct Config {
     /// `log-key.bin` in the data directory; `sealpost-relay audit key` prints it for the
     /// roster's `log_key`.
     pub log_origin: String,
+    /// Security events: the rules, their retention, the SIEM export
+    /// (docs/OPERATIONS.md, "Security events").
+    pub security: crate::security::SecurityConfig,
 }
 
 impl Default for Config {
@@ -236,6 +239,7 @@ impl Default for Config {
             org_fingerprint: None,
             log_level: "info".into(),
             log_origin: crate::tlog::DEFAULT_LOG_ORIGIN.into(),
+            security: crate::security::SecurityConfig::default(),
         }
     }
 }
@@ -424,6 +428,7 @@ impl Config {
                 "limits.link_lifetime must be 1s..=24h".into(),
             ));
         }
+        self.security.check().map_err(ConfigError::Invalid)?;
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key must be set together".into(),
@@ -588,6 +593,20 @@ mod tests {
             ("log_level = \"info,=[\"\n", "log_level"),
             ("log_origin = \"my relay\"\n", "log_origin"),
             ("log_origin = \"\"\n", "log_origin"),
+            (
+                "[security.rules.bundle_fetch_burst]\nthreshold = 0\n",
+                "bundle_fetch_burst",
+            ),
+            (
+                "[security.rules.auth_failures_account]\nwindow = \"0s\"\n",
+                "auth_failures_account",
+            ),
+            (
+                "[security.rules.no_such_rule]\nthreshold = 1\n",
+                "no_such_rule",
+            ),
+            ("[security]\nretention = \"0s\"\n", "retention"),
+            ("[security]\nmax_events = 0\n", "max_events"),
         ] {
             // Refused when read (not a duration) or when checked (zero).
             let err = match toml::from_str::<Config>(toml_text) {
@@ -616,6 +635,31 @@ mod tests {
             Limits::default().control_requests_per_device
         );
         assert_eq!(back.org_fingerprint, None);
+    }
+
+    #[test]
+    fn a_security_rule_table_changes_only_the_keys_it_names_and_round_trips() {
+        use crate::security::{Measure, Rule, RuleSettings};
+        let c: Config = toml::from_str(
+            "[security]\nsiem_file = \"/tmp/siem.jsonl\"\n\
+             [security.rules.auth_failures_account]\nthreshold = 3\nwindow = \"2m\"\n\
+             measure = \"hold_sensitive\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let s = c.security.rules.get(Rule::AuthFailuresAccount);
+        assert_eq!((s.threshold, s.window), (3, 120));
+        assert_eq!(s.measure, Some(Measure::HoldSensitive));
+        assert_eq!(
+            s.severity,
+            RuleSettings::default_for(Rule::AuthFailuresAccount).severity
+        );
+        assert_eq!(
+            c.security.rules.get(Rule::RateLimited),
+            RuleSettings::default_for(Rule::RateLimited)
+        );
+        let back: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.security, c.security);
     }
 
     #[test]

@@ -613,11 +613,64 @@ async fn apply<S: Store>(
     }
     if let Some(reply) = handled.reply {
         refusals.note(&reply);
+        if let FrameBody::Error {
+            code: ErrorCode::RateLimited,
+            ..
+        } = &reply.body
+        {
+            relay.observe(crate::security::Observation::RateLimited {
+                account: refusals.who.as_ref().map(|w| w.0.clone()),
+                device: refusals.who.as_ref().map(|w| w.1),
+                address: refusals.remote.ip(),
+            });
+        }
         if !outbox.frame(&reply).await {
             return false;
         }
     }
+    // After the `security_events` answer: the pushes follow it.
+    if let (Some(feed), Some(d)) = (handled.watch, delivery.as_mut()) {
+        d.watch_security(relay.clone(), feed, outbox.clone());
+    }
     true
+}
+
+/// Forward the security events of `feed` to a watching security device, as
+/// `security_event` pushes, while its device is still the security desk's.
+async fn forward_security<S: Store>(
+    relay: Arc<Relay<S>>,
+    me: Authenticated,
+    mut feed: crate::relay::SecurityFeed,
+    out: Arc<Outbox>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match feed.feed.recv().await {
+            Ok(event) => {
+                if event.id <= feed.after {
+                    continue;
+                }
+                feed.after = event.id;
+                if !relay.is_security_desk(&me) {
+                    info!(account = %me.account, device = %me.device, "security watch ended: the device is no longer the security desk's");
+                    return;
+                }
+                let frame = Frame::new(
+                    0,
+                    FrameBody::SecurityEvent {
+                        event: (*event).clone(),
+                    },
+                );
+                if !out.frame(&frame).await {
+                    return;
+                }
+            }
+            Err(RecvError::Lagged(missed)) => {
+                warn!(account = %me.account, device = %me.device, missed, "a security watcher fell behind and missed events (it can ask again from the last id it saw)");
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 /// Hand everything the outbox collects to quinn, one buffer per wake-up.
@@ -681,6 +734,8 @@ struct Delivery {
     task: tokio::task::JoinHandle<()>,
     end_rx: tokio::sync::oneshot::Receiver<End>,
     drain_tx: mpsc::Sender<u64>,
+    /// The security-event forwarder, once the device watches.
+    security: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Delivery {
@@ -716,7 +771,26 @@ impl Delivery {
             task,
             end_rx,
             drain_tx,
+            security: None,
         }
+    }
+
+    /// Start (or restart) forwarding security events.
+    fn watch_security<S: Store>(
+        &mut self,
+        relay: Arc<Relay<S>>,
+        feed: crate::relay::SecurityFeed,
+        out: Arc<Outbox>,
+    ) {
+        if let Some(old) = self.security.take() {
+            old.abort();
+        }
+        self.security = Some(tokio::spawn(forward_security(
+            relay,
+            self.me.clone(),
+            feed,
+            out,
+        )));
     }
 
     /// The sequence numbers `id` was delivered under on this connection and not yet
@@ -735,6 +809,9 @@ impl Delivery {
     async fn stop<S: Store>(self, relay: &Relay<S>) {
         relay.hub.unregister(&self.me.device, self.conn);
         metrics::gauge!(m::DEVICES_AUTHENTICATED).set(relay.hub.online() as f64);
+        if let Some(s) = self.security {
+            s.abort();
+        }
         self.task.abort();
         let _ = self.task.await;
     }

@@ -202,7 +202,15 @@ impl Hub {
             .map_or(0, |r| r.queued.load(Ordering::Acquire))
     }
 
-    /// Devices online.
+    /// Whether `device` is online (authenticated on a connection).
+    pub fn is_online(&self, device: &DeviceId) -> bool {
+        match self.devices.lock() {
+            Ok(m) => m.contains_key(device),
+            Err(p) => p.into_inner().contains_key(device),
+        }
+    }
+
+    /// How many devices are online.
     pub fn online(&self) -> usize {
         match self.devices.lock() {
             Ok(m) => m.len(),

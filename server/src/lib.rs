@@ -14,6 +14,8 @@
 //! * [`tls`]: certificates, the development CA, QUIC configuration.
 //! * [`admin`]: operator actions (accounts, enrolment codes, assignments);
 //!   [`backup`]: online backup and offline restore of the data directory.
+//! * [`security`]: the security rules, the events they raise, the live feed and the SIEM
+//!   export.
 //! * [`metrics`], [`health`]: Prometheus metrics and the operator's HTTP endpoint
 //!   (`/metrics`, `/healthz`, `/readyz`).
 
@@ -29,6 +31,7 @@ pub mod links;
 pub mod metrics;
 pub mod policy;
 pub mod relay;
+pub mod security;
 pub mod store;
 pub mod tlog;
 pub mod tls;
@@ -136,12 +139,23 @@ impl<S: Store> Server<S> {
         };
         let log_key = tlog::load_or_create_key(&config.data_dir, &config.log_origin)
             .map_err(|e| ServerError::Trust(e.to_string()))?;
+        let events: Arc<dyn store::events::EventStore> = match config.backend {
+            config::Backend::Sqlite => Arc::new(store::events::SqliteEventStore::open(
+                &config.data_dir.join(store::events::EVENTS_DB_FILE),
+            )?),
+            config::Backend::Memory => Arc::new(store::events::MemoryEventStore::new(
+                usize::try_from(config.security.max_events).unwrap_or(usize::MAX),
+            )),
+        };
+        let relay = Arc::new(
+            Relay::new(store, config)
+                .with_blobs(blobs)
+                .with_log_signer(log_key)
+                .with_events(events),
+        );
+        record_trust_events(&relay);
         Ok(Self {
-            relay: Arc::new(
-                Relay::new(store, config)
-                    .with_blobs(blobs)
-                    .with_log_signer(log_key),
-            ),
+            relay,
             endpoint,
             ca_fingerprint,
             http,
@@ -251,6 +265,11 @@ impl<S: Store> Server<S> {
         let active = Arc::new(AtomicUsize::new(0));
         let mut tasks = JoinSet::new();
         let sweeper = tokio::spawn(sweep(relay.clone(), stop_rx.clone()));
+        // Stopped only once the connections are gone, so that what they raise while they
+        // drain is still written.
+        let (writer_stop_tx, writer_stop_rx) = watch::channel(false);
+        let security_writer =
+            tokio::spawn(security::write_loop(relay.security.clone(), writer_stop_rx));
         tokio::pin!(shutdown);
         lifecycle.set(health::Phase::Serving);
         match endpoint.local_addr() {
@@ -313,6 +332,9 @@ impl<S: Store> Server<S> {
         endpoint.close(conn::close::SHUTDOWN.into(), b"relay shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         sweeper.abort();
+        // The events raised until now are stored and exported before the relay stops.
+        let _ = writer_stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), security_writer).await;
         let flushed = relay.store.flush().await;
         let _ = http_stop_tx.send(true);
         if let Some(t) = http_task {
@@ -434,4 +456,35 @@ async fn sweep<S: Store>(relay: Arc<Relay<S>>, mut stop: watch::Receiver<bool>) 
             ::metrics::gauge!(metrics::QUEUE_BYTES).set(stats.bytes as f64);
         }
     }
+}
+
+/// Security events that concern trust (`security::concerns_trust`) go into the
+/// transparency log once stored (docs/OPERATIONS.md, "Security events"): the writer task
+/// calls the hook, which appends a `security_event` leaf (rule, severity, account,
+/// device; never an address or a detail) in a task of its own. The relay is held weakly,
+/// so the hook does not keep it alive.
+fn record_trust_events<S: store::Store + 'static>(relay: &Arc<Relay<S>>) {
+    let weak = Arc::downgrade(relay);
+    relay.security.on_trust_event(Arc::new(move |e| {
+        let Some(relay) = weak.upgrade() else { return };
+        let leaf = sealpost_protocol::tlog::LogLeaf::new(
+            e.time_ms,
+            sealpost_protocol::tlog::Actor::Relay,
+            sealpost_protocol::tlog::LeafEvent::SecurityEvent {
+                rule: sealpost_protocol::wire::BoundedString::truncating(e.rule.as_str()),
+                severity: sealpost_protocol::wire::BoundedString::truncating(e.severity.name()),
+                account: e.account.clone(),
+                device: e.device,
+            },
+        );
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        handle.spawn(async move {
+            let now = relay::unix_ms();
+            if let Err(err) = relay.tlog.append(&relay.store, &leaf, now).await {
+                tracing::warn!(error = %err, "a security event could not be appended to the transparency log");
+            }
+        });
+    }));
 }

@@ -421,6 +421,16 @@ impl LinkRegistry {
         out
     }
 
+    /// Drop every request of `account`, open or offered (a security measure,
+    /// `require_fresh_link_code`: a device that wants to join starts again, and the code
+    /// of the new request differs). Returns how many were dropped.
+    pub fn drop_account(&mut self, account: &AccountId) -> usize {
+        let before = self.links.len();
+        self.links
+            .retain(|_, l| l.completed || &l.wire.account != account);
+        before - self.links.len()
+    }
+
     /// Mark the open requests of `identity` in `account` completed (its entry was
     /// appended); returns how many.
     pub fn complete(&mut self, account: &AccountId, identity: &PublicIdentity) -> usize {

@@ -62,6 +62,16 @@ pub const PENDING_LINKS: &str = "sealpost_pending_links";
 /// Link requests evicted by newer ones while the per-account or total bound was reached
 /// (counter; a steady rise means someone floods `link_start`).
 pub const LINKS_EVICTED: &str = "sealpost_links_evicted_total";
+/// Security events raised (counter, labels `rule` and `severity`; docs/OPERATIONS.md,
+/// "Security events").
+pub const SECURITY_EVENTS: &str = "sealpost_security_events_total";
+/// Security events not written to the store or the SIEM export because the writer fell
+/// behind by more than `security::MAX_UNWRITTEN_EVENTS` (counter; the live feed and the
+/// counter above still had them).
+pub const SECURITY_EVENTS_DROPPED: &str = "sealpost_security_events_dropped_total";
+/// Writing security events to the store or the SIEM export failed (counter, label
+/// `sink`: `store`, `siem_file`, `siem_socket`).
+pub const SECURITY_SINK_ERRORS: &str = "sealpost_security_sink_errors_total";
 /// Time from receiving a `send` to its durable acceptance, seconds (histogram).
 pub const SEND_LATENCY: &str = "sealpost_send_commit_seconds";
 /// Time to handle any request, seconds (histogram, label `type`).
@@ -127,6 +137,18 @@ pub fn describe() {
     );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("SEALPOST_COMMIT")).set(1.0);
     describe_counter!(CONNECTIONS, "QUIC connections accepted");
+    describe_counter!(
+        SECURITY_EVENTS,
+        "Security events raised, by rule and severity"
+    );
+    describe_counter!(
+        SECURITY_EVENTS_DROPPED,
+        "Security events the writer could not keep up with (not stored, not exported)"
+    );
+    describe_counter!(
+        SECURITY_SINK_ERRORS,
+        "Failures writing security events, by sink"
+    );
     describe_counter!(
         CONNECTIONS_REFUSED,
         "QUIC connection attempts refused or sent to Retry"

@@ -29,6 +29,7 @@ use crate::limits::{KeyedLimiter, Limited};
 use crate::links::LinkRegistry;
 use crate::metrics as m;
 use crate::policy::{self, Party};
+use crate::security::{Measure, Observation, Security};
 use crate::store::{AccountRecord, PreKeyUpload, Quota, Store, StoreError};
 use crate::trust::{refusal_label, refusal_message, AccountTrust, SenderTrust, TrustState};
 
@@ -126,6 +127,8 @@ pub struct Relay<S: Store> {
     /// Bumped after every device-log append that revokes a device, once it is durable:
     /// per-connection caches of recipients read before it are stale.
     revocations: std::sync::atomic::AtomicU64,
+    /// Security events: the rules, the live feed, the writer's queue (`security/`).
+    pub security: Arc<Security>,
 }
 
 /// An authenticated device on a connection.
@@ -157,7 +160,9 @@ pub enum AuthState {
 
 #[derive(Clone)]
 struct PeerInfo {
-    allowed: Result<(), String>,
+    /// Why the policy refuses the recipient (with its account, for the security rules);
+    /// only answers that allow are cached, so a cached clone allocates nothing.
+    allowed: Result<(), (String, AccountId)>,
     revoked: bool,
     expires_ms: u64,
     /// [`Relay::revocation_epoch`] when this was read: a later revocation invalidates it.
@@ -283,6 +288,18 @@ pub struct Handled {
     pub released: usize,
     /// The device asked to drain its mailbox; answer `mailbox_empty` with this id.
     pub drain: Option<u64>,
+    /// A security device started watching: push the events of this feed after the
+    /// reply.
+    pub watch: Option<SecurityFeed>,
+}
+
+/// The live security events a watching connection forwards (`security_event` pushes).
+#[derive(Debug)]
+pub struct SecurityFeed {
+    /// New events.
+    pub feed: tokio::sync::broadcast::Receiver<Arc<sealpost_protocol::wire::SecurityEventInfo>>,
+    /// The last id the reply held: events up to it are not pushed again.
+    pub after: u64,
 }
 
 fn reply(id: u64, body: FrameBody) -> Handled {
@@ -364,6 +381,7 @@ fn type_name(body: &FrameBody) -> &'static str {
         FrameBody::DismissLink { .. } => "dismiss_link",
         FrameBody::GetLogHeads { .. } => "get_log_heads",
         FrameBody::ListClients { .. } => "list_clients",
+        FrameBody::SecurityWatch { .. } => "security_watch",
         FrameBody::AttestStart { .. }
         | FrameBody::AttestPoll
         | FrameBody::AttestReveal { .. }
@@ -414,8 +432,15 @@ impl<S: Store> Relay<S> {
             )),
             Err(_) => unreachable!("the default origin is a valid key name"),
         };
+        let security = Arc::new(Security::new(
+            config.security.clone(),
+            Arc::new(crate::store::events::MemoryEventStore::new(
+                usize::try_from(config.security.max_events).unwrap_or(usize::MAX),
+            )),
+        ));
         Self {
             tlog,
+            security,
             trust: TrustState::new(config.org_fingerprint, l.trust_cache_accounts),
             attest: Mutex::new(attest_frames::AttestRegistry::default()),
             links: Mutex::new(LinkRegistry::new(
@@ -474,6 +499,59 @@ impl<S: Store> Relay<S> {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
+    /// Store security events in `events` (instead of the in-memory store `new` sets up);
+    /// event ids continue after its last.
+    pub fn with_events(mut self, events: Arc<dyn crate::store::events::EventStore>) -> Self {
+        self.security = Arc::new(Security::new(self.config.security.clone(), events));
+        self
+    }
+
+    /// Hand `obs` to the security rules and carry out the measures of the events it
+    /// raises (docs/OPERATIONS.md, "Targeted measures"). Never waits: one short critical
+    /// section, and a queue to the writer task.
+    pub fn observe(&self, obs: Observation) {
+        let now = unix_ms();
+        for (raised, _) in self.security.observe(now, &obs) {
+            let (Some(measure), Some(account)) = (raised.measure, raised.account.as_ref()) else {
+                continue;
+            };
+            match measure {
+                Measure::HoldSensitive => {
+                    let until = now.saturating_add(
+                        self.security
+                            .config()
+                            .hold_sensitive_for
+                            .saturating_mul(1000),
+                    );
+                    self.security.hold(account, until);
+                    info!(account = %account, rule = raised.rule.name(), until_ms = until, "measure: sensitive kinds held");
+                }
+                Measure::RequireFreshLinkCode => {
+                    let dropped = match self.links.lock() {
+                        Ok(mut l) => l.drop_account(account),
+                        Err(p) => p.into_inner().drop_account(account),
+                    };
+                    info!(account = %account, rule = raised.rule.name(), dropped, "measure: pending link requests dropped; a new link needs a new code");
+                }
+            }
+        }
+    }
+
+    /// Whether `me` may watch security events: a staff device whose account the verified
+    /// roster lists with the `security` role, and this device among its devices.
+    pub fn is_security_desk(&self, me: &Authenticated) -> bool {
+        if me.role != Role::Staff {
+            return false;
+        }
+        let Some(chain) = self.trust.chain() else {
+            return false;
+        };
+        chain.head().member(&me.account).is_some_and(|m| {
+            m.role == sealpost_protocol::trust::StaffRole::Security
+                && m.device(&me.device).is_some()
+        })
+    }
+
     /// Use `blobs` for attachment blobs (instead of the in-memory store `new` sets up).
     pub fn with_blobs(mut self, blobs: Arc<dyn crate::store::blob::BlobStore>) -> Self {
         self.blobs = blobs;
@@ -500,8 +578,13 @@ impl<S: Store> Relay<S> {
         self.with_limiters(|l| l.auth_ip.would_allow(&ip, 1.0, now))
     }
 
-    fn auth_failed(&self, ip: IpAddr, device: Option<DeviceId>) {
+    fn auth_failed(&self, ip: IpAddr, device: Option<DeviceId>, account: Option<&AccountId>) {
         metrics::counter!(m::AUTH_FAILURES).increment(1);
+        self.observe(Observation::AuthFailed {
+            account: account.cloned(),
+            device,
+            address: ip,
+        });
         let now = self.mono_ms();
         let (by_ip, by_device) = self.with_limiters(|l| {
             let by_ip = l.auth_ip.check(&ip, 1.0, now);
@@ -604,7 +687,7 @@ impl<S: Store> Relay<S> {
         }
         let msg = enroll_signature_message(&ctx.exporter, &account, code);
         if identity.verify(&msg, &signature).is_err() {
-            self.auth_failed(ctx.remote.ip(), None);
+            self.auth_failed(ctx.remote.ip(), None, Some(&account));
             return refuse(
                 id,
                 ErrorCode::AuthFailed,
@@ -649,7 +732,7 @@ impl<S: Store> Relay<S> {
                 )
             }
             Err(StoreError::EnrollmentRefused) => {
-                self.auth_failed(ctx.remote.ip(), None);
+                self.auth_failed(ctx.remote.ip(), None, Some(&account));
                 refuse(
                     id,
                     ErrorCode::EnrollmentRefused,
@@ -707,8 +790,9 @@ impl<S: Store> Relay<S> {
                     )
                     .is_ok()
         });
+        let claimed = record.as_ref().map(|r| r.account.clone());
         let Some(record) = record.filter(|_| verified) else {
-            self.auth_failed(ctx.remote.ip(), Some(device));
+            self.auth_failed(ctx.remote.ip(), Some(device), claimed.as_ref());
             debug!(device = %device, remote = %ctx.remote, "authentication failed");
             return refuse(id, ErrorCode::AuthFailed, "authentication failed");
         };
@@ -733,7 +817,7 @@ impl<S: Store> Relay<S> {
         };
         if !snapshot.is_active(&device) {
             self.trust_refused("auth_not_in_log");
-            self.auth_failed(ctx.remote.ip(), Some(device));
+            self.auth_failed(ctx.remote.ip(), Some(device), Some(&account.id));
             debug!(device = %device, "authentication refused: device not active in its log");
             return refuse(
                 id,
@@ -760,6 +844,7 @@ impl<S: Store> Relay<S> {
             authenticated: Some(me),
             released: 0,
             drain: None,
+            watch: None,
         }
     }
 
@@ -799,6 +884,7 @@ impl<S: Store> Relay<S> {
                 | FrameBody::GetLogLeaves { .. }
                 | FrameBody::GetConsistency { .. }
                 | FrameBody::SubmitCosignature { .. }
+                | FrameBody::SecurityWatch { .. }
         ) {
             let now = self.mono_ms();
             if let Err(l) = self.with_limiters(|l| l.control.check(&me.device, 1.0, now)) {
@@ -890,6 +976,7 @@ impl<S: Store> Relay<S> {
             FrameBody::SubmitCosignature { size, line } => {
                 self.submit_cosignature(me, id, size, line.as_str()).await
             }
+            FrameBody::SecurityWatch { since } => self.security_watch(me, id, since).await,
             FrameBody::BlobUpload { .. }
             | FrameBody::BlobDownload { .. }
             | FrameBody::BlobChunk { .. } => refuse(
@@ -903,6 +990,44 @@ impl<S: Store> Relay<S> {
                 "this frame type is sent by the relay, not to it",
             ),
         }
+    }
+
+    /// `security_watch`: the stored events after `since` and, when they all fit in the
+    /// answer, the live feed from then on; only for the security desk
+    /// ([`Relay::is_security_desk`]), anyone else is refused and gets nothing.
+    async fn security_watch(&self, me: &Authenticated, id: u64, since: u64) -> Handled {
+        if !self.is_security_desk(me) {
+            self.trust_refused("security_watch");
+            info!(account = %me.account, device = %me.device, "security_watch refused: not a security staff device in the roster");
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "security events are only for devices of staff whose role in the verified \
+                 roster is security",
+            );
+        }
+        let start = self
+            .security
+            .watch(
+                since,
+                sealpost_protocol::wire::MAX_SECURITY_EVENTS_PER_FRAME,
+            )
+            .await;
+        let after = start.events.last().map_or(since, |e| e.id);
+        let more = start.more;
+        let events = match BoundedVec::new(start.events) {
+            Ok(e) => e,
+            Err(_) => return refuse(id, ErrorCode::Internal, "too many security events"),
+        };
+        let mut h = reply(id, FrameBody::SecurityEvents { events, more });
+        if !more {
+            info!(account = %me.account, device = %me.device, since, "security desk watching");
+            h.watch = Some(SecurityFeed {
+                feed: start.feed,
+                after,
+            });
+        }
+        h
     }
 
     /// May `me` address `account`? Checked with the policy, cached per connection.
@@ -952,7 +1077,7 @@ impl<S: Store> Relay<S> {
         };
         let allowed = self.may_reach_account(me, &account).await?;
         let info = PeerInfo {
-            allowed,
+            allowed: allowed.map_err(|why| (why, account.id.clone())),
             revoked: rec.revoked,
             expires_ms: now + POLICY_CACHE_MS,
             epoch,
@@ -1040,11 +1165,36 @@ impl<S: Store> Relay<S> {
                 d
             }
         };
+        if let SendDecision::OnProbation { .. } = decision {
+            self.observe(Observation::SensitiveDuringCoolingOff {
+                account: me.account.clone(),
+                device: me.device,
+                kind: kind.name(),
+            });
+        }
         if decision != SendDecision::Allowed {
             self.trust_refused(refusal_label(decision));
             let why = refusal_message(decision, kind).unwrap_or_default();
             debug!(device = %me.device, kind = ?kind, reason = refusal_label(decision), "send refused by the device log");
             return Err(refuse(id, ErrorCode::Forbidden, &why));
+        }
+        // A targeted measure (`hold_sensitive`): one atomic load unless an account is held.
+        if let Some(until) = self.security.held_until(&me.account, unix_ms) {
+            if ctx.sender.as_ref().is_some_and(|s| s.is_sensitive(kind)) {
+                self.trust_refused("security_hold");
+                return Err(refuse(
+                    id,
+                    ErrorCode::Forbidden,
+                    &format!(
+                        "security hold: the relay's security desk holds {} envelopes of this \
+                         account until {} (a security event's measure); contact the firm",
+                        kind.name(),
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(until)
+                        )
+                    ),
+                ));
+            }
         }
         if envelope.body.len() > self.config.limits.max_envelope_bytes {
             return Err(refuse(
@@ -1069,8 +1219,13 @@ impl<S: Store> Relay<S> {
             }
             Err(e) => return Err(store_failure(id, &e)),
         };
-        if let Err(why) = &peer.allowed {
+        if let Err((why, target)) = &peer.allowed {
             if !any_client {
+                self.observe(Observation::UnassignedContact {
+                    account: me.account.clone(),
+                    device: me.device,
+                    target: target.clone(),
+                });
                 return Err(refuse(id, ErrorCode::Forbidden, why));
             }
         }
@@ -1288,6 +1443,11 @@ impl<S: Store> Relay<S> {
         if let Err((which, l)) = check {
             return limited(id, which, l);
         }
+        self.observe(Observation::BundleFetch {
+            account: me.account.clone(),
+            device: me.device,
+            target: account.clone(),
+        });
         if let Err(h) = self
             .authorize_directory(me, id, &account, directory::DirectoryRead::Bundles)
             .await

@@ -122,6 +122,11 @@ impl SenderTrust {
         self.snapshot.is_stale()
     }
 
+    /// Whether the roster policy counts `kind` as sensitive for this account.
+    pub fn is_sensitive(&self, kind: EnvelopeKind) -> bool {
+        self.snapshot.sensitive.contains(&kind)
+    }
+
     /// The send rule; `now_ms` is read only for a sensitive kind.
     pub fn may_send(&self, kind: EnvelopeKind, now_ms: impl FnOnce() -> u64) -> SendDecision {
         let Some(until) = self.probation_until_ms else {

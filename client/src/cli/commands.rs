@@ -90,6 +90,7 @@ pub async fn dispatch(ctx: &Ctx, command: Command) -> Result<(), CliError> {
         Command::Approvals { command } => super::trust::approvals(ctx, command).await,
         Command::Attest { command } => super::trust::attest(ctx, command).await,
         Command::Audit { command } => super::audit::audit(ctx, command).await,
+        Command::Security { command } => super::security::run(ctx, command).await,
         // Handled in main.rs before any profile is opened.
         Command::Completions { .. } | Command::Man { .. } => Err(CliError::usage(
             "completions and man pages are printed without a profile",
@@ -728,7 +729,7 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
 }
 
 /// A stop request: Ctrl-C or SIGTERM.
-fn stop_signal() -> watch::Receiver<bool> {
+pub(super) fn stop_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         #[cfg(unix)]

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod commands;
 pub mod error;
 pub mod output;
+pub mod security;
 pub mod trust;
 
 use std::io::IsTerminal;

@@ -112,7 +112,14 @@ impl<S: Store> Relay<S> {
         match self.may_reach_account(me, &rec).await {
             Ok(Ok(())) => Ok(rec),
             Ok(Err(_)) if self.notice_directory_allows(me, &rec, read) => Ok(rec),
-            Ok(Err(why)) => Err(refuse(id, ErrorCode::Forbidden, &why)),
+            Ok(Err(why)) => {
+                self.observe(crate::security::Observation::UnassignedContact {
+                    account: me.account.clone(),
+                    device: me.device,
+                    target: account.clone(),
+                });
+                Err(refuse(id, ErrorCode::Forbidden, &why))
+            }
             Err(e) => Err(store_failure(id, &e)),
         }
     }

@@ -28,6 +28,7 @@ use super::{
 use crate::limits::Limited;
 use crate::links::{LinkError, Started};
 use crate::metrics as m;
+use crate::security::Observation;
 use crate::store::{LogEffects, LoggedDevice, Store, StoreError, MAX_LOG_ENTRY_BYTES};
 use crate::trust::AccountTrust;
 
@@ -241,7 +242,7 @@ impl<S: Store> Relay<S> {
         }
         let msg = link_signature_message(&ctx.exporter, &account);
         if identity.verify(&msg, &signature).is_err() {
-            self.auth_failed(ctx.remote.ip(), None);
+            self.auth_failed(ctx.remote.ip(), None, Some(&account));
             return refuse(
                 id,
                 ErrorCode::AuthFailed,
@@ -253,6 +254,14 @@ impl<S: Store> Relay<S> {
             Ok(None) => return refuse(id, ErrorCode::NotFound, "account not found"),
             Err(e) => return store_failure(id, &e),
         }
+        // Was any device of the account there to have asked for this link?
+        let solicited = match self.store.devices_of(&account).await {
+            Ok(devices) => devices
+                .iter()
+                .any(|d| !d.revoked && self.hub.is_online(&d.id)),
+            Err(e) => return store_failure(id, &e),
+        };
+        let new_device = identity.device_id();
         match self.store.device(&identity.device_id()).await {
             Ok(None) => {}
             Ok(Some(_)) => {
@@ -281,6 +290,12 @@ impl<S: Store> Relay<S> {
                 // The connection now waits on this request: the authentication timeout
                 // no longer closes it while the request is open (conn.rs).
                 ctx.waiting_link = Some(link_id);
+                self.observe(Observation::LinkRequest {
+                    account: account.clone(),
+                    device: new_device,
+                    address: ctx.remote.ip(),
+                    solicited,
+                });
                 if !evicted.is_empty() {
                     metrics::counter!(m::LINKS_EVICTED).increment(evicted.len() as u64);
                     info!(
@@ -405,7 +420,7 @@ impl<S: Store> Relay<S> {
         };
         let msg = link_complete_signature_message(&ctx.exporter, &link_id);
         if identity.verify(&msg, &signature).is_err() {
-            self.auth_failed(ctx.remote.ip(), None);
+            self.auth_failed(ctx.remote.ip(), None, Some(&entry.body.account));
             return refuse(
                 id,
                 ErrorCode::AuthFailed,
@@ -500,9 +515,16 @@ impl<S: Store> Relay<S> {
                 ),
             );
         }
+        let recovery = matches!(body.action, DeviceAction::Recover { .. });
         match self.with_links(|l| l.offer(&link_id, challenge, body, me.device, now)) {
             Ok(()) => {
                 debug!(account = %account, by = %me.device, "link offer recorded");
+                if recovery {
+                    self.observe(Observation::RecoveryRequested {
+                        account: account.clone(),
+                        by: me.device,
+                    });
+                }
                 reply(id, FrameBody::Done)
             }
             Err(e) => link_refusal(id, &e),
@@ -815,9 +837,57 @@ impl<S: Store> Relay<S> {
             frozen = set.frozen,
             "device log entry appended"
         );
+        self.observe_append(&entry, &set, by);
         self.notify_log_changed(&account, role, entry.body.seq, action)
             .await;
         reply(id, FrameBody::Done)
+    }
+
+    /// What a durable append tells the security rules: devices added, freezes, the
+    /// approvals it carried.
+    fn observe_append(
+        &self,
+        entry: &LogEntry,
+        set: &sealpost_protocol::trust::DeviceSet,
+        by: sealpost_protocol::identity::DeviceId,
+    ) {
+        let account = &entry.body.account;
+        match &entry.body.action {
+            DeviceAction::Add { identity } | DeviceAction::Recover { identity } => {
+                // The first device (enrolment, entry 0) is not an addition.
+                if entry.body.seq > 0 {
+                    self.observe(Observation::DeviceAdded {
+                        account: account.clone(),
+                        device: identity.device_id(),
+                        devices: set.devices.len(),
+                    });
+                }
+            }
+            DeviceAction::Freeze => self.observe(Observation::Frozen {
+                account: account.clone(),
+                by,
+            }),
+            DeviceAction::Unfreeze => self.observe(Observation::Unfrozen {
+                account: account.clone(),
+                by,
+            }),
+            DeviceAction::Remove { .. } => {}
+        }
+        if let EntryAuthorization::Quorum(bundle) = &entry.authorization {
+            self.observe_approvals(bundle);
+        }
+    }
+
+    /// Each approval in `bundle` (one request) counts once for its approver.
+    fn observe_approvals(&self, bundle: &ApprovalBundle) {
+        let request = bundle.request.digest().0;
+        for a in bundle.approvals.as_slice() {
+            self.observe(Observation::ApprovalSigned {
+                approver: a.approver.account.clone(),
+                device: a.approver.device,
+                request,
+            });
+        }
     }
 
     /// Push `device_log_changed` to the account's devices and, for a client, to the
@@ -1097,6 +1167,16 @@ impl<S: Store> Relay<S> {
                     })
                 ) {
                     metrics::counter!(m::NOTICES_ACCEPTED).increment(1);
+                    for bundle in notice.cosignatures.as_slice() {
+                        self.observe_approvals(bundle);
+                    }
+                    if any_client {
+                        self.observe(Observation::NoticeToAllClients {
+                            account: me.account.clone(),
+                            device: me.device,
+                            notice: notice.header.digest().0,
+                        });
+                    }
                 }
                 h
             }

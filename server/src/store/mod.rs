@@ -43,6 +43,7 @@
 //!   pinned fingerprint when it starts).
 
 pub mod blob;
+pub mod events;
 pub mod memory;
 pub mod sqlite;
 pub mod tlog;
