@@ -19,6 +19,10 @@ use crate::transparency::{
 pub const WITNESS_WAIT_STEP: Duration = Duration::from_millis(500);
 /// How many times it asks before giving up for now ("try again": not a verdict).
 pub const MAX_WITNESS_WAITS: u32 = 20;
+/// Checkpoints of other devices proven to be prefixes of this device's, remembered (in
+/// memory) so that a peer whose checkpoint lags is not proven again on every message; the
+/// smallest is forgotten first.
+pub const MAX_PROVEN_PREFIXES: usize = 256;
 
 impl Client {
     /// The transparency policy of the verified roster head: the log keys, witnesses and
@@ -211,6 +215,13 @@ impl Client {
             CheckpointCompare::Agree | CheckpointCompare::Behind => Ok(None),
             CheckpointCompare::Split(reason) => Ok(Some(reason)),
             CheckpointCompare::NeedProof { old_size, new_size } => {
+                // Proven once, a prefix of the held checkpoint stays a prefix of every
+                // checkpoint accepted later (each extends the one before): a sender whose
+                // checkpoint lags costs one request, not one per message.
+                let key = (theirs.size, theirs.root);
+                if self.trust.proven_prefixes.contains(&key) {
+                    return Ok(None);
+                }
                 let proof = self
                     .conn()
                     .map_err(|e| e.to_string())?
@@ -221,7 +232,14 @@ impl Client {
                 else {
                     return Ok(None);
                 };
-                Ok(check_consistency(theirs, &mine, &proof).err())
+                let split = check_consistency(theirs, &mine, &proof).err();
+                if split.is_none() {
+                    if self.trust.proven_prefixes.len() >= MAX_PROVEN_PREFIXES {
+                        self.trust.proven_prefixes.pop_first();
+                    }
+                    self.trust.proven_prefixes.insert(key);
+                }
+                Ok(split)
             }
         }
     }

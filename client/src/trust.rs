@@ -149,6 +149,9 @@ pub(crate) struct TrustCache {
     /// The transparency-log checkpoint this device accepted last (persisted as its note):
     /// every later proof must extend it (docs/PROTOCOL.md §21.6).
     pub(crate) checkpoint: Option<SignedCheckpoint>,
+    /// Peers' checkpoints (size, root) proven to be prefixes of `checkpoint`
+    /// ([`crate::logcheck::MAX_PROVEN_PREFIXES`] at most).
+    pub(crate) proven_prefixes: BTreeSet<(u64, [u8; 32])>,
 }
 
 impl TrustCache {

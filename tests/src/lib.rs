@@ -311,3 +311,43 @@ impl TestDevice {
         }
     }
 }
+
+/// The texts of the messages among `events`, in order.
+pub fn texts(events: &[sealpost_client::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            sealpost_client::Event::Message { entry } => Some(entry.body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Run the `sealpost` binary `bin` (a test's `env!("CARGO_BIN_EXE_sealpost-under-test")`)
+/// on the profile in `home` with the test passphrase, bounded to 60 s: (exit code,
+/// stdout, stderr).
+pub async fn run_cli(bin: &str, home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let bin = bin.to_owned();
+    let home = home.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin)
+                .args(&args)
+                .env("SEALPOST_HOME", &home)
+                .env("SEALPOST_PASSPHRASE", org::PASS)
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap()
+        }),
+    )
+    .await
+    .expect("the CLI ran too long")
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

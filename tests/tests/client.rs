@@ -3,6 +3,7 @@
 //! policy, and what the relay's disk holds.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use sealpost_tests::texts;
 use std::path::Path;
 use std::time::Duration;
 
@@ -58,16 +59,6 @@ async fn enrolled<S: Store>(relay: &TestRelay<S>, home: &Path, account: &Account
     let code = relay.code(account).await;
     c.enroll(relay_info(relay), account, &code).await.unwrap();
     c
-}
-
-fn texts(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message { entry } => Some(entry.body.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 //! cooling-off counted from the relay's append time, not the signer's date.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use sealpost_tests::texts;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -24,16 +25,6 @@ use sealpost_tests::*;
 
 const QUIET: Duration = Duration::from_secs(3);
 const CLI: &str = env!("CARGO_BIN_EXE_sealpost-under-test");
-
-fn texts(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message { entry } => Some(entry.body.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 /// A firm on a SQLite relay: ops (operations), comp, sec and adv (advisor), enrolled;
 /// roster version 1 lists them and `extra` (identities of people who have not enrolled

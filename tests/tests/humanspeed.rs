@@ -9,6 +9,7 @@
 //! Waiting is sleeping and polling on the client's own schedule (every 3 s), not busy.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use sealpost_tests::texts;
 use std::time::Duration;
 
 use sealpost_client::client::Event;
@@ -22,16 +23,6 @@ use sealpost_tests::*;
 /// The relay's authentication timeout in these tests (every wait below is longer).
 const AUTH_TIMEOUT_SECS: u64 = 20;
 const QUIET: Duration = Duration::from_secs(3);
-
-fn texts(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message { entry } => Some(entry.body.clone()),
-            _ => None,
-        })
-        .collect()
-}
 
 fn completed(events: &[Event]) -> bool {
     events

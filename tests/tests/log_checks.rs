@@ -12,6 +12,7 @@
 //! one message; the witness refuses to cosign and names the fault.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use sealpost_tests::texts;
 use std::time::Duration;
 
 use sealpost_client::witness::{WitnessPass, WitnessRun};
@@ -144,16 +145,6 @@ async fn world(threshold: u8) -> World {
     }
 }
 
-fn texts(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Message { entry } => Some(entry.body.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn splits(events: &[Event]) -> Vec<String> {
     events
         .iter()
@@ -265,30 +256,8 @@ async fn devices_hold_proven_checkpoints_and_the_witness_cosigns_them() {
 
 const CLI: &str = env!("CARGO_BIN_EXE_sealpost-under-test");
 
-/// Run the CLI on the profile in `home`: (exit code, stdout, stderr).
 async fn cli(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let home = home.to_owned();
-    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(CLI)
-                .args(&args)
-                .env("SEALPOST_HOME", &home)
-                .env("SEALPOST_PASSPHRASE", org::PASS)
-                .env_remove("RUST_LOG")
-                .output()
-                .unwrap()
-        }),
-    )
-    .await
-    .expect("the CLI ran too long")
-    .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    sealpost_tests::run_cli(CLI, home, args).await
 }
 
 /// Rewrite leaf `index` of the stopped relay's log (its time moved by a second: the leaf

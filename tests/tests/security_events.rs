@@ -31,6 +31,17 @@ const SEEN_WITHIN: Duration = Duration::from_secs(1);
 const NOTHING_ELSE: Duration = Duration::from_millis(600);
 /// How long `receive` waits for a mailbox.
 const QUIET: Duration = Duration::from_secs(3);
+/// The keys of an event as JSON, the SIEM line's and `security watch --json`'s (sorted).
+const SIEM_KEYS: [&str; 10] = [
+    "account", "address", "detail", "device", "event", "id", "rule", "severity", "time", "time_ms",
+];
+
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
 /// The SIEM file, in the relay's data directory.
 const SIEM: &str = "siem.jsonl";
 
@@ -763,6 +774,7 @@ async fn a_normal_mixed_load_raises_nothing_and_no_file_holds_message_content() 
     assert_eq!(line["event"], "security_event");
     assert_eq!(line["rule"], "account_frozen");
     assert_eq!(line["account"], "alice");
+    assert_eq!(keys(&line), SIEM_KEYS, "{line}");
     let mut all = Vec::new();
     files(&data_dir, &mut all);
     assert!(all.iter().any(|p| p.ends_with("security_events.sqlite3")));
@@ -896,6 +908,8 @@ async fn sealpost_security_watch_prints_events_as_json_lines_and_refuses_others(
     assert_eq!(event["address"], "127.0.0.1", "{event}");
     assert!(event["account"].is_null(), "{event}");
     assert!(event["id"].as_u64().unwrap() >= 1);
+    // One shape for an event: the CLI's line has exactly the SIEM line's keys.
+    assert_eq!(keys(&event), SIEM_KEYS, "{event}");
     // `--for` ends it cleanly.
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await

@@ -72,29 +72,8 @@ async fn split_pair() -> Pair {
     }
 }
 
-/// Run the CLI on the profile in `home` (bounded), returning (exit code, stdout, stderr).
 async fn cli(home: std::path::PathBuf, args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(CLI)
-                .args(&args)
-                .env("SEALPOST_HOME", &home)
-                .env("SEALPOST_PASSPHRASE", org::PASS)
-                .env_remove("RUST_LOG")
-                .output()
-                .unwrap()
-        }),
-    )
-    .await
-    .expect("the CLI ran too long")
-    .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    sealpost_tests::run_cli(CLI, &home, args).await
 }
 
 fn splits(events: &[Event]) -> Vec<(String, bool)> {
