@@ -461,6 +461,23 @@ pub enum Event {
         /// End of its cooling-off window (ms since the Unix epoch).
         probation_until_ms: u64,
     },
+    /// The relay reports a security event about this account (its `notify_devices`
+    /// measure, docs/PROTOCOL.md §21.3): the relay's word, shown as a warning.
+    SecurityAlert {
+        /// The relay's event id.
+        id: u64,
+        /// When it was raised (ms since the Unix epoch).
+        time_ms: u64,
+        /// Its severity (`info` .. `critical`).
+        severity: String,
+        /// The rule that raised it.
+        rule: String,
+        /// The device it concerns, if any (another device of this account, or one that
+        /// tried to become one).
+        device: Option<DeviceId>,
+        /// What the relay saw, in its words.
+        detail: String,
+    },
     /// An account was frozen or unfrozen.
     FreezeChanged {
         /// The account.
@@ -599,6 +616,9 @@ struct StateFile {
     /// The transparency-log checkpoint accepted last (signed note text, §21.6).
     #[serde(default)]
     tlog_checkpoint: Option<String>,
+    /// The last account alert shown (§21.3).
+    #[serde(default)]
+    alerts_seen: u64,
     /// This device's witness key, if it is a witness of the transparency log (§21.8).
     #[serde(default)]
     witness: Option<crate::witness::WitnessKeyRecord>,
@@ -661,6 +681,8 @@ pub struct Client {
     pub(crate) approval_validity_ms: u64,
     /// This device's witness key (§21.8), if any.
     pub(crate) witness: Option<crate::witness::WitnessKeyRecord>,
+    /// The last account alert shown (§21.3).
+    pub(crate) alerts_seen: u64,
 }
 
 impl Client {
@@ -692,6 +714,7 @@ impl Client {
             roster_head: None,
             log_heads: Vec::new(),
             tlog_checkpoint: None,
+            alerts_seen: 0,
             witness: None,
             approvals: Vec::new(),
             link_offers: Vec::new(),
@@ -727,6 +750,7 @@ impl Client {
             events: Vec::new(),
             approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
             witness: None,
+            alerts_seen: 0,
         };
         client.save()?;
         Ok(client)
@@ -821,6 +845,7 @@ impl Client {
             events: Vec::new(),
             approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
             witness: file.witness,
+            alerts_seen: file.alerts_seen,
             profile,
         })
     }
@@ -871,6 +896,7 @@ impl Client {
             roster_head: self.trust.roster_head,
             log_heads: self.trust.head_records(),
             tlog_checkpoint: self.trust.checkpoint.as_ref().map(|c| c.to_text()),
+            alerts_seen: self.alerts_seen,
             witness: self.witness.clone(),
             approvals: self.approvals.clone(),
             link_offers: self.link_offers.clone(),
@@ -1023,6 +1049,8 @@ impl Client {
                         // Device-log changes pushed while this device was offline were
                         // lost with the push: catch up on them now.
                         self.catch_up_logs().await;
+                        // And alerts about this account told while it was offline.
+                        self.catch_up_alerts().await;
                         return Ok(());
                     }
                     Err(
@@ -1602,6 +1630,12 @@ impl Client {
                 FrameBody::PreKeyStock { low: true, .. } => {
                     if let Some(e) = self.maintain_prekeys().await? {
                         events.push(e);
+                    }
+                }
+                FrameBody::AccountAlert { event } => {
+                    if let Some(ev) = self.alert_event(event) {
+                        events.push(ev);
+                        self.save()?;
                     }
                 }
                 FrameBody::DeviceLogChanged { account, .. } => {

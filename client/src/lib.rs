@@ -30,6 +30,7 @@
 //!
 //! The `sealpost` CLI (`src/main.rs`) is a thin shell over [`client::Client`].
 
+pub mod alerts;
 pub mod approvals;
 pub mod attachments;
 pub mod attest;

@@ -572,6 +572,18 @@ impl RelayConnection {
         }
     }
 
+    /// The stored alerts about this device's account after `since` (§21.3), and whether
+    /// more follow.
+    pub async fn get_account_alerts(
+        &self,
+        since: u64,
+    ) -> Result<(Vec<wire::SecurityEventInfo>, bool), NetError> {
+        match self.request(FrameBody::GetAccountAlerts { since }).await? {
+            FrameBody::AccountAlerts { alerts, more } => Ok((alerts.into_inner(), more)),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// The next push from the relay (a delivery, a prekey warning, or an error frame not
     /// tied to a request); `None` when the connection is gone.
     pub async fn next_push(&self) -> Option<FrameBody> {

@@ -418,6 +418,25 @@ pub enum FrameBody {
         /// The event.
         event: SecurityEventInfo,
     },
+    /// Any authenticated device: the stored alerts for its own account with an id greater
+    /// than `since` (security events whose rule has the `notify_devices` measure; those
+    /// about this device itself are left out), answered with `account_alerts`.
+    GetAccountAlerts {
+        /// Alerts with a greater id are returned.
+        since: u64,
+    },
+    /// Answer to `get_account_alerts`, ascending by id.
+    AccountAlerts {
+        /// The alerts.
+        alerts: BoundedVec<SecurityEventInfo, MAX_SECURITY_EVENTS_PER_FRAME>,
+        /// More follow: ask again with `since` = the last id here.
+        more: bool,
+    },
+    /// Push (id 0) to every other online device of an account: a new alert about it.
+    AccountAlert {
+        /// The event.
+        event: SecurityEventInfo,
+    },
     // ----- device -> relay, before authentication -----
     /// Register this device's identity with a one-time enrolment code.
     Enroll {
@@ -1048,6 +1067,9 @@ pub const FRAME_TYPES: &[&str] = &[
     "security_watch",
     "security_events",
     "security_event",
+    "get_account_alerts",
+    "account_alerts",
+    "account_alert",
 ];
 
 fn bounded_is_empty<T, const N: usize>(v: &BoundedVec<T, N>) -> bool {

@@ -1454,6 +1454,12 @@ fn security_watch_frame_encodings() {
     use sealpost_protocol::identity::DeviceId;
     use sealpost_protocol::wire::{SecurityEventInfo, SecuritySeverity};
     let watch = frame_hex(9, FrameBody::SecurityWatch { since: 41 });
+    // §21.3: an account's devices ask for their alerts.
+    assert_eq!(
+        frame_hex(7, FrameBody::GetAccountAlerts { since: 41 }),
+        "0000002ea36176016269640764626f6479a26174726765745f6163636f756e745f616c657274736163a1\
+         6573696e63651829"
+    );
     let event = SecurityEventInfo {
         id: 42,
         time_ms: 1_700_000_000_000,

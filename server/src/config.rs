@@ -639,7 +639,7 @@ mod tests {
 
     #[test]
     fn a_security_rule_table_changes_only_the_keys_it_names_and_round_trips() {
-        use crate::security::{Measure, Rule, RuleSettings};
+        use crate::security::{Measure, Measures, Rule, RuleSettings};
         let c: Config = toml::from_str(
             "[security]\nsiem_file = \"/tmp/siem.jsonl\"\n\
              [security.rules.auth_failures_account]\nthreshold = 3\nwindow = \"2m\"\n\
@@ -649,7 +649,7 @@ mod tests {
         c.validate().unwrap();
         let s = c.security.rules.get(Rule::AuthFailuresAccount);
         assert_eq!((s.threshold, s.window), (3, 120));
-        assert_eq!(s.measure, Some(Measure::HoldSensitive));
+        assert_eq!(s.measure, Measures::NONE.with(Measure::HoldSensitive));
         assert_eq!(
             s.severity,
             RuleSettings::default_for(Rule::AuthFailuresAccount).severity
@@ -660,6 +660,22 @@ mod tests {
         );
         let back: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(back.security, c.security);
+        // Several measures as a list; "none" among them counts for nothing; an unknown
+        // name is refused.
+        let c: Config = toml::from_str(
+            "[security.rules.recovery_requested]\n\
+             measure = [\"notify_devices\", \"hold_sensitive\", \"none\"]\n",
+        )
+        .unwrap();
+        let m = c.security.rules.get(Rule::RecoveryRequested).measure;
+        assert!(m.contains(Measure::NotifyDevices) && m.contains(Measure::HoldSensitive));
+        assert!(!m.contains(Measure::RequireFreshLinkCode));
+        let back: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.security, c.security);
+        assert!(toml::from_str::<Config>(
+            "[security.rules.recovery_requested]\nmeasure = \"call_the_police\"\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -745,7 +745,7 @@ impl Delivery {
         out: Arc<Outbox>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        let sub = relay.hub.register(me.device);
+        let sub = relay.hub.register(me.account.clone(), me.device);
         let conn = sub.conn;
         metrics::gauge!(m::DEVICES_AUTHENTICATED).set(relay.hub.online() as f64);
         let window = Arc::new(Semaphore::new(relay.config.limits.delivery_window));
@@ -1002,6 +1002,17 @@ async fn deliver_loop<S: Store>(
                         one_time: c.one_time,
                         kem_one_time: c.kem_one_time,
                         low: true,
+                    },
+                );
+                if !out.frame(&frame).await {
+                    return;
+                }
+            }
+            Push::AccountAlert(event) => {
+                let frame = Frame::new(
+                    0,
+                    FrameBody::AccountAlert {
+                        event: (*event).clone(),
                     },
                 );
                 if !out.frame(&frame).await {

@@ -48,6 +48,9 @@ pub enum Push {
         /// Its action.
         action: &'static str,
     },
+    /// A security event about its account that the relay's `notify_devices` measure
+    /// tells the account's other devices about.
+    AccountAlert(Arc<sealpost_protocol::wire::SecurityEventInfo>),
 }
 
 impl Push {
@@ -62,6 +65,7 @@ impl Push {
 
 struct Registration {
     conn: u64,
+    account: AccountId,
     tx: mpsc::Sender<Push>,
     queued: Arc<AtomicUsize>,
     lagged: Arc<AtomicBool>,
@@ -102,8 +106,8 @@ impl Hub {
         Self::default()
     }
 
-    /// Register `device`, replacing (and notifying) an older connection.
-    pub fn register(&self, device: DeviceId) -> Subscription {
+    /// Register `device` of `account`, replacing (and notifying) an older connection.
+    pub fn register(&self, account: AccountId, device: DeviceId) -> Subscription {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(PUSH_QUEUE);
         let queued = Arc::new(AtomicUsize::new(0));
@@ -112,6 +116,7 @@ impl Hub {
         let replaced = Arc::new(Notify::new());
         let reg = Registration {
             conn,
+            account,
             tx,
             queued: queued.clone(),
             lagged: lagged.clone(),
@@ -156,6 +161,37 @@ impl Hub {
         match map.get(device) {
             None => false,
             Some(reg) => {
+                Self::offer(reg, push);
+                true
+            }
+        }
+    }
+
+    /// Push `make()` to every online device of `account` but `except`. Returns how many
+    /// were online. (Walks the online devices: for rare pushes, such as alerts.)
+    pub fn push_account(
+        &self,
+        account: &AccountId,
+        except: Option<&DeviceId>,
+        make: impl Fn() -> Push,
+    ) -> usize {
+        let map = match self.devices.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        let mut n = 0;
+        for (device, reg) in map.iter() {
+            if &reg.account == account && Some(device) != except {
+                Self::offer(reg, make());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn offer(reg: &Registration, push: Push) {
+        {
+            {
                 let bytes = push.queued_bytes();
                 // Room in the byte bound (an empty queue always takes one push).
                 let fits = reg
@@ -171,7 +207,6 @@ impl Hub {
                     reg.queued.fetch_sub(bytes, Ordering::AcqRel);
                     reg.lagged.store(true, Ordering::Release);
                 }
-                true
             }
         }
     }
@@ -226,6 +261,25 @@ mod tests {
     use super::*;
     use sealpost_protocol::envelope::{EnvelopeKind, RoutingHeader};
 
+    fn acct() -> AccountId {
+        AccountId::new("alice").unwrap()
+    }
+
+    #[test]
+    fn an_account_push_reaches_the_accounts_other_online_devices_only() {
+        let hub = Hub::new();
+        let (a, b, c) = (DeviceId([1; 16]), DeviceId([2; 16]), DeviceId([3; 16]));
+        let mut sa = hub.register(acct(), a);
+        let mut sb = hub.register(acct(), b);
+        let mut sc = hub.register(AccountId::new("bob").unwrap(), c);
+        let n = hub.push_account(&acct(), Some(&a), || {
+            Push::PreKeysLow(PreKeyCounts::default())
+        });
+        assert_eq!(n, 1);
+        assert!(sb.rx.try_recv().is_ok());
+        assert!(sa.rx.try_recv().is_err() && sc.rx.try_recv().is_err());
+    }
+
     fn envelope(to: DeviceId, len: usize) -> Arc<Envelope> {
         let header = RoutingHeader::new(
             DeviceId([9; 16]),
@@ -244,7 +298,7 @@ mod tests {
     fn the_push_queue_is_bounded_by_bytes_and_a_dropped_push_marks_it_lagging() {
         let hub = Hub::new();
         let d = DeviceId([1; 16]);
-        let mut sub = hub.register(d);
+        let mut sub = hub.register(acct(), d);
         let len = 64 * 1024;
         for seq in 1..=100 {
             assert!(hub.push(
@@ -280,7 +334,7 @@ mod tests {
     async fn replacing_a_connection_is_not_lost_when_its_push_queue_is_full() {
         let hub = Hub::new();
         let d = DeviceId([2; 16]);
-        let old = hub.register(d);
+        let old = hub.register(acct(), d);
         for seq in 1..=(PUSH_QUEUE as u64 + 10) {
             hub.push(
                 &d,
@@ -290,7 +344,7 @@ mod tests {
                 },
             );
         }
-        let _new = hub.register(d);
+        let _new = hub.register(acct(), d);
         tokio::time::timeout(std::time::Duration::from_secs(5), old.replaced.notified())
             .await
             .expect("the old connection is told it was replaced");

@@ -382,6 +382,7 @@ fn type_name(body: &FrameBody) -> &'static str {
         FrameBody::GetLogHeads { .. } => "get_log_heads",
         FrameBody::ListClients { .. } => "list_clients",
         FrameBody::SecurityWatch { .. } => "security_watch",
+        FrameBody::GetAccountAlerts { .. } => "get_account_alerts",
         FrameBody::AttestStart { .. }
         | FrameBody::AttestPoll
         | FrameBody::AttestReveal { .. }
@@ -511,10 +512,25 @@ impl<S: Store> Relay<S> {
     /// section, and a queue to the writer task.
     pub fn observe(&self, obs: Observation) {
         let now = unix_ms();
-        for (raised, _) in self.security.observe(now, &obs) {
-            let (Some(measure), Some(account)) = (raised.measure, raised.account.as_ref()) else {
+        for (raised, info) in self.security.observe(now, &obs) {
+            let Some(account) = raised.account.as_ref() else {
                 continue;
             };
+            for measure in raised.measure.iter() {
+                self.take_measure(now, measure, &raised, account, &info);
+            }
+        }
+    }
+
+    fn take_measure(
+        &self,
+        now: u64,
+        measure: Measure,
+        raised: &crate::security::Raised,
+        account: &AccountId,
+        info: &Arc<sealpost_protocol::wire::SecurityEventInfo>,
+    ) {
+        {
             match measure {
                 Measure::HoldSensitive => {
                     let until = now.saturating_add(
@@ -532,6 +548,14 @@ impl<S: Store> Relay<S> {
                         Err(p) => p.into_inner().drop_account(account),
                     };
                     info!(account = %account, rule = raised.rule.name(), dropped, "measure: pending link requests dropped; a new link needs a new code");
+                }
+                Measure::NotifyDevices => {
+                    // Online devices now; the others ask when they next connect (the
+                    // writer stores the event marked as an alert).
+                    let online = self.hub.push_account(account, raised.device.as_ref(), || {
+                        crate::hub::Push::AccountAlert(info.clone())
+                    });
+                    info!(account = %account, rule = raised.rule.name(), online, "measure: the account's other devices notified");
                 }
             }
         }
@@ -885,6 +909,7 @@ impl<S: Store> Relay<S> {
                 | FrameBody::GetConsistency { .. }
                 | FrameBody::SubmitCosignature { .. }
                 | FrameBody::SecurityWatch { .. }
+                | FrameBody::GetAccountAlerts { .. }
         ) {
             let now = self.mono_ms();
             if let Err(l) = self.with_limiters(|l| l.control.check(&me.device, 1.0, now)) {
@@ -977,6 +1002,7 @@ impl<S: Store> Relay<S> {
                 self.submit_cosignature(me, id, size, line.as_str()).await
             }
             FrameBody::SecurityWatch { since } => self.security_watch(me, id, since).await,
+            FrameBody::GetAccountAlerts { since } => self.get_account_alerts(me, id, since).await,
             FrameBody::BlobUpload { .. }
             | FrameBody::BlobDownload { .. }
             | FrameBody::BlobChunk { .. } => refuse(
@@ -1028,6 +1054,29 @@ impl<S: Store> Relay<S> {
             });
         }
         h
+    }
+
+    /// `get_account_alerts`: the stored alerts for `me`'s own account after `since`
+    /// (the `notify_devices` measure), those about `me` itself left out.
+    async fn get_account_alerts(&self, me: &Authenticated, id: u64, since: u64) -> Handled {
+        let max = sealpost_protocol::wire::MAX_SECURITY_EVENTS_PER_FRAME;
+        let mut alerts = match self
+            .security
+            .alerts_for(&me.account, me.device, since, max + 1)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "reading account alerts failed");
+                return refuse(id, ErrorCode::Internal, "alerts unavailable; try again");
+            }
+        };
+        let more = alerts.len() > max;
+        alerts.truncate(max);
+        match BoundedVec::new(alerts) {
+            Ok(alerts) => reply(id, FrameBody::AccountAlerts { alerts, more }),
+            Err(_) => refuse(id, ErrorCode::Internal, "too many alerts"),
+        }
     }
 
     /// May `me` address `account`? Checked with the policy, cached per connection.

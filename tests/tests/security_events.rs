@@ -20,7 +20,7 @@ use sealpost_protocol::content::InstructionCategory;
 use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::trust::{NoticeCategory, StaffRole};
 use sealpost_protocol::wire::{ErrorCode, FrameBody, Role, SecurityEventInfo, SecuritySeverity};
-use sealpost_server::security::{Measure, Rule, SecurityConfig};
+use sealpost_server::security::{Measure, Measures, Rule, SecurityConfig};
 use sealpost_server::store::sqlite::SqliteStore;
 use sealpost_tests::org::{self, TestOrg};
 use sealpost_tests::{sqlite_relay_in, TestRelay};
@@ -257,7 +257,8 @@ async fn failed_authentications_from_one_address() {
 async fn a_new_device_sending_an_instruction_during_its_cooling_off() {
     let mut d = desk(|c| {
         // The measure: the account's sensitive kinds are held afterwards.
-        rule_mut(c, Rule::SensitiveDuringCoolingOff).measure = Some(Measure::HoldSensitive);
+        rule_mut(c, Rule::SensitiveDuringCoolingOff).measure =
+            Measures::NONE.with(Measure::HoldSensitive);
     })
     .await;
     let (alice, mut phone) = d.client("alice").await;
@@ -290,12 +291,17 @@ async fn a_new_device_sending_an_instruction_during_its_cooling_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_added_in_a_burst() {
-    let mut d = desk(|c| rule_mut(c, Rule::DeviceCountJump).threshold = 2).await;
+    let mut d = desk(|c| {
+        let r = rule_mut(c, Rule::DeviceCountJump);
+        r.threshold = 2;
+        r.measure = Measures::NONE.with(Measure::NotifyDevices);
+    })
+    .await;
     let (alice, mut phone) = d.client("alice").await;
     org::settle().await;
-    let _tablet = org::linked(&d.relay, &mut phone, &d.home("tablet"), Some(&d.org)).await;
+    let mut tablet = org::linked(&d.relay, &mut phone, &d.home("tablet"), Some(&d.org)).await;
     d.expect_nothing("one added device (threshold 2)").await;
-    let laptop = org::linked(&d.relay, &mut phone, &d.home("laptop"), Some(&d.org)).await;
+    let mut laptop = org::linked(&d.relay, &mut phone, &d.home("laptop"), Some(&d.org)).await;
     let e = d
         .expect(
             Rule::DeviceCountJump,
@@ -305,6 +311,22 @@ async fn devices_added_in_a_burst() {
         .await;
     assert_eq!(e.device, Some(laptop.device_id()));
     assert!(e.detail.as_str().contains("3 active devices"), "{e:?}");
+    // notify_devices: the account's other devices, online, are told within a second;
+    // the device the event is about is not.
+    for (name, c) in [("phone", &mut phone), ("tablet", &mut tablet)] {
+        let started = std::time::Instant::now();
+        let mut seen = Vec::new();
+        while seen.is_empty() && started.elapsed() < SEEN_WITHIN {
+            seen = security_alerts(c.receive(false, SEEN_WITHIN / 4).await.unwrap());
+        }
+        assert_eq!(seen.len(), 1, "{name}: {seen:?}");
+        assert_eq!(
+            seen[0],
+            (e.id, "device_count_jump".into(), Some(laptop.device_id()))
+        );
+    }
+    let on_laptop = security_alerts(laptop.receive(false, NOTHING_ELSE).await.unwrap());
+    assert!(on_laptop.is_empty(), "{on_laptop:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,7 +358,10 @@ async fn a_recovery_offered_by_staff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_request_none_of_the_accounts_devices_started() {
     let mut d = desk(|c| {
-        rule_mut(c, Rule::UnsolicitedLinkRequest).measure = Some(Measure::RequireFreshLinkCode);
+        let r = rule_mut(c, Rule::UnsolicitedLinkRequest);
+        r.measure = Measures::NONE
+            .with(Measure::RequireFreshLinkCode)
+            .with(Measure::NotifyDevices);
     })
     .await;
     let (alice, mut phone) = d.client("alice").await;
@@ -356,13 +381,43 @@ async fn a_link_request_none_of_the_accounts_devices_started() {
         )
         .await;
     assert_eq!(e.device, Some(intruder.device_id()));
-    // require_fresh_link_code: the request is gone; the phone finds nothing to offer on.
+    // notify_devices: the phone was offline; it is told when it connects, once.
+    tokio::time::sleep(Duration::from_millis(300)).await; // the writer stores the alert
     phone.connect().await.unwrap();
+    let alerts = security_alerts(phone.take_events());
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].0, e.id);
+    assert_eq!(alerts[0].1, "unsolicited_link_request");
+    assert_eq!(alerts[0].2, Some(intruder.device_id()));
+    // require_fresh_link_code: the request is gone; the phone finds nothing to offer on.
     let pending = phone.pending_links(None).await.unwrap();
     assert!(
         pending.iter().all(|l| l.link_id != ticket.link_id),
         "{pending:?}"
     );
+    // The cursor is in the profile: a new connection (and a reopened profile) shows it
+    // no more.
+    phone.disconnect();
+    drop(phone);
+    let mut phone = Client::open(&d.homes.path().join("alice"), org::PASS).unwrap();
+    assert_eq!(phone.alerts_seen(), e.id);
+    phone.connect().await.unwrap();
+    assert!(security_alerts(phone.take_events()).is_empty());
+}
+
+/// The security alerts among `events`: (id, rule, device).
+fn security_alerts(
+    events: Vec<sealpost_client::client::Event>,
+) -> Vec<(u64, String, Option<DeviceId>)> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            sealpost_client::client::Event::SecurityAlert {
+                id, rule, device, ..
+            } => Some((id, rule, device)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -191,6 +191,24 @@ impl Out {
                     "note: message {message_id} from device {device} stays at the relay: {max} messages already wait for their sender to be checked"
                 );
             }
+            Event::SecurityAlert {
+                id,
+                time_ms,
+                severity,
+                rule,
+                device,
+                detail,
+            } => {
+                eprintln!(
+                    "WARNING: SECURITY ALERT from the relay about your account ({severity}, {rule}, event {id}, {}):",
+                    time(*time_ms)
+                );
+                eprintln!("WARNING:   {}", display::line(detail));
+                if let Some(d) = device {
+                    eprintln!("WARNING:   device concerned: {d}");
+                }
+                eprintln!("WARNING:   If this was not you, check your devices (`sealpost device list`) and call your firm.");
+            }
             Event::FreezeChanged { account, frozen } => {
                 if *frozen {
                     eprintln!("WARNING: account {account} is FROZEN: its devices on probation were revoked; staff must unfreeze it.");

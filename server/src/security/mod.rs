@@ -23,13 +23,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sealpost_protocol::identity::AccountId;
+use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::wire::{BoundedString, SecurityEventInfo};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
-pub use rules::{Engine, Measure, Observation, Raised, Rule, RuleSettings};
+pub use rules::{Engine, Measure, Measures, Observation, Raised, Rule, RuleSettings};
 
 use crate::metrics as m;
 use crate::store::events::EventStore;
@@ -106,8 +106,8 @@ pub struct PartialRule {
     threshold: Option<u32>,
     window: Option<Secs>,
     severity: Option<sealpost_protocol::wire::SecuritySeverity>,
-    /// `"none"` switches a default measure off.
-    measure: Option<MeasureSetting>,
+    /// One measure name, or a list of names; `"none"` (or `[]`) switches them off.
+    measure: Option<MeasureSpec>,
 }
 
 /// A measure, or `"none"`.
@@ -120,6 +120,29 @@ pub enum MeasureSetting {
     HoldSensitive,
     /// [`Measure::RequireFreshLinkCode`].
     RequireFreshLinkCode,
+    /// [`Measure::NotifyDevices`].
+    NotifyDevices,
+}
+
+impl MeasureSetting {
+    fn measure(self) -> Option<Measure> {
+        match self {
+            MeasureSetting::None => None,
+            MeasureSetting::HoldSensitive => Some(Measure::HoldSensitive),
+            MeasureSetting::RequireFreshLinkCode => Some(Measure::RequireFreshLinkCode),
+            MeasureSetting::NotifyDevices => Some(Measure::NotifyDevices),
+        }
+    }
+}
+
+/// `measure = "name"` or `measure = ["name", ...]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum MeasureSpec {
+    /// One measure (or `"none"`).
+    One(MeasureSetting),
+    /// Several (a `"none"` among them counts for nothing).
+    Many(Vec<MeasureSetting>),
 }
 
 impl TryFrom<std::collections::BTreeMap<String, PartialRule>> for RulesConfig {
@@ -151,10 +174,9 @@ impl TryFrom<std::collections::BTreeMap<String, PartialRule>> for RulesConfig {
             }
             match p.measure {
                 None => {}
-                Some(MeasureSetting::None) => s.measure = None,
-                Some(MeasureSetting::HoldSensitive) => s.measure = Some(Measure::HoldSensitive),
-                Some(MeasureSetting::RequireFreshLinkCode) => {
-                    s.measure = Some(Measure::RequireFreshLinkCode)
+                Some(MeasureSpec::One(m)) => s.measure = m.measure().into_iter().collect(),
+                Some(MeasureSpec::Many(v)) => {
+                    s.measure = v.into_iter().filter_map(MeasureSetting::measure).collect()
                 }
             }
         }
@@ -307,13 +329,17 @@ struct Raising {
     recent: VecDeque<Arc<SecurityEventInfo>>,
 }
 
+/// An event on its way to the store, and whether it is an alert for the other devices
+/// of its account ([`Measure::NotifyDevices`]).
+type Unwritten = (Arc<SecurityEventInfo>, bool);
+
 /// The relay's security-event state.
 pub struct Security {
     config: SecurityConfig,
     raising: Mutex<Raising>,
     feed: broadcast::Sender<Arc<SecurityEventInfo>>,
-    out_tx: mpsc::Sender<Arc<SecurityEventInfo>>,
-    out_rx: Mutex<Option<mpsc::Receiver<Arc<SecurityEventInfo>>>>,
+    out_tx: mpsc::Sender<Unwritten>,
+    out_rx: Mutex<Option<mpsc::Receiver<Unwritten>>>,
     holds: Mutex<HashMap<AccountId, u64>>,
     any_hold: AtomicBool,
     /// Where events are stored.
@@ -427,7 +453,8 @@ impl Security {
             r.recent.push_back(info.clone());
             // Under the lock: watchers see events in id order.
             let _ = self.feed.send(info.clone());
-            if self.out_tx.try_send(info.clone()).is_err() {
+            let alert = ev.measure.contains(Measure::NotifyDevices) && ev.account.is_some();
+            if self.out_tx.try_send((info.clone(), alert)).is_err() {
                 metrics::counter!(m::SECURITY_EVENTS_DROPPED).increment(1);
             }
             out.push((ev, info));
@@ -504,7 +531,23 @@ impl Security {
         holds.get(account).copied()
     }
 
-    fn take_receiver(&self) -> Option<mpsc::Receiver<Arc<SecurityEventInfo>>> {
+    /// The stored alerts ([`Measure::NotifyDevices`]) for `account` after `since`, for
+    /// its device `device` (alerts about that device itself are for the others).
+    pub async fn alerts_for(
+        &self,
+        account: &AccountId,
+        device: DeviceId,
+        since: u64,
+        max: usize,
+    ) -> Result<Vec<SecurityEventInfo>, crate::store::StoreError> {
+        let store = self.store.clone();
+        let account = account.clone();
+        tokio::task::spawn_blocking(move || store.alerts_for(&account, &device, since, max))
+            .await
+            .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?
+    }
+
+    fn take_receiver(&self) -> Option<mpsc::Receiver<Unwritten>> {
         lock(&self.out_rx).take()
     }
 }
@@ -612,8 +655,13 @@ pub async fn write_loop(security: Arc<Security>, mut stop: watch::Receiver<bool>
         let siem = siem.clone();
         let hook = lock(&security.trust_hook).clone();
         let written = tokio::task::spawn_blocking(move || {
-            let events: Vec<SecurityEventInfo> = batch.iter().map(|e| (**e).clone()).collect();
-            if let Err(e) = s.store.append(&events) {
+            let events: Vec<SecurityEventInfo> = batch.iter().map(|(e, _)| (**e).clone()).collect();
+            let alerts: Vec<u64> = batch
+                .iter()
+                .filter(|(_, alert)| *alert)
+                .map(|(e, _)| e.id)
+                .collect();
+            if let Err(e) = s.store.append_alerting(&events, &alerts) {
                 metrics::counter!(m::SECURITY_SINK_ERRORS, "sink" => "store").increment(1);
                 warn!(error = %e, "storing security events failed");
             }

@@ -121,15 +121,93 @@ pub enum Measure {
     /// Drop the account's pending link requests (with their offers): a device that wants
     /// to join must start again, and gets a new link code.
     RequireFreshLinkCode,
+    /// Tell the account's other devices (every device but the one the event concerns):
+    /// pushed to those online, kept for the others until they next connect and ask
+    /// (`get_account_alerts`, docs/PROTOCOL.md §21.3), within the events' retention.
+    NotifyDevices,
 }
 
 impl Measure {
+    /// Every measure.
+    pub const ALL: [Measure; 3] = [
+        Measure::HoldSensitive,
+        Measure::RequireFreshLinkCode,
+        Measure::NotifyDevices,
+    ];
+
     /// The snake_case name.
     pub fn name(self) -> &'static str {
         match self {
             Measure::HoldSensitive => "hold_sensitive",
             Measure::RequireFreshLinkCode => "require_fresh_link_code",
+            Measure::NotifyDevices => "notify_devices",
         }
+    }
+
+    const fn bit(self) -> u8 {
+        match self {
+            Measure::HoldSensitive => 1,
+            Measure::RequireFreshLinkCode => 2,
+            Measure::NotifyDevices => 4,
+        }
+    }
+}
+
+/// The measures switched on for a rule (any combination; written in the configuration
+/// as one name or a list of names).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "Vec<Measure>", from = "Vec<Measure>")]
+pub struct Measures(u8);
+
+impl Measures {
+    /// No measure.
+    pub const NONE: Measures = Measures(0);
+
+    /// These measures and `m`.
+    #[must_use]
+    pub const fn with(self, m: Measure) -> Self {
+        Measures(self.0 | m.bit())
+    }
+
+    /// Whether `m` is switched on.
+    pub const fn contains(self, m: Measure) -> bool {
+        self.0 & m.bit() != 0
+    }
+
+    /// Whether none is.
+    pub const fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    /// The measures switched on.
+    pub fn iter(self) -> impl Iterator<Item = Measure> {
+        Measure::ALL.into_iter().filter(move |m| self.contains(*m))
+    }
+}
+
+impl From<Measures> for Vec<Measure> {
+    fn from(m: Measures) -> Self {
+        m.iter().collect()
+    }
+}
+
+impl From<Vec<Measure>> for Measures {
+    fn from(v: Vec<Measure>) -> Self {
+        v.into_iter().fold(Measures::NONE, Measures::with)
+    }
+}
+
+impl FromIterator<Measure> for Measures {
+    fn from_iter<I: IntoIterator<Item = Measure>>(iter: I) -> Self {
+        iter.into_iter().fold(Measures::NONE, Measures::with)
+    }
+}
+
+impl std::fmt::Debug for Measures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.iter().map(Measure::name))
+            .finish()
     }
 }
 
@@ -146,9 +224,9 @@ pub struct RuleSettings {
     pub window: u64,
     /// The severity of its events.
     pub severity: SecuritySeverity,
-    /// The targeted measure taken when it fires, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub measure: Option<Measure>,
+    /// The targeted measures taken when it fires (none by default).
+    #[serde(default, skip_serializing_if = "Measures::is_empty")]
+    pub measure: Measures,
 }
 
 impl RuleSettings {
@@ -158,7 +236,7 @@ impl RuleSettings {
             threshold,
             window,
             severity,
-            measure: None,
+            measure: Measures::NONE,
         }
     }
 
@@ -332,8 +410,8 @@ pub struct Raised {
     pub address: Option<IpAddr>,
     /// What was seen (metadata only).
     pub detail: String,
-    /// The measure to take, if the rule has one.
-    pub measure: Option<Measure>,
+    /// The measures to take (the rule's settings).
+    pub measure: Measures,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

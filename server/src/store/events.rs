@@ -22,7 +22,27 @@ use super::StoreError;
 pub trait EventStore: Send + Sync + 'static {
     /// Append `events` (ids increasing, each greater than every stored id); durable when
     /// this returns.
-    fn append(&self, events: &[SecurityEventInfo]) -> Result<(), StoreError>;
+    fn append(&self, events: &[SecurityEventInfo]) -> Result<(), StoreError> {
+        self.append_alerting(events, &[])
+    }
+    /// Append `events` as [`EventStore::append`] does, and mark those whose ids are in
+    /// `alerts` as alerts for the other devices of the account they concern (the
+    /// `notify_devices` measure), in the same transaction.
+    fn append_alerting(
+        &self,
+        events: &[SecurityEventInfo],
+        alerts: &[u64],
+    ) -> Result<(), StoreError>;
+    /// Up to `max` stored alerts for `account` with an id greater than `since`, ascending,
+    /// leaving out those that concern `device` itself (an alert is for the *other*
+    /// devices).
+    fn alerts_for(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        since: u64,
+        max: usize,
+    ) -> Result<Vec<SecurityEventInfo>, StoreError>;
     /// Up to `max` stored events with an id greater than `since`, ascending.
     fn after(&self, since: u64, max: usize) -> Result<Vec<SecurityEventInfo>, StoreError>;
     /// The greatest stored id (0: none).
@@ -41,7 +61,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Events in memory (the memory backend, tests); bounded by `max` at every append.
 pub struct MemoryEventStore {
-    events: Mutex<VecDeque<SecurityEventInfo>>,
+    events: Mutex<VecDeque<(SecurityEventInfo, bool)>>,
     max: usize,
 }
 
@@ -56,13 +76,21 @@ impl MemoryEventStore {
 }
 
 impl EventStore for MemoryEventStore {
-    fn append(&self, events: &[SecurityEventInfo]) -> Result<(), StoreError> {
+    fn append_alerting(
+        &self,
+        events: &[SecurityEventInfo],
+        alerts: &[u64],
+    ) -> Result<(), StoreError> {
         let mut all = lock(&self.events);
+        let mut last = all.back().map(|(l, _)| l.id);
         for e in events {
-            if all.back().is_some_and(|l| l.id >= e.id) {
+            if last.is_some_and(|l| l >= e.id) {
                 return Err(StoreError::Conflict("security event"));
             }
-            all.push_back(e.clone());
+            last = Some(e.id);
+        }
+        for e in events {
+            all.push_back((e.clone(), alerts.contains(&e.id)));
         }
         while all.len() > self.max {
             all.pop_front();
@@ -73,20 +101,40 @@ impl EventStore for MemoryEventStore {
     fn after(&self, since: u64, max: usize) -> Result<Vec<SecurityEventInfo>, StoreError> {
         Ok(lock(&self.events)
             .iter()
-            .filter(|e| e.id > since)
+            .filter(|(e, _)| e.id > since)
             .take(max)
-            .cloned()
+            .map(|(e, _)| e.clone())
+            .collect())
+    }
+
+    fn alerts_for(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        since: u64,
+        max: usize,
+    ) -> Result<Vec<SecurityEventInfo>, StoreError> {
+        Ok(lock(&self.events)
+            .iter()
+            .filter(|(e, alert)| {
+                *alert
+                    && e.id > since
+                    && e.account.as_ref() == Some(account)
+                    && e.device.as_ref() != Some(device)
+            })
+            .take(max)
+            .map(|(e, _)| e.clone())
             .collect())
     }
 
     fn last_id(&self) -> Result<u64, StoreError> {
-        Ok(lock(&self.events).back().map_or(0, |e| e.id))
+        Ok(lock(&self.events).back().map_or(0, |(e, _)| e.id))
     }
 
     fn prune(&self, before_ms: u64, keep: u64) -> Result<u64, StoreError> {
         let mut all = lock(&self.events);
         let n = all.len();
-        all.retain(|e| e.time_ms >= before_ms);
+        all.retain(|(e, _)| e.time_ms >= before_ms);
         let keep = usize::try_from(keep).unwrap_or(usize::MAX);
         while all.len() > keep {
             all.pop_front();
@@ -132,7 +180,13 @@ impl SqliteEventStore {
                 address TEXT,
                 detail TEXT NOT NULL
             );
-            CREATE INDEX IF NOT EXISTS security_events_time ON security_events (time_ms);",
+            CREATE INDEX IF NOT EXISTS security_events_time ON security_events (time_ms);
+            CREATE TABLE IF NOT EXISTS account_alerts (
+                event_id INTEGER PRIMARY KEY,
+                account TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS account_alerts_account
+                ON account_alerts (account, event_id);",
         )
         .map_err(backend)?;
         Ok(Self {
@@ -148,8 +202,62 @@ fn severity_from(name: &str) -> Result<SecuritySeverity, StoreError> {
         .ok_or_else(|| backend(format!("unknown severity {name:?}")))
 }
 
+const EVENT_COLUMNS: &str = "id, time_ms, severity, rule, account, device, address, detail";
+
+type EventRow = (
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn event_from(row: EventRow) -> Result<SecurityEventInfo, StoreError> {
+    let (id, time_ms, severity, rule, account, device, address, detail) = row;
+    Ok(SecurityEventInfo {
+        id: u64::try_from(id).map_err(backend)?,
+        time_ms: u64::try_from(time_ms).map_err(backend)?,
+        severity: severity_from(&severity)?,
+        rule: BoundedString::truncating(&rule),
+        account: account
+            .map(|a| AccountId::new(&a))
+            .transpose()
+            .map_err(backend)?,
+        device: device
+            .map(|d| DeviceId::from_hex(&d))
+            .transpose()
+            .map_err(backend)?,
+        address: address.map(|a| BoundedString::truncating(&a)),
+        detail: BoundedString::truncating(&detail),
+    })
+}
+
+fn sql_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 impl EventStore for SqliteEventStore {
-    fn append(&self, events: &[SecurityEventInfo]) -> Result<(), StoreError> {
+    fn append_alerting(
+        &self,
+        events: &[SecurityEventInfo],
+        alerts: &[u64],
+    ) -> Result<(), StoreError> {
         let mut conn = lock(&self.conn);
         let tx = conn.transaction().map_err(backend)?;
         {
@@ -173,60 +281,66 @@ impl EventStore for SqliteEventStore {
                 ])
                 .map_err(backend)?;
             }
+            let mut st = tx
+                .prepare_cached("INSERT INTO account_alerts (event_id, account) VALUES (?1, ?2)")
+                .map_err(backend)?;
+            for e in events.iter().filter(|e| alerts.contains(&e.id)) {
+                if let Some(account) = &e.account {
+                    st.execute(rusqlite::params![sql_u64(e.id), account.as_str()])
+                        .map_err(backend)?;
+                }
+            }
         }
         tx.commit().map_err(backend)
+    }
+
+    fn alerts_for(
+        &self,
+        account: &AccountId,
+        device: &DeviceId,
+        since: u64,
+        max: usize,
+    ) -> Result<Vec<SecurityEventInfo>, StoreError> {
+        let conn = lock(&self.conn);
+        let mut st = conn
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM security_events
+                 WHERE id IN (SELECT event_id FROM account_alerts
+                              WHERE account = ?1 AND event_id > ?2)
+                   AND (device IS NULL OR device != ?3)
+                 ORDER BY id LIMIT ?4"
+            ))
+            .map_err(backend)?;
+        let rows = st
+            .query_map(
+                rusqlite::params![
+                    account.as_str(),
+                    sql_u64(since),
+                    device.to_hex(),
+                    sql_u64(max as u64)
+                ],
+                event_row,
+            )
+            .map_err(backend)?;
+        rows.map(|r| r.map_err(backend).and_then(event_from))
+            .collect()
     }
 
     fn after(&self, since: u64, max: usize) -> Result<Vec<SecurityEventInfo>, StoreError> {
         let conn = lock(&self.conn);
         let mut st = conn
-            .prepare_cached(
-                "SELECT id, time_ms, severity, rule, account, device, address, detail
-                 FROM security_events WHERE id > ?1 ORDER BY id LIMIT ?2",
-            )
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM security_events WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))
             .map_err(backend)?;
         let rows = st
             .query_map(
-                rusqlite::params![
-                    i64::try_from(since).unwrap_or(i64::MAX),
-                    i64::try_from(max).unwrap_or(i64::MAX)
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<String>>(5)?,
-                        r.get::<_, Option<String>>(6)?,
-                        r.get::<_, String>(7)?,
-                    ))
-                },
+                rusqlite::params![sql_u64(since), sql_u64(max as u64)],
+                event_row,
             )
             .map_err(backend)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, time_ms, severity, rule, account, device, address, detail) =
-                row.map_err(backend)?;
-            out.push(SecurityEventInfo {
-                id: u64::try_from(id).map_err(backend)?,
-                time_ms: u64::try_from(time_ms).map_err(backend)?,
-                severity: severity_from(&severity)?,
-                rule: BoundedString::truncating(&rule),
-                account: account
-                    .map(|a| AccountId::new(&a))
-                    .transpose()
-                    .map_err(backend)?,
-                device: device
-                    .map(|d| DeviceId::from_hex(&d))
-                    .transpose()
-                    .map_err(backend)?,
-                address: address.map(|a| BoundedString::truncating(&a)),
-                detail: BoundedString::truncating(&detail),
-            });
-        }
-        Ok(out)
+        rows.map(|r| r.map_err(backend).and_then(event_from))
+            .collect()
     }
 
     fn last_id(&self) -> Result<u64, StoreError> {
@@ -252,6 +366,11 @@ impl EventStore for SqliteEventStore {
                 [i64::try_from(keep).unwrap_or(i64::MAX)],
             )
             .map_err(backend)?;
+        conn.execute(
+            "DELETE FROM account_alerts WHERE event_id NOT IN (SELECT id FROM security_events)",
+            [],
+        )
+        .map_err(backend)?;
         Ok((by_age + by_count) as u64)
     }
 }
@@ -292,6 +411,45 @@ mod tests {
             [6, 7, 8, 9, 10]
         );
         assert_eq!(store.prune(0, 100).unwrap(), 0);
+        // Alerts: marked in the same append; for the account's other devices only.
+        let alice = AccountId::new("alice").unwrap();
+        let mut other = event(12, 12_000);
+        other.device = Some(DeviceId([9; 16]));
+        let mut bob = event(13, 13_000);
+        bob.account = Some(AccountId::new("bob").unwrap());
+        store
+            .append_alerting(
+                &[event(11, 11_000), other, bob, event(14, 14_000)],
+                &[11, 12, 13],
+            )
+            .unwrap();
+        let ids = |v: Vec<SecurityEventInfo>| v.iter().map(|e| e.id).collect::<Vec<_>>();
+        // Device 7 is the one events 11 and 14 concern: it sees only 12; event 14 is no
+        // alert.
+        assert_eq!(
+            ids(store.alerts_for(&alice, &DeviceId([7; 16]), 0, 10).unwrap()),
+            [12]
+        );
+        assert_eq!(
+            ids(store.alerts_for(&alice, &DeviceId([8; 16]), 0, 10).unwrap()),
+            [11, 12]
+        );
+        assert_eq!(
+            ids(store
+                .alerts_for(&alice, &DeviceId([8; 16]), 11, 10)
+                .unwrap()),
+            [12]
+        );
+        assert_eq!(
+            ids(store.alerts_for(&alice, &DeviceId([8; 16]), 0, 1).unwrap()),
+            [11]
+        );
+        // Pruned with their events.
+        store.prune(11_500, 100).unwrap();
+        assert_eq!(
+            ids(store.alerts_for(&alice, &DeviceId([8; 16]), 0, 10).unwrap()),
+            [12]
+        );
     }
 
     #[test]
@@ -302,7 +460,7 @@ mod tests {
         conformance(&SqliteEventStore::open(&path).unwrap());
         // Durable: a reopened database has them.
         let again = SqliteEventStore::open(&path).unwrap();
-        assert_eq!(again.last_id().unwrap(), 10);
+        assert_eq!(again.last_id().unwrap(), 14);
     }
 
     #[test]
