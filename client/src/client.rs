@@ -96,6 +96,10 @@ pub enum ClientError {
     /// pinned at enrolment, or the relay serves no roster yet).
     #[error("no organisation roster: {0}")]
     NoRoster(String),
+    /// The firm's archive could not be handed its copy of a message and the roster's
+    /// policy is `refuse` (§22): nothing was sent; try again.
+    #[error("the firm's archive could not take its copy, so nothing was sent: {0}")]
+    ArchiveUnavailable(String),
     /// This device or account may not do this (not staff, frozen, wrong
     /// role, not an active device).
     #[error("not allowed: {0}")]
@@ -478,6 +482,42 @@ pub enum Event {
         /// What the relay saw, in its words.
         detail: String,
     },
+    /// The firm's archive in the verified roster changed, or was seen for the first time
+    /// (docs/PROTOCOL.md §22): every message between a client and the firm is copied to
+    /// it from now on. Announced to every device.
+    ArchiveChanged {
+        /// The roster version that changed it.
+        roster_version: u64,
+        /// The archive's fingerprint before (none: not recorded).
+        before: Option<String>,
+        /// Its fingerprint now (none: no longer recorded).
+        after: Option<String>,
+        /// The firm's disclosure text now.
+        disclosure: Option<String>,
+    },
+    /// A message was sent, and its archive copy is kept on this device until the firm's
+    /// archive takes it (the roster's `queue` policy, §22).
+    ArchiveQueued {
+        /// The message.
+        message_id: MessageId,
+        /// Its recipient.
+        to: AccountId,
+        /// Archive copies now waiting on this device.
+        waiting: usize,
+        /// Why it could not be handed over.
+        reason: String,
+    },
+    /// The archive device received a message's archive copy (only on the archive).
+    Archived {
+        /// The message.
+        message_id: MessageId,
+        /// The sending account.
+        from: AccountId,
+        /// The account the original went to.
+        to: AccountId,
+        /// The content's kind (`text`, `notice`, ...).
+        kind: String,
+    },
     /// An account was frozen or unfrozen.
     FreezeChanged {
         /// The account.
@@ -619,6 +659,9 @@ struct StateFile {
     /// The last account alert shown (§21.3).
     #[serde(default)]
     alerts_seen: u64,
+    /// Archive copies not yet handed to the firm's archive (§22).
+    #[serde(default)]
+    archive_queue: Vec<crate::archive::PendingArchive>,
     /// This device's witness key, if it is a witness of the transparency log (§21.8).
     #[serde(default)]
     witness: Option<crate::witness::WitnessKeyRecord>,
@@ -683,6 +726,12 @@ pub struct Client {
     pub(crate) witness: Option<crate::witness::WitnessKeyRecord>,
     /// The last account alert shown (§21.3).
     pub(crate) alerts_seen: u64,
+    /// Archive copies not yet handed to the firm's archive (§22).
+    pub(crate) archive_queue: Vec<crate::archive::PendingArchive>,
+    /// The archive device's store (set by `sealpost-archiver`).
+    pub(crate) archive_sink: Option<crate::archive::ArchiveSink>,
+    /// Archive copies received and not yet handed to the sink.
+    pub(crate) archived: Vec<crate::archive::ArchivedMessage>,
 }
 
 impl Client {
@@ -715,6 +764,7 @@ impl Client {
             log_heads: Vec::new(),
             tlog_checkpoint: None,
             alerts_seen: 0,
+            archive_queue: Vec::new(),
             witness: None,
             approvals: Vec::new(),
             link_offers: Vec::new(),
@@ -751,6 +801,9 @@ impl Client {
             approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
             witness: None,
             alerts_seen: 0,
+            archive_queue: Vec::new(),
+            archive_sink: None,
+            archived: Vec::new(),
         };
         client.save()?;
         Ok(client)
@@ -846,6 +899,9 @@ impl Client {
             approval_validity_ms: crate::approvals::APPROVAL_VALIDITY_MS,
             witness: file.witness,
             alerts_seen: file.alerts_seen,
+            archive_queue: file.archive_queue,
+            archive_sink: None,
+            archived: Vec::new(),
             profile,
         })
     }
@@ -897,6 +953,7 @@ impl Client {
             log_heads: self.trust.head_records(),
             tlog_checkpoint: self.trust.checkpoint.as_ref().map(|c| c.to_text()),
             alerts_seen: self.alerts_seen,
+            archive_queue: self.archive_queue.clone(),
             witness: self.witness.clone(),
             approvals: self.approvals.clone(),
             link_offers: self.link_offers.clone(),
@@ -1257,6 +1314,9 @@ impl Client {
         let message_id = MessageId::random(&mut rng);
         let sent_ms = now_ms();
         let kind = relabel.unwrap_or_else(|| content.envelope_kind());
+        // The firm's archive gets its copy first (§22): under `refuse`, nothing leaves
+        // without it.
+        self.archive_copy(to, message_id, sent_ms, &content).await?;
         let targets: Vec<DeviceId> = self
             .contacts
             .get(to)
@@ -1663,6 +1723,8 @@ impl Client {
         // Operations whose quorum is in but whose carrying out failed for a transient
         // reason: the relay may answer now.
         events.extend(self.retry_approved().await);
+        // Archive copies waiting for the firm's archive (§22).
+        self.flush_archive_queue().await;
         events.extend(self.take_events());
         Ok(events)
     }
@@ -2136,6 +2198,45 @@ impl Client {
     ) -> Vec<Event> {
         let mut events = Vec::new();
         match message.content {
+            Content::Archive { to, content } => {
+                if !self.is_archive_device() {
+                    // Perhaps named by a roster version this device has not fetched yet.
+                    let _ = self.refresh_roster(true).await;
+                }
+                if !self.is_archive_device() {
+                    events.push(Event::Rejected {
+                        device: sender,
+                        message_id: id,
+                        reason: "an archive copy, and this device is not the firm's archive".into(),
+                        alarm: false,
+                    });
+                    return events;
+                }
+                let original = Message {
+                    from: message.from.clone(),
+                    sent_ms: message.sent_ms,
+                    content: (*content).clone(),
+                    views: None,
+                }
+                .encode()
+                .unwrap_or_default();
+                events.push(Event::Archived {
+                    message_id: id,
+                    from: message.from.clone(),
+                    to: to.clone(),
+                    kind: content.name().to_owned(),
+                });
+                self.archived.push(crate::archive::ArchivedMessage {
+                    message_id: id,
+                    from: message.from,
+                    device: sender,
+                    to,
+                    sent_ms: message.sent_ms,
+                    received_ms: now_ms(),
+                    content: *content,
+                    original,
+                });
+            }
             Content::Notice { notice, content } => {
                 let evs = self
                     .receive_notice(id, sender, &message.from, message.sent_ms, *notice, content)
@@ -2239,6 +2340,8 @@ impl Client {
         if self.pending_acks.is_empty() {
             return Ok(());
         }
+        // The archive device: its store commits before the relay is told (§22).
+        self.drain_archived()?;
         self.save()?;
         let ids = std::mem::take(&mut self.pending_acks);
         let conn = self.conn()?;

@@ -32,6 +32,7 @@
 
 pub mod alerts;
 pub mod approvals;
+pub mod archive;
 pub mod attachments;
 pub mod attest;
 pub mod backoff;

@@ -441,6 +441,9 @@ impl Client {
             notice: Box::new(signed.clone()),
             content: content.to_vec(),
         };
+        // The firm's archive gets its copy first (§22).
+        self.archive_copy(to, message_id, sent_ms, &message_content)
+            .await?;
         if let Some(mut entry) =
             Self::entry_for(message_id, Direction::Out, to, &message_content, sent_ms)
         {

@@ -340,16 +340,7 @@ pub fn parse_identity_hex(text: &str) -> Result<PublicIdentity, String> {
 
 /// The name of an envelope kind in specification files.
 pub fn kind_name(kind: EnvelopeKind) -> &'static str {
-    match kind {
-        EnvelopeKind::Chat => "chat",
-        EnvelopeKind::Receipt => "receipt",
-        EnvelopeKind::Notice => "notice",
-        EnvelopeKind::Attachment => "attachment",
-        EnvelopeKind::Sync => "sync",
-        EnvelopeKind::Approval => "approval",
-        EnvelopeKind::DeviceChange => "device_change",
-        EnvelopeKind::Instruction => "instruction",
-    }
+    kind.name()
 }
 
 fn parse_kind(name: &str) -> Option<EnvelopeKind> {
@@ -419,6 +410,21 @@ struct PolicySpec {
     /// Distinct witness cosignatures a checkpoint needs for clients (default 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     witness_threshold: Option<u8>,
+    /// The firm's compliance archive ([policy.archive]; absent: not recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archive: Option<ArchiveSpec>,
+}
+
+/// `[policy.archive]`: the archive's account, its device identity (as
+/// `sealpost-archiver fingerprint` prints it: 128 hex digits), what devices do when it
+/// cannot take a copy, and the disclosure clients see.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ArchiveSpec {
+    account: String,
+    device: String,
+    unreachable: sealpost_protocol::trust::ArchiveUnreachable,
+    disclosure: String,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -575,6 +581,12 @@ impl RosterSpec {
                     })
                     .unwrap_or_default(),
                 witness_threshold: p.transparency.as_ref().map(|t| t.witness_threshold),
+                archive: p.archive.as_ref().map(|a| ArchiveSpec {
+                    account: a.account.as_str().to_owned(),
+                    device: identity_hex(&a.identity),
+                    unreachable: a.unreachable,
+                    disclosure: a.disclosure.clone(),
+                }),
             },
             staff: self
                 .staff
@@ -669,6 +681,25 @@ fn policy_from_spec(p: PolicySpec) -> Result<ApprovalPolicy, String> {
         policy.client_attestation = Some(sealpost_protocol::trust::RoleSet::of(roles));
     }
     policy.transparency = transparency_from_spec(p.log_key, p.witness, p.witness_threshold)?;
+    if let Some(a) = p.archive {
+        let account = AccountId::new(&a.account)
+            .map_err(|e| format!("policy.archive.account {:?}: {e}", a.account))?;
+        let identity = parse_identity_hex(&a.device).map_err(|e| {
+            format!(
+                "policy.archive.device: {e} (copy it from `sealpost-archiver fingerprint`: 128 hex digits)"
+            )
+        })?;
+        let archive = sealpost_protocol::trust::ArchivePolicy {
+            account,
+            identity,
+            unreachable: a.unreachable,
+            disclosure: a.disclosure.trim().to_owned(),
+        };
+        archive
+            .validate()
+            .map_err(|e| format!("policy.archive: {e}"))?;
+        policy.archive = Some(archive);
+    }
     if let Some(c) = p.cooling_off {
         let d = humantime::parse_duration(c.trim()).map_err(|e| {
             format!("policy.cooling_off {c:?}: {e} (write it as \"24h\", \"90m\", \"2days\")")

@@ -520,6 +520,21 @@ impl Client {
                     self.events.push(Event::RosterUpdated {
                         version: head.version,
                     });
+                    // The firm's archive (§22): a change is announced to every device;
+                    // the first roster a device verifies announces it as the disclosure.
+                    let before = self
+                        .trust
+                        .chain
+                        .as_ref()
+                        .and_then(|c| c.head().policy().archive.clone());
+                    let after = chain.head().policy().archive.clone();
+                    if before != after {
+                        self.events.push(crate::archive::changed_event(
+                            before.as_ref(),
+                            after.as_ref(),
+                            head.version,
+                        ));
+                    }
                     // Cooling-off windows and sensitive kinds come from the roster:
                     // every cached device set is verified again under the new one.
                     self.trust.sets.clear();

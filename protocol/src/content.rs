@@ -169,6 +169,14 @@ pub enum Content {
         /// The original content (never itself a `sync`).
         content: Box<Content>,
     },
+    /// The firm archive's copy of a message between a client and the firm (docs/PROTOCOL.md
+    /// §22), sealed by its sender to the archive device the roster names.
+    Archive {
+        /// The account the original went to.
+        to: AccountId,
+        /// The original content (never a `sync` or an `archive`).
+        content: Box<Content>,
+    },
 }
 
 /// What a client's [`Content::Instruction`] asks for. Encoded as its snake_case name.
@@ -313,6 +321,7 @@ impl Content {
             Content::Receipt { .. } => "receipt",
             Content::Attachment { .. } => "attachment",
             Content::Sync { .. } => "sync",
+            Content::Archive { .. } => "archive",
             Content::Instruction { .. } => "instruction",
             Content::ApprovalRequest { .. } => "approval_request",
             Content::ApprovalResponse { .. } => "approval_response",
@@ -330,6 +339,7 @@ impl Content {
             Content::Receipt { .. } => EnvelopeKind::Receipt,
             Content::Attachment { .. } => EnvelopeKind::Attachment,
             Content::Sync { .. } => EnvelopeKind::Sync,
+            Content::Archive { .. } => EnvelopeKind::Archive,
             Content::Instruction { .. } => EnvelopeKind::Instruction,
             Content::ApprovalRequest { .. } | Content::ApprovalResponse { .. } => {
                 EnvelopeKind::Approval
@@ -349,10 +359,12 @@ impl Message {
         let m: Message = codec::decode("message", bytes, MAX_PLAINTEXT_LEN)?;
         let attachment = match &m.content {
             Content::Attachment { descriptor, .. } => Some(descriptor),
-            Content::Sync { content, .. } => match content.as_ref() {
-                Content::Attachment { descriptor, .. } => Some(descriptor),
-                _ => None,
-            },
+            Content::Sync { content, .. } | Content::Archive { content, .. } => {
+                match content.as_ref() {
+                    Content::Attachment { descriptor, .. } => Some(descriptor),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         if let Some(d) = attachment {
@@ -361,11 +373,11 @@ impl Message {
                 reason: "sizes or fields out of bounds",
             })?;
         }
-        if let Content::Sync { content, .. } = &m.content {
-            if matches!(**content, Content::Sync { .. }) {
+        if let Content::Sync { content, .. } | Content::Archive { content, .. } = &m.content {
+            if matches!(**content, Content::Sync { .. } | Content::Archive { .. }) {
                 return Err(DecodeError::InvalidField {
                     field: "content",
-                    reason: "a sync cannot contain a sync",
+                    reason: "a sync or an archive copy cannot contain a sync or an archive copy",
                 });
             }
         }

@@ -79,11 +79,14 @@ pub enum EnvelopeKind {
     DeviceChange = 7,
     /// A payment, deposit or account instruction (sensitive).
     Instruction = 8,
+    /// The firm archive's copy of a message between a client and the firm (§22): only to
+    /// the archive account the relay's verified roster names.
+    Archive = 9,
 }
 
 impl EnvelopeKind {
     /// All kinds, in code order.
-    pub const ALL: [EnvelopeKind; 8] = [
+    pub const ALL: [EnvelopeKind; 9] = [
         Self::Chat,
         Self::Receipt,
         Self::Notice,
@@ -92,6 +95,7 @@ impl EnvelopeKind {
         Self::Approval,
         Self::DeviceChange,
         Self::Instruction,
+        Self::Archive,
     ];
 
     /// The wire code.
@@ -111,6 +115,7 @@ impl EnvelopeKind {
             Self::Approval => "approval",
             Self::DeviceChange => "device_change",
             Self::Instruction => "instruction",
+            Self::Archive => "archive",
         }
     }
 

@@ -930,7 +930,7 @@ fn unknown_frame_type_is_refused() {
 
 #[test]
 fn unknown_envelope_kind_is_refused() {
-    for code in [0u16, 9, 255, u16::MAX] {
+    for code in [0u16, 10, 255, u16::MAX] {
         assert_eq!(
             EnvelopeKind::try_from(code).err(),
             Some(DecodeError::InvalidField {

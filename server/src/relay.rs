@@ -164,6 +164,8 @@ struct PeerInfo {
     /// only answers that allow are cached, so a cached clone allocates nothing.
     allowed: Result<(), (String, AccountId)>,
     revoked: bool,
+    /// The recipient's account is the archive the verified roster names (§22).
+    archive: bool,
     expires_ms: u64,
     /// [`Relay::revocation_epoch`] when this was read: a later revocation invalidates it.
     epoch: u64,
@@ -1079,6 +1081,17 @@ impl<S: Store> Relay<S> {
         }
     }
 
+    /// The archive account the verified roster head names (§22), if any.
+    pub fn archive_account(&self) -> Option<AccountId> {
+        self.trust.chain().and_then(|c| {
+            c.head()
+                .policy()
+                .archive
+                .as_ref()
+                .map(|a| a.account.clone())
+        })
+    }
+
     /// May `me` address `account`? Checked with the policy, cached per connection.
     async fn may_reach_account(
         &self,
@@ -1089,6 +1102,16 @@ impl<S: Store> Relay<S> {
             Some(a) => a,
             None => return Ok(Err("sending account no longer exists".into())),
         };
+        // The firm's archive (§22): every member of the organisation hands it copies; it
+        // sends nothing.
+        if let Some(archive) = self.archive_account() {
+            if archive == sender.id {
+                return Ok(Err("the firm's archive account sends nothing".into()));
+            }
+            if archive == account.id {
+                return Ok(Ok(()));
+            }
+        }
         let s = Party {
             account: &sender.id,
             role: sender.role,
@@ -1128,6 +1151,7 @@ impl<S: Store> Relay<S> {
         let info = PeerInfo {
             allowed: allowed.map_err(|why| (why, account.id.clone())),
             revoked: rec.revoked,
+            archive: self.archive_account().is_some_and(|a| a == account.id),
             expires_ms: now + POLICY_CACHE_MS,
             epoch,
         };
@@ -1277,6 +1301,24 @@ impl<S: Store> Relay<S> {
                 });
                 return Err(refuse(id, ErrorCode::Forbidden, why));
             }
+        }
+        // Archive copies go to the roster's archive, and it takes nothing else (§22).
+        match (peer.archive, kind == EnvelopeKind::Archive) {
+            (true, false) => {
+                return Err(refuse(
+                    id,
+                    ErrorCode::Forbidden,
+                    "the firm's archive takes only archive copies (kind archive)",
+                ))
+            }
+            (false, true) => {
+                return Err(refuse(
+                    id,
+                    ErrorCode::Forbidden,
+                    "archive copies go only to the archive the verified roster names",
+                ))
+            }
+            _ => {}
         }
         let now = self.mono_ms();
         if let Err(l) = self.with_limiters(|l| l.send.check(&me.device, 1.0, now)) {

@@ -235,12 +235,50 @@ async fn enroll(
         Some(o) => ctx.out.say(format!("  organisation (pinned): {o}")),
         None => ctx.out.say("  no organisation pinned: notices, rosters and approvals cannot be verified on this device"),
     }
+    say_archive(ctx, &client);
     ctx.out.say("Next: `sealpost contacts` lists whom you can write to; `sealpost verify ACCOUNT` compares safety numbers.");
     Ok(())
 }
 
 /// The line every command that shows a contact prints when no organisation is pinned.
 pub const TOFU_NOTE: &str = "trust on first use: no organisation pinned (a contact's first devices are taken as the relay serves them; compare safety numbers with `sealpost verify`)";
+
+/// The firm's archive as JSON (`null`: conversations are not recorded).
+pub fn archive_json(client: &Client) -> serde_json::Value {
+    match client.archive_view() {
+        None => serde_json::Value::Null,
+        Some(v) => json!({
+            "recorded": true,
+            "account": v.account.as_str(),
+            "fingerprint": v.fingerprint,
+            "disclosure": v.disclosure,
+            "unreachable": v.unreachable,
+            "queued": v.queued,
+        }),
+    }
+}
+
+/// Tell the user, wherever a conversation is shown, that the firm records it (§22):
+/// the disclosure and the archive's fingerprint (a JSON line `recorded` with `--json`).
+pub fn say_archive(ctx: &Ctx, client: &Client) {
+    let Some(v) = client.archive_view() else {
+        return;
+    };
+    ctx.out
+        .json_line(json!({"event": "recorded", "archive": archive_json(client)}));
+    ctx.out.say(format!(
+        "recorded: {} (the firm's archive, fingerprint {})",
+        sealpost_client::display::line(&v.disclosure),
+        v.fingerprint
+    ));
+    if v.queued > 0 {
+        ctx.out.say(format!(
+            "  {} archive cop{} wait on this device for the firm's archive",
+            v.queued,
+            if v.queued == 1 { "y" } else { "ies" }
+        ));
+    }
+}
 
 /// Say [`TOFU_NOTE`] if `client` trusts on first use.
 pub fn say_tofu(ctx: &Ctx, client: &Client) {
@@ -296,6 +334,7 @@ async fn whoami(ctx: &Ctx) -> Result<(), CliError> {
         "relay": relay,
         "attestation": attestation.as_ref().map(|(j, _)| j.clone()),
         "transparency": transparency,
+        "archive": archive_json(&client),
     }));
     match client.account() {
         Some(a) => ctx
@@ -326,6 +365,14 @@ async fn whoami(ctx: &Ctx) -> Result<(), CliError> {
     {
         ctx.out.say(transparency_line);
     }
+    if let Some(v) = client.archive_view() {
+        ctx.out.say(format!(
+            "archive:     recorded by the firm's archive {} ({}): {}",
+            v.account,
+            v.fingerprint,
+            sealpost_client::display::line(&v.disclosure)
+        ));
+    }
     Ok(())
 }
 
@@ -341,6 +388,7 @@ async fn contacts(ctx: &Ctx) -> Result<(), CliError> {
     let reachable: BTreeSet<AccountId> = reachable.into_iter().map(|(a, _)| a).collect();
     let me = client.account().cloned();
     say_tofu(ctx, &client);
+    say_archive(ctx, &client);
     let tofu = client.trust_on_first_use();
     let list: Vec<_> = client
         .contacts()
@@ -430,6 +478,7 @@ async fn send(ctx: &Ctx, to: &str, text: &str) -> Result<(), CliError> {
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     say_tofu(ctx, &client);
+    say_archive(ctx, &client);
     let result = client.send_text(&to, &text).await;
     finish(&mut client).await?;
     let report = result.map_err(|e| CliError::from_client(e, Some(&at)))?;
@@ -612,6 +661,7 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
     let at = relay_addr(&client);
     let me = client.account().cloned();
     say_tofu(ctx, &client);
+    say_archive(ctx, &client);
     let received = client.receive(true, wait).await;
     let events = match received {
         Ok(ev) => ev,

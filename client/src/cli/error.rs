@@ -156,6 +156,8 @@ impl CliError {
             ClientError::NoRoster(m) => Self::failure(format!("no organisation roster: {m}"))
                 .hint("the firm publishes roster version 1 with `sealpost org roster publish`; devices must be enrolled with `--org`"),
             ClientError::NotAllowed(m) => Self::new(Exit::Refused, format!("not allowed: {m}")),
+            e @ ClientError::ArchiveUnavailable(_) => Self::new(Exit::Unreachable, e.to_string())
+                .hint("your firm records every conversation with clients (see `sealpost whoami`); try again in a moment, and tell your firm if it keeps failing"),
             ClientError::OnProbation { until_ms, refused } => {
                 Self::on_probation(until_ms, &refused, sealpost_client::clock::now_ms())
             }

@@ -191,6 +191,45 @@ impl Out {
                     "note: message {message_id} from device {device} stays at the relay: {max} messages already wait for their sender to be checked"
                 );
             }
+            Event::ArchiveChanged {
+                roster_version,
+                before,
+                after,
+                disclosure,
+            } => match (before, after) {
+                (_, Some(fp)) => {
+                    let what = if before.is_some() { "CHANGED" } else { "is" };
+                    eprintln!("NOTICE: your firm's compliance archive {what} (roster version {roster_version}):");
+                    eprintln!(
+                        "NOTICE:   {}",
+                        display::line(disclosure.as_deref().unwrap_or_default())
+                    );
+                    eprintln!("NOTICE:   every message between clients and the firm is also sealed to the firm's archive, fingerprint {fp}");
+                }
+                (Some(_), None) => {
+                    eprintln!("NOTICE: conversations are no longer recorded by the firm's archive (roster version {roster_version}).");
+                }
+                (None, None) => {}
+            },
+            Event::ArchiveQueued {
+                message_id,
+                to,
+                waiting,
+                reason,
+            } => {
+                eprintln!(
+                    "note: message {message_id} to {to} was sent; its copy for the firm's archive waits on this device ({waiting} waiting): {}",
+                    display::line(reason)
+                );
+            }
+            Event::Archived {
+                message_id,
+                from,
+                to,
+                kind,
+            } => {
+                println!("  archived {kind} {message_id} from {from} to {to}");
+            }
             Event::SecurityAlert {
                 id,
                 time_ms,

@@ -417,6 +417,21 @@ pub enum TrustError {
         /// The account.
         account: AccountId,
     },
+    /// The relay offered, as the firm's archive, a device whose identity is not the one
+    /// the verified roster names (§22): nothing is sealed to it.
+    #[error(
+        "the relay offers {offered} device(s) for the archive account {account}, none with \
+         the identity the verified roster names for the firm's archive ({fingerprint}); \
+         nothing was sealed to them"
+    )]
+    ArchiveSubstituted {
+        /// The archive account.
+        account: AccountId,
+        /// The roster's archive fingerprint.
+        fingerprint: String,
+        /// Devices the relay offered.
+        offered: usize,
+    },
     /// An attestation for another account or another genesis entry.
     #[error("the attestation does not name {account}'s genesis entry")]
     AttestationMismatch {

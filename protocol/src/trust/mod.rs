@@ -60,12 +60,17 @@
 //! transparency = u8 log_key_count || for each: u16 len || name || ed25519 (32)
 //!   || u8 witness_count || for each: u16 len || name || ed25519 (32)
 //!   || u8 witness_threshold         (keys and witnesses sorted by name, then key)
+//!   || u8 attestation_role_mask (0: absent)
+//!      || u8 0 | u8 1 || transparency || archive                 (format 4 only)
+//! archive = u16 len || account || ed25519 (32) || x25519 (32)
+//!   || u8 unreachable (refuse 1, queue 2) || u16 len || disclosure (UTF-8)
 //! roster_hash = SHA-256(roster_bytes)
 //! ```
 //!
-//! `format` is 1 when the policy's `client_attestation` and `transparency` are absent
-//! (rosters written before they existed keep their hash), 2 when only `client_attestation`
-//! is present (its role mask is appended) and 3 when `transparency` is present.
+//! `format` is 1 when the policy's `client_attestation`, `transparency` and `archive` are
+//! absent (rosters written before they existed keep their hash), 2 when only
+//! `client_attestation` is present (its role mask is appended), 3 when `transparency` is
+//! present and `archive` absent, and 4 when `archive` is present.
 //!
 //! Role codes: advisor 1, operations 2, compliance 3, security 4; `role_mask` has bit
 //! `code - 1` set per accepted role. Operation codes: account recovery 1, unfreeze 2,
@@ -211,6 +216,7 @@
 //! refused.
 
 pub mod approval;
+pub mod archive;
 pub mod attestation;
 pub mod device_log;
 pub mod error;
@@ -224,6 +230,7 @@ mod testutil;
 pub use approval::{
     verify_quorum, Approval, ApprovalBundle, ApprovalRequest, Parameters, QuorumProof, SignerRef,
 };
+pub use archive::{ArchivePolicy, ArchiveUnreachable, MAX_ARCHIVE_DISCLOSURE_LEN};
 pub use attestation::{first_contact, ClientAttestation, EntryTimes, Standing};
 pub use device_log::{
     DeviceAction, DeviceLog, DeviceSet, DeviceState, EntryAuthorization, EntryBody, LinkChallenge,
@@ -281,6 +288,9 @@ pub(crate) const ROSTER_FORMAT_ATTESTATION: u16 = 2;
 /// Format number of roster bytes whose policy lists the transparency log's keys and
 /// witnesses (the attestation role mask, 0 when absent, then the transparency policy).
 pub(crate) const ROSTER_FORMAT_TRANSPARENCY: u16 = 3;
+/// Format number of roster bytes whose policy names the firm's archive (the attestation
+/// role mask, 0 when absent; a transparency flag and policy; then the archive).
+pub(crate) const ROSTER_FORMAT_ARCHIVE: u16 = 4;
 pub(crate) const ORG_FINGERPRINT_LABEL: &[u8] = b"Sealpost_OrgRoot_Fingerprint_v1";
 pub(crate) const ROSTER_HASH_LABEL: &[u8] = b"Sealpost_Roster_v1";
 pub(crate) const ROSTER_ROOT_LABEL: &[u8] = b"Sealpost_Roster_Root_v1";

@@ -12,12 +12,14 @@ use crate::envelope::EnvelopeKind;
 use crate::identity::{AccountId, DeviceId, PublicIdentity};
 
 use super::approval::{verify_quorum, ApprovalBundle, QuorumProof};
+use super::archive::ArchivePolicy;
 use super::error::{Digest, TrustError};
 use super::org::{root_message, OrgFingerprint, OrgRootPublic};
 use super::{
     Canon, DEFAULT_COOLING_OFF_MS, MAX_CLOCK_SKEW_MS, MAX_COOLING_OFF_MS, MAX_QUORUM_THRESHOLD,
     MAX_ROSTER_CHAIN_LEN, MAX_ROSTER_STAFF, MAX_SIGNED_ROSTER_LEN, MAX_STAFF_DEVICES,
-    ROSTER_FORMAT, ROSTER_FORMAT_ATTESTATION, ROSTER_FORMAT_TRANSPARENCY, ROSTER_HASH_LABEL,
+    ROSTER_FORMAT, ROSTER_FORMAT_ARCHIVE, ROSTER_FORMAT_ATTESTATION, ROSTER_FORMAT_TRANSPARENCY,
+    ROSTER_HASH_LABEL,
 };
 use crate::tlog::{TlogError, TransparencyPolicy};
 
@@ -228,6 +230,11 @@ pub struct ApprovalPolicy {
     /// when absent) and then the policy's bytes follow the sensitive kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transparency: Option<TransparencyPolicy>,
+    /// The firm's compliance archive (docs/PROTOCOL.md §22): every message between a
+    /// client and the firm gets a copy sealed to it. `None` (absent in CBOR) keeps the
+    /// earlier formats; present, the canonical bytes are of format 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchivePolicy>,
 }
 
 /// Who may attest a client's first device when the policy does not say: advisors and
@@ -253,6 +260,7 @@ impl Default for ApprovalPolicy {
                 .collect(),
             client_attestation: None,
             transparency: None,
+            archive: None,
         }
     }
 }
@@ -429,6 +437,19 @@ impl Roster {
                 _ => TrustError::InvalidRoster("invalid transparency policy"),
             })?;
         }
+        if let Some(a) = &policy.archive {
+            a.validate()?;
+            if staff.iter().any(|m| m.account == a.account) {
+                return Err(TrustError::InvalidRoster(
+                    "the archive's account is a staff account",
+                ));
+            }
+            if staff.iter().any(|m| m.device(&a.device()).is_some()) {
+                return Err(TrustError::InvalidRoster(
+                    "the archive's device is a staff device",
+                ));
+            }
+        }
         for op in Operation::ALL {
             let q = policy.quorum(op);
             if q.threshold == 0 || q.threshold > MAX_QUORUM_THRESHOLD {
@@ -515,7 +536,9 @@ impl Roster {
     /// The canonical bytes (see the module documentation of [`crate::trust`]).
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let mut c = Canon::new(ROSTER_HASH_LABEL);
-        let format = if self.policy.transparency.is_some() {
+        let format = if self.policy.archive.is_some() {
+            ROSTER_FORMAT_ARCHIVE
+        } else if self.policy.transparency.is_some() {
             ROSTER_FORMAT_TRANSPARENCY
         } else if self.policy.client_attestation.is_some() {
             ROSTER_FORMAT_ATTESTATION
@@ -545,10 +568,7 @@ impl Roster {
         for k in &self.policy.sensitive_kinds {
             c.u16(k.code());
         }
-        if let Some(t) = &self.policy.transparency {
-            // Format 3: the mask is always written, 0 meaning absent (a present set is
-            // never empty).
-            c.u8(self.policy.client_attestation.map_or(0, |r| r.mask()));
+        let transparency = |c: &mut Canon, t: &TransparencyPolicy| {
             c.u8(len8(t.log_keys.len()));
             for k in &t.log_keys {
                 c.var(k.name().as_str().as_bytes()).raw(k.public());
@@ -558,6 +578,29 @@ impl Roster {
                 c.var(w.name().as_str().as_bytes()).raw(w.public());
             }
             c.u8(t.witness_threshold);
+        };
+        if let Some(a) = &self.policy.archive {
+            // Format 4: the mask (0: absent), the transparency policy behind a presence
+            // flag, then the archive.
+            c.u8(self.policy.client_attestation.map_or(0, |r| r.mask()));
+            match &self.policy.transparency {
+                None => {
+                    c.u8(0);
+                }
+                Some(t) => {
+                    c.u8(1);
+                    transparency(&mut c, t);
+                }
+            }
+            c.account(&a.account)
+                .raw(&a.identity.to_bytes())
+                .u8(a.unreachable.code())
+                .var(a.disclosure.as_bytes());
+        } else if let Some(t) = &self.policy.transparency {
+            // Format 3: the mask is always written, 0 meaning absent (a present set is
+            // never empty).
+            c.u8(self.policy.client_attestation.map_or(0, |r| r.mask()));
+            transparency(&mut c, t);
         } else if let Some(roles) = self.policy.client_attestation {
             c.u8(roles.mask());
         }
@@ -1396,6 +1439,68 @@ mod tests {
             RosterChain::verify(&fp(&org), vec![v1, back], None, T0),
             Err(TrustError::RosterTimeRegression { .. })
         ));
+    }
+
+    #[test]
+    fn an_archive_is_format_4_and_rosters_without_one_keep_their_hash() {
+        use crate::identity::IdentityKeyPair;
+        use crate::trust::{ArchivePolicy, ArchiveUnreachable};
+        let mut org = Org::new(41);
+        let members: Vec<StaffMember> = org.staff.iter().map(|s| s.member()).collect();
+        let plain = Roster::new(1, None, T0, members.clone(), ApprovalPolicy::default()).unwrap();
+        let archive = IdentityKeyPair::generate(&mut org.rng);
+        let policy = ApprovalPolicy {
+            archive: Some(ArchivePolicy {
+                account: AccountId::new("archive").unwrap(),
+                identity: archive.public().clone(),
+                unreachable: ArchiveUnreachable::Queue,
+                disclosure: "Recorded by the firm.".into(),
+            }),
+            ..ApprovalPolicy::default()
+        };
+        let with = Roster::new(1, None, T0, members.clone(), policy.clone()).unwrap();
+        assert!(plain
+            .canonical_bytes()
+            .starts_with(b"Sealpost_Roster_v1\x00\x01"));
+        assert!(with
+            .canonical_bytes()
+            .starts_with(b"Sealpost_Roster_v1\x00\x04"));
+        // Format 4 appends: mask 0, no transparency (0), the archive.
+        let tail = 1 + 1 + (2 + 7) + 64 + 1 + (2 + 21);
+        assert_eq!(
+            with.canonical_bytes().len(),
+            plain.canonical_bytes().len() + tail
+        );
+        assert!(with.canonical_bytes().ends_with(b"Recorded by the firm."));
+        // CBOR round trip keeps the hash; each field changes it.
+        let signed = org.root.sign_genesis(with.clone()).unwrap();
+        let back = SignedRoster::from_cbor(&signed.to_cbor().unwrap()).unwrap();
+        assert_eq!(back.roster.hash(), with.hash());
+        let variants: [fn(&mut ArchivePolicy); 3] = [
+            |a| a.unreachable = ArchiveUnreachable::Refuse,
+            |a| a.disclosure.push('!'),
+            |a| a.account = AccountId::new("archive2").unwrap(),
+        ];
+        for change in variants {
+            let mut p = policy.clone();
+            change(p.archive.as_mut().unwrap());
+            let other = Roster::new(1, None, T0, members.clone(), p).unwrap();
+            assert_ne!(other.hash(), with.hash());
+        }
+        let mut p = policy.clone();
+        p.archive.as_mut().unwrap().identity =
+            IdentityKeyPair::generate(&mut org.rng).public().clone();
+        assert_ne!(
+            Roster::new(1, None, T0, members.clone(), p).unwrap().hash(),
+            with.hash()
+        );
+        // Refused: an empty disclosure, a staff account as the archive.
+        let mut bad = policy.clone();
+        bad.archive.as_mut().unwrap().disclosure = "  ".into();
+        assert!(Roster::new(1, None, T0, members.clone(), bad).is_err());
+        let mut bad = policy;
+        bad.archive.as_mut().unwrap().account = members[0].account.clone();
+        assert!(Roster::new(1, None, T0, members, bad).is_err());
     }
 
     #[test]

@@ -1,0 +1,358 @@
+//! The firm's compliance archive on the devices (issue 11; docs/PROTOCOL.md §22), over
+//! real QUIC to a relay on SQLite: every message between a client and the firm is also
+//! sealed to the archive device the verified roster names, received there exactly once;
+//! an archive identity the relay substitutes is refused; what a device does when the
+//! archive cannot take its copy follows the roster (`refuse`: nothing sent; `queue`: the
+//! copy waits durably in the profile and is handed over later); the archive's
+//! disclosure and a change of it are shown.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sealpost_client::archive::ArchivedMessage;
+use sealpost_client::client::ClientError;
+use sealpost_client::{Client, Event};
+use sealpost_protocol::content::Content;
+use sealpost_protocol::identity::AccountId;
+use sealpost_protocol::trust::{ArchivePolicy, ArchiveUnreachable, StaffRole, TrustError};
+use sealpost_protocol::wire::Role;
+use sealpost_server::store::sqlite::SqliteStore;
+use sealpost_tests::org::{self, TestOrg};
+use sealpost_tests::{sqlite_relay_in, texts, TestRelay};
+
+const WAIT: Duration = Duration::from_secs(3);
+const DISCLOSURE: &str =
+    "This conversation is recorded by Example Asset Management for regulatory purposes.";
+
+/// A relay with an organisation whose roster names an archive: staff (ops, comp, sec),
+/// an advisor `adv`, a client `alice` assigned to her and attested, and (unless
+/// `enrol_archive` is false) the archive device enrolled with a collecting sink.
+struct Firm {
+    relay: TestRelay<SqliteStore>,
+    homes: tempfile::TempDir,
+    adv: Client,
+    alice: Client,
+    archive: Option<Client>,
+    archive_account: AccountId,
+    archived: Arc<Mutex<Vec<ArchivedMessage>>>,
+    org: TestOrg,
+}
+
+async fn firm(unreachable: ArchiveUnreachable, enrol_archive: bool) -> Firm {
+    let homes = tempfile::tempdir().unwrap();
+    let org = TestOrg::new();
+    let fp = org.fingerprint();
+    let relay = sqlite_relay_in(tempfile::tempdir().unwrap(), |c| {
+        c.org_fingerprint = Some(fp);
+    })
+    .await;
+    let archive_account = relay.account("archive", Role::Staff).await;
+    // The archive's identity exists before the roster names it.
+    let mut archive = Client::init(&homes.path().join("archive"), org::PASS).unwrap();
+    if enrol_archive {
+        let code = relay.code(&archive_account).await;
+        archive
+            .enroll(org::relay_info(&relay, Some(&org)), &archive_account, &code)
+            .await
+            .unwrap();
+    }
+    let mut staff = Vec::new();
+    for name in ["ops", "comp", "sec", "adv"] {
+        let role = if name == "adv" {
+            Role::Advisor
+        } else {
+            Role::Staff
+        };
+        let id = relay.account(name, role).await;
+        staff.push(org::enrolled(&relay, &homes.path().join(name), &id, Some(&org)).await);
+    }
+    let policy = sealpost_protocol::trust::ApprovalPolicy {
+        archive: Some(ArchivePolicy {
+            account: archive_account.clone(),
+            identity: archive.identity().clone(),
+            unreachable,
+            disclosure: DISCLOSURE.into(),
+        }),
+        ..org::quick_policy(org::QUICK_COOLING_OFF_MS)
+    };
+    let v1 = org.genesis(
+        &[
+            (&staff[0], StaffRole::Operations),
+            (&staff[1], StaffRole::Compliance),
+            (&staff[2], StaffRole::Security),
+            (&staff[3], StaffRole::Advisor),
+        ],
+        policy,
+    );
+    staff[0].publish_signed_roster(v1).await.unwrap();
+    org::settle().await;
+    let alice_id = relay.account("alice", Role::Client).await;
+    relay.assign(&alice_id, staff[3].account().unwrap()).await;
+    let mut alice = org::enrolled(&relay, &homes.path().join("alice"), &alice_id, Some(&org)).await;
+    let mut adv = staff.pop().unwrap();
+    org::attest(&mut adv, &mut alice).await;
+    let archived = Arc::new(Mutex::new(Vec::new()));
+    let archive = if enrol_archive {
+        let sink = archived.clone();
+        archive.set_archive_sink(Box::new(move |batch: &[ArchivedMessage]| {
+            sink.lock().unwrap().extend_from_slice(batch);
+            Ok(())
+        }));
+        Some(archive)
+    } else {
+        None
+    };
+    Firm {
+        relay,
+        homes,
+        adv,
+        alice,
+        archive,
+        archive_account,
+        archived,
+        org,
+    }
+}
+
+impl Firm {
+    /// Let the archive receive until nothing more arrives; what it holds.
+    async fn drain_archive(&mut self) -> Vec<ArchivedMessage> {
+        let archive = self.archive.as_mut().unwrap();
+        if !archive.is_connected() {
+            archive.connect().await.unwrap();
+        }
+        archive.receive(true, WAIT).await.unwrap();
+        self.archived.lock().unwrap().clone()
+    }
+}
+
+fn text_of(c: &Content) -> Option<&str> {
+    match c {
+        Content::Text { body } => Some(body.as_str()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_between_a_client_and_the_firm_reaches_the_archive_once() {
+    let mut f = firm(ArchiveUnreachable::Refuse, true).await;
+    let adv = f.adv.account().unwrap().clone();
+    let alice = f.alice.account().unwrap().clone();
+    // The disclosure: the client's device shows the archive the roster names.
+    let view = f.alice.archive_view().expect("recorded");
+    assert_eq!(view.disclosure, DISCLOSURE);
+    assert_eq!(view.account, f.archive_account);
+    assert_eq!(
+        view.fingerprint,
+        f.archive
+            .as_ref()
+            .unwrap()
+            .identity()
+            .fingerprint()
+            .to_string()
+    );
+    assert!(!f.alice.is_archive_device());
+
+    let sent = f
+        .alice
+        .send_text(&adv, "please sell 100 XYZ")
+        .await
+        .unwrap();
+    let got = f.adv.receive(true, WAIT).await.unwrap();
+    assert_eq!(texts(&got), ["please sell 100 XYZ"]);
+    f.adv.send_text(&alice, "done at 41.20").await.unwrap();
+    let got = f.alice.receive(true, WAIT).await.unwrap();
+    assert_eq!(texts(&got), ["done at 41.20"]);
+    // Delivery receipts went both ways in those passes; let the advisor take hers.
+    f.adv.receive(true, WAIT).await.unwrap();
+
+    let archived = f.drain_archive().await;
+    assert!(f.archive.as_ref().unwrap().is_archive_device());
+    let texts_archived: Vec<(&str, &str, &str)> = archived
+        .iter()
+        .filter_map(|a| text_of(&a.content).map(|t| (a.from.as_str(), a.to.as_str(), t)))
+        .collect();
+    assert_eq!(
+        texts_archived,
+        [
+            ("alice", "adv", "please sell 100 XYZ"),
+            ("adv", "alice", "done at 41.20")
+        ]
+    );
+    let first = archived
+        .iter()
+        .find(|a| text_of(&a.content) == Some("please sell 100 XYZ"))
+        .unwrap();
+    assert_eq!(
+        first.message_id, sent.message_id,
+        "the same id as the original"
+    );
+    assert_eq!(first.device, f.alice.device_id());
+    assert!(!first.original.is_empty());
+    // Receipts are archived too, each once.
+    let receipts = archived
+        .iter()
+        .filter(|a| matches!(a.content, Content::Receipt { .. }))
+        .count();
+    assert!(receipts >= 2, "{archived:?}");
+    let mut ids: Vec<_> = archived.iter().map(|a| (a.device, a.message_id)).collect();
+    let n = ids.len();
+    ids.sort_by_key(|(d, m)| (d.0, m.0));
+    ids.dedup();
+    assert_eq!(ids.len(), n, "nothing twice");
+    // Nothing more on a second pass (acknowledged after the sink took it).
+    f.archived.lock().unwrap().clear();
+    assert!(f.drain_archive().await.is_empty());
+    // Staff between themselves are not recorded (not a client conversation); the archive
+    // device itself never is a recipient of ordinary copies.
+    assert!(f.adv.archive_queue().is_empty() && f.alice.archive_queue().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_policy_sends_nothing_while_the_archive_cannot_take_its_copy() {
+    // The archive account exists but no archive device is enrolled: no bundle.
+    let mut f = firm(ArchiveUnreachable::Refuse, false).await;
+    let adv = f.adv.account().unwrap().clone();
+    let err = f.alice.send_text(&adv, "transfer 5000").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Trust(TrustError::ArchiveSubstituted { offered: 0, .. })
+        ),
+        "{err:?}"
+    );
+    let got = f.adv.receive(true, WAIT).await.unwrap();
+    assert!(texts(&got).is_empty(), "nothing was sent: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_substituting_the_archive_identity_is_refused() {
+    let mut f = firm(ArchiveUnreachable::Refuse, false).await;
+    let adv = f.adv.account().unwrap().clone();
+    // The relay's operator enrols a device of its own under the archive account.
+    let mut fake = Client::init(&f.homes.path().join("fake-archive"), org::PASS).unwrap();
+    let code = f.relay.code(&f.archive_account).await;
+    fake.enroll(
+        org::relay_info(&f.relay, Some(&f.org)),
+        &f.archive_account,
+        &code,
+    )
+    .await
+    .unwrap();
+    let err = f.alice.send_text(&adv, "my password is").await.unwrap_err();
+    match err {
+        ClientError::Trust(TrustError::ArchiveSubstituted {
+            offered,
+            fingerprint,
+            ..
+        }) => {
+            assert_eq!(offered, 1);
+            assert_ne!(fingerprint, fake.identity().fingerprint().to_string());
+        }
+        other => panic!("{other:?}"),
+    }
+    let events = f.alice.take_events();
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::UntrustedDevice { device, .. } if *device == fake.device_id())
+        ),
+        "{events:?}"
+    );
+    // Nothing reached the advisor, nor the fake archive.
+    assert!(texts(&f.adv.receive(true, WAIT).await.unwrap()).is_empty());
+    let on_fake = fake.receive(true, WAIT).await.unwrap();
+    assert!(
+        on_fake.iter().all(|e| !matches!(e, Event::Archived { .. })),
+        "{on_fake:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_policy_sends_and_hands_the_copy_over_later_even_after_a_restart() {
+    let mut f = firm(ArchiveUnreachable::Queue, false).await;
+    let adv = f.adv.account().unwrap().clone();
+    let report = f
+        .alice
+        .send_text(&adv, "queued for the archive")
+        .await
+        .unwrap();
+    assert!(
+        report
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::ArchiveQueued { waiting: 1, .. })),
+        "{:?}",
+        report.events
+    );
+    assert_eq!(
+        texts(&f.adv.receive(true, WAIT).await.unwrap()),
+        ["queued for the archive"]
+    );
+    assert_eq!(f.alice.archive_queue().len(), 1);
+    // Durable: the queue is in the profile.
+    f.alice.disconnect();
+    let home = f.homes.path().join("alice");
+    let alice = std::mem::replace(
+        &mut f.alice,
+        Client::init(&f.homes.path().join("tmp"), org::PASS).unwrap(),
+    );
+    drop(alice);
+    f.alice = Client::open(&home, org::PASS).unwrap();
+    assert_eq!(f.alice.archive_queue().len(), 1);
+    assert_eq!(f.alice.archive_queue()[0].message_id, report.message_id);
+    // The archive device comes: enrolled with the identity the roster names.
+    let mut archive = Client::open(&f.homes.path().join("archive"), org::PASS).unwrap();
+    let code = f.relay.code(&f.archive_account).await;
+    archive
+        .enroll(
+            org::relay_info(&f.relay, Some(&f.org)),
+            &f.archive_account,
+            &code,
+        )
+        .await
+        .unwrap();
+    let sink = f.archived.clone();
+    archive.set_archive_sink(Box::new(move |b: &[ArchivedMessage]| {
+        sink.lock().unwrap().extend_from_slice(b);
+        Ok(())
+    }));
+    f.archive = Some(archive);
+    // The client's next receive pass hands the queued copy over.
+    f.alice.connect().await.unwrap();
+    f.alice.receive(true, WAIT).await.unwrap();
+    assert!(f.alice.archive_queue().is_empty());
+    let archived = f.drain_archive().await;
+    assert!(
+        archived.iter().any(|a| a.message_id == report.message_id
+            && text_of(&a.content) == Some("queued for the archive")),
+        "{archived:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_in_the_roster_is_announced_when_a_device_first_verifies_it() {
+    let mut f = firm(ArchiveUnreachable::Queue, true).await;
+    // Enrolment verified roster version 1: the archive was announced on the client (the
+    // CLI prints it at enrolment; the library keeps it until asked).
+    let announced: Vec<Event> = f
+        .alice
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::ArchiveChanged { .. }))
+        .collect();
+    let fp = f.alice.archive_view().unwrap().fingerprint;
+    match announced.as_slice() {
+        [Event::ArchiveChanged {
+            roster_version: 1,
+            before: None,
+            after: Some(after),
+            disclosure: Some(d),
+        }] => {
+            assert_eq!(after, &fp);
+            assert_eq!(d, DISCLOSURE);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.alice.archive_view().unwrap().unreachable, "queue");
+}
