@@ -76,6 +76,10 @@ pub struct ArchivedMessage {
     pub device: DeviceId,
     /// The account the original went to.
     pub to: AccountId,
+    /// The conversation's client account (the one the roster does not list as staff).
+    pub client_account: AccountId,
+    /// The conversation's firm-side account (listed in the roster).
+    pub firm_account: AccountId,
     /// When the sender sent it (its clock).
     pub sent_ms: u64,
     /// When this device opened it.
@@ -121,6 +125,13 @@ impl Client {
             queued: self.archive_queue.len(),
             this_device: self.is_archive_device(),
         })
+    }
+
+    /// Whether the verified roster lists `account` as a staff member (the firm's side).
+    pub fn is_firm_account(&self, account: &AccountId) -> bool {
+        self.trust
+            .chain()
+            .is_some_and(|c| c.head().member(account).is_some())
     }
 
     /// Whether this device is the archive the roster names.

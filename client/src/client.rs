@@ -2220,6 +2220,11 @@ impl Client {
                 }
                 .encode()
                 .unwrap_or_default();
+                let (client_account, firm_account) = if self.is_firm_account(&message.from) {
+                    (to.clone(), message.from.clone())
+                } else {
+                    (message.from.clone(), to.clone())
+                };
                 events.push(Event::Archived {
                     message_id: id,
                     from: message.from.clone(),
@@ -2231,6 +2236,8 @@ impl Client {
                     from: message.from,
                     device: sender,
                     to,
+                    client_account,
+                    firm_account,
                     sent_ms: message.sent_ms,
                     received_ms: now_ms(),
                     content: *content,

@@ -1,0 +1,710 @@
+//! `sealpost-archiver`: the firm's compliance archive (docs/OPERATIONS.md, "The
+//! compliance archive"; docs/PROTOCOL.md §22).
+//!
+//! One directory (`--home`) holds the archive device's encrypted profile (`profile/`,
+//! under `SEALPOST_PASSPHRASE`), the archive key (`archive.key`, 0600: the key the
+//! store is encrypted under, held by the firm, never seen by the relay) and the store
+//! (`archive.db`, SQLCipher). `run` receives archive copies from the relay and commits
+//! each batch to the store before the relay is told it arrived.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use sealpost_archiver::{
+    Archive, ArchiveKey, Direction, ExportScope, HoldScope, NewRecord, RecordClass, SearchOrder,
+    SearchQuery,
+};
+use sealpost_client::archive::{ArchiveSink, ArchivedMessage};
+use sealpost_client::client::RelayInfo;
+use sealpost_client::Client;
+use sealpost_protocol::content::{Content, NoticeText, ReceiptKind};
+use sealpost_protocol::identity::AccountId;
+use serde_json::json;
+
+/// Exit codes (as `sealpost`'s where they overlap).
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_UNREACHABLE: u8 = 5;
+const EXIT_TRUST: u8 = 8;
+
+/// How long one receive pass of `run` listens.
+const PASS: Duration = Duration::from_secs(10);
+/// Pause before reconnecting after a lost connection.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
+
+#[derive(Parser)]
+#[command(name = "sealpost-archiver", version, about = "The firm's compliance archive for Sealpost")]
+struct Cli {
+    /// The archiver's directory (profile, archive key, store).
+    #[arg(long, env = "SEALPOST_ARCHIVER_HOME", global = true, default_value = ".")]
+    home: PathBuf,
+    /// Print JSON lines instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the archive device's profile (passphrase: SEALPOST_PASSPHRASE), the
+    /// archive key (archive.key, 0600) and the empty store.
+    Init,
+    /// Print the archive device's identity for the roster's [policy.archive] `device`.
+    Fingerprint,
+    /// Enrol the archive device with an enrolment code for the archive account.
+    Enroll {
+        /// Relay address (host:port).
+        #[arg(long)]
+        relay: String,
+        /// The relay CA's SHA-256 fingerprint (64 hex digits).
+        #[arg(long)]
+        ca: String,
+        /// The name in the relay's certificate.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// The archive account.
+        #[arg(long)]
+        account: String,
+        /// The enrolment code.
+        #[arg(long)]
+        code: String,
+        /// The organisation fingerprint to pin (from the firm, out of band).
+        #[arg(long)]
+        org: String,
+    },
+    /// Receive archive copies and commit them to the store (until stopped, or `--for`).
+    Run {
+        /// Stop after this long (e.g. `30s`); default: run until killed.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        for_: Option<Duration>,
+        /// Take what is waiting at the relay, then stop.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check the whole chain; names the first record that does not verify (exit 8).
+    Verify,
+    /// The chain's head (sequence number and hash), for anchoring.
+    Head,
+    /// Search the archive (recorded in the chain with who searched).
+    Search {
+        /// Who searches (recorded).
+        #[arg(long)]
+        actor: String,
+        /// Only this client account.
+        #[arg(long)]
+        client: Option<String>,
+        /// Only this firm-side account.
+        #[arg(long)]
+        firm: Option<String>,
+        /// Sent at or after (RFC 3339, e.g. 2026-01-01T00:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// Sent before (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Words that must all occur.
+        #[arg(long)]
+        text: Option<String>,
+        /// At most this many results.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Export a conversation or a date range to a directory (EML, MBOX, HTML, originals,
+    /// manifest.json); recorded in the chain with who exported.
+    Export {
+        /// Who exports (recorded).
+        #[arg(long)]
+        actor: String,
+        /// The directory to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// The conversation's client account (with --firm).
+        #[arg(long)]
+        client: Option<String>,
+        /// The conversation's firm-side account (with --client).
+        #[arg(long)]
+        firm: Option<String>,
+        /// Sent at or after (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Sent before (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Check an export directory against its manifest (no key needed).
+    VerifyExport {
+        /// The export directory.
+        dir: PathBuf,
+    },
+    /// Legal holds.
+    #[command(subcommand)]
+    Hold(HoldCmd),
+    /// Delete the content of records past their retention (not under a legal hold),
+    /// leaving a tombstone in the chain.
+    Sweep {
+        /// Who runs it (recorded).
+        #[arg(long)]
+        actor: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum HoldCmd {
+    /// Place a hold (one of --client, --firm, --from/--to, --all).
+    Place {
+        /// Who places it (recorded).
+        #[arg(long)]
+        actor: String,
+        /// Its name (unique among holds in force).
+        #[arg(long)]
+        name: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Every record of this client.
+        #[arg(long)]
+        client: Option<String>,
+        /// Every record of this firm-side account.
+        #[arg(long)]
+        firm: Option<String>,
+        /// Records sent at or after (RFC 3339), with --to.
+        #[arg(long)]
+        from: Option<String>,
+        /// Records sent before (RFC 3339), with --from.
+        #[arg(long)]
+        to: Option<String>,
+        /// Everything.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Release a hold.
+    Release {
+        /// Who releases it (recorded).
+        #[arg(long)]
+        actor: String,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// The holds in force.
+    List,
+}
+
+/// A failure: what to say and how to exit.
+struct Fail(u8, String);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(EXIT_FAILURE, e.to_string())
+    }
+}
+
+fn usage(m: impl Into<String>) -> Fail {
+    Fail(EXIT_USAGE, m.into())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEALPOST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+struct Paths {
+    profile: PathBuf,
+    key: PathBuf,
+    store: PathBuf,
+}
+
+fn paths(home: &Path) -> Paths {
+    Paths {
+        profile: home.join("profile"),
+        key: home.join("archive.key"),
+        store: home.join("archive.db"),
+    }
+}
+
+fn passphrase() -> Result<String, Fail> {
+    std::env::var("SEALPOST_PASSPHRASE")
+        .map_err(|_| usage("set SEALPOST_PASSPHRASE to the archive device profile's passphrase"))
+}
+
+fn open_store(p: &Paths) -> Result<Archive, Fail> {
+    let key = ArchiveKey::load(&p.key).map_err(|e| {
+        Fail(
+            EXIT_FAILURE,
+            format!("archive key {}: {e} (run `sealpost-archiver init`)", p.key.display()),
+        )
+    })?;
+    Ok(Archive::open(&p.store, &key)?)
+}
+
+fn ms_arg(name: &str, v: Option<&str>) -> Result<Option<u64>, Fail> {
+    v.map(|s| {
+        humantime::parse_rfc3339_weak(s)
+            .map_err(|e| usage(format!("--{name} {s:?}: {e} (write 2026-01-31T00:00:00Z)")))
+            .map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            })
+    })
+    .transpose()
+}
+
+fn say(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Fail> {
+    let p = paths(&cli.home);
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Init => {
+            let pass = passphrase()?;
+            std::fs::create_dir_all(&cli.home)?;
+            if p.key.exists() || p.store.exists() {
+                return Err(Fail(
+                    EXIT_FAILURE,
+                    format!("{} already holds an archive; refusing to overwrite it", cli.home.display()),
+                ));
+            }
+            let client = Client::init(&p.profile, &pass)?;
+            let key = ArchiveKey::write_new_file(&p.key)?;
+            let archive = Archive::open(&p.store, &key)?;
+            drop(archive);
+            let identity = sealpost_client::org::identity_hex(client.identity());
+            say(
+                json,
+                json!({"event": "initialised", "home": cli.home.display().to_string(), "device": identity, "fingerprint": client.identity().fingerprint().to_string()}),
+                || {
+                    format!(
+                        "Archive initialised in {}.\n  device (for the roster's [policy.archive] device): {identity}\n  fingerprint: {}\n  archive key: {} (back it up apart from the store: without it the store cannot be read)",
+                        cli.home.display(),
+                        client.identity().fingerprint(),
+                        p.key.display()
+                    )
+                },
+            );
+            Ok(())
+        }
+        Cmd::Fingerprint => {
+            let client = Client::open(&p.profile, &passphrase()?)?;
+            let identity = sealpost_client::org::identity_hex(client.identity());
+            say(
+                json,
+                json!({"device": identity, "fingerprint": client.identity().fingerprint().to_string()}),
+                || format!("device: {identity}\nfingerprint: {}", client.identity().fingerprint()),
+            );
+            Ok(())
+        }
+        Cmd::Enroll {
+            relay,
+            ca,
+            server_name,
+            account,
+            code,
+            org,
+        } => {
+            let mut client = Client::open(&p.profile, &passphrase()?)?;
+            let account = AccountId::new(&account).map_err(|e| usage(format!("--account: {e}")))?;
+            let info = RelayInfo {
+                addr: relay.clone(),
+                server_name,
+                ca_fingerprint: ca,
+                org_fingerprint: Some(org),
+            };
+            client
+                .enroll(info, &account, &code)
+                .await
+                .map_err(|e| Fail(EXIT_UNREACHABLE, format!("enrolment at {relay} failed: {e}")))?;
+            client.disconnect();
+            say(
+                json,
+                json!({"event": "enrolled", "account": account.as_str()}),
+                || format!("The archive device is enrolled as {account}."),
+            );
+            Ok(())
+        }
+        Cmd::Run { for_, once } => receive_loop(&p, json, for_, once).await,
+        Cmd::Verify => {
+            let archive = open_store(&p)?;
+            match archive.verify() {
+                Ok(s) => {
+                    say(
+                        json,
+                        json!({"event": "verified", "records": s.records, "head_seq": s.head.seq, "head_hash": hex::encode(s.head.hash)}),
+                        || format!("The chain verifies: {} records, head {} {}", s.records, s.head.seq, hex::encode(s.head.hash)),
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(Fail(
+                    EXIT_TRUST,
+                    format!(
+                        "the archive does not verify: {e}{}",
+                        e.seq().map(|s| format!(" (first bad record: {s})")).unwrap_or_default()
+                    ),
+                )),
+            }
+        }
+        Cmd::Head => {
+            let archive = open_store(&p)?;
+            let h = archive.head()?;
+            say(
+                json,
+                json!({"seq": h.seq, "hash": hex::encode(h.hash)}),
+                || format!("{} {}", h.seq, hex::encode(h.hash)),
+            );
+            Ok(())
+        }
+        Cmd::Search {
+            actor,
+            client,
+            firm,
+            from,
+            to,
+            text,
+            limit,
+        } => {
+            let mut archive = open_store(&p)?;
+            let query = SearchQuery {
+                client,
+                firm,
+                from_ms: ms_arg("from", from.as_deref())?,
+                to_ms: ms_arg("to", to.as_deref())?,
+                text,
+                order: SearchOrder::Newest,
+                limit,
+            };
+            let r = archive.search(&actor, &query)?;
+            for h in &r.hits {
+                say(json, serde_json::to_value(h)?, || {
+                    format!(
+                        "#{} {} {} -> {} [{}] {}",
+                        h.seq,
+                        humantime::format_rfc3339_millis(
+                            std::time::UNIX_EPOCH + Duration::from_millis(h.meta.sent_ms)
+                        ),
+                        h.meta.sender_account,
+                        if h.meta.sender_account == h.meta.client_account {
+                            &h.meta.firm_account
+                        } else {
+                            &h.meta.client_account
+                        },
+                        h.meta.kind,
+                        h.snippet.as_deref().unwrap_or("(deleted at the end of retention)")
+                    )
+                });
+            }
+            if !json {
+                println!("{} result(s); this search is record {} of the chain", r.hits.len(), r.audit_seq);
+            }
+            Ok(())
+        }
+        Cmd::Export {
+            actor,
+            out,
+            client,
+            firm,
+            from,
+            to,
+        } => {
+            let from_ms = ms_arg("from", from.as_deref())?;
+            let to_ms = ms_arg("to", to.as_deref())?;
+            let scope = match (client, firm) {
+                (Some(client), Some(firm)) => ExportScope::Conversation {
+                    client,
+                    firm,
+                    from_ms,
+                    to_ms,
+                },
+                (None, None) => match (from_ms, to_ms) {
+                    (Some(from_ms), Some(to_ms)) => ExportScope::Dates { from_ms, to_ms },
+                    _ => return Err(usage("export needs --client and --firm, or --from and --to")),
+                },
+                _ => return Err(usage("--client and --firm go together")),
+            };
+            let mut archive = open_store(&p)?;
+            let r = archive.export(&actor, &scope, &out)?;
+            say(
+                json,
+                json!({"event": "exported", "dir": r.dir.display().to_string(), "records": r.records, "files": r.files, "manifest_sha256": hex::encode(r.manifest_sha256), "audit_seq": r.audit_seq}),
+                || format!("Exported {} record(s), {} file(s) to {} (manifest SHA-256 {}; recorded as record {})", r.records, r.files, r.dir.display(), hex::encode(r.manifest_sha256), r.audit_seq),
+            );
+            Ok(())
+        }
+        Cmd::VerifyExport { dir } => match sealpost_archiver::verify_export(&dir) {
+            Ok(r) => {
+                say(
+                    json,
+                    json!({"event": "export_verified", "records": r.records, "files": r.files, "links": r.links, "manifest_sha256": hex::encode(r.manifest_sha256)}),
+                    || format!("The export verifies: {} records, {} files, {} chain links (manifest SHA-256 {})", r.records, r.files, r.links, hex::encode(r.manifest_sha256)),
+                );
+                Ok(())
+            }
+            Err(e) => Err(Fail(EXIT_TRUST, format!("the export does not verify: {e}"))),
+        },
+        Cmd::Hold(h) => hold(&p, json, h),
+        Cmd::Sweep { actor } => {
+            let mut archive = open_store(&p)?;
+            let now = sealpost_client::clock::now_ms();
+            let r = archive.sweep(now, &actor)?;
+            say(
+                json,
+                json!({"event": "swept", "deleted": r.deleted.len(), "held": r.held, "more": r.more}),
+                || format!("{} record(s) past retention deleted (tombstones left in the chain); {} kept under legal holds{}", r.deleted.len(), r.held, if r.more { "; run again for more" } else { "" }),
+            );
+            Ok(())
+        }
+    }
+}
+
+fn hold(p: &Paths, json: bool, h: HoldCmd) -> Result<(), Fail> {
+    let mut archive = open_store(p)?;
+    match h {
+        HoldCmd::Place {
+            actor,
+            name,
+            reason,
+            client,
+            firm,
+            from,
+            to,
+            all,
+        } => {
+            let from_ms = ms_arg("from", from.as_deref())?;
+            let to_ms = ms_arg("to", to.as_deref())?;
+            let scope = match (client, firm, from_ms, to_ms, all) {
+                (Some(account), None, None, None, false) => HoldScope::Client { account },
+                (None, Some(account), None, None, false) => HoldScope::Firm { account },
+                (None, None, Some(from_ms), Some(to_ms), false) => {
+                    HoldScope::DateRange { from_ms, to_ms }
+                }
+                (None, None, None, None, true) => HoldScope::All,
+                _ => return Err(usage("name exactly one of --client, --firm, --from with --to, --all")),
+            };
+            let seq = archive.place_hold(&actor, &name, &reason, scope)?;
+            say(json, json!({"event": "hold_placed", "name": name, "seq": seq}), || {
+                format!("Legal hold {name:?} placed (record {seq}).")
+            });
+        }
+        HoldCmd::Release {
+            actor,
+            name,
+            reason,
+        } => {
+            let seq = archive.release_hold(&actor, &name, &reason)?;
+            say(json, json!({"event": "hold_released", "name": name, "seq": seq}), || {
+                format!("Legal hold {name:?} released (record {seq}).")
+            });
+        }
+        HoldCmd::List => {
+            for h in archive.holds()? {
+                say(json, serde_json::to_value(&h)?, || {
+                    format!("{}: {:?} placed by {} (record {}): {}", h.name, h.scope, h.placed_by, h.placed_seq, h.reason)
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The record the store keeps for an archive copy.
+fn to_record(m: &ArchivedMessage) -> NewRecord {
+    let mut source_id = Vec::with_capacity(32);
+    source_id.extend_from_slice(&m.device.0);
+    source_id.extend_from_slice(&m.message_id.0);
+    let (class, kind, text) = describe(&m.content);
+    NewRecord {
+        source_id,
+        class,
+        sent_ms: m.sent_ms,
+        client_account: m.client_account.as_str().to_owned(),
+        firm_account: m.firm_account.as_str().to_owned(),
+        sender_account: m.from.as_str().to_owned(),
+        sender_device: m.device.to_hex(),
+        direction: if m.from == m.client_account {
+            Direction::ClientToFirm
+        } else {
+            Direction::FirmToClient
+        },
+        kind,
+        text,
+        attachments: Vec::new(),
+        original: m.original.clone(),
+    }
+}
+
+/// Class, kind and searchable text of a content.
+fn describe(c: &Content) -> (RecordClass, String, String) {
+    match c {
+        Content::Text { body } => (RecordClass::Message, "text".into(), body.as_str().to_owned()),
+        Content::Instruction { category, body } => (
+            RecordClass::Instruction,
+            "instruction".into(),
+            format!("[{}] {}", category.name(), body.as_str()),
+        ),
+        Content::Notice { content, .. } => {
+            let text = match NoticeText::decode(content) {
+                Ok(t) => format!("{}\n\n{}", t.title.as_str(), t.body.as_str()),
+                Err(e) => format!("(undecodable notice: {e})"),
+            };
+            (RecordClass::Notice, "notice".into(), text)
+        }
+        Content::Attachment {
+            descriptor,
+            caption,
+        } => (
+            RecordClass::Attachment,
+            "attachment".into(),
+            format!(
+                "{} [file {} ({} bytes, {})]",
+                caption.as_str(),
+                descriptor.file_name.as_str(),
+                descriptor.size,
+                descriptor.mime_type.as_str()
+            ),
+        ),
+        Content::Receipt { kind, message_ids } => (
+            RecordClass::Receipt,
+            match kind {
+                ReceiptKind::Delivered => "receipt.delivered".into(),
+                ReceiptKind::Read => "receipt.read".into(),
+            },
+            message_ids
+                .as_slice()
+                .iter()
+                .map(|id| id.to_hex())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        other => (RecordClass::Message, other.name().into(), String::new()),
+    }
+}
+
+/// The store as the device's archive sink: a batch is one transaction, durable when it
+/// returns; a copy already archived (same device and message id) is not written again.
+fn sink(archive: Arc<Mutex<Archive>>, ingested: Arc<AtomicU64>) -> ArchiveSink {
+    Box::new(move |batch: &[ArchivedMessage]| {
+        let records: Vec<NewRecord> = batch.iter().map(to_record).collect();
+        let mut store = match archive.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let done = store.ingest_batch(&records).map_err(|e| e.to_string())?;
+        let new = done.iter().filter(|d| !d.duplicate).count() as u64;
+        ingested.fetch_add(new, Ordering::Relaxed);
+        Ok(())
+    })
+}
+
+/// `run`: connect, receive, commit to the store before acknowledging; reconnect on a
+/// lost connection (a transient failure is "try again", never a verdict).
+async fn receive_loop(p: &Paths, json: bool, for_: Option<Duration>, once: bool) -> Result<(), Fail> {
+    let archive = Arc::new(Mutex::new(open_store(p)?));
+    let mut client = Client::open(&p.profile, &passphrase()?)?;
+    if client.account().is_none() {
+        return Err(usage("the archive device is not enrolled (run `sealpost-archiver enroll`)"));
+    }
+    let ingested = Arc::new(AtomicU64::new(0));
+    client.set_archive_sink(sink(archive.clone(), ingested.clone()));
+    let started = Instant::now();
+    let deadline = for_.map(|d| started + d);
+    let mut connected_once = false;
+    loop {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if !client.is_connected() {
+            match client.connect().await {
+                Ok(()) => connected_once = true,
+                Err(e) => {
+                    if once && !connected_once {
+                        return Err(Fail(EXIT_UNREACHABLE, format!("could not reach the relay: {e}")));
+                    }
+                    tracing::warn!(error = %e, "relay unreachable; trying again");
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    continue;
+                }
+            }
+            // Under the newest roster (the archive it names is this device).
+            if !client.is_archive_device() {
+                let _ = client.receive(true, Duration::from_millis(1)).await;
+            }
+            if !client.is_archive_device() {
+                return Err(Fail(
+                    EXIT_TRUST,
+                    "the verified roster does not name this device as the firm's archive".into(),
+                ));
+            }
+        }
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(PASS),
+            None => PASS,
+        };
+        match client.receive(once, wait).await {
+            Ok(events) => {
+                for e in events {
+                    if let sealpost_client::Event::Archived { .. } = e {
+                        continue;
+                    }
+                    if json {
+                        println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                    }
+                }
+                if once {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "receive pass failed; reconnecting");
+                client.disconnect();
+                // What was not committed stays unacknowledged at the relay; start again
+                // from the profile on disk.
+                let pass = passphrase()?;
+                drop(client);
+                client = Client::open(&p.profile, &pass)?;
+                client.set_archive_sink(sink(archive.clone(), ingested.clone()));
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+            }
+        }
+    }
+    client.disconnect();
+    let n = ingested.load(Ordering::Relaxed);
+    let head = archive.lock().map_err(|_| Fail(EXIT_FAILURE, "store lock poisoned".into()))?.head()?;
+    say(
+        json,
+        json!({"event": "stopped", "ingested": n, "head_seq": head.seq, "head_hash": hex::encode(head.hash)}),
+        || format!("Archived {n} new record(s); chain head {} {}", head.seq, hex::encode(head.hash)),
+    );
+    Ok(())
+}
