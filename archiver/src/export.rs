@@ -32,7 +32,9 @@ use sha2::{Digest, Sha256};
 use crate::error::{ArchiveError, ExportVerifyError};
 use crate::limits::*;
 use crate::record::*;
-use crate::store::{check_actor, check_len, head_in, read_content, read_record, to_i64, Archive, Head};
+use crate::store::{
+    check_actor, check_len, head_in, read_content, read_record, to_i64, Archive, Head,
+};
 
 /// The `format` of a manifest this build writes and verifies.
 pub const EXPORT_FORMAT: &str = "sealpost-archive-export/1";
@@ -235,9 +237,8 @@ fn address(account: &str, domain: &str) -> String {
 }
 
 fn utc(ms: u64) -> String {
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
-    );
+    let fmt =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC");
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&fmt).ok())
@@ -282,10 +283,7 @@ fn build_eml(
         ),
     };
     let mut b = MessageBuilder::new()
-        .from((
-            header_safe(from_account),
-            address(from_account, domain),
-        ))
+        .from((header_safe(from_account), address(from_account, domain)))
         .to((header_safe(to_account), address(to_account, domain)))
         .subject(header_safe(&subject_of(
             meta,
@@ -304,7 +302,10 @@ fn build_eml(
             "X-Sealpost-Content-Digest",
             Raw::new(hex::encode(meta.content_digest)),
         )
-        .header("X-Sealpost-Source-Id", Raw::new(hex::encode(&meta.source_id)))
+        .header(
+            "X-Sealpost-Source-Id",
+            Raw::new(hex::encode(&meta.source_id)),
+        )
         .header("X-Sealpost-Class", Raw::new(meta.class.as_str()))
         .header("X-Sealpost-Direction", Raw::new(meta.direction.as_str()))
         .header("X-Sealpost-Kind", Text::new(header_safe(&meta.kind)))
@@ -312,7 +313,10 @@ fn build_eml(
             "X-Sealpost-Client",
             Text::new(header_safe(&meta.client_account)),
         )
-        .header("X-Sealpost-Firm", Text::new(header_safe(&meta.firm_account)))
+        .header(
+            "X-Sealpost-Firm",
+            Text::new(header_safe(&meta.firm_account)),
+        )
         .header(
             "X-Sealpost-Sender-Device",
             Text::new(header_safe(&meta.sender_device)),
@@ -494,7 +498,12 @@ impl Archive {
     /// and appends an `export` record naming `actor`, the scope, the record count and
     /// the manifest's SHA-256. See the [module documentation](crate::export) for the
     /// layout. At most [`MAX_EXPORT_RECORDS`] records.
-    pub fn export(&mut self, actor: &str, scope: &ExportScope, dir: &Path) -> Result<ExportReport, ArchiveError> {
+    pub fn export(
+        &mut self,
+        actor: &str,
+        scope: &ExportScope,
+        dir: &Path,
+    ) -> Result<ExportReport, ArchiveError> {
         check_actor(actor)?;
         validate_scope(scope)?;
         let io = |source| ArchiveError::Io {
@@ -557,8 +566,20 @@ impl Archive {
                 let seq_s = seq.to_string();
                 if let Some(c) = &content {
                     state = ContentState::Present;
-                    w.write(format!("texts/{seq_s}.txt"), c.text.as_bytes(), FileRole::Text, Some(seq), None)?;
-                    w.write(format!("originals/{seq_s}.bin"), &c.original, FileRole::Original, Some(seq), None)?;
+                    w.write(
+                        format!("texts/{seq_s}.txt"),
+                        c.text.as_bytes(),
+                        FileRole::Text,
+                        Some(seq),
+                        None,
+                    )?;
+                    w.write(
+                        format!("originals/{seq_s}.bin"),
+                        &c.original,
+                        FileRole::Original,
+                        Some(seq),
+                        None,
+                    )?;
                     for (i, a) in c.attachments.iter().enumerate() {
                         let i = u32::try_from(i).unwrap_or(u32::MAX);
                         w.write(
@@ -584,10 +605,22 @@ impl Archive {
                             e => Err(e),
                         })?;
                 }
-                let eml = build_eml(&rec, meta, content.as_ref(), &domain).map_err(w.io("messages"))?;
-                w.write(format!("messages/{seq_s}.eml"), &eml, FileRole::Eml, Some(seq), None)?;
-                mbox_append(&mut mbox, &address(&meta.sender_account, &domain), meta.sent_ms, &eml)
-                    .map_err(w.io("mailbox.mbox"))?;
+                let eml =
+                    build_eml(&rec, meta, content.as_ref(), &domain).map_err(w.io("messages"))?;
+                w.write(
+                    format!("messages/{seq_s}.eml"),
+                    &eml,
+                    FileRole::Eml,
+                    Some(seq),
+                    None,
+                )?;
+                mbox_append(
+                    &mut mbox,
+                    &address(&meta.sender_account, &domain),
+                    meta.sent_ms,
+                    &eml,
+                )
+                .map_err(w.io("mailbox.mbox"))?;
                 let (from, to) = match meta.direction {
                     Direction::ClientToFirm => (&meta.sender_account, &meta.firm_account),
                     Direction::FirmToClient => (&meta.sender_account, &meta.client_account),
@@ -599,7 +632,14 @@ impl Archive {
                 let atts: Vec<String> = meta
                     .attachments
                     .iter()
-                    .map(|a| format!("{} ({}, {} bytes)", html_escape(&a.name), html_escape(&a.mime), a.size))
+                    .map(|a| {
+                        format!(
+                            "{} ({}, {} bytes)",
+                            html_escape(&a.name),
+                            html_escape(&a.mime),
+                            a.size
+                        )
+                    })
                     .collect();
                 html.push_str(&format!(
                     "<tr id=\"r{seq}\"><td>{seq}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td class=\"text\">{}</td><td>{}</td><td><code>{}</code></td></tr>\n",
@@ -632,9 +672,14 @@ impl Archive {
             let mut stmt = tx.prepare(
                 "SELECT seq, prev_hash, hash FROM records WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
             )?;
-            let rows = stmt.query_map(params![to_i64(first, "seq")?, to_i64(last, "seq")?], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))
-            })?;
+            let rows =
+                stmt.query_map(params![to_i64(first, "seq")?, to_i64(last, "seq")?], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })?;
             let mut chain = Vec::new();
             for row in rows {
                 let (seq, prev, hash) = row?;
@@ -664,7 +709,13 @@ impl Archive {
             index: None,
         });
         html.push_str("</table>\n</body>\n</html>\n");
-        w.write("index.html".into(), html.as_bytes(), FileRole::Html, None, None)?;
+        w.write(
+            "index.html".into(),
+            html.as_bytes(),
+            FileRole::Html,
+            None,
+            None,
+        )?;
         let manifest = Manifest {
             format: EXPORT_FORMAT.to_string(),
             created_ms: now,
@@ -729,7 +780,11 @@ fn read_checked(dir: &Path, f: &ManifestFile, keep: bool) -> Result<Vec<u8>, Exp
         return Err(bad("not a regular file".into()));
     }
     if meta.len() != f.size {
-        return Err(bad(format!("size {} differs from manifest {}", meta.len(), f.size)));
+        return Err(bad(format!(
+            "size {} differs from manifest {}",
+            meta.len(),
+            f.size
+        )));
     }
     let mut file = File::open(&path).map_err(|e| bad(e.to_string()))?;
     let mut hash = Sha256::new();
@@ -745,8 +800,13 @@ fn read_checked(dir: &Path, f: &ManifestFile, keep: bool) -> Result<Vec<u8>, Exp
             kept.extend_from_slice(&buf[..n]);
         }
     }
-    if <Hash>::from(hash.finalize()) != f.sha256 {
-        return Err(bad("SHA-256 differs from the manifest".into()));
+    let got: Hash = hash.finalize().into();
+    if got != f.sha256 {
+        return Err(bad(format!(
+            "SHA-256 {} differs from the manifest's {}",
+            hex::encode(got),
+            hex::encode(f.sha256)
+        )));
     }
     Ok(kept)
 }
@@ -821,7 +881,10 @@ pub fn verify_export(dir: &Path) -> Result<ExportVerifyReport, ExportVerifyError
     let mut last_seq = 0u64;
     for mr in &manifest.records {
         let r = &mr.record;
-        let bad = |problem: String| ExportVerifyError::Record { seq: r.seq, problem };
+        let bad = |problem: String| ExportVerifyError::Record {
+            seq: r.seq,
+            problem,
+        };
         if r.seq <= last_seq {
             return Err(bad("records out of order".into()));
         }
@@ -849,13 +912,14 @@ pub fn verify_export(dir: &Path) -> Result<ExportVerifyReport, ExportVerifyError
         if mr.content != ContentState::Present {
             continue;
         }
-        let get = |role: FileRole, index: Option<u32>, max: u64| -> Result<Vec<u8>, ExportVerifyError> {
-            let f = file(role, index).ok_or_else(|| bad(format!("no {role:?} file listed")))?;
-            if f.size > max {
-                return Err(bad(format!("{role:?} file larger than {max} bytes")));
-            }
-            read_checked(dir, f, true)
-        };
+        let get =
+            |role: FileRole, index: Option<u32>, max: u64| -> Result<Vec<u8>, ExportVerifyError> {
+                let f = file(role, index).ok_or_else(|| bad(format!("no {role:?} file listed")))?;
+                if f.size > max {
+                    return Err(bad(format!("{role:?} file larger than {max} bytes")));
+                }
+                read_checked(dir, f, true)
+            };
         let text = get(FileRole::Text, None, MAX_TEXT_LEN as u64)?;
         let text = String::from_utf8(text).map_err(|_| bad("text file is not UTF-8".into()))?;
         let original = get(FileRole::Original, None, MAX_ORIGINAL_LEN as u64)?;
@@ -865,7 +929,11 @@ pub fn verify_export(dir: &Path) -> Result<ExportVerifyReport, ExportVerifyError
         }
         for (i, _) in meta.attachments.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
-            atts.push(get(FileRole::Attachment, Some(i), MAX_ATTACHMENT_BYTES as u64)?);
+            atts.push(get(
+                FileRole::Attachment,
+                Some(i),
+                MAX_ATTACHMENT_BYTES as u64,
+            )?);
         }
         let digest = content_digest(
             &text,
@@ -876,7 +944,9 @@ pub fn verify_export(dir: &Path) -> Result<ExportVerifyReport, ExportVerifyError
             &original,
         );
         if digest != meta.content_digest {
-            return Err(bad("content digest does not match the text, attachment and original files".into()));
+            return Err(bad(
+                "content digest does not match the text, attachment and original files".into(),
+            ));
         }
         contents += 1;
     }
@@ -904,7 +974,12 @@ mod tests {
     #[test]
     fn mbox_quotes_from_lines() -> std::io::Result<()> {
         let mut out = Vec::new();
-        mbox_append(&mut out, "a@b", 0, b"Subject: x\r\n\r\nFrom here\r\n>From there\r\nok\r\n")?;
+        mbox_append(
+            &mut out,
+            "a@b",
+            0,
+            b"Subject: x\r\n\r\nFrom here\r\n>From there\r\nok\r\n",
+        )?;
         let s = String::from_utf8_lossy(&out);
         assert!(s.starts_with("From a@b Thu Jan  1 00:00:00 1970\n"));
         assert!(s.contains("\n>From here\n"));
@@ -925,7 +1000,10 @@ mod tests {
 
     #[test]
     fn header_values_cannot_inject() {
-        assert_eq!(mime_safe("text/plain\r\nBcc: x"), "application/octet-stream");
+        assert_eq!(
+            mime_safe("text/plain\r\nBcc: x"),
+            "application/octet-stream"
+        );
         assert_eq!(mime_safe("Application/PDF"), "application/pdf");
         assert_eq!(header_safe("a\r\nBcc: b"), "a  Bcc: b");
         assert_eq!(file_name_safe("../\"x\"\n"), "..__x__");

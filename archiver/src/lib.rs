@@ -64,8 +64,8 @@ pub use export::{
 };
 pub use key::{ArchiveKey, KEY_LEN};
 pub use record::{
-    content_digest, record_hash, Attachment, AttachmentMeta, Content, Direction, ExportScope,
-    Hash, HoldScope, MessageMeta, NewRecord, RecordBody, RecordClass, SearchOrder, SearchQuery,
+    content_digest, record_hash, Attachment, AttachmentMeta, Content, Direction, ExportScope, Hash,
+    HoldScope, MessageMeta, NewRecord, RecordBody, RecordClass, SearchOrder, SearchQuery,
     StoredRecord, GENESIS_PREV_HASH,
 };
 pub use retention::{ActiveHold, RetentionPolicy, SweepReport, DAY_MS, DEFAULT_RETENTION_DAYS};

@@ -473,7 +473,7 @@ impl ExportScope {
 
 /// The metadata of a record, by kind. This (not the content) is what the chain hashes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum RecordBody {
     /// An ingested item; its content is stored apart.
     Message(MessageMeta),
@@ -837,7 +837,10 @@ mod tests {
                 actor: "compliance".into(),
                 name: "case-1".into(),
                 reason: "SEC inquiry".into(),
-                scope: HoldScope::DateRange { from_ms: 1, to_ms: 2 },
+                scope: HoldScope::DateRange {
+                    from_ms: 1,
+                    to_ms: 2,
+                },
             },
             RecordBody::Search {
                 actor: "officer".into(),

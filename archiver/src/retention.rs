@@ -160,7 +160,12 @@ impl Archive {
 
     /// Releases the active hold `name`. Returns the `hold_released` record's sequence
     /// number.
-    pub fn release_hold(&mut self, actor: &str, name: &str, reason: &str) -> Result<u64, ArchiveError> {
+    pub fn release_hold(
+        &mut self,
+        actor: &str,
+        name: &str,
+        reason: &str,
+    ) -> Result<u64, ArchiveError> {
         check_actor(actor)?;
         check_hold_name(name)?;
         check_len("reason length", reason, MAX_REASON_LEN)?;
@@ -211,9 +216,10 @@ impl Archive {
                          WHERE m.class = ?1 AND m.recorded_ms < ?2 AND m.seq > ?3 \
                          ORDER BY m.seq LIMIT ?4",
                     )?;
-                    let rows = stmt.query_map(params![class.as_str(), cutoff, after, PAGE], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })?;
+                    let rows = stmt
+                        .query_map(params![class.as_str(), cutoff, after, PAGE], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?;
                     rows.collect::<Result<_, _>>()?
                 };
                 if page.is_empty() {
@@ -287,7 +293,11 @@ pub(crate) fn active_holds(conn: &rusqlite::Connection) -> Result<Vec<ActiveHold
          WHERE kind IN ('hold_placed', 'hold_released') ORDER BY seq",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
     })?;
     let mut holds: Vec<ActiveHold> = Vec::new();
     for row in rows {

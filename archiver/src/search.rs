@@ -82,7 +82,11 @@ impl Archive {
     /// Searches message records; every filter given must match. Before the results are
     /// returned, a `search` record naming `actor`, the query and the number of results
     /// is appended to the chain (durably); if that fails, no results are returned.
-    pub fn search(&mut self, actor: &str, query: &SearchQuery) -> Result<SearchResults, ArchiveError> {
+    pub fn search(
+        &mut self,
+        actor: &str,
+        query: &SearchQuery,
+    ) -> Result<SearchResults, ArchiveError> {
         check_actor(actor)?;
         if query.limit > MAX_SEARCH_RESULTS {
             return Err(ArchiveError::TooLarge {
@@ -207,7 +211,10 @@ mod tests {
         assert_eq!(fts_query("wire transfer")?, "\"wire\" \"transfer\"");
         assert_eq!(fts_query("addr*")?, "\"addr\"*");
         assert_eq!(fts_query("a\"b OR NEAR(")?, "\"a\"\"b\" \"OR\" \"NEAR(\"");
-        assert!(matches!(fts_query("   "), Err(ArchiveError::Invalid { .. })));
+        assert!(matches!(
+            fts_query("   "),
+            Err(ArchiveError::Invalid { .. })
+        ));
         assert!(matches!(
             fts_query(&"x ".repeat(MAX_QUERY_TERMS + 1)),
             Err(ArchiveError::TooLarge { .. })

@@ -188,9 +188,17 @@ fn validate(rec: &NewRecord) -> Result<(), ArchiveError> {
             MAX_SOURCE_ID_LEN,
         ));
     }
-    check_len("client account length", &rec.client_account, MAX_ACCOUNT_LEN)?;
+    check_len(
+        "client account length",
+        &rec.client_account,
+        MAX_ACCOUNT_LEN,
+    )?;
     check_len("firm account length", &rec.firm_account, MAX_ACCOUNT_LEN)?;
-    check_len("sender account length", &rec.sender_account, MAX_ACCOUNT_LEN)?;
+    check_len(
+        "sender account length",
+        &rec.sender_account,
+        MAX_ACCOUNT_LEN,
+    )?;
     check_len("sender device length", &rec.sender_device, MAX_DEVICE_LEN)?;
     check_len("kind length", &rec.kind, MAX_KIND_LEN)?;
     check_len("text length", &rec.text, MAX_TEXT_LEN)?;
@@ -396,8 +404,8 @@ impl Archive {
             )?;
             let mut ins_content =
                 tx.prepare_cached("INSERT INTO content (seq, text, original) VALUES (?1, ?2, ?3)")?;
-            let mut ins_att = tx
-                .prepare_cached("INSERT INTO attachments (seq, idx, bytes) VALUES (?1, ?2, ?3)")?;
+            let mut ins_att =
+                tx.prepare_cached("INSERT INTO attachments (seq, idx, bytes) VALUES (?1, ?2, ?3)")?;
             let mut ins_fts =
                 tx.prepare_cached("INSERT INTO message_fts (rowid, text) VALUES (?1, ?2)")?;
             for rec in records {
@@ -590,8 +598,7 @@ fn decode_raw(raw: RawRecord) -> Result<StoredRecord, (u64, String)> {
     let (seq, kind, recorded_ms, body, prev_hash, hash) = raw;
     let seq_u = u64::try_from(seq).map_err(|_| (0, format!("negative seq {seq}")))?;
     let bad = |reason: String| (seq_u, reason);
-    let recorded_ms =
-        u64::try_from(recorded_ms).map_err(|_| bad("negative recorded_ms".into()))?;
+    let recorded_ms = u64::try_from(recorded_ms).map_err(|_| bad("negative recorded_ms".into()))?;
     let body: RecordBody =
         serde_json::from_str(&body).map_err(|e| bad(format!("metadata: {e}")))?;
     if body.kind() != kind {
@@ -611,7 +618,10 @@ fn decode_raw(raw: RawRecord) -> Result<StoredRecord, (u64, String)> {
     })
 }
 
-pub(crate) fn read_record(conn: &Connection, seq: u64) -> Result<Option<StoredRecord>, ArchiveError> {
+pub(crate) fn read_record(
+    conn: &Connection,
+    seq: u64,
+) -> Result<Option<StoredRecord>, ArchiveError> {
     let Ok(seq_i) = i64::try_from(seq) else {
         return Ok(None);
     };
@@ -620,7 +630,14 @@ pub(crate) fn read_record(conn: &Connection, seq: u64) -> Result<Option<StoredRe
             "SELECT seq, kind, recorded_ms, body, prev_hash, hash FROM records WHERE seq = ?1",
         )?
         .query_row(params![seq_i], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .optional()?;
     match raw {
@@ -675,9 +692,8 @@ pub(crate) fn read_content(conn: &Connection, seq: u64) -> Result<Option<Content
 }
 
 fn read_attachment_blobs(conn: &Connection, seq: i64) -> Result<Vec<Vec<u8>>, rusqlite::Error> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT bytes FROM attachments WHERE seq = ?1 ORDER BY idx LIMIT ?2",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT bytes FROM attachments WHERE seq = ?1 ORDER BY idx LIMIT ?2")?;
     let rows = stmt.query_map(params![seq, (MAX_ATTACHMENTS + 1) as i64], |r| r.get(0))?;
     rows.collect()
 }
@@ -874,10 +890,9 @@ pub(crate) fn verify_conn(conn: &Connection) -> Result<VerifySummary, VerifyErro
                     }
                     tombstoned.insert(*target, rec.seq);
                     if !absent.remove(target) {
-                        content_errors.push((
-                            *target,
-                            Problem::ContentNotDeleted { tombstone: rec.seq },
-                        ));
+                        content_errors.retain(|(s, _)| s != target);
+                        content_errors
+                            .push((*target, Problem::ContentNotDeleted { tombstone: rec.seq }));
                     }
                 }
             }
