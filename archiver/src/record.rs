@@ -364,7 +364,8 @@ pub enum SearchOrder {
     Newest,
     /// Oldest record first.
     Oldest,
-    /// Best text match first (FTS5 bm25); without a text, newest first.
+    /// Best text match first (FTS5 bm25 among the newest
+    /// [`crate::search::MAX_RANK_CANDIDATES`] matches); without a text, newest first.
     Relevance,
 }
 

@@ -9,6 +9,10 @@ use crate::limits::*;
 use crate::record::*;
 use crate::store::{check_actor, check_len, read_record, to_i64, Archive};
 
+/// With [`SearchOrder::Relevance`], bm25 ranks the newest this many text matches (a
+/// bound on the work one search does; filters apply before it).
+pub const MAX_RANK_CANDIDATES: u32 = 20_000;
+
 /// Characters of text returned in a [`SearchHit`] (use [`Archive::content`] for all).
 pub const MAX_SNIPPET_CHARS: usize = 280;
 
@@ -119,13 +123,14 @@ impl Archive {
         let mut sql = String::new();
         let mut args: Vec<Value> = Vec::new();
         let with_score = fts.is_some() && query.order == SearchOrder::Relevance;
+        let has_text = fts.is_some();
         if let Some(q) = fts {
             sql.push_str(if with_score {
-                "SELECT m.seq, bm25(message_fts) FROM message_fts JOIN messages m ON m.seq = message_fts.rowid \
-                 WHERE message_fts MATCH ?"
+                "SELECT m.seq, bm25(message_fts) AS score FROM message_fts \
+                 JOIN messages m ON m.seq = message_fts.rowid WHERE message_fts MATCH ?"
             } else {
-                "SELECT m.seq, NULL FROM message_fts JOIN messages m ON m.seq = message_fts.rowid \
-                 WHERE message_fts MATCH ?"
+                "SELECT m.seq, NULL FROM message_fts \
+                 JOIN messages m ON m.seq = message_fts.rowid WHERE message_fts MATCH ?"
             });
             args.push(Value::Text(q));
         } else {
@@ -147,12 +152,25 @@ impl Archive {
             sql.push_str(" AND m.sent_ms < ?");
             args.push(Value::Integer(to_i64(b, "to_ms")?));
         }
-        sql.push_str(match (query.order, with_score) {
-            (_, true) => " ORDER BY bm25(message_fts)",
-            (SearchOrder::Oldest, _) => " ORDER BY m.seq ASC",
-            _ => " ORDER BY m.seq DESC",
-        });
-        sql.push_str(" LIMIT ?");
+        // With a text, order by the FTS table's own rowid (= seq) so FTS5 walks its
+        // index in order and stops at the limit instead of sorting every match.
+        // With a client or firm filter, their index drives and FTS5 is probed per row.
+        let key = if has_text && query.client.is_none() && query.firm.is_none() {
+            "message_fts.rowid"
+        } else {
+            "m.seq"
+        };
+        if with_score {
+            // bm25 among the newest MAX_RANK_CANDIDATES matches: ranking every match of
+            // a word that occurs in half the archive would cost seconds.
+            sql.push_str(&format!(" ORDER BY {key} DESC LIMIT ?"));
+            args.push(Value::Integer(i64::from(MAX_RANK_CANDIDATES)));
+            sql = format!("SELECT seq, score FROM ({sql}) ORDER BY score LIMIT ?");
+        } else if query.order == SearchOrder::Oldest {
+            sql.push_str(&format!(" ORDER BY {key} ASC LIMIT ?"));
+        } else {
+            sql.push_str(&format!(" ORDER BY {key} DESC LIMIT ?"));
+        }
         args.push(Value::Integer(i64::from(limit)));
 
         let found: Vec<(i64, Option<f64>)> = {
