@@ -33,8 +33,21 @@ impl Vocab {
             "mar", "nel", "pra", "sul", "tor", "ul", "wex", "yor", "zan", "cet", "dri",
         ];
         let mut words: Vec<String> = [
-            "wire", "transfer", "deposit", "address", "account", "please", "funds", "sell",
-            "buy", "report", "statement", "withdrawal", "approve", "urgent", "thanks",
+            "wire",
+            "transfer",
+            "deposit",
+            "address",
+            "account",
+            "please",
+            "funds",
+            "sell",
+            "buy",
+            "report",
+            "statement",
+            "withdrawal",
+            "approve",
+            "urgent",
+            "thanks",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -75,7 +88,11 @@ fn message(rng: &mut StdRng, vocab: &Vocab, n: u64) -> NewRecord {
         source_id: format!("device-{:08x}/msg-{n}", n % 4096).into_bytes(),
         class: RecordClass::Message,
         sent_ms: T0 + n * 1_000,
-        sender_account: if to_firm { client.clone() } else { firm.clone() },
+        sender_account: if to_firm {
+            client.clone()
+        } else {
+            firm.clone()
+        },
         client_account: client,
         firm_account: firm,
         sender_device: "a1b2c3d4e5f60718".into(),
@@ -116,7 +133,10 @@ fn main() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(17);
     let vocab = Vocab::new(&mut rng, 20_000);
 
-    println!("filling {records} messages in batches of {batch} into {}", path.display());
+    println!(
+        "filling {records} messages in batches of {batch} into {}",
+        path.display()
+    );
     let t = Instant::now();
     let mut gen_time = Duration::ZERO;
     let mut n = start_seq;
@@ -124,13 +144,18 @@ fn main() -> Result<()> {
     while n < end {
         let g = Instant::now();
         let take = (end - n).min(batch as u64);
-        let items: Vec<NewRecord> = (n..n + take).map(|i| message(&mut rng, &vocab, i)).collect();
+        let items: Vec<NewRecord> = (n..n + take)
+            .map(|i| message(&mut rng, &vocab, i))
+            .collect();
         gen_time += g.elapsed();
         archive.ingest_batch(&items)?;
         n += take;
-        if n % 100_000 == 0 {
+        if n.is_multiple_of(100_000) {
             let secs = (t.elapsed() - gen_time).as_secs_f64();
-            println!("  {n:>9} records, {:.0} msgs/s (ingest only)", (n - start_seq) as f64 / secs);
+            println!(
+                "  {n:>9} records, {:.0} msgs/s (ingest only)",
+                (n - start_seq) as f64 / secs
+            );
         }
     }
     let ingest = t.elapsed() - gen_time;
@@ -147,19 +172,107 @@ fn main() -> Result<()> {
     println!("database size: {:.0} MiB", size as f64 / 1048576.0);
 
     let queries: Vec<(&str, SearchQuery)> = vec![
-        ("text, common word, newest 50", SearchQuery { text: Some("wire".into()), limit: 50, ..Default::default() }),
-        ("text, two words, newest 50", SearchQuery { text: Some("wire transfer".into()), limit: 50, ..Default::default() }),
-        ("text, rare word", SearchQuery { text: Some("needle-in-haystack".into()), limit: 50, ..Default::default() }),
-        ("text, prefix, newest 50", SearchQuery { text: Some("withdr*".into()), limit: 50, ..Default::default() }),
-        ("text + client", SearchQuery { text: Some("deposit".into()), client: Some("client-00042".into()), limit: 50, ..Default::default() }),
-        ("text + advisor + date range", SearchQuery { text: Some("funds".into()), firm: Some("advisor-007".into()), from_ms: Some(T0 + 200_000_000), to_ms: Some(T0 + 500_000_000), limit: 50, ..Default::default() }),
-        ("text, common word, bm25 top 50", SearchQuery { text: Some("wire".into()), order: SearchOrder::Relevance, limit: 50, ..Default::default() }),
-        ("text, two words, bm25 top 50", SearchQuery { text: Some("wire transfer".into()), order: SearchOrder::Relevance, limit: 50, ..Default::default() }),
-        ("client only, newest 100", SearchQuery { client: Some("client-01234".into()), limit: 100, ..Default::default() }),
-        ("date range only, oldest 100", SearchQuery { from_ms: Some(T0 + 300_000_000), to_ms: Some(T0 + 300_500_000), order: SearchOrder::Oldest, limit: 100, ..Default::default() }),
-        ("text, common word, max results", SearchQuery { text: Some("please".into()), limit: 0, ..Default::default() }),
+        (
+            "text, common word, newest 50",
+            SearchQuery {
+                text: Some("wire".into()),
+                limit: 50,
+                ..Default::default()
+            },
+        ),
+        (
+            "text, two words, newest 50",
+            SearchQuery {
+                text: Some("wire transfer".into()),
+                limit: 50,
+                ..Default::default()
+            },
+        ),
+        (
+            "text, rare word",
+            SearchQuery {
+                text: Some("needle-in-haystack".into()),
+                limit: 50,
+                ..Default::default()
+            },
+        ),
+        (
+            "text, prefix, newest 50",
+            SearchQuery {
+                text: Some("withdr*".into()),
+                limit: 50,
+                ..Default::default()
+            },
+        ),
+        (
+            "text + client",
+            SearchQuery {
+                text: Some("deposit".into()),
+                client: Some("client-00042".into()),
+                limit: 50,
+                ..Default::default()
+            },
+        ),
+        (
+            "text + advisor + date range",
+            SearchQuery {
+                text: Some("funds".into()),
+                firm: Some("advisor-007".into()),
+                from_ms: Some(T0 + 200_000_000),
+                to_ms: Some(T0 + 500_000_000),
+                limit: 50,
+                ..Default::default()
+            },
+        ),
+        (
+            "text, common word, bm25 top 50",
+            SearchQuery {
+                text: Some("wire".into()),
+                order: SearchOrder::Relevance,
+                limit: 50,
+                ..Default::default()
+            },
+        ),
+        (
+            "text, two words, bm25 top 50",
+            SearchQuery {
+                text: Some("wire transfer".into()),
+                order: SearchOrder::Relevance,
+                limit: 50,
+                ..Default::default()
+            },
+        ),
+        (
+            "client only, newest 100",
+            SearchQuery {
+                client: Some("client-01234".into()),
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "date range only, oldest 100",
+            SearchQuery {
+                from_ms: Some(T0 + 300_000_000),
+                to_ms: Some(T0 + 300_500_000),
+                order: SearchOrder::Oldest,
+                limit: 100,
+                ..Default::default()
+            },
+        ),
+        (
+            "text, common word, max results",
+            SearchQuery {
+                text: Some("please".into()),
+                limit: 0,
+                ..Default::default()
+            },
+        ),
     ];
-    println!("searches over {} records (each also appends its durable audit record); 7 runs each:", archive.head()?.seq);
+    println!(
+        "searches over {} records (each also appends its durable audit record); 7 runs each:",
+        archive.head()?.seq
+    );
     for (name, q) in &queries {
         let mut times = Vec::new();
         let mut hits = 0;
@@ -192,7 +305,12 @@ fn main() -> Result<()> {
     if verify {
         let t = Instant::now();
         let s = archive.verify()?;
-        println!("verify: {} records, {} contents in {:.1} s", s.records, s.contents_checked, t.elapsed().as_secs_f64());
+        println!(
+            "verify: {} records, {} contents in {:.1} s",
+            s.records,
+            s.contents_checked,
+            t.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
