@@ -7,7 +7,8 @@
 //!
 //! Options: `--records N` (default 1,000,000), `--batch N` (default 1,000),
 //! `--dir PATH` (keep the database there instead of a temporary directory),
-//! `--no-verify` (skip the whole-store verify at the end).
+//! `--no-verify` (skip the whole-store verify at the end), `--cache-mib N` (page
+//! cache), `--wal-pages N` (WAL auto-checkpoint threshold).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -113,6 +114,8 @@ fn main() -> Result<()> {
     let mut batch: usize = 1_000;
     let mut dir: Option<PathBuf> = None;
     let mut verify = true;
+    let mut cache_mib: Option<u32> = None;
+    let mut wal_pages: Option<u32> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -120,6 +123,8 @@ fn main() -> Result<()> {
             "--batch" => batch = args.next().ok_or("--batch N")?.parse()?,
             "--dir" => dir = Some(args.next().ok_or("--dir PATH")?.into()),
             "--no-verify" => verify = false,
+            "--cache-mib" => cache_mib = Some(args.next().ok_or("--cache-mib N")?.parse()?),
+            "--wal-pages" => wal_pages = Some(args.next().ok_or("--wal-pages N")?.parse()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -128,7 +133,19 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("scale.db");
     let key = ArchiveKey::generate();
-    let mut archive = Archive::open(&path, &key)?;
+    let mut options = ArchiveOptions::default();
+    if let Some(m) = cache_mib {
+        options.cache_size_kib = m * 1024;
+    }
+    if let Some(p) = wal_pages {
+        options.wal_autocheckpoint_pages = p;
+    }
+    println!(
+        "page cache {} MiB, WAL checkpoint every {} pages",
+        options.cache_size_kib / 1024,
+        options.wal_autocheckpoint_pages
+    );
+    let mut archive = Archive::open_with(&path, &key, options)?;
     let start_seq = archive.head()?.seq;
     let mut rng = StdRng::seed_from_u64(17);
     let vocab = Vocab::new(&mut rng, 20_000);

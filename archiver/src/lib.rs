@@ -71,7 +71,8 @@ pub use record::{
 pub use retention::{ActiveHold, RetentionPolicy, SweepReport, DAY_MS, DEFAULT_RETENTION_DAYS};
 pub use search::{SearchHit, SearchResults};
 pub use store::{
-    Archive, ArchiveOptions, Clock, Head, Ingested, SystemClock, VerifySummary, SCHEMA_VERSION,
+    Archive, ArchiveOptions, Clock, Head, Ingested, SystemClock, VerifySummary, CACHE_SIZE_KIB,
+    MAX_CACHE_SIZE_KIB, SCHEMA_VERSION, WAL_AUTOCHECKPOINT_PAGES,
 };
 
 #[cfg(test)]

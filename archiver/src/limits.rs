@@ -47,3 +47,5 @@ pub const MAX_SWEEP_RECORDS: usize = 10_000;
 pub const MAX_MANIFEST_BYTES: u64 = 512 * 1024 * 1024;
 /// Files listed in one export manifest.
 pub const MAX_EXPORT_FILES: usize = 4 * 1024 * 1024;
+/// Records one `Archive::records` call lists.
+pub const MAX_LIST_RECORDS: u32 = 10_000;

@@ -233,6 +233,17 @@ fn chain_links_and_head() -> TestResult {
         } => assert_eq!((head_seq, head_hash), (5, prev)),
         other => return Err(format!("not an anchor: {other:?}").into()),
     }
+    let listed = a.records(2, 3)?;
+    assert_eq!(
+        listed.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    assert_eq!(listed[0].hash, done[1].hash);
+    assert!(a.records(100, 10)?.is_empty());
+    assert!(matches!(
+        a.records(1, limits::MAX_LIST_RECORDS + 1),
+        Err(ArchiveError::TooLarge { .. })
+    ));
     let s = a.verify()?;
     assert_eq!(s.records, 6);
     assert_eq!(s.contents_checked, 5);
