@@ -925,3 +925,17 @@ fn export_after_retention_and_by_seq() -> TestResult {
     a.verify()?;
     Ok(())
 }
+
+#[test]
+fn archive_can_move_to_another_thread() -> TestResult {
+    fn assert_send<T: Send>() {}
+    assert_send::<Archive>();
+    let f = Fixture::new()?;
+    let mut a = f.open()?;
+    five(&mut a)?;
+    let head = std::thread::spawn(move || a.head())
+        .join()
+        .map_err(|_| "thread")??;
+    assert_eq!(head.seq, 5);
+    Ok(())
+}
