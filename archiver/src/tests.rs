@@ -939,3 +939,90 @@ fn archive_can_move_to_another_thread() -> TestResult {
     assert_eq!(head.seq, 5);
     Ok(())
 }
+
+const CRASH_ENV: &str = "SEALPOST_ARCHIVER_CRASH_CHILD";
+const CRASH_BATCHES: u32 = 100;
+const CRASH_BATCH: u32 = 200;
+
+fn crash_batch(b: u32) -> Vec<NewRecord> {
+    (0..CRASH_BATCH)
+        .map(|i| item(b * CRASH_BATCH + i, "alice", "bob", "crash test message"))
+        .collect()
+}
+
+/// The child half of `sigkill_mid_ingest_loses_nothing_and_duplicates_nothing`: does
+/// nothing unless that test started this process.
+#[test]
+fn crash_child() -> TestResult {
+    let Ok(path) = std::env::var(CRASH_ENV) else {
+        return Ok(());
+    };
+    let key = ArchiveKey::from_bytes([0x42; 32]);
+    let mut a = Archive::open(Path::new(&path), &key)?;
+    for b in 0..CRASH_BATCHES {
+        a.ingest_batch(&crash_batch(b))?;
+        // Slow enough that the parent's kill lands mid-way (most likely inside a
+        // transaction: a batch takes longer than this pause).
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+#[test]
+fn sigkill_mid_ingest_loses_nothing_and_duplicates_nothing() -> TestResult {
+    let f = Fixture::new()?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--exact", "tests::crash_child", "--nocapture"])
+        .env(CRASH_ENV, &f.path)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    // Wait until the child is well into ingesting, then SIGKILL it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if let Ok(a) = f.open() {
+            if a.head().map(|h| h.seq).unwrap_or(0) >= u64::from(CRASH_BATCH) * 10 {
+                break;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            return Err("the child never got going".into());
+        }
+    }
+    child.kill()?;
+    let status = child.wait()?;
+    assert!(!status.success(), "killed, not finished");
+
+    let mut a = f.open()?;
+    let seen = a.verify()?.records;
+    assert_eq!(
+        seen % u64::from(CRASH_BATCH),
+        0,
+        "a batch is all or nothing"
+    );
+    assert!(
+        seen < u64::from(CRASH_BATCHES * CRASH_BATCH),
+        "killed mid-way"
+    );
+    // Redelivery of everything: the archived part is recognised, the rest added.
+    let mut new = 0u64;
+    for b in 0..CRASH_BATCHES {
+        for r in a.ingest_batch(&crash_batch(b))? {
+            if !r.duplicate {
+                new += 1;
+            }
+        }
+    }
+    let total = u64::from(CRASH_BATCHES * CRASH_BATCH);
+    assert_eq!(seen + new, total);
+    let s = a.verify()?;
+    assert_eq!(s.records, total);
+    let distinct: i64 =
+        f.raw()?
+            .query_row("SELECT count(DISTINCT source_id) FROM messages", [], |r| {
+                r.get(0)
+            })?;
+    assert_eq!(distinct as u64, total);
+    Ok(())
+}
