@@ -47,6 +47,29 @@
 //! archive.verify()?;
 //! # let _ = (done, hits); Ok(()) }
 //! ```
+//!
+//! ## Using it from the archiver binary
+//!
+//! * **Keys.** `ArchiveKey::write_new_file` once at setup (mode 0600, never
+//!   overwrites), `ArchiveKey::load` at start (refuses a group/world-readable file).
+//!   Back up the key apart from the database: without it the archive is unreadable.
+//! * **Ingest.** Drain the relay mailbox in batches (up to [`limits::MAX_BATCH`]), call
+//!   [`Archive::ingest_batch`], and acknowledge the relay only after it returns: the
+//!   batch is then durable, and a redelivery after a crash is recognised by
+//!   `source_id` (sender device id + message id) and not stored twice.
+//! * **Anchoring.** Publish [`Archive::head`] (e.g. as a transparency-log leaf) and
+//!   record where with [`Archive::anchor`].
+//! * **Retention.** Run [`Archive::sweep`] periodically (e.g. daily) with the current
+//!   time; repeat while [`SweepReport::more`] is set. The policy comes from
+//!   [`ArchiveOptions::retention`] (a [`RetentionPolicy`], deserializable from the
+//!   binary's TOML configuration).
+//! * **Compliance commands.** [`Archive::search`], [`Archive::export`],
+//!   [`Archive::place_hold`], [`Archive::release_hold`] and [`Archive::holds`] take
+//!   the acting officer's name; the first four write a chain record naming them.
+//!   [`Archive::verify`] returns [`VerifyError::Broken`] with the first broken `seq`
+//!   (its `Display` is the line to print); [`verify_export`] needs no key or database.
+//! * **Processes.** Several processes may open the same file (a daemon ingesting, a
+//!   CLI searching): WAL mode, writers wait up to [`store::BUSY_TIMEOUT`].
 
 pub mod error;
 pub mod export;
