@@ -110,7 +110,7 @@ pub enum Problem {
     Edited,
     /// Records are missing before this one (deleted rows): `expected` was the next
     /// sequence number, this row has a later one.
-    #[error("records {expected}..{seq} are missing (deleted)", seq = .found - 1)]
+    #[error("records {expected}..{seq} are missing (deleted)", seq = .found.saturating_sub(1))]
     Missing {
         /// The sequence number that should have come next.
         expected: u64,

@@ -842,6 +842,13 @@ pub(crate) fn verify_conn(conn: &Connection) -> Result<VerifySummary, VerifyErro
                 break;
             }
         };
+        if rec.seq < expected {
+            chain_error = Some(broken(
+                expected,
+                Problem::Undecodable(format!("sequence number {} out of order", rec.seq)),
+            ));
+            break;
+        }
         if rec.seq != expected {
             chain_error = Some(broken(
                 expected,

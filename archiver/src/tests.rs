@@ -305,6 +305,21 @@ fn verify_names_a_deleted_record() -> TestResult {
 }
 
 #[test]
+fn verify_names_an_inserted_record_zero() -> TestResult {
+    let f = Fixture::new()?;
+    let mut a = f.open()?;
+    five(&mut a)?;
+    f.raw()?.execute(
+        "INSERT INTO records SELECT 0, kind, recorded_ms, body, prev_hash, hash FROM records WHERE seq = 1",
+        [],
+    )?;
+    let (seq, problem) = broken_at(&a)?;
+    assert_eq!(seq, 1);
+    assert!(matches!(problem, Problem::Undecodable(_)), "{problem}");
+    Ok(())
+}
+
+#[test]
 fn verify_names_reordered_records() -> TestResult {
     let f = Fixture::new()?;
     let mut a = f.open()?;
