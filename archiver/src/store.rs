@@ -557,7 +557,8 @@ impl Archive {
     /// digest is recomputed ([`Problem::ContentChanged`]); every tombstone names an
     /// earlier message with the same digest and class whose content is gone
     /// ([`Problem::BadTombstone`], [`Problem::ContentNotDeleted`]); and no message lost
-    /// its content without a tombstone ([`Problem::ContentMissing`]).
+    /// its content without a tombstone ([`Problem::ContentMissing`]); and no content,
+    /// index or attachment row belongs to no record ([`Problem::IndexMismatch`]).
     pub fn verify(&self) -> Result<VerifySummary, VerifyError> {
         // One read transaction: a consistent snapshot while another process appends.
         let tx = self.conn.unchecked_transaction()?;
@@ -988,6 +989,30 @@ pub(crate) fn verify_conn(conn: &Connection) -> Result<VerifySummary, VerifyErro
         // Only meaningful once every tombstone has been seen.
         if first.as_ref().is_none_or(|(s, _)| *s > seq) {
             first = Some((seq, Problem::ContentMissing));
+        }
+    }
+    if first.is_none() {
+        // Rows that belong to no record (stray content could hide data; stray index
+        // rows could mislead a search).
+        for (sql, what) in [
+            (
+                "SELECT seq FROM content WHERE seq NOT IN (SELECT seq FROM messages) ORDER BY seq LIMIT 1",
+                "content row without a message record",
+            ),
+            (
+                "SELECT seq FROM messages WHERE seq NOT IN (SELECT seq FROM records) ORDER BY seq LIMIT 1",
+                "index row without a record",
+            ),
+            (
+                "SELECT seq FROM attachments WHERE seq NOT IN (SELECT seq FROM content) ORDER BY seq LIMIT 1",
+                "attachment row without content",
+            ),
+        ] {
+            let stray: Option<i64> = conn.query_row(sql, [], |r| r.get(0)).optional()?;
+            if let Some(seq) = stray {
+                first = Some((u64::try_from(seq).unwrap_or(0), Problem::IndexMismatch(what)));
+                break;
+            }
         }
     }
     if let Some((seq, problem)) = first {

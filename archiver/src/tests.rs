@@ -357,6 +357,21 @@ fn verify_names_changed_or_deleted_content_and_index_edits() -> TestResult {
     f.raw()?
         .execute("UPDATE messages SET client = 'mallory' WHERE seq = 3", [])?;
     assert_eq!(broken_at(&a)?, (3, Problem::IndexMismatch("client")));
+
+    let f = Fixture::new()?;
+    let mut a = f.open()?;
+    five(&mut a)?;
+    f.raw()?.execute(
+        "INSERT INTO content (seq, text, original) VALUES (99, 'hidden', x'00')",
+        [],
+    )?;
+    assert_eq!(
+        broken_at(&a)?,
+        (
+            99,
+            Problem::IndexMismatch("content row without a message record")
+        )
+    );
     Ok(())
 }
 
