@@ -17,6 +17,11 @@
 //! each message's content digest recomputed from its text, attachment and original
 //! files, and the chain links. The manifest's own SHA-256 is in the chain's `export`
 //! record, so a holder of the (anchored) chain head can tie the export to the archive.
+//!
+//! **An export is plaintext.** It exists to be handed to reviewers and e-discovery
+//! tools; write it only where such material may be (an encrypted volume, a reviewer's
+//! case folder) and delete it when the matter closes. The `export` record in the chain
+//! names who made it.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
