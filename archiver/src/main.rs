@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use sealpost_archiver::{
-    Archive, ArchiveKey, Direction, ExportScope, HoldScope, NewRecord, RecordClass, SearchOrder,
-    SearchQuery,
+    Archive, ArchiveKey, Attachment, Direction, ExportScope, HoldScope, NewRecord, RecordClass,
+    SearchOrder, SearchQuery,
 };
 use sealpost_client::archive::{ArchiveSink, ArchivedMessage};
 use sealpost_client::client::RelayInfo;
@@ -37,10 +37,19 @@ const PASS: Duration = Duration::from_secs(10);
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
-#[command(name = "sealpost-archiver", version, about = "The firm's compliance archive for Sealpost")]
+#[command(
+    name = "sealpost-archiver",
+    version,
+    about = "The firm's compliance archive for Sealpost"
+)]
 struct Cli {
     /// The archiver's directory (profile, archive key, store).
-    #[arg(long, env = "SEALPOST_ARCHIVER_HOME", global = true, default_value = ".")]
+    #[arg(
+        long,
+        env = "SEALPOST_ARCHIVER_HOME",
+        global = true,
+        default_value = "."
+    )]
     home: PathBuf,
     /// Print JSON lines instead of text.
     #[arg(long, global = true)]
@@ -240,6 +249,7 @@ struct Paths {
     profile: PathBuf,
     key: PathBuf,
     store: PathBuf,
+    settings: PathBuf,
 }
 
 fn paths(home: &Path) -> Paths {
@@ -247,6 +257,7 @@ fn paths(home: &Path) -> Paths {
         profile: home.join("profile"),
         key: home.join("archive.key"),
         store: home.join("archive.db"),
+        settings: home.join("archiver.toml"),
     }
 }
 
@@ -255,14 +266,43 @@ fn passphrase() -> Result<String, Fail> {
         .map_err(|_| usage("set SEALPOST_PASSPHRASE to the archive device profile's passphrase"))
 }
 
+/// `archiver.toml` in the home directory (optional): the retention per record class and
+/// the mail domain of exports.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default)]
+    retention: Option<sealpost_archiver::RetentionPolicy>,
+    #[serde(default)]
+    mail_domain: Option<String>,
+}
+
 fn open_store(p: &Paths) -> Result<Archive, Fail> {
     let key = ArchiveKey::load(&p.key).map_err(|e| {
         Fail(
             EXIT_FAILURE,
-            format!("archive key {}: {e} (run `sealpost-archiver init`)", p.key.display()),
+            format!(
+                "archive key {}: {e} (run `sealpost-archiver init`)",
+                p.key.display()
+            ),
         )
     })?;
-    Ok(Archive::open(&p.store, &key)?)
+    let settings: Settings = match std::fs::read_to_string(&p.settings) {
+        Ok(text) => {
+            toml::from_str(&text).map_err(|e| usage(format!("{}: {e}", p.settings.display())))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Settings::default(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut options = sealpost_archiver::ArchiveOptions::default();
+    if let Some(r) = settings.retention {
+        r.validate()?;
+        options.retention = r;
+    }
+    if let Some(d) = settings.mail_domain {
+        options.mail_domain = d;
+    }
+    Ok(Archive::open_with(&p.store, &key, options)?)
 }
 
 fn ms_arg(name: &str, v: Option<&str>) -> Result<Option<u64>, Fail> {
@@ -295,7 +335,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             if p.key.exists() || p.store.exists() {
                 return Err(Fail(
                     EXIT_FAILURE,
-                    format!("{} already holds an archive; refusing to overwrite it", cli.home.display()),
+                    format!(
+                        "{} already holds an archive; refusing to overwrite it",
+                        cli.home.display()
+                    ),
                 ));
             }
             let client = Client::init(&p.profile, &pass)?;
@@ -323,7 +366,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             say(
                 json,
                 json!({"device": identity, "fingerprint": client.identity().fingerprint().to_string()}),
-                || format!("device: {identity}\nfingerprint: {}", client.identity().fingerprint()),
+                || {
+                    format!(
+                        "device: {identity}\nfingerprint: {}",
+                        client.identity().fingerprint()
+                    )
+                },
             );
             Ok(())
         }
@@ -343,10 +391,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 ca_fingerprint: ca,
                 org_fingerprint: Some(org),
             };
-            client
-                .enroll(info, &account, &code)
-                .await
-                .map_err(|e| Fail(EXIT_UNREACHABLE, format!("enrolment at {relay} failed: {e}")))?;
+            client.enroll(info, &account, &code).await.map_err(|e| {
+                Fail(
+                    EXIT_UNREACHABLE,
+                    format!("enrolment at {relay} failed: {e}"),
+                )
+            })?;
             client.disconnect();
             say(
                 json,
@@ -363,7 +413,14 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     say(
                         json,
                         json!({"event": "verified", "records": s.records, "head_seq": s.head.seq, "head_hash": hex::encode(s.head.hash)}),
-                        || format!("The chain verifies: {} records, head {} {}", s.records, s.head.seq, hex::encode(s.head.hash)),
+                        || {
+                            format!(
+                                "The chain verifies: {} records, head {} {}",
+                                s.records,
+                                s.head.seq,
+                                hex::encode(s.head.hash)
+                            )
+                        },
                     );
                     Ok(())
                 }
@@ -371,7 +428,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     EXIT_TRUST,
                     format!(
                         "the archive does not verify: {e}{}",
-                        e.seq().map(|s| format!(" (first bad record: {s})")).unwrap_or_default()
+                        e.seq()
+                            .map(|s| format!(" (first bad record: {s})"))
+                            .unwrap_or_default()
                     ),
                 )),
             }
@@ -421,12 +480,18 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                             &h.meta.client_account
                         },
                         h.meta.kind,
-                        h.snippet.as_deref().unwrap_or("(deleted at the end of retention)")
+                        h.snippet
+                            .as_deref()
+                            .unwrap_or("(deleted at the end of retention)")
                     )
                 });
             }
             if !json {
-                println!("{} result(s); this search is record {} of the chain", r.hits.len(), r.audit_seq);
+                println!(
+                    "{} result(s); this search is record {} of the chain",
+                    r.hits.len(),
+                    r.audit_seq
+                );
             }
             Ok(())
         }
@@ -449,7 +514,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 },
                 (None, None) => match (from_ms, to_ms) {
                     (Some(from_ms), Some(to_ms)) => ExportScope::Dates { from_ms, to_ms },
-                    _ => return Err(usage("export needs --client and --firm, or --from and --to")),
+                    _ => {
+                        return Err(usage(
+                            "export needs --client and --firm, or --from and --to",
+                        ))
+                    }
                 },
                 _ => return Err(usage("--client and --firm go together")),
             };
@@ -458,7 +527,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             say(
                 json,
                 json!({"event": "exported", "dir": r.dir.display().to_string(), "records": r.records, "files": r.files, "manifest_sha256": hex::encode(r.manifest_sha256), "audit_seq": r.audit_seq}),
-                || format!("Exported {} record(s), {} file(s) to {} (manifest SHA-256 {}; recorded as record {})", r.records, r.files, r.dir.display(), hex::encode(r.manifest_sha256), r.audit_seq),
+                || {
+                    format!("Exported {} record(s), {} file(s) to {} (manifest SHA-256 {}; recorded as record {})", r.records, r.files, r.dir.display(), hex::encode(r.manifest_sha256), r.audit_seq)
+                },
             );
             Ok(())
         }
@@ -467,7 +538,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                 say(
                     json,
                     json!({"event": "export_verified", "records": r.records, "files": r.files, "links": r.links, "manifest_sha256": hex::encode(r.manifest_sha256)}),
-                    || format!("The export verifies: {} records, {} files, {} chain links (manifest SHA-256 {})", r.records, r.files, r.links, hex::encode(r.manifest_sha256)),
+                    || {
+                        format!("The export verifies: {} records, {} files, {} chain links (manifest SHA-256 {})", r.records, r.files, r.links, hex::encode(r.manifest_sha256))
+                    },
                 );
                 Ok(())
             }
@@ -481,7 +554,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             say(
                 json,
                 json!({"event": "swept", "deleted": r.deleted.len(), "held": r.held, "more": r.more}),
-                || format!("{} record(s) past retention deleted (tombstones left in the chain); {} kept under legal holds{}", r.deleted.len(), r.held, if r.more { "; run again for more" } else { "" }),
+                || {
+                    format!("{} record(s) past retention deleted (tombstones left in the chain); {} kept under legal holds{}", r.deleted.len(), r.held, if r.more { "; run again for more" } else { "" })
+                },
             );
             Ok(())
         }
@@ -510,12 +585,18 @@ fn hold(p: &Paths, json: bool, h: HoldCmd) -> Result<(), Fail> {
                     HoldScope::DateRange { from_ms, to_ms }
                 }
                 (None, None, None, None, true) => HoldScope::All,
-                _ => return Err(usage("name exactly one of --client, --firm, --from with --to, --all")),
+                _ => {
+                    return Err(usage(
+                        "name exactly one of --client, --firm, --from with --to, --all",
+                    ))
+                }
             };
             let seq = archive.place_hold(&actor, &name, &reason, scope)?;
-            say(json, json!({"event": "hold_placed", "name": name, "seq": seq}), || {
-                format!("Legal hold {name:?} placed (record {seq}).")
-            });
+            say(
+                json,
+                json!({"event": "hold_placed", "name": name, "seq": seq}),
+                || format!("Legal hold {name:?} placed (record {seq})."),
+            );
         }
         HoldCmd::Release {
             actor,
@@ -523,14 +604,19 @@ fn hold(p: &Paths, json: bool, h: HoldCmd) -> Result<(), Fail> {
             reason,
         } => {
             let seq = archive.release_hold(&actor, &name, &reason)?;
-            say(json, json!({"event": "hold_released", "name": name, "seq": seq}), || {
-                format!("Legal hold {name:?} released (record {seq}).")
-            });
+            say(
+                json,
+                json!({"event": "hold_released", "name": name, "seq": seq}),
+                || format!("Legal hold {name:?} released (record {seq})."),
+            );
         }
         HoldCmd::List => {
             for h in archive.holds()? {
                 say(json, serde_json::to_value(&h)?, || {
-                    format!("{}: {:?} placed by {} (record {}): {}", h.name, h.scope, h.placed_by, h.placed_seq, h.reason)
+                    format!(
+                        "{}: {:?} placed by {} (record {}): {}",
+                        h.name, h.scope, h.placed_by, h.placed_seq, h.reason
+                    )
                 });
             }
         }
@@ -543,7 +629,18 @@ fn to_record(m: &ArchivedMessage) -> NewRecord {
     let mut source_id = Vec::with_capacity(32);
     source_id.extend_from_slice(&m.device.0);
     source_id.extend_from_slice(&m.message_id.0);
-    let (class, kind, text) = describe(&m.content);
+    let (class, kind, mut text) = describe(&m.content);
+    let mut attachments = Vec::new();
+    if let (Content::Attachment { descriptor, .. }, Some(bytes)) = (&m.content, &m.attachment) {
+        attachments.push(Attachment {
+            name: descriptor.file_name.as_str().to_owned(),
+            mime: descriptor.media_type.as_str().to_owned(),
+            bytes: bytes.clone(),
+        });
+    }
+    if let Some(e) = &m.attachment_error {
+        text.push_str(&format!(" [the file's bytes are not in the archive: {e}]"));
+    }
     NewRecord {
         source_id,
         class,
@@ -559,7 +656,7 @@ fn to_record(m: &ArchivedMessage) -> NewRecord {
         },
         kind,
         text,
-        attachments: Vec::new(),
+        attachments,
         original: m.original.clone(),
     }
 }
@@ -567,7 +664,11 @@ fn to_record(m: &ArchivedMessage) -> NewRecord {
 /// Class, kind and searchable text of a content.
 fn describe(c: &Content) -> (RecordClass, String, String) {
     match c {
-        Content::Text { body } => (RecordClass::Message, "text".into(), body.as_str().to_owned()),
+        Content::Text { body } => (
+            RecordClass::Message,
+            "text".into(),
+            body.as_str().to_owned(),
+        ),
         Content::Instruction { category, body } => (
             RecordClass::Instruction,
             "instruction".into(),
@@ -591,7 +692,7 @@ fn describe(c: &Content) -> (RecordClass, String, String) {
                 caption.as_str(),
                 descriptor.file_name.as_str(),
                 descriptor.size,
-                descriptor.mime_type.as_str()
+                descriptor.media_type.as_str()
             ),
         ),
         Content::Receipt { kind, message_ids } => (
@@ -629,11 +730,18 @@ fn sink(archive: Arc<Mutex<Archive>>, ingested: Arc<AtomicU64>) -> ArchiveSink {
 
 /// `run`: connect, receive, commit to the store before acknowledging; reconnect on a
 /// lost connection (a transient failure is "try again", never a verdict).
-async fn receive_loop(p: &Paths, json: bool, for_: Option<Duration>, once: bool) -> Result<(), Fail> {
+async fn receive_loop(
+    p: &Paths,
+    json: bool,
+    for_: Option<Duration>,
+    once: bool,
+) -> Result<(), Fail> {
     let archive = Arc::new(Mutex::new(open_store(p)?));
     let mut client = Client::open(&p.profile, &passphrase()?)?;
     if client.account().is_none() {
-        return Err(usage("the archive device is not enrolled (run `sealpost-archiver enroll`)"));
+        return Err(usage(
+            "the archive device is not enrolled (run `sealpost-archiver enroll`)",
+        ));
     }
     let ingested = Arc::new(AtomicU64::new(0));
     client.set_archive_sink(sink(archive.clone(), ingested.clone()));
@@ -649,16 +757,25 @@ async fn receive_loop(p: &Paths, json: bool, for_: Option<Duration>, once: bool)
                 Ok(()) => connected_once = true,
                 Err(e) => {
                     if once && !connected_once {
-                        return Err(Fail(EXIT_UNREACHABLE, format!("could not reach the relay: {e}")));
+                        return Err(Fail(
+                            EXIT_UNREACHABLE,
+                            format!("could not reach the relay: {e}"),
+                        ));
                     }
                     tracing::warn!(error = %e, "relay unreachable; trying again");
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                     continue;
                 }
             }
-            // Under the newest roster (the archive it names is this device).
-            if !client.is_archive_device() {
-                let _ = client.receive(true, Duration::from_millis(1)).await;
+            // Under the newest verified roster (the archive it names is this device).
+            if let Err(e) = client.roster().await {
+                if matches!(e, sealpost_client::client::ClientError::Trust(_)) {
+                    return Err(Fail(EXIT_TRUST, format!("the roster does not verify: {e}")));
+                }
+                tracing::warn!(error = %e, "roster not refreshed; trying again");
+                client.disconnect();
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+                continue;
             }
             if !client.is_archive_device() {
                 return Err(Fail(
@@ -700,11 +817,20 @@ async fn receive_loop(p: &Paths, json: bool, for_: Option<Duration>, once: bool)
     }
     client.disconnect();
     let n = ingested.load(Ordering::Relaxed);
-    let head = archive.lock().map_err(|_| Fail(EXIT_FAILURE, "store lock poisoned".into()))?.head()?;
+    let head = archive
+        .lock()
+        .map_err(|_| Fail(EXIT_FAILURE, "store lock poisoned".into()))?
+        .head()?;
     say(
         json,
         json!({"event": "stopped", "ingested": n, "head_seq": head.seq, "head_hash": hex::encode(head.hash)}),
-        || format!("Archived {n} new record(s); chain head {} {}", head.seq, hex::encode(head.hash)),
+        || {
+            format!(
+                "Archived {n} new record(s); chain head {} {}",
+                head.seq,
+                hex::encode(head.hash)
+            )
+        },
     );
     Ok(())
 }

@@ -88,7 +88,16 @@ pub struct ArchivedMessage {
     pub content: Content,
     /// The original content's canonical CBOR, as it travelled (re-creates the original).
     pub original: Vec<u8>,
+    /// An attachment's decrypted bytes, fetched from the relay and checked against the
+    /// descriptor before the copy is handed to the sink.
+    pub attachment: Option<Vec<u8>>,
+    /// Why an attachment's bytes are not there (the relay no longer has the blob, or it
+    /// failed its integrity checks): recorded instead of holding the copy back forever.
+    pub attachment_error: Option<String>,
 }
+
+/// Largest attachment the archive device fetches into memory for its store.
+pub const MAX_ARCHIVED_ATTACHMENT: u64 = 64 * 1024 * 1024;
 
 /// Where the archive device hands what it received, before acknowledging it: `Ok` only
 /// once it is durable; an `Err` leaves it unacknowledged (the relay delivers it again).
@@ -349,11 +358,48 @@ impl Client {
         self.archive_sink = Some(sink);
     }
 
-    /// Hand what this (archive) device received to its sink. `Err`: not durable, so not
-    /// to be acknowledged.
-    pub(crate) fn drain_archived(&mut self) -> Result<(), ClientError> {
+    /// Hand what this (archive) device received to its sink, attachments fetched first.
+    /// `Err`: not durable, so not to be acknowledged (a transient failure fetching an
+    /// attachment is one: the relay delivers the copy again).
+    pub(crate) async fn drain_archived(&mut self) -> Result<(), ClientError> {
         if self.archived.is_empty() {
             return Ok(());
+        }
+        for i in 0..self.archived.len() {
+            let descriptor = match self.archived.get(i).map(|a| &a.content) {
+                Some(Content::Attachment { descriptor, .. })
+                    if self.archived[i].attachment.is_none()
+                        && self.archived[i].attachment_error.is_none() =>
+                {
+                    descriptor.clone()
+                }
+                _ => continue,
+            };
+            if descriptor.size > MAX_ARCHIVED_ATTACHMENT {
+                self.archived[i].attachment_error = Some(format!(
+                    "{} bytes, more than the {} the archive fetches",
+                    descriptor.size, MAX_ARCHIVED_ATTACHMENT
+                ));
+                continue;
+            }
+            let mut bytes = Vec::new();
+            let fetched =
+                crate::attachments::download(self.conn()?, &descriptor, &mut bytes, |_, _| {})
+                    .await;
+            use crate::attachments::AttachmentError as A;
+            match fetched {
+                Ok(()) => self.archived[i].attachment = Some(bytes),
+                Err(
+                    e @ (A::Integrity(_)
+                    | A::Refused {
+                        code: sealpost_protocol::wire::ErrorCode::NotFound,
+                        ..
+                    }),
+                ) => {
+                    self.archived[i].attachment_error = Some(e.to_string());
+                }
+                Err(e) => return Err(ClientError::Attachment(e.to_string())),
+            }
         }
         let Some(sink) = self.archive_sink.as_mut() else {
             return Err(ClientError::Invalid(

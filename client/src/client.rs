@@ -2242,6 +2242,8 @@ impl Client {
                     received_ms: now_ms(),
                     content: *content,
                     original,
+                    attachment: None,
+                    attachment_error: None,
                 });
             }
             Content::Notice { notice, content } => {
@@ -2348,7 +2350,7 @@ impl Client {
             return Ok(());
         }
         // The archive device: its store commits before the relay is told (§22).
-        self.drain_archived()?;
+        self.drain_archived().await?;
         self.save()?;
         let ids = std::mem::take(&mut self.pending_acks);
         let conn = self.conn()?;

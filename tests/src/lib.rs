@@ -2,6 +2,7 @@
 //! enrol, authenticate, publish prekeys and exchange sealed envelopes through it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod firm;
 pub mod org;
 pub mod process;
 
