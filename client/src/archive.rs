@@ -120,7 +120,7 @@ pub(crate) fn changed_event(
 impl Client {
     /// The archive the verified roster names, if any.
     pub fn archive_policy(&self) -> Option<&ArchivePolicy> {
-        self.trust.chain()?.head().policy().archive.as_ref()
+        self.trust.head_roster()?.policy().archive.as_ref()
     }
 
     /// The archive, as shown beside every conversation (`None`: not recorded).
@@ -139,8 +139,8 @@ impl Client {
     /// Whether the verified roster lists `account` as a staff member (the firm's side).
     pub fn is_firm_account(&self, account: &AccountId) -> bool {
         self.trust
-            .chain()
-            .is_some_and(|c| c.head().member(account).is_some())
+            .head_roster()
+            .is_some_and(|r| r.member(account).is_some())
     }
 
     /// Whether this device is the archive the roster names.
@@ -152,8 +152,7 @@ impl Client {
     /// The archive a message between this account and `peer` is copied to: one side a
     /// client and the other the firm (a roster member), neither the archive itself.
     pub(crate) fn archive_for(&self, peer: &AccountId) -> Option<ArchivePolicy> {
-        let chain = self.trust.chain()?;
-        let head = chain.head();
+        let head = self.trust.head_roster()?;
         let policy = head.policy().archive.as_ref()?;
         let me = self.account.as_ref()?;
         if peer == me || *me == policy.account || *peer == policy.account {

@@ -226,6 +226,16 @@ impl TrustCache {
         self.chain.as_ref()
     }
 
+    /// The head of the roster chain this device verified last: the verified chain's, or
+    /// (before it is fetched again this session) the last link of the chain the profile
+    /// holds, which this device verified before saving it.
+    pub(crate) fn head_roster(&self) -> Option<&sealpost_protocol::trust::Roster> {
+        match &self.chain {
+            Some(c) => Some(c.head()),
+            None => self.stored_links.last().map(|l| &l.roster),
+        }
+    }
+
     /// The head of `account`'s log this device verified last.
     pub(crate) fn head(&self, account: &AccountId) -> Option<&LogHead> {
         self.heads.get(account)

@@ -37,25 +37,36 @@ pub struct Firm {
 }
 
 pub async fn firm(unreachable: ArchiveUnreachable, enrol_archive: bool) -> Firm {
-    firm_inner(unreachable, enrol_archive, None).await
+    firm_inner(Some(unreachable), enrol_archive, None, |_| {}).await
+}
+
+/// A firm for benchmarks: an archive (`Some`, enrolled in process) or none, and the
+/// relay's configuration tuned by `tune` (send rates, quotas).
+pub async fn firm_tuned(
+    archive: Option<ArchiveUnreachable>,
+    tune: impl FnOnce(&mut sealpost_server::config::Config),
+) -> Firm {
+    firm_inner(archive, archive.is_some(), None, tune).await
 }
 
 /// As [`firm`], the roster naming `identity` as the archive (a `sealpost-archiver`
 /// process's device, enrolled by the test): no archive client in process.
 pub async fn firm_for(unreachable: ArchiveUnreachable, identity: PublicIdentity) -> Firm {
-    firm_inner(unreachable, false, Some(identity)).await
+    firm_inner(Some(unreachable), false, Some(identity), |_| {}).await
 }
 
 async fn firm_inner(
-    unreachable: ArchiveUnreachable,
+    unreachable: Option<ArchiveUnreachable>,
     enrol_archive: bool,
     identity: Option<PublicIdentity>,
+    tune: impl FnOnce(&mut sealpost_server::config::Config),
 ) -> Firm {
     let homes = tempfile::tempdir().unwrap();
     let org = TestOrg::new();
     let fp = org.fingerprint();
     let relay = sqlite_relay_in(tempfile::tempdir().unwrap(), |c| {
         c.org_fingerprint = Some(fp);
+        tune(c);
     })
     .await;
     let archive_account = relay.account("archive", Role::Staff).await;
@@ -79,7 +90,7 @@ async fn firm_inner(
         staff.push(org::enrolled(&relay, &homes.path().join(name), &id, Some(&org)).await);
     }
     let policy = sealpost_protocol::trust::ApprovalPolicy {
-        archive: Some(ArchivePolicy {
+        archive: unreachable.map(|unreachable| ArchivePolicy {
             account: archive_account.clone(),
             identity: identity.unwrap_or_else(|| archive.identity().clone()),
             unreachable,

@@ -220,7 +220,7 @@ async fn queue_policy_sends_and_hands_the_copy_over_later_even_after_a_restart()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_archive_in_the_roster_is_announced_when_a_device_first_verifies_it() {
+async fn the_archive_in_the_roster_is_announced_and_shown_with_every_conversation() {
     let mut f = firm(ArchiveUnreachable::Queue, true).await;
     // Enrolment verified roster version 1: the archive was announced on the client (the
     // CLI prints it at enrolment; the library keeps it until asked).
@@ -244,4 +244,33 @@ async fn the_archive_in_the_roster_is_announced_when_a_device_first_verifies_it(
         other => panic!("{other:?}"),
     }
     assert_eq!(f.alice.archive_view().unwrap().unreachable, "queue");
+    // The CLI shows it wherever a conversation is: `whoami` and `inbox` (text and JSON).
+    let home = f.homes.path().join("alice");
+    f.alice.disconnect();
+    drop(std::mem::replace(
+        &mut f.alice,
+        Client::init(&f.homes.path().join("placeholder"), org::PASS).unwrap(),
+    ));
+    let bin = env!("CARGO_BIN_EXE_sealpost-under-test");
+    let (code, out, err) = sealpost_tests::run_cli(bin, &home, &["--json", "whoami"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let who: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(who["archive"]["recorded"], true, "{who}");
+    assert_eq!(who["archive"]["fingerprint"], fp.as_str());
+    assert_eq!(who["archive"]["disclosure"], DISCLOSURE);
+    let (code, out, err) = sealpost_tests::run_cli(bin, &home, &["inbox"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "recorded: {DISCLOSURE} (the firm's archive, fingerprint {fp})"
+        )),
+        "{out}"
+    );
+    let (code, out, err) = sealpost_tests::run_cli(bin, &home, &["--json", "inbox"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("\"event\":\"recorded\"") && l.contains(DISCLOSURE)),
+        "{out}"
+    );
 }

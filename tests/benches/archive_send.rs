@@ -1,0 +1,60 @@
+//! What the compliance archive costs a sender (issue 11): `Client::send_text` from a
+//! client to her advisor over real QUIC to a relay on SQLite, with the roster naming an
+//! archive (one more message sealed and handed to the relay before the recipient's copy,
+//! `refuse` policy) and without one. Both firms are set up in the same run; criterion
+//! reports each, and their ratio is the archive's cost on the send path.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use sealpost_protocol::trust::ArchiveUnreachable;
+use sealpost_server::limits::Rate;
+use sealpost_tests::firm::{firm_tuned, Firm};
+
+fn generous(c: &mut sealpost_server::config::Config) {
+    c.limits.send_rate = Rate::new(1_000_000.0, 1_000_000.0);
+    c.limits.mailbox_max_count = 10_000_000;
+    c.limits.mailbox_max_bytes = 1 << 34;
+}
+
+fn send_path(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut firms: Vec<(&str, Firm)> = rt.block_on(async {
+        vec![
+            ("without_archive", firm_tuned(None, generous).await),
+            (
+                "with_archive",
+                firm_tuned(Some(ArchiveUnreachable::Refuse), generous).await,
+            ),
+        ]
+    });
+    let mut group = c.benchmark_group("send_text_1kib");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(10));
+    let text = "x".repeat(1024);
+    for (name, f) in firms.iter_mut() {
+        let adv = f.adv.account().unwrap().clone();
+        group.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        f.alice.send_text(&adv, &text).await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, send_path);
+criterion_main!(benches);
