@@ -94,7 +94,13 @@ enum Cmd {
         /// Take what is waiting at the relay, then stop.
         #[arg(long)]
         once: bool,
+        /// Anchor the chain head in the relay's transparency log at most this often
+        /// (when it moved); `0s` never.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1m")]
+        anchor_every: Duration,
     },
+    /// Anchor the chain head in the relay's transparency log now (§22.6).
+    Anchor,
     /// Check the whole chain; names the first record that does not verify (exit 8).
     Verify,
     /// The chain's head (sequence number and hash), for anchoring.
@@ -405,7 +411,38 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             );
             Ok(())
         }
-        Cmd::Run { for_, once } => receive_loop(&p, json, for_, once).await,
+        Cmd::Run {
+            for_,
+            once,
+            anchor_every,
+        } => receive_loop(&p, json, for_, once, anchor_every).await,
+        Cmd::Anchor => {
+            let archive = Arc::new(Mutex::new(open_store(&p)?));
+            let mut client = Client::open(&p.profile, &passphrase()?)?;
+            client
+                .connect()
+                .await
+                .map_err(|e| Fail(EXIT_UNREACHABLE, format!("could not reach the relay: {e}")))?;
+            client.roster().await?;
+            let done = anchor(&mut client, &archive).await?;
+            client.disconnect();
+            let (seq, index) = done.ok_or_else(|| {
+                Fail(
+                    EXIT_FAILURE,
+                    "the archive is empty: nothing to anchor".into(),
+                )
+            })?;
+            say(
+                json,
+                json!({"event": "anchored", "seq": seq, "leaf_index": index}),
+                || {
+                    format!(
+                        "Record {seq} anchored as leaf {index} of the relay's transparency log."
+                    )
+                },
+            );
+            Ok(())
+        }
         Cmd::Verify => {
             let archive = open_store(&p)?;
             match archive.verify() {
@@ -712,6 +749,35 @@ fn describe(c: &Content) -> (RecordClass, String, String) {
     }
 }
 
+/// Anchor the store's head in the relay's transparency log, then record the anchor in the
+/// chain: `(anchored seq, leaf index)`, or `None` for an empty store.
+async fn anchor(
+    client: &mut Client,
+    archive: &Arc<Mutex<Archive>>,
+) -> Result<Option<(u64, u64)>, Fail> {
+    let head = lock_store(archive).head()?;
+    if head.seq == 0 {
+        return Ok(None);
+    }
+    let index = client
+        .anchor_archive_head(head.seq, head.hash)
+        .await
+        .map_err(|e| Fail(EXIT_UNREACHABLE, format!("anchoring failed: {e}")))?;
+    lock_store(archive).anchor(
+        "sealpost-archiver",
+        "relay transparency log",
+        &format!("leaf {index} anchors record {}", head.seq),
+    )?;
+    Ok(Some((head.seq, index)))
+}
+
+fn lock_store(archive: &Arc<Mutex<Archive>>) -> std::sync::MutexGuard<'_, Archive> {
+    match archive.lock() {
+        Ok(s) => s,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 /// The store as the device's archive sink: a batch is one transaction, durable when it
 /// returns; a copy already archived (same device and message id) is not written again.
 fn sink(archive: Arc<Mutex<Archive>>, ingested: Arc<AtomicU64>) -> ArchiveSink {
@@ -735,6 +801,7 @@ async fn receive_loop(
     json: bool,
     for_: Option<Duration>,
     once: bool,
+    anchor_every: Duration,
 ) -> Result<(), Fail> {
     let archive = Arc::new(Mutex::new(open_store(p)?));
     let mut client = Client::open(&p.profile, &passphrase()?)?;
@@ -748,6 +815,9 @@ async fn receive_loop(
     let started = Instant::now();
     let deadline = for_.map(|d| started + d);
     let mut connected_once = false;
+    // The head last anchored (its record is followed by the anchor's own record).
+    let mut anchored_through = lock_store(&archive).head()?.seq;
+    let mut last_anchor: Option<Instant> = None;
     loop {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -796,6 +866,26 @@ async fn receive_loop(
                     }
                     if json {
                         println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                    }
+                }
+                let head = lock_store(&archive).head()?.seq;
+                let due = last_anchor.is_none_or(|t| t.elapsed() >= anchor_every);
+                if !anchor_every.is_zero() && head > anchored_through + 1 && (due || once) {
+                    match anchor(&mut client, &archive).await {
+                        Ok(Some((seq, index))) => {
+                            anchored_through = seq + 1;
+                            last_anchor = Some(Instant::now());
+                            if json {
+                                println!(
+                                    "{}",
+                                    json!({"event": "anchored", "seq": seq, "leaf_index": index})
+                                );
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(Fail(_, e)) => {
+                            tracing::warn!(error = %e, "anchoring the chain head failed; trying again later")
+                        }
                     }
                 }
                 if once {

@@ -347,6 +347,21 @@ impl Client {
         Ok(())
     }
 
+    /// The archive device: anchor the head of its record chain in the relay's transparency
+    /// log (§22.6). Returns the leaf index.
+    pub async fn anchor_archive_head(
+        &mut self,
+        seq: u64,
+        hash: [u8; 32],
+    ) -> Result<u64, ClientError> {
+        if !self.is_archive_device() {
+            return Err(ClientError::NotAllowed(
+                "this device is not the firm's archive".into(),
+            ));
+        }
+        Ok(self.conn()?.anchor_archive(seq, hash).await?)
+    }
+
     /// Archive copies this device still holds for the archive.
     pub fn archive_queue(&self) -> &[PendingArchive] {
         &self.archive_queue

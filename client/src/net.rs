@@ -584,6 +584,15 @@ impl RelayConnection {
         }
     }
 
+    /// The archive device: anchor its chain head in the transparency log (§22.6); the
+    /// leaf's index.
+    pub async fn anchor_archive(&self, seq: u64, hash: [u8; 32]) -> Result<u64, NetError> {
+        match self.request(FrameBody::AnchorArchive { seq, hash }).await? {
+            FrameBody::ArchiveAnchored { index } => Ok(index),
+            other => Err(NetError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// The next push from the relay (a delivery, a prekey warning, or an error frame not
     /// tied to a request); `None` when the connection is gone.
     pub async fn next_push(&self) -> Option<FrameBody> {

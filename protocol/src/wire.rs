@@ -437,6 +437,21 @@ pub enum FrameBody {
         /// The event.
         event: SecurityEventInfo,
     },
+    /// The firm's archive device (§22.6): append the head of its record chain to the
+    /// transparency log, answered with `archive_anchored`. Only devices of the archive
+    /// account the relay's verified roster names may ask.
+    AnchorArchive {
+        /// The head record's sequence number.
+        seq: u64,
+        /// Its hash.
+        #[serde(with = "bytes_array")]
+        hash: [u8; 32],
+    },
+    /// Answer to `anchor_archive`: the leaf's index in the log.
+    ArchiveAnchored {
+        /// The leaf index.
+        index: u64,
+    },
     // ----- device -> relay, before authentication -----
     /// Register this device's identity with a one-time enrolment code.
     Enroll {
@@ -1070,6 +1085,8 @@ pub const FRAME_TYPES: &[&str] = &[
     "get_account_alerts",
     "account_alerts",
     "account_alert",
+    "anchor_archive",
+    "archive_anchored",
 ];
 
 fn bounded_is_empty<T, const N: usize>(v: &BoundedVec<T, N>) -> bool {

@@ -385,6 +385,7 @@ fn type_name(body: &FrameBody) -> &'static str {
         FrameBody::ListClients { .. } => "list_clients",
         FrameBody::SecurityWatch { .. } => "security_watch",
         FrameBody::GetAccountAlerts { .. } => "get_account_alerts",
+        FrameBody::AnchorArchive { .. } => "anchor_archive",
         FrameBody::AttestStart { .. }
         | FrameBody::AttestPoll
         | FrameBody::AttestReveal { .. }
@@ -912,6 +913,7 @@ impl<S: Store> Relay<S> {
                 | FrameBody::SubmitCosignature { .. }
                 | FrameBody::SecurityWatch { .. }
                 | FrameBody::GetAccountAlerts { .. }
+                | FrameBody::AnchorArchive { .. }
         ) {
             let now = self.mono_ms();
             if let Err(l) = self.with_limiters(|l| l.control.check(&me.device, 1.0, now)) {
@@ -1005,6 +1007,7 @@ impl<S: Store> Relay<S> {
             }
             FrameBody::SecurityWatch { since } => self.security_watch(me, id, since).await,
             FrameBody::GetAccountAlerts { since } => self.get_account_alerts(me, id, since).await,
+            FrameBody::AnchorArchive { seq, hash } => self.anchor_archive(me, id, seq, hash).await,
             FrameBody::BlobUpload { .. }
             | FrameBody::BlobDownload { .. }
             | FrameBody::BlobChunk { .. } => refuse(
@@ -1078,6 +1081,49 @@ impl<S: Store> Relay<S> {
         match BoundedVec::new(alerts) {
             Ok(alerts) => reply(id, FrameBody::AccountAlerts { alerts, more }),
             Err(_) => refuse(id, ErrorCode::Internal, "too many alerts"),
+        }
+    }
+
+    /// `anchor_archive` (§22.6): the archive device's chain head, appended to the
+    /// transparency log with the device as its actor.
+    async fn anchor_archive(
+        &self,
+        me: &Authenticated,
+        id: u64,
+        seq: u64,
+        hash: [u8; 32],
+    ) -> Handled {
+        if self.archive_account().is_none_or(|a| a != me.account) {
+            return refuse(
+                id,
+                ErrorCode::Forbidden,
+                "only the firm's archive (as the verified roster names it) anchors its chain",
+            );
+        }
+        let leaf = sealpost_protocol::tlog::LogLeaf::new(
+            unix_ms(),
+            sealpost_protocol::tlog::Actor::Device {
+                account: me.account.clone(),
+                device: me.device,
+            },
+            sealpost_protocol::tlog::LeafEvent::ArchiveHead { seq, hash },
+        );
+        match self.tlog.append(&self.store, &leaf, unix_ms()).await {
+            Ok(index) => {
+                info!(
+                    seq,
+                    index, "archive chain head anchored in the transparency log"
+                );
+                reply(id, FrameBody::ArchiveAnchored { index })
+            }
+            Err(e) => {
+                warn!(error = %e, "anchoring the archive's head failed");
+                refuse(
+                    id,
+                    ErrorCode::Internal,
+                    "the log could not take the anchor; try again",
+                )
+            }
         }
     }
 

@@ -237,6 +237,37 @@ async fn a_conversation_is_archived_once_and_survives_stops_and_sigkill() {
     // The chain verifies; the attachment's bytes are in the archive (export holds them).
     let (code, out, err) = archiver_async(&a.home, &["verify"]).await;
     assert_eq!(code, 0, "{out}{err}");
+    // The head was anchored in the relay's transparency log by the last `run --once`,
+    // with the archive device as the actor; `anchor` anchors the current head.
+    let (code, out, err) = archiver_async(&a.home, &["--json", "anchor"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let anchored = &json_lines(&out)[0];
+    use sealpost_server::store::tlog::TlogStore;
+    let leaves = f.relay.relay.store.leaves(0, 100_000).await.unwrap();
+    let anchors: Vec<(u64, [u8; 32])> = leaves
+        .iter()
+        .filter_map(|(_, b)| {
+            let leaf = sealpost_protocol::tlog::LogLeaf::from_bytes(b).unwrap();
+            match leaf.event {
+                sealpost_protocol::tlog::LeafEvent::ArchiveHead { seq, hash } => {
+                    assert!(matches!(
+                        leaf.actor,
+                        sealpost_protocol::tlog::Actor::Device { ref account, .. } if account == &f.archive_account
+                    ));
+                    Some((seq, hash))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    assert!(anchors.len() >= 2, "{anchors:?}");
+    let last = anchors.last().unwrap();
+    assert_eq!(last.0, anchored["seq"].as_u64().unwrap());
+    assert_eq!(
+        anchored["leaf_index"].as_u64().unwrap() as usize,
+        leaves.len() - 1,
+        "the newest leaf"
+    );
     let export = a.home.join("export-1");
     let (code, out, err) = archiver_async(
         &a.home,

@@ -162,6 +162,16 @@ pub enum LeafEvent {
         /// Its arguments.
         args: BoundedVec<BoundedString<MAX_COMMAND_LEN>, MAX_COMMAND_ARGS>,
     },
+    /// The firm's compliance archive anchored the head of its record chain
+    /// (docs/PROTOCOL.md §22.6): whoever holds the archive key cannot later rebuild the
+    /// chain up to this record without the log showing it.
+    ArchiveHead {
+        /// The record's sequence number.
+        seq: u64,
+        /// Its hash.
+        #[serde(with = "bytes_array")]
+        hash: [u8; 32],
+    },
     /// A security event that concerns trust (raised by the relay's rule engine).
     SecurityEvent {
         /// The rule's name.
