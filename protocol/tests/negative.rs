@@ -947,8 +947,8 @@ fn unknown_envelope_kind_is_refused() {
     let env = seal(&mut a, &alice, &bob, b"x", &mut r);
     assert_eq!(env.header.kind, EnvelopeKind::Chat);
     let cbor = env.to_cbor().unwrap();
-    // "kind": 1  ->  "kind": 9 / 0 / 65535.
-    for to in [&[0x09][..], &[0x00], &[0x19, 0xff, 0xff]] {
+    // "kind": 1  ->  "kind": 10 / 0 / 65535.
+    for to in [&[0x0a][..], &[0x00], &[0x19, 0xff, 0xff]] {
         let mut with = b"\x64kind".to_vec();
         with.extend_from_slice(to);
         let bad = replace(&cbor, b"\x64kind\x01", &with);

@@ -29,6 +29,8 @@ pub struct Firm {
     pub relay: TestRelay<SqliteStore>,
     pub homes: tempfile::TempDir,
     pub adv: Client,
+    /// `[ops, comp, sec]` (operations, compliance, security).
+    pub staff: Vec<Client>,
     pub alice: Client,
     pub archive: Option<Client>,
     pub archive_account: AccountId,
@@ -129,6 +131,7 @@ async fn firm_inner(
         relay,
         homes,
         adv,
+        staff,
         alice,
         archive,
         archive_account,

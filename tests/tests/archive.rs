@@ -273,4 +273,113 @@ async fn the_archive_in_the_roster_is_announced_and_shown_with_every_conversatio
             .any(|l| l.contains("\"event\":\"recorded\"") && l.contains(DISCLOSURE)),
         "{out}"
     );
+    // A client enrolling with the CLI is told before anything else is possible.
+    let carol = f
+        .relay
+        .account("carol", sealpost_protocol::wire::Role::Client)
+        .await;
+    f.relay.assign(&carol, f.adv.account().unwrap()).await;
+    let carol_home = f.homes.path().join("carol");
+    let (code, out, err) = sealpost_tests::run_cli(bin, &carol_home, &["init"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let info = org::relay_info(&f.relay, Some(&f.org));
+    let enrol_code = f.relay.code(&carol).await;
+    let (code, out, err) = sealpost_tests::run_cli(
+        bin,
+        &carol_home,
+        &[
+            "enroll",
+            "--relay",
+            &info.addr,
+            "--ca",
+            &info.ca_fingerprint,
+            "--org",
+            info.org_fingerprint.as_deref().unwrap(),
+            "--account",
+            "carol",
+            "--code",
+            &enrol_code,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("recorded: {DISCLOSURE} (the firm's archive, fingerprint {fp})")),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roster_change_of_the_archive_is_announced_and_followed_not_the_relay() {
+    let mut f = firm(ArchiveUnreachable::Queue, true).await;
+    let old = f
+        .archive
+        .as_ref()
+        .unwrap()
+        .identity()
+        .fingerprint()
+        .to_string();
+    f.alice.take_events();
+    f.adv.take_events();
+    // Version 2 names another archive device, and `refuse`: through the roster-change
+    // quorum (ops proposes, comp and sec approve).
+    let new_archive =
+        sealpost_protocol::identity::IdentityKeyPair::generate(&mut rand::rngs::OsRng);
+    let head = f.staff[0].roster().await.unwrap().unwrap().head().clone();
+    let mut policy = head.policy().clone();
+    let a = policy.archive.as_mut().unwrap();
+    a.identity = new_archive.public().clone();
+    a.unreachable = ArchiveUnreachable::Refuse;
+    let next = head
+        .next(org::now_ms(), head.staff().to_vec(), policy)
+        .unwrap();
+    let view = f.staff[0].propose_roster(next).await.unwrap();
+    for i in [1, 2] {
+        f.staff[i].receive(true, WAIT).await.unwrap();
+        f.staff[i].approve(&view.request_id).await.unwrap();
+    }
+    let done = f.staff[0].receive(true, WAIT).await.unwrap();
+    assert!(
+        done.iter()
+            .any(|e| matches!(e, Event::OperationCompleted { .. })),
+        "{done:?}"
+    );
+    // Every device announces it when it verifies version 2.
+    let new = new_archive.public().fingerprint().to_string();
+    for c in [&mut f.alice, &mut f.adv] {
+        c.roster().await.unwrap();
+        let announced: Vec<Event> = c
+            .take_events()
+            .into_iter()
+            .filter(|e| matches!(e, Event::ArchiveChanged { .. }))
+            .collect();
+        match announced.as_slice() {
+            [Event::ArchiveChanged {
+                roster_version: 2,
+                before: Some(b),
+                after: Some(a),
+                ..
+            }] => {
+                assert_eq!(b, &old);
+                assert_eq!(a, &new);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.archive_view().unwrap().unreachable, "refuse");
+    }
+    // Devices follow the roster, not the relay: the relay still offers the old archive's
+    // device only, and nothing is sealed to it any more.
+    let adv = f.adv.account().unwrap().clone();
+    let err = f
+        .alice
+        .send_text(&adv, "after the change")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Trust(TrustError::ArchiveSubstituted { offered: 1, .. })
+        ),
+        "{err:?}"
+    );
 }

@@ -161,6 +161,24 @@ async fn a_conversation_is_archived_once_and_survives_stops_and_sigkill() {
         .send_notice(&alice, "Statement", &format!("your statement {canary}"))
         .await
         .unwrap();
+    // A notice to all clients, co-signed by compliance (its quorum), sent by operations.
+    let outcome = f.staff[0]
+        .send_signed_notice(
+            sealpost_protocol::trust::NoticeCategory::General,
+            sealpost_client::notices::NoticeTarget::AllClients,
+            "Maintenance",
+            &format!("trading pauses on Sunday {canary}"),
+        )
+        .await
+        .unwrap();
+    let sealpost_client::notices::NoticeOutcome::Draft { requests, .. } = outcome else {
+        panic!("a notice to all clients needs its co-signer: {outcome:?}")
+    };
+    f.staff[1].receive(true, WAIT).await.unwrap();
+    for r in &requests {
+        f.staff[1].approve(&r.request_id).await.unwrap();
+    }
+    f.staff[0].receive(true, WAIT).await.unwrap();
     let file = f.homes.path().join("report.pdf");
     std::fs::write(&file, format!("%PDF-1.4 {canary}").repeat(100)).unwrap();
     f.alice
@@ -210,7 +228,15 @@ async fn a_conversation_is_archived_once_and_survives_stops_and_sigkill() {
         "{all:?}"
     );
     assert_eq!(count(&|r| r.2 == "hello back"), 1);
-    assert_eq!(count(&|r| r.1 == "notice" && r.2.contains(&canary)), 1);
+    assert_eq!(
+        count(&|r| r.1 == "notice" && r.2.contains("your statement")),
+        1
+    );
+    assert_eq!(
+        count(&|r| r.1 == "notice" && r.0 == "ops" && r.2.contains("trading pauses")),
+        1,
+        "the co-signed notice to all clients: {all:?}"
+    );
     assert_eq!(
         count(&|r| r.1 == "attachment" && r.2.contains("report.pdf")),
         1
