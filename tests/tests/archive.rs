@@ -304,7 +304,9 @@ async fn the_archive_in_the_roster_is_announced_and_shown_with_every_conversatio
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains(&format!("recorded: {DISCLOSURE} (the firm's archive, fingerprint {fp})")),
+        out.contains(&format!(
+            "recorded: {DISCLOSURE} (the firm's archive, fingerprint {fp})"
+        )),
         "{out}"
     );
 }
