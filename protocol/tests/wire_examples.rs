@@ -1454,6 +1454,18 @@ fn security_watch_frame_encodings() {
     use sealpost_protocol::identity::DeviceId;
     use sealpost_protocol::wire::{SecurityEventInfo, SecuritySeverity};
     let watch = frame_hex(9, FrameBody::SecurityWatch { since: 41 });
+    // §22.6: the archive anchors its chain head (seq 7, hash 32 x 0xab).
+    assert_eq!(
+        frame_hex(
+            5,
+            FrameBody::AnchorArchive {
+                seq: 7,
+                hash: [0xab; 32]
+            }
+        ),
+        "0000004ea36176016269640564626f6479a261746e616e63686f725f617263686976656163a26373\
+         65710764686173685820abababababababababababababababababababababababababababababababab"
+    );
     // §21.3: an account's devices ask for their alerts.
     assert_eq!(
         frame_hex(7, FrameBody::GetAccountAlerts { since: 41 }),
