@@ -18,7 +18,7 @@
 
 use rand_core::OsRng;
 use sealpost_protocol::content::{Content, Message};
-use sealpost_protocol::envelope::{EnvelopeKind, MessageId, RoutingHeader};
+use sealpost_protocol::envelope::{Envelope, EnvelopeKind, MessageId, RoutingHeader};
 use sealpost_protocol::identity::{AccountId, DeviceId};
 use sealpost_protocol::trust::{ArchivePolicy, ArchiveUnreachable, TrustError};
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,16 @@ use crate::receive::PeerSession;
 /// Archive copies waiting at most in one profile (`queue` policy); beyond it new
 /// messages to clients (or to the firm) are refused until the archive takes them.
 pub const MAX_ARCHIVE_QUEUE: usize = 1024;
+
+/// A message's archive copy between sealing and sending ([`Client::prepare_archive_copy`]).
+pub(crate) struct PreparedArchive {
+    policy: ArchivePolicy,
+    item: PendingArchive,
+    /// The sealed copy; `None` when it could not be sealed (`queue` only).
+    envelope: Option<Envelope>,
+    /// Why it could not be sealed.
+    error: Option<ClientError>,
+}
 
 /// An archive copy not yet accepted by the relay, kept in the encrypted profile.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -163,17 +173,19 @@ impl Client {
         (me_firm != peer_firm).then(|| policy.clone())
     }
 
-    /// The archive copy of a message to `to` (before the message itself leaves), under
-    /// the roster's policy. `Err` means nothing may be sent.
-    pub(crate) async fn archive_copy(
+    /// Phase 1 of a message's archive copy (§22.3), before the sender's one save: under
+    /// `queue`, earlier copies are handed over and this one is queued (saved with the
+    /// message); the copy is sealed to the roster's archive device if a session can be
+    /// had. `Err` means nothing may be sent (`refuse`, or a full queue).
+    pub(crate) async fn prepare_archive_copy(
         &mut self,
         to: &AccountId,
         message_id: MessageId,
         sent_ms: u64,
         content: &Content,
-    ) -> Result<(), ClientError> {
+    ) -> Result<Option<PreparedArchive>, ClientError> {
         let Some(policy) = self.archive_for(to) else {
-            return Ok(());
+            return Ok(None);
         };
         let item = PendingArchive {
             message_id,
@@ -183,53 +195,96 @@ impl Client {
             queued_ms: now_ms(),
             last_error: String::new(),
         };
-        match policy.unreachable {
-            ArchiveUnreachable::Refuse => match self.hand_to_archive(&policy, &item).await {
-                Ok(()) => Ok(()),
-                Err(e @ ClientError::Trust(_)) => Err(e),
-                Err(e) => Err(ClientError::ArchiveUnavailable(e.to_string())),
-            },
-            ArchiveUnreachable::Queue => {
-                // Earlier copies first (the archive's order is the senders' order where
-                // it can be).
-                self.flush_archive_queue().await;
-                if self.archive_queue.len() >= MAX_ARCHIVE_QUEUE {
-                    return Err(ClientError::ArchiveUnavailable(format!(
-                        "{} archive copies already wait for the firm's archive (the most a \
-                         device keeps)",
-                        self.archive_queue.len()
-                    )));
+        if policy.unreachable == ArchiveUnreachable::Queue {
+            // Earlier copies first (the archive's order is the senders' order where it
+            // can be).
+            self.flush_archive_queue().await;
+            if self.archive_queue.len() >= MAX_ARCHIVE_QUEUE {
+                return Err(ClientError::ArchiveUnavailable(format!(
+                    "{} archive copies already wait for the firm's archive (the most a \
+                     device keeps)",
+                    self.archive_queue.len()
+                )));
+            }
+            // Durable with the message (the caller's save, before anything leaves): a
+            // crash after the message went cannot lose its archive copy (the archive
+            // drops a second copy of one it has).
+            self.archive_queue.push(item.clone());
+        }
+        let sealed = self.seal_for_archive(&policy, &item).await;
+        match (policy.unreachable, sealed) {
+            (_, Ok(envelope)) => Ok(Some(PreparedArchive {
+                policy,
+                item,
+                envelope: Some(envelope),
+                error: None,
+            })),
+            (ArchiveUnreachable::Refuse, Err(e @ ClientError::Trust(_))) => Err(e),
+            (ArchiveUnreachable::Refuse, Err(e)) => {
+                Err(ClientError::ArchiveUnavailable(e.to_string()))
+            }
+            (ArchiveUnreachable::Queue, Err(e)) => Ok(Some(PreparedArchive {
+                policy,
+                item,
+                envelope: None,
+                error: Some(e),
+            })),
+        }
+    }
+
+    /// Phase 2, after the save and before the message's own copies leave: hand the sealed
+    /// copy to the relay. `Err` (under `refuse`) means the message must not be sent.
+    pub(crate) async fn deliver_archive_copy(
+        &mut self,
+        prepared: Option<PreparedArchive>,
+    ) -> Result<(), ClientError> {
+        let Some(p) = prepared else {
+            return Ok(());
+        };
+        let result = match p.envelope {
+            Some(envelope) => self
+                .conn()?
+                .send_envelope(envelope)
+                .await
+                .map(|_| ())
+                .map_err(ClientError::from),
+            None => Err(p
+                .error
+                .unwrap_or_else(|| ClientError::Protocol("archive copy not sealed".into()))),
+        };
+        match (p.policy.unreachable, result) {
+            (ArchiveUnreachable::Queue, Ok(())) => {
+                // Saved with the next save; if lost, the copy is handed over again and
+                // the archive recognises it.
+                self.archive_queue
+                    .retain(|q| q.message_id != p.item.message_id);
+                Ok(())
+            }
+            (ArchiveUnreachable::Refuse, Ok(())) => Ok(()),
+            (ArchiveUnreachable::Refuse, Err(e @ ClientError::Trust(_))) => Err(e),
+            (ArchiveUnreachable::Refuse, Err(e)) => {
+                Err(ClientError::ArchiveUnavailable(e.to_string()))
+            }
+            (ArchiveUnreachable::Queue, Err(e)) => {
+                if let ClientError::Trust(t) = &e {
+                    self.events.push(Event::TrustRefused {
+                        subject: format!("archive {}", p.policy.account),
+                        reason: t.to_string(),
+                    });
                 }
-                // Durable before anything leaves: a crash after the message went cannot
-                // lose its archive copy (the archive drops a second copy of one it has).
-                self.archive_queue.push(item);
-                self.save()?;
-                let Some(item) = self.archive_queue.last().cloned() else {
-                    return Ok(());
-                };
-                match self.hand_to_archive(&policy, &item).await {
-                    Ok(()) => {
-                        self.archive_queue
-                            .retain(|p| p.message_id != item.message_id);
-                    }
-                    Err(e) => {
-                        if let ClientError::Trust(t) = &e {
-                            self.events.push(Event::TrustRefused {
-                                subject: format!("archive {}", policy.account),
-                                reason: t.to_string(),
-                            });
-                        }
-                        if let Some(p) = self.archive_queue.last_mut() {
-                            p.last_error = e.to_string();
-                        }
-                        self.events.push(Event::ArchiveQueued {
-                            message_id,
-                            to: to.clone(),
-                            waiting: self.archive_queue.len(),
-                            reason: e.to_string(),
-                        });
-                    }
+                if let Some(q) = self
+                    .archive_queue
+                    .iter_mut()
+                    .find(|q| q.message_id == p.item.message_id)
+                {
+                    q.last_error = e.to_string();
                 }
+                self.events.push(Event::ArchiveQueued {
+                    message_id: p.item.message_id,
+                    to: p.item.to.clone(),
+                    waiting: self.archive_queue.len(),
+                    reason: e.to_string(),
+                });
                 Ok(())
             }
         }
@@ -267,12 +322,27 @@ impl Client {
         done
     }
 
-    /// Seal `item` to the roster's archive device and have the relay accept it.
+    /// Seal `item` to the roster's archive device and have the relay accept it (the
+    /// queue's later attempts: one save per copy).
     async fn hand_to_archive(
         &mut self,
         policy: &ArchivePolicy,
         item: &PendingArchive,
     ) -> Result<(), ClientError> {
+        let envelope = self.seal_for_archive(policy, item).await?;
+        // The ratchet's nonce rule: state is durable before any envelope leaves.
+        self.save()?;
+        self.conn()?.send_envelope(envelope).await?;
+        Ok(())
+    }
+
+    /// Seal `item` for the roster's archive device (a session from its bundle if there
+    /// is none yet). Nothing is saved: the caller saves before the envelope leaves.
+    async fn seal_for_archive(
+        &mut self,
+        policy: &ArchivePolicy,
+        item: &PendingArchive,
+    ) -> Result<Envelope, ClientError> {
         let me = self.me()?;
         let device = policy.device();
         self.archive_session(policy).await?;
@@ -301,14 +371,9 @@ impl Client {
         let Some(peer) = self.sessions.get_mut(&device) else {
             return Err(ClientError::Protocol("no session with the archive".into()));
         };
-        let envelope = peer
-            .session
+        peer.session
             .seal(header, &plain, &mut rng)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        // The ratchet's nonce rule: state is durable before any envelope leaves.
-        self.save()?;
-        self.conn()?.send_envelope(envelope).await?;
-        Ok(())
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// A session with the archive device, from a bundle whose identity is exactly the

@@ -1314,9 +1314,11 @@ impl Client {
         let message_id = MessageId::random(&mut rng);
         let sent_ms = now_ms();
         let kind = relabel.unwrap_or_else(|| content.envelope_kind());
-        // The firm's archive gets its copy first (§22): under `refuse`, nothing leaves
-        // without it.
-        self.archive_copy(to, message_id, sent_ms, &content).await?;
+        // The firm's archive gets its copy first (§22): sealed now, saved with the rest,
+        // handed over before the others leave; under `refuse`, nothing leaves without it.
+        let archive = self
+            .prepare_archive_copy(to, message_id, sent_ms, &content)
+            .await?;
         let targets: Vec<DeviceId> = self
             .contacts
             .get(to)
@@ -1394,6 +1396,12 @@ impl Client {
         }
         // The ratchet's nonce rule: state is durable before any envelope leaves.
         self.save()?;
+        if let Err(e) = self.deliver_archive_copy(archive).await {
+            // Nothing was sent: the history does not show it as sent.
+            self.history.retain(|h| h.id != message_id);
+            let _ = self.save();
+            return Err(e);
+        }
         let conn = self.conn()?;
         let sends = envelopes.into_iter().map(|e| conn.send_envelope(e));
         let mut results = futures_util::future::join_all(sends).await;

@@ -441,8 +441,9 @@ impl Client {
             notice: Box::new(signed.clone()),
             content: content.to_vec(),
         };
-        // The firm's archive gets its copy first (§22).
-        self.archive_copy(to, message_id, sent_ms, &message_content)
+        // The firm's archive gets its copy first (§22): sealed now, saved with the rest.
+        let archive = self
+            .prepare_archive_copy(to, message_id, sent_ms, &message_content)
             .await?;
         if let Some(mut entry) =
             Self::entry_for(message_id, Direction::Out, to, &message_content, sent_ms)
@@ -459,6 +460,12 @@ impl Client {
         }
         // The ratchet's nonce rule: state is durable before any envelope leaves.
         self.save()?;
+        if let Err(e) = self.deliver_archive_copy(archive).await {
+            // Nothing was sent: the history does not show it as sent.
+            self.history.retain(|h| h.id != message_id);
+            let _ = self.save();
+            return Err(e);
+        }
         let conn = self.conn()?;
         let sends = envelopes
             .into_iter()
