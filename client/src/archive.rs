@@ -41,6 +41,18 @@ pub(crate) struct PreparedArchive {
     error: Option<ClientError>,
 }
 
+impl PreparedArchive {
+    /// Whether the copy must be accepted before the message leaves (`refuse`).
+    pub(crate) fn goes_first(&self) -> bool {
+        self.policy.unreachable == ArchiveUnreachable::Refuse
+    }
+
+    /// The sealed copy to send beside the message's own (`queue`).
+    pub(crate) fn envelope(&self) -> Option<Envelope> {
+        self.envelope.clone()
+    }
+}
+
 /// An archive copy not yet accepted by the relay, kept in the encrypted profile.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PendingArchive {
@@ -232,8 +244,11 @@ impl Client {
         }
     }
 
-    /// Phase 2, after the save and before the message's own copies leave: hand the sealed
-    /// copy to the relay. `Err` (under `refuse`) means the message must not be sent.
+    /// Phase 2 under `refuse`, after the save and before the message's own copies leave:
+    /// hand the sealed copy to the relay. `Err` means the message must not be sent.
+    /// (Under `queue` the copy is already durable in the queue: it goes with the
+    /// message's copies, [`PreparedArchive::envelope`] and
+    /// [`Client::finish_archive_copy`].)
     pub(crate) async fn deliver_archive_copy(
         &mut self,
         prepared: Option<PreparedArchive>,
@@ -241,14 +256,29 @@ impl Client {
         let Some(p) = prepared else {
             return Ok(());
         };
-        let result = match p.envelope {
+        let result = match p.envelope.clone() {
             Some(envelope) => self
                 .conn()?
                 .send_envelope(envelope)
                 .await
                 .map(|_| ())
                 .map_err(ClientError::from),
-            None => Err(p
+            None => Err(ClientError::Protocol("archive copy not sealed".into())),
+        };
+        self.finish_archive_copy(p, result)
+    }
+
+    /// What the relay answered to a prepared archive copy: the queue and the events
+    /// updated; `Err` under `refuse` when it did not take it.
+    pub(crate) fn finish_archive_copy(
+        &mut self,
+        p: PreparedArchive,
+        result: Result<(), ClientError>,
+    ) -> Result<(), ClientError> {
+        let result = match (result, p.envelope.is_some()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), true) => Ok(()),
+            (Ok(()), false) => Err(p
                 .error
                 .unwrap_or_else(|| ClientError::Protocol("archive copy not sealed".into()))),
         };

@@ -1396,15 +1396,37 @@ impl Client {
         }
         // The ratchet's nonce rule: state is durable before any envelope leaves.
         self.save()?;
-        if let Err(e) = self.deliver_archive_copy(archive).await {
+        // Under `refuse` the archive's copy is accepted before anything else leaves; under
+        // `queue` it is durable in the queue already and goes beside the others.
+        let (first, beside) = match archive {
+            Some(a) if a.goes_first() => (Some(a), None),
+            other => (None, other),
+        };
+        if let Err(e) = self.deliver_archive_copy(first).await {
             // Nothing was sent: the history does not show it as sent.
             self.history.retain(|h| h.id != message_id);
             let _ = self.save();
             return Err(e);
         }
         let conn = self.conn()?;
+        let beside_envelope = beside.as_ref().and_then(|a| a.envelope());
+        let archive_send = async {
+            match beside_envelope {
+                Some(e) => Some(conn.send_envelope(e).await),
+                None => None,
+            }
+        };
         let sends = envelopes.into_iter().map(|e| conn.send_envelope(e));
-        let mut results = futures_util::future::join_all(sends).await;
+        let (mut results, archived) =
+            futures_util::future::join(futures_util::future::join_all(sends), archive_send).await;
+        if let Some(a) = beside {
+            let r = match archived {
+                Some(r) => r.map(|_| ()).map_err(ClientError::from),
+                None => Ok(()),
+            };
+            // `queue`: never an error; a copy the relay did not take stays queued.
+            let _ = self.finish_archive_copy(a, r);
+        }
         // Sent if at least one recipient copy was accepted (sync copies alone, to this
         // account's own devices, do not make a message sent: a recipient copy the relay
         // refuses, such as an instruction from a device on probation, is the error).

@@ -1,7 +1,8 @@
 //! What the compliance archive costs a sender (issue 11): `Client::send_text` from a
 //! client to her advisor over real QUIC to a relay on SQLite, with the roster naming an
-//! archive (one more message sealed and handed to the relay before the recipient's copy,
-//! `refuse` policy) and without one. Both firms are set up in the same run; criterion
+//! archive and without one. Under `refuse` the archive's copy must be accepted before the
+//! recipient's copy leaves (one more durable round trip to the relay); under `queue` it
+//! is saved with the message and goes beside the recipient's copy. Both firms are set up in the same run; criterion
 //! reports each, and their ratio is the archive's cost on the send path.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -29,8 +30,12 @@ fn send_path(c: &mut Criterion) {
         vec![
             ("without_archive", firm_tuned(None, generous).await),
             (
-                "with_archive",
+                "with_archive_refuse",
                 firm_tuned(Some(ArchiveUnreachable::Refuse), generous).await,
+            ),
+            (
+                "with_archive_queue",
+                firm_tuned(Some(ArchiveUnreachable::Queue), generous).await,
             ),
         ]
     });
