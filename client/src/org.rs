@@ -1138,6 +1138,41 @@ devices = ["{}"]
     }
 
     #[test]
+    fn spec_takes_the_archive_and_refuses_a_bad_one() {
+        let mut rng = StdRng::seed_from_u64(10);
+        let ids = make_ids(4, 2);
+        let archive = sealpost_protocol::identity::IdentityKeyPair::generate(&mut rng);
+        let base = spec_text(&ids);
+        let table = format!(
+            "[policy.archive]\naccount = \"archive\"\ndevice = \"{}\"\nunreachable = \"queue\"\n\
+             disclosure = \"Recorded by the firm for regulatory purposes.\"\n\n[[staff]]",
+            identity_hex(archive.public())
+        );
+        let text = base.replacen("[[staff]]", &table, 1);
+        let spec = RosterSpec::parse(&text, "t.toml").unwrap();
+        let a = spec.policy.archive.clone().unwrap();
+        assert_eq!(a.account.as_str(), "archive");
+        assert_eq!(&a.identity, archive.public());
+        assert_eq!(
+            a.unreachable,
+            sealpost_protocol::trust::ArchiveUnreachable::Queue
+        );
+        let roster = spec.genesis(NOW).unwrap();
+        assert!(roster
+            .canonical_bytes()
+            .starts_with(b"Sealpost_Roster_v1\x00\x04"));
+        let again = RosterSpec::parse(&spec.to_toml().unwrap(), "rendered").unwrap();
+        assert_eq!(again, spec);
+        // A device that is not 128 hex digits, an unknown policy, an empty disclosure.
+        let bad = text.replacen(&identity_hex(archive.public()), "abcd", 1);
+        assert!(spec_err(&bad).contains("policy.archive.device"));
+        let bad = text.replacen("unreachable = \"queue\"", "unreachable = \"drop\"", 1);
+        assert!(RosterSpec::parse(&bad, "t.toml").is_err());
+        let bad = text.replacen("Recorded by the firm for regulatory purposes.", " ", 1);
+        assert!(spec_err(&bad).contains("disclosure"));
+    }
+
+    #[test]
     fn spec_parses_signs_genesis_verifies_from_the_fingerprint_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let mut rng = StdRng::seed_from_u64(8);
