@@ -110,18 +110,8 @@ enum Cmd {
         /// Who searches (recorded).
         #[arg(long)]
         actor: String,
-        /// Only this client account.
-        #[arg(long)]
-        client: Option<String>,
-        /// Only this firm-side account.
-        #[arg(long)]
-        firm: Option<String>,
-        /// Sent at or after (RFC 3339, e.g. 2026-01-01T00:00:00Z).
-        #[arg(long)]
-        from: Option<String>,
-        /// Sent before (RFC 3339).
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
         /// Words that must all occur.
         #[arg(long)]
         text: Option<String>,
@@ -138,18 +128,8 @@ enum Cmd {
         /// The directory to create.
         #[arg(long)]
         out: PathBuf,
-        /// The conversation's client account (with --firm).
-        #[arg(long)]
-        client: Option<String>,
-        /// The conversation's firm-side account (with --client).
-        #[arg(long)]
-        firm: Option<String>,
-        /// Sent at or after (RFC 3339).
-        #[arg(long)]
-        from: Option<String>,
-        /// Sent before (RFC 3339).
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
     },
     /// Check an export directory against its manifest (no key needed).
     VerifyExport {
@@ -168,6 +148,33 @@ enum Cmd {
     },
 }
 
+/// Which records: a client, a firm-side account, and when they were sent.
+#[derive(clap::Args)]
+struct Filter {
+    /// The client account.
+    #[arg(long)]
+    client: Option<String>,
+    /// The firm-side account.
+    #[arg(long)]
+    firm: Option<String>,
+    /// Sent at or after (RFC 3339, e.g. 2026-01-01T00:00:00Z).
+    #[arg(long, value_parser = parse_ms)]
+    from: Option<u64>,
+    /// Sent before (RFC 3339).
+    #[arg(long, value_parser = parse_ms)]
+    to: Option<u64>,
+}
+
+/// An RFC 3339 time as Unix milliseconds.
+fn parse_ms(s: &str) -> Result<u64, String> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{e} (write 2026-01-31T00:00:00Z)"))
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        })
+}
+
 #[derive(Subcommand)]
 enum HoldCmd {
     /// Place a hold (one of --client, --firm, --from/--to, --all).
@@ -181,18 +188,8 @@ enum HoldCmd {
         /// Why.
         #[arg(long)]
         reason: String,
-        /// Every record of this client.
-        #[arg(long)]
-        client: Option<String>,
-        /// Every record of this firm-side account.
-        #[arg(long)]
-        firm: Option<String>,
-        /// Records sent at or after (RFC 3339), with --to.
-        #[arg(long)]
-        from: Option<String>,
-        /// Records sent before (RFC 3339), with --from.
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        filter: Filter,
         /// Everything.
         #[arg(long)]
         all: bool,
@@ -309,18 +306,6 @@ fn open_store(p: &Paths) -> Result<Archive, Fail> {
         options.mail_domain = d;
     }
     Ok(Archive::open_with(&p.store, &key, options)?)
-}
-
-fn ms_arg(name: &str, v: Option<&str>) -> Result<Option<u64>, Fail> {
-    v.map(|s| {
-        humantime::parse_rfc3339_weak(s)
-            .map_err(|e| usage(format!("--{name} {s:?}: {e} (write 2026-01-31T00:00:00Z)")))
-            .map(|t| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64)
-            })
-    })
-    .transpose()
 }
 
 fn say(json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
@@ -484,19 +469,16 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
         Cmd::Search {
             actor,
-            client,
-            firm,
-            from,
-            to,
+            filter,
             text,
             limit,
         } => {
             let mut archive = open_store(&p)?;
             let query = SearchQuery {
-                client,
-                firm,
-                from_ms: ms_arg("from", from.as_deref())?,
-                to_ms: ms_arg("to", to.as_deref())?,
+                client: filter.client,
+                firm: filter.firm,
+                from_ms: filter.from,
+                to_ms: filter.to,
                 text,
                 order: SearchOrder::Newest,
                 limit,
@@ -532,17 +514,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             }
             Ok(())
         }
-        Cmd::Export {
-            actor,
-            out,
-            client,
-            firm,
-            from,
-            to,
-        } => {
-            let from_ms = ms_arg("from", from.as_deref())?;
-            let to_ms = ms_arg("to", to.as_deref())?;
-            let scope = match (client, firm) {
+        Cmd::Export { actor, out, filter } => {
+            let (from_ms, to_ms) = (filter.from, filter.to);
+            let scope = match (filter.client, filter.firm) {
                 (Some(client), Some(firm)) => ExportScope::Conversation {
                     client,
                     firm,
@@ -607,15 +581,10 @@ fn hold(p: &Paths, json: bool, h: HoldCmd) -> Result<(), Fail> {
             actor,
             name,
             reason,
-            client,
-            firm,
-            from,
-            to,
+            filter,
             all,
         } => {
-            let from_ms = ms_arg("from", from.as_deref())?;
-            let to_ms = ms_arg("to", to.as_deref())?;
-            let scope = match (client, firm, from_ms, to_ms, all) {
+            let scope = match (filter.client, filter.firm, filter.from, filter.to, all) {
                 (Some(account), None, None, None, false) => HoldScope::Client { account },
                 (None, Some(account), None, None, false) => HoldScope::Firm { account },
                 (None, None, Some(from_ms), Some(to_ms), false) => {

@@ -385,3 +385,65 @@ async fn a_roster_change_of_the_archive_is_announced_and_followed_not_the_relay(
         "{err:?}"
     );
 }
+
+/// What a peer can send the relay about the archive, refused with its reason: another
+/// kind to the archive, an archive copy to anyone else, anything from the archive
+/// account, and an anchor from any account but the archive's (docs/PROTOCOL.md §22.2,
+/// §22.6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_routes_archive_copies_only_to_the_archive_and_takes_anchors_only_from_it() {
+    use sealpost_client::net::NetError;
+    use sealpost_protocol::envelope::{Envelope, EnvelopeKind, RoutingHeader};
+    use sealpost_protocol::wire::{ErrorCode, Role};
+    let f = firm(ArchiveUnreachable::Refuse, false).await;
+    let adv_device = f.adv.device_id();
+    let mallory_id = f.relay.account("mallory", Role::Client).await;
+    f.relay.assign(&mallory_id, f.adv.account().unwrap()).await;
+    let mut mallory = f.relay.device(&mallory_id, 31).await;
+    let mut archive = f.relay.device(&f.archive_account, 32).await;
+    let envelope = |from: &mut sealpost_tests::TestDevice, to, kind| Envelope {
+        header: RoutingHeader::new(from.id(), to, kind, org::now_ms(), &mut rand::rngs::OsRng),
+        body: vec![0; 64],
+    };
+    fn refused<T: std::fmt::Debug>(r: Result<T, NetError>, why: &str) {
+        match r {
+            Err(NetError::Refused {
+                code: ErrorCode::Forbidden,
+                message,
+                ..
+            }) => assert!(message.contains(why), "{message}"),
+            other => panic!("expected forbidden ({why}): {other:?}"),
+        }
+    }
+    let archive_device = archive.id();
+    let e = envelope(&mut mallory, archive_device, EnvelopeKind::Chat);
+    refused(
+        mallory.conn.send_envelope(e).await,
+        "takes only archive copies",
+    );
+    let e = envelope(&mut mallory, adv_device, EnvelopeKind::Archive);
+    refused(
+        mallory.conn.send_envelope(e).await,
+        "go only to the archive",
+    );
+    let e = envelope(&mut archive, adv_device, EnvelopeKind::Chat);
+    refused(archive.conn.send_envelope(e).await, "sends nothing");
+    refused(
+        mallory.conn.anchor_archive(3, [1; 32]).await,
+        "only the firm's archive",
+    );
+    // An archive copy to the archive is accepted; so is the archive's own anchor.
+    let e = envelope(&mut mallory, archive_device, EnvelopeKind::Archive);
+    mallory.conn.send_envelope(e).await.unwrap();
+    let index = archive.conn.anchor_archive(3, [1; 32]).await.unwrap();
+    use sealpost_server::store::tlog::TlogStore;
+    let leaves = f.relay.relay.store.leaves(index, 1).await.unwrap();
+    let leaf = sealpost_protocol::tlog::LogLeaf::from_bytes(&leaves[0].1).unwrap();
+    assert_eq!(
+        leaf.event,
+        sealpost_protocol::tlog::LeafEvent::ArchiveHead {
+            seq: 3,
+            hash: [1; 32]
+        }
+    );
+}
