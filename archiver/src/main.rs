@@ -20,7 +20,7 @@ use sealpost_archiver::{
 };
 use sealpost_client::archive::{ArchiveSink, ArchivedMessage};
 use sealpost_client::client::RelayInfo;
-use sealpost_client::Client;
+use sealpost_client::{display, Client};
 use sealpost_protocol::content::{Content, NoticeText, ReceiptKind};
 use sealpost_protocol::identity::AccountId;
 use serde_json::json;
@@ -31,8 +31,10 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 5;
 const EXIT_TRUST: u8 = 8;
 
-/// How long one receive pass of `run` listens.
-const PASS: Duration = Duration::from_secs(10);
+/// How long one receive pass of `run` listens (also how often it checks for Ctrl-C).
+const PASS: Duration = Duration::from_millis(500);
+/// The longest `run --once` waits for the relay to say the mailbox is drained.
+const DRAIN_WAIT: Duration = Duration::from_secs(60);
 /// Pause before reconnecting after a lost connection.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
@@ -249,6 +251,7 @@ fn main() -> ExitCode {
 }
 
 struct Paths {
+    home: PathBuf,
     profile: PathBuf,
     key: PathBuf,
     store: PathBuf,
@@ -257,6 +260,7 @@ struct Paths {
 
 fn paths(home: &Path) -> Paths {
     Paths {
+        home: home.to_path_buf(),
         profile: home.join("profile"),
         key: home.join("archive.key"),
         store: home.join("archive.db"),
@@ -281,15 +285,16 @@ struct Settings {
 }
 
 fn open_store(p: &Paths) -> Result<Archive, Fail> {
-    let key = ArchiveKey::load(&p.key).map_err(|e| {
-        Fail(
+    if !p.key.exists() && !p.store.exists() {
+        return Err(Fail(
             EXIT_FAILURE,
             format!(
-                "archive key {}: {e} (run `sealpost-archiver init`)",
-                p.key.display()
+                "no archive in {} (create one with `sealpost-archiver --home DIR init`, or name its directory with --home)",
+                p.home.display()
             ),
-        )
-    })?;
+        ));
+    }
+    let key = ArchiveKey::load(&p.key).map_err(|e| Fail(EXIT_FAILURE, e.to_string()))?;
     let settings: Settings = match std::fs::read_to_string(&p.settings) {
         Ok(text) => {
             toml::from_str(&text).map_err(|e| usage(format!("{}: {e}", p.settings.display())))?
@@ -487,11 +492,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             for h in &r.hits {
                 say(json, serde_json::to_value(h)?, || {
                     format!(
-                        "#{} {} {} -> {} [{}] {}",
+                        "#{} [{}] {} -> {} [{}] {}",
                         h.seq,
-                        humantime::format_rfc3339_millis(
-                            std::time::UNIX_EPOCH + Duration::from_millis(h.meta.sent_ms)
-                        ),
+                        sealpost_client::clock::utc(h.meta.sent_ms),
                         h.meta.sender_account,
                         if h.meta.sender_account == h.meta.client_account {
                             &h.meta.firm_account
@@ -499,9 +502,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                             &h.meta.client_account
                         },
                         h.meta.kind,
-                        h.snippet
-                            .as_deref()
-                            .unwrap_or("(deleted at the end of retention)")
+                        // What a client wrote: control characters escaped.
+                        h.snippet.as_deref().map_or_else(
+                            || "(deleted at the end of retention)".to_owned(),
+                            display::line
+                        )
                     )
                 });
             }
@@ -620,14 +625,33 @@ fn hold(p: &Paths, json: bool, h: HoldCmd) -> Result<(), Fail> {
             for h in archive.holds()? {
                 say(json, serde_json::to_value(&h)?, || {
                     format!(
-                        "{}: {:?} placed by {} (record {}): {}",
-                        h.name, h.scope, h.placed_by, h.placed_seq, h.reason
+                        "{}: {}, placed by {} at {} (record {}): {}",
+                        display::line(&h.name),
+                        describe_scope(&h.scope),
+                        display::line(&h.placed_by),
+                        sealpost_client::clock::utc(h.placed_ms),
+                        h.placed_seq,
+                        display::line(&h.reason)
                     )
                 });
             }
         }
     }
     Ok(())
+}
+
+/// What a hold covers, as a reader says it.
+fn describe_scope(scope: &HoldScope) -> String {
+    match scope {
+        HoldScope::Client { account } => format!("every record of client {account}"),
+        HoldScope::Firm { account } => format!("every record of firm account {account}"),
+        HoldScope::DateRange { from_ms, to_ms } => format!(
+            "every record sent from {} to {}",
+            sealpost_client::clock::utc(*from_ms),
+            sealpost_client::clock::utc(*to_ms)
+        ),
+        HoldScope::All => "every record".into(),
+    }
 }
 
 /// The record the store keeps for an archive copy.
@@ -763,6 +787,39 @@ fn sink(archive: Arc<Mutex<Archive>>, ingested: Arc<AtomicU64>) -> ArchiveSink {
     })
 }
 
+/// Ctrl-C or SIGTERM: `run` stops between receive passes (what was committed is
+/// acknowledged; what was not is delivered again on the next run).
+fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Sleep `d`, or less if a stop is requested.
+async fn pause(d: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
+}
+
 /// `run`: connect, receive, commit to the store before acknowledging; reconnect on a
 /// lost connection (a transient failure is "try again", never a verdict).
 async fn receive_loop(
@@ -784,16 +841,17 @@ async fn receive_loop(
     let started = Instant::now();
     let deadline = for_.map(|d| started + d);
     let mut connected_once = false;
+    let mut stop = stop_signal();
     // The head last anchored (its record is followed by the anchor's own record).
     let mut anchored_through = lock_store(&archive).head()?.seq;
     let mut last_anchor: Option<Instant> = None;
     loop {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if deadline.is_some_and(|d| Instant::now() >= d) || *stop.borrow() {
             break;
         }
         if !client.is_connected() {
             match client.connect().await {
-                Ok(()) => connected_once = true,
+                Ok(()) => {}
                 Err(e) => {
                     if once && !connected_once {
                         return Err(Fail(
@@ -802,7 +860,7 @@ async fn receive_loop(
                         ));
                     }
                     tracing::warn!(error = %e, "relay unreachable; trying again");
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    pause(RECONNECT_PAUSE, &mut stop).await;
                     continue;
                 }
             }
@@ -813,7 +871,7 @@ async fn receive_loop(
                 }
                 tracing::warn!(error = %e, "roster not refreshed; trying again");
                 client.disconnect();
-                tokio::time::sleep(RECONNECT_PAUSE).await;
+                pause(RECONNECT_PAUSE, &mut stop).await;
                 continue;
             }
             if !client.is_archive_device() {
@@ -822,10 +880,31 @@ async fn receive_loop(
                     "the verified roster does not name this device as the firm's archive".into(),
                 ));
             }
+            if !connected_once {
+                connected_once = true;
+                let account = client
+                    .account()
+                    .map(|a| a.as_str().to_owned())
+                    .unwrap_or_default();
+                let relay = client.relay().map(|r| r.addr.clone()).unwrap_or_default();
+                let head = lock_store(&archive).head()?;
+                say(
+                    json,
+                    json!({"event": "connected", "account": account, "relay": relay, "head_seq": head.seq}),
+                    || {
+                        format!(
+                            "Receiving archive copies as {account} from {relay} (chain head: record {}).{}",
+                            head.seq,
+                            if once { "" } else { " Ctrl-C stops." }
+                        )
+                    },
+                );
+            }
         }
+        let pass = if once { DRAIN_WAIT } else { PASS };
         let wait = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()).min(PASS),
-            None => PASS,
+            Some(d) => d.saturating_duration_since(Instant::now()).min(pass),
+            None => pass,
         };
         match client.receive(once, wait).await {
             Ok(events) => {
@@ -870,7 +949,7 @@ async fn receive_loop(
                 drop(client);
                 client = Client::open(&p.profile, &pass)?;
                 client.set_archive_sink(sink(archive.clone(), ingested.clone()));
-                tokio::time::sleep(RECONNECT_PAUSE).await;
+                pause(RECONNECT_PAUSE, &mut stop).await;
             }
         }
     }

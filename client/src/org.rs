@@ -835,6 +835,20 @@ pub enum RosterChange {
         /// New roles.
         to: Vec<StaffRole>,
     },
+    /// The transparency log's keys, its witnesses or their threshold change.
+    TransparencyChanged {
+        /// Old policy, in words ("none" when absent).
+        from: String,
+        /// New policy, in words.
+        to: String,
+    },
+    /// The compliance archive is named, replaced, removed, or its policy changes.
+    ArchiveChanged {
+        /// Old archive, in words ("none" when absent).
+        from: String,
+        /// New archive, in words.
+        to: String,
+    },
 }
 
 impl fmt::Display for RosterChange {
@@ -890,8 +904,46 @@ impl fmt::Display for RosterChange {
                     names(to)
                 )
             }
+            Self::TransparencyChanged { from, to } => {
+                write!(f, "~ policy transparency log: {from} -> {to}")
+            }
+            Self::ArchiveChanged { from, to } => {
+                write!(f, "~ policy compliance archive: {from} -> {to}")
+            }
         }
     }
+}
+
+/// A transparency policy in words, for approvers: every log key and witness in full.
+fn describe_transparency(t: Option<&sealpost_protocol::tlog::TransparencyPolicy>) -> String {
+    let Some(t) = t else {
+        return "none".into();
+    };
+    let keys = |k: &[sealpost_protocol::tlog::NoteKey]| {
+        k.iter().map(|k| k.to_vkey()).collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "log keys [{}], witnesses [{}], {} cosignature{} required",
+        keys(&t.log_keys),
+        keys(&t.witnesses),
+        t.witness_threshold,
+        if t.witness_threshold == 1 { "" } else { "s" }
+    )
+}
+
+/// An archive policy in words, for approvers: account, device fingerprint, what devices
+/// do when it is unreachable, and the disclosure clients are shown.
+fn describe_archive(a: Option<&sealpost_protocol::trust::ArchivePolicy>) -> String {
+    let Some(a) = a else {
+        return "none (conversations not recorded)".into();
+    };
+    format!(
+        "account {}, device {}, when unreachable: {}, disclosure {:?}",
+        a.account.as_str(),
+        a.fingerprint(),
+        a.unreachable.name(),
+        crate::display::line(&a.disclosure)
+    )
 }
 
 /// What changes from `old` to `new`: staff, roles, devices, policy. Empty if only the
@@ -977,6 +1029,18 @@ pub fn roster_diff(old: &Roster, new: &Roster) -> Vec<RosterChange> {
         out.push(RosterChange::AttestationRolesChanged {
             from: op.attestation_roles().roles(),
             to: np.attestation_roles().roles(),
+        });
+    }
+    if op.transparency != np.transparency {
+        out.push(RosterChange::TransparencyChanged {
+            from: describe_transparency(op.transparency.as_ref()),
+            to: describe_transparency(np.transparency.as_ref()),
+        });
+    }
+    if op.archive != np.archive {
+        out.push(RosterChange::ArchiveChanged {
+            from: describe_archive(op.archive.as_ref()),
+            to: describe_archive(np.archive.as_ref()),
         });
     }
     out
@@ -1135,6 +1199,20 @@ devices = ["{}"]
             1,
         );
         assert!(spec_err(&no_log).contains("need policy.log_key"));
+        // Approvers see a new log key or witness, never an empty difference.
+        let next = spec.next_of(&plain.genesis(NOW).unwrap(), NOW + 1).unwrap();
+        let shown: Vec<String> = roster_diff(&plain.genesis(NOW).unwrap(), &next)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(
+            shown[0].starts_with("~ policy transparency log: none -> log keys [")
+                && shown[0].contains(&log.public().to_vkey())
+                && shown[0].contains(&w.public().to_vkey())
+                && shown[0].ends_with("1 cosignature required"),
+            "{shown:?}"
+        );
     }
 
     #[test]
@@ -1170,6 +1248,42 @@ devices = ["{}"]
         assert!(RosterSpec::parse(&bad, "t.toml").is_err());
         let bad = text.replacen("Recorded by the firm for regulatory purposes.", " ", 1);
         assert!(spec_err(&bad).contains("disclosure"));
+
+        // Appended after the staff (as the README's walk-through does), the table is the
+        // same, and the change is what approvers are shown: archive added, then removed.
+        let before = RosterSpec::parse(&base, "t.toml")
+            .unwrap()
+            .genesis(NOW)
+            .unwrap();
+        let appended = format!(
+            "{base}\n[policy.archive]\naccount = \"archive\"\ndevice = \"{}\"\n\
+             unreachable = \"queue\"\ndisclosure = \"Recorded by the firm for regulatory purposes.\"\n",
+            identity_hex(archive.public())
+        );
+        let spec = RosterSpec::parse(&appended, "t.toml").unwrap();
+        assert_eq!(spec.policy.archive.as_ref(), Some(&a));
+        let next = spec.next_of(&before, NOW + 1).unwrap();
+        let shown: Vec<String> = roster_diff(&before, &next)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let fp = a.fingerprint();
+        assert_eq!(
+            shown,
+            vec![format!(
+                "~ policy compliance archive: none (conversations not recorded) -> account archive, \
+                 device {fp}, when unreachable: queue, disclosure \"Recorded by the firm for regulatory purposes.\""
+            )]
+        );
+        let removed: Vec<String> = roster_diff(&next, &before)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(removed.len(), 1);
+        assert!(
+            removed[0].ends_with("-> none (conversations not recorded)"),
+            "{removed:?}"
+        );
     }
 
     #[test]

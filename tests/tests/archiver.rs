@@ -193,9 +193,37 @@ async fn a_conversation_is_archived_once_and_survives_stops_and_sigkill() {
     f.adv.receive(true, WAIT).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    // Stopped while the conversation goes on.
-    running.kill().unwrap();
-    running.wait().unwrap();
+    // Stopped while the conversation goes on, as a service manager stops it (SIGTERM):
+    // it ends cleanly between receive passes and says what it archived.
+    let sent = Command::new("kill")
+        .arg("-TERM")
+        .arg(running.id().to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let pid = running.id();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || running.wait_with_output()),
+    )
+    .await;
+    let Ok(out) = waited else {
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        panic!("sealpost-archiver run did not stop within 30 s of SIGTERM");
+    };
+    let out = out.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Receiving archive copies as archive from ")
+            && stdout.contains("Archived ")
+            && stdout.contains(" new record(s); chain head "),
+        "{stdout}"
+    );
     for i in 0..5 {
         f.alice
             .send_text(&adv, &format!("while stopped {i}"))

@@ -1,7 +1,7 @@
 //! The README's walk-through, run as written: every ```sh block from "Using Sealpost" to
-//! the end of the devices section, in order, through `bash` against the real `sealpost-relay`
-//! and `sealpost` binaries, with only ports, codes, fingerprints, ids and paths
-//! substituted; every ```text block is checked against the output of the command before
+//! the end of the compliance archive section, in order, through `bash` against the real
+//! `sealpost-relay`, `sealpost` and `sealpost-archiver` binaries, with only ports, codes,
+//! fingerprints, ids and paths substituted; every ```text block is checked against the output of the command before
 //! it (the lines it shows must appear in that order; timestamps, fingerprints and hex ids
 //! are masked), and every command must exit 0. A README that drifts from the code fails
 //! here.
@@ -22,7 +22,7 @@
 //!   (or appends) the block, placeholders filled in, as NAME in the current directory.
 //!
 //! Placeholders (`<CA>`, `<ORG>`, `<LOG>`, `<request id>`, `<X's code>`, `<X's identity>`,
-//! `<link code>`) are filled from what earlier commands printed, and so are the README's
+//! `<link code>`, `<archive device>`) are filled from what earlier commands printed, and so are the README's
 //! literal examples of values that differ on every run (the safety number after
 //! `verify --confirm`, the attestation code after `attest confirm --code`, the device id
 //! after `device revoke`, the relay's address `127.0.0.1:4433` and `/tmp/sealpost-demo`).
@@ -41,6 +41,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 const RELAY: &str = env!("CARGO_BIN_EXE_sealpost-relay-under-test");
 const CLI: &str = env!("CARGO_BIN_EXE_sealpost-under-test");
+const ARCHIVER: &str = env!("CARGO_BIN_EXE_sealpost-archiver-under-test");
 /// Upper bound for any one foreground command (and for a stdin value to appear).
 const STEP: Duration = Duration::from_secs(60);
 /// Upper bound for a background command to print its ready text, or to finish.
@@ -50,7 +51,7 @@ const MAX_COOLING_OFF_WAIT: Duration = Duration::from_secs(75);
 
 /// README lines the test does not run, each with the reason. Keep this short.
 const SKIPPED: &[(&str, &str)] = &[(
-    "cargo build -p sealpost-server -p sealpost-client",
+    "cargo build -p sealpost-server -p sealpost-client -p sealpost-archiver",
     "the test runs under cargo, which has built the same binaries from the same sources \
      (the tests package's `*-under-test` bins); the test's checkout has them in target/debug",
 )];
@@ -369,6 +370,10 @@ fn capture(output: &str, caps: &mut BTreeMap<String, String>) {
         if let Some(rest) = t.strip_prefix("account:") {
             account = rest.split_whitespace().next().map(str::to_string);
         }
+        // `sealpost-archiver init`: the archive device's identity for the roster.
+        if let Some(rest) = t.strip_prefix("device (for the roster's [policy.archive] device):") {
+            caps.insert("archive device".into(), rest.trim().to_string());
+        }
         if let (Some(rest), Some(who)) = (t.strip_prefix("identity:"), &account) {
             caps.insert(format!("{who}'s identity"), rest.trim().to_string());
         }
@@ -538,6 +543,7 @@ impl Walk {
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(RELAY, bin.join("sealpost-relay")).unwrap();
         std::os::unix::fs::symlink(CLI, bin.join("sealpost")).unwrap();
+        std::os::unix::fs::symlink(ARCHIVER, bin.join("sealpost-archiver")).unwrap();
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
         let relay_addr = format!("127.0.0.1:{}", free_udp_port());

@@ -478,7 +478,6 @@ async fn send(ctx: &Ctx, to: &str, text: &str) -> Result<(), CliError> {
     connect(ctx, &mut client).await?;
     let at = relay_addr(&client);
     say_tofu(ctx, &client);
-    say_archive(ctx, &client);
     let result = client.send_text(&to, &text).await;
     finish(&mut client).await?;
     let report = result.map_err(|e| CliError::from_client(e, Some(&at)))?;
@@ -486,6 +485,8 @@ async fn send(ctx: &Ctx, to: &str, text: &str) -> Result<(), CliError> {
     if !ctx.out.json {
         print_events(ctx.out, &report.events, me.as_ref())?;
     }
+    // Under the roster the message went under (sending refreshes it).
+    say_archive(ctx, &client);
     ctx.out.json_line(tagged("sent", &report)?);
     ctx.out.say(format!(
         "Sent to {to} ({} device{}{}).",
@@ -661,7 +662,6 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
     let at = relay_addr(&client);
     let me = client.account().cloned();
     say_tofu(ctx, &client);
-    say_archive(ctx, &client);
     let received = client.receive(true, wait).await;
     let events = match received {
         Ok(ev) => ev,
@@ -681,6 +681,8 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
         })
         .collect();
     print_events(ctx.out, &others, me.as_ref())?;
+    // Above the conversation, under the roster receiving verified it against.
+    say_archive(ctx, &client);
 
     let unread: Vec<HistoryEntry> = client
         .history()
