@@ -162,6 +162,10 @@ pub enum VerifyError {
         /// What is wrong.
         problem: Problem,
     },
+    /// The chain and contents verify, but the search index does not match the
+    /// contents: a search could miss a record or find one for words it does not hold.
+    #[error("the search index does not match the archived contents (a search could miss records); the chain itself verifies: rebuild the index with `sealpost-archiver reindex`")]
+    SearchIndex,
     /// The database could not be read.
     #[error("archive database: {0}")]
     Db(#[from] rusqlite::Error),
@@ -172,7 +176,7 @@ impl VerifyError {
     pub fn seq(&self) -> Option<u64> {
         match self {
             VerifyError::Broken { seq, .. } => Some(*seq),
-            VerifyError::Db(_) => None,
+            VerifyError::SearchIndex | VerifyError::Db(_) => None,
         }
     }
 }

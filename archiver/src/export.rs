@@ -498,11 +498,20 @@ fn validate_scope(scope: &ExportScope) -> Result<(), ArchiveError> {
     Ok(())
 }
 
+/// What [`Archive::write_export`] wrote: (records, files, manifest SHA-256).
+type Written = (u64, u64, Hash);
+
 impl Archive {
     /// Exports the records in `scope` into `dir` (created; must not exist or be empty)
     /// and appends an `export` record naming `actor`, the scope, the record count and
     /// the manifest's SHA-256. See the [module documentation](crate::export) for the
     /// layout. At most [`MAX_EXPORT_RECORDS`] records.
+    ///
+    /// The files are written into a hidden directory beside `dir`
+    /// (`.NAME.partial-PID`), which becomes `dir` only once the `export` record is in the
+    /// chain: an export that fails leaves nothing behind (the partial directory is
+    /// removed) and no plaintext ever sits at `dir` without its audit record. (A process
+    /// killed mid-export leaves its partial directory; delete it.)
     pub fn export(
         &mut self,
         actor: &str,
@@ -511,17 +520,75 @@ impl Archive {
     ) -> Result<ExportReport, ArchiveError> {
         check_actor(actor)?;
         validate_scope(scope)?;
-        let io = |source| ArchiveError::Io {
-            path: dir.to_path_buf(),
-            source,
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ArchiveError::Io { path, source }
         };
-        if dir.exists() {
-            if fs::read_dir(dir).map_err(io)?.next().is_some() {
-                return Err(ArchiveError::ExportDirNotEmpty(dir.to_path_buf()));
-            }
-        } else {
-            fs::create_dir_all(dir).map_err(io)?;
+        let existed = dir.exists();
+        if existed && fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
+            return Err(ArchiveError::ExportDirNotEmpty(dir.to_path_buf()));
         }
+        let name = dir
+            .file_name()
+            .ok_or_else(|| ArchiveError::Invalid {
+                what: "export directory",
+                reason: format!("{} has no name", dir.display()),
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(io(&parent))?;
+        let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        if staging.exists() {
+            // Left by an earlier run of this process id that was killed.
+            fs::remove_dir_all(&staging).map_err(io(&staging))?;
+        }
+        fs::create_dir(&staging).map_err(io(&staging))?;
+        let written = self.write_export(actor, scope, &staging);
+        let (records, files, manifest_sha256) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        let audit = self.append(&RecordBody::Export {
+            actor: actor.to_string(),
+            scope: scope.clone(),
+            records,
+            manifest_sha256,
+        });
+        let audit_seq = match audit {
+            Ok((seq, _)) => seq,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        // Recorded: now it may be seen at its name (an empty `dir` is replaced).
+        if existed {
+            fs::remove_dir(dir).map_err(io(dir))?;
+        }
+        fs::rename(&staging, dir).map_err(io(&staging))?;
+        Ok(ExportReport {
+            dir: dir.to_path_buf(),
+            records,
+            files,
+            manifest_sha256,
+            audit_seq,
+        })
+    }
+
+    /// Writes the export of `scope` into the (empty) directory `dir`; no audit record.
+    fn write_export(
+        &mut self,
+        actor: &str,
+        scope: &ExportScope,
+        dir: &Path,
+    ) -> Result<Written, ArchiveError> {
         let now = self.now_ms();
         let domain = self.options.mail_domain.clone();
         // One read transaction: a consistent snapshot even if another process sweeps.
@@ -742,19 +809,7 @@ impl Archive {
         })?;
         let manifest_sha256: Hash = Sha256::digest(&json).into();
         let files = manifest.files.len() as u64 + 1;
-        let (audit_seq, _) = self.append(&RecordBody::Export {
-            actor: actor.to_string(),
-            scope: scope.clone(),
-            records: seqs.len() as u64,
-            manifest_sha256,
-        })?;
-        Ok(ExportReport {
-            dir: dir.to_path_buf(),
-            records: seqs.len() as u64,
-            files,
-            manifest_sha256,
-            audit_seq,
-        })
+        Ok((seqs.len() as u64, files, manifest_sha256))
     }
 }
 

@@ -105,6 +105,9 @@ enum Cmd {
     Anchor,
     /// Check the whole chain; names the first record that does not verify (exit 8).
     Verify,
+    /// Rebuild the search index from the archived contents, after checking them against
+    /// the chain (when `verify` says the index does not match them).
+    Reindex,
     /// The chain's head (sequence number and hash), for anchoring.
     Head,
     /// Search the archive (recorded in the chain with who searched).
@@ -455,6 +458,33 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     EXIT_TRUST,
                     format!(
                         "the archive does not verify: {e}{}",
+                        e.seq()
+                            .map(|s| format!(" (first bad record: {s})"))
+                            .unwrap_or_default()
+                    ),
+                )),
+            }
+        }
+        Cmd::Reindex => {
+            let mut archive = open_store(&p)?;
+            match archive.reindex() {
+                Ok(s) => {
+                    say(
+                        json,
+                        json!({"event": "reindexed", "records": s.records, "contents": s.contents_checked}),
+                        || {
+                            format!(
+                                "The search index was rebuilt from {} verified contents ({} records checked).",
+                                s.contents_checked, s.records
+                            )
+                        },
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(Fail(
+                    EXIT_TRUST,
+                    format!(
+                        "the archive does not verify, so its index was not rebuilt: {e}{}",
                         e.seq()
                             .map(|s| format!(" (first bad record: {s})"))
                             .unwrap_or_default()

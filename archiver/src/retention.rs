@@ -250,12 +250,11 @@ impl Archive {
                     let text: String = tx
                         .prepare_cached("SELECT text FROM content WHERE seq = ?1")?
                         .query_row(params![seq_i], |r| r.get(0))?;
-                    if !text.is_empty() {
-                        tx.prepare_cached(
-                            "INSERT INTO message_fts (message_fts, rowid, text) VALUES ('delete', ?1, ?2)",
-                        )?
-                        .execute(params![seq_i, text])?;
-                    }
+                    // Every content row is indexed (see `ingest_batch`).
+                    tx.prepare_cached(
+                        "INSERT INTO message_fts (message_fts, rowid, text) VALUES ('delete', ?1, ?2)",
+                    )?
+                    .execute(params![seq_i, text])?;
                     tx.prepare_cached("DELETE FROM content WHERE seq = ?1")?
                         .execute(params![seq_i])?;
                     tx.prepare_cached("DELETE FROM attachments WHERE seq = ?1")?

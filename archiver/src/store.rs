@@ -14,8 +14,10 @@ use crate::limits::*;
 use crate::record::*;
 use crate::retention::RetentionPolicy;
 
-/// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (`PRAGMA user_version`). Version 1 kept a
+/// contentless search index, which `verify` could not check against the contents; it is
+/// rebuilt as an external-content index when a version-1 store is opened.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The page cache of one connection, in KiB (SQLite's default is 2 MiB; the indexes of
 /// a million-message archive want more to keep ingest fast).
@@ -67,8 +69,13 @@ CREATE TABLE IF NOT EXISTS attachments (
     bytes BLOB NOT NULL,
     PRIMARY KEY (seq, idx)
 );
+";
+
+/// The search index: over `content.text`, by record number, so that FTS5's
+/// `integrity-check` compares it with the contents themselves (which the chain verifies).
+const FTS_SCHEMA: &str = "
 CREATE VIRTUAL TABLE IF NOT EXISTS message_fts USING fts5(
-    text, content='', tokenize='unicode61 remove_diacritics 2'
+    text, content='content', content_rowid='seq', tokenize='unicode61 remove_diacritics 2'
 );
 ";
 
@@ -320,7 +327,7 @@ impl Archive {
         key: &ArchiveKey,
         options: ArchiveOptions,
     ) -> Result<Archive, ArchiveError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.execute_batch(&key.pragma())?;
         let wrong_key = |e: rusqlite::Error| match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::NotADatabase) => ArchiveError::WrongKey {
@@ -360,8 +367,22 @@ impl Archive {
             });
         }
         conn.execute_batch(SCHEMA)?;
-        if version < SCHEMA_VERSION {
-            conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+        if version == 1 {
+            // Under the write lock, and only if no other process migrated it meanwhile.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now == 1 {
+                tx.execute_batch("DROP TABLE IF EXISTS message_fts;")?;
+                tx.execute_batch(FTS_SCHEMA)?;
+                tx.execute_batch("INSERT INTO message_fts (message_fts) VALUES ('rebuild');")?;
+                tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+            }
+            tx.commit()?;
+        } else {
+            conn.execute_batch(FTS_SCHEMA)?;
+            if version < SCHEMA_VERSION {
+                conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+            }
         }
         Ok(Archive {
             conn,
@@ -474,9 +495,9 @@ impl Archive {
                 for (i, a) in rec.attachments.iter().enumerate() {
                     ins_att.execute(params![seq_i, i as i64, a.bytes])?;
                 }
-                if !rec.text.is_empty() {
-                    ins_fts.execute(params![seq_i, rec.text])?;
-                }
+                // Every content row is indexed (an empty text has no terms), so that
+                // the index and the contents agree row for row.
+                ins_fts.execute(params![seq_i, rec.text])?;
                 out.push(Ingested {
                     seq,
                     hash,
@@ -559,12 +580,31 @@ impl Archive {
     /// ([`Problem::BadTombstone`], [`Problem::ContentNotDeleted`]); and no message lost
     /// its content without a tombstone ([`Problem::ContentMissing`]); and no content,
     /// index or attachment row belongs to no record ([`Problem::IndexMismatch`]).
+    ///
+    /// Then the search index is compared with the contents (FTS5 `integrity-check`):
+    /// an index that would let a search miss a record, or find one for words it does
+    /// not hold, is [`VerifyError::SearchIndex`] ([`Archive::reindex`] rebuilds it).
     pub fn verify(&self) -> Result<VerifySummary, VerifyError> {
         // One read transaction: a consistent snapshot while another process appends.
         let tx = self.conn.unchecked_transaction()?;
         let out = verify_conn(&tx);
         tx.finish()?;
-        out
+        let summary = out?;
+        check_search_index(&self.conn)?;
+        Ok(summary)
+    }
+
+    /// Rebuilds the search index from the contents, after checking the chain and every
+    /// content against it (an index is never rebuilt from contents that do not verify).
+    pub fn reindex(&mut self) -> Result<VerifySummary, VerifyError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let summary = verify_conn(&tx)?;
+        tx.execute_batch("INSERT INTO message_fts (message_fts) VALUES ('rebuild');")?;
+        tx.commit()?;
+        check_search_index(&self.conn)?;
+        Ok(summary)
     }
 
     /// Up to `limit` (at most [`MAX_LIST_RECORDS`]) records from `from` on, in order:
@@ -598,6 +638,21 @@ impl Archive {
             );
         }
         Ok(out)
+    }
+}
+
+/// FTS5's `integrity-check` with rank 1: the index against the external content table.
+/// It is a write statement (it takes the write lock for its duration, as a commit does).
+fn check_search_index(conn: &Connection) -> Result<(), VerifyError> {
+    match conn.execute(
+        "INSERT INTO message_fts (message_fts, rank) VALUES ('integrity-check', 1)",
+        [],
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            Err(VerifyError::SearchIndex)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -1056,3 +1056,157 @@ fn sigkill_mid_ingest_loses_nothing_and_duplicates_nothing() -> TestResult {
     assert_eq!(distinct as u64, total);
     Ok(())
 }
+
+/// Record numbers of the messages a text search finds.
+fn found(a: &mut Archive, words: &str) -> Result<Vec<u64>, ArchiveError> {
+    let r = a.search(
+        "officer",
+        &SearchQuery {
+            text: Some(words.into()),
+            order: SearchOrder::Oldest,
+            ..SearchQuery::default()
+        },
+    )?;
+    Ok(r.hits.iter().map(|h| h.seq).collect())
+}
+
+#[test]
+fn verify_finds_a_search_index_that_hides_or_invents_records_and_reindex_mends_it() -> TestResult {
+    let f = Fixture::new()?;
+    let mut a = f.open()?;
+    five(&mut a)?;
+    a.verify()?;
+    assert_eq!(found(&mut a, "wire funds")?, vec![2]);
+
+    // Someone with the key removes record 2's words from the index: the chain and the
+    // contents still verify, but a search would no longer find it. verify says so.
+    let raw = f.raw()?;
+    raw.execute(
+        "INSERT INTO message_fts (message_fts, rowid, text) VALUES ('delete', 2, 'please wire funds')",
+        [],
+    )?;
+    assert_eq!(found(&mut a, "wire funds")?, Vec::<u64>::new());
+    match a.verify() {
+        Err(VerifyError::SearchIndex) => {}
+        other => return Err(format!("a hiding index passed: {other:?}").into()),
+    }
+    a.reindex()?;
+    a.verify()?;
+    assert_eq!(found(&mut a, "wire funds")?, vec![2]);
+
+    // Words a record does not hold, added to the index, are found too.
+    raw.execute(
+        "INSERT INTO message_fts (rowid, text) VALUES (3, 'offshore')",
+        [],
+    )?;
+    match a.verify() {
+        Err(VerifyError::SearchIndex) => {}
+        other => return Err(format!("an inventing index passed: {other:?}").into()),
+    }
+    a.reindex()?;
+    a.verify()?;
+    assert_eq!(found(&mut a, "offshore")?, Vec::<u64>::new());
+
+    // The index is never rebuilt from contents that do not verify.
+    raw.execute(
+        "UPDATE content SET text = 'nothing to see' WHERE seq = 2",
+        [],
+    )?;
+    match a.reindex() {
+        Err(VerifyError::Broken {
+            seq: 2,
+            problem: Problem::ContentChanged,
+        }) => {}
+        other => return Err(format!("reindexed over changed content: {other:?}").into()),
+    }
+    Ok(())
+}
+
+#[test]
+fn a_schema_1_store_gets_a_checkable_search_index_when_opened() -> TestResult {
+    let f = Fixture::new()?;
+    {
+        let mut a = f.open()?;
+        five(&mut a)?;
+    }
+    // As schema 1 left it: a contentless index of the non-empty texts.
+    {
+        let raw = f.raw()?;
+        raw.execute_batch(
+            "DROP TABLE message_fts;
+             CREATE VIRTUAL TABLE message_fts USING fts5(
+                 text, content='', tokenize='unicode61 remove_diacritics 2');
+             INSERT INTO message_fts (rowid, text) SELECT seq, text FROM content WHERE text != '';
+             PRAGMA user_version = 1;",
+        )?;
+    }
+    let mut a = f.open()?;
+    let raw = f.raw()?;
+    let version: i64 = raw.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    assert_eq!(version, SCHEMA_VERSION);
+    let sql: String = raw.query_row(
+        "SELECT sql FROM sqlite_master WHERE name = 'message_fts'",
+        [],
+        |r| r.get(0),
+    )?;
+    assert!(sql.contains("content='content'"), "{sql}");
+    a.verify()?;
+    assert_eq!(found(&mut a, "deposit")?, vec![3]);
+    // And it is checked from now on.
+    raw.execute(
+        "INSERT INTO message_fts (message_fts, rowid, text) VALUES ('delete', 3, 'new deposit address')",
+        [],
+    )?;
+    assert!(matches!(a.verify(), Err(VerifyError::SearchIndex)));
+    Ok(())
+}
+
+#[test]
+fn a_failed_export_leaves_no_files_and_no_audit_record() -> TestResult {
+    let f = Fixture::new()?;
+    let mut a = f.open()?;
+    five(&mut a)?;
+    let head = a.head()?;
+    let leftovers = |f: &Fixture| -> Result<Vec<String>, std::io::Error> {
+        let mut names: Vec<String> = std::fs::read_dir(f.dir())?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("export"))
+            .collect();
+        names.sort();
+        Ok(names)
+    };
+    // Nothing to export: no directory is created.
+    let dir = f.dir().join("export-none");
+    assert!(matches!(
+        a.export(
+            "x",
+            &ExportScope::Conversation {
+                client: "nobody".into(),
+                firm: "bob".into(),
+                from_ms: None,
+                to_ms: None
+            },
+            &dir
+        ),
+        Err(ArchiveError::NothingToExport)
+    ));
+    assert_eq!(leftovers(&f)?, Vec::<String>::new());
+    // Failing midway (record 4's body made unreadable after records 1-3 were written):
+    // the files written so far are removed, and the chain records no export.
+    f.raw()?
+        .execute("UPDATE records SET body = '{' WHERE seq = 4", [])?;
+    let dir = f.dir().join("export-broken");
+    assert!(a
+        .export("x", &ExportScope::Seq { from: 1, to: 5 }, &dir)
+        .is_err());
+    assert_eq!(leftovers(&f)?, Vec::<String>::new());
+    assert_eq!(a.head()?, head);
+    // A successful export appears at its name, with its record, and nothing else.
+    let dir = f.dir().join("export-ok");
+    let r = a.export("x", &ExportScope::Seq { from: 1, to: 3 }, &dir)?;
+    assert_eq!(r.audit_seq, head.seq + 1);
+    assert_eq!(leftovers(&f)?, vec!["export-ok".to_string()]);
+    verify_export(&dir)?;
+    Ok(())
+}

@@ -44,21 +44,46 @@ fn send_path(c: &mut Criterion) {
         .sample_size(30)
         .measurement_time(Duration::from_secs(10));
     let text = "x".repeat(1024);
-    for (name, f) in firms.iter_mut() {
+    // First with the advisor and the archive connected but not reading (the relay holds
+    // what it hands an online device up to ONLINE_HOLD for its acknowledgement before
+    // writing it, and the sender's `accepted` waits for one or the other), then with
+    // both offline (written after BATCH_LINGER).
+    for offline in [false, true] {
+        for (name, f) in firms.iter_mut() {
+            if offline {
+                f.adv.disconnect();
+                if let Some(a) = f.archive.as_mut() {
+                    a.disconnect();
+                }
+            }
+            let name = format!("{name}{}", if offline { "_recipients_offline" } else { "" });
+            bench_one(&mut group, &rt, &name, f, &text);
+        }
+    }
+    group.finish();
+}
+
+fn bench_one(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    f: &mut Firm,
+    text: &str,
+) {
+    {
         let adv = f.adv.account().unwrap().clone();
-        group.bench_function(*name, |b| {
+        group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        f.alice.send_text(&adv, &text).await.unwrap();
+                        f.alice.send_text(&adv, text).await.unwrap();
                     }
                     start.elapsed()
                 })
             })
         });
     }
-    group.finish();
 }
 
 criterion_group!(benches, send_path);

@@ -150,7 +150,7 @@ async fn a_conversation_is_archived_once_and_survives_stops_and_sigkill() {
     org::settle().await;
 
     // The archiver runs while the conversation starts.
-    let mut running = spawn(&a.home, &["run"]);
+    let running = spawn(&a.home, &["run"]);
     f.alice
         .send_text(&adv, &format!("hello {canary}"))
         .await
@@ -420,6 +420,34 @@ async fn verify_names_the_record_edited_deleted_or_reordered() {
     let c = rusqlite::Connection::open(a.home.join("archive.db")).unwrap();
     c.execute_batch(&format!("PRAGMA key = \"x'{}'\";", key.trim()))
         .unwrap();
+    // The search index edited so that a search misses a message: the chain verifies,
+    // the index does not (exit 8, saying so); `reindex` mends it from the contents.
+    let seq: i64 = c
+        .query_row("SELECT seq FROM content WHERE text = 'm1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    c.execute(
+        "INSERT INTO message_fts (message_fts, rowid, text) VALUES ('delete', ?1, 'm1')",
+        [seq],
+    )
+    .unwrap();
+    let hits = |out: &str| json_lines(out).len();
+    let search = ["--json", "search", "--actor", "t", "--text", "m1"];
+    let (code, out, err) = archiver_async(&a.home, &search).await;
+    assert_eq!((code, hits(&out)), (0, 0), "{out}{err}");
+    let (code, _, err) = archiver_async(&a.home, &["verify"]).await;
+    assert_eq!(code, 8, "{err}");
+    assert!(
+        err.contains("search index does not match") && err.contains("reindex"),
+        "{err}"
+    );
+    let (code, out, err) = archiver_async(&a.home, &["reindex"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = archiver_async(&a.home, &["verify"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = archiver_async(&a.home, &search).await;
+    assert_eq!((code, hits(&out)), (0, 1), "{out}{err}");
     // Reordered: records 2 and 3 swap places.
     c.execute_batch(
         "UPDATE records SET seq = -2 WHERE seq = 2;
