@@ -454,15 +454,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     );
                     Ok(())
                 }
-                Err(e) => Err(Fail(
-                    EXIT_TRUST,
-                    format!(
-                        "the archive does not verify: {e}{}",
-                        e.seq()
-                            .map(|s| format!(" (first bad record: {s})"))
-                            .unwrap_or_default()
-                    ),
-                )),
+                Err(e) => Err(not_verified("the archive does not verify", &e)),
             }
         }
         Cmd::Reindex => {
@@ -481,14 +473,9 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     );
                     Ok(())
                 }
-                Err(e) => Err(Fail(
-                    EXIT_TRUST,
-                    format!(
-                        "the archive does not verify, so its index was not rebuilt: {e}{}",
-                        e.seq()
-                            .map(|s| format!(" (first bad record: {s})"))
-                            .unwrap_or_default()
-                    ),
+                Err(e) => Err(not_verified(
+                    "the archive does not verify, so its index was not rebuilt",
+                    &e,
                 )),
             }
         }
@@ -607,6 +594,15 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             Ok(())
         }
     }
+}
+
+/// A failed verification: exit 8, naming the first bad record when there is one.
+fn not_verified(what: &str, e: &sealpost_archiver::VerifyError) -> Fail {
+    let first = e
+        .seq()
+        .map(|s| format!(" (first bad record: {s})"))
+        .unwrap_or_default();
+    Fail(EXIT_TRUST, format!("{what}: {e}{first}"))
 }
 
 fn hold(p: &Paths, json: bool, h: HoldCmd) -> Result<(), Fail> {
@@ -817,31 +813,6 @@ fn sink(archive: Arc<Mutex<Archive>>, ingested: Arc<AtomicU64>) -> ArchiveSink {
     })
 }
 
-/// Ctrl-C or SIGTERM: `run` stops between receive passes (what was committed is
-/// acknowledged; what was not is delivered again on the next run).
-fn stop_signal() -> tokio::sync::watch::Receiver<bool> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(mut int), Ok(mut term)) => {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-        let _ = tx.send(true);
-    });
-    rx
-}
-
 /// Sleep `d`, or less if a stop is requested.
 async fn pause(d: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) {
     tokio::select! {
@@ -871,7 +842,9 @@ async fn receive_loop(
     let started = Instant::now();
     let deadline = for_.map(|d| started + d);
     let mut connected_once = false;
-    let mut stop = stop_signal();
+    // Ctrl-C or SIGTERM: `run` stops between receive passes (what was committed is
+    // acknowledged; what was not is delivered again on the next run).
+    let mut stop = sealpost_client::shutdown::stop_signal();
     // The head last anchored (its record is followed by the anchor's own record).
     let mut anchored_through = lock_store(&archive).head()?.seq;
     let mut last_anchor: Option<Instant> = None;
@@ -946,9 +919,10 @@ async fn receive_loop(
                         println!("{}", serde_json::to_string(&e).unwrap_or_default());
                     }
                 }
-                let head = lock_store(&archive).head()?.seq;
-                let due = last_anchor.is_none_or(|t| t.elapsed() >= anchor_every);
-                if !anchor_every.is_zero() && head > anchored_through + 1 && (due || once) {
+                // The head is read only when an anchor is due (not on every 500 ms pass).
+                let due = !anchor_every.is_zero()
+                    && (once || last_anchor.is_none_or(|t| t.elapsed() >= anchor_every));
+                if due && lock_store(&archive).head()?.seq > anchored_through + 1 {
                     match anchor(&mut client, &archive).await {
                         Ok(Some((seq, index))) => {
                             anchored_through = seq + 1;

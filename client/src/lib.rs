@@ -45,6 +45,7 @@ pub mod net;
 pub mod notices;
 pub mod org;
 pub mod receive;
+pub mod shutdown;
 pub mod state;
 pub mod transparency;
 pub mod trust;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use sealpost_client::backoff::Backoff;
 use sealpost_client::client::{Direction, EntryKind, HistoryEntry, RelayInfo};
 use sealpost_client::notices::{NoticeOutcome, NoticeTarget};
+pub(super) use sealpost_client::shutdown::stop_signal;
 use sealpost_client::{Client, ClientError, Event};
 use sealpost_protocol::content::MAX_TEXT_LEN;
 use sealpost_protocol::hexid::Hex32;
@@ -778,37 +779,6 @@ async fn inbox(ctx: &Ctx, all: bool, wait: Duration) -> Result<(), CliError> {
             .note(format!("Marked {marked} as read; read receipts sent."));
     }
     Ok(())
-}
-
-/// A stop request: Ctrl-C or SIGTERM.
-pub(super) fn stop_signal() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) {
-                (Ok(mut int), Ok(mut term)) => {
-                    tokio::select! {
-                        _ = int.recv() => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                _ => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-        let _ = tx.send(true);
-    });
-    rx
 }
 
 /// Why `listen` stopped.
