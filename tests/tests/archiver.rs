@@ -555,3 +555,28 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_shows_a_clients_terminal_escapes_escaped() {
+    let (mut f, a) = setup(ArchiveUnreachable::Queue).await;
+    let adv = f.adv.account().unwrap().clone();
+    // A client's text that would clear the officer's screen and recolour what follows.
+    f.alice
+        .send_text(&adv, "payment cleared \u{1b}[2J\u{1b}[32mapproved")
+        .await
+        .unwrap();
+    let (code, out, err) = archiver_async(&a.home, &["run", "--once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) =
+        archiver_async(&a.home, &["search", "--actor", "t", "--text", "cleared"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains('\u{1b}'),
+        "a raw escape reached the terminal: {out:?}"
+    );
+    assert!(
+        out.contains("payment cleared \\u{1b}[2J\\u{1b}[32mapproved"),
+        "{out:?}"
+    );
+    assert!(out.contains("1 result(s)"), "{out:?}");
+}
